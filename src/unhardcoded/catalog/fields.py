@@ -1,0 +1,77 @@
+"""The catalog field registry: built-in model fields and the types custom fields may declare."""
+
+from __future__ import annotations
+
+import difflib
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+FieldType = Literal["number", "integer", "bool", "string", "string[]"]
+FIELD_TYPES: tuple[str, ...] = ("number", "integer", "bool", "string", "string[]")
+
+
+class FieldSpec(BaseModel):
+    """One field a catalog model may carry and a policy rule may test."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    type: FieldType
+    unit: str | None = None
+    description: str = ""
+    builtin: bool = False
+    required: bool = False
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in ("number", "integer")
+
+
+BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(name="id", type="string", description="Model id, as the provider names it", builtin=True, required=True),
+    FieldSpec(name="provider", type="string", description="Name of the provider entry that serves this model", builtin=True, required=True),
+    FieldSpec(name="price_input_per_mtok", type="number", unit="USD/1M tokens", description="Price of input tokens", builtin=True, required=True),
+    FieldSpec(name="price_output_per_mtok", type="number", unit="USD/1M tokens", description="Price of output tokens", builtin=True, required=True),
+    FieldSpec(name="bench_intelligence", type="number", unit="0..1", description="Normalized benchmark score of general capability", builtin=True),
+    FieldSpec(name="supports_tools", type="bool", description="Accepts tool/function definitions", builtin=True),
+    FieldSpec(name="supports_vision", type="bool", description="Accepts image inputs", builtin=True),
+    FieldSpec(name="context_window", type="integer", unit="tokens", description="Maximum input plus output tokens", builtin=True),
+    FieldSpec(name="max_output_tokens", type="integer", unit="tokens", description="Maximum tokens in one answer", builtin=True),
+    FieldSpec(name="regions", type="string[]", description="Regions where the model is served", builtin=True),
+    FieldSpec(name="latency_p50_ms", type="number", unit="ms", description="Median time to a full short answer", builtin=True),
+)
+BUILTIN_FIELD_NAMES = frozenset(f.name for f in BUILTIN_FIELDS)
+
+
+def value_matches(spec_type: str, value: Any) -> bool:
+    """Whether ``value`` is of the catalog field type ``spec_type``."""
+    if spec_type == "number":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if spec_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+    if spec_type == "bool":
+        return isinstance(value, bool)
+    if spec_type == "string":
+        return isinstance(value, str)
+    if spec_type == "string[]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return False
+
+
+def describe_value(value: Any) -> str:
+    """A short, quoted rendering of a value for error messages."""
+    if isinstance(value, str):
+        return repr(value) if len(value) <= 60 else repr(value[:57] + "...")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    text = str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def suggest(name: str, known: list[str] | set[str] | frozenset[str]) -> str:
+    """`; did you mean a, b?` for a misspelt name, or an empty string."""
+    close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""

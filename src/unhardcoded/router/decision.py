@@ -1,0 +1,104 @@
+"""The Decision: everything a receipt shows about how one request was routed."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..policy.model import Policy
+from .features import RequestFeatures
+
+Outcome = Literal["dry_run", "answered", "failed", "no_candidate"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class Rejection(_Model):
+    """A model filtered out, with the first rule (in policy order) it failed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model: str
+    rule: str
+    field: str
+    op: str
+    threshold: Any = None
+    observed: Any = None
+    message: str
+
+
+class Selection(_Model):
+    model: str
+    score: float | None = None
+    reason: str
+
+
+class FallbackHop(_Model):
+    from_: str = Field(alias="from")
+    to: str
+    reason: Literal["error", "timeout", "rate_limit"]
+
+
+class Attempt(_Model):
+    """One provider call of the cascade."""
+
+    index: int
+    model: str
+    provider: str
+    role: Literal["selected", "fallback"]
+    status: Literal["ok", "error"]
+    error_type: str | None = None
+    failure: Literal["error", "timeout", "rate_limit"] | None = None
+    duration_ms: float = 0.0
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+
+
+class Cost(_Model):
+    """The request priced on the model that answered and, for the same usage, on the baseline."""
+
+    usd: float | None = None
+    baseline_model: str | None = None
+    baseline_usd: float | None = None
+    savings_ratio: float | None = None
+
+
+class WorkflowRef(_Model):
+    id: str
+    name: str
+    node: str | None = None
+    step: int | None = None
+
+
+class Decision(_Model):
+    """How one request was routed: policy, candidates, rejections, winner, cascade, attempts, cost."""
+
+    request_id: str
+    timestamp: str
+    policy: Policy
+    catalog_version: str
+    features: RequestFeatures
+    candidates: list[str]
+    rejected: list[Rejection]
+    selected: Selection | None = None
+    fallback_chain: list[str] = []
+    hops: list[FallbackHop] = []
+    attempts: list[Attempt] = []
+    answered_by: str | None = None
+    outcome: Outcome = "dry_run"
+    cost: Cost = Cost()
+    latency_ms: float = 0.0
+    workflow: WorkflowRef | None = None
+    trace_id: str | None = None
+    span_id: str | None = None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.policy.fingerprint
+
+    @property
+    def fallback_triggered(self) -> bool:
+        return bool(self.hops)
