@@ -62,8 +62,7 @@ def _record(
         )
     return Attempt(
         index=planned.index, model=planned.model, provider=planned.provider, role=planned.role,  # type: ignore[arg-type]
-        status="error", error_type=getattr(exc, "error_type", None) or type(exc).__name__,
-        failure=getattr(exc, "kind", "error"), duration_ms=duration,
+        status="error", error_type=getattr(exc, "error_type", None) or type(exc).__name__, duration_ms=duration,
     )
 
 

@@ -51,7 +51,6 @@ class Attempt(_Model):
     role: Literal["selected", "fallback"]
     status: Literal["ok", "error"]
     error_type: str | None = None
-    failure: Literal["error", "timeout", "rate_limit"] | None = None
     duration_ms: float = 0.0
     input_tokens: int | None = None
     output_tokens: int | None = None

@@ -1,0 +1,93 @@
+"""Subcommands of the router core: `fields`, `rank` (dry run) and `fingerprint`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from .cli import load_catalog_arg, print_json
+from .errors import RequestError
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("fields", help="list the catalog fields a policy rule may test")
+    p.add_argument("--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(run=cmd_fields)
+
+    p = sub.add_parser("rank", help="dry run: the would-be decision for a policy and request, no inference")
+    p.add_argument("--policy", required=True, metavar="FILE", help="policy file (sigma-pol/v1, YAML or JSON)")
+    p.add_argument("--catalog", metavar="FILE")
+    p.add_argument("--request", metavar="FILE", help="an OpenAI chat-completions request body (JSON); - for stdin")
+    p.add_argument("--json", action="store_true", help="print the would-be receipt (no attempts) as JSON")
+    p.set_defaults(run=cmd_rank)
+
+    p = sub.add_parser("fingerprint", help="print a policy's fingerprint")
+    p.add_argument("policy", metavar="POLICY_FILE")
+    p.add_argument("--catalog", metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=cmd_fingerprint)
+
+
+def cmd_fields(args: argparse.Namespace) -> int:
+    catalog = load_catalog_arg(args.catalog)
+    rows = [
+        {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+        for f in catalog.fields.values()
+    ]
+    if args.json:
+        print_json({"catalog_version": catalog.version, "fields": rows})
+        return 0
+    width = max(len(r["name"]) for r in rows)
+    for r in rows:
+        unit = f" ({r['unit']})" if r["unit"] else ""
+        kind = "" if r["builtin"] else " [custom]"
+        print(f"{r['name'].ljust(width)}  {r['type']:<8}  {r['description']}{unit}{kind}")
+    print(f"\ncatalog {catalog.source} · version {catalog.version} · {len(catalog)} models")
+    return 0
+
+
+DEFAULT_REQUEST = {"messages": [{"role": "user", "content": "Hello! Summarize our refund policy in two sentences."}]}
+
+
+def _read_request(path: str | None) -> dict[str, Any]:
+    if path is None:
+        return DEFAULT_REQUEST
+    try:
+        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise RequestError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RequestError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+
+
+def cmd_rank(args: argparse.Namespace) -> int:
+    from .policy import load_policy_file
+    from .receipts.model import Receipt
+    from .receipts.render import render_receipt
+    from .router import Router
+
+    catalog = load_catalog_arg(args.catalog)
+    policy = load_policy_file(args.policy, catalog)
+    decision = Router(catalog).decide(policy, _read_request(args.request))
+    receipt = Receipt.from_decision(decision)
+    if args.json:
+        print_json(receipt.to_json_dict())
+    else:
+        print(render_receipt(receipt))
+    return 0
+
+
+def cmd_fingerprint(args: argparse.Namespace) -> int:
+    from .policy import load_policy_file
+
+    policy = load_policy_file(args.policy, load_catalog_arg(args.catalog))
+    if args.json:
+        print_json({"name": policy.name, "fingerprint": policy.fingerprint, "schema": policy.schema_id, "canonical": policy.canonical})
+    else:
+        print(policy.fingerprint)
+    return 0

@@ -1,0 +1,120 @@
+"""The receipt (`unhardcoded.receipt/v1`): the Decision as a reader sees it, built from a Decision or from spans."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, WorkflowRef
+from ..router.features import RequestFeatures
+
+RECEIPT_SCHEMA = "unhardcoded.receipt/v1"
+WORKFLOW_RECEIPT_SCHEMA = "unhardcoded.workflow-receipt/v1"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class PolicyRef(_Model):
+    name: str
+    fingerprint: str
+    schema_: str = Field(alias="schema")
+
+
+class FallbackRecord(_Model):
+    chain: list[str] = []
+    triggered: bool = False
+    hops: list[FallbackHop] = []
+
+
+class Receipt(_Model):
+    """One request's routing decision. ``features`` and ``outcome`` extend the DESIGN shape so a receipt replays."""
+
+    receipt: Literal["unhardcoded.receipt/v1"] = RECEIPT_SCHEMA
+    request_id: str
+    trace_id: str | None = None
+    span_id: str | None = None
+    timestamp: str
+    policy: PolicyRef
+    catalog_version: str
+    candidates: list[str] = []
+    rejected: list[Rejection] = []
+    selected: Selection | None = None
+    fallback: FallbackRecord = FallbackRecord()
+    attempts: list[Attempt] = []
+    answered_by: str | None = None
+    latency_ms: float = 0.0
+    cost: Cost = Cost()
+    workflow: WorkflowRef | None = None
+    outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
+    features: RequestFeatures | None = None
+    complete: bool = True
+
+    @classmethod
+    def from_decision(cls, decision: Decision) -> "Receipt":
+        return cls(
+            request_id=decision.request_id,
+            trace_id=decision.trace_id,
+            span_id=decision.span_id,
+            timestamp=decision.timestamp,
+            policy=PolicyRef(name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema=decision.policy.schema_id),
+            catalog_version=decision.catalog_version,
+            candidates=list(decision.candidates),
+            rejected=list(decision.rejected),
+            selected=decision.selected,
+            fallback=FallbackRecord(chain=list(decision.fallback_chain), triggered=bool(decision.hops), hops=list(decision.hops)),
+            attempts=list(decision.attempts),
+            answered_by=decision.answered_by,
+            latency_ms=decision.latency_ms,
+            cost=decision.cost,
+            workflow=decision.workflow,
+            outcome=decision.outcome,
+            features=decision.features,
+            complete=True,
+        )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class WorkflowTotals(_Model):
+    decisions: int = 0
+    fallbacks: int = 0
+    failed: int = 0
+    cost_usd: float = 0.0
+    baseline_usd: float = 0.0
+    savings_ratio: float | None = None
+    latency_ms: float = 0.0
+
+
+class WorkflowReceipt(_Model):
+    """The node receipts of one workflow, in order, with totals."""
+
+    receipt: Literal["unhardcoded.workflow-receipt/v1"] = WORKFLOW_RECEIPT_SCHEMA
+    workflow_id: str
+    name: str
+    trace_id: str | None = None
+    nodes: list[Receipt] = []
+    totals: WorkflowTotals = WorkflowTotals()
+    complete: bool = True
+
+    @classmethod
+    def from_receipts(cls, workflow_id: str, name: str, receipts: list[Receipt], trace_id: str | None = None) -> "WorkflowReceipt":
+        ordered = sorted(receipts, key=lambda r: ((r.workflow.step if r.workflow and r.workflow.step is not None else 1 << 30), r.timestamp))
+        cost = sum(r.cost.usd or 0.0 for r in ordered)
+        base = sum(r.cost.baseline_usd or 0.0 for r in ordered)
+        totals = WorkflowTotals(
+            decisions=len(ordered),
+            fallbacks=sum(1 for r in ordered if r.fallback.triggered),
+            failed=sum(1 for r in ordered if r.outcome == "failed"),
+            cost_usd=cost,
+            baseline_usd=base,
+            savings_ratio=(1 - cost / base) if base > 0 else None,
+            latency_ms=sum(r.latency_ms for r in ordered),
+        )
+        return cls(
+            workflow_id=workflow_id, name=name, trace_id=trace_id or (ordered[0].trace_id if ordered else None),
+            nodes=ordered, totals=totals, complete=all(r.complete for r in ordered),
+        )
