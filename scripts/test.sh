@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs everything the tests need into .venv and runs the whole suite.
+# Usage: scripts/test.sh [pytest args...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+VENV=${UNHARDCODED_VENV:-.venv}
+
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "==> creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+echo "==> installing unhardcoded with test dependencies"
+"$VENV/bin/python" -m pip install --quiet --upgrade pip
+"$VENV/bin/python" -m pip install --quiet -e '.[test]'
+
+if [ -x scripts/install-test-deps.sh ]; then
+  echo "==> installing system test dependencies"
+  scripts/install-test-deps.sh
+fi
+
+echo "==> running tests"
+set +e
+"$VENV/bin/python" -m pytest "$@"
+rc=$?
+set -e
+if [ "$rc" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$rc"
