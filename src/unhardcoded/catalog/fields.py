@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -47,7 +48,8 @@ BUILTIN_FIELD_NAMES = frozenset(f.name for f in BUILTIN_FIELDS)
 def value_matches(spec_type: str, value: Any) -> bool:
     """Whether ``value`` is of the catalog field type ``spec_type``."""
     if spec_type == "number":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        # NaN and infinities have no canonical JSON form: they would break fingerprints and catalog versions.
+        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value))
     if spec_type == "integer":
         return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
     if spec_type == "bool":
