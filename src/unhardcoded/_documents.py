@@ -35,8 +35,13 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError]) -> Any
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise error(f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+        except RecursionError:
+            raise error(f"{source}: invalid JSON: nested too deeply") from None
     try:
         return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        # Both parsers recurse per nesting level; a hostile document must not escape as a RecursionError.
+        raise error(f"{source}: invalid YAML: nested too deeply") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
