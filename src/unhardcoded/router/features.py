@@ -79,7 +79,10 @@ def features_from_request(body: Any) -> RequestFeatures:
         raise RequestError("tools: must be an array")
     if tools:
         tokens += _text_tokens(json.dumps(tools, default=str))
-    max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
+    # An explicit `max_completion_tokens: null` means unset, so it must not hide `max_tokens`.
+    max_tokens = body.get("max_completion_tokens")
+    if max_tokens is None:
+        max_tokens = body.get("max_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise RequestError("max_tokens: must be a positive integer")
     stream = body.get("stream", False)
