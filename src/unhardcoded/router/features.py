@@ -80,11 +80,10 @@ def features_from_request(body: Any) -> RequestFeatures:
     if tools:
         tokens += _text_tokens(json.dumps(tools, default=str))
     # An explicit `max_completion_tokens: null` means unset, so it must not hide `max_tokens`.
-    max_tokens = body.get("max_completion_tokens")
-    if max_tokens is None:
-        max_tokens = body.get("max_tokens")
+    limit_key = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
+    max_tokens = body.get(limit_key)
     if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
-        raise RequestError("max_tokens: must be a positive integer")
+        raise RequestError(f"{limit_key}: must be a positive integer")
     stream = body.get("stream", False)
     if not isinstance(stream, bool):
         raise RequestError("stream: must be true or false")
