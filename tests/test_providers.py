@@ -1,0 +1,661 @@
+"""ProviderClient against simulated providers on loopback, and the providers file."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import json
+import logging
+import math
+import pickle
+import secrets
+import socket
+import traceback
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from unhardcoded.errors import ConfigError, UnhardcodedError
+from unhardcoded.router.providers import (
+    PROVIDERS_ENV,
+    ChatResult,
+    ProviderCallError,
+    ProviderClient,
+    ProviderConfig,
+    ProvidersConfig,
+    ProvidersFileError,
+    default_providers,
+    load_providers,
+    providers_from_env,
+)
+from unhardcoded.simulator import (
+    SimulatedProvider,
+    cut_after_tokens,
+    cut_before_first_token,
+    error,
+    ok,
+    rate_limit,
+    raw,
+    timeout,
+)
+
+pytest_plugins = ["conftest_providers"]
+
+BODY = {"model": "alias", "messages": [{"role": "user", "content": "Summarise the receipt, please."}]}
+
+
+def client_with(*sims: SimulatedProvider, api_key_env: str | None = None, timeout_s: float = 5) -> ProviderClient:
+    configs = [sim.provider_config(api_key_env=api_key_env, timeout_s=timeout_s) for sim in sims]
+    return ProviderClient(ProvidersConfig(providers=configs))
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def drain(stream) -> tuple[list[dict], ProviderCallError | None]:
+    chunks: list[dict] = []
+    try:
+        for chunk in stream:
+            chunks.append(chunk)
+    except ProviderCallError as exc:
+        return chunks, exc
+    return chunks, None
+
+
+async def adrain(stream) -> tuple[list[dict], ProviderCallError | None]:
+    chunks: list[dict] = []
+    try:
+        async for chunk in stream:
+            chunks.append(chunk)
+    except ProviderCallError as exc:
+        return chunks, exc
+    return chunks, None
+
+
+# --------------------------------------------------------------------------- non-streaming
+
+
+def test_chat_ok_parses_tokens_and_response_model(simulated_provider):
+    sim = simulated_provider("acme", {"m-1": ok("Done.", response_model="m-1-2026-05-01")})
+    with client_with(sim) as client:
+        result = client.chat("acme", "m-1", {**BODY, "policy": {"name": "support"}, "stream": True})
+
+    assert isinstance(result, ChatResult)
+    assert result.status_code == 200
+    assert result.response_model == "m-1-2026-05-01"
+    assert result.input_tokens == math.ceil(len(BODY["messages"][0]["content"]) / 4)
+    assert result.output_tokens == math.ceil(len("Done.") / 4)
+    assert result.body["choices"][0]["message"]["content"] == "Done."
+    assert result.duration_ms > 0
+
+    [request] = sim.requests
+    assert request.body["model"] == "m-1"  # the catalog model id replaces the caller's
+    assert "policy" not in request.body
+    assert "stream" not in request.body
+
+
+def test_achat_ok(simulated_provider):
+    sim = simulated_provider("acme")
+
+    async def run() -> ChatResult:
+        async with client_with(sim) as client:
+            first = await client.achat("acme", "m", BODY)
+            second = await client.achat("acme", "m", BODY)
+            assert first.output_tokens == second.output_tokens
+            return second
+
+    result = asyncio.run(run())
+    assert result.response_model == "m"
+    assert result.input_tokens and result.output_tokens
+
+
+def test_connections_are_pooled_and_headers_added(simulated_provider):
+    sim = simulated_provider("acme")
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    with client_with(sim) as client:
+        for _ in range(3):
+            client.chat("acme", "m", BODY, headers={"traceparent": traceparent})
+    assert all(r.headers["traceparent"] == traceparent for r in sim.requests)
+    assert all("authorization" not in r.headers for r in sim.requests)  # no api_key_env, no key
+
+
+def test_async_client_survives_a_new_event_loop(simulated_provider):
+    sim = simulated_provider("acme")
+    client = client_with(sim)
+
+    async def once() -> int:
+        try:
+            return (await client.achat("acme", "m", BODY)).status_code
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(once()) == 200
+    assert asyncio.run(once()) == 200
+
+
+def test_server_error_is_kind_error(simulated_provider):
+    sim = simulated_provider("acme", {"m": error(500)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    exc = caught.value
+    assert (exc.kind, exc.error_type, exc.status_code) == ("error", "500", 500)
+    assert (exc.provider, exc.model) == ("acme", "m")
+    assert "HTTP 500" in str(exc) and "server had an error" in str(exc)
+    assert isinstance(exc, UnhardcodedError)
+
+
+def test_async_server_error_is_kind_error(simulated_provider):
+    sim = simulated_provider("acme", {"m": error(503)})
+
+    async def run() -> ProviderCallError:
+        async with client_with(sim) as client:
+            with pytest.raises(ProviderCallError) as caught:
+                await client.achat("acme", "m", BODY)
+            return caught.value
+
+    exc = asyncio.run(run())
+    assert (exc.kind, exc.error_type, exc.status_code) == ("error", "503", 503)
+
+
+@pytest.mark.parametrize("status", [408, 504])
+def test_gateway_timeouts_are_kind_timeout(simulated_provider, status):
+    sim = simulated_provider("acme", {"m": error(status)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type) == ("timeout", str(status))
+
+
+def test_slow_provider_is_kind_timeout(simulated_provider):
+    sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "slow", BODY, timeout_s=0.3)
+    assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("timeout", "timeout", None)
+
+
+def test_async_slow_provider_is_kind_timeout(simulated_provider):
+    sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)}, )
+
+    async def run() -> ProviderCallError:
+        async with client_with(sim, timeout_s=0.3) as client:  # the provider's own timeout_s
+            with pytest.raises(ProviderCallError) as caught:
+                await client.achat("acme", "slow", BODY)
+            return caught.value
+
+    assert asyncio.run(run()).kind == "timeout"
+
+
+def test_rate_limit_with_retry_after_seconds(simulated_provider):
+    sim = simulated_provider("acme", {"m": rate_limit(retry_after_s=2)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("rate_limit", "429", 429)
+    assert caught.value.retry_after_s == 2
+
+
+def test_rate_limit_with_retry_after_http_date(simulated_provider):
+    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    sim = simulated_provider("acme", {"m": rate_limit(retry_after=email.utils.format_datetime(when, usegmt=True))})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert caught.value.kind == "rate_limit"
+    assert 27 <= caught.value.retry_after_s <= 31
+
+
+def test_rate_limit_with_retry_after_ms_wins(simulated_provider):
+    sim = simulated_provider("acme", {"m": rate_limit(retry_after_s=20, retry_after_ms=1500)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert caught.value.retry_after_s == 1.5
+
+
+def test_rate_limit_with_date_in_the_past_means_now(simulated_provider):
+    sim = simulated_provider("acme", {"m": rate_limit(retry_after="Wed, 21 Oct 2015 07:28:00 GMT")})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert caught.value.retry_after_s == 0
+
+
+def test_connect_refused_is_connect_error():
+    config = ProviderConfig(name="gone", base_url=f"http://127.0.0.1:{closed_port()}/v1")
+    with ProviderClient(ProvidersConfig(providers=[config])) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("gone", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "connect_error", None)
+
+
+def test_async_connect_refused_is_connect_error():
+    config = ProviderConfig(name="gone", base_url=f"http://127.0.0.1:{closed_port()}/v1")
+
+    async def run() -> ProviderCallError:
+        async with ProviderClient(ProvidersConfig(providers=[config])) as client:
+            with pytest.raises(ProviderCallError) as caught:
+                await client.achat("gone", "m", BODY)
+            return caught.value
+
+    assert asyncio.run(run()).error_type == "connect_error"
+
+
+@pytest.mark.parametrize(
+    "behavior",
+    [raw(200, "<html>not json</html>"), raw(200, json.dumps({"id": "x", "object": "chat.completion"})),
+     raw(200, "[1, 2]")],
+    ids=["not-json", "no-choices", "not-an-object"],
+)
+def test_invalid_success_body_is_invalid_response(simulated_provider, behavior):
+    sim = simulated_provider("acme", {"m": behavior})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "invalid_response", 200)
+
+
+def test_connection_closed_without_answer_is_an_error(simulated_provider):
+    sim = simulated_provider("acme", {"m": timeout(sleep_s=0.1, then_close=True)})
+    with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert caught.value.kind == "error"
+    assert caught.value.error_type == "transport_error"
+
+
+def test_unknown_provider_is_an_error():
+    with ProviderClient(default_providers()) as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("nowhere", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type) == ("error", "unknown_provider")
+
+
+def test_provider_call_error_pickles():
+    exc = ProviderCallError("boom", kind="rate_limit", error_type="429", provider="p", model="m",
+                            status_code=429, retry_after_s=2.0)
+    copy = pickle.loads(pickle.dumps(exc))
+    assert repr(copy) == repr(exc)
+
+
+# --------------------------------------------------------------------------- keys
+
+
+def test_key_is_forwarded_as_bearer(simulated_provider, monkeypatch):
+    monkeypatch.setenv("ACME_KEY", "sk-acme-123456")
+    sim = simulated_provider("acme", expected_api_key="sk-acme-123456")
+    with client_with(sim, api_key_env="ACME_KEY") as client:
+        result = client.chat("acme", "m", BODY, headers={"Authorization": "Bearer sk-caller-attempt"})
+    assert result.status_code == 200
+    assert sim.requests[0].headers["authorization"] == "Bearer sk-acme-123456"
+
+
+def test_key_is_read_at_call_time(simulated_provider, monkeypatch):
+    sim = simulated_provider("acme", expected_api_key="sk-second")
+    with client_with(sim, api_key_env="ACME_KEY") as client:
+        monkeypatch.setenv("ACME_KEY", "sk-first")
+        with pytest.raises(ProviderCallError) as caught:
+            client.chat("acme", "m", BODY)
+        assert caught.value.error_type == "401"
+        monkeypatch.setenv("ACME_KEY", "sk-second")
+        assert client.chat("acme", "m", BODY).status_code == 200
+
+
+def test_missing_key_names_the_variable(simulated_provider, monkeypatch):
+    monkeypatch.delenv("ACME_MISSING_KEY", raising=False)
+    sim = simulated_provider("acme")
+    with client_with(sim, api_key_env="ACME_MISSING_KEY") as client, pytest.raises(ProviderCallError) as caught:
+        client.chat("acme", "m", BODY)
+    assert (caught.value.kind, caught.value.error_type) == ("error", "missing_api_key")
+    assert "ACME_MISSING_KEY" in str(caught.value)
+    assert sim.requests == []  # nothing was sent
+
+
+def test_canary_key_never_leaks(simulated_provider, monkeypatch, caplog):
+    canary = f"sk-canary-{secrets.token_hex(16)}"
+    monkeypatch.setenv("CANARY_KEY", canary)
+    for name in ("httpx", "httpcore", "unhardcoded"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    caplog.set_level(logging.DEBUG)
+
+    sim = simulated_provider(
+        "acme",
+        {
+            "error": error(500),
+            "echo-error": error(400, echo_authorization=True),
+            "echo-ok": ok(echo_authorization=True),
+            "echo-raw": raw(502, f"upstream said: Authorization: Bearer {canary}", content_type="text/plain"),
+            "slow": timeout(sleep_s=1),
+            "busy": rate_limit(1),
+            "gateway": error(504),
+            "not-json": raw(200, "not json"),
+            "cut0": cut_before_first_token(),
+            "cut2": cut_after_tokens(2),
+        },
+        expected_api_key=canary,
+    )
+    other = simulated_provider("wrong-key", expected_api_key="sk-something-else")
+    refused = ProviderConfig(name="refused", base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key_env="CANARY_KEY")
+    missing = ProviderConfig(name="missing", base_url=sim.base_url, api_key_env="CANARY_KEY_UNSET")
+    providers = ProvidersConfig(providers=[
+        sim.provider_config(api_key_env="CANARY_KEY", timeout_s=0.3),
+        other.provider_config(api_key_env="CANARY_KEY"),
+        refused,
+        missing,
+    ])
+    failing = ["error", "echo-error", "echo-raw", "slow", "busy", "gateway", "not-json", "cut0"]
+
+    seen: list[object] = []
+    errors: list[ProviderCallError] = []
+
+    def expect_failure(call) -> None:
+        with pytest.raises(ProviderCallError) as caught:
+            call()
+        errors.append(caught.value)
+
+    with ProviderClient(providers) as client:
+        for model in failing:
+            expect_failure(lambda: client.chat("acme", model, BODY))
+        expect_failure(lambda: client.chat("wrong-key", "m", BODY))
+        expect_failure(lambda: client.chat("refused", "m", BODY))
+        expect_failure(lambda: client.chat("missing", "m", BODY))
+        for model in ("error", "echo-error", "busy", "cut0", "cut2"):
+            stream = client.stream("acme", model, BODY)
+            chunks, exc = drain(stream)
+            assert exc is not None
+            errors.append(exc)
+            seen.extend([stream, chunks])
+        for model in ("m", "echo-ok"):
+            result = client.chat("acme", model, BODY)
+            seen.append(result)
+            stream = client.stream("acme", model, BODY)
+            seen.extend([stream, list(stream)])
+
+        async def run_async() -> None:
+            for model in ("error", "echo-error", "slow", "busy", "cut2"):
+                try:
+                    await client.achat("acme", model, BODY)
+                except ProviderCallError as exc:
+                    errors.append(exc)
+                try:
+                    await adrain_or_raise(client.astream("acme", model, BODY))
+                except ProviderCallError as exc:
+                    errors.append(exc)
+            seen.append(await client.achat("acme", "echo-ok", BODY))
+            await client.aclose()
+
+        async def adrain_or_raise(stream) -> None:
+            chunks, exc = await adrain(stream)
+            seen.extend([stream, chunks])
+            if exc is not None:
+                raise exc
+
+        asyncio.run(run_async())
+
+    error_types = {e.error_type for e in errors}
+    assert {"500", "400", "502", "timeout", "429", "504", "invalid_response", "401", "connect_error",
+            "missing_api_key", "stream_interrupted"} <= error_types
+    # The echoing providers really did echo the key, so scrubbing was exercised.
+    assert any(canary in json.dumps(r.headers) for r in sim.requests)
+    assert any("[REDACTED]" in str(e) for e in errors)
+    assert "[REDACTED]" in json.dumps([s.body for s in seen if isinstance(s, ChatResult)])
+    # DEBUG logging of httpx/httpcore was really on.
+    assert any(r.name.startswith("httpcore") for r in caplog.records)
+
+    for exc in errors:
+        for text in (str(exc), repr(exc), exc.message, "".join(traceback.format_exception(exc)), *map(str, exc.args)):
+            assert canary not in text
+        assert canary not in repr(vars(exc))
+        # Nothing reachable from the error holds the request (and its Authorization header).
+        assert exc.__cause__ is None and exc.__context__ is None
+    for obj in seen:
+        assert canary not in repr(obj)
+        assert canary not in str(obj)
+    for record in caplog.records:
+        assert canary not in record.getMessage()
+        assert canary not in repr(record.args)
+    assert canary not in caplog.text
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def test_stream_ok_with_usage(simulated_provider):
+    sim = simulated_provider("acme", {"m": ok("One two three.", response_model="m-2026")})
+    with client_with(sim) as client:
+        stream = client.stream("acme", "m", {**BODY, "policy": {"name": "x"}})
+        assert not stream.first_chunk_received
+        chunks = list(stream)
+
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+    assert text == "One two three."
+    assert stream.first_chunk_received
+    assert stream.response_model == "m-2026"
+    assert stream.usage == {"prompt_tokens": 8, "completion_tokens": 4, "total_tokens": 12}
+    assert (stream.input_tokens, stream.output_tokens) == (8, 4)
+    assert stream.status_code == 200
+    sent = sim.requests[0].body
+    assert sent["stream"] is True and sent["stream_options"] == {"include_usage": True}
+    assert sent["model"] == "m" and "policy" not in sent
+
+
+def test_astream_ok_with_usage(simulated_provider):
+    sim = simulated_provider("acme")
+
+    async def run():
+        async with client_with(sim) as client:
+            stream = client.astream("acme", "m", BODY)
+            chunks = [chunk async for chunk in stream]
+            return stream, chunks
+
+    stream, chunks = asyncio.run(run())
+    assert chunks[-1]["choices"] == []
+    assert stream.output_tokens == chunks[-1]["usage"]["completion_tokens"]
+    assert stream.response_model == "m"
+
+
+def test_stream_http_error_raises_before_any_chunk(simulated_provider):
+    sim = simulated_provider("acme", {"m": rate_limit(2)})
+    with client_with(sim) as client:
+        stream = client.stream("acme", "m", BODY)
+        chunks, exc = drain(stream)
+    assert chunks == []
+    assert (exc.kind, exc.error_type, exc.retry_after_s) == ("rate_limit", "429", 2)
+    assert not stream.first_chunk_received
+
+
+def test_stream_cut_before_first_token_raises_before_any_chunk(simulated_provider):
+    sim = simulated_provider("acme", {"m": cut_before_first_token()})
+    with client_with(sim) as client:
+        stream = client.stream("acme", "m", BODY)
+        chunks, exc = drain(stream)
+    assert chunks == []
+    assert (exc.kind, exc.error_type) == ("error", "stream_interrupted")
+    assert not stream.first_chunk_received
+
+
+def test_stream_cut_after_tokens_raises_after_the_chunks(simulated_provider):
+    sim = simulated_provider("acme", {"m": cut_after_tokens(2)})
+    with client_with(sim) as client:
+        stream = client.stream("acme", "m", BODY)
+        chunks, exc = drain(stream)
+    assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "This ", "is "]
+    assert (exc.kind, exc.error_type, exc.status_code) == ("error", "stream_interrupted", 200)
+    assert stream.first_chunk_received
+    assert stream.usage is None
+
+
+def test_astream_cut_cases(simulated_provider):
+    sim = simulated_provider("acme", {"cut0": cut_before_first_token(), "cut2": cut_after_tokens(2)})
+
+    async def run():
+        async with client_with(sim) as client:
+            before = client.astream("acme", "cut0", BODY)
+            after = client.astream("acme", "cut2", BODY)
+            return before, await adrain(before), after, await adrain(after)
+
+    before, (chunks0, exc0), after, (chunks2, exc2) = asyncio.run(run())
+    assert chunks0 == [] and exc0.error_type == "stream_interrupted" and not before.first_chunk_received
+    assert len(chunks2) == 3 and exc2.error_type == "stream_interrupted" and after.first_chunk_received
+
+
+def test_stream_without_done_is_interrupted(simulated_provider):
+    body = 'data: {"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": []}\n\n'
+    sim = simulated_provider("acme", {"m": raw(200, body, content_type="text/event-stream")})
+    with client_with(sim) as client:
+        chunks, exc = drain(client.stream("acme", "m", BODY))
+    assert len(chunks) == 1
+    assert exc.error_type == "stream_interrupted"
+
+
+def test_stream_error_event_and_bad_chunk(simulated_provider):
+    sim = simulated_provider("acme", {
+        "err": raw(200, 'data: {"error": {"message": "overloaded"}}\n\n', content_type="text/event-stream"),
+        "bad": raw(200, "data: {nope\n\n", content_type="text/event-stream"),
+    })
+    with client_with(sim) as client:
+        _, err = drain(client.stream("acme", "err", BODY))
+        _, bad = drain(client.stream("acme", "bad", BODY))
+    assert err.error_type == "stream_error" and "overloaded" in str(err)
+    assert bad.error_type == "invalid_response"
+
+
+def test_stream_timeout_before_first_chunk(simulated_provider):
+    sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)})
+    with client_with(sim) as client:
+        stream = client.stream("acme", "slow", BODY, timeout_s=0.3)
+        chunks, exc = drain(stream)
+    assert chunks == [] and exc.kind == "timeout" and not stream.first_chunk_received
+
+
+def test_stream_closed_early_releases_the_connection(simulated_provider):
+    sim = simulated_provider("acme", {"m": ok("a b c d e f g h")})
+    with client_with(sim) as client:
+        with client.stream("acme", "m", BODY) as stream:
+            next(stream)
+        assert client.chat("acme", "m", BODY).status_code == 200
+
+
+# --------------------------------------------------------------------------- providers file
+
+
+def test_load_providers_yaml_and_json(tmp_path):
+    yaml_file = tmp_path / "providers.yaml"
+    yaml_file.write_text(
+        "providers:\n"
+        "  - name: openai\n"
+        "    base_url: https://api.openai.com/v1\n"
+        "    api_key_env: OPENAI_API_KEY\n"
+        "    timeout_s: 20\n"
+        "  - name: local\n"
+        "    base_url: http://127.0.0.1:11434/v1\n"
+        "    headers: {x-team: search}\n"
+    )
+    json_file = tmp_path / "providers.json"
+    json_file.write_text(json.dumps(load_providers(yaml_file).model_dump()))
+
+    for path in (yaml_file, json_file):
+        config = load_providers(path)
+        assert config.names == ["openai", "local"]
+        assert config.get("openai").api_key_env == "OPENAI_API_KEY"
+        assert config.get("openai").timeout_s == 20
+        assert config.get("local").timeout_s == 30
+        assert config.get("local").headers == {"x-team": "search"}
+        assert config.get("nope") is None
+        assert "local" in config
+
+
+def test_missing_field_names_the_path(tmp_path):
+    path = tmp_path / "providers.yaml"
+    path.write_text("providers:\n  - {name: a, base_url: 'http://a/v1'}\n  - {name: b}\n")
+    with pytest.raises(ProvidersFileError) as caught:
+        load_providers(path)
+    assert str(path) in str(caught.value)
+    assert "providers[1].base_url: field required" in str(caught.value)
+    assert isinstance(caught.value, ConfigError) and isinstance(caught.value, UnhardcodedError)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "providers.yml"
+    path.write_text("providers:\n  - name: a\n    base_url: [http://a\n  - name: b\n")
+    with pytest.raises(ProvidersFileError) as caught:
+        load_providers(path)
+    assert str(path) in str(caught.value)
+    assert caught.value.line is not None
+    assert f"line {caught.value.line}" in str(caught.value)
+
+
+def test_json_syntax_error_names_the_line(tmp_path):
+    path = tmp_path / "providers.json"
+    path.write_text('{"providers": [\n  {"name": "a",}\n]}')
+    with pytest.raises(ProvidersFileError) as caught:
+        load_providers(path)
+    assert caught.value.line == 2 and "line 2" in str(caught.value)
+
+
+def test_duplicate_names_are_an_error(tmp_path):
+    path = tmp_path / "providers.yaml"
+    path.write_text(
+        "providers:\n"
+        "  - {name: a, base_url: 'http://a/v1'}\n"
+        "  - {name: b, base_url: 'http://b/v1'}\n"
+        "  - {name: a, base_url: 'http://c/v1'}\n"
+    )
+    with pytest.raises(ProvidersFileError) as caught:
+        load_providers(path)
+    assert "providers[2].name: duplicate provider name 'a'" in str(caught.value)
+    with pytest.raises(ValueError):
+        ProvidersConfig(providers=[ProviderConfig(name="a", base_url="http://a"),
+                                   ProviderConfig(name="a", base_url="http://b")])
+
+
+def test_unknown_extension_is_read_by_content(tmp_path):
+    as_yaml = tmp_path / "providers.conf"
+    as_yaml.write_text("providers:\n  - {name: a, base_url: 'http://a/v1'}\n")
+    as_json = tmp_path / "providers"
+    as_json.write_text('{"providers": [{"name": "b", "base_url": "http://b/v1"}]}')
+    broken = tmp_path / "providers.txt"
+    broken.write_text('{"providers": [')
+    assert load_providers(as_yaml).names == ["a"]
+    assert load_providers(as_json).names == ["b"]
+    with pytest.raises(ProvidersFileError, match="invalid JSON"):
+        load_providers(broken)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", "expected a mapping with a 'providers' list, found an empty file"),
+        ("- a\n- b\n", "found a list"),
+        ("other: 1\n", "providers: field required"),
+        ("providers:\n  - {name: a, base_url: 'ftp://a'}\n", "providers[0].base_url: must be an http"),
+        ("providers:\n  - {name: a, base_url: 'http://a', timeout_s: 0}\n", "providers[0].timeout_s: input should be"),
+        ("providers:\n  - {name: a, base_url: 'http://a', colour: red}\n", "providers[0].colour: unknown field"),
+        ("providers:\n  - {name: a, base_url: 'http://a', api_key_env: 'sk-live-abc'}\n",
+         "providers[0].api_key_env: string should match pattern"),
+        ("providers:\n  - {name: a, base_url: 'http://a', api_key: 'sk-live-abc'}\n",
+         "providers[0].api_key: keys are not written in the providers file"),
+    ],
+)
+def test_invalid_files(tmp_path, text, expected):
+    path = tmp_path / "providers.yaml"
+    path.write_text(text)
+    with pytest.raises(ProvidersFileError) as caught:
+        load_providers(path)
+    assert expected in str(caught.value)
+    assert "sk-live-abc" not in str(caught.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ProvidersFileError, match="no such file"):
+        load_providers(tmp_path / "absent.yaml")
+
+
+def test_inline_key_is_not_echoed_by_programmatic_validation():
+    with pytest.raises(ValueError) as caught:
+        ProviderConfig(name="a", base_url="http://a", api_key="sk-live-abc")
+    assert "sk-live-abc" not in str(caught.value)
+
+
+def test_providers_from_env(tmp_path, monkeypatch):
+    monkeypatch.delenv(PROVIDERS_ENV, raising=False)
+    assert providers_from_env() == default_providers()
+    assert default_providers().providers == []
+    path = tmp_path / "p.yaml"
+    path.write_text("providers:\n  - {name: a, base_url: 'http://a/v1'}\n")
+    monkeypatch.setenv(PROVIDERS_ENV, str(path))
+    assert providers_from_env().names == ["a"]
+    assert providers_from_env({PROVIDERS_ENV: ""}) == default_providers()
