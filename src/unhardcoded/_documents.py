@@ -34,7 +34,12 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError]) -> Any
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise error(f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+            # Flow-style YAML (`{schema: ..., models: [...]}`) starts the same way; only if it is
+            # not YAML either is the document reported, as the JSON it looked like.
+            try:
+                return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+            except (yaml.YAMLError, RecursionError):
+                raise error(f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
         except RecursionError:
             raise error(f"{source}: invalid JSON: nested too deeply") from None
     try:
