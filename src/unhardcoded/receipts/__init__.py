@@ -1,5 +1,21 @@
 """Receipts: the model, rebuilt from spans or built from a Decision; store, render, replay, rollups."""
 
 from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, WorkflowReceipt
+from .rebuild import RebuiltDecision, Rebuilt, rebuild, rebuild_decision, rebuild_receipts
+from .spans import SpanFormatError, SpanRecord, read_spans
+from .store import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
 
-__all__ = ["RECEIPT_SCHEMA", "WORKFLOW_RECEIPT_SCHEMA", "PolicyRef", "Receipt", "WorkflowReceipt"]
+__all__ = [
+    "RECEIPT_SCHEMA", "WORKFLOW_RECEIPT_SCHEMA", "PolicyRef", "ProcessorStats", "Receipt", "ReceiptQuery",
+    "ReceiptSpanProcessor", "ReceiptStore", "Rebuilt", "RebuiltDecision", "RollupRow", "SQLiteReceiptStore",
+    "SpanFormatError", "SpanRecord", "StoreError", "StoredReceipt", "WorkflowReceipt", "open_store", "read_spans",
+    "rebuild", "rebuild_decision", "rebuild_receipts",
+]
+
+
+def __getattr__(name: str):  # the processor needs the OpenTelemetry SDK: imported only when asked for
+    if name in ("ReceiptSpanProcessor", "ProcessorStats"):
+        from . import processor
+
+        return getattr(processor, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,427 @@
+"""Receipts rebuilt from spans: the one path from a decision's telemetry back to the Receipt that produced it.
+
+Whatever the spans came from, they are first read into :class:`SpanRecord`s
+(:mod:`.spans`), then rebuilt here, following docs/span-layout.md. Spans of
+other services in the trace are ignored; duplicates count once; order does not
+matter; what is missing makes the receipt ``complete: false``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from ..policy.model import fingerprint_of
+from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef
+from ..router.features import RequestFeatures
+from ..semconv import attributes as A
+from ..semconv import gen_ai as G
+from ..semconv import spans as S
+from .model import FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
+from .spans import STATUS_ERROR, SpanRecord, read_spans
+
+_OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate"})
+_ROLES = frozenset({"selected", "fallback"})
+_REASONS = frozenset({"error", "timeout", "rate_limit"})
+_CALLED = frozenset({"answered", "failed"})
+
+
+@dataclass(frozen=True)
+class RebuiltDecision:
+    """A receipt and what replaying it needs: the canonical policy body and the request features."""
+
+    receipt: Receipt
+    policy_body: str | None
+    features: RequestFeatures | None
+
+    @property
+    def fingerprint(self) -> str:
+        return self.receipt.policy.fingerprint
+
+
+@dataclass
+class Rebuilt:
+    """Everything a set of spans rebuilds to."""
+
+    decisions: list[RebuiltDecision] = field(default_factory=list)
+    workflows: list[WorkflowReceipt] = field(default_factory=list)
+    spans: int = 0
+    """Distinct spans read (duplicates counted once)."""
+    ignored: int = 0
+    """Spans that are not ours: other services, other instrumentation."""
+    orphans: int = 0
+    """Attempt spans whose decision span was not among the spans."""
+    malformed: int = 0
+    """Decision spans too damaged to rebuild (wrong types where the layout fixes them)."""
+
+    @property
+    def receipts(self) -> list[Receipt]:
+        return [d.receipt for d in self.decisions]
+
+    def receipt(self, request_id: str) -> Receipt | None:
+        return next((d.receipt for d in self.decisions if d.receipt.request_id == request_id), None)
+
+    def policies(self) -> dict[str, str]:
+        """Canonical policy bodies by fingerprint."""
+        return {d.fingerprint: d.policy_body for d in self.decisions if d.policy_body is not None}
+
+
+# --------------------------------------------------------------------------- classification
+
+
+def is_decision_span(span: SpanRecord) -> bool:
+    a = span.attributes
+    return A.UNHARDCODED_POLICY_FINGERPRINT in a and A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_ATTEMPT_INDEX not in a
+
+
+def is_attempt_span(span: SpanRecord) -> bool:
+    return A.UNHARDCODED_ATTEMPT_INDEX in span.attributes
+
+
+def is_workflow_span(span: SpanRecord) -> bool:
+    """The ``workflow {name}`` root (not its nodes, not the decisions in it)."""
+    a = span.attributes
+    return A.UNHARDCODED_WORKFLOW_ID in a and A.UNHARDCODED_WORKFLOW_NODE not in a and A.UNHARDCODED_REQUEST_ID not in a
+
+
+# --------------------------------------------------------------------------- values
+
+
+class _Malformed(ValueError):
+    pass
+
+
+def _str(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise _Malformed(f"{what}: expected a string, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _opt_float(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    return None
+
+
+def _opt_int(value: Any) -> int | None:
+    if value is None or isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() == "true"
+    return bool(value)
+
+
+def _str_list(value: Any) -> list[str] | None:
+    """A string[] attribute; Jaeger's legacy API carries arrays as JSON text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return None
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _json_text(value: Any) -> Any:
+    """Rejection thresholds and observed values travel as JSON text so every type round-trips."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return value
+    return value
+
+
+def iso_ms(ns: int) -> str:
+    """Span time (ns since the epoch) as the decision's timestamp: ISO 8601 UTC, milliseconds, ``Z``."""
+    secs, rem = divmod(ns, 1_000_000_000)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1_000_000:03d}Z"
+
+
+# --------------------------------------------------------------------------- one decision
+
+
+def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Rejection], bool]:
+    found: dict[str, Rejection] = {}
+    construct = Rejection.model_construct
+    for event in span.events:
+        if event.name != S.REJECTION_EVENT:
+            continue
+        ea = event.attributes
+        model = ea.get(A.UNHARDCODED_REJECTION_MODEL)
+        rule = ea.get(A.UNHARDCODED_REJECTION_RULE)
+        if not isinstance(model, str) or not isinstance(rule, str) or model in found:
+            continue
+        found[model] = construct(
+            model=model,
+            rule=rule,
+            field=str(ea.get(A.UNHARDCODED_REJECTION_FIELD, "")),
+            op=str(ea.get(A.UNHARDCODED_REJECTION_OP, "")),
+            threshold=_json_text(ea.get(A.UNHARDCODED_REJECTION_THRESHOLD)),
+            observed=_json_text(ea.get(A.UNHARDCODED_REJECTION_OBSERVED)),
+            message=str(ea.get(A.UNHARDCODED_REJECTION_MESSAGE, "")),
+        )
+    summarized = span.attributes.get(A.UNHARDCODED_REJECTIONS_JSON)
+    ok = True
+    if summarized is not None:
+        try:
+            records = json.loads(summarized) if isinstance(summarized, str) else None
+        except ValueError:
+            records = None
+        if not isinstance(records, list):
+            ok = False
+            records = []
+        for r in records:
+            if not isinstance(r, dict) or not isinstance(r.get("model"), str) or not isinstance(r.get("rule"), str):
+                ok = False
+                continue
+            if r["model"] in found:
+                continue
+            found[r["model"]] = construct(
+                model=r["model"], rule=r["rule"], field=str(r.get("field", "")), op=str(r.get("op", "")),
+                threshold=r.get("threshold"), observed=r.get("observed"), message=str(r.get("message", "")),
+            )
+    if rejected is None:
+        return list(found.values()), False
+    ordered = [found[m] for m in rejected if m in found]
+    if len(ordered) < len(found):  # records for models the rejected list does not name: keep them, last
+        named = set(rejected)
+        ordered.extend(r for m, r in found.items() if m not in named)
+    return ordered, ok and len(ordered) >= len(rejected) and all(m in found for m in rejected)
+
+
+def _attempt(span: SpanRecord) -> Attempt | None:
+    a = span.attributes
+    index = _opt_int(a.get(A.UNHARDCODED_ATTEMPT_INDEX))
+    model = a.get(G.GEN_AI_REQUEST_MODEL)
+    role = a.get(A.UNHARDCODED_ATTEMPT_ROLE)
+    if index is None or index < 0 or not isinstance(model, str) or role not in _ROLES:
+        return None
+    status = a.get(A.UNHARDCODED_ATTEMPT_STATUS)
+    if status not in ("ok", "error"):
+        status = "error" if span.status_code == STATUS_ERROR else "ok"
+    duration = _opt_float(a.get(A.UNHARDCODED_ATTEMPT_DURATION_MS))
+    if duration is None:
+        duration = max(0, span.end_ns - span.start_ns) / 1e6
+    return Attempt.model_construct(
+        index=index,
+        model=model,
+        provider=str(a.get(G.GEN_AI_PROVIDER_NAME, "")),
+        role=role,
+        status=status,
+        error_type=_opt_str(a.get(G.ERROR_TYPE)),
+        duration_ms=duration,
+        input_tokens=_opt_int(a.get(G.GEN_AI_USAGE_INPUT_TOKENS)),
+        output_tokens=_opt_int(a.get(G.GEN_AI_USAGE_OUTPUT_TOKENS)),
+    )
+
+
+def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:
+    """The receipt of one decision span and its attempt spans. Raises ValueError on a span too damaged to read."""
+    a = span.attributes
+    request_id = _str(a.get(A.UNHARDCODED_REQUEST_ID), "request id")
+    complete = True
+
+    candidates = _str_list(a.get(A.UNHARDCODED_CANDIDATES))
+    if candidates is None:
+        candidates, complete = [], False
+    elif _opt_int(a.get(A.UNHARDCODED_CANDIDATES_COUNT)) not in (None, len(candidates)):
+        complete = False
+    rejected_ids = _str_list(a.get(A.UNHARDCODED_REJECTED))
+    rejected, rejections_ok = _rejections(span, rejected_ids)
+    expected_rejections = _opt_int(a.get(A.UNHARDCODED_REJECTED_COUNT))
+    if not rejections_ok or (expected_rejections is not None and len(rejected) < expected_rejections):
+        complete = False
+
+    selected = None
+    model = a.get(A.UNHARDCODED_SELECTED_MODEL)
+    if isinstance(model, str):
+        selected = Selection.model_construct(
+            model=model, score=_opt_float(a.get(A.UNHARDCODED_SELECTED_SCORE)),
+            reason=str(a.get(A.UNHARDCODED_SELECTED_REASON, "")),
+        )
+
+    by_index: dict[int, Attempt] = {}
+    reasons: dict[int, Any] = {}
+    for attempt_span in attempt_spans:
+        attempt = _attempt(attempt_span)
+        if attempt is None:
+            complete = False
+            continue
+        if attempt.index not in by_index:
+            by_index[attempt.index] = attempt
+            reasons[attempt.index] = attempt_span.attributes.get(A.UNHARDCODED_FALLBACK_REASON)
+    attempts = [by_index[i] for i in sorted(by_index)]
+    hops = []
+    for i, attempt in enumerate(attempts):
+        previous = by_index.get(attempt.index - 1)
+        if attempt.index == 0 or previous is None:
+            continue
+        reason = reasons[attempt.index]
+        if reason not in _REASONS:
+            complete = False
+            continue
+        hops.append(FallbackHop.model_construct(from_=previous.model, to=attempt.model, reason=reason))
+
+    outcome = a.get(A.UNHARDCODED_DECISION_OUTCOME)
+    if outcome not in _OUTCOMES:
+        complete = False
+        outcome = "answered" if isinstance(a.get(A.UNHARDCODED_ANSWERED_MODEL), str) else ("dry_run" if selected else "no_candidate")
+    hop_count = _opt_int(a.get(A.UNHARDCODED_FALLBACK_HOPS)) or 0
+    if outcome in _CALLED:
+        expected = hop_count + 1
+        if any(i not in by_index for i in range(expected)):
+            complete = False
+    if (_opt_int(a.get(A.UNHARDCODED_TELEMETRY_DROPPED)) or 0) > 0 or span.dropped_attributes or span.dropped_events:
+        complete = False
+
+    features = None
+    raw_features = a.get(A.UNHARDCODED_REQUEST_FEATURES)
+    if isinstance(raw_features, str):
+        try:
+            features = RequestFeatures.model_validate_json(raw_features)
+        except ValueError:
+            features = None
+    if features is None:
+        complete = False
+
+    fingerprint = _str(a.get(A.UNHARDCODED_POLICY_FINGERPRINT), "policy fingerprint")
+    body = a.get(A.UNHARDCODED_POLICY_BODY)
+    # A body cut by an attribute length limit no longer hashes to the fingerprint: useless for replay.
+    if not isinstance(body, str) or fingerprint_of(body) != fingerprint:
+        body, complete = None, False
+
+    workflow = None
+    workflow_id = a.get(A.UNHARDCODED_WORKFLOW_ID)
+    if isinstance(workflow_id, str):
+        workflow = WorkflowRef.model_construct(
+            id=workflow_id, name=str(a.get(A.UNHARDCODED_WORKFLOW_NAME, "")),
+            node=_opt_str(a.get(A.UNHARDCODED_WORKFLOW_NODE)), step=_opt_int(a.get(A.UNHARDCODED_WORKFLOW_STEP)),
+        )
+
+    latency = _opt_float(a.get(A.UNHARDCODED_LATENCY_MS))
+    receipt = Receipt.model_construct(
+        request_id=request_id,
+        trace_id=span.trace_id,
+        span_id=span.span_id,
+        timestamp=iso_ms(span.start_ns),
+        policy=PolicyRef.model_construct(
+            name=_str(a.get(A.UNHARDCODED_POLICY_NAME), "policy name"), fingerprint=fingerprint,
+            schema_=_str(a.get(A.UNHARDCODED_POLICY_SCHEMA), "policy schema"),
+        ),
+        catalog_version=_str(a.get(A.UNHARDCODED_CATALOG_VERSION), "catalog version"),
+        candidates=candidates,
+        rejected=rejected,
+        selected=selected,
+        fallback=FallbackRecord.model_construct(
+            chain=_str_list(a.get(A.UNHARDCODED_FALLBACK_CHAIN)) or [],
+            triggered=_bool(a.get(A.UNHARDCODED_FALLBACK_TRIGGERED, bool(hops))),
+            hops=hops,
+        ),
+        attempts=attempts,
+        answered_by=_opt_str(a.get(A.UNHARDCODED_ANSWERED_MODEL)),
+        latency_ms=latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
+        cost=Cost.model_construct(
+            usd=_opt_float(a.get(A.UNHARDCODED_COST_USD)),
+            baseline_model=_opt_str(a.get(A.UNHARDCODED_COST_BASELINE_MODEL)),
+            baseline_usd=_opt_float(a.get(A.UNHARDCODED_COST_BASELINE_USD)),
+            savings_ratio=_opt_float(a.get(A.UNHARDCODED_COST_SAVINGS_RATIO)),
+        ),
+        workflow=workflow,
+        outcome=outcome,
+        features=features,
+        complete=complete,
+    )
+    return RebuiltDecision(receipt, body, features)
+
+
+# --------------------------------------------------------------------------- a whole set of spans
+
+
+def rebuild(spans: Iterable[SpanRecord]) -> Rebuilt:
+    """Rebuild every decision and workflow in ``spans`` (any order, duplicates allowed, other services ignored)."""
+    seen: dict[tuple[str, str], SpanRecord] = {}
+    for span in spans:
+        key = (span.trace_id, span.span_id)
+        if key not in seen:
+            seen[key] = span
+    out = Rebuilt(spans=len(seen))
+    decisions: list[SpanRecord] = []
+    attempts: dict[tuple[str, str], list[SpanRecord]] = {}
+    workflow_spans: dict[str, SpanRecord] = {}
+    for span in seen.values():
+        a = span.attributes
+        if A.UNHARDCODED_ATTEMPT_INDEX in a:
+            # Attempts name their request; the parent span id is the fallback for one that does not.
+            owner = a.get(A.UNHARDCODED_REQUEST_ID)
+            key = (span.trace_id, owner) if isinstance(owner, str) else (span.trace_id, "span:" + (span.parent_span_id or ""))
+            attempts.setdefault(key, []).append(span)
+        elif A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_POLICY_FINGERPRINT in a:
+            decisions.append(span)
+        elif A.UNHARDCODED_WORKFLOW_ID in a:
+            if A.UNHARDCODED_WORKFLOW_NODE not in a and isinstance(a[A.UNHARDCODED_WORKFLOW_ID], str):
+                workflow_spans.setdefault(a[A.UNHARDCODED_WORKFLOW_ID], span)
+        else:
+            out.ignored += 1
+    claimed = 0
+    for span in decisions:
+        request_id = span.attributes.get(A.UNHARDCODED_REQUEST_ID)
+        mine = attempts.pop((span.trace_id, request_id), []) if isinstance(request_id, str) else []
+        mine += attempts.pop((span.trace_id, "span:" + span.span_id), [])
+        claimed += len(mine)
+        try:
+            out.decisions.append(rebuild_decision(span, mine))
+        except (ValueError, TypeError):
+            out.malformed += 1
+    out.orphans = sum(len(v) for v in attempts.values())
+    out.decisions.sort(key=lambda d: (d.receipt.timestamp, d.receipt.request_id))
+    out.workflows = workflows_from(out.receipts, workflow_spans)
+    return out
+
+
+def workflows_from(receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRecord] | None = None) -> list[WorkflowReceipt]:
+    """Workflow receipts: the decisions that carry a workflow id, grouped, named by the workflow span when seen."""
+    groups: dict[str, list[Receipt]] = {}
+    for r in receipts:
+        if r.workflow is not None:
+            groups.setdefault(r.workflow.id, []).append(r)
+    workflow_spans = workflow_spans or {}
+    out = []
+    for wid in sorted(set(groups) | set(workflow_spans)):
+        members = groups.get(wid, [])
+        span = workflow_spans.get(wid)
+        name = span.attributes.get(A.UNHARDCODED_WORKFLOW_NAME) if span is not None else None
+        if not isinstance(name, str):
+            name = next((r.workflow.name for r in members if r.workflow and r.workflow.name), "")
+        trace_id = span.trace_id if span is not None else None
+        out.append(WorkflowReceipt.from_receipts(wid, name, members, trace_id=trace_id))
+    return out
+
+
+def rebuild_receipts(*payloads: Any) -> Rebuilt:
+    """Read each payload (any supported format; a trace split across batches is several payloads), rebuild once."""
+    spans: list[SpanRecord] = []
+    for payload in payloads:
+        spans.extend(read_spans(payload))
+    return rebuild(spans)

@@ -1,0 +1,564 @@
+"""One internal form for spans, read from every place a decision's spans can come from.
+
+SDK ``ReadableSpan``s, OTLP protobuf (bytes or message), OTLP/JSON, Jaeger's
+``/api/v3/traces`` and legacy ``/api/traces`` JSON, and Tempo's ``/api/traces``
+and ``/api/v2/traces`` JSON are each read once into :class:`SpanRecord`s; the
+rebuild only ever sees that form.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from ..errors import UnhardcodedError
+
+# OTLP's SpanKind numbering; the Python API's SpanKind enum numbers differently.
+KIND_UNSPECIFIED, KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(6)
+STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
+
+_API_KIND_TO_OTLP = {0: KIND_INTERNAL, 1: KIND_SERVER, 2: KIND_CLIENT, 3: KIND_PRODUCER, 4: KIND_CONSUMER}
+_KIND_NAMES = {
+    "SPAN_KIND_UNSPECIFIED": KIND_UNSPECIFIED, "SPAN_KIND_INTERNAL": KIND_INTERNAL, "SPAN_KIND_SERVER": KIND_SERVER,
+    "SPAN_KIND_CLIENT": KIND_CLIENT, "SPAN_KIND_PRODUCER": KIND_PRODUCER, "SPAN_KIND_CONSUMER": KIND_CONSUMER,
+}
+_JAEGER_KINDS = {"internal": KIND_INTERNAL, "server": KIND_SERVER, "client": KIND_CLIENT, "producer": KIND_PRODUCER, "consumer": KIND_CONSUMER}
+_STATUS_NAMES = {"STATUS_CODE_UNSET": STATUS_UNSET, "STATUS_CODE_OK": STATUS_OK, "STATUS_CODE_ERROR": STATUS_ERROR}
+
+
+class SpanFormatError(UnhardcodedError):
+    """Input that is not spans in any format the rebuild reads; the message says what was expected."""
+
+
+class EventRecord:
+    """A span event: name, time and attributes."""
+
+    __slots__ = ("name", "time_ns", "attributes")
+
+    def __init__(self, name: str, time_ns: int, attributes: dict[str, Any]) -> None:
+        self.name = name
+        self.time_ns = time_ns
+        self.attributes = attributes
+
+    def __repr__(self) -> str:
+        return f"EventRecord({self.name!r}, {self.time_ns}, {len(self.attributes)} attributes)"
+
+
+class SpanRecord:
+    """A finished span as the rebuild reads it: lowercase hex ids, OTLP kind and status numbers, plain values."""
+
+    __slots__ = (
+        "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "attributes", "events",
+        "status_code", "dropped_attributes", "dropped_events", "service",
+    )
+
+    def __init__(
+        self,
+        trace_id: str,
+        span_id: str,
+        parent_span_id: str | None,
+        name: str,
+        kind: int,
+        start_ns: int,
+        end_ns: int,
+        attributes: dict[str, Any],
+        events: list[EventRecord],
+        status_code: int = STATUS_UNSET,
+        dropped_attributes: int = 0,
+        dropped_events: int = 0,
+        service: str | None = None,
+    ) -> None:
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.attributes = attributes
+        self.events = events
+        self.status_code = status_code
+        self.dropped_attributes = dropped_attributes
+        self.dropped_events = dropped_events
+        self.service = service
+
+    def __repr__(self) -> str:
+        return f"SpanRecord({self.name!r}, trace={self.trace_id}, span={self.span_id}, parent={self.parent_span_id})"
+
+
+# --------------------------------------------------------------------------- ids and scalars
+
+
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _hex_id(value: Any, width: int, what: str) -> str:
+    """An id as lowercase hex of ``width`` digits, from hex (any case, Jaeger may trim zeros), base64 or bytes."""
+    if isinstance(value, (bytes, bytearray)):
+        return bytes(value).hex().rjust(width, "0")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return format(value, f"0{width}x")
+    if not isinstance(value, str):
+        raise SpanFormatError(f"{what}: expected a hex or base64 id, got {type(value).__name__}")
+    # Jaeger prints a 128-bit trace id whose high half is zero as 16 digits; nothing else is short.
+    if (len(value) == width or (width == 32 and len(value) == 16)) and all(c in _HEX for c in value):
+        return value.lower().rjust(width, "0")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise SpanFormatError(f"{what}: {value!r} is neither hex nor base64") from None
+    if len(raw) * 2 != width:
+        raise SpanFormatError(f"{what}: {value!r} decodes to {len(raw)} bytes, expected {width // 2}")
+    return raw.hex()
+
+
+def _parent_id(value: Any, what: str) -> str | None:
+    if value in (None, "", b""):
+        return None
+    parent = _hex_id(value, 16, what)
+    return None if parent == "0" * 16 else parent
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise SpanFormatError(f"{what}: expected an integer, got a boolean")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise SpanFormatError(f"{what}: expected an integer, got {value!r}")
+
+
+def _double(value: Any) -> float:
+    if isinstance(value, str):  # proto3 JSON writes non-finite doubles as strings
+        return float(value)
+    return float(value)
+
+
+# --------------------------------------------------------------------------- SDK ReadableSpan
+
+
+def from_readable_spans(spans: Iterable[Any]) -> list[SpanRecord]:
+    """SDK ``ReadableSpan``s (e.g. from ``InMemorySpanExporter.get_finished_spans()``)."""
+    out: list[SpanRecord] = []
+    for span in spans:
+        ctx = span.context
+        parent = span.parent
+        resource = getattr(span, "resource", None)
+        service = resource.attributes.get("service.name") if resource is not None else None
+        events = [EventRecord(e.name, e.timestamp or 0, _plain_attributes(e.attributes)) for e in span.events]
+        out.append(SpanRecord(
+            trace_id=format(ctx.trace_id, "032x"),
+            span_id=format(ctx.span_id, "016x"),
+            parent_span_id=format(parent.span_id, "016x") if parent is not None and parent.span_id else None,
+            name=span.name,
+            kind=_API_KIND_TO_OTLP.get(span.kind.value, KIND_UNSPECIFIED),
+            start_ns=span.start_time or 0,
+            end_ns=span.end_time or 0,
+            attributes=_plain_attributes(span.attributes),
+            events=events,
+            status_code=int(span.status.status_code.value),
+            dropped_attributes=int(getattr(span, "dropped_attributes", 0) or 0),
+            dropped_events=int(getattr(span, "dropped_events", 0) or 0),
+            service=service if isinstance(service, str) else None,
+        ))
+    return out
+
+
+def _plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    if not attributes:
+        return {}
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in attributes.items()}
+
+
+# --------------------------------------------------------------------------- OTLP protobuf
+
+
+def _pb_value(v: Any) -> Any:
+    which = v.WhichOneof("value")
+    if which == "string_value":
+        return v.string_value
+    if which == "int_value":
+        return v.int_value
+    if which == "double_value":
+        return v.double_value
+    if which == "bool_value":
+        return v.bool_value
+    if which == "array_value":
+        return [_pb_value(x) for x in v.array_value.values]
+    if which == "kvlist_value":
+        return {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values}
+    if which == "bytes_value":
+        return v.bytes_value
+    return None
+
+
+def _pb_attributes(kvs: Any) -> dict[str, Any]:
+    out = {}
+    for kv in kvs:
+        v = kv.value
+        which = v.WhichOneof("value")
+        # The common scalar cases inline: this loop is the hot path of the protobuf rebuild.
+        if which == "string_value":
+            out[kv.key] = v.string_value
+        elif which == "int_value":
+            out[kv.key] = v.int_value
+        elif which == "double_value":
+            out[kv.key] = v.double_value
+        elif which == "bool_value":
+            out[kv.key] = v.bool_value
+        else:
+            out[kv.key] = _pb_value(v)
+    return out
+
+
+def from_otlp_proto(message: Any) -> list[SpanRecord]:
+    """An OTLP ``ExportTraceServiceRequest`` or ``TracesData`` message, or its serialized bytes."""
+    if isinstance(message, (bytes, bytearray, memoryview)):
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+        from google.protobuf.message import DecodeError
+
+        try:
+            message = ExportTraceServiceRequest.FromString(bytes(message))
+        except DecodeError as exc:
+            raise SpanFormatError(f"not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
+    out: list[SpanRecord] = []
+    append = out.append
+    for rs in message.resource_spans:
+        service = None
+        for kv in rs.resource.attributes:
+            if kv.key == "service.name":
+                service = kv.value.string_value or None
+        for ss in rs.scope_spans:
+            for s in ss.spans:
+                events = [EventRecord(e.name, e.time_unix_nano, _pb_attributes(e.attributes)) for e in s.events]
+                tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
+                append(SpanRecord(
+                    tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
+                    sid.hex() if len(sid) == 8 else _hex_id(sid, 16, "spanId"),
+                    pid.hex() if len(pid) == 8 and any(pid) else None,
+                    s.name,
+                    s.kind,
+                    s.start_time_unix_nano,
+                    s.end_time_unix_nano,
+                    _pb_attributes(s.attributes),
+                    events,
+                    s.status.code,
+                    s.dropped_attributes_count,
+                    s.dropped_events_count,
+                    service,
+                ))
+    return out
+
+
+# --------------------------------------------------------------------------- OTLP/JSON (and Jaeger v3, Tempo)
+
+
+def _get(d: Mapping[str, Any], camel: str, snake: str | None = None) -> Any:
+    value = d.get(camel)
+    if value is None and snake is not None:
+        value = d.get(snake)
+    return value
+
+
+def _json_value(v: Any, what: str) -> Any:
+    if not isinstance(v, Mapping):
+        raise SpanFormatError(f"{what}: expected an AnyValue object, got {type(v).__name__}")
+    for key, value in v.items():
+        if key in ("stringValue", "string_value"):
+            return value
+        if key in ("intValue", "int_value"):
+            return _int(value, what)
+        if key in ("doubleValue", "double_value"):
+            return _double(value)
+        if key in ("boolValue", "bool_value"):
+            return bool(value)
+        if key in ("arrayValue", "array_value"):
+            return [_json_value(x, what) for x in (value or {}).get("values", [])]
+        if key in ("kvlistValue", "kvlist_value"):
+            return _json_attributes((value or {}).get("values", []), what)
+        if key in ("bytesValue", "bytes_value"):
+            return base64.b64decode(value)
+    return None
+
+
+def _json_attributes(kvs: Any, what: str) -> dict[str, Any]:
+    if not kvs:
+        return {}
+    if not isinstance(kvs, list):
+        raise SpanFormatError(f"{what}: attributes must be a list of key/value objects")
+    out = {}
+    for kv in kvs:
+        if not isinstance(kv, Mapping) or not isinstance(kv.get("key"), str):
+            raise SpanFormatError(f"{what}: an attribute must be an object with a string key")
+        out[kv["key"]] = _json_value(kv.get("value") or {}, f"{what}.{kv['key']}")
+    return out
+
+
+def _enum(value: Any, names: Mapping[str, int], default: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value in names:
+            return names[value]
+        if value.isdigit():
+            return int(value)
+    return default
+
+
+def from_otlp_json(doc: Any) -> list[SpanRecord]:
+    """OTLP/JSON (``{"resourceSpans": [...]}``): hex or base64 ids, ints as strings, enums as numbers or names."""
+    if isinstance(doc, (str, bytes, bytearray)):
+        doc = _load_json(doc)
+    if not isinstance(doc, Mapping):
+        raise SpanFormatError("OTLP/JSON: expected an object with resourceSpans")
+    return _resource_spans(_get(doc, "resourceSpans", "resource_spans") or [], "resourceSpans")
+
+
+def _resource_spans(batches: Any, where: str) -> list[SpanRecord]:
+    if not isinstance(batches, list):
+        raise SpanFormatError(f"{where}: expected a list of ResourceSpans")
+    out: list[SpanRecord] = []
+    for i, rs in enumerate(batches):
+        if not isinstance(rs, Mapping):
+            raise SpanFormatError(f"{where}[{i}]: expected a ResourceSpans object")
+        resource = rs.get("resource") or {}
+        service = _json_attributes(resource.get("attributes"), f"{where}[{i}].resource").get("service.name")
+        scopes = _get(rs, "scopeSpans", "scope_spans")
+        if scopes is None:  # OTLP before 0.15, still written by older Tempo
+            scopes = _get(rs, "instrumentationLibrarySpans", "instrumentation_library_spans") or []
+        for j, ss in enumerate(scopes):
+            for k, s in enumerate((ss or {}).get("spans") or []):
+                out.append(_json_span(s, f"{where}[{i}].scopeSpans[{j}].spans[{k}]", service if isinstance(service, str) else None))
+    return out
+
+
+def _json_span(s: Any, what: str, service: str | None) -> SpanRecord:
+    if not isinstance(s, Mapping):
+        raise SpanFormatError(f"{what}: expected a Span object")
+    events = []
+    for n, e in enumerate(s.get("events") or []):
+        events.append(EventRecord(
+            str(e.get("name", "")),
+            _int(_get(e, "timeUnixNano", "time_unix_nano") or 0, f"{what}.events[{n}].timeUnixNano"),
+            _json_attributes(e.get("attributes"), f"{what}.events[{n}]"),
+        ))
+    status = s.get("status") or {}
+    return SpanRecord(
+        trace_id=_hex_id(_get(s, "traceId", "trace_id"), 32, f"{what}.traceId"),
+        span_id=_hex_id(_get(s, "spanId", "span_id"), 16, f"{what}.spanId"),
+        parent_span_id=_parent_id(_get(s, "parentSpanId", "parent_span_id"), f"{what}.parentSpanId"),
+        name=str(s.get("name", "")),
+        kind=_enum(s.get("kind"), _KIND_NAMES, KIND_UNSPECIFIED),
+        start_ns=_int(_get(s, "startTimeUnixNano", "start_time_unix_nano") or 0, f"{what}.startTimeUnixNano"),
+        end_ns=_int(_get(s, "endTimeUnixNano", "end_time_unix_nano") or 0, f"{what}.endTimeUnixNano"),
+        attributes=_json_attributes(s.get("attributes"), what),
+        events=events,
+        status_code=_enum(status.get("code"), _STATUS_NAMES, STATUS_UNSET),
+        dropped_attributes=_int(_get(s, "droppedAttributesCount", "dropped_attributes_count") or 0, what),
+        dropped_events=_int(_get(s, "droppedEventsCount", "dropped_events_count") or 0, what),
+        service=service,
+    )
+
+
+# --------------------------------------------------------------------------- Jaeger legacy /api/traces
+
+
+def _jaeger_tag(tag: Mapping[str, Any], what: str) -> Any:
+    kind = str(tag.get("type", "string")).lower()
+    value = tag.get("value")
+    if kind in ("int64", "int"):
+        return _int(value, what)
+    if kind in ("float64", "float"):
+        return _double(value)
+    if kind == "bool":
+        return value if isinstance(value, bool) else str(value).lower() == "true"
+    if kind == "binary":
+        return base64.b64decode(value) if isinstance(value, str) else value
+    return value
+
+
+def _jaeger_tags(tags: Any, what: str) -> dict[str, Any]:
+    out = {}
+    for tag in tags or []:
+        if not isinstance(tag, Mapping) or not isinstance(tag.get("key"), str):
+            raise SpanFormatError(f"{what}: a tag must be an object with a string key")
+        out[tag["key"]] = _jaeger_tag(tag, f"{what}.{tag['key']}")
+    return out
+
+
+# Tags the OTLP -> Jaeger translation adds for span fields Jaeger has no place for.
+_JAEGER_SPECIAL = frozenset({
+    "span.kind", "otel.status_code", "otel.status_description", "error", "otel.scope.name", "otel.scope.version",
+    "otel.library.name", "otel.library.version", "otel.dropped_attributes_count", "otel.dropped_events_count",
+    "otel.dropped_links_count", "w3c.tracestate", "internal.span.format",
+})
+
+
+def from_jaeger_json(doc: Any) -> list[SpanRecord]:
+    """Jaeger's legacy query API (``/api/traces`` or ``/api/traces/{id}``): ``{"data": [{"spans", "processes"}]}``.
+
+    Array attributes arrive as JSON text (Jaeger tags have no arrays); the rebuild
+    decodes them where it expects an array.
+    """
+    if isinstance(doc, (str, bytes, bytearray)):
+        doc = _load_json(doc)
+    traces = doc.get("data") if isinstance(doc, Mapping) else doc
+    if isinstance(traces, Mapping):
+        traces = [traces]
+    if not isinstance(traces, list):
+        raise SpanFormatError("Jaeger JSON: expected {\"data\": [traces]}")
+    out: list[SpanRecord] = []
+    for t, trace in enumerate(traces):
+        if not isinstance(trace, Mapping):
+            raise SpanFormatError(f"data[{t}]: expected a trace object with spans and processes")
+        processes = trace.get("processes") or {}
+        for i, s in enumerate(trace.get("spans") or []):
+            what = f"data[{t}].spans[{i}]"
+            if not isinstance(s, Mapping):
+                raise SpanFormatError(f"{what}: expected a span object")
+            tags = _jaeger_tags(s.get("tags"), what)
+            parent = None
+            for ref in s.get("references") or []:
+                if ref.get("refType") == "CHILD_OF":
+                    parent = _parent_id(ref.get("spanID"), f"{what}.references")
+                    break
+            process = s.get("process") or processes.get(s.get("processID"), {})
+            service = process.get("serviceName") if isinstance(process, Mapping) else None
+            events = []
+            for n, log in enumerate(s.get("logs") or []):
+                fields = _jaeger_tags(log.get("fields"), f"{what}.logs[{n}]")
+                name = fields.pop("event", "")
+                events.append(EventRecord(str(name), _int(log.get("timestamp", 0), f"{what}.logs[{n}].timestamp") * 1000, fields))
+            status = STATUS_UNSET
+            code = tags.get("otel.status_code")
+            if code == "ERROR" or (code is None and tags.get("error") is True):
+                status = STATUS_ERROR
+            elif code == "OK":
+                status = STATUS_OK
+            start_us = _int(s.get("startTime", 0), f"{what}.startTime")
+            duration_us = _int(s.get("duration", 0), f"{what}.duration")
+            out.append(SpanRecord(
+                trace_id=_hex_id(s.get("traceID"), 32, f"{what}.traceID"),
+                span_id=_hex_id(s.get("spanID"), 16, f"{what}.spanID"),
+                parent_span_id=parent,
+                name=str(s.get("operationName", "")),
+                kind=_JAEGER_KINDS.get(str(tags.get("span.kind", "internal")), KIND_INTERNAL),
+                start_ns=start_us * 1000,
+                end_ns=(start_us + duration_us) * 1000,
+                attributes={k: v for k, v in tags.items() if k not in _JAEGER_SPECIAL},
+                events=events,
+                status_code=status,
+                dropped_attributes=_int(tags.get("otel.dropped_attributes_count", 0), what),
+                dropped_events=_int(tags.get("otel.dropped_events_count", 0), what),
+                service=service if isinstance(service, str) else None,
+            ))
+    return out
+
+
+# --------------------------------------------------------------------------- detection
+
+
+def _load_json(text: str | bytes | bytearray) -> Any:
+    """One JSON document, or several in a row (Jaeger's streamed ``/api/v3`` answers) as a list."""
+    if isinstance(text, (bytes, bytearray)):
+        try:
+            text = bytes(text).decode("utf-8")
+        except UnicodeDecodeError:
+            raise SpanFormatError("span payload is neither UTF-8 JSON nor OTLP protobuf") from None
+    decoder = json.JSONDecoder()
+    docs = []
+    pos, end = 0, len(text)
+    while True:
+        while pos < end and text[pos].isspace():
+            pos += 1
+        if pos >= end:
+            break
+        try:
+            doc, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise SpanFormatError(f"invalid JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}") from None
+        docs.append(doc)
+    if not docs:
+        raise SpanFormatError("empty span payload")
+    return docs[0] if len(docs) == 1 else docs
+
+
+FORMATS = ("sdk", "otlp-proto", "otlp-json", "jaeger-v3", "jaeger", "tempo", "tempo-v2")
+
+
+def detect_format(payload: Any) -> str:
+    """Which of :data:`FORMATS` ``payload`` is in."""
+    if isinstance(payload, Mapping):
+        if "resourceSpans" in payload or "resource_spans" in payload:
+            return "otlp-json"
+        if "result" in payload:
+            return "jaeger-v3"
+        if "batches" in payload:
+            return "tempo"
+        if "trace" in payload:
+            return "tempo-v2"
+        if "data" in payload:
+            return "jaeger"
+        if "error" in payload and isinstance(payload["error"], Mapping):
+            raise SpanFormatError(f"the trace backend answered with an error: {payload['error'].get('message', payload['error'])}")
+        raise SpanFormatError(f"unknown span JSON: top-level keys {sorted(payload)[:6]}; expected resourceSpans, result, batches, trace or data")
+    if hasattr(payload, "resource_spans"):
+        return "otlp-proto"
+    if isinstance(payload, Sequence) and not isinstance(payload, (str, bytes, bytearray)):
+        if payload and all(hasattr(s, "context") and hasattr(s, "attributes") for s in payload[:4]):
+            return "sdk"
+    raise SpanFormatError(f"cannot read spans from {type(payload).__name__}")
+
+
+def read_spans(payload: Any, format: str | None = None) -> list[SpanRecord]:
+    """Read spans from any supported payload; ``format`` (one of :data:`FORMATS`) skips detection."""
+    if format is not None and format not in FORMATS:
+        raise SpanFormatError(f"unknown span format {format!r}; expected one of {', '.join(FORMATS)}")
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        if format in (None, "otlp-proto"):
+            stripped = bytes(payload[:64]).lstrip()
+            if format == "otlp-proto" or not stripped.startswith((b"{", b"[")):
+                return from_otlp_proto(payload)
+        payload = _load_json(bytes(payload))
+    elif isinstance(payload, str):
+        payload = _load_json(payload)
+    if isinstance(payload, list) and payload and all(isinstance(d, Mapping) for d in payload):
+        return [s for doc in payload for s in read_spans(doc, format)]
+    fmt = format or detect_format(payload)
+    if fmt == "sdk":
+        return from_readable_spans(payload)
+    if fmt == "otlp-proto":
+        return from_otlp_proto(payload)
+    if fmt == "otlp-json":
+        return from_otlp_json(payload)
+    if fmt == "jaeger-v3":
+        result = payload.get("result")
+        if not isinstance(result, Mapping):
+            raise SpanFormatError("Jaeger /api/v3: expected {\"result\": {\"resourceSpans\": [...]}}")
+        return from_otlp_json(result)
+    if fmt == "tempo":
+        return _resource_spans(payload.get("batches") or [], "batches")
+    if fmt == "tempo-v2":
+        trace = payload.get("trace") or {}
+        if not isinstance(trace, Mapping):
+            raise SpanFormatError("Tempo /api/v2/traces: expected {\"trace\": {\"resourceSpans\": [...]}}")
+        batches = _get(trace, "resourceSpans", "resource_spans")
+        return _resource_spans(batches if batches is not None else trace.get("batches") or [], "trace.resourceSpans")
+    return from_jaeger_json(payload)
+
+
+def iter_spans(payloads: Iterable[Any]) -> Iterator[SpanRecord]:
+    """Every span of several payloads (a trace split across batches), in order."""
+    for payload in payloads:
+        yield from read_spans(payload)
+

@@ -1,0 +1,545 @@
+"""Where receipts are kept: a small store protocol and its SQLite implementation, the default.
+
+The SQLite store lives at ``unhardcoded._paths.data_dir() / "receipts.db"``
+unless ``UNHARDCODED_STORE`` (a path or ``sqlite:///path`` URL) or ``--store``
+says otherwise. Besides receipts it keeps every policy body by fingerprint and
+every catalog by version, so a decision can be replayed months later.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence, runtime_checkable
+from urllib.parse import unquote, urlsplit
+
+from .._paths import data_dir
+from ..errors import UnhardcodedError
+from ..policy.model import fingerprint_of
+from .model import Receipt, WorkflowReceipt
+
+if TYPE_CHECKING:
+    from ..catalog.model import Catalog
+    from .rebuild import RebuiltDecision
+
+STORE_ENV = "UNHARDCODED_STORE"
+STORE_FILE = "receipts.db"
+STORE_KIND = "unhardcoded-receipts-store"
+STORE_SCHEMA_VERSION = 1
+"""Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward."""
+
+RollupKey = Literal["policy", "workflow", "model"]
+ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model")
+
+
+class StoreError(UnhardcodedError):
+    """The receipt store cannot be opened or used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class ReceiptQuery:
+    """Which receipts to list. Every field narrows; ``None`` means any."""
+
+    request_id: str | None = None
+    trace_id: str | None = None
+    policy: str | None = None
+    """A policy name or fingerprint."""
+    model: str | None = None
+    """The model that answered, or the selected one when nothing answered."""
+    fallback: bool | None = None
+    workflow_id: str | None = None
+    since: datetime | str | None = None
+    """Inclusive; a datetime or an ISO 8601 timestamp."""
+    until: datetime | str | None = None
+    """Exclusive."""
+    complete: bool | None = None
+    limit: int | None = 100
+    offset: int = 0
+
+
+@dataclass(frozen=True)
+class StoredReceipt:
+    receipt: Receipt
+    revision: int
+    stored_at: str
+
+
+@dataclass(frozen=True)
+class RollupRow:
+    """Decisions, fallbacks and money for one policy, workflow or model."""
+
+    key: str
+    decisions: int
+    fallbacks: int
+    failed: int
+    cost_usd: float
+    baseline_usd: float
+    savings_usd: float
+    savings_ratio: float | None
+
+    @property
+    def fallback_rate(self) -> float:
+        return self.fallbacks / self.decisions if self.decisions else 0.0
+
+    def to_json_dict(self) -> dict[str, object]:
+        return {
+            "key": self.key, "decisions": self.decisions, "fallbacks": self.fallbacks,
+            "fallback_rate": self.fallback_rate, "failed": self.failed, "cost_usd": self.cost_usd,
+            "baseline_usd": self.baseline_usd, "savings_usd": self.savings_usd, "savings_ratio": self.savings_ratio,
+        }
+
+
+@runtime_checkable
+class ReceiptStore(Protocol):
+    """What every store (SQLite here; PostgreSQL later) offers. Writes are idempotent upserts by request id."""
+
+    location: str
+
+    def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
+        """Upsert one receipt (and its policy body); returns its revision."""
+        ...
+
+    def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
+        """Upsert receipts with their policy bodies in one transaction; returns how many changed."""
+        ...
+
+    def put_rebuilt(self, decisions: Iterable["RebuiltDecision"]) -> int:
+        """Upsert rebuilt decisions with their policy bodies; returns how many changed."""
+        ...
+
+    def put_policy(self, body: str) -> str:
+        """Keep a canonical policy body; returns its fingerprint."""
+        ...
+
+    def put_catalog(self, catalog: "Catalog") -> str:
+        """Keep a catalog's canonical JSON; returns its version."""
+        ...
+
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None: ...
+
+    def get(self, request_id: str) -> StoredReceipt | None: ...
+
+    def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]: ...
+
+    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int: ...
+
+    def workflow(self, workflow_id: str) -> WorkflowReceipt | None: ...
+
+    def policy(self, fingerprint: str) -> str | None: ...
+
+    def catalog(self, version: str) -> str | None: ...
+
+    def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]: ...
+
+    def close(self) -> None: ...
+
+
+# --------------------------------------------------------------------------- locations
+
+
+def default_store_path() -> Path:
+    return data_dir() / STORE_FILE
+
+
+def store_url(url: str | None = None) -> str:
+    """``url``, else ``$UNHARDCODED_STORE``, else the per-user default path."""
+    return url or os.environ.get(STORE_ENV) or str(default_store_path())
+
+
+def sqlite_path(url: str) -> Path:
+    """The file a store URL names: a plain path, or ``sqlite:///path`` (``sqlite:////abs`` also works)."""
+    if "://" not in url:
+        return Path(url).expanduser()
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite":
+        raise StoreError(f"store {url!r}: unsupported scheme {parts.scheme!r}; use a file path or sqlite:///path")
+    if parts.netloc:
+        raise StoreError(f"store {url!r}: a sqlite URL has no host; write sqlite:///path/to/receipts.db")
+    path = unquote(parts.path)
+    if not path or path == "/":
+        raise StoreError(f"store {url!r}: no file path; write sqlite:///path/to/receipts.db")
+    # sqlite:///tmp/r.db and sqlite:////tmp/r.db both mean /tmp/r.db.
+    return Path("/" + path.lstrip("/")).expanduser()
+
+
+def open_store(url: str | None = None, *, create: bool = True) -> "SQLiteReceiptStore":
+    """Open the store ``url`` names (see :func:`store_url`). ``create=False`` refuses to make a new file."""
+    resolved = store_url(url)
+    scheme = urlsplit(resolved).scheme if "://" in resolved else ""
+    if scheme.startswith("postgres"):
+        raise StoreError(f"store {resolved!r}: PostgreSQL stores are not available in this version; use a SQLite file")
+    return SQLiteReceiptStore(sqlite_path(resolved), create=create)
+
+
+# --------------------------------------------------------------------------- time
+
+
+def _ms(value: datetime | str) -> int:
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise StoreError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    return int(value.timestamp() * 1000)
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# --------------------------------------------------------------------------- SQLite
+
+_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (
+  request_id TEXT PRIMARY KEY,
+  trace_id TEXT,
+  ts_ms INTEGER NOT NULL,
+  policy_name TEXT NOT NULL,
+  policy_fingerprint TEXT NOT NULL,
+  catalog_version TEXT NOT NULL,
+  model TEXT,
+  outcome TEXT NOT NULL,
+  fallback INTEGER NOT NULL,
+  cost_usd REAL,
+  baseline_model TEXT,
+  baseline_usd REAL,
+  workflow_id TEXT,
+  workflow_name TEXT,
+  complete INTEGER NOT NULL,
+  revision INTEGER NOT NULL,
+  stored_at TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
+CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_policy ON receipts(policy_name, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprint);
+CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
+CREATE TABLE IF NOT EXISTS policies (
+  fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalogs (version TEXT PRIMARY KEY, body TEXT NOT NULL, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+  workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL
+);
+"""
+
+_ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
+
+
+class SQLiteReceiptStore:
+    """Receipts in one SQLite file (WAL), safe for threads of one process and for several processes."""
+
+    def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self.location = str(self.path)
+        self._lock = threading.RLock()
+        if not self.path.exists():
+            if not create:
+                raise StoreError(f"{self.path}: no receipt store here yet (no receipts recorded); set --store or {STORE_ENV}")
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(f"{self.path}: cannot create the store's directory: {exc.strerror}") from None
+        elif self.path.is_dir():
+            raise StoreError(f"{self.path}: is a directory, not a receipt store file")
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot open the receipt store: {exc}") from None
+        try:
+            self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+            self._open()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{self.path}: not a usable receipt store ({exc}); move it aside or point {STORE_ENV} at another file") from None
+        except StoreError:
+            self._db.close()
+            raise
+
+    # -- opening, creating, migrating ------------------------------------------------------
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+    def _open(self) -> None:
+        db = self._db
+        tables = self._tables()  # the first read: a file that is not SQLite fails here
+        if tables and "meta" not in tables:
+            raise StoreError(
+                f"{self.path}: a SQLite database, but not an unhardcoded receipt store (tables: {', '.join(sorted(tables)[:5])}); "
+                f"point --store or {STORE_ENV} at another file"
+            )
+        if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        if not tables:
+            self._create()
+        meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        if meta.get("kind") != STORE_KIND:
+            raise StoreError(f"{self.path}: has a meta table but is not an unhardcoded receipt store; point {STORE_ENV} at another file")
+        try:
+            version = int(meta.get("schema_version", "0"))
+        except ValueError:
+            raise StoreError(f"{self.path}: unreadable store schema version {meta.get('schema_version')!r}") from None
+        if version > STORE_SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: written by a newer unhardcoded (store schema {version}, this version reads up to "
+                f"{STORE_SCHEMA_VERSION}); upgrade unhardcoded"
+            )
+        if version < STORE_SCHEMA_VERSION:
+            self._migrate(version)
+
+    def _create(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if "meta" not in self._tables():  # another process may have created it while we waited
+                for statement in _TABLES.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [("kind", STORE_KIND), ("schema_version", str(STORE_SCHEMA_VERSION)), ("created_at", _now())],
+                )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def _migrate(self, version: int) -> None:
+        """Walk an older store forward one schema version at a time (none exist yet: version 1 is the first)."""
+        raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _write(self, fn, *args):  # type: ignore[no-untyped-def]
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(db, *args)
+                    db.execute("COMMIT")
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: write failed: {exc}") from None
+            return result
+
+    @staticmethod
+    def _put_policy(db: sqlite3.Connection, body: str, name: str | None = None, schema: str | None = None) -> str:
+        fingerprint = fingerprint_of(body)
+        if name is None or schema is None:
+            try:
+                doc = json.loads(body)
+                name = name or doc.get("name")
+                schema = schema or doc.get("schema")
+            except (ValueError, AttributeError):
+                pass
+        db.execute(
+            "INSERT OR IGNORE INTO policies(fingerprint, name, schema, body, first_seen) VALUES (?, ?, ?, ?, ?)",
+            (fingerprint, name, schema, body, _now()),
+        )
+        return fingerprint
+
+    @staticmethod
+    def _put_receipt(db: sqlite3.Connection, receipt: Receipt, stamp: str) -> tuple[int, bool]:
+        body = json.dumps(receipt.to_json_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        row = db.execute("SELECT body, revision, complete FROM receipts WHERE request_id = ?", (receipt.request_id,)).fetchone()
+        if row is not None:
+            old_body, revision, old_complete = row
+            if old_body == body:
+                return revision, False
+            # A partial re-delivery of a decision already stored whole is not a newer revision.
+            if old_complete and not receipt.complete:
+                return revision, False
+            revision += 1
+        else:
+            revision = 1
+        wf = receipt.workflow
+        model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
+        db.execute(
+            "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
+            "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, "
+            "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name,
+                receipt.policy.fingerprint, receipt.catalog_version, model, receipt.outcome, int(receipt.fallback.triggered),
+                receipt.cost.usd, receipt.cost.baseline_model, receipt.cost.baseline_usd, wf.id if wf else None,
+                wf.name if wf else None, int(receipt.complete), revision, stamp, body,
+            ),
+        )
+        if wf is not None:
+            db.execute(
+                "INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)",
+                (wf.id, wf.name, receipt.trace_id, stamp),
+            )
+        return revision, True
+
+    def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
+        def run(db: sqlite3.Connection) -> int:
+            if policy_body is not None:
+                self._put_policy(db, policy_body, receipt.policy.name, receipt.policy.schema_)
+            return self._put_receipt(db, receipt, _now())[0]
+
+        return self._write(run)
+
+    def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
+        items = list(items)
+
+        def run(db: sqlite3.Connection) -> int:
+            stamp = _now()
+            changed = 0
+            for receipt, body in items:
+                if body is not None:
+                    self._put_policy(db, body, receipt.policy.name, receipt.policy.schema_)
+                changed += self._put_receipt(db, receipt, stamp)[1]
+            return changed
+
+        return self._write(run) if items else 0
+
+    def put_rebuilt(self, decisions: Iterable["RebuiltDecision"]) -> int:
+        """Upsert rebuilt decisions: receipts and the policy bodies they were decided under."""
+        return self.put_many((d.receipt, d.policy_body) for d in decisions)
+
+    def put_policy(self, body: str) -> str:
+        return self._write(lambda db: self._put_policy(db, body))
+
+    def put_catalog(self, catalog: "Catalog") -> str:
+        version, body = catalog.version, catalog.canonical
+        self._write(lambda db: db.execute(
+            "INSERT OR IGNORE INTO catalogs(version, body, first_seen) VALUES (?, ?, ?)", (version, body, _now())
+        ))
+        return version
+
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None:
+        self._write(lambda db: db.execute(
+            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT(workflow_id) DO UPDATE SET name = excluded.name, trace_id = COALESCE(excluded.trace_id, trace_id)",
+            (workflow_id, name, trace_id, _now()),
+        ))
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: read failed: {exc}") from None
+
+    def get(self, request_id: str) -> StoredReceipt | None:
+        rows = self._read("SELECT body, revision, stored_at FROM receipts WHERE request_id = ?", (request_id,))
+        if not rows:
+            return None
+        body, revision, stored_at = rows[0]
+        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
+
+    @staticmethod
+    def _where(q: ReceiptQuery) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        if q.policy is not None:
+            clauses.append("(policy_name = ? OR policy_fingerprint = ?)")
+            params += [q.policy, q.policy]
+        if q.fallback is not None:
+            clauses.append("fallback = ?")
+            params.append(int(q.fallback))
+        if q.complete is not None:
+            clauses.append("complete = ?")
+            params.append(int(q.complete))
+        if q.since is not None:
+            clauses.append("ts_ms >= ?")
+            params.append(_ms(q.since))
+        if q.until is not None:
+            clauses.append("ts_ms < ?")
+            params.append(_ms(q.until))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]:
+        """Matching receipts, newest first, paged by ``limit`` / ``offset``."""
+        where, params = self._where(query)
+        sql = f"SELECT body FROM receipts{where} ORDER BY ts_ms DESC, request_id"
+        if query.limit is not None:
+            sql += " LIMIT ? OFFSET ?"
+            params += [max(0, query.limit), max(0, query.offset)]
+        elif query.offset:
+            sql += " LIMIT -1 OFFSET ?"
+            params.append(max(0, query.offset))
+        return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
+
+    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
+        where, params = self._where(query)
+        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
+        rows = self._read("SELECT body FROM receipts WHERE workflow_id = ?", (workflow_id,))
+        info = self._read("SELECT name, trace_id FROM workflows WHERE workflow_id = ?", (workflow_id,))
+        if not rows and not info:
+            return None
+        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
+        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
+        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
+
+    def policy(self, fingerprint: str) -> str | None:
+        rows = self._read("SELECT body FROM policies WHERE fingerprint = ?", (fingerprint,))
+        return rows[0][0] if rows else None
+
+    def catalog(self, version: str) -> str | None:
+        rows = self._read("SELECT body FROM catalogs WHERE version = ?", (version,))
+        return rows[0][0] if rows else None
+
+    def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
+        """Per ``by`` key: decisions that reached a provider or found no candidate (dry runs are left out)."""
+        if by not in _ROLLUP_COLUMN:
+            raise StoreError(f"cannot roll up by {by!r}; expected one of {', '.join(ROLLUP_KEYS)}")
+        column = _ROLLUP_COLUMN[by]
+        where, params = "WHERE outcome != 'dry_run'", []
+        if since is not None:
+            where += " AND ts_ms >= ?"
+            params.append(_ms(since))
+        priced = "baseline_usd IS NOT NULL AND cost_usd IS NOT NULL"
+        rows = self._read(
+            f"SELECT COALESCE({column}, '(none)'), COUNT(*), SUM(fallback), SUM(outcome = 'failed'), "
+            f"TOTAL(cost_usd), TOTAL(baseline_usd), TOTAL(CASE WHEN {priced} THEN baseline_usd - cost_usd END), "
+            f"TOTAL(CASE WHEN {priced} THEN baseline_usd END) "
+            f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
+            params,
+        )
+        return [
+            RollupRow(key, n, int(fb or 0), int(failed or 0), cost, base, saved, (saved / priced_base) if priced_base > 0 else None)
+            for key, n, fb, failed, cost, base, saved, priced_base in rows
+        ]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._db.close()
+            except sqlite3.Error:
+                pass
+
+    def __enter__(self) -> "SQLiteReceiptStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"SQLiteReceiptStore({self.location!r})"

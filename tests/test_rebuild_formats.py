@@ -1,0 +1,284 @@
+"""Rebuilding receipts from every span format: fixture files made by the real SDK and the real OTLP encoders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from google.protobuf.json_format import MessageToDict
+
+from fixtures import generate
+from fixtures import span_layout as L
+from unhardcoded.receipts import Receipt, SpanFormatError, WorkflowReceipt, read_spans, rebuild, rebuild_receipts
+from unhardcoded.receipts.spans import detect_format
+from unhardcoded.semconv import attributes as A
+from unhardcoded.semconv import spans as S
+
+FIXTURES = Path(__file__).parent / "fixtures"
+EXPECTED = json.loads((FIXTURES / generate.EXPECTED).read_text(encoding="utf-8"))
+RECEIPTS = [Receipt.model_validate(r) for r in EXPECTED["receipts"]]
+WORKFLOWS = [WorkflowReceipt.model_validate(w) for w in EXPECTED["workflows"]]
+
+
+def _payload(name: str) -> bytes | str:
+    path = FIXTURES / name
+    return path.read_bytes() if name.endswith(".pb") else path.read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def live() -> tuple[list, list]:
+    return generate.build()
+
+
+def test_fixture_files_are_what_the_generator_writes_today(live):
+    spans, decisions = live
+    for name, shape in generate.FILES.items():
+        data = L.WIRE_SHAPES[shape](spans)
+        if isinstance(data, bytes):
+            assert (FIXTURES / name).read_bytes() == data, f"{name} is stale: run python tests/fixtures/generate.py"
+        else:
+            assert json.loads((FIXTURES / name).read_text(encoding="utf-8")) == json.loads(data), name
+    assert EXPECTED == json.loads(json.dumps(generate.expected(decisions))), "trace.receipts.json is stale"
+
+
+@pytest.mark.parametrize("name", list(generate.FILES))
+def test_every_format_rebuilds_the_receipts_of_the_trace(name):
+    rebuilt = rebuild_receipts(_payload(name))
+    assert rebuilt.receipts == RECEIPTS
+    assert [r.to_json_dict() for r in rebuilt.receipts] == EXPECTED["receipts"]
+    assert all(r.complete for r in rebuilt.receipts)
+    assert rebuilt.workflows == WORKFLOWS
+    assert rebuilt.policies() == EXPECTED["policies"]
+    assert [d.features for d in rebuilt.decisions] == [r.features for r in RECEIPTS]
+    # The gateway's server span and the HTTP client span are someone else's: ignored, not errors.
+    assert rebuilt.ignored == 2 and rebuilt.malformed == 0 and rebuilt.orphans == 0
+
+
+def test_the_detected_format_is_the_one_written():
+    assert detect_format(json.loads(_payload("trace.otlp.json"))) == "otlp-json"
+    assert detect_format(json.loads(_payload("trace.jaeger-v3.json"))) == "jaeger-v3"
+    assert detect_format(json.loads(_payload("trace.jaeger.json"))) == "jaeger"
+    assert detect_format(json.loads(_payload("trace.tempo.json"))) == "tempo"
+    assert detect_format(json.loads(_payload("trace.tempo-v2.json"))) == "tempo-v2"
+
+
+def test_sdk_spans_and_protobuf_message_rebuild_the_same(live):
+    spans, _ = live
+    assert rebuild_receipts(list(spans)).receipts == RECEIPTS
+    assert rebuild_receipts(L.otlp_message(spans)).receipts == RECEIPTS
+
+
+def test_tempo_ids_are_base64_and_otlp_json_ids_are_hex():
+    tempo = json.loads(_payload("trace.tempo.json"))
+    otlp = json.loads(_payload("trace.otlp.json"))
+    assert len(tempo["batches"][0]["scopeSpans"][0]["spans"][0]["traceId"]) == 24
+    assert len(otlp["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["traceId"]) == 32
+    assert isinstance(otlp["resourceSpans"][0]["scopeSpans"][0]["spans"][0]["kind"], int)
+    assert tempo["batches"][0]["scopeSpans"][0]["spans"][0]["kind"].startswith("SPAN_KIND_")
+
+
+def test_jaeger_legacy_carries_arrays_as_json_text_and_they_come_back_as_lists():
+    doc = json.loads(_payload("trace.jaeger.json"))
+    tags = {t["key"]: t for s in doc["data"][0]["spans"] for t in s["tags"]}
+    assert tags[A.UNHARDCODED_CANDIDATES]["type"] == "string"
+    assert rebuild_receipts(doc).receipts[0].candidates == RECEIPTS[0].candidates
+
+
+def test_a_128_bit_jaeger_trace_id_with_zero_high_half_is_read_as_16_digits():
+    doc = json.loads(_payload("trace.jaeger.json"))
+    for s in doc["data"][0]["spans"]:
+        s["traceID"] = "0" * 16 + s["traceID"][16:]
+    doc["data"][0]["spans"] = [dict(s, traceID=s["traceID"][16:]) for s in doc["data"][0]["spans"]]
+    rebuilt = rebuild_receipts(doc)
+    assert [r.trace_id for r in rebuilt.receipts] == ["0" * 16 + RECEIPTS[0].trace_id[16:]] * 2
+
+
+# --------------------------------------------------------------------------- order, duplicates, batches
+
+
+@pytest.mark.parametrize("shape", ["sdk", "otlp-proto-bytes", "otlp-json", "jaeger", "tempo"])
+def test_out_of_order_spans_rebuild_the_same(live, shape):
+    spans, _ = live
+    for seed in range(5):
+        assert rebuild_receipts(L.WIRE_SHAPES[shape](L.shuffled(spans, seed))).receipts == RECEIPTS
+
+
+@pytest.mark.parametrize("shape", ["sdk", "otlp-proto-bytes", "otlp-json", "jaeger-v3", "tempo-v2"])
+def test_duplicated_spans_count_once(live, shape):
+    spans, _ = live
+    doubled = L.shuffled(list(spans) + list(spans), 11)
+    rebuilt = rebuild_receipts(L.WIRE_SHAPES[shape](doubled))
+    assert rebuilt.receipts == RECEIPTS
+    assert rebuilt.spans == len(spans)
+
+
+@pytest.mark.parametrize("shape", ["otlp-proto-bytes", "otlp-json", "jaeger", "tempo", "tempo-v2"])
+def test_a_trace_split_across_batches_rebuilds_whole(live, shape):
+    spans, _ = live
+    mixed = L.shuffled(spans, 5)
+    batches = [mixed[i::3] for i in range(3)]
+    rebuilt = rebuild_receipts(*(L.WIRE_SHAPES[shape](b) for b in batches))
+    assert rebuilt.receipts == RECEIPTS
+    assert rebuilt.workflows == WORKFLOWS
+
+
+def test_batches_of_different_formats_mix(live):
+    spans, _ = live
+    a, b = spans[: len(spans) // 2], spans[len(spans) // 2 :]
+    assert rebuild_receipts(L.otlp_bytes(a), L.jaeger_legacy(b)).receipts == RECEIPTS
+
+
+def test_jaeger_v3_streams_several_result_objects(live):
+    spans, _ = live
+    streamed = L.jaeger_v3(spans[:3]) + "\n" + L.jaeger_v3(spans[3:]) + "\n"
+    assert rebuild_receipts(streamed).receipts == RECEIPTS
+
+
+# --------------------------------------------------------------------------- incomplete telemetry
+
+
+def _without(spans, predicate):
+    return [s for s in spans if not predicate(s)]
+
+
+def test_a_missing_attempt_span_makes_the_receipt_incomplete(live):
+    spans, _ = live
+    first_attempt = next(s for s in spans if s.attributes.get(A.UNHARDCODED_ATTEMPT_INDEX) == 1)
+    rebuilt = rebuild_receipts(_without(spans, lambda s: s is first_attempt))
+    hopped = rebuilt.receipt(RECEIPTS[0].request_id)
+    assert hopped is not None and not hopped.complete
+    assert [a.index for a in hopped.attempts] == [0]
+    assert hopped.fallback.triggered is True
+    assert rebuilt.receipt(RECEIPTS[1].request_id).complete
+    assert not rebuilt.workflows[0].complete
+
+
+def test_missing_rejection_events_make_the_receipt_incomplete(live):
+    spans, _ = live
+    doc = L.otlp_json_dict(spans)
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                if s.get("events"):
+                    s["events"] = s["events"][:-2]
+    rebuilt = rebuild_receipts(doc)
+    assert [r.complete for r in rebuilt.receipts] == [False, False]
+    assert [len(r.rejected) for r in rebuilt.receipts] == [len(r.rejected) - 2 for r in RECEIPTS]
+
+
+def test_dropped_telemetry_makes_the_receipt_incomplete(live):
+    spans, _ = live
+    doc = L.otlp_json_dict(spans)
+    target = RECEIPTS[1].span_id
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                if s["spanId"] == target:
+                    s["droppedAttributesCount"] = 3
+    rebuilt = rebuild_receipts(doc)
+    assert [r.complete for r in rebuilt.receipts] == [True, False]
+
+
+def test_telemetry_dropped_attribute_makes_the_receipt_incomplete(live):
+    spans, _ = live
+    doc = L.otlp_json_dict(spans)
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                if s["spanId"] == RECEIPTS[0].span_id:
+                    s["attributes"].append({"key": A.UNHARDCODED_TELEMETRY_DROPPED, "value": {"intValue": "1"}})
+    assert [r.complete for r in rebuild_receipts(doc).receipts] == [False, True]
+
+
+def test_a_truncated_policy_body_is_not_offered_for_replay(live):
+    spans, _ = live
+    doc = L.otlp_json_dict(spans)
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                for kv in s["attributes"]:
+                    if kv["key"] == A.UNHARDCODED_POLICY_BODY:
+                        kv["value"]["stringValue"] = kv["value"]["stringValue"][:40]
+    rebuilt = rebuild_receipts(doc)
+    assert all(d.policy_body is None for d in rebuilt.decisions)
+    assert not any(r.complete for r in rebuilt.receipts)
+
+
+def test_attempts_without_their_decision_span_are_orphans_not_receipts(live):
+    spans, _ = live
+    rebuilt = rebuild_receipts(_without(spans, lambda s: s.name.startswith("route ")))
+    assert rebuilt.receipts == [] and rebuilt.orphans == 3
+
+
+def test_a_decision_with_many_rejections_reads_events_then_the_summary():
+    from fixtures.decisions import CATALOG
+    from unhardcoded.policy import validate_policy
+    from unhardcoded.router.engine import CompiledPolicy
+    from unhardcoded.router.features import RequestFeatures
+
+    policy = validate_policy({"schema": "sigma-pol/v1", "name": "strict", "rules": [
+        {"id": "region", "field": "regions", "op": "contains", "value": "cn"}]}, CATALOG)
+    d = CompiledPolicy(policy, CATALOG).decide(RequestFeatures(input_tokens=10), request_id="req_many")
+    d.timestamp = "2026-02-01T00:00:00.000Z"
+    assert len(d.rejected) > 20
+    limit = L.REJECTION_EVENT_LIMIT
+    try:
+        L.REJECTION_EVENT_LIMIT = 10
+        tp, exporter = L.provider()
+        L.emit_decision(tp.get_tracer("t"), d)
+    finally:
+        L.REJECTION_EVENT_LIMIT = limit
+    spans = exporter.get_finished_spans()
+    assert len(spans[0].events) == 10 and A.UNHARDCODED_REJECTIONS_JSON in spans[0].attributes
+    for shape in ("sdk", "otlp-proto-bytes", "jaeger"):
+        rebuilt = rebuild_receipts(L.WIRE_SHAPES[shape](spans))
+        assert rebuilt.receipts == [Receipt.from_decision(d)], shape
+
+
+# --------------------------------------------------------------------------- what is not spans
+
+
+@pytest.mark.parametrize("payload, message", [
+    (b"\x0a\xff\xff\xff", "OTLP protobuf"),
+    ("{not json", "invalid JSON"),
+    ("", "empty span payload"),
+    ({"hello": 1}, "unknown span JSON"),
+    ({"error": {"code": 5, "message": "trace not found"}}, "trace not found"),
+    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "00f067aa0ba902b7"}]}]}]}, "traceId"),
+    ({"data": [{"spans": [{"traceID": "4bf92f3577b34da6a3ce929d0e0e4736", "spanID": "00f067aa0ba902b7",
+                            "tags": [{"key": "n", "type": "int64", "value": "x"}]}]}]}, "expected an integer"),
+    (42, "cannot read spans"),
+])
+def test_what_is_not_spans_is_a_clear_error(payload, message):
+    with pytest.raises(SpanFormatError, match=message):
+        read_spans(payload)
+
+
+def test_an_empty_otlp_request_rebuilds_nothing():
+    assert rebuild_receipts(b"").receipts == []
+    assert rebuild_receipts({"resourceSpans": []}).receipts == []
+
+
+def test_a_decision_span_with_wrong_types_is_counted_malformed_not_raised(live):
+    spans, _ = live
+    records = read_spans(list(spans))
+    for r in records:
+        if r.name.startswith("route "):
+            r.attributes[A.UNHARDCODED_POLICY_NAME] = 7
+    rebuilt = rebuild(records)
+    assert rebuilt.receipts == [] and rebuilt.malformed == 2
+
+
+def test_rejection_events_are_the_named_event():
+    assert S.REJECTION_EVENT in {e.name for s in read_spans(_payload("trace.otlp.pb")) for e in s.events}
+
+
+def test_otlp_json_with_enum_names_and_int_ids_as_numbers_reads_the_same(live):
+    spans, _ = live
+    doc = MessageToDict(L.otlp_message(spans))  # proto3 JSON as-is: base64 ids, enum names
+    for rs in doc["resourceSpans"]:
+        for ss in rs["scopeSpans"]:
+            for s in ss["spans"]:
+                s["startTimeUnixNano"] = int(s["startTimeUnixNano"])
+    assert rebuild_receipts(doc).receipts == RECEIPTS
