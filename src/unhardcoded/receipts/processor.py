@@ -1,0 +1,207 @@
+"""In-process receipts: a SpanProcessor that rebuilds each decision's receipt as it ends and stores it.
+
+Attempt spans end before their decision span; they wait, keyed by the decision
+span's id, until it ends. Rebuilding and writing happen on a background thread
+so the app's request path never waits on them, and nothing here ever raises into the app:
+what cannot be rebuilt or written is counted in :attr:`ReceiptSpanProcessor.stats`.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable
+
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+
+from ..semconv import attributes as A
+from .rebuild import RebuiltDecision, rebuild_decision
+from .spans import SpanRecord, from_readable_spans
+
+if TYPE_CHECKING:
+    from ..catalog.model import Catalog
+    from .store import ReceiptStore
+
+logger = logging.getLogger(__name__)
+
+_STOP = object()
+
+
+@dataclass
+class ProcessorStats:
+    """What the processor did; ``lost`` counts receipts that could not be rebuilt or written."""
+
+    receipts_written: int = 0
+    lost: int = 0
+    rebuild_errors: int = 0
+    write_errors: int = 0
+    queue_full: int = 0
+    orphan_attempts: int = 0
+    incomplete: int = 0
+
+
+class ReceiptSpanProcessor(SpanProcessor):
+    """``provider.add_span_processor(ReceiptSpanProcessor(store))``: every decision's receipt lands in ``store``."""
+
+    def __init__(
+        self,
+        store: "ReceiptStore",
+        *,
+        catalogs: Iterable["Catalog"] = (),
+        max_pending_attempts: int = 10_000,
+        max_queue: int = 10_000,
+        batch_size: int = 256,
+    ) -> None:
+        self.store = store
+        self.stats = ProcessorStats()
+        self._pending: OrderedDict[tuple[int, int], list[ReadableSpan]] = OrderedDict()
+        self._pending_lock = threading.Lock()
+        self._max_pending = max_pending_attempts
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
+        self._batch_size = batch_size
+        self._stats_lock = threading.Lock()
+        self._shutdown = False
+        for catalog in catalogs:
+            try:
+                store.put_catalog(catalog)
+            except Exception:  # noqa: BLE001 - a store that fails here must not stop the app from starting
+                logger.warning("receipt store %s: could not keep catalog %s", getattr(store, "location", "?"), catalog.version)
+        self._worker = threading.Thread(target=self._run, name="unhardcoded-receipts", daemon=True)
+        self._worker.start()
+
+    def _count(self, **deltas: int) -> None:
+        with self._stats_lock:
+            for name, delta in deltas.items():
+                setattr(self.stats, name, getattr(self.stats, name) + delta)
+
+    # -- SpanProcessor ---------------------------------------------------------------------------
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        return None
+
+    def on_end(self, span: ReadableSpan) -> None:
+        try:
+            self._on_end(span)
+        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+            self._count(lost=1, rebuild_errors=1)
+            logger.debug("receipt processor: span %r dropped", getattr(span, "name", "?"), exc_info=True)
+
+    def _on_end(self, span: ReadableSpan) -> None:
+        if self._shutdown:
+            return
+        attrs = span.attributes or {}
+        if A.UNHARDCODED_ATTEMPT_INDEX in attrs:
+            parent = span.parent
+            if parent is None:
+                self._count(orphan_attempts=1)
+                return
+            key = (parent.trace_id, parent.span_id)
+            with self._pending_lock:
+                self._pending.setdefault(key, []).append(span)
+                evicted = 0
+                while len(self._pending) > self._max_pending:
+                    evicted += len(self._pending.popitem(last=False)[1])
+            if evicted:
+                self._count(orphan_attempts=evicted)
+            return
+        if A.UNHARDCODED_REQUEST_ID not in attrs or A.UNHARDCODED_POLICY_FINGERPRINT not in attrs:
+            return
+        ctx = span.context
+        with self._pending_lock:
+            attempts = self._pending.pop((ctx.trace_id, ctx.span_id), [])
+        try:
+            self._queue.put_nowait((span, attempts))
+        except queue.Full:
+            self._count(lost=1, queue_full=1)
+
+    def _rebuild(self, span: ReadableSpan, attempts: list[ReadableSpan]) -> RebuiltDecision | None:
+        try:
+            decision = rebuild_from_readable(span, attempts)
+        except Exception:  # noqa: BLE001 - a damaged span loses its receipt, nothing else
+            self._count(lost=1, rebuild_errors=1)
+            logger.debug("receipt processor: decision span %r could not be rebuilt", span.name, exc_info=True)
+            return None
+        if not decision.receipt.complete:
+            self._count(incomplete=1)
+        return decision
+
+    # -- writing ---------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            try:
+                if self._drain():
+                    return
+            except Exception:  # noqa: BLE001 - the writer thread outlives any one bad batch
+                logger.warning("receipt processor: writer error", exc_info=True)
+
+    def _drain(self) -> bool:
+        """Take what is queued (up to a batch), rebuild and write it; True once told to stop."""
+        item = self._queue.get()
+        batch: list[RebuiltDecision] = []
+        flushes: list[threading.Event] = []
+        stop = False
+        while True:
+            if item is _STOP:
+                stop = True
+            elif isinstance(item, threading.Event):
+                flushes.append(item)
+            else:
+                decision = self._rebuild(*item)
+                if decision is not None:
+                    batch.append(decision)
+            if stop or len(batch) >= self._batch_size:
+                break
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if batch:
+            self._write(batch)
+        for event in flushes:
+            event.set()
+        return stop
+
+    def _write(self, batch: list[RebuiltDecision]) -> None:
+        try:
+            self.store.put_rebuilt(batch)  # type: ignore[attr-defined]
+            self._count(receipts_written=len(batch))
+        except Exception:  # noqa: BLE001 - a store that is down loses receipts, not requests
+            self._count(lost=len(batch), write_errors=1)
+            logger.warning("receipt store %s: %d receipts not written", getattr(self.store, "location", "?"), len(batch), exc_info=True)
+
+    def force_flush(self, timeout_millis: int = 30_000) -> bool:
+        if self._shutdown or not self._worker.is_alive():
+            return True
+        done = threading.Event()
+        try:
+            self._queue.put(done, timeout=timeout_millis / 1000)
+        except queue.Full:
+            return False
+        return done.wait(timeout_millis / 1000)
+
+    def shutdown(self) -> None:
+        if self._shutdown:
+            return
+        self._shutdown = True
+        deadline = time.monotonic() + 30
+        try:
+            self._queue.put(_STOP, timeout=30)
+        except queue.Full:
+            pass
+        self._worker.join(max(0.0, deadline - time.monotonic()))
+        with self._pending_lock:
+            left = sum(len(v) for v in self._pending.values())
+            self._pending.clear()
+        if left:
+            self._count(orphan_attempts=left)
+
+
+def rebuild_from_readable(span: ReadableSpan, attempts: Iterable[ReadableSpan] = ()) -> RebuiltDecision:
+    """The receipt of one SDK decision span and its attempt spans."""
+    records: list[SpanRecord] = from_readable_spans([span, *attempts])
+    return rebuild_decision(records[0], records[1:])
