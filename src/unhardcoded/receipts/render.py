@@ -1,8 +1,14 @@
-"""Receipts rendered for a person: the card a support engineer reads at a glance."""
+"""Receipts rendered for a person: the card a support engineer reads at a glance, replays and rollups."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 from .model import Receipt, WorkflowReceipt
+
+if TYPE_CHECKING:
+    from .replay import ReplayResult
+    from .store import RollupRow
 
 WIDTH = 78
 STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}
@@ -12,6 +18,8 @@ MAX_REJECTIONS_SHOWN = 12
 def _usd(value: float | None) -> str:
     if value is None:
         return "n/a"
+    if value < 0:
+        return "−" + _usd(-value)
     if value == 0:
         return "$0"
     if value < 0.001:
@@ -73,6 +81,9 @@ def render_receipt(r: Receipt) -> str:
     label = "cost" if r.outcome != "dry_run" else "est. cost"
     lines.append(f"{label.ljust(9)} {cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio)}")
     lines.append(f"policy    {r.policy.name} · fingerprint {r.policy.fingerprint} · {r.policy.schema_}")
+    lines.append(f"catalog   {r.catalog_version} · {r.timestamp}")
+    if r.trace_id:
+        lines.append(f"trace     {r.trace_id} · span {r.span_id or 'n/a'}")
     if r.workflow:
         step = f" · step {r.workflow.step}" if r.workflow.step is not None else ""
         lines.append(f"workflow  {r.workflow.name} ({r.workflow.id}) · node {r.workflow.node}{step}")
@@ -97,3 +108,65 @@ def render_workflow(w: WorkflowReceipt) -> str:
     if not w.complete:
         lines.append("note      INCOMPLETE: some node telemetry was not received")
     return "\n".join(lines)
+
+
+def _pct_change(then: float | None, now: float | None) -> str:
+    if then is None or now is None:
+        return ""
+    if then == now:
+        return " (unchanged)"
+    if then == 0:
+        return " (new cost)"
+    change = (now - then) / then * 100
+    return f" ({'+' if change >= 0 else '−'}{abs(change):.0f}%)"
+
+
+def render_replay(result: "ReplayResult") -> str:
+    """What changed between the recorded decision and the same request decided today."""
+    r = result.receipt
+    verdict = "SAME decision today" if result.same else "DIFFERS today"
+    head = f"replay · {r.request_id}"
+    lines = [head + " " * max(1, WIDTH - len(head) - len(verdict)) + verdict]
+    lines.append(f"policy    {r.policy.name} · fingerprint {r.policy.fingerprint} · {r.policy.schema_}")
+    catalog = "unchanged" if result.recorded_catalog == result.today_catalog else f"→ today {result.today_catalog}"
+    lines.append(f"catalog   recorded {result.recorded_catalog} {catalog}")
+    then, now = result.winner_then or "none", result.winner_now or "none"
+    lines.append(f"winner    {then} → {now}" if result.winner_changed else f"winner    {then} (unchanged)")
+    if result.candidates_changed:
+        lines.append(f"ranking   {' > '.join(r.candidates[:6]) or 'none'} → {' > '.join(result.now.candidates[:6]) or 'none'}")
+    for c in result.rejection_changes:
+        if c.then is None and c.now is not None:
+            why = "now filtered" if c.material else "new in today's catalog, filtered"
+            lines.append(f"rejected  + {c.model}  {why}: {c.now.message} [{c.now.rule}]")
+        elif c.now is None and c.then is not None:
+            why = "no longer filtered" if c.material else "no longer in the catalog"
+            lines.append(f"rejected  − {c.model}  {why} (was {c.then.message} [{c.then.rule}])")
+        elif c.then is not None and c.now is not None:
+            lines.append(f"rejected  ~ {c.model}  {c.then.message} [{c.then.rule}] → {c.now.message} [{c.now.rule}]")
+    if not any(c.material for c in result.rejection_changes):
+        lines.append(f"rejected  {len(r.rejected)} models recorded, each still by the same rule")
+    if result.chain_changed:
+        old = " → ".join(r.fallback.chain) or "none"
+        new = " → ".join(result.now.fallback_chain) or "none"
+        lines.append(f"fallback  {old}  ⇒  {new}")
+    lines.append(f"est. cost {_usd(result.cost_then)} → {_usd(result.cost_now)}{_pct_change(result.cost_then, result.cost_now)}")
+    for note in result.notes:
+        lines.append(f"note      {note}")
+    return "\n".join(lines)
+
+
+def render_rollup(rows: "Sequence[RollupRow]", by: str) -> str:
+    """A table: decisions, fallback rate, cost, baseline cost and savings per policy, workflow or model."""
+    head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
+    body = [
+        (
+            row.key, str(row.decisions), f"{row.fallback_rate * 100:.1f}%", str(row.failed), _usd(row.cost_usd),
+            _usd(row.baseline_usd), _usd(row.savings_usd), f"{row.savings_ratio * 100:.0f}%" if row.savings_ratio is not None else "n/a",
+        )
+        for row in rows
+    ]
+    if not body:
+        return f"no decisions to roll up by {by}"
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    return "\n".join([fmt(head), *(fmt(r) for r in body)])

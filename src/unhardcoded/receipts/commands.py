@@ -1,0 +1,163 @@
+"""Subcommands over recorded receipts: `receipt` (show one), `replay` (decide it again today), `rollup` (cost vs baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections import Counter
+from typing import Any, TextIO
+
+from ..cli import UsageError, load_catalog_arg, print_json
+from ..errors import UnhardcodedError
+from .sources import add_source_arguments, source_from_args
+from .store import ROLLUP_KEYS, STORE_ENV, ReceiptQuery, open_store
+
+
+class NotFoundError(UnhardcodedError):
+    """No receipt or workflow has the id asked for."""
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser("receipt", help="show a request's receipt (or a workflow's) as a card or JSON")
+    p.add_argument("id", metavar="REQUEST_ID", help="a request id (X-Unhardcoded-Request-Id) or a workflow id")
+    add_source_arguments(p)
+    p.add_argument("--json", action="store_true", help="print the receipt as JSON (unhardcoded.receipt/v1)")
+    p.set_defaults(run=cmd_receipt)
+
+    p = sub.add_parser("replay", help="decide a recorded request again on today's catalog; exit 1 when the decision differs")
+    p.add_argument("id", metavar="REQUEST_ID", nargs="?", help="the request to replay (or --all)")
+    p.add_argument("--all", action="store_true", help="replay every recorded decision (narrow with --since)")
+    p.add_argument("--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date")
+    p.add_argument("--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument("--store", metavar="URL", help=f"receipt store (default ${STORE_ENV} or the per-user store)")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.set_defaults(run=cmd_replay)
+
+    p = sub.add_parser("rollup", help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow or model")
+    p.add_argument("--by", choices=ROLLUP_KEYS, default="policy", help="group by (default: policy)")
+    p.add_argument("--since", metavar="DURATION_OR_ISO", help="only decisions since 7d, 24h, ... or an ISO date")
+    p.add_argument("--store", metavar="URL", help=f"receipt store (default ${STORE_ENV} or the per-user store)")
+    p.add_argument("--json", action="store_true", help="print rows as JSON")
+    p.set_defaults(run=cmd_rollup)
+
+
+def cmd_receipt(args: argparse.Namespace) -> int:
+    from .render import render_receipt, render_workflow
+
+    if not args.id.strip():
+        raise UsageError("REQUEST_ID is empty")
+    source = source_from_args(args)
+    receipt = source.receipt(args.id)
+    if receipt is not None:
+        if args.json:
+            print_json(receipt.to_json_dict())
+        else:
+            print(render_receipt(receipt))
+        return 0
+    workflow = source.workflow(args.id)
+    if workflow is not None:
+        if args.json:
+            print_json(workflow.model_dump(mode="json", by_alias=True))
+        else:
+            print(render_workflow(workflow))
+        return 0
+    raise NotFoundError(f"no receipt or workflow {args.id!r} in {source.description}")
+
+
+def _progress(stream: TextIO, done: int, total: int) -> None:
+    width = 30
+    filled = int(width * done / total) if total else width
+    stream.write(f"\rreplaying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}")
+    if done >= total:
+        stream.write("\n")
+    stream.flush()
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from .render import render_replay
+    from .replay import ReplayError, parse_since, replay_from_store, replay_receipt
+
+    if args.all and args.id:
+        raise UsageError("give a REQUEST_ID or --all, not both")
+    if not args.all and not args.id:
+        raise UsageError("give a REQUEST_ID to replay, or --all")
+    if args.since and not args.all:
+        raise UsageError("--since goes with --all")
+    since = parse_since(args.since) if args.since else None
+    today = load_catalog_arg(args.catalog)
+    store = open_store(args.store, create=False)
+    try:
+        if not args.all:
+            result = replay_from_store(store, args.id, today)
+            if args.json:
+                print_json(result.to_json_dict())
+            else:
+                print(render_replay(result))
+            return 0 if result.same else 1
+
+        query = ReceiptQuery(since=since, limit=None)
+        total = store.count(query)
+        tty = sys.stderr.isatty()
+        same = differ = 0
+        skipped: Counter[str] = Counter()
+        differing: list[dict[str, Any]] = []
+        page, offset = 500, 0
+        done = 0
+        while offset < total:
+            batch = store.query(ReceiptQuery(since=since, limit=page, offset=offset))
+            if not batch:
+                break
+            offset += len(batch)
+            for receipt in batch:
+                try:
+                    result = replay_receipt(store, receipt, today)
+                except ReplayError as exc:
+                    skipped[str(exc).split(";")[0].split(" in ")[0]] += 1
+                else:
+                    if result.same:
+                        same += 1
+                    else:
+                        differ += 1
+                        differing.append({
+                            "request_id": receipt.request_id, "policy": receipt.policy.name,
+                            "winner": {"recorded": result.winner_then, "today": result.winner_now},
+                            "rejections_changed": len(result.rejection_changes),
+                        })
+                done += 1
+                if tty and (done % 25 == 0 or done == total):
+                    _progress(sys.stderr, done, total)
+        summary = {
+            "since": since.isoformat() if since else None, "replayed": same + differ, "same": same, "differ": differ,
+            "skipped": sum(skipped.values()), "skipped_reasons": dict(skipped), "differing": differing,
+        }
+        if args.json:
+            print_json(summary)
+        else:
+            for d in differing:
+                print(f"differs   {d['request_id']}  {d['policy']}  winner {d['winner']['recorded']} → {d['winner']['today']}"
+                      f"  ({d['rejections_changed']} rejection changes)")
+            scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
+            line = f"replayed {same + differ} decisions{scope}: {same} same, {differ} differ"
+            if skipped:
+                line += f", {sum(skipped.values())} skipped (" + "; ".join(f"{n}× {why}" for why, n in skipped.items()) + ")"
+            print(line)
+        return 1 if differ else 0
+    finally:
+        store.close()
+
+
+def cmd_rollup(args: argparse.Namespace) -> int:
+    from .render import render_rollup
+    from .replay import parse_since
+
+    since = parse_since(args.since) if args.since else None
+    store = open_store(args.store, create=False)
+    try:
+        rows = store.rollup(args.by, since)
+    finally:
+        store.close()
+    if args.json:
+        print_json({"by": args.by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]})
+    else:
+        print(render_rollup(rows, args.by))
+    return 0
