@@ -1,0 +1,260 @@
+"""The `fields`, `rank` and `fingerprint` commands, run as the real `unhardcoded` program in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from unhardcoded.catalog import Catalog
+from unhardcoded.policy import load_policy_file
+from unhardcoded.router import Router
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+SUPPORT = EXAMPLES / "policies" / "support.yaml"
+CUSTOM_CATALOG = EXAMPLES / "catalog.yaml"
+TOOLS_REQUEST = EXAMPLES / "requests" / "tools.json"
+DEFAULT_PROMPT = "Hello! Summarize our refund policy in two sentences."
+
+
+def command() -> list[str]:
+    beside = Path(sys.executable).parent / "unhardcoded"
+    if beside.exists():
+        return [str(beside)]
+    found = shutil.which("unhardcoded")
+    return [found] if found else [sys.executable, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())"]
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self):
+        return json.loads(self.out)
+
+
+def run(*args: str | Path, stdin: str | None = None, env: dict[str, str] | None = None) -> Run:
+    proc = subprocess.run(
+        [*command(), *map(str, args)], input=stdin, capture_output=True, text=True, timeout=60,
+        env={**os.environ, **(env or {})}, cwd=ROOT,
+    )
+    return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def assert_bad_input(result: Run, *needles: str) -> str:
+    assert result.code == 2, result
+    assert result.out == ""
+    lines = result.err.splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("unhardcoded: ")
+    for needle in needles:
+        assert needle in lines[0]
+    return lines[0]
+
+
+# -- fields -------------------------------------------------------------------------------------
+
+
+def test_fields_lists_the_builtin_fields():
+    result = run("fields")
+    assert result.code == 0 and result.err == ""
+    lines = result.out.splitlines()
+    assert lines[0].split()[:2] == ["id", "string"]
+    assert any(line.split()[:2] == ["regions", "string[]"] for line in lines)
+    assert any(line.startswith("price_input_per_mtok") and line.endswith("(USD/1M tokens)") for line in lines)
+    builtin = Catalog.builtin()
+    assert lines[-1] == f"catalog <built-in catalog> · version {builtin.version} · 30 models"
+    assert "[custom]" not in result.out
+
+
+def test_fields_json():
+    result = run("fields", "--json")
+    assert result.code == 0 and result.err == ""
+    data = result.json()
+    assert data["catalog_version"] == Catalog.builtin().version
+    assert [f["name"] for f in data["fields"]] == list(Catalog.builtin().fields)
+    context = next(f for f in data["fields"] if f["name"] == "context_window")
+    assert context == {"name": "context_window", "type": "integer", "unit": "tokens", "builtin": True,
+                       "description": "Maximum input plus output tokens"}
+
+
+def test_fields_with_a_custom_catalog():
+    result = run("fields", "--catalog", CUSTOM_CATALOG, "--json")
+    assert result.code == 0 and result.err == ""
+    data = result.json()
+    assert data["catalog_version"] == Catalog.from_file(CUSTOM_CATALOG).version
+    custom = {f["name"]: f for f in data["fields"] if not f["builtin"]}
+    assert custom == {
+        "soc2": {"name": "soc2", "type": "bool", "unit": None, "builtin": False, "description": "SOC 2 Type II report on file"},
+        "data_retention_days": {"name": "data_retention_days", "type": "integer", "unit": "days", "builtin": False,
+                                "description": "How long the provider keeps prompts"},
+    }
+    text = run("fields", "--catalog", CUSTOM_CATALOG)
+    assert any(line.startswith("soc2") and line.endswith("[custom]") for line in text.out.splitlines())
+    assert text.out.splitlines()[-1].endswith("· 6 models")
+
+
+def test_fields_reads_the_catalog_from_the_environment():
+    result = run("fields", "--json", env={"UNHARDCODED_CATALOG": str(CUSTOM_CATALOG)})
+    assert result.code == 0
+    assert "soc2" in [f["name"] for f in result.json()["fields"]]
+
+
+# -- rank ---------------------------------------------------------------------------------------
+
+
+def test_rank_prints_the_receipt_card():
+    result = run("rank", "--policy", SUPPORT)
+    assert result.code == 0 and result.err == ""
+    lines = result.out.splitlines()
+    assert lines[0].startswith("trace · req_") and lines[0].endswith("DRY RUN")
+    assert "selected  gemini-3.5-flash · score 0.54" in lines
+    assert "reason    tools ✓, over quality floor, price ceiling passed, cheapest survivor" in lines
+    assert any(line.startswith("rejected  mistral-small-4") and "filtered: no tools [tools]" in line for line in lines)
+    assert f"policy    support · fingerprint {load_policy_file(SUPPORT).fingerprint} · sigma-pol/v1" in lines
+
+
+def test_rank_json_is_a_receipt_with_no_attempts():
+    result = run("rank", "--policy", SUPPORT, "--json")
+    assert result.code == 0 and result.err == ""
+    receipt = result.json()
+    policy = load_policy_file(SUPPORT)
+    expected = Router().decide(policy, {"messages": [{"role": "user", "content": DEFAULT_PROMPT}]})
+    assert receipt["receipt"] == "unhardcoded.receipt/v1"
+    assert receipt["request_id"].startswith("req_")
+    assert receipt["policy"] == {"name": "support", "fingerprint": policy.fingerprint, "schema": "sigma-pol/v1"}
+    assert receipt["catalog_version"] == Catalog.builtin().version
+    assert receipt["attempts"] == []
+    assert receipt["answered_by"] is None
+    assert receipt["outcome"] == "dry_run"
+    assert receipt["selected"] == {"model": "gemini-3.5-flash", "score": 0.54,
+                                   "reason": "tools ✓, over quality floor, price ceiling passed, cheapest survivor"}
+    assert receipt["candidates"] == expected.candidates
+    assert receipt["fallback"] == {"chain": ["claude-sonnet-4-6", "gpt-5.5"], "triggered": False, "hops": []}
+    assert len(receipt["rejected"]) == 12
+    flash = next(r for r in receipt["rejected"] if r["model"] == "deepseek-v4-flash")
+    assert flash == {"model": "deepseek-v4-flash", "rule": "quality-floor", "field": "bench_intelligence", "op": "gte",
+                     "threshold": 0.5, "observed": 0.42, "message": "below quality floor (0.42 < 0.5)"}
+    assert receipt["cost"]["baseline_model"] == "gpt-5.5"
+    assert receipt["cost"]["usd"] == pytest.approx(expected.cost.usd, rel=1e-12)
+    assert receipt["cost"]["baseline_usd"] == pytest.approx(expected.cost.baseline_usd, rel=1e-12)
+    assert receipt["cost"]["savings_ratio"] == pytest.approx(1 - receipt["cost"]["usd"] / receipt["cost"]["baseline_usd"], rel=1e-12)
+    assert receipt["workflow"] is None
+    assert receipt["complete"] is True
+
+
+def test_rank_with_a_request_and_a_custom_catalog():
+    result = run("rank", "--policy", SUPPORT, "--catalog", CUSTOM_CATALOG, "--request", TOOLS_REQUEST, "--json")
+    assert result.code == 0 and result.err == ""
+    receipt = result.json()
+    assert receipt["catalog_version"] == Catalog.from_file(CUSTOM_CATALOG).version
+    assert receipt["features"]["uses_tools"] is True
+    assert receipt["features"]["max_tokens"] == 400
+    assert receipt["selected"]["model"] == "gemini-3.5-flash"
+    assert {r["model"]: r["rule"] for r in receipt["rejected"]} == {"mistral-small-4": "tools", "deepseek-v4-flash": "quality-floor"}
+
+
+def test_rank_reads_the_request_from_stdin():
+    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}
+    result = run("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json", stdin=json.dumps(body))
+    assert result.code == 0, result.err
+    receipt = result.json()
+    assert receipt["features"]["has_images"] is True
+    assert receipt["policy"]["name"] == "eu-only"
+    # No vision: the request rule rejects it, and it leaves the standby cascade too.
+    vision = next(r for r in receipt["rejected"] if r["model"] == "mistral-large-3")
+    assert (vision["rule"], vision["message"]) == ("request:vision", "no vision")
+    assert "mistral-large-3" not in receipt["fallback"]["chain"]
+    assert receipt["fallback"]["chain"] == ["claude-sonnet-4-6"]
+
+
+def test_rank_a_custom_field_policy_needs_its_catalog(tmp_path: Path):
+    policy = tmp_path / "audited.yaml"
+    policy.write_text("schema: sigma-pol/v1\nname: audited\nrules:\n  - {id: soc2, field: soc2, op: eq, value: true}\n")
+    ok = run("rank", "--policy", policy, "--catalog", CUSTOM_CATALOG, "--json")
+    assert ok.code == 0
+    receipt = ok.json()
+    assert receipt["selected"]["model"] == "gemini-3.5-flash"
+    assert {r["model"]: r["message"] for r in receipt["rejected"]} == {
+        "mistral-small-4": "no soc2",
+        "deepseek-v4-flash": "soc2 not set in the catalog (soc2)",
+    }
+    line = assert_bad_input(run("rank", "--policy", policy), "rules[0].field: unknown field 'soc2'", "unhardcoded fields")
+    assert line.startswith(f"unhardcoded: {policy}: ")
+
+
+# -- fingerprint --------------------------------------------------------------------------------
+
+
+def test_fingerprint_equals_the_library_value(tmp_path: Path):
+    expected = load_policy_file(SUPPORT).fingerprint
+    result = run("fingerprint", SUPPORT)
+    assert (result.code, result.out, result.err) == (0, expected + "\n", "")
+    as_json = tmp_path / "support.json"
+    as_json.write_text(json.dumps(load_policy_file(SUPPORT).to_document(), indent=3))
+    assert run("fingerprint", as_json).out == expected + "\n"
+
+
+def test_fingerprint_json():
+    policy = load_policy_file(SUPPORT)
+    result = run("fingerprint", SUPPORT, "--json")
+    assert result.code == 0
+    assert result.json() == {"name": "support", "fingerprint": policy.fingerprint, "schema": "sigma-pol/v1",
+                             "canonical": policy.canonical}
+
+
+# -- bad input: exit 2, one line on stderr, nothing on stdout -------------------------------------
+
+
+def test_bad_yaml(tmp_path: Path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("schema: sigma-pol/v1\nname: t\nrules:\n  - id: a\n   field: x\n")
+    for args in (["rank", "--policy", bad], ["fingerprint", bad]):
+        assert_bad_input(run(*args), str(bad), "line 5", "invalid YAML")
+
+
+def test_bad_op(tmp_path: Path):
+    bad = tmp_path / "op.yaml"
+    bad.write_text(SUPPORT.read_text().replace("op: lte", "op: gte2"))
+    line = assert_bad_input(run("rank", "--policy", bad))
+    assert line == (f"unhardcoded: {bad}: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, "
+                    "contains, intersects")
+
+
+def test_missing_files(tmp_path: Path):
+    missing = tmp_path / "missing.yaml"
+    assert assert_bad_input(run("rank", "--policy", missing)) == f"unhardcoded: {missing}: no such file"
+    assert assert_bad_input(run("fingerprint", missing)) == f"unhardcoded: {missing}: no such file"
+    assert_bad_input(run("rank", "--policy", SUPPORT, "--request", tmp_path / "none.json"), "none.json: cannot read")
+    assert_bad_input(run("fields", "--catalog", missing), f"{missing}: no such file")
+
+
+def test_bad_request_json(tmp_path: Path):
+    bad = tmp_path / "request.json"
+    bad.write_text('{"messages": [\n  {"role": "user", "content": "hi"},\n]}')
+    assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", bad)) == (
+        f"unhardcoded: {bad}: line 3: invalid JSON: Expecting value")
+    not_chat = tmp_path / "empty.json"
+    not_chat.write_text('{"model": "gpt-5.5"}')
+    assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", not_chat)) == (
+        "unhardcoded: messages: must be a non-empty array of chat messages")
+
+
+def test_bad_catalog(tmp_path: Path):
+    bad = tmp_path / "catalog.yaml"
+    bad.write_text("schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: cheap, price_output_per_mtok: 1}\n")
+    assert_bad_input(run("rank", "--policy", SUPPORT, "--catalog", bad), "models[0].price_input_per_mtok: expected number, got 'cheap'")
+
+
+def test_usage_errors_are_one_line_too():
+    assert_bad_input(run("rank"), "--policy")
+    assert_bad_input(run("no-such-command"), "no-such-command")
