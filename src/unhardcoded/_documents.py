@@ -15,6 +15,21 @@ from .errors import UnhardcodedError
 class _Yaml12Loader(yaml.SafeLoader):
     """Safe loader with YAML 1.2 booleans: only true/false, so keys like `on:` stay strings."""
 
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        # PyYAML's scalar constructors raise plain ValueError/KeyError/... for values such as
+        # `2024-13-45` or `!!int x`; give them the node's position like any other YAML error.
+        try:
+            return super().construct_object(node, deep)
+        except yaml.YAMLError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError):
+            shown = node.value if isinstance(node.value, str) else ""
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            tag = str(node.tag).replace("tag:yaml.org,2002:", "!!")
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {tag} value {shown!r}", node.start_mark
+            ) from None
+
 
 _Yaml12Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
