@@ -83,6 +83,19 @@ def read_document(path: str | Path, error: type[UnhardcodedError]) -> Any:
     return parse_document(text, str(p), error)
 
 
+_PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+def key_path(parent: str, key: Any) -> str:
+    """``parent.key``; a key that is empty or not a plain name is quoted (``parent["a b"]``) so the path stays readable."""
+    if isinstance(key, str) and _PLAIN_KEY.match(key):
+        return f"{parent}.{key}" if parent else key
+    shown = json.dumps(key, ensure_ascii=False) if isinstance(key, str) else str(key)
+    if len(shown) > 40:
+        shown = shown[:37] + '..."'
+    return f"{parent}[{shown}]"
+
+
 def json_path(loc: tuple[Any, ...] | list[Any]) -> str:
     """``("rules", 2, "op")`` -> ``rules[2].op``."""
     out = ""

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .._canonical import canonical_json
-from .._documents import parse_document, read_document
+from .._documents import key_path, parse_document, read_document
 from ..errors import CatalogError
 from .fields import BUILTIN_FIELD_NAMES, BUILTIN_FIELDS, FIELD_TYPES, FieldSpec, describe_value, suggest, value_matches
 
@@ -101,7 +101,7 @@ class Catalog:
             raise CatalogError(f"{source}: a catalog is a mapping with schema, fields and models")
         for key in doc:
             if key not in ("schema", "fields", "models"):
-                err(str(key), f"unknown key{suggest(str(key), {'schema', 'fields', 'models'})}")
+                err(key_path("", key), f"unknown key{suggest(str(key), {'schema', 'fields', 'models'})}")
         schema = doc.get("schema")
         if schema != CATALOG_SCHEMA:
             err("schema", f"must be {CATALOG_SCHEMA!r}, got {describe_value(schema)}")
@@ -118,7 +118,7 @@ class Catalog:
                 continue
             extra = set(raw) - {"name", "type", "unit", "description"}
             for key in sorted(extra):
-                err(f"{path}.{key}", "unknown key; a field has name, type, unit, description")
+                err(key_path(path, key), "unknown key; a field has name, type, unit, description")
             name = raw.get("name")
             ftype = raw.get("type")
             if not isinstance(name, str) or not _FIELD_NAME.match(name):
@@ -161,7 +161,7 @@ class Catalog:
             for key, value in raw.items():
                 spec = specs.get(key)
                 if spec is None:
-                    err(f"{path}.{key}", f"unknown field{suggest(str(key), specs.keys())}; declare custom fields under fields:")
+                    err(key_path(path, key), f"unknown field{suggest(str(key), specs.keys())}; declare custom fields under fields:")
                     ok = False
                     continue
                 if value is None:

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 from typing import Any, Mapping
 
-from .._documents import parse_document, read_document
+from .._documents import key_path, parse_document, read_document
 from ..catalog.fields import describe_value, suggest, value_matches
 from ..catalog.model import Catalog
 from ..errors import PolicyError
@@ -30,7 +30,7 @@ class _Errors:
 def _check_keys(errs: _Errors, path: str, raw: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in raw:
         if key not in allowed:
-            errs.add(f"{path}.{key}" if path else str(key), f"unknown key{suggest(str(key), set(allowed))}; expected one of {', '.join(allowed)}")
+            errs.add(key_path(path, key), f"unknown key{suggest(str(key), set(allowed))}; expected one of {', '.join(allowed)}")
 
 
 def _check_rule_value(errs: _Errors, path: str, op: str, ftype: str, field: str, value: Any) -> None:
