@@ -494,8 +494,6 @@ def test_the_api_key_never_leaks_from_aroute(tmp_path: Path, monkeypatch: pytest
     leak_checks(key, everything_said(decision, result, err, debug_logs, capsys, recorder))
 
 
-@pytest.mark.xfail(strict=True, reason="providers.py truncates an error detail to 300 characters before scrubbing the key, "
-                                        "so a key cut by the truncation survives in part")
 def test_a_key_cut_by_the_error_detail_limit_does_not_leak_in_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims,
                                                                   catalog: Catalog, debug_logs: pytest.LogCaptureFixture,
                                                                   capsys: pytest.CaptureFixture[str]):

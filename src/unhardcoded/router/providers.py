@@ -677,7 +677,7 @@ class _StreamState:
             )
         if isinstance(chunk.get("error"), Mapping):
             raise self._call.failure(
-                f"error event in stream: {_error_detail(chunk, data)}", kind="error", error_type="stream_error",
+                f"error event in stream: {_error_detail(chunk, data, self._call.secret)}", kind="error", error_type="stream_error",
                 status_code=self.status_code,
             )
         if self._call.secret and self._call.secret in data:
@@ -923,7 +923,7 @@ def _status_failure(call: _PreparedCall, response: httpx.Response, text: str) ->
         kind = "timeout"
     else:
         kind = "error"
-    detail = _error_detail(_json_or_none(text), text)
+    detail = _error_detail(_json_or_none(text), text, call.secret)
     message = f"HTTP {status}" + (f": {detail}" if detail else "")
     if retry_after is not None:
         message += f" (retry after {retry_after:g} s)"
@@ -968,7 +968,8 @@ def _retry_after_s(headers: httpx.Headers) -> float | None:
     return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
 
 
-def _error_detail(parsed: Any, text: str) -> str:
+def _error_detail(parsed: Any, text: str, secret: str | None) -> str:
+    """The provider's own error message, scrubbed of the key BEFORE it is cut, so no part of a key survives."""
     detail = ""
     if isinstance(parsed, Mapping):
         error = parsed.get("error")
@@ -980,7 +981,7 @@ def _error_detail(parsed: Any, text: str) -> str:
             detail = parsed["message"]
     if not detail:
         detail = text.strip()
-    detail = " ".join(detail.split())
+    detail = _scrub(" ".join(detail.split()), secret)
     if len(detail) > _DETAIL_LIMIT:
         detail = detail[:_DETAIL_LIMIT] + "..."
     return detail
