@@ -157,6 +157,7 @@ class Catalog:
                 err(path, "must be a mapping of field names to values")
                 continue
             values: dict[str, Any] = {}
+            reported: set[str] = set()
             ok = True
             for key, value in raw.items():
                 spec = specs.get(key)
@@ -168,13 +169,20 @@ class Catalog:
                     continue
                 if not value_matches(spec.type, value):
                     err(f"{path}.{key}", f"expected {spec.type}, got {describe_value(value)}")
+                    reported.add(key)
+                    ok = False
+                    continue
+                if key in ("id", "provider") and not value.strip():
+                    # A blank id cannot be sent to a provider or named by a policy; a blank provider matches no entry.
+                    err(f"{path}.{key}", "must not be empty")
+                    reported.add(key)
                     ok = False
                     continue
                 if spec.type == "integer":
                     value = int(value)
                 values[key] = value
             for spec in specs.values():
-                if spec.required and spec.name not in values:
+                if spec.required and spec.name not in values and spec.name not in reported:
                     err(f"{path}.{spec.name}", "field required")
                     ok = False
             for price in ("price_input_per_mtok", "price_output_per_mtok"):
