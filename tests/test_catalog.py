@@ -133,7 +133,9 @@ def test_unknown_model_field_suggests_and_says_how_to_declare():
         ({"regions": ["eu", 1]}, "models[0].regions: expected string[], got ['eu', 1]"),
         ({"soc2": "yes"}, "models[0].soc2: expected bool, got 'yes'"),
         ({"retention_days": 2.5}, "models[0].retention_days: expected integer, got 2.5"),
-        ({"id": 7}, "models[0].id: expected string, got 7; models[0].id: field required"),
+        ({"id": 7}, "models[0].id: expected string, got 7"),
+        ({"id": " "}, "models[0].id: must not be empty"),
+        ({"provider": ""}, "models[0].provider: must not be empty"),
         ({"price_input_per_mtok": -1}, "models[0].price_input_per_mtok: a price cannot be negative"),
     ],
 )
@@ -313,3 +315,9 @@ def test_archive_directory_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert CatalogArchive().directory == tmp_path / "home" / "catalogs"
     monkeypatch.setenv("UNHARDCODED_CATALOG_DIR", str(tmp_path / "elsewhere"))
     assert CatalogArchive().directory == tmp_path / "elsewhere"
+
+
+def test_odd_unknown_keys_are_quoted_in_the_path():
+    assert error_of(model_doc(**{"": 1})) == 'c.yaml: models[0][""]: unknown field; declare custom fields under fields:'
+    doc = {**catalog_doc(), "x y": 1}
+    assert error_of(doc) == 'c.yaml: ["x y"]: unknown key'

@@ -427,3 +427,26 @@ def test_flow_style_yaml_is_yaml_not_broken_json():
     with pytest.raises(PolicyError) as info:
         load_policy('{"schema": "sigma-pol/v1", "name": [}', source="p.json")
     assert str(info.value) == "p.json: line 1: invalid JSON: Expecting value"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("schema: sigma-pol/v1\nname: 2024-13-45\n", "p.yaml: line 2, column 7: invalid YAML: cannot read !!timestamp value '2024-13-45'"),
+        ("schema: sigma-pol/v1\nname: t\nfallback: {max_hops: !!int two}\n", "p.yaml: line 3, column 22: invalid YAML: cannot read !!int value 'two'"),
+        ("schema: sigma-pol/v1\nname: !!bool maybe\n", "p.yaml: line 2, column 7: invalid YAML: cannot read !!bool value 'maybe'"),
+    ],
+)
+def test_yaml_values_that_cannot_be_constructed_name_the_line(text: str, expected: str):
+    with pytest.raises(PolicyError) as info:
+        load_policy(text, source="p.yaml")
+    assert str(info.value) == expected
+
+
+def test_odd_unknown_keys_are_quoted_in_the_path():
+    doc = support_doc()
+    doc[""] = 1
+    doc["rules"][0]["a b"] = 2
+    message = error_of(doc)
+    assert '[""]: unknown key' in message
+    assert 'rules[0]["a b"]: unknown key' in message
