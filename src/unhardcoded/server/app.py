@@ -1,0 +1,266 @@
+"""The OpenAI-compatible proxy: ``POST /v1/chat/completions`` routed by policy, plus the ``/x/`` endpoints."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, OrderedDict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ..catalog.model import Catalog
+from ..errors import NoCandidateError
+from ..policy.model import Policy
+from ..policies import builtin_policy_dir
+from ..receipts.model import Receipt
+from ..router import Router
+from ..router.decision import Decision
+from ..router.engine import new_request_id
+from ..router.providers import ProviderCallError, ProviderClient
+from .errors import APIError
+from .keys import ClientKeyForwarding, bearer_key, client_key, redact
+from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
+from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
+from .sse import CascadeEventStream
+from .streaming import StreamCascade
+from .tracing import ServerSpans
+
+REQUEST_ID_HEADER = "X-Unhardcoded-Request-Id"
+MODEL_HEADER = "X-Unhardcoded-Model"
+POLICY_NAME_HEADER = "X-Unhardcoded-Policy"
+FINGERPRINT_HEADER = "X-Unhardcoded-Policy-Fingerprint"
+FALLBACK_HEADER = "X-Unhardcoded-Fallback"
+
+FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
+FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}
+
+
+class RecentDecisions:
+    """The last ``capacity`` decisions by request id, so ``GET /x/receipts/{id}`` answers with no store."""
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[str, Decision] = OrderedDict()
+
+    def add(self, decision: Decision) -> None:
+        self._items[decision.request_id] = decision
+        if len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def get(self, request_id: str) -> Decision | None:
+        return self._items.get(request_id)
+
+
+def fallback_header(decision: Decision) -> str:
+    """``false``, or the models tried in order joined by ``>`` (``gemini-3.5-flash>claude-sonnet-4-6``)."""
+    if not decision.hops:
+        return "false"
+    return ">".join([decision.hops[0].from_, *(hop.to for hop in decision.hops)])
+
+
+def decision_headers(decision: Decision, model: str | None = None) -> dict[str, str]:
+    """The X-Unhardcoded-* headers; ``model`` names the answering model while its stream is still open."""
+    headers = {
+        REQUEST_ID_HEADER: decision.request_id,
+        POLICY_NAME_HEADER: decision.policy.name,
+        FINGERPRINT_HEADER: decision.policy.fingerprint,
+        FALLBACK_HEADER: fallback_header(decision),
+    }
+    model = model or decision.answered_by
+    if model:
+        headers[MODEL_HEADER] = model
+    return headers
+
+
+def no_candidate_error(decision: Decision) -> APIError:
+    by_rule = Counter(r.rule for r in decision.rejected)
+    counts = ", ".join(f"{rule} ×{n}" for rule, n in by_rule.most_common())
+    examples = "; ".join(f"{r.model}: {r.message}" for r in decision.rejected[:3])
+    message = (
+        f"no model in catalog {decision.catalog_version} passes policy {decision.policy.name!r} for this request: "
+        f"{len(decision.rejected)} rejected ({counts})" + (f", e.g. {examples}" if examples else "")
+    )
+    return APIError(422, message, param="policy", code="no_candidate")
+
+
+def upstream_error(decision: Decision, last: ProviderCallError | None) -> APIError:
+    kind = last.kind if last is not None else "error"
+    tried = ", ".join(f"{a.model} ({a.error_type})" for a in decision.attempts) or "none"
+    message = f"every attempt failed under policy {decision.policy.name!r}: {tried}"
+    if last is not None:
+        message += f"; last: {last.message}"
+    headers = {}
+    if kind == "rate_limit" and last is not None and last.retry_after_s is not None:
+        headers["Retry-After"] = f"{max(1, round(last.retry_after_s))}"
+    return APIError(FAILURE_STATUS[kind], redact(message), code=FAILURE_CODE[kind], headers=headers)
+
+
+class Proxy:
+    """The endpoints, over one Router, one policy resolver and the recent decisions."""
+
+    def __init__(
+        self,
+        router: Router,
+        resolver: PolicyResolver,
+        *,
+        max_body_bytes: int,
+        forwarding: bool,
+        recent: RecentDecisions,
+        store: Any = None,
+    ) -> None:
+        self.router = router
+        self.resolver = resolver
+        self.max_body_bytes = max_body_bytes
+        self.forwarding = forwarding
+        self.recent = recent
+        self.store = store
+
+    async def _read(self, request: Request) -> dict[str, Any]:
+        return parse_json_object(await read_body(request, self.max_body_bytes))
+
+    async def chat_completions(self, request: Request) -> Response:
+        request_id = new_request_id()
+        try:
+            body = await self._read(request)
+            features = check_chat_request(body)
+            policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
+        key = bearer_key(request.headers.get("authorization")) if self.forwarding else None
+        if features.stream:
+            return self._stream(policy, body, features, request_id, key)
+        token = client_key.set(key)
+        try:
+            try:
+                decision, result, error = await self.router.aroute(policy, body, request_id=request_id)
+            except NoCandidateError as exc:
+                decision = getattr(exc, "decision", None) or self.router.decide(policy, features, request_id=request_id)
+                self.recent.add(decision)
+                return no_candidate_error(decision).response(decision_headers(decision))
+            self.recent.add(decision)
+            headers = decision_headers(decision)
+            if result is None:
+                return upstream_error(decision, error).response(headers)
+            answer = dict(result.body)
+            answer["model"] = decision.answered_by
+            return Response(json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers,
+                            media_type="application/json")
+        finally:
+            client_key.reset(token)
+
+    def _stream(self, policy: Policy, body: dict[str, Any], features: Any, request_id: str, key: str | None) -> Response:
+        router = self.router
+        compiled = router.compile(policy)
+        decision = compiled.decide(features, request_id=request_id)
+        if decision.selected is None:
+            self.recent.add(decision)
+            return no_candidate_error(decision).response(decision_headers(decision))
+        options = body.get("stream_options")
+        cascade = StreamCascade(decision, compiled, body, router._client(), router.observer)
+        return CascadeEventStream(  # type: ignore[return-value]
+            cascade,
+            headers=lambda d: decision_headers(d, cascade.model),
+            failure=lambda c: upstream_error(c.decision, c.last_error),
+            done=self.recent.add,
+            include_usage=isinstance(options, dict) and options.get("include_usage") is True,
+            key=key,
+        )
+
+    async def rank(self, request: Request) -> Response:
+        request_id = new_request_id()
+        try:
+            body = await self._read(request)
+            features = check_chat_request(body)
+            policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
+        decision = self.router.decide(policy, features, request_id=request_id)
+        self.recent.add(decision)
+        return _json(Receipt.from_decision(decision).to_json_dict(), headers=decision_headers(decision))
+
+    async def fields(self, request: Request) -> Response:
+        catalog = self.router.catalog
+        rows = [
+            {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            for f in catalog.fields.values()
+        ]
+        return _json({"catalog_version": catalog.version, "fields": rows})
+
+    async def receipt(self, request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        decision = self.recent.get(request_id)
+        if decision is not None:
+            return _json(Receipt.from_decision(decision).to_json_dict())
+        if self.store is not None:
+            stored = self.store.get(request_id)
+            if stored is not None:
+                return _json(stored.receipt.to_json_dict())
+        return APIError(404, f"no receipt for request id {request_id[:80]!r}", param="request_id",
+                        code="receipt_not_found").response()
+
+    async def healthz(self, request: Request) -> Response:
+        return _json({
+            "status": "ok",
+            "catalog_version": self.router.catalog.version,
+            "policies": self.resolver.directory.names,
+            "default_policy": self.resolver.default,
+        })
+
+
+def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return Response(json.dumps(value, ensure_ascii=False).encode("utf-8"), status, dict(headers or {}),
+                    media_type="application/json")
+
+
+def create_app(
+    router: Router | None = None,
+    policies: PolicyDirectory | Mapping[str, Policy] | Iterable[Policy] | str | Path | None = None,
+    *,
+    catalog: Catalog | None = None,
+    client: ProviderClient | None = None,
+    default_policy: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    forward_client_key: Iterable[str] = (),
+    store: Any = None,
+    receipts_kept: int = 10_000,
+    tracer_provider: Any = None,
+) -> Starlette:
+    """The proxy as an ASGI app.
+
+    ``policies`` is a directory (path), a mapping or list of Policy objects, or a
+    PolicyDirectory; by default the policies that ship with the package.
+    ``forward_client_key`` names the providers that get the caller's own
+    ``Authorization: Bearer`` key (see :mod:`unhardcoded.server.keys`).
+    ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
+    longer held in memory.
+    """
+    if router is None:
+        router = Router(catalog, client)
+    forward = tuple(forward_client_key)
+    if forward:
+        providers = router._client().providers
+        router.client = ClientKeyForwarding(providers, forward)
+    if isinstance(policies, PolicyDirectory):
+        directory = policies
+    elif policies is None or isinstance(policies, (str, Path)):
+        directory = PolicyDirectory(policies if policies is not None else builtin_policy_dir(), router.catalog)
+    else:
+        directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
+    resolver = PolicyResolver(directory, default_policy)
+    proxy = Proxy(router, resolver, max_body_bytes=max_body_bytes, forwarding=bool(forward),
+                  recent=RecentDecisions(receipts_kept), store=store)
+    routes = [
+        Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
+        Route("/x/rank", proxy.rank, methods=["POST"]),
+        Route("/x/fields", proxy.fields, methods=["GET"]),
+        Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
+        Route("/healthz", proxy.healthz, methods=["GET"]),
+    ]
+    app = Starlette(routes=routes)
+    app.state.proxy = proxy
+    app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
+    return app

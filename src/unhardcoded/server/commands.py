@@ -1,0 +1,140 @@
+"""`unhardcoded serve`: the OpenAI-compatible proxy on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from ..errors import ConfigError
+
+POLICY_DIR_ENV = "UNHARDCODED_POLICY_DIR"
+DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
+STORE_ENV = "UNHARDCODED_STORE"
+FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
+DEFAULT_PORT = 8080
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve", help="run the OpenAI-compatible router proxy",
+        description="Serve POST /v1/chat/completions (routed by policy), /x/rank, /x/fields, /x/receipts/ID, /healthz.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks one)")
+    p.add_argument("--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument("--providers", metavar="FILE", help="providers file (default: $UNHARDCODED_PROVIDERS)")
+    p.add_argument("--policy-dir", metavar="DIR",
+                   help="directory of named policies (default: $UNHARDCODED_POLICY_DIR or the shipped policies)")
+    p.add_argument("--default-policy", metavar="NAME",
+                   help="policy for requests that name none (default: $UNHARDCODED_DEFAULT_POLICY; none: such requests get 400)")
+    p.add_argument("--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user store)")
+    p.add_argument("--forward-client-key", metavar="PROVIDER", action="append", default=None,
+                   help="send the caller's Authorization Bearer key to this provider (repeatable; "
+                        f"default: ${FORWARD_ENV}, comma-separated); the provider must not name api_key_env")
+    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
+                   help="largest request body accepted (default 4 MiB)")
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
+    p.set_defaults(run=cmd_serve)
+
+
+def _forwarded(args: argparse.Namespace) -> list[str]:
+    names = args.forward_client_key
+    if names is None:
+        names = [os.environ.get(FORWARD_ENV, "")]
+    return [n.strip() for item in names for n in item.split(",") if n.strip()]
+
+
+def configure_tracing(store: Any, catalog: Any) -> Any:
+    """An SDK TracerProvider exporting as the OTEL_* variables say, with receipts written to ``store``.
+
+    Returns the provider (to shut down, flushing spans, when the server stops), or None.
+    """
+    try:
+        from opentelemetry import trace
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:  # the API alone: spans cost nothing and go nowhere
+        return None
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):  # e.g. under opentelemetry-instrument: already configured
+        provider = current
+    else:
+        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "unhardcoded-proxy")})
+        provider = TracerProvider(resource=resource)
+        exporter = _span_exporter()
+        if exporter is not None:
+            provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+    if store is not None:
+        from ..receipts.processor import ReceiptSpanProcessor
+
+        provider.add_span_processor(ReceiptSpanProcessor(store, catalogs=[catalog]))
+    return provider
+
+
+def _span_exporter() -> Any:
+    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if wanted in ("none", "") and not (endpoint and wanted == ""):
+        return None
+    if wanted == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+
+        return ConsoleSpanExporter()
+    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+                or "http/protobuf")
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    else:
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
+    return OTLPSpanExporter()
+
+
+def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The app and the tracer provider for the parsed ``serve`` arguments."""
+    from ..cli import load_catalog_arg
+    from ..router import Router
+    from ..router.providers import ProviderClient, load_providers, providers_from_env
+    from .app import create_app
+    from .request import DEFAULT_MAX_BODY_BYTES
+
+    catalog = load_catalog_arg(args.catalog)
+    providers = load_providers(args.providers) if args.providers else providers_from_env()
+    store = None
+    store_url = args.store or os.environ.get(STORE_ENV)
+    try:
+        from ..receipts.store import open_store
+
+        store = open_store(store_url)
+    except ImportError:
+        store = None
+    provider = configure_tracing(store, catalog)
+    router = Router(catalog, ProviderClient(providers))
+    app = create_app(
+        router,
+        args.policy_dir or os.environ.get(POLICY_DIR_ENV) or None,
+        default_policy=args.default_policy or os.environ.get(DEFAULT_POLICY_ENV) or None,
+        max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
+        forward_client_key=_forwarded(args),
+        store=store,
+    )
+    return app, provider
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    if args.max_body_bytes is not None and args.max_body_bytes < 1:
+        raise ConfigError("--max-body-bytes: must be a positive number of bytes")
+    app, provider = build_app(args)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, access_log=not args.no_access_log, log_level="info",
+                    server_header=False)
+    finally:
+        if provider is not None:
+            provider.shutdown()
+    return 0

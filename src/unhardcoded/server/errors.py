@@ -1,0 +1,50 @@
+"""Errors the proxy answers with, in the OpenAI error body shape so every OpenAI client can read them."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from starlette.responses import Response
+
+ERROR_TYPES = {400: "invalid_request_error", 404: "invalid_request_error", 413: "invalid_request_error",
+               422: "invalid_request_error", 429: "rate_limit_error", 502: "api_error", 503: "api_error",
+               504: "api_error"}
+
+
+class APIError(Exception):
+    """A request the proxy answers with an error: status, message naming what is wrong, and OpenAI's fields."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        type: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type or ERROR_TYPES.get(status, "invalid_request_error" if status < 500 else "api_error")
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+    def response(self, extra_headers: dict[str, str] | None = None) -> Response:
+        headers = {**self.headers, **(extra_headers or {})}
+        return Response(
+            json.dumps(self.body(), ensure_ascii=False).encode("utf-8"),
+            status_code=self.status,
+            headers=headers,
+            media_type="application/json",
+        )
+
+
+def bad_request(message: str, *, param: str | None = None, code: str | None = None) -> APIError:
+    return APIError(400, message, param=param, code=code)

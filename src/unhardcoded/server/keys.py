@@ -1,0 +1,142 @@
+"""The caller's own provider key, forwarded only to the providers the operator named.
+
+The proxy normally answers over the keys in its environment (``api_key_env`` in
+the providers file). ``--forward-client-key PROVIDER`` lets a caller bring its
+own key instead: the ``Authorization: Bearer`` key of the incoming request is
+sent to that provider and to no other, so a fallback hop to another provider
+can never carry one provider's key to a third party. A provider named there
+must not also name ``api_key_env``. The key lives in a context variable for
+the length of the request and is scrubbed from everything the provider sends
+back; it never reaches spans, receipts, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
+from typing import Any
+
+from ..errors import ConfigError
+from ..router.providers import AsyncChatStream, ChatResult, ChatStream, ProviderCallError, ProviderClient, ProvidersConfig
+
+REDACTED = "[REDACTED]"
+
+client_key: ContextVar[str | None] = ContextVar("unhardcoded_client_key", default=None)
+"""The caller's key for the request being served, or None."""
+
+
+def bearer_key(authorization: str | None) -> str | None:
+    if not authorization:
+        return None
+    scheme, _, key = authorization.strip().partition(" ")
+    key = key.strip()
+    return key if scheme.lower() == "bearer" and key else None
+
+
+def redact(text: str) -> str:
+    """``text`` with the current request's key (if any) replaced."""
+    key = client_key.get()
+    return text.replace(key, REDACTED) if key and key in text else text
+
+
+def _redact_json(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        return value.replace(key, REDACTED)
+    if isinstance(value, list):
+        return [_redact_json(v, key) for v in value]
+    if isinstance(value, dict):
+        return {_redact_json(k, key): _redact_json(v, key) for k, v in value.items()}
+    return value
+
+
+def redact_json(value: Any) -> Any:
+    key = client_key.get()
+    if not key:
+        return value
+    if key not in json.dumps(value, ensure_ascii=False, default=str):
+        return value
+    return _redact_json(value, key)
+
+
+def _redacted_error(exc: ProviderCallError) -> ProviderCallError:
+    exc.message = redact(exc.message)
+    exc.args = (exc.message,)
+    return exc
+
+
+class ClientKeyForwarding(ProviderClient):
+    """A ProviderClient that sends the caller's key to the providers in ``forward_to``."""
+
+    def __init__(self, providers: ProvidersConfig, forward_to: Iterable[str], **kwargs: Any) -> None:
+        super().__init__(providers, **kwargs)
+        self.forward_to = frozenset(forward_to)
+        for name in sorted(self.forward_to):
+            config = providers.get(name)
+            if config is None:
+                known = ", ".join(providers.names) or "none configured"
+                raise ConfigError(f"--forward-client-key {name}: no provider named {name!r} (known: {known})")
+            if config.api_key_env is not None:
+                raise ConfigError(
+                    f"--forward-client-key {name}: provider {name!r} names api_key_env {config.api_key_env}; "
+                    "a provider that takes the caller's key must not also take one from the environment"
+                )
+
+    def _headers(self, provider: str, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+        key = client_key.get()
+        if key is None or provider not in self.forward_to:
+            return headers
+        out = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+        out["authorization"] = f"Bearer {key}"
+        return out
+
+    def chat(self, provider: str, model: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
+             timeout_s: float | None = None) -> ChatResult:
+        try:
+            result = super().chat(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+        except ProviderCallError as exc:
+            raise _redacted_error(exc) from None
+        return dataclasses.replace(result, body=redact_json(result.body))
+
+    async def achat(self, provider: str, model: str, body: Mapping[str, Any], *,
+                    headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> ChatResult:
+        try:
+            result = await super().achat(provider, model, body, headers=self._headers(provider, headers),
+                                         timeout_s=timeout_s)
+        except ProviderCallError as exc:
+            raise _redacted_error(exc) from None
+        return dataclasses.replace(result, body=redact_json(result.body))
+
+    def stream(self, provider: str, model: str, body: Mapping[str, Any], *,
+               headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> ChatStream:
+        return super().stream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+
+    def astream(self, provider: str, model: str, body: Mapping[str, Any], *,
+                headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> AsyncChatStream:
+        return _RedactingStream(
+            super().astream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+        )
+
+
+class _RedactingStream:
+    """An AsyncChatStream whose chunks and errors carry no trace of the caller's key."""
+
+    def __init__(self, inner: AsyncChatStream) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> "_RedactingStream":
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        try:
+            chunk = await self._inner.__anext__()
+        except ProviderCallError as exc:
+            raise _redacted_error(exc) from None
+        return redact_json(chunk)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()

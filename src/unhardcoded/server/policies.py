@@ -1,0 +1,139 @@
+"""Which policy a request is routed under: inline in the body, by name (body or header), or the default."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Mapping
+
+from ..catalog.model import Catalog
+from ..errors import ConfigError, PolicyError
+from ..policy import load_policy_file, validate_policy
+from ..policy.model import Policy
+from .errors import APIError, bad_request
+
+POLICY_HEADER = "x-unhardcoded-policy"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
+_SUFFIXES = (".yaml", ".yml", ".json")
+RESCAN_INTERVAL_S = 1.0
+
+
+class PolicyDirectory:
+    """The policies in a directory, by the ``name`` each declares; rescanned (at most once a second) on a miss."""
+
+    def __init__(self, path: str | Path | None, catalog: Catalog) -> None:
+        self.path = Path(path) if path is not None else None
+        self.catalog = catalog
+        self._by_name: dict[str, Policy] = {}
+        self._lock = threading.Lock()
+        self._scanned_at = 0.0
+        if self.path is not None:
+            if not self.path.is_dir():
+                raise ConfigError(f"{self.path}: policy directory does not exist")
+            self._by_name = self._scan(strict=True)
+            self._scanned_at = time.monotonic()
+
+    @classmethod
+    def of(cls, policies: Mapping[str, Policy] | list[Policy], catalog: Catalog) -> "PolicyDirectory":
+        """A fixed set of policies (no directory), for embedding and tests."""
+        book = cls(None, catalog)
+        items = policies.values() if isinstance(policies, Mapping) else policies
+        book._by_name = {p.name: p for p in items}
+        return book
+
+    def _scan(self, strict: bool) -> dict[str, Policy]:
+        found: dict[str, Policy] = {}
+        assert self.path is not None
+        for file in sorted(self.path.iterdir()):
+            if file.suffix.lower() not in _SUFFIXES or not file.is_file():
+                continue
+            try:
+                policy = load_policy_file(file, self.catalog)
+            except PolicyError:
+                if strict:
+                    raise
+                continue  # a file being edited; the last good version stays in force
+            if policy.name in found and strict:
+                raise ConfigError(f"{file}: policy name {policy.name!r} is also used by another file in {self.path}")
+            found.setdefault(policy.name, policy)
+        return found
+
+    def get(self, name: str) -> Policy | None:
+        policy = self._by_name.get(name)
+        if policy is not None or self.path is None:
+            return policy
+        with self._lock:
+            if time.monotonic() - self._scanned_at >= RESCAN_INTERVAL_S:
+                self._scanned_at = time.monotonic()
+                self._by_name = {**self._by_name, **self._scan(strict=False)}
+        return self._by_name.get(name)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._by_name)
+
+
+class PolicyResolver:
+    """Turns what a request says about its policy into a validated :class:`Policy`, or an APIError."""
+
+    def __init__(self, directory: PolicyDirectory, default: str | None = None, max_inline: int = 256) -> None:
+        self.directory = directory
+        self.default = default
+        self._inline: OrderedDict[str, Policy] = OrderedDict()
+        self._max_inline = max_inline
+        if default is not None and directory.get(default) is None:
+            known = ", ".join(directory.names) or "none"
+            raise ConfigError(f"--default-policy {default}: no policy named {default!r} (known: {known})")
+
+    def resolve(self, body: Mapping[str, Any], header: str | None) -> Policy:
+        """Body ``policy`` (object or name) first, then the ``X-Unhardcoded-Policy`` header, then the default."""
+        inline = body.get("policy")
+        if isinstance(inline, dict):
+            return self._inline_policy(inline)
+        if isinstance(inline, str):
+            return self._named(inline, "policy")
+        if inline is not None:
+            raise bad_request("policy: must be a policy object (sigma-pol/v1) or a policy name", param="policy")
+        if header is not None:
+            return self._named(header.strip(), "X-Unhardcoded-Policy")
+        if self.default is not None:
+            policy = self.directory.get(self.default)
+            if policy is not None:
+                return policy
+        raise bad_request(
+            "no policy: send `policy` in the body (an object or a name), the X-Unhardcoded-Policy header, "
+            "or start the proxy with --default-policy",
+            param="policy", code="missing_policy",
+        )
+
+    def _named(self, name: str, where: str) -> Policy:
+        if not _NAME.match(name):
+            raise bad_request(
+                f"{where}: {name[:80]!r} is not a policy name (lowercase letters, digits, '.', '_', '-')",
+                param="policy",
+            )
+        policy = self.directory.get(name)
+        if policy is None:
+            known = ", ".join(self.directory.names) or "none"
+            raise APIError(404, f"{where}: unknown policy {name!r} (known: {known})", param="policy",
+                           code="policy_not_found")
+        return policy
+
+    def _inline_policy(self, doc: dict[str, Any]) -> Policy:
+        key = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+        policy = self._inline.get(key)
+        if policy is not None:
+            self._inline.move_to_end(key)
+            return policy
+        try:
+            policy = validate_policy(doc, self.directory.catalog, source="policy")
+        except PolicyError as exc:
+            raise APIError(422, str(exc), param="policy", code="invalid_policy") from None
+        self._inline[key] = policy
+        if len(self._inline) > self._max_inline:
+            self._inline.popitem(last=False)
+        return policy

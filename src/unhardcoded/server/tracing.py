@@ -1,0 +1,114 @@
+"""The proxy's SERVER span: continues the caller's trace (W3C traceparent) and parents the decision span.
+
+A small ASGI middleware rather than opentelemetry-instrumentation-asgi: one span
+per request with the stable HTTP server attributes, no per-message child spans,
+and nothing to install. With no SDK configured the API tracer is a no-op.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.semconv.attributes import (
+    client_attributes,
+    error_attributes,
+    http_attributes,
+    network_attributes,
+    server_attributes,
+    url_attributes,
+    user_agent_attributes,
+)
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+Scope = dict[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
+
+ROUTES = ("/v1/chat/completions", "/x/rank", "/x/fields", "/healthz")
+RECEIPTS_ROUTE = "/x/receipts/{request_id}"
+
+
+class _HeaderGetter(Getter[Scope]):
+    def get(self, carrier: Scope, key: str) -> list[str] | None:
+        name = key.lower().encode("latin-1")
+        values = [v.decode("latin-1") for k, v in carrier.get("headers", ()) if k == name]
+        return values or None
+
+    def keys(self, carrier: Scope) -> list[str]:
+        return [k.decode("latin-1") for k, _ in carrier.get("headers", ())]
+
+
+_GETTER = _HeaderGetter()
+
+
+def route_of(path: str) -> str | None:
+    if path in ROUTES:
+        return path
+    if path.startswith("/x/receipts/"):
+        return RECEIPTS_ROUTE
+    return None
+
+
+class ServerSpans:
+    """Wraps every HTTP request in a SERVER span named ``{method} {route}``."""
+
+    def __init__(self, app: ASGIApp, tracer_provider: trace.TracerProvider | None = None) -> None:
+        self.app = app
+        self.tracer = trace.get_tracer("unhardcoded.server", tracer_provider=tracer_provider)
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        method = scope.get("method", "GET")
+        path = scope.get("path", "/")
+        route = route_of(path)
+        context = propagate.extract(scope, getter=_GETTER)
+        span = self.tracer.start_span(
+            f"{method} {route}" if route else method, context=context, kind=SpanKind.SERVER,
+        )
+        if span.is_recording():
+            span.set_attributes(_request_attributes(scope, method, path, route))
+        status_code = 0
+
+        async def send_with_status(message: dict) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = message["status"]
+            await send(message)
+
+        with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+            try:
+                await self.app(scope, receive, send_with_status)
+            finally:
+                if span.is_recording() and status_code:
+                    span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status_code)
+                    if status_code >= 500:
+                        span.set_attribute(error_attributes.ERROR_TYPE, str(status_code))
+                        span.set_status(Status(StatusCode.ERROR))
+
+
+def _request_attributes(scope: Scope, method: str, path: str, route: str | None) -> dict[str, Any]:
+    attrs: dict[str, Any] = {
+        http_attributes.HTTP_REQUEST_METHOD: method,
+        url_attributes.URL_PATH: path,
+        url_attributes.URL_SCHEME: scope.get("scheme", "http"),
+        network_attributes.NETWORK_PROTOCOL_VERSION: scope.get("http_version", "1.1"),
+    }
+    if route:
+        attrs[http_attributes.HTTP_ROUTE] = route
+    server = scope.get("server")
+    if server and server[0] is not None:
+        attrs[server_attributes.SERVER_ADDRESS] = server[0]
+        if server[1] is not None:
+            attrs[server_attributes.SERVER_PORT] = server[1]
+    client = scope.get("client")
+    if client:
+        attrs[client_attributes.CLIENT_ADDRESS] = client[0]
+        attrs[client_attributes.CLIENT_PORT] = client[1]
+    for key, value in scope.get("headers", ()):
+        if key == b"user-agent":
+            attrs[user_agent_attributes.USER_AGENT_ORIGINAL] = value.decode("latin-1")
+            break
+    return attrs
