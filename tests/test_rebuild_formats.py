@@ -10,7 +10,7 @@ from google.protobuf.json_format import MessageToDict
 
 from fixtures import generate
 from fixtures import span_layout as L
-from unhardcoded.receipts import Receipt, SpanFormatError, WorkflowReceipt, read_spans, rebuild, rebuild_receipts
+from unhardcoded.receipts import Receipt, SpanFormatError, WorkflowReceipt, read_spans, rebuild_receipts, rebuild_spans
 from unhardcoded.receipts.spans import detect_format
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import spans as S
@@ -266,7 +266,7 @@ def test_a_decision_span_with_wrong_types_is_counted_malformed_not_raised(live):
     for r in records:
         if r.name.startswith("route "):
             r.attributes[A.UNHARDCODED_POLICY_NAME] = 7
-    rebuilt = rebuild(records)
+    rebuilt = rebuild_spans(records)
     assert rebuilt.receipts == [] and rebuilt.malformed == 2
 
 
@@ -282,3 +282,40 @@ def test_otlp_json_with_enum_names_and_int_ids_as_numbers_reads_the_same(live):
             for s in ss["spans"]:
                 s["startTimeUnixNano"] = int(s["startTimeUnixNano"])
     assert rebuild_receipts(doc).receipts == RECEIPTS
+
+
+# --------------------------------------------------------------------------- the fast path builds real models
+
+
+def test_rebuilt_receipts_are_whole_pydantic_models():
+    rebuilt = rebuild_receipts(_payload("trace.otlp.pb"))
+    for r in rebuilt.receipts:
+        assert Receipt.model_validate(r.to_json_dict()) == r
+        assert Receipt.model_validate_json(r.model_dump_json(by_alias=True)) == r
+        copy = r.model_copy(update={"complete": False})
+        assert copy.complete is False and r.complete is True
+        assert r.rejected[0].model_dump(mode="json") == EXPECTED["receipts"][RECEIPTS.index(r)]["rejected"][0]
+
+
+def test_shared_rejections_never_share_list_values():
+    a = rebuild_receipts(_payload("trace.otlp.pb")).receipts[1]
+    b = rebuild_receipts(_payload("trace.otlp.pb")).receipts[1]
+    lists = [(x, y) for x, y in zip(a.rejected, b.rejected) if isinstance(x.observed, list)]
+    assert lists and all(x.observed is not y.observed for x, y in lists)
+
+
+def test_the_garbage_collector_is_left_as_it_was():
+    import gc
+
+    assert gc.isenabled()
+    rebuild_receipts(_payload("trace.otlp.pb"))
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        rebuild_receipts(_payload("trace.otlp.pb"))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    with pytest.raises(SpanFormatError):
+        rebuild_receipts("{broken")
+    assert gc.isenabled()

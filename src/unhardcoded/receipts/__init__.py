@@ -1,7 +1,7 @@
 """Receipts: the model, rebuilt from spans or built from a Decision; store, render, replay, rollups."""
 
 from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, WorkflowReceipt
-from .rebuild import RebuiltDecision, Rebuilt, rebuild, rebuild_decision, rebuild_receipts
+from .rebuild import RebuiltDecision, Rebuilt, rebuild_decision, rebuild_receipts, rebuild_spans
 from .spans import SpanFormatError, SpanRecord, read_spans
 from .store import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
 
@@ -9,7 +9,7 @@ __all__ = [
     "RECEIPT_SCHEMA", "WORKFLOW_RECEIPT_SCHEMA", "PolicyRef", "ProcessorStats", "Receipt", "ReceiptQuery",
     "ReceiptSpanProcessor", "ReceiptStore", "Rebuilt", "RebuiltDecision", "RollupRow", "SQLiteReceiptStore",
     "SpanFormatError", "SpanRecord", "StoreError", "StoredReceipt", "WorkflowReceipt", "open_store", "read_spans",
-    "rebuild", "rebuild_decision", "rebuild_receipts",
+    "rebuild_decision", "rebuild_receipts", "rebuild_spans",
 ]
 
 

@@ -8,10 +8,12 @@ matter; what is missing makes the receipt ``complete: false``.
 
 from __future__ import annotations
 
+import gc
 import json
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from ..policy.model import fingerprint_of
 from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef
@@ -19,7 +21,7 @@ from ..router.features import RequestFeatures
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
-from .model import FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
+from .model import RECEIPT_SCHEMA, FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
 from .spans import STATUS_ERROR, SpanRecord, read_spans
 
 _OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate"})
@@ -129,6 +131,9 @@ def _bool(value: Any) -> bool:
     return bool(value)
 
 
+_ONLY_STR = {str}
+
+
 def _str_list(value: Any) -> list[str] | None:
     """A string[] attribute; Jaeger's legacy API carries arrays as JSON text."""
     if value is None:
@@ -138,19 +143,81 @@ def _str_list(value: Any) -> list[str] | None:
             value = json.loads(value)
         except ValueError:
             return None
-    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
-        return list(value)
+    if isinstance(value, (list, tuple)) and (not value or set(map(type, value)) == _ONLY_STR):
+        return value if value.__class__ is list else list(value)
     return None
+
+
+_MISS = object()
+_JSON_SCALARS: dict[str, Any] = {}
+_JSON_SCALARS_MAX = 4096
 
 
 def _json_text(value: Any) -> Any:
     """Rejection thresholds and observed values travel as JSON text so every type round-trips."""
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return value
-    return value
+    if not isinstance(value, str):
+        return value
+    # The same few texts ("true", "0.5", "10") come back on every decision: scalars are parsed once.
+    hit = _JSON_SCALARS.get(value, _MISS)
+    if hit is not _MISS:
+        return hit
+    try:
+        parsed = json.loads(value)
+    except ValueError:
+        return value
+    if not isinstance(parsed, (list, dict)) and len(_JSON_SCALARS) < _JSON_SCALARS_MAX:
+        _JSON_SCALARS[value] = parsed
+    return parsed
+
+
+_FINGERPRINTS: dict[str, str] = {}
+
+
+def _fingerprint(body: str) -> str:
+    """The fingerprint of a policy body; the same few policies come back on every decision."""
+    hit = _FINGERPRINTS.get(body)
+    if hit is None:
+        hit = fingerprint_of(body)
+        if len(_FINGERPRINTS) >= 1024:
+            _FINGERPRINTS.clear()
+        _FINGERPRINTS[body] = hit
+    return hit
+
+
+_set = object.__setattr__
+
+
+def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
+    """``cls.model_construct(**fields)`` for a dict that names every field, without its per-field work.
+
+    The rebuild checks every value itself; this is the hot path of rebuilding from
+    protobuf, where model_construct costs more than reading the span.
+    """
+    obj = cls.__new__(cls)
+    _set(obj, "__dict__", fields)
+    _set(obj, "__pydantic_fields_set__", set(fields))
+    _set(obj, "__pydantic_extra__", None)
+    _set(obj, "__pydantic_private__", None)
+    return obj
+
+
+def _slow_construct(cls: Any, fields: dict[str, Any]) -> Any:
+    return cls.model_construct(**fields)
+
+
+def _check_fast_construct() -> Any:
+    """Use the fast path only if it builds exactly what pydantic builds (a pydantic upgrade could change that)."""
+    sample = {"model": "m", "rule": "r", "field": "f", "op": "eq", "threshold": 1, "observed": 2, "message": "x"}
+    try:
+        fast = _fast_construct(Rejection, dict(sample))
+        if fast == Rejection(**sample) and fast.model_dump() == sample and hash(fast) == hash(Rejection(**sample)):
+            return _fast_construct
+    except Exception:  # noqa: BLE001 - any surprise means: take the documented path
+        pass
+    return _slow_construct
+
+
+_construct = _check_fast_construct()
 
 
 def iso_ms(ns: int) -> str:
@@ -162,26 +229,52 @@ def iso_ms(ns: int) -> str:
 # --------------------------------------------------------------------------- one decision
 
 
+_R_MODEL, _R_RULE, _R_FIELD, _R_OP = (
+    A.UNHARDCODED_REJECTION_MODEL, A.UNHARDCODED_REJECTION_RULE, A.UNHARDCODED_REJECTION_FIELD, A.UNHARDCODED_REJECTION_OP,
+)
+_R_THRESHOLD, _R_OBSERVED, _R_MESSAGE = (
+    A.UNHARDCODED_REJECTION_THRESHOLD, A.UNHARDCODED_REJECTION_OBSERVED, A.UNHARDCODED_REJECTION_MESSAGE,
+)
+# Rejections repeat across decisions (same policy, same catalog): a frozen Rejection with scalar values is
+# built once and shared. List values are never shared, so no receipt can change another's.
+_REJECTIONS: dict[tuple[Any, ...], Rejection] = {}
+_REJECTIONS_MAX = 65536
+
+
+def _rejection(ea: dict[str, Any]) -> Rejection | None:
+    model, rule = ea.get(_R_MODEL), ea.get(_R_RULE)
+    if model.__class__ is not str or rule.__class__ is not str:
+        return None
+    field, op, thr, obs, msg = ea.get(_R_FIELD, ""), ea.get(_R_OP, ""), ea.get(_R_THRESHOLD), ea.get(_R_OBSERVED), ea.get(_R_MESSAGE, "")
+    key = (model, rule, field, op, thr, obs, msg)
+    try:
+        hit = _REJECTIONS.get(key)
+    except TypeError:  # an unhashable value where the layout puts JSON text
+        hit = None
+        key = None  # type: ignore[assignment]
+    if hit is not None:
+        return hit
+    threshold, observed = _json_text(thr), _json_text(obs)
+    rejection = _construct(Rejection, {
+        "model": model, "rule": rule, "field": str(field), "op": str(op),
+        "threshold": threshold, "observed": observed, "message": str(msg),
+    })
+    if key is not None and not isinstance(threshold, (list, dict)) and not isinstance(observed, (list, dict)):
+        if len(_REJECTIONS) >= _REJECTIONS_MAX:
+            _REJECTIONS.clear()
+        _REJECTIONS[key] = rejection
+    return rejection
+
+
 def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Rejection], bool]:
     found: dict[str, Rejection] = {}
-    construct = Rejection.model_construct
+    event_name = S.REJECTION_EVENT
     for event in span.events:
-        if event.name != S.REJECTION_EVENT:
+        if event.name != event_name:
             continue
-        ea = event.attributes
-        model = ea.get(A.UNHARDCODED_REJECTION_MODEL)
-        rule = ea.get(A.UNHARDCODED_REJECTION_RULE)
-        if not isinstance(model, str) or not isinstance(rule, str) or model in found:
-            continue
-        found[model] = construct(
-            model=model,
-            rule=rule,
-            field=str(ea.get(A.UNHARDCODED_REJECTION_FIELD, "")),
-            op=str(ea.get(A.UNHARDCODED_REJECTION_OP, "")),
-            threshold=_json_text(ea.get(A.UNHARDCODED_REJECTION_THRESHOLD)),
-            observed=_json_text(ea.get(A.UNHARDCODED_REJECTION_OBSERVED)),
-            message=str(ea.get(A.UNHARDCODED_REJECTION_MESSAGE, "")),
-        )
+        rejection = _rejection(event.attributes)
+        if rejection is not None and rejection.model not in found:
+            found[rejection.model] = rejection
     summarized = span.attributes.get(A.UNHARDCODED_REJECTIONS_JSON)
     ok = True
     if summarized is not None:
@@ -198,10 +291,10 @@ def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Reje
                 continue
             if r["model"] in found:
                 continue
-            found[r["model"]] = construct(
-                model=r["model"], rule=r["rule"], field=str(r.get("field", "")), op=str(r.get("op", "")),
-                threshold=r.get("threshold"), observed=r.get("observed"), message=str(r.get("message", "")),
-            )
+            found[r["model"]] = _construct(Rejection, {
+                "model": r["model"], "rule": r["rule"], "field": str(r.get("field", "")), "op": str(r.get("op", "")),
+                "threshold": r.get("threshold"), "observed": r.get("observed"), "message": str(r.get("message", "")),
+            })
     if rejected is None:
         return list(found.values()), False
     ordered = [found[m] for m in rejected if m in found]
@@ -224,17 +317,17 @@ def _attempt(span: SpanRecord) -> Attempt | None:
     duration = _opt_float(a.get(A.UNHARDCODED_ATTEMPT_DURATION_MS))
     if duration is None:
         duration = max(0, span.end_ns - span.start_ns) / 1e6
-    return Attempt.model_construct(
-        index=index,
-        model=model,
-        provider=str(a.get(G.GEN_AI_PROVIDER_NAME, "")),
-        role=role,
-        status=status,
-        error_type=_opt_str(a.get(G.ERROR_TYPE)),
-        duration_ms=duration,
-        input_tokens=_opt_int(a.get(G.GEN_AI_USAGE_INPUT_TOKENS)),
-        output_tokens=_opt_int(a.get(G.GEN_AI_USAGE_OUTPUT_TOKENS)),
-    )
+    return _construct(Attempt, {
+        "index": index,
+        "model": model,
+        "provider": str(a.get(G.GEN_AI_PROVIDER_NAME, "")),
+        "role": role,
+        "status": status,
+        "error_type": _opt_str(a.get(G.ERROR_TYPE)),
+        "duration_ms": duration,
+        "input_tokens": _opt_int(a.get(G.GEN_AI_USAGE_INPUT_TOKENS)),
+        "output_tokens": _opt_int(a.get(G.GEN_AI_USAGE_OUTPUT_TOKENS)),
+    })
 
 
 def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:
@@ -257,10 +350,10 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
     selected = None
     model = a.get(A.UNHARDCODED_SELECTED_MODEL)
     if isinstance(model, str):
-        selected = Selection.model_construct(
-            model=model, score=_opt_float(a.get(A.UNHARDCODED_SELECTED_SCORE)),
-            reason=str(a.get(A.UNHARDCODED_SELECTED_REASON, "")),
-        )
+        selected = _construct(Selection, {
+            "model": model, "score": _opt_float(a.get(A.UNHARDCODED_SELECTED_SCORE)),
+            "reason": str(a.get(A.UNHARDCODED_SELECTED_REASON, "")),
+        })
 
     by_index: dict[int, Attempt] = {}
     reasons: dict[int, Any] = {}
@@ -282,7 +375,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
         if reason not in _REASONS:
             complete = False
             continue
-        hops.append(FallbackHop.model_construct(from_=previous.model, to=attempt.model, reason=reason))
+        hops.append(_construct(FallbackHop, {"from_": previous.model, "to": attempt.model, "reason": reason}))
 
     outcome = a.get(A.UNHARDCODED_DECISION_OUTCOME)
     if outcome not in _OUTCOMES:
@@ -309,57 +402,58 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
     fingerprint = _str(a.get(A.UNHARDCODED_POLICY_FINGERPRINT), "policy fingerprint")
     body = a.get(A.UNHARDCODED_POLICY_BODY)
     # A body cut by an attribute length limit no longer hashes to the fingerprint: useless for replay.
-    if not isinstance(body, str) or fingerprint_of(body) != fingerprint:
+    if not isinstance(body, str) or _fingerprint(body) != fingerprint:
         body, complete = None, False
 
     workflow = None
     workflow_id = a.get(A.UNHARDCODED_WORKFLOW_ID)
     if isinstance(workflow_id, str):
-        workflow = WorkflowRef.model_construct(
-            id=workflow_id, name=str(a.get(A.UNHARDCODED_WORKFLOW_NAME, "")),
-            node=_opt_str(a.get(A.UNHARDCODED_WORKFLOW_NODE)), step=_opt_int(a.get(A.UNHARDCODED_WORKFLOW_STEP)),
-        )
+        workflow = _construct(WorkflowRef, {
+            "id": workflow_id, "name": str(a.get(A.UNHARDCODED_WORKFLOW_NAME, "")),
+            "node": _opt_str(a.get(A.UNHARDCODED_WORKFLOW_NODE)), "step": _opt_int(a.get(A.UNHARDCODED_WORKFLOW_STEP)),
+        })
 
     latency = _opt_float(a.get(A.UNHARDCODED_LATENCY_MS))
-    receipt = Receipt.model_construct(
-        request_id=request_id,
-        trace_id=span.trace_id,
-        span_id=span.span_id,
-        timestamp=iso_ms(span.start_ns),
-        policy=PolicyRef.model_construct(
-            name=_str(a.get(A.UNHARDCODED_POLICY_NAME), "policy name"), fingerprint=fingerprint,
-            schema_=_str(a.get(A.UNHARDCODED_POLICY_SCHEMA), "policy schema"),
-        ),
-        catalog_version=_str(a.get(A.UNHARDCODED_CATALOG_VERSION), "catalog version"),
-        candidates=candidates,
-        rejected=rejected,
-        selected=selected,
-        fallback=FallbackRecord.model_construct(
-            chain=_str_list(a.get(A.UNHARDCODED_FALLBACK_CHAIN)) or [],
-            triggered=_bool(a.get(A.UNHARDCODED_FALLBACK_TRIGGERED, bool(hops))),
-            hops=hops,
-        ),
-        attempts=attempts,
-        answered_by=_opt_str(a.get(A.UNHARDCODED_ANSWERED_MODEL)),
-        latency_ms=latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
-        cost=Cost.model_construct(
-            usd=_opt_float(a.get(A.UNHARDCODED_COST_USD)),
-            baseline_model=_opt_str(a.get(A.UNHARDCODED_COST_BASELINE_MODEL)),
-            baseline_usd=_opt_float(a.get(A.UNHARDCODED_COST_BASELINE_USD)),
-            savings_ratio=_opt_float(a.get(A.UNHARDCODED_COST_SAVINGS_RATIO)),
-        ),
-        workflow=workflow,
-        outcome=outcome,
-        features=features,
-        complete=complete,
-    )
+    receipt = _construct(Receipt, {
+        "receipt": RECEIPT_SCHEMA,
+        "request_id": request_id,
+        "trace_id": span.trace_id,
+        "span_id": span.span_id,
+        "timestamp": iso_ms(span.start_ns),
+        "policy": _construct(PolicyRef, {
+            "name": _str(a.get(A.UNHARDCODED_POLICY_NAME), "policy name"), "fingerprint": fingerprint,
+            "schema_": _str(a.get(A.UNHARDCODED_POLICY_SCHEMA), "policy schema"),
+        }),
+        "catalog_version": _str(a.get(A.UNHARDCODED_CATALOG_VERSION), "catalog version"),
+        "candidates": candidates,
+        "rejected": rejected,
+        "selected": selected,
+        "fallback": _construct(FallbackRecord, {
+            "chain": _str_list(a.get(A.UNHARDCODED_FALLBACK_CHAIN)) or [],
+            "triggered": _bool(a.get(A.UNHARDCODED_FALLBACK_TRIGGERED, bool(hops))),
+            "hops": hops,
+        }),
+        "attempts": attempts,
+        "answered_by": _opt_str(a.get(A.UNHARDCODED_ANSWERED_MODEL)),
+        "latency_ms": latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
+        "cost": _construct(Cost, {
+            "usd": _opt_float(a.get(A.UNHARDCODED_COST_USD)),
+            "baseline_model": _opt_str(a.get(A.UNHARDCODED_COST_BASELINE_MODEL)),
+            "baseline_usd": _opt_float(a.get(A.UNHARDCODED_COST_BASELINE_USD)),
+            "savings_ratio": _opt_float(a.get(A.UNHARDCODED_COST_SAVINGS_RATIO)),
+        }),
+        "workflow": workflow,
+        "outcome": outcome,
+        "features": features,
+        "complete": complete,
+    })
     return RebuiltDecision(receipt, body, features)
 
 
 # --------------------------------------------------------------------------- a whole set of spans
 
 
-def rebuild(spans: Iterable[SpanRecord]) -> Rebuilt:
+def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
     """Rebuild every decision and workflow in ``spans`` (any order, duplicates allowed, other services ignored)."""
     seen: dict[tuple[str, str], SpanRecord] = {}
     for span in spans:
@@ -419,9 +513,30 @@ def workflows_from(receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRe
     return out
 
 
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector for one bulk rebuild.
+
+    Reading a payload allocates many small dicts and records with no reference
+    cycles; collections triggered in the middle only re-scan the caller's heap
+    (in a long-running processor, a large one) and find nothing. Paused here, the
+    collector runs as usual once the payload is done. A caller that turned the
+    collector off keeps it off.
+    """
+    was_enabled = gc.isenabled()
+    if was_enabled:
+        gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def rebuild_receipts(*payloads: Any) -> Rebuilt:
     """Read each payload (any supported format; a trace split across batches is several payloads), rebuild once."""
-    spans: list[SpanRecord] = []
-    for payload in payloads:
-        spans.extend(read_spans(payload))
-    return rebuild(spans)
+    with _collector_paused():
+        spans: list[SpanRecord] = []
+        for payload in payloads:
+            spans.extend(read_spans(payload))
+        return rebuild_spans(spans)

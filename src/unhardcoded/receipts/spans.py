@@ -181,6 +181,13 @@ def _plain_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- OTLP protobuf
 
 
+def _pb_array(values: Any) -> list[Any]:
+    strings = [x.string_value for x in values]
+    if all(strings):  # string[] is the only array type we write: read it without WhichOneof per element
+        return strings
+    return [_pb_value(x) for x in values]
+
+
 def _pb_value(v: Any) -> Any:
     which = v.WhichOneof("value")
     if which == "string_value":
@@ -192,7 +199,7 @@ def _pb_value(v: Any) -> Any:
     if which == "bool_value":
         return v.bool_value
     if which == "array_value":
-        return [_pb_value(x) for x in v.array_value.values]
+        return _pb_array(v.array_value.values)
     if which == "kvlist_value":
         return {kv.key: _pb_value(kv.value) for kv in v.kvlist_value.values}
     if which == "bytes_value":
@@ -204,19 +211,34 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
     out = {}
     for kv in kvs:
         v = kv.value
+        # Strings first and without WhichOneof: most of our attributes are strings, and this loop is the
+        # hot path of the protobuf rebuild. An empty string falls through to the full check.
+        text = v.string_value
+        if text:
+            out[kv.key] = text
+            continue
         which = v.WhichOneof("value")
-        # The common scalar cases inline: this loop is the hot path of the protobuf rebuild.
-        if which == "string_value":
-            out[kv.key] = v.string_value
-        elif which == "int_value":
+        if which == "int_value":
             out[kv.key] = v.int_value
         elif which == "double_value":
             out[kv.key] = v.double_value
         elif which == "bool_value":
             out[kv.key] = v.bool_value
+        elif which == "string_value":
+            out[kv.key] = ""
+        elif which == "array_value":
+            out[kv.key] = _pb_array(v.array_value.values)
         else:
             out[kv.key] = _pb_value(v)
     return out
+
+
+def _pb_event_attributes(kvs: Any) -> dict[str, Any]:
+    # Rejection events carry only non-empty strings: one comprehension reads them; anything else is read in full.
+    out = {kv.key: kv.value.string_value for kv in kvs}
+    if all(out.values()):
+        return out
+    return _pb_attributes(kvs)
 
 
 def from_otlp_proto(message: Any) -> list[SpanRecord]:
@@ -238,7 +260,7 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
                 service = kv.value.string_value or None
         for ss in rs.scope_spans:
             for s in ss.spans:
-                events = [EventRecord(e.name, e.time_unix_nano, _pb_attributes(e.attributes)) for e in s.events]
+                events = [EventRecord(e.name, e.time_unix_nano, _pb_event_attributes(e.attributes)) for e in s.events]
                 tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
                 append(SpanRecord(
                     tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
