@@ -319,3 +319,34 @@ def test_the_garbage_collector_is_left_as_it_was():
     with pytest.raises(SpanFormatError):
         rebuild_receipts("{broken")
     assert gc.isenabled()
+
+
+def test_attempts_go_to_their_own_decision_when_a_request_id_repeats_in_a_trace():
+    """A client retrying with the same request id: two decisions, each with its own attempts."""
+    from opentelemetry import trace as api
+
+    first, second = generate.decisions()[0].model_copy(deep=True), generate.decisions()[0].model_copy(deep=True)
+    second.timestamp = "2026-03-14T09:27:10.000Z"
+    second.attempts, second.hops = second.attempts[1:], []
+    second.attempts[0] = second.attempts[0].model_copy(update={"index": 0, "role": "selected"})
+    first.workflow = second.workflow = None
+    tp, exporter = L.provider()
+    tracer = tp.get_tracer("unhardcoded")
+    with tracer.start_as_current_span("POST /refunds") as root:
+        ctx = api.set_span_in_context(root)
+        L.emit_decision(tracer, first, ctx)
+        L.emit_decision(tracer, second, ctx)
+    rebuilt = rebuild_receipts(L.otlp_bytes(exporter.get_finished_spans()))
+    assert [len(r.attempts) for r in rebuilt.receipts] == [2, 1]
+    assert [r.complete for r in rebuilt.receipts] == [True, True]
+
+
+def test_an_attempt_under_another_instrumentations_span_still_finds_its_decision(live):
+    spans, _ = live
+    doc = L.otlp_json_dict(spans)
+    all_spans = [s for rs in doc["resourceSpans"] for ss in rs["scopeSpans"] for s in ss["spans"]]
+    http = next(s for s in all_spans if s["name"] == "POST")
+    attempt = next(s for s in all_spans if s["name"].startswith("chat ") and s["spanId"] != http["parentSpanId"])
+    attempt["parentSpanId"] = http["spanId"]  # an instrumentation span now sits between decision and attempt
+    rebuilt = rebuild_receipts(doc)
+    assert rebuilt.receipts == RECEIPTS and rebuilt.orphans == 0

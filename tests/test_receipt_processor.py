@@ -151,3 +151,29 @@ def test_a_full_queue_drops_and_counts(tmp_path):
     assert written + lost == 10 and lost >= 1 and processor.stats.queue_full == lost
     assert store.count() == written
     store.close()
+
+
+def test_an_attempt_under_another_instrumentations_span_is_still_claimed(tmp_path):
+    store = open_store(str(tmp_path / "r.db"))
+    processor = ReceiptSpanProcessor(store)
+    tracer = _provider(processor).get_tracer("unhardcoded")
+    d = generate.decisions()[1]
+    d.workflow = None
+
+    class Wedge:  # an HTTP client span wedged between the decision span and its attempt span
+        def __init__(self, real):
+            self.real = real
+
+        def start_span(self, name, context=None, **kw):
+            if name.startswith("chat "):
+                http = self.real.start_span("POST", context=context)
+                span = self.real.start_span(name, context=trace.set_span_in_context(http), **kw)
+                http.end()
+                return span
+            return self.real.start_span(name, context=context, **kw)
+
+    L.emit_decision(Wedge(tracer), d)
+    processor.force_flush()
+    stored = store.get(d.request_id)
+    assert stored is not None and stored.receipt == Receipt.from_decision(d) and stored.receipt.complete
+    store.close()

@@ -59,6 +59,7 @@ class ReceiptSpanProcessor(SpanProcessor):
         self.store = store
         self.stats = ProcessorStats()
         self._pending: OrderedDict[tuple[int, int], list[ReadableSpan]] = OrderedDict()
+        self._parents: OrderedDict[tuple[int, str], set[tuple[int, int]]] = OrderedDict()
         self._pending_lock = threading.Lock()
         self._max_pending = max_pending_attempts
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max_queue)
@@ -100,19 +101,30 @@ class ReceiptSpanProcessor(SpanProcessor):
                 self._count(orphan_attempts=1)
                 return
             key = (parent.trace_id, parent.span_id)
+            request_id = attrs.get(A.UNHARDCODED_REQUEST_ID)
             with self._pending_lock:
                 self._pending.setdefault(key, []).append(span)
+                if isinstance(request_id, str):
+                    # For an attempt whose parent is not its decision span (another instrumentation's in between).
+                    self._parents.setdefault((parent.trace_id, request_id), set()).add(key)
                 evicted = 0
                 while len(self._pending) > self._max_pending:
                     evicted += len(self._pending.popitem(last=False)[1])
+                while len(self._parents) > self._max_pending:
+                    self._parents.popitem(last=False)
             if evicted:
                 self._count(orphan_attempts=evicted)
             return
-        if A.UNHARDCODED_REQUEST_ID not in attrs or A.UNHARDCODED_POLICY_FINGERPRINT not in attrs:
+        request_id = attrs.get(A.UNHARDCODED_REQUEST_ID)
+        if request_id is None or A.UNHARDCODED_POLICY_FINGERPRINT not in attrs:
             return
         ctx = span.context
+        own = (ctx.trace_id, ctx.span_id)
         with self._pending_lock:
-            attempts = self._pending.pop((ctx.trace_id, ctx.span_id), [])
+            attempts = self._pending.pop(own, [])
+            for key in self._parents.pop((ctx.trace_id, request_id), ()):
+                if key != own:
+                    attempts.extend(self._pending.pop(key, []))
         try:
             self._queue.put_nowait((span, attempts))
         except queue.Full:
@@ -197,6 +209,7 @@ class ReceiptSpanProcessor(SpanProcessor):
         with self._pending_lock:
             left = sum(len(v) for v in self._pending.values())
             self._pending.clear()
+            self._parents.clear()
         if left:
             self._count(orphan_attempts=left)
 

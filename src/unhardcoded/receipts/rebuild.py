@@ -453,6 +453,10 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
 # --------------------------------------------------------------------------- a whole set of spans
 
 
+_ATTEMPT_INDEX, _REQUEST_ID, _FINGERPRINT = A.UNHARDCODED_ATTEMPT_INDEX, A.UNHARDCODED_REQUEST_ID, A.UNHARDCODED_POLICY_FINGERPRINT
+_WORKFLOW_ID, _WORKFLOW_NODE = A.UNHARDCODED_WORKFLOW_ID, A.UNHARDCODED_WORKFLOW_NODE
+
+
 def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
     """Rebuild every decision and workflow in ``spans`` (any order, duplicates allowed, other services ignored)."""
     seen: dict[tuple[str, str], SpanRecord] = {}
@@ -462,33 +466,40 @@ def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
             seen[key] = span
     out = Rebuilt(spans=len(seen))
     decisions: list[SpanRecord] = []
-    attempts: dict[tuple[str, str], list[SpanRecord]] = {}
+    by_parent: dict[tuple[str, str | None], list[SpanRecord]] = {}
     workflow_spans: dict[str, SpanRecord] = {}
     for span in seen.values():
         a = span.attributes
-        if A.UNHARDCODED_ATTEMPT_INDEX in a:
-            # Attempts name their request; the parent span id is the fallback for one that does not.
-            owner = a.get(A.UNHARDCODED_REQUEST_ID)
-            key = (span.trace_id, owner) if isinstance(owner, str) else (span.trace_id, "span:" + (span.parent_span_id or ""))
-            attempts.setdefault(key, []).append(span)
-        elif A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_POLICY_FINGERPRINT in a:
+        if _ATTEMPT_INDEX in a:
+            by_parent.setdefault((span.trace_id, span.parent_span_id), []).append(span)
+        elif _REQUEST_ID in a and _FINGERPRINT in a:
             decisions.append(span)
-        elif A.UNHARDCODED_WORKFLOW_ID in a:
-            if A.UNHARDCODED_WORKFLOW_NODE not in a and isinstance(a[A.UNHARDCODED_WORKFLOW_ID], str):
-                workflow_spans.setdefault(a[A.UNHARDCODED_WORKFLOW_ID], span)
+        elif _WORKFLOW_ID in a:
+            if _WORKFLOW_NODE not in a and isinstance(a[_WORKFLOW_ID], str):
+                workflow_spans.setdefault(a[_WORKFLOW_ID], span)
         else:
             out.ignored += 1
-    claimed = 0
+    mine: dict[int, list[SpanRecord]] = {}
+    for span in decisions:  # attempts are children of their decision span
+        mine[id(span)] = by_parent.pop((span.trace_id, span.span_id), [])
+    if by_parent:
+        # An attempt whose parent is not its decision span (another instrumentation's span in between):
+        # it names its request, and the decision with that request id in the same trace claims it.
+        owners = {(s.trace_id, s.attributes.get(_REQUEST_ID)): s for s in decisions}
+        for key in list(by_parent):
+            left = []
+            for attempt in by_parent.pop(key):
+                owner = owners.get((attempt.trace_id, attempt.attributes.get(_REQUEST_ID)))
+                if owner is None:
+                    left.append(attempt)
+                else:
+                    mine[id(owner)].append(attempt)
+            out.orphans += len(left)
     for span in decisions:
-        request_id = span.attributes.get(A.UNHARDCODED_REQUEST_ID)
-        mine = attempts.pop((span.trace_id, request_id), []) if isinstance(request_id, str) else []
-        mine += attempts.pop((span.trace_id, "span:" + span.span_id), [])
-        claimed += len(mine)
         try:
-            out.decisions.append(rebuild_decision(span, mine))
+            out.decisions.append(rebuild_decision(span, mine[id(span)]))
         except (ValueError, TypeError):
             out.malformed += 1
-    out.orphans = sum(len(v) for v in attempts.values())
     out.decisions.sort(key=lambda d: (d.receipt.timestamp, d.receipt.request_id))
     out.workflows = workflows_from(out.receipts, workflow_spans)
     return out
