@@ -1,0 +1,1 @@
+"""Small programs and harnesses the proxy and instrumentation tests run."""

@@ -1,0 +1,88 @@
+"""Running the proxy for real in a test: uvicorn on a loopback port, simulated providers behind it."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import uvicorn
+
+from unhardcoded.catalog import Catalog
+from unhardcoded.router.providers import ProvidersConfig
+from unhardcoded.simulator import SimulatedProvider
+
+# The support policy (shipped) selects gemini-3.5-flash and falls back to claude-sonnet-4-6, then gpt-5.5.
+SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
+PROVIDER_OF = {SELECTED: "google", FIRST_FALLBACK: "anthropic", SECOND_FALLBACK: "openai"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class RunningServer:
+    app: Any
+    server: uvicorn.Server
+    thread: threading.Thread
+    port: int
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"{self.base_url}/v1"
+
+    @property
+    def proxy(self) -> Any:
+        return self.app.state.proxy
+
+
+@contextmanager
+def serving(app: Any, **config: Any) -> Iterator[RunningServer]:
+    """``app`` on uvicorn in a thread, on a free loopback port, until the block ends."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.01)
+    try:
+        yield RunningServer(app, server, thread, port)
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def catalog_simulators(
+    start: Callable[..., SimulatedProvider], catalog: Catalog | None = None, **kwargs: Any
+) -> dict[str, SimulatedProvider]:
+    """One simulated provider per provider named in the catalog, all answering ok()."""
+    catalog = catalog or Catalog.builtin()
+    names = sorted({str(m.get("provider")) for m in catalog.models})
+    return {name: start(name, **kwargs) for name in names}
+
+
+def providers_for(
+    sims: dict[str, SimulatedProvider], *, timeout_s: float = 5.0, api_key_env: dict[str, str] | None = None
+) -> ProvidersConfig:
+    keys = api_key_env or {}
+    return ProvidersConfig(providers=[
+        sim.provider_config(timeout_s=timeout_s, api_key_env=keys.get(name)) for name, sim in sims.items()
+    ])
+
+
+def all_requests(sims: dict[str, SimulatedProvider]) -> list[Any]:
+    return [r for sim in sims.values() for r in sim.requests]
