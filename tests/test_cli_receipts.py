@@ -125,6 +125,12 @@ def test_a_corrupt_store_exits_2_naming_the_file(tmp_path):
     one_line_error(run(tmp_path, "receipt", "req_x", "--store", str(bad)), str(bad), "not a usable receipt store")
 
 
+def test_help_names_the_default_store(home):
+    result = run(home, "receipt", "--help")
+    assert result.returncode == 0 and "UNHARDCODED_STORE" in result.stdout
+    assert str(home / "receipts.db") in " ".join(result.stdout.split()).replace("- ", "-")
+
+
 def test_receipt_without_an_id_is_a_usage_error(home):
     result = run(home, "receipt")
     assert result.returncode == 2 and "REQUEST_ID" in result.stderr
@@ -297,6 +303,7 @@ def test_rollup_table_by_policy(home):
     rows = {line.split()[0]: line.split() for line in lines[1:]}
     assert rows["support"][1:3] == ["1", "100.0%"]
     assert rows["eu-answers"][1:3] == ["1", "0.0%"]
+    assert rows["total"][1:3] == ["2", "50.0%"]
 
 
 def test_rollup_json_by_model_and_workflow(home):

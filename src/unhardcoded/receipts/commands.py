@@ -9,8 +9,8 @@ from typing import Any, TextIO
 
 from ..cli import UsageError, load_catalog_arg, print_json
 from ..errors import UnhardcodedError
-from .sources import add_source_arguments, source_from_args
-from .store import ROLLUP_KEYS, STORE_ENV, ReceiptQuery, open_store
+from .sources import add_source_arguments, source_from_args, store_help
+from .store import ROLLUP_KEYS, ReceiptQuery, open_store
 
 
 class NotFoundError(UnhardcodedError):
@@ -29,14 +29,14 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="replay every recorded decision (narrow with --since)")
     p.add_argument("--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date")
     p.add_argument("--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)")
-    p.add_argument("--store", metavar="URL", help=f"receipt store (default ${STORE_ENV} or the per-user store)")
+    p.add_argument("--store", metavar="URL", help=store_help())
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(run=cmd_replay)
 
     p = sub.add_parser("rollup", help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow or model")
     p.add_argument("--by", choices=ROLLUP_KEYS, default="policy", help="group by (default: policy)")
     p.add_argument("--since", metavar="DURATION_OR_ISO", help="only decisions since 7d, 24h, ... or an ISO date")
-    p.add_argument("--store", metavar="URL", help=f"receipt store (default ${STORE_ENV} or the per-user store)")
+    p.add_argument("--store", metavar="URL", help=store_help())
     p.add_argument("--json", action="store_true", help="print rows as JSON")
     p.set_defaults(run=cmd_rollup)
 

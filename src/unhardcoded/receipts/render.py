@@ -156,17 +156,27 @@ def render_replay(result: "ReplayResult") -> str:
 
 
 def render_rollup(rows: "Sequence[RollupRow]", by: str) -> str:
-    """A table: decisions, fallback rate, cost, baseline cost and savings per policy, workflow or model."""
-    head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
-    body = [
-        (
-            row.key, str(row.decisions), f"{row.fallback_rate * 100:.1f}%", str(row.failed), _usd(row.cost_usd),
-            _usd(row.baseline_usd), _usd(row.savings_usd), f"{row.savings_ratio * 100:.0f}%" if row.savings_ratio is not None else "n/a",
-        )
-        for row in rows
-    ]
-    if not body:
+    """A table: decisions, fallback rate, cost, baseline cost and savings per policy, workflow or model, and a total."""
+    if not rows:
         return f"no decisions to roll up by {by}"
+
+    def cells(key: str, decisions: int, fallbacks: int, failed: int, cost: float, base: float, saved: float, ratio: float | None) -> tuple[str, ...]:
+        rate = fallbacks / decisions * 100 if decisions else 0.0
+        return (key, str(decisions), f"{rate:.1f}%", str(failed), _usd(cost), _usd(base), _usd(saved),
+                f"{ratio * 100:.0f}%" if ratio is not None else "n/a")
+
+    head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
+    body = [cells(r.key, r.decisions, r.fallbacks, r.failed, r.cost_usd, r.baseline_usd, r.savings_usd, r.savings_ratio) for r in rows]
+    if len(rows) > 1:
+        saved = sum(r.savings_usd for r in rows)
+        priced_base = sum(r.priced_baseline_usd for r in rows)
+        body.append(cells(
+            "total", sum(r.decisions for r in rows), sum(r.fallbacks for r in rows), sum(r.failed for r in rows),
+            sum(r.cost_usd for r in rows), sum(r.baseline_usd for r in rows), saved, saved / priced_base if priced_base else None,
+        ))
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-    fmt = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+
+    def fmt(r: tuple[str, ...]) -> str:
+        return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
+
     return "\n".join([fmt(head), *(fmt(r) for r in body)])

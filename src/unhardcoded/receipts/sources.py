@@ -14,7 +14,12 @@ from typing import Any, Callable, Protocol
 
 from .model import Receipt, WorkflowReceipt
 from .rebuild import rebuild_receipts
-from .store import STORE_ENV, ReceiptStore, open_store
+from .store import STORE_ENV, ReceiptStore, default_store_path, open_store
+
+
+
+def store_help() -> str:
+    return f"receipt store: a SQLite file path or sqlite:///path URL (default: ${STORE_ENV}, else {default_store_path()})"
 
 
 class ReceiptSource(Protocol):
@@ -69,7 +74,7 @@ class SourceSpec:
 
     flag: str
     metavar: str
-    help: str
+    help: Callable[[], str]
     build: Callable[[str], ReceiptSource]
 
 
@@ -79,14 +84,14 @@ def _store_source(url: str) -> ReceiptSource:
 
 # `--processor`, `--jaeger` and `--tempo` join here, each a SpanSource (or a client of the processor's HTTP API).
 SOURCES: dict[str, SourceSpec] = {
-    "store": SourceSpec("--store", "URL", f"receipt store: a SQLite path or sqlite:///path (default ${STORE_ENV} or the per-user store)", _store_source),
+    "store": SourceSpec("--store", "URL", store_help, _store_source),
 }
 
 
 def add_source_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     for name, spec in SOURCES.items():
-        group.add_argument(spec.flag, dest=f"source_{name}", metavar=spec.metavar, help=spec.help)
+        group.add_argument(spec.flag, dest=f"source_{name}", metavar=spec.metavar, help=spec.help())
 
 
 def source_from_args(args: argparse.Namespace) -> ReceiptSource:

@@ -81,6 +81,8 @@ class RollupRow:
     baseline_usd: float
     savings_usd: float
     savings_ratio: float | None
+    priced_baseline_usd: float = 0.0
+    """Baseline cost of the decisions priced on both sides: the denominator of ``savings_ratio``."""
 
     @property
     def fallback_rate(self) -> float:
@@ -91,6 +93,7 @@ class RollupRow:
             "key": self.key, "decisions": self.decisions, "fallbacks": self.fallbacks,
             "fallback_rate": self.fallback_rate, "failed": self.failed, "cost_usd": self.cost_usd,
             "baseline_usd": self.baseline_usd, "savings_usd": self.savings_usd, "savings_ratio": self.savings_ratio,
+            "priced_baseline_usd": self.priced_baseline_usd,
         }
 
 
@@ -522,7 +525,8 @@ class SQLiteReceiptStore:
             params,
         )
         return [
-            RollupRow(key, n, int(fb or 0), int(failed or 0), cost, base, saved, (saved / priced_base) if priced_base > 0 else None)
+            RollupRow(key, n, int(fb or 0), int(failed or 0), cost, base, saved,
+                      (saved / priced_base) if priced_base > 0 else None, priced_base)
             for key, n, fb, failed, cost, base, saved, priced_base in rows
         ]
 
