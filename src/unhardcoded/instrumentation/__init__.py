@@ -1,0 +1,59 @@
+"""OpenTelemetry auto-instrumentation of the ``openai`` client for services that call the unhardcoded router.
+
+``UnhardcodedInstrumentor().instrument()`` (or ``opentelemetry-instrument``,
+which finds it through the ``opentelemetry_instrumentor`` entry point) makes
+every chat completion send the policy in force (``with policy("support"):`` or
+``$UNHARDCODED_POLICY``) as ``X-Unhardcoded-Policy``, carry the trace context,
+and record the router's decision (request id, answering model, fingerprint,
+fallback) on the client span. Against a plain OpenAI endpoint it records
+nothing extra and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Collection
+
+from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
+from opentelemetry.instrumentation.utils import unwrap
+from opentelemetry.trace import get_tracer
+from wrapt import wrap_function_wrapper
+
+from .context import POLICY_ENV, current_policy, policy
+from .package import _instruments
+from .patch import async_chat_completions_create, async_httpx_send, chat_completions_create, httpx_send
+
+__all__ = ["POLICY_ENV", "UnhardcodedInstrumentor", "current_policy", "policy"]
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("unhardcoded")
+    except PackageNotFoundError:
+        return "0"
+
+
+class UnhardcodedInstrumentor(BaseInstrumentor):
+    """Instruments ``openai`` chat completions (sync, async, streamed) for the unhardcoded router."""
+
+    def instrumentation_dependencies(self) -> Collection[str]:
+        return _instruments
+
+    def _instrument(self, **kwargs: Any) -> None:
+        tracer = get_tracer(__name__, _version(), kwargs.get("tracer_provider"))
+        wrap_function_wrapper("openai.resources.chat.completions", "Completions.create", chat_completions_create(tracer))
+        wrap_function_wrapper(
+            "openai.resources.chat.completions", "AsyncCompletions.create", async_chat_completions_create(tracer)
+        )
+        wrap_function_wrapper("httpx", "Client.send", httpx_send)
+        wrap_function_wrapper("httpx", "AsyncClient.send", async_httpx_send)
+
+    def _uninstrument(self, **kwargs: Any) -> None:
+        import httpx
+        import openai.resources.chat.completions as completions
+
+        unwrap(completions.Completions, "create")
+        unwrap(completions.AsyncCompletions, "create")
+        unwrap(httpx.Client, "send")
+        unwrap(httpx.AsyncClient, "send")
