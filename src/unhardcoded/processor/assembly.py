@@ -1,0 +1,181 @@
+"""Assembly: spans grouped into the receipts they make, and the moment each receipt is ready to be written.
+
+A decision's group is ready as soon as its decision span and all the attempt
+spans it announces (``fallback.hops + 1`` when a provider was called) are in;
+a workflow root is ready on arrival. A group that is not ready within the wait
+window is finished with what it has (the rebuild marks it ``complete: false``).
+Memory is bounded by a number of spans: past it, the oldest groups are
+finished early, and counted. This module holds no I/O; the service drives it.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Iterable, Iterator
+
+from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
+from .spool import GroupKey
+
+
+class Group:
+    """The spans of one receipt (a decision and its attempts) or of one workflow root."""
+
+    __slots__ = ("trace_id", "key", "spans", "decision", "attempts", "first_seen", "keys", "revisit")
+
+    def __init__(self, trace_id: str, key: str, first_seen: float) -> None:
+        self.trace_id = trace_id
+        self.key = key
+        self.spans: dict[str, IncomingSpan] = {}
+        self.decision: IncomingSpan | None = None
+        self.attempts: set[int] = set()
+        self.first_seen = first_seen
+        self.keys: set[str] = {key}
+        self.revisit = False
+        """Reopened by a span that came after the group was finished once."""
+
+    def add(self, span: IncomingSpan) -> bool:
+        """Add a span; False when it was already here (an exporter's retry)."""
+        if span.span_id in self.spans:
+            return False
+        self.spans[span.span_id] = span
+        if span.role == ROLE_DECISION:
+            self.decision = span
+        elif span.role == ROLE_ATTEMPT and span.attempt_index is not None:
+            self.attempts.add(span.attempt_index)
+        return True
+
+    @property
+    def is_workflow(self) -> bool:
+        return self.key.startswith("w:")
+
+    @property
+    def ready(self) -> bool:
+        if self.is_workflow:
+            return True
+        d = self.decision
+        if d is None:
+            return False
+        expected = d.expected_attempts or 0
+        return all(i in self.attempts for i in range(expected))
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+
+class Assembler:
+    """Pending groups, oldest first; ready groups are handed out by :meth:`take_ready`."""
+
+    def __init__(self, max_pending_spans: int) -> None:
+        self.max_pending_spans = max_pending_spans
+        self._groups: OrderedDict[GroupKey, Group] = OrderedDict()
+        self._alias: dict[GroupKey, GroupKey] = {}
+        self._ready: dict[GroupKey, Group] = {}
+        self.pending_spans = 0
+        self.duplicates = 0
+
+    def __contains__(self, key: GroupKey) -> bool:
+        return self._resolve(key) in self._groups
+
+    def __len__(self) -> int:
+        return len(self._groups)
+
+    def _resolve(self, key: GroupKey) -> GroupKey:
+        return self._alias.get(key, key)
+
+    def unknown(self, spans: Iterable[IncomingSpan]) -> set[GroupKey]:
+        """Groups of ``spans`` that are not pending here: the spool may know them (finished, or from before a restart)."""
+        out = set()
+        for s in spans:
+            key = (s.trace_id, s.group)
+            if self._resolve(key) not in self._groups:
+                out.add(key)
+        return out
+
+    def add(self, span: IncomingSpan, now: float, revisit: bool = False) -> Group | None:
+        """File a span under its group; returns the group when the span was new."""
+        key = self._resolve((span.trace_id, span.group))
+        group = self._groups.get(key)
+        if group is None:
+            group = self._groups[key] = Group(span.trace_id, key[1], now)
+        group.revisit |= revisit
+        if not group.add(span):
+            self.duplicates += 1
+            return None
+        self.pending_spans += 1
+        if span.role == ROLE_DECISION and span.alias:
+            # Attempt spans that name no request id are filed under their parent, the decision span.
+            alias = (span.trace_id, span.alias)
+            self._alias[alias] = key
+            group.keys.add(span.alias)
+            strays = self._groups.pop(alias, None)
+            if strays is not None:
+                self._ready.pop(alias, None)
+                self.pending_spans -= len(strays)
+                for s in strays.spans.values():
+                    if group.add(s):
+                        self.pending_spans += 1
+        if group.ready:
+            self._ready[key] = group
+        return group
+
+    def take_ready(self) -> list[Group]:
+        out = []
+        ready, self._ready = self._ready, {}
+        for key, group in ready.items():
+            if self._groups.get(key) is group:
+                self._drop(key)
+                out.append(group)
+        return out
+
+    def take_expired(self, older_than: float) -> list[Group]:
+        """Groups first seen before ``older_than`` (monotonic seconds): the wait window is over."""
+        out = []
+        for key, group in self._groups.items():
+            if group.first_seen >= older_than:
+                break
+            out.append(group)
+        for group in out:
+            self._drop((group.trace_id, group.key))
+        return out
+
+    def take_overflow(self) -> list[Group]:
+        """The oldest groups, until at most ``max_pending_spans`` spans are left pending."""
+        out = []
+        while self.pending_spans > self.max_pending_spans and self._groups:
+            key, group = next(iter(self._groups.items()))
+            self._drop(key)
+            out.append(group)
+        return out
+
+    def put_back(self, groups: Iterable[Group]) -> None:
+        """Groups whose receipts could not be written: pending again, oldest first, ready as they were."""
+        groups = list(groups)
+        for group in reversed(groups):
+            key = (group.trace_id, group.key)
+            self._groups[key] = group
+            self._groups.move_to_end(key, last=False)
+            self.pending_spans += len(group)
+            for k in group.keys:
+                if k != group.key:
+                    self._alias[(group.trace_id, k)] = key
+            if group.ready:
+                self._ready[key] = group
+
+    def _drop(self, key: GroupKey) -> None:
+        group = self._groups.pop(key)
+        self._ready.pop(key, None)
+        self.pending_spans -= len(group)
+        for k in group.keys:
+            if k != group.key:
+                self._alias.pop((group.trace_id, k), None)
+
+    def groups(self) -> Iterator[Group]:
+        return iter(list(self._groups.values()))
+
+
+def workflow_of(group: Group) -> tuple[str, str | None] | None:
+    """(workflow id, name) of a workflow group."""
+    for span in group.spans.values():
+        if span.role == ROLE_WORKFLOW:
+            return span.group[2:], span.workflow_name
+    return None

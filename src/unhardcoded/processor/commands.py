@@ -1,0 +1,140 @@
+"""`unhardcoded processor`: the receipts processor service (OTLP in, durable receipts out, query API, pages)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+from typing import Any
+
+from ..errors import ConfigError
+
+DEFAULT_HTTP_PORT = 8318
+"""OTLP/HTTP, the query API and pages. 4318 + 4000: next to a Collector on 4318 without a clash."""
+DEFAULT_GRPC_PORT = 8317
+"""OTLP/gRPC. 4317 + 4000, for the same reason."""
+
+
+def add_commands(sub: Any) -> None:
+    p = sub.add_parser(
+        "processor",
+        help="run the receipts processor: OTLP in (gRPC and HTTP), durable receipts out, query API and receipt pages",
+        description="Receive decision spans over OTLP, rebuild receipts, keep them durably, and serve them.",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    p.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help=f"HTTP port: OTLP/HTTP, query API, pages (default {DEFAULT_HTTP_PORT}; 0 picks one)")
+    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help=f"OTLP/gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks one)")
+    p.add_argument("--no-grpc", action="store_true", help="do not listen for OTLP/gRPC")
+    p.add_argument("--store", metavar="URL", help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)")
+    p.add_argument("--forward", metavar="URL", help="also send every accepted span, unchanged, to this OTLP endpoint (a Collector, Jaeger, Tempo)")
+    p.add_argument("--forward-protocol", choices=("grpc", "http"), default="http", help="protocol for --forward (default http)")
+    p.add_argument("--wait-window", type=float, default=5.0, metavar="SECONDS",
+                   help="how long a receipt waits for missing spans before it is written incomplete (default 5)")
+    p.add_argument("--late-window", type=float, default=600.0, metavar="SECONDS",
+                   help="how long spans of finished receipts are kept so a late span updates its receipt (default 600)")
+    p.add_argument("--max-pending-spans", type=int, default=100_000, metavar="N",
+                   help="spans held for unfinished receipts; past it the oldest are finished incomplete (default 100000)")
+    p.add_argument("--max-queue-spans", type=int, default=50_000, metavar="N",
+                   help="spans received but not yet stored; past it exports get 429 / RESOURCE_EXHAUSTED (default 50000)")
+    p.add_argument("--ingest-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on OTLP exports")
+    p.add_argument("--query-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on the query API and pages")
+    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, metavar="N",
+                   help="largest export accepted, before and after gzip (default 16 MiB); larger gets 413")
+    p.add_argument("--instance-id", metavar="NAME",
+                   help="this instance's name in a shared store (default HOSTNAME:PORT); a restart picks up its own pending spans")
+    p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
+    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+    p.set_defaults(run=cmd_processor)
+
+
+def _token(var: str | None, flag: str) -> str | None:
+    if not var:
+        return None
+    value = os.environ.get(var, "")
+    if not value.strip():
+        raise ConfigError(f"{flag} {var}: the variable is not set or empty; export it or drop the flag")
+    return value.strip()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"--host {host} --port {port}: cannot listen: {exc.strerror}") from None
+    sock.listen(1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def cmd_processor(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from .api import Settings, build_app
+    from .forward import Forwarder
+    from .metrics import ProcessorMetrics, configure_meter_provider
+    from .service import ProcessorConfig, ReceiptsProcessor
+    from .stores import open_backend
+
+    for name, value in (("--wait-window", args.wait_window), ("--late-window", args.late_window)):
+        if not value >= 0:
+            raise ConfigError(f"{name} {value}: expected seconds, 0 or more")
+    for name, value in (("--max-pending-spans", args.max_pending_spans), ("--max-queue-spans", args.max_queue_spans),
+                        ("--max-body-bytes", args.max_body_bytes)):
+        if value < 1:
+            raise ConfigError(f"{name} {value}: expected a positive number")
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ingest_token = _token(args.ingest_token_env, "--ingest-token-env")
+    query_token = _token(args.query_token_env, "--query-token-env")
+    http_sock = _listen(args.host, args.port)
+    http_port = http_sock.getsockname()[1]
+    owner = args.instance_id or f"{socket.gethostname()}:{http_port}"
+
+    store, spool = open_backend(args.store)
+    meter_provider = configure_meter_provider()
+    metrics = ProcessorMetrics()
+    forwarder = Forwarder(args.forward, args.forward_protocol, metrics) if args.forward else None
+    config = ProcessorConfig(
+        wait_window_s=args.wait_window, late_window_s=args.late_window, max_pending_spans=args.max_pending_spans,
+        max_queue_spans=args.max_queue_spans, owner=owner,
+    )
+    processor = ReceiptsProcessor(store, spool, config, metrics, forwarder)
+    grpc_server = None
+    try:
+        processor.start()
+        grpc_note = "off"
+        if not args.no_grpc:
+            from .grpc_server import start_grpc_server
+
+            grpc_server, grpc_port = start_grpc_server(
+                processor, args.host, args.grpc_port, token=ingest_token, max_message_bytes=args.max_body_bytes,
+            )
+            grpc_note = f"{args.host}:{grpc_port}"
+        settings = Settings(
+            max_body_bytes=args.max_body_bytes, ingest_token=ingest_token, query_token=query_token,
+            access_log=not args.no_access_log,
+        )
+        app = build_app(processor, store, settings)
+        print(
+            f"unhardcoded processor: http://{args.host}:{http_port} (OTLP/HTTP, API, pages) · grpc {grpc_note} · "
+            f"store {store.location} · instance {owner}",
+            file=sys.stderr, flush=True,
+        )
+        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10))
+        server.run(sockets=[http_sock])
+    finally:
+        if grpc_server is not None:
+            grpc_server.stop(grace=5).wait(6)
+        processor.stop()
+        store.close()
+        spool.close()
+        if meter_provider is not None:
+            meter_provider.shutdown()
+        http_sock.close()
+    return 0

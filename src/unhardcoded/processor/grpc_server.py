@@ -1,0 +1,129 @@
+"""OTLP/gRPC ingest: ``TraceService/Export`` (and empty ``MetricsService`` / ``LogsService`` answers).
+
+The trace handler takes the request as bytes and decodes it itself, so a
+payload that is not OTLP is ``INVALID_ARGUMENT`` (grpcio's own decoding would
+answer ``INTERNAL``, which exporters do not treat as the sender's fault).
+Backpressure is ``RESOURCE_EXHAUSTED`` (too much queued) or ``UNAVAILABLE``
+(store failing, stopping), each with ``RetryInfo`` in the status details and
+in ``google.rpc.retryinfo-bin``, which the Python SDK's exporter reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from typing import TYPE_CHECKING, Any
+
+import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+from . import otlp
+from .api import token_matches
+from .service import Backpressure
+
+if TYPE_CHECKING:
+    from .service import ReceiptsProcessor
+
+logger = logging.getLogger(__name__)
+
+_TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+
+
+def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
+    if retry_after_s is not None:
+        from google.rpc import error_details_pb2, status_pb2
+
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+        status = status_pb2.Status(code=code.value[0], message=message)
+        status.details.add().Pack(info)
+        context.set_trailing_metadata((
+            ("grpc-status-details-bin", status.SerializeToString()),
+            ("google.rpc.retryinfo-bin", info.SerializeToString()),
+        ))
+    context.abort(code, message)
+
+
+class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    def __init__(self, processor: "ReceiptsProcessor", token: str | None, ack_timeout_s: float) -> None:
+        self.processor = processor
+        self.token = token
+        self.ack_timeout_s = ack_timeout_s
+
+    def _authorized(self, context: grpc.ServicerContext) -> bool:
+        if self.token is None:
+            return True
+        header = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
+        return token_matches(header if isinstance(header, str) else None, self.token)
+
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - the generated servicer's name
+        metrics = self.processor.metrics
+        if not self._authorized(context):
+            metrics.payload_rejected("unauthorized")
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        raw = request if isinstance(request, bytes) else None
+        try:
+            message = otlp.parse_protobuf(raw) if raw is not None else request
+            decoded = otlp.classify(message)
+        except otlp.PayloadError as exc:
+            metrics.payload_rejected("malformed")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])
+        except Exception as exc:  # noqa: BLE001 - whatever a payload does to the parser is the payload's fault
+            metrics.payload_rejected("malformed")
+            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"could not read the payload: {type(exc).__name__}")
+        metrics.received("grpc", decoded.total, decoded.rejected, decoded.ignored)
+        try:
+            self.processor.submit(decoded.spans).result(self.ack_timeout_s)
+        except Backpressure as exc:
+            metrics.payload_rejected("busy" if exc.busy else "unavailable")
+            code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.busy else grpc.StatusCode.UNAVAILABLE
+            _abort(context, code, str(exc), exc.retry_after_s)
+        except futures.TimeoutError:
+            metrics.payload_rejected("unavailable")
+            _abort(context, grpc.StatusCode.UNAVAILABLE, "the spool did not answer in time", self.processor.config.retry_after_s)
+        forwarder = self.processor.forwarder
+        if forwarder is not None and decoded.accepted:
+            forwarder.send(raw if raw is not None and decoded.untouched else decoded.message.SerializeToString())
+        return otlp.response_message(decoded)
+
+
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        return logs_service_pb2.ExportLogsServiceResponse()
+
+
+def start_grpc_server(
+    processor: "ReceiptsProcessor", host: str, port: int, *, token: str | None = None, max_message_bytes: int = 16 * 1024 * 1024,
+    ack_timeout_s: float = 30.0, workers: int = 8,
+) -> tuple[grpc.Server, int]:
+    """Start the OTLP/gRPC receiver; returns the server and the port it is bound to (``port`` 0 picks one)."""
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="unhardcoded-grpc"),
+        options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)],
+    )
+    service = TraceService(processor, token, ack_timeout_s)
+    handler = grpc.method_handlers_generic_handler(_TRACE_SERVICE, {
+        "Export": grpc.unary_unary_rpc_method_handler(
+            service.Export,
+            request_deserializer=None,  # bytes in: decoded (and refused as INVALID_ARGUMENT) by us
+            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+        ),
+    })
+    server.add_generic_rpc_handlers((handler,))
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(), server)
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(), server)
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    bound = server.add_insecure_port(address)
+    if bound == 0:
+        from ..errors import ConfigError
+
+        raise ConfigError(f"--grpc-port: cannot listen on {address}")
+    server.start()
+    return server, bound

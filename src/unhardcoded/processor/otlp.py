@@ -1,0 +1,371 @@
+"""OTLP trace payloads in and out: decode a request body (protobuf or JSON, gzip or not), sort its spans, encode answers.
+
+Every span of an export is looked at once here: spans with ids OTLP forbids are
+rejected (and counted for the partial-success answer), spans that carry a
+decision, an attempt or a workflow root are kept as :class:`IncomingSpan` with
+their serialized protobuf bytes (what the spool stores and the rebuild reads
+back), and every other span is passed over: it is not ours to keep, though it
+is still forwarded.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTracePartialSuccess,
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from ..semconv import attributes as A
+
+PROTOBUF = "application/x-protobuf"
+JSON = "application/json"
+
+# What a kept span is, for assembly: the rebuild reads decision and attempt spans and the workflow root.
+ROLE_DECISION, ROLE_ATTEMPT, ROLE_WORKFLOW = "decision", "attempt", "workflow"
+
+
+class PayloadError(ValueError):
+    """The body is not an OTLP trace export: answered 400 / INVALID_ARGUMENT, never retried."""
+
+
+class PayloadTooLarge(PayloadError):
+    """The body (or what it inflates to) is over the configured limit: answered 413 / RESOURCE_EXHAUSTED."""
+
+
+class UnsupportedMediaType(PayloadError):
+    """A Content-Type or Content-Encoding the receiver does not read: answered 415."""
+
+
+@dataclass(slots=True)
+class IncomingSpan:
+    """One span of ours, as the spool keeps it and assembly groups it."""
+
+    trace_id: str
+    span_id: str
+    group: str
+    """Which receipt it belongs to: ``r:{request id}`` for a decision and its attempts, ``w:{workflow id}`` for a root."""
+    role: str
+    body: bytes
+    """The span, serialized as an OTLP ``Span`` message."""
+    service: str | None = None
+    attempt_index: int | None = None
+    expected_attempts: int | None = None
+    """On a decision span: how many attempt spans it made (``fallback.hops + 1`` when a provider was called)."""
+    alias: str | None = None
+    """On a decision span: ``s:{span id}``, the group of attempt spans that name no request id."""
+    workflow_name: str | None = None
+
+
+@dataclass
+class DecodedExport:
+    """What one export request holds."""
+
+    message: ExportTraceServiceRequest
+    spans: list[IncomingSpan] = field(default_factory=list)
+    total: int = 0
+    rejected: int = 0
+    ignored: int = 0
+    errors: list[str] = field(default_factory=list)
+    untouched: bool = True
+    """True when ``message`` is exactly what was sent (no span removed): the raw bytes can be forwarded as they are."""
+
+    @property
+    def accepted(self) -> int:
+        return self.total - self.rejected
+
+    def error_message(self) -> str:
+        if not self.errors:
+            return ""
+        shown = "; ".join(self.errors[:5])
+        more = len(self.errors) - 5
+        return shown + (f"; and {more} more" if more > 0 else "")
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+def inflate(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """The body with its Content-Encoding undone, refusing to inflate past ``limit`` bytes."""
+    coding = (encoding or "identity").strip().lower()
+    if coding in ("", "identity"):
+        return body
+    if coding not in ("gzip", "x-gzip", "deflate"):
+        raise UnsupportedMediaType(f"Content-Encoding {encoding!r} is not supported; send gzip or no encoding")
+    wbits = 16 + zlib.MAX_WBITS if coding != "deflate" else zlib.MAX_WBITS
+    inflater = zlib.decompressobj(wbits)
+    try:
+        out = inflater.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise PayloadError(f"body is not valid {coding}: {exc}") from None
+    if len(out) > limit or inflater.unconsumed_tail:
+        raise PayloadTooLarge(f"body inflates to more than {limit} bytes")
+    if not inflater.eof:
+        raise PayloadError(f"body is truncated {coding}")
+    return out
+
+
+def media_type(content_type: str | None) -> str:
+    """``protobuf`` or ``json`` for a Content-Type header; anything else is refused."""
+    kind = (content_type or "").split(";")[0].strip().lower()
+    if kind in (PROTOBUF, "application/protobuf", "application/vnd.google.protobuf"):
+        return "protobuf"
+    if kind == JSON:
+        return "json"
+    raise UnsupportedMediaType(f"Content-Type {content_type!r} is not supported; send {PROTOBUF} or {JSON}")
+
+
+def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
+    try:
+        return ExportTraceServiceRequest.FromString(body)
+    except (DecodeError, ValueError, RuntimeError) as exc:
+        raise PayloadError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+
+
+_ID_WIDTH = {"traceId": 32, "spanId": 16, "parentSpanId": 16, "trace_id": 32, "span_id": 16, "parent_span_id": 16}
+
+
+def _hex_to_b64(value: Any, width: int) -> Any:
+    # OTLP/JSON writes ids as hex where proto3 JSON would write base64; an id that is not hex of the
+    # right width becomes empty, so the span is rejected on its own rather than the whole payload.
+    if not isinstance(value, str):
+        return value
+    if value == "":
+        return value
+    if len(value) == width:
+        try:
+            return base64.b64encode(bytes.fromhex(value)).decode("ascii")
+        except ValueError:
+            return ""
+    return ""
+
+
+def _fix_ids(doc: Any) -> None:
+    if not isinstance(doc, dict):
+        raise PayloadError("OTLP/JSON: expected an object with resourceSpans")
+    batches = doc.get("resourceSpans", doc.get("resource_spans"))
+    if batches is None:
+        return
+    if not isinstance(batches, list):
+        raise PayloadError("OTLP/JSON: resourceSpans must be a list")
+    for rs in batches:
+        if not isinstance(rs, dict):
+            continue
+        scopes = rs.get("scopeSpans", rs.get("scope_spans"))
+        if not isinstance(scopes, list):
+            continue
+        for ss in scopes:
+            if not isinstance(ss, dict) or not isinstance(ss.get("spans"), list):
+                continue
+            for s in ss["spans"]:
+                if not isinstance(s, dict):
+                    continue
+                for key in ("traceId", "spanId", "parentSpanId", "trace_id", "span_id", "parent_span_id"):
+                    if key in s:
+                        s[key] = _hex_to_b64(s[key], _ID_WIDTH[key])
+                links = s.get("links")
+                if isinstance(links, list):
+                    for link in links:
+                        if isinstance(link, dict):
+                            for key in ("traceId", "spanId", "trace_id", "span_id"):
+                                if key in link:
+                                    link[key] = _hex_to_b64(link[key], _ID_WIDTH[key])
+
+
+def parse_json(body: bytes) -> ExportTraceServiceRequest:
+    """OTLP/JSON: hex ids, lowerCamelCase (or original) field names, enums as numbers; unknown fields are ignored."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise PayloadError(f"body is not JSON: {exc}") from None
+    _fix_ids(doc)
+    message = ExportTraceServiceRequest()
+    try:
+        json_format.ParseDict(doc, message, ignore_unknown_fields=True)
+    except (json_format.ParseError, ValueError, TypeError, AttributeError, KeyError, RecursionError) as exc:
+        raise PayloadError(f"not OTLP/JSON: {exc}") from None
+    return message
+
+
+# --------------------------------------------------------------------------- spans
+
+
+def _str_value(v: Any) -> str | None:
+    return v.string_value if v.WhichOneof("value") == "string_value" else None
+
+
+def _int_value(v: Any) -> int | None:
+    which = v.WhichOneof("value")
+    if which == "int_value":
+        return v.int_value
+    if which == "double_value" and v.double_value.is_integer():
+        return int(v.double_value)
+    if which == "string_value" and v.string_value.lstrip("-").isdigit():
+        return int(v.string_value)
+    return None
+
+
+_REQUEST_ID = A.UNHARDCODED_REQUEST_ID
+_FINGERPRINT = A.UNHARDCODED_POLICY_FINGERPRINT
+_ATTEMPT_INDEX = A.UNHARDCODED_ATTEMPT_INDEX
+_HOPS = A.UNHARDCODED_FALLBACK_HOPS
+_OUTCOME = A.UNHARDCODED_DECISION_OUTCOME
+_ANSWERED = A.UNHARDCODED_ANSWERED_MODEL
+_WORKFLOW_ID = A.UNHARDCODED_WORKFLOW_ID
+_WORKFLOW_NAME = A.UNHARDCODED_WORKFLOW_NAME
+_WORKFLOW_NODE = A.UNHARDCODED_WORKFLOW_NODE
+_WANTED = frozenset({_REQUEST_ID, _FINGERPRINT, _ATTEMPT_INDEX, _HOPS, _OUTCOME, _ANSWERED, _WORKFLOW_ID, _WORKFLOW_NAME, _WORKFLOW_NODE})
+_CALLED = frozenset({"answered", "failed"})
+
+
+def classify(message: ExportTraceServiceRequest) -> DecodedExport:
+    """Sort the spans of an export: rejected (bad ids), ours (kept), or someone else's (passed over).
+
+    Rejected spans are removed from ``message`` so what is forwarded is what was accepted.
+    """
+    out = DecodedExport(message)
+    for rs in message.resource_spans:
+        service = None
+        for kv in rs.resource.attributes:
+            if kv.key == "service.name":
+                service = _str_value(kv.value)
+        for ss in rs.scope_spans:
+            bad: list[int] = []
+            for k, s in enumerate(ss.spans):
+                out.total += 1
+                tid, sid = s.trace_id, s.span_id
+                if len(tid) != 16 or not any(tid) or len(sid) != 8 or not any(sid):
+                    bad.append(k)
+                    out.rejected += 1
+                    if len(out.errors) < 20:
+                        out.errors.append(f"span {s.name[:60]!r}: invalid trace or span id (need 16 and 8 non-zero bytes)")
+                    continue
+                found: dict[str, Any] = {}
+                for kv in s.attributes:
+                    if kv.key in _WANTED:
+                        found[kv.key] = kv.value
+                if not found:
+                    out.ignored += 1
+                    continue
+                span = _ours(s, found, service)
+                if span is None:
+                    out.ignored += 1
+                else:
+                    out.spans.append(span)
+            for k in reversed(bad):
+                del ss.spans[k]
+    if out.rejected:
+        out.untouched = False
+    return out
+
+
+def _ours(s: Any, found: dict[str, Any], service: str | None) -> IncomingSpan | None:
+    trace_id, span_id = s.trace_id.hex(), s.span_id.hex()
+    request = found.get(_REQUEST_ID)
+    request_id = _str_value(request) if request is not None else None
+    if _ATTEMPT_INDEX in found:
+        index = _int_value(found[_ATTEMPT_INDEX])
+        if request_id:
+            group = "r:" + request_id
+        else:
+            parent = s.parent_span_id
+            if len(parent) != 8 or not any(parent):
+                return None
+            group = "s:" + parent.hex()
+        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, s.SerializeToString(), service, attempt_index=index)
+    if request_id and _FINGERPRINT in found:
+        outcome = _str_value(found[_OUTCOME]) if _OUTCOME in found else None
+        if outcome is None and _ANSWERED in found:
+            outcome = "answered"
+        expected = 0
+        if outcome in _CALLED:
+            hops = _int_value(found[_HOPS]) if _HOPS in found else 0
+            expected = max(0, hops or 0) + 1
+        return IncomingSpan(
+            trace_id, span_id, "r:" + request_id, ROLE_DECISION, s.SerializeToString(), service,
+            expected_attempts=expected, alias="s:" + span_id,
+        )
+    if _WORKFLOW_ID in found and _WORKFLOW_NODE not in found and request is None:
+        workflow_id = _str_value(found[_WORKFLOW_ID])
+        if not workflow_id:
+            return None
+        name = _str_value(found[_WORKFLOW_NAME]) if _WORKFLOW_NAME in found else None
+        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, s.SerializeToString(), service, workflow_name=name)
+    return None
+
+
+def span_from_body(body: bytes, service: str | None) -> IncomingSpan | None:
+    """A spooled span read back (after a restart, or to rebuild a finished receipt with a late span)."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    s = Span.FromString(body)
+    found = {kv.key: kv.value for kv in s.attributes if kv.key in _WANTED}
+    span = _ours(s, found, service) if found else None
+    if span is not None:
+        span.body = body
+    return span
+
+
+def decode(body: bytes, kind: str) -> DecodedExport:
+    """Decode and sort one export body (already inflated); ``kind`` is ``protobuf`` or ``json``."""
+    message = parse_protobuf(body) if kind == "protobuf" else parse_json(body)
+    return classify(message)
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def response_message(decoded: DecodedExport | None) -> ExportTraceServiceResponse:
+    response = ExportTraceServiceResponse()
+    if decoded is not None and decoded.rejected:
+        response.partial_success.CopyFrom(
+            ExportTracePartialSuccess(rejected_spans=decoded.rejected, error_message=decoded.error_message())
+        )
+    return response
+
+
+def encode_response(response: Any, kind: str) -> bytes:
+    if kind == "protobuf":
+        return response.SerializeToString()
+    return json.dumps(json_format.MessageToDict(response), separators=(",", ":")).encode()
+
+
+# gRPC status codes, as google.rpc.Status numbers them (the HTTP error body is a google.rpc.Status too).
+INVALID_ARGUMENT, RESOURCE_EXHAUSTED, UNAUTHENTICATED, UNAVAILABLE = 3, 8, 16, 14
+
+
+def status_body(code: int, message: str, kind: str, retry_after_s: float | None = None) -> bytes:
+    """A ``google.rpc.Status`` in the request's encoding, with ``RetryInfo`` when the client should come back later."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    status = status_pb2.Status(code=code, message=message)
+    if retry_after_s is not None:
+        info = error_details_pb2.RetryInfo()
+        info.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
+        status.details.add().Pack(info)
+    return encode_response(status, kind)
+
+
+def span_message(rows: list[tuple[bytes, str | None]]) -> ExportTraceServiceRequest:
+    """Kept spans (serialized ``Span`` + service name) back into one message the rebuild reads."""
+    message = ExportTraceServiceRequest()
+    by_service: dict[str | None, Any] = {}
+    for body, service in rows:
+        scope = by_service.get(service)
+        if scope is None:
+            rs = message.resource_spans.add()
+            if service is not None:
+                kv = rs.resource.attributes.add()
+                kv.key = "service.name"
+                kv.value.string_value = service
+            scope = by_service[service] = rs.scope_spans.add()
+        scope.spans.add().MergeFromString(body)
+    return message

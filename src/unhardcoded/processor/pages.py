@@ -1,0 +1,171 @@
+"""Receipt and workflow pages: the receipt card as HTML a support engineer can read, print and share.
+
+One self-contained document per page: inline CSS, no scripts, no external
+assets. Every value from a receipt is HTML-escaped; links are built from
+percent-encoded ids.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Iterable
+from urllib.parse import quote
+
+from ..receipts.model import Receipt, WorkflowReceipt
+from ..receipts.render import STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
+
+_CSS = """
+:root { color-scheme: light; }
+body { font: 15px/1.45 -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; margin: 0; background: #f5f6f8; color: #1b1f24; }
+main { max-width: 960px; margin: 24px auto; padding: 0 16px; }
+.card { background: #fff; border: 1px solid #d8dde3; border-radius: 8px; padding: 20px 24px; margin-bottom: 16px; }
+h1 { font-size: 20px; margin: 0 0 4px; word-break: break-all; }
+h2 { font-size: 15px; margin: 0 0 8px; text-transform: uppercase; letter-spacing: .04em; color: #57606a; }
+.sub { color: #57606a; font-size: 13px; }
+.status { float: right; font-weight: 600; padding: 2px 10px; border-radius: 12px; font-size: 13px; }
+.ok { background: #dafbe1; color: #116329; } .bad { background: #ffebe9; color: #a40e26; } .dry { background: #ddf4ff; color: #0a3069; }
+table { border-collapse: collapse; width: 100%; }
+th, td { text-align: left; vertical-align: top; padding: 5px 10px 5px 0; border-bottom: 1px solid #eef0f3; }
+th { width: 150px; color: #57606a; font-weight: 500; }
+table.list th { width: auto; }
+code, pre { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
+pre { background: #f6f8fa; border: 1px solid #d8dde3; border-radius: 6px; padding: 12px; overflow-x: auto; white-space: pre; }
+.warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; margin-top: 12px; }
+a { color: #0969da; }
+"""
+
+
+def _page(title: str, body: str) -> str:
+    return (
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+        "<meta name=\"referrer\" content=\"no-referrer\">"
+        f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
+        f"<body><main>{body}</main></body></html>\n"
+    )
+
+
+def _rows(rows: Iterable[tuple[str, str]]) -> str:
+    """(label, already-escaped HTML) pairs as table rows."""
+    return "".join(f"<tr><th>{escape(label)}</th><td>{html}</td></tr>" for label, html in rows)
+
+
+def _status_class(outcome: str) -> str:
+    return {"answered": "ok", "dry_run": "dry"}.get(outcome, "bad")
+
+
+def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None = None) -> str:
+    rid = quote(r.request_id, safe="")
+    status = STATUS.get(r.outcome, r.outcome)
+    head = (
+        f"<span class=\"status {_status_class(r.outcome)}\">{escape(status)}</span>"
+        f"<h1>Receipt · {escape(r.request_id)}</h1>"
+        f"<div class=\"sub\">{escape(r.timestamp)} · policy {escape(r.policy.name)}"
+        + (f" · revision {revision}" if revision is not None else "")
+        + (f" · stored {escape(stored_at)}" if stored_at else "")
+        + "</div>"
+    )
+    decision: list[tuple[str, str]] = []
+    if r.selected:
+        score = f" · score {escape(_fmt(r.selected.score))}" if r.selected.score is not None else ""
+        decision.append(("selected", f"<b>{escape(r.selected.model)}</b>{score}"))
+        decision.append(("reason", escape(r.selected.reason)))
+    else:
+        decision.append(("selected", "none: no model passes the policy for this request"))
+    if r.answered_by:
+        decision.append(("answered by", f"<b>{escape(r.answered_by)}</b>"))
+    fb = r.fallback
+    if fb.triggered:
+        steps = " → ".join(f"{escape(h.from_)} ✗ {escape(h.reason)}" for h in fb.hops)
+        end = f" → {escape(r.answered_by)} ✓" if r.answered_by else " → no model answered"
+        decision.append(("fallback", f"{steps}{end} · triggered, {len(fb.hops)} hop{'s' if len(fb.hops) != 1 else ''}"))
+    elif fb.chain:
+        decision.append(("fallback", f"{' → '.join(escape(m) for m in fb.chain)} · standby cascade, not triggered"))
+    else:
+        decision.append(("fallback", "none"))
+    if r.outcome != "dry_run":
+        decision.append(("latency", f"{r.latency_ms:.0f} ms"))
+    decision.append(("cost", escape(cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio))))
+    decision.append(("candidates", ", ".join(escape(c) for c in r.candidates) or "none"))
+
+    rejected = ""
+    if r.rejected:
+        body = "".join(
+            f"<tr><td>{escape(j.model)}</td><td>{escape(j.message)}</td><td><code>{escape(j.rule)}</code></td>"
+            f"<td><code>{escape(j.field)} {escape(j.op)} {escape(_fmt(j.threshold))}</code></td><td>{escape(_fmt(j.observed))}</td></tr>"
+            for j in r.rejected
+        )
+        rejected = (
+            f"<section class=\"card\"><h2>Rejected ({len(r.rejected)})</h2><table class=\"list\">"
+            "<tr><th>model</th><th>why</th><th>rule</th><th>test</th><th>observed</th></tr>"
+            f"{body}</table></section>"
+        )
+    attempts = ""
+    if r.attempts:
+        body = "".join(
+            f"<tr><td>#{a.index}</td><td>{escape(a.model)}</td><td>{escape(a.provider)}</td><td>{escape(a.role)}</td>"
+            f"<td>{'ok' if a.status == 'ok' else escape(a.error_type or 'error')}</td><td>{a.duration_ms:.0f} ms</td>"
+            f"<td>{'' if a.input_tokens is None else a.input_tokens} → {'' if a.output_tokens is None else a.output_tokens}</td></tr>"
+            for a in r.attempts
+        )
+        attempts = (
+            "<section class=\"card\"><h2>Provider calls</h2><table class=\"list\">"
+            "<tr><th>#</th><th>model</th><th>provider</th><th>role</th><th>result</th><th>time</th><th>tokens in → out</th></tr>"
+            f"{body}</table></section>"
+        )
+    trace = [
+        ("policy", f"{escape(r.policy.name)} · fingerprint <code>{escape(r.policy.fingerprint)}</code> · {escape(r.policy.schema_)}"),
+        ("catalog", f"<code>{escape(r.catalog_version)}</code>"),
+        ("trace", f"<code>{escape(r.trace_id or 'n/a')}</code> · span <code>{escape(r.span_id or 'n/a')}</code>"),
+    ]
+    if r.workflow:
+        wid = quote(r.workflow.id, safe="")
+        step = f" · step {r.workflow.step}" if r.workflow.step is not None else ""
+        trace.append(("workflow", f"<a href=\"/w/{wid}\">{escape(r.workflow.name)} ({escape(r.workflow.id)})</a> · node {escape(r.workflow.node or '?')}{step}"))
+    trace.append(("JSON", f"<a href=\"/receipts/{rid}\">/receipts/{escape(rid)}</a>"))
+    note = "" if r.complete else "<div class=\"warn\">INCOMPLETE: some of this decision's telemetry was not received.</div>"
+    body = (
+        f"<section class=\"card\">{head}<table>{_rows(decision)}</table>{note}</section>"
+        f"{rejected}{attempts}"
+        f"<section class=\"card\"><h2>Provenance</h2><table>{_rows(trace)}</table></section>"
+        f"<section class=\"card\"><h2>As text</h2><pre>{escape(render_receipt(r))}</pre></section>"
+    )
+    return _page(f"Receipt {r.request_id}", body)
+
+
+def workflow_page(w: WorkflowReceipt) -> str:
+    t = w.totals
+    rows = "".join(
+        f"<tr><td>{'' if n.workflow is None or n.workflow.step is None else n.workflow.step}</td>"
+        f"<td>{escape((n.workflow.node if n.workflow else None) or '?')}</td><td>{escape(n.policy.name)}</td>"
+        f"<td>{escape(n.answered_by or (n.selected.model if n.selected else 'none'))}</td>"
+        f"<td>{'yes' if n.fallback.triggered else 'no'}</td><td>{escape(_usd(n.cost.usd))}</td>"
+        f"<td>{escape(STATUS.get(n.outcome, n.outcome))}</td>"
+        f"<td><a href=\"/r/{quote(n.request_id, safe='')}\">{escape(n.request_id)}</a></td></tr>"
+        for n in w.nodes
+    )
+    wid = quote(w.workflow_id, safe="")
+    totals = [
+        ("decisions", str(t.decisions)),
+        ("fallbacks", str(t.fallbacks)),
+        ("failed", str(t.failed)),
+        ("latency", f"{t.latency_ms:.0f} ms"),
+        ("cost", escape(cost_line(t.cost_usd, "per-node", t.baseline_usd, t.savings_ratio))),
+        ("trace", f"<code>{escape(w.trace_id or 'n/a')}</code>"),
+        ("JSON", f"<a href=\"/workflows/{wid}\">/workflows/{escape(wid)}</a>"),
+    ]
+    note = "" if w.complete else "<div class=\"warn\">INCOMPLETE: some node telemetry was not received.</div>"
+    body = (
+        f"<section class=\"card\"><h1>Workflow · {escape(w.name)}</h1><div class=\"sub\">{escape(w.workflow_id)}</div>"
+        f"<table>{_rows(totals)}</table>{note}</section>"
+        "<section class=\"card\"><h2>Nodes</h2><table class=\"list\">"
+        "<tr><th>step</th><th>node</th><th>policy</th><th>model</th><th>fallback</th><th>cost</th><th>status</th><th>receipt</th></tr>"
+        f"{rows}</table></section>"
+        f"<section class=\"card\"><h2>As text</h2><pre>{escape(render_workflow(w))}</pre></section>"
+    )
+    return _page(f"Workflow {w.name} {w.workflow_id}", body)
+
+
+def not_found(what: str, ident: str) -> str:
+    return _page(f"No {what}", f"<section class=\"card\"><h1>No {escape(what)} {escape(ident)}</h1>"
+                               "<p class=\"sub\">Nothing with this id is stored here (yet): its spans may still be on their way.</p></section>")

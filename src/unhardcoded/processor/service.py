@@ -1,0 +1,345 @@
+"""The processor's engine: exports are spooled (then acknowledged), assembled, rebuilt and stored, on one thread.
+
+Both front doors (OTLP/HTTP and OTLP/gRPC) hand a decoded export to
+:meth:`ReceiptsProcessor.submit` and wait for its future: it resolves once the
+export's spans are in the spool, so an acknowledged export survives ``kill -9``.
+Exports that queue up together are written in one transaction (group commit).
+After that the same thread files spans under their receipts and writes the
+receipts that are ready, through the one rebuild in :mod:`unhardcoded.receipts`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..receipts.rebuild import RebuiltDecision, rebuild_decision
+from ..receipts.spans import from_otlp_proto
+from .assembly import Assembler, Group, workflow_of
+from .metrics import ProcessorMetrics
+from .otlp import ROLE_ATTEMPT, IncomingSpan, span_from_body, span_message
+from .spool import GroupKey, Spool
+
+if TYPE_CHECKING:
+    from ..receipts.store import ReceiptStore
+    from .forward import Forwarder
+
+logger = logging.getLogger(__name__)
+
+
+class Backpressure(Exception):
+    """The processor cannot take this export now; the client should send it again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: float, busy: bool) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.busy = busy
+        """True: too much queued (429 / RESOURCE_EXHAUSTED). False: the store is failing or we are stopping (503 / UNAVAILABLE)."""
+
+
+@dataclass
+class ProcessorConfig:
+    wait_window_s: float = 5.0
+    """How long a receipt whose spans are not all in waits before it is written ``complete: false``."""
+    late_window_s: float = 600.0
+    """How long spans of finished receipts are kept, so a late span rebuilds its receipt whole."""
+    max_pending_spans: int = 100_000
+    """Spans held for receipts not finished yet; past it the oldest receipts are finished early."""
+    max_queue_spans: int = 50_000
+    """Spans received but not yet spooled; past it exports are refused with retry information."""
+    owner: str = "default"
+    """This instance's name in a shared store: after a restart it picks up its own pending spans."""
+    retry_after_s: float = 1.0
+    batch_spans: int = 20_000
+    """At most this many spans in one spool transaction."""
+
+
+@dataclass
+class _Export:
+    spans: list[IncomingSpan]
+    future: Future
+
+
+_STOP = object()
+
+
+class ReceiptsProcessor:
+    def __init__(
+        self,
+        store: "ReceiptStore",
+        spool: Spool,
+        config: ProcessorConfig | None = None,
+        metrics: ProcessorMetrics | None = None,
+        forwarder: "Forwarder | None" = None,
+    ) -> None:
+        self.store = store
+        self.spool = spool
+        self.config = config or ProcessorConfig()
+        self.metrics = metrics or ProcessorMetrics()
+        self.forwarder = forwarder
+        self.assembler = Assembler(self.config.max_pending_spans)
+        self._queue: deque[_Export] = deque()
+        self._queued_spans = 0
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._healthy = True
+        self._last_prune = 0.0
+        self._store_backoff_until = 0.0
+        self._loops = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Pick up what a previous run left pending, then start the worker."""
+        self._recover()
+        self._thread = threading.Thread(target=self._run, name="unhardcoded-processor", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Spool what is queued and write what is ready; receipts still waiting for spans stay pending in the spool."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        if self.forwarder is not None:
+            self.forwarder.stop()
+
+    @property
+    def healthy(self) -> bool:
+        return self._healthy and self._thread is not None and self._thread.is_alive()
+
+    def _recover(self) -> None:
+        rows = self.spool.pending(self.config.owner)
+        now, now_ms = time.monotonic(), _now_ms()
+        for row in rows:
+            try:
+                span = span_from_body(row.body, row.service)
+            except Exception:  # noqa: BLE001 - a row we cannot read back is skipped, not fatal
+                logger.warning("spool: span %s/%s could not be read back", row.trace_id, row.span_id)
+                continue
+            if span is not None:
+                span.group = row.group
+                age = max(0.0, (now_ms - row.received_ms) / 1000)
+                self.assembler.add(span, now - age)
+        self.metrics.add(recovered_spans=len(rows))
+        if rows:
+            logger.info("picked up %d pending spans from %s", len(rows), self.spool.location)
+
+    # -- the front doors call this -----------------------------------------------------------------
+
+    def submit(self, spans: list[IncomingSpan]) -> Future:
+        """Queue an export's spans; the future resolves when they are spooled (or fails with :class:`Backpressure`)."""
+        future: Future = Future()
+        if not spans:
+            future.set_result(None)
+            return future
+        n = len(spans)
+        with self._cond:
+            if self._stopping or not self.healthy:
+                raise Backpressure("the processor is stopping", self.config.retry_after_s, busy=False)
+            if time.monotonic() < self._store_backoff_until:
+                raise Backpressure("the receipt store is failing; retry later", self.config.retry_after_s, busy=False)
+            if self._queued_spans and self._queued_spans + n > self.config.max_queue_spans:
+                raise Backpressure(f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True)
+            self._queue.append(_Export(spans, future))
+            self._queued_spans += n
+            self.metrics.stats.queue_depth = self._queued_spans
+            self._cond.notify()
+        return future
+
+    # -- the worker ---------------------------------------------------------------------------------
+
+    def _tick(self) -> float:
+        return max(0.02, min(0.25, self.config.wait_window_s / 4))
+
+    def _take(self) -> list[_Export] | None:
+        with self._cond:
+            if not self._queue and not self._stopping:
+                self._cond.wait(self._tick())
+            if not self._queue:
+                return None if self._stopping else []
+            out: list[_Export] = []
+            n = 0
+            while self._queue and (not out or n + len(self._queue[0].spans) <= self.config.batch_spans):
+                item = self._queue.popleft()
+                out.append(item)
+                n += len(item.spans)
+            return out
+
+    def _dequeued(self, items: list[_Export]) -> None:
+        with self._cond:
+            self._queued_spans -= sum(len(i.spans) for i in items)
+            self.metrics.stats.queue_depth = self._queued_spans
+
+    def _run(self) -> None:
+        while True:
+            try:
+                items = self._take()
+                if items is None:
+                    self._finish_due(time.monotonic(), final=True)
+                    return
+                if items:
+                    self._ingest(items)
+                self._finish_due(time.monotonic())
+                self._housekeeping()
+                self._loops += 1
+            except Exception:  # noqa: BLE001 - the worker outlives any one bad batch
+                logger.exception("processor worker error")
+                time.sleep(0.1)
+
+    def _ingest(self, items: list[_Export]) -> None:
+        spans = [s for item in items for s in item.spans]
+        now, now_ms = time.monotonic(), _now_ms()
+        lookup = self.assembler.unknown(spans)
+        try:
+            known = self.spool.append(spans, self.config.owner, now_ms, lookup)
+        except Exception as exc:  # noqa: BLE001 - the store is down: refuse (retryably), lose nothing
+            logger.warning("spool write failed: %s", exc)
+            self.metrics.add(store_errors=1)
+            self._store_backoff_until = time.monotonic() + self.config.retry_after_s
+            self._dequeued(items)
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(Backpressure(f"the receipt store is unavailable: {exc}", self.config.retry_after_s, busy=False))
+            return
+        self._dequeued(items)
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(None)
+
+        skip: set[GroupKey] = set()
+        for key, rows in known.items():
+            new_ids = {s.span_id for s in spans if (s.trace_id, s.group) == key}
+            stored = {r.span_id for r in rows}
+            if new_ids <= stored and all(r.finished_ms is not None for r in rows):
+                skip.add(key)  # a retry of spans whose receipt is written: nothing changes
+                continue
+            revisit = any(r.finished_ms is not None for r in rows)
+            for r in rows:
+                span = span_from_body(r.body, r.service)
+                if span is not None:
+                    span.group = r.group
+                    self.assembler.add(span, now, revisit=revisit)
+        duplicates = 0
+        for s in spans:
+            if (s.trace_id, s.group) in skip:
+                duplicates += 1
+            elif self.assembler.add(s, now) is None:
+                duplicates += 1
+        if duplicates:
+            self.metrics.add(spans_duplicate=duplicates)
+        self.metrics.stats.spans_pending = self.assembler.pending_spans
+
+    def _finish_due(self, now: float, final: bool = False) -> None:
+        if now < self._store_backoff_until and not final:
+            return
+        batches = [
+            (self.assembler.take_ready(), "telemetry"),
+            (self.assembler.take_expired(now - self.config.wait_window_s), "wait_window"),
+            (self.assembler.take_overflow(), "memory"),
+        ]
+        if any(groups for groups, _ in batches):
+            self._finish(batches)
+        self.metrics.stats.spans_pending = self.assembler.pending_spans
+
+    def _finish(self, batches: list[tuple[list[Group], str]]) -> None:
+        groups = [g for gs, _ in batches for g in gs]
+        cause_of = {id(g): cause for gs, cause in batches for g in gs}
+        spans = [(s.body, s.service) for g in groups if not g.is_workflow and g.decision is not None for s in g.spans.values()]
+        records = {(r.trace_id, r.span_id): r for r in from_otlp_proto(span_message(spans))} if spans else {}
+        decisions: list[RebuiltDecision] = []
+        causes: list[str] = []
+        revised = 0
+        orphaned = malformed = 0
+        workflows: list[tuple[str, str, str]] = []
+        for g in groups:
+            if g.is_workflow:
+                wf = workflow_of(g)
+                if wf is not None:
+                    workflows.append((wf[0], wf[1] or "", g.trace_id))
+                continue
+            if g.decision is None:
+                orphaned += len(g)
+                continue
+            decision = records.get((g.trace_id, g.decision.span_id))
+            attempts = [records[(g.trace_id, sid)] for sid, s in g.spans.items() if s.role == ROLE_ATTEMPT and (g.trace_id, sid) in records]
+            if decision is None:
+                malformed += 1
+                continue
+            try:
+                rebuilt = rebuild_decision(decision, attempts)
+            except (ValueError, TypeError):
+                malformed += 1
+                continue
+            decisions.append(rebuilt)
+            causes.append(cause_of[id(g)])
+            revised += g.revisit
+        try:
+            if decisions:
+                self.store.put_rebuilt(decisions)
+            for workflow_id, name, trace_id in workflows:
+                self.store.put_workflow(workflow_id, name, trace_id)
+            self.spool.finish([(g.trace_id, k) for g in groups for k in g.keys], _now_ms())
+        except Exception as exc:  # noqa: BLE001 - keep the groups and try again; the spool still has every span
+            logger.warning("receipt store write failed (%d receipts kept pending): %s", len(decisions), exc)
+            self.metrics.add(store_errors=1)
+            self._store_backoff_until = time.monotonic() + self.config.retry_after_s
+            self.assembler.put_back(groups)
+            return
+        incomplete: dict[str, int] = {}
+        complete = 0
+        for d, cause in zip(decisions, causes):
+            if d.receipt.complete:
+                complete += 1
+            else:
+                incomplete[cause] = incomplete.get(cause, 0) + 1
+        self.metrics.finished(complete, incomplete, revised)
+        evicted = sum(1 for g in groups if cause_of[id(g)] == "memory")
+        if evicted or malformed:
+            self.metrics.add(evicted_groups=evicted, malformed_decisions=malformed)
+        if orphaned:
+            self.metrics.orphaned(orphaned)
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        if now - self._last_prune < 5.0:
+            return
+        self._last_prune = now
+        try:
+            self.spool.prune(_now_ms() - int(self.config.late_window_s * 1000))
+        except Exception as exc:  # noqa: BLE001 - pruning can wait for the next round
+            logger.debug("spool prune failed: %s", exc)
+
+    # -- for tests and GET /stats ---------------------------------------------------------------------
+
+    def drain(self, timeout_s: float = 10.0) -> bool:
+        """Wait until nothing is queued and nothing ready is left unwritten (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._cond:
+                idle = not self._queue
+                loops = self._loops
+            if idle:
+                # Two more rounds of the worker: the one in progress, and one that saw the queue empty.
+                while time.monotonic() < deadline and self._loops < loops + 2:
+                    time.sleep(0.005)
+                return self._loops >= loops + 2
+            time.sleep(0.005)
+        return False
+
+    def stats(self) -> dict[str, Any]:
+        out: dict[str, Any] = self.metrics.stats.to_json_dict()
+        out["pending_receipts"] = len(self.assembler)
+        return out
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+

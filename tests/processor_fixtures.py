@@ -1,0 +1,213 @@
+"""Shared pieces of the processor tests: decisions made by the real engine, their spans, and a processor process.
+
+Decisions come from the real policy engine over the built-in catalog, with a
+cascade played out by a seeded random generator (so a test's data is the same
+every run); spans are laid out by ``fixtures.span_layout`` (the span contract
+written out) through the real SDK. The processor is the real
+``unhardcoded processor`` command in a subprocess on loopback ports.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+import httpx
+
+from fixtures import span_layout as L
+from unhardcoded.catalog import Catalog
+from unhardcoded.policy import validate_policy
+from unhardcoded.router.decision import Attempt, Decision, FallbackHop, WorkflowRef
+from unhardcoded.router.engine import CompiledPolicy, estimate_cost, price
+from unhardcoded.router.features import RequestFeatures
+
+CATALOG = Catalog.builtin()
+EPOCH = datetime(2026, 3, 1, tzinfo=timezone.utc)
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "test-artifacts"
+
+POLICIES = [
+    validate_policy({
+        "schema": "sigma-pol/v1", "name": "support",
+        "rules": [
+            {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+            {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
+            {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
+        ],
+        "rank": {"by": "cost", "order": "asc"},
+        "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"], "on": ["error", "timeout", "rate_limit"], "max_hops": 2},
+        "baseline": "gpt-5.5",
+    }, CATALOG),
+    validate_policy({
+        "schema": "sigma-pol/v1", "name": "triage",
+        "rules": [{"id": "region", "field": "regions", "op": "intersects", "value": ["eu"]}],
+        "rank": {"by": "bench_intelligence", "order": "desc"},
+        "fallback": {"models": ["gemini-3.5-flash"], "on": ["error", "rate_limit"], "max_hops": 1},
+        "baseline": "claude-sonnet-4-6",
+    }, CATALOG),
+]
+
+
+def make_decision(rng: random.Random, request_id: str, *, hops: int | None = None, workflow: WorkflowRef | None = None,
+                  called: bool = True, at: datetime | None = None) -> Decision:
+    """A decision of the real engine; ``hops`` fallback hops (random when None) before an answer, when ``called``."""
+    policy = rng.choice(POLICIES)
+    features = RequestFeatures(input_tokens=rng.randint(100, 4000), output_tokens=rng.randint(50, 800), uses_tools=True)
+    d = CompiledPolicy(policy, CATALOG).decide(features, request_id=request_id, workflow=workflow)
+    when = at or (EPOCH + timedelta(milliseconds=rng.randint(0, 86_400_000)))
+    d.timestamp = when.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    if d.selected is None or not called:
+        return d
+    plan = [d.selected.model, *d.fallback_chain]
+    want = rng.randint(0, len(plan) - 1) if hops is None else min(hops, len(plan) - 1)
+    attempts: list[Attempt] = []
+    for i, model in enumerate(plan[: want + 1]):
+        role = "selected" if i == 0 else "fallback"
+        provider = CATALOG.model(model).provider
+        if i < want:
+            reason = rng.choice(list(policy.fallback.on))
+            attempts.append(Attempt(index=i, model=model, provider=provider, role=role, status="error",
+                                    error_type={"error": "503", "timeout": "timeout", "rate_limit": "429"}[reason],
+                                    duration_ms=float(rng.randint(20, 900))))
+            d.hops.append(FallbackHop(from_=model, to=plan[i + 1], reason=reason))
+        else:
+            attempts.append(Attempt(index=i, model=model, provider=provider, role=role, status="ok",
+                                    duration_ms=float(rng.randint(100, 2000)), input_tokens=features.input_tokens,
+                                    output_tokens=features.output_tokens))
+    d.attempts = attempts
+    d.latency_ms = sum(a.duration_ms for a in attempts) + 3.0
+    answered = attempts[-1]
+    d.outcome = "answered"
+    d.answered_by = answered.model
+    cost = estimate_cost(CATALOG.model(answered.model), features.input_tokens, features.output_tokens)
+    d.cost = price(cost, CATALOG, policy.baseline, features.input_tokens, features.output_tokens)
+    return d
+
+
+def decisions_with_spans(n: int, seed: int = 1, service: str = "checkout", prefix: str = "req", **kw: Any) -> tuple[list[Decision], list[Any]]:
+    """``n`` decisions and their finished SDK spans (ReadableSpan), in the order the SDK ended them."""
+    rng = random.Random(seed)
+    tp, exporter = L.provider(service)
+    tracer = tp.get_tracer("unhardcoded")
+    out = []
+    for i in range(n):
+        d = make_decision(rng, f"{prefix}_{seed:03d}_{i:05d}", **kw)
+        L.emit_decision(tracer, d)
+        out.append(d)
+    return out, list(exporter.get_finished_spans())
+
+
+def workflow_with_spans(workflow_id: str, name: str, nodes: Sequence[str], seed: int = 5, service: str = "agents") -> tuple[list[Decision], list[Any]]:
+    rng = random.Random(seed)
+    tp, exporter = L.provider(service)
+    base = EPOCH + timedelta(hours=1)
+    ds = [
+        make_decision(rng, f"req_{workflow_id}_{step}", workflow=WorkflowRef(id=workflow_id, name=name, node=node, step=step),
+                      at=base + timedelta(seconds=step))
+        for step, node in enumerate(nodes)
+    ]
+    L.emit_workflow(tp.get_tracer("unhardcoded"), workflow_id, name, ds)
+    return ds, list(exporter.get_finished_spans())
+
+
+# --------------------------------------------------------------------------- the processor process
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ProcessorProcess:
+    """`unhardcoded processor` in a subprocess on loopback; restartable on the same ports and store."""
+
+    def __init__(self, store: str, *args: str, env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        self.store = store
+        self.args = list(args)
+        self.port = free_port()
+        self.grpc_port = free_port()
+        self.env = {**os.environ, **(env or {})}
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+        self._log_file: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def start(self, timeout_s: float = 20.0) -> "ProcessorProcess":
+        cmd = [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
+               "--store", self.store, "--instance-id", "test", *self.args]
+        if self.log is not None:
+            self._log_file = open(self.log, "ab")
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log_file or subprocess.DEVNULL,
+                                     stderr=self._log_file or subprocess.DEVNULL, cwd=str(REPO))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"processor exited with {self.proc.returncode}: {self.tail()}")
+            try:
+                if httpx.get(self.url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"processor did not come up in {timeout_s}s: {self.tail()}")
+
+    def tail(self) -> str:
+        if self.log is None or not self.log.exists():
+            return "(no log)"
+        return self.log.read_text(errors="replace")[-3000:]
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+        return self.proc.returncode
+
+    def get(self, path: str, **kw: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=10, **kw)
+
+    def wait_for(self, predicate: Any, timeout_s: float = 15.0, interval_s: float = 0.05) -> Any:
+        deadline = time.monotonic() + timeout_s
+        last = None
+        while time.monotonic() < deadline:
+            last = predicate()
+            if last:
+                return last
+            time.sleep(interval_s)
+        return last
+
+    def receipt(self, request_id: str) -> dict[str, Any] | None:
+        r = self.get(f"/receipts/{request_id}")
+        return r.json() if r.status_code == 200 else None
+
+    def stats(self) -> dict[str, Any]:
+        return self.get("/stats").json()
