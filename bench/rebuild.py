@@ -132,9 +132,14 @@ def main() -> None:
           f"wall {statistics.median(walls) * 1000:.0f} ms)")
     print(f"  receipts rebuilt: {len(decisions) / median:,.0f}/s   spans: {spans_per_s:,.0f}/s "
           f"({median / len(decisions) * 1e6:.0f} µs per decision)")
+    best_spans = spans / best
+    print(f"  best round: {len(decisions) / best:,.0f} receipts/s, {best_spans:,.0f} spans/s")
     verdict = "meets" if spans_per_s >= TARGET_SPANS_PER_S else "MISSES"
-    print(f"  target ≥ {TARGET_SPANS_PER_S:,} spans/s per core: {verdict} it ({spans_per_s / TARGET_SPANS_PER_S:.1f}x); "
-          f"the Collector forwards {COLLECTOR_FORWARDING} spans/s per core")
+    print(f"  target ≥ {TARGET_SPANS_PER_S:,} spans/s per core: the median {verdict} it "
+          f"({spans_per_s / TARGET_SPANS_PER_S:.2f}x); the Collector forwards {COLLECTOR_FORWARDING} spans/s per core")
+    if hasattr(os, "getloadavg"):
+        load = os.getloadavg()[0]
+        print(f"  machine load average {load:.1f} on {os.cpu_count()} CPUs" + ("  (busy: figures are pessimistic)" if load > 1 else ""))
 
 
 if __name__ == "__main__":

@@ -22,12 +22,13 @@ from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
 from .model import RECEIPT_SCHEMA, FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
-from .spans import STATUS_ERROR, SpanRecord, read_spans
+from .spans import STATUS_ERROR, SharedAttributes, SpanRecord, read_spans
 
 _OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate"})
 _ROLES = frozenset({"selected", "fallback"})
 _REASONS = frozenset({"error", "timeout", "rate_limit"})
 _CALLED = frozenset({"answered", "failed"})
+_STATUSES = frozenset({"ok", "error"})
 
 
 @dataclass(frozen=True)
@@ -242,6 +243,18 @@ _REJECTIONS_MAX = 65536
 
 
 def _rejection(ea: dict[str, Any]) -> Rejection | None:
+    if ea.__class__ is SharedAttributes:  # the same event seen before: its rejection too
+        try:
+            return ea.memo  # type: ignore[attr-defined, no-any-return]
+        except AttributeError:
+            rejection = _read_rejection(ea)
+            if rejection is not None and not isinstance(rejection.threshold, (list, dict)) and not isinstance(rejection.observed, (list, dict)):
+                ea.memo = rejection  # type: ignore[attr-defined]
+            return rejection
+    return _read_rejection(ea)
+
+
+def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
     model, rule = ea.get(_R_MODEL), ea.get(_R_RULE)
     if model.__class__ is not str or rule.__class__ is not str:
         return None
@@ -304,94 +317,137 @@ def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Reje
     return ordered, ok and len(ordered) >= len(rejected) and all(m in found for m in rejected)
 
 
+# Attribute names as module constants: the rebuild reads some forty per decision.
+_K = A
+_REQUEST, _POLICY_NAME, _POLICY_FP, _POLICY_SCHEMA, _POLICY_BODY = (
+    _K.UNHARDCODED_REQUEST_ID, _K.UNHARDCODED_POLICY_NAME, _K.UNHARDCODED_POLICY_FINGERPRINT,
+    _K.UNHARDCODED_POLICY_SCHEMA, _K.UNHARDCODED_POLICY_BODY,
+)
+_CATALOG, _FEATURES, _OUTCOME = _K.UNHARDCODED_CATALOG_VERSION, _K.UNHARDCODED_REQUEST_FEATURES, _K.UNHARDCODED_DECISION_OUTCOME
+_CANDIDATES, _CANDIDATES_COUNT, _REJECTED, _REJECTED_COUNT = (
+    _K.UNHARDCODED_CANDIDATES, _K.UNHARDCODED_CANDIDATES_COUNT, _K.UNHARDCODED_REJECTED, _K.UNHARDCODED_REJECTED_COUNT,
+)
+_SEL_MODEL, _SEL_SCORE, _SEL_REASON = _K.UNHARDCODED_SELECTED_MODEL, _K.UNHARDCODED_SELECTED_SCORE, _K.UNHARDCODED_SELECTED_REASON
+_CHAIN, _TRIGGERED, _HOPS, _REASON = (
+    _K.UNHARDCODED_FALLBACK_CHAIN, _K.UNHARDCODED_FALLBACK_TRIGGERED, _K.UNHARDCODED_FALLBACK_HOPS, _K.UNHARDCODED_FALLBACK_REASON,
+)
+_ANSWERED, _LATENCY, _DROPPED = _K.UNHARDCODED_ANSWERED_MODEL, _K.UNHARDCODED_LATENCY_MS, _K.UNHARDCODED_TELEMETRY_DROPPED
+_COST, _BASE_MODEL, _BASE_USD, _SAVINGS = (
+    _K.UNHARDCODED_COST_USD, _K.UNHARDCODED_COST_BASELINE_MODEL, _K.UNHARDCODED_COST_BASELINE_USD, _K.UNHARDCODED_COST_SAVINGS_RATIO,
+)
+_WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
+    _K.UNHARDCODED_WORKFLOW_ID, _K.UNHARDCODED_WORKFLOW_NAME, _K.UNHARDCODED_WORKFLOW_NODE, _K.UNHARDCODED_WORKFLOW_STEP,
+)
+_AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
+    _K.UNHARDCODED_ATTEMPT_INDEX, _K.UNHARDCODED_ATTEMPT_ROLE, _K.UNHARDCODED_ATTEMPT_STATUS, _K.UNHARDCODED_ATTEMPT_DURATION_MS,
+)
+_GEN_MODEL, _GEN_PROVIDER, _GEN_IN, _GEN_OUT, _ERROR_TYPE = (
+    G.GEN_AI_REQUEST_MODEL, G.GEN_AI_PROVIDER_NAME, G.GEN_AI_USAGE_INPUT_TOKENS, G.GEN_AI_USAGE_OUTPUT_TOKENS, G.ERROR_TYPE,
+)
+
+
 def _attempt(span: SpanRecord) -> Attempt | None:
-    a = span.attributes
-    index = _opt_int(a.get(A.UNHARDCODED_ATTEMPT_INDEX))
-    model = a.get(G.GEN_AI_REQUEST_MODEL)
-    role = a.get(A.UNHARDCODED_ATTEMPT_ROLE)
-    if index is None or index < 0 or not isinstance(model, str) or role not in _ROLES:
+    get = span.attributes.get
+    index = _opt_int(get(_AT_INDEX))
+    model = get(_GEN_MODEL)
+    role = get(_AT_ROLE)
+    if index is None or index < 0 or model.__class__ is not str or role not in _ROLES:
         return None
-    status = a.get(A.UNHARDCODED_ATTEMPT_STATUS)
-    if status not in ("ok", "error"):
+    status = get(_AT_STATUS)
+    if status not in _STATUSES:
         status = "error" if span.status_code == STATUS_ERROR else "ok"
-    duration = _opt_float(a.get(A.UNHARDCODED_ATTEMPT_DURATION_MS))
+    duration = _opt_float(get(_AT_DURATION))
     if duration is None:
         duration = max(0, span.end_ns - span.start_ns) / 1e6
+    provider = get(_GEN_PROVIDER, "")
     return _construct(Attempt, {
         "index": index,
         "model": model,
-        "provider": str(a.get(G.GEN_AI_PROVIDER_NAME, "")),
+        "provider": provider if provider.__class__ is str else str(provider),
         "role": role,
         "status": status,
-        "error_type": _opt_str(a.get(G.ERROR_TYPE)),
+        "error_type": _opt_str(get(_ERROR_TYPE)),
         "duration_ms": duration,
-        "input_tokens": _opt_int(a.get(G.GEN_AI_USAGE_INPUT_TOKENS)),
-        "output_tokens": _opt_int(a.get(G.GEN_AI_USAGE_OUTPUT_TOKENS)),
+        "input_tokens": _opt_int(get(_GEN_IN)),
+        "output_tokens": _opt_int(get(_GEN_OUT)),
     })
 
 
-def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:
-    """The receipt of one decision span and its attempt spans. Raises ValueError on a span too damaged to read."""
-    a = span.attributes
-    request_id = _str(a.get(A.UNHARDCODED_REQUEST_ID), "request id")
-    complete = True
-
-    candidates = _str_list(a.get(A.UNHARDCODED_CANDIDATES))
-    if candidates is None:
-        candidates, complete = [], False
-    elif _opt_int(a.get(A.UNHARDCODED_CANDIDATES_COUNT)) not in (None, len(candidates)):
-        complete = False
-    rejected_ids = _str_list(a.get(A.UNHARDCODED_REJECTED))
-    rejected, rejections_ok = _rejections(span, rejected_ids)
-    expected_rejections = _opt_int(a.get(A.UNHARDCODED_REJECTED_COUNT))
-    if not rejections_ok or (expected_rejections is not None and len(rejected) < expected_rejections):
-        complete = False
-
-    selected = None
-    model = a.get(A.UNHARDCODED_SELECTED_MODEL)
-    if isinstance(model, str):
-        selected = _construct(Selection, {
-            "model": model, "score": _opt_float(a.get(A.UNHARDCODED_SELECTED_SCORE)),
-            "reason": str(a.get(A.UNHARDCODED_SELECTED_REASON, "")),
-        })
-
+def _attempts(attempt_spans: Iterable[SpanRecord]) -> tuple[list[Attempt], list[FallbackHop], set[int], bool]:
+    """Attempts in index order, the hops between them, the indices seen, and whether every span was readable."""
+    ok = True
     by_index: dict[int, Attempt] = {}
     reasons: dict[int, Any] = {}
     for attempt_span in attempt_spans:
         attempt = _attempt(attempt_span)
         if attempt is None:
-            complete = False
+            ok = False
             continue
         if attempt.index not in by_index:
             by_index[attempt.index] = attempt
-            reasons[attempt.index] = attempt_span.attributes.get(A.UNHARDCODED_FALLBACK_REASON)
+            reasons[attempt.index] = attempt_span.attributes.get(_REASON)
     attempts = [by_index[i] for i in sorted(by_index)]
     hops = []
-    for i, attempt in enumerate(attempts):
+    for attempt in attempts:
         previous = by_index.get(attempt.index - 1)
         if attempt.index == 0 or previous is None:
             continue
         reason = reasons[attempt.index]
         if reason not in _REASONS:
-            complete = False
+            ok = False
             continue
         hops.append(_construct(FallbackHop, {"from_": previous.model, "to": attempt.model, "reason": reason}))
+    return attempts, hops, set(by_index), ok
 
-    outcome = a.get(A.UNHARDCODED_DECISION_OUTCOME)
+
+def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:
+    """The receipt of one decision span and its attempt spans. Raises ValueError on a span too damaged to read."""
+    a = span.attributes
+    get = a.get
+    request_id = _str(get(_REQUEST), "request id")
+    fingerprint = _str(get(_POLICY_FP), "policy fingerprint")
+    policy_name = _str(get(_POLICY_NAME), "policy name")
+    policy_schema = _str(get(_POLICY_SCHEMA), "policy schema")
+    catalog_version = _str(get(_CATALOG), "catalog version")
+    complete = True
+
+    candidates = _str_list(get(_CANDIDATES))
+    if candidates is None:
+        candidates, complete = [], False
+    elif _opt_int(get(_CANDIDATES_COUNT)) not in (None, len(candidates)):
+        complete = False
+    rejected, rejections_ok = _rejections(span, _str_list(get(_REJECTED)))
+    expected_rejections = _opt_int(get(_REJECTED_COUNT))
+    if not rejections_ok or (expected_rejections is not None and len(rejected) < expected_rejections):
+        complete = False
+
+    selected = None
+    model = get(_SEL_MODEL)
+    if model.__class__ is str:
+        reason = get(_SEL_REASON, "")
+        selected = _construct(Selection, {
+            "model": model, "score": _opt_float(get(_SEL_SCORE)), "reason": reason if reason.__class__ is str else str(reason),
+        })
+
+    attempts, hops, indices, attempts_ok = _attempts(attempt_spans)
+    if not attempts_ok:
+        complete = False
+    answered_by = _opt_str(get(_ANSWERED))
+    outcome = get(_OUTCOME)
     if outcome not in _OUTCOMES:
         complete = False
-        outcome = "answered" if isinstance(a.get(A.UNHARDCODED_ANSWERED_MODEL), str) else ("dry_run" if selected else "no_candidate")
-    hop_count = _opt_int(a.get(A.UNHARDCODED_FALLBACK_HOPS)) or 0
+        outcome = "answered" if answered_by is not None else ("dry_run" if selected else "no_candidate")
     if outcome in _CALLED:
-        expected = hop_count + 1
-        if any(i not in by_index for i in range(expected)):
+        # A decision that called a provider made one attempt more than it took hops.
+        expected = (_opt_int(get(_HOPS)) or 0) + 1
+        if len(indices) < expected or not indices.issuperset(range(expected)):
             complete = False
-    if (_opt_int(a.get(A.UNHARDCODED_TELEMETRY_DROPPED)) or 0) > 0 or span.dropped_attributes or span.dropped_events:
+    if (_opt_int(get(_DROPPED)) or 0) > 0 or span.dropped_attributes or span.dropped_events:
         complete = False
 
     features = None
-    raw_features = a.get(A.UNHARDCODED_REQUEST_FEATURES)
-    if isinstance(raw_features, str):
+    raw_features = get(_FEATURES)
+    if raw_features.__class__ is str:
         try:
             features = RequestFeatures.model_validate_json(raw_features)
         except ValueError:
@@ -399,48 +455,45 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
     if features is None:
         complete = False
 
-    fingerprint = _str(a.get(A.UNHARDCODED_POLICY_FINGERPRINT), "policy fingerprint")
-    body = a.get(A.UNHARDCODED_POLICY_BODY)
+    body = get(_POLICY_BODY)
     # A body cut by an attribute length limit no longer hashes to the fingerprint: useless for replay.
-    if not isinstance(body, str) or _fingerprint(body) != fingerprint:
+    if body.__class__ is not str or _fingerprint(body) != fingerprint:
         body, complete = None, False
 
     workflow = None
-    workflow_id = a.get(A.UNHARDCODED_WORKFLOW_ID)
-    if isinstance(workflow_id, str):
+    workflow_id = get(_WF_ID)
+    if workflow_id.__class__ is str:
+        name = get(_WF_NAME, "")
         workflow = _construct(WorkflowRef, {
-            "id": workflow_id, "name": str(a.get(A.UNHARDCODED_WORKFLOW_NAME, "")),
-            "node": _opt_str(a.get(A.UNHARDCODED_WORKFLOW_NODE)), "step": _opt_int(a.get(A.UNHARDCODED_WORKFLOW_STEP)),
+            "id": workflow_id, "name": name if name.__class__ is str else str(name),
+            "node": _opt_str(get(_WF_NODE)), "step": _opt_int(get(_WF_STEP)),
         })
 
-    latency = _opt_float(a.get(A.UNHARDCODED_LATENCY_MS))
+    latency = _opt_float(get(_LATENCY))
     receipt = _construct(Receipt, {
         "receipt": RECEIPT_SCHEMA,
         "request_id": request_id,
         "trace_id": span.trace_id,
         "span_id": span.span_id,
         "timestamp": iso_ms(span.start_ns),
-        "policy": _construct(PolicyRef, {
-            "name": _str(a.get(A.UNHARDCODED_POLICY_NAME), "policy name"), "fingerprint": fingerprint,
-            "schema_": _str(a.get(A.UNHARDCODED_POLICY_SCHEMA), "policy schema"),
-        }),
-        "catalog_version": _str(a.get(A.UNHARDCODED_CATALOG_VERSION), "catalog version"),
+        "policy": _construct(PolicyRef, {"name": policy_name, "fingerprint": fingerprint, "schema_": policy_schema}),
+        "catalog_version": catalog_version,
         "candidates": candidates,
         "rejected": rejected,
         "selected": selected,
         "fallback": _construct(FallbackRecord, {
-            "chain": _str_list(a.get(A.UNHARDCODED_FALLBACK_CHAIN)) or [],
-            "triggered": _bool(a.get(A.UNHARDCODED_FALLBACK_TRIGGERED, bool(hops))),
+            "chain": _str_list(get(_CHAIN)) or [],
+            "triggered": _bool(get(_TRIGGERED, bool(hops))),
             "hops": hops,
         }),
         "attempts": attempts,
-        "answered_by": _opt_str(a.get(A.UNHARDCODED_ANSWERED_MODEL)),
+        "answered_by": answered_by,
         "latency_ms": latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
         "cost": _construct(Cost, {
-            "usd": _opt_float(a.get(A.UNHARDCODED_COST_USD)),
-            "baseline_model": _opt_str(a.get(A.UNHARDCODED_COST_BASELINE_MODEL)),
-            "baseline_usd": _opt_float(a.get(A.UNHARDCODED_COST_BASELINE_USD)),
-            "savings_ratio": _opt_float(a.get(A.UNHARDCODED_COST_SAVINGS_RATIO)),
+            "usd": _opt_float(get(_COST)),
+            "baseline_model": _opt_str(get(_BASE_MODEL)),
+            "baseline_usd": _opt_float(get(_BASE_USD)),
+            "savings_ratio": _opt_float(get(_SAVINGS)),
         }),
         "workflow": workflow,
         "outcome": outcome,

@@ -32,6 +32,15 @@ class SpanFormatError(UnhardcodedError):
     """Input that is not spans in any format the rebuild reads; the message says what was expected."""
 
 
+class SharedAttributes(dict):  # type: ignore[type-arg]
+    """Event attributes read once and shared by every event that carries them; never written after.
+
+    ``memo`` holds what a reader derived from them (the rebuild keeps the Rejection they describe).
+    """
+
+    __slots__ = ("memo",)
+
+
 class EventRecord:
     """A span event: name, time and attributes."""
 
@@ -233,6 +242,26 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
     return out
 
 
+# Events repeat byte for byte but for their time: a decision's rejection events are the same for every
+# request routed under the same policy and catalog. Their attributes are read once and the dict shared;
+# the rebuild only reads event attributes, never writes them.
+_EVENT_ATTRIBUTES: dict[bytes, SharedAttributes] = {}
+_EVENT_ATTRIBUTES_MAX = 16384
+_TIME_FIELD = b"\x09"  # Span.Event.time_unix_nano: field 1, fixed64, 8 bytes after the tag
+
+
+def _pb_event(e: Any) -> EventRecord:
+    raw = e.SerializeToString()
+    key = raw[9:] if raw[:1] == _TIME_FIELD else raw
+    attributes = _EVENT_ATTRIBUTES.get(key)
+    if attributes is None:
+        attributes = SharedAttributes(_pb_event_attributes(e.attributes))
+        if len(_EVENT_ATTRIBUTES) >= _EVENT_ATTRIBUTES_MAX:
+            _EVENT_ATTRIBUTES.clear()
+        _EVENT_ATTRIBUTES[key] = attributes
+    return EventRecord(e.name, e.time_unix_nano, attributes)
+
+
 def _pb_event_attributes(kvs: Any) -> dict[str, Any]:
     # Rejection events carry only non-empty strings: one comprehension reads them; anything else is read in full.
     out = {kv.key: kv.value.string_value for kv in kvs}
@@ -260,7 +289,7 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
                 service = kv.value.string_value or None
         for ss in rs.scope_spans:
             for s in ss.spans:
-                events = [EventRecord(e.name, e.time_unix_nano, _pb_event_attributes(e.attributes)) for e in s.events]
+                events = [_pb_event(e) for e in s.events]
                 tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
                 append(SpanRecord(
                     tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
