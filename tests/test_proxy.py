@@ -13,18 +13,14 @@ import pytest
 
 from apps.proxy_harness import (
     FIRST_FALLBACK,
-    PROVIDER_OF,
+    HELLO,
     SECOND_FALLBACK,
     SELECTED,
+    Stack,
     all_requests,
-    catalog_simulators,
-    providers_for,
-    serving,
+    make_stack,
 )
 from unhardcoded.catalog import Catalog
-from unhardcoded.router import Router
-from unhardcoded.router.providers import ProviderClient
-from unhardcoded.server import create_app
 from unhardcoded.simulator import (
     cut_after_tokens,
     cut_before_first_token,
@@ -33,41 +29,6 @@ from unhardcoded.simulator import (
     rate_limit,
     timeout,
 )
-
-HELLO = [{"role": "user", "content": "Where is my parcel?"}]
-
-
-class Stack:
-    def __init__(self, sims: dict[str, Any], server: Any) -> None:
-        self.sims = sims
-        self.server = server
-
-    def sim_for(self, model: str) -> Any:
-        return self.sims[PROVIDER_OF[model]]
-
-    def behave(self, model: str, behavior: Any) -> None:
-        self.sim_for(model).set_behavior(model, behavior)
-
-    def client(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.server.openai_base_url, api_key="unused", max_retries=0, **kwargs)
-
-    def aclient(self, **kwargs: Any) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=self.server.openai_base_url, api_key="unused", max_retries=0, **kwargs)
-
-    def receipt(self, request_id: str) -> dict[str, Any]:
-        r = httpx.get(f"{self.server.base_url}/x/receipts/{request_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-
-def make_stack(simulated_provider: Any, *, timeout_s: float = 5.0, **app_kwargs: Any) -> Iterator[Stack]:
-    sims = catalog_simulators(simulated_provider)
-    client = ProviderClient(providers_for(sims, timeout_s=timeout_s))
-    app = create_app(Router(Catalog.builtin(), client), default_policy="support", **app_kwargs)
-    with serving(app) as server:
-        yield Stack(sims, server)
-    client.close()
-
 
 @pytest.fixture
 def stack(simulated_provider: Any) -> Iterator[Stack]:

@@ -10,15 +10,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+import openai
 import uvicorn
 
 from unhardcoded.catalog import Catalog
-from unhardcoded.router.providers import ProvidersConfig
+from unhardcoded.router import Router
+from unhardcoded.router.providers import ProviderClient, ProvidersConfig
+from unhardcoded.server import create_app
 from unhardcoded.simulator import SimulatedProvider
 
 # The support policy (shipped) selects gemini-3.5-flash and falls back to claude-sonnet-4-6, then gpt-5.5.
 SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
 PROVIDER_OF = {SELECTED: "google", FIRST_FALLBACK: "anthropic", SECOND_FALLBACK: "openai"}
+HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 
 
 def free_port() -> int:
@@ -86,3 +91,41 @@ def providers_for(
 
 def all_requests(sims: dict[str, SimulatedProvider]) -> list[Any]:
     return [r for sim in sims.values() for r in sim.requests]
+
+
+class Stack:
+    """Simulated providers for every catalog provider, and the proxy in front of them."""
+
+    def __init__(self, sims: dict[str, Any], server: Any) -> None:
+        self.sims = sims
+        self.server = server
+
+    def sim_for(self, model: str) -> Any:
+        return self.sims[PROVIDER_OF[model]]
+
+    def behave(self, model: str, behavior: Any) -> None:
+        self.sim_for(model).set_behavior(model, behavior)
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.server.openai_base_url, api_key="unused", max_retries=0, **kwargs)
+
+    def aclient(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.server.openai_base_url, api_key="unused", max_retries=0, **kwargs)
+
+    def receipt(self, request_id: str) -> dict[str, Any]:
+        r = httpx.get(f"{self.server.base_url}/x/receipts/{request_id}")
+        assert r.status_code == 200, r.text
+        return r.json()
+
+
+def make_stack(
+    simulated_provider: Any, *, timeout_s: float = 5.0, api_key_env: dict[str, str] | None = None, **app_kwargs: Any
+) -> Iterator[Stack]:
+    """Use with ``yield from`` in a fixture, or ``for stack in make_stack(...)`` in a test."""
+    sims = catalog_simulators(simulated_provider)
+    client = ProviderClient(providers_for(sims, timeout_s=timeout_s, api_key_env=api_key_env))
+    app_kwargs.setdefault("default_policy", "support")
+    app = create_app(Router(Catalog.builtin(), client), **app_kwargs)
+    with serving(app) as server:
+        yield Stack(sims, server)
+    client.close()
