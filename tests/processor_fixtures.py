@@ -211,3 +211,64 @@ class ProcessorProcess:
 
     def stats(self) -> dict[str, Any]:
         return self.get("/stats").json()
+
+
+# --------------------------------------------------------------------------- a sender process (the fault test runs it)
+
+
+def send_main(argv: Sequence[str]) -> int:
+    """Send ``--decisions`` decisions in exports of ``--spans-per-export`` spans that cut across decisions,
+    alternating OTLP/HTTP and OTLP/gRPC exporters, retrying an export until it is acknowledged. Every
+    decision whose spans were all acknowledged is appended to ``--out`` (JSON lines of its expected receipt)."""
+    import argparse
+    import json
+
+    from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
+
+    from unhardcoded.receipts import Receipt
+    from unhardcoded.semconv import attributes as A
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--http", required=True)
+    ap.add_argument("--grpc", required=True)
+    ap.add_argument("--decisions", type=int, default=300)
+    ap.add_argument("--spans-per-export", type=int, default=13)
+    ap.add_argument("--pause", type=float, default=0.05)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--seed", type=int, default=21)
+    args = ap.parse_args(list(argv))
+
+    ds, spans = decisions_with_spans(args.decisions, seed=args.seed, prefix="fault")
+    by_id = {d.request_id: d for d in ds}
+    left = {d.request_id: sum(1 for s in spans if s.attributes.get(A.UNHARDCODED_REQUEST_ID) == d.request_id) for d in ds}
+    exporters = [
+        HttpExporter(endpoint=args.http + "/v1/traces", timeout=5),
+        GrpcExporter(endpoint=args.grpc, insecure=True, timeout=5),
+    ]
+    deadline = time.monotonic() + 120
+    with open(args.out, "a", encoding="utf-8") as out:
+        for n, i in enumerate(range(0, len(spans), args.spans_per_export)):
+            batch = spans[i:i + args.spans_per_export]
+            while exporters[n % 2].export(batch) != SpanExportResult.SUCCESS:
+                if time.monotonic() > deadline:
+                    print("sender: gave up", file=sys.stderr)
+                    return 1
+                time.sleep(0.2)
+            for s in batch:
+                rid = s.attributes.get(A.UNHARDCODED_REQUEST_ID)
+                left[rid] -= 1
+                if left[rid] == 0:
+                    out.write(json.dumps(Receipt.from_decision(by_id[rid]).to_json_dict()) + "\n")
+            out.flush()
+            time.sleep(args.pause)
+    for e in exporters:
+        e.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["send"]:
+        sys.exit(send_main(sys.argv[2:]))
+    sys.exit("usage: processor_fixtures.py send --http URL --grpc HOST:PORT --out FILE")

@@ -1,0 +1,134 @@
+"""Fuzzing the OTLP/HTTP receiver: no payload makes the processor answer 500 or stop serving.
+
+Random bytes, mutated valid protobuf exports, random JSON and mutated valid
+OTLP/JSON documents go to a real `unhardcoded processor`; each gets 200 (what
+could be read was taken) or a 4xx naming the problem, and a valid export still
+makes its receipt afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fixtures import span_layout as L
+from processor_fixtures import ProcessorProcess, decisions_with_spans
+from unhardcoded.receipts import Receipt
+
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+OK = {200, 400, 413, 415}
+
+_, SPANS = decisions_with_spans(3, seed=31, hops=1)
+VALID_PB = L.otlp_bytes(SPANS)
+VALID_JSON = L.otlp_json_dict(SPANS)
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("fuzz")
+    p = ProcessorProcess(str(tmp / "receipts.db"), "--wait-window", "0.5", "--no-access-log", "--max-body-bytes", "200000",
+                         log=tmp / "processor.log").start()
+    client = httpx.Client(base_url=p.url, timeout=10)
+    p.client = client
+    yield p
+    client.close()
+    p.stop()
+
+
+def send(p, body: bytes, ctype: str, encoding: str | None = None) -> int:
+    headers = {"Content-Type": ctype}
+    if encoding:
+        headers["Content-Encoding"] = encoding
+    r = p.client.post("/v1/traces", content=body, headers=headers)
+    assert r.status_code in OK, (r.status_code, r.text[:300])
+    return r.status_code
+
+
+@st.composite
+def mutated(draw, data: bytes):
+    out = bytearray(data)
+    for _ in range(draw(st.integers(1, 8))):
+        op = draw(st.sampled_from(["flip", "cut", "insert", "dup"]))
+        i = draw(st.integers(0, max(0, len(out) - 1)))
+        if op == "flip" and out:
+            out[i] ^= draw(st.integers(1, 255))
+        elif op == "cut":
+            del out[i:i + draw(st.integers(1, 64))]
+        elif op == "insert":
+            out[i:i] = draw(st.binary(min_size=1, max_size=16))
+        elif op == "dup":
+            out[i:i] = out[i:i + draw(st.integers(1, 64))]
+    return bytes(out)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@st.composite
+def mutated_json(draw):
+    doc = json.loads(json.dumps(VALID_JSON))
+    for _ in range(draw(st.integers(1, 4))):
+        node = doc
+        path = []
+        while isinstance(node, (dict, list)) and node and draw(st.booleans()):
+            key = draw(st.sampled_from(sorted(node) if isinstance(node, dict) else list(range(len(node)))))
+            path.append((node, key))
+            node = node[key]
+        if path:
+            parent, key = path[-1]
+            parent[key] = draw(json_values | st.sampled_from(["", "zz", "0" * 32, "AAAA", -1, 2**70, [], {}]))
+    return doc
+
+
+@SETTINGS
+@given(st.binary(max_size=2048))
+def test_random_bytes(processor, body):
+    send(processor, body, "application/x-protobuf")
+
+
+@SETTINGS
+@given(mutated(VALID_PB))
+def test_mutated_protobuf_exports(processor, body):
+    send(processor, body, "application/x-protobuf")
+
+
+@SETTINGS
+@given(json_values)
+def test_random_json(processor, doc):
+    send(processor, json.dumps(doc).encode(), "application/json")
+
+
+@SETTINGS
+@given(mutated_json())
+def test_mutated_otlp_json(processor, doc):
+    send(processor, json.dumps(doc).encode(), "application/json")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.binary(max_size=512), st.sampled_from(["gzip", "deflate", "identity"]))
+def test_random_compressed_bodies(processor, body, encoding):
+    send(processor, body, "application/x-protobuf", encoding)
+
+
+def test_a_gzip_bomb_is_refused_not_inflated(processor):
+    import gzip
+
+    bomb = gzip.compress(b"\0" * 50_000_000)
+    assert send(processor, bomb, "application/x-protobuf", "gzip") == 413
+
+
+def test_still_serving_after_the_fuzz(processor):
+    ds, spans = decisions_with_spans(2, seed=32, hops=1)
+    assert send(processor, L.otlp_bytes(spans), "application/x-protobuf") == 200
+    for d in ds:
+        doc = processor.wait_for(lambda: processor.receipt(d.request_id), 10)
+        assert doc["receipt"] == Receipt.from_decision(d).to_json_dict()
+    assert processor.get("/healthz").json() == {"status": "ok"}
