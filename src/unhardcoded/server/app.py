@@ -25,8 +25,7 @@ from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
-from .sse import CascadeEventStream
-from .streaming import StreamCascade
+from .sse import StreamedDecision
 from .tracing import ServerSpans
 
 REQUEST_ID_HEADER = "X-Unhardcoded-Request-Id"
@@ -138,7 +137,9 @@ class Proxy:
             try:
                 decision, result, error = await self.router.aroute(policy, body, request_id=request_id)
             except NoCandidateError as exc:
-                decision = getattr(exc, "decision", None) or self.router.decide(policy, features, request_id=request_id)
+                # The router recorded the decision (span included); rebuild it, without telemetry, for the reply.
+                decision = getattr(exc, "decision", None) or self.router.compile(policy).decide(
+                    features, request_id=request_id)
                 self.recent.add(decision)
                 return no_candidate_error(decision).response(decision_headers(decision))
             self.recent.add(decision)
@@ -153,18 +154,16 @@ class Proxy:
             client_key.reset(token)
 
     def _stream(self, policy: Policy, body: dict[str, Any], features: Any, request_id: str, key: str | None) -> Response:
-        router = self.router
-        compiled = router.compile(policy)
-        decision = compiled.decide(features, request_id=request_id)
-        if decision.selected is None:
-            self.recent.add(decision)
-            return no_candidate_error(decision).response(decision_headers(decision))
         options = body.get("stream_options")
-        cascade = StreamCascade(decision, compiled, body, router._client(), router.observer)
-        return CascadeEventStream(  # type: ignore[return-value]
-            cascade,
-            headers=lambda d: decision_headers(d, cascade.model),
-            failure=lambda c: upstream_error(c.decision, c.last_error),
+        return StreamedDecision(  # type: ignore[return-value]
+            self.router,
+            self.router.compile(policy),
+            features,
+            body,
+            request_id,
+            headers=decision_headers,
+            no_candidate=no_candidate_error,
+            failure=upstream_error,
             done=self.recent.add,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             key=key,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from contextlib import AbstractContextManager, nullcontext
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 
@@ -18,6 +18,10 @@ from ..router.providers import ProviderCallError
 from .errors import APIError
 from .keys import client_key, redact
 from .streaming import StreamCascade
+
+if TYPE_CHECKING:
+    from ..router.engine import CompiledPolicy
+    from ..router.features import RequestFeatures
 
 SSE_HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -30,52 +34,80 @@ def _event(payload: Any) -> bytes:
     return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
 
 
-class CascadeEventStream:
-    """An ASGI response: open the cascade, then relay chunks, ending in ``[DONE]`` or an error event."""
+class StreamedDecision:
+    """An ASGI response: decide, open the cascade, relay chunks, end in ``[DONE]`` or an error event.
+
+    The decision span (when the router has telemetry) is opened here, in the
+    task that serves the request, and spans the whole stream.
+    """
 
     def __init__(
         self,
-        cascade: StreamCascade,
+        router: Any,
+        compiled: "CompiledPolicy",
+        features: "RequestFeatures",
+        body: dict[str, Any],
+        request_id: str,
         *,
-        headers: Callable[[Decision], dict[str, str]],
-        failure: Callable[[StreamCascade], APIError],
+        headers: Callable[[Decision, str | None], dict[str, str]],
+        no_candidate: Callable[[Decision], APIError],
+        failure: Callable[[Decision, ProviderCallError | None], APIError],
         done: Callable[[Decision], None],
         include_usage: bool,
         key: str | None = None,
-        scope: Callable[[], AbstractContextManager[Any]] = nullcontext,
     ) -> None:
-        self.cascade = cascade
+        self.router = router
+        self.compiled = compiled
+        self.features = features
+        self.body = body
+        self.request_id = request_id
         self.headers = headers
+        self.no_candidate = no_candidate
         self.failure = failure
         self.done = done
         self.include_usage = include_usage
         self.key = key
-        self.scope = scope
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         token = client_key.set(self.key)
+        decision: Decision | None = None
         try:
-            with self.scope():
+            with _decision_scope(self.router, self.compiled) as decision_scope:
+                decision = self.compiled.decide(self.features, request_id=self.request_id, workflow=_current_workflow())
+                if decision_scope is not None:
+                    decision_scope.decision = decision
+                if decision.selected is None:
+                    if decision_scope is not None:
+                        decision_scope.finish(decision)
+                    await self._respond(self.no_candidate(decision), decision, send)
+                    return
+                observer = self.router.observer
+                if decision_scope is not None:
+                    observer = decision_scope.attempts(observer)
+                cascade = StreamCascade(decision, self.compiled, self.body, self.router._client(), observer)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
                     try:
-                        await self._relay(send)
+                        await self._relay(cascade, send)
                     finally:
                         tg.cancel_scope.cancel()
+                if decision_scope is not None:
+                    decision_scope.finish(decision)
         finally:
             client_key.reset(token)
-            self.done(self.cascade.decision)
+            if decision is not None:
+                self.done(decision)
 
-    async def _relay(self, send: Any) -> None:
-        cascade = self.cascade
-        opened = await cascade.open()
-        if not opened:
-            response = self.failure(cascade).response(self.headers(cascade.decision))
-            await response({"type": "http"}, _no_receive, send)
+    async def _respond(self, error: APIError, decision: Decision, send: Any) -> None:
+        await error.response(self.headers(decision, None))({"type": "http"}, _no_receive, send)
+
+    async def _relay(self, cascade: StreamCascade, send: Any) -> None:
+        if not await cascade.open():
+            await self._respond(self.failure(cascade.decision, cascade.last_error), cascade.decision, send)
             return
         model = cascade.model
         headers = SSE_HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                 for k, v in self.headers(cascade.decision).items()]
+                                 for k, v in self.headers(cascade.decision, model).items()]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for chunk in cascade.chunks():
@@ -98,6 +130,21 @@ class CascadeEventStream:
         finally:
             await cascade.aclose()
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+
+
+def _decision_scope(router: Any, compiled: "CompiledPolicy") -> AbstractContextManager[Any]:
+    telemetry = getattr(router, "telemetry", None)
+    if telemetry is None:
+        return nullcontext(None)
+    return telemetry.decision(compiled, activate=True)
+
+
+def _current_workflow() -> Any:
+    try:
+        from ..telemetry.workflows import current_workflow
+    except ImportError:
+        return None
+    return current_workflow()
 
 
 async def _watch_disconnect(receive: Any, cancel_scope: anyio.CancelScope) -> None:

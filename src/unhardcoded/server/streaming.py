@@ -10,6 +10,7 @@ and a failed decision, and the caller gets an error event instead of more text.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -86,11 +87,14 @@ class StreamCascade:
             t0 = time.perf_counter()
             stream = self.client.astream(planned.provider, planned.model, self.body, headers=self.observer.headers(token))
             held: list[dict[str, Any]] = []
+            calling = getattr(self.observer, "calling", None)
             try:
-                async for chunk in stream:
-                    held.append(chunk)
-                    if carries_output(chunk):
-                        break
+                # The request goes out on the first read: inside the attempt's context, like the plain cascade's call.
+                with calling(token) if calling is not None else contextlib.nullcontext():
+                    async for chunk in stream:
+                        held.append(chunk)
+                        if carries_output(chunk):
+                            break
             except ProviderCallError as exc:
                 await stream.aclose()
                 self._end_attempt(planned, token, t0, stream, exc)
@@ -164,6 +168,9 @@ class StreamCascade:
         )
         self.decision.attempts.append(attempt)
         try:
+            answered = getattr(self.observer, "answered", None)
+            if not failed and answered is not None:
+                answered(token, stream)  # it has the result's response_model
             self.observer.end(token, attempt, exc)
         except Exception:  # telemetry never breaks a request
             pass

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.semconv.attributes import (
@@ -64,10 +65,9 @@ class ServerSpans:
         method = scope.get("method", "GET")
         path = scope.get("path", "/")
         route = route_of(path)
-        context = propagate.extract(scope, getter=_GETTER)
-        span = self.tracer.start_span(
-            f"{method} {route}" if route else method, context=context, kind=SpanKind.SERVER,
-        )
+        # The caller's context, baggage included (a workflow run travels there), stays current under our span.
+        token = otel_context.attach(propagate.extract(scope, getter=_GETTER))
+        span = self.tracer.start_span(f"{method} {route}" if route else method, kind=SpanKind.SERVER)
         if span.is_recording():
             span.set_attributes(_request_attributes(scope, method, path, route))
         status_code = 0
@@ -78,15 +78,18 @@ class ServerSpans:
                 status_code = message["status"]
             await send(message)
 
-        with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
-            try:
-                await self.app(scope, receive, send_with_status)
-            finally:
-                if span.is_recording() and status_code:
-                    span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status_code)
-                    if status_code >= 500:
-                        span.set_attribute(error_attributes.ERROR_TYPE, str(status_code))
-                        span.set_status(Status(StatusCode.ERROR))
+        try:
+            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+                try:
+                    await self.app(scope, receive, send_with_status)
+                finally:
+                    if span.is_recording() and status_code:
+                        span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status_code)
+                        if status_code >= 500:
+                            span.set_attribute(error_attributes.ERROR_TYPE, str(status_code))
+                            span.set_status(Status(StatusCode.ERROR))
+        finally:
+            otel_context.detach(token)
 
 
 def _request_attributes(scope: Scope, method: str, path: str, route: str | None) -> dict[str, Any]:
