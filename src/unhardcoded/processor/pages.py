@@ -105,7 +105,7 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
         body = "".join(
             f"<tr><td>#{a.index}</td><td>{escape(a.model)}</td><td>{escape(a.provider)}</td><td>{escape(a.role)}</td>"
             f"<td>{'ok' if a.status == 'ok' else escape(a.error_type or 'error')}</td><td>{a.duration_ms:.0f} ms</td>"
-            f"<td>{'' if a.input_tokens is None else a.input_tokens} → {'' if a.output_tokens is None else a.output_tokens}</td></tr>"
+            f"<td>{'n/a' if a.input_tokens is None and a.output_tokens is None else f'{a.input_tokens} → {a.output_tokens}'}</td></tr>"
             for a in r.attempts
         )
         attempts = (
