@@ -17,7 +17,7 @@ from unhardcoded.errors import UnhardcodedError
 from unhardcoded.policy import load_policy, validate_policy
 from unhardcoded.router import features_from_request, load_providers
 
-FUZZ = settings(max_examples=250, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 
 # -- inputs -------------------------------------------------------------------------------------
 
@@ -215,8 +215,6 @@ def test_load_providers(fuzz_dir: Path, text: str, suffix: str):
     check_error(lambda: load_providers(path), located(str(path)))
 
 
-@pytest.mark.xfail(strict=True, reason="router/providers.py parses with yaml.safe_load/json.loads and lets RecursionError "
-                                        "and PyYAML constructor ValueErrors escape (not ours to fix here)")
 @pytest.mark.parametrize("text", ["[" * 5000, "providers: 2024-13-45\n", "providers: !!int x\n", "!!bool", "a: !!timestamp x\n"])
 def test_load_providers_hostile_text(fuzz_dir: Path, text: str):
     path = fuzz_dir / "hostile.yaml"

@@ -42,8 +42,22 @@ _Yaml12Loader.add_implicit_resolver(
 )
 
 
-def parse_document(text: str, source: str, error: type[UnhardcodedError]) -> Any:
-    """Parse YAML (a superset of JSON); a syntax error names the source and line."""
+def _located(error: type[UnhardcodedError], message: str, line: int | None) -> UnhardcodedError:
+    """The error, with the 1-based line it points at kept as ``.line`` for callers that want it."""
+    exc = error(message)
+    exc.line = line  # type: ignore[attr-defined]
+    return exc
+
+
+def parse_document(text: str, source: str, error: type[UnhardcodedError], *, json_only: bool = False) -> Any:
+    """Parse YAML (a superset of JSON); a syntax error names the source and line. ``json_only``: strict JSON."""
+    if json_only:
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise _located(error, f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", exc.lineno) from None
+        except RecursionError:
+            raise error(f"{source}: invalid JSON: nested too deeply") from None
     stripped = text.lstrip()
     if stripped.startswith("{") or stripped.startswith("["):
         try:
@@ -54,7 +68,7 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError]) -> Any
             try:
                 return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
             except (yaml.YAMLError, RecursionError):
-                raise error(f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+                raise _located(error, f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}", exc.lineno) from None
         except RecursionError:
             raise error(f"{source}: invalid JSON: nested too deeply") from None
     try:
@@ -66,13 +80,13 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError]) -> Any
         mark = exc.problem_mark or exc.context_mark
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = exc.problem or exc.context or "invalid YAML"
-        raise error(f"{source}: {where}invalid YAML: {problem}") from None
+        raise _located(error, f"{source}: {where}invalid YAML: {problem}", mark.line + 1 if mark else None) from None
     except yaml.YAMLError as exc:
         raise error(f"{source}: invalid YAML: {exc}") from None
 
 
 def read_document(path: str | Path, error: type[UnhardcodedError]) -> Any:
-    """Read and parse a file; a missing or unreadable file is reported as ``error``."""
+    """Read and parse a file; a missing or unreadable file is reported as ``error``. A ``.json`` file must be JSON."""
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -80,7 +94,7 @@ def read_document(path: str | Path, error: type[UnhardcodedError]) -> Any:
         raise error(f"{p}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise error(f"{p}: cannot read: {exc.__class__.__name__}") from None
-    return parse_document(text, str(p), error)
+    return parse_document(text, str(p), error, json_only=p.suffix.lower() == ".json")
 
 
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")

@@ -24,9 +24,9 @@ from types import TracebackType
 from typing import Any, Literal
 
 import httpx
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .._documents import read_document
 from ..errors import ConfigError, UnhardcodedError
 
 __all__ = [
@@ -136,7 +136,7 @@ class ProvidersConfig(BaseModel):
 class ProvidersFileError(ConfigError):
     """A providers file cannot be read or is invalid; the message names file, field path and line."""
 
-    def __init__(self, message: str, *, path: str, line: int | None = None) -> None:
+    def __init__(self, message: str, *, path: str | None = None, line: int | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.line = line
@@ -148,24 +148,9 @@ def default_providers() -> ProvidersConfig:
 
 
 def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
-    """Read a providers file (``.yaml``/``.yml``/``.json``; other names are sniffed)."""
-    p = Path(path)
-    source = str(p)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ProvidersFileError(f"{source}: no such file", path=source) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProvidersFileError(f"{source}: cannot read: {exc.__class__.__name__}", path=source) from None
-
-    suffix = p.suffix.lower()
-    if suffix == ".json":
-        as_json = True
-    elif suffix in (".yaml", ".yml"):
-        as_json = False
-    else:
-        as_json = text.lstrip().startswith(("{", "["))
-    data = _parse_json(text, source) if as_json else _parse_yaml(text, source)
+    """Read a providers file: YAML or JSON, read like policies and catalogs (a `.json` file must be strict JSON)."""
+    source = str(Path(path))
+    data = read_document(path, ProvidersFileError)
 
     if not isinstance(data, Mapping):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
@@ -188,30 +173,6 @@ def providers_from_env(environ: Mapping[str, str] | None = None) -> ProvidersCon
     if not path:
         return default_providers()
     return load_providers(path)
-
-
-def _parse_json(text: str, source: str) -> Any:
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ProvidersFileError(
-            f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}",
-            path=source,
-            line=exc.lineno,
-        ) from None
-
-
-def _parse_yaml(text: str, source: str) -> Any:
-    try:
-        return yaml.safe_load(text)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = mark.line + 1 if mark else None
-        where = f"line {line}, column {mark.column + 1}: " if mark else ""
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise ProvidersFileError(f"{source}: {where}invalid YAML: {problem}", path=source, line=line) from None
-    except yaml.YAMLError as exc:
-        raise ProvidersFileError(f"{source}: invalid YAML: {exc.__class__.__name__}", path=source) from None
 
 
 def _describe_validation_error(err: Mapping[str, Any]) -> str:
