@@ -56,7 +56,8 @@ class RunningServer:
 def serving(app: Any, **config: Any) -> Iterator[RunningServer]:
     """``app`` on uvicorn in a thread, on a free loopback port, until the block ends."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", **config))
+    config.setdefault("log_level", "warning")
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
     thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
