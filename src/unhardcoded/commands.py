@@ -24,6 +24,11 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the would-be receipt (no attempts) as JSON")
     p.set_defaults(run=cmd_rank)
 
+    p = sub.add_parser("demo", help="run a 5-node workflow on simulated providers and store its receipts")
+    p.add_argument("--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user SQLite file)")
+    p.add_argument("--json", action="store_true", help="print the workflow receipt as JSON")
+    p.set_defaults(run=cmd_demo)
+
     p = sub.add_parser("fingerprint", help="print a policy's fingerprint")
     p.add_argument("policy", metavar="POLICY_FILE")
     p.add_argument("--catalog", metavar="FILE")
@@ -90,4 +95,11 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
         print_json({"name": policy.name, "fingerprint": policy.fingerprint, "schema": policy.schema_id, "canonical": policy.canonical})
     else:
         print(policy.fingerprint)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(args.store, as_json=args.json)
     return 0

@@ -1,0 +1,148 @@
+"""`unhardcoded demo`: a 5-node support workflow under two policies, on simulated providers, with stored receipts.
+
+Everything runs on this machine: the providers are simulated OpenAI-compatible
+servers on loopback, so no key and no network are needed. One node's first
+choice fails on purpose, so the receipts show the standby cascade at work.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
+
+from .catalog import Catalog
+from .policy import Policy, load_policy_file
+from .policies import builtin_policy_dir
+
+SERVICE_NAME = "unhardcoded-demo"
+WORKFLOW_NAME = "support-ticket"
+FAILING_MODEL = "gemini-3.5-flash"
+"""The simulated provider answers this model's first call with a 503, so one node falls back."""
+
+TICKET = (
+    "Hi, I ordered a standing desk (order #A-20931) three weeks ago. It arrived with a cracked leg and "
+    "I'd like a replacement or a refund. I'm in Lyon, France. What are my options?"
+)
+LOOKUP_TOOLS = [{
+    "type": "function",
+    "function": {
+        "name": "lookup_order",
+        "description": "Fetch an order by its number",
+        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+    },
+}]
+
+
+@dataclass
+class DemoNode:
+    name: str
+    policy: str
+    body: dict[str, Any]
+
+
+def demo_nodes() -> list[DemoNode]:
+    def chat(system: str, user: str, **extra: Any) -> dict[str, Any]:
+        return {"model": "auto", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}], **extra}
+
+    return [
+        DemoNode("classify", "triage", chat("Classify the ticket: billing, damage, shipping, other.", TICKET, max_tokens=16)),
+        DemoNode("extract-order", "triage", chat("Extract the order number and the country as JSON.", TICKET, max_tokens=64)),
+        DemoNode("lookup-order", "support", chat("Look the order up before answering.", TICKET, tools=LOOKUP_TOOLS, max_tokens=256)),
+        DemoNode("draft-reply", "support", chat("Draft a friendly reply offering a replacement or refund under EU law.", TICKET, max_tokens=400)),
+        DemoNode("check-tone", "triage", chat("Check the draft is polite and promises nothing beyond policy. Answer ok or fix.", TICKET, max_tokens=64)),
+    ]
+
+
+@dataclass
+class DemoResult:
+    workflow_id: str
+    request_ids: list[str] = field(default_factory=list)
+    store_location: str = ""
+
+
+def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bool = False) -> DemoResult:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+
+    from .receipts import ReceiptSpanProcessor, open_store
+    from .receipts.render import render_workflow
+    from .router import ProviderClient, ProvidersConfig, Router
+    from .simulator import SimulatedProvider, error, fail_times, ok
+    from .telemetry import workflow
+
+    say = (lambda *a: print(*a, file=sys.stderr)) if as_json else (lambda *a: print(*a, file=out))
+    catalog = Catalog.builtin()
+    policies: dict[str, Policy] = {
+        name: load_policy_file(builtin_policy_dir() / f"{name}.yaml", catalog) for name in ("support", "triage")
+    }
+    store = open_store(store_url)
+    with ExitStack() as stack:
+        stack.callback(store.close)
+        say("Simulated providers on loopback (no real LLM is called, no key is needed):")
+        sims: list[SimulatedProvider] = []
+        for provider in sorted({m.provider for m in catalog.models}):
+            behaviors = {}
+            if provider == catalog.model(FAILING_MODEL).provider:
+                behaviors[FAILING_MODEL] = fail_times(1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded"))
+            sim = SimulatedProvider(provider, behaviors).start()
+            stack.callback(sim.close)
+            sims.append(sim)
+            say(f"  {provider:<10} {sim.base_url}")
+        client = ProviderClient(ProvidersConfig(providers=[s.provider_config(timeout_s=10) for s in sims]))
+        stack.callback(client.close)
+
+        tracer_provider, exporting = _tracer_provider(Resource, TracerProvider)
+        receipts = ReceiptSpanProcessor(store, catalogs=[catalog])
+        tracer_provider.add_span_processor(receipts)
+        stack.callback(tracer_provider.shutdown)
+        router = Router(catalog, client, tracer_provider=tracer_provider)
+
+        say(f"\nRunning workflow {WORKFLOW_NAME!r}: 5 nodes under policies "
+            f"support ({policies['support'].fingerprint}) and triage ({policies['triage'].fingerprint})")
+        result = DemoResult(workflow_id="", store_location=str(getattr(store, "location", store_url or "")))
+        with workflow(WORKFLOW_NAME, tracer_provider=tracer_provider) as wf:
+            result.workflow_id = wf.ref.id
+            for node in demo_nodes():
+                with wf.node(node.name):
+                    decision, _, failure = router.route(policies[node.policy], node.body)
+                result.request_ids.append(decision.request_id)
+                hops = " → ".join([h.from_ for h in decision.hops] + [decision.answered_by or "nobody"]) if decision.hops else decision.answered_by
+                note = f" (fell back: {decision.hops[0].reason})" if decision.hops else ""
+                if failure is not None:
+                    note += f" (failed: {failure.error_type})"
+                say(f"  {node.name:<14} {node.policy:<8} → {hops}{note}")
+        tracer_provider.force_flush()
+        receipts.force_flush()
+
+        receipt = store.workflow(result.workflow_id)
+        if receipt is None:
+            raise RuntimeError("the demo's workflow receipt was not stored")
+        if as_json:
+            import json
+
+            print(json.dumps(receipt.model_dump(mode="json", by_alias=True), indent=2, ensure_ascii=False), file=out)
+        else:
+            say("")
+            say(render_workflow(receipt))
+            say(f"\nReceipts stored in {result.store_location}. Look at any node's receipt:")
+            for rid in result.request_ids:
+                say(f"  unhardcoded receipt {rid}")
+            say(f"  unhardcoded receipt {result.workflow_id}      # the whole workflow")
+            say("  unhardcoded rollup --by policy")
+            if exporting:
+                say(f"\nSpans were also exported over OTLP to {exporting}.")
+        return result
+
+
+def _tracer_provider(resource_cls: Any, provider_cls: Any) -> tuple[Any, str | None]:
+    """Our own provider, plus an OTLP exporter when the standard OTEL_* variables ask for one."""
+    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    if endpoint:
+        from .telemetry import configure
+
+        setup = configure(SERVICE_NAME, metrics=False, set_global=False)
+        return setup.tracer_provider, endpoint
+    return provider_cls(resource=resource_cls.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)})), None
