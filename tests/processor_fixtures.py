@@ -213,6 +213,62 @@ class ProcessorProcess:
         return self.get("/stats").json()
 
 
+# --------------------------------------------------------------------------- a throwaway PostgreSQL cluster
+
+
+class PostgresCluster:
+    """Debian's PostgreSQL, initdb'd into a temporary directory and listening on a loopback port only.
+
+    As root, initdb and pg_ctl run as the ``postgres`` user (they refuse root). Each test gets its own database.
+    """
+
+    def __init__(self, base: Path) -> None:
+        import glob
+        import shutil as _shutil
+
+        bins = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        found = bins[-1] if bins else _shutil.which("initdb")
+        if not found:
+            raise RuntimeError("PostgreSQL is not installed (initdb not found): run scripts/install-test-deps.sh")
+        self.bin = Path(found).parent
+        self.base = base
+        self.data = base / "data"
+        self.port = free_port()
+        self._as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        if self._as:
+            import pwd
+
+            pw = pwd.getpwnam("postgres")
+            os.chown(base, pw.pw_uid, pw.pw_gid)
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        opts = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(base / "postgres.log"), "-w", "-t", "60", "start")
+        self._n = 0
+
+    def _run(self, *cmd: str) -> None:
+        out = subprocess.run([*self._as, *cmd], capture_output=True, text=True, timeout=120, cwd=str(self.base))
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed: {out.stderr.strip() or out.stdout.strip()}")
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def new_database(self) -> str:
+        import psycopg
+
+        self._n += 1
+        name = f"t{os.getpid()}_{self._n}"
+        with psycopg.connect(self.url(), autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {name}")
+        return self.url(name)
+
+    def stop(self) -> None:
+        try:
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop")
+        except RuntimeError:
+            pass
+
+
 # --------------------------------------------------------------------------- a sender process (the fault test runs it)
 
 

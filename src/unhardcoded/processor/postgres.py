@@ -1,0 +1,396 @@
+"""Receipts and the spool in PostgreSQL, so several processors (behind a Collector's ``loadbalancing`` exporter,
+routing by trace id) share one store. Same methods, same semantics as the SQLite store in
+:mod:`unhardcoded.receipts.store`; needs ``psycopg`` (v3): ``pip install 'unhardcoded[postgres]'``.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
+
+from ..policy.model import fingerprint_of
+from ..receipts.model import Receipt, WorkflowReceipt
+from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, StoredReceipt, StoreError, _ms, _now
+from .otlp import IncomingSpan
+from .spool import GroupKey, StoredSpan
+
+if TYPE_CHECKING:
+    from ..catalog.model import Catalog
+    from ..receipts.rebuild import RebuiltDecision
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS receipts (
+  request_id TEXT PRIMARY KEY,
+  trace_id TEXT,
+  ts_ms BIGINT NOT NULL,
+  policy_name TEXT NOT NULL,
+  policy_fingerprint TEXT NOT NULL,
+  catalog_version TEXT NOT NULL,
+  model TEXT,
+  outcome TEXT NOT NULL,
+  fallback BOOLEAN NOT NULL,
+  cost_usd DOUBLE PRECISION,
+  baseline_model TEXT,
+  baseline_usd DOUBLE PRECISION,
+  workflow_id TEXT,
+  workflow_name TEXT,
+  complete BOOLEAN NOT NULL,
+  revision INTEGER NOT NULL,
+  stored_at TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
+CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_policy ON receipts(policy_name, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprint);
+CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
+CREATE TABLE IF NOT EXISTS policies (fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS catalogs (version TEXT PRIMARY KEY, body TEXT NOT NULL, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS processor_spans (
+  trace_id TEXT NOT NULL,
+  span_id TEXT NOT NULL,
+  group_key TEXT NOT NULL,
+  owner TEXT NOT NULL,
+  received_ms BIGINT NOT NULL,
+  finished_ms BIGINT,
+  service TEXT,
+  body BYTEA NOT NULL,
+  seq BIGSERIAL,
+  PRIMARY KEY (trace_id, span_id)
+);
+CREATE INDEX IF NOT EXISTS processor_spans_by_finished ON processor_spans(finished_ms);
+CREATE INDEX IF NOT EXISTS processor_spans_pending ON processor_spans(owner, seq) WHERE finished_ms IS NULL;
+"""
+
+_ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
+_LOCK_ID = 0x756E6863  # advisory lock around schema creation: instances starting together
+
+
+def _connect(url: str) -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise StoreError("a postgresql:// store needs psycopg: pip install 'unhardcoded[postgres]' (psycopg[binary])") from None
+    try:
+        conn = psycopg.connect(url, autocommit=True)
+    except psycopg.Error as exc:
+        raise StoreError(f"cannot connect to the PostgreSQL store: {str(exc).strip().splitlines()[0]}") from None
+    with conn.transaction():
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
+        conn.execute(_SCHEMA)
+    return conn
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages and ``location``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class _Conn:
+    """One connection, used under a lock, with errors turned into :class:`StoreError`."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.location = _redact(url)
+        self._lock = threading.RLock()
+        self._conn = _connect(url)
+
+    def run(self, fn: Any, write: bool = True) -> Any:
+        import psycopg
+
+        with self._lock:
+            try:
+                if self._conn.closed or self._conn.broken:
+                    self._conn = _connect(self.url)
+                if write:
+                    with self._conn.transaction():
+                        return fn(self._conn)
+                return fn(self._conn)
+            except psycopg.Error as exc:
+                raise StoreError(f"{self.location}: {str(exc).strip().splitlines()[0]}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a dead connection
+                pass
+
+
+class PostgresReceiptStore:
+    """The :class:`~unhardcoded.receipts.store.ReceiptStore` protocol over PostgreSQL."""
+
+    def __init__(self, url: str) -> None:
+        self._db = _Conn(url)
+        self.location = self._db.location
+
+    # -- writing -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _put_policy(conn: Any, body: str, name: str | None = None, schema: str | None = None) -> str:
+        fingerprint = fingerprint_of(body)
+        if name is None or schema is None:
+            try:
+                doc = json.loads(body)
+                name = name or doc.get("name")
+                schema = schema or doc.get("schema")
+            except (ValueError, AttributeError):
+                pass
+        conn.execute(
+            "INSERT INTO policies(fingerprint, name, schema, body, first_seen) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+            (fingerprint, name, schema, body, _now()),
+        )
+        return fingerprint
+
+    @staticmethod
+    def _put_receipt(conn: Any, receipt: Receipt, stamp: str) -> tuple[int, bool]:
+        body = json.dumps(receipt.to_json_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        wf = receipt.workflow
+        model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
+        # One statement, so two instances writing the same receipt agree on its revision: a changed body is
+        # the next revision, except a partial re-delivery of a receipt already stored whole.
+        row = conn.execute(
+            "INSERT INTO receipts AS r (request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, model, outcome, "
+            "fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, revision, stored_at, body) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
+            "ON CONFLICT (request_id) DO UPDATE SET trace_id = excluded.trace_id, ts_ms = excluded.ts_ms, "
+            "policy_name = excluded.policy_name, policy_fingerprint = excluded.policy_fingerprint, "
+            "catalog_version = excluded.catalog_version, model = excluded.model, outcome = excluded.outcome, "
+            "fallback = excluded.fallback, cost_usd = excluded.cost_usd, baseline_model = excluded.baseline_model, "
+            "baseline_usd = excluded.baseline_usd, workflow_id = excluded.workflow_id, workflow_name = excluded.workflow_name, "
+            "complete = excluded.complete, revision = r.revision + 1, stored_at = excluded.stored_at, body = excluded.body "
+            "WHERE r.body <> excluded.body AND NOT (r.complete AND NOT excluded.complete) "
+            "RETURNING revision",
+            (
+                receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name, receipt.policy.fingerprint,
+                receipt.catalog_version, model, receipt.outcome, receipt.fallback.triggered, receipt.cost.usd,
+                receipt.cost.baseline_model, receipt.cost.baseline_usd, wf.id if wf else None, wf.name if wf else None,
+                receipt.complete, stamp, body,
+            ),
+        ).fetchone()
+        if wf is not None:
+            conn.execute(
+                "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (wf.id, wf.name, receipt.trace_id, stamp),
+            )
+        if row is not None:
+            return int(row[0]), True
+        current = conn.execute("SELECT revision FROM receipts WHERE request_id = %s", (receipt.request_id,)).fetchone()
+        return int(current[0]), False
+
+    def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
+        def run(conn: Any) -> int:
+            if policy_body is not None:
+                self._put_policy(conn, policy_body, receipt.policy.name, receipt.policy.schema_)
+            return self._put_receipt(conn, receipt, _now())[0]
+
+        return self._db.run(run)
+
+    def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
+        items = list(items)
+
+        def run(conn: Any) -> int:
+            stamp = _now()
+            changed = 0
+            seen: set[str] = set()
+            for receipt, body in items:
+                if body is not None and receipt.policy.fingerprint not in seen:
+                    seen.add(receipt.policy.fingerprint)
+                    self._put_policy(conn, body, receipt.policy.name, receipt.policy.schema_)
+                changed += self._put_receipt(conn, receipt, stamp)[1]
+            return changed
+
+        return self._db.run(run) if items else 0
+
+    def put_rebuilt(self, decisions: Iterable["RebuiltDecision"]) -> int:
+        return self.put_many((d.receipt, d.policy_body) for d in decisions)
+
+    def put_policy(self, body: str) -> str:
+        return self._db.run(lambda conn: self._put_policy(conn, body))
+
+    def put_catalog(self, catalog: "Catalog") -> str:
+        version, body = catalog.version, catalog.canonical
+        self._db.run(lambda conn: conn.execute(
+            "INSERT INTO catalogs(version, body, first_seen) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (version, body, _now())
+        ))
+        return version
+
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None:
+        self._db.run(lambda conn: conn.execute(
+            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET name = excluded.name, trace_id = COALESCE(excluded.trace_id, workflows.trace_id)",
+            (workflow_id, name, trace_id, _now()),
+        ))
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+        return self._db.run(lambda conn: conn.execute(sql, params).fetchall(), write=False)
+
+    def get(self, request_id: str) -> StoredReceipt | None:
+        rows = self._read("SELECT body, revision, stored_at FROM receipts WHERE request_id = %s", (request_id,))
+        if not rows:
+            return None
+        body, revision, stored_at = rows[0]
+        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
+
+    @staticmethod
+    def _where(q: ReceiptQuery) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
+            if value is not None:
+                clauses.append(f"{column} = %s")
+                params.append(value)
+        if q.policy is not None:
+            clauses.append("(policy_name = %s OR policy_fingerprint = %s)")
+            params += [q.policy, q.policy]
+        if q.fallback is not None:
+            clauses.append("fallback = %s")
+            params.append(bool(q.fallback))
+        if q.complete is not None:
+            clauses.append("complete = %s")
+            params.append(bool(q.complete))
+        if q.since is not None:
+            clauses.append("ts_ms >= %s")
+            params.append(_ms(q.since))
+        if q.until is not None:
+            clauses.append("ts_ms < %s")
+            params.append(_ms(q.until))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]:
+        where, params = self._where(query)
+        sql = f"SELECT body FROM receipts{where} ORDER BY ts_ms DESC, request_id"
+        if query.limit is not None:
+            sql += " LIMIT %s"
+            params.append(max(0, query.limit))
+        if query.offset:
+            sql += " OFFSET %s"
+            params.append(max(0, query.offset))
+        return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
+
+    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
+        where, params = self._where(query)
+        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
+        rows = self._read("SELECT body FROM receipts WHERE workflow_id = %s", (workflow_id,))
+        info = self._read("SELECT name, trace_id FROM workflows WHERE workflow_id = %s", (workflow_id,))
+        if not rows and not info:
+            return None
+        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
+        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
+        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
+
+    def policy(self, fingerprint: str) -> str | None:
+        rows = self._read("SELECT body FROM policies WHERE fingerprint = %s", (fingerprint,))
+        return rows[0][0] if rows else None
+
+    def catalog(self, version: str) -> str | None:
+        rows = self._read("SELECT body FROM catalogs WHERE version = %s", (version,))
+        return rows[0][0] if rows else None
+
+    def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
+        if by not in _ROLLUP_COLUMN:
+            raise StoreError(f"cannot roll up by {by!r}; expected one of {', '.join(ROLLUP_KEYS)}")
+        column = _ROLLUP_COLUMN[by]
+        where, params = "WHERE outcome <> 'dry_run'", []
+        if since is not None:
+            where += " AND ts_ms >= %s"
+            params.append(_ms(since))
+        priced = "baseline_usd IS NOT NULL AND cost_usd IS NOT NULL"
+        rows = self._read(
+            f"SELECT COALESCE({column}, '(none)') AS k, COUNT(*), SUM(fallback::int), SUM((outcome = 'failed')::int), "
+            f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0), "
+            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd - cost_usd END), 0), "
+            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd END), 0) "
+            f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
+            params,
+        )
+        return [
+            RollupRow(key, int(n), int(fb or 0), int(failed or 0), float(cost), float(base), float(saved),
+                      (float(saved) / float(priced_base)) if priced_base and priced_base > 0 else None)
+            for key, n, fb, failed, cost, base, saved, priced_base in rows
+        ]
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresReceiptStore({self.location!r})"
+
+
+class PostgresSpool:
+    """The spool (see :mod:`.spool`) in the same PostgreSQL database."""
+
+    def __init__(self, url: str) -> None:
+        self._db = _Conn(url)
+        self.location = self._db.location
+
+    def append(self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()) -> dict[GroupKey, list[StoredSpan]]:
+        wanted = set(lookup)
+
+        def run(conn: Any) -> dict[GroupKey, list[StoredSpan]]:
+            found: dict[GroupKey, list[StoredSpan]] = {}
+            if wanted:
+                rows = conn.execute(
+                    "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
+                    "WHERE trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
+                ).fetchall()
+                for row in rows:
+                    key = (row[0], row[2])
+                    if key in wanted:
+                        found.setdefault(key, []).append(StoredSpan(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6]))
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO processor_spans(trace_id, span_id, group_key, owner, received_ms, service, body) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                    [(s.trace_id, s.span_id, s.group, owner, now_ms, s.service, s.body) for s in spans],
+                )
+            return found
+
+        return self._db.run(run)
+
+    def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
+        rows = [(now_ms, t, g) for t, g in groups]
+        if not rows:
+            return
+
+        def run(conn: Any) -> None:
+            with conn.cursor() as cur:
+                cur.executemany("UPDATE processor_spans SET finished_ms = %s WHERE trace_id = %s AND group_key = %s", rows)
+
+        self._db.run(run)
+
+    def pending(self, owner: str) -> list[StoredSpan]:
+        rows = self._db.run(lambda conn: conn.execute(
+            "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
+            "WHERE finished_ms IS NULL AND owner = %s ORDER BY seq", (owner,),
+        ).fetchall(), write=False)
+        return [StoredSpan(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
+        return self._db.run(lambda conn: conn.execute(
+            "DELETE FROM processor_spans WHERE ctid IN (SELECT ctid FROM processor_spans "
+            "WHERE finished_ms IS NOT NULL AND finished_ms < %s LIMIT %s)", (finished_before_ms, limit),
+        ).rowcount)
+
+    def counts(self) -> tuple[int, int]:
+        row = self._db.run(lambda conn: conn.execute(
+            "SELECT COUNT(*) FILTER (WHERE finished_ms IS NULL), COUNT(*) FILTER (WHERE finished_ms IS NOT NULL) FROM processor_spans"
+        ).fetchone(), write=False)
+        return int(row[0]), int(row[1])
+
+    def close(self) -> None:
+        self._db.close()

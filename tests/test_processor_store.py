@@ -1,0 +1,170 @@
+"""The processor's stores, the same tests on SQLite and on PostgreSQL (a throwaway cluster on loopback).
+
+PostgreSQL is what lets several processors share receipts; the tests end with
+two processor processes on one PostgreSQL store, each fed its own traces (as a
+Collector's loadbalancing exporter routes by trace id), both answering for all.
+"""
+
+from __future__ import annotations
+
+import random
+import tempfile
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fixtures import span_layout as L
+from processor_fixtures import PostgresCluster, ProcessorProcess, decisions_with_spans, make_decision
+from unhardcoded.processor.metrics import ProcessorMetrics
+from unhardcoded.processor.otlp import classify, parse_protobuf
+from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
+from unhardcoded.processor.stores import open_backend
+from unhardcoded.receipts import Receipt, ReceiptQuery, WorkflowReceipt
+
+PB = {"Content-Type": "application/x-protobuf"}
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg is not installed: pip install 'psycopg[binary]' (scripts/install-test-deps.sh does)")
+    base = Path(tempfile.mkdtemp(prefix="unhardcoded-pg-"))
+    try:
+        c = PostgresCluster(base)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield c
+    c.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "receipts.db")
+    return request.getfixturevalue("cluster").new_database()
+
+
+@pytest.fixture
+def backend(store_url):
+    store, spool = open_backend(store_url)
+    yield store, spool
+    store.close()
+    spool.close()
+
+
+def test_revisions(backend):
+    store, _ = backend
+    rng = random.Random(1)
+    d = make_decision(rng, "req_rev", hops=1)
+    whole = Receipt.from_decision(d)
+    partial = whole.model_copy(update={"attempts": whole.attempts[:1], "complete": False})
+    assert store.put(partial, d.policy.canonical) == 1
+    assert store.put(partial) == 1  # the same again: no new revision
+    assert store.put(whole) == 2
+    assert store.put(partial) == 2  # a partial re-delivery never replaces the whole receipt
+    got = store.get("req_rev")
+    assert got.receipt == whole and got.revision == 2
+    assert store.policy(d.policy.fingerprint) == d.policy.canonical
+    assert store.get("req_nope") is None
+
+
+def test_queries_counts_and_rollups(backend):
+    store, _ = backend
+    rng = random.Random(2)
+    ds = [make_decision(rng, f"req_q{i:02d}") for i in range(25)]
+    assert store.put_many((Receipt.from_decision(d), d.policy.canonical) for d in ds) == 25
+    newest_first = sorted(ds, key=lambda d: (d.timestamp, d.request_id), reverse=True)
+    assert [r.request_id for r in store.query(ReceiptQuery(limit=5))] == [d.request_id for d in newest_first[:5]]
+    assert len(store.query(ReceiptQuery(limit=10, offset=20))) == 5
+    assert store.count(ReceiptQuery(policy="triage")) == sum(d.policy.name == "triage" for d in ds)
+    assert store.count(ReceiptQuery(fallback=True)) == sum(bool(d.hops) for d in ds)
+    assert store.count(ReceiptQuery(model=ds[0].answered_by)) == sum(d.answered_by == ds[0].answered_by for d in ds)
+    mid = sorted(d.timestamp for d in ds)[12]
+    assert store.count(ReceiptQuery(since=mid)) == sum(d.timestamp >= mid for d in ds)
+    rows = {r.key: r for r in store.rollup("policy")}
+    for name in ("support", "triage"):
+        mine = [d for d in ds if d.policy.name == name]
+        if mine:
+            assert rows[name].decisions == len(mine)
+            assert rows[name].fallbacks == sum(bool(d.hops) for d in mine)
+            assert rows[name].cost_usd == pytest.approx(sum(d.cost.usd or 0 for d in mine))
+
+
+def test_workflows(backend):
+    store, _ = backend
+    from processor_fixtures import workflow_with_spans
+
+    ds, _ = workflow_with_spans("wf_store", "triage-flow", ["a", "b"])
+    store.put_many((Receipt.from_decision(d), None) for d in reversed(ds))
+    store.put_workflow("wf_store", "triage-flow", ds[0].trace_id)
+    assert store.workflow("wf_store") == WorkflowReceipt.from_receipts(
+        "wf_store", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+    assert store.workflow("wf_nope") is None
+
+
+def test_the_spool(backend):
+    _, spool = backend
+    _, spans = decisions_with_spans(3, seed=3, hops=1)
+    ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
+    keys = {(s.trace_id, s.group) for s in ours}
+    assert spool.append(ours, "me", 1000, keys) == {}
+    again = spool.append(ours[:2], "me", 2000, {(ours[0].trace_id, ours[0].group)})  # a retry: stored once
+    assert sorted(r.span_id for r in again[(ours[0].trace_id, ours[0].group)]) == sorted(
+        s.span_id for s in ours if (s.trace_id, s.group) == (ours[0].trace_id, ours[0].group))
+    pending = spool.pending("me")
+    assert len(pending) == len(ours) and spool.pending("someone-else") == []
+    assert [p.body for p in pending] == [s.body for s in ours]
+    first = (ours[0].trace_id, ours[0].group)
+    spool.finish([first], 5000)
+    assert len(spool.pending("me")) == len(ours) - sum((s.trace_id, s.group) == first for s in ours)
+    assert spool.prune(4000) == 0
+    assert spool.prune(6000) == sum((s.trace_id, s.group) == first for s in ours)
+
+
+def test_the_processor_on_each_store_survives_a_restart(store_url):
+    ds, spans = decisions_with_spans(10, seed=4, hops=1)
+    ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
+    decision_ids = {s.span_id for s in ours if s.role == "decision"}
+    store, spool = open_backend(store_url)
+    cfg = ProcessorConfig(wait_window_s=30, owner="one")
+    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p.start()
+    p.submit([s for s in ours if s.span_id not in decision_ids]).result(10)  # attempts only: nothing can finish
+    assert p.drain()
+    p.stop()
+    store.close()
+    spool.close()
+    store, spool = open_backend(store_url)  # a new process, as after a crash: pending spans are picked up
+    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p.start()
+    assert p.stats()["recovered_spans"] == len(ours) - len(decision_ids)
+    p.submit([s for s in ours if s.span_id in decision_ids]).result(10)
+    assert p.drain()
+    for d in ds:
+        got = store.get(d.request_id)
+        assert got is not None and got.receipt == Receipt.from_decision(d) and got.revision == 1
+    p.stop()
+    store.close()
+    spool.close()
+
+
+def test_two_processors_share_one_postgres_store(cluster, tmp_path):
+    url = cluster.new_database()
+    a = ProcessorProcess(url, "--wait-window", "1", "--instance-id", "a", log=tmp_path / "a.log").start()
+    b = ProcessorProcess(url, "--wait-window", "1", "--instance-id", "b", log=tmp_path / "b.log").start()
+    try:
+        ds_a, spans_a = decisions_with_spans(8, seed=5, service="checkout")
+        ds_b, spans_b = decisions_with_spans(8, seed=6, service="agents")
+        assert httpx.post(a.url + "/v1/traces", content=L.otlp_bytes(spans_a), headers=PB).status_code == 200
+        assert httpx.post(b.url + "/v1/traces", content=L.otlp_bytes(spans_b), headers=PB).status_code == 200
+        for d in ds_a + ds_b:
+            for p in (a, b):
+                doc = p.wait_for(lambda: p.receipt(d.request_id), 15)
+                assert doc is not None and doc["receipt"] == Receipt.from_decision(d).to_json_dict()
+        assert a.get("/receipts", params={"limit": 100}).json()["count"] == 16
+    finally:
+        a.stop()
+        b.stop()
