@@ -89,6 +89,11 @@ def attempts_of(decision: Decision) -> list[tuple[Any, ...]]:
             for a in decision.attempts]
 
 
+def waited_ms(decision: Decision) -> float:
+    """Time the cascade spent between attempts (Retry-After waits), robust to a slow machine."""
+    return decision.latency_ms - sum(a.duration_ms for a in decision.attempts)
+
+
 def hops_of(decision: Decision) -> list[tuple[str, str, str]]:
     return [(h.from_, h.to, h.reason) for h in decision.hops]
 
@@ -179,8 +184,8 @@ def test_timeout_then_rate_limit_then_ok_hops_as_the_policy_says(catalog: Catalo
     assert 280 <= decision.attempts[0].duration_ms < 2000
     assert decision.attempts[1].duration_ms < 1000
     assert decision.answered_by == "top-c" and decision.outcome == "answered"
-    assert decision.latency_ms >= sum(a.duration_ms for a in decision.attempts)
-    assert elapsed < 2.5
+    assert 0 <= waited_ms(decision) < 1000  # sim-b's Retry-After: 5 is not honoured before a hop to sim-c
+    assert elapsed < 10
     assert decision.cost.usd == pytest.approx(usd("top-c", 100, 10), rel=1e-12)
 
 
@@ -290,9 +295,8 @@ def test_retry_after_on_the_same_provider_waits_before_the_hop(catalog: Catalog,
     elapsed = time.perf_counter() - started
     assert err is None and decision.answered_by == "mid-a"
     assert hops_of(decision) == [("cheap-a", "mid-a", "rate_limit")]
-    assert 0.55 <= elapsed < 1.6
-    assert decision.latency_ms >= 550
-    assert decision.attempts[0].duration_ms < 500  # the wait is between attempts, not in one
+    assert elapsed >= 0.55
+    assert 550 <= waited_ms(decision) < MAX_RETRY_AFTER_WAIT_S * 1000  # the wait is between attempts
 
 
 def test_retry_after_is_bounded(catalog: Catalog, sims):
@@ -302,16 +306,16 @@ def test_retry_after_is_bounded(catalog: Catalog, sims):
         decision, _, err = Router(catalog, client=client).route(cascade_policy(catalog, ["mid-a"]), BODY)
     elapsed = time.perf_counter() - started
     assert err is None and decision.answered_by == "mid-a"
-    assert MAX_RETRY_AFTER_WAIT_S - 0.05 <= elapsed < MAX_RETRY_AFTER_WAIT_S + 1.0
+    assert MAX_RETRY_AFTER_WAIT_S - 0.05 <= elapsed < 10
+    assert MAX_RETRY_AFTER_WAIT_S * 1000 - 50 <= waited_ms(decision) < MAX_RETRY_AFTER_WAIT_S * 1000 + 500
     assert MAX_RETRY_AFTER_WAIT_S <= 2.0
 
 
 def test_retry_after_from_another_provider_does_not_wait(catalog: Catalog, sims):
     a, b = sims("sim-a", default=rate_limit(retry_after_s=5)), sims("sim-b", default=ok())
-    started = time.perf_counter()
     with client_for(a, b, sims("sim-c")) as client:
         decision, _, err = Router(catalog, client=client).route(cascade_policy(catalog, ["mid-b"]), BODY)
-    assert time.perf_counter() - started < 1.0
+    assert 0 <= waited_ms(decision) < 1000
     assert err is None and decision.answered_by == "mid-b"
     assert hops_of(decision) == [("cheap-a", "mid-b", "rate_limit")]
 
@@ -358,7 +362,7 @@ def test_aroute_respects_fallback_on_and_retry_after(catalog: Catalog, sims):
     assert hops_of(decision) == [("cheap-a", "mid-a", "rate_limit")]
     assert [at.model for at in decision.attempts] == ["cheap-a", "mid-a"]
     assert decision.outcome == "failed"
-    assert 0.45 <= elapsed < 1.5
+    assert elapsed >= 0.45 and 450 <= waited_ms(decision) < 2000
 
 
 # -- the API key never leaks --------------------------------------------------------------------

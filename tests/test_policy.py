@@ -390,7 +390,7 @@ def test_json_and_yaml_texts_are_the_same_policy():
 
 
 def test_deeply_nested_document_is_a_policy_error():
-    for text in ("[" * 50_000, "a: " + "[" * 50_000, "- " * 5_000):
+    for text in ("[" * 5_000, "a: " + "[" * 3_000, "- " * 3_000):
         with pytest.raises(PolicyError) as info:
             load_policy(text, source="deep.yaml")
         assert str(info.value).startswith("deep.yaml: invalid ")
