@@ -46,33 +46,60 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
 
 
 def configure_tracing(store: Any, catalog: Any) -> Any:
-    """An SDK TracerProvider exporting as the OTEL_* variables say, with receipts written to ``store``.
+    """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``.
 
-    Returns the provider (to shut down, flushing spans, when the server stops), or None.
+    Returns something with ``shutdown()`` that flushes what is buffered when the server stops, or None.
     """
     try:
-        from opentelemetry import trace
-        from opentelemetry.sdk.resources import Resource
         from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor
     except ImportError:  # the API alone: spans cost nothing and go nowhere
         return None
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):  # e.g. under opentelemetry-instrument: already configured
-        provider = current
+    try:
+        from ..telemetry import configure
+    except ImportError:
+        configure = None
+    if configure is not None:
+        setup = configure("unhardcoded-proxy")
+        provider = setup.tracer_provider
+        finisher: Any = setup
     else:
-        resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "unhardcoded-proxy")})
-        provider = TracerProvider(resource=resource)
-        exporter = _span_exporter()
-        if exporter is not None:
-            provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(provider)
-    if store is not None:
+        provider = _fallback_tracer_provider()
+        finisher = provider
+    if store is not None and isinstance(provider, TracerProvider):
         from ..receipts.processor import ReceiptSpanProcessor
 
         provider.add_span_processor(ReceiptSpanProcessor(store, catalogs=[catalog]))
+        finisher = _Both(finisher, provider)
+    return finisher
+
+
+class _Both:
+    def __init__(self, first: Any, provider: Any) -> None:
+        self.first, self.provider = first, provider
+
+    def shutdown(self) -> None:
+        self.provider.force_flush()  # receipts too, even when the provider is the application's own
+        if self.first is not self.provider:
+            self.first.shutdown()
+
+
+def _fallback_tracer_provider() -> Any:
+    from opentelemetry import trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):  # e.g. under opentelemetry-instrument: already configured
+        return current
+    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
+        return None
+    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "unhardcoded-proxy")})
+    provider = TracerProvider(resource=resource)
+    exporter = _span_exporter()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
     return provider
 
 
