@@ -170,13 +170,29 @@ def sqlite_path(url: str) -> Path:
     return Path("/" + path.lstrip("/")).expanduser()
 
 
-def open_store(url: str | None = None, *, create: bool = True) -> "SQLiteReceiptStore":
-    """Open the store ``url`` names (see :func:`store_url`). ``create=False`` refuses to make a new file."""
+def open_store(url: str | None = None, *, create: bool = True) -> ReceiptStore:
+    """Open the store ``url`` names (see :func:`store_url`). ``create=False`` refuses to make a new SQLite file.
+
+    ``postgresql://`` URLs open the processor's PostgreSQL store, when it is installed.
+    """
     resolved = store_url(url)
     scheme = urlsplit(resolved).scheme if "://" in resolved else ""
-    if scheme.startswith("postgres"):
-        raise StoreError(f"store {resolved!r}: PostgreSQL stores are not available in this version; use a SQLite file")
+    if scheme in ("postgres", "postgresql"):
+        try:
+            from ..processor.postgres import PostgresReceiptStore
+        except ImportError as exc:
+            raise StoreError(f"store {_redacted(resolved)}: PostgreSQL needs the processor's driver ({exc.name} is not installed)") from None
+        return PostgresReceiptStore(resolved)  # type: ignore[no-any-return]
     return SQLiteReceiptStore(sqlite_path(resolved), create=create)
+
+
+def _redacted(url: str) -> str:
+    """A URL without its password, fit for an error message."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return repr(url)
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+    return repr(parts._replace(netloc=netloc).geturl())
 
 
 # --------------------------------------------------------------------------- time
