@@ -83,8 +83,20 @@ def _store_source(url: str) -> ReceiptSource:
 
 
 # `--processor`, `--jaeger` and `--tempo` join here, each a SpanSource (or a client of the processor's HTTP API).
+def _jaeger_source(url: str) -> ReceiptSource:
+    from .backends import JaegerSource
+    return JaegerSource(url)
+
+
+def _tempo_source(url: str) -> ReceiptSource:
+    from .backends import TempoSource
+    return TempoSource(url)
+
+
 SOURCES: dict[str, SourceSpec] = {
     "store": SourceSpec("--store", "URL", store_help, _store_source),
+    "jaeger": SourceSpec("--jaeger", "URL", lambda: "Jaeger query service, e.g. http://127.0.0.1:16686 (searches the unhardcoded.request.id tag)", _jaeger_source),
+    "tempo": SourceSpec("--tempo", "URL", lambda: "Grafana Tempo HTTP API, e.g. http://127.0.0.1:3200 (TraceQL search)", _tempo_source),
 }
 
 
