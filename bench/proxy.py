@@ -193,7 +193,9 @@ def start_litellm(binary: str | None, provider_url: str, port: int, workdir: Pat
         "  telemetry: false\n"
         "  set_verbose: false\n"
     )
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
+    # Loopback only and no auth, like the unhardcoded proxy here: the flag LiteLLM asks for to run without a master key.
+    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true",
+           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
     proc = spawn([exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
                  env=env, cwd=workdir)
     why = wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)

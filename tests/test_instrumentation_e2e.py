@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import FIRST_FALLBACK, SELECTED, catalog_simulators, free_port
 from otlp_receiver import OTLPReceiver
+from unhardcoded import cli
 from unhardcoded.semconv import attributes as A
 from unhardcoded.simulator import error
 
@@ -58,7 +59,7 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
         proxy_env = _otel_env(receiver, "unhardcoded-proxy")
         proxy_env.update({"UNHARDCODED_PROVIDERS": str(providers), "UNHARDCODED_STORE": str(tmp_path / "r.db")})
         proxy = subprocess.Popen(
-            [sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port), "--no-access-log"],
+            [sys.executable, "-m", cli.__name__, "serve", "--port", str(port), "--no-access-log"],
             env=proxy_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         try:

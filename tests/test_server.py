@@ -33,7 +33,8 @@ from apps.proxy_harness import (
     serving,
 )
 from unhardcoded.catalog import Catalog
-from unhardcoded.receipts.model import Receipt
+from unhardcoded import cli
+from unhardcoded.receipts.model import RECEIPT_SCHEMA, Receipt
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient
 from unhardcoded.semconv import attributes as A
@@ -62,7 +63,7 @@ def test_rank_is_a_dry_run_receipt(stack: Stack) -> None:
     r = httpx.post(f"{stack.server.base_url}/x/rank", json={"messages": HELLO, "policy": "support"})
     assert r.status_code == 200
     receipt = r.json()
-    assert receipt["receipt"] == "unhardcoded.receipt/v1"
+    assert receipt["receipt"] == RECEIPT_SCHEMA
     assert receipt["outcome"] == "dry_run" and receipt["attempts"] == []
     assert receipt["selected"]["model"] == SELECTED
     assert receipt["fallback"]["chain"] == [FIRST_FALLBACK, "gpt-5.5"]
@@ -321,7 +322,7 @@ def test_forwarding_to_a_provider_with_an_env_key_is_refused(simulated_provider:
 
 
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "unhardcoded.cli", "serve", *args], env=env,
+    return subprocess.Popen([sys.executable, "-m", cli.__name__, "serve", *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -377,7 +378,7 @@ def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pyt
 )
 def test_serve_refuses_bad_settings_with_one_line(args: list[str], needle: str) -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
-    proc = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(free_port()), *args],
+    proc = subprocess.run([sys.executable, "-m", cli.__name__, "serve", "--port", str(free_port()), *args],
                           env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -56,7 +56,7 @@ class ServerSpans:
 
     def __init__(self, app: ASGIApp, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.app = app
-        self.tracer = trace.get_tracer("unhardcoded.server", tracer_provider=tracer_provider)
+        self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
