@@ -35,6 +35,14 @@ def processor(tmp_path):
     p.stop()
 
 
+@pytest.fixture
+def patient_processor(tmp_path):
+    """A wait window longer than any test: a receipt is written only when all its spans are in."""
+    p = ProcessorProcess(str(tmp_path / "receipts.db"), "--wait-window", "60", log=tmp_path / "processor.log").start()
+    yield p
+    p.stop()
+
+
 def stored(p: ProcessorProcess, request_id: str, timeout_s: float = 15.0, revision: int | None = None) -> dict | None:
     def ready():
         doc = p.receipt(request_id)
@@ -90,7 +98,8 @@ def test_gzip_and_json_exports_are_read(processor):
         assert stored(processor, d.request_id)["receipt"] == expected(d)
 
 
-def test_shuffled_duplicated_and_split_batches_make_one_receipt_each(processor):
+def test_shuffled_duplicated_and_split_batches_make_one_receipt_each(patient_processor):
+    processor = patient_processor
     ds, spans = decisions_with_spans(20, seed=4, hops=2)
     rng = random.Random(9)
     shuffled = spans + rng.sample(spans, len(spans) // 2)  # half of them sent twice, as an exporter's retry would

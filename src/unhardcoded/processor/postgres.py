@@ -14,7 +14,7 @@ from ..policy.model import fingerprint_of
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, StoredReceipt, StoreError, _ms, _now
 from .otlp import IncomingSpan
-from .spool import GroupKey, StoredSpan
+from .spool import GroupKey, StoredSpan, reopened
 
 if TYPE_CHECKING:
     from ..catalog.model import Catalog
@@ -56,14 +56,19 @@ CREATE TABLE IF NOT EXISTS processor_spans (
   group_key TEXT NOT NULL,
   owner TEXT NOT NULL,
   received_ms BIGINT NOT NULL,
-  finished_ms BIGINT,
   service TEXT,
   body BYTEA NOT NULL,
   seq BIGSERIAL,
   PRIMARY KEY (trace_id, span_id)
 );
-CREATE INDEX IF NOT EXISTS processor_spans_by_finished ON processor_spans(finished_ms);
-CREATE INDEX IF NOT EXISTS processor_spans_pending ON processor_spans(owner, seq) WHERE finished_ms IS NULL;
+CREATE INDEX IF NOT EXISTS processor_spans_by_owner ON processor_spans(owner, seq);
+CREATE TABLE IF NOT EXISTS processor_groups (
+  trace_id TEXT NOT NULL,
+  group_key TEXT NOT NULL,
+  finished_ms BIGINT NOT NULL,
+  PRIMARY KEY (trace_id, group_key)
+);
+CREATE INDEX IF NOT EXISTS processor_groups_by_finished ON processor_groups(finished_ms);
 """
 
 _ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
@@ -331,6 +336,14 @@ class PostgresReceiptStore:
         return f"PostgresReceiptStore({self.location!r})"
 
 
+_SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
+_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
+
+
+def _stored(row: tuple) -> StoredSpan:
+    return StoredSpan(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6])
+
+
 class PostgresSpool:
     """The spool (see :mod:`.spool`) in the same PostgreSQL database."""
 
@@ -343,16 +356,18 @@ class PostgresSpool:
 
         def run(conn: Any) -> dict[GroupKey, list[StoredSpan]]:
             found: dict[GroupKey, list[StoredSpan]] = {}
-            if wanted:
-                rows = conn.execute(
-                    "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
-                    "WHERE trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
-                ).fetchall()
-                for row in rows:
-                    key = (row[0], row[2])
-                    if key in wanted:
-                        found.setdefault(key, []).append(StoredSpan(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6]))
             with conn.cursor() as cur:
+                if wanted:
+                    rows = cur.execute(
+                        f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
+                    ).fetchall()
+                    for row in rows:
+                        key = (row[0], row[2])
+                        if key in wanted:
+                            found.setdefault(key, []).append(_stored(row))
+                    again = reopened(spans, found)
+                    if again:
+                        cur.executemany("DELETE FROM processor_groups WHERE trace_id = %s AND group_key = %s", again)
                 cur.executemany(
                     "INSERT INTO processor_spans(trace_id, span_id, group_key, owner, received_ms, service, body) "
                     "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
@@ -362,33 +377,54 @@ class PostgresSpool:
 
         return self._db.run(run)
 
+    def bodies(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        wanted = set(keys)
+        if not wanted:
+            return {}
+        rows = self._db.run(lambda conn: conn.execute(
+            "SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
+        ).fetchall(), write=False)
+        return {(t, sid): bytes(body) for t, sid, body in rows if (t, sid) in wanted}
+
     def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
-        rows = [(now_ms, t, g) for t, g in groups]
+        rows = [(t, g, now_ms) for t, g in groups]
         if not rows:
             return
 
         def run(conn: Any) -> None:
             with conn.cursor() as cur:
-                cur.executemany("UPDATE processor_spans SET finished_ms = %s WHERE trace_id = %s AND group_key = %s", rows)
+                cur.executemany(
+                    "INSERT INTO processor_groups(trace_id, group_key, finished_ms) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (trace_id, group_key) DO UPDATE SET finished_ms = excluded.finished_ms", rows,
+                )
 
         self._db.run(run)
 
     def pending(self, owner: str) -> list[StoredSpan]:
         rows = self._db.run(lambda conn: conn.execute(
-            "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
-            "WHERE finished_ms IS NULL AND owner = %s ORDER BY seq", (owner,),
+            f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE g.trace_id IS NULL AND s.owner = %s ORDER BY s.seq", (owner,),
         ).fetchall(), write=False)
-        return [StoredSpan(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+        return [_stored(r) for r in rows]
 
     def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
-        return self._db.run(lambda conn: conn.execute(
-            "DELETE FROM processor_spans WHERE ctid IN (SELECT ctid FROM processor_spans "
-            "WHERE finished_ms IS NOT NULL AND finished_ms < %s LIMIT %s)", (finished_before_ms, limit),
-        ).rowcount)
+        def run(conn: Any) -> int:
+            groups = conn.execute(
+                "DELETE FROM processor_groups WHERE ctid IN (SELECT ctid FROM processor_groups WHERE finished_ms < %s LIMIT %s) "
+                "RETURNING trace_id, group_key", (finished_before_ms, limit),
+            ).fetchall()
+            if not groups:
+                return 0
+            return conn.execute(
+                "DELETE FROM processor_spans s USING unnest(%s::text[], %s::text[]) AS f(trace_id, group_key) "
+                "WHERE s.trace_id = f.trace_id AND s.group_key = f.group_key",
+                ([g[0] for g in groups], [g[1] for g in groups]),
+            ).rowcount
+
+        return self._db.run(run)
 
     def counts(self) -> tuple[int, int]:
         row = self._db.run(lambda conn: conn.execute(
-            "SELECT COUNT(*) FILTER (WHERE finished_ms IS NULL), COUNT(*) FILTER (WHERE finished_ms IS NOT NULL) FROM processor_spans"
+            f"SELECT COUNT(*) FILTER (WHERE g.trace_id IS NULL), COUNT(*) FILTER (WHERE g.trace_id IS NOT NULL) FROM {_JOIN}"
         ).fetchone(), write=False)
         return int(row[0]), int(row[1])
 

@@ -92,6 +92,8 @@ class ReceiptsProcessor:
         self._last_prune = 0.0
         self._store_backoff_until = 0.0
         self._loops = 0
+        self._fresh: list[IncomingSpan] = []
+        """Spans filed since the last finishing round; their bytes are let go after it (the spool has them)."""
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -128,6 +130,7 @@ class ReceiptsProcessor:
                 span.group = row.group
                 age = max(0.0, (now_ms - row.received_ms) / 1000)
                 self.assembler.add(span, now - age)
+                self._fresh.append(span)
         self.metrics.add(recovered_spans=len(rows))
         if rows:
             logger.info("picked up %d pending spans from %s", len(rows), self.spool.location)
@@ -188,6 +191,7 @@ class ReceiptsProcessor:
                 if items:
                     self._ingest(items)
                 self._finish_due(time.monotonic())
+                self._release()
                 self._housekeeping()
                 self._loops += 1
             except Exception:  # noqa: BLE001 - the worker outlives any one bad batch
@@ -227,15 +231,24 @@ class ReceiptsProcessor:
                 if span is not None:
                     span.group = r.group
                     self.assembler.add(span, now, revisit=revisit)
+                    self._fresh.append(span)
         duplicates = 0
         for s in spans:
             if (s.trace_id, s.group) in skip:
                 duplicates += 1
             elif self.assembler.add(s, now) is None:
                 duplicates += 1
+            else:
+                self._fresh.append(s)
         if duplicates:
             self.metrics.add(spans_duplicate=duplicates)
         self.metrics.stats.spans_pending = self.assembler.pending_spans
+
+    def _release(self) -> None:
+        """Let go of the bytes of spans still waiting: memory holds ids, the spool holds spans."""
+        for span in self._fresh:
+            span.body = b""
+        self._fresh = []
 
     def _finish_due(self, now: float, final: bool = False) -> None:
         if now < self._store_backoff_until and not final:
@@ -252,7 +265,21 @@ class ReceiptsProcessor:
     def _finish(self, batches: list[tuple[list[Group], str]]) -> None:
         groups = [g for gs, _ in batches for g in gs]
         cause_of = {id(g): cause for gs, cause in batches for g in gs}
-        spans = [(s.body, s.service) for g in groups if not g.is_workflow and g.decision is not None for s in g.spans.values()]
+        wanted = [s for g in groups if not g.is_workflow and g.decision is not None for s in g.spans.values()]
+        missing = [(s.trace_id, s.span_id) for s in wanted if not s.body]
+        if missing:
+            try:
+                bodies = self.spool.bodies(missing)
+            except Exception as exc:  # noqa: BLE001 - the spool cannot be read now: try these again later
+                logger.warning("spool read failed (%d receipts kept pending): %s", len(groups), exc)
+                self.metrics.add(store_errors=1)
+                self._store_backoff_until = time.monotonic() + self.config.retry_after_s
+                self.assembler.put_back(groups)
+                return
+            for s in wanted:
+                if not s.body:
+                    s.body = bodies.get((s.trace_id, s.span_id), b"")
+        spans = [(s.body, s.service) for s in wanted if s.body]
         records = {(r.trace_id, r.span_id): r for r in from_otlp_proto(span_message(spans))} if spans else {}
         decisions: list[RebuiltDecision] = []
         causes: list[str] = []
@@ -283,10 +310,17 @@ class ReceiptsProcessor:
             revised += g.revisit
         try:
             if decisions:
-                self.store.put_rebuilt(decisions)
+                # A policy body once per batch: the store hashes and parses every body it is given.
+                seen: set[str] = set()
+                items = []
+                for d in decisions:
+                    fp = d.receipt.policy.fingerprint
+                    items.append((d.receipt, d.policy_body if fp not in seen else None))
+                    seen.add(fp)
+                self.store.put_many(items)
             for workflow_id, name, trace_id in workflows:
                 self.store.put_workflow(workflow_id, name, trace_id)
-            self.spool.finish([(g.trace_id, k) for g in groups for k in g.keys], _now_ms())
+            self.spool.finish([(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}], _now_ms())
         except Exception as exc:  # noqa: BLE001 - keep the groups and try again; the spool still has every span
             logger.warning("receipt store write failed (%d receipts kept pending): %s", len(decisions), exc)
             self.metrics.add(store_errors=1)

@@ -45,6 +45,10 @@ class Spool(Protocol):
         """Mark the spans of ``groups`` finished: their receipts are written."""
         ...
 
+    def bodies(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Serialized spans by (trace id, span id)."""
+        ...
+
     def pending(self, owner: str) -> list[StoredSpan]:
         """Spans not finished yet, oldest first: what a restarted processor picks up."""
         ...
@@ -67,15 +71,35 @@ CREATE TABLE IF NOT EXISTS processor_spans (
   group_key TEXT NOT NULL,
   owner TEXT NOT NULL,
   received_ms INTEGER NOT NULL,
-  finished_ms INTEGER,
   service TEXT,
   body BLOB NOT NULL,
   PRIMARY KEY (trace_id, span_id)
 );
-CREATE INDEX IF NOT EXISTS processor_spans_by_finished ON processor_spans(finished_ms);
+CREATE TABLE IF NOT EXISTS processor_groups (
+  trace_id TEXT NOT NULL,
+  group_key TEXT NOT NULL,
+  finished_ms INTEGER NOT NULL,
+  PRIMARY KEY (trace_id, group_key)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS processor_groups_by_finished ON processor_groups(finished_ms);
 """
+# A finished receipt is a small row in processor_groups, not an update of its spans: rewriting
+# kilobytes of span per receipt was the spool's largest cost.
 
 _CHUNK = 500  # ids per IN (...) list: well under SQLite's variable limit
+_SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
+_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
+
+
+def reopened(spans: Sequence[IncomingSpan], found: dict[GroupKey, list[StoredSpan]]) -> list[GroupKey]:
+    """Finished groups that ``spans`` add a new span to: pending again until their receipt is rewritten."""
+    out = []
+    for key, rows in found.items():
+        if rows and rows[0].finished_ms is not None:
+            stored = {r.span_id for r in rows}
+            if any((s.trace_id, s.group) == key and s.span_id not in stored for s in spans):
+                out.append(key)
+    return out
 
 
 class SQLiteSpool:
@@ -111,45 +135,66 @@ class SQLiteSpool:
                 raise StoreError(f"{self.path}: spool write failed: {exc}") from None
             return result
 
+    def _select(self, db: sqlite3.Connection, traces: list[str]) -> list[tuple]:
+        rows: list[tuple] = []
+        for i in range(0, len(traces), _CHUNK):
+            chunk = traces[i:i + _CHUNK]
+            rows += db.execute(f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+        return rows
+
     def append(self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()) -> dict[GroupKey, list[StoredSpan]]:
         wanted = set(lookup)
 
         def run(db: sqlite3.Connection) -> dict[GroupKey, list[StoredSpan]]:
             found: dict[GroupKey, list[StoredSpan]] = {}
             if wanted:
-                traces = sorted({t for t, _ in wanted})
-                for i in range(0, len(traces), _CHUNK):
-                    chunk = traces[i:i + _CHUNK]
-                    rows = db.execute(
-                        "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
-                        f"WHERE trace_id IN ({','.join('?' * len(chunk))})", chunk,
-                    ).fetchall()
-                    for row in rows:
-                        key = (row[0], row[2])
-                        if key in wanted:
-                            found.setdefault(key, []).append(StoredSpan(*row))
+                for row in self._select(db, sorted({t for t, _ in wanted})):
+                    key = (row[0], row[2])
+                    if key in wanted:
+                        found.setdefault(key, []).append(StoredSpan(*row))
+                again = reopened(spans, found)
+                if again:
+                    db.executemany("DELETE FROM processor_groups WHERE trace_id = ? AND group_key = ?", again)
             db.executemany(
-                "INSERT OR IGNORE INTO processor_spans(trace_id, span_id, group_key, owner, received_ms, finished_ms, service, body) "
-                "VALUES (?, ?, ?, ?, ?, NULL, ?, ?)",
+                "INSERT OR IGNORE INTO processor_spans(trace_id, span_id, group_key, owner, received_ms, service, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(s.trace_id, s.span_id, s.group, owner, now_ms, s.service, s.body) for s in spans],
             )
             return found
 
         return self._txn(run)
 
+    def bodies(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
+        """Serialized spans by (trace id, span id), for spans whose bytes were let go from memory."""
+        wanted = set(keys)
+        out: dict[tuple[str, str], bytes] = {}
+        traces = sorted({t for t, _ in wanted})
+        with self._lock:
+            try:
+                for i in range(0, len(traces), _CHUNK):
+                    chunk = traces[i:i + _CHUNK]
+                    for t, sid, body in self._db.execute(
+                        f"SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id IN ({','.join('?' * len(chunk))})", chunk,
+                    ):
+                        if (t, sid) in wanted:
+                            out[(t, sid)] = body
+            except sqlite3.Error as exc:
+                raise StoreError(f"{self.path}: spool read failed: {exc}") from None
+        return out
+
     def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
-        rows = [(now_ms, t, g) for t, g in groups]
+        rows = [(t, g, now_ms) for t, g in groups]
         if rows:
             self._txn(lambda db: db.executemany(
-                "UPDATE processor_spans SET finished_ms = ? WHERE trace_id = ? AND group_key = ?", rows
+                "INSERT OR REPLACE INTO processor_groups(trace_id, group_key, finished_ms) VALUES (?, ?, ?)", rows
             ))
 
     def pending(self, owner: str) -> list[StoredSpan]:
         with self._lock:
             try:
                 rows = self._db.execute(
-                    "SELECT trace_id, span_id, group_key, body, service, received_ms, finished_ms FROM processor_spans "
-                    "WHERE finished_ms IS NULL AND owner = ? ORDER BY received_ms, rowid", (owner,),
+                    f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE g.trace_id IS NULL AND s.owner = ? ORDER BY s.received_ms, s.rowid",
+                    (owner,),
                 ).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: spool read failed: {exc}") from None
@@ -157,16 +202,22 @@ class SQLiteSpool:
 
     def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
         def run(db: sqlite3.Connection) -> int:
-            return db.execute(
-                "DELETE FROM processor_spans WHERE rowid IN (SELECT rowid FROM processor_spans "
-                "WHERE finished_ms IS NOT NULL AND finished_ms < ? LIMIT ?)", (finished_before_ms, limit),
-            ).rowcount
+            groups = db.execute(
+                "SELECT trace_id, group_key FROM processor_groups WHERE finished_ms < ? LIMIT ?", (finished_before_ms, limit)
+            ).fetchall()
+            if not groups:
+                return 0
+            before = db.total_changes
+            db.executemany("DELETE FROM processor_spans WHERE trace_id = ? AND group_key = ?", groups)
+            spans = db.total_changes - before
+            db.executemany("DELETE FROM processor_groups WHERE trace_id = ? AND group_key = ?", groups)
+            return spans
 
         return self._txn(run)
 
     def counts(self) -> tuple[int, int]:
         with self._lock:
-            pending = self._db.execute("SELECT COUNT(*) FROM processor_spans WHERE finished_ms IS NULL").fetchone()[0]
+            pending = self._db.execute(f"SELECT COUNT(*) FROM {_JOIN} WHERE g.trace_id IS NULL").fetchone()[0]
             total = self._db.execute("SELECT COUNT(*) FROM processor_spans").fetchone()[0]
         return int(pending), int(total - pending)
 

@@ -1,0 +1,182 @@
+"""How fast the receipts processor takes spans in and writes receipts out, and how much memory it holds when waiting.
+
+The processor is the real `unhardcoded processor` command in a subprocess on
+loopback, with a SQLite store in a temporary directory. Decisions come from
+the real engine (about 12 rejection events each, 1-3 attempt spans), encoded
+by the real OTLP encoder into exports of about 512 spans (the SDK's batch).
+
+Throughput: every export is sent and acknowledged (so its spans are in the
+spool), and the clock stops when every receipt is written. Spans/s per core
+divides by the CPU seconds the processor process used (user + system), so the
+sender's work on the other core does not count. Targets: >= 10,000 spans/s per
+core over OTLP/HTTP and OTLP/gRPC.
+
+Memory: 100,000 decision spans whose attempt spans never come (so every
+receipt stays pending for the wait window), then the processor's RSS. Target:
+<= 300 MB.
+
+    python bench/processor.py [--decisions 4000] [--pending 100000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+import grpc  # noqa: E402
+import httpx  # noqa: E402
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
+
+from fixtures import span_layout as L  # noqa: E402
+from processor_fixtures import ProcessorProcess, decisions_with_spans  # noqa: E402
+from unhardcoded.semconv import attributes as A  # noqa: E402
+
+TARGET_SPANS_PER_CORE = 10_000
+TARGET_RSS_MB = 300
+EXPORT_SPANS = 512
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def exports(spans: list, seed: int) -> list[bytes]:
+    spans = list(spans)
+    out = []
+    for i in range(0, len(spans), EXPORT_SPANS):
+        out.append(L.otlp_bytes(spans[i:i + EXPORT_SPANS]))
+    return out
+
+
+def wait_finished(p: ProcessorProcess, receipts: int, timeout_s: float = 300) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if p.stats()["receipts_finished"] >= receipts:
+            return
+        time.sleep(0.02)
+    raise SystemExit(f"only {p.stats()['receipts_finished']} of {receipts} receipts written in {timeout_s}s")
+
+
+def run_http(p: ProcessorProcess, payloads: list[bytes]) -> None:
+    with httpx.Client(timeout=60) as client:
+        for body in payloads:
+            r = client.post(p.url + "/v1/traces", content=body, headers={"Content-Type": "application/x-protobuf"})
+            if r.status_code != 200:
+                raise SystemExit(f"export answered {r.status_code}: {r.text[:200]}")
+
+
+def run_grpc(p: ProcessorProcess, payloads: list[bytes]) -> None:
+    channel = grpc.insecure_channel(p.grpc_endpoint, options=[("grpc.max_send_message_length", 64 << 20)])
+    export = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    for body in payloads:
+        export(body, timeout=60)
+    channel.close()
+
+
+def throughput(transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path) -> tuple[float, float]:
+    p = ProcessorProcess(str(tmp / f"{transport}.db"), "--no-access-log", "--wait-window", "5", log=tmp / f"{transport}.log").start()
+    try:
+        send = run_http if transport == "http" else run_grpc
+        send(p, payloads[:1])  # warm up: imports, first connection, first receipts
+        wait_finished(p, 1)
+        warm_receipts = p.stats()["receipts_finished"]
+        cpu0, t0 = cpu_seconds(p.proc.pid), time.perf_counter()
+        send(p, payloads[1:])
+        wait_finished(p, receipts)
+        wall = time.perf_counter() - t0
+        cpu = cpu_seconds(p.proc.pid) - cpu0
+        measured = spans * (receipts - warm_receipts) / receipts  # the spans of the timed exports, near enough
+        return measured / cpu, measured / wall
+    finally:
+        p.stop()
+
+
+def pending_payloads(n: int, seed: int) -> list[bytes]:
+    """``n`` decision spans (copies of real ones, each its own trace and request) whose attempts never come."""
+    ds, spans = decisions_with_spans(200, seed=seed, hops=1)
+    template = ExportTraceServiceRequest.FromString(L.otlp_bytes([s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes]))
+    originals = [s for rs in template.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    rng = random.Random(seed)
+    out, batch = [], ExportTraceServiceRequest()
+    scope = None
+    for i in range(n):
+        if scope is None:
+            rs = batch.resource_spans.add()
+            rs.resource.CopyFrom(template.resource_spans[0].resource)
+            scope = rs.scope_spans.add()
+        span = scope.spans.add()
+        span.CopyFrom(originals[i % len(originals)])
+        span.trace_id = rng.randbytes(16)
+        span.span_id = rng.randbytes(8)
+        for kv in span.attributes:
+            if kv.key == A.UNHARDCODED_REQUEST_ID:
+                kv.value.string_value = f"req_pending_{i:07d}"
+        if len(scope.spans) >= EXPORT_SPANS:
+            out.append(batch.SerializeToString())
+            batch, scope = ExportTraceServiceRequest(), None
+    if scope is not None:
+        out.append(batch.SerializeToString())
+    return out
+
+
+def memory(n: int, tmp: Path) -> float:
+    p = ProcessorProcess(str(tmp / "pending.db"), "--no-access-log", "--wait-window", "3600",
+                         "--max-pending-spans", str(n * 2), log=tmp / "pending.log").start()
+    try:
+        run_http(p, pending_payloads(n, seed=9))
+        deadline = time.monotonic() + 120
+        while p.stats()["spans_pending"] < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        stats = p.stats()
+        if stats["spans_pending"] < n:
+            raise SystemExit(f"only {stats['spans_pending']} spans pending")
+        return rss_mb(p.proc.pid)
+    finally:
+        p.stop()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--decisions", type=int, default=4000)
+    ap.add_argument("--pending", type=int, default=100_000)
+    args = ap.parse_args()
+    print(f"making {args.decisions} decisions ...", file=sys.stderr)
+    ds, spans = decisions_with_spans(args.decisions, seed=3)
+    rng = random.Random(1)
+    rng.shuffle(spans)  # decisions and their attempts land in different exports, as from a Collector
+    payloads = exports(spans, 1)
+    print(f"{len(spans)} spans in {len(payloads)} exports of <= {EXPORT_SPANS}; cores: {os.cpu_count()}")
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="unhardcoded-bench-") as d:
+        tmp = Path(d)
+        for transport in ("http", "grpc"):
+            per_core, wall = throughput(transport, payloads, len(spans), len(ds), tmp)
+            verdict = "ok" if per_core >= TARGET_SPANS_PER_CORE else "BELOW TARGET"
+            ok &= per_core >= TARGET_SPANS_PER_CORE
+            print(f"OTLP/{transport:<4}  {per_core:>9,.0f} spans/s per core (processor CPU)  {wall:>9,.0f} spans/s wall"
+                  f"   target >= {TARGET_SPANS_PER_CORE:,}: {verdict}")
+        mb = memory(args.pending, tmp)
+        verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
+        ok &= mb <= TARGET_RSS_MB
+        print(f"RSS at {args.pending:,} pending spans: {mb:,.0f} MB   target <= {TARGET_RSS_MB} MB: {verdict}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
