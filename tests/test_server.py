@@ -85,6 +85,13 @@ def test_unknown_receipt(stack: Stack) -> None:
     assert r.json()["error"]["code"] == "receipt_not_found"
 
 
+def test_unknown_paths_and_methods_answer_in_openai_shape(stack: Stack) -> None:
+    r = httpx.post(f"{stack.server.base_url}/v1/embeddings", json={"input": "x"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "POST /v1/embeddings: no such endpoint"
+    r = httpx.get(f"{stack.server.openai_base_url}/chat/completions")
+    assert r.status_code == 405 and r.json()["error"]["message"].endswith("method not allowed")
+
+
 def test_healthz(stack: Stack) -> None:
     body = httpx.get(f"{stack.server.base_url}/healthz").json()
     assert body["status"] == "ok" and body["policies"] == ["support", "triage"] and body["default_policy"] == "support"

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -210,6 +211,15 @@ class Proxy:
         })
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Unknown paths and methods answer in OpenAI's error shape too."""
+    assert isinstance(exc, HTTPException)
+    message = f"{request.method} {request.url.path}: " + (
+        "no such endpoint" if exc.status_code == 404 else "method not allowed" if exc.status_code == 405 else exc.detail)
+    return APIError(exc.status_code, message, code="unknown_url" if exc.status_code == 404 else None,
+                    headers=dict(exc.headers or {})).response()
+
+
 def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(json.dumps(value, ensure_ascii=False).encode("utf-8"), status, dict(headers or {}),
                     media_type="application/json")
@@ -259,7 +269,7 @@ def create_app(
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.proxy = proxy
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
