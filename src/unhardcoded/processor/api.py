@@ -163,7 +163,7 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         ctype = request.headers.get("content-type")
         kind = "json" if "json" in (ctype or "").lower() else "protobuf"
         if not ingest_allowed(request):
-            if metrics:
+            if metrics is not None:
                 metrics.payload_rejected("unauthorized")
             return _otlp_error(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token", kind)
         if processor is None:
@@ -179,16 +179,20 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
             except Exception as exc:  # noqa: BLE001 - whatever a payload does to a parser, it is the payload's fault: 400
                 raise otlp.PayloadError(f"could not read the payload: {type(exc).__name__}") from None
         except _BodyTooLarge:
-            metrics and metrics.payload_rejected("too_large")
+            if metrics is not None:
+                metrics.payload_rejected("too_large")
             return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, f"body over {settings.max_body_bytes} bytes", kind)
         except otlp.PayloadTooLarge as exc:
-            metrics and metrics.payload_rejected("too_large")
+            if metrics is not None:
+                metrics.payload_rejected("too_large")
             return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, str(exc), kind)
         except otlp.UnsupportedMediaType as exc:
-            metrics and metrics.payload_rejected("unsupported")
+            if metrics is not None:
+                metrics.payload_rejected("unsupported")
             return _otlp_error(415, otlp.INVALID_ARGUMENT, str(exc), kind)
         except otlp.PayloadError as exc:
-            metrics and metrics.payload_rejected("malformed")
+            if metrics is not None:
+                metrics.payload_rejected("malformed")
             return _otlp_error(400, otlp.INVALID_ARGUMENT, str(exc)[:500], kind)
         processor.metrics.received("http", decoded.total, decoded.rejected, decoded.ignored)
         try:
