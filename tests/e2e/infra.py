@@ -156,6 +156,23 @@ def start_tempo(tmp: Path) -> tuple[Process, dict[str, str]]:
     return p, {"http": f"http://127.0.0.1:{ports['http']}", "otlp_grpc": env["UNHARDCODED_TEMPO_OTLP_GRPC_ENDPOINT"]}
 
 
+def start_processor(tmp: Path) -> tuple[Process, dict[str, str]]:
+    """The receipts processor service (`unhardcoded processor`), its store in tmp."""
+    import sys
+
+    http, grpc = free_port(), free_port()
+    cmd = [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(http), "--grpc-port", str(grpc),
+           "--store", str(tmp / "processor.db"), "--wait-window", "1", "--no-access-log"]
+    env = {k: "" for k in os.environ if k.startswith("OTEL_")}
+    p = Process("processor", cmd, tmp / "processor.log", env)
+    try:
+        p.wait_ready(url_ok(f"http://127.0.0.1:{http}/healthz"))
+    except BaseException:
+        p.stop()
+        raise
+    return p, {"http": f"http://127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
+
+
 def start_collector(tmp: Path, jaeger_otlp: str, tempo_otlp: str, *, config: str = "otelcol.yaml",
                     extra_env: dict[str, str] | None = None) -> tuple[Process, dict[str, str]]:
     ports = {k: free_port() for k in ("health", "grpc", "http", "prom", "processor")}

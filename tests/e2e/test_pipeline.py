@@ -22,7 +22,7 @@ import pytest
 from unhardcoded.cli import main as cli_main
 from unhardcoded.receipts.backends import JaegerSource, TempoSource
 
-from .infra import http_get, start_collector, start_jaeger, start_tempo, wait_for
+from .infra import http_get, start_collector, start_jaeger, start_processor, start_tempo, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -39,9 +39,12 @@ def stack(tmp_path_factory):
         stack.callback(jaeger.stop)
         tempo, t = start_tempo(tmp)
         stack.callback(tempo.stop)
-        collector, c = start_collector(tmp, j["otlp_grpc"], t["otlp_grpc"])
+        processor, pr = start_processor(tmp)
+        stack.callback(processor.stop)
+        collector, c = start_collector(tmp, j["otlp_grpc"], t["otlp_grpc"],
+                                       extra_env={"UNHARDCODED_PROCESSOR_ENDPOINT": pr["http"]})
         stack.callback(collector.stop)
-        yield {"jaeger": j["query"], "tempo": t["http"], "collector": c, "tmp": tmp,
+        yield {"jaeger": j["query"], "tempo": t["http"], "processor": pr["http"], "collector": c, "tmp": tmp,
                "logs": {"jaeger": jaeger, "tempo": tempo, "otelcol": collector}}
 
 
@@ -110,6 +113,22 @@ def test_demo_receipt_is_the_same_from_jaeger_tempo_and_the_store(stack, demo, m
     stored_wf = _cli_json(wf_id)
     assert _cli_json(wf_id, "--jaeger", stack["jaeger"]) == stored_wf
     assert _cli_json(wf_id, "--tempo", stack["tempo"]) == stored_wf
+
+
+def test_the_receipts_processor_behind_the_collector_gets_every_decision(stack, demo, sent, monkeypatch):
+    """otelcol.yaml's traces/receipts pipeline sends every span, unsampled, to the processor."""
+    def processor_receipt(rid: str):
+        status, body = http_get(f"{stack['processor']}/receipts/{rid}")
+        return json.loads(body)["receipt"] if status == 200 else None
+
+    monkeypatch.setenv("UNHARDCODED_HOME", str(demo["home"]))
+    for rid in demo["request_ids"]:
+        got = wait_for(f"{rid} in the processor", lambda: processor_receipt(rid), timeout=30)
+        assert got == _cli_json(rid)
+    # plain decisions that tail sampling dropped from Jaeger/Tempo still have receipts
+    for d in sent["plain"] + sent["fallback"]:
+        got = wait_for(f"{d['request_id']} in the processor", lambda: processor_receipt(d["request_id"]), timeout=30)
+        assert got["trace_id"] == d["trace_id"] and got["complete"] is True
 
 
 def test_unknown_request_is_not_found_in_either_backend(stack, capsys):
