@@ -45,7 +45,13 @@ class ProcessorStats:
 
 
 class ReceiptSpanProcessor(SpanProcessor):
-    """``provider.add_span_processor(ReceiptSpanProcessor(store))``: every decision's receipt lands in ``store``."""
+    """``provider.add_span_processor(ReceiptSpanProcessor(store))``: every decision's receipt lands in ``store``.
+
+    Give ``catalogs=[router.catalog]`` so the store keeps the catalog the decisions
+    are made on and `unhardcoded replay` can decide them again months later (the
+    policies are kept from the spans). Call ``force_flush()`` to wait for pending
+    writes; ``shutdown()`` (the provider's) writes what is queued and stops.
+    """
 
     def __init__(
         self,
