@@ -7,8 +7,9 @@ the shared rebuild (:func:`~unhardcoded.receipts.spans.read_spans` reads Jaeger
 
 Jaeger: the legacy ``GET /api/traces?service=S&tags={"k":"v"}`` search is used,
 because Jaeger v2.13's ``/api/v3/traces`` ignores ``query.attributes`` over
-HTTP (it returns every trace of the service). The service is asked for with
-``--jaeger-service``-less URLs by listing ``/api/services``.
+HTTP (it returns every trace of the service). Every service in
+``/api/services`` is searched, unless the URL names one:
+``--jaeger http://jaeger:16686?service=checkout``.
 
 Tempo: ``GET /api/search?q={ span."unhardcoded.request.id" = "req_..." }``,
 then ``GET /api/traces/{traceID}`` for each trace found.
@@ -57,8 +58,10 @@ class JaegerSource(SpanSource):
 
     def __init__(self, base_url: str, *, service: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
                  lookback_s: int = DEFAULT_LOOKBACK_S, limit: int = 20) -> None:
-        self.base_url = base_url.rstrip("/")
-        self.service = service
+        parts = urllib.parse.urlsplit(base_url)
+        named = urllib.parse.parse_qs(parts.query).get("service")
+        self.base_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
+        self.service = service or (named[0] if named else None)
         self.timeout = timeout
         self.lookback_s = lookback_s
         self.limit = limit
