@@ -128,7 +128,11 @@ async def _load(url: str, body: dict[str, Any], rate: float, count: int, max_sec
             if time.perf_counter() - start > max_seconds:
                 break
             tasks.append(asyncio.create_task(one()))
-        await asyncio.wait_for(asyncio.gather(*tasks), timeout=max_seconds + 15)
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=max_seconds + 15)
+            for task in pending:  # still unanswered when the run's time is up: counted as errors
+                task.cancel()
+            errors += len(pending)
         return {"latencies": latencies, "errors": errors, "sent": len(tasks),
                 "seconds": time.perf_counter() - start}
 
