@@ -135,11 +135,12 @@ def _rules(rejected: list[Rejection]) -> dict[str, str]:
 
 
 def _decide(policy: Policy, catalog: Catalog, receipt: Receipt, notes: list[str], when: str) -> Decision:
+    if policy.baseline is not None and policy.baseline not in catalog:
+        notes.append(f"baseline {policy.baseline} is not in the {when} catalog; costs are not compared to it")
     try:
         compiled = CompiledPolicy(policy, catalog)
     except CatalogError:
-        # The baseline left the catalog: decide without it, and say so, rather than refuse to replay.
-        notes.append(f"baseline {policy.baseline} is not in the {when} catalog; costs are not compared to it")
+        # An engine that insists on the baseline: decide without it rather than refuse to replay.
         compiled = CompiledPolicy(policy.model_copy(update={"baseline": None}), catalog)
     assert receipt.features is not None
     return compiled.decide(receipt.features, request_id=receipt.request_id, workflow=receipt.workflow)
