@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, ContextManager, Iterator, Mapping
 
 from .decision import Attempt, Decision, FallbackHop
 from .engine import CompiledPolicy, estimate_cost, price
@@ -36,7 +37,11 @@ def plan(decision: Decision, compiled: CompiledPolicy) -> Iterator[PlannedAttemp
 
 
 class AttemptObserver:
-    """Hooks the telemetry layer uses to wrap each provider call in a span; the default does nothing."""
+    """Hooks the telemetry layer uses to wrap each provider call in a span; the default does nothing.
+
+    Per attempt: ``start``, then ``headers`` (sent with the call) and ``calling``
+    (the context the call runs in), then ``answered`` if it succeeded, then ``end``.
+    """
 
     def start(self, decision: Decision, planned: PlannedAttempt) -> Any:
         return None
@@ -46,6 +51,17 @@ class AttemptObserver:
 
     def headers(self, token: Any) -> dict[str, str]:
         return {}
+
+    def calling(self, token: Any) -> ContextManager[Any]:
+        """Entered around the provider call, e.g. to make the attempt's span current for instrumented HTTP clients."""
+        return _NO_CONTEXT
+
+    def answered(self, token: Any, result: "ChatResult") -> None:
+        """The call succeeded with ``result``; called before ``end``."""
+        return None
+
+
+_NO_CONTEXT = contextlib.nullcontext()
 
 
 NO_OBSERVER = AttemptObserver()
@@ -121,10 +137,13 @@ def execute(
         token = observer.start(decision, planned)
         t0 = time.perf_counter()
         try:
-            result = client.chat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
+            with observer.calling(token):
+                result = client.chat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
             exc = None
         except ProviderCallError as e:
             result, exc = None, e
+        if result is not None:
+            observer.answered(token, result)
         attempt = _record(decision, planned, t0, result, exc)
         decision.attempts.append(attempt)
         observer.end(token, attempt, exc)
@@ -161,10 +180,13 @@ async def aexecute(
         token = observer.start(decision, planned)
         t0 = time.perf_counter()
         try:
-            result = await client.achat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
+            with observer.calling(token):
+                result = await client.achat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
             exc = None
         except ProviderCallError as e:
             result, exc = None, e
+        if result is not None:
+            observer.answered(token, result)
         attempt = _record(decision, planned, t0, result, exc)
         decision.attempts.append(attempt)
         observer.end(token, attempt, exc)

@@ -1,0 +1,367 @@
+"""Decision telemetry: the decision span around each routing decision, an attempt span per provider call, the metrics.
+
+Only the OpenTelemetry API is used; the application (or :func:`configure`)
+chooses the SDK. With none installed the API hands out non-recording spans and
+nothing here builds an attribute. Nothing here raises into the request: what
+fails is counted in :func:`unhardcoded.telemetry.losses`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, ContextManager, Mapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, propagate, trace
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+from ..router.cascade import NO_OBSERVER, AttemptObserver, PlannedAttempt
+from ..semconv import attributes as A
+from ..semconv import gen_ai as G
+from ..semconv import spans as S
+from .instruments import DecisionMetrics
+from .layout import PolicyLayout, iso_ms
+from .losses import count_error, count_loss
+from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
+
+if TYPE_CHECKING:
+    from ..router.decision import Attempt, Decision
+    from ..router.engine import CompiledPolicy
+    from ..router.providers import ChatResult
+
+_LAYOUTS_MAX = 512
+_CHAT = G.GenAiOperationNameValues.CHAT.value
+_ERROR = Status(StatusCode.ERROR)
+
+
+class RouterTelemetry:
+    """Spans and metrics for routing decisions, from the given providers or, when None, the global ones.
+
+    ``Router(tracer_provider=..., meter_provider=...)`` builds one; the proxy
+    server and other callers that drive the cascade themselves use
+    :meth:`decision` directly.
+    """
+
+    def __init__(self, tracer_provider: trace.TracerProvider | None = None, meter_provider: metrics.MeterProvider | None = None) -> None:
+        self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, VERSION, tracer_provider)
+        self.metrics = DecisionMetrics(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider))
+        self._layouts: dict["CompiledPolicy", PolicyLayout] = {}
+
+    def layout(self, compiled: "CompiledPolicy") -> PolicyLayout:
+        layout = self._layouts.get(compiled)
+        if layout is None:
+            if len(self._layouts) >= _LAYOUTS_MAX:
+                self._layouts.clear()
+            layout = self._layouts[compiled] = PolicyLayout(compiled)
+        return layout
+
+    def tracing(self) -> bool:
+        """Whether spans can record: False while the tracer is the API's no-op (no SDK installed, or disabled)."""
+        # The global proxy tracer resolves to the real one as soon as an SDK provider is installed.
+        tracer = getattr(self.tracer, "_tracer", self.tracer)
+        return not isinstance(tracer, trace.NoOpTracer)
+
+    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False) -> "DecisionScope":
+        """Start the decision span now; ``activate`` makes it the current span until the scope finishes.
+
+        Use as ``with telemetry.decision(compiled, activate=True) as scope: ...
+        scope.finish(decision)``; leaving the block unfinished (an exception)
+        records the span as failed.
+        """
+        if not activate and not self.metrics.live() and not self.tracing():
+            return _NO_SCOPE  # no SDK: nothing to start, nothing to record
+        return DecisionScope(self, self.layout(compiled), activate)
+
+
+class DecisionScope:
+    """One decision span from start to end; stamps the Decision with the span's ids and start time.
+
+    With no SDK (no-op tracer and meter) it does next to nothing: no span is
+    started, no clock read, no attribute built.
+    """
+
+    __slots__ = (
+        "telemetry", "layout", "span", "recording", "metered", "start_ns", "_t0", "_token", "decision", "finished",
+        "_observers",
+    )
+
+    def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool) -> None:
+        self.telemetry = telemetry
+        self.layout = layout
+        self.decision: Decision | None = None
+        self.finished = False
+        self._token = None
+        self._observers: list[AttemptSpans] | None = None
+        self.metered = metered = telemetry.metrics.live()
+        self._t0 = time.perf_counter() if metered else 0.0
+        self.recording = False
+        self.start_ns = 0
+        if not telemetry.tracing():
+            # No span, but the current one (a remote parent, say) still reaches the provider calls' headers.
+            self.span = trace.get_current_span() if activate else trace.INVALID_SPAN
+            return
+        self.start_ns = time.time_ns()
+        try:
+            self.span = telemetry.tracer.start_span(layout.span_name, kind=S.DECISION_SPAN_KIND, start_time=self.start_ns)
+            self.recording = self.span.is_recording()
+        except Exception:  # noqa: BLE001 - e.g. a span processor that raises in on_start
+            count_error("starting a decision span")
+            self.span = trace.INVALID_SPAN
+        if activate:
+            self._token = otel_context.attach(trace.set_span_in_context(self.span))
+
+    def __enter__(self) -> "DecisionScope":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if not self.finished:
+            self._end(self.decision, exc if exc is not None else RuntimeError("decision scope left unfinished"))
+
+    def attempts(self, observer: AttemptObserver = NO_OBSERVER) -> "AttemptSpans":
+        """The cascade's observer: an attempt span per provider call (then ``observer``'s own hooks)."""
+        spans = AttemptSpans(self, observer)
+        if self._observers is None:
+            self._observers = []
+        self._observers.append(spans)
+        return spans
+
+    def stamp(self, decision: "Decision") -> None:
+        """Give the decision the span's trace and span ids and its start time as ``timestamp``."""
+        if self.recording:
+            ctx = self.span.get_span_context()
+            decision.trace_id = format(ctx.trace_id, "032x")
+            decision.span_id = format(ctx.span_id, "016x")
+            decision.timestamp = iso_ms(self.start_ns)
+
+    def finish(self, decision: "Decision") -> None:
+        """Record the decision on the span and in the metrics, and end the span."""
+        if self.finished:
+            return
+        if self.start_ns or self.metered or self._token is not None or self._observers:
+            self._end(decision, None)
+        else:  # nothing to record: no SDK
+            self.finished = True
+
+    def _end(self, decision: "Decision | None", error: BaseException | None) -> None:
+        self.finished = True
+        duration_s = time.perf_counter() - self._t0 if self.metered or self.start_ns else 0.0
+        span = self.span
+        for observer in self._observers or ():
+            observer.abandon(error)
+        outcome = decision.outcome if decision is not None else "failed"
+        if error is not None and decision is not None and decision.outcome != "no_candidate":
+            outcome = "failed"  # the cascade was cut short: nothing was answered
+        if self.start_ns:
+            try:
+                if decision is not None:
+                    self.stamp(decision)
+                if self.recording:
+                    if decision is not None:
+                        self._record(decision, outcome)
+                    if error is not None:
+                        span.set_attribute(G.ERROR_TYPE, error_type(error))
+                        span.record_exception(error)
+                        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                span.end(end_time=self.start_ns + int(duration_s * 1e9))
+            except Exception:  # noqa: BLE001 - telemetry never breaks a request
+                count_error("recording a decision span")
+        if decision is not None and self.metered:
+            try:
+                self.telemetry.metrics.record(self.layout, decision, outcome, duration_s)
+            except Exception:  # noqa: BLE001
+                count_error("recording decision metrics")
+        if self._token is not None:
+            try:
+                otel_context.detach(self._token)
+            except Exception:  # noqa: BLE001 - detached from another context; the API logs it
+                count_error("detaching the decision context")
+            self._token = None
+
+    def _record(self, decision: "Decision", outcome: str) -> None:
+        span = self.span
+        attrs, events, lost = self.layout.decision_attributes(decision, outcome)
+        if lost:
+            count_loss("unencodable", lost)
+        span.set_attributes(attrs)
+        add_event = span.add_event
+        name = S.REJECTION_EVENT
+        at = self.start_ns
+        for event in events:
+            add_event(name, event, at)
+        if outcome in ("failed", "no_candidate"):
+            span.set_status(_ERROR)
+        lost += _losses_on(span, attrs, events, self.layout.body_length)
+        if lost:
+            span.set_attribute(A.UNHARDCODED_TELEMETRY_DROPPED, lost)
+
+
+class _NoScope:
+    """The scope of a decision nothing records (no SDK, no span to make current): every method does nothing."""
+
+    __slots__ = ()
+    recording = False
+    finished = True
+
+    def __enter__(self) -> "_NoScope":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    @property
+    def decision(self) -> None:
+        return None
+
+    @decision.setter
+    def decision(self, value: Any) -> None:
+        return None
+
+    def attempts(self, observer: AttemptObserver = NO_OBSERVER) -> AttemptObserver:
+        return observer
+
+    def stamp(self, decision: "Decision") -> None:
+        return None
+
+    def finish(self, decision: "Decision") -> None:
+        return None
+
+
+_NO_SCOPE: Any = _NoScope()
+
+
+def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]], body_length: int) -> int:
+    """Count what the SDK's span limits cut from the span (duck-typed: the API has no such notion)."""
+    lost = 0
+    dropped_attributes = getattr(span, "dropped_attributes", 0) or 0
+    dropped_events = getattr(span, "dropped_events", 0) or 0
+    if dropped_attributes:
+        count_loss("dropped_attributes", dropped_attributes)
+        lost += dropped_attributes
+    if dropped_events:
+        count_loss("dropped_events", dropped_events)
+        lost += dropped_events
+    stored = getattr(span, "attributes", None)
+    if stored is not None:
+        # The policy body is among the longest values: if it survived whole, a value length limit (if any)
+        # cut nothing shorter; only the summarized rejections can be longer.
+        body = stored.get(A.UNHARDCODED_POLICY_BODY)
+        summary = attrs.get(A.UNHARDCODED_REJECTIONS_JSON)
+        if isinstance(body, str) and len(body) < body_length:
+            cut = sum(1 for k, v in attrs.items() if isinstance(v, str) and len(stored.get(k) or "") < len(v))
+            kept = tuple(getattr(span, "events", ()))[-len(events):] if events else ()
+            for stored_event, event in zip(kept, events):
+                got = stored_event.attributes
+                cut += sum(1 for k, v in event.items() if len(got.get(k) or "") < len(v))
+            count_loss("truncated", cut)
+            lost += cut
+        elif summary is not None and len(stored.get(A.UNHARDCODED_REJECTIONS_JSON) or "") < len(summary):
+            count_loss("truncated")
+            lost += 1
+    return lost
+
+
+class _AttemptToken:
+    __slots__ = ("span", "inner", "response_model", "t0")
+
+    def __init__(self, span: Span, inner: Any) -> None:
+        self.span = span
+        self.inner = inner
+        self.response_model: str | None = None
+        self.t0 = time.time_ns()
+
+
+class AttemptSpans(AttemptObserver):
+    """A CLIENT span ``chat {model}`` per provider call, child of the decision span; chains another observer."""
+
+    def __init__(self, scope: DecisionScope, inner: AttemptObserver = NO_OBSERVER) -> None:
+        self.scope = scope
+        self.inner = inner if inner is not NO_OBSERVER else None
+        self._parent = trace.set_span_in_context(scope.span)
+        self._open: set[_AttemptToken] = set()
+
+    def abandon(self, error: BaseException | None) -> None:
+        """End the attempt spans still open when the decision ends (the call raised something unexpected)."""
+        for token in list(self._open):
+            self._open.discard(token)
+            try:
+                if error is not None and token.span.is_recording():
+                    token.span.set_attribute(G.ERROR_TYPE, error_type(error))
+                    token.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                token.span.end()
+            except Exception:  # noqa: BLE001
+                count_error("ending an abandoned attempt span")
+
+    def start(self, decision: "Decision", planned: PlannedAttempt) -> Any:
+        span = trace.INVALID_SPAN
+        try:
+            attrs: dict[str, Any] = {
+                G.GEN_AI_OPERATION_NAME: _CHAT,
+                G.GEN_AI_PROVIDER_NAME: planned.provider,
+                G.GEN_AI_REQUEST_MODEL: planned.model,
+                A.UNHARDCODED_REQUEST_ID: decision.request_id,
+                A.UNHARDCODED_ATTEMPT_INDEX: planned.index,
+                A.UNHARDCODED_ATTEMPT_ROLE: planned.role,
+            }
+            if planned.reason is not None:
+                attrs[A.UNHARDCODED_FALLBACK_REASON] = planned.reason
+            span = self.scope.telemetry.tracer.start_span(
+                S.ATTEMPT_SPAN_NAME.format(model=planned.model), context=self._parent, kind=S.ATTEMPT_SPAN_KIND,
+                attributes=attrs,
+            )
+        except Exception:  # noqa: BLE001
+            count_error("starting an attempt span")
+        token = _AttemptToken(span, None)
+        self._open.add(token)
+        if self.inner is not None:
+            token.inner = self.inner.start(decision, planned)
+        return token
+
+    def calling(self, token: Any) -> ContextManager[Any]:
+        span = token.span
+        if span is trace.INVALID_SPAN:
+            return contextlib.nullcontext()
+        return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+
+    def headers(self, token: Any) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.inner is not None:
+            out.update(self.inner.headers(token.inner))
+        try:
+            if token.span.get_span_context().is_valid:
+                # The provider's own span (if it traces) becomes a child of this attempt.
+                propagate.inject(out, context=trace.set_span_in_context(token.span))
+        except Exception:  # noqa: BLE001
+            count_error("injecting trace context into a provider call")
+        return out
+
+    def answered(self, token: Any, result: "ChatResult") -> None:
+        token.response_model = getattr(result, "response_model", None)
+        if self.inner is not None:
+            self.inner.answered(token.inner, result)
+
+    def end(self, token: Any, attempt: "Attempt", error: BaseException | None) -> None:
+        span = token.span
+        self._open.discard(token)
+        try:
+            if span.is_recording():
+                attrs: dict[str, Any] = {
+                    A.UNHARDCODED_ATTEMPT_STATUS: attempt.status,
+                    A.UNHARDCODED_ATTEMPT_DURATION_MS: float(attempt.duration_ms),
+                }
+                if attempt.status == "ok":
+                    attrs[G.GEN_AI_RESPONSE_MODEL] = token.response_model or attempt.model
+                if attempt.input_tokens is not None:
+                    attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
+                if attempt.output_tokens is not None:
+                    attrs[G.GEN_AI_USAGE_OUTPUT_TOKENS] = attempt.output_tokens
+                if attempt.error_type is not None:
+                    attrs[G.ERROR_TYPE] = attempt.error_type
+                span.set_attributes(attrs)
+                if attempt.status == "error":
+                    span.set_status(Status(StatusCode.ERROR, attempt.error_type))
+            span.end()
+        except Exception:  # noqa: BLE001
+            count_error("ending an attempt span")
+        if self.inner is not None:
+            self.inner.end(token.inner, attempt, error)

@@ -1,0 +1,23 @@
+"""The instrumentation scope our tracers and meters are named by, and how an exception becomes an ``error.type``."""
+
+from __future__ import annotations
+
+INSTRUMENTATION_SCOPE = "unhardcoded"
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(INSTRUMENTATION_SCOPE)
+    except Exception:  # noqa: BLE001 - running from a source tree that was never installed
+        return "0"
+
+
+VERSION = _version()
+
+
+def error_type(error: BaseException) -> str:
+    """The exception's class, qualified by its module unless it is a builtin: low-cardinality, as ``error.type`` wants."""
+    cls = type(error)
+    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
