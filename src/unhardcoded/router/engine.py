@@ -7,6 +7,8 @@ from collections import OrderedDict
 from datetime import datetime, timezone
 from typing import Any
 
+from pydantic import BaseModel
+
 from ..catalog.model import Catalog, CatalogModel
 from ..policy.model import Policy
 from .decision import Cost, Decision, Rejection, Selection, WorkflowRef
@@ -19,7 +21,8 @@ _MISSING_LAST = float("inf")
 class _Survivor:
     """A model that passed every policy rule, with what per-request work needs, read once."""
 
-    __slots__ = ("model", "id", "pin", "pout", "tools", "vision", "context", "max_out", "score", "static_key")
+    __slots__ = ("model", "id", "pin", "pout", "tools", "vision", "context", "max_out", "score", "static_key",
+                 "head_rank", "tail_rank", "tools_rejection", "vision_rejection")
 
     def __init__(self, model: CatalogModel, score_field: str | None, static_keys: list[tuple[str, str]]) -> None:
         v = model.values
@@ -41,9 +44,56 @@ class _Survivor:
             else:
                 key.append(float(value) if order == "asc" else -float(value))
         self.static_key = tuple(key)
+        # Ranks among the policy's survivors, set by CompiledPolicy: the static keys before `cost`
+        # (ties share a rank), and the static keys after it with the id (unique).
+        self.head_rank = 0
+        self.tail_rank = 0
+        # The request rejections that never change: built once, shared by every decision (they are frozen).
+        self.tools_rejection = None if self.tools is True else _rejection(
+            self.id, "request:tools", "supports_tools", "eq", True, self.tools)
+        self.vision_rejection = None if self.vision is True else _rejection(
+            self.id, "request:vision", "supports_vision", "eq", True, self.vision)
 
     def cost(self, features: RequestFeatures) -> float:
         return (features.input_tokens * self.pin + features.output_tokens * self.pout) / 1_000_000
+
+
+def _rejection(model: str, rule: str, field: str, op: str, threshold: Any, observed: Any, message: str | None = None) -> Rejection:
+    """A request-rule rejection (validated: pydantic-core builds one faster than model_construct does)."""
+    return Rejection(
+        model=model, rule=rule, field=field, op=op, threshold=threshold, observed=observed,
+        message=rejection_message(rule, field, op, threshold, observed) if message is None else message,
+    )
+
+
+class _Slate:
+    """The survivors for one mix of request capabilities (tools? images?), and the rejections so far.
+
+    ``rejected`` is every model rejected by a policy rule or by the request's tools/vision rule, in
+    catalog order; ``positions[k]`` is how many of them come before ``survivors[k]`` in the catalog,
+    so per-request rejections can be merged in without walking the whole catalog.
+    """
+
+    __slots__ = ("survivors", "rejected", "positions", "ids", "min_context", "min_max_out")
+
+    def __init__(self, static_rejections: list[Rejection | None], all_survivors: list[_Survivor | None],
+                 tools: bool, images: bool) -> None:
+        self.survivors: list[_Survivor] = []
+        self.rejected: list[Rejection] = []
+        self.positions: list[int] = []
+        for static, survivor in zip(static_rejections, all_survivors):
+            if survivor is None:
+                self.rejected.append(static)  # type: ignore[arg-type]
+            elif tools and survivor.tools_rejection is not None:
+                self.rejected.append(survivor.tools_rejection)
+            elif images and survivor.vision_rejection is not None:
+                self.rejected.append(survivor.vision_rejection)
+            else:
+                self.positions.append(len(self.rejected))
+                self.survivors.append(survivor)
+        self.ids = frozenset(s.id for s in self.survivors)
+        self.min_context = min((s.context for s in self.survivors if s.context is not None), default=None)
+        self.min_max_out = min((s.max_out for s in self.survivors if s.max_out is not None), default=None)
 
 
 def estimate_cost(model: CatalogModel, input_tokens: int, output_tokens: int) -> float:
@@ -93,15 +143,42 @@ class CompiledPolicy:
             self.static_rejections.append(rejection)
             self.survivors.append(None if rejection else _Survivor(model, policy.select.score_field, static_keys))
         self.rules_reason = [pass_phrase(r.id, r.op, r.value) for r in policy.rules]
-        self.baseline = catalog.model(policy.baseline) if policy.baseline else None
+        self._rank_survivors(len(static_keys))
+        self._reasons = {
+            one: ", ".join([*self.rules_reason, rank_phrase(rank.by, rank.order, 1 if one else 2)]) for one in (True, False)
+        }
+        # Indexed by 2 * uses_tools + has_images.
+        self._slates = tuple(_Slate(self.static_rejections, self.survivors, tools, images)
+                             for tools in (False, True) for images in (False, True))
 
-    def _sort_key(self, s: _Survivor, features: RequestFeatures) -> tuple[Any, ...]:
+    def _rank_survivors(self, n_static: int) -> None:
+        """Turn each survivor's static sort key into two integers, so a request sorts (head, cost, tail)."""
+        p = self.cost_position if self.cost_position is not None else n_static
+        survivors = [s for s in self.survivors if s is not None]
+        heads = sorted({s.static_key[:p] for s in survivors})
+        head_rank = {h: i for i, h in enumerate(heads)}
+        for s in survivors:
+            s.head_rank = head_rank[s.static_key[:p]]
+        for i, s in enumerate(sorted(survivors, key=lambda s: (*s.static_key[p:], s.id))):
+            s.tail_rank = i
+
+    def _ranked(self, survivors: list[_Survivor], features: RequestFeatures) -> list[_Survivor]:
+        """Survivors best first: the static keys before cost, the request's cost, the keys after it, the id."""
         if self.cost_position is None:
-            return (*s.static_key, s.id)
-        cost = self.cost_sign * s.cost(features)
-        sk = s.static_key
-        p = self.cost_position
-        return (*sk[:p], cost, *sk[p:], s.id)
+            keyed = [(s.head_rank, s.tail_rank, s) for s in survivors]
+        else:
+            it, ot = features.input_tokens, features.output_tokens
+            sign = self.cost_sign
+            if self.cost_position == 0:
+                if sign == 1.0:
+                    keyed = [((it * s.pin + ot * s.pout) / 1_000_000, s.tail_rank, s) for s in survivors]
+                else:
+                    keyed = [(sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s) for s in survivors]
+            else:
+                keyed = [(s.head_rank, sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s)
+                         for s in survivors]
+        keyed.sort()  # tail_rank is unique, so a survivor itself is never compared
+        return [k[-1] for k in keyed]
 
     def decide(
         self,
@@ -111,64 +188,100 @@ class CompiledPolicy:
         workflow: WorkflowRef | None = None,
     ) -> Decision:
         """The would-be decision for ``features``: no provider is called."""
-        rejected: list[Rejection] = []
-        survivors: list[_Survivor] = []
         needed = features.input_tokens + (features.max_tokens or 0)
-        uses_tools, has_images, max_tokens = features.uses_tools, features.has_images, features.max_tokens
-        for static, survivor in zip(self.static_rejections, self.survivors):
-            if survivor is None:
-                rejected.append(static)  # type: ignore[arg-type]
-                continue
-            failed = None
-            if uses_tools and survivor.tools is not True:
-                failed = ("request:tools", "supports_tools", "eq", True, survivor.tools)
-            elif has_images and survivor.vision is not True:
-                failed = ("request:vision", "supports_vision", "eq", True, survivor.vision)
-            elif survivor.context is not None and survivor.context < needed:
-                failed = ("request:context", "context_window", "gte", needed, survivor.context)
-            elif max_tokens is not None and survivor.max_out is not None and survivor.max_out < max_tokens:
-                failed = ("request:max-tokens", "max_output_tokens", "gte", max_tokens, survivor.max_out)
-            if failed is None:
-                survivors.append(survivor)
-            else:
-                rid, field, op, thr, obs = failed
-                rejected.append(Rejection(
-                    model=survivor.id, rule=rid, field=field, op=op, threshold=thr, observed=obs,
-                    message=rejection_message(rid, field, op, thr, obs),
-                ))
-        survivors.sort(key=lambda s: self._sort_key(s, features))
-        candidates = [s.id for s in survivors]
+        max_tokens = features.max_tokens
+        slate = self._slates[(2 if features.uses_tools else 0) + (1 if features.has_images else 0)]
+        check_context = slate.min_context is not None and slate.min_context < needed
+        check_max = max_tokens is not None and slate.min_max_out is not None and slate.min_max_out < max_tokens
+        dropped: set[str] = set()
+        if not (check_context or check_max):
+            survivors = slate.survivors
+            rejected = slate.rejected.copy()
+        else:
+            survivors = []
+            rejected = []
+            template = slate.rejected
+            done = 0
+            messages: dict[tuple[str, Any], str] = {}
+            for position, survivor in zip(slate.positions, slate.survivors):
+                context = survivor.context
+                if context is not None and context < needed:
+                    rule, field, threshold, observed = "request:context", "context_window", needed, context
+                elif max_tokens is not None and survivor.max_out is not None and survivor.max_out < max_tokens:
+                    rule, field, threshold, observed = "request:max-tokens", "max_output_tokens", max_tokens, survivor.max_out
+                else:
+                    survivors.append(survivor)
+                    continue
+                message = messages.get((rule, observed))
+                if message is None:
+                    message = messages[(rule, observed)] = rejection_message(rule, field, "gte", threshold, observed)
+                rejected += template[done:position]
+                rejected.append(_rejection(survivor.id, rule, field, "gte", threshold, observed, message))
+                done = position
+                dropped.add(survivor.id)
+            rejected += template[done:]
+        ranked = self._ranked(survivors, features)
+        candidates = [s.id for s in ranked]
         policy = self.policy
         selected = None
         chain: list[str] = []
         cost = Cost()
-        if survivors:
-            winner = survivors[0]
-            reason = ", ".join([*self.rules_reason, rank_phrase(policy.rank.by, policy.rank.order, len(survivors))])
-            selected = Selection(model=winner.id, score=winner.score, reason=reason)
-            passing = set(candidates)
-            chain = [m for m in policy.fallback.models if m != winner.id and m in passing][: policy.fallback.max_hops]
+        if ranked:
+            winner = ranked[0]
+            selected = Selection(model=winner.id, score=winner.score, reason=self._reasons[len(ranked) == 1])
+            passing = slate.ids
+            chain = [m for m in policy.fallback.models
+                     if m != winner.id and m in passing and m not in dropped][: policy.fallback.max_hops]
             cost = price(winner.cost(features), self.catalog, policy.baseline, features.input_tokens, features.output_tokens)
-        return Decision.model_construct(
-            request_id=request_id or new_request_id(),
-            timestamp=utc_now(),
-            policy=policy,
-            catalog_version=self.catalog_version,
-            features=features,
-            candidates=candidates,
-            rejected=rejected,
-            selected=selected,
-            fallback_chain=chain,
-            hops=[],
-            attempts=[],
-            answered_by=None,
-            outcome="dry_run" if selected else "no_candidate",
-            cost=cost,
-            latency_ms=0.0,
-            workflow=workflow,
-            trace_id=None,
-            span_id=None,
-        )
+        return _construct_decision({
+            "request_id": request_id or new_request_id(),
+            "timestamp": utc_now(),
+            "policy": policy,
+            "catalog_version": self.catalog_version,
+            "features": features,
+            "candidates": candidates,
+            "rejected": rejected,
+            "selected": selected,
+            "fallback_chain": chain,
+            "hops": [],
+            "attempts": [],
+            "answered_by": None,
+            "outcome": "dry_run" if selected else "no_candidate",
+            "cost": cost,
+            "latency_ms": 0.0,
+            "workflow": workflow,
+            "trace_id": None,
+            "span_id": None,
+        })
+
+
+def _plain_fields(cls: type[BaseModel]) -> list[str] | None:
+    """The field names of ``cls`` if ``model_construct`` would only store the values it is given, else None."""
+    fields = cls.__pydantic_fields__
+    if (cls.__pydantic_root_model__ or cls.__pydantic_post_init__ or cls.model_config.get("extra") == "allow"
+            or any(f.alias is not None or f.validation_alias is not None for f in fields.values())):
+        return None
+    return list(fields)
+
+
+_DECISION_FIELDS = _plain_fields(Decision)
+
+
+def _construct_decision(values: dict[str, Any]) -> Decision:
+    """``Decision.model_construct(**values)`` without its per-field Python loop, when every field is given in order.
+
+    That is what ``model_construct`` stores for a model with no aliases, post-init, private or extra
+    attributes; if ``Decision`` ever gains one of those, or a field ``values`` lacks, it is called instead.
+    """
+    if _DECISION_FIELDS is None or list(values) != _DECISION_FIELDS:
+        return Decision.model_construct(**values)
+    decision = Decision.__new__(Decision)
+    _set = object.__setattr__
+    _set(decision, "__dict__", values)
+    _set(decision, "__pydantic_fields_set__", set(values))
+    _set(decision, "__pydantic_extra__", None)
+    _set(decision, "__pydantic_private__", None)
+    return decision
 
 
 def new_request_id() -> str:
