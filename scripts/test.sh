@@ -15,10 +15,13 @@ echo "==> installing unhardcoded with test dependencies"
 "$VENV/bin/python" -m pip install --quiet --upgrade pip
 "$VENV/bin/python" -m pip install --quiet -e '.[test]'
 
-if [ -x scripts/install-test-deps.sh ]; then
-  echo "==> installing system test dependencies"
-  scripts/install-test-deps.sh
-fi
+echo "==> installing system test dependencies (Chromium, PostgreSQL)"
+PYTHON_FOR_TESTS="$VENV/bin/python" bash scripts/install-test-deps.sh
+
+# The end-to-end tests run the real Collector, Jaeger, Tempo and Prometheus. The script builds
+# them once into ~/.cache/unhardcoded/bin from their Go modules and skips them when up to date.
+echo "==> installing the real telemetry backends"
+bash scripts/install-infra.sh all
 
 echo "==> running tests"
 set +e
