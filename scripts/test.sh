@@ -24,6 +24,8 @@ echo "==> installing the real telemetry backends"
 bash scripts/install-infra.sh all
 
 echo "==> running tests"
+# Subprocess tests run the `unhardcoded` console script: it must be this checkout's, from the venv.
+export PATH="$PWD/$VENV/bin:$PATH"
 set +e
 "$VENV/bin/python" -m pytest "$@"
 rc=$?

@@ -15,7 +15,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-pytest.importorskip("unhardcoded.telemetry.decision")
 
 from fixtures import span_layout as L  # noqa: E402
 from fixtures.decisions import CATALOG, features, policies  # noqa: E402
