@@ -179,19 +179,20 @@ def test_traceql_finds_exactly_the_fallback_traces(stack, demo, sent):
 
 
 def test_span_metrics_count_every_decision_before_sampling(stack, sent):
-    def metrics() -> str | None:
+    def calls() -> dict[str, float]:
         status, body = http_get(stack["collector"]["metrics"])
-        text = body.decode()
-        return text if status == 200 and f'unhardcoded_fallback_triggered="true"' in text and SENDER_SERVICE in text else None
+        counts = {"true": 0.0, "false": 0.0}
+        for line in body.decode().splitlines():
+            if line.startswith("traces_span_metrics_calls_total{") and f'service_name="{SENDER_SERVICE}"' in line and 'span_name="route triage"' in line:
+                flag = line.split('unhardcoded_fallback_triggered="')[1].split('"')[0]
+                counts[flag] += float(line.rsplit(" ", 1)[1])
+        return counts
 
-    text = wait_for("span metrics on the Collector's /metrics", metrics, timeout=30)
-    calls = {"true": 0.0, "false": 0.0}
-    for line in text.splitlines():
-        if line.startswith("traces_span_metrics_calls_total{") and f'service_name="{SENDER_SERVICE}"' in line and 'span_name="route triage"' in line:
-            flag = line.split('unhardcoded_fallback_triggered="')[1].split('"')[0]
-            calls[flag] += float(line.rsplit(" ", 1)[1])
-    assert calls["true"] == FALLBACK
-    assert calls["false"] == PLAIN + 1  # + the sender's probe decision
+    expected = {"true": FALLBACK, "false": PLAIN + 1}  # + the sender's probe decision
+    try:
+        wait_for("span metrics counting every decision", lambda: calls() == expected, timeout=30)
+    finally:
+        assert calls() == expected
     for name in ("unhardcoded_decisions_total", "unhardcoded_fallbacks_total", "unhardcoded_cost_USD_total",
                  "unhardcoded_cost_baseline_USD_total"):
         assert wait_for(name, lambda: name in http_get(stack["collector"]["metrics"])[1].decode(), timeout=15)
