@@ -175,40 +175,38 @@ class Timed:
         self.i = 0
         self.loop = asyncio.new_event_loop() if is_async else None
 
-    def run(self, n: int, record: bool = True, deadline_ns: int | None = None) -> tuple[int, int]:
-        """Make ``n`` calls (fewer if ``deadline_ns`` of wall time runs out, but at least one); (calls, ns spent)."""
+    def run(self, n: int, record: bool = True, deadline_ns: int | None = None, min_calls: int = 1) -> list[int]:
+        """Make ``n`` calls (fewer if ``deadline_ns`` of wall time runs out, but ``min_calls``); their samples."""
         if self.loop is not None:
-            return self.loop.run_until_complete(self._arun(n, record, deadline_ns))
+            return self.loop.run_until_complete(self._arun(n, record, deadline_ns, min_calls))
         call, clock, samples, start = self.call, time.perf_counter_ns, [], self.i
-        t_start = clock()
-        end = t_start + deadline_ns if deadline_ns is not None else None
+        end = clock() + deadline_ns if deadline_ns is not None else None
         for k in range(n):
             t0 = clock()
             call(start + k)
             t1 = clock()
             samples.append(t1 - t0)
-            if end is not None and t1 >= end:
+            if end is not None and t1 >= end and k + 1 >= min_calls:
                 break
-        return self._done(samples, record, clock() - t_start)
+        return self._done(samples, record)
 
-    async def _arun(self, n: int, record: bool, deadline_ns: int | None) -> tuple[int, int]:
+    async def _arun(self, n: int, record: bool, deadline_ns: int | None, min_calls: int) -> list[int]:
         call, clock, samples, start = self.call, time.perf_counter_ns, [], self.i
-        t_start = clock()
-        end = t_start + deadline_ns if deadline_ns is not None else None
+        end = clock() + deadline_ns if deadline_ns is not None else None
         for k in range(n):
             t0 = clock()
             await call(start + k)
             t1 = clock()
             samples.append(t1 - t0)
-            if end is not None and t1 >= end:
+            if end is not None and t1 >= end and k + 1 >= min_calls:
                 break
-        return self._done(samples, record, clock() - t_start)
+        return self._done(samples, record)
 
-    def _done(self, samples: list[int], record: bool, spent: int) -> tuple[int, int]:
+    def _done(self, samples: list[int], record: bool) -> list[int]:
         self.i += len(samples)
         if record:
             self.samples += samples
-        return len(samples), spent
+        return samples
 
     def close(self) -> None:
         if self.loop is not None:
@@ -233,8 +231,10 @@ def measure(timers: dict[str, Timed], iterations: int, warmup: int, budget_s: fl
     budget_ns = int(budget_s * 1e9)
     planned = {}
     for name, t in timers.items():
-        calls, spent = t.run(warmup, record=False, deadline_ns=budget_ns // 10)
-        planned[name] = min(iterations, max(MIN_SAMPLES, int(budget_ns * calls / max(spent, 1))))
+        # LiteLLM's first call in a process sets things up (a quarter of a second): never judge by it alone.
+        warm = sorted(t.run(warmup, record=False, deadline_ns=budget_ns // 10, min_calls=min(warmup, 10)))
+        typical = warm[len(warm) // 2]
+        planned[name] = min(iterations, max(MIN_SAMPLES, budget_ns // max(typical, 1)))
     for r in range(rounds):
         gc.collect()
         for name, t in timers.items():
