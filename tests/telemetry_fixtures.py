@@ -24,7 +24,6 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.policy import Policy, validate_policy
 from unhardcoded.router import ProviderClient, ProvidersConfig, Router
 from unhardcoded.semconv import attributes as A
-from unhardcoded.semconv import spans as S
 from unhardcoded.simulator import SimulatedProvider
 
 # Providers are simulator names. Rejected by the policy below: `us-b` (region), `dim` (quality floor),
@@ -261,6 +260,6 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "BODY", "CATALOG_DOC", "S", "Simulators", "TOOLS_BODY", "Telemetry", "big_catalog", "big_policy", "catalog",
+    "BODY", "CATALOG_DOC", "Simulators", "TOOLS_BODY", "Telemetry", "big_catalog", "big_policy", "catalog",
     "fresh_telemetry", "parent_of", "policy", "simulators", "span_id_of", "trace_id_of", "workflow_service",
 ]

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
-from typing import Any
 
 import httpx
 import pytest
@@ -176,8 +176,6 @@ def test_the_receiver_reads_otlp_json_too(rx: OTLPReceiver):
             for s in ss["spans"]:
                 for key in ("traceId", "spanId", "parentSpanId"):
                     if s.get(key):
-                        import base64
-
                         s[key] = base64.b64decode(s[key]).hex()
     response = httpx.post(f"{rx.http_endpoint}/v1/traces", content=json.dumps(doc), headers={"content-type": "application/json"})
     assert response.status_code == 200

@@ -503,3 +503,23 @@ def test_a_sampled_out_decision_records_nothing_and_keeps_no_ids():
     cat = catalog()
     decision = Router(cat, tracer_provider=tp).decide(policy(cat), BODY)
     assert decision.trace_id is None and decision.span_id is None and decision.selected is not None
+
+
+def test_with_a_tracer_and_no_meter_the_span_still_times_the_decision(sims_for):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from unhardcoded.router import Router
+
+    exporter = InMemorySpanExporter()
+    tp = TracerProvider()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    cat = catalog()
+    sims = sims_for()
+    router = Router(cat, client=sims.client, tracer_provider=tp)  # the meter is the global (no-op) one
+    router.decide(policy(cat), BODY)
+    decision, _, _ = router.route(policy(cat), BODY)
+    dry, routed = (s for s in exporter.get_finished_spans() if s.name == "route support")
+    assert 0 <= dry.end_time - dry.start_time < 1e9
+    assert decision.latency_ms * 1e6 <= routed.end_time - routed.start_time < 5e9

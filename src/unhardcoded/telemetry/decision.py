@@ -1,9 +1,10 @@
 """Decision telemetry: the decision span around each routing decision, an attempt span per provider call, the metrics.
 
 Only the OpenTelemetry API is used; the application (or :func:`configure`)
-chooses the SDK. With none installed the API hands out non-recording spans and
-nothing here builds an attribute. Nothing here raises into the request: what
-fails is counted in :func:`unhardcoded.telemetry.losses`.
+chooses the SDK. With none installed no span is started and no attribute built;
+with one, nothing is built for a span that does not record (sampled out).
+Nothing here raises into the request: what fails is counted in
+:func:`unhardcoded.telemetry.losses`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ContextManager, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import Span, Status, StatusCode
 
 from ..router.cascade import NO_OBSERVER, AttemptObserver, PlannedAttempt
 from ..semconv import attributes as A
@@ -47,6 +48,9 @@ class RouterTelemetry:
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, VERSION, tracer_provider)
         self.metrics = DecisionMetrics(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider))
         self._layouts: dict["CompiledPolicy", PolicyLayout] = {}
+        self._tracer_noop = isinstance(self.tracer, trace.NoOpTracer)
+        # The global proxy tracer is a no-op until an SDK provider is installed, then delegates to it.
+        self._tracer_proxy = isinstance(self.tracer, trace.ProxyTracer)
 
     def layout(self, compiled: "CompiledPolicy") -> PolicyLayout:
         layout = self._layouts.get(compiled)
@@ -58,9 +62,9 @@ class RouterTelemetry:
 
     def tracing(self) -> bool:
         """Whether spans can record: False while the tracer is the API's no-op (no SDK installed, or disabled)."""
-        # The global proxy tracer resolves to the real one as soon as an SDK provider is installed.
-        tracer = getattr(self.tracer, "_tracer", self.tracer)
-        return not isinstance(tracer, trace.NoOpTracer)
+        if self._tracer_proxy:
+            return not isinstance(getattr(self.tracer, "_tracer", None), trace.NoOpTracer)
+        return not self._tracer_noop
 
     def decision(self, compiled: "CompiledPolicy", *, activate: bool = False) -> "DecisionScope":
         """Start the decision span now; ``activate`` makes it the current span until the scope finishes.
@@ -93,8 +97,8 @@ class DecisionScope:
         self.finished = False
         self._token = None
         self._observers: list[AttemptSpans] | None = None
-        self.metered = metered = telemetry.metrics.live()
-        self._t0 = time.perf_counter() if metered else 0.0
+        self.metered = telemetry.metrics.live()
+        self._t0 = time.perf_counter()
         self.recording = False
         self.start_ns = 0
         if not telemetry.tracing():
@@ -145,7 +149,7 @@ class DecisionScope:
 
     def _end(self, decision: "Decision | None", error: BaseException | None) -> None:
         self.finished = True
-        duration_s = time.perf_counter() - self._t0 if self.metered or self.start_ns else 0.0
+        duration_s = time.perf_counter() - self._t0
         span = self.span
         for observer in self._observers or ():
             observer.abandon(error)

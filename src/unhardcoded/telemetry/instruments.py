@@ -41,14 +41,16 @@ class DecisionMetrics:
         except TypeError:  # an API older than the bucket advisory
             self.duration = M.create_unhardcoded_decision_duration(meter)
         self._sets: dict[tuple[Any, ...], dict[str, Any]] = {}
+        self._noop = isinstance(self.decisions, NoOpCounter)
+        # The global proxy meter's instruments are no-ops until a meter provider is installed, then delegate.
+        self._proxy = hasattr(self.decisions, "_real_instrument")
 
     def live(self) -> bool:
         """Whether recording can reach an SDK: False for the API's no-op meter, and for the global proxy
         while no meter provider is installed (it delegates as soon as one is)."""
-        counter = self.decisions
-        if isinstance(counter, NoOpCounter):
-            return False
-        return getattr(counter, "_real_instrument", counter) is not None
+        if self._proxy:
+            return self.decisions._real_instrument is not None  # type: ignore[attr-defined]
+        return not self._noop
 
     def _attributes(self, key: tuple[Any, ...]) -> dict[str, Any]:
         attrs = self._sets.get(key)
