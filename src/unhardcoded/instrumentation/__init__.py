@@ -11,6 +11,7 @@ nothing extra and changes nothing.
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any, Collection
 
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
@@ -23,6 +24,21 @@ from .package import _instruments
 from .patch import async_chat_completions_create, async_httpx_send, chat_completions_create, httpx_send
 
 __all__ = ["POLICY_ENV", "UnhardcodedInstrumentor", "current_policy", "policy"]
+
+
+# openai 1.x and 2.x send through httpx; openai 3.x through its own fork, httpx2. We read the
+# router's response headers at the transport, so wrap whichever of them is installed.
+HTTP_CLIENT_MODULES = ("httpx", "httpx2")
+
+
+def _http_modules() -> list[Any]:
+    found = []
+    for name in HTTP_CLIENT_MODULES:
+        try:
+            found.append(import_module(name))
+        except ImportError:
+            continue
+    return found
 
 
 def _version() -> str:
@@ -46,14 +62,15 @@ class UnhardcodedInstrumentor(BaseInstrumentor):
         wrap_function_wrapper(
             "openai.resources.chat.completions", "AsyncCompletions.create", async_chat_completions_create(tracer)
         )
-        wrap_function_wrapper("httpx", "Client.send", httpx_send)
-        wrap_function_wrapper("httpx", "AsyncClient.send", async_httpx_send)
+        for module in _http_modules():
+            wrap_function_wrapper(module, "Client.send", httpx_send)
+            wrap_function_wrapper(module, "AsyncClient.send", async_httpx_send)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import httpx
         import openai.resources.chat.completions as completions
 
         unwrap(completions.Completions, "create")
         unwrap(completions.AsyncCompletions, "create")
-        unwrap(httpx.Client, "send")
-        unwrap(httpx.AsyncClient, "send")
+        for module in _http_modules():
+            unwrap(module.Client, "send")
+            unwrap(module.AsyncClient, "send")

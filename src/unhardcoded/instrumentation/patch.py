@@ -3,7 +3,7 @@
 ``Completions.create`` (sync and async) is wrapped to send the policy in force
 and, unless opentelemetry-instrumentation-openai-v2 is active, to open a CLIENT
 span ``chat {model}``. The router's answer headers are read where they arrive,
-in ``httpx.Client.send`` / ``httpx.AsyncClient.send`` (wrapped too, but acting
+in ``Client.send`` / ``AsyncClient.send`` of httpx, or httpx2 under openai 3 (wrapped too, but acting
 only inside an instrumented ``create``), and recorded on the span current
 there: ours, or openai-v2's when it is active, so there is never a duplicate.
 """
