@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..policy.model import fingerprint_of
-from ..receipts.model import Receipt, WorkflowReceipt
-from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, StoredReceipt, StoreError, _ms, _now
+from ..receipts.model import Receipt
+from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, SQLReceiptReads, StoredReceipt, StoreError, _ms, _now
 from .otlp import IncomingSpan
 from .spool import GroupKey, StoredSpan, reopened
 
@@ -132,8 +132,10 @@ class _Conn:
                 pass
 
 
-class PostgresReceiptStore:
+class PostgresReceiptStore(SQLReceiptReads):
     """The :class:`~unhardcoded.receipts.store.ReceiptStore` protocol over PostgreSQL."""
+
+    _param = "%s"
 
     def __init__(self, url: str) -> None:
         self._db = _Conn(url)
@@ -284,27 +286,6 @@ class PostgresReceiptStore:
             sql += " OFFSET %s"
             params.append(max(0, query.offset))
         return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
-
-    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
-        where, params = self._where(query)
-        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
-
-    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
-        rows = self._read("SELECT body FROM receipts WHERE workflow_id = %s", (workflow_id,))
-        info = self._read("SELECT name, trace_id FROM workflows WHERE workflow_id = %s", (workflow_id,))
-        if not rows and not info:
-            return None
-        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
-        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
-        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
-
-    def policy(self, fingerprint: str) -> str | None:
-        rows = self._read("SELECT body FROM policies WHERE fingerprint = %s", (fingerprint,))
-        return rows[0][0] if rows else None
-
-    def catalog(self, version: str) -> str | None:
-        rows = self._read("SELECT body FROM catalogs WHERE version = %s", (version,))
-        return rows[0][0] if rows else None
 
     def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
         if by not in _ROLLUP_COLUMN:

@@ -255,7 +255,38 @@ CREATE TABLE IF NOT EXISTS workflows (
 _ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
 
 
-class SQLiteReceiptStore:
+class SQLReceiptReads:
+    """The reads that are the same SQL on every store; a store sets ``_param`` to its driver's placeholder."""
+
+    _param = "?"
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:  # pragma: no cover - each store has one
+        raise NotImplementedError
+
+    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
+        where, params = self._where(query)  # type: ignore[attr-defined]
+        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
+        p = self._param
+        rows = self._read(f"SELECT body FROM receipts WHERE workflow_id = {p}", (workflow_id,))
+        info = self._read(f"SELECT name, trace_id FROM workflows WHERE workflow_id = {p}", (workflow_id,))
+        if not rows and not info:
+            return None
+        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
+        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
+        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
+
+    def policy(self, fingerprint: str) -> str | None:
+        rows = self._read(f"SELECT body FROM policies WHERE fingerprint = {self._param}", (fingerprint,))
+        return rows[0][0] if rows else None
+
+    def catalog(self, version: str) -> str | None:
+        rows = self._read(f"SELECT body FROM catalogs WHERE version = {self._param}", (version,))
+        return rows[0][0] if rows else None
+
+
+class SQLiteReceiptStore(SQLReceiptReads):
     """Receipts in one SQLite file (WAL), safe for threads of one process and for several processes."""
 
     def __init__(self, path: str | Path, *, create: bool = True, timeout_s: float = 30.0) -> None:
@@ -501,27 +532,6 @@ class SQLiteReceiptStore:
             sql += " LIMIT -1 OFFSET ?"
             params.append(max(0, query.offset))
         return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
-
-    def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
-        where, params = self._where(query)
-        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
-
-    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
-        rows = self._read("SELECT body FROM receipts WHERE workflow_id = ?", (workflow_id,))
-        info = self._read("SELECT name, trace_id FROM workflows WHERE workflow_id = ?", (workflow_id,))
-        if not rows and not info:
-            return None
-        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
-        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
-        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
-
-    def policy(self, fingerprint: str) -> str | None:
-        rows = self._read("SELECT body FROM policies WHERE fingerprint = ?", (fingerprint,))
-        return rows[0][0] if rows else None
-
-    def catalog(self, version: str) -> str | None:
-        rows = self._read("SELECT body FROM catalogs WHERE version = ?", (version,))
-        return rows[0][0] if rows else None
 
     def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
         """Per ``by`` key: decisions that reached a provider or found no candidate (dry runs are left out)."""
