@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from ..policy.model import fingerprint_of
 from ..receipts.model import Receipt
-from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, SQLReceiptReads, StoredReceipt, StoreError, _ms, _now
+from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, SQLReceiptReads, StoreError, _ms, _now
 from .otlp import IncomingSpan
 from .spool import GroupKey, StoredSpan, reopened
 
@@ -137,6 +137,10 @@ class PostgresReceiptStore(SQLReceiptReads):
 
     _param = "%s"
 
+    @staticmethod
+    def _flag(value: bool) -> object:
+        return bool(value)
+
     def __init__(self, url: str) -> None:
         self._db = _Conn(url)
         self.location = self._db.location
@@ -243,38 +247,6 @@ class PostgresReceiptStore(SQLReceiptReads):
 
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
         return self._db.run(lambda conn: conn.execute(sql, params).fetchall(), write=False)
-
-    def get(self, request_id: str) -> StoredReceipt | None:
-        rows = self._read("SELECT body, revision, stored_at FROM receipts WHERE request_id = %s", (request_id,))
-        if not rows:
-            return None
-        body, revision, stored_at = rows[0]
-        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
-
-    @staticmethod
-    def _where(q: ReceiptQuery) -> tuple[str, list[object]]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
-            if value is not None:
-                clauses.append(f"{column} = %s")
-                params.append(value)
-        if q.policy is not None:
-            clauses.append("(policy_name = %s OR policy_fingerprint = %s)")
-            params += [q.policy, q.policy]
-        if q.fallback is not None:
-            clauses.append("fallback = %s")
-            params.append(bool(q.fallback))
-        if q.complete is not None:
-            clauses.append("complete = %s")
-            params.append(bool(q.complete))
-        if q.since is not None:
-            clauses.append("ts_ms >= %s")
-            params.append(_ms(q.since))
-        if q.until is not None:
-            clauses.append("ts_ms < %s")
-            params.append(_ms(q.until))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]:
         where, params = self._where(query)

@@ -260,11 +260,48 @@ class SQLReceiptReads:
 
     _param = "?"
 
+    @staticmethod
+    def _flag(value: bool) -> object:
+        """A boolean as the driver stores it: SQLite has no boolean type, so 0/1 there."""
+        return int(value)
+
     def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:  # pragma: no cover - each store has one
         raise NotImplementedError
 
+    def get(self, request_id: str) -> StoredReceipt | None:
+        rows = self._read(f"SELECT body, revision, stored_at FROM receipts WHERE request_id = {self._param}", (request_id,))
+        if not rows:
+            return None
+        body, revision, stored_at = rows[0]
+        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
+
+    def _where(self, q: ReceiptQuery) -> tuple[str, list[object]]:
+        p = self._param
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
+            if value is not None:
+                clauses.append(f"{column} = {p}")
+                params.append(value)
+        if q.policy is not None:
+            clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
+            params += [q.policy, q.policy]
+        if q.fallback is not None:
+            clauses.append(f"fallback = {p}")
+            params.append(self._flag(q.fallback))
+        if q.complete is not None:
+            clauses.append(f"complete = {p}")
+            params.append(self._flag(q.complete))
+        if q.since is not None:
+            clauses.append(f"ts_ms >= {p}")
+            params.append(_ms(q.since))
+        if q.until is not None:
+            clauses.append(f"ts_ms < {p}")
+            params.append(_ms(q.until))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
     def count(self, query: ReceiptQuery = ReceiptQuery()) -> int:
-        where, params = self._where(query)  # type: ignore[attr-defined]
+        where, params = self._where(query)
         return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
 
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
@@ -488,38 +525,6 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: read failed: {exc}") from None
-
-    def get(self, request_id: str) -> StoredReceipt | None:
-        rows = self._read("SELECT body, revision, stored_at FROM receipts WHERE request_id = ?", (request_id,))
-        if not rows:
-            return None
-        body, revision, stored_at = rows[0]
-        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
-
-    @staticmethod
-    def _where(q: ReceiptQuery) -> tuple[str, list[object]]:
-        clauses: list[str] = []
-        params: list[object] = []
-        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
-            if value is not None:
-                clauses.append(f"{column} = ?")
-                params.append(value)
-        if q.policy is not None:
-            clauses.append("(policy_name = ? OR policy_fingerprint = ?)")
-            params += [q.policy, q.policy]
-        if q.fallback is not None:
-            clauses.append("fallback = ?")
-            params.append(int(q.fallback))
-        if q.complete is not None:
-            clauses.append("complete = ?")
-            params.append(int(q.complete))
-        if q.since is not None:
-            clauses.append("ts_ms >= ?")
-            params.append(_ms(q.since))
-        if q.until is not None:
-            clauses.append("ts_ms < ?")
-            params.append(_ms(q.until))
-        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
 
     def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]:
         """Matching receipts, newest first, paged by ``limit`` / ``offset``."""
