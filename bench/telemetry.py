@@ -43,22 +43,11 @@ from unhardcoded.semconv import spans as S
 from unhardcoded.telemetry import RouterTelemetry
 from unhardcoded.telemetry.layout import PolicyLayout
 from unhardcoded.telemetry.workflows import current_workflow
+from workload import POLICY  # noqa: E402  (bench/ is on the path when a script runs)
 
 TARGET_RATIO = 1.5
 TARGET_NO_SDK_US = 2.0
 
-# Rejects exactly 10 of the 30 built-in models.
-POLICY = {
-    "schema": "sigma-pol/v1",
-    "name": "support",
-    "rules": [
-        {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-        {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.46},
-        {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 12},
-    ],
-    "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5", "gemini-3.5-pro"], "max_hops": 2},
-    "baseline": "gpt-5.5",
-}
 BODY = {"messages": [{"role": "user", "content": "Where is my order? " * 20}]}
 
 

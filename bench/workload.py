@@ -1,0 +1,15 @@
+"""The decision the benchmarks time: the support policy over the built-in catalog, rejecting 10 of its 30 models."""
+
+from __future__ import annotations
+
+POLICY = {
+    "schema": "sigma-pol/v1",
+    "name": "support",
+    "rules": [
+        {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+        {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.46},
+        {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 12},
+    ],
+    "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5", "gemini-3.5-pro"], "max_hops": 2},
+    "baseline": "gpt-5.5",
+}
