@@ -567,19 +567,34 @@ _INSTRUMENT_TYPES = {
     "counter": ("Counter", "create_counter"),
     "histogram": ("Histogram", "create_histogram"),
     "updowncounter": ("UpDownCounter", "create_up_down_counter"),
-    "gauge": ("_Gauge", "create_gauge"),
+    # A gauge reports a level someone else keeps (a queue's depth): observed in a callback at collection,
+    # as OpenTelemetry's own generated semconv code does.
+    "gauge": ("ObservableGauge", "create_observable_gauge"),
 }
 
 
 def _render_metrics(registry: Registry) -> str:
     metrics = sorted((group for group in registry.groups if group.type == "metric"), key=lambda g: g.metric_name)
-    used = sorted({_INSTRUMENT_TYPES[group.instrument][0] for group in metrics} | {"Meter"})
+    used = {_INSTRUMENT_TYPES[group.instrument][0] for group in metrics} | {"Meter"}
+    observed = any(group.instrument == "gauge" for group in metrics)
+    if observed:
+        used |= {"CallbackOptions", "Observation"}
     lines = [
         PY_HEADER,
         '"""Metric names and units of the unhardcoded semantic conventions, and a factory for each instrument."""\n\n',
-        "from typing import Final\n\n",
-        f"from opentelemetry.metrics import {', '.join(used)}\n",
     ]
+    if observed:
+        lines.append("from collections.abc import Callable, Generator, Iterable, Sequence\n")
+    lines += [
+        "from typing import Final\n\n",
+        f"from opentelemetry.metrics import {', '.join(sorted(used))}\n",
+    ]
+    if observed:
+        lines.append(
+            "\nCallbackT = Callable[[CallbackOptions], Iterable[Observation]] | "
+            "Generator[Iterable[Observation], CallbackOptions, None]\n"
+        )
+        lines.append(_docstring("What an observable instrument calls at each collection for its observations."))
     for group in metrics:
         const = _const(group.metric_name)
         instrument_type, factory = _INSTRUMENT_TYPES[group.instrument]
@@ -587,10 +602,14 @@ def _render_metrics(registry: Registry) -> str:
         lines.append(_docstring(f"{group.brief}\nInstrument: {group.instrument}\nUnit: {group.unit}"))
         lines.append(f"\n{const}_UNIT: Final = {_py_string(group.unit)}\n")
         lines.append(_docstring(f"Unit of `{group.metric_name}`."))
-        lines.append(f"\n\ndef create_{const.lower()}(meter: Meter) -> {instrument_type}:\n")
+        callbacks = group.instrument == "gauge"
+        parameters = "meter: Meter, callbacks: Sequence[CallbackT] | None" if callbacks else "meter: Meter"
+        lines.append(f"\n\ndef create_{const.lower()}({parameters}) -> {instrument_type}:\n")
         lines.append(_docstring(f"Create the `{group.metric_name}` {group.instrument}.", "    "))
         lines.append(f"    return meter.{factory}(\n")
         lines.append(f"        name={const},\n")
+        if callbacks:
+            lines.append("        callbacks=callbacks,\n")
         lines.append(f"        description={_py_string(group.brief)},\n")
         lines.append(f"        unit={const}_UNIT,\n")
         lines.append("    )\n\n")

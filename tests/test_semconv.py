@@ -396,6 +396,21 @@ DESIGN_METRICS = {
     "unhardcoded.cost.baseline": ("counter", "USD"),
     "unhardcoded.decision.duration": ("histogram", "s"),
 }
+# The processor's own metrics and the telemetry-losses counter: operational, beside the decision metrics.
+OPERATIONAL_METRICS = {
+    "unhardcoded.processor.spans.received": ("counter", "{span}"),
+    "unhardcoded.processor.spans.rejected": ("counter", "{span}"),
+    "unhardcoded.processor.payloads.rejected": ("counter", "{payload}"),
+    "unhardcoded.processor.receipts.finished": ("counter", "{receipt}"),
+    "unhardcoded.processor.receipts.incomplete": ("counter", "{receipt}"),
+    "unhardcoded.processor.spans.orphaned": ("counter", "{span}"),
+    "unhardcoded.processor.queue.depth": ("gauge", "{span}"),
+    "unhardcoded.processor.spans.pending": ("gauge", "{span}"),
+    "unhardcoded.processor.forward.sent": ("counter", "{span}"),
+    "unhardcoded.processor.forward.dropped": ("counter", "{span}"),
+    "unhardcoded.processor.forward.queue.size": ("gauge", "By"),
+    "unhardcoded.telemetry.losses": ("counter", "{loss}"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -410,7 +425,7 @@ def test_design_attribute_is_in_the_registry(registry, name):
 
 def test_design_metrics_are_in_the_registry(registry):
     metrics = {g.metric_name: (g.instrument, g.unit) for g in registry.groups if g.type == "metric"}
-    assert metrics == DESIGN_METRICS
+    assert metrics == {**DESIGN_METRICS, **OPERATIONAL_METRICS}
 
 
 def test_design_spans_and_event_are_in_the_registry(registry):
@@ -442,10 +457,34 @@ def test_metric_attributes_stay_low_cardinality(registry):
         "unhardcoded.rejection.rule",
         "unhardcoded.decision.outcome",
         "unhardcoded.fallback.reason",
+        "unhardcoded.processor.transport",
+        "unhardcoded.processor.rejection.reason",
+        "unhardcoded.processor.receipt.complete",
+        "unhardcoded.processor.incomplete.cause",
+        "unhardcoded.processor.forward.drop_reason",
+        "unhardcoded.telemetry.loss.kind",
     }
     for group in registry.groups:
         if group.type == "metric":
             assert {ref.ref for ref in group.refs} <= allowed, group.id
+
+
+def test_operational_metric_attributes_are_closed_enums(registry):
+    """Attributes only the operational metrics carry take a fixed set of values, so a series count cannot grow."""
+    for group in registry.groups:
+        if group.type == "metric" and group.metric_name in OPERATIONAL_METRICS:
+            for ref in group.refs:
+                attribute = registry.attributes[ref.ref]
+                assert attribute.type in ("enum", "boolean"), (group.id, ref.ref)
+
+
+def test_the_processor_and_losses_use_the_registry_metrics():
+    from unhardcoded.processor.metrics import NAMES
+    from unhardcoded.semconv.attributes import UnhardcodedTelemetryLossKindValues
+    from unhardcoded.telemetry.losses import TelemetryLosses
+
+    assert set(NAMES) == {name for name in OPERATIONAL_METRICS if name.startswith("unhardcoded.processor.")}
+    assert {kind.value for kind in UnhardcodedTelemetryLossKindValues} == set(TelemetryLosses.__dataclass_fields__)
 
 
 def test_generated_constants_carry_the_registry_names(registry):

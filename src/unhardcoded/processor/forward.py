@@ -72,7 +72,7 @@ class Forwarder:
     def _failed(self, n: int) -> None:
         self.failed += n
         if self.metrics is not None:
-            self.metrics.forward_failed(n)
+            self.metrics.forward_dropped(n, "retries_exhausted")
 
     def _client(self):  # type: ignore[no-untyped-def]
         if self.protocol == "http":
@@ -114,7 +114,7 @@ class Forwarder:
                         send(payload)
                         self.sent += 1
                         if self.metrics is not None:
-                            self.metrics.add(forwarded=1)
+                            self.metrics.forward_sent(1)
                         break
                     except Exception as exc:  # noqa: BLE001 - a next hop that fails costs the copy, nothing else
                         if attempt + 1 == self.attempts:

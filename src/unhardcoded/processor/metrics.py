@@ -1,45 +1,24 @@
-"""The processor's own metrics: names, instruments, and the MeterProvider it sets up from ``OTEL_*`` variables.
-
-The names are not in the semantic-convention registry yet (they are the
-processor's operational metrics, not decision telemetry); they are listed here
-once, under the ``unhardcoded.processor.`` prefix, until the registry takes them.
-"""
+"""The processor's own metrics (names from the semantic-convention registry), and the MeterProvider it sets up from ``OTEL_*``."""
 
 from __future__ import annotations
 
 import os
 import threading
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Final
+from typing import Any, Final
 
 from opentelemetry import metrics
 
-# Built, not written out: code never spells a name of our namespace as one literal (tests/test_semconv.py).
-PREFIX: Final = ".".join(("unhardcoded", "processor")) + "."
-
-SPANS_RECEIVED: Final = PREFIX + "spans.received"
-"""Spans received in OTLP exports (counter, {span}; attribute ``transport``: http | grpc)."""
-SPANS_REJECTED: Final = PREFIX + "spans.rejected"
-"""Spans refused in an otherwise accepted export (invalid ids), reported back as partial success (counter, {span})."""
-PAYLOADS_REJECTED: Final = PREFIX + "payloads.rejected"
-"""Exports refused whole (counter, {payload}; attribute ``reason``: malformed | too_large | unsupported | unauthorized | busy | unavailable)."""
-RECEIPTS_FINISHED: Final = PREFIX + "receipts.finished"
-"""Receipts written to the store, revisions included (counter, {receipt}; attribute ``complete``: true | false)."""
-RECEIPTS_INCOMPLETE: Final = PREFIX + "receipts.incomplete"
-"""Receipts written with ``complete: false`` (counter, {receipt}; attribute ``cause``: wait_window | memory | telemetry)."""
-SPANS_ORPHANED: Final = PREFIX + "spans.orphaned"
-"""Attempt spans finished without their decision span: no receipt could be made of them (counter, {span})."""
-QUEUE_DEPTH: Final = PREFIX + "queue.depth"
-"""Spans received and not yet in the spool (gauge, {span})."""
-SPANS_PENDING: Final = PREFIX + "spans.pending"
-"""Spans in the spool whose receipt is not finished yet (gauge, {span})."""
-FORWARD_FAILED: Final = PREFIX + "forward.failed"
-"""Exports the processor could not forward to the next hop (counter, {payload})."""
+from ..semconv import attributes as A
+from ..semconv import metrics as M
 
 NAMES: Final = (
-    SPANS_RECEIVED, SPANS_REJECTED, PAYLOADS_REJECTED, RECEIPTS_FINISHED, RECEIPTS_INCOMPLETE, SPANS_ORPHANED,
-    QUEUE_DEPTH, SPANS_PENDING, FORWARD_FAILED,
+    M.UNHARDCODED_PROCESSOR_SPANS_RECEIVED, M.UNHARDCODED_PROCESSOR_SPANS_REJECTED, M.UNHARDCODED_PROCESSOR_PAYLOADS_REJECTED,
+    M.UNHARDCODED_PROCESSOR_RECEIPTS_FINISHED, M.UNHARDCODED_PROCESSOR_RECEIPTS_INCOMPLETE, M.UNHARDCODED_PROCESSOR_SPANS_ORPHANED,
+    M.UNHARDCODED_PROCESSOR_QUEUE_DEPTH, M.UNHARDCODED_PROCESSOR_SPANS_PENDING, M.UNHARDCODED_PROCESSOR_FORWARD_SENT,
+    M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, M.UNHARDCODED_PROCESSOR_FORWARD_QUEUE_SIZE,
 )
+"""Every metric the processor reports."""
 
 
 @dataclass
@@ -60,7 +39,13 @@ class Stats:
     malformed_decisions: int = 0
     store_errors: int = 0
     forwarded: int = 0
-    forward_failed: int = 0
+    """Spans the next hop accepted."""
+    forward_dropped: int = 0
+    """Spans meant for the next hop that it never got, whatever the reason."""
+    forward_retries: int = 0
+    """Sends to the next hop that failed and were tried again."""
+    forward_queue_bytes: int = 0
+    forward_queue_exports: int = 0
     queue_depth: int = 0
     spans_pending: int = 0
     recovered_spans: int = 0
@@ -69,29 +54,43 @@ class Stats:
         return asdict(self)
 
 
+def _attrs(key: str, values: tuple[Any, ...]) -> dict[Any, dict[str, Any]]:
+    return {v: {key: v} for v in values}
+
+
 class ProcessorMetrics:
     """Counters updated together in :class:`Stats` and, when a MeterProvider is set, in OpenTelemetry."""
 
-    def __init__(self, meter: metrics.Meter | None = None, gauges: Callable[[], tuple[int, int]] | None = None) -> None:
+    def __init__(self, meter: metrics.Meter | None = None) -> None:
         self.stats = Stats()
         self._lock = threading.Lock()
         meter = meter or metrics.get_meter(__name__)
-        self._received = meter.create_counter(SPANS_RECEIVED, unit="{span}", description="Spans received in OTLP exports.")
-        self._rejected = meter.create_counter(SPANS_REJECTED, unit="{span}", description="Spans refused in an accepted export.")
-        self._payloads = meter.create_counter(PAYLOADS_REJECTED, unit="{payload}", description="Exports refused whole.")
-        self._finished = meter.create_counter(RECEIPTS_FINISHED, unit="{receipt}", description="Receipts written to the store.")
-        self._incomplete = meter.create_counter(RECEIPTS_INCOMPLETE, unit="{receipt}", description="Receipts written incomplete.")
-        self._orphaned = meter.create_counter(SPANS_ORPHANED, unit="{span}", description="Attempt spans finished without a decision span.")
-        self._forward = meter.create_counter(FORWARD_FAILED, unit="{payload}", description="Exports not forwarded to the next hop.")
-        self._gauges = gauges
-        meter.create_observable_gauge(QUEUE_DEPTH, [self._observe_queue], unit="{span}", description="Spans received, not yet spooled.")
-        meter.create_observable_gauge(SPANS_PENDING, [self._observe_pending], unit="{span}", description="Spans awaiting their receipt.")
+        self._received = M.create_unhardcoded_processor_spans_received(meter)
+        self._rejected = M.create_unhardcoded_processor_spans_rejected(meter)
+        self._payloads = M.create_unhardcoded_processor_payloads_rejected(meter)
+        self._finished = M.create_unhardcoded_processor_receipts_finished(meter)
+        self._incomplete = M.create_unhardcoded_processor_receipts_incomplete(meter)
+        self._orphaned = M.create_unhardcoded_processor_spans_orphaned(meter)
+        self._forward_sent = M.create_unhardcoded_processor_forward_sent(meter)
+        self._forward_dropped = M.create_unhardcoded_processor_forward_dropped(meter)
+        M.create_unhardcoded_processor_queue_depth(meter, [self._observe_queue])
+        M.create_unhardcoded_processor_spans_pending(meter, [self._observe_pending])
+        M.create_unhardcoded_processor_forward_queue_size(meter, [self._observe_forward_queue])
+        # Attribute sets built once: they are the same few dicts on every export.
+        self._by_transport = _attrs(A.UNHARDCODED_PROCESSOR_TRANSPORT, ("http", "grpc"))
+        self._by_reason: dict[str, dict[str, Any]] = {}
+        self._by_complete = _attrs(A.UNHARDCODED_PROCESSOR_RECEIPT_COMPLETE, (True, False))
+        self._by_cause: dict[str, dict[str, Any]] = {}
+        self._by_drop: dict[str, dict[str, Any]] = {}
 
     def _observe_queue(self, _options: Any) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.queue_depth)]
 
     def _observe_pending(self, _options: Any) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.spans_pending)]
+
+    def _observe_forward_queue(self, _options: Any) -> list[metrics.Observation]:
+        return [metrics.Observation(self.stats.forward_queue_bytes)]
 
     def add(self, **deltas: int) -> None:
         with self._lock:
@@ -100,32 +99,53 @@ class ProcessorMetrics:
 
     def received(self, transport: str, spans: int, rejected: int, ignored: int) -> None:
         self.add(exports=1, spans_received=spans, spans_rejected=rejected, spans_ignored=ignored)
-        self._received.add(spans, {"transport": transport})
+        attrs = self._by_transport.get(transport) or {A.UNHARDCODED_PROCESSOR_TRANSPORT: transport}
+        self._received.add(spans, attrs)
         if rejected:
-            self._rejected.add(rejected, {"transport": transport})
+            self._rejected.add(rejected, attrs)
 
     def payload_rejected(self, reason: str) -> None:
         self.add(payloads_rejected=1)
-        self._payloads.add(1, {"reason": reason})
+        attrs = self._by_reason.get(reason)
+        if attrs is None:
+            attrs = self._by_reason.setdefault(reason, {A.UNHARDCODED_PROCESSOR_REJECTION_REASON: reason})
+        self._payloads.add(1, attrs)
 
     def finished(self, complete: int, incomplete: dict[str, int], revised: int = 0) -> None:
         total_incomplete = sum(incomplete.values())
         self.add(receipts_finished=complete + total_incomplete, receipts_incomplete=total_incomplete, receipts_revised=revised)
         if complete:
-            self._finished.add(complete, {"complete": True})
+            self._finished.add(complete, self._by_complete[True])
         if total_incomplete:
-            self._finished.add(total_incomplete, {"complete": False})
+            self._finished.add(total_incomplete, self._by_complete[False])
             for cause, n in incomplete.items():
                 if n:
-                    self._incomplete.add(n, {"cause": cause})
+                    attrs = self._by_cause.get(cause)
+                    if attrs is None:
+                        attrs = self._by_cause.setdefault(cause, {A.UNHARDCODED_PROCESSOR_INCOMPLETE_CAUSE: cause})
+                    self._incomplete.add(n, attrs)
 
     def orphaned(self, spans: int) -> None:
         self.add(spans_orphaned=spans)
         self._orphaned.add(spans)
 
-    def forward_failed(self, n: int = 1) -> None:
-        self.add(forward_failed=n)
-        self._forward.add(n)
+    def forward_sent(self, spans: int) -> None:
+        self.add(forwarded=spans)
+        if spans:
+            self._forward_sent.add(spans)
+
+    def forward_dropped(self, spans: int, reason: str) -> None:
+        """Spans the next hop will not get; ``reason`` is a ``unhardcoded.processor.forward.drop_reason`` value."""
+        self.add(forward_dropped=spans)
+        attrs = self._by_drop.get(reason)
+        if attrs is None:
+            attrs = self._by_drop.setdefault(reason, {A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON: reason})
+        self._forward_dropped.add(spans, attrs)
+
+    def forward_queue(self, exports: int, size: int) -> None:
+        with self._lock:
+            self.stats.forward_queue_exports = exports
+            self.stats.forward_queue_bytes = size
 
 
 def configure_meter_provider(service_name: str = "unhardcoded-processor") -> Any:

@@ -116,6 +116,33 @@ UNHARDCODED_POLICY_SCHEMA: Final = "unhardcoded.policy.schema"
 Schema identifier of the policy document.
 """
 
+UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON: Final = "unhardcoded.processor.forward.drop_reason"
+"""
+Why spans meant for the next hop were not delivered.
+"""
+
+UNHARDCODED_PROCESSOR_INCOMPLETE_CAUSE: Final = "unhardcoded.processor.incomplete.cause"
+"""
+Why a receipt was written with `complete` false.
+"""
+
+UNHARDCODED_PROCESSOR_RECEIPT_COMPLETE: Final = "unhardcoded.processor.receipt.complete"
+"""
+Whether the receipt was written with `complete` true (every span of the decision was in).
+"""
+
+UNHARDCODED_PROCESSOR_REJECTION_REASON: Final = "unhardcoded.processor.rejection.reason"
+"""
+Why the processor refused a whole export.
+Note: `busy` and `unavailable` are retried by OTLP exporters, so those spans usually arrive later;
+the others are lost to the sender.
+"""
+
+UNHARDCODED_PROCESSOR_TRANSPORT: Final = "unhardcoded.processor.transport"
+"""
+The OTLP transport an export came in by.
+"""
+
 UNHARDCODED_REJECTED: Final = "unhardcoded.rejected"
 """
 Ids of the catalog models a rule rejected.
@@ -218,6 +245,11 @@ Note: Telemetry never breaks a request; what it loses it counts here so a receip
 trace can say it is incomplete.
 """
 
+UNHARDCODED_TELEMETRY_LOSS_KIND: Final = "unhardcoded.telemetry.loss.kind"
+"""
+What kind of thing telemetry could not record.
+"""
+
 UNHARDCODED_WORKFLOW_ID: Final = "unhardcoded.workflow.id"
 """
 Identifier of the workflow run; carried across services in baggage.
@@ -279,3 +311,72 @@ class UnhardcodedFallbackReasonValues(Enum):
     """The previous attempt timed out."""
     RATE_LIMIT = "rate_limit"
     """The previous attempt was rate limited."""
+
+
+class UnhardcodedProcessorForwardDropReasonValues(Enum):
+    """Values of `unhardcoded.processor.forward.drop_reason`."""
+
+    QUEUE_FULL = "queue_full"
+    """The forward queue was full (`--forward-queue-bytes`); the export was not queued."""
+    RETRIES_EXHAUSTED = "retries_exhausted"
+    """The next hop kept failing for longer than `--forward-retry-max-elapsed`."""
+    REJECTED = "rejected"
+    """The next hop refused the spans for good (an error that is not retryable, or spans it reported rejected in a partial success)."""
+    SHUTDOWN = "shutdown"
+    """The processor stopped before the export could be sent."""
+
+
+class UnhardcodedProcessorIncompleteCauseValues(Enum):
+    """Values of `unhardcoded.processor.incomplete.cause`."""
+
+    TELEMETRY = "telemetry"
+    """Every span arrived, but the spans themselves record a loss (rejections summarized, attributes or events dropped)."""
+    WAIT_WINDOW = "wait_window"
+    """Spans were still missing when `--wait-window` ran out."""
+    MEMORY = "memory"
+    """Finished early because `--max-pending-spans` was reached (the oldest receipts go first)."""
+
+
+class UnhardcodedProcessorRejectionReasonValues(Enum):
+    """Values of `unhardcoded.processor.rejection.reason`."""
+
+    MALFORMED = "malformed"
+    """Not an OTLP export (bad protobuf, JSON or gzip); answered 400 / `INVALID_ARGUMENT`."""
+    TOO_LARGE = "too_large"
+    """Larger than `--max-body-bytes`, before or after inflating; answered 413 / `RESOURCE_EXHAUSTED`."""
+    UNSUPPORTED = "unsupported"
+    """A Content-Type or Content-Encoding the processor does not read; answered 415."""
+    UNAUTHORIZED = "unauthorized"
+    """The ingest token was missing or wrong; answered 401 / `UNAUTHENTICATED`."""
+    BUSY = "busy"
+    """Too many spans queued; answered 429 / `RESOURCE_EXHAUSTED` with retry information."""
+    UNAVAILABLE = "unavailable"
+    """The store was failing or the processor stopping; answered 503 / `UNAVAILABLE` with retry information."""
+
+
+class UnhardcodedProcessorTransportValues(Enum):
+    """Values of `unhardcoded.processor.transport`."""
+
+    GRPC = "grpc"
+    """OTLP/gRPC (`TraceService/Export`)."""
+    HTTP = "http"
+    """OTLP/HTTP (`POST /v1/traces`, protobuf or JSON)."""
+
+
+class UnhardcodedTelemetryLossKindValues(Enum):
+    """Values of `unhardcoded.telemetry.loss.kind`."""
+
+    UNENCODABLE = "unencodable"
+    """A value that could not be encoded as it is (a threshold JSON cannot hold, an attribute of a type OpenTelemetry refuses)."""
+    TRUNCATED = "truncated"
+    """A string attribute cut by an attribute length limit."""
+    DROPPED_ATTRIBUTES = "dropped_attributes"
+    """Attributes the SDK's span limits dropped from our spans."""
+    DROPPED_EVENTS = "dropped_events"
+    """Events the SDK's span limits dropped from our spans."""
+    SPANS_NOT_EXPORTED = "spans_not_exported"
+    """Spans an exporter installed by `unhardcoded.telemetry.configure()` failed to send."""
+    METRIC_EXPORTS_FAILED = "metric_exports_failed"
+    """Metric exports that failed."""
+    ERRORS = "errors"
+    """Unexpected exceptions inside telemetry code; the request went on, the span or point being built is partial or missing."""

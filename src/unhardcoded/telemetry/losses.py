@@ -1,10 +1,21 @@
-"""What telemetry could not record, counted: telemetry never breaks a request, so its losses must be readable."""
+"""What telemetry could not record, counted: telemetry never breaks a request, so its losses must be readable.
+
+Read in process with :func:`losses`, and exported as the ``unhardcoded.telemetry.losses``
+counter (by ``unhardcoded.telemetry.loss.kind``) through the global meter provider.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
 from dataclasses import dataclass, fields
+from typing import Any
+
+from opentelemetry import metrics
+
+from ..semconv import attributes as A
+from ..semconv import metrics as M
+from .scope import INSTRUMENTATION_SCOPE, VERSION
 
 logger = logging.getLogger(__name__)
 
@@ -42,13 +53,22 @@ _NAMES = frozenset(f.name for f in fields(TelemetryLosses))
 _counts: dict[str, int] = dict.fromkeys(_NAMES, 0)
 _lock = threading.Lock()
 
+# The global proxy meter: a no-op until an application installs a meter provider, then it delegates.
+# A loss is counted from wherever it happens (an exporter's thread included), so the counter is global too.
+_counter = M.create_unhardcoded_telemetry_losses(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION))
+_kind_attributes: dict[str, dict[str, Any]] = {kind: {A.UNHARDCODED_TELEMETRY_LOSS_KIND: kind} for kind in _NAMES}
+
 
 def count_loss(kind: str, n: int = 1) -> None:
-    """Add ``n`` to one of the :class:`TelemetryLosses` counters."""
+    """Add ``n`` to one of the :class:`TelemetryLosses` counters (and to the ``unhardcoded.telemetry.losses`` metric)."""
     if n <= 0:
         return
     with _lock:
         _counts[kind] += n
+    try:
+        _counter.add(n, _kind_attributes[kind])
+    except Exception:  # noqa: BLE001 - counting a loss must not become one more failure
+        logger.debug("could not record a telemetry loss on the metric", exc_info=True)
 
 
 def count_error(what: str) -> None:
