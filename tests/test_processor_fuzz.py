@@ -132,3 +132,37 @@ def test_still_serving_after_the_fuzz(processor):
         doc = processor.wait_for(lambda: processor.receipt(d.request_id), 10)
         assert doc["receipt"] == Receipt.from_decision(d).to_json_dict()
     assert processor.get("/healthz").json() == {"status": "ok"}
+
+
+# --------------------------------------------------------------------------- the span slicer
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(VALID_PB))
+def test_span_slices_are_the_spans_the_parser_reads(body):
+    """Kept spans are spooled as the bytes they came in; those bytes must parse to what the parser read."""
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+    from unhardcoded.processor import otlp
+
+    try:
+        message = otlp.parse_protobuf(body)
+    except otlp.PayloadError:
+        return
+    parsed = [s for rs in message.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    slices = otlp.span_slices(body)
+    if slices is None or len(slices) != len(parsed):
+        # classify() falls back to serializing the parsed spans: the kept bytes still parse to them
+        decoded = otlp.classify(message, body)
+        assert all(Span.FromString(s.body).span_id == bytes.fromhex(s.span_id) for s in decoded.spans)
+        return
+    assert [Span.FromString(b) for b in slices] == parsed
+
+
+def test_kept_spans_keep_the_bytes_they_came_in():
+    from unhardcoded.processor import otlp
+
+    decoded = otlp.decode(VALID_PB, "protobuf")
+    slices = otlp.span_slices(VALID_PB)
+    assert decoded.spans and all(s.body in slices for s in decoded.spans)
+    assert [s.body for s in decoded.spans] == [s.body for s in otlp.classify(otlp.parse_protobuf(VALID_PB)).spans]

@@ -66,7 +66,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         raw = request if isinstance(request, bytes) else None
         try:
             message = otlp.parse_protobuf(raw) if raw is not None else request
-            decoded = otlp.classify(message)
+            decoded = otlp.classify(message, raw)
         except otlp.PayloadError as exc:
             metrics.payload_rejected("malformed")
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])

@@ -226,12 +226,74 @@ _WANTED = frozenset({_REQUEST_ID, _FINGERPRINT, _ATTEMPT_INDEX, _HOPS, _OUTCOME,
 _CALLED = frozenset({"answered", "failed"})
 
 
-def classify(message: ExportTraceServiceRequest) -> DecodedExport:
+def _fields(buf: bytes, start: int, end: int, wanted: int) -> list[tuple[int, int]]:
+    """(start, end) of each length-delimited field number ``wanted`` in ``buf[start:end]``; other fields are skipped."""
+    out = []
+    i = start
+    while i < end:
+        key = shift = 0
+        while True:
+            b = buf[i]
+            i += 1
+            key |= (b & 0x7F) << shift
+            if b < 0x80:
+                break
+            shift += 7
+        wire = key & 7
+        if wire == 2:
+            n = shift = 0
+            while True:
+                b = buf[i]
+                i += 1
+                n |= (b & 0x7F) << shift
+                if b < 0x80:
+                    break
+                shift += 7
+            if key >> 3 == wanted:
+                out.append((i, i + n))
+            i += n
+        elif wire == 0:
+            while buf[i] & 0x80:
+                i += 1
+            i += 1
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    if i != end:
+        raise ValueError("field runs past its message")
+    return out
+
+
+def span_slices(body: bytes) -> list[bytes] | None:
+    """The bytes of every span of a serialized ``ExportTraceServiceRequest``, in the order the parser reads them.
+
+    The spool keeps these bytes as they were sent, which also spares serializing each span again.
+    ``None`` when the body is not laid out as expected (the caller serializes the parsed spans instead).
+    """
+    out = []
+    try:
+        for rs in _fields(body, 0, len(body), 1):  # resource_spans
+            for ss in _fields(body, rs[0], rs[1], 2):  # scope_spans
+                out += [body[a:b] for a, b in _fields(body, ss[0], ss[1], 2)]  # spans
+    except (IndexError, ValueError):
+        return None
+    return out
+
+
+def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> DecodedExport:
     """Sort the spans of an export: rejected (bad ids), ours (kept), or someone else's (passed over).
 
+    ``raw``, the serialized ``message`` when the caller has it, lets kept spans keep the bytes they came in.
     Rejected spans are removed from ``message`` so what is forwarded is what was accepted.
     """
     out = DecodedExport(message)
+    slices = span_slices(raw) if raw is not None else None
+    if slices is not None and len(slices) != sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans):
+        slices = None
+    position = -1
     for rs in message.resource_spans:
         service = None
         for kv in rs.resource.attributes:
@@ -241,6 +303,7 @@ def classify(message: ExportTraceServiceRequest) -> DecodedExport:
             bad: list[int] = []
             for k, s in enumerate(ss.spans):
                 out.total += 1
+                position += 1
                 tid, sid = s.trace_id, s.span_id
                 if len(tid) != 16 or not any(tid) or len(sid) != 8 or not any(sid):
                     bad.append(k)
@@ -255,7 +318,7 @@ def classify(message: ExportTraceServiceRequest) -> DecodedExport:
                 if not found:
                     out.ignored += 1
                     continue
-                span = _ours(s, found, service)
+                span = _ours(s, found, service, slices[position] if slices is not None else None)
                 if span is None:
                     out.ignored += 1
                 else:
@@ -267,7 +330,7 @@ def classify(message: ExportTraceServiceRequest) -> DecodedExport:
     return out
 
 
-def _ours(s: Any, found: dict[str, Any], service: str | None) -> IncomingSpan | None:
+def _ours(s: Any, found: dict[str, Any], service: str | None, body: bytes | None = None) -> IncomingSpan | None:
     trace_id, span_id = s.trace_id.hex(), s.span_id.hex()
     request = found.get(_REQUEST_ID)
     request_id = _str_value(request) if request is not None else None
@@ -280,7 +343,7 @@ def _ours(s: Any, found: dict[str, Any], service: str | None) -> IncomingSpan | 
             if len(parent) != 8 or not any(parent):
                 return None
             group = "s:" + parent.hex()
-        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, s.SerializeToString(), service, attempt_index=index)
+        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service, attempt_index=index)
     if request_id and _FINGERPRINT in found:
         outcome = _str_value(found[_OUTCOME]) if _OUTCOME in found else None
         if outcome is None and _ANSWERED in found:
@@ -290,7 +353,7 @@ def _ours(s: Any, found: dict[str, Any], service: str | None) -> IncomingSpan | 
             hops = _int_value(found[_HOPS]) if _HOPS in found else 0
             expected = max(0, hops or 0) + 1
         return IncomingSpan(
-            trace_id, span_id, "r:" + request_id, ROLE_DECISION, s.SerializeToString(), service,
+            trace_id, span_id, "r:" + request_id, ROLE_DECISION, body or s.SerializeToString(), service,
             expected_attempts=expected, alias="s:" + span_id,
         )
     if _WORKFLOW_ID in found and _WORKFLOW_NODE not in found and request is None:
@@ -298,7 +361,7 @@ def _ours(s: Any, found: dict[str, Any], service: str | None) -> IncomingSpan | 
         if not workflow_id:
             return None
         name = _str_value(found[_WORKFLOW_NAME]) if _WORKFLOW_NAME in found else None
-        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, s.SerializeToString(), service, workflow_name=name)
+        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, body or s.SerializeToString(), service, workflow_name=name)
     return None
 
 
@@ -308,7 +371,7 @@ def span_from_body(body: bytes, service: str | None) -> IncomingSpan | None:
 
     s = Span.FromString(body)
     found = {kv.key: kv.value for kv in s.attributes if kv.key in _WANTED}
-    span = _ours(s, found, service) if found else None
+    span = _ours(s, found, service, body) if found else None
     if span is not None:
         span.body = body
     return span
@@ -316,8 +379,9 @@ def span_from_body(body: bytes, service: str | None) -> IncomingSpan | None:
 
 def decode(body: bytes, kind: str) -> DecodedExport:
     """Decode and sort one export body (already inflated); ``kind`` is ``protobuf`` or ``json``."""
-    message = parse_protobuf(body) if kind == "protobuf" else parse_json(body)
-    return classify(message)
+    if kind == "protobuf":
+        return classify(parse_protobuf(body), body)
+    return classify(parse_json(body))
 
 
 # --------------------------------------------------------------------------- answers

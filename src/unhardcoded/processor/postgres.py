@@ -165,7 +165,7 @@ class PostgresReceiptStore(SQLReceiptReads):
 
     @staticmethod
     def _put_receipt(conn: Any, receipt: Receipt, stamp: str) -> tuple[int, bool]:
-        body = json.dumps(receipt.to_json_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        body = receipt.to_json_text()
         wf = receipt.workflow
         model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
         # One statement, so two instances writing the same receipt agree on its revision: a changed body is
@@ -180,7 +180,7 @@ class PostgresReceiptStore(SQLReceiptReads):
             "fallback = excluded.fallback, cost_usd = excluded.cost_usd, baseline_model = excluded.baseline_model, "
             "baseline_usd = excluded.baseline_usd, workflow_id = excluded.workflow_id, workflow_name = excluded.workflow_name, "
             "complete = excluded.complete, revision = r.revision + 1, stored_at = excluded.stored_at, body = excluded.body "
-            "WHERE r.body <> excluded.body AND NOT (r.complete AND NOT excluded.complete) "
+            "WHERE r.body::jsonb IS DISTINCT FROM excluded.body::jsonb AND NOT (r.complete AND NOT excluded.complete) "
             "RETURNING revision",
             (
                 receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name, receipt.policy.fingerprint,

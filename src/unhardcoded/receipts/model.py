@@ -78,6 +78,22 @@ class Receipt(_Model):
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)
 
+    def to_json_text(self) -> str:
+        """The receipt as compact JSON, fields in the model's order: the body a store keeps."""
+        return self.model_dump_json(by_alias=True)
+
+
+def same_receipt_text(a: str, b: str) -> bool:
+    """Two stored bodies of one receipt say the same, whatever their key order or spacing."""
+    if a == b:
+        return True
+    import json
+
+    try:
+        return bool(json.loads(a) == json.loads(b))
+    except ValueError:
+        return False
+
 
 class WorkflowTotals(_Model):
     decisions: int = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gc
 import json
+import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -150,8 +151,10 @@ def _str_list(value: Any) -> list[str] | None:
 
 
 _MISS = object()
+_JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)((?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)").fullmatch
 _JSON_SCALARS: dict[str, Any] = {}
 _JSON_SCALARS_MAX = 4096
+_SCALAR_TYPES = frozenset({str, int, float, bool})
 
 
 def _json_text(value: Any) -> Any:
@@ -161,13 +164,22 @@ def _json_text(value: Any) -> Any:
     # The same few texts ("true", "0.5", "10") come back on every decision: scalars are parsed once.
     hit = _JSON_SCALARS.get(value, _MISS)
     if hit is not _MISS:
-        return hit
+        return list(hit) if hit.__class__ is tuple else hit
+    # Observed values are mostly numbers that differ per request (token counts, prices): read those
+    # without the JSON decoder. The pattern is JSON's number grammar, so the result is what json.loads gives.
+    number = _JSON_NUMBER(value)
+    if number is not None:
+        return float(value) if number.group(1) else int(value)
     try:
         parsed = json.loads(value)
     except ValueError:
         return value
-    if not isinstance(parsed, (list, dict)) and len(_JSON_SCALARS) < _JSON_SCALARS_MAX:
-        _JSON_SCALARS[value] = parsed
+    if len(_JSON_SCALARS) < _JSON_SCALARS_MAX:
+        if not isinstance(parsed, (list, dict)):
+            _JSON_SCALARS[value] = parsed
+        elif parsed.__class__ is list and all(x is None or x.__class__ in _SCALAR_TYPES for x in parsed):
+            # Allowed regions and the like ('["eu"]'): kept as a tuple, handed out as a fresh list each time.
+            _JSON_SCALARS[value] = tuple(parsed)
     return parsed
 
 
@@ -245,13 +257,32 @@ _REJECTIONS_MAX = 65536
 def _rejection(ea: dict[str, Any]) -> Rejection | None:
     if ea.__class__ is SharedAttributes:  # the same event seen before: its rejection too
         try:
-            return ea.memo  # type: ignore[attr-defined, no-any-return]
+            memo = ea.memo  # type: ignore[attr-defined]
         except AttributeError:
             rejection = _read_rejection(ea)
-            if rejection is not None and not isinstance(rejection.threshold, (list, dict)) and not isinstance(rejection.observed, (list, dict)):
-                ea.memo = rejection  # type: ignore[attr-defined]
+            if rejection is None:
+                return None
+            kinds = {rejection.threshold.__class__, rejection.observed.__class__}
+            if dict in kinds or (list in kinds and not all(_flat(v) for v in (rejection.threshold, rejection.observed))):
+                return rejection  # nested values: read again next time
+            ea.memo = (rejection,) if list in kinds else rejection  # type: ignore[attr-defined]
             return rejection
+        if memo.__class__ is tuple:  # list values are never shared: each receipt gets its own copy
+            return _copy_lists(memo[0])
+        return memo  # type: ignore[no-any-return]
     return _read_rejection(ea)
+
+
+def _flat(value: Any) -> bool:
+    return value.__class__ is not list or all(x is None or x.__class__ in _SCALAR_TYPES for x in value)
+
+
+def _copy_lists(rejection: Rejection) -> Rejection:
+    fields = dict(rejection.__dict__)
+    for name in ("threshold", "observed"):
+        if fields[name].__class__ is list:
+            fields[name] = list(fields[name])
+    return _construct(Rejection, fields)  # type: ignore[no-any-return]
 
 
 def _read_rejection(ea: dict[str, Any]) -> Rejection | None:

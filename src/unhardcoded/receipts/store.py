@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 from .._paths import data_dir
 from ..errors import UnhardcodedError
 from ..policy.model import fingerprint_of
-from .model import Receipt, WorkflowReceipt
+from .model import Receipt, WorkflowReceipt, same_receipt_text
 
 if TYPE_CHECKING:
     from ..catalog.model import Catalog
@@ -442,11 +442,11 @@ class SQLiteReceiptStore(SQLReceiptReads):
 
     @staticmethod
     def _put_receipt(db: sqlite3.Connection, receipt: Receipt, stamp: str) -> tuple[int, bool]:
-        body = json.dumps(receipt.to_json_dict(), sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        body = receipt.to_json_text()
         row = db.execute("SELECT body, revision, complete FROM receipts WHERE request_id = ?", (receipt.request_id,)).fetchone()
         if row is not None:
             old_body, revision, old_complete = row
-            if old_body == body:
+            if same_receipt_text(old_body, body):
                 return revision, False
             # A partial re-delivery of a decision already stored whole is not a newer revision.
             if old_complete and not receipt.complete:
