@@ -173,8 +173,43 @@ def start_processor(tmp: Path) -> tuple[Process, dict[str, str]]:
     return p, {"http": f"http://127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
 
 
+def start_proxy(tmp: Path, providers: list[dict[str, object]], otlp_grpc: str, *, service: str,
+                default_policy: str = "support") -> tuple[Process, str]:
+    """`unhardcoded serve` exporting traces and metrics over OTLP/gRPC to ``otlp_grpc``; its own store in tmp.
+
+    Spans leave within 0.2 s and metrics every 0.5 s, so tests need not wait the SDK's defaults.
+    """
+    import json
+    import sys
+
+    port = free_port()
+    providers_file = tmp / "providers.json"
+    providers_file.write_text(json.dumps({"providers": providers}))
+    home = tmp / "proxy-home"
+    home.mkdir(exist_ok=True)
+    cmd = [sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port), "--providers", str(providers_file),
+           "--default-policy", default_policy, "--store", str(tmp / "proxy.db"), "--no-access-log"]
+    env = {k: "" for k in os.environ if k.startswith("OTEL_")}
+    env.update({
+        "UNHARDCODED_HOME": str(home),
+        "OTEL_SERVICE_NAME": service,
+        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+        "OTEL_METRIC_EXPORT_INTERVAL": "500",
+    })
+    p = Process("proxy", cmd, tmp / "proxy.log", env)
+    try:
+        p.wait_ready(url_ok(f"http://127.0.0.1:{port}/healthz"))
+    except BaseException:
+        p.stop()
+        raise
+    return p, f"http://127.0.0.1:{port}"
+
+
 def start_collector(tmp: Path, jaeger_otlp: str, tempo_otlp: str, *, config: str = "otelcol.yaml",
-                    extra_env: dict[str, str] | None = None) -> tuple[Process, dict[str, str]]:
+                    extra_env: dict[str, str] | None = None,
+                    extra_configs: list[Path] | None = None) -> tuple[Process, dict[str, str]]:
     ports = {k: free_port() for k in ("health", "grpc", "http", "prom", "processor")}
     env = {
         "UNHARDCODED_OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
@@ -190,7 +225,10 @@ def start_collector(tmp: Path, jaeger_otlp: str, tempo_otlp: str, *, config: str
         "UNHARDCODED_OTELCOL_BATCH_TIMEOUT": "200ms",
         **(extra_env or {}),
     }
-    p = Process("otelcol", [binary("otelcol-unhardcoded"), "--config", str(CONFIG_DIR / config)], tmp / "otelcol.log", env)
+    cmd = [binary("otelcol-unhardcoded"), "--config", str(CONFIG_DIR / config)]
+    for extra in extra_configs or ():  # merged over the shipped file: maps merge, later files win
+        cmd += ["--config", str(extra)]
+    p = Process("otelcol", cmd, tmp / "otelcol.log", env)
     try:
         p.wait_ready(url_ok(f"http://127.0.0.1:{ports['health']}/"))
     except BaseException:
