@@ -50,6 +50,36 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(run=cmd_processor)
 
 
+def _server(config: Any) -> Any:
+    """A uvicorn server that stops on SIGTERM / SIGINT and then lets :func:`cmd_processor` finish.
+
+    uvicorn raises the signal again once it has stopped, which ends the process on the spot: the
+    processor would not write the receipts that are ready, drain the forward queue or flush its
+    metrics. Here the signal only stops the server; the clean-up runs and the command exits 0.
+    """
+    import contextlib
+    import signal
+    import threading
+
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # type: ignore[no-untyped-def]
+            if threading.current_thread() is not threading.main_thread():
+                yield
+                return
+            handled = (signal.SIGINT, signal.SIGTERM)
+            original = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
+            try:
+                yield
+            finally:
+                for sig, handler in original.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
 def _token(var: str | None, flag: str) -> str | None:
     if not var:
         return None
@@ -132,7 +162,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
             f"store {store.location} · instance {owner}",
             file=sys.stderr, flush=True,
         )
-        server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10))
+        server = _server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10))
         server.run(sockets=[http_sock])
     finally:
         if grpc_server is not None:
