@@ -31,6 +31,15 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--store", metavar="URL", help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)")
     p.add_argument("--forward", metavar="URL", help="also send every accepted span, unchanged, to this OTLP endpoint (a Collector, Jaeger, Tempo)")
     p.add_argument("--forward-protocol", choices=("grpc", "http"), default="http", help="protocol for --forward (default http)")
+    p.add_argument("--forward-queue-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
+                   help="exports held for the next hop while it is slow or down; past it new ones are dropped and counted (default 64 MiB)")
+    p.add_argument("--forward-timeout", type=float, default=5.0, metavar="SECONDS", help="time limit of one send to the next hop (default 5)")
+    p.add_argument("--forward-retry-initial-interval", type=float, default=5.0, metavar="SECONDS",
+                   help="first wait before sending a failed export again; it grows 1.5x per try, with jitter (default 5)")
+    p.add_argument("--forward-retry-max-interval", type=float, default=30.0, metavar="SECONDS",
+                   help="longest wait between two tries (default 30)")
+    p.add_argument("--forward-retry-max-elapsed", type=float, default=300.0, metavar="SECONDS",
+                   help="give up on an export (dropped, counted) this long after its first try; 0 never gives up (default 300)")
     p.add_argument("--wait-window", type=float, default=5.0, metavar="SECONDS",
                    help="how long a receipt waits for missing spans before it is written incomplete (default 5)")
     p.add_argument("--late-window", type=float, default=600.0, metavar="SECONDS",
@@ -107,7 +116,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .api import Settings, build_app
-    from .forward import Forwarder
+    from .forward import Forwarder, RetryPolicy
     from .metrics import ProcessorMetrics, configure_meter_provider
     from .service import ProcessorConfig, ReceiptsProcessor
     from .stores import open_backend
@@ -130,7 +139,12 @@ def cmd_processor(args: argparse.Namespace) -> int:
     store, spool = open_backend(args.store)
     meter_provider = configure_meter_provider()
     metrics = ProcessorMetrics()
-    forwarder = Forwarder(args.forward, args.forward_protocol, metrics) if args.forward else None
+    forwarder = None
+    if args.forward:
+        retry = RetryPolicy(initial_interval_s=args.forward_retry_initial_interval, max_interval_s=args.forward_retry_max_interval,
+                            max_elapsed_s=args.forward_retry_max_elapsed)
+        forwarder = Forwarder(args.forward, args.forward_protocol, metrics, queue_bytes=args.forward_queue_bytes,
+                              retry=retry, timeout_s=args.forward_timeout)
     config = ProcessorConfig(
         wait_window_s=args.wait_window, late_window_s=args.late_window, max_pending_spans=args.max_pending_spans,
         max_queue_spans=args.max_queue_spans, owner=owner,
