@@ -85,3 +85,20 @@ def test_tempo_starts_with_its_config(tmp_path):
         assert (tmp_path / "tempo-data").exists()
     finally:
         proc.stop()
+
+
+def test_jaeger_sends_no_traces_of_its_own(tmp_path, monkeypatch):
+    """Jaeger v2 would trace its own queries to $OTEL_EXPORTER_OTLP_ENDPOINT (default: the Collector's port)."""
+    from otlp_receiver import OTLPReceiver
+
+    from .infra import http_get
+
+    with OTLPReceiver() as rx:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.grpc_endpoint)
+        proc, urls = start_jaeger(tmp_path)
+        try:
+            for path in ("/api/services", "/api/traces?service=checkout&lookback=1h", "/api/v3/services"):
+                assert http_get(urls["query"] + path)[0] in (200, 404)
+        finally:
+            proc.stop()  # flushes whatever it would export
+        assert rx.spans() == []
