@@ -16,6 +16,9 @@ DEFAULT_HTTP_PORT = 8318
 """OTLP/HTTP, the query API and pages. 4318 + 4000: next to a Collector on 4318 without a clash."""
 DEFAULT_GRPC_PORT = 8317
 """OTLP/gRPC. 4317 + 4000, for the same reason."""
+SQLITE_SYNCHRONOUS = ("full", "normal")
+DEFAULT_SQLITE_SYNCHRONOUS = "full"
+"""An acknowledgement tells the exporter it may forget the spans: they must be on disk, not only in the OS's cache."""
 
 
 def add_commands(sub: Any) -> None:
@@ -29,6 +32,9 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help=f"OTLP/gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks one)")
     p.add_argument("--no-grpc", action="store_true", help="do not listen for OTLP/gRPC")
     p.add_argument("--store", metavar="URL", help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)")
+    p.add_argument("--sqlite-synchronous", choices=SQLITE_SYNCHRONOUS, default=None,
+                   help="SQLite stores: 'full' (default) syncs each spool commit to disk before the export is acknowledged, "
+                        "so an acknowledged export survives a power cut; 'normal' survives a killed process only")
     p.add_argument("--forward", metavar="URL", help="also send every accepted span, unchanged, to this OTLP endpoint (a Collector, Jaeger, Tempo)")
     p.add_argument("--forward-protocol", choices=("grpc", "http"), default="http", help="protocol for --forward (default http)")
     p.add_argument("--forward-queue-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
@@ -89,6 +95,35 @@ def _server(config: Any) -> Any:
     return Server(config)
 
 
+def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any, Any, str]:
+    """The receipt store and spool, as :func:`.stores.open_backend` opens them, the SQLite spool at ``sqlite_synchronous``;
+    and how durable an acknowledgement is, for the start-up line.
+
+    The spool is where an export's spans are committed before it is acknowledged, so its ``synchronous``
+    setting decides what an acknowledgement survives. Receipts are written after, through the store's own
+    connection: a spool commit at FULL syncs the shared WAL, their frames included, so a receipt is on disk
+    before the spool records it finished; one lost to a power cut is rebuilt from the spool at the next start.
+    """
+    from ..receipts.store import SQLiteReceiptStore, sqlite_path, store_url
+    from .spool import SQLiteSpool
+    from .stores import is_postgres, open_backend
+
+    resolved = store_url(url)
+    if is_postgres(resolved):
+        if sqlite_synchronous is not None:
+            raise ConfigError("--sqlite-synchronous: the store is PostgreSQL; its durability is the server's synchronous_commit")
+        store, spool = open_backend(resolved)
+        return store, spool, "postgresql"
+    mode = sqlite_synchronous or DEFAULT_SQLITE_SYNCHRONOUS
+    store = SQLiteReceiptStore(sqlite_path(resolved), create=True)
+    try:
+        spool = SQLiteSpool(store.path, synchronous=mode.upper())
+    except BaseException:
+        store.close()
+        raise
+    return store, spool, f"sqlite synchronous={mode}"
+
+
 def _token(var: str | None, flag: str) -> str | None:
     if not var:
         return None
@@ -119,7 +154,6 @@ def cmd_processor(args: argparse.Namespace) -> int:
     from .forward import Forwarder, RetryPolicy
     from .metrics import ProcessorMetrics, configure_meter_provider
     from .service import ProcessorConfig, ReceiptsProcessor
-    from .stores import open_backend
 
     for name, value in (("--wait-window", args.wait_window), ("--late-window", args.late_window)):
         if not value >= 0:
@@ -128,6 +162,8 @@ def cmd_processor(args: argparse.Namespace) -> int:
                         ("--max-body-bytes", args.max_body_bytes)):
         if value < 1:
             raise ConfigError(f"{name} {value}: expected a positive number")
+    retry = RetryPolicy(initial_interval_s=args.forward_retry_initial_interval, max_interval_s=args.forward_retry_max_interval,
+                        max_elapsed_s=args.forward_retry_max_elapsed)
     logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ingest_token = _token(args.ingest_token_env, "--ingest-token-env")
@@ -136,13 +172,11 @@ def cmd_processor(args: argparse.Namespace) -> int:
     http_port = http_sock.getsockname()[1]
     owner = args.instance_id or f"{socket.gethostname()}:{http_port}"
 
-    store, spool = open_backend(args.store)
+    store, spool, durability = _open_backend(args.store, args.sqlite_synchronous)
     meter_provider = configure_meter_provider()
     metrics = ProcessorMetrics()
     forwarder = None
     if args.forward:
-        retry = RetryPolicy(initial_interval_s=args.forward_retry_initial_interval, max_interval_s=args.forward_retry_max_interval,
-                            max_elapsed_s=args.forward_retry_max_elapsed)
         forwarder = Forwarder(args.forward, args.forward_protocol, metrics, queue_bytes=args.forward_queue_bytes,
                               retry=retry, timeout_s=args.forward_timeout)
     config = ProcessorConfig(
@@ -173,7 +207,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
         gc.set_threshold(50_000, 50, 100)
         print(
             f"unhardcoded processor: http://{args.host}:{http_port} (OTLP/HTTP, API, pages) · grpc {grpc_note} · "
-            f"store {store.location} · instance {owner}",
+            f"store {store.location} ({durability}) · instance {owner}",
             file=sys.stderr, flush=True,
         )
         server = _server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10))

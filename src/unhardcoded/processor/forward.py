@@ -52,8 +52,9 @@ class RetryPolicy:
     def __post_init__(self) -> None:
         if not (self.initial_interval_s > 0 and self.max_interval_s >= self.initial_interval_s and self.max_elapsed_s >= 0):
             raise ConfigError(
-                f"forward retry: need 0 < initial interval ({self.initial_interval_s}) <= max interval "
-                f"({self.max_interval_s}) and max elapsed ({self.max_elapsed_s}) >= 0"
+                f"--forward-retry-initial-interval {self.initial_interval_s} --forward-retry-max-interval "
+                f"{self.max_interval_s} --forward-retry-max-elapsed {self.max_elapsed_s}: need 0 < initial <= max "
+                "interval, and max elapsed 0 (no limit) or more"
             )
 
     def delays(self) -> Iterator[float]:
