@@ -10,9 +10,12 @@ import math
 import pickle
 import secrets
 import socket
+import threading
+import time
 import traceback
 from datetime import datetime, timedelta, timezone
 
+import httpx
 import pytest
 
 from unhardcoded.errors import ConfigError, UnhardcodedError
@@ -73,6 +76,40 @@ async def adrain(stream) -> tuple[list[dict], ProviderCallError | None]:
     except ProviderCallError as exc:
         return chunks, exc
     return chunks, None
+
+
+HOW = pytest.mark.parametrize("how", ["sync", "async"])
+"""Run a test through ``chat``/``stream`` (httpx) and through ``achat``/``astream`` (the lean HTTP/1.1 client)."""
+
+
+def call(client: ProviderClient, how: str, provider: str, model: str, body: dict, **kwargs) -> ChatResult:
+    """``client.chat``, or ``client.achat`` on an event loop of its own."""
+    if how == "sync":
+        return client.chat(provider, model, body, **kwargs)
+
+    async def run() -> ChatResult:
+        try:
+            return await client.achat(provider, model, body, **kwargs)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def streamed(client: ProviderClient, how: str, provider: str, model: str, body: dict, **kwargs):
+    """``(stream, chunks, error)`` of ``client.stream`` or ``client.astream`` read to the end."""
+    if how == "sync":
+        stream = client.stream(provider, model, body, **kwargs)
+        return (stream, *drain(stream))
+
+    async def run():
+        try:
+            stream = client.astream(provider, model, body, **kwargs)
+            return (stream, *(await adrain(stream)))
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
 
 
 # --------------------------------------------------------------------------- non-streaming
@@ -136,10 +173,11 @@ def test_async_client_survives_a_new_event_loop(simulated_provider):
     assert asyncio.run(once()) == 200
 
 
-def test_server_error_is_kind_error(simulated_provider):
+@HOW
+def test_server_error_is_kind_error(how, simulated_provider):
     sim = simulated_provider("acme", {"m": error(500)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     exc = caught.value
     assert (exc.kind, exc.error_type, exc.status_code) == ("error", "500", 500)
     assert (exc.provider, exc.model) == ("acme", "m")
@@ -160,18 +198,20 @@ def test_async_server_error_is_kind_error(simulated_provider):
     assert (exc.kind, exc.error_type, exc.status_code) == ("error", "503", 503)
 
 
+@HOW
 @pytest.mark.parametrize("status", [408, 504])
-def test_gateway_timeouts_are_kind_timeout(simulated_provider, status):
+def test_gateway_timeouts_are_kind_timeout(how, simulated_provider, status):
     sim = simulated_provider("acme", {"m": error(status)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert (caught.value.kind, caught.value.error_type) == ("timeout", str(status))
 
 
-def test_slow_provider_is_kind_timeout(simulated_provider):
+@HOW
+def test_slow_provider_is_kind_timeout(how, simulated_provider):
     sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "slow", BODY, timeout_s=0.3)
+        call(client, how, "acme", "slow", BODY, timeout_s=0.3)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("timeout", "timeout", None)
 
 
@@ -187,41 +227,46 @@ def test_async_slow_provider_is_kind_timeout(simulated_provider):
     assert asyncio.run(run()).kind == "timeout"
 
 
-def test_rate_limit_with_retry_after_seconds(simulated_provider):
+@HOW
+def test_rate_limit_with_retry_after_seconds(how, simulated_provider):
     sim = simulated_provider("acme", {"m": rate_limit(retry_after_s=2)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("rate_limit", "429", 429)
     assert caught.value.retry_after_s == 2
 
 
-def test_rate_limit_with_retry_after_http_date(simulated_provider):
+@HOW
+def test_rate_limit_with_retry_after_http_date(how, simulated_provider):
     when = datetime.now(timezone.utc) + timedelta(seconds=30)
     sim = simulated_provider("acme", {"m": rate_limit(retry_after=email.utils.format_datetime(when, usegmt=True))})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert caught.value.kind == "rate_limit"
     assert 27 <= caught.value.retry_after_s <= 31
 
 
-def test_rate_limit_with_retry_after_ms_wins(simulated_provider):
+@HOW
+def test_rate_limit_with_retry_after_ms_wins(how, simulated_provider):
     sim = simulated_provider("acme", {"m": rate_limit(retry_after_s=20, retry_after_ms=1500)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert caught.value.retry_after_s == 1.5
 
 
-def test_rate_limit_with_date_in_the_past_means_now(simulated_provider):
+@HOW
+def test_rate_limit_with_date_in_the_past_means_now(how, simulated_provider):
     sim = simulated_provider("acme", {"m": rate_limit(retry_after="Wed, 21 Oct 2015 07:28:00 GMT")})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert caught.value.retry_after_s == 0
 
 
-def test_connect_refused_is_connect_error():
+@HOW
+def test_connect_refused_is_connect_error(how):
     config = ProviderConfig(name="gone", base_url=f"http://127.0.0.1:{closed_port()}/v1")
     with ProviderClient(ProvidersConfig(providers=[config])) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("gone", "m", BODY)
+        call(client, how, "gone", "m", BODY)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "connect_error", None)
 
 
@@ -243,17 +288,19 @@ def test_async_connect_refused_is_connect_error():
      raw(200, "[1, 2]")],
     ids=["not-json", "no-choices", "not-an-object"],
 )
-def test_invalid_success_body_is_invalid_response(simulated_provider, behavior):
+@HOW
+def test_invalid_success_body_is_invalid_response(how, simulated_provider, behavior):
     sim = simulated_provider("acme", {"m": behavior})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "invalid_response", 200)
 
 
-def test_connection_closed_without_answer_is_an_error(simulated_provider):
+@HOW
+def test_connection_closed_without_answer_is_an_error(how, simulated_provider):
     sim = simulated_provider("acme", {"m": timeout(sleep_s=0.1, then_close=True)})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert caught.value.kind == "error"
     assert caught.value.error_type == "transport_error"
 
@@ -274,31 +321,34 @@ def test_provider_call_error_pickles():
 # --------------------------------------------------------------------------- keys
 
 
-def test_key_is_forwarded_as_bearer(simulated_provider, monkeypatch):
+@HOW
+def test_key_is_forwarded_as_bearer(how, simulated_provider, monkeypatch):
     monkeypatch.setenv("ACME_KEY", "sk-acme-123456")
     sim = simulated_provider("acme", expected_api_key="sk-acme-123456")
     with client_with(sim, api_key_env="ACME_KEY") as client:
-        result = client.chat("acme", "m", BODY, headers={"Authorization": "Bearer sk-caller-attempt"})
+        result = call(client, how, "acme", "m", BODY, headers={"Authorization": "Bearer sk-caller-attempt"})
     assert result.status_code == 200
     assert sim.requests[0].headers["authorization"] == "Bearer sk-acme-123456"
 
 
-def test_key_is_read_at_call_time(simulated_provider, monkeypatch):
+@HOW
+def test_key_is_read_at_call_time(how, simulated_provider, monkeypatch):
     sim = simulated_provider("acme", expected_api_key="sk-second")
     with client_with(sim, api_key_env="ACME_KEY") as client:
         monkeypatch.setenv("ACME_KEY", "sk-first")
         with pytest.raises(ProviderCallError) as caught:
-            client.chat("acme", "m", BODY)
+            call(client, how, "acme", "m", BODY)
         assert caught.value.error_type == "401"
         monkeypatch.setenv("ACME_KEY", "sk-second")
-        assert client.chat("acme", "m", BODY).status_code == 200
+        assert call(client, how, "acme", "m", BODY).status_code == 200
 
 
-def test_missing_key_names_the_variable(simulated_provider, monkeypatch):
+@HOW
+def test_missing_key_names_the_variable(how, simulated_provider, monkeypatch):
     monkeypatch.delenv("ACME_MISSING_KEY", raising=False)
     sim = simulated_provider("acme")
     with client_with(sim, api_key_env="ACME_MISSING_KEY") as client, pytest.raises(ProviderCallError) as caught:
-        client.chat("acme", "m", BODY)
+        call(client, how, "acme", "m", BODY)
     assert (caught.value.kind, caught.value.error_type) == ("error", "missing_api_key")
     assert "ACME_MISSING_KEY" in str(caught.value)
     assert sim.requests == []  # nothing was sent
@@ -447,31 +497,31 @@ def test_astream_ok_with_usage(simulated_provider):
     assert stream.response_model == "m"
 
 
-def test_stream_http_error_raises_before_any_chunk(simulated_provider):
+@HOW
+def test_stream_http_error_raises_before_any_chunk(how, simulated_provider):
     sim = simulated_provider("acme", {"m": rate_limit(2)})
     with client_with(sim) as client:
-        stream = client.stream("acme", "m", BODY)
-        chunks, exc = drain(stream)
+        stream, chunks, exc = streamed(client, how, "acme", "m", BODY)
     assert chunks == []
     assert (exc.kind, exc.error_type, exc.retry_after_s) == ("rate_limit", "429", 2)
     assert not stream.first_chunk_received
 
 
-def test_stream_cut_before_first_token_raises_before_any_chunk(simulated_provider):
+@HOW
+def test_stream_cut_before_first_token_raises_before_any_chunk(how, simulated_provider):
     sim = simulated_provider("acme", {"m": cut_before_first_token()})
     with client_with(sim) as client:
-        stream = client.stream("acme", "m", BODY)
-        chunks, exc = drain(stream)
+        stream, chunks, exc = streamed(client, how, "acme", "m", BODY)
     assert chunks == []
     assert (exc.kind, exc.error_type) == ("error", "stream_interrupted")
     assert not stream.first_chunk_received
 
 
-def test_stream_cut_after_tokens_raises_after_the_chunks(simulated_provider):
+@HOW
+def test_stream_cut_after_tokens_raises_after_the_chunks(how, simulated_provider):
     sim = simulated_provider("acme", {"m": cut_after_tokens(2)})
     with client_with(sim) as client:
-        stream = client.stream("acme", "m", BODY)
-        chunks, exc = drain(stream)
+        stream, chunks, exc = streamed(client, how, "acme", "m", BODY)
     assert [c["choices"][0]["delta"].get("content") for c in chunks] == ["", "This ", "is "]
     assert (exc.kind, exc.error_type, exc.status_code) == ("error", "stream_interrupted", 200)
     assert stream.first_chunk_received
@@ -492,32 +542,34 @@ def test_astream_cut_cases(simulated_provider):
     assert len(chunks2) == 3 and exc2.error_type == "stream_interrupted" and after.first_chunk_received
 
 
-def test_stream_without_done_is_interrupted(simulated_provider):
+@HOW
+def test_stream_without_done_is_interrupted(how, simulated_provider):
     body = 'data: {"id": "x", "object": "chat.completion.chunk", "model": "m", "choices": []}\n\n'
     sim = simulated_provider("acme", {"m": raw(200, body, content_type="text/event-stream")})
     with client_with(sim) as client:
-        chunks, exc = drain(client.stream("acme", "m", BODY))
+        chunks, exc = streamed(client, how, "acme", "m", BODY)[1:]
     assert len(chunks) == 1
     assert exc.error_type == "stream_interrupted"
 
 
-def test_stream_error_event_and_bad_chunk(simulated_provider):
+@HOW
+def test_stream_error_event_and_bad_chunk(how, simulated_provider):
     sim = simulated_provider("acme", {
         "err": raw(200, 'data: {"error": {"message": "overloaded"}}\n\n', content_type="text/event-stream"),
         "bad": raw(200, "data: {nope\n\n", content_type="text/event-stream"),
     })
     with client_with(sim) as client:
-        _, err = drain(client.stream("acme", "err", BODY))
-        _, bad = drain(client.stream("acme", "bad", BODY))
+        _, err = streamed(client, how, "acme", "err", BODY)[1:]
+        _, bad = streamed(client, how, "acme", "bad", BODY)[1:]
     assert err.error_type == "stream_error" and "overloaded" in str(err)
     assert bad.error_type == "invalid_response"
 
 
-def test_stream_timeout_before_first_chunk(simulated_provider):
+@HOW
+def test_stream_timeout_before_first_chunk(how, simulated_provider):
     sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)})
     with client_with(sim) as client:
-        stream = client.stream("acme", "slow", BODY, timeout_s=0.3)
-        chunks, exc = drain(stream)
+        stream, chunks, exc = streamed(client, how, "acme", "slow", BODY, timeout_s=0.3)
     assert chunks == [] and exc.kind == "timeout" and not stream.first_chunk_received
 
 
@@ -659,3 +711,291 @@ def test_providers_from_env(tmp_path, monkeypatch):
     monkeypatch.setenv(PROVIDERS_ENV, str(path))
     assert providers_from_env().names == ["a"]
     assert providers_from_env({PROVIDERS_ENV: ""}) == default_providers()
+
+
+# --------------------------------------------------------------------------- the lean HTTP/1.1 client (async calls)
+
+
+class ScriptedServer:
+    """A loopback HTTP/1.1 server that answers each request with the bytes ``answer`` returns.
+
+    ``answer(index, head, body)`` returns ``(payload, then)``: the raw response
+    (or a list of parts, sent a moment apart), and ``"keep"`` (wait for the next request on the connection), ``"close"``
+    (close after sending) or ``"stall"`` (send nothing more, hold the connection).
+    """
+
+    def __init__(self, answer) -> None:
+        self.answer = answer
+        self.connections = 0
+        self.requests: list[tuple[bytes, bytes]] = []
+        self.closed = threading.Event()
+        self._lock = threading.Lock()
+        self._sock = socket.socket()
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(16)
+        self._open: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            with self._lock:
+                self.connections += 1
+                self._open.append(conn)
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        buffer = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buffer:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    buffer += data
+                head, buffer = buffer.split(b"\r\n\r\n", 1)
+                length = 0
+                for line in head.split(b"\r\n")[1:]:
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                while len(buffer) < length:
+                    data = conn.recv(1 << 20)
+                    if not data:
+                        return
+                    buffer += data
+                body, buffer = buffer[:length], buffer[length:]
+                with self._lock:
+                    index = len(self.requests)
+                    self.requests.append((head, body))
+                payload, then = self.answer(index, head, body)
+                for i, part in enumerate(payload if isinstance(payload, list) else [payload]):
+                    if i:
+                        time.sleep(0.05)  # a separate read for the client, most likely
+                    conn.sendall(part)
+                if then == "close":
+                    conn.close()
+                    self.closed.set()
+                    return
+                if then == "stall":
+                    self.closed.wait(30)
+                    return
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self.closed.set()
+        self._sock.close()
+        with self._lock:
+            for conn in self._open:
+                try:
+                    conn.close()
+                except OSError:
+                    pass
+
+
+COMPLETION = json.dumps({
+    "id": "c", "object": "chat.completion", "model": "m",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+}).encode()
+
+
+def http_answer(body: bytes = COMPLETION, *, status: str = "200 OK", headers: tuple[str, ...] = (),
+                length: bool = True) -> bytes:
+    lines = [f"HTTP/1.1 {status}", "content-type: application/json", *headers]
+    if length:
+        lines.append(f"content-length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+@pytest.fixture
+def scripted():
+    servers: list[ScriptedServer] = []
+
+    def start(answer) -> ScriptedServer:
+        server = ScriptedServer(answer)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def lean_client(server: ScriptedServer, **config) -> ProviderClient:
+    return ProviderClient(ProvidersConfig(providers=[ProviderConfig(name="p", base_url=server.base_url, **config)]))
+
+
+def achat_all(client: ProviderClient, n: int, **kwargs) -> list[ChatResult]:
+    async def run() -> list[ChatResult]:
+        try:
+            return [await client.achat("p", "m", BODY, **kwargs) for _ in range(n)]
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_async_calls_share_one_keep_alive_connection(scripted):
+    server = scripted(lambda i, head, body: (http_answer(), "keep"))
+    results = achat_all(lean_client(server), 5)
+    assert [r.output_tokens for r in results] == [1] * 5
+    assert server.connections == 1
+    head, body = server.requests[0]
+    assert head.startswith(b"POST /v1/chat/completions HTTP/1.1\r\n")
+    assert json.loads(body) == {**BODY, "model": "m"}
+    assert b"content-type: application/json" in head.lower() and b"user-agent: unhardcoded/" in head.lower()
+
+
+def test_async_connection_close_and_a_body_that_runs_to_the_end_of_the_connection(scripted):
+    server = scripted(lambda i, head, body: (http_answer(headers=("connection: close",), length=False), "close"))
+    results = achat_all(lean_client(server), 3)
+    assert [r.body["choices"][0]["message"]["content"] for r in results] == ["Hi."] * 3
+    assert server.connections == 3
+
+
+def test_async_call_after_the_server_dropped_the_idle_connection(scripted):
+    # The first answer keeps the connection alive, then the server closes it anyway (its keep-alive timeout).
+    server = scripted(lambda i, head, body: (http_answer(), "close" if i == 0 else "keep"))
+    client = lean_client(server)
+
+    async def run() -> list[int]:
+        try:
+            first = await client.achat("p", "m", BODY)
+            # Blocking the loop on purpose: the close has reached the socket, but the loop has not seen it.
+            server.closed.wait(10)
+            second = await client.achat("p", "m", BODY)
+            return [first.status_code, second.status_code]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == [200, 200]
+    assert server.connections == 2
+
+
+def test_async_chunked_gzip_answer_after_an_informational_response(scripted):
+    import gzip
+
+    packed = gzip.compress(COMPLETION)
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(part), part) for part in (packed[:10], packed[10:])) + b"0\r\n\r\n"
+    head = http_answer(b"", headers=("content-encoding: gzip", "transfer-encoding: chunked"), length=False)
+    answer = [b"HTTP/1.1 103 Early Hints\r\nlink: </x>\r\n\r\n", head, chunked]
+    server = scripted(lambda i, head, body: (answer, "keep"))
+    [result] = achat_all(lean_client(server), 1)
+    assert result.body["choices"][0]["message"]["content"] == "Hi." and result.input_tokens == 3
+
+
+def test_async_large_request_and_answer_bodies(scripted):
+    text = "x" * (3 * 1024 * 1024)
+    big_answer = json.dumps({
+        "id": "c", "object": "chat.completion", "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }).encode()
+    server = scripted(lambda i, head, body: (http_answer(big_answer), "keep"))
+    body = {"model": "m", "messages": [{"role": "user", "content": text}]}
+    client = lean_client(server)
+
+    async def run() -> ChatResult:
+        try:
+            return await client.achat("p", "m", body)
+        finally:
+            await client.aclose()
+
+    result = asyncio.run(run())
+    assert result.body["choices"][0]["message"]["content"] == text
+    assert json.loads(server.requests[0][1])["messages"][0]["content"] == text
+
+
+def test_async_stream_split_across_reads_with_crlf_lines(scripted):
+    events = [{"id": "c", "object": "chat.completion.chunk", "model": "m",
+               "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in ("One ", "two.")]
+    sse = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events) + b"data: [DONE]\r\n\r\n"
+    # Chunk boundaries fall inside lines and between \r and \n.
+    pieces = [sse[:7], sse[7:sse.index(b"\r\n") + 1], sse[sse.index(b"\r\n") + 1:]]
+    chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    answer = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").encode()
+    server = scripted(lambda i, head, body: (answer + chunked, "keep"))
+    _, chunks, exc = streamed(lean_client(server), "async", "p", "m", BODY)
+    assert exc is None
+    assert [c["choices"][0]["delta"]["content"] for c in chunks] == ["One ", "two."]
+
+
+def test_async_stream_closed_early_frees_its_connection(simulated_provider):
+    sim = simulated_provider("acme", {"m": ok("a b c d e f g h")})
+    client = client_with(sim)
+
+    async def run() -> int:
+        try:
+            async with client.astream("acme", "m", BODY) as stream:
+                await stream.__anext__()
+            return (await client.achat("acme", "m", BODY)).status_code
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(run()) == 200
+
+
+def test_async_header_that_would_split_the_request_is_refused_and_nothing_is_sent(scripted):
+    server = scripted(lambda i, head, body: (http_answer(), "keep"))
+    client = lean_client(server, headers={"x-team": "support\r\nx-injected: 1"})
+    with pytest.raises(ProviderCallError) as caught:
+        achat_all(client, 1)
+    assert (caught.value.kind, caught.value.error_type) == ("error", "transport_error")
+    assert server.requests == []
+
+
+def test_async_calls_go_through_an_http_proxy_set_in_the_environment(scripted, monkeypatch):
+    provider = scripted(lambda i, head, body: (http_answer(), "keep"))
+    proxy = scripted(lambda i, head, body: (http_answer(), "keep"))  # answers as the provider would
+    monkeypatch.setenv("HTTP_PROXY", proxy.base_url.rsplit("/", 1)[0])
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    [result] = achat_all(lean_client(provider), 1)
+    assert result.status_code == 200
+    assert provider.requests == []
+    [(head, _)] = proxy.requests
+    assert head.startswith(f"POST {provider.base_url}/chat/completions HTTP/1.1".encode())
+
+
+def test_a_request_waits_for_a_free_connection_and_gives_up_after_its_timeout(scripted):
+    from unhardcoded.router import http11
+
+    server = scripted(lambda i, head, body: (b"", "stall"))
+    target = http11.target_of(server.base_url + "/chat/completions")
+    assert target is not None
+
+    async def run() -> BaseException:
+        pool = http11.ConnectionPool(max_connections=1)
+        first = asyncio.ensure_future(pool.request(target, b"", b"{}", 5.0, read=True))
+        for _ in range(1000):  # until the first request, holding the only slot, is in
+            if server.requests:
+                break
+            await asyncio.sleep(0.01)
+        try:
+            await pool.request(target, b"", b"{}", 0.2, read=True)
+        except BaseException as exc:  # noqa: BLE001
+            return exc
+        finally:
+            first.cancel()
+            await pool.aclose()
+        raise AssertionError("the second request did not wait")
+
+    assert isinstance(asyncio.run(run()), httpx.PoolTimeout)
+
+
+@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", b"NOT HTTP\r\n\r\n"],
+                         ids=["short-body", "garbage"])
+def test_async_broken_answers_are_transport_errors(scripted, answer):
+    server = scripted(lambda i, head, body: (answer, "close"))
+    with pytest.raises(ProviderCallError) as caught:
+        achat_all(lean_client(server), 1)
+    assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "transport_error", None)

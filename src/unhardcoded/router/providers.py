@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .._documents import read_document
 from ..errors import ConfigError, UnhardcodedError
+from . import http11
 
 __all__ = [
     "PROVIDERS_ENV",
@@ -56,6 +57,20 @@ _REDACTED = "[REDACTED]"
 _BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;}\]]+")
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 _DETAIL_LIMIT = 300
+_FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("unhardcoded")
+    except Exception:  # noqa: BLE001 - a source tree that was never installed
+        return "0"
+
+
+_USER_AGENT = {"user-agent": f"unhardcoded/{_package_version()}"}
+_USER_AGENT_LINE = f"user-agent: {_USER_AGENT['user-agent']}\r\n".encode("ascii")
 
 
 # --------------------------------------------------------------------------- config
@@ -291,6 +306,19 @@ class _PreparedCall:
     headers: dict[str, str]
     timeout: httpx.Timeout
     secret: str | None
+    target: http11.Target | None = None
+    """Where the lean client sends the call; None when only httpx can (framing headers set by hand, say)."""
+
+    def encoded(self) -> tuple[bytes, bytes]:
+        """The header lines and the JSON body as the lean client sends them (the body as httpx encodes ``json=``)."""
+        names = {name.lower() for name in self.headers}
+        head = b"".join((
+            b"" if "user-agent" in names else _USER_AGENT_LINE,
+            b"" if "content-type" in names else b"content-type: application/json\r\n",
+            http11.encode_headers(self.headers),
+        ))
+        body = json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        return head, body
 
     def scrub(self, text: str) -> str:
         return _scrub(text, self.secret)
@@ -318,12 +346,14 @@ class _PreparedCall:
 class ProviderClient:
     """Sends chat-completions requests to configured providers, pooling connections.
 
-    One sync :class:`httpx.Client` and one :class:`httpx.AsyncClient` (per event
-    loop) are created on first use and reused across calls. ``transport`` is
-    handed to whichever of them it fits (``httpx.MockTransport`` fits both).
-    Async connections belong to one event loop: call :meth:`aclose` before that
-    loop ends (``async with ProviderClient(...)``); a call from a new loop opens
-    a new pool.
+    Sync calls go through one :class:`httpx.Client`. Async calls go through the
+    lean HTTP/1.1 client of :mod:`unhardcoded.router.http11` (per event loop),
+    or through an :class:`httpx.AsyncClient` when a ``transport`` is given, an
+    HTTP proxy is set in the environment, or httptools is missing; both behave
+    the same to the caller. ``transport`` is handed to whichever httpx client it
+    fits (``httpx.MockTransport`` fits both). Async connections belong to one
+    event loop: call :meth:`aclose` before that loop ends (``async with
+    ProviderClient(...)``); a call from a new loop opens a new pool.
     """
 
     def __init__(
@@ -338,6 +368,9 @@ class ProviderClient:
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
         self._async_loop: asyncio.AbstractEventLoop | None = None
+        self._pool: http11.ConnectionPool | None = None
+        self._pool_loop: asyncio.AbstractEventLoop | None = None
+        self._targets: dict[str, http11.Target | None] = {}
         self._closed = False
 
     # ---- lifecycle
@@ -351,13 +384,18 @@ class ProviderClient:
             client.close()
 
     async def aclose(self) -> None:
-        """Close both connection pools."""
+        """Close every connection pool."""
         with self._lock:
             async_client, self._async_client = self._async_client, None
             loop, self._async_loop = self._async_loop, None
+            pool, self._pool = self._pool, None
+            pool_loop, self._pool_loop = self._pool_loop, None
         # A pool opened on another (possibly closed) loop cannot be closed from this one.
-        if async_client is not None and loop is asyncio.get_running_loop():
+        running = asyncio.get_running_loop()
+        if async_client is not None and loop is running:
             await async_client.aclose()
+        if pool is not None and pool_loop is running:
+            await pool.aclose()
         self.close()
 
     def __enter__(self) -> ProviderClient:
@@ -376,7 +414,7 @@ class ProviderClient:
         with self._lock:
             if self._client is None:
                 transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
-                self._client = httpx.Client(transport=transport, follow_redirects=False)
+                self._client = httpx.Client(transport=transport, follow_redirects=False, headers=_USER_AGENT)
             return self._client
 
     def _async_http(self) -> httpx.AsyncClient:
@@ -386,9 +424,28 @@ class ProviderClient:
             # them; a call from another loop (asyncio.run twice) gets a fresh pool.
             if self._async_client is None or self._async_loop is not loop:
                 transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
-                self._async_client = httpx.AsyncClient(transport=transport, follow_redirects=False)
+                self._async_client = httpx.AsyncClient(transport=transport, follow_redirects=False, headers=_USER_AGENT)
                 self._async_loop = loop
             return self._async_client
+
+    def _lean_pool(self) -> http11.ConnectionPool | None:
+        """The lean client's pool for the running loop, or None when calls must go through httpx."""
+        loop = asyncio.get_running_loop()
+        if self._pool_loop is loop:
+            return self._pool
+        with self._lock:
+            if self._pool_loop is not loop:
+                # Decided once per loop, as httpx reads the proxy settings once per client.
+                lean = self._transport is None and http11.lean_client_available()
+                self._pool = http11.ConnectionPool() if lean else None
+                self._pool_loop = loop
+            return self._pool
+
+    def _target(self, config: ProviderConfig) -> http11.Target | None:
+        url = config.chat_completions_url
+        if url not in self._targets:
+            self._targets[url] = http11.target_of(url)
+        return self._targets[url]
 
     # ---- request building
 
@@ -445,6 +502,9 @@ class ProviderClient:
             sent_headers["authorization"] = f"Bearer {secret}"
 
         timeout = httpx.Timeout(timeout_s if timeout_s is not None else config.timeout_s)
+        target = self._target(config)
+        if target is not None and any(name.lower() in _FRAMING_HEADERS for name in sent_headers):
+            target = None  # framing set by hand: httpx decides what that means
         return _PreparedCall(
             provider=provider,
             model=model,
@@ -453,6 +513,7 @@ class ProviderClient:
             headers=sent_headers,
             timeout=timeout,
             secret=secret,
+            target=target,
         )
 
     # ---- non-streaming
@@ -492,11 +553,17 @@ class ProviderClient:
     ) -> ChatResult:
         """Async :meth:`chat`."""
         call = self._prepare(provider, model, body, headers, timeout_s, stream=False)
-        client = self._async_http()
+        pool = self._lean_pool() if call.target is not None else None
         started = time.perf_counter()
         failure: ProviderCallError | None = None
+        response: httpx.Response | http11.Reply
         try:
-            response = await client.post(call.url, json=call.body, headers=call.headers, timeout=call.timeout)
+            if pool is not None:
+                head, content = call.encoded()
+                response = await pool.request(call.target, head, content, call.timeout.read, read=True)  # type: ignore[arg-type]
+            else:
+                response = await self._async_http().post(
+                    call.url, json=call.body, headers=call.headers, timeout=call.timeout)
         except httpx.HTTPError as exc:
             failure = _transport_failure(call, exc)
         if failure is not None:
@@ -563,7 +630,7 @@ class _StreamState:
     def start(self) -> None:
         self._started = time.perf_counter()
 
-    def check_status(self, response: httpx.Response, error_text: str) -> None:
+    def check_status(self, response: httpx.Response | http11.Reply, error_text: str) -> None:
         self.status_code = response.status_code
         if not response.is_success:
             raise _status_failure(self._call, response, error_text)
@@ -780,12 +847,19 @@ class AsyncChatStream:
 
     async def _chunks(self) -> AsyncIterator[dict[str, Any]]:
         call, state = self._call, self._state
-        client = self._owner._async_http()
+        pool = self._owner._lean_pool() if call.target is not None else None
         state.start()
-        request = client.build_request("POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout)
         failure: ProviderCallError | None = None
+        response: httpx.Response | http11.Reply
         try:
-            response = await client.send(request, stream=True)
+            if pool is not None:
+                head, content = call.encoded()
+                response = await pool.request(call.target, head, content, call.timeout.read, read=False)  # type: ignore[arg-type]
+            else:
+                client = self._owner._async_http()
+                request = client.build_request(
+                    "POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout)
+                response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             failure = _transport_failure(call, exc)
         if failure is not None:
@@ -842,7 +916,7 @@ class AsyncChatStream:
 # --------------------------------------------------------------------------- classification
 
 
-def _chat_result(call: _PreparedCall, response: httpx.Response, started: float) -> ChatResult:
+def _chat_result(call: _PreparedCall, response: httpx.Response | http11.Reply, started: float) -> ChatResult:
     duration_ms = (time.perf_counter() - started) * 1000
     if not response.is_success:
         logger.debug("chat %s/%s -> HTTP %s in %.1f ms", call.provider, call.model, response.status_code, duration_ms)
@@ -874,7 +948,7 @@ def _chat_result(call: _PreparedCall, response: httpx.Response, started: float) 
     )
 
 
-def _status_failure(call: _PreparedCall, response: httpx.Response, text: str) -> ProviderCallError:
+def _status_failure(call: _PreparedCall, response: httpx.Response | http11.Reply, text: str) -> ProviderCallError:
     status = response.status_code
     retry_after = _retry_after_s(response.headers)
     kind: ErrorKind
@@ -901,7 +975,7 @@ def _transport_failure(call: _PreparedCall, exc: httpx.HTTPError) -> ProviderCal
     return call.failure(f"transport failure ({name}: {exc})", kind="error", error_type="transport_error")
 
 
-def _retry_after_s(headers: httpx.Headers) -> float | None:
+def _retry_after_s(headers: Mapping[str, str]) -> float | None:
     """``retry-after-ms`` first (OpenAI's), then ``Retry-After`` as seconds or an HTTP-date."""
     raw_ms = headers.get("retry-after-ms")
     if raw_ms:

@@ -1,0 +1,710 @@
+"""A lean HTTP/1.1 client for provider calls made on an event loop: pooled keep-alive connections, parsed by httptools.
+
+The proxy makes one provider call per request, and httpx's layers cost more CPU
+per call than routing and telemetry together. This client does only what a
+chat-completions call needs: POST a body and read the answer whole or as a
+stream of lines. It fails with the httpx exception each failure corresponds to
+(``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``,
+``PoolTimeout``, ``RemoteProtocolError``, ``LocalProtocolError``), so the one
+classification in :mod:`unhardcoded.router.providers` serves both clients, and a
+timeout means what it means there: no progress for that long.
+
+:func:`lean_client_available` says when it is used: httptools is installed and
+no proxy is set in the environment (httpx honours ``HTTP(S)_PROXY``; this does
+not speak to proxies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import select
+import urllib.request
+import zlib
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+try:
+    import httptools
+except ImportError:  # pragma: no cover - uvicorn[standard] brings it on CPython
+    httptools = None  # type: ignore[assignment]
+
+__all__ = ["ConnectionPool", "Reply", "Target", "lean_client_available", "target_of"]
+
+MAX_CONNECTIONS = 100
+"""Requests in flight at once; more wait for a slot (``PoolTimeout`` after the call's timeout), as with httpx."""
+MAX_IDLE = 20
+"""Idle keep-alive connections kept open, over every origin."""
+KEEPALIVE_EXPIRY_S = 5.0
+"""An idle connection older than this is closed rather than reused (servers often drop them at 5 s)."""
+_HIGH_WATER = 256 * 1024
+"""Buffered body bytes at which reading pauses until the consumer catches up."""
+_HAS_POLL = hasattr(select, "poll")
+_NEWLINES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on, as httpx's line decoder
+
+
+def lean_client_available() -> bool:
+    """httptools is importable and no HTTP proxy is configured in the environment."""
+    if httptools is None:
+        return False
+    proxies = urllib.request.getproxies()
+    return not any(proxies.get(scheme) for scheme in ("http", "https", "all"))
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a request goes: the origin to connect to, and the request line and Host header, encoded once."""
+
+    scheme: str
+    host: str
+    port: int
+    origin: tuple[str, str, int]
+    head: bytes  # b"POST /v1/chat/completions HTTP/1.1\r\nhost: ...\r\n"
+
+
+def target_of(url: str, method: str = "POST") -> Target | None:
+    """The target of ``url``, or None when this client cannot send there (user info in the URL, say)."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.username or parts.password:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        return None
+    host = parts.hostname
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    netloc = f"[{host}]" if ":" in host else host
+    default_port = (parts.scheme == "https" and port == 443) or (parts.scheme == "http" and port == 80)
+    host_header = netloc if default_port else f"{netloc}:{port}"
+    try:
+        head = f"{method} {path} HTTP/1.1\r\nhost: {host_header}\r\n".encode("ascii")
+    except UnicodeEncodeError:
+        return None  # an IDN host or a raw non-ASCII path: httpx knows how to encode those
+    if any(c in path for c in " \r\n"):
+        return None
+    return Target(parts.scheme, host, port, (parts.scheme, host, port), head)
+
+
+def encode_headers(headers: dict[str, str]) -> bytes:
+    """``name: value\\r\\n`` lines; a name or value that could end the head early or is not ASCII is refused."""
+    out = []
+    for name, value in headers.items():
+        if "\r" in value or "\n" in value or "\0" in value or not name or any(c in name for c in ":\r\n\0 "):
+            raise httpx.LocalProtocolError(f"header {name!r}: illegal character in the name or value")
+        out.append(f"{name}: {value}\r\n")
+    try:
+        return "".join(out).encode("ascii")
+    except UnicodeEncodeError:
+        raise httpx.LocalProtocolError("a header name or value is not ASCII") from None
+
+
+class Reply:
+    """One response: status and headers once :meth:`ConnectionPool.request` returns, the body read or streamed.
+
+    The parts of ``httpx.Response`` the provider client reads: ``status_code``,
+    ``is_success``, ``headers`` (lower-case names; repeated ones joined with
+    ``", "``), ``content`` / ``text`` after :meth:`aread`, :meth:`aiter_lines`,
+    :meth:`aclose`.
+    """
+
+    __slots__ = (
+        "status_code", "headers", "_raw_headers", "_conn", "_pool", "_timeout", "_chunks", "_buffered", "_head_done",
+        "_complete", "_error", "_waiter", "_timer", "_released", "_until_eof", "_content", "_text", "_informational",
+        "_keep_alive",
+    )
+
+    def __init__(self, pool: "ConnectionPool", conn: "_Connection", timeout: float) -> None:
+        self.status_code = 0
+        self.headers: dict[str, str] = {}
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._conn: _Connection | None = conn
+        self._pool = pool
+        self._timeout = timeout
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._head_done = False
+        self._complete = False
+        self._until_eof = False
+        self._informational = False
+        self._keep_alive = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._released = False
+        self._content: bytes | None = None
+        self._text: str | None = None
+
+    # ---- what the caller reads
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+    @property
+    def content(self) -> bytes:
+        if self._content is None:
+            raise RuntimeError("the body has not been read: await aread() first")
+        return self._content
+
+    @property
+    def text(self) -> str:
+        if self._text is None:
+            self._text = self.content.decode(self._charset(), errors="replace")
+        return self._text
+
+    async def aread(self) -> bytes:
+        """The whole body (decoded if the server compressed it); the connection goes back to the pool."""
+        if self._content is None:
+            parts = []
+            async for chunk in self._aiter_raw():
+                parts.append(chunk)
+            self._content = b"".join(parts)
+        return self._content
+
+    async def aiter_lines(self) -> AsyncIterator[str]:
+        """The body as text lines, split as ``str.splitlines`` splits (httpx's ``aiter_lines`` does the same)."""
+        decoder = codecs.getincrementaldecoder(self._charset())(errors="replace")
+        lines = _LineSplitter()
+        async for chunk in self._aiter_raw():
+            text = decoder.decode(chunk)
+            if text:
+                for line in lines.feed(text):
+                    yield line
+        text = decoder.decode(b"", final=True)
+        if text:
+            for line in lines.feed(text):
+                yield line
+        for line in lines.flush():
+            yield line
+
+    async def aclose(self) -> None:
+        """Done with the reply: a connection whose body came in whole is reused, any other is closed."""
+        self._release(reuse=self._error is None and not self._chunks)
+
+    # ---- reading
+
+    def _charset(self) -> str:
+        ctype = self.headers.get("content-type", "")
+        for param in ctype.split(";")[1:]:
+            key, _, value = param.strip().partition("=")
+            if key.lower() == "charset" and value:
+                name = value.strip().strip('"')
+                try:
+                    codecs.lookup(name)
+                    return name
+                except LookupError:
+                    break
+        return "utf-8"
+
+    async def _aiter_raw(self) -> AsyncIterator[bytes]:
+        decompress = _decompressor(self.headers.get("content-encoding"))
+        try:
+            while True:
+                chunk = await self._next_chunk()
+                if chunk is None:
+                    break
+                yield decompress(chunk) if decompress is not None else chunk
+        except zlib.error as exc:
+            self._release(reuse=False)
+            raise httpx.DecodingError(f"cannot decode the response body: {exc}") from None
+
+    async def _next_chunk(self) -> bytes | None:
+        while True:
+            if self._chunks:
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                conn = self._conn
+                if conn is not None and conn.reading_paused and self._buffered < _HIGH_WATER // 4:
+                    conn.resume_reading()
+                return chunk
+            if self._error is not None:
+                self._release(reuse=False)
+                raise self._error
+            if self._complete:
+                self._release(reuse=True)
+                return None
+            await self._progress()
+
+    async def _progress(self) -> None:
+        """Wait until the connection brings something (bytes, an end, an error); ReadTimeout after ``timeout`` of nothing."""
+        conn = self._conn
+        if conn is None:  # released: nothing more will come
+            self._error = self._error or httpx.ReadError("the response was closed")
+            return
+        loop = conn.loop
+        self._waiter = loop.create_future()
+        self._timer = loop.call_at(conn.last_activity + self._timeout, self._check_timeout)
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+
+    def _check_timeout(self) -> None:
+        conn = self._conn
+        if conn is None or self._waiter is None:
+            return
+        due = conn.last_activity + self._timeout
+        if conn.loop.time() < due:  # bytes came meanwhile: the clock restarted then
+            self._timer = conn.loop.call_at(due, self._check_timeout)
+            return
+        self._timer = None
+        self._fail(httpx.ReadTimeout(f"no data from the server for {self._timeout:g} s"))
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, error: BaseException) -> None:
+        if self._error is None and not self._complete:
+            self._error = error
+        self._wake()
+
+    def _release(self, *, reuse: bool) -> None:
+        if self._released:
+            return
+        self._released = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.reply = None
+            if reuse and self._complete and self._keep_alive and not self._until_eof and not conn.closed:
+                self._pool._put_idle(conn)
+            else:
+                conn.close()
+        self._pool._release_slot()
+
+    # ---- fed by the connection (httptools callbacks)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        conn = self._conn
+        assert conn is not None
+        status = conn.parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            self._informational = True  # 100 Continue, 103 Early Hints: the real answer follows
+            self._raw_headers = []
+            return
+        self.status_code = status
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in self._raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        self.headers = headers
+        self._raw_headers = []
+        self._until_eof = (
+            "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+            and status not in (204, 304)
+        )
+        self._head_done = True
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        conn = self._conn
+        if self._buffered > _HIGH_WATER and conn is not None and not conn.reading_paused:
+            conn.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._informational:
+            self._informational = False
+            return
+        conn = self._conn
+        self._keep_alive = conn is not None and conn.parser.should_keep_alive()
+        self._complete = True
+        self._wake()
+
+    def connection_lost(self) -> None:
+        if self._complete:
+            return
+        if self._head_done and self._until_eof:
+            self._complete = True  # the body ran to the end of the connection, as it said it would
+            self._wake()
+        elif self._head_done:
+            self._fail(httpx.RemoteProtocolError(
+                "peer closed connection without sending complete message body"))
+        else:
+            self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+
+
+class _LineSplitter:
+    """Text in, whole lines out, with the line breaks of ``str.splitlines``; a ``\\r`` waits to see if ``\\n`` follows."""
+
+    __slots__ = ("_buffer", "_trailing_cr")
+
+    def __init__(self) -> None:
+        self._buffer: list[str] = []
+        self._trailing_cr = False
+
+    def feed(self, text: str) -> list[str]:
+        if self._trailing_cr:
+            text = "\r" + text
+            self._trailing_cr = False
+        if text.endswith("\r"):
+            self._trailing_cr = True
+            text = text[:-1]
+        if not text:
+            return []
+        ends_line = text[-1] in _NEWLINES
+        lines = text.splitlines()
+        if len(lines) == 1 and not ends_line:
+            self._buffer.append(lines[0])
+            return []
+        if self._buffer:
+            lines[0] = "".join(self._buffer) + lines[0]
+            self._buffer = []
+        if not ends_line:
+            self._buffer = [lines.pop()]
+        return lines
+
+    def flush(self) -> list[str]:
+        if not self._buffer and not self._trailing_cr:
+            return []
+        line = "".join(self._buffer)
+        self._buffer = []
+        self._trailing_cr = False
+        return [line]
+
+
+def _expire(waiter: "asyncio.Future[None]", timeout: float) -> None:
+    if not waiter.done():
+        waiter.set_exception(httpx.PoolTimeout(f"no connection free within {timeout:g} s"))
+
+
+def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
+    """A decoder for a body the server compressed although it was not asked to (gzip, deflate)."""
+    if not encoding:
+        return None
+    encoding = encoding.strip().lower()
+    if encoding == "gzip":
+        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress
+    if encoding == "deflate":
+        state: dict[str, Any] = {}
+
+        def inflate(data: bytes) -> bytes:
+            obj = state.get("obj")
+            if obj is None:
+                try:
+                    obj = zlib.decompressobj()
+                    out = obj.decompress(data)
+                except zlib.error:  # raw deflate, without the zlib header
+                    obj = zlib.decompressobj(-zlib.MAX_WBITS)
+                    out = obj.decompress(data)
+                state["obj"] = obj
+                return out
+            return obj.decompress(data)
+
+        return inflate
+    return None  # identity, or an encoding httpx would not decode either
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection; the reply it is reading gets the parser's callbacks."""
+
+    def __init__(self, pool: "ConnectionPool", origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.origin = origin
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.reply: Reply | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self.last_activity = 0.0
+        self.reading_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self._write_paused = False
+        self.fd = -1
+
+    # ---- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
+
+    def data_received(self, data: bytes) -> None:
+        reply = self.reply
+        if reply is None:  # bytes while idle: the server is not speaking HTTP/1.1 keep-alive as we do
+            self.close()
+            return
+        self.last_activity = self.loop.time()
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            reply._fail(httpx.RemoteProtocolError(f"malformed HTTP response: {exc}"))
+            self.close()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        reply = self.reply
+        if reply is not None:
+            reply.connection_lost()
+        self.pool._forget(self)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drained = self._drained
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+
+    # ---- httptools callbacks, passed to the reply being read
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.reply is not None:
+            self.reply.on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        if self.reply is not None:
+            self.reply.on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.reply is not None:
+            self.reply.on_body(body)
+
+    def on_message_complete(self) -> None:
+        if self.reply is not None:
+            self.reply.on_message_complete()
+
+    # ---- used by the pool and the reply
+
+    async def write(self, data: bytes, timeout: float) -> None:
+        transport = self.transport
+        assert transport is not None
+        transport.write(data)
+        if self._write_paused and not self.closed:
+            self._drained = self.loop.create_future()
+            try:
+                await asyncio.wait_for(self._drained, timeout)
+            except asyncio.TimeoutError:
+                raise httpx.WriteTimeout(f"could not send the request within {timeout:g} s") from None
+            finally:
+                self._drained = None
+        if self.closed and self.reply is not None and self.reply._error is None:
+            self.reply._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
+
+    def readable(self) -> bool:
+        """Whether an idle connection has something to read: a close (or bytes) the loop has not handled yet."""
+        if self.fd < 0:
+            return False
+        try:
+            if _HAS_POLL:
+                poll = select.poll()
+                poll.register(self.fd, select.POLLIN)
+                return bool(poll.poll(0))
+            return bool(select.select([self.fd], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.reading_paused = False
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class ConnectionPool:
+    """Keep-alive connections by origin, for the event loop that made them.
+
+    :meth:`request` sends one request and returns its :class:`Reply` once the
+    status and headers are in (with ``read=True``, once the whole body is in);
+    a streamed reply holds its connection until it is read to the end or closed.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_connections: int = MAX_CONNECTIONS,
+        max_idle: int = MAX_IDLE,
+        keepalive_expiry_s: float = KEEPALIVE_EXPIRY_S,
+        ssl_context: Callable[[], Any] = httpx.create_ssl_context,
+    ) -> None:
+        if httptools is None:
+            raise RuntimeError("httptools is not installed")
+        self.max_idle = max_idle
+        self.keepalive_expiry_s = keepalive_expiry_s
+        self._make_ssl_context = ssl_context
+        self._ssl: Any = None
+        self._slots = max_connections
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._idle: dict[tuple[str, str, int], deque[_Connection]] = {}
+        self._idle_count = 0
+        self._closed = False
+
+    async def request(self, target: Target, headers: bytes, body: bytes, timeout: float, *, read: bool) -> Reply:
+        """Send ``target.head + headers`` and ``body``; the reply with its head (and its body when ``read``)."""
+        if self._closed:
+            raise httpx.LocalProtocolError("the connection pool is closed")
+        await self._take_slot(timeout)
+        conn: _Connection | None = None
+        reply: Reply | None = None
+        try:
+            conn = self._take_idle(target.origin)
+            if conn is None:
+                conn = await self._connect(target, timeout)
+            reply = Reply(self, conn, timeout)
+            conn.reply = reply
+            conn.last_activity = conn.loop.time()
+            await conn.write(b"".join((target.head, headers, b"content-length: %d\r\n\r\n" % len(body), body)), timeout)
+            conn.last_activity = conn.loop.time()  # the read timeout runs from here, as httpx's does
+            while not reply._head_done:
+                if reply._error is not None:
+                    raise reply._error
+                await reply._progress()
+            if read:
+                await reply.aread()
+            return reply
+        except BaseException:
+            if reply is not None:
+                reply._release(reuse=False)
+            else:
+                if conn is not None:
+                    conn.close()
+                self._release_slot()
+            raise
+
+    async def aclose(self) -> None:
+        """Close every idle connection; replies still open close theirs when released."""
+        self._closed = True
+        for conns in self._idle.values():
+            for conn in conns:
+                conn.close()
+        self._idle.clear()
+        self._idle_count = 0
+        for waiter in self._slot_waiters:
+            if not waiter.done():
+                waiter.set_exception(httpx.LocalProtocolError("the connection pool is closed"))
+
+    # ---- slots (requests in flight)
+
+    async def _take_slot(self, timeout: float) -> None:
+        if self._slots > 0 and not self._slot_waiters:
+            self._slots -= 1
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._slot_waiters.append(waiter)
+        timer = loop.call_later(timeout, _expire, waiter, timeout)
+        try:
+            await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                self._release_slot()  # handed a slot just as the caller gave up: pass it on
+            raise
+        finally:
+            timer.cancel()
+            try:
+                self._slot_waiters.remove(waiter)
+            except ValueError:
+                pass
+
+    def _release_slot(self) -> None:
+        while self._slot_waiters:
+            waiter = self._slot_waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # the slot passes straight to the next in line
+                return
+        self._slots += 1
+
+    # ---- connections
+
+    def _take_idle(self, origin: tuple[str, str, int]) -> _Connection | None:
+        conns = self._idle.get(origin)
+        if not conns:
+            return None
+        now = None
+        while conns:
+            conn = conns.pop()  # the most recently used: the least likely to have been dropped by the server
+            self._idle_count -= 1
+            if conn.closed:
+                continue
+            if now is None:
+                now = conn.loop.time()
+            if now - conn.idle_since > self.keepalive_expiry_s or conn.readable():
+                conn.close()  # expired, or the server closed it (or spoke out of turn) and the loop has not seen it yet
+                continue
+            return conn
+        return None
+
+    def _put_idle(self, conn: _Connection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        if self._idle_count >= self.max_idle:
+            self._close_oldest_idle()
+        conn.idle_since = conn.loop.time()
+        self._idle.setdefault(conn.origin, deque()).append(conn)
+        self._idle_count += 1
+
+    def _close_oldest_idle(self) -> None:
+        oldest: _Connection | None = None
+        for conns in self._idle.values():
+            if conns and (oldest is None or conns[0].idle_since < oldest.idle_since):
+                oldest = conns[0]
+        if oldest is not None:
+            self._idle[oldest.origin].popleft()
+            self._idle_count -= 1
+            oldest.close()
+
+    def _forget(self, conn: _Connection) -> None:
+        conns = self._idle.get(conn.origin)
+        if conns:
+            try:
+                conns.remove(conn)
+            except ValueError:
+                return
+            self._idle_count -= 1
+
+    async def _connect(self, target: Target, timeout: float) -> _Connection:
+        loop = asyncio.get_running_loop()
+        ssl_context = None
+        if target.scheme == "https":
+            if self._ssl is None:
+                self._ssl = self._make_ssl_context()
+            ssl_context = self._ssl
+        failure: Exception | None = None
+        try:
+            _, conn = await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: _Connection(self, target.origin, loop), target.host, target.port,
+                    ssl=ssl_context, server_hostname=target.host if ssl_context is not None else None,
+                ),
+                timeout,
+            )
+        except asyncio.TimeoutError:
+            failure = httpx.ConnectTimeout(f"could not connect within {timeout:g} s")
+        except OSError as exc:  # refused, unreachable, DNS, TLS handshake
+            failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
+        if failure is not None:
+            raise failure
+        return conn
