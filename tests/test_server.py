@@ -144,6 +144,27 @@ def test_receipt_from_the_store(simulated_provider: Any) -> None:
     store.close()
 
 
+def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(simulated_provider: Any) -> None:
+    from unhardcoded.policy import load_policy_file
+    from unhardcoded.policies import builtin_policy_dir
+    from unhardcoded.server import RecentDecisions
+
+    sims = catalog_simulators(simulated_provider)
+    sims["google"].set_behavior(SELECTED, error(500))
+    policy = load_policy_file(builtin_policy_dir() / "support.yaml")
+    with ProviderClient(providers_for(sims, timeout_s=2.0)) as client:
+        router = Router(Catalog.builtin(), client)
+        routed = [router.route(policy, {"messages": HELLO}, request_id=f"req_{i}")[0] for i in range(3)]
+    assert routed[0].hops and len(routed[0].attempts) == 2 and routed[0].cost.usd  # a decision with everything in it
+
+    recent = RecentDecisions(capacity=2)
+    for decision in routed:
+        recent.add(decision)
+    assert recent.get("req_0") is None
+    assert recent.get("req_1") == routed[1] and recent.get("req_2") == routed[2]
+    assert recent.get("req_2").policy is policy
+
+
 # --------------------------------------------------------------------------- spans
 
 

@@ -40,19 +40,34 @@ FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_time
 
 
 class RecentDecisions:
-    """The last ``capacity`` decisions by request id, so ``GET /x/receipts/{id}`` answers with no store."""
+    """The last ``capacity`` decisions by request id, so ``GET /x/receipts/{id}`` answers with no store.
+
+    Each is kept as its JSON (with its policy, shared by many, kept aside): ten
+    thousand decisions as live models are a few hundred thousand objects for
+    every full garbage collection to walk, which would stall the server for
+    tens of milliseconds at a time.
+    """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, Decision] = OrderedDict()
+        self._items: OrderedDict[str, tuple[Policy, str]] = OrderedDict()
 
     def add(self, decision: Decision) -> None:
-        self._items[decision.request_id] = decision
+        self._items[decision.request_id] = (decision.policy, decision.model_dump_json(exclude=_POLICY))
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
     def get(self, request_id: str) -> Decision | None:
-        return self._items.get(request_id)
+        item = self._items.get(request_id)
+        if item is None:
+            return None
+        policy, data = item
+        fields = json.loads(data)
+        fields["policy"] = policy
+        return Decision.model_validate(fields)
+
+
+_POLICY = {"policy"}
 
 
 def fallback_header(decision: Decision) -> str:
