@@ -279,9 +279,14 @@ def test_no_candidate_raises_before_any_call(catalog: Catalog, sims):
     policy = validate_policy({"schema": "sigma-pol/v1", "name": "none",
                               "rules": [{"id": "r", "field": "bench_intelligence", "op": "gt", "value": 1}]}, catalog)
     with client_for(a) as client, pytest.raises(NoCandidateError) as info:
-        Router(catalog, client=client).route(policy, BODY)
+        Router(catalog, client=client).route(policy, BODY, request_id="req_none")
     assert str(info.value) == f"no model in catalog {catalog.version} passes policy 'none'"
     assert a.requests == []
+    decision = info.value.decision  # the decision itself, for whoever reports the refusal
+    assert decision is not None and decision.request_id == "req_none" and decision.outcome == "no_candidate"
+    assert decision.selected is None and decision.attempts == []
+    assert sorted(r.model for r in decision.rejected) == sorted(m.id for m in catalog.models)
+    assert {r.rule for r in decision.rejected} == {"r"}
 
 
 # -- Retry-After --------------------------------------------------------------------------------

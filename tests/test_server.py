@@ -244,6 +244,21 @@ def test_stream_broken_after_tokens_is_on_the_spans(traced: tuple[Stack, InMemor
     assert attempt.attributes[A.UNHARDCODED_ATTEMPT_STATUS] == "error"
 
 
+def test_no_candidate_reply_is_the_decision_the_span_recorded(traced: tuple[Stack, InMemorySpanExporter]) -> None:
+    stack, exporter = traced
+    impossible = {"schema": "sigma-pol/v1", "name": "impossible",
+                  "rules": [{"id": "genius", "field": "bench_intelligence", "op": "gte", "value": 0.999}]}
+    r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "policy": impossible})
+    assert r.status_code == 422 and r.json()["error"]["code"] == "no_candidate"
+    spans = finished(exporter)
+    [decision] = [s for s in spans if s.name == "route impossible"]  # decided once, not again for the reply
+    assert decision.attributes[A.UNHARDCODED_DECISION_OUTCOME] == "no_candidate"
+    receipt = stack.receipt(r.headers["x-unhardcoded-request-id"])
+    assert receipt["trace_id"] == format(decision.context.trace_id, "032x")
+    assert receipt["span_id"] == format(decision.context.span_id, "016x")
+    assert len(receipt["rejected"]) == decision.attributes[A.UNHARDCODED_REJECTED_COUNT]
+
+
 def test_bad_request_has_a_server_span_and_no_decision(traced: tuple[Stack, InMemorySpanExporter]) -> None:
     stack, exporter = traced
     r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", content=b"{nope")

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .router.decision import Decision
+
 
 class UnhardcodedError(Exception):
     """Base class of every error this package raises on purpose."""
@@ -24,4 +29,8 @@ class RequestError(UnhardcodedError):
 
 
 class NoCandidateError(UnhardcodedError):
-    """No model in the catalog passes the policy for this request."""
+    """No model in the catalog passes the policy for this request; ``decision`` says which rule rejected each one."""
+
+    def __init__(self, message: str, decision: "Decision | None" = None) -> None:
+        super().__init__(message)
+        self.decision = decision

@@ -84,7 +84,8 @@ class Router:
         scope.decision = decision
         if decision.selected is None:
             scope.finish(decision)
-            raise NoCandidateError(f"no model in catalog {compiled.catalog_version} passes policy {compiled.policy.name!r}")
+            raise NoCandidateError(
+                f"no model in catalog {compiled.catalog_version} passes policy {compiled.policy.name!r}", decision)
         return decision
 
     def route(
@@ -95,7 +96,11 @@ class Router:
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
     ) -> tuple[Decision, "ChatResult | None", "ProviderCallError | None"]:
-        """Decide, call the selected model, fall back as the policy says. Raises NoCandidateError."""
+        """Decide, call the selected model, fall back as the policy says.
+
+        Raises NoCandidateError, carrying the decision (every rejection, recorded like any other) when no
+        model passes the policy.
+        """
         features = features_from_request(body)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled, activate=True) as scope:

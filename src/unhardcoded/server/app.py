@@ -153,9 +153,8 @@ class Proxy:
             try:
                 decision, result, error = await self.router.aroute(policy, body, request_id=request_id)
             except NoCandidateError as exc:
-                # The router recorded the decision (span included); rebuild it, without telemetry, for the reply.
-                decision = getattr(exc, "decision", None) or self.router.compile(policy).decide(
-                    features, request_id=request_id)
+                decision = exc.decision  # the one the router recorded, span and metrics included
+                assert decision is not None
                 self.recent.add(decision)
                 return no_candidate_error(decision).response(decision_headers(decision))
             self.recent.add(decision)
