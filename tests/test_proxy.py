@@ -15,13 +15,20 @@ import pytest
 from apps.proxy_harness import (
     FIRST_FALLBACK,
     HELLO,
+    PROVIDER_OF,
     SECOND_FALLBACK,
     SELECTED,
     Stack,
     all_requests,
+    catalog_simulators,
     make_stack,
+    providers_for,
+    serving,
 )
 from unhardcoded.catalog import Catalog
+from unhardcoded.router import Router
+from unhardcoded.router.providers import ProviderClient
+from unhardcoded.server import create_app
 from unhardcoded.simulator import (
     cut_after_tokens,
     cut_before_first_token,
@@ -175,6 +182,23 @@ def test_stream_that_fails_before_answering_falls_back(stack: Stack) -> None:
     stack.behave(SELECTED, rate_limit(None))
     chunks = list(stack.client().chat.completions.create(model="auto", messages=HELLO, stream=True))
     assert chunks[0].model == FIRST_FALLBACK
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
+def test_a_provider_missing_from_the_providers_file_falls_back(simulated_provider: Any, stream: bool) -> None:
+    sims = catalog_simulators(simulated_provider)
+    configured = providers_for({name: sim for name, sim in sims.items() if name != PROVIDER_OF[SELECTED]})
+    with ProviderClient(configured) as client:
+        app = create_app(Router(Catalog.builtin(), client), default_policy="support")
+        with serving(app) as server:
+            stack = Stack(sims, server)
+            raw = stack.client().chat.completions.with_raw_response.create(model="auto", messages=HELLO, stream=stream)
+            answer = raw.parse()
+            models = {c.model for c in answer} if stream else {answer.model}
+            receipt = stack.receipt(raw.headers["x-unhardcoded-request-id"])
+    assert models == {FIRST_FALLBACK}
+    assert [(a["model"], a["error_type"]) for a in receipt["attempts"]] == [
+        (SELECTED, "unknown_provider"), (FIRST_FALLBACK, None)]
 
 
 def test_stream_cut_after_tokens_ends_in_an_error_event(stack: Stack) -> None:

@@ -18,6 +18,7 @@ import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import (
@@ -36,10 +37,11 @@ from unhardcoded.catalog import Catalog
 from unhardcoded import cli
 from unhardcoded.receipts.model import RECEIPT_SCHEMA, Receipt
 from unhardcoded.router import Router
+from unhardcoded.router.cascade import AttemptObserver
 from unhardcoded.router.providers import ProviderClient
 from unhardcoded.semconv import attributes as A
 from unhardcoded.server import create_app
-from unhardcoded.simulator import cut_after_tokens, error, ok
+from unhardcoded.simulator import cut_after_tokens, cut_before_first_token, error, ok
 
 
 def traced_router(client: ProviderClient, provider: TracerProvider) -> Router:
@@ -228,6 +230,104 @@ def test_spans_nest_from_the_caller_to_the_provider(traced: tuple[Stack, InMemor
     # The receipt in memory is the decision the spans describe.
     receipt = stack.receipt(r.headers["x-unhardcoded-request-id"])
     assert receipt["trace_id"] == CALLER_TRACE and receipt["span_id"] == format(decision.context.span_id, "016x")
+
+
+class WatchedStreams(ProviderClient):
+    """The real client; it notes which span is current each time the proxy reads from a provider's stream."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.reads: list[tuple[str, int]] = []
+
+    def astream(self, provider: str, model: str, body: Any, **kwargs: Any) -> Any:
+        return _Watched(super().astream(provider, model, body, **kwargs), model, self.reads)
+
+
+class _Watched:
+    def __init__(self, inner: Any, model: str, reads: list[tuple[str, int]]) -> None:
+        self.inner, self.model, self.reads = inner, model, reads
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def __aiter__(self) -> "_Watched":
+        return self
+
+    async def __anext__(self) -> Any:
+        self.reads.append((self.model, trace.get_current_span().get_span_context().span_id))
+        return await self.inner.__anext__()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class HookLog(AttemptObserver):
+    """An application's own observer, chained after the attempt spans: what it is shown, and in which span."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str, int]] = []
+
+    def start(self, decision: Any, planned: Any) -> Any:
+        return planned.model
+
+    def headers(self, token: Any) -> dict[str, str]:
+        self.calls.append(("headers", token, trace.get_current_span().get_span_context().span_id))
+        return {"x-hook": token}
+
+    def answered(self, token: Any, result: Any) -> None:
+        self.calls.append(("answered", token, getattr(result, "response_model", None)))
+
+    def end(self, token: Any, attempt: Any, error: Any) -> None:
+        self.calls.append(("end", token, attempt.status))
+
+
+def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider: Any) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sims = catalog_simulators(simulated_provider)
+    sims["google"].set_behavior(SELECTED, cut_before_first_token())
+    sims["anthropic"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
+    client = WatchedStreams(providers_for(sims, timeout_s=2.0))
+    hooks = HookLog()
+    router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
+    with serving(create_app(router, default_policy="support", tracer_provider=provider)) as server:
+        with httpx.stream("POST", f"{server.openai_base_url}/chat/completions",
+                          json={"messages": HELLO, "stream": True}) as r:
+            text = r.read().decode()
+    client.close()
+    assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
+
+    spans = finished(exporter)
+    [first, second] = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time)
+    # Every read of each provider's stream, the relay after the first token included, ran in its attempt's span.
+    reads = {model: {span_id for m, span_id in client.reads if m == model} for model, _ in client.reads}
+    assert reads == {SELECTED: {first.context.span_id}, FIRST_FALLBACK: {second.context.span_id}}
+    assert sum(m == FIRST_FALLBACK for m, _ in client.reads) > 3  # well past the first token
+    # Each provider was sent its own attempt's trace context, and the chained observer's headers.
+    for attempt, model in ((first, SELECTED), (second, FIRST_FALLBACK)):
+        [sent] = stack_requests(sims, model)
+        assert int(sent.headers["traceparent"].split("-")[2], 16) == attempt.context.span_id
+        assert sent.headers["x-hook"] == model
+    # Status, error, duration, response model and usage, as a plain attempt records them.
+    assert first.attributes[A.UNHARDCODED_ATTEMPT_STATUS] == "error"
+    assert first.attributes["error.type"] == "stream_interrupted"
+    assert first.status.status_code.name == "ERROR"
+    assert second.attributes[A.UNHARDCODED_ATTEMPT_STATUS] == "ok"
+    assert second.attributes["gen_ai.response.model"] == "claude-snap"
+    assert second.attributes["gen_ai.usage.output_tokens"] > 0 and second.attributes["gen_ai.usage.input_tokens"] > 0
+    assert second.attributes[A.UNHARDCODED_ATTEMPT_DURATION_MS] > 0
+    assert second.attributes[A.UNHARDCODED_FALLBACK_REASON] == "error"
+    # The chained observer got the same hooks, in the same order, each `headers` inside its attempt's span.
+    assert [c[:2] for c in hooks.calls] == [
+        ("headers", SELECTED), ("end", SELECTED), ("headers", FIRST_FALLBACK), ("answered", FIRST_FALLBACK),
+        ("end", FIRST_FALLBACK)]
+    assert hooks.calls[0][2] == first.context.span_id and hooks.calls[2][2] == second.context.span_id
+    assert hooks.calls[3][2] == "claude-snap" and hooks.calls[4][2] == "ok"
+
+
+def stack_requests(sims: dict[str, Any], model: str) -> list[Any]:
+    return [r for sim in sims.values() for r in sim.requests if r.model == model]
 
 
 def test_stream_broken_after_tokens_is_on_the_spans(traced: tuple[Stack, InMemorySpanExporter]) -> None:

@@ -10,7 +10,6 @@ and a failed decision, and the caller gets an error event instead of more text.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -82,22 +81,28 @@ class StreamCascade:
 
     async def open(self) -> bool:
         attempts = list(plan(self.decision, self.compiled))
+        observer = self.observer
         for i, planned in enumerate(attempts):
-            token = self.observer.start(self.decision, planned)
+            token = observer.start(self.decision, planned)
             t0 = time.perf_counter()
-            stream = self.client.astream(planned.provider, planned.model, self.body, headers=self.observer.headers(token))
             held: list[dict[str, Any]] = []
-            calling = getattr(self.observer, "calling", None)
+            stream: AsyncChatStream | None = None
             try:
-                # The request goes out on the first read: inside the attempt's context, like the plain cascade's call.
-                with calling(token) if calling is not None else contextlib.nullcontext():
+                # Inside the attempt's context, as the plain cascade's call: its headers, and the request that
+                # goes out on the first read.
+                with observer.calling(token):
+                    stream = self.client.astream(planned.provider, planned.model, self.body,
+                                                 headers=observer.headers(token))
                     async for chunk in stream:
                         held.append(chunk)
                         if carries_output(chunk):
                             break
             except ProviderCallError as exc:
-                await stream.aclose()
-                self._end_attempt(planned, token, t0, stream, exc)
+                if stream is None:  # refused before anything was sent (an unknown provider, a missing key)
+                    self._end_attempt(planned, token, t0, None, exc)
+                else:
+                    await stream.aclose()
+                    self._end_attempt(planned, token, t0, stream, exc)
                 self.last_error = exc
                 go_on, wait = _next_step(self.decision, self.compiled, attempts, i, exc)
                 if not go_on:
@@ -106,10 +111,12 @@ class StreamCascade:
                     await self.sleep(wait)
                 continue
             except BaseException:
-                await _quietly(stream.aclose())
+                if stream is not None:
+                    await _quietly(stream.aclose())
                 self._end_attempt(planned, token, t0, stream, None, error_type=CLIENT_DISCONNECTED)
                 self._finish(None)
                 raise
+            assert stream is not None
             self._current = (planned, token, stream, t0)
             self._held = held
             return True
@@ -120,11 +127,18 @@ class StreamCascade:
         """The answering stream's chunks; raises ProviderCallError when it breaks after the first token."""
         assert self._current is not None, "open() first"
         planned, token, stream, t0 = self._current
+        calling = self.observer.calling
         try:
             for chunk in self._held:
                 yield chunk
             self._held = []
-            async for chunk in stream:
+            while True:
+                # Every read from the provider happens with the attempt's span current, never the relay to the caller.
+                with calling(token):
+                    try:
+                        chunk = await stream.__anext__()
+                    except StopAsyncIteration:
+                        break
                 yield chunk
         except ProviderCallError as exc:
             self.last_error = exc
@@ -153,7 +167,7 @@ class StreamCascade:
         planned: PlannedAttempt,
         token: Any,
         t0: float,
-        stream: "AsyncChatStream",
+        stream: "AsyncChatStream | None",
         exc: ProviderCallError | None,
         *,
         error_type: str | None = None,
@@ -164,13 +178,13 @@ class StreamCascade:
             status="error" if failed else "ok",
             error_type=(error_type or getattr(exc, "error_type", None) or type(exc).__name__) if failed else None,
             duration_ms=(time.perf_counter() - t0) * 1000,
-            input_tokens=stream.input_tokens, output_tokens=stream.output_tokens,
+            input_tokens=stream.input_tokens if stream is not None else None,
+            output_tokens=stream.output_tokens if stream is not None else None,
         )
         self.decision.attempts.append(attempt)
         try:
-            answered = getattr(self.observer, "answered", None)
-            if not failed and answered is not None:
-                answered(token, stream)  # it has the result's response_model
+            if not failed:
+                self.observer.answered(token, stream)  # it has the result's response_model
             self.observer.end(token, attempt, exc)
         except Exception:  # telemetry never breaks a request
             pass
