@@ -2,11 +2,20 @@
 
 A fast OpenAI-compatible provider (a minimal ASGI app on uvicorn) runs on
 loopback in its own process. The same requests go to it directly, through
-`unhardcoded` (telemetry on: SDK, BatchSpanProcessor to a no-op exporter,
-decision metrics) and, when it can be started, through the LiteLLM proxy. An
-open-loop load generator in its own process sends a bounded number of requests
-at a fixed rate (50 and 200 requests/s) and records each latency; the table
-prints p50 and p99 and what each proxy adds over the direct call.
+`unhardcoded` (run as `unhardcoded serve` runs it, telemetry on: SDK,
+BatchSpanProcessor to a no-op exporter, decision metrics) and, when it can be
+started, through the LiteLLM proxy. An open-loop load generator in its own
+process sends a bounded number of requests at a fixed rate (50 and 200
+requests/s) and records each latency; the table prints p50 and p99, what each
+proxy adds over the direct call, and the CPU each server process spent per
+request (a figure the machine's other load disturbs far less than latency).
+
+The load generator writes pre-encoded requests on raw keep-alive connections
+and parses answers with httptools, so it costs the shared CPUs little and the
+direct baseline is the provider's own latency, not a client library's. Each
+target's time is split into rounds taken in turn with the other targets', so a
+change of machine load falls on all of them; the load average is printed with
+the table.
 
     python bench/proxy.py                       # 10 s per rate and target
     python bench/proxy.py --seconds 5 --litellm /path/to/venv/bin/litellm
@@ -33,6 +42,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+
+import httptools
 
 HERE = Path(__file__).resolve()
 MODEL = "gemini-3.5-flash"  # what the shipped `support` policy selects
@@ -70,7 +82,6 @@ def run_provider(port: int) -> None:
 
 def run_unhardcoded(port: int, provider_url: str) -> None:
     """The proxy with telemetry on: spans through a BatchSpanProcessor to an exporter that drops them."""
-    import uvicorn
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -91,55 +102,178 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
     from unhardcoded.router.providers import ProviderClient, ProviderConfig, ProvidersConfig
     from unhardcoded.server import create_app
 
+    from unhardcoded.server.commands import run_server
+
     providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
     app = create_app(Router(Catalog.builtin(), ProviderClient(providers)), default_policy="support")
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
+    run_server(app, "127.0.0.1", port, access_log=False, log_level="warning")  # as `unhardcoded serve` runs it
+
+
+class _Client(asyncio.Protocol):
+    """One keep-alive connection of the load generator: writes the request, times it to the answer's last byte."""
+
+    def __init__(self, load: "_Load") -> None:
+        self.load = load
+        self.parser = httptools.HttpResponseParser(self)
+        self.transport: asyncio.Transport | None = None
+        self.sent_at = 0.0
+        self.busy = False
+        self.status = 0
+        self.idle_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def send(self, request: bytes) -> None:
+        self.busy = True
+        self.status = 0
+        self.sent_at = time.perf_counter()
+        assert self.transport is not None
+        self.transport.write(request)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.load.failed(self)
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        elapsed = time.perf_counter() - self.sent_at
+        self.busy = False
+        self.load.answered(self, elapsed, self.status, self.parser.should_keep_alive())
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+        self.load.lost(self)
+
+
+class _Load:
+    """An open-loop load generator on raw keep-alive connections: little CPU of its own, so the figures are the
+    servers'. Request i leaves at start + i/rate whatever came back; a latency runs from the write of the request
+    to the parse of the answer's last byte (plus the connect, when no idle connection was free)."""
+
+    def __init__(self, url: str, body: dict[str, Any]) -> None:
+        parts = urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        payload = json.dumps(body).encode()
+        self.request = (
+            f"POST {parts.path} HTTP/1.1\r\nhost: {self.host}:{self.port}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(payload)}\r\nuser-agent: bench\r\n\r\n"
+        ).encode() + payload
+        self.idle: list[_Client] = []
+        self.latencies: list[float] = []
+        self.errors = 0
+        self.in_flight = 0
+        self.all_done: asyncio.Future[None] | None = None
+
+    async def connect(self) -> _Client:
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(lambda: _Client(self), self.host, self.port)
+        return client
+
+    def fire(self) -> None:
+        self.in_flight += 1
+        now = time.perf_counter()
+        while self.idle:
+            client = self.idle.pop()  # the most recently used: keep few connections warm
+            if client.transport is not None and now - client.idle_since < 4.0:  # servers drop idle ones at 5 s
+                client.send(self.request)
+                return
+            if client.transport is not None:
+                client.transport.close()
+        asyncio.ensure_future(self._fire_new(now))
+
+    async def _fire_new(self, t0: float) -> None:
+        try:
+            client = await self.connect()
+        except OSError:
+            self._finish(None, False)
+            return
+        client.send(self.request)
+        client.sent_at = t0  # the connect is part of this request's wait
+
+    def answered(self, client: _Client, elapsed: float, status: int, keep_alive: bool) -> None:
+        if keep_alive:
+            client.idle_since = time.perf_counter()
+            self.idle.append(client)
+        elif client.transport is not None:
+            client.transport.close()
+        self._finish(elapsed * 1000 if status == 200 else None, True)
+
+    def failed(self, client: _Client) -> None:
+        if client.transport is not None:
+            client.transport.close()  # connection_lost counts it
+
+    def lost(self, client: _Client) -> None:
+        if client in self.idle:
+            self.idle.remove(client)
+        if client.busy:
+            client.busy = False
+            self._finish(None, True)
+
+    def _finish(self, latency_ms: float | None, _: bool) -> None:
+        self.in_flight -= 1
+        if latency_ms is None:
+            self.errors += 1
+        else:
+            self.latencies.append(latency_ms)
+        if self.in_flight == 0 and self.all_done is not None and not self.all_done.done():
+            self.all_done.set_result(None)
+
+    async def one(self) -> None:
+        """A request on its own (the warm-up), awaited."""
+        self.all_done = asyncio.get_running_loop().create_future()
+        self.fire()
+        await self.all_done
 
 
 async def _load(url: str, body: dict[str, Any], rate: float, count: int, max_seconds: float) -> dict[str, Any]:
-    import httpx
-
-    limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
-    async with httpx.AsyncClient(limits=limits, timeout=10.0) as client:
-        for _ in range(min(50, count)):  # warm the connection pool and the server's caches
-            await client.post(url, json=body)
-        latencies: list[float] = []
-        errors = 0
-
-        async def one() -> None:
-            nonlocal errors
-            t0 = time.perf_counter()
-            try:
-                r = await client.post(url, json=body)
-                ok = r.status_code == 200
-            except httpx.HTTPError:
-                ok = False
-            if ok:
-                latencies.append((time.perf_counter() - t0) * 1000)
-            else:
-                errors += 1
-
-        tasks = []
-        start = time.perf_counter()
-        for i in range(count):  # open loop: request i leaves at start + i/rate, whatever came back
-            delay = start + i / rate - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            if time.perf_counter() - start > max_seconds:
-                break
-            tasks.append(asyncio.create_task(one()))
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=max_seconds + 15)
-            for task in pending:  # still unanswered when the run's time is up: counted as errors
-                task.cancel()
-            errors += len(pending)
-        return {"latencies": latencies, "errors": errors, "sent": len(tasks),
-                "seconds": time.perf_counter() - start}
+    loop = asyncio.get_running_loop()
+    load = _Load(url, body)
+    # Warm the servers' caches and open a few connections, as a client's pool would hold them.
+    warm = [await load.connect() for _ in range(4)]
+    for client in warm:
+        client.idle_since = time.perf_counter()
+    load.idle.extend(warm)
+    for _ in range(min(50, count)):
+        await load.one()
+    load.latencies.clear()
+    load.errors = 0
+    load.all_done = None
+    start = time.perf_counter()
+    base = loop.time()
+    sent = 0
+    for i in range(count):  # open loop: the schedule is fixed up front, and the loop does nothing else
+        if i / rate > max_seconds:
+            break
+        loop.call_at(base + i / rate, load.fire)
+        sent += 1
+    await asyncio.sleep(max(0.0, (sent - 1) / rate))
+    load.all_done = loop.create_future()
+    if load.in_flight:
+        try:
+            await asyncio.wait_for(load.all_done, timeout=15)
+        except asyncio.TimeoutError:
+            pass
+    unanswered = load.in_flight  # still waiting when the run's time is up: counted as errors
+    for client in list(load.idle):
+        if client.transport is not None:
+            client.transport.close()
+    return {"latencies": load.latencies, "errors": load.errors + unanswered, "sent": sent,
+            "seconds": time.perf_counter() - start}
 
 
 def run_load(url: str, model: str, rate: float, count: int, max_seconds: float) -> None:
     body = {"model": model, "messages": MESSAGES}
-    print(json.dumps(asyncio.run(_load(url, body, rate, count, max_seconds))))
+    try:
+        from uvloop import new_event_loop as loop_factory
+    except ImportError:
+        loop_factory = asyncio.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        print(json.dumps(runner.run(_load(url, body, rate, count, max_seconds))))
 
 
 # --------------------------------------------------------------------------- orchestration
@@ -211,8 +345,27 @@ def start_litellm(binary: str | None, provider_url: str, port: int, workdir: Pat
     return proc, ""
 
 
-def measure(url: str, model: str, rate: float, seconds: float) -> dict[str, Any]:
+def cpu_seconds(pgid: int) -> float:
+    """User + system CPU time of every process in the group ``pgid`` (a server and any workers it forked)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:  # fields after the name: state, ppid, pgrp, ..., utime (12), stime (13)
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def measure(url: str, model: str, rate: float, seconds: float, server: int) -> dict[str, Any]:
+    """One open-loop run; ``server`` is the process group whose CPU the run is charged to."""
     count = int(rate * seconds)
+    cpu0 = cpu_seconds(server)
     out = subprocess.run(
         [sys.executable, str(HERE), "--role", "load", "--url", url, "--model", model, "--rate", str(rate),
          "--count", str(count), "--seconds", str(seconds * 2)],
@@ -220,7 +373,23 @@ def measure(url: str, model: str, rate: float, seconds: float) -> dict[str, Any]
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["cpu_s"] = cpu_seconds(server) - cpu0  # the warm-up's 50 requests included
+    result["counted"] = result["sent"] + min(50, count)
+    return result
+
+
+def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {"latencies": [], "errors": 0, "sent": 0, "cpu_s": 0.0, "counted": 0}
+    for run in runs:
+        out["latencies"] += run["latencies"]
+        for key in ("errors", "sent", "cpu_s", "counted"):
+            out[key] += run[key]
+    return out
+
+
+def load_average() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def pct(values: list[float], q: float) -> float:
@@ -242,6 +411,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--rates", default="50,200", help="requests per second to test (default 50,200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per rate and target (default 10)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="split each target's seconds into this many runs, taken in turn with the other "
+                             "targets', so a change of machine load falls on all of them (default 3)")
     parser.add_argument("--litellm", metavar="PATH", help="the litellm executable (default: litellm on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="measure only the direct call and unhardcoded")
     args = parser.parse_args(argv)
@@ -287,18 +459,32 @@ def main(argv: list[str] | None = None) -> int:
                 lite_port = lite.args[lite.args.index("--port") + 1]
                 targets.append(("litellm", f"http://127.0.0.1:{lite_port}/chat/completions", "bench"))
 
-        results: dict[tuple[str, float], dict[str, Any]] = {}
+        # Each target is charged the CPU of its own server process: the provider's for the direct call.
+        servers = {"direct": provider.pid, "unhardcoded": ours.pid}
+        if len(targets) > 2:
+            servers["litellm"] = procs[-1].pid
+        load_before = load_average()
+        rounds = max(1, args.rounds)
+        runs: dict[tuple[str, float], list[dict[str, Any]]] = {}
         for rate in rates:
-            for name, url, model in targets:
-                print(f"  {name:<12} {rate:>5g} req/s for {args.seconds:g} s ...", file=sys.stderr, flush=True)
-                results[(name, rate)] = measure(url, model, rate, args.seconds)
+            for i in range(rounds):
+                for name, url, model in targets:
+                    print(f"  {name:<12} {rate:>5g} req/s for {args.seconds / rounds:g} s (round {i + 1}/{rounds}) ...",
+                          file=sys.stderr, flush=True)
+                    runs.setdefault((name, rate), []).append(
+                        measure(url, model, rate, args.seconds / rounds, servers[name]))
+                    time.sleep(0.5)  # let the last run's stragglers settle
+        load_after = load_average()
     finally:
         for proc in reversed(procs):
             stop(proc)
+    results = {key: merge(value) for key, value in runs.items()}
 
     print()
-    print(f"Latency added over calling the provider directly (loopback, open loop, {args.seconds:g} s per row; ms)")
-    print(f"{'target':<12} {'rate':>6} {'sent':>6} {'errors':>6} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p99':>8}")
+    print(f"Latency added over calling the provider directly (loopback, open loop, {args.seconds:g} s per row in "
+          f"{rounds} rounds; ms)")
+    print(f"{'target':<12} {'rate':>6} {'sent':>6} {'errors':>6} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p99':>8} "
+          f"{'cpu/req':>8}")
     for rate in rates:
         base = results[("direct", rate)]["latencies"]
         b50, b99 = pct(base, 50), pct(base, 99)
@@ -308,10 +494,14 @@ def main(argv: list[str] | None = None) -> int:
             p50, p99 = pct(lat, 50), pct(lat, 99)
             add50 = "" if name == "direct" else f"{p50 - b50:8.2f}"
             add99 = "" if name == "direct" else f"{p99 - b99:8.2f}"
-            print(f"{name:<12} {rate:>6g} {r['sent']:>6} {r['errors']:>6} {p50:8.2f} {p99:8.2f} {add50:>8} {add99:>8}")
+            cpu = f"{1000 * r['cpu_s'] / r['counted']:8.2f}" if r["counted"] else ""
+            print(f"{name:<12} {rate:>6g} {r['sent']:>6} {r['errors']:>6} {p50:8.2f} {p99:8.2f} {add50:>8} {add99:>8} "
+                  f"{cpu:>8}")
     if not any(name == "litellm" for name, _, _ in targets):
         print(f"\nLiteLLM: {litellm_note}")
-    print("\ntargets: p50 +1 ms and p99 +5 ms at most at 200 req/s; below LiteLLM at both rates")
+    print("\ncpu/req: CPU ms per request of the target's own server process (the provider's, for direct)")
+    print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after, on {os.cpu_count()} CPUs")
+    print("targets: p50 +1 ms and p99 +5 ms at most at 200 req/s; below LiteLLM at both rates")
     return 0
 
 
