@@ -210,6 +210,12 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
         assert firing[0]["labels"]["severity"] == "info"
         assert float(firing[0]["value"]) < normal - 0.2
         assert firing[0]["annotations"]["summary"].startswith("Policy support: savings vs baseline down to ")
+        # the app's own counters tell it too (README): fallback hops per decision, summed per policy first,
+        # since the two counters carry different labels
+        support = '{unhardcoded_policy_name="support"}'
+        hops = _value(prom, f"sum by (unhardcoded_policy_name) (rate(unhardcoded_fallbacks_total{support}[10s]))"
+                            f" / sum by (unhardcoded_policy_name) (rate(unhardcoded_decisions_total{support}[10s]))")
+        assert hops is not None and hops > 0.2
     finally:
         behave(SELECTED, ok())
         behave(FIRST_FALLBACK, ok())
