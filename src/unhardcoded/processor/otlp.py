@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from ..receipts.spans import _pb_value
 from ..semconv import attributes as A
 
 PROTOBUF = "application/x-protobuf"
@@ -202,14 +203,17 @@ def _str_value(v: Any) -> str | None:
     return v.string_value if v.WhichOneof("value") == "string_value" else None
 
 
-def _int_value(v: Any) -> int | None:
-    which = v.WhichOneof("value")
-    if which == "int_value":
-        return v.int_value
-    if which == "double_value" and v.double_value.is_integer():
-        return int(v.double_value)
-    if which == "string_value" and v.string_value.lstrip("-").isdigit():
-        return int(v.string_value)
+def _str(v: Any) -> str | None:
+    return v if v.__class__ is str else None
+
+
+def _int(v: Any) -> int | None:
+    if v.__class__ is int:
+        return v  # type: ignore[no-any-return]
+    if v.__class__ is float and v.is_integer():
+        return int(v)
+    if v.__class__ is str and v.lstrip("-").isdigit():
+        return int(v)
     return None
 
 
@@ -311,14 +315,11 @@ def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> De
                     if len(out.errors) < 20:
                         out.errors.append(f"span {s.name[:60]!r}: invalid trace or span id (need 16 and 8 non-zero bytes)")
                     continue
-                found: dict[str, Any] = {}
-                for kv in s.attributes:
-                    if kv.key in _WANTED:
-                        found[kv.key] = kv.value
+                found = {kv.key: kv.value for kv in s.attributes if kv.key in _WANTED}
                 if not found:
-                    out.ignored += 1
+                    out.ignored += 1  # someone else's span
                     continue
-                span = _ours(s, found, service, slices[position] if slices is not None else None)
+                span = _ours(s, {k: _pb_value(v) for k, v in found.items()}, service, slices[position] if slices is not None else None)
                 if span is None:
                     out.ignored += 1
                 else:
@@ -330,12 +331,13 @@ def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> De
     return out
 
 
-def _ours(s: Any, found: dict[str, Any], service: str | None, body: bytes | None = None) -> IncomingSpan | None:
+def _ours(s: Any, a: dict[str, Any], service: str | None, body: bytes | None = None) -> IncomingSpan | None:
+    """Span ``s`` as assembly files it, if it is a decision, an attempt or a workflow root. ``a`` holds the values of
+    its attributes in ``_WANTED``; its bytes are ``body``, or ``s`` serialized."""
     trace_id, span_id = s.trace_id.hex(), s.span_id.hex()
-    request = found.get(_REQUEST_ID)
-    request_id = _str_value(request) if request is not None else None
-    if _ATTEMPT_INDEX in found:
-        index = _int_value(found[_ATTEMPT_INDEX])
+    request_id = _str(a.get(_REQUEST_ID))
+    if _ATTEMPT_INDEX in a:
+        index = _int(a[_ATTEMPT_INDEX])
         if request_id:
             group = "r:" + request_id
         else:
@@ -343,25 +345,26 @@ def _ours(s: Any, found: dict[str, Any], service: str | None, body: bytes | None
             if len(parent) != 8 or not any(parent):
                 return None
             group = "s:" + parent.hex()
-        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service, attempt_index=index)
-    if request_id and _FINGERPRINT in found:
-        outcome = _str_value(found[_OUTCOME]) if _OUTCOME in found else None
-        if outcome is None and _ANSWERED in found:
+        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service,
+                            attempt_index=index)
+    if request_id and _FINGERPRINT in a:
+        outcome = _str(a.get(_OUTCOME))
+        if outcome is None and _ANSWERED in a:
             outcome = "answered"
         expected = 0
         if outcome in _CALLED:
-            hops = _int_value(found[_HOPS]) if _HOPS in found else 0
+            hops = _int(a[_HOPS]) if _HOPS in a else 0
             expected = max(0, hops or 0) + 1
         return IncomingSpan(
             trace_id, span_id, "r:" + request_id, ROLE_DECISION, body or s.SerializeToString(), service,
             expected_attempts=expected, alias="s:" + span_id,
         )
-    if _WORKFLOW_ID in found and _WORKFLOW_NODE not in found and request is None:
-        workflow_id = _str_value(found[_WORKFLOW_ID])
+    if _WORKFLOW_ID in a and _WORKFLOW_NODE not in a and _REQUEST_ID not in a:
+        workflow_id = _str(a[_WORKFLOW_ID])
         if not workflow_id:
             return None
-        name = _str_value(found[_WORKFLOW_NAME]) if _WORKFLOW_NAME in found else None
-        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, body or s.SerializeToString(), service, workflow_name=name)
+        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, body or s.SerializeToString(), service,
+                            workflow_name=_str(a.get(_WORKFLOW_NAME)))
     return None
 
 
@@ -370,11 +373,8 @@ def span_from_body(body: bytes, service: str | None) -> IncomingSpan | None:
     from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
     s = Span.FromString(body)
-    found = {kv.key: kv.value for kv in s.attributes if kv.key in _WANTED}
-    span = _ours(s, found, service, body) if found else None
-    if span is not None:
-        span.body = body
-    return span
+    found = {kv.key: _pb_value(kv.value) for kv in s.attributes if kv.key in _WANTED}
+    return _ours(s, found, service, body) if found else None
 
 
 def decode(body: bytes, kind: str) -> DecodedExport:
@@ -416,20 +416,3 @@ def status_body(code: int, message: str, kind: str, retry_after_s: float | None 
         info.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
         status.details.add().Pack(info)
     return encode_response(status, kind)
-
-
-def span_message(rows: list[tuple[bytes, str | None]]) -> ExportTraceServiceRequest:
-    """Kept spans (serialized ``Span`` + service name) back into one message the rebuild reads."""
-    message = ExportTraceServiceRequest()
-    by_service: dict[str | None, Any] = {}
-    for body, service in rows:
-        scope = by_service.get(service)
-        if scope is None:
-            rs = message.resource_spans.add()
-            if service is not None:
-                kv = rs.resource.attributes.add()
-                kv.key = "service.name"
-                kv.value.string_value = service
-            scope = by_service[service] = rs.scope_spans.add()
-        scope.spans.add().MergeFromString(body)
-    return message

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
-from ..receipts.spans import from_otlp_proto
+from ..receipts.spans import SpanFormatError, from_span_bytes
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
-from .otlp import ROLE_ATTEMPT, IncomingSpan, span_from_body, span_message
+from .otlp import ROLE_ATTEMPT, IncomingSpan, span_from_body
 from .spool import GroupKey, Spool
 
 if TYPE_CHECKING:
@@ -279,8 +279,13 @@ class ReceiptsProcessor:
             for s in wanted:
                 if not s.body:
                     s.body = bodies.get((s.trace_id, s.span_id), b"")
-        spans = [(s.body, s.service) for s in wanted if s.body]
-        records = {(r.trace_id, r.span_id): r for r in from_otlp_proto(span_message(spans))} if spans else {}
+        records = {}
+        for s in wanted:
+            if s.body:
+                try:
+                    records[(s.trace_id, s.span_id)] = from_span_bytes(s.body, s.service)
+                except SpanFormatError:
+                    pass  # its receipt is counted malformed (decision) or incomplete (attempt) below
         decisions: list[RebuiltDecision] = []
         causes: list[str] = []
         revised = 0

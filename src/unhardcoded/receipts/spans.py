@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import struct
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import UnhardcodedError
@@ -273,13 +274,7 @@ def _pb_event_attributes(kvs: Any) -> dict[str, Any]:
 def from_otlp_proto(message: Any) -> list[SpanRecord]:
     """An OTLP ``ExportTraceServiceRequest`` or ``TracesData`` message, or its serialized bytes."""
     if isinstance(message, (bytes, bytearray, memoryview)):
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-        from google.protobuf.message import DecodeError
-
-        try:
-            message = ExportTraceServiceRequest.FromString(bytes(message))
-        except DecodeError as exc:
-            raise SpanFormatError(f"not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
+        return from_otlp_bytes(bytes(message))
     out: list[SpanRecord] = []
     append = out.append
     for rs in message.resource_spans:
@@ -289,24 +284,207 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
                 service = kv.value.string_value or None
         for ss in rs.scope_spans:
             for s in ss.spans:
-                events = [_pb_event(e) for e in s.events]
-                tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
-                append(SpanRecord(
-                    tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
-                    sid.hex() if len(sid) == 8 else _hex_id(sid, 16, "spanId"),
-                    pid.hex() if len(pid) == 8 and any(pid) else None,
-                    s.name,
-                    s.kind,
-                    s.start_time_unix_nano,
-                    s.end_time_unix_nano,
-                    _pb_attributes(s.attributes),
-                    events,
-                    s.status.code,
-                    s.dropped_attributes_count,
-                    s.dropped_events_count,
-                    service,
-                ))
+                append(from_pb_span(s, service))
     return out
+
+
+def from_pb_span(s: Any, service: str | None = None) -> SpanRecord:
+    """One OTLP protobuf ``Span`` message, of the service named."""
+    tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
+    return SpanRecord(
+        tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
+        sid.hex() if len(sid) == 8 else _hex_id(sid, 16, "spanId"),
+        pid.hex() if len(pid) == 8 and any(pid) else None,
+        s.name,
+        s.kind,
+        s.start_time_unix_nano,
+        s.end_time_unix_nano,
+        _pb_attributes(s.attributes),
+        [_pb_event(e) for e in s.events],
+        s.status.code,
+        s.dropped_attributes_count,
+        s.dropped_events_count,
+        service,
+    )
+
+
+# --------------------------------------------------------------------------- OTLP protobuf bytes
+#
+# Serialized spans are read through a second, wire-compatible view of the OTLP messages in which a
+# span's attributes and events stay bytes: the C parser splits them, and each attribute is then looked
+# up by its bytes. A decision's attributes and rejection events are mostly the same bytes on every
+# request under one policy and catalog, so most are read once; only per-request values (request id,
+# cost, tokens, latency) are parsed each time. The result is exactly what reading the full messages
+# gives (tests compare the two on fuzzed input).
+
+
+def _lite_messages() -> tuple[Any, Any]:
+    from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+
+    F = descriptor_pb2.FieldDescriptorProto
+    fdp = descriptor_pb2.FileDescriptorProto(name="unhardcoded/lite_trace.proto", package="unhardcoded.lite", syntax="proto3")
+
+    def message(name: str, fields: list[tuple[str, int, int, bool, str | None]]) -> None:
+        m = fdp.message_type.add(name=name)
+        for field, number, kind, repeated, type_name in fields:
+            f = m.field.add(name=field, number=number, type=kind, label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            if type_name:
+                f.type_name = type_name
+
+    # Field numbers and wire types as opentelemetry/proto/trace/v1/trace.proto; message fields read whole
+    # (status) stay messages, so a status split across the wire merges as the full parser merges it.
+    message("Status", [("code", 3, F.TYPE_INT32, False, None)])
+    message("Span", [
+        ("trace_id", 1, F.TYPE_BYTES, False, None), ("span_id", 2, F.TYPE_BYTES, False, None),
+        ("parent_span_id", 4, F.TYPE_BYTES, False, None), ("name", 5, F.TYPE_STRING, False, None),
+        ("kind", 6, F.TYPE_INT32, False, None), ("start_time_unix_nano", 7, F.TYPE_FIXED64, False, None),
+        ("end_time_unix_nano", 8, F.TYPE_FIXED64, False, None), ("attributes", 9, F.TYPE_BYTES, True, None),
+        ("dropped_attributes_count", 10, F.TYPE_UINT32, False, None), ("events", 11, F.TYPE_BYTES, True, None),
+        ("dropped_events_count", 12, F.TYPE_UINT32, False, None), ("status", 15, F.TYPE_MESSAGE, False, ".unhardcoded.lite.Status"),
+    ])
+    message("ScopeSpans", [("spans", 2, F.TYPE_MESSAGE, True, ".unhardcoded.lite.Span")])
+    message("ResourceSpans", [("resource", 1, F.TYPE_BYTES, False, None), ("scope_spans", 2, F.TYPE_MESSAGE, True, ".unhardcoded.lite.ScopeSpans")])
+    message("Export", [("resource_spans", 1, F.TYPE_MESSAGE, True, ".unhardcoded.lite.ResourceSpans")])
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(fdp)
+    get = message_factory.GetMessageClass
+    return get(pool.FindMessageTypeByName("unhardcoded.lite.Span")), get(pool.FindMessageTypeByName("unhardcoded.lite.Export"))
+
+
+_LITE: tuple[Any, Any] | None = None
+
+
+def _lite() -> tuple[Any, Any]:
+    global _LITE
+    if _LITE is None:
+        _LITE = _lite_messages()
+    return _LITE
+
+
+_KEYVALUES: dict[bytes, tuple[str, Any]] = {}
+_KEYVALUES_MAX = 65536
+_SERVICES: dict[bytes, str | None] = {}
+_SCALARS = frozenset({str, int, float, bool, bytes})
+
+
+def _keyvalue(raw: bytes) -> tuple[str, Any]:
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    kv = KeyValue.FromString(raw)
+    value = _pb_value(kv.value)
+    item: tuple[str, Any] = (kv.key, value)
+    if value is None or value.__class__ in _SCALARS:
+        pass
+    elif value.__class__ is list and all(x is None or x.__class__ in _SCALARS for x in value):
+        item = (kv.key, tuple(value))  # handed out as a fresh list each time
+    else:
+        return item  # nested values are not shared
+    if len(_KEYVALUES) >= _KEYVALUES_MAX:
+        _KEYVALUES.clear()
+    _KEYVALUES[raw] = item
+    return item
+
+
+def _raw_attributes(raws: Any) -> dict[str, Any]:
+    out = {}
+    get = _KEYVALUES.get
+    for raw in raws:
+        item = get(raw)
+        if item is None:
+            item = _keyvalue(raw)
+        value = item[1]
+        out[item[0]] = list(value) if value.__class__ is tuple else value
+    return out
+
+
+_fixed64 = struct.Struct("<Q").unpack_from
+
+
+def _raw_event(raw: bytes) -> EventRecord:
+    if raw[:1] == _TIME_FIELD and len(raw) >= 9:
+        time_ns: int | None = _fixed64(raw, 1)[0]
+        key = raw[9:]
+    else:
+        time_ns, key = None, raw
+    hit = _EVENT_RECORDS.get(key)
+    if hit is None or time_ns is None:
+        from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+        e = Span.Event.FromString(raw)
+        attributes = SharedAttributes(_pb_event_attributes(e.attributes))
+        if time_ns == e.time_unix_nano:  # the time is the first field and the only time field: the rest is the key
+            if len(_EVENT_RECORDS) >= _EVENT_ATTRIBUTES_MAX:
+                _EVENT_RECORDS.clear()
+            _EVENT_RECORDS[key] = (e.name, attributes)
+        return EventRecord(e.name, e.time_unix_nano, attributes)
+    return EventRecord(hit[0], time_ns, hit[1])
+
+
+_EVENT_RECORDS: dict[bytes, tuple[str, SharedAttributes]] = {}
+
+
+def _lite_record(s: Any, service: str | None) -> SpanRecord:
+    tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
+    return SpanRecord(
+        tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
+        sid.hex() if len(sid) == 8 else _hex_id(sid, 16, "spanId"),
+        pid.hex() if len(pid) == 8 and any(pid) else None,
+        s.name,
+        s.kind,
+        s.start_time_unix_nano,
+        s.end_time_unix_nano,
+        _raw_attributes(s.attributes),
+        [_raw_event(e) for e in s.events],
+        s.status.code,
+        s.dropped_attributes_count,
+        s.dropped_events_count,
+        service,
+    )
+
+
+def _decode_error() -> type[Exception]:
+    from google.protobuf.message import DecodeError
+
+    return DecodeError
+
+
+def from_span_bytes(body: bytes, service: str | None = None) -> SpanRecord:
+    """One serialized OTLP ``Span``, of the service named."""
+    try:
+        return _lite_record(_lite()[0].FromString(body), service)
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
+
+
+def _service(raw: bytes) -> str | None:
+    hit = _SERVICES.get(raw, _MISSING)
+    if hit is _MISSING:
+        from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+
+        hit = None
+        for kv in Resource.FromString(raw).attributes:
+            if kv.key == "service.name":
+                hit = kv.value.string_value or None
+        if len(_SERVICES) >= 1024:
+            _SERVICES.clear()
+        _SERVICES[raw] = hit
+    return hit  # type: ignore[return-value]
+
+
+_MISSING = object()
+
+
+def from_otlp_bytes(body: bytes) -> list[SpanRecord]:
+    """A serialized ``ExportTraceServiceRequest`` (or ``TracesData``: the same wire layout)."""
+    try:
+        message = _lite()[1].FromString(body)
+        out: list[SpanRecord] = []
+        for rs in message.resource_spans:
+            service = _service(rs.resource)
+            out += [_lite_record(s, service) for ss in rs.scope_spans for s in ss.spans]
+        return out
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
 
 
 # --------------------------------------------------------------------------- OTLP/JSON (and Jaeger v3, Tempo)
