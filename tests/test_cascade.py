@@ -18,6 +18,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.errors import NoCandidateError
 from unhardcoded.policy import Policy, validate_policy
 from unhardcoded.receipts.model import Receipt
+from unhardcoded.receipts.rebuild import rebuild_receipts
 from unhardcoded.receipts.render import render_receipt
 from unhardcoded.router import Decision, ProviderCallError, ProviderClient, ProvidersConfig, Router, load_providers
 from unhardcoded.router.cascade import MAX_RETRY_AFTER_WAIT_S, AttemptObserver
@@ -288,6 +289,81 @@ def test_no_candidate_raises_before_any_call(catalog: Catalog, sims):
     assert sorted(r.model for r in decision.rejected) == sorted(m.id for m in catalog.models)
     assert {r.rule for r in decision.rejected} == {"r"}
 
+
+
+def traced() -> tuple[Any, Any, Any, Any]:
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
+    tracer_provider = TracerProvider()
+    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return tracer_provider, MeterProvider(metric_readers=[reader]), exporter, reader
+
+
+def decisions_counted(reader: Any) -> int:
+    data = reader.get_metrics_data()
+    return sum(point.value for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
+               for metric in sm.metrics if metric.name == "unhardcoded.decisions" for point in metric.data.data_points)
+
+
+def test_route_can_leave_recording_the_decision_to_later(catalog: Catalog, sims):
+    a = sims("sim-a", default=error(500))
+    b = sims("sim-b", default=ok(ANSWER))
+    tracer_provider, meter_provider, exporter, reader = traced()
+    router = Router(catalog, tracer_provider=tracer_provider, meter_provider=meter_provider)
+    later: list[Callable[[], None]] = []
+
+    async def run():
+        async with client_for(a, b) as client:
+            router.client = client
+            return await router.aroute(cascade_policy(catalog, ["mid-b"]), BODY, later=later)
+
+    decision, result, err = asyncio.run(run())
+    assert err is None and decision.answered_by == "mid-b"
+    # What cannot wait is done: the decision knows its span, and the span no longer is the current one.
+    assert decision.trace_id and decision.span_id
+    from opentelemetry import trace
+
+    assert trace.get_current_span() is trace.INVALID_SPAN
+    assert [s.name for s in exporter.get_finished_spans()] == ["chat cheap-a", "chat mid-b"]
+    assert decisions_counted(reader) == 0 and len(later) == 1
+
+    later[0]()
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    span = spans["route cascade"]
+    assert format(span.context.span_id, "016x") == decision.span_id
+    assert span.attributes["unhardcoded.answered.model"] == "mid-b" and span.attributes["unhardcoded.fallback.hops"] == 1
+    assert (span.end_time - span.start_time) / 1e6 == pytest.approx(decision.latency_ms, abs=5)
+    assert decisions_counted(reader) == 1
+    [rebuilt] = rebuild_receipts(list(spans.values())).receipts  # the spans say all the decision says
+    assert rebuilt == Receipt.from_decision(decision) and rebuilt.complete
+
+
+def test_a_routed_decision_leaves_no_reference_cycle_behind(catalog: Catalog, sims):
+    import gc
+
+    a = sims("sim-a", default=ok(ANSWER))
+    tracer_provider, meter_provider, _, _ = traced()
+    with client_for(a) as client:
+        router = Router(catalog, client, tracer_provider=tracer_provider, meter_provider=meter_provider)
+        router.route(cascade_policy(catalog, ["mid-b"]), BODY)  # compiled, laid out, connections open
+        gc.collect()
+        gc.disable()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            router.route(cascade_policy(catalog, ["mid-b"]), BODY)
+            gc.collect()
+            left = {type(o).__name__ for o in gc.garbage}
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    # Freed as soon as the route returned, not by a collection later.
+    assert not left & {"Decision", "DecisionScope", "AttemptSpans", "Attempt"}, left
 
 # -- Retry-After --------------------------------------------------------------------------------
 

@@ -359,6 +359,59 @@ def test_no_candidate_reply_is_the_decision_the_span_recorded(traced: tuple[Stac
     assert len(receipt["rejected"]) == decision.attributes[A.UNHARDCODED_REJECTED_COUNT]
 
 
+def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider: Any) -> None:
+    """The caller does not wait for the decision span, its events and the metrics; the server span ends at the last
+    byte sent, and every span is whole once the request is over."""
+    import asyncio
+
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    happened: list[tuple[str, int]] = []
+
+    class Ends(SpanProcessor):
+        def on_end(self, span: Any) -> None:
+            happened.append((f"end {span.name}", time.time_ns()))
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(Ends())
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    reader = InMemoryMetricReader()
+    sims = catalog_simulators(simulated_provider)
+    body = json.dumps({"messages": HELLO}).encode()
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
+             "root_path": "", "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 80),
+             "client": ("127.0.0.1", 5000)}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            happened.append(("answer sent", time.time_ns()))
+
+    async def serve_one() -> None:
+        async with ProviderClient(providers_for(sims)) as client:
+            router = Router(Catalog.builtin(), client, tracer_provider=provider,
+                            meter_provider=MeterProvider(metric_readers=[reader]))
+            await create_app(router, default_policy="support", tracer_provider=provider)(scope, receive, send)
+
+    asyncio.run(serve_one())
+    assert [what for what, _ in happened] == [
+        f"end chat {SELECTED}", "answer sent", "end route support", "end POST /v1/chat/completions"]
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    server, decision = spans["POST /v1/chat/completions"], spans["route support"]
+    assert happened[1][1] <= server.end_time <= happened[2][1]  # the server span ends with its answer
+    assert server.attributes["http.response.status_code"] == 200 and server.attributes["http.route"]
+    assert decision.attributes[A.UNHARDCODED_ANSWERED_MODEL] == SELECTED and decision.events
+    assert decision.parent.span_id == server.context.span_id
+    names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    assert "unhardcoded.decisions" in names
+
+
 def test_bad_request_has_a_server_span_and_no_decision(traced: tuple[Stack, InMemorySpanExporter]) -> None:
     stack, exporter = traced
     r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", content=b"{nope")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..catalog.model import Catalog
 from ..errors import NoCandidateError
@@ -95,18 +95,23 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        features: RequestFeatures | None = None,
+        later: list[Callable[[], None]] | None = None,
     ) -> tuple[Decision, "ChatResult | None", "ProviderCallError | None"]:
         """Decide, call the selected model, fall back as the policy says.
 
         Raises NoCandidateError, carrying the decision (every rejection, recorded like any other) when no
-        model passes the policy.
+        model passes the policy. ``features`` are the body's, when the caller has read them already.
+        With ``later`` (a list), recording the decision span and metrics is left there as one call to
+        make once the answer is on its way (see :meth:`DecisionScope.finish`).
         """
-        features = features_from_request(body)
+        if features is None:
+            features = features_from_request(body)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled, activate=True) as scope:
             decision = self._decide_to_call(scope, compiled, features, request_id, workflow)
             out = cascade.execute(decision, compiled, body, self._client(), scope.attempts(self.observer))
-            scope.finish(decision)
+            scope.finish(decision, later=later)
         return out
 
     async def aroute(
@@ -116,12 +121,15 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        features: RequestFeatures | None = None,
+        later: list[Callable[[], None]] | None = None,
     ) -> tuple[Decision, "ChatResult | None", "ProviderCallError | None"]:
         """The async form of :meth:`route`."""
-        features = features_from_request(body)
+        if features is None:
+            features = features_from_request(body)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled, activate=True) as scope:
             decision = self._decide_to_call(scope, compiled, features, request_id, workflow)
             out = await cascade.aexecute(decision, compiled, body, self._client(), scope.attempts(self.observer))
-            scope.finish(decision)
+            scope.finish(decision, later=later)
         return out

@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -149,9 +150,11 @@ class Proxy:
         if features.stream:
             return self._stream(policy, body, features, request_id, key)
         token = client_key.set(key)
+        later: list[Callable[[], None]] = []
         try:
             try:
-                decision, result, error = await self.router.aroute(policy, body, request_id=request_id)
+                decision, result, error = await self.router.aroute(
+                    policy, body, request_id=request_id, features=features, later=later)
             except NoCandidateError as exc:
                 decision = exc.decision  # the one the router recorded, span and metrics included
                 assert decision is not None
@@ -160,11 +163,15 @@ class Proxy:
             self.recent.add(decision)
             headers = decision_headers(decision)
             if result is None:
-                return upstream_error(decision, error).response(headers)
-            answer = dict(result.body)
-            answer["model"] = decision.answered_by
-            return Response(json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers,
-                            media_type="application/json")
+                response = upstream_error(decision, error).response(headers)
+            else:
+                answer = dict(result.body)
+                answer["model"] = decision.answered_by
+                response = Response(json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers,
+                                    media_type="application/json")
+            # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
+            response.background = BackgroundTask(_record_later, later)
+            return response
         finally:
             client_key.reset(token)
 
@@ -223,6 +230,14 @@ class Proxy:
             "policies": self.resolver.directory.names,
             "default_policy": self.resolver.default,
         })
+
+
+async def _record_later(later: list[Callable[[], None]]) -> None:
+    for record in later:
+        try:
+            record()
+        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+            pass
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -7,6 +7,7 @@ and nothing to install. With no SDK configured the API tracer is a no-op.
 
 from __future__ import annotations
 
+import time
 from typing import Any, Awaitable, Callable
 
 from opentelemetry import context as otel_context
@@ -68,27 +69,34 @@ class ServerSpans:
         # The caller's context, baggage included (a workflow run travels there), stays current under our span.
         token = otel_context.attach(propagate.extract(scope, getter=_GETTER))
         span = self.tracer.start_span(f"{method} {route}" if route else method, kind=SpanKind.SERVER)
-        if span.is_recording():
-            span.set_attributes(_request_attributes(scope, method, path, route))
         status_code = 0
+        sent_at: int | None = None
 
         async def send_with_status(message: dict) -> None:
-            nonlocal status_code
+            nonlocal status_code, sent_at
             if message["type"] == "http.response.start":
                 status_code = message["status"]
             await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body", False):
+                sent_at = time.time_ns()
 
         try:
-            with trace.use_span(span, end_on_exit=True, record_exception=True, set_status_on_exception=True):
+            with trace.use_span(span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
                 try:
                     await self.app(scope, receive, send_with_status)
                 finally:
-                    if span.is_recording() and status_code:
-                        span.set_attribute(http_attributes.HTTP_RESPONSE_STATUS_CODE, status_code)
-                        if status_code >= 500:
-                            span.set_attribute(error_attributes.ERROR_TYPE, str(status_code))
-                            span.set_status(Status(StatusCode.ERROR))
+                    # Set now, not at the start: the caller has its answer by the time this costs anything.
+                    if span.is_recording():
+                        attributes = _request_attributes(scope, method, path, route)
+                        if status_code:
+                            attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status_code
+                            if status_code >= 500:
+                                attributes[error_attributes.ERROR_TYPE] = str(status_code)
+                                span.set_status(Status(StatusCode.ERROR))
+                        span.set_attributes(attributes)
         finally:
+            # The request ends with its last byte; recording its telemetry afterwards is not part of it.
+            span.end(end_time=sent_at)
             otel_context.detach(token)
 
 

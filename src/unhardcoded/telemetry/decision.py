@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, ContextManager, Mapping
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -138,28 +138,62 @@ class DecisionScope:
             decision.span_id = format(ctx.span_id, "016x")
             decision.timestamp = iso_ms(self.start_ns)
 
-    def finish(self, decision: "Decision") -> None:
-        """Record the decision on the span and in the metrics, and end the span."""
+    def finish(self, decision: "Decision", *, later: list[Callable[[], None]] | None = None) -> None:
+        """Record the decision on the span and in the metrics, and end the span.
+
+        With ``later``, only what cannot wait happens now: the decision gets the
+        span's ids, the span stops being current and its duration is fixed. The
+        rest (attributes, events, metrics, ending the span at the time it ends
+        now) is appended to ``later`` as one call, for a server to make once its
+        answer is on the way.
+        """
         if self.finished:
             return
         if self.start_ns or self.metered or self._token is not None or self._observers:
-            self._end(decision, None)
+            self._end(decision, None, later)
         else:  # nothing to record: no SDK
             self.finished = True
 
-    def _end(self, decision: "Decision | None", error: BaseException | None) -> None:
+    def _end(self, decision: "Decision | None", error: BaseException | None,
+             later: list[Callable[[], None]] | None = None) -> None:
         self.finished = True
         duration_s = time.perf_counter() - self._t0
-        span = self.span
-        for observer in self._observers or ():
+        observers, self._observers = self._observers, None  # they point back here: no cycle left to collect
+        for observer in observers or ():
             observer.abandon(error)
         outcome = decision.outcome if decision is not None else "failed"
         if error is not None and decision is not None and decision.outcome != "no_candidate":
             outcome = "failed"  # the cascade was cut short: nothing was answered
+        if self.start_ns and decision is not None:
+            try:
+                self.stamp(decision)
+            except Exception:  # noqa: BLE001 - telemetry never breaks a request
+                count_error("recording a decision span")
+        if later is not None and error is None:
+            activated = self._token is not None
+            self._detach()
+            later.append(lambda: self._record_all(decision, outcome, None, duration_s, activated))
+        else:
+            self._record_all(decision, outcome, error, duration_s, False)
+            self._detach()
+
+    def _detach(self) -> None:
+        if self._token is not None:
+            try:
+                otel_context.detach(self._token)
+            except Exception:  # noqa: BLE001 - detached from another context; the API logs it
+                count_error("detaching the decision context")
+            self._token = None
+
+    def _record_all(
+        self, decision: "Decision | None", outcome: str, error: BaseException | None, duration_s: float,
+        reactivate: bool,
+    ) -> None:
+        """The span's attributes, events and end, and the metrics; ``reactivate`` makes the span current again
+        meanwhile, as it was when the decision finished (metric exemplars point at it)."""
+        span = self.span
         if self.start_ns:
             try:
-                if decision is not None:
-                    self.stamp(decision)
                 if self.recording:
                     if decision is not None:
                         self._record(decision, outcome)
@@ -171,16 +205,14 @@ class DecisionScope:
             except Exception:  # noqa: BLE001 - telemetry never breaks a request
                 count_error("recording a decision span")
         if decision is not None and self.metered:
+            token = otel_context.attach(trace.set_span_in_context(span)) if reactivate else None
             try:
                 self.telemetry.metrics.record(self.layout, decision, outcome, duration_s)
             except Exception:  # noqa: BLE001
                 count_error("recording decision metrics")
-        if self._token is not None:
-            try:
-                otel_context.detach(self._token)
-            except Exception:  # noqa: BLE001 - detached from another context; the API logs it
-                count_error("detaching the decision context")
-            self._token = None
+            finally:
+                if token is not None:
+                    otel_context.detach(token)
 
     def _record(self, decision: "Decision", outcome: str) -> None:
         span = self.span
@@ -227,7 +259,7 @@ class _NoScope:
     def stamp(self, decision: "Decision") -> None:
         return None
 
-    def finish(self, decision: "Decision") -> None:
+    def finish(self, decision: "Decision", *, later: Any = None) -> None:
         return None
 
 
