@@ -165,6 +165,13 @@ def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(s
     assert recent.get("req_0") is None
     assert recent.get("req_1") == routed[1] and recent.get("req_2") == routed[2]
     assert recent.get("req_2").policy is policy
+    assert recent.get("req_2") is not routed[2]  # kept as JSON, not as the live model
+
+    later = RecentDecisions()
+    later.add(routed[0], compact=False)
+    assert later.get("req_0") is routed[0]  # answerable at once, turned into JSON when the server is free
+    later.compact("req_0")
+    assert later.get("req_0") == routed[0] and later.get("req_0") is not routed[0]
 
 
 # --------------------------------------------------------------------------- spans
@@ -360,8 +367,8 @@ def test_no_candidate_reply_is_the_decision_the_span_recorded(traced: tuple[Stac
 
 
 def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider: Any) -> None:
-    """The caller does not wait for the decision span, its events and the metrics; the server span ends at the last
-    byte sent, and every span is whole once the request is over."""
+    """The caller does not wait for the spans' attributes and events or for the metrics; each span still ends when
+    its work did (the server span at the last byte sent), and every span is whole once the request is over."""
     import asyncio
 
     from opentelemetry.sdk.metrics import MeterProvider
@@ -393,23 +400,29 @@ def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             happened.append(("answer sent", time.time_ns()))
 
-    async def serve_one() -> None:
+    async def serve_one() -> Any:
         async with ProviderClient(providers_for(sims)) as client:
             router = Router(Catalog.builtin(), client, tracer_provider=provider,
                             meter_provider=MeterProvider(metric_readers=[reader]))
-            await create_app(router, default_policy="support", tracer_provider=provider)(scope, receive, send)
+            app = create_app(router, default_policy="support", tracer_provider=provider)
+            await app(scope, receive, send)
+            return app
 
-    asyncio.run(serve_one())
+    app = asyncio.run(serve_one())
     assert [what for what, _ in happened] == [
-        f"end chat {SELECTED}", "answer sent", "end route support", "end POST /v1/chat/completions"]
+        "answer sent", f"end chat {SELECTED}", "end route support", "end POST /v1/chat/completions"]
     spans = {s.name: s for s in exporter.get_finished_spans()}
-    server, decision = spans["POST /v1/chat/completions"], spans["route support"]
-    assert happened[1][1] <= server.end_time <= happened[2][1]  # the server span ends with its answer
+    server, decision, attempt = spans["POST /v1/chat/completions"], spans["route support"], spans[f"chat {SELECTED}"]
+    assert happened[0][1] <= server.end_time <= happened[1][1]  # the server span ends with its answer
+    assert attempt.end_time <= happened[0][1]  # the attempt span ends when its call did
+    assert attempt.attributes[A.UNHARDCODED_ATTEMPT_STATUS] == "ok"
     assert server.attributes["http.response.status_code"] == 200 and server.attributes["http.route"]
     assert decision.attributes[A.UNHARDCODED_ANSWERED_MODEL] == SELECTED and decision.events
     assert decision.parent.span_id == server.context.span_id
     names = {m.name for rm in reader.get_metrics_data().resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
     assert "unhardcoded.decisions" in names
+    [(request_id, kept)] = app.state.proxy.recent._items.items()  # the receipt was turned into JSON afterwards too
+    assert isinstance(kept, tuple) and app.state.proxy.recent.get(request_id).answered_by == SELECTED
 
 
 def test_bad_request_has_a_server_span_and_no_decision(traced: tuple[Stack, InMemorySpanExporter]) -> None:

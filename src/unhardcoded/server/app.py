@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, OrderedDict
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
@@ -46,22 +47,31 @@ class RecentDecisions:
     Each is kept as its JSON (with its policy, shared by many, kept aside): ten
     thousand decisions as live models are a few hundred thousand objects for
     every full garbage collection to walk, which would stall the server for
-    tens of milliseconds at a time.
+    tens of milliseconds at a time. ``add(decision, compact=False)`` keeps the
+    model as it is until :meth:`compact` is called, so a server can turn it into
+    JSON after its answer has gone out.
     """
 
     def __init__(self, capacity: int = 10_000) -> None:
         self.capacity = capacity
-        self._items: OrderedDict[str, tuple[Policy, str]] = OrderedDict()
+        self._items: OrderedDict[str, Decision | tuple[Policy, str]] = OrderedDict()
 
-    def add(self, decision: Decision) -> None:
-        self._items[decision.request_id] = (decision.policy, decision.model_dump_json(exclude=_POLICY))
+    def add(self, decision: Decision, *, compact: bool = True) -> None:
+        self._items[decision.request_id] = decision
+        if compact:
+            self.compact(decision.request_id)
         if len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
+    def compact(self, request_id: str) -> None:
+        item = self._items.get(request_id)
+        if isinstance(item, Decision):
+            self._items[request_id] = (item.policy, item.model_dump_json(exclude=_POLICY))
+
     def get(self, request_id: str) -> Decision | None:
         item = self._items.get(request_id)
-        if item is None:
-            return None
+        if item is None or isinstance(item, Decision):
+            return item
         policy, data = item
         fields = json.loads(data)
         fields["policy"] = policy
@@ -160,7 +170,8 @@ class Proxy:
                 assert decision is not None
                 self.recent.add(decision)
                 return no_candidate_error(decision).response(decision_headers(decision))
-            self.recent.add(decision)
+            self.recent.add(decision, compact=False)
+            later.append(partial(self.recent.compact, decision.request_id))
             headers = decision_headers(decision)
             if result is None:
                 response = upstream_error(decision, error).response(headers)

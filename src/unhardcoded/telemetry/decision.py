@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 from opentelemetry import context as otel_context
@@ -87,7 +88,7 @@ class DecisionScope:
 
     __slots__ = (
         "telemetry", "layout", "span", "recording", "metered", "start_ns", "_t0", "_token", "decision", "finished",
-        "_observers",
+        "_observers", "_pending",
     )
 
     def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool) -> None:
@@ -97,6 +98,7 @@ class DecisionScope:
         self.finished = False
         self._token = None
         self._observers: list[AttemptSpans] | None = None
+        self._pending: list[Callable[[], None]] = []
         self.metered = telemetry.metrics.live()
         self._t0 = time.perf_counter()
         self.recording = False
@@ -129,6 +131,13 @@ class DecisionScope:
             self._observers = []
         self._observers.append(spans)
         return spans
+
+    def _defer(self, record: Callable[[], None]) -> None:
+        """Record with the decision (an attempt span's attributes and end), or now if it is already finished."""
+        if self.finished:
+            record()
+        else:
+            self._pending.append(record)
 
     def stamp(self, decision: "Decision") -> None:
         """Give the decision the span's trace and span ids and its start time as ``timestamp``."""
@@ -169,12 +178,13 @@ class DecisionScope:
                 self.stamp(decision)
             except Exception:  # noqa: BLE001 - telemetry never breaks a request
                 count_error("recording a decision span")
+        pending, self._pending = self._pending, []
         if later is not None and error is None:
             activated = self._token is not None
             self._detach()
-            later.append(lambda: self._record_all(decision, outcome, None, duration_s, activated))
+            later.append(lambda: self._record_all(decision, outcome, None, duration_s, activated, pending))
         else:
-            self._record_all(decision, outcome, error, duration_s, False)
+            self._record_all(decision, outcome, error, duration_s, False, pending)
             self._detach()
 
     def _detach(self) -> None:
@@ -187,10 +197,12 @@ class DecisionScope:
 
     def _record_all(
         self, decision: "Decision | None", outcome: str, error: BaseException | None, duration_s: float,
-        reactivate: bool,
+        reactivate: bool, pending: list[Callable[[], None]],
     ) -> None:
-        """The span's attributes, events and end, and the metrics; ``reactivate`` makes the span current again
-        meanwhile, as it was when the decision finished (metric exemplars point at it)."""
+        """The attempt spans, then the decision span's attributes, events and end, and the metrics; ``reactivate``
+        makes the span current again meanwhile, as it was when the decision finished (metric exemplars point at it)."""
+        for record in pending:
+            record()
         span = self.span
         if self.start_ns:
             try:
@@ -377,27 +389,31 @@ class AttemptSpans(AttemptObserver):
             self.inner.answered(token.inner, result)
 
     def end(self, token: Any, attempt: "Attempt", error: BaseException | None) -> None:
-        span = token.span
         self._open.discard(token)
-        try:
-            if span.is_recording():
-                attrs: dict[str, Any] = {
-                    A.UNHARDCODED_ATTEMPT_STATUS: attempt.status,
-                    A.UNHARDCODED_ATTEMPT_DURATION_MS: float(attempt.duration_ms),
-                }
-                if attempt.status == "ok":
-                    attrs[G.GEN_AI_RESPONSE_MODEL] = token.response_model or attempt.model
-                if attempt.input_tokens is not None:
-                    attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
-                if attempt.output_tokens is not None:
-                    attrs[G.GEN_AI_USAGE_OUTPUT_TOKENS] = attempt.output_tokens
-                if attempt.error_type is not None:
-                    attrs[G.ERROR_TYPE] = attempt.error_type
-                span.set_attributes(attrs)
-                if attempt.status == "error":
-                    span.set_status(Status(StatusCode.ERROR, attempt.error_type))
-            span.end()
-        except Exception:  # noqa: BLE001
-            count_error("ending an attempt span")
+        # The span ends now; what it records is written when the decision is (see DecisionScope.finish).
+        self.scope._defer(partial(_end_attempt_span, token.span, attempt, token.response_model, time.time_ns()))
         if self.inner is not None:
             self.inner.end(token.inner, attempt, error)
+
+
+def _end_attempt_span(span: Span, attempt: "Attempt", response_model: str | None, end_ns: int) -> None:
+    try:
+        if span.is_recording():
+            attrs: dict[str, Any] = {
+                A.UNHARDCODED_ATTEMPT_STATUS: attempt.status,
+                A.UNHARDCODED_ATTEMPT_DURATION_MS: float(attempt.duration_ms),
+            }
+            if attempt.status == "ok":
+                attrs[G.GEN_AI_RESPONSE_MODEL] = response_model or attempt.model
+            if attempt.input_tokens is not None:
+                attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
+            if attempt.output_tokens is not None:
+                attrs[G.GEN_AI_USAGE_OUTPUT_TOKENS] = attempt.output_tokens
+            if attempt.error_type is not None:
+                attrs[G.ERROR_TYPE] = attempt.error_type
+            span.set_attributes(attrs)
+            if attempt.status == "error":
+                span.set_status(Status(StatusCode.ERROR, attempt.error_type))
+        span.end(end_time=end_ns)
+    except Exception:  # noqa: BLE001
+        count_error("ending an attempt span")
