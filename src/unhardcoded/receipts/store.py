@@ -446,44 +446,58 @@ class SQLiteReceiptStore(SQLReceiptReads):
         return fingerprint
 
     @staticmethod
-    def _put_receipt(db: sqlite3.Connection, receipt: Receipt, stamp: str) -> tuple[int, bool]:
-        body = receipt.to_json_text()
-        row = db.execute("SELECT body, revision, complete FROM receipts WHERE request_id = ?", (receipt.request_id,)).fetchone()
-        if row is not None:
-            old_body, revision, old_complete = row
-            if same_receipt_text(old_body, body):
-                return revision, False
-            # A partial re-delivery of a decision already stored whole is not a newer revision.
-            if old_complete and not receipt.complete:
-                return revision, False
-            revision += 1
-        else:
-            revision = 1
-        wf = receipt.workflow
-        model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
-        db.execute(
-            "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
-            "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, "
-            "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
+    def _put_receipts(db: sqlite3.Connection, receipts: Sequence[Receipt], stamp: str) -> list[tuple[int, bool]]:
+        """Upsert receipts (one read for all, one batched write); per receipt, its revision and whether it changed."""
+        bodies = [r.to_json_text() for r in receipts]
+        stored: dict[str, tuple[str, int, int]] = {}
+        ids = list({r.request_id for r in receipts})
+        for k in range(0, len(ids), 500):
+            chunk = ids[k:k + 500]
+            for request_id, old_body, revision, old_complete in db.execute(
+                f"SELECT request_id, body, revision, complete FROM receipts WHERE request_id IN ({','.join('?' * len(chunk))})", chunk
+            ):
+                stored[request_id] = (old_body, revision, old_complete)
+        out: list[tuple[int, bool]] = []
+        rows, workflows = [], []
+        for receipt, body in zip(receipts, bodies):
+            old = stored.get(receipt.request_id)
+            if old is not None:
+                old_body, revision, old_complete = old
+                # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
+                if same_receipt_text(old_body, body) or (old_complete and not receipt.complete):
+                    out.append((revision, False))
+                    continue
+                revision += 1
+            else:
+                revision = 1
+            stored[receipt.request_id] = (body, revision, int(receipt.complete))
+            wf = receipt.workflow
+            model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
+            rows.append((
                 receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name,
                 receipt.policy.fingerprint, receipt.catalog_version, model, receipt.outcome, int(receipt.fallback.triggered),
                 receipt.cost.usd, receipt.cost.baseline_model, receipt.cost.baseline_usd, wf.id if wf else None,
                 wf.name if wf else None, int(receipt.complete), revision, stamp, body,
-            ),
-        )
-        if wf is not None:
-            db.execute(
-                "INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)",
-                (wf.id, wf.name, receipt.trace_id, stamp),
+            ))
+            if wf is not None:
+                workflows.append((wf.id, wf.name, receipt.trace_id, stamp))
+            out.append((revision, True))
+        if rows:
+            db.executemany(
+                "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
+                "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, "
+                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                rows,
             )
-        return revision, True
+        if workflows:
+            db.executemany("INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)", workflows)
+        return out
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
         def run(db: sqlite3.Connection) -> int:
             if policy_body is not None:
                 self._put_policy(db, policy_body, receipt.policy.name, receipt.policy.schema_)
-            return self._put_receipt(db, receipt, _now())[0]
+            return self._put_receipts(db, [receipt], _now())[0][0]
 
         return self._write(run)
 
@@ -491,13 +505,10 @@ class SQLiteReceiptStore(SQLReceiptReads):
         items = list(items)
 
         def run(db: sqlite3.Connection) -> int:
-            stamp = _now()
-            changed = 0
             for receipt, body in items:
                 if body is not None:
                     self._put_policy(db, body, receipt.policy.name, receipt.policy.schema_)
-                changed += self._put_receipt(db, receipt, stamp)[1]
-            return changed
+            return sum(changed for _, changed in self._put_receipts(db, [r for r, _ in items], _now()))
 
         return self._write(run) if items else 0
 
