@@ -166,3 +166,49 @@ def test_kept_spans_keep_the_bytes_they_came_in():
     slices = otlp.span_slices(VALID_PB)
     assert decoded.spans and all(s.body in slices for s in decoded.spans)
     assert [s.body for s in decoded.spans] == [s.body for s in otlp.classify(otlp.parse_protobuf(VALID_PB)).spans]
+
+
+def _sorted_spans(decoded):
+    return [(s.trace_id, s.span_id, s.group, s.role, s.body, s.service, s.attempt_index, s.expected_attempts, s.alias, s.workflow_name)
+            for s in decoded.spans]
+
+
+@settings(max_examples=400, deadline=None)
+@given(mutated(VALID_PB))
+def test_the_bytes_view_sorts_spans_as_the_full_parse_does(body):
+    """Whatever the full parser reads, the bytes view keeps the same spans with the same bytes, and counts the same."""
+    from unhardcoded.processor import otlp
+
+    try:
+        full = otlp.classify(otlp.parse_protobuf(body), body)
+    except otlp.PayloadError:
+        return
+    try:
+        fast = otlp.classify_bytes(body)
+    except otlp.PayloadError:
+        # refused by the bytes view only when an attribute the full parser read is broken: it is not, here
+        raise AssertionError("the bytes view refused an export the full parser read")
+    assert _sorted_spans(fast) == _sorted_spans(full)
+    assert (fast.total, fast.rejected, fast.ignored, fast.untouched) == (full.total, full.rejected, full.ignored, full.untouched)
+
+
+def test_the_bytes_view_reads_foreign_and_refused_spans_as_the_full_parse():
+    from unhardcoded.processor import otlp
+
+    _, spans = decisions_with_spans(4, seed=32, hops=1)
+    message = otlp.parse_protobuf(L.otlp_bytes(spans))
+    foreign = message.resource_spans.add()
+    kv = foreign.resource.attributes.add()
+    kv.key, kv.value.string_value = "service.name", "checkout-web"
+    other = foreign.scope_spans.add().spans.add()
+    other.trace_id, other.span_id, other.name = b"\x01" * 16, b"\x02" * 8, "GET /cart"
+    attr = other.attributes.add()
+    attr.key, attr.value.string_value = "http.route", "/cart"
+    body = message.SerializeToString()
+    fast, full = otlp.classify_bytes(body), otlp.classify(otlp.parse_protobuf(body), body)
+    assert fast.ignored == full.ignored == 1 and _sorted_spans(fast) == _sorted_spans(full) and fast.message is None
+    other.span_id = b"\x00" * 8  # a span to refuse: the export is read in full, to forward what is accepted
+    body = message.SerializeToString()
+    fast = otlp.classify_bytes(body)
+    assert fast.rejected == 1 and not fast.untouched and fast.message is not None
+    assert len(fast.message.resource_spans[-1].scope_spans[0].spans) == 0

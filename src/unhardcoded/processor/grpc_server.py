@@ -65,8 +65,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
         raw = request if isinstance(request, bytes) else None
         try:
-            message = otlp.parse_protobuf(raw) if raw is not None else request
-            decoded = otlp.classify(message, raw)
+            decoded = otlp.classify_bytes(raw) if raw is not None else otlp.classify(request)
         except otlp.PayloadError as exc:
             metrics.payload_rejected("malformed")
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from ..receipts.spans import _pb_value
+from ..receipts.spans import SpanFormatError, _pb_value, attributes_named, read_export_view, service_of
 from ..semconv import attributes as A
 
 PROTOBUF = "application/x-protobuf"
@@ -70,7 +70,8 @@ class IncomingSpan:
 class DecodedExport:
     """What one export request holds."""
 
-    message: ExportTraceServiceRequest
+    message: ExportTraceServiceRequest | None
+    """The export parsed in full; ``None`` when it was read through the bytes view (then ``untouched``)."""
     spans: list[IncomingSpan] = field(default_factory=list)
     total: int = 0
     rejected: int = 0
@@ -331,6 +332,41 @@ def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> De
     return out
 
 
+def classify_bytes(body: bytes) -> DecodedExport:
+    """:func:`classify` for a serialized export, read through the bytes view: only the attributes are decoded,
+    each once per distinct value. An export with spans to refuse is read in full, to forward what is accepted."""
+    try:
+        view = read_export_view(body)
+        slices = span_slices(body)
+        if slices is None:
+            return classify(parse_protobuf(body), body)
+        out = DecodedExport(None)  # nothing is removed: the body is forwarded as it came
+        position = -1
+        for rs in view.resource_spans:
+            service = service_of(rs.resource) if rs.resource else None
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    position += 1
+                    tid, sid = s.trace_id, s.span_id
+                    if len(tid) != 16 or not any(tid) or len(sid) != 8 or not any(sid):
+                        return classify(parse_protobuf(body), body)
+                    found = attributes_named(s.attributes, _WANTED)
+                    if not found:
+                        out.ignored += 1  # someone else's span
+                        continue
+                    span = _ours(s, found, service, slices[position])
+                    if span is None:
+                        out.ignored += 1
+                    else:
+                        out.spans.append(span)
+        if position + 1 != len(slices):
+            return classify(parse_protobuf(body), body)
+        out.total = position + 1
+        return out
+    except SpanFormatError as exc:
+        raise PayloadError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
+
+
 def _ours(s: Any, a: dict[str, Any], service: str | None, body: bytes | None = None) -> IncomingSpan | None:
     """Span ``s`` as assembly files it, if it is a decision, an attempt or a workflow root. ``a`` holds the values of
     its attributes in ``_WANTED``; its bytes are ``body``, or ``s`` serialized."""
@@ -380,7 +416,7 @@ def span_from_body(body: bytes, service: str | None) -> IncomingSpan | None:
 def decode(body: bytes, kind: str) -> DecodedExport:
     """Decode and sort one export body (already inflated); ``kind`` is ``protobuf`` or ``json``."""
     if kind == "protobuf":
-        return classify(parse_protobuf(body), body)
+        return classify_bytes(body)
     return classify(parse_json(body))
 
 

@@ -362,7 +362,7 @@ def _lite() -> tuple[Any, Any]:
 
 
 _KEYVALUES: dict[bytes, tuple[str, Any]] = {}
-_KEYVALUES_MAX = 65536
+_KEYVALUES_MAX = 32768
 _SERVICES: dict[bytes, str | None] = {}
 _SCALARS = frozenset({str, int, float, bool, bytes})
 
@@ -472,6 +472,41 @@ def _service(raw: bytes) -> str | None:
 
 
 _MISSING = object()
+
+
+def read_export_view(body: bytes) -> Any:
+    """A serialized ``ExportTraceServiceRequest`` in the bytes view: ``resource_spans[].resource`` (bytes),
+    ``.scope_spans[].spans[]`` with ids, name and ``attributes`` / ``events`` as bytes."""
+    try:
+        return _lite()[1].FromString(body)
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
+
+
+def service_of(resource: bytes) -> str | None:
+    """``service.name`` of a serialized ``Resource``."""
+    try:
+        return _service(resource)
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf Resource: {exc}") from None
+
+
+def attributes_named(raws: Any, names: frozenset[str]) -> dict[str, Any]:
+    """The values of the attributes in ``names`` among serialized ``KeyValue``s (every one is read, so a
+    malformed attribute raises :class:`SpanFormatError` wherever it is)."""
+    out = {}
+    get = _KEYVALUES.get
+    try:
+        for raw in raws:
+            item = get(raw)
+            if item is None:
+                item = _keyvalue(raw)
+            if item[0] in names:
+                value = item[1]
+                out[item[0]] = list(value) if value.__class__ is tuple else value
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf KeyValue: {exc}") from None
+    return out
 
 
 def from_otlp_bytes(body: bytes) -> list[SpanRecord]:
