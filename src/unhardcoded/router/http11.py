@@ -160,9 +160,12 @@ class Reply:
     async def aread(self) -> bytes:
         """The whole body (decoded if the server compressed it); the connection goes back to the pool."""
         if self._content is None:
-            parts = []
-            async for chunk in self._aiter_raw():
-                parts.append(chunk)
+            if self.headers.get("content-encoding"):
+                parts = [chunk async for chunk in self._aiter_raw()]
+            else:  # the usual case, without a generator per call
+                parts = []
+                while (chunk := await self._next_chunk()) is not None:
+                    parts.append(chunk)
             self._content = b"".join(parts)
         return self._content
 

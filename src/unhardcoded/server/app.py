@@ -311,5 +311,26 @@ def create_app(
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.proxy = proxy
+    app.add_middleware(ChatCompletionsFirst, proxy=proxy)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
+
+
+class ChatCompletionsFirst:
+    """``POST /v1/chat/completions``, nearly every request the proxy gets, goes straight to its handler.
+
+    The same handler the route names, minus the routing and exception-mapping
+    layers it never needs (it raises no HTTPException); every other request
+    goes on through Starlette.
+    """
+
+    def __init__(self, app: Any, proxy: Proxy) -> None:
+        self.app = app
+        self.proxy = proxy
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
+            response = await self.proxy.chat_completions(Request(scope, receive, send))
+            await response(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)

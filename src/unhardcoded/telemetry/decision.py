@@ -369,7 +369,7 @@ class AttemptSpans(AttemptObserver):
         span = token.span
         if span is trace.INVALID_SPAN:
             return contextlib.nullcontext()
-        return trace.use_span(span, end_on_exit=False, record_exception=False, set_status_on_exception=False)
+        return _Current(span)
 
     def headers(self, token: Any) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -394,6 +394,24 @@ class AttemptSpans(AttemptObserver):
         self.scope._defer(partial(_end_attempt_span, token.span, attempt, token.response_model, time.time_ns()))
         if self.inner is not None:
             self.inner.end(token.inner, attempt, error)
+
+
+class _Current:
+    """The span current for a block (``trace.use_span`` without ending or status, as a plain class: it is entered
+    for every read of a provider's stream)."""
+
+    __slots__ = ("span", "token")
+
+    def __init__(self, span: Span) -> None:
+        self.span = span
+        self.token: Any = None
+
+    def __enter__(self) -> Span:
+        self.token = otel_context.attach(trace.set_span_in_context(self.span))
+        return self.span
+
+    def __exit__(self, *exc: Any) -> None:
+        otel_context.detach(self.token)
 
 
 def _end_attempt_span(span: Span, attempt: "Attempt", response_model: str | None, end_ns: int) -> None:
