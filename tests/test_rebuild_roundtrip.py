@@ -60,3 +60,17 @@ def test_workflow_receipts_round_trip_in_any_span_order(run, shape, seed):
     receipts = [Receipt.from_decision(d) for d in ds]
     assert rebuilt.workflows == [WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=ds[0].trace_id)]
     assert [n.workflow.step for n in rebuilt.workflows[0].nodes] == list(range(len(ds)))
+    assert rebuilt.workflows[0].complete
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(workflows(), st.sampled_from(["otlp-proto-bytes", "jaeger", "tempo-v2"]))
+def test_a_workflow_rebuilt_without_its_root_span_is_open(run, shape):
+    workflow_id, name, ds = run
+    tp, exporter = L.provider()
+    L.emit_workflow(tp.get_tracer("unhardcoded"), workflow_id, name, ds)
+    rootless = [s for s in exporter.get_finished_spans() if s.parent is not None]  # the run is still going, or its root was lost
+    (w,) = rebuild_receipts(L.WIRE_SHAPES[shape](rootless)).workflows
+    receipts = [Receipt.from_decision(d) for d in ds]
+    assert w == WorkflowReceipt.from_receipts(workflow_id, name, receipts, finished=False)
+    assert w.complete is False and w.still_open and w.nodes == sorted(receipts, key=lambda r: r.workflow.step)

@@ -12,7 +12,7 @@ from typing import Iterable
 from urllib.parse import quote
 
 from ..receipts.model import Receipt, WorkflowReceipt
-from ..receipts.render import STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
+from ..receipts.render import OPEN_WORKFLOW, STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
 
 _CSS = """
 :root { color-scheme: light; }
@@ -154,7 +154,11 @@ def workflow_page(w: WorkflowReceipt) -> str:
         ("trace", f"<code>{escape(w.trace_id or 'n/a')}</code>"),
         ("JSON", f"<a href=\"/workflows/{wid}\">/workflows/{escape(wid)}</a>"),
     ]
-    note = "" if w.complete else "<div class=\"warn\">INCOMPLETE: some node telemetry was not received.</div>"
+    note = ""
+    if w.still_open:
+        note = f"<div class=\"warn\">{escape(OPEN_WORKFLOW)}.</div>"
+    elif not w.complete:
+        note = "<div class=\"warn\">INCOMPLETE: some node telemetry was not received.</div>"
     body = (
         f"<section class=\"card\"><h1>Workflow · {escape(w.name)}</h1><div class=\"sub\">{escape(w.workflow_id)}</div>"
         f"<table>{_rows(totals)}</table>{note}</section>"

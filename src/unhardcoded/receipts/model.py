@@ -114,10 +114,22 @@ class WorkflowReceipt(_Model):
     trace_id: str | None = None
     nodes: list[Receipt] = []
     totals: WorkflowTotals = WorkflowTotals()
-    complete: bool = True
+    complete: bool = Field(True, description=(
+        "The workflow's root span was seen (it ends after every node in it, so the run is over; a receipts processor "
+        "also wrote the nodes that had arrived) and every node receipt is complete. False while the run is still open "
+        "or its root span was lost, and when any node's telemetry is missing."
+    ))
+
+    @property
+    def still_open(self) -> bool:
+        """Not complete only for want of its root span: the run is still going, its root is on its way, or it was lost."""
+        return not self.complete and all(r.complete for r in self.nodes)
 
     @classmethod
-    def from_receipts(cls, workflow_id: str, name: str, receipts: list[Receipt], trace_id: str | None = None) -> "WorkflowReceipt":
+    def from_receipts(
+        cls, workflow_id: str, name: str, receipts: list[Receipt], trace_id: str | None = None, *, finished: bool = True,
+    ) -> "WorkflowReceipt":
+        """``finished``: the workflow's root span was seen (in a receipts processor: and the workflow was finished)."""
         ordered = sorted(receipts, key=lambda r: ((r.workflow.step if r.workflow and r.workflow.step is not None else 1 << 30), r.timestamp))
         cost = sum(r.cost.usd or 0.0 for r in ordered)
         base = sum(r.cost.baseline_usd or 0.0 for r in ordered)
@@ -132,5 +144,5 @@ class WorkflowReceipt(_Model):
         )
         return cls(
             workflow_id=workflow_id, name=name, trace_id=trace_id or (ordered[0].trace_id if ordered else None),
-            nodes=ordered, totals=totals, complete=all(r.complete for r in ordered),
+            nodes=ordered, totals=totals, complete=finished and all(r.complete for r in ordered),
         )

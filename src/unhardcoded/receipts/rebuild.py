@@ -590,7 +590,10 @@ def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
 
 
 def workflows_from(receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRecord] | None = None) -> list[WorkflowReceipt]:
-    """Workflow receipts: the decisions that carry a workflow id, grouped, named by the workflow span when seen."""
+    """Workflow receipts: the decisions that carry a workflow id, grouped, named by the workflow span when seen.
+
+    A workflow whose root span is not among the spans is not complete: the run may still be going, or the root was lost.
+    """
     groups: dict[str, list[Receipt]] = {}
     for r in receipts:
         if r.workflow is not None:
@@ -604,7 +607,7 @@ def workflows_from(receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRe
         if not isinstance(name, str):
             name = next((r.workflow.name for r in members if r.workflow and r.workflow.name), "")
         trace_id = span.trace_id if span is not None else None
-        out.append(WorkflowReceipt.from_receipts(wid, name, members, trace_id=trace_id))
+        out.append(WorkflowReceipt.from_receipts(wid, name, members, trace_id=trace_id, finished=span is not None))
     return out
 
 

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 WIDTH = 78
 STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}
 MAX_REJECTIONS_SHOWN = 12
+OPEN_WORKFLOW = "OPEN: not finished, its root span not seen yet (still running, spans on their way, or the root was lost)"
 
 
 def _usd(value: float | None) -> str:
@@ -105,7 +106,9 @@ def render_workflow(w: WorkflowReceipt) -> str:
         lines.append(f"node      {node.ljust(width)}  {r.policy.name:<12} {model}{fb} · {_usd(r.cost.usd)} · {status} · {r.request_id}")
     lines.append(f"totals    {t.decisions} decisions · {t.fallbacks} fallback{'s' if t.fallbacks != 1 else ''} · {t.failed} failed · {t.latency_ms:.0f} ms")
     lines.append(f"cost      {cost_line(t.cost_usd, 'per-node', t.baseline_usd, t.savings_ratio)}")
-    if not w.complete:
+    if w.still_open:
+        lines.append(f"note      {OPEN_WORKFLOW}")
+    elif not w.complete:
         lines.append("note      INCOMPLETE: some node telemetry was not received")
     return "\n".join(lines)
 
