@@ -30,8 +30,11 @@ SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "receipt.schema.jso
 def home(tmp_path) -> Path:
     """A per-user data dir whose store holds the fixture trace, its policies and the built-in catalog."""
     home = tmp_path / "home"
+    rebuilt = rebuild_receipts((FIXTURES / "trace.otlp.pb").read_bytes())
     with open_store(str(home / "receipts.db")) as store:
-        store.put_rebuilt(rebuild_receipts((FIXTURES / "trace.otlp.pb").read_bytes()).decisions)
+        store.put_rebuilt(rebuilt.decisions)
+        for w in rebuilt.workflows:  # the trace holds the workflow's root span, as a processor would have seen it
+            store.put_workflow(w.workflow_id, w.name, w.trace_id, finished=True)
         store.put_catalog(Catalog.builtin())
     return home
 
@@ -93,8 +96,21 @@ def test_a_workflow_id_shows_the_workflow_receipt(home):
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"workflow · {generate.WORKFLOW_NAME} · {generate.WORKFLOW_ID}")
     assert "node      classify" in result.stdout and "node      answer" in result.stdout
+    assert "OPEN" not in result.stdout and "INCOMPLETE" not in result.stdout
     doc = json.loads(run(home, "receipt", generate.WORKFLOW_ID, "--json").stdout)
     assert doc == EXPECTED["workflows"][0]
+
+
+def test_a_workflow_whose_root_was_not_seen_reads_open(tmp_path):
+    home = tmp_path / "home"
+    with open_store(str(home / "receipts.db")) as store:  # node receipts only: the workflow's root never came
+        store.put_rebuilt(rebuild_receipts((FIXTURES / "trace.otlp.pb").read_bytes()).decisions)
+    result = run(home, "receipt", generate.WORKFLOW_ID)
+    assert result.returncode == 0, result.stderr
+    assert "node      classify" in result.stdout and "node      answer" in result.stdout
+    assert "note      OPEN: not finished, its root span not seen yet" in result.stdout
+    doc = json.loads(run(home, "receipt", generate.WORKFLOW_ID, "--json").stdout)
+    assert doc == {**EXPECTED["workflows"][0], "complete": False}
 
 
 def test_the_store_can_be_named_by_flag_url_or_environment(home, tmp_path):

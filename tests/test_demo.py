@@ -25,6 +25,7 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
     out = done.stdout
     assert "Simulated providers on loopback" in out and "no real LLM is called" in out
     assert "5 decisions · 1 fallback · 0 failed" in out
+    assert "note      " not in out, "the workflow card has no OPEN or INCOMPLETE note"
     commands = [line.split()[-1] for line in out.splitlines() if line.strip().startswith("unhardcoded receipt req_")]
     assert len(commands) == 5
 
@@ -56,6 +57,7 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
         wf_id = nodes[0].workflow.id
         workflow = store.workflow(wf_id)
         assert workflow is not None and workflow.totals.decisions == 5 and workflow.totals.fallbacks == 1
+        assert workflow.complete, "the workflow's root span ended after its nodes: the workflow is finished"
     finally:
         store.close()
 
@@ -75,3 +77,4 @@ def test_demo_json_prints_the_workflow_receipt(tmp_path: Path):
     assert receipt["receipt"] == "unhardcoded.workflow-receipt/v1"
     assert [n["workflow"]["node"] for n in receipt["nodes"]][0] == "classify"
     assert receipt["totals"]["decisions"] == 5 and receipt["totals"]["fallbacks"] == 1
+    assert receipt["complete"] is True

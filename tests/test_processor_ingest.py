@@ -183,10 +183,19 @@ def test_a_workflow_becomes_one_workflow_receipt(processor):
     assert post(processor, L.otlp_bytes(spans[4:])).status_code == 200
     for d in ds:
         assert stored(processor, d.request_id) is not None
-    doc = processor.get("/workflows/wf_9a1").json()
+    doc = processor.wait_for(lambda: (w := workflow_doc(processor, "wf_9a1")) is not None and w["workflow"]["complete"] and w)
+    assert doc, processor.tail()
     want = WorkflowReceipt.from_receipts("wf_9a1", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
     assert doc["workflow"] == want.model_dump(mode="json", by_alias=True)
     assert doc["links"]["page"] == "/w/wf_9a1"
+
+
+# --------------------------------------------------------------------------- when a workflow is finished
+
+
+def workflow_doc(p: ProcessorProcess, workflow_id: str) -> dict | None:
+    r = p.get(f"/workflows/{workflow_id}")
+    return r.json() if r.status_code == 200 else None
 
 
 def test_spans_with_invalid_ids_are_refused_as_partial_success(processor):

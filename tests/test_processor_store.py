@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from fixtures import span_layout as L
-from processor_fixtures import PostgresCluster, ProcessorProcess, decisions_with_spans, make_decision
+from processor_fixtures import PostgresCluster, ProcessorProcess, decisions_with_spans, make_decision, workflow_with_spans
 from unhardcoded.processor.metrics import ProcessorMetrics
 from unhardcoded.processor.otlp import classify, parse_protobuf
 from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
@@ -95,14 +95,69 @@ def test_queries_counts_and_rollups(backend):
 
 def test_workflows(backend):
     store, _ = backend
-    from processor_fixtures import workflow_with_spans
-
     ds, _ = workflow_with_spans("wf_store", "triage-flow", ["a", "b"])
-    store.put_many((Receipt.from_decision(d), None) for d in reversed(ds))
+    nodes = [Receipt.from_decision(d) for d in ds]
+
+    def want(finished: bool, receipts: list[Receipt] = nodes) -> WorkflowReceipt:
+        return WorkflowReceipt.from_receipts("wf_store", "triage-flow", receipts, trace_id=ds[0].trace_id, finished=finished)
+
+    store.put_many((r, None) for r in reversed(nodes))
+    open_ = store.workflow("wf_store")
+    assert open_ == want(False)  # node receipts record their workflow, not that it finished
+    assert open_.complete is False and open_.still_open
     store.put_workflow("wf_store", "triage-flow", ds[0].trace_id)
-    assert store.workflow("wf_store") == WorkflowReceipt.from_receipts(
-        "wf_store", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+    assert store.workflow("wf_store") == want(False)  # recorded again, still not finished
+    store.put_workflow("wf_store", "triage-flow", ds[0].trace_id, finished=True)
+    assert store.workflow("wf_store") == want(True) and store.workflow("wf_store").complete
+    store.put_workflow("wf_store", "", None)  # a later record without a name or trace changes nothing, and never reopens it
+    assert store.workflow("wf_store") == want(True)
+    partial = nodes[1].model_copy(update={
+        "complete": False, "request_id": "req_wf_store_late", "workflow": nodes[1].workflow.model_copy(update={"node": "c", "step": 2}),
+    })
+    store.put(partial)  # a node written after the workflow was finished joins it
+    late = store.workflow("wf_store")
+    assert late == want(True, nodes + [partial]) and late.complete is False and not late.still_open
     assert store.workflow("wf_nope") is None
+
+
+def test_a_workflow_finished_before_any_node_was_written(backend):
+    store, _ = backend
+    ds, _ = workflow_with_spans("wf_root_first", "triage-flow", ["a", "b"], seed=8)
+    store.put_workflow("wf_root_first", "triage-flow", ds[0].trace_id, finished=True)
+    empty = store.workflow("wf_root_first")
+    assert empty.nodes == [] and empty.complete and empty.trace_id == ds[0].trace_id
+    store.put_many((Receipt.from_decision(d), None) for d in ds)
+    assert store.workflow("wf_root_first") == WorkflowReceipt.from_receipts(
+        "wf_root_first", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+
+
+def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
+    """The workflows table as it was: opening the store adds ``finished_at`` once, and old workflows read finished."""
+    import psycopg
+
+    url = cluster.new_database()
+    ds, _ = workflow_with_spans("wf_old", "triage-flow", ["a", "b"], seed=9)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL)")
+        conn.execute("INSERT INTO workflows VALUES ('wf_old', 'triage-flow', %s, '2026-03-14T09:00:00.000Z')", (ds[0].trace_id,))
+    store, spool = open_backend(url)
+    try:
+        store.put_many((Receipt.from_decision(d), None) for d in ds)
+        assert store.workflow("wf_old") == WorkflowReceipt.from_receipts(
+            "wf_old", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+        new, _ = workflow_with_spans("wf_new", "triage-flow", ["a"], seed=10)
+        store.put(Receipt.from_decision(new[0]))
+        assert store.workflow("wf_new").still_open
+    finally:
+        store.close()
+        spool.close()
+    store, spool = open_backend(url)  # opened again: the column is there, nothing is filled in twice
+    try:
+        assert store.workflow("wf_old").complete
+        assert store.workflow("wf_new").still_open
+    finally:
+        store.close()
+        spool.close()
 
 
 def test_the_spool(backend):

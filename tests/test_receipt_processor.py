@@ -36,7 +36,9 @@ def test_receipts_land_in_the_store_as_decisions_end(tmp_path):
     assert store.catalog(Catalog.builtin().version) is not None
     expected = WorkflowReceipt.from_receipts(generate.WORKFLOW_ID, generate.WORKFLOW_NAME, [Receipt.from_decision(d) for d in ds])
     assert store.workflow(generate.WORKFLOW_ID).nodes == expected.nodes
+    assert store.workflow(generate.WORKFLOW_ID).complete  # the root span ended after its nodes: finished
     assert processor.stats.receipts_written == 2 and processor.stats.lost == 0
+    assert processor.stats.workflows_finished == 1
     tp.shutdown()
     store.close()
 
@@ -176,4 +178,29 @@ def test_an_attempt_under_another_instrumentations_span_is_still_claimed(tmp_pat
     processor.force_flush()
     stored = store.get(d.request_id)
     assert stored is not None and stored.receipt == Receipt.from_decision(d) and stored.receipt.complete
+    store.close()
+
+
+def test_a_workflow_is_open_until_its_root_span_ends(tmp_path):
+    from unhardcoded.telemetry import workflow
+
+    store = open_store(str(tmp_path / "r.db"))
+    processor = ReceiptSpanProcessor(store)
+    tp = _provider(processor)
+    tracer = tp.get_tracer("unhardcoded")
+    ds = generate.decisions()
+    with workflow(generate.WORKFLOW_NAME, id=generate.WORKFLOW_ID, tracer_provider=tp) as wf:
+        trace_id = wf.trace_id
+        for d in ds:
+            with wf.node(d.workflow.node):
+                L.emit_decision(tracer, d)
+        assert processor.force_flush()
+        running = store.workflow(generate.WORKFLOW_ID)
+        assert [n.request_id for n in running.nodes] == [d.request_id for d in ds]
+        assert running.complete is False and running.still_open
+    assert processor.force_flush()
+    done = store.workflow(generate.WORKFLOW_ID)
+    assert done.complete and done.trace_id == trace_id and done.name == generate.WORKFLOW_NAME
+    assert processor.stats.workflows_finished == 1 and processor.stats.lost == 0
+    tp.shutdown()
     store.close()

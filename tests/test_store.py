@@ -109,8 +109,12 @@ def test_queries_page_newest_first(store):
 def test_a_workflow_receipt_is_assembled_from_its_nodes(store):
     store.put_many([(HOPPED, None), (DIRECT, None)])
     w = store.workflow(generate.WORKFLOW_ID)
-    assert w is not None
+    assert w is not None and w.nodes == [HOPPED, DIRECT]
+    assert w.complete is False and w.still_open  # its root was never seen: the run may still be going
+    store.put_workflow(generate.WORKFLOW_ID, generate.WORKFLOW_NAME, HOPPED.trace_id, finished=True)
+    w = store.workflow(generate.WORKFLOW_ID)
     assert w.model_dump(mode="json", by_alias=True) == FIXTURE["workflows"][0]
+    assert w.complete and not w.still_open
     assert store.workflow("wf_nope") is None
 
 
@@ -157,6 +161,86 @@ def test_reopening_keeps_everything(tmp_path):
         assert s.get(HOPPED.request_id).receipt == HOPPED
         assert s.policy(HOPPED.policy.fingerprint) is not None
         assert s.catalog(Catalog.builtin().version) is not None
+
+
+# The tables of store schema 1, as the store created them: a real old file is made from these.
+_V1_TABLES = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (
+  request_id TEXT PRIMARY KEY,
+  trace_id TEXT,
+  ts_ms INTEGER NOT NULL,
+  policy_name TEXT NOT NULL,
+  policy_fingerprint TEXT NOT NULL,
+  catalog_version TEXT NOT NULL,
+  model TEXT,
+  outcome TEXT NOT NULL,
+  fallback INTEGER NOT NULL,
+  cost_usd REAL,
+  baseline_model TEXT,
+  baseline_usd REAL,
+  workflow_id TEXT,
+  workflow_name TEXT,
+  complete INTEGER NOT NULL,
+  revision INTEGER NOT NULL,
+  stored_at TEXT NOT NULL,
+  body TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
+CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_policy ON receipts(policy_name, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprint);
+CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
+CREATE TABLE IF NOT EXISTS policies (
+  fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS catalogs (version TEXT PRIMARY KEY, body TEXT NOT NULL, first_seen TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+  workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL
+);
+"""
+
+
+def _v1_store(path: Path, receipts: list[Receipt], workflows: list[tuple[str, str, str | None]]) -> None:
+    """A store file as unhardcoded wrote it at store schema 1: its tables, its meta rows, receipts and workflows."""
+    db = sqlite3.connect(path)
+    db.executescript(_V1_TABLES)
+    db.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
+        ("kind", "unhardcoded-receipts-store"), ("schema_version", "1"), ("created_at", "2026-03-14T09:00:00.000Z")])
+    for r in receipts:
+        model = r.answered_by or (r.selected.model if r.selected else None)
+        ts = int(datetime.fromisoformat(r.timestamp.replace("Z", "+00:00")).timestamp() * 1000)
+        db.execute(
+            "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, '2026-03-14T09:00:00.000Z', ?)",
+            (r.request_id, r.trace_id, ts, r.policy.name, r.policy.fingerprint, r.catalog_version, model, r.outcome,
+             int(r.fallback.triggered), r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.workflow.id if r.workflow else None,
+             r.workflow.name if r.workflow else None, int(r.complete), r.to_json_text()),
+        )
+    db.executemany("INSERT INTO workflows VALUES (?, ?, ?, '2026-03-14T09:00:00.000Z')", workflows)
+    db.commit()
+    db.close()
+
+
+def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
+    path = tmp_path / "receipts.db"
+    _v1_store(path, [HOPPED, DIRECT], [(generate.WORKFLOW_ID, generate.WORKFLOW_NAME, HOPPED.trace_id)])
+    with open_store(str(path), create=False) as s:  # opening migrates it, even when only reading
+        assert s.get(HOPPED.request_id).receipt == HOPPED and s.get(DIRECT.request_id).receipt == DIRECT
+        assert s.get(HOPPED.request_id).revision == 1
+        # At schema 1 a workflow was complete when its nodes were; it still is.
+        assert s.workflow(generate.WORKFLOW_ID).model_dump(mode="json", by_alias=True) == FIXTURE["workflows"][0]
+        s.put(DIRECT.model_copy(update={"request_id": "req_after", "workflow": DIRECT.workflow.model_copy(update={"id": "wf_after"})}))
+        assert s.workflow("wf_after").still_open  # written after the migration: open until its root is seen
+    db = sqlite3.connect(path)
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
+    assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
+    db.close()
+    with open_store(str(path)) as s:  # reopened: nothing migrated twice, every receipt and workflow as it was
+        assert s.count() == 3
+        assert s.workflow(generate.WORKFLOW_ID).complete
+        assert s.workflow("wf_after").still_open
+        assert {r.request_id for r in s.query(ReceiptQuery(workflow_id=generate.WORKFLOW_ID))} == {HOPPED.request_id, DIRECT.request_id}
 
 
 def test_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):

@@ -49,7 +49,9 @@ CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
 CREATE TABLE IF NOT EXISTS policies (fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS catalogs (version TEXT PRIMARY KEY, body TEXT NOT NULL, first_seen TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS workflows (
+  workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL, finished_at TEXT
+);
 CREATE TABLE IF NOT EXISTS processor_spans (
   trace_id TEXT NOT NULL,
   span_id TEXT NOT NULL,
@@ -87,7 +89,20 @@ def _connect(url: str) -> Any:
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(_SCHEMA)
+        _add_workflow_finished_at(conn)
     return conn
+
+
+def _add_workflow_finished_at(conn: Any) -> None:
+    """Stores made before workflows recorded when their root was seen get the column; their workflows read as
+    finished, as they did. Runs under the schema lock, so only the first instance to open such a store adds it."""
+    found = conn.execute(
+        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+        "AND table_name = 'workflows' AND column_name = 'finished_at'"
+    ).fetchone()
+    if found is None:
+        conn.execute("ALTER TABLE workflows ADD COLUMN finished_at TEXT")
+        conn.execute("UPDATE workflows SET finished_at = stored_at")
 
 
 def _redact(url: str) -> str:
@@ -236,11 +251,14 @@ class PostgresReceiptStore(SQLReceiptReads):
         ))
         return version
 
-    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None:
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
+        now = _now()
         self._db.run(lambda conn: conn.execute(
-            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (%s, %s, %s, %s) "
-            "ON CONFLICT (workflow_id) DO UPDATE SET name = excluded.name, trace_id = COALESCE(excluded.trace_id, workflows.trace_id)",
-            (workflow_id, name, trace_id, _now()),
+            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), workflows.name), "
+            "trace_id = COALESCE(excluded.trace_id, workflows.trace_id), "
+            "finished_at = COALESCE(workflows.finished_at, excluded.finished_at)",
+            (workflow_id, name, trace_id, now, now if finished else None),
         ))
 
     # -- reading -------------------------------------------------------------------------------

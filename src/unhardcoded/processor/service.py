@@ -324,7 +324,7 @@ class ReceiptsProcessor:
                     seen.add(fp)
                 self.store.put_many(items)
             for workflow_id, name, trace_id in workflows:
-                self.store.put_workflow(workflow_id, name, trace_id)
+                self.store.put_workflow(workflow_id, name, trace_id, finished=True)
             self.spool.finish([(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}], _now_ms())
         except Exception as exc:  # noqa: BLE001 - keep the groups and try again; the spool still has every span
             logger.warning("receipt store write failed (%d receipts kept pending): %s", len(decisions), exc)

@@ -1,7 +1,9 @@
 """In-process receipts: a SpanProcessor that rebuilds each decision's receipt as it ends and stores it.
 
 Attempt spans end before their decision span; they wait, keyed by the decision
-span's id, until it ends. Rebuilding and writing happen on a background thread
+span's id, until it ends. A workflow's root span ends after its nodes: its end
+marks the workflow finished, written after the node receipts queued before it.
+Rebuilding and writing happen on a background thread
 so the app's request path never waits on them, and nothing here ever raises into the app:
 what cannot be rebuilt or written is counted in :attr:`ReceiptSpanProcessor.stats`.
 """
@@ -31,6 +33,15 @@ logger = logging.getLogger(__name__)
 _STOP = object()
 
 
+@dataclass(frozen=True)
+class _WorkflowFinished:
+    """Queued when a workflow's root span ends."""
+
+    workflow_id: str
+    name: str
+    trace_id: str | None
+
+
 @dataclass
 class ProcessorStats:
     """What the processor did; ``lost`` counts receipts that could not be rebuilt or written."""
@@ -42,6 +53,7 @@ class ProcessorStats:
     queue_full: int = 0
     orphan_attempts: int = 0
     incomplete: int = 0
+    workflows_finished: int = 0
 
 
 class ReceiptSpanProcessor(SpanProcessor):
@@ -122,6 +134,9 @@ class ReceiptSpanProcessor(SpanProcessor):
                 self._count(orphan_attempts=evicted)
             return
         request_id = attrs.get(A.UNHARDCODED_REQUEST_ID)
+        if request_id is None and A.UNHARDCODED_WORKFLOW_ID in attrs and A.UNHARDCODED_WORKFLOW_NODE not in attrs:
+            self._workflow_ended(span, attrs)
+            return
         if request_id is None or A.UNHARDCODED_POLICY_FINGERPRINT not in attrs:
             return
         ctx = span.context
@@ -133,6 +148,18 @@ class ReceiptSpanProcessor(SpanProcessor):
                     attempts.extend(self._pending.pop(key, []))
         try:
             self._queue.put_nowait((span, attempts))
+        except queue.Full:
+            self._count(lost=1, queue_full=1)
+
+    def _workflow_ended(self, span: ReadableSpan, attrs: Any) -> None:
+        """A workflow's root span ended: every node in it ended before, so its receipts are queued ahead of this."""
+        workflow_id, name = attrs.get(A.UNHARDCODED_WORKFLOW_ID), attrs.get(A.UNHARDCODED_WORKFLOW_NAME)
+        if not isinstance(workflow_id, str) or not workflow_id:
+            return
+        ctx = span.context
+        finished = _WorkflowFinished(workflow_id, name if isinstance(name, str) else "", format(ctx.trace_id, "032x") if ctx else None)
+        try:
+            self._queue.put_nowait(finished)
         except queue.Full:
             self._count(lost=1, queue_full=1)
 
@@ -161,6 +188,7 @@ class ReceiptSpanProcessor(SpanProcessor):
         """Take what is queued (up to a batch), rebuild and write it; True once told to stop."""
         item = self._queue.get()
         batch: list[RebuiltDecision] = []
+        finished: list[_WorkflowFinished] = []
         flushes: list[threading.Event] = []
         stop = False
         while True:
@@ -168,6 +196,8 @@ class ReceiptSpanProcessor(SpanProcessor):
                 stop = True
             elif isinstance(item, threading.Event):
                 flushes.append(item)
+            elif isinstance(item, _WorkflowFinished):
+                finished.append(item)
             else:
                 decision = self._rebuild(*item)
                 if decision is not None:
@@ -180,6 +210,8 @@ class ReceiptSpanProcessor(SpanProcessor):
                 break
         if batch:
             self._write(batch)
+        for w in finished:  # after the batch: its node receipts are written first
+            self._finish_workflow(w)
         for event in flushes:
             event.set()
         return stop
@@ -191,6 +223,14 @@ class ReceiptSpanProcessor(SpanProcessor):
         except Exception:  # noqa: BLE001 - a store that is down loses receipts, not requests
             self._count(lost=len(batch), write_errors=1)
             logger.warning("receipt store %s: %d receipts not written", getattr(self.store, "location", "?"), len(batch), exc_info=True)
+
+    def _finish_workflow(self, w: "_WorkflowFinished") -> None:
+        try:
+            self.store.put_workflow(w.workflow_id, w.name, w.trace_id, finished=True)
+            self._count(workflows_finished=1)
+        except Exception:  # noqa: BLE001 - a store that is down loses the mark, not requests
+            self._count(lost=1, write_errors=1)
+            logger.warning("receipt store %s: workflow %s not marked finished", getattr(self.store, "location", "?"), w.workflow_id, exc_info=True)
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         if self._shutdown or not self._worker.is_alive():

@@ -31,8 +31,11 @@ STORE_ENV = "UNHARDCODED_STORE"
 STORE_FILE = "receipts.db"
 STORE_KIND = "unhardcoded-receipts-store"
 PAGE_SIZE = 16384
-STORE_SCHEMA_VERSION = 1
-"""Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward."""
+STORE_SCHEMA_VERSION = 2
+"""Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward.
+
+2: ``workflows.finished_at``, when the workflow's root span was seen and the workflow finished.
+"""
 
 RollupKey = Literal["policy", "workflow", "model"]
 ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model")
@@ -124,7 +127,13 @@ class ReceiptStore(Protocol):
         """Keep a catalog's canonical JSON; returns its version."""
         ...
 
-    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None: ...
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
+        """Record a workflow; ``finished``: its root span was seen and the nodes that had arrived are written.
+
+        A node receipt records its workflow too, unfinished. Once finished a workflow stays finished; node
+        receipts that come later still join it.
+        """
+        ...
 
     def get(self, request_id: str) -> StoredReceipt | None: ...
 
@@ -249,9 +258,15 @@ CREATE TABLE IF NOT EXISTS policies (
 );
 CREATE TABLE IF NOT EXISTS catalogs (version TEXT PRIMARY KEY, body TEXT NOT NULL, first_seen TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS workflows (
-  workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL
+  workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL, finished_at TEXT
 );
 """
+
+_MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 1 -> 2: workflows record when their root was seen and they were finished. A store from before kept no such
+    # thing and read every workflow as finished; its workflows stay so.
+    1: ("ALTER TABLE workflows ADD COLUMN finished_at TEXT", "UPDATE workflows SET finished_at = stored_at"),
+}
 
 _ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
 
@@ -308,12 +323,12 @@ class SQLReceiptReads:
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
         p = self._param
         rows = self._read(f"SELECT body FROM receipts WHERE workflow_id = {p}", (workflow_id,))
-        info = self._read(f"SELECT name, trace_id FROM workflows WHERE workflow_id = {p}", (workflow_id,))
+        info = self._read(f"SELECT name, trace_id, finished_at FROM workflows WHERE workflow_id = {p}", (workflow_id,))
         if not rows and not info:
             return None
         receipts = [Receipt.model_validate_json(r[0]) for r in rows]
-        name, trace_id = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None)
-        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id)
+        name, trace_id, finished_at = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None, None)
+        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id, finished=finished_at is not None)
 
     def policy(self, fingerprint: str) -> str | None:
         rows = self._read(f"SELECT body FROM policies WHERE fingerprint = {self._param}", (fingerprint,))
@@ -409,8 +424,26 @@ class SQLiteReceiptStore(SQLReceiptReads):
             raise
 
     def _migrate(self, version: int) -> None:
-        """Walk an older store forward one schema version at a time (none exist yet: version 1 is the first)."""
-        raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
+        """Walk an older store forward one schema version at a time, all in one transaction."""
+        if version not in _MIGRATIONS:
+            raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
+        db, start = self._db, version
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                # Another process may have walked it forward while we waited for the lock.
+                version = int(dict(db.execute("SELECT key, value FROM meta").fetchall()).get("schema_version", "0"))
+                while version < STORE_SCHEMA_VERSION:
+                    for statement in _MIGRATIONS[version]:
+                        db.execute(statement)
+                    version += 1
+                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: cannot migrate the store from schema {start} to {STORE_SCHEMA_VERSION}: {exc}") from None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -526,11 +559,13 @@ class SQLiteReceiptStore(SQLReceiptReads):
         ))
         return version
 
-    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None) -> None:
+    def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
+        now = _now()
         self._write(lambda db: db.execute(
-            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(workflow_id) DO UPDATE SET name = excluded.name, trace_id = COALESCE(excluded.trace_id, trace_id)",
-            (workflow_id, name, trace_id, _now()),
+            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT(workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), name), "
+            "trace_id = COALESCE(excluded.trace_id, trace_id), finished_at = COALESCE(finished_at, excluded.finished_at)",
+            (workflow_id, name, trace_id, now, now if finished else None),
         ))
 
     # -- reading ---------------------------------------------------------------------------------
