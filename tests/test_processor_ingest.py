@@ -11,6 +11,8 @@ from __future__ import annotations
 import gzip
 import json
 import random
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -196,6 +198,139 @@ def test_a_workflow_becomes_one_workflow_receipt(processor):
 def workflow_doc(p: ProcessorProcess, workflow_id: str) -> dict | None:
     r = p.get(f"/workflows/{workflow_id}")
     return r.json() if r.status_code == 200 else None
+
+
+def completed(p: ProcessorProcess, workflow_id: str, timeout_s: float = 15.0) -> dict | None:
+    """The workflow receipt once it reads complete."""
+    def ready():
+        doc = workflow_doc(p, workflow_id)
+        return doc["workflow"] if doc is not None and doc["workflow"]["complete"] else None
+
+    return p.wait_for(ready, timeout_s)
+
+
+def settled(p: ProcessorProcess, timeout_s: float = 15.0) -> bool:
+    """Nothing pending in the processor: every receipt it could write (or give up waiting for) is written."""
+    return bool(p.wait_for(lambda: p.stats()["pending_receipts"] == 0, timeout_s))
+
+
+def split_workflow(spans: list) -> tuple[list, dict[str, list], list]:
+    """A workflow's spans as (root, {request id: its decision and attempt spans}, node spans)."""
+    root, nodes, by_request = [], [], {}
+    for s in spans:
+        a = s.attributes
+        if A.UNHARDCODED_REQUEST_ID in a:
+            by_request.setdefault(a[A.UNHARDCODED_REQUEST_ID], []).append(s)
+        elif A.UNHARDCODED_WORKFLOW_NODE in a:
+            nodes.append(s)
+        else:
+            root.append(s)
+    assert len(root) == 1
+    return root, by_request, nodes
+
+
+def attempts_of(spans: list) -> list:
+    return [s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX in s.attributes]
+
+
+def whole(workflow_id: str, name: str, ds) -> dict:
+    return WorkflowReceipt.from_receipts(workflow_id, name, [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id).model_dump(
+        mode="json", by_alias=True)
+
+
+def test_a_root_that_arrives_first_waits_for_the_nodes_of_its_trace(patient_processor):
+    p = patient_processor
+    ds, spans = workflow_with_spans("wf_root_first", "refund-flow", ["classify", "draft", "review"], seed=21)
+    root, by_request, node_spans = split_workflow(spans)
+    held = next(d for d in reversed(ds) if d.attempts)
+    held_attempts = attempts_of(by_request[held.request_id])
+    # The root, and the decision span of one node whose attempt spans are still on their way.
+    first = root + [s for s in by_request[held.request_id] if s not in held_attempts]
+    assert post(p, L.otlp_bytes(first)).status_code == 200
+    others = [d for d in ds if d is not held]
+    assert post(p, L.otlp_bytes([s for d in others for s in by_request[d.request_id]] + node_spans)).status_code == 200
+    for d in others:
+        assert stored(p, d.request_id) is not None, p.tail()
+    doc = workflow_doc(p, "wf_root_first")["workflow"]
+    assert doc["complete"] is False and [n["request_id"] for n in doc["nodes"]] == [d.request_id for d in others]
+    assert all(n["complete"] for n in doc["nodes"])
+    assert "OPEN: not finished" in p.get("/w/wf_root_first").text
+    assert p.receipt(held.request_id) is None
+    assert post(p, L.otlp_bytes(held_attempts)).status_code == 200
+    doc = completed(p, "wf_root_first")
+    assert doc == whole("wf_root_first", "refund-flow", ds), p.tail()
+    page = p.get("/w/wf_root_first").text
+    assert "OPEN" not in page and "INCOMPLETE" not in page
+
+
+def test_nodes_first_then_the_root(patient_processor, tmp_path):
+    p = patient_processor
+    ds, spans = workflow_with_spans("wf_nodes_first", "refund-flow", ["classify", "draft"], seed=22)
+    root, by_request, node_spans = split_workflow(spans)
+    assert post(p, L.otlp_bytes([s for v in by_request.values() for s in v] + node_spans)).status_code == 200
+    for d in ds:
+        assert stored(p, d.request_id) is not None, p.tail()
+    doc = workflow_doc(p, "wf_nodes_first")
+    assert doc["workflow"] == {**whole("wf_nodes_first", "refund-flow", ds), "complete": False}
+    assert "OPEN: not finished" in p.get(doc["links"]["page"]).text
+    card = cli_receipt(p, "wf_nodes_first")
+    assert "node      classify" in card and "note      OPEN: not finished" in card
+    assert post(p, L.otlp_bytes(root)).status_code == 200
+    assert completed(p, "wf_nodes_first") == whole("wf_nodes_first", "refund-flow", ds), p.tail()
+    card = cli_receipt(p, "wf_nodes_first")
+    assert "node      draft" in card and "note      " not in card
+
+
+def test_a_root_with_no_node_pending_is_finished_at_once_and_later_nodes_join_it(patient_processor):
+    p = patient_processor
+    ds, spans = workflow_with_spans("wf_alone", "refund-flow", ["classify", "draft"], seed=23)
+    root, by_request, node_spans = split_workflow(spans)
+    assert post(p, L.otlp_bytes(root)).status_code == 200
+    doc = completed(p, "wf_alone")  # nothing of its trace was pending: finished with the nodes written so far, none
+    assert doc is not None and doc["nodes"] == [] and doc["trace_id"] == ds[0].trace_id, p.tail()
+    assert post(p, L.otlp_bytes([s for v in by_request.values() for s in v] + node_spans)).status_code == 200
+    for d in ds:
+        assert stored(p, d.request_id) is not None
+    assert workflow_doc(p, "wf_alone")["workflow"] == whole("wf_alone", "refund-flow", ds)
+
+
+def test_a_node_that_never_comes_whole_finishes_the_workflow_at_the_wait_window(processor):
+    ds, spans = workflow_with_spans("wf_missing_node", "refund-flow", ["classify", "draft", "review"], seed=24)
+    root, by_request, node_spans = split_workflow(spans)
+    held = next(d for d in ds if d.attempts)
+    held_attempts = attempts_of(by_request[held.request_id])
+    sent = [s for v in by_request.values() for s in v if s not in held_attempts] + node_spans + root
+    assert post(processor, L.otlp_bytes(sent)).status_code == 200
+    assert stored(processor, held.request_id) is not None and settled(processor), processor.tail()
+    doc = workflow_doc(processor, "wf_missing_node")["workflow"]
+    assert doc["complete"] is False and len(doc["nodes"]) == len(ds)
+    assert [n["request_id"] for n in doc["nodes"] if not n["complete"]] == [held.request_id]
+    page = processor.get("/w/wf_missing_node").text
+    assert "INCOMPLETE: some node telemetry was not received" in page and "OPEN" not in page
+    # The node's attempts come after all: its receipt is rewritten, and the workflow, finished at the window, is whole.
+    assert post(processor, L.otlp_bytes(held_attempts)).status_code == 200
+    assert stored(processor, held.request_id, revision=2) is not None
+    assert completed(processor, "wf_missing_node") == whole("wf_missing_node", "refund-flow", ds)
+
+
+def test_a_workflow_whose_root_never_arrives_is_not_complete(processor):
+    ds, spans = workflow_with_spans("wf_no_root", "refund-flow", ["classify", "draft"], seed=25)
+    _, by_request, node_spans = split_workflow(spans)
+    assert post(processor, L.otlp_bytes([s for v in by_request.values() for s in v] + node_spans)).status_code == 200
+    for d in ds:
+        assert stored(processor, d.request_id)["receipt"]["complete"] is True
+    assert settled(processor)
+    doc = workflow_doc(processor, "wf_no_root")["workflow"]
+    assert doc == {**whole("wf_no_root", "refund-flow", ds), "complete": False}
+    assert "OPEN: not finished" in processor.get("/w/wf_no_root").text
+
+
+def cli_receipt(p: ProcessorProcess, workflow_id: str) -> str:
+    """`unhardcoded receipt WORKFLOW_ID` on the processor's store, as it runs."""
+    done = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "receipt", workflow_id, "--store", p.store],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def test_spans_with_invalid_ids_are_refused_as_partial_success(processor):

@@ -206,6 +206,38 @@ def test_the_processor_on_each_store_survives_a_restart(store_url):
     spool.close()
 
 
+def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across_a_restart(store_url):
+    ds, spans = workflow_with_spans("wf_engine", "refund-flow", ["classify", "draft", "review"], seed=12)
+    ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
+    held = next(d for d in reversed(ds) if d.attempts)
+    attempts = [s for s in ours if s.role == "attempt" and s.group == "r:" + held.request_id]
+    first = [s for s in ours if s not in attempts]  # the root and every node, but one node's attempts
+    want = WorkflowReceipt.from_receipts("wf_engine", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+    cfg = ProcessorConfig(wait_window_s=60, owner="one")
+    store, spool = open_backend(store_url)
+    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p.start()
+    p.submit(first).result(10)
+    assert p.drain()
+    waiting = store.workflow("wf_engine")  # the root is in; one node's receipt is not written, so neither is the root
+    assert waiting is not None and waiting.still_open
+    assert [n.request_id for n in waiting.nodes] == [d.request_id for d in ds if d is not held]
+    p.stop()
+    store.close()
+    spool.close()
+    store, spool = open_backend(store_url)  # restarted: the root and the held node are picked up, still waiting
+    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p.start()
+    assert p.stats()["recovered_spans"] >= 2
+    assert p.drain() and store.workflow("wf_engine").still_open
+    p.submit(attempts).result(10)
+    assert p.drain()
+    assert store.workflow("wf_engine") == want and want.complete
+    p.stop()
+    store.close()
+    spool.close()
+
+
 def test_two_processors_share_one_postgres_store(cluster, tmp_path):
     url = cluster.new_database()
     a = ProcessorProcess(url, "--wait-window", "1", "--instance-id", "a", log=tmp_path / "a.log").start()

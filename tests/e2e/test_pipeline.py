@@ -113,6 +113,7 @@ def test_demo_receipt_is_the_same_from_jaeger_tempo_and_the_store(stack, demo, m
     stored_wf = _cli_json(wf_id)
     assert _cli_json(wf_id, "--jaeger", stack["jaeger"]) == stored_wf
     assert _cli_json(wf_id, "--tempo", stack["tempo"]) == stored_wf
+    assert stored_wf["complete"] is True  # the root span was seen, every node receipt is complete
 
 
 def test_the_receipts_processor_behind_the_collector_gets_every_decision(stack, demo, sent, monkeypatch):
@@ -125,6 +126,15 @@ def test_the_receipts_processor_behind_the_collector_gets_every_decision(stack, 
     for rid in demo["request_ids"]:
         got = wait_for(f"{rid} in the processor", lambda: processor_receipt(rid), timeout=30)
         assert got == _cli_json(rid)
+
+    def processor_workflow(workflow_id: str):
+        status, body = http_get(f"{stack['processor']}/workflows/{workflow_id}")
+        doc = json.loads(body)["workflow"] if status == 200 else None
+        return doc if doc is not None and doc["complete"] else None
+
+    # the workflow is finished once its root span is in, after its nodes: the same as the demo's own store has it
+    wf_id = demo["workflow"]["workflow_id"]
+    assert wait_for(f"workflow {wf_id} finished in the processor", lambda: processor_workflow(wf_id), timeout=30) == _cli_json(wf_id)
     # plain decisions that tail sampling dropped from Jaeger/Tempo still have receipts
     for d in sent["plain"] + sent["fallback"]:
         got = wait_for(f"{d['request_id']} in the processor", lambda: processor_receipt(d["request_id"]), timeout=30)

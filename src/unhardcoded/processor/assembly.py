@@ -1,9 +1,13 @@
 """Assembly: spans grouped into the receipts they make, and the moment each receipt is ready to be written.
 
 A decision's group is ready as soon as its decision span and all the attempt
-spans it announces (``fallback.hops + 1`` when a provider was called) are in;
-a workflow root is ready on arrival. A group that is not ready within the wait
-window is finished with what it has (the rebuild marks it ``complete: false``).
+spans it announces (``fallback.hops + 1`` when a provider was called) are in.
+A workflow root's group is ready once its root span is in and no decision of
+its trace is pending here: the receipts of the nodes that arrived are written
+first (a count of pending decision groups per trace keeps that check O(1)).
+A group that is not ready within the wait window is finished with what it has
+(the rebuild marks a decision ``complete: false``; a workflow is finished with
+the nodes written by then, and later nodes still join it).
 Memory is bounded by a number of spans: past it, the oldest groups are
 finished early, and counted. This module holds no I/O; the service drives it.
 """
@@ -50,6 +54,7 @@ class Group:
 
     @property
     def ready(self) -> bool:
+        """Every span of the receipt is in. For a workflow root, the root itself; its nodes are the assembler's to check."""
         if self.is_workflow:
             return True
         d = self.decision
@@ -70,6 +75,10 @@ class Assembler:
         self._groups: OrderedDict[GroupKey, Group] = OrderedDict()
         self._alias: dict[GroupKey, GroupKey] = {}
         self._ready: dict[GroupKey, Group] = {}
+        self._open: dict[str, int] = {}
+        """Trace id -> decision groups (and stray attempt groups) of it pending here; absent when none."""
+        self._roots: dict[str, list[GroupKey]] = {}
+        """Trace id -> workflow root groups of it pending here."""
         self.pending_spans = 0
         self.duplicates = 0
 
@@ -97,6 +106,7 @@ class Assembler:
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(span.trace_id, key[1], now)
+            self._opened(key, group)
         group.revisit |= revisit
         if not group.add(span):
             self.duplicates += 1
@@ -110,20 +120,26 @@ class Assembler:
             strays = self._groups.pop(alias, None)
             if strays is not None:
                 self._ready.pop(alias, None)
+                self._closed(alias, strays)
                 self.pending_spans -= len(strays)
                 for s in strays.spans.values():
                     if group.add(s):
                         self.pending_spans += 1
-        if group.ready:
+        if group.ready and not (group.is_workflow and group.trace_id in self._open):
             self._ready[key] = group
         return group
 
     def take_ready(self) -> list[Group]:
+        """Ready groups; a workflow root after the decisions of its trace taken with it."""
         out = []
-        ready, self._ready = self._ready, {}
-        for key, group in ready.items():
-            if self._groups.get(key) is group:
-                self._drop(key)
+        while self._ready:
+            ready, self._ready = self._ready, {}
+            for key, group in ready.items():
+                if self._groups.get(key) is not group:
+                    continue
+                if group.is_workflow and group.trace_id in self._open:
+                    continue  # nodes of its trace are pending: marked ready again when the last of them is taken
+                self._drop(key)  # taking a trace's last pending decision marks its workflow root ready: the next pass
                 out.append(group)
         return out
 
@@ -154,6 +170,7 @@ class Assembler:
             key = (group.trace_id, group.key)
             self._groups[key] = group
             self._groups.move_to_end(key, last=False)
+            self._opened(key, group)
             self.pending_spans += len(group)
             for k in group.keys:
                 if k != group.key:
@@ -164,10 +181,39 @@ class Assembler:
     def _drop(self, key: GroupKey) -> None:
         group = self._groups.pop(key)
         self._ready.pop(key, None)
+        self._closed(key, group)
         self.pending_spans -= len(group)
         for k in group.keys:
             if k != group.key:
                 self._alias.pop((group.trace_id, k), None)
+
+    def _opened(self, key: GroupKey, group: Group) -> None:
+        """``group`` is pending now: a decision holds back its trace's workflow root."""
+        trace_id = group.trace_id
+        if group.is_workflow:
+            self._roots.setdefault(trace_id, []).append(key)
+        else:
+            self._open[trace_id] = self._open.get(trace_id, 0) + 1
+
+    def _closed(self, key: GroupKey, group: Group) -> None:
+        """``group`` is no longer pending; the last decision of a trace to go lets its workflow root be finished."""
+        trace_id = group.trace_id
+        if group.is_workflow:
+            roots = self._roots.get(trace_id)
+            if roots is not None and key in roots:
+                roots.remove(key)
+                if not roots:
+                    del self._roots[trace_id]
+            return
+        left = self._open.get(trace_id, 0) - 1
+        if left > 0:
+            self._open[trace_id] = left
+            return
+        self._open.pop(trace_id, None)
+        for root in self._roots.get(trace_id, ()):
+            waiting = self._groups.get(root)
+            if waiting is not None:
+                self._ready[root] = waiting
 
     def groups(self) -> Iterator[Group]:
         return iter(list(self._groups.values()))

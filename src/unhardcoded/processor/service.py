@@ -257,6 +257,8 @@ class ReceiptsProcessor:
             (self.assembler.take_ready(), "telemetry"),
             (self.assembler.take_expired(now - self.config.wait_window_s), "wait_window"),
             (self.assembler.take_overflow(), "memory"),
+            # Workflow roots whose last pending node was just finished above: written after it, in this round.
+            (self.assembler.take_ready(), "telemetry"),
         ]
         if any(groups for groups, _ in batches):
             self._finish(batches)
