@@ -10,9 +10,12 @@ saved under test-artifacts/. Without chromium the test fails and says so
 
 from __future__ import annotations
 
+import json
+import os
 import random
 import shutil
 import subprocess
+import sys
 from html.parser import HTMLParser
 
 import httpx
@@ -182,3 +185,42 @@ def test_the_receipt_page_in_headless_chromium(loaded, tmp_path):
     dom = render(f"{p.url}/w/wf_refund_7", shot, tmp_path)
     assert "refund-flow" in dom and "classify" in dom and "req_wf_refund_7_2" in dom
     assert shot.exists()
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "unhardcoded.cli", *args], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+
+
+def test_the_receipt_command_reads_from_a_running_processor(loaded):
+    p, ds, _, wds = loaded
+    d = ds[3]
+    out = _cli("receipt", d.request_id, "--processor", p.url, "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == Receipt.from_decision(d).to_json_dict()
+    card = _cli("receipt", d.request_id, "--processor", p.url)
+    assert card.returncode == 0 and d.request_id in card.stdout and d.policy.fingerprint in card.stdout
+    flow = _cli("receipt", "wf_refund_7", "--processor", p.url, "--json")
+    assert flow.returncode == 0, flow.stderr
+    assert [n["request_id"] for n in json.loads(flow.stdout)["nodes"]] == [w.request_id for w in wds]
+    missing = _cli("receipt", "req_nobody_sent", "--processor", p.url)
+    assert missing.returncode != 0 and "req_nobody_sent" in missing.stderr
+    down = _cli("receipt", d.request_id, "--processor", "http://127.0.0.1:9")
+    assert down.returncode == 2 and "cannot reach the processor at http://127.0.0.1:9" in down.stderr
+
+
+def test_the_receipt_command_sends_the_query_token(tmp_path):
+    ds, spans = decisions_with_spans(2, seed=53)
+    p = ProcessorProcess(str(tmp_path / "receipts.db"), "--wait-window", "0.5", "--query-token-env", "UH_TEST_QUERY_TOKEN",
+                         env={"UH_TEST_QUERY_TOKEN": "q-canary-7f3a"}, log=tmp_path / "processor.log").start()
+    try:
+        assert httpx.post(p.url + "/v1/traces", content=L.otlp_bytes(spans), headers=PB, timeout=10).status_code == 200
+        headers = {"Authorization": "Bearer q-canary-7f3a"}
+        assert p.wait_for(lambda: httpx.get(f"{p.url}/receipts/{ds[0].request_id}", headers=headers, timeout=5).status_code == 200, 15)
+        refused = _cli("receipt", ds[0].request_id, "--processor", p.url)
+        assert refused.returncode == 2 and "UNHARDCODED_PROCESSOR_TOKEN" in refused.stderr and "q-canary" not in refused.stderr
+        ok = _cli("receipt", ds[0].request_id, "--processor", p.url, "--json", env={"UNHARDCODED_PROCESSOR_TOKEN": "q-canary-7f3a"})
+        assert ok.returncode == 0, ok.stderr
+        assert json.loads(ok.stdout)["request_id"] == ds[0].request_id
+    finally:
+        p.stop()
