@@ -144,7 +144,8 @@ def test_a_corrupt_store_exits_2_naming_the_file(tmp_path):
 def test_help_names_the_default_store(home):
     result = run(home, "receipt", "--help")
     assert result.returncode == 0 and "UNHARDCODED_STORE" in result.stdout
-    assert str(home / "receipts.db") in " ".join(result.stdout.split()).replace("- ", "-")
+    # argparse wraps the help, breaking a long path anywhere: compare without the whitespace it adds
+    assert str(home / "receipts.db") in "".join(result.stdout.split())
 
 
 def test_receipt_without_an_id_is_a_usage_error(home):
