@@ -290,6 +290,11 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
 
 def from_pb_span(s: Any, service: str | None = None) -> SpanRecord:
     """One OTLP protobuf ``Span`` message, of the service named."""
+    return _record(s, service, _pb_attributes(s.attributes), [_pb_event(e) for e in s.events])
+
+
+def _record(s: Any, service: str | None, attributes: dict[str, Any], events: list[EventRecord]) -> SpanRecord:
+    """A ``Span`` message, full or in the bytes view (the same field names), with its attributes and events read."""
     tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
     return SpanRecord(
         tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
@@ -299,8 +304,8 @@ def from_pb_span(s: Any, service: str | None = None) -> SpanRecord:
         s.kind,
         s.start_time_unix_nano,
         s.end_time_unix_nano,
-        _pb_attributes(s.attributes),
-        [_pb_event(e) for e in s.events],
+        attributes,
+        events,
         s.status.code,
         s.dropped_attributes_count,
         s.dropped_events_count,
@@ -424,22 +429,7 @@ _EVENT_RECORDS: dict[bytes, tuple[str, SharedAttributes]] = {}
 
 
 def _lite_record(s: Any, service: str | None) -> SpanRecord:
-    tid, sid, pid = s.trace_id, s.span_id, s.parent_span_id
-    return SpanRecord(
-        tid.hex() if len(tid) == 16 else _hex_id(tid, 32, "traceId"),
-        sid.hex() if len(sid) == 8 else _hex_id(sid, 16, "spanId"),
-        pid.hex() if len(pid) == 8 and any(pid) else None,
-        s.name,
-        s.kind,
-        s.start_time_unix_nano,
-        s.end_time_unix_nano,
-        _raw_attributes(s.attributes),
-        [_raw_event(e) for e in s.events],
-        s.status.code,
-        s.dropped_attributes_count,
-        s.dropped_events_count,
-        service,
-    )
+    return _record(s, service, _raw_attributes(s.attributes), [_raw_event(e) for e in s.events])
 
 
 def _decode_error() -> type[Exception]:
