@@ -156,6 +156,15 @@ def memory(n: int, tmp: Path) -> float:
         p.stop()
 
 
+def reference_loop_s() -> float:
+    """CPU seconds for a fixed pure-Python loop: how fast this machine runs Python right now, to compare runs by."""
+    t = time.process_time()
+    total = 0
+    for i in range(5_000_000):
+        total += i
+    return time.process_time() - t
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=4000)
@@ -176,7 +185,8 @@ def main() -> int:
     }
     n_exports = len(orders["sdk order"])
     print(f"{len(spans)} spans in {n_exports} exports of <= {EXPORT_SPANS}; cores: {os.cpu_count()}; "
-          f"median of {args.rounds} runs each; load average {os.getloadavg()[0]:.1f}")
+          f"median of {args.rounds} runs each; load average {os.getloadavg()[0]:.1f}; "
+          f"reference loop {reference_loop_s():.2f} s CPU (smaller is a faster machine)")
     ok = True
     with tempfile.TemporaryDirectory(prefix="unhardcoded-bench-") as d:
         tmp = Path(d)
@@ -193,7 +203,7 @@ def main() -> int:
         verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
         ok &= mb <= TARGET_RSS_MB
         print(f"RSS at {args.pending:,} pending spans: {mb:,.0f} MB   target <= {TARGET_RSS_MB} MB: {verdict}")
-    print(f"load average after: {os.getloadavg()[0]:.1f}")
+    print(f"load average after: {os.getloadavg()[0]:.1f}; reference loop {reference_loop_s():.2f} s CPU")
     return 0 if ok else 1
 
 
