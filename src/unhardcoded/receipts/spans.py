@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from ..errors import UnhardcodedError
 
@@ -356,13 +356,26 @@ def _lite_messages() -> tuple[Any, Any]:
     return get(pool.FindMessageTypeByName("unhardcoded.lite.Span")), get(pool.FindMessageTypeByName("unhardcoded.lite.Export"))
 
 
-_LITE: tuple[Any, Any] | None = None
+class _Messages(NamedTuple):
+    span_view: Any
+    export_view: Any
+    key_value: Any
+    event: Any
+    resource: Any
 
 
-def _lite() -> tuple[Any, Any]:
+_LITE: _Messages | None = None
+
+
+def _lite() -> _Messages:
+    """The message classes the bytes view reads with, imported once (an import in a hot function is not free)."""
     global _LITE
     if _LITE is None:
-        _LITE = _lite_messages()
+        from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+        from opentelemetry.proto.resource.v1.resource_pb2 import Resource
+        from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+        _LITE = _Messages(*_lite_messages(), KeyValue, Span.Event, Resource)
     return _LITE
 
 
@@ -373,9 +386,7 @@ _SCALARS = frozenset({str, int, float, bool, bytes})
 
 
 def _keyvalue(raw: bytes) -> tuple[str, Any]:
-    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
-
-    kv = KeyValue.FromString(raw)
+    kv = _lite().key_value.FromString(raw)
     value = _pb_value(kv.value)
     item: tuple[str, Any] = (kv.key, value)
     if value is None or value.__class__ in _SCALARS:
@@ -393,7 +404,7 @@ def _keyvalue(raw: bytes) -> tuple[str, Any]:
 def _raw_attributes(raws: Any) -> dict[str, Any]:
     out = {}
     get = _KEYVALUES.get
-    for raw in raws:
+    for raw in raws[:]:  # a list: iterating the container itself ends in an IndexError
         item = get(raw)
         if item is None:
             item = _keyvalue(raw)
@@ -413,9 +424,7 @@ def _raw_event(raw: bytes) -> EventRecord:
         time_ns, key = None, raw
     hit = _EVENT_RECORDS.get(key)
     if hit is None or time_ns is None:
-        from opentelemetry.proto.trace.v1.trace_pb2 import Span
-
-        e = Span.Event.FromString(raw)
+        e = _lite().event.FromString(raw)
         attributes = SharedAttributes(_pb_event_attributes(e.attributes))
         if time_ns == e.time_unix_nano:  # the time is the first field and the only time field: the rest is the key
             if len(_EVENT_RECORDS) >= _EVENT_ATTRIBUTES_MAX:
@@ -429,7 +438,7 @@ _EVENT_RECORDS: dict[bytes, tuple[str, SharedAttributes]] = {}
 
 
 def _lite_record(s: Any, service: str | None) -> SpanRecord:
-    return _record(s, service, _raw_attributes(s.attributes), [_raw_event(e) for e in s.events])
+    return _record(s, service, _raw_attributes(s.attributes), [_raw_event(e) for e in s.events[:]])
 
 
 def _decode_error() -> type[Exception]:
@@ -441,7 +450,7 @@ def _decode_error() -> type[Exception]:
 def from_span_bytes(body: bytes, service: str | None = None) -> SpanRecord:
     """One serialized OTLP ``Span``, of the service named."""
     try:
-        return _lite_record(_lite()[0].FromString(body), service)
+        return _lite_record(_lite().span_view.FromString(body), service)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
 
@@ -449,10 +458,8 @@ def from_span_bytes(body: bytes, service: str | None = None) -> SpanRecord:
 def _service(raw: bytes) -> str | None:
     hit = _SERVICES.get(raw, _MISSING)
     if hit is _MISSING:
-        from opentelemetry.proto.resource.v1.resource_pb2 import Resource
-
         hit = None
-        for kv in Resource.FromString(raw).attributes:
+        for kv in _lite().resource.FromString(raw).attributes:
             if kv.key == "service.name":
                 hit = kv.value.string_value or None
         if len(_SERVICES) >= 1024:
@@ -468,7 +475,7 @@ def read_export_view(body: bytes) -> Any:
     """A serialized ``ExportTraceServiceRequest`` in the bytes view: ``resource_spans[].resource`` (bytes),
     ``.scope_spans[].spans[]`` with ids, name and ``attributes`` / ``events`` as bytes."""
     try:
-        return _lite()[1].FromString(body)
+        return _lite().export_view.FromString(body)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf ExportTraceServiceRequest: {exc}") from None
 
@@ -487,7 +494,7 @@ def attributes_named(raws: Any, names: frozenset[str]) -> dict[str, Any]:
     out = {}
     get = _KEYVALUES.get
     try:
-        for raw in raws:
+        for raw in raws[:]:
             item = get(raw)
             if item is None:
                 item = _keyvalue(raw)
@@ -502,7 +509,7 @@ def attributes_named(raws: Any, names: frozenset[str]) -> dict[str, Any]:
 def from_otlp_bytes(body: bytes) -> list[SpanRecord]:
     """A serialized ``ExportTraceServiceRequest`` (or ``TracesData``: the same wire layout)."""
     try:
-        message = _lite()[1].FromString(body)
+        message = _lite().export_view.FromString(body)
         out: list[SpanRecord] = []
         for rs in message.resource_spans:
             service = _service(rs.resource)
