@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -361,7 +362,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
             raise StoreError(f"{self.path}: cannot open the receipt store: {exc}") from None
         try:
             self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            self._open()
+            self._open_waiting(timeout_s)
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{self.path}: not a usable receipt store ({exc}); move it aside or point {STORE_ENV} at another file") from None
@@ -370,6 +371,18 @@ class SQLiteReceiptStore(SQLReceiptReads):
             raise
 
     # -- opening, creating, migrating ------------------------------------------------------
+
+    def _open_waiting(self, timeout_s: float) -> None:
+        """:meth:`_open`, tried again while another process holds the file: two processes creating one store
+        both switch it to WAL, and SQLite answers one of them "locked" at once, without its busy timeout."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                return self._open()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+            time.sleep(0.05)
 
     def _tables(self) -> set[str]:
         return {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
