@@ -720,7 +720,25 @@ class _StreamState:
         return chunk
 
 
-class ChatStream:
+class _StreamView:
+    """What a stream has read so far, the same for the sync and the async stream."""
+
+    _call: _PreparedCall
+    _state: _StreamState
+
+    provider = property(lambda self: self._call.provider)
+    model = property(lambda self: self._call.model)
+    first_chunk_received = property(lambda self: self._state.first_chunk_received)
+    status_code = property(lambda self: self._state.status_code)
+    usage = property(lambda self: self._state.usage)
+    input_tokens = property(lambda self: self._state.input_tokens)
+    output_tokens = property(lambda self: self._state.output_tokens)
+    response_model = property(lambda self: self._state.response_model)
+    duration_ms = property(lambda self: self._state.duration_ms)
+    time_to_first_chunk_ms = property(lambda self: self._state.time_to_first_chunk_ms)
+
+
+class ChatStream(_StreamView):
     """Iterator of parsed SSE chunks (dicts) of one streamed chat completion.
 
     After exhaustion ``usage``, ``input_tokens``, ``output_tokens`` and
@@ -733,17 +751,6 @@ class ChatStream:
         self._call = call
         self._state = _StreamState(call)
         self._iterator: Iterator[dict[str, Any]] | None = None
-
-    provider = property(lambda self: self._call.provider)
-    model = property(lambda self: self._call.model)
-    first_chunk_received = property(lambda self: self._state.first_chunk_received)
-    status_code = property(lambda self: self._state.status_code)
-    usage = property(lambda self: self._state.usage)
-    input_tokens = property(lambda self: self._state.input_tokens)
-    output_tokens = property(lambda self: self._state.output_tokens)
-    response_model = property(lambda self: self._state.response_model)
-    duration_ms = property(lambda self: self._state.duration_ms)
-    time_to_first_chunk_ms = property(lambda self: self._state.time_to_first_chunk_ms)
 
     def __iter__(self) -> ChatStream:
         return self
@@ -817,7 +824,7 @@ class ChatStream:
         )
 
 
-class AsyncChatStream:
+class AsyncChatStream(_StreamView):
     """Async iterator counterpart of :class:`ChatStream`."""
 
     def __init__(self, owner: ProviderClient, call: _PreparedCall) -> None:
@@ -825,17 +832,6 @@ class AsyncChatStream:
         self._call = call
         self._state = _StreamState(call)
         self._iterator: AsyncIterator[dict[str, Any]] | None = None
-
-    provider = property(lambda self: self._call.provider)
-    model = property(lambda self: self._call.model)
-    first_chunk_received = property(lambda self: self._state.first_chunk_received)
-    status_code = property(lambda self: self._state.status_code)
-    usage = property(lambda self: self._state.usage)
-    input_tokens = property(lambda self: self._state.input_tokens)
-    output_tokens = property(lambda self: self._state.output_tokens)
-    response_model = property(lambda self: self._state.response_model)
-    duration_ms = property(lambda self: self._state.duration_ms)
-    time_to_first_chunk_ms = property(lambda self: self._state.time_to_first_chunk_ms)
 
     def __aiter__(self) -> AsyncChatStream:
         return self
