@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter, OrderedDict
 from functools import partial
@@ -243,12 +244,25 @@ class Proxy:
         })
 
 
+RECORD_DELAY_S = 0.001
+"""How long an answer's telemetry waits after its last byte is written.
+
+Writing the answer wakes the caller, and the scheduler often wakes it on the
+CPU the proxy runs on: recording the decision span and metrics there at once
+(a few hundred microseconds of CPU) would keep the caller from reading its
+answer until the proxy is done. A millisecond's pause lets it go first.
+"""
+
+
 async def _record_later(later: list[Callable[[], None]]) -> None:
-    for record in later:
-        try:
-            record()
-        except Exception:  # noqa: BLE001 - telemetry never breaks a request
-            pass
+    try:
+        await asyncio.sleep(RECORD_DELAY_S)
+    finally:  # cancelled (the server is stopping): record at once rather than lose it
+        for record in later:
+            try:
+                record()
+            except Exception:  # noqa: BLE001 - telemetry never breaks a request
+                pass
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
