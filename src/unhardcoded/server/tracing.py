@@ -44,6 +44,37 @@ class _HeaderGetter(Getter[Scope]):
 _GETTER = _HeaderGetter()
 
 
+class _Fields:
+    """The header names the global propagator reads, as bytes, for the propagator object in force."""
+
+    propagator: Any = None
+    names: frozenset[bytes] = frozenset()
+
+    @classmethod
+    def of(cls, propagator: Any) -> frozenset[bytes]:
+        if propagator is not cls.propagator:
+            cls.names = frozenset(f.lower().encode("latin-1") for f in propagator.fields)
+            cls.propagator = propagator
+        return cls.names
+
+
+def caller_context(scope: Scope) -> otel_context.Context:
+    """The caller's context from the request's headers (W3C traceparent and baggage by default).
+
+    Most requests carry none of the propagator's headers; they get the current context without
+    each propagator scanning the headers for its own.
+    """
+    propagator = propagate.get_global_textmap()
+    try:
+        names = _Fields.of(propagator)
+    except Exception:  # noqa: BLE001 - a propagator whose fields cannot be read: let it look itself
+        return propagate.extract(scope, getter=_GETTER)
+    for key, _ in scope.get("headers", ()):
+        if key in names:
+            return propagate.extract(scope, getter=_GETTER)
+    return otel_context.get_current()
+
+
 def route_of(path: str) -> str | None:
     if path in ROUTES:
         return path
@@ -67,8 +98,9 @@ class ServerSpans:
         path = scope.get("path", "/")
         route = route_of(path)
         # The caller's context, baggage included (a workflow run travels there), stays current under our span.
-        token = otel_context.attach(propagate.extract(scope, getter=_GETTER))
-        span = self.tracer.start_span(f"{method} {route}" if route else method, kind=SpanKind.SERVER)
+        parent = caller_context(scope)
+        span = self.tracer.start_span(f"{method} {route}" if route else method, kind=SpanKind.SERVER, context=parent)
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
         status_code = 0
         sent_at: int | None = None
 
@@ -81,19 +113,23 @@ class ServerSpans:
                 sent_at = time.time_ns()
 
         try:
-            with trace.use_span(span, end_on_exit=False, record_exception=True, set_status_on_exception=True):
-                try:
-                    await self.app(scope, receive, send_with_status)
-                finally:
-                    # Set now, not at the start: the caller has its answer by the time this costs anything.
-                    if span.is_recording():
-                        attributes = _request_attributes(scope, method, path, route)
-                        if status_code:
-                            attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status_code
-                            if status_code >= 500:
-                                attributes[error_attributes.ERROR_TYPE] = str(status_code)
-                                span.set_status(Status(StatusCode.ERROR))
-                        span.set_attributes(attributes)
+            try:
+                await self.app(scope, receive, send_with_status)
+            except Exception as exc:  # recorded as trace.use_span records it, without a generator per request
+                if span.is_recording():
+                    span.record_exception(exc)
+                    span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+                raise
+            finally:
+                # Set now, not at the start: the caller has its answer by the time this costs anything.
+                if span.is_recording():
+                    attributes = _request_attributes(scope, method, path, route)
+                    if status_code:
+                        attributes[http_attributes.HTTP_RESPONSE_STATUS_CODE] = status_code
+                        if status_code >= 500:
+                            attributes[error_attributes.ERROR_TYPE] = str(status_code)
+                            span.set_status(Status(StatusCode.ERROR))
+                    span.set_attributes(attributes)
         finally:
             # The request ends with its last byte; recording its telemetry afterwards is not part of it.
             span.end(end_time=sent_at)

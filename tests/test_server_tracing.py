@@ -1,0 +1,127 @@
+"""The proxy's SERVER span middleware: whose context it continues, and what it records when the app fails."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from opentelemetry import baggage, context, propagate, trace
+from opentelemetry.propagators.textmap import TextMapPropagator
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from unhardcoded.server.tracing import ServerSpans
+
+CURRENT = context.get_current
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+CALLER_SPAN = "00f067aa0ba902b7"
+
+
+class _HeaderPropagator(TextMapPropagator):
+    """A propagator of another header (as B3 or a vendor's would be): ``X-Other-Trace: {trace}-{span}``."""
+
+    def extract(self, carrier: Any, context: Any = None, getter: Any = None) -> Any:
+        values = getter.get(carrier, "X-Other-Trace") if getter else None
+        if not values:
+            return context if context is not None else CURRENT()
+        trace_id, span_id = values[0].split("-")
+        parent = trace.NonRecordingSpan(trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
+                                                          trace_flags=trace.TraceFlags(1)))
+        return trace.set_span_in_context(parent, context)
+
+    def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
+        pass
+
+    @property
+    def fields(self) -> set[str]:
+        return {"X-Other-Trace"}
+
+
+def run(app: ServerSpans, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: dict, receive: Any, send: Any) -> None:
+        seen["span"] = trace.get_current_span()
+        seen["baggage"] = baggage.get_all()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    app.app = inner
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers,
+             "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000)}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    asyncio.run(app(scope, receive, send))
+    return seen
+
+
+@pytest.fixture
+def spans() -> tuple[ServerSpans, InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    return ServerSpans(None, tracer_provider=provider), exporter  # type: ignore[arg-type]
+
+
+def test_a_traceparent_is_continued(spans: tuple[ServerSpans, InMemorySpanExporter]) -> None:
+    app, exporter = spans
+    seen = run(app, [(b"content-type", b"application/json"),
+                     (b"traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode()),
+                     (b"baggage", b"unhardcoded.workflow.id=wf_1")])
+    (span,) = exporter.get_finished_spans()
+    assert span.kind is SpanKind.SERVER
+    assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert format(span.parent.span_id, "016x") == CALLER_SPAN
+    assert seen["span"].get_span_context().span_id == span.context.span_id  # our span is current inside
+    assert seen["baggage"] == {"unhardcoded.workflow.id": "wf_1"}
+
+
+def test_without_propagation_headers_the_current_context_stays(spans: tuple[ServerSpans, InMemorySpanExporter]) -> None:
+    app, exporter = spans
+    token = context.attach(baggage.set_baggage("tenant", "t1"))
+    try:
+        seen = run(app, [(b"content-type", b"application/json"), (b"user-agent", b"test")])
+    finally:
+        context.detach(token)
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None
+    assert seen["baggage"] == {"tenant": "t1"}
+    assert span.attributes["user_agent.original"] == "test"
+
+
+def test_another_propagators_header_is_read(spans: tuple[ServerSpans, InMemorySpanExporter]) -> None:
+    app, exporter = spans
+    before = propagate.get_global_textmap()
+    propagate.set_global_textmap(_HeaderPropagator())
+    try:
+        run(app, [(b"x-other-trace", f"{CALLER_TRACE}-{CALLER_SPAN}".encode())])
+    finally:
+        propagate.set_global_textmap(before)
+    (span,) = exporter.get_finished_spans()
+    assert format(span.context.trace_id, "032x") == CALLER_TRACE
+    assert format(span.parent.span_id, "016x") == CALLER_SPAN
+
+
+def test_an_app_that_raises_leaves_an_error_span(spans: tuple[ServerSpans, InMemorySpanExporter]) -> None:
+    app, exporter = spans
+
+    async def failing(scope: dict, receive: Any, send: Any) -> None:
+        raise ValueError("boom")
+
+    app.app = failing
+    scope = {"type": "http", "method": "GET", "path": "/healthz", "headers": []}
+    with pytest.raises(ValueError):
+        asyncio.run(app(scope, None, None))
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.status.description == "ValueError: boom"
+    assert [e.name for e in span.events] == ["exception"]
+    assert context.get_current() == context.Context()  # nothing left attached
