@@ -140,6 +140,24 @@ def test_too_much_queued_gets_429(tmp_path):
         s.close()
 
 
+def test_a_backlog_comes_in_without_bytes_views_and_makes_the_same_receipts(tmp_path):
+    from unhardcoded.processor import otlp
+
+    s = Served(tmp_path, view_queue_spans=-1)  # as if a backlog were queued: every export comes in without its view
+    try:
+        ds, spans = decisions_with_spans(4, seed=45, hops=1)
+        exports = [otlp.decode(L.otlp_bytes(spans[:5]), "protobuf"), otlp.decode(L.otlp_bytes(spans[5:]), "protobuf")]
+        assert all(sp.view is not None for e in exports for sp in e.spans)
+        acks = [s.processor.submit(e.spans) for e in exports]
+        assert all(sp.view is None and sp.attributes is None for e in exports for sp in e.spans)
+        for ack in acks:
+            ack.result(10)
+        assert s.processor.drain()
+        assert [s.store.get(d.request_id).receipt for d in ds] == [Receipt.from_decision(d) for d in ds]
+    finally:
+        s.close()
+
+
 def test_memory_bound_finishes_the_oldest_receipts_incomplete_and_counts_them(tmp_path):
     s = Served(tmp_path, max_pending_spans=4)
     try:

@@ -24,7 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from ..receipts.spans import SpanFormatError, _pb_value, attributes_named, read_export_view, service_of
+from ..receipts.spans import SpanFormatError, _pb_value, read_attributes, read_export_view, service_of
 from ..semconv import attributes as A
 
 PROTOBUF = "application/x-protobuf"
@@ -64,6 +64,10 @@ class IncomingSpan:
     alias: str | None = None
     """On a decision span: ``s:{span id}``, the group of attempt spans that name no request id."""
     workflow_name: str | None = None
+    view: Any = None
+    """The span in the bytes view, while its export is in memory (with ``attributes``): its receipt, written in
+    the same round, is rebuilt from what classifying it read, not from its bytes parsed again."""
+    attributes: dict[str, Any] | None = None
 
 
 @dataclass
@@ -350,14 +354,16 @@ def classify_bytes(body: bytes) -> DecodedExport:
                     tid, sid = s.trace_id, s.span_id
                     if len(tid) != 16 or not any(tid) or len(sid) != 8 or not any(sid):
                         return classify(parse_protobuf(body), body)
-                    found = attributes_named(s.attributes, _WANTED)
-                    if not found:
+                    # Every attribute, not only those that sort it: a span of ours is rebuilt from them.
+                    attributes = read_attributes(s.attributes)
+                    if _REQUEST_ID not in attributes and _ATTEMPT_INDEX not in attributes and _WORKFLOW_ID not in attributes:
                         out.ignored += 1  # someone else's span
                         continue
-                    span = _ours(s, found, service, slices[position])
+                    span = _ours(s, attributes, service, slices[position])
                     if span is None:
                         out.ignored += 1
                     else:
+                        span.view, span.attributes = s, attributes
                         out.spans.append(span)
         if position + 1 != len(slices):
             return classify(parse_protobuf(body), body)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
-from ..receipts.spans import SpanFormatError, from_span_bytes
+from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
 from .otlp import ROLE_ATTEMPT, IncomingSpan, span_from_body
@@ -57,6 +57,9 @@ class ProcessorConfig:
     retry_after_s: float = 1.0
     batch_spans: int = 20_000
     """At most this many spans in one spool transaction."""
+    view_queue_spans: int = 8_192
+    """Past this many spans queued, an export comes in without its bytes view (see ``IncomingSpan.view``): a view
+    holds its whole export parsed, about twice its size, and a backlog should cost the memory it did without."""
 
 
 @dataclass
@@ -151,6 +154,9 @@ class ReceiptsProcessor:
                 raise Backpressure("the receipt store is failing; retry later", self.config.retry_after_s, busy=False)
             if self._queued_spans and self._queued_spans + n > self.config.max_queue_spans:
                 raise Backpressure(f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True)
+            if self._queued_spans > self.config.view_queue_spans:
+                for s in spans:
+                    s.view = s.attributes = None
             self._queue.append(_Export(spans, future))
             self._queued_spans += n
             self.metrics.stats.queue_depth = self._queued_spans
@@ -245,9 +251,10 @@ class ReceiptsProcessor:
         self.metrics.stats.spans_pending = self.assembler.pending_spans
 
     def _release(self) -> None:
-        """Let go of the bytes of spans still waiting: memory holds ids, the spool holds spans."""
+        """Let go of the bytes (and the export they were read from) of spans still waiting: memory holds ids, the spool holds spans."""
         for span in self._fresh:
             span.body = b""
+            span.view = span.attributes = None
         self._fresh = []
 
     def _finish_due(self, now: float, final: bool = False) -> None:
@@ -285,7 +292,10 @@ class ReceiptsProcessor:
         for s in wanted:
             if s.body:
                 try:
-                    records[(s.trace_id, s.span_id)] = from_span_bytes(s.body, s.service)
+                    if s.view is not None:
+                        records[(s.trace_id, s.span_id)] = from_span_view(s.view, s.service, s.attributes or {})
+                    else:
+                        records[(s.trace_id, s.span_id)] = from_span_bytes(s.body, s.service)
                 except SpanFormatError:
                     pass  # its receipt is counted malformed (decision) or incomplete (attempt) below
         decisions: list[RebuiltDecision] = []

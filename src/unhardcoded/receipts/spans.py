@@ -488,22 +488,22 @@ def service_of(resource: bytes) -> str | None:
         raise SpanFormatError(f"not an OTLP protobuf Resource: {exc}") from None
 
 
-def attributes_named(raws: Any, names: frozenset[str]) -> dict[str, Any]:
-    """The values of the attributes in ``names`` among serialized ``KeyValue``s (every one is read, so a
-    malformed attribute raises :class:`SpanFormatError` wherever it is)."""
-    out = {}
-    get = _KEYVALUES.get
+def read_attributes(raws: Any) -> dict[str, Any]:
+    """Every attribute among serialized ``KeyValue``s (a span's in the bytes view), each distinct one decoded once;
+    a malformed one raises :class:`SpanFormatError` wherever it is."""
     try:
-        for raw in raws[:]:
-            item = get(raw)
-            if item is None:
-                item = _keyvalue(raw)
-            if item[0] in names:
-                value = item[1]
-                out[item[0]] = list(value) if value.__class__ is tuple else value
+        return _raw_attributes(raws)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf KeyValue: {exc}") from None
-    return out
+
+
+def from_span_view(span: Any, service: str | None, attributes: dict[str, Any]) -> SpanRecord:
+    """A span of :func:`read_export_view` whose ``attributes`` :func:`read_attributes` has read: what
+    :func:`from_span_bytes` reads from its bytes, without parsing them again."""
+    try:
+        return _record(span, service, attributes, [_raw_event(e) for e in span.events[:]])
+    except _decode_error() as exc:
+        raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
 
 
 def from_otlp_bytes(body: bytes) -> list[SpanRecord]:
