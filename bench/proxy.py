@@ -14,8 +14,9 @@ The load generator writes pre-encoded requests on raw keep-alive connections
 and parses answers with httptools, so it costs the shared CPUs little and the
 direct baseline is the provider's own latency, not a client library's. Each
 target's time is split into rounds taken in turn with the other targets', so a
-change of machine load falls on all of them; the load average is printed with
-the table.
+change of machine load falls on all of them, and each run starts once every
+server is idle (a saturated proxy works through its backlog after its load
+generator has gone); the load average is printed with the table.
 
     python bench/proxy.py                       # 10 s per rate and target
     python bench/proxy.py --seconds 5 --litellm /path/to/venv/bin/litellm
@@ -379,6 +380,18 @@ def measure(url: str, model: str, rate: float, seconds: float, server: int) -> d
     return result
 
 
+def settle(groups: list[int], *, idle_share: float = 0.05, limit_s: float = 60.0) -> None:
+    """Wait until every server is idle: a saturated one is still working through its backlog after its load
+    generator has gone, and would take CPU from the next target's run."""
+    deadline = time.monotonic() + limit_s
+    time.sleep(0.5)
+    while time.monotonic() < deadline:
+        before = sum(cpu_seconds(g) for g in groups)
+        time.sleep(0.5)
+        if sum(cpu_seconds(g) for g in groups) - before <= 0.5 * idle_share:
+            return
+
+
 def merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {"latencies": [], "errors": 0, "sent": 0, "cpu_s": 0.0, "counted": 0}
     for run in runs:
@@ -473,7 +486,7 @@ def main(argv: list[str] | None = None) -> int:
                           file=sys.stderr, flush=True)
                     runs.setdefault((name, rate), []).append(
                         measure(url, model, rate, args.seconds / rounds, servers[name]))
-                    time.sleep(0.5)  # let the last run's stragglers settle
+                    settle(list(servers.values()))
         load_after = load_average()
     finally:
         for proc in reversed(procs):
