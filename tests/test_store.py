@@ -44,6 +44,18 @@ def test_a_stored_receipt_comes_back_equal(store):
     assert store.get("req_nope") is None
 
 
+def test_the_stored_body_is_the_receipts_json_text(store):
+    """Bodies are bound as UTF-8 bytes; they are stored (and read back) as the text model_dump_json writes."""
+    store.put(HOPPED)
+    odd = variant(DIRECT, 1, selected=DIRECT.selected.model_copy(update={"reason": "tools ✓, \"quoted\" \u2028 \x01"}))
+    store.put_many([(odd, None), (odd, None)])  # twice in one batch: the second is the same receipt, not a revision
+    db = sqlite3.connect(store.location)
+    rows = dict(db.execute("SELECT request_id, body FROM receipts WHERE typeof(body) = 'text'").fetchall())
+    db.close()
+    assert rows == {HOPPED.request_id: HOPPED.model_dump_json(by_alias=True), odd.request_id: odd.model_dump_json(by_alias=True)}
+    assert store.get(odd.request_id).revision == 1 and store.get(odd.request_id).receipt == odd
+
+
 def test_the_store_satisfies_the_protocol(store):
     assert isinstance(store, ReceiptStore)
 

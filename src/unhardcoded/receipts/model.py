@@ -82,9 +82,17 @@ class Receipt(_Model):
         """The receipt as compact JSON, fields in the model's order: the body a store keeps."""
         return self.model_dump_json(by_alias=True)
 
+    def to_json_bytes(self) -> bytes:
+        """:meth:`to_json_text` in UTF-8, as pydantic writes it before making it a str: what a store that takes
+        UTF-8 (SQLite) binds, without decoding and encoding the text once more."""
+        return self.__pydantic_serializer__.to_json(self, by_alias=True)
 
-def same_receipt_text(a: str, b: str) -> bool:
-    """Two stored bodies of one receipt say the same, whatever their key order or spacing."""
+
+def same_receipt_text(a: str | bytes, b: str | bytes) -> bool:
+    """Two stored bodies of one receipt (text, or UTF-8 bytes) say the same, whatever their key order or spacing."""
+    if isinstance(a, bytes) != isinstance(b, bytes):
+        a = a.decode() if isinstance(a, bytes) else a
+        b = b.decode() if isinstance(b, bytes) else b
     if a == b:
         return True
     import json

@@ -494,7 +494,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
     @staticmethod
     def _put_receipts(db: sqlite3.Connection, receipts: Sequence[Receipt], stamp: str) -> list[tuple[int, bool]]:
         """Upsert receipts (one read for all, one batched write); per receipt, its revision and whether it changed."""
-        bodies = [r.to_json_text() for r in receipts]
+        bodies = [r.to_json_bytes() for r in receipts]  # bound as UTF-8 text by CAST below
         stored: dict[str, tuple[str, int, int]] = {}
         ids = list({r.request_id for r in receipts})
         for k in range(0, len(ids), 500):
@@ -532,7 +532,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
             db.executemany(
                 "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
                 "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, "
-                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
                 rows,
             )
         if workflows:
