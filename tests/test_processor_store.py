@@ -179,6 +179,32 @@ def test_the_spool(backend):
     assert spool.prune(6000) == sum((s.trace_id, s.group) == first for s in ours)
 
 
+def test_on_sqlite_receipts_and_their_finish_marks_commit_together(tmp_path):
+    """The spool shares the store's connection: the receipts written in a finish and its marks are one transaction."""
+    store, spool = open_backend(str(tmp_path / "receipts.db"))
+    try:
+        ds, spans = decisions_with_spans(2, seed=4, hops=1)
+        ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
+        spool.append(ours, "me", 1000)
+        groups = sorted({(s.trace_id, s.group) for s in ours})
+        receipts = [Receipt.from_decision(d) for d in ds]
+
+        def fail_after_writing() -> None:
+            store.put_many([(r, None) for r in receipts])
+            raise RuntimeError("the process dies here")
+
+        with pytest.raises(RuntimeError):
+            spool.finish(groups, 2000, fail_after_writing)
+        assert [store.get(d.request_id) for d in ds] == [None, None]
+        assert len(spool.pending("me")) == len(ours)
+        spool.finish(groups, 2000, lambda: store.put_many([(r, None) for r in receipts]))
+        assert [store.get(d.request_id).receipt for d in ds] == receipts
+        assert spool.pending("me") == []
+    finally:
+        store.close()
+        spool.close()
+
+
 def test_the_processor_on_each_store_survives_a_restart(store_url):
     ds, spans = decisions_with_spans(10, seed=4, hops=1)
     ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans

@@ -100,9 +100,9 @@ def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any,
     and how durable an acknowledgement is, for the start-up line.
 
     The spool is where an export's spans are committed before it is acknowledged, so its ``synchronous``
-    setting decides what an acknowledgement survives. Receipts are written after, through the store's own
-    connection: a spool commit at FULL syncs the shared WAL, their frames included, so a receipt is on disk
-    before the spool records it finished; one lost to a power cut is rebuilt from the spool at the next start.
+    setting decides what an acknowledgement survives. It shares the store's connection, so the receipts and
+    the marks that their spans are finished are one transaction at that setting: a power cut loses both or
+    neither, and receipts lost with their marks are rebuilt from the spool at the next start.
     """
     from ..receipts.store import SQLiteReceiptStore, sqlite_path, store_url
     from .spool import SQLiteSpool
@@ -117,7 +117,7 @@ def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any,
     mode = sqlite_synchronous or DEFAULT_SQLITE_SYNCHRONOUS
     store = SQLiteReceiptStore(sqlite_path(resolved), create=True)
     try:
-        spool = SQLiteSpool(store.path, synchronous=mode.upper())
+        spool = SQLiteSpool(store.path, synchronous=mode.upper(), store=store)
     except BaseException:
         store.close()
         raise

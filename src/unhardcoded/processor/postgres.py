@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import threading
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 from ..policy.model import fingerprint_of
 from ..receipts.model import Receipt
@@ -357,7 +357,9 @@ class PostgresSpool:
         ).fetchall(), write=False)
         return {(t, sid): bytes(body) for t, sid, body in rows if (t, sid) in wanted}
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
+    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
+        if write_receipts is not None:
+            write_receipts()  # the store's own connection and transactions, committed before the marks
         rows = [(t, g, now_ms) for t, g in groups]
         if not rows:
             return

@@ -325,19 +325,25 @@ class ReceiptsProcessor:
             decisions.append(rebuilt)
             causes.append(cause_of[id(g)])
             revised += g.revisit
-        try:
-            if decisions:
-                # A policy body once per batch: the store hashes and parses every body it is given.
-                seen: set[str] = set()
-                items = []
-                for d in decisions:
-                    fp = d.receipt.policy.fingerprint
-                    items.append((d.receipt, d.policy_body if fp not in seen else None))
-                    seen.add(fp)
+        # A policy body once per batch: the store hashes and parses every body it is given.
+        seen: set[str] = set()
+        items = []
+        for d in decisions:
+            fp = d.receipt.policy.fingerprint
+            items.append((d.receipt, d.policy_body if fp not in seen else None))
+            seen.add(fp)
+
+        def write_receipts() -> None:
+            if items:
                 self.store.put_many(items)
             for workflow_id, name, trace_id in workflows:
                 self.store.put_workflow(workflow_id, name, trace_id, finished=True)
-            self.spool.finish([(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}], _now_ms())
+
+        try:
+            # The receipts, then the marks that their spans are finished: one transaction where the store and the
+            # spool share a connection; otherwise a crash between the two only rewrites the same receipts.
+            self.spool.finish([(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}],
+                              _now_ms(), write_receipts)
         except Exception as exc:  # noqa: BLE001 - keep the groups and try again; the spool still has every span
             logger.warning("receipt store write failed (%d receipts kept pending): %s", len(decisions), exc)
             self.metrics.add(store_errors=1)

@@ -13,10 +13,13 @@ import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Protocol, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
 from ..receipts.store import StoreError
 from .otlp import IncomingSpan
+
+if TYPE_CHECKING:
+    from ..receipts.store import SQLiteReceiptStore
 
 GroupKey = tuple[str, str]
 """(trace id, group), e.g. ``("4bf9...", "r:req_8f41c2")``."""
@@ -41,8 +44,12 @@ class Spool(Protocol):
         return what was already stored for the groups in ``lookup``, as it was before this append."""
         ...
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
-        """Mark the spans of ``groups`` finished: their receipts are written."""
+    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
+        """Mark the spans of ``groups`` finished: their receipts are written.
+
+        ``write_receipts`` (the store's writes of those receipts) runs first; where the store shares the spool's
+        connection it runs in the same transaction, so the receipts and the marks are committed together.
+        """
         ...
 
     def bodies(self, keys: Iterable[tuple[str, str]]) -> dict[tuple[str, str], bytes]:
@@ -103,20 +110,33 @@ def reopened(spans: Sequence[IncomingSpan], found: dict[GroupKey, list[StoredSpa
 
 
 class SQLiteSpool:
-    """The spool in the SQLite receipt store's file (its own connection; WAL makes the two get along)."""
+    """The spool in the SQLite receipt store's file: on its own connection (WAL makes the two get along), or on the
+    store's, given ``store``.
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0, synchronous: str = "NORMAL") -> None:
+    Sharing the store's connection, one page cache serves both (two connections writing in turn each find the
+    other's commit and drop their cache), and a receipt and the mark that its spans are finished are one
+    transaction. The connection then runs at the spool's ``synchronous``, the store's own writes too.
+    """
+
+    def __init__(self, path: str | Path, *, timeout_s: float = 30.0, synchronous: str = "NORMAL",
+                 store: "SQLiteReceiptStore | None" = None) -> None:
         self.path = Path(path)
         self.location = str(self.path)
-        self._lock = threading.Lock()
+        self._shared = store is not None
+        self._lock: threading.Lock | threading.RLock
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
-            self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
-            self._db.execute("PRAGMA journal_mode=WAL")
-            # NORMAL in WAL mode survives a killed process (the WAL is written before COMMIT returns);
-            # FULL also survives the machine losing power, at a cost per commit.
-            self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.executescript(_TABLE)
+            if store is not None:
+                self._db, self._lock = store.shared_connection()
+            else:
+                self._lock = threading.Lock()
+                self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+                self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
+                self._db.execute("PRAGMA journal_mode=WAL")
+            with self._lock:
+                # NORMAL in WAL mode survives a killed process (the WAL is written before COMMIT returns);
+                # FULL also survives the machine losing power, at a cost per commit.
+                self._db.execute(f"PRAGMA synchronous={synchronous}")
+                self._db.executescript(_TABLE)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot open the processor spool: {exc}") from None
 
@@ -182,12 +202,19 @@ class SQLiteSpool:
                 raise StoreError(f"{self.path}: spool read failed: {exc}") from None
         return out
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int) -> None:
+    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
         rows = [(t, g, now_ms) for t, g in groups]
-        if rows:
-            self._txn(lambda db: db.executemany(
-                "INSERT OR REPLACE INTO processor_groups(trace_id, group_key, finished_ms) VALUES (?, ?, ?)", rows
-            ))
+        if write_receipts is not None and not self._shared:
+            write_receipts()  # its own transactions, committed before the marks
+
+        def run(db: sqlite3.Connection) -> None:
+            if write_receipts is not None and self._shared:
+                write_receipts()  # the store's writes join this transaction
+            if rows:
+                db.executemany("INSERT OR REPLACE INTO processor_groups(trace_id, group_key, finished_ms) VALUES (?, ?, ?)", rows)
+
+        if rows or (write_receipts is not None and self._shared):
+            self._txn(run)
 
     def pending(self, owner: str) -> list[StoredSpan]:
         with self._lock:
@@ -222,6 +249,8 @@ class SQLiteSpool:
         return int(pending), int(total - pending)
 
     def close(self) -> None:
+        if self._shared:
+            return  # the store's connection: the store closes it
         with self._lock:
             try:
                 self._db.close()

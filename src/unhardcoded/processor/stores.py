@@ -26,7 +26,7 @@ def open_backend(url: str | None = None) -> tuple["ReceiptStore", Spool]:
         return store, PostgresSpool(resolved)
     store = SQLiteReceiptStore(sqlite_path(resolved), create=True)
     try:
-        spool = SQLiteSpool(store.path)
+        spool = SQLiteSpool(store.path, store=store)
     except BaseException:
         store.close()
         raise

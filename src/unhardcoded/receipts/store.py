@@ -460,9 +460,20 @@ class SQLiteReceiptStore(SQLReceiptReads):
 
     # -- writing ---------------------------------------------------------------------------------
 
+    def shared_connection(self) -> tuple[sqlite3.Connection, threading.RLock]:
+        """The store's connection and the lock that guards it, for a writer of other tables in the same file (the
+        receipts processor's spool): one page cache serves both, and the store's writes made inside a transaction
+        of that writer's are part of it, committed (or rolled back) with it."""
+        return self._db, self._lock
+
     def _write(self, fn, *args):  # type: ignore[no-untyped-def]
         with self._lock:
             db = self._db
+            if db.in_transaction:  # inside a transaction of a writer sharing the connection: one commit, its own
+                try:
+                    return fn(db, *args)
+                except sqlite3.Error as exc:
+                    raise StoreError(f"{self.path}: write failed: {exc}") from None
             try:
                 db.execute("BEGIN IMMEDIATE")
                 try:
