@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
+from pydantic import BaseModel
+
 from ..policy.model import fingerprint_of
 from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef
 from ..router.features import RequestFeatures
@@ -198,6 +200,21 @@ def _fingerprint(body: str) -> str:
 
 
 _set = object.__setattr__
+_new = object.__new__
+# The slots pydantic keeps beside __dict__, set through their descriptors: what object.__setattr__ does, without
+# looking each one up by name (a dozen models per receipt).
+
+
+def _slot_setter(name: str) -> Any:
+    descriptor = BaseModel.__dict__.get(name)
+    if descriptor is not None and hasattr(descriptor, "__set__"):
+        return descriptor.__set__
+    return lambda obj, value: _set(obj, name, value)
+
+
+_set_fields_set = _slot_setter("__pydantic_fields_set__")
+_set_extra = _slot_setter("__pydantic_extra__")
+_set_private = _slot_setter("__pydantic_private__")
 
 
 def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
@@ -206,11 +223,11 @@ def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
     The rebuild checks every value itself; this is the hot path of rebuilding from
     protobuf, where model_construct costs more than reading the span.
     """
-    obj = cls.__new__(cls)
+    obj = _new(cls)
     _set(obj, "__dict__", fields)
-    _set(obj, "__pydantic_fields_set__", set(fields))
-    _set(obj, "__pydantic_extra__", None)
-    _set(obj, "__pydantic_private__", None)
+    _set_fields_set(obj, set(fields))
+    _set_extra(obj, None)
+    _set_private(obj, None)
     return obj
 
 
@@ -222,8 +239,9 @@ def _check_fast_construct() -> Any:
     """Use the fast path only if it builds exactly what pydantic builds (a pydantic upgrade could change that)."""
     sample = {"model": "m", "rule": "r", "field": "f", "op": "eq", "threshold": 1, "observed": 2, "message": "x"}
     try:
-        fast = _fast_construct(Rejection, dict(sample))
-        if fast == Rejection(**sample) and fast.model_dump() == sample and hash(fast) == hash(Rejection(**sample)):
+        fast, built = _fast_construct(Rejection, dict(sample)), Rejection(**sample)
+        if (fast == built and fast.model_dump() == sample and hash(fast) == hash(built)
+                and fast.model_fields_set == built.model_fields_set and fast.__pydantic_extra__ is None is built.__pydantic_extra__):
             return _fast_construct
     except Exception:  # noqa: BLE001 - any surprise means: take the documented path
         pass
@@ -278,10 +296,12 @@ def _flat(value: Any) -> bool:
 
 
 def _copy_lists(rejection: Rejection) -> Rejection:
-    fields = dict(rejection.__dict__)
-    for name in ("threshold", "observed"):
-        if fields[name].__class__ is list:
-            fields[name] = list(fields[name])
+    fields = rejection.__dict__.copy()
+    threshold, observed = fields["threshold"], fields["observed"]
+    if threshold.__class__ is list:
+        fields["threshold"] = threshold[:]
+    if observed.__class__ is list:
+        fields["observed"] = observed[:]
     return _construct(Rejection, fields)  # type: ignore[no-any-return]
 
 
@@ -342,10 +362,11 @@ def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Reje
     if rejected is None:
         return list(found.values()), False
     ordered = [found[m] for m in rejected if m in found]
+    every_one = len(ordered) == len(rejected)  # every model the list names has its record
     if len(ordered) < len(found):  # records for models the rejected list does not name: keep them, last
         named = set(rejected)
         ordered.extend(r for m, r in found.items() if m not in named)
-    return ordered, ok and len(ordered) >= len(rejected) and all(m in found for m in rejected)
+    return ordered, ok and every_one
 
 
 # Attribute names as module constants: the rebuild reads some forty per decision.
