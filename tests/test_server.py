@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -576,8 +577,25 @@ def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pyt
     finally:
         proc.terminate()
         out, err = proc.communicate(timeout=20)
-    assert "POST /v1/chat/completions" in out + err  # the access log, which names no key
+    # uvicorn's access log line, written by the proxy once each request is over; it names no key.
+    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "POST /v1/chat/completions HTTP/1\.1" 200 OK$', out, re.M), out
+    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /x/receipts/req_\w+ HTTP/1\.1" 200 OK$', out, re.M), out
+    assert out.count('"POST /v1/chat/completions HTTP/1.1"') == 2  # once each, not also uvicorn's own line
     assert CANARY not in out + err
+
+
+def test_serve_without_access_log(simulated_provider: Any) -> None:
+    port = free_port()
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    proc = _serve(["--port", str(port), "--no-access-log"], env)
+    try:
+        _wait_ready(port, proc)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert "GET /healthz" not in out + err
+    assert "Uvicorn running" in err  # the server's own log is still there
 
 
 @pytest.mark.parametrize(

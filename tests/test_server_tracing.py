@@ -125,3 +125,43 @@ def test_an_app_that_raises_leaves_an_error_span(spans: tuple[ServerSpans, InMem
     assert span.status.description == "ValueError: boom"
     assert [e.name for e in span.events] == ["exception"]
     assert context.get_current() == context.Context()  # nothing left attached
+
+
+# --------------------------------------------------------------------------- the access log
+
+
+def test_the_access_log_line_is_written_after_the_request(caplog: pytest.LogCaptureFixture) -> None:
+    from unhardcoded.server.access import LOGGER_NAME, AccessLog
+
+    order: list[str] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 404, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+        order.append("answered")
+
+    async def send(message: dict) -> None:
+        order.append(message["type"])
+
+    scope = {"type": "http", "method": "GET", "path": "/x/receipts/req 1", "query_string": b"a=1",
+             "http_version": "1.1", "client": ("127.0.0.1", 50412)}
+    with caplog.at_level("INFO", logger=LOGGER_NAME):
+        asyncio.run(AccessLog(app)(scope, None, send))
+        assert order == ["http.response.start", "http.response.body", "answered"]
+        (record,) = [r for r in caplog.records if r.name == LOGGER_NAME]
+    assert record.getMessage() == '127.0.0.1:50412 - "GET /x/receipts/req%201?a=1 HTTP/1.1" 404'
+    # The args are uvicorn's, so its AccessFormatter (client_addr, request_line, status_code) formats it.
+    assert record.args == ("127.0.0.1:50412", "GET", "/x/receipts/req%201?a=1", "1.1", 404)
+
+
+def test_an_app_that_raises_is_logged_as_a_500(caplog: pytest.LogCaptureFixture) -> None:
+    from unhardcoded.server.access import LOGGER_NAME, AccessLog
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        raise RuntimeError("boom")
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "http_version": "1.1", "client": None}
+    with caplog.at_level("INFO", logger=LOGGER_NAME), pytest.raises(RuntimeError):
+        asyncio.run(AccessLog(app)(scope, None, None))
+    assert [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME] == [
+        ' - "POST /v1/chat/completions HTTP/1.1" 500']

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import logging
 import os
 from typing import Any
 
@@ -156,14 +157,22 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
 def run_server(app: Any, host: str, port: int, *, access_log: bool = True, log_level: str = "info") -> None:
     """Serve ``app`` on uvicorn (uvloop and httptools when installed, as ``uvicorn[standard]`` brings them).
 
-    Everything loaded up to the first request (modules, catalog, policies) is
+    The access log (one line per request, as uvicorn writes it) is written once
+    the request is over. Everything loaded up to the first request (modules, catalog, policies) is
     frozen out of the garbage collector's sight: a full collection would
     otherwise walk it all, stalling every request in flight for tens of ms.
     """
     import uvicorn
+    from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
-    config = uvicorn.Config(app, host=host, port=port, access_log=access_log, log_level=log_level,
-                            server_header=False)
+    from .access import LOGGER_NAME as ACCESS_LOGGER
+    from .access import AccessLog, log_config
+
+    # uvicorn's own access log would write each line before the response body; ours writes it after.
+    config = uvicorn.Config(AccessLog(app) if access_log else app, host=host, port=port, access_log=False,
+                            log_config=log_config(LOGGING_CONFIG), log_level=log_level, server_header=False)
+    if log_level is not None:  # as uvicorn sets its own access log's level
+        logging.getLogger(ACCESS_LOGGER).setLevel(LOG_LEVELS[log_level.lower()])
     config.load()  # imports the event loop and HTTP protocol modules
     gc.collect()
     gc.freeze()
