@@ -428,3 +428,50 @@ def test_mutated_protobuf_is_read_as_the_full_messages_read_or_refused(data):
         got = None
     if expected is not None:
         assert got == expected
+
+
+def _any_value() -> st.SearchStrategy:
+    return st.one_of(
+        st.none(), st.text(max_size=300), st.booleans(), st.integers(-(1 << 63), (1 << 63) - 1),
+        st.floats(allow_nan=True, allow_infinity=True), st.lists(st.text(max_size=5), max_size=3),
+    )
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(max_size=200), _any_value(), st.lists(st.tuples(st.integers(0, 1 << 16), st.sampled_from(["flip", "cut", "dup"]),
+                                                                st.integers(1, 255)), max_size=3))
+def test_a_scalar_attribute_is_read_by_hand_as_the_parser_reads_it(key, value, mutations):
+    """Per-request values (request id, cost, tokens) are read without the parser: the same key and value, or left to it."""
+    from opentelemetry.proto.common.v1.common_pb2 import KeyValue
+
+    from unhardcoded.receipts.spans import _pb_value, _scalar_keyvalue
+
+    kv = KeyValue(key=key)
+    if isinstance(value, str):
+        kv.value.string_value = value
+    elif isinstance(value, bool):
+        kv.value.bool_value = value
+    elif isinstance(value, int):
+        kv.value.int_value = value
+    elif isinstance(value, float):
+        kv.value.double_value = value
+    elif isinstance(value, list):
+        kv.value.array_value.values.add().string_value = "x"
+    body = bytearray(kv.SerializeToString())
+    for at, op, byte in mutations:
+        if not body:
+            break
+        i = at % len(body)
+        if op == "flip":
+            body[i] ^= byte
+        elif op == "cut":
+            del body[i:i + 1 + byte % 4]
+        else:
+            body[i:i] = body[i:i + 1 + byte % 4]
+    fast = _scalar_keyvalue(bytes(body))
+    if fast is None:
+        return
+    parsed = KeyValue.FromString(bytes(body))  # what the fast path read, the parser reads without error
+    full = (parsed.key, _pb_value(parsed.value))
+    assert fast[0] == full[0] and type(fast[1]) is type(full[1])
+    assert fast[1] == full[1] or (fast[1] != fast[1] and full[1] != full[1])  # NaN
