@@ -6,7 +6,7 @@ import difflib
 import json
 from typing import Any
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
 from ..errors import RequestError
 from ..router.features import RequestFeatures, features_from_request
@@ -28,23 +28,35 @@ ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise bad_request("Content-Length: not a number") from None
-        if size > limit:
-            raise _too_large(limit)
+    """The request body, refused with 413 as soon as it is known to exceed ``limit`` bytes.
+
+    Read from the ASGI messages as ``request.stream()`` reads them, without building the request's header
+    mapping or an async generator for a body that nearly always comes in one message.
+    """
+    for name, value in request.scope["headers"]:
+        if name == b"content-length":
+            try:
+                size = int(value)
+            except ValueError:
+                raise bad_request("Content-Length: not a number") from None
+            if size > limit:
+                raise _too_large(limit)
+            break
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+    receive = request.receive
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _too_large(limit: int) -> APIError:

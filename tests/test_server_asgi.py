@@ -1,4 +1,5 @@
-"""The proxy's SERVER span middleware: whose context it continues, and what it records when the app fails."""
+"""The proxy's ASGI layers: the SERVER span (whose context it continues, what it records when the app fails), the
+access log, and reading a request body."""
 
 from __future__ import annotations
 
@@ -165,3 +166,47 @@ def test_an_app_that_raises_is_logged_as_a_500(caplog: pytest.LogCaptureFixture)
         asyncio.run(AccessLog(app)(scope, None, None))
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME] == [
         ' - "POST /v1/chat/completions HTTP/1.1" 500']
+
+
+# --------------------------------------------------------------------------- reading the body
+
+
+def read(messages: list[dict], headers: list[tuple[bytes, bytes]] = (), limit: int = 100) -> bytes:
+    from starlette.requests import Request
+
+    from unhardcoded.server.request import read_body
+
+    queue = list(messages)
+
+    async def receive() -> dict:
+        return queue.pop(0)
+
+    return asyncio.run(read_body(Request({"type": "http", "headers": list(headers)}, receive), limit))
+
+
+def test_a_body_in_parts_is_joined() -> None:
+    assert read([{"type": "http.request", "body": b"ab", "more_body": True},
+                 {"type": "http.request", "body": b"", "more_body": True},
+                 {"type": "http.request", "body": b"c"}]) == b"abc"
+    assert read([{"type": "http.request"}]) == b""
+
+
+@pytest.mark.parametrize(("headers", "messages", "status", "needle"), [
+    ([(b"content-length", b"abc")], [], 400, "Content-Length: not a number"),
+    ([(b"content-length", b"101")], [], 413, "limit of 100 bytes"),  # refused before anything is read
+    ([], [{"type": "http.request", "body": b"x" * 60, "more_body": True},
+          {"type": "http.request", "body": b"x" * 60}], 413, "limit of 100 bytes"),
+])
+def test_bad_lengths_are_refused(headers, messages, status, needle) -> None:
+    from unhardcoded.server.errors import APIError
+
+    with pytest.raises(APIError) as caught:
+        read(messages, headers)
+    assert caught.value.status == status and needle in caught.value.message
+
+
+def test_a_caller_that_leaves_mid_body_is_a_disconnect() -> None:
+    from starlette.requests import ClientDisconnect
+
+    with pytest.raises(ClientDisconnect):
+        read([{"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}])
