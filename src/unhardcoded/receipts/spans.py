@@ -385,7 +385,7 @@ _SERVICES: dict[bytes, str | None] = {}
 _SCALARS = frozenset({str, int, float, bool, bytes})
 
 
-_double = struct.Struct("<d").unpack_from
+_little_double = struct.Struct("<d").unpack_from
 
 
 def _varint(raw: bytes, i: int) -> tuple[int, int]:
@@ -429,7 +429,7 @@ def _scalar_keyvalue(raw: bytes) -> tuple[str, Any] | None:
             return key, None
         tag = raw[v]
         if tag == 0x21:  # double_value
-            return (key, _double(raw, v + 1)[0]) if value_len == 9 else None
+            return (key, _little_double(raw, v + 1)[0]) if value_len == 9 else None
         if tag == 0x0A:  # string_value
             text_len, t = (raw[v + 1], v + 2) if v + 1 < n and raw[v + 1] < 0x80 else _varint(raw, v + 1)
             return (key, raw[t:n].decode()) if text_len >= 0 and t + text_len == n else None
