@@ -3,7 +3,7 @@
 A fast OpenAI-compatible provider (a minimal ASGI app on uvicorn) runs on
 loopback in its own process. The same requests go to it directly, through
 `unhardcoded` (run as `unhardcoded serve` runs it, telemetry on: SDK,
-BatchSpanProcessor to a no-op exporter, decision metrics) and, when it can be
+BatchSpanProcessor to a no-op exporter, decision metrics; access log on) and, when it can be
 started, through the LiteLLM proxy. An open-loop load generator in its own
 process sends a bounded number of requests at a fixed rate (50 and 200
 requests/s) and records each latency; the table prints p50 and p99, what each
@@ -82,7 +82,8 @@ def run_provider(port: int) -> None:
 
 
 def run_unhardcoded(port: int, provider_url: str) -> None:
-    """The proxy with telemetry on: spans through a BatchSpanProcessor to an exporter that drops them."""
+    """The proxy with telemetry on (spans through a BatchSpanProcessor to an exporter that drops them) and its access
+    log, as ``unhardcoded serve`` runs by default."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -107,7 +108,7 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
 
     providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
     app = create_app(Router(Catalog.builtin(), ProviderClient(providers)), default_policy="support")
-    run_server(app, "127.0.0.1", port, access_log=False, log_level="warning")  # as `unhardcoded serve` runs it
+    run_server(app, "127.0.0.1", port)  # as `unhardcoded serve` runs it: access log on, to stdout
 
 
 class _Client(asyncio.Protocol):
