@@ -61,7 +61,7 @@ class Group:
         if d is None:
             return False
         expected = d.expected_attempts or 0
-        return all(i in self.attempts for i in range(expected))
+        return self.attempts.issuperset(range(expected))
 
     def __len__(self) -> int:
         return len(self.spans)
