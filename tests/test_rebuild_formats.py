@@ -475,3 +475,20 @@ def test_a_scalar_attribute_is_read_by_hand_as_the_parser_reads_it(key, value, m
     full = (parsed.key, _pb_value(parsed.value))
     assert fast[0] == full[0] and type(fast[1]) is type(full[1])
     assert fast[1] == full[1] or (fast[1] != fast[1] and full[1] != full[1])  # NaN
+
+
+def test_rejections_worked_out_once_give_every_receipt_its_own_lists():
+    """A decision's rejection list is worked out once per set of events; list values are still every receipt's own."""
+    from processor_fixtures import POLICIES, decisions_with_spans
+
+    from unhardcoded.receipts.spans import from_otlp_bytes
+
+    ds, spans = decisions_with_spans(40, seed=8)
+    body = L.otlp_bytes(spans)
+    first, again = rebuild_spans(from_otlp_bytes(body)), rebuild_spans(from_otlp_bytes(body))
+    assert first.receipts == again.receipts == sorted((Receipt.from_decision(d) for d in ds), key=lambda r: (r.timestamp, r.request_id))
+    lists = [(p.threshold, q.threshold) for x, y in zip(first.receipts, again.receipts) for p, q in zip(x.rejected, y.rejected)
+             if isinstance(p.threshold, list)]
+    assert lists and all(p == q and p is not q for p, q in lists)
+    regions = [r.threshold for x in first.receipts for r in x.rejected if isinstance(r.threshold, list)]
+    assert len({id(t) for t in regions}) == len(regions) and len(POLICIES) > 1

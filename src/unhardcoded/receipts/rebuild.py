@@ -330,7 +330,51 @@ def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
     return rejection
 
 
+# A decision's rejections as a whole: the same events (their shared attributes, by identity) under the same
+# rejected list make the same rejections, so the list is worked out once. Each entry holds the attributes its
+# key names by id, so no id in a key can be reused while the entry lives.
+_REJECTION_LISTS: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[tuple[Rejection, bool]], bool]] = {}
+_REJECTION_LISTS_MAX = 4096
+_REJECTIONS_JSON = A.UNHARDCODED_REJECTIONS_JSON
+
+
 def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Rejection], bool]:
+    if rejected is None or _REJECTIONS_JSON in span.attributes:
+        return _read_rejections(span, rejected)
+    events = span.events
+    key = (tuple(rejected), *[(e.name, id(e.attributes)) for e in events])
+    hit = _REJECTION_LISTS.get(key)
+    if hit is not None:  # list values are never shared: each receipt gets its own copy
+        return [_copy_lists(r) if copy else r for r, copy in hit[1]], hit[2]
+    ordered, ok = _read_rejections(span, rejected)
+    plan = _plan(events, ordered)
+    if plan is not None:
+        if len(_REJECTION_LISTS) >= _REJECTION_LISTS_MAX:
+            _REJECTION_LISTS.clear()
+        _REJECTION_LISTS[key] = (tuple(e.attributes for e in events), plan, ok)
+    return ordered, ok
+
+
+def _plan(events: list[Any], ordered: list[Rejection]) -> list[tuple[Rejection, bool]] | None:
+    """``ordered`` as the rejections kept with its events (and whether each is copied), or None when one of its
+    events keeps none (read anew every time: see :func:`_rejection`)."""
+    kept: dict[str, tuple[Rejection, bool]] = {}
+    for event in events:
+        if event.name != S.REJECTION_EVENT:
+            continue
+        ea = event.attributes
+        memo = getattr(ea, "memo", None) if ea.__class__ is SharedAttributes else None
+        if memo is None:
+            return None
+        template, copy = (memo[0], True) if memo.__class__ is tuple else (memo, False)
+        kept.setdefault(template.model, (template, copy))
+    try:
+        return [kept[r.model] for r in ordered]
+    except KeyError:
+        return None
+
+
+def _read_rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Rejection], bool]:
     found: dict[str, Rejection] = {}
     event_name = S.REJECTION_EVENT
     for event in span.events:
