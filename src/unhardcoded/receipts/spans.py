@@ -512,10 +512,14 @@ def _decode_error() -> type[Exception]:
     return DecodeError
 
 
-def from_span_bytes(body: bytes, service: str | None = None) -> SpanRecord:
-    """One serialized OTLP ``Span``, of the service named."""
+def from_span_bytes(body: bytes, service: str | None = None, attributes: dict[str, Any] | None = None) -> SpanRecord:
+    """One serialized OTLP ``Span``, of the service named; ``attributes``, when :func:`read_attributes` has read
+    them from these bytes before, are taken instead of read again."""
     try:
-        return _lite_record(_lite().span_view.FromString(body), service)
+        view = _lite().span_view.FromString(body)
+        if attributes is not None:
+            return _record(view, service, attributes, [_raw_event(e) for e in view.events[:]])
+        return _lite_record(view, service)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
 
