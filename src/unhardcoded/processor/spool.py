@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Protocol, Sequence
 
-from ..receipts.store import StoreError
+from ..receipts.store import StoreError, immediate
 from .otlp import IncomingSpan
 
 if TYPE_CHECKING:
@@ -148,18 +148,10 @@ class SQLiteSpool:
 
     def _txn(self, fn):  # type: ignore[no-untyped-def]
         with self._lock:
-            db = self._db
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(db)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                return immediate(self._db, fn)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: spool write failed: {exc}") from None
-            return result
 
     def _select(self, db: sqlite3.Connection, traces: list[str]) -> list[tuple]:
         rows: list[tuple] = []

@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Literal, Protocol, Sequence, runtime_checkable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Literal, Protocol, Sequence, TypeVar, runtime_checkable
 from urllib.parse import unquote, urlsplit
 
 from .._paths import data_dir
@@ -40,6 +40,9 @@ STORE_SCHEMA_VERSION = 2
 
 RollupKey = Literal["policy", "workflow", "model"]
 ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model")
+
+
+T = TypeVar("T")
 
 
 class StoreError(UnhardcodedError):
@@ -218,6 +221,18 @@ def _ms(value: datetime | str) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
     return int(value.timestamp() * 1000)
+
+
+def immediate(db: sqlite3.Connection, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(db, *args)`` in one ``BEGIN IMMEDIATE`` transaction: committed, or rolled back if anything raises."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = fn(db, *args)
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return result
 
 
 def _now() -> str:
@@ -420,9 +435,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
             self._migrate(version)
 
     def _create(self) -> None:
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        def create(db: sqlite3.Connection) -> None:
             if "meta" not in self._tables():  # another process may have created it while we waited
                 for statement in _TABLES.split(";"):
                     if statement.strip():
@@ -431,30 +444,26 @@ class SQLiteReceiptStore(SQLReceiptReads):
                     "INSERT INTO meta(key, value) VALUES (?, ?)",
                     [("kind", STORE_KIND), ("schema_version", str(STORE_SCHEMA_VERSION)), ("created_at", _now())],
                 )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+
+        immediate(self._db, create)
 
     def _migrate(self, version: int) -> None:
         """Walk an older store forward one schema version at a time, all in one transaction."""
         if version not in _MIGRATIONS:
             raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
-        db, start = self._db, version
+        start = version
+
+        def migrate(db: sqlite3.Connection) -> None:
+            # Another process may have walked it forward while we waited for the lock.
+            version = int(dict(db.execute("SELECT key, value FROM meta").fetchall()).get("schema_version", "0"))
+            while version < STORE_SCHEMA_VERSION:
+                for statement in _MIGRATIONS[version]:
+                    db.execute(statement)
+                version += 1
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+
         try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                # Another process may have walked it forward while we waited for the lock.
-                version = int(dict(db.execute("SELECT key, value FROM meta").fetchall()).get("schema_version", "0"))
-                while version < STORE_SCHEMA_VERSION:
-                    for statement in _MIGRATIONS[version]:
-                        db.execute(statement)
-                    version += 1
-                db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            immediate(self._db, migrate)
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: cannot migrate the store from schema {start} to {STORE_SCHEMA_VERSION}: {exc}") from None
 
@@ -475,16 +484,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 except sqlite3.Error as exc:
                     raise StoreError(f"{self.path}: write failed: {exc}") from None
             try:
-                db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = fn(db, *args)
-                    db.execute("COMMIT")
-                except BaseException:
-                    db.execute("ROLLBACK")
-                    raise
+                return immediate(db, fn, *args)
             except sqlite3.Error as exc:
                 raise StoreError(f"{self.path}: write failed: {exc}") from None
-            return result
 
     @staticmethod
     def _put_policy(db: sqlite3.Connection, body: str, name: str | None = None, schema: str | None = None) -> str:
