@@ -451,8 +451,6 @@ class SQLiteReceiptStore(SQLReceiptReads):
         """Walk an older store forward one schema version at a time, all in one transaction."""
         if version not in _MIGRATIONS:
             raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
-        start = version
-
         def migrate(db: sqlite3.Connection) -> None:
             # Another process may have walked it forward while we waited for the lock.
             version = int(dict(db.execute("SELECT key, value FROM meta").fetchall()).get("schema_version", "0"))
@@ -465,7 +463,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
         try:
             immediate(self._db, migrate)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot migrate the store from schema {start} to {STORE_SCHEMA_VERSION}: {exc}") from None
+            raise StoreError(f"{self.path}: cannot migrate the store from schema {version} to {STORE_SCHEMA_VERSION}: {exc}") from None
 
     # -- writing ---------------------------------------------------------------------------------
 
