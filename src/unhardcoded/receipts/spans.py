@@ -457,7 +457,7 @@ def _keyvalue(raw: bytes) -> tuple[str, Any]:
     if value is None or value.__class__ in _SCALARS:
         pass
     elif value.__class__ is list and all(x is None or x.__class__ in _SCALARS for x in value):
-        item = (kv.key, tuple(value))  # handed out as a fresh list each time
+        item = (item[0], tuple(value))  # handed out as a fresh list each time
     else:
         return item  # nested values are not shared
     if len(_KEYVALUES) >= _KEYVALUES_MAX:
@@ -502,8 +502,11 @@ def _raw_event(raw: bytes) -> EventRecord:
 _EVENT_RECORDS: dict[bytes, tuple[str, SharedAttributes]] = {}
 
 
-def _lite_record(s: Any, service: str | None) -> SpanRecord:
-    return _record(s, service, _raw_attributes(s.attributes), [_raw_event(e) for e in s.events[:]])
+def _lite_record(s: Any, service: str | None, attributes: dict[str, Any] | None = None) -> SpanRecord:
+    """A span in the bytes view; its ``attributes`` read from it already, or None to read them now."""
+    if attributes is None:
+        attributes = _raw_attributes(s.attributes)
+    return _record(s, service, attributes, [_raw_event(e) for e in s.events[:]])
 
 
 def _decode_error() -> type[Exception]:
@@ -516,10 +519,7 @@ def from_span_bytes(body: bytes, service: str | None = None, attributes: dict[st
     """One serialized OTLP ``Span``, of the service named; ``attributes``, when :func:`read_attributes` has read
     them from these bytes before, are taken instead of read again."""
     try:
-        view = _lite().span_view.FromString(body)
-        if attributes is not None:
-            return _record(view, service, attributes, [_raw_event(e) for e in view.events[:]])
-        return _lite_record(view, service)
+        return _lite_record(_lite().span_view.FromString(body), service, attributes)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
 
@@ -570,7 +570,7 @@ def from_span_view(span: Any, service: str | None, attributes: dict[str, Any]) -
     """A span of :func:`read_export_view` whose ``attributes`` :func:`read_attributes` has read: what
     :func:`from_span_bytes` reads from its bytes, without parsing them again."""
     try:
-        return _record(span, service, attributes, [_raw_event(e) for e in span.events[:]])
+        return _lite_record(span, service, attributes)
     except _decode_error() as exc:
         raise SpanFormatError(f"not an OTLP protobuf Span: {exc}") from None
 
