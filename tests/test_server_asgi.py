@@ -4,6 +4,7 @@ access log, and reading a request body."""
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import pytest
@@ -210,3 +211,45 @@ def test_a_caller_that_leaves_mid_body_is_a_disconnect() -> None:
 
     with pytest.raises(ClientDisconnect):
         read([{"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}])
+
+
+def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_before() -> None:
+    from opentelemetry.sdk.trace import SpanProcessor
+
+    class Starts(SpanProcessor):
+        def __init__(self) -> None:
+            self.names: list[str] = []
+
+        def on_start(self, span: Any, parent_context: Any = None) -> None:
+            self.names.append(span.name)
+
+    exporter, starts = InMemorySpanExporter(), Starts()
+    provider = TracerProvider()
+    provider.add_span_processor(starts)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: dict, receive: Any, send: Any) -> None:
+        seen["entered"] = time.time_ns()
+        seen["started"] = list(starts.names)
+        seen["span"] = trace.get_current_span()
+        # A child started the ordinary way inside the request: its parent is the server span, not made yet.
+        provider.get_tracer("child").start_span("child").end()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
+             "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000)}
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        pass
+
+    asyncio.run(ServerSpans(inner, tracer_provider=provider)(scope, receive, send))
+    assert seen["started"] == []  # nothing was started on the request's path
+    child, server = exporter.get_finished_spans()
+    assert starts.names == ["child", "POST /v1/chat/completions"]
+    assert child.parent.span_id == server.context.span_id == seen["span"].get_span_context().span_id
+    assert server.start_time <= seen["entered"] and server.attributes["http.response.status_code"] == 200

@@ -108,7 +108,7 @@ class Router:
         if features is None:
             features = features_from_request(body)
         compiled = self.compile(policy)
-        with self.telemetry.decision(compiled, activate=True) as scope:
+        with self.telemetry.decision(compiled, activate=True, late=later is not None) as scope:
             decision = self._decide_to_call(scope, compiled, features, request_id, workflow)
             out = cascade.execute(decision, compiled, body, self._client(), scope.attempts(self.observer))
             scope.finish(decision, later=later)
@@ -128,7 +128,7 @@ class Router:
         if features is None:
             features = features_from_request(body)
         compiled = self.compile(policy)
-        with self.telemetry.decision(compiled, activate=True) as scope:
+        with self.telemetry.decision(compiled, activate=True, late=later is not None) as scope:
             decision = self._decide_to_call(scope, compiled, features, request_id, workflow)
             out = await cascade.aexecute(decision, compiled, body, self._client(), scope.attempts(self.observer))
             scope.finish(decision, later=later)

@@ -24,6 +24,8 @@ from opentelemetry.semconv.attributes import (
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ..telemetry.late import LateSpans
+
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
@@ -89,6 +91,7 @@ class ServerSpans:
     def __init__(self, app: ASGIApp, tracer_provider: trace.TracerProvider | None = None) -> None:
         self.app = app
         self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
+        self.late = LateSpans(self.tracer)
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -99,7 +102,10 @@ class ServerSpans:
         route = route_of(path)
         # The caller's context, baggage included (a workflow run travels there), stays current under our span.
         parent = caller_context(scope)
-        span = self.tracer.start_span(f"{method} {route}" if route else method, kind=SpanKind.SERVER, context=parent)
+        name = f"{method} {route}" if route else method
+        # Made once the answer is out (see unhardcoded.telemetry.late); the path only fixes its ids and start.
+        late = self.late.begin(name, parent, SpanKind.SERVER)
+        span = late.current if late is not None else self.tracer.start_span(name, kind=SpanKind.SERVER, context=parent)
         token = otel_context.attach(trace.set_span_in_context(span, parent))
         status_code = 0
         sent_at: int | None = None
@@ -116,12 +122,16 @@ class ServerSpans:
             try:
                 await self.app(scope, receive, send_with_status)
             except Exception as exc:  # recorded as trace.use_span records it, without a generator per request
+                if late is not None:
+                    span = late.make()
                 if span.is_recording():
                     span.record_exception(exc)
                     span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
                 raise
             finally:
                 # Set now, not at the start: the caller has its answer by the time this costs anything.
+                if late is not None:
+                    span = late.make()
                 if span.is_recording():
                     attributes = _request_attributes(scope, method, path, route)
                     if status_code:

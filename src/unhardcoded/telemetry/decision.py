@@ -23,6 +23,7 @@ from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
 from .instruments import DecisionMetrics
+from .late import LateSpan, LateSpans
 from .layout import PolicyLayout, iso_ms
 from .losses import count_error, count_loss
 from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
@@ -52,6 +53,7 @@ class RouterTelemetry:
         self._tracer_noop = isinstance(self.tracer, trace.NoOpTracer)
         # The global proxy tracer is a no-op until an SDK provider is installed, then delegates to it.
         self._tracer_proxy = isinstance(self.tracer, trace.ProxyTracer)
+        self.late = LateSpans(self.tracer)
 
     def layout(self, compiled: "CompiledPolicy") -> PolicyLayout:
         layout = self._layouts.get(compiled)
@@ -67,16 +69,19 @@ class RouterTelemetry:
             return not isinstance(getattr(self.tracer, "_tracer", None), trace.NoOpTracer)
         return not self._tracer_noop
 
-    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False) -> "DecisionScope":
+    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False, late: bool = False) -> "DecisionScope":
         """Start the decision span now; ``activate`` makes it the current span until the scope finishes.
 
         Use as ``with telemetry.decision(compiled, activate=True) as scope: ...
         scope.finish(decision)``; leaving the block unfinished (an exception)
-        records the span as failed.
+        records the span as failed. With ``late`` (for a caller that will pass
+        ``later`` to :meth:`DecisionScope.finish`), the decision and attempt
+        spans get their ids, sampling and start times now and their SDK spans
+        when they are recorded (see :mod:`unhardcoded.telemetry.late`).
         """
         if not activate and not self.metrics.live() and not self.tracing():
             return _NO_SCOPE  # no SDK: nothing to start, nothing to record
-        return DecisionScope(self, self.layout(compiled), activate)
+        return DecisionScope(self, self.layout(compiled), activate, late)
 
 
 class DecisionScope:
@@ -88,10 +93,10 @@ class DecisionScope:
 
     __slots__ = (
         "telemetry", "layout", "span", "recording", "metered", "start_ns", "_t0", "_token", "decision", "finished",
-        "_observers", "_pending",
+        "_observers", "_pending", "late",
     )
 
-    def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool) -> None:
+    def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool, late: bool = False) -> None:
         self.telemetry = telemetry
         self.layout = layout
         self.decision: Decision | None = None
@@ -103,17 +108,28 @@ class DecisionScope:
         self._t0 = time.perf_counter()
         self.recording = False
         self.start_ns = 0
+        self.late: LateSpan | None = None
         if not telemetry.tracing():
             # No span, but the current one (a remote parent, say) still reaches the provider calls' headers.
             self.span = trace.get_current_span() if activate else trace.INVALID_SPAN
             return
-        self.start_ns = time.time_ns()
         try:
-            self.span = telemetry.tracer.start_span(layout.span_name, kind=S.DECISION_SPAN_KIND, start_time=self.start_ns)
-            self.recording = self.span.is_recording()
+            if late:
+                self.late = telemetry.late.begin(layout.span_name, None, S.DECISION_SPAN_KIND)
+            if self.late is not None:
+                self.start_ns = self.late.start_ns
+                self.span = self.late.current
+                self.recording = self.late.recording
+            else:
+                self.start_ns = time.time_ns()
+                self.span = telemetry.tracer.start_span(layout.span_name, kind=S.DECISION_SPAN_KIND,
+                                                        start_time=self.start_ns)
+                self.recording = self.span.is_recording()
         except Exception:  # noqa: BLE001 - e.g. a span processor that raises in on_start
             count_error("starting a decision span")
+            self.start_ns = self.start_ns or time.time_ns()
             self.span = trace.INVALID_SPAN
+            self.late = None
         if activate:
             self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
@@ -131,6 +147,13 @@ class DecisionScope:
             self._observers = []
         self._observers.append(spans)
         return spans
+
+    def made(self) -> Span:
+        """The decision span, its SDK span made now if it was begun late."""
+        if self.late is not None:
+            self.span = self.late.make()
+            self.late = None
+        return self.span
 
     def _defer(self, record: Callable[[], None]) -> None:
         """Record with the decision (an attempt span's attributes and end), or now if it is already finished."""
@@ -201,9 +224,9 @@ class DecisionScope:
     ) -> None:
         """The attempt spans, then the decision span's attributes, events and end, and the metrics; ``reactivate``
         makes the span current again meanwhile, as it was when the decision finished (metric exemplars point at it)."""
+        span = self.made()  # a parent before its children, for span processors that look
         for record in pending:
             record()
-        span = self.span
         if self.start_ns:
             try:
                 if self.recording:
@@ -310,13 +333,18 @@ def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]
 
 
 class _AttemptToken:
-    __slots__ = ("span", "inner", "response_model", "t0")
+    __slots__ = ("span", "late", "inner", "response_model", "t0")
 
-    def __init__(self, span: Span, inner: Any) -> None:
-        self.span = span
+    def __init__(self, span: Span, inner: Any, late: LateSpan | None = None) -> None:
+        self.span = span  # current during the call (for a late span, the context it will have)
+        self.late = late
         self.inner = inner
         self.response_model: str | None = None
         self.t0 = time.time_ns()
+
+    def made(self) -> Span:
+        """The attempt's span, its SDK span made now if it was begun late."""
+        return self.late.make() if self.late is not None else self.span
 
 
 class AttemptSpans(AttemptObserver):
@@ -333,15 +361,18 @@ class AttemptSpans(AttemptObserver):
         for token in list(self._open):
             self._open.discard(token)
             try:
-                if error is not None and token.span.is_recording():
-                    token.span.set_attribute(G.ERROR_TYPE, error_type(error))
-                    token.span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                token.span.end()
+                self.scope.made()
+                span = token.made()
+                if error is not None and span.is_recording():
+                    span.set_attribute(G.ERROR_TYPE, error_type(error))
+                    span.set_status(Status(StatusCode.ERROR, type(error).__name__))
+                span.end()
             except Exception:  # noqa: BLE001
                 count_error("ending an abandoned attempt span")
 
     def start(self, decision: "Decision", planned: PlannedAttempt) -> Any:
         span = trace.INVALID_SPAN
+        late = None
         try:
             attrs: dict[str, Any] = {
                 G.GEN_AI_OPERATION_NAME: _CHAT,
@@ -353,13 +384,17 @@ class AttemptSpans(AttemptObserver):
             }
             if planned.reason is not None:
                 attrs[A.UNHARDCODED_FALLBACK_REASON] = planned.reason
-            span = self.scope.telemetry.tracer.start_span(
-                S.ATTEMPT_SPAN_NAME.format(model=planned.model), context=self._parent, kind=S.ATTEMPT_SPAN_KIND,
-                attributes=attrs,
-            )
+            name = S.ATTEMPT_SPAN_NAME.format(model=planned.model)
+            if self.scope.late is not None:
+                late = self.scope.telemetry.late.begin(name, self._parent, S.ATTEMPT_SPAN_KIND, attrs)
+            if late is not None:
+                span = late.current
+            else:
+                span = self.scope.telemetry.tracer.start_span(
+                    name, context=self._parent, kind=S.ATTEMPT_SPAN_KIND, attributes=attrs)
         except Exception:  # noqa: BLE001
             count_error("starting an attempt span")
-        token = _AttemptToken(span, None)
+        token = _AttemptToken(span, None, late)
         self._open.add(token)
         if self.inner is not None:
             token.inner = self.inner.start(decision, planned)
@@ -391,7 +426,7 @@ class AttemptSpans(AttemptObserver):
     def end(self, token: Any, attempt: "Attempt", error: BaseException | None) -> None:
         self._open.discard(token)
         # The span ends now; what it records is written when the decision is (see DecisionScope.finish).
-        self.scope._defer(partial(_end_attempt_span, token.span, attempt, token.response_model, time.time_ns()))
+        self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, time.time_ns()))
         if self.inner is not None:
             self.inner.end(token.inner, attempt, error)
 
@@ -414,8 +449,9 @@ class _Current:
         otel_context.detach(self.token)
 
 
-def _end_attempt_span(span: Span, attempt: "Attempt", response_model: str | None, end_ns: int) -> None:
+def _end_attempt_span(token: _AttemptToken, attempt: "Attempt", response_model: str | None, end_ns: int) -> None:
     try:
+        span = token.made()
         if span.is_recording():
             attrs: dict[str, Any] = {
                 A.UNHARDCODED_ATTEMPT_STATUS: attempt.status,
