@@ -143,19 +143,47 @@ def test_too_much_queued_gets_429(tmp_path):
 def test_a_backlog_comes_in_without_bytes_views_and_makes_the_same_receipts(tmp_path):
     from unhardcoded.processor import otlp
 
-    s = Served(tmp_path, view_queue_spans=-1)  # as if a backlog were queued: every export comes in without its view
+    s = Served(tmp_path, view_batch_spans=-1)  # as if a backlog were taken in one batch: every export loses its view
     try:
         ds, spans = decisions_with_spans(4, seed=45, hops=1)
         exports = [otlp.decode(L.otlp_bytes(spans[:5]), "protobuf"), otlp.decode(L.otlp_bytes(spans[5:]), "protobuf")]
         assert all(sp.view is not None for e in exports for sp in e.spans)
-        acks = [s.processor.submit(e.spans) for e in exports]
-        assert all(sp.view is None and sp.attributes is None for e in exports for sp in e.spans)
-        for ack in acks:
+        for ack in [s.processor.submit(e.spans) for e in exports]:
             ack.result(10)
+        # Taken without their views and attributes before they were spooled (a span left waiting would keep these).
+        assert all(sp.view is None and sp.attributes is None for e in exports for sp in e.spans)
+        assert s.processor.drain()
+        assert [s.store.get(d.request_id).receipt for d in ds] == [Receipt.from_decision(d) for d in ds]
+        # The same over the wire: the worker decodes the bodies, and takes them without views past the bound.
+        ds, spans = decisions_with_spans(4, seed=46, hops=1)
+        for part in (spans[:5], spans[5:]):
+            assert httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(part), headers=PB, timeout=10).status_code == 200
         assert s.processor.drain()
         assert [s.store.get(d.request_id).receipt for d in ds] == [Receipt.from_decision(d) for d in ds]
     finally:
         s.close()
+
+
+def test_the_worker_decodes_counts_and_empties_the_queue(served):
+    """Bodies are decoded by the worker: what it read is counted per transport, garbage is refused by the front
+    door that took it, and the queue (counted in spans estimated from the bodies' sizes) goes back to zero."""
+    ds, spans = decisions_with_spans(3, seed=47, hops=1)
+    assert httpx.post(served.url + "/v1/traces", content=L.otlp_bytes(spans[:4]), headers=PB, timeout=10).status_code == 200
+    channel = grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}")
+    call = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
+    call(L.otlp_bytes(spans[4:]), timeout=10)
+    with pytest.raises(grpc.RpcError) as info:
+        call(b"\xff\xff\xff\xff", timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an OTLP" in info.value.details()
+    channel.close()
+    r = httpx.post(served.url + "/v1/traces", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "not JSON" in r.json()["message"]
+    assert httpx.post(served.url + "/v1/traces", content=b"", headers=PB, timeout=10).status_code == 200
+    assert served.processor.drain()
+    stats = served.processor.stats()
+    assert stats["exports"] == 3 and stats["spans_received"] == len(spans) and stats["payloads_rejected"] == 2
+    assert stats["queue_depth"] == 0
+    assert [served.store.get(d.request_id).receipt for d in ds] == [Receipt.from_decision(d) for d in ds]
 
 
 def test_memory_bound_finishes_the_oldest_receipts_incomplete_and_counts_them(tmp_path):

@@ -172,12 +172,14 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
             kind = otlp.media_type(ctype)
             body = await _read_body(request, settings.max_body_bytes)
             body = otlp.inflate(body, request.headers.get("content-encoding"), settings.max_body_bytes)
-            try:
-                decoded = otlp.decode(body, kind)
-            except otlp.PayloadError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever a payload does to a parser, it is the payload's fault: 400
-                raise otlp.PayloadError(f"could not read the payload: {type(exc).__name__}") from None
+            future = processor.submit_export(body, kind, "http")
+            decoded = await asyncio.wait_for(asyncio.wrap_future(future), settings.ack_timeout_s)
+        except Backpressure as exc:
+            processor.metrics.payload_rejected("busy" if exc.busy else "unavailable")
+            return _otlp_error(429 if exc.busy else 503, otlp.RESOURCE_EXHAUSTED if exc.busy else otlp.UNAVAILABLE, str(exc), kind, exc.retry_after_s)
+        except asyncio.TimeoutError:
+            processor.metrics.payload_rejected("unavailable")
+            return _otlp_error(503, otlp.UNAVAILABLE, "the spool did not answer in time", kind, processor.config.retry_after_s)
         except _BodyTooLarge:
             if metrics is not None:
                 metrics.payload_rejected("too_large")
@@ -194,16 +196,6 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
             if metrics is not None:
                 metrics.payload_rejected("malformed")
             return _otlp_error(400, otlp.INVALID_ARGUMENT, str(exc)[:500], kind)
-        processor.metrics.received("http", decoded.total, decoded.rejected, decoded.ignored)
-        try:
-            future = processor.submit(decoded.spans)
-            await asyncio.wait_for(asyncio.wrap_future(future), settings.ack_timeout_s)
-        except Backpressure as exc:
-            processor.metrics.payload_rejected("busy" if exc.busy else "unavailable")
-            return _otlp_error(429 if exc.busy else 503, otlp.RESOURCE_EXHAUSTED if exc.busy else otlp.UNAVAILABLE, str(exc), kind, exc.retry_after_s)
-        except asyncio.TimeoutError:
-            processor.metrics.payload_rejected("unavailable")
-            return _otlp_error(503, otlp.UNAVAILABLE, "the spool did not answer in time", kind, processor.config.retry_after_s)
         if forwarder is not None and decoded.accepted:
             forwarder.send(body if decoded.untouched and kind == "protobuf" else decoded.message.SerializeToString())
         media = otlp.PROTOBUF if kind == "protobuf" else otlp.JSON

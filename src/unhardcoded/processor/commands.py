@@ -53,7 +53,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--max-pending-spans", type=int, default=100_000, metavar="N",
                    help="spans held for unfinished receipts; past it the oldest are finished incomplete (default 100000)")
     p.add_argument("--max-queue-spans", type=int, default=50_000, metavar="N",
-                   help="spans received but not yet stored; past it exports get 429 / RESOURCE_EXHAUSTED (default 50000)")
+                   help="spans received but not yet stored (an export not decoded yet counts for its size over the bytes per "
+                        "span seen so far); past it exports get 429 / RESOURCE_EXHAUSTED (default 50000)")
     p.add_argument("--ingest-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on OTLP exports")
     p.add_argument("--query-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on the query API and pages")
     p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, metavar="N",

@@ -1,8 +1,9 @@
 """OTLP/gRPC ingest: ``TraceService/Export`` (and empty ``MetricsService`` / ``LogsService`` answers).
 
-The trace handler takes the request as bytes and decodes it itself, so a
-payload that is not OTLP is ``INVALID_ARGUMENT`` (grpcio's own decoding would
-answer ``INTERNAL``, which exporters do not treat as the sender's fault).
+The trace handler takes the request as bytes and hands them to the processor's
+worker, which decodes them, so a payload that is not OTLP is
+``INVALID_ARGUMENT`` (grpcio's own decoding would answer ``INTERNAL``, which
+exporters do not treat as the sender's fault).
 Backpressure is ``RESOURCE_EXHAUSTED`` (too much queued) or ``UNAVAILABLE``
 (store failing, stopping), each with ``RetryInfo`` in the status details and
 in ``google.rpc.retryinfo-bin``, which the Python SDK's exporter reads.
@@ -63,18 +64,12 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         if not self._authorized(context):
             metrics.payload_rejected("unauthorized")
             _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
-        raw = request if isinstance(request, bytes) else None
+        raw = request if isinstance(request, bytes) else request.SerializeToString()
         try:
-            decoded = otlp.classify_bytes(raw) if raw is not None else otlp.classify(request)
+            decoded = self.processor.submit_export(raw, "protobuf", "grpc").result(self.ack_timeout_s)
         except otlp.PayloadError as exc:
             metrics.payload_rejected("malformed")
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])
-        except Exception as exc:  # noqa: BLE001 - whatever a payload does to the parser is the payload's fault
-            metrics.payload_rejected("malformed")
-            _abort(context, grpc.StatusCode.INVALID_ARGUMENT, f"could not read the payload: {type(exc).__name__}")
-        metrics.received("grpc", decoded.total, decoded.rejected, decoded.ignored)
-        try:
-            self.processor.submit(decoded.spans).result(self.ack_timeout_s)
         except Backpressure as exc:
             metrics.payload_rejected("busy" if exc.busy else "unavailable")
             code = grpc.StatusCode.RESOURCE_EXHAUSTED if exc.busy else grpc.StatusCode.UNAVAILABLE
@@ -84,7 +79,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             _abort(context, grpc.StatusCode.UNAVAILABLE, "the spool did not answer in time", self.processor.config.retry_after_s)
         forwarder = self.processor.forwarder
         if forwarder is not None and decoded.accepted:
-            forwarder.send(raw if raw is not None and decoded.untouched else decoded.message.SerializeToString())
+            forwarder.send(raw if decoded.untouched else decoded.message.SerializeToString())
         return otlp.response_message(decoded)
 
 

@@ -1,11 +1,15 @@
-"""The processor's engine: exports are spooled (then acknowledged), assembled, rebuilt and stored, on one thread.
+"""The processor's engine: exports are decoded, spooled (then acknowledged), assembled, rebuilt and stored, on one thread.
 
-Both front doors (OTLP/HTTP and OTLP/gRPC) hand a decoded export to
-:meth:`ReceiptsProcessor.submit` and wait for its future: it resolves once the
-export's spans are in the spool, so an acknowledged export survives ``kill -9``.
-Exports that queue up together are written in one transaction (group commit).
-After that the same thread files spans under their receipts and writes the
-receipts that are ready, through the one rebuild in :mod:`unhardcoded.receipts`.
+Both front doors (OTLP/HTTP and OTLP/gRPC) hand an export's body, as it came
+(inflated and size-checked), to :meth:`ReceiptsProcessor.submit_export` and wait
+for its future: it resolves once the export's spans are in the spool, so an
+acknowledged export survives ``kill -9``. The worker decodes the body itself:
+a front door decoding the next export while the worker finishes the last one
+makes two threads take turns at the GIL, which cost about 5% more CPU per span
+(bench/README.md), and the HTTP event loop is not held up by a decode. Exports
+that queue up together are written in one transaction (group commit). After
+that the same thread files spans under their receipts and writes the receipts
+that are ready, through the one rebuild in :mod:`unhardcoded.receipts`.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..receipts.rebuild import RebuiltDecision, rebuild_decision
 from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
-from .otlp import ROLE_ATTEMPT, IncomingSpan, span_from_body
+from .otlp import ROLE_ATTEMPT, DecodedExport, IncomingSpan, PayloadError, decode, span_from_body
 from .spool import GroupKey, Spool
 
 if TYPE_CHECKING:
@@ -51,15 +55,17 @@ class ProcessorConfig:
     max_pending_spans: int = 100_000
     """Spans held for receipts not finished yet; past it the oldest receipts are finished early."""
     max_queue_spans: int = 50_000
-    """Spans received but not yet spooled; past it exports are refused with retry information."""
+    """Spans received but not yet spooled; past it exports are refused with retry information. An export not decoded
+    yet counts for its size divided by the bytes per span of the exports decoded so far."""
     owner: str = "default"
     """This instance's name in a shared store: after a restart it picks up its own pending spans."""
     retry_after_s: float = 1.0
     batch_spans: int = 20_000
     """At most this many spans in one spool transaction."""
-    view_queue_spans: int = 8_192
-    """Past this many spans queued, an export comes in without its bytes view (see ``IncomingSpan.view``): a view
-    holds its whole export parsed, about twice its size, and a backlog should cost the memory it did without."""
+    view_batch_spans: int = 8_192
+    """Past this many spans in one batch, the exports after are taken without their bytes view (see
+    ``IncomingSpan.view``): a view holds its whole export parsed, about twice its size, and a backlog taken in
+    one batch should cost the memory it did without."""
     kept_attributes_spans: int = 8_192
     """While no more spans than this are pending, a span left waiting keeps its attributes (0.6-1.4 KB; its
     bytes go back to the spool): when the rest of its receipt comes, it is read back without decoding them again."""
@@ -67,8 +73,16 @@ class ProcessorConfig:
 
 @dataclass
 class _Export:
-    spans: list[IncomingSpan]
     future: Future
+    cost: int
+    """Spans it counts for in the queue: ``len(spans)``, or estimated from the size of ``body``."""
+    spans: list[IncomingSpan] | None = None
+    """``None`` until the worker decodes ``body``."""
+    body: bytes = b""
+    kind: str = "protobuf"
+    transport: str = "http"
+    decoded: DecodedExport | None = None
+    """What the future resolves to."""
 
 
 _STOP = object()
@@ -91,6 +105,8 @@ class ReceiptsProcessor:
         self.assembler = Assembler(self.config.max_pending_spans)
         self._queue: deque[_Export] = deque()
         self._queued_spans = 0
+        self._bytes_per_span = 1024.0
+        """Of the exports decoded so far (a moving average): what an export not decoded yet counts for in the queue."""
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -143,28 +159,37 @@ class ReceiptsProcessor:
 
     # -- the front doors call this -----------------------------------------------------------------
 
+    def submit_export(self, body: bytes, kind: str, transport: str) -> Future:
+        """Queue an export's body (inflated, size-checked; ``kind`` is ``protobuf`` or ``json``) for the worker to decode.
+
+        The future resolves to its :class:`~.otlp.DecodedExport` once its spans are spooled, or fails with
+        :class:`~.otlp.PayloadError` (not an OTLP export) or :class:`Backpressure`, which is also raised here.
+        """
+        future: Future = Future()
+        self._enqueue(_Export(future, max(1, int(len(body) / self._bytes_per_span)), body=body, kind=kind, transport=transport))
+        return future
+
     def submit(self, spans: list[IncomingSpan]) -> Future:
-        """Queue an export's spans; the future resolves when they are spooled (or fails with :class:`Backpressure`)."""
+        """Queue spans decoded already; the future resolves when they are spooled (or fails with :class:`Backpressure`)."""
         future: Future = Future()
         if not spans:
             future.set_result(None)
             return future
-        n = len(spans)
+        self._enqueue(_Export(future, len(spans), spans=spans))
+        return future
+
+    def _enqueue(self, item: _Export) -> None:
         with self._cond:
             if self._stopping or not self.healthy:
                 raise Backpressure("the processor is stopping", self.config.retry_after_s, busy=False)
             if time.monotonic() < self._store_backoff_until:
                 raise Backpressure("the receipt store is failing; retry later", self.config.retry_after_s, busy=False)
-            if self._queued_spans and self._queued_spans + n > self.config.max_queue_spans:
+            if self._queued_spans and self._queued_spans + item.cost > self.config.max_queue_spans:
                 raise Backpressure(f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True)
-            if self._queued_spans > self.config.view_queue_spans:
-                for s in spans:
-                    s.view = s.attributes = None
-            self._queue.append(_Export(spans, future))
-            self._queued_spans += n
+            self._queue.append(item)
+            self._queued_spans += item.cost
             self.metrics.stats.queue_depth = self._queued_spans
             self._cond.notify()
-        return future
 
     # -- the worker ---------------------------------------------------------------------------------
 
@@ -179,16 +204,51 @@ class ReceiptsProcessor:
                 return None if self._stopping else []
             out: list[_Export] = []
             n = 0
-            while self._queue and (not out or n + len(self._queue[0].spans) <= self.config.batch_spans):
+            while self._queue and (not out or n + self._queue[0].cost <= self.config.batch_spans):
                 item = self._queue.popleft()
                 out.append(item)
-                n += len(item.spans)
+                n += item.cost
             return out
 
     def _dequeued(self, items: list[_Export]) -> None:
         with self._cond:
-            self._queued_spans -= sum(len(i.spans) for i in items)
+            self._queued_spans -= sum(i.cost for i in items)
             self.metrics.stats.queue_depth = self._queued_spans
+
+    def _decode(self, items: list[_Export]) -> list[_Export]:
+        """Decode the bodies of ``items``; those that are not OTLP, or hold no span of ours, are answered now.
+        Returns the others, whose spans go to the spool."""
+        out, answered = [], []
+        n = 0
+        for item in items:
+            if item.spans is None:
+                try:
+                    decoded = decode(item.body, item.kind)
+                except PayloadError as exc:
+                    item.future.set_exception(exc)
+                    answered.append(item)
+                    continue
+                except Exception as exc:  # noqa: BLE001 - whatever a payload does to a parser, it is the payload's fault
+                    item.future.set_exception(PayloadError(f"could not read the payload: {type(exc).__name__}"))
+                    answered.append(item)
+                    continue
+                if decoded.total:
+                    self._bytes_per_span += (len(item.body) / decoded.total - self._bytes_per_span) / 8
+                item.body = b""
+                item.spans, item.decoded = decoded.spans, decoded
+                self.metrics.received(item.transport, decoded.total, decoded.rejected, decoded.ignored)
+                if not decoded.spans:
+                    item.future.set_result(decoded)
+                    answered.append(item)
+                    continue
+            if n > self.config.view_batch_spans:
+                for s in item.spans:
+                    s.view = s.attributes = None
+            n += len(item.spans)
+            out.append(item)
+        if answered:
+            self._dequeued(answered)
+        return out
 
     def _run(self) -> None:
         while True:
@@ -197,6 +257,8 @@ class ReceiptsProcessor:
                 if items is None:
                     self._finish_due(time.monotonic(), final=True)
                     return
+                if items:
+                    items = self._decode(items)
                 if items:
                     self._ingest(items)
                 self._finish_due(time.monotonic())
@@ -225,7 +287,7 @@ class ReceiptsProcessor:
         self._dequeued(items)
         for item in items:
             if not item.future.done():
-                item.future.set_result(None)
+                item.future.set_result(item.decoded)
 
         skip: set[GroupKey] = set()
         for key, rows in known.items():
