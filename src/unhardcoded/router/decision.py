@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..policy.model import Policy
 from .features import RequestFeatures
+
+
+def iso_ms(ns: int) -> str:
+    """Span time (ns since the epoch) as a decision timestamp: ISO 8601 UTC, milliseconds (truncated), ``Z``."""
+    secs, rem = divmod(ns, 1_000_000_000)
+    prefix = _SECONDS.get(secs)
+    if prefix is None:
+        # Decisions come many per second: the date and time part is formatted once per second.
+        if len(_SECONDS) > 64:
+            _SECONDS.clear()
+        prefix = _SECONDS[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
+    return f"{prefix}{rem // 1_000_000:03d}Z"
+
+
+_SECONDS: dict[int, str] = {}
 
 Outcome = Literal["dry_run", "answered", "failed", "no_candidate"]
 

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from datetime import datetime, timezone
+import time
 from typing import Any
 
 from pydantic import BaseModel
 
 from ..catalog.model import Catalog, CatalogModel
 from ..policy.model import Policy
-from .decision import Cost, Decision, Rejection, Selection, WorkflowRef
+from .decision import Cost, Decision, Rejection, Selection, WorkflowRef, iso_ms
 from .features import RequestFeatures
 from .rules import OP_FUNCS, pass_phrase, rank_phrase, rejection_message
 
@@ -289,7 +289,8 @@ def new_request_id() -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """Now, as a decision timestamp: ISO 8601 UTC, milliseconds (truncated), ``Z``."""
+    return iso_ms(time.time_ns())
 
 
 class PolicyCompiler:

@@ -9,9 +9,9 @@ only what differs is built.
 from __future__ import annotations
 
 import json
-import time
 from typing import TYPE_CHECKING, Any
 
+from ..router.decision import iso_ms
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
@@ -27,21 +27,6 @@ span by default: 64 leaves room for other instrumentation."""
 
 _CACHE_MAX = 4096
 _ERROR_OUTCOMES = frozenset({"failed", "no_candidate"})
-
-
-def iso_ms(ns: int) -> str:
-    """Span time (ns since the epoch) as a decision timestamp: ISO 8601 UTC, milliseconds (truncated), ``Z``."""
-    secs, rem = divmod(ns, 1_000_000_000)
-    prefix = _SECONDS.get(secs)
-    if prefix is None:
-        # Decisions come many per second: the date and time part is formatted once per second.
-        if len(_SECONDS) > 64:
-            _SECONDS.clear()
-        prefix = _SECONDS[secs] = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(secs))
-    return f"{prefix}{rem // 1_000_000:03d}Z"
-
-
-_SECONDS: dict[int, str] = {}
 
 
 def json_text(value: Any) -> tuple[str, bool]:
