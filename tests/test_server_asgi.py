@@ -253,3 +253,49 @@ def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_befo
     assert starts.names == ["child", "POST /v1/chat/completions"]
     assert child.parent.span_id == server.context.span_id == seen["span"].get_span_context().span_id
     assert server.start_time <= seen["entered"] and server.attributes["http.response.status_code"] == 200
+
+
+def test_an_answers_telemetry_is_recorded_after_the_delay_piece_by_piece() -> None:
+    from unhardcoded.server.app import RECORD_DELAY_S, RecordLater
+
+    async def main() -> tuple[list[str], float]:
+        loop = asyncio.get_running_loop()
+        order: list[str] = []
+        started = loop.time()
+
+        def first() -> None:
+            order.append("first")
+            loop.call_soon(order.append, "a request that came in meanwhile")
+
+        await RecordLater([first, lambda: order.append("second")])()
+        return order, loop.time() - started
+
+    order, took = asyncio.run(main())
+    assert order == ["first", "a request that came in meanwhile", "second"]
+    assert took >= RECORD_DELAY_S
+
+
+@pytest.mark.parametrize("cancel_after", [0, 1], ids=["during-the-delay", "between-pieces"])
+def test_a_server_stopping_mid_way_still_records_every_piece_once(cancel_after: int) -> None:
+    from unhardcoded.server.app import RecordLater
+
+    async def main() -> list[str]:
+        recorded: list[str] = []
+        task: asyncio.Task | None = None
+
+        def piece(name: str) -> Any:
+            def record() -> None:
+                recorded.append(name)
+                if len(recorded) == cancel_after and task is not None:
+                    task.cancel()
+            return record
+
+        task = asyncio.ensure_future(RecordLater([piece("a"), piece("b"), piece("c")])())
+        if cancel_after == 0:
+            await asyncio.sleep(0)
+            task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        return recorded
+
+    assert asyncio.run(main()) == ["a", "b", "c"]

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from starlette.applications import Starlette
-from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
@@ -182,7 +181,7 @@ class Proxy:
                 response = Response(json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers,
                                     media_type="application/json")
             # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
-            response.background = BackgroundTask(_record_later, later)
+            response.background = RecordLater(later)
             return response
         finally:
             client_key.reset(token)
@@ -254,15 +253,36 @@ answer until the proxy is done. A millisecond's pause lets it go first.
 """
 
 
-async def _record_later(later: list[Callable[[], None]]) -> None:
+class RecordLater:
+    """An answer's background: its telemetry, recorded :data:`RECORD_DELAY_S` after its last byte.
+
+    The pieces are recorded one at a time, and a request that came in meanwhile
+    is let in between them rather than wait for them all.
+    """
+
+    __slots__ = ("later",)
+
+    def __init__(self, later: list[Callable[[], None]]) -> None:
+        self.later = later
+
+    async def __call__(self) -> None:
+        later = self.later
+        try:
+            await asyncio.sleep(RECORD_DELAY_S)
+            while later:
+                _record(later.pop(0))
+                if later:
+                    await asyncio.sleep(0)
+        finally:  # cancelled (the server is stopping): record the rest at once rather than lose it
+            while later:
+                _record(later.pop(0))
+
+
+def _record(record: Callable[[], None]) -> None:
     try:
-        await asyncio.sleep(RECORD_DELAY_S)
-    finally:  # cancelled (the server is stopping): record at once rather than lose it
-        for record in later:
-            try:
-                record()
-            except Exception:  # noqa: BLE001 - telemetry never breaks a request
-                pass
+        record()
+    except Exception:  # noqa: BLE001 - telemetry never breaks a request
+        pass
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

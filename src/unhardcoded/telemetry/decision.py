@@ -205,9 +205,12 @@ class DecisionScope:
         if later is not None and error is None:
             activated = self._token is not None
             self._detach()
-            later.append(lambda: self._record_all(decision, outcome, None, duration_s, activated, pending))
+            # Two pieces, so a server can let a request that came in meanwhile go between them.
+            later.append(lambda: self._record_spans(decision, outcome, None, duration_s, pending))
+            later.append(lambda: self._record_metrics(decision, outcome, duration_s, activated))
         else:
-            self._record_all(decision, outcome, error, duration_s, False, pending)
+            self._record_spans(decision, outcome, error, duration_s, pending)
+            self._record_metrics(decision, outcome, duration_s, False)
             self._detach()
 
     def _detach(self) -> None:
@@ -218,12 +221,11 @@ class DecisionScope:
                 count_error("detaching the decision context")
             self._token = None
 
-    def _record_all(
+    def _record_spans(
         self, decision: "Decision | None", outcome: str, error: BaseException | None, duration_s: float,
-        reactivate: bool, pending: list[Callable[[], None]],
+        pending: list[Callable[[], None]],
     ) -> None:
-        """The attempt spans, then the decision span's attributes, events and end, and the metrics; ``reactivate``
-        makes the span current again meanwhile, as it was when the decision finished (metric exemplars point at it)."""
+        """The attempt spans, then the decision span's attributes, events and end."""
         span = self.made()  # a parent before its children, for span processors that look
         for record in pending:
             record()
@@ -239,8 +241,12 @@ class DecisionScope:
                 span.end(end_time=self.start_ns + int(duration_s * 1e9))
             except Exception:  # noqa: BLE001 - telemetry never breaks a request
                 count_error("recording a decision span")
+
+    def _record_metrics(self, decision: "Decision | None", outcome: str, duration_s: float, reactivate: bool) -> None:
+        """The decision metrics; ``reactivate`` makes the span current again meanwhile, as it was when the decision
+        finished (metric exemplars point at it)."""
         if decision is not None and self.metered:
-            token = otel_context.attach(trace.set_span_in_context(span)) if reactivate else None
+            token = otel_context.attach(trace.set_span_in_context(self.span)) if reactivate else None
             try:
                 self.telemetry.metrics.record(self.layout, decision, outcome, duration_s)
             except Exception:  # noqa: BLE001
