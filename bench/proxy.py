@@ -430,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
                              "targets', so a change of machine load falls on all of them (default 3)")
     parser.add_argument("--litellm", metavar="PATH", help="the litellm executable (default: litellm on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="measure only the direct call and unhardcoded")
+    parser.add_argument("--compare", metavar="SRC", action="append", default=[],
+                        help="also run the unhardcoded of another source tree (its src/ directory, e.g. a git worktree "
+                             "of an older commit) as a target of its own, for a before/after in one run; repeatable")
     args = parser.parse_args(argv)
 
     if args.role == "provider":
@@ -464,6 +467,21 @@ def main(argv: list[str] | None = None) -> int:
             ("direct", f"{provider_url}/chat/completions", MODEL),
             ("unhardcoded", f"http://127.0.0.1:{ours_port}/v1/chat/completions", "auto"),
         ]
+        servers = {"direct": provider.pid, "unhardcoded": ours.pid}
+        for n, src in enumerate(args.compare, 1):
+            port = free_port()
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")])}
+            other = spawn([sys.executable, str(HERE), "--role", "unhardcoded", "--port", str(port),
+                           "--provider-url", provider_url], env=env)
+            procs.append(other)
+            why = wait_http(f"http://127.0.0.1:{port}/healthz", other, 30)
+            if why:
+                print(f"unhardcoded from {src} did not start: {why}", file=sys.stderr)
+                return 1
+            name = f"compare-{n}"
+            print(f"{name}: unhardcoded from {src}", file=sys.stderr)
+            targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", "auto"))
+            servers[name] = other.pid
         litellm_note = "skipped (--no-litellm)"
         if not args.no_litellm:
             workdir = Path(tempfile.mkdtemp(prefix="uh-bench-"))
@@ -474,8 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                 targets.append(("litellm", f"http://127.0.0.1:{lite_port}/chat/completions", "bench"))
 
         # Each target is charged the CPU of its own server process: the provider's for the direct call.
-        servers = {"direct": provider.pid, "unhardcoded": ours.pid}
-        if len(targets) > 2:
+        if targets[-1][0] == "litellm":
             servers["litellm"] = procs[-1].pid
         load_before = load_average()
         rounds = max(1, args.rounds)
