@@ -18,12 +18,19 @@ Memory: 100,000 decision spans whose attempt spans never come (so every
 receipt stays pending for the wait window), then the processor's RSS. Target:
 <= 300 MB.
 
-    python bench/processor.py [--decisions 4000] [--pending 100000] [--rounds 3]
+    python bench/processor.py [--decisions 4000] [--pending 100000] [--rounds 3] [--against OTHER/src]
+
+With --against, every throughput run is paired with a run of the processor
+from another tree (its ``src`` directory put on PYTHONPATH), back to back, and
+each row also prints the other tree's median and the geometric mean of the
+pairs' ratios: on a shared VM only such same-sitting pairs tell a few percent
+apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import random
 import statistics
@@ -93,9 +100,12 @@ def run_grpc(p: ProcessorProcess, payloads: list[bytes]) -> None:
     channel.close()
 
 
-def throughput(transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path) -> tuple[float, float]:
+def throughput(transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path,
+               pythonpath: str | None = None) -> tuple[float, float]:
     tmp.mkdir(parents=True, exist_ok=True)
-    p = ProcessorProcess(str(tmp / "receipts.db"), "--no-access-log", "--wait-window", "5", log=tmp / "processor.log").start()
+    env = {"PYTHONPATH": pythonpath} if pythonpath else None
+    p = ProcessorProcess(str(tmp / "receipts.db"), "--no-access-log", "--wait-window", "5", env=env,
+                         log=tmp / "processor.log").start()
     try:
         send = run_http if transport == "http" else run_grpc
         send(p, payloads[:1])  # warm up: imports, first connection, first receipts
@@ -170,6 +180,7 @@ def main() -> int:
     ap.add_argument("--decisions", type=int, default=4000)
     ap.add_argument("--pending", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3, help="runs per transport and order; the median is reported")
+    ap.add_argument("--against", metavar="SRC", help="another tree's src directory: pair every run with one of it")
     args = ap.parse_args()
     print(f"making {args.decisions} decisions ...", file=sys.stderr)
     ds, spans = decisions_with_spans(args.decisions, seed=3)
@@ -192,13 +203,23 @@ def main() -> int:
         tmp = Path(d)
         for order, payloads in orders.items():
             for transport in ("http", "grpc"):
-                runs = [throughput(transport, payloads, len(spans), len(ds), tmp / f"{order[:3]}{transport}{i}") for i in range(args.rounds)]
+                runs, others = [], []
+                for i in range(args.rounds):
+                    if args.against:
+                        others.append(throughput(transport, payloads, len(spans), len(ds), tmp / f"o{order[:3]}{transport}{i}",
+                                                 str(Path(args.against).resolve())))
+                    runs.append(throughput(transport, payloads, len(spans), len(ds), tmp / f"{order[:3]}{transport}{i}"))
                 per_core = statistics.median(r[0] for r in runs)
                 wall = statistics.median(r[1] for r in runs)
                 verdict = "ok" if per_core >= TARGET_SPANS_PER_CORE else "BELOW TARGET"
                 ok &= per_core >= TARGET_SPANS_PER_CORE
                 print(f"OTLP/{transport:<4} {order:<9}  {per_core:>9,.0f} spans/s per core (processor CPU)  {wall:>9,.0f} spans/s wall"
                       f"   target >= {TARGET_SPANS_PER_CORE:,}: {verdict}")
+                if others:
+                    ratios = [r[0] / o[0] for r, o in zip(runs, others)]
+                    geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
+                    print(f"  against {args.against}: {statistics.median(o[0] for o in others):>9,.0f} spans/s per core;"
+                          f" this / that, paired: {geomean:.3f} (geometric mean), {sum(r > 1 for r in ratios)} of {len(ratios)} faster")
         mb = memory(args.pending, tmp)
         verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
         ok &= mb <= TARGET_RSS_MB
