@@ -111,6 +111,40 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
     run_server(app, "127.0.0.1", port)  # as `unhardcoded serve` runs it: access log on, to stdout
 
 
+def run_floor(port: int, provider_url: str) -> None:
+    """The least a Python proxy here can add: a bare ASGI app on the same uvicorn, forwarding each body to the
+    provider with the proxy's own HTTP client and sending the answer back; no routing, no telemetry, no log."""
+    import uvicorn
+
+    from unhardcoded.router import http11
+
+    target = http11.target_of(provider_url + "/chat/completions")
+    pools: list[Any] = []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        if scope["path"] == "/healthz":
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b"ok"})
+            return
+        body, more = b"", True
+        while more:
+            message = await receive()
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+        if not pools:
+            pools.append(http11.ConnectionPool())
+        reply = await pools[0].request(target, b"content-type: application/json\r\n", body, 10.0, read=True)
+        data = reply.content
+        await send({"type": "http.response.start", "status": reply.status_code,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send({"type": "http.response.body", "body": data})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", lifespan="off",
+                server_header=False)
+
+
 class _Client(asyncio.Protocol):
     """One keep-alive connection of the load generator: writes the request, times it to the answer's last byte."""
 
@@ -416,7 +450,8 @@ def pct(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=["bench", "provider", "unhardcoded", "load"], default="bench", help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=["bench", "provider", "unhardcoded", "floor", "load"], default="bench",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--provider-url", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -430,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
                              "targets', so a change of machine load falls on all of them (default 3)")
     parser.add_argument("--litellm", metavar="PATH", help="the litellm executable (default: litellm on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="measure only the direct call and unhardcoded")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run a bare ASGI forwarder on the same uvicorn with the same HTTP client (no routing, "
+                             "no telemetry): what any Python proxy adds on this machine")
     parser.add_argument("--compare", metavar="SRC", action="append", default=[],
                         help="also run the unhardcoded of another source tree (its src/ directory, e.g. a git worktree "
                              "of an older commit) as a target of its own, for a before/after in one run; repeatable")
@@ -440,6 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.role == "unhardcoded":
         run_unhardcoded(args.port, args.provider_url)
+        return 0
+    if args.role == "floor":
+        run_floor(args.port, args.provider_url)
         return 0
     if args.role == "load":
         run_load(args.url, args.model, args.rate, args.count, args.seconds)
@@ -468,19 +509,23 @@ def main(argv: list[str] | None = None) -> int:
             ("unhardcoded", f"http://127.0.0.1:{ours_port}/v1/chat/completions", "auto"),
         ]
         servers = {"direct": provider.pid, "unhardcoded": ours.pid}
-        for n, src in enumerate(args.compare, 1):
+        extra = [("floor", "floor", None)] if args.floor else []
+        extra += [(f"compare-{n}", "unhardcoded", src) for n, src in enumerate(args.compare, 1)]
+        for name, role, src in extra:
             port = free_port()
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")])}
-            other = spawn([sys.executable, str(HERE), "--role", "unhardcoded", "--port", str(port),
+            env = None
+            if src is not None:
+                env = {**os.environ,
+                       "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")])}
+                print(f"{name}: unhardcoded from {src}", file=sys.stderr)
+            other = spawn([sys.executable, str(HERE), "--role", role, "--port", str(port),
                            "--provider-url", provider_url], env=env)
             procs.append(other)
             why = wait_http(f"http://127.0.0.1:{port}/healthz", other, 30)
             if why:
-                print(f"unhardcoded from {src} did not start: {why}", file=sys.stderr)
+                print(f"{name} did not start: {why}", file=sys.stderr)
                 return 1
-            name = f"compare-{n}"
-            print(f"{name}: unhardcoded from {src}", file=sys.stderr)
-            targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", "auto"))
+            targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", "auto" if src else MODEL))
             servers[name] = other.pid
         litellm_note = "skipped (--no-litellm)"
         if not args.no_litellm:
