@@ -20,6 +20,8 @@ generator has gone); the load average is printed with the table.
 
     python bench/proxy.py                       # 10 s per rate and target
     python bench/proxy.py --seconds 5 --litellm /path/to/venv/bin/litellm
+    python bench/proxy.py --floor               # also a bare forwarder: what any Python proxy adds here
+    python bench/proxy.py --compare ../old/src  # also another tree's proxy, for a before/after in one run
 
 LiteLLM is looked up as `litellm` on PATH unless --litellm names it; install it
 in a venv of its own (`python -m venv v && v/bin/pip install 'litellm[proxy]'`)
