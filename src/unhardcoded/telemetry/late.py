@@ -55,7 +55,7 @@ class LateSpan:
                  "current", "_span", "above")
 
     def __init__(self, tracer: Any, preset: "_Preset", name: str, kind: SpanKind, parent: Context | None,
-                 attributes: Mapping[str, Any] | None, context: SpanContext, result: Any) -> None:
+                 above: Span, attributes: Mapping[str, Any] | None, context: SpanContext, result: Any) -> None:
         self._tracer = tracer
         self._preset = preset
         self.name = name
@@ -67,8 +67,8 @@ class LateSpan:
         self.result = result
         self.current = _Pending(context, self)
         self._span: Span | None = None
-        # A parent begun late is made before this span, so span processors see spans start parent first.
-        above = trace.get_current_span(parent)
+        # A parent begun late (``above`` is the span current in ``parent``) is made before this span, so span
+        # processors see spans start parent first.
         self.above: LateSpan | None = above.late if isinstance(above, _Pending) else None
 
     @property
@@ -194,11 +194,12 @@ class LateSpans:
         enabled = getattr(sdk, "_is_enabled", None)
         if enabled is not None and not enabled():
             return None
-        parent = trace.get_current_span(context).get_span_context()
+        above = trace.get_current_span(context)
+        parent = above.get_span_context()
         ids = sdk.id_generator.inner
         if parent is None or not parent.is_valid:
             trace_id = ids.generate_trace_id()
-            random_trace_id = bool(getattr(ids, "is_trace_id_random", lambda: False)())
+            random_trace_id = sdk.id_generator.is_trace_id_random()
         else:
             trace_id = parent.trace_id
             random_trace_id = bool(getattr(parent.trace_flags, "random_trace_id", False))
@@ -208,4 +209,4 @@ class LateSpans:
             flags |= _RANDOM_TRACE_ID
         span_context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
                                    trace_flags=TraceFlags(flags), trace_state=result.trace_state)
-        return LateSpan(sdk, self._preset, name, kind, context, attributes, span_context, result)
+        return LateSpan(sdk, self._preset, name, kind, context, above, attributes, span_context, result)
