@@ -58,8 +58,20 @@ LINEAR_SLACK = 1.5
 
 MODEL_GROUP = "bench"
 
-PROVIDERS = ("openai", "anthropic", "google", "mistral", "deepseek", "meta", "cohere", "xai",
-             "alibaba", "amazon", "ai21", "moonshot")
+PROVIDERS = (
+    "openai",
+    "anthropic",
+    "google",
+    "mistral",
+    "deepseek",
+    "meta",
+    "cohere",
+    "xai",
+    "alibaba",
+    "amazon",
+    "ai21",
+    "moonshot",
+)
 FAMILIES = ("nano", "mini", "flash", "small", "medium", "pro", "large", "ultra")
 REGIONS = ("us", "eu", "apac", "ca", "uk", "me")
 CONTEXT_WINDOWS = (16_384, 32_768, 65_536, 128_000, 200_000, 1_000_000)
@@ -105,11 +117,21 @@ def make_policy_document(catalog_doc: dict[str, Any]) -> dict[str, Any]:
     """The 8-rule policy: capabilities, quality floor, price ceiling, context, EU region, latency, providers."""
     models = catalog_doc["models"]
     # A fallback cascade and a baseline that exist in every catalog: good, expensive models.
-    strong = sorted((m for m in models if m.get("bench_intelligence", 0) >= 0.6 and m["supports_tools"]
-                     and m["supports_vision"] and "eu" in m["regions"] and m["provider"] not in ("xai", "moonshot")
-                     and m["context_window"] >= 32_000 and m["latency_p50_ms"] <= 3_000
-                     and m["price_output_per_mtok"] <= 25),
-                    key=lambda m: (-m["bench_intelligence"], m["id"]))
+    strong = sorted(
+        (
+            m
+            for m in models
+            if m.get("bench_intelligence", 0) >= 0.6
+            and m["supports_tools"]
+            and m["supports_vision"]
+            and "eu" in m["regions"]
+            and m["provider"] not in ("xai", "moonshot")
+            and m["context_window"] >= 32_000
+            and m["latency_p50_ms"] <= 3_000
+            and m["price_output_per_mtok"] <= 25
+        ),
+        key=lambda m: (-m["bench_intelligence"], m["id"]),
+    )
     fallback = [m["id"] for m in strong[:2]]
     baseline = max(models, key=lambda m: (m["price_output_per_mtok"], m["id"]))["id"]
     return {
@@ -132,10 +154,32 @@ def make_policy_document(catalog_doc: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_WORDS = ("the", "order", "refund", "account", "shipping", "invoice", "please", "help", "error", "password",
-          "delivery", "customer", "update", "cancel", "subscription", "thanks")
-_TOOL = {"type": "function", "function": {"name": "lookup_order", "description": "Find an order by id",
-                                            "parameters": {"type": "object", "properties": {"id": {"type": "string"}}}}}
+_WORDS = (
+    "the",
+    "order",
+    "refund",
+    "account",
+    "shipping",
+    "invoice",
+    "please",
+    "help",
+    "error",
+    "password",
+    "delivery",
+    "customer",
+    "update",
+    "cancel",
+    "subscription",
+    "thanks",
+)
+_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "lookup_order",
+        "description": "Find an order by id",
+        "parameters": {"type": "object", "properties": {"id": {"type": "string"}}},
+    },
+}
 
 
 def make_requests(n: int = 64, seed: int = 3) -> list[dict[str, Any]]:
@@ -147,10 +191,17 @@ def make_requests(n: int = 64, seed: int = 3) -> list[dict[str, Any]]:
         text = " ".join(rng.choice(_WORDS) for _ in range(words))
         user: dict[str, Any] = {"role": "user", "content": text}
         if rng.random() < 0.2:
-            user = {"role": "user", "content": [{"type": "text", "text": text},
-                                                {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}}]}
-        body: dict[str, Any] = {"model": MODEL_GROUP,
-                                "messages": [{"role": "system", "content": "You are a support agent."}, user]}
+            user = {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": text},
+                    {"type": "image_url", "image_url": {"url": "https://example.invalid/a.png"}},
+                ],
+            }
+        body: dict[str, Any] = {
+            "model": MODEL_GROUP,
+            "messages": [{"role": "system", "content": "You are a support agent."}, user],
+        }
         if rng.random() < 0.6:
             body["tools"] = [_TOOL]
         if rng.random() < 0.5:
@@ -223,8 +274,9 @@ class Timed:
 MIN_SAMPLES = 100
 
 
-def measure(timers: dict[str, Timed], iterations: int, warmup: int, budget_s: float,
-            rounds: int = 10) -> dict[str, tuple[int, int]]:
+def measure(
+    timers: dict[str, Timed], iterations: int, warmup: int, budget_s: float, rounds: int = 10
+) -> dict[str, tuple[int, int]]:
     """Warm every timer up, then take up to ``iterations`` samples of each, interleaved in ``rounds`` so that
     a change in machine load over the run is shared by every router instead of landing on one.
 
@@ -294,17 +346,19 @@ def litellm_model_list(catalog_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One deployment per catalog model in one model group, priced as the catalog prices it; never called."""
     out = []
     for m in catalog_doc["models"]:
-        out.append({
-            "model_name": MODEL_GROUP,
-            "litellm_params": {
-                "model": f"openai/{m['id']}",
-                "api_key": "sk-bench-not-a-key",
-                "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
-                "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
-                "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
-            },
-            "model_info": {"id": m["id"]},
-        })
+        out.append(
+            {
+                "model_name": MODEL_GROUP,
+                "litellm_params": {
+                    "model": f"openai/{m['id']}",
+                    "api_key": "sk-bench-not-a-key",
+                    "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
+                    "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
+                    "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
+                },
+                "model_info": {"id": m["id"]},
+            }
+        )
     return out
 
 
@@ -317,6 +371,7 @@ def litellm_timer(litellm: Any, catalog_doc: dict[str, Any], bodies: list[dict[s
     messages = [b["messages"] for b in bodies]
     n = len(messages)
     if strategy in ASYNC_ONLY:
+
         def acall(i: int) -> Any:
             return router.async_get_available_deployment(model=MODEL_GROUP, messages=messages[i % n], request_kwargs={})
 
@@ -347,14 +402,22 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", default=",".join(map(str, DEFAULT_SIZES)),
-                    help="comma-separated catalog sizes (default: %(default)s)")
-    ap.add_argument("--iterations", type=int, default=None,
-                    help="timed decisions per size and router (default 5000, --quick 500)")
+    ap.add_argument(
+        "--sizes",
+        default=",".join(map(str, DEFAULT_SIZES)),
+        help="comma-separated catalog sizes (default: %(default)s)",
+    )
+    ap.add_argument(
+        "--iterations", type=int, default=None, help="timed decisions per size and router (default 5000, --quick 500)"
+    )
     ap.add_argument("--quick", action="store_true", help="fewer iterations, simple-shuffle only for LiteLLM")
-    ap.add_argument("--budget", type=float, default=None,
-                    help="seconds of timed calls per size and router, at most (default 15, --quick 3); "
-                         "a slower router gets fewer calls, never under %d" % MIN_SAMPLES)
+    ap.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds of timed calls per size and router, at most (default 15, --quick 3); "
+        "a slower router gets fewer calls, never under %d" % MIN_SAMPLES,
+    )
     ap.add_argument("--no-litellm", action="store_true", help="time ours only")
     ap.add_argument("--require-litellm", action="store_true", help="exit 2 if LiteLLM cannot be imported")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
@@ -376,16 +439,22 @@ def main(argv: list[str] | None = None) -> int:
 
     litellm, why = (None, "--no-litellm") if args.no_litellm else import_litellm()
     if litellm is None:
-        print(f"LiteLLM NOT available ({why}): printing our figures only."
-              + ("" if args.no_litellm else " Install it with: pip install -e '.[bench]'"), file=sys.stderr)
+        print(
+            f"LiteLLM NOT available ({why}): printing our figures only."
+            + ("" if args.no_litellm else " Install it with: pip install -e '.[bench]'"),
+            file=sys.stderr,
+        )
         if args.require_litellm:
             return 2
 
     bodies = make_requests()
-    print(f"decision time: up to {iterations} timed calls per size and router (at most {budget:g} s of them) after "
-          f"{warmup} warm-up, interleaved in 10 rounds; "
-          f"Python {sys.version.split()[0]}" + (f"; litellm {_litellm_version()}" if litellm else "")
-          + f"; {os.cpu_count()} CPUs, load average {_load()}")
+    print(
+        f"decision time: up to {iterations} timed calls per size and router (at most {budget:g} s of them) after "
+        f"{warmup} warm-up, interleaved in 10 rounds; "
+        f"Python {sys.version.split()[0]}"
+        + (f"; litellm {_litellm_version()}" if litellm else "")
+        + f"; {os.cpu_count()} CPUs, load average {_load()}"
+    )
     # (p50 ns, p99 ns, calls timed)
     ours: dict[int, tuple[int, int, int]] = {}
     ours_router: dict[int, tuple[int, int, int]] = {}
@@ -404,9 +473,12 @@ def main(argv: list[str] | None = None) -> int:
         ours_router[size] = results["ours-router"]
         for strategy in strategies if litellm is not None else ():
             theirs[(size, strategy)] = results[strategy]
-        print(f"  {size} models: ours p50 {fmt(ours[size][0])}"
-              + (f", LiteLLM simple-shuffle p50 {fmt(theirs[(size, strategies[0])][0])}" if litellm else ""),
-              file=sys.stderr, flush=True)
+        print(
+            f"  {size} models: ours p50 {fmt(ours[size][0])}"
+            + (f", LiteLLM simple-shuffle p50 {fmt(theirs[(size, strategies[0])][0])}" if litellm else ""),
+            file=sys.stderr,
+            flush=True,
+        )
 
     print()
     print("policy: 8 rules, rank by cost asc then bench_intelligence desc, 2-model fallback; 64 request bodies")
@@ -416,15 +488,43 @@ def main(argv: list[str] | None = None) -> int:
     for size in sizes:
         p50, p99, _ = ours[size]
         lt = theirs.get((size, "simple-shuffle"))
-        rows.append([str(size), fmt(p50), fmt(p99), fmt(lt[0] if lt else None), fmt(lt[1] if lt else None),
-                     str(lt[2]) if lt else "-", f"{lt[0] / p50:.1f}x" if lt else "-", f"{p50 / size:.0f} ns",
-                     fmt(ours_router[size][0]), fmt(ours_router[size][1])])
-    print("ours = CompiledPolicy.decide(features_from_request(body)), policy compiled once and fetched from the Router's cache")
+        rows.append(
+            [
+                str(size),
+                fmt(p50),
+                fmt(p99),
+                fmt(lt[0] if lt else None),
+                fmt(lt[1] if lt else None),
+                str(lt[2]) if lt else "-",
+                f"{lt[0] / p50:.1f}x" if lt else "-",
+                f"{p50 / size:.0f} ns",
+                fmt(ours_router[size][0]),
+                fmt(ours_router[size][1]),
+            ]
+        )
+    print(
+        "ours = CompiledPolicy.decide(features_from_request(body)), policy compiled once and fetched from the Router's cache"
+    )
     print("LiteLLM = Router.get_available_deployment(model, messages), simple-shuffle (its default)")
     print("via Router.decide = ours plus the decision span and metrics (OpenTelemetry API, no SDK configured)")
     print(f"ours: {', '.join(str(ours[s][2]) for s in sizes)} calls timed per size")
-    print(table(["models", "ours p50", "ours p99", "LiteLLM p50", "LiteLLM p99", "calls", "ratio p50", "ours p50/model",
-                 "via Router.decide p50", "p99"], rows))
+    print(
+        table(
+            [
+                "models",
+                "ours p50",
+                "ours p99",
+                "LiteLLM p50",
+                "LiteLLM p99",
+                "calls",
+                "ratio p50",
+                "ours p50/model",
+                "via Router.decide p50",
+                "p99",
+            ],
+            rows,
+        )
+    )
     if litellm is not None and len(strategies) > 1:
         print()
         print("other LiteLLM routing strategies (cost-based-routing is async-only: async_get_available_deployment)")
@@ -457,16 +557,21 @@ def main(argv: list[str] | None = None) -> int:
     if len(big) >= 2:
         per_model = {s: ours[s][0] / s for s in big}
         worst = per_model[big[-1]] / min(per_model.values())
-        verdict(worst <= LINEAR_SLACK,
-                f"linear growth: p50/model at {big[-1]} is {worst:.2f}x the best p50/model over sizes >= 100 "
-                f"(<= {LINEAR_SLACK}x); p50 {big[0]}->{big[-1]} grew {ours[big[-1]][0] / ours[big[0]][0]:.1f}x "
-                f"for {big[-1] / big[0]:.0f}x models")
+        verdict(
+            worst <= LINEAR_SLACK,
+            f"linear growth: p50/model at {big[-1]} is {worst:.2f}x the best p50/model over sizes >= 100 "
+            f"(<= {LINEAR_SLACK}x); p50 {big[0]}->{big[-1]} grew {ours[big[-1]][0] / ours[big[0]][0]:.1f}x "
+            f"for {big[-1] / big[0]:.0f}x models",
+        )
     else:
         verdict(None, "linear growth: needs two sizes >= 100")
     if litellm is not None:
         behind = [f"{s} ({strategy})" for (s, strategy), (p50, _, _) in theirs.items() if p50 <= ours[s][0]]
-        verdict(not behind, "ahead of LiteLLM at every size and strategy (p50)"
-                + (f": behind at {', '.join(behind)}" if behind else ""))
+        verdict(
+            not behind,
+            "ahead of LiteLLM at every size and strategy (p50)"
+            + (f": behind at {', '.join(behind)}" if behind else ""),
+        )
     else:
         verdict(None, "ahead of LiteLLM at every size: LiteLLM not available")
     return 1 if (args.check and missed) else 0

@@ -71,7 +71,7 @@ def exports(spans: list, seed: int) -> list[bytes]:
     spans = list(spans)
     out = []
     for i in range(0, len(spans), EXPORT_SPANS):
-        out.append(L.otlp_bytes(spans[i:i + EXPORT_SPANS]))
+        out.append(L.otlp_bytes(spans[i : i + EXPORT_SPANS]))
     return out
 
 
@@ -100,12 +100,14 @@ def run_grpc(p: ProcessorProcess, payloads: list[bytes]) -> None:
     channel.close()
 
 
-def throughput(transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path,
-               pythonpath: str | None = None) -> tuple[float, float]:
+def throughput(
+    transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path, pythonpath: str | None = None
+) -> tuple[float, float]:
     tmp.mkdir(parents=True, exist_ok=True)
     env = {"PYTHONPATH": pythonpath} if pythonpath else None
-    p = ProcessorProcess(str(tmp / "receipts.db"), "--no-access-log", "--wait-window", "5", env=env,
-                         log=tmp / "processor.log").start()
+    p = ProcessorProcess(
+        str(tmp / "receipts.db"), "--no-access-log", "--wait-window", "5", env=env, log=tmp / "processor.log"
+    ).start()
     try:
         send = run_http if transport == "http" else run_grpc
         send(p, payloads[:1])  # warm up: imports, first connection, first receipts
@@ -125,7 +127,9 @@ def throughput(transport: str, payloads: list[bytes], spans: int, receipts: int,
 def pending_payloads(n: int, seed: int) -> list[bytes]:
     """``n`` decision spans (copies of real ones, each its own trace and request) whose attempts never come."""
     ds, spans = decisions_with_spans(200, seed=seed, hops=1)
-    template = ExportTraceServiceRequest.FromString(L.otlp_bytes([s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes]))
+    template = ExportTraceServiceRequest.FromString(
+        L.otlp_bytes([s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes])
+    )
     originals = [s for rs in template.resource_spans for ss in rs.scope_spans for s in ss.spans]
     rng = random.Random(seed)
     out, batch = [], ExportTraceServiceRequest()
@@ -151,8 +155,15 @@ def pending_payloads(n: int, seed: int) -> list[bytes]:
 
 
 def memory(n: int, tmp: Path) -> float:
-    p = ProcessorProcess(str(tmp / "pending.db"), "--no-access-log", "--wait-window", "3600",
-                         "--max-pending-spans", str(n * 2), log=tmp / "pending.log").start()
+    p = ProcessorProcess(
+        str(tmp / "pending.db"),
+        "--no-access-log",
+        "--wait-window",
+        "3600",
+        "--max-pending-spans",
+        str(n * 2),
+        log=tmp / "pending.log",
+    ).start()
     try:
         run_http(p, pending_payloads(n, seed=9))
         deadline = time.monotonic() + 120
@@ -195,9 +206,11 @@ def main() -> int:
         "scattered": exports(scattered, 1),
     }
     n_exports = len(orders["sdk order"])
-    print(f"{len(spans)} spans in {n_exports} exports of <= {EXPORT_SPANS}; cores: {os.cpu_count()}; "
-          f"median of {args.rounds} runs each; load average {os.getloadavg()[0]:.1f}; "
-          f"reference loop {reference_loop_s():.2f} s CPU (smaller is a faster machine)")
+    print(
+        f"{len(spans)} spans in {n_exports} exports of <= {EXPORT_SPANS}; cores: {os.cpu_count()}; "
+        f"median of {args.rounds} runs each; load average {os.getloadavg()[0]:.1f}; "
+        f"reference loop {reference_loop_s():.2f} s CPU (smaller is a faster machine)"
+    )
     ok = True
     with tempfile.TemporaryDirectory(prefix="unhardcoded-bench-") as d:
         tmp = Path(d)
@@ -206,20 +219,34 @@ def main() -> int:
                 runs, others = [], []
                 for i in range(args.rounds):
                     if args.against:
-                        others.append(throughput(transport, payloads, len(spans), len(ds), tmp / f"o{order[:3]}{transport}{i}",
-                                                 str(Path(args.against).resolve())))
-                    runs.append(throughput(transport, payloads, len(spans), len(ds), tmp / f"{order[:3]}{transport}{i}"))
+                        others.append(
+                            throughput(
+                                transport,
+                                payloads,
+                                len(spans),
+                                len(ds),
+                                tmp / f"o{order[:3]}{transport}{i}",
+                                str(Path(args.against).resolve()),
+                            )
+                        )
+                    runs.append(
+                        throughput(transport, payloads, len(spans), len(ds), tmp / f"{order[:3]}{transport}{i}")
+                    )
                 per_core = statistics.median(r[0] for r in runs)
                 wall = statistics.median(r[1] for r in runs)
                 verdict = "ok" if per_core >= TARGET_SPANS_PER_CORE else "BELOW TARGET"
                 ok &= per_core >= TARGET_SPANS_PER_CORE
-                print(f"OTLP/{transport:<4} {order:<9}  {per_core:>9,.0f} spans/s per core (processor CPU)  {wall:>9,.0f} spans/s wall"
-                      f"   target >= {TARGET_SPANS_PER_CORE:,}: {verdict}")
+                print(
+                    f"OTLP/{transport:<4} {order:<9}  {per_core:>9,.0f} spans/s per core (processor CPU)  {wall:>9,.0f} spans/s wall"
+                    f"   target >= {TARGET_SPANS_PER_CORE:,}: {verdict}"
+                )
                 if others:
                     ratios = [r[0] / o[0] for r, o in zip(runs, others)]
                     geomean = math.exp(sum(map(math.log, ratios)) / len(ratios))
-                    print(f"  against {args.against}: {statistics.median(o[0] for o in others):>9,.0f} spans/s per core;"
-                          f" this / that, paired: {geomean:.3f} (geometric mean), {sum(r > 1 for r in ratios)} of {len(ratios)} faster")
+                    print(
+                        f"  against {args.against}: {statistics.median(o[0] for o in others):>9,.0f} spans/s per core;"
+                        f" this / that, paired: {geomean:.3f} (geometric mean), {sum(r > 1 for r in ratios)} of {len(ratios)} faster"
+                    )
         mb = memory(args.pending, tmp)
         verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
         ok &= mb <= TARGET_RSS_MB

@@ -62,12 +62,23 @@ def run_provider(port: int) -> None:
     """A minimal OpenAI-compatible provider: a fixed completion, as fast as uvicorn answers."""
     import uvicorn
 
-    answer = json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": 1700000000, "model": MODEL,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "It is on its way."},
-                     "finish_reason": "stop", "logprobs": None}],
-        "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
-    }).encode()
+    answer = json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": MODEL,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "It is on its way."},
+                    "finish_reason": "stop",
+                    "logprobs": None,
+                }
+            ],
+            "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
+        }
+    ).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
@@ -139,12 +150,18 @@ def run_floor(port: int, provider_url: str) -> None:
             pools.append(http11.ConnectionPool())
         reply = await pools[0].request(target, b"content-type: application/json\r\n", body, 10.0, read=True)
         data = reply.content
-        await send({"type": "http.response.start", "status": reply.status_code,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": reply.status_code,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())],
+            }
+        )
         await send({"type": "http.response.body", "body": data})
 
-    uvicorn.run(app, host="127.0.0.1", port=port, access_log=False, log_level="warning", lifespan="off",
-                server_header=False)
+    uvicorn.run(
+        app, host="127.0.0.1", port=port, access_log=False, log_level="warning", lifespan="off", server_header=False
+    )
 
 
 class _Client(asyncio.Protocol):
@@ -300,8 +317,12 @@ async def _load(url: str, body: dict[str, Any], rate: float, count: int, max_sec
     for client in list(load.idle):
         if client.transport is not None:
             client.transport.close()
-    return {"latencies": load.latencies, "errors": load.errors + unanswered, "sent": sent,
-            "seconds": time.perf_counter() - start}
+    return {
+        "latencies": load.latencies,
+        "errors": load.errors + unanswered,
+        "sent": sent,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def run_load(url: str, model: str, rate: float, count: int, max_seconds: float) -> None:
@@ -353,7 +374,9 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def start_litellm(binary: str | None, provider_url: str, port: int, workdir: Path) -> tuple[subprocess.Popen | None, str]:
+def start_litellm(
+    binary: str | None, provider_url: str, port: int, workdir: Path
+) -> tuple[subprocess.Popen | None, str]:
     exe = binary or shutil.which("litellm")
     if exe is None:
         return None, "litellm not found (pip install 'litellm[proxy]' in a venv, then --litellm PATH)"
@@ -370,13 +393,21 @@ def start_litellm(binary: str | None, provider_url: str, port: int, workdir: Pat
         "  set_verbose: false\n"
     )
     # Loopback only and no auth, like the unhardcoded proxy here: the flag LiteLLM asks for to run without a master key.
-    env = {**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true",
-           "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true"}
-    proc = spawn([exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
-                 env=env, cwd=workdir)
+    env = {
+        **os.environ,
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "true",
+        "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    }
+    proc = spawn(
+        [exe, "--config", str(config), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"],
+        env=env,
+        cwd=workdir,
+    )
     why = wait_http(f"http://127.0.0.1:{port}/health/liveliness", proc, timeout=120)
     if why is not None:
-        err = (proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else "")
+        err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None and proc.stderr else ""
         stop(proc)
         tail = " ".join(err.strip().splitlines()[-2:])[:300]
         return None, f"litellm proxy did not start: {why}" + (f" ({tail})" if tail else "")
@@ -405,9 +436,25 @@ def measure(url: str, model: str, rate: float, seconds: float, server: int) -> d
     count = int(rate * seconds)
     cpu0 = cpu_seconds(server)
     out = subprocess.run(
-        [sys.executable, str(HERE), "--role", "load", "--url", url, "--model", model, "--rate", str(rate),
-         "--count", str(count), "--seconds", str(seconds * 2)],
-        capture_output=True, text=True, timeout=seconds * 2 + 60,
+        [
+            sys.executable,
+            str(HERE),
+            "--role",
+            "load",
+            "--url",
+            url,
+            "--model",
+            model,
+            "--rate",
+            str(rate),
+            "--count",
+            str(count),
+            "--seconds",
+            str(seconds * 2),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds * 2 + 60,
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
@@ -452,8 +499,9 @@ def pct(values: list[float], q: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=["bench", "provider", "unhardcoded", "floor", "load"], default="bench",
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--role", choices=["bench", "provider", "unhardcoded", "floor", "load"], default="bench", help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--provider-url", help=argparse.SUPPRESS)
     parser.add_argument("--url", help=argparse.SUPPRESS)
@@ -462,17 +510,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--rates", default="50,200", help="requests per second to test (default 50,200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per rate and target (default 10)")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="split each target's seconds into this many runs, taken in turn with the other "
-                             "targets', so a change of machine load falls on all of them (default 3)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="split each target's seconds into this many runs, taken in turn with the other "
+        "targets', so a change of machine load falls on all of them (default 3)",
+    )
     parser.add_argument("--litellm", metavar="PATH", help="the litellm executable (default: litellm on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="measure only the direct call and unhardcoded")
-    parser.add_argument("--floor", action="store_true",
-                        help="also run a bare ASGI forwarder on the same uvicorn with the same HTTP client (no routing, "
-                             "no telemetry): what any Python proxy adds on this machine")
-    parser.add_argument("--compare", metavar="SRC", action="append", default=[],
-                        help="also run the unhardcoded of another source tree (its src/ directory, e.g. a git worktree "
-                             "of an older commit) as a target of its own, for a before/after in one run; repeatable")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also run a bare ASGI forwarder on the same uvicorn with the same HTTP client (no routing, "
+        "no telemetry): what any Python proxy adds on this machine",
+    )
+    parser.add_argument(
+        "--compare",
+        metavar="SRC",
+        action="append",
+        default=[],
+        help="also run the unhardcoded of another source tree (its src/ directory, e.g. a git worktree "
+        "of an older commit) as a target of its own, for a before/after in one run; repeatable",
+    )
     args = parser.parse_args(argv)
 
     if args.role == "provider":
@@ -499,8 +559,18 @@ def main(argv: list[str] | None = None) -> int:
         if why:
             print(f"provider did not start: {why}", file=sys.stderr)
             return 1
-        ours = spawn([sys.executable, str(HERE), "--role", "unhardcoded", "--port", str(ours_port),
-                      "--provider-url", provider_url])
+        ours = spawn(
+            [
+                sys.executable,
+                str(HERE),
+                "--role",
+                "unhardcoded",
+                "--port",
+                str(ours_port),
+                "--provider-url",
+                provider_url,
+            ]
+        )
         procs.append(ours)
         why = wait_http(f"http://127.0.0.1:{ours_port}/healthz", ours, 30)
         if why:
@@ -517,11 +587,15 @@ def main(argv: list[str] | None = None) -> int:
             port = free_port()
             env = None
             if src is not None:
-                env = {**os.environ,
-                       "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")])}
+                env = {
+                    **os.environ,
+                    "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")]),
+                }
                 print(f"{name}: unhardcoded from {src}", file=sys.stderr)
-            other = spawn([sys.executable, str(HERE), "--role", role, "--port", str(port),
-                           "--provider-url", provider_url], env=env)
+            other = spawn(
+                [sys.executable, str(HERE), "--role", role, "--port", str(port), "--provider-url", provider_url],
+                env=env,
+            )
             procs.append(other)
             why = wait_http(f"http://127.0.0.1:{port}/healthz", other, 30)
             if why:
@@ -547,10 +621,14 @@ def main(argv: list[str] | None = None) -> int:
         for rate in rates:
             for i in range(rounds):
                 for name, url, model in targets:
-                    print(f"  {name:<12} {rate:>5g} req/s for {args.seconds / rounds:g} s (round {i + 1}/{rounds}) ...",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"  {name:<12} {rate:>5g} req/s for {args.seconds / rounds:g} s (round {i + 1}/{rounds}) ...",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     runs.setdefault((name, rate), []).append(
-                        measure(url, model, rate, args.seconds / rounds, servers[name]))
+                        measure(url, model, rate, args.seconds / rounds, servers[name])
+                    )
                     settle(list(servers.values()))
         load_after = load_average()
     finally:
@@ -559,10 +637,14 @@ def main(argv: list[str] | None = None) -> int:
     results = {key: merge(value) for key, value in runs.items()}
 
     print()
-    print(f"Latency added over calling the provider directly (loopback, open loop, {args.seconds:g} s per row in "
-          f"{rounds} rounds; ms)")
-    print(f"{'target':<12} {'rate':>6} {'sent':>6} {'errors':>6} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p99':>8} "
-          f"{'cpu/req':>8}")
+    print(
+        f"Latency added over calling the provider directly (loopback, open loop, {args.seconds:g} s per row in "
+        f"{rounds} rounds; ms)"
+    )
+    print(
+        f"{'target':<12} {'rate':>6} {'sent':>6} {'errors':>6} {'p50':>8} {'p99':>8} {'+p50':>8} {'+p99':>8} "
+        f"{'cpu/req':>8}"
+    )
     for rate in rates:
         base = results[("direct", rate)]["latencies"]
         b50, b99 = pct(base, 50), pct(base, 99)
@@ -573,8 +655,10 @@ def main(argv: list[str] | None = None) -> int:
             add50 = "" if name == "direct" else f"{p50 - b50:8.2f}"
             add99 = "" if name == "direct" else f"{p99 - b99:8.2f}"
             cpu = f"{1000 * r['cpu_s'] / r['counted']:8.2f}" if r["counted"] else ""
-            print(f"{name:<12} {rate:>6g} {r['sent']:>6} {r['errors']:>6} {p50:8.2f} {p99:8.2f} {add50:>8} {add99:>8} "
-                  f"{cpu:>8}")
+            print(
+                f"{name:<12} {rate:>6g} {r['sent']:>6} {r['errors']:>6} {p50:8.2f} {p99:8.2f} {add50:>8} {add99:>8} "
+                f"{cpu:>8}"
+            )
     if not any(name == "litellm" for name, _, _ in targets):
         print(f"\nLiteLLM: {litellm_note}")
     print("\ncpu/req: CPU ms per request of the target's own server process (the provider's, for direct)")

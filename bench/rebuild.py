@@ -43,31 +43,54 @@ COLLECTOR_FORWARDING = "10-15k"
 BATCH_SPANS = 512
 
 
-
 def make_decisions(n: int, seed: int = 1) -> list[Decision]:
     rng = random.Random(seed)
     catalog = Catalog.builtin()
     compiled = CompiledPolicy(validate_policy(POLICY, catalog), catalog)
     out = []
     for i in range(n):
-        d = compiled.decide(RequestFeatures(input_tokens=rng.randint(200, 4000), output_tokens=512, uses_tools=True),
-                            request_id=f"req_{i:016x}")
+        d = compiled.decide(
+            RequestFeatures(input_tokens=rng.randint(200, 4000), output_tokens=512, uses_tools=True),
+            request_id=f"req_{i:016x}",
+        )
         assert len(d.rejected) == 10, len(d.rejected)
         plan = [d.selected.model, *d.fallback_chain]
         hops = rng.choice([0, 0, 0, 1, 2])
         for h in range(hops):
-            d.attempts.append(Attempt(index=h, model=plan[h], provider=catalog.model(plan[h]).provider,
-                                      role="selected" if h == 0 else "fallback", status="error", error_type="503",
-                                      duration_ms=rng.uniform(50, 900)))
+            d.attempts.append(
+                Attempt(
+                    index=h,
+                    model=plan[h],
+                    provider=catalog.model(plan[h]).provider,
+                    role="selected" if h == 0 else "fallback",
+                    status="error",
+                    error_type="503",
+                    duration_ms=rng.uniform(50, 900),
+                )
+            )
             d.hops.append(FallbackHop(from_=plan[h], to=plan[h + 1], reason="error"))
         model = plan[hops]
-        d.attempts.append(Attempt(index=hops, model=model, provider=catalog.model(model).provider,
-                                  role="selected" if hops == 0 else "fallback", status="ok",
-                                  duration_ms=rng.uniform(200, 2000), input_tokens=d.features.input_tokens, output_tokens=300))
+        d.attempts.append(
+            Attempt(
+                index=hops,
+                model=model,
+                provider=catalog.model(model).provider,
+                role="selected" if hops == 0 else "fallback",
+                status="ok",
+                duration_ms=rng.uniform(200, 2000),
+                input_tokens=d.features.input_tokens,
+                output_tokens=300,
+            )
+        )
         d.outcome, d.answered_by = "answered", model
         d.latency_ms = sum(a.duration_ms for a in d.attempts) + 2.5
-        d.cost = price(estimate_cost(catalog.model(model), d.features.input_tokens, 300), catalog, "gpt-5.5",
-                       d.features.input_tokens, 300)
+        d.cost = price(
+            estimate_cost(catalog.model(model), d.features.input_tokens, 300),
+            catalog,
+            "gpt-5.5",
+            d.features.input_tokens,
+            300,
+        )
         out.append(d)
     return out
 
@@ -121,21 +144,34 @@ def main() -> None:
     best, median = min(times), statistics.median(times)
     spans_per_s = spans / median
     print(f"rebuild from OTLP protobuf, one core, python {sys.version.split()[0]}")
-    print(f"  {len(decisions)} decisions = {spans} spans (10 rejection events each, 1-3 attempts) "
-          f"in {len(data)} payloads, {size / 1e6:.1f} MB")
-    print(f"  median of {args.rounds} rounds: {median * 1000:.0f} ms CPU (best {best * 1000:.0f} ms; "
-          f"wall {statistics.median(walls) * 1000:.0f} ms)")
-    print(f"  receipts rebuilt: {len(decisions) / median:,.0f}/s   spans: {spans_per_s:,.0f}/s "
-          f"({median / len(decisions) * 1e6:.0f} µs per decision)")
+    print(
+        f"  {len(decisions)} decisions = {spans} spans (10 rejection events each, 1-3 attempts) "
+        f"in {len(data)} payloads, {size / 1e6:.1f} MB"
+    )
+    print(
+        f"  median of {args.rounds} rounds: {median * 1000:.0f} ms CPU (best {best * 1000:.0f} ms; "
+        f"wall {statistics.median(walls) * 1000:.0f} ms)"
+    )
+    print(
+        f"  receipts rebuilt: {len(decisions) / median:,.0f}/s   spans: {spans_per_s:,.0f}/s "
+        f"({median / len(decisions) * 1e6:.0f} µs per decision)"
+    )
     best_spans = spans / best
-    print(f"  best round: {len(decisions) / best:,.0f} receipts/s, {best_spans:,.0f} spans/s; "
-          f"first pass (cold caches): {spans / cold:,.0f} spans/s")
+    print(
+        f"  best round: {len(decisions) / best:,.0f} receipts/s, {best_spans:,.0f} spans/s; "
+        f"first pass (cold caches): {spans / cold:,.0f} spans/s"
+    )
     verdict = "meets" if spans_per_s >= TARGET_SPANS_PER_S else "MISSES"
-    print(f"  target ≥ {TARGET_SPANS_PER_S:,} spans/s per core: the median {verdict} it "
-          f"({spans_per_s / TARGET_SPANS_PER_S:.2f}x); the Collector forwards {COLLECTOR_FORWARDING} spans/s per core")
+    print(
+        f"  target ≥ {TARGET_SPANS_PER_S:,} spans/s per core: the median {verdict} it "
+        f"({spans_per_s / TARGET_SPANS_PER_S:.2f}x); the Collector forwards {COLLECTOR_FORWARDING} spans/s per core"
+    )
     if hasattr(os, "getloadavg"):
         load = os.getloadavg()[0]
-        print(f"  machine load average {load:.1f} on {os.cpu_count()} CPUs" + ("  (busy: figures are pessimistic)" if load > 1 else ""))
+        print(
+            f"  machine load average {load:.1f} on {os.cpu_count()} CPUs"
+            + ("  (busy: figures are pessimistic)" if load > 1 else "")
+        )
 
 
 if __name__ == "__main__":

@@ -117,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             current_workflow()
             with telemetry.decision(compiled) as scope:
                 scope.finish(decision)
+
         return run
 
     attrs, events, _ = PolicyLayout(compiled).decision_attributes(decision, decision.outcome)
@@ -144,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         noop_tracer.start_span(name).end()
 
     none = timed_rounds({"telemetry": emit(ours_none), "noop_span": noop_span}, n, r)
-    whole = timed_rounds({"router": lambda: router.decide(policy, features), "engine": lambda: compiled.decide(features)},
-                         max(n // 10, 1), r)
+    whole = timed_rounds(
+        {"router": lambda: router.decide(policy, features), "engine": lambda: compiled.decide(features)},
+        max(n // 10, 1),
+        r,
+    )
 
     bare_us, traces_us, both_us = (statistics.median(sdk[k]) for k in ("bare", "traces", "both"))
     traces_x, both_x = ratio(sdk["traces"], sdk["bare"]), ratio(sdk["both"], sdk["bare"])
@@ -153,15 +157,23 @@ def main(argv: list[str] | None = None) -> int:
     noop_span_us = statistics.median(none["noop_span"])
     router_us, engine_us = statistics.median(whole["router"]), statistics.median(whole["engine"])
     span = f"{len(attrs)} attributes, {len(events)} events"
-    print(f"decision telemetry, per decision ({n} calls x {r} interleaved rounds, medians), Python {sys.version.split()[0]}, "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"decision telemetry, per decision ({n} calls x {r} interleaved rounds, medians), Python {sys.version.split()[0]}, "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     print(f"  SDK (BatchSpanProcessor -> no-op exporter), one decision span: {span}")
     print(f"    bare SDK span, same attributes and events   {bare_us:8.2f} us")
-    print(f"    unhardcoded, traces (no-op meter)           {traces_us:8.2f} us   {traces_x:5.2f}x bare   (target <= {TARGET_RATIO}x)")
-    print(f"    unhardcoded, traces + SDK metrics           {both_us:8.2f} us   {both_x:5.2f}x bare   (6 metric points more than the bare span)")
+    print(
+        f"    unhardcoded, traces (no-op meter)           {traces_us:8.2f} us   {traces_x:5.2f}x bare   (target <= {TARGET_RATIO}x)"
+    )
+    print(
+        f"    unhardcoded, traces + SDK metrics           {both_us:8.2f} us   {both_x:5.2f}x bare   (6 metric points more than the bare span)"
+    )
     print("  no SDK (API default no-op providers)")
-    print(f"    unhardcoded telemetry                       {none_us:8.2f} us   (target <= {TARGET_NO_SDK_US} us)   "
-          f"{ratio(none['telemetry'], none['noop_span']):4.2f}x one no-op start_span+end")
+    print(
+        f"    unhardcoded telemetry                       {none_us:8.2f} us   (target <= {TARGET_NO_SDK_US} us)   "
+        f"{ratio(none['telemetry'], none['noop_span']):4.2f}x one no-op start_span+end"
+    )
     print(f"    reference: API no-op start_span + end       {noop_span_us:8.2f} us")
     print(f"    Router.decide (features given), whole       {router_us:8.2f} us")
     print(f"    CompiledPolicy.decide, no telemetry         {engine_us:8.2f} us")

@@ -12,8 +12,17 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
     """Point UNHARDCODED_HOME (store, catalog archive) at a fresh directory; clear our other settings."""
     home = tmp_path_factory.mktemp("unhardcoded-home")
     monkeypatch.setenv("UNHARDCODED_HOME", str(home))
-    for name in ("UNHARDCODED_STORE", "UNHARDCODED_CATALOG", "UNHARDCODED_PROVIDERS", "UNHARDCODED_CATALOG_DIR",
-                 "UNHARDCODED_POLICY", "UNHARDCODED_POLICY_DIR", "OTEL_EXPORTER_OTLP_ENDPOINT",
-                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER", "OTEL_METRICS_EXPORTER"):
+    for name in (
+        "UNHARDCODED_STORE",
+        "UNHARDCODED_CATALOG",
+        "UNHARDCODED_PROVIDERS",
+        "UNHARDCODED_CATALOG_DIR",
+        "UNHARDCODED_POLICY",
+        "UNHARDCODED_POLICY_DIR",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_TRACES_EXPORTER",
+        "OTEL_METRICS_EXPORTER",
+    ):
         monkeypatch.delenv(name, raising=False)
     return home

@@ -73,7 +73,12 @@ def _hex_ids_to_base64(doc: Any) -> Any:
     if isinstance(doc, dict):
         out = {}
         for key, value in doc.items():
-            if key in _ID_KEYS and isinstance(value, str) and value and all(c in "0123456789abcdefABCDEF" for c in value):
+            if (
+                key in _ID_KEYS
+                and isinstance(value, str)
+                and value
+                and all(c in "0123456789abcdefABCDEF" for c in value)
+            ):
                 out[key] = base64.b64encode(bytes.fromhex(value)).decode()
             else:
                 out[key] = _hex_ids_to_base64(value)
@@ -103,7 +108,11 @@ class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
 
 _HTTP_SIGNALS = {
     "/v1/traces": ("traces", trace_service_pb2.ExportTraceServiceRequest, trace_service_pb2.ExportTraceServiceResponse),
-    "/v1/metrics": ("metrics", metrics_service_pb2.ExportMetricsServiceRequest, metrics_service_pb2.ExportMetricsServiceResponse),
+    "/v1/metrics": (
+        "metrics",
+        metrics_service_pb2.ExportMetricsServiceRequest,
+        metrics_service_pb2.ExportMetricsServiceResponse,
+    ),
 }
 
 
@@ -131,7 +140,11 @@ class _Handler(BaseHTTPRequestHandler):
                 transport, reply, reply_type = "http/json", b"{}", "application/json"
             else:
                 message = request_cls.FromString(body)
-                transport, reply, reply_type = "http/protobuf", response_cls().SerializeToString(), "application/x-protobuf"
+                transport, reply, reply_type = (
+                    "http/protobuf",
+                    response_cls().SerializeToString(),
+                    "application/x-protobuf",
+                )
         except Exception as exc:  # noqa: BLE001 - a bad payload is the sender's problem: say so
             self.server.receiver.errors.append(f"{self.path}: {exc!r}")
             self._answer(400, "text/plain", str(exc).encode())
@@ -251,12 +264,18 @@ class OTLPReceiver:
                             value = None
                             if hasattr(p, "as_double") and p.WhichOneof("value") is not None:
                                 value = getattr(p, p.WhichOneof("value"))
-                            out.append(MetricPoint(
-                                service, m.name, m.unit, attributes_of(p.attributes), value,
-                                getattr(p, "count", None) if which == "histogram" else None,
-                                getattr(p, "sum", None) if which == "histogram" else None,
-                                getattr(data, "aggregation_temporality", None),
-                            ))
+                            out.append(
+                                MetricPoint(
+                                    service,
+                                    m.name,
+                                    m.unit,
+                                    attributes_of(p.attributes),
+                                    value,
+                                    getattr(p, "count", None) if which == "histogram" else None,
+                                    getattr(p, "sum", None) if which == "histogram" else None,
+                                    getattr(data, "aggregation_temporality", None),
+                                )
+                            )
         return out
 
     def wait_for(self, ready: Callable[["OTLPReceiver"], bool], timeout: float = 15.0) -> bool:

@@ -35,29 +35,48 @@ REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
 POLICIES = [
-    validate_policy({
-        "schema": "sigma-pol/v1", "name": "support",
-        "rules": [
-            {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-            {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
-            {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
-        ],
-        "rank": {"by": "cost", "order": "asc"},
-        "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"], "on": ["error", "timeout", "rate_limit"], "max_hops": 2},
-        "baseline": "gpt-5.5",
-    }, CATALOG),
-    validate_policy({
-        "schema": "sigma-pol/v1", "name": "triage",
-        "rules": [{"id": "region", "field": "regions", "op": "intersects", "value": ["eu"]}],
-        "rank": {"by": "bench_intelligence", "order": "desc"},
-        "fallback": {"models": ["gemini-3.5-flash"], "on": ["error", "rate_limit"], "max_hops": 1},
-        "baseline": "claude-sonnet-4-6",
-    }, CATALOG),
+    validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "support",
+            "rules": [
+                {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+                {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
+                {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
+            ],
+            "rank": {"by": "cost", "order": "asc"},
+            "fallback": {
+                "models": ["claude-sonnet-4-6", "gpt-5.5"],
+                "on": ["error", "timeout", "rate_limit"],
+                "max_hops": 2,
+            },
+            "baseline": "gpt-5.5",
+        },
+        CATALOG,
+    ),
+    validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "triage",
+            "rules": [{"id": "region", "field": "regions", "op": "intersects", "value": ["eu"]}],
+            "rank": {"by": "bench_intelligence", "order": "desc"},
+            "fallback": {"models": ["gemini-3.5-flash"], "on": ["error", "rate_limit"], "max_hops": 1},
+            "baseline": "claude-sonnet-4-6",
+        },
+        CATALOG,
+    ),
 ]
 
 
-def make_decision(rng: random.Random, request_id: str, *, hops: int | None = None, workflow: WorkflowRef | None = None,
-                  called: bool = True, at: datetime | None = None) -> Decision:
+def make_decision(
+    rng: random.Random,
+    request_id: str,
+    *,
+    hops: int | None = None,
+    workflow: WorkflowRef | None = None,
+    called: bool = True,
+    at: datetime | None = None,
+) -> Decision:
     """A decision of the real engine; ``hops`` fallback hops (random when None) before an answer, when ``called``."""
     policy = rng.choice(POLICIES)
     features = RequestFeatures(input_tokens=rng.randint(100, 4000), output_tokens=rng.randint(50, 800), uses_tools=True)
@@ -74,14 +93,31 @@ def make_decision(rng: random.Random, request_id: str, *, hops: int | None = Non
         provider = CATALOG.model(model).provider
         if i < want:
             reason = rng.choice(list(policy.fallback.on))
-            attempts.append(Attempt(index=i, model=model, provider=provider, role=role, status="error",
-                                    error_type={"error": "503", "timeout": "timeout", "rate_limit": "429"}[reason],
-                                    duration_ms=float(rng.randint(20, 900))))
+            attempts.append(
+                Attempt(
+                    index=i,
+                    model=model,
+                    provider=provider,
+                    role=role,
+                    status="error",
+                    error_type={"error": "503", "timeout": "timeout", "rate_limit": "429"}[reason],
+                    duration_ms=float(rng.randint(20, 900)),
+                )
+            )
             d.hops.append(FallbackHop(from_=model, to=plan[i + 1], reason=reason))
         else:
-            attempts.append(Attempt(index=i, model=model, provider=provider, role=role, status="ok",
-                                    duration_ms=float(rng.randint(100, 2000)), input_tokens=features.input_tokens,
-                                    output_tokens=features.output_tokens))
+            attempts.append(
+                Attempt(
+                    index=i,
+                    model=model,
+                    provider=provider,
+                    role=role,
+                    status="ok",
+                    duration_ms=float(rng.randint(100, 2000)),
+                    input_tokens=features.input_tokens,
+                    output_tokens=features.output_tokens,
+                )
+            )
     d.attempts = attempts
     d.latency_ms = sum(a.duration_ms for a in attempts) + 3.0
     answered = attempts[-1]
@@ -92,7 +128,9 @@ def make_decision(rng: random.Random, request_id: str, *, hops: int | None = Non
     return d
 
 
-def decisions_with_spans(n: int, seed: int = 1, service: str = "checkout", prefix: str = "req", **kw: Any) -> tuple[list[Decision], list[Any]]:
+def decisions_with_spans(
+    n: int, seed: int = 1, service: str = "checkout", prefix: str = "req", **kw: Any
+) -> tuple[list[Decision], list[Any]]:
     """``n`` decisions and their finished SDK spans (ReadableSpan), in the order the SDK ended them."""
     rng = random.Random(seed)
     tp, exporter = L.provider(service)
@@ -105,13 +143,19 @@ def decisions_with_spans(n: int, seed: int = 1, service: str = "checkout", prefi
     return out, list(exporter.get_finished_spans())
 
 
-def workflow_with_spans(workflow_id: str, name: str, nodes: Sequence[str], seed: int = 5, service: str = "agents") -> tuple[list[Decision], list[Any]]:
+def workflow_with_spans(
+    workflow_id: str, name: str, nodes: Sequence[str], seed: int = 5, service: str = "agents"
+) -> tuple[list[Decision], list[Any]]:
     rng = random.Random(seed)
     tp, exporter = L.provider(service)
     base = EPOCH + timedelta(hours=1)
     ds = [
-        make_decision(rng, f"req_{workflow_id}_{step}", workflow=WorkflowRef(id=workflow_id, name=name, node=node, step=step),
-                      at=base + timedelta(seconds=step))
+        make_decision(
+            rng,
+            f"req_{workflow_id}_{step}",
+            workflow=WorkflowRef(id=workflow_id, name=name, node=node, step=step),
+            at=base + timedelta(seconds=step),
+        )
         for step, node in enumerate(nodes)
     ]
     L.emit_workflow(tp.get_tracer("unhardcoded"), workflow_id, name, ds)
@@ -149,12 +193,30 @@ class ProcessorProcess:
         return f"127.0.0.1:{self.grpc_port}"
 
     def start(self, timeout_s: float = 20.0) -> "ProcessorProcess":
-        cmd = [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(self.port), "--grpc-port", str(self.grpc_port),
-               "--store", self.store, "--instance-id", "test", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "unhardcoded.cli",
+            "processor",
+            "--port",
+            str(self.port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--store",
+            self.store,
+            "--instance-id",
+            "test",
+            *self.args,
+        ]
         if self.log is not None:
             self._log_file = open(self.log, "ab")
-        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log_file or subprocess.DEVNULL,
-                                     stderr=self._log_file or subprocess.DEVNULL, cwd=str(REPO))
+        self.proc = subprocess.Popen(
+            cmd,
+            env=self.env,
+            stdout=self._log_file or subprocess.DEVNULL,
+            stderr=self._log_file or subprocess.DEVNULL,
+            cwd=str(REPO),
+        )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -240,9 +302,23 @@ class PostgresCluster:
 
             pw = pwd.getpwnam("postgres")
             os.chown(base, pw.pw_uid, pw.pw_gid)
-        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
+        self._run(
+            str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8"
+        )
         opts = f"-p {self.port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=60"
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", opts, "-l", str(base / "postgres.log"), "-w", "-t", "60", "start")
+        self._run(
+            str(self.bin / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-o",
+            opts,
+            "-l",
+            str(base / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         self._n = 0
 
     def _run(self, *cmd: str) -> None:
@@ -298,7 +374,9 @@ def send_main(argv: Sequence[str]) -> int:
 
     ds, spans = decisions_with_spans(args.decisions, seed=args.seed, prefix="fault")
     by_id = {d.request_id: d for d in ds}
-    left = {d.request_id: sum(1 for s in spans if s.attributes.get(A.UNHARDCODED_REQUEST_ID) == d.request_id) for d in ds}
+    left = {
+        d.request_id: sum(1 for s in spans if s.attributes.get(A.UNHARDCODED_REQUEST_ID) == d.request_id) for d in ds
+    }
     exporters = [
         HttpExporter(endpoint=args.http + "/v1/traces", timeout=5),
         GrpcExporter(endpoint=args.grpc, insecure=True, timeout=5),
@@ -306,7 +384,7 @@ def send_main(argv: Sequence[str]) -> int:
     deadline = time.monotonic() + 120
     with open(args.out, "a", encoding="utf-8") as out:
         for n, i in enumerate(range(0, len(spans), args.spans_per_export)):
-            batch = spans[i:i + args.spans_per_export]
+            batch = spans[i : i + args.spans_per_export]
             while exporters[n % 2].export(batch) != SpanExportResult.SUCCESS:
                 if time.monotonic() > deadline:
                     print("sender: gave up", file=sys.stderr)

@@ -31,20 +31,76 @@ from unhardcoded.simulator import SimulatedProvider
 CATALOG_DOC: dict[str, Any] = {
     "schema": "unhardcoded-catalog/v1",
     "models": [
-        {"id": "cheap-a", "provider": "sim-a", "price_input_per_mtok": 0.1, "price_output_per_mtok": 0.2,
-         "bench_intelligence": 0.6, "regions": ["eu"], "supports_tools": True, "context_window": 128000},
-        {"id": "mid-b", "provider": "sim-b", "price_input_per_mtok": 1, "price_output_per_mtok": 2,
-         "bench_intelligence": 0.7, "regions": ["eu"], "supports_tools": True, "context_window": 128000},
-        {"id": "top-c", "provider": "sim-c", "price_input_per_mtok": 2, "price_output_per_mtok": 4,
-         "bench_intelligence": 0.9, "regions": ["eu", "us"], "supports_tools": False, "context_window": 200000},
-        {"id": "us-b", "provider": "sim-b", "price_input_per_mtok": 0.5, "price_output_per_mtok": 1,
-         "bench_intelligence": 0.8, "regions": ["us"], "supports_tools": True, "context_window": 128000},
-        {"id": "dim", "provider": "sim-a", "price_input_per_mtok": 0.05, "price_output_per_mtok": 0.1,
-         "bench_intelligence": 0.3, "regions": ["eu"], "supports_tools": True, "context_window": 32000},
-        {"id": "pricey", "provider": "sim-c", "price_input_per_mtok": 10, "price_output_per_mtok": 40,
-         "bench_intelligence": 0.95, "regions": ["eu"], "supports_tools": True, "context_window": 200000},
-        {"id": "base", "provider": "sim-c", "price_input_per_mtok": 3, "price_output_per_mtok": 15,
-         "bench_intelligence": 0.95, "regions": ["us"], "supports_tools": True, "context_window": 200000},
+        {
+            "id": "cheap-a",
+            "provider": "sim-a",
+            "price_input_per_mtok": 0.1,
+            "price_output_per_mtok": 0.2,
+            "bench_intelligence": 0.6,
+            "regions": ["eu"],
+            "supports_tools": True,
+            "context_window": 128000,
+        },
+        {
+            "id": "mid-b",
+            "provider": "sim-b",
+            "price_input_per_mtok": 1,
+            "price_output_per_mtok": 2,
+            "bench_intelligence": 0.7,
+            "regions": ["eu"],
+            "supports_tools": True,
+            "context_window": 128000,
+        },
+        {
+            "id": "top-c",
+            "provider": "sim-c",
+            "price_input_per_mtok": 2,
+            "price_output_per_mtok": 4,
+            "bench_intelligence": 0.9,
+            "regions": ["eu", "us"],
+            "supports_tools": False,
+            "context_window": 200000,
+        },
+        {
+            "id": "us-b",
+            "provider": "sim-b",
+            "price_input_per_mtok": 0.5,
+            "price_output_per_mtok": 1,
+            "bench_intelligence": 0.8,
+            "regions": ["us"],
+            "supports_tools": True,
+            "context_window": 128000,
+        },
+        {
+            "id": "dim",
+            "provider": "sim-a",
+            "price_input_per_mtok": 0.05,
+            "price_output_per_mtok": 0.1,
+            "bench_intelligence": 0.3,
+            "regions": ["eu"],
+            "supports_tools": True,
+            "context_window": 32000,
+        },
+        {
+            "id": "pricey",
+            "provider": "sim-c",
+            "price_input_per_mtok": 10,
+            "price_output_per_mtok": 40,
+            "bench_intelligence": 0.95,
+            "regions": ["eu"],
+            "supports_tools": True,
+            "context_window": 200000,
+        },
+        {
+            "id": "base",
+            "provider": "sim-c",
+            "price_input_per_mtok": 3,
+            "price_output_per_mtok": 15,
+            "bench_intelligence": 0.95,
+            "regions": ["us"],
+            "supports_tools": True,
+            "context_window": 200000,
+        },
     ],
 }
 
@@ -58,11 +114,22 @@ def catalog() -> Catalog:
     return Catalog.from_document(json.loads(json.dumps(CATALOG_DOC)))
 
 
-def policy(cat: Catalog, *, name: str = "support", fallback: list[str] | None = None, on: list[str] | None = None,
-           max_hops: int = 2, rules: list[dict[str, Any]] | None = None, baseline: str | None = "base") -> Policy:
+def policy(
+    cat: Catalog,
+    *,
+    name: str = "support",
+    fallback: list[str] | None = None,
+    on: list[str] | None = None,
+    max_hops: int = 2,
+    rules: list[dict[str, Any]] | None = None,
+    baseline: str | None = "base",
+) -> Policy:
     doc: dict[str, Any] = {
-        "schema": "sigma-pol/v1", "name": name,
-        "rules": rules if rules is not None else [
+        "schema": "sigma-pol/v1",
+        "name": name,
+        "rules": rules
+        if rules is not None
+        else [
             {"id": "eu-region", "field": "regions", "op": "contains", "value": "eu"},
             {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
             {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
@@ -79,27 +146,47 @@ def big_catalog(n: int = 500) -> Catalog:
     models = []
     for i in range(n):
         region = ["eu"] if i % 5 else ["us"]  # every 5th fails the region rule
-        models.append({
-            "id": f"model-{i:04d}", "provider": f"prov-{i % 7}",
-            "price_input_per_mtok": round(0.1 + (i % 13) * 0.3, 2), "price_output_per_mtok": round(0.2 + (i % 17) * 0.9, 2),
-            "bench_intelligence": round(0.2 + (i % 11) * 0.07, 2), "regions": region,
-            "supports_tools": i % 3 != 0, "context_window": 8000 + 1000 * (i % 50),
-        })
-    models.append({"id": "the-baseline", "provider": "prov-0", "price_input_per_mtok": 3, "price_output_per_mtok": 15,
-                   "bench_intelligence": 0.99, "regions": ["us"], "supports_tools": True, "context_window": 200000})
+        models.append(
+            {
+                "id": f"model-{i:04d}",
+                "provider": f"prov-{i % 7}",
+                "price_input_per_mtok": round(0.1 + (i % 13) * 0.3, 2),
+                "price_output_per_mtok": round(0.2 + (i % 17) * 0.9, 2),
+                "bench_intelligence": round(0.2 + (i % 11) * 0.07, 2),
+                "regions": region,
+                "supports_tools": i % 3 != 0,
+                "context_window": 8000 + 1000 * (i % 50),
+            }
+        )
+    models.append(
+        {
+            "id": "the-baseline",
+            "provider": "prov-0",
+            "price_input_per_mtok": 3,
+            "price_output_per_mtok": 15,
+            "bench_intelligence": 0.99,
+            "regions": ["us"],
+            "supports_tools": True,
+            "context_window": 200000,
+        }
+    )
     return Catalog.from_document({"schema": "unhardcoded-catalog/v1", "models": models})
 
 
 def big_policy(cat: Catalog) -> Policy:
-    return validate_policy({
-        "schema": "sigma-pol/v1", "name": "strict",
-        "rules": [
-            {"id": "eu-region", "field": "regions", "op": "contains", "value": "eu"},
-            {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-            {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.85},
-        ],
-        "baseline": "the-baseline",
-    }, cat)
+    return validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "strict",
+            "rules": [
+                {"id": "eu-region", "field": "regions", "op": "contains", "value": "eu"},
+                {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+                {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.85},
+            ],
+            "baseline": "the-baseline",
+        },
+        cat,
+    )
 
 
 @dataclass
@@ -118,14 +205,22 @@ class Telemetry:
         return [s for s in self.spans() if s.name == name]
 
     def decision_spans(self) -> list[Any]:
-        return [s for s in self.spans() if A.UNHARDCODED_REQUEST_ID in (s.attributes or {}) and A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes]
+        return [
+            s
+            for s in self.spans()
+            if A.UNHARDCODED_REQUEST_ID in (s.attributes or {}) and A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes
+        ]
 
     def attempt_spans(self) -> list[Any]:
-        return sorted((s for s in self.spans() if A.UNHARDCODED_ATTEMPT_INDEX in (s.attributes or {})),
-                      key=lambda s: s.attributes[A.UNHARDCODED_ATTEMPT_INDEX])
+        return sorted(
+            (s for s in self.spans() if A.UNHARDCODED_ATTEMPT_INDEX in (s.attributes or {})),
+            key=lambda s: s.attributes[A.UNHARDCODED_ATTEMPT_INDEX],
+        )
 
     def router(self, cat: Catalog | None = None, client: ProviderClient | None = None, **kwargs: Any) -> Router:
-        return Router(cat, client=client, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **kwargs)
+        return Router(
+            cat, client=client, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **kwargs
+        )
 
     def points(self) -> list[tuple[str, dict[str, Any], Any]]:
         """(metric name, attributes, value) per data point; histograms give (count, sum) as the value."""
@@ -152,7 +247,9 @@ class Telemetry:
 def fresh_telemetry(span_limits: SpanLimits | None = None, service: str = "tests") -> Telemetry:
     exporter = InMemorySpanExporter()
     resource = Resource.create({"service.name": service})
-    tp = TracerProvider(resource=resource, span_limits=span_limits) if span_limits else TracerProvider(resource=resource)
+    tp = (
+        TracerProvider(resource=resource, span_limits=span_limits) if span_limits else TracerProvider(resource=resource)
+    )
     tp.add_span_processor(SimpleSpanProcessor(exporter))
     reader = InMemoryMetricReader()
     return Telemetry(tp, exporter, MeterProvider(resource=resource, metric_readers=[reader]), reader)
@@ -164,9 +261,9 @@ class Simulators:
     def __init__(self, behaviors: dict[str, dict[str, Any]] | None = None, timeout_s: float = 5.0) -> None:
         behaviors = behaviors or {}
         self.sims = {name: SimulatedProvider(name, behaviors.get(name)).start() for name in ("sim-a", "sim-b", "sim-c")}
-        self.client = ProviderClient(ProvidersConfig(providers=[
-            sim.provider_config(timeout_s=timeout_s) for sim in self.sims.values()
-        ]))
+        self.client = ProviderClient(
+            ProvidersConfig(providers=[sim.provider_config(timeout_s=timeout_s) for sim in self.sims.values()])
+        )
 
     def __getitem__(self, name: str) -> SimulatedProvider:
         return self.sims[name]
@@ -212,7 +309,9 @@ def workflow_service(otlp_endpoint: str) -> None:
     import unhardcoded
     from unhardcoded.simulator import ok
 
-    setup = unhardcoded.configure(service_name="workflow-service", endpoint=otlp_endpoint, protocol="grpc", metrics=False)
+    setup = unhardcoded.configure(
+        service_name="workflow-service", endpoint=otlp_endpoint, protocol="grpc", metrics=False
+    )
     cat = catalog()
     pol = policy(cat, fallback=["mid-b"])
     sim_a = SimulatedProvider("sim-a", {"cheap-a": ok()}).start()
@@ -260,6 +359,19 @@ if __name__ == "__main__":
 
 
 __all__ = [
-    "BODY", "CATALOG_DOC", "Simulators", "TOOLS_BODY", "Telemetry", "big_catalog", "big_policy", "catalog",
-    "fresh_telemetry", "parent_of", "policy", "simulators", "span_id_of", "trace_id_of", "workflow_service",
+    "BODY",
+    "CATALOG_DOC",
+    "Simulators",
+    "TOOLS_BODY",
+    "Telemetry",
+    "big_catalog",
+    "big_policy",
+    "catalog",
+    "fresh_telemetry",
+    "parent_of",
+    "policy",
+    "simulators",
+    "span_id_of",
+    "trace_id_of",
+    "workflow_service",
 ]

@@ -59,11 +59,16 @@ def cascade_policy(catalog: Catalog, models: list[str], *, on: list[str] | None 
     fallback: dict[str, Any] = {"models": models, "max_hops": max_hops}
     if on is not None:
         fallback["on"] = on
-    return validate_policy({
-        "schema": "sigma-pol/v1", "name": "cascade",
-        "rules": [{"id": "eu-region", "field": "regions", "op": "contains", "value": "eu"}],
-        "fallback": fallback, "baseline": "base",
-    }, catalog)
+    return validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "cascade",
+            "rules": [{"id": "eu-region", "field": "regions", "op": "contains", "value": "eu"}],
+            "fallback": fallback,
+            "baseline": "base",
+        },
+        catalog,
+    )
 
 
 @pytest.fixture
@@ -82,12 +87,16 @@ def sims() -> Iterator[Callable[..., SimulatedProvider]]:
 
 def client_for(*simulators: SimulatedProvider, timeouts: dict[str, float] | None = None) -> ProviderClient:
     timeouts = timeouts or {}
-    return ProviderClient(ProvidersConfig(providers=[s.provider_config(timeout_s=timeouts.get(s.name, 5.0)) for s in simulators]))
+    return ProviderClient(
+        ProvidersConfig(providers=[s.provider_config(timeout_s=timeouts.get(s.name, 5.0)) for s in simulators])
+    )
 
 
 def attempts_of(decision: Decision) -> list[tuple[Any, ...]]:
-    return [(a.index, a.model, a.provider, a.role, a.status, a.error_type, a.input_tokens, a.output_tokens)
-            for a in decision.attempts]
+    return [
+        (a.index, a.model, a.provider, a.role, a.status, a.error_type, a.input_tokens, a.output_tokens)
+        for a in decision.attempts
+    ]
 
 
 def waited_ms(decision: Decision) -> float:
@@ -134,13 +143,21 @@ def test_actual_cost_comes_from_the_returned_usage(catalog: Catalog, sims):
     assert decision.cost.usd == pytest.approx(usd("cheap-a", 100, 10), rel=1e-12)
     assert decision.cost.usd == pytest.approx(1.2e-5, rel=1e-12)
     assert decision.cost.baseline_model == "base"
-    assert decision.cost.baseline_usd == pytest.approx(usd("base", 100, 10), rel=1e-12) == pytest.approx(4.5e-4, rel=1e-12)
+    assert (
+        decision.cost.baseline_usd == pytest.approx(usd("base", 100, 10), rel=1e-12) == pytest.approx(4.5e-4, rel=1e-12)
+    )
     assert decision.cost.savings_ratio == pytest.approx(1 - 1.2e-5 / 4.5e-4, rel=1e-12)
 
 
 def test_without_usage_the_estimate_prices_the_answer(catalog: Catalog, sims):
-    no_usage = json.dumps({"id": "x", "object": "chat.completion", "model": "cheap-a",
-                           "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]})
+    no_usage = json.dumps(
+        {
+            "id": "x",
+            "object": "chat.completion",
+            "model": "cheap-a",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+        }
+    )
     a = sims("sim-a", default=raw(200, no_usage))
     with client_for(a, sims("sim-b"), sims("sim-c")) as client:
         decision, _, err = Router(catalog, client=client).route(cascade_policy(catalog, []), BODY)
@@ -194,7 +211,8 @@ def test_fallback_on_timeout_only_does_not_hop_on_a_500(catalog: Catalog, sims):
     a, b = sims("sim-a", default=error(500)), sims("sim-b", default=ok())
     with client_for(a, b, sims("sim-c")) as client:
         decision, result, err = Router(catalog, client=client).route(
-            cascade_policy(catalog, ["mid-b"], on=["timeout"]), BODY)
+            cascade_policy(catalog, ["mid-b"], on=["timeout"]), BODY
+        )
     assert result is None
     assert isinstance(err, ProviderCallError)
     assert (err.kind, err.error_type, err.status_code, err.model) == ("error", "500", 500, "cheap-a")
@@ -203,13 +221,20 @@ def test_fallback_on_timeout_only_does_not_hop_on_a_500(catalog: Catalog, sims):
     assert decision.hops == []
     assert attempts_of(decision) == [(0, "cheap-a", "sim-a", "selected", "error", "500", None, None)]
     assert b.requests == []
-    assert decision.cost.model_dump() == {"usd": 0.0, "baseline_model": "base", "baseline_usd": 0.0, "savings_ratio": None}
+    assert decision.cost.model_dump() == {
+        "usd": 0.0,
+        "baseline_model": "base",
+        "baseline_usd": 0.0,
+        "savings_ratio": None,
+    }
 
 
 def test_fallback_on_timeout_only_hops_on_a_timeout(catalog: Catalog, sims):
     a, b = sims("sim-a", default=timeout(sleep_s=3)), sims("sim-b", default=ok())
     with client_for(a, b, sims("sim-c"), timeouts={"sim-a": 0.2}) as client:
-        decision, _, err = Router(catalog, client=client).route(cascade_policy(catalog, ["mid-b"], on=["timeout"]), BODY)
+        decision, _, err = Router(catalog, client=client).route(
+            cascade_policy(catalog, ["mid-b"], on=["timeout"]), BODY
+        )
     assert err is None and decision.answered_by == "mid-b"
     assert hops_of(decision) == [("cheap-a", "mid-b", "timeout")]
 
@@ -218,7 +243,8 @@ def test_a_rate_limit_is_not_an_error_trigger(catalog: Catalog, sims):
     a, b = sims("sim-a", default=rate_limit(retry_after_s=None)), sims("sim-b", default=ok())
     with client_for(a, b, sims("sim-c")) as client:
         decision, _, err = Router(catalog, client=client).route(
-            cascade_policy(catalog, ["mid-b"], on=["error", "timeout"]), BODY)
+            cascade_policy(catalog, ["mid-b"], on=["error", "timeout"]), BODY
+        )
     assert isinstance(err, ProviderCallError) and err.kind == "rate_limit"
     assert decision.outcome == "failed" and decision.hops == [] and b.requests == []
 
@@ -227,7 +253,8 @@ def test_max_hops_is_respected(catalog: Catalog, sims):
     a, b, c = sims("sim-a", default=error(500)), sims("sim-b", default=error(500)), sims("sim-c", default=ok())
     with client_for(a, b, c) as client:
         decision, _, err = Router(catalog, client=client).route(
-            cascade_policy(catalog, ["mid-b", "mid-a", "top-c"], max_hops=1), BODY)
+            cascade_policy(catalog, ["mid-b", "mid-a", "top-c"], max_hops=1), BODY
+        )
     assert decision.fallback_chain == ["mid-b"]
     assert [at.model for at in decision.attempts] == ["cheap-a", "mid-b"]
     assert hops_of(decision) == [("cheap-a", "mid-b", "error")]
@@ -265,9 +292,15 @@ def test_a_fallback_that_fails_a_rule_is_never_called(catalog: Catalog, sims):
 
 def test_an_unconfigured_provider_is_an_error_that_hops(catalog: Catalog, sims):
     b = sims("sim-b", default=ok())
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "t",
-                              "rules": [{"id": "pick", "field": "id", "op": "in", "value": ["nowhere", "mid-b"]}],
-                              "fallback": {"models": ["mid-b"]}}, catalog)
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "t",
+            "rules": [{"id": "pick", "field": "id", "op": "in", "value": ["nowhere", "mid-b"]}],
+            "fallback": {"models": ["mid-b"]},
+        },
+        catalog,
+    )
     with client_for(b) as client:
         decision, _, err = Router(catalog, client=client).route(policy, BODY)
     assert err is None and decision.answered_by == "mid-b"
@@ -277,8 +310,14 @@ def test_an_unconfigured_provider_is_an_error_that_hops(catalog: Catalog, sims):
 
 def test_no_candidate_raises_before_any_call(catalog: Catalog, sims):
     a = sims("sim-a")
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "none",
-                              "rules": [{"id": "r", "field": "bench_intelligence", "op": "gt", "value": 1}]}, catalog)
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "none",
+            "rules": [{"id": "r", "field": "bench_intelligence", "op": "gt", "value": 1}],
+        },
+        catalog,
+    )
     with client_for(a) as client, pytest.raises(NoCandidateError) as info:
         Router(catalog, client=client).route(policy, BODY, request_id="req_none")
     assert str(info.value) == f"no model in catalog {catalog.version} passes policy 'none'"
@@ -288,7 +327,6 @@ def test_no_candidate_raises_before_any_call(catalog: Catalog, sims):
     assert decision.selected is None and decision.attempts == []
     assert sorted(r.model for r in decision.rejected) == sorted(m.id for m in catalog.models)
     assert {r.rule for r in decision.rejected} == {"r"}
-
 
 
 def traced() -> tuple[Any, Any, Any, Any]:
@@ -306,8 +344,14 @@ def traced() -> tuple[Any, Any, Any, Any]:
 
 def decisions_counted(reader: Any) -> int:
     data = reader.get_metrics_data()
-    return sum(point.value for rm in (data.resource_metrics if data else ()) for sm in rm.scope_metrics
-               for metric in sm.metrics if metric.name == "unhardcoded.decisions" for point in metric.data.data_points)
+    return sum(
+        point.value
+        for rm in (data.resource_metrics if data else ())
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "unhardcoded.decisions"
+        for point in metric.data.data_points
+    )
 
 
 def test_route_can_leave_recording_the_decision_to_later(catalog: Catalog, sims):
@@ -337,7 +381,9 @@ def test_route_can_leave_recording_the_decision_to_later(catalog: Catalog, sims)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     span = spans["route cascade"]
     assert format(span.context.span_id, "016x") == decision.span_id
-    assert span.attributes["unhardcoded.answered.model"] == "mid-b" and span.attributes["unhardcoded.fallback.hops"] == 1
+    assert (
+        span.attributes["unhardcoded.answered.model"] == "mid-b" and span.attributes["unhardcoded.fallback.hops"] == 1
+    )
     assert (span.end_time - span.start_time) / 1e6 == pytest.approx(decision.latency_ms, abs=5)
     assert decisions_counted(reader) == 1
     attempts = [spans["chat cheap-a"], spans["chat mid-b"]]  # each ended when its call did, not when recorded
@@ -368,6 +414,7 @@ def test_a_routed_decision_leaves_no_reference_cycle_behind(catalog: Catalog, si
             gc.enable()
     # Freed as soon as the route returned, not by a collection later.
     assert not left & {"Decision", "DecisionScope", "AttemptSpans", "Attempt"}, left
+
 
 # -- Retry-After --------------------------------------------------------------------------------
 
@@ -461,7 +508,7 @@ def free_port() -> int:
 
 def leak_checks(key: str, texts: list[str]) -> None:
     random_part = key.removeprefix("sk-canary-")
-    windows = {random_part[i:i + 8] for i in range(len(random_part) - 7)}
+    windows = {random_part[i : i + 8] for i in range(len(random_part) - 7)}
     for text in texts:
         assert key not in text
         leaked = [w for w in windows if w in text]
@@ -483,8 +530,16 @@ def canary_key() -> str:
     return "sk-canary-" + secrets.token_hex(16)
 
 
-def canary_setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims, a_behavior: Any, b_behavior: Any, *,
-                 key: str | None = None, b_key: str | None = None) -> tuple[str, SimulatedProvider, SimulatedProvider, ProviderClient]:
+def canary_setup(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims,
+    a_behavior: Any,
+    b_behavior: Any,
+    *,
+    key: str | None = None,
+    b_key: str | None = None,
+) -> tuple[str, SimulatedProvider, SimulatedProvider, ProviderClient]:
     key = key or canary_key()
     env = "UNHARDCODED_TEST_KEY_" + secrets.token_hex(4).upper()
     monkeypatch.setenv(env, key)
@@ -512,14 +567,27 @@ class ErrorRecorder(AttemptObserver):
             self.errors.append(error)
 
 
-def everything_said(decision: Decision, result: Any, err: BaseException | None, caplog: pytest.LogCaptureFixture,
-                    capsys: pytest.CaptureFixture[str], recorder: ErrorRecorder | None = None) -> list[str]:
+def everything_said(
+    decision: Decision,
+    result: Any,
+    err: BaseException | None,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+    recorder: ErrorRecorder | None = None,
+) -> list[str]:
     receipt = Receipt.from_decision(decision)
-    for e in (recorder.errors if recorder else []):
+    for e in recorder.errors if recorder else []:
         assert isinstance(e, ProviderCallError)
-    texts = [*(t for e in (recorder.errors if recorder else []) for t in (str(e), repr(e), repr(e.args))),
-             str(decision), repr(decision), decision.model_dump_json(), receipt.model_dump_json(), repr(receipt),
-             json.dumps(receipt.to_json_dict()), render_receipt(receipt)]
+    texts = [
+        *(t for e in (recorder.errors if recorder else []) for t in (str(e), repr(e), repr(e.args))),
+        str(decision),
+        repr(decision),
+        decision.model_dump_json(),
+        receipt.model_dump_json(),
+        repr(receipt),
+        json.dumps(receipt.to_json_dict()),
+        render_receipt(receipt),
+    ]
     if result is not None:
         texts += [json.dumps(result.body), repr(result)]
     if err is not None:
@@ -539,12 +607,21 @@ def debug_logs(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_the_api_key_never_leaks(scenario: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims, catalog: Catalog,
-                                 debug_logs: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]):
+def test_the_api_key_never_leaks(
+    scenario: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims,
+    catalog: Catalog,
+    debug_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
     key, a, b, client = canary_setup(tmp_path, monkeypatch, sims, *SCENARIOS[scenario])
     recorder = ErrorRecorder()
     with client:
-        decision, result, err = Router(catalog, client=client, observer=recorder).route(cascade_policy(catalog, ["mid-b"]), BODY)
+        decision, result, err = Router(catalog, client=client, observer=recorder).route(
+            cascade_policy(catalog, ["mid-b"]), BODY
+        )
     # The key did go out, in the Authorization header and nowhere else.
     assert a.requests and a.requests[0].headers["authorization"] == f"Bearer {key}"
     assert key not in json.dumps(a.requests[0].body)
@@ -554,28 +631,46 @@ def test_the_api_key_never_leaks(scenario: str, tmp_path: Path, monkeypatch: pyt
     leak_checks(key, everything_said(decision, result, err, debug_logs, capsys, recorder))
 
 
-def test_the_api_key_never_leaks_when_the_provider_rejects_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims,
-                                                              catalog: Catalog, debug_logs: pytest.LogCaptureFixture,
-                                                              capsys: pytest.CaptureFixture[str]):
+def test_the_api_key_never_leaks_when_the_provider_rejects_it(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims,
+    catalog: Catalog,
+    debug_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
     # sim-b expects another key (401); top-c's provider is a closed port (connect error).
-    key, _, b, client = canary_setup(tmp_path, monkeypatch, sims, error(503, echo_authorization=True), ok(), b_key="sk-other")
+    key, _, b, client = canary_setup(
+        tmp_path, monkeypatch, sims, error(503, echo_authorization=True), ok(), b_key="sk-other"
+    )
     recorder = ErrorRecorder()
     with client:
         decision, result, err = Router(catalog, client=client, observer=recorder).route(
-            cascade_policy(catalog, ["mid-b", "top-c"]), BODY)
+            cascade_policy(catalog, ["mid-b", "top-c"]), BODY
+        )
     assert [at.error_type for at in decision.attempts] == ["503", "401", "connect_error"]
     assert decision.outcome == "failed" and len(recorder.errors) == 3
     leak_checks(key, everything_said(decision, result, err, debug_logs, capsys, recorder))
 
 
-def test_the_api_key_never_leaks_from_aroute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims, catalog: Catalog,
-                                             debug_logs: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]):
-    key, _, _, client = canary_setup(tmp_path, monkeypatch, sims, error(500, echo_authorization=True), ok(echo_authorization=True))
+def test_the_api_key_never_leaks_from_aroute(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims,
+    catalog: Catalog,
+    debug_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
+    key, _, _, client = canary_setup(
+        tmp_path, monkeypatch, sims, error(500, echo_authorization=True), ok(echo_authorization=True)
+    )
     recorder = ErrorRecorder()
 
     async def run():
         async with client:
-            return await Router(catalog, client=client, observer=recorder).aroute(cascade_policy(catalog, ["mid-b"]), BODY)
+            return await Router(catalog, client=client, observer=recorder).aroute(
+                cascade_policy(catalog, ["mid-b"]), BODY
+            )
 
     decision, result, err = asyncio.run(run())
     assert decision.answered_by == "mid-b" and len(recorder.errors) == 1
@@ -583,9 +678,14 @@ def test_the_api_key_never_leaks_from_aroute(tmp_path: Path, monkeypatch: pytest
     leak_checks(key, everything_said(decision, result, err, debug_logs, capsys, recorder))
 
 
-def test_a_key_cut_by_the_error_detail_limit_does_not_leak_in_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sims,
-                                                                  catalog: Catalog, debug_logs: pytest.LogCaptureFixture,
-                                                                  capsys: pytest.CaptureFixture[str]):
+def test_a_key_cut_by_the_error_detail_limit_does_not_leak_in_part(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sims,
+    catalog: Catalog,
+    debug_logs: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+):
     key = canary_key()
     body = json.dumps({"error": {"message": "x" * 270 + " key=" + key}})
     _, _, _, client = canary_setup(tmp_path, monkeypatch, sims, raw(500, body), ok(), key=key)

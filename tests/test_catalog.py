@@ -15,8 +15,17 @@ from unhardcoded.errors import CatalogError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 BUILTIN_NAMES = [
-    "id", "provider", "price_input_per_mtok", "price_output_per_mtok", "bench_intelligence", "supports_tools",
-    "supports_vision", "context_window", "max_output_tokens", "regions", "latency_p50_ms",
+    "id",
+    "provider",
+    "price_input_per_mtok",
+    "price_output_per_mtok",
+    "bench_intelligence",
+    "supports_tools",
+    "supports_vision",
+    "context_window",
+    "max_output_tokens",
+    "regions",
+    "latency_p50_ms",
 ]
 
 
@@ -28,10 +37,25 @@ def catalog_doc() -> dict[str, Any]:
             {"name": "retention_days", "type": "integer", "unit": "days", "description": "prompt retention"},
         ],
         "models": [
-            {"id": "alpha", "provider": "acme", "price_input_per_mtok": 1.0, "price_output_per_mtok": 4.0,
-             "bench_intelligence": 0.7, "supports_tools": True, "regions": ["eu", "us"], "soc2": True, "retention_days": 30},
-            {"id": "beta", "provider": "acme", "price_input_per_mtok": 0.2, "price_output_per_mtok": 0.8,
-             "context_window": 8000.0, "soc2": False},
+            {
+                "id": "alpha",
+                "provider": "acme",
+                "price_input_per_mtok": 1.0,
+                "price_output_per_mtok": 4.0,
+                "bench_intelligence": 0.7,
+                "supports_tools": True,
+                "regions": ["eu", "us"],
+                "soc2": True,
+                "retention_days": 30,
+            },
+            {
+                "id": "beta",
+                "provider": "acme",
+                "price_input_per_mtok": 0.2,
+                "price_output_per_mtok": 0.8,
+                "context_window": 8000.0,
+                "soc2": False,
+            },
         ],
     }
 
@@ -60,17 +84,34 @@ def test_builtin_catalog_loads_and_is_cached():
     assert list(catalog.fields) == BUILTIN_NAMES
     assert re.fullmatch(r"[0-9a-f]{16}", catalog.version)
     flash = catalog.model("gemini-3.5-flash")
-    assert (flash.provider, flash.get("price_input_per_mtok"), flash.get("regions")) == ("google", 0.15, ["us", "eu", "asia"])
+    assert (flash.provider, flash.get("price_input_per_mtok"), flash.get("regions")) == (
+        "google",
+        0.15,
+        ["us", "eu", "asia"],
+    )
 
 
 def test_builtin_field_specs():
     specs = {f.name: f for f in BUILTIN_FIELDS}
     assert [f.name for f in BUILTIN_FIELDS] == BUILTIN_NAMES
-    assert {n for n, f in specs.items() if f.required} == {"id", "provider", "price_input_per_mtok", "price_output_per_mtok"}
+    assert {n for n, f in specs.items() if f.required} == {
+        "id",
+        "provider",
+        "price_input_per_mtok",
+        "price_output_per_mtok",
+    }
     assert {n: f.type for n, f in specs.items()} == {
-        "id": "string", "provider": "string", "price_input_per_mtok": "number", "price_output_per_mtok": "number",
-        "bench_intelligence": "number", "supports_tools": "bool", "supports_vision": "bool", "context_window": "integer",
-        "max_output_tokens": "integer", "regions": "string[]", "latency_p50_ms": "number",
+        "id": "string",
+        "provider": "string",
+        "price_input_per_mtok": "number",
+        "price_output_per_mtok": "number",
+        "bench_intelligence": "number",
+        "supports_tools": "bool",
+        "supports_vision": "bool",
+        "context_window": "integer",
+        "max_output_tokens": "integer",
+        "regions": "string[]",
+        "latency_p50_ms": "number",
     }
     assert specs["price_input_per_mtok"].unit == "USD/1M tokens"
     assert all(f.builtin for f in BUILTIN_FIELDS)
@@ -165,9 +206,15 @@ def test_custom_field_colliding_with_a_builtin():
     ("field", "expected"),
     [
         ({"name": "soc2", "type": "bool"}, "fields[2].name: field 'soc2' is declared twice"),
-        ({"name": "speed", "type": "float"}, "fields[2].type: 'float' is not one of number, integer, bool, string, string[]"),
+        (
+            {"name": "speed", "type": "float"},
+            "fields[2].type: 'float' is not one of number, integer, bool, string, string[]",
+        ),
         ({"name": "Speed", "type": "number"}, "fields[2].name: 'Speed' is not a field name ([a-z][a-z0-9_]*)"),
-        ({"name": "speed", "type": "number", "min": 0}, "fields[2].min: unknown key; a field has name, type, unit, description"),
+        (
+            {"name": "speed", "type": "number", "min": 0},
+            "fields[2].min: unknown key; a field has name, type, unit, description",
+        ),
         ({"name": "speed", "type": "number", "unit": 5}, "fields[2].unit: must be a string"),
         ("speed", "fields[2]: must be a mapping with name, type, unit, description"),
     ],
@@ -181,7 +228,10 @@ def test_custom_field_declaration_errors(field: Any, expected: str):
 @pytest.mark.parametrize(
     ("change", "expected"),
     [
-        ({"schema": "unhardcoded-catalog/v2"}, "schema: must be 'unhardcoded-catalog/v1', got 'unhardcoded-catalog/v2'"),
+        (
+            {"schema": "unhardcoded-catalog/v2"},
+            "schema: must be 'unhardcoded-catalog/v1', got 'unhardcoded-catalog/v2'",
+        ),
         ({"models": []}, "models: must be a non-empty list of models"),
         ({"fields": {"name": "x"}}, "fields: must be a list"),
         ({"model": []}, "model: unknown key; did you mean models?"),
@@ -242,7 +292,9 @@ def test_version_is_stable_under_key_order_format_and_number_spelling():
         lambda d: d["models"][0].update(soc2=False),
         lambda d: d["models"][1].update(supports_vision=True),
         lambda d: d["models"][1].update(id="gamma"),
-        lambda d: d["models"].append({"id": "gamma", "provider": "acme", "price_input_per_mtok": 0, "price_output_per_mtok": 0}),
+        lambda d: d["models"].append(
+            {"id": "gamma", "provider": "acme", "price_input_per_mtok": 0, "price_output_per_mtok": 0}
+        ),
         lambda d: d["fields"][0].update(description="SOC 2 Type II"),
         lambda d: d["fields"][1].update(unit="d"),
     ],

@@ -30,7 +30,9 @@ def command() -> list[str]:
     if beside.exists():
         return [str(beside)]
     found = shutil.which("unhardcoded")
-    return [found] if found else [sys.executable, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())"]
+    return (
+        [found] if found else [sys.executable, "-c", "import sys; from unhardcoded.cli import main; sys.exit(main())"]
+    )
 
 
 @dataclass
@@ -52,8 +54,13 @@ def _key(args: tuple, stdin: str | None, env: dict[str, str] | None) -> tuple:
 
 def _execute(args: tuple, stdin: str | None, env: dict[str, str] | None) -> Run:
     proc = subprocess.run(
-        [*command(), *map(str, args)], input=stdin, capture_output=True, text=True, timeout=60,
-        env={**os.environ, **(env or {})}, cwd=ROOT,
+        [*command(), *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
     )
     return Run(proc.returncode, proc.stdout, proc.stderr)
 
@@ -73,16 +80,30 @@ IMAGE_BODY = {"messages": [{"role": "user", "content": [{"type": "image_url", "i
 def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Input files for the commands; every command of this module is started here at once, to keep the suite fast."""
     d = tmp_path_factory.mktemp("cli")
-    paths = {name: d / name for name in (
-        "bad.yaml", "op.yaml", "missing.yaml", "none.json", "request.json", "empty.json", "catalog.yaml", "audited.yaml",
-        "support.json")}
+    paths = {
+        name: d / name
+        for name in (
+            "bad.yaml",
+            "op.yaml",
+            "missing.yaml",
+            "none.json",
+            "request.json",
+            "empty.json",
+            "catalog.yaml",
+            "audited.yaml",
+            "support.json",
+        )
+    }
     paths["bad.yaml"].write_text("schema: sigma-pol/v1\nname: t\nrules:\n  - id: a\n   field: x\n")
     paths["op.yaml"].write_text(SUPPORT.read_text().replace("op: lte", "op: gte2"))
     paths["request.json"].write_text('{"messages": [\n  {"role": "user", "content": "hi"},\n]}')
     paths["empty.json"].write_text('{"model": "gpt-5.5"}')
     paths["catalog.yaml"].write_text(
-        "schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: cheap, price_output_per_mtok: 1}\n")
-    paths["audited.yaml"].write_text("schema: sigma-pol/v1\nname: audited\nrules:\n  - {id: soc2, field: soc2, op: eq, value: true}\n")
+        "schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: cheap, price_output_per_mtok: 1}\n"
+    )
+    paths["audited.yaml"].write_text(
+        "schema: sigma-pol/v1\nname: audited\nrules:\n  - {id: soc2, field: soc2, op: eq, value: true}\n"
+    )
     paths["support.json"].write_text(json.dumps(load_policy_file(SUPPORT).to_document(), indent=3))
     p = paths
     planned: list[tuple[tuple, str | None, dict[str, str] | None]] = [
@@ -93,7 +114,11 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (("rank", "--policy", SUPPORT), None, None),
         (("rank", "--policy", SUPPORT, "--json"), None, None),
         (("rank", "--policy", SUPPORT, "--catalog", CUSTOM_CATALOG, "--request", TOOLS_REQUEST, "--json"), None, None),
-        (("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json"), json.dumps(IMAGE_BODY), None),
+        (
+            ("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json"),
+            json.dumps(IMAGE_BODY),
+            None,
+        ),
         (("rank", "--policy", p["audited.yaml"], "--catalog", CUSTOM_CATALOG, "--json"), None, None),
         (("rank", "--policy", p["audited.yaml"]), None, None),
         (("fingerprint", SUPPORT), None, None),
@@ -149,8 +174,13 @@ def test_fields_json(files: dict[str, Path]):
     assert data["catalog_version"] == Catalog.builtin().version
     assert [f["name"] for f in data["fields"]] == list(Catalog.builtin().fields)
     context = next(f for f in data["fields"] if f["name"] == "context_window")
-    assert context == {"name": "context_window", "type": "integer", "unit": "tokens", "builtin": True,
-                       "description": "Maximum input plus output tokens"}
+    assert context == {
+        "name": "context_window",
+        "type": "integer",
+        "unit": "tokens",
+        "builtin": True,
+        "description": "Maximum input plus output tokens",
+    }
 
 
 def test_fields_with_a_custom_catalog(files: dict[str, Path]):
@@ -160,9 +190,20 @@ def test_fields_with_a_custom_catalog(files: dict[str, Path]):
     assert data["catalog_version"] == Catalog.from_file(CUSTOM_CATALOG).version
     custom = {f["name"]: f for f in data["fields"] if not f["builtin"]}
     assert custom == {
-        "soc2": {"name": "soc2", "type": "bool", "unit": None, "builtin": False, "description": "SOC 2 Type II report on file"},
-        "data_retention_days": {"name": "data_retention_days", "type": "integer", "unit": "days", "builtin": False,
-                                "description": "How long the provider keeps prompts"},
+        "soc2": {
+            "name": "soc2",
+            "type": "bool",
+            "unit": None,
+            "builtin": False,
+            "description": "SOC 2 Type II report on file",
+        },
+        "data_retention_days": {
+            "name": "data_retention_days",
+            "type": "integer",
+            "unit": "days",
+            "builtin": False,
+            "description": "How long the provider keeps prompts",
+        },
     }
 
 
@@ -199,18 +240,30 @@ def test_rank_json_is_a_receipt_with_no_attempts(files: dict[str, Path]):
     assert receipt["attempts"] == []
     assert receipt["answered_by"] is None
     assert receipt["outcome"] == "dry_run"
-    assert receipt["selected"] == {"model": "gemini-3.5-flash", "score": 0.54,
-                                   "reason": "tools ✓, over quality floor, price ceiling passed, cheapest survivor"}
+    assert receipt["selected"] == {
+        "model": "gemini-3.5-flash",
+        "score": 0.54,
+        "reason": "tools ✓, over quality floor, price ceiling passed, cheapest survivor",
+    }
     assert receipt["candidates"] == expected.candidates
     assert receipt["fallback"] == {"chain": ["claude-sonnet-4-6", "gpt-5.5"], "triggered": False, "hops": []}
     assert len(receipt["rejected"]) == 12
     flash = next(r for r in receipt["rejected"] if r["model"] == "deepseek-v4-flash")
-    assert flash == {"model": "deepseek-v4-flash", "rule": "quality-floor", "field": "bench_intelligence", "op": "gte",
-                     "threshold": 0.5, "observed": 0.42, "message": "below quality floor (0.42 < 0.5)"}
+    assert flash == {
+        "model": "deepseek-v4-flash",
+        "rule": "quality-floor",
+        "field": "bench_intelligence",
+        "op": "gte",
+        "threshold": 0.5,
+        "observed": 0.42,
+        "message": "below quality floor (0.42 < 0.5)",
+    }
     assert receipt["cost"]["baseline_model"] == "gpt-5.5"
     assert receipt["cost"]["usd"] == pytest.approx(expected.cost.usd, rel=1e-12)
     assert receipt["cost"]["baseline_usd"] == pytest.approx(expected.cost.baseline_usd, rel=1e-12)
-    assert receipt["cost"]["savings_ratio"] == pytest.approx(1 - receipt["cost"]["usd"] / receipt["cost"]["baseline_usd"], rel=1e-12)
+    assert receipt["cost"]["savings_ratio"] == pytest.approx(
+        1 - receipt["cost"]["usd"] / receipt["cost"]["baseline_usd"], rel=1e-12
+    )
     assert receipt["workflow"] is None
     assert receipt["complete"] is True
 
@@ -223,11 +276,22 @@ def test_rank_with_a_request_and_a_custom_catalog(files: dict[str, Path]):
     assert receipt["features"]["uses_tools"] is True
     assert receipt["features"]["max_tokens"] == 400
     assert receipt["selected"]["model"] == "gemini-3.5-flash"
-    assert {r["model"]: r["rule"] for r in receipt["rejected"]} == {"mistral-small-4": "tools", "deepseek-v4-flash": "quality-floor"}
+    assert {r["model"]: r["rule"] for r in receipt["rejected"]} == {
+        "mistral-small-4": "tools",
+        "deepseek-v4-flash": "quality-floor",
+    }
 
 
 def test_rank_reads_the_request_from_stdin(files: dict[str, Path]):
-    result = run("rank", "--policy", EXAMPLES / "policies" / "eu-only.yaml", "--request", "-", "--json", stdin=json.dumps(IMAGE_BODY))
+    result = run(
+        "rank",
+        "--policy",
+        EXAMPLES / "policies" / "eu-only.yaml",
+        "--request",
+        "-",
+        "--json",
+        stdin=json.dumps(IMAGE_BODY),
+    )
     assert result.code == 0, result.err
     receipt = result.json()
     assert receipt["features"]["has_images"] is True
@@ -249,7 +313,9 @@ def test_rank_a_custom_field_policy_needs_its_catalog(files: dict[str, Path]):
         "mistral-small-4": "no soc2",
         "deepseek-v4-flash": "soc2 not set in the catalog (soc2)",
     }
-    line = assert_bad_input(run("rank", "--policy", policy), "rules[0].field: unknown field 'soc2'", "unhardcoded fields")
+    line = assert_bad_input(
+        run("rank", "--policy", policy), "rules[0].field: unknown field 'soc2'", "unhardcoded fields"
+    )
     assert line.startswith(f"unhardcoded: {policy}: ")
 
 
@@ -267,8 +333,12 @@ def test_fingerprint_json(files: dict[str, Path]):
     policy = load_policy_file(SUPPORT)
     result = run("fingerprint", SUPPORT, "--json")
     assert result.code == 0
-    assert result.json() == {"name": "support", "fingerprint": policy.fingerprint, "schema": "sigma-pol/v1",
-                             "canonical": policy.canonical}
+    assert result.json() == {
+        "name": "support",
+        "fingerprint": policy.fingerprint,
+        "schema": "sigma-pol/v1",
+        "canonical": policy.canonical,
+    }
 
 
 # -- bad input: exit 2, one line on stderr, nothing on stdout -------------------------------------
@@ -282,8 +352,10 @@ def test_bad_yaml(files: dict[str, Path]):
 def test_bad_op(files: dict[str, Path]):
     bad = files["op.yaml"]
     line = assert_bad_input(run("rank", "--policy", bad))
-    assert line == (f"unhardcoded: {bad}: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, "
-                    "contains, intersects")
+    assert line == (
+        f"unhardcoded: {bad}: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, "
+        "contains, intersects"
+    )
 
 
 def test_missing_files(files: dict[str, Path]):
@@ -295,15 +367,20 @@ def test_missing_files(files: dict[str, Path]):
 def test_bad_request_json(files: dict[str, Path]):
     bad = files["request.json"]
     assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", bad)) == (
-        f"unhardcoded: {bad}: line 3: invalid JSON: Expecting value")
+        f"unhardcoded: {bad}: line 3: invalid JSON: Expecting value"
+    )
     not_chat = files["empty.json"]
     assert assert_bad_input(run("rank", "--policy", SUPPORT, "--request", not_chat)) == (
-        "unhardcoded: messages: must be a non-empty array of chat messages")
+        "unhardcoded: messages: must be a non-empty array of chat messages"
+    )
 
 
 def test_bad_catalog(files: dict[str, Path]):
     bad = files["catalog.yaml"]
-    assert_bad_input(run("rank", "--policy", SUPPORT, "--catalog", bad), "models[0].price_input_per_mtok: expected number, got 'cheap'")
+    assert_bad_input(
+        run("rank", "--policy", SUPPORT, "--catalog", bad),
+        "models[0].price_input_per_mtok: expected number, got 'cheap'",
+    )
 
 
 def test_usage_errors_are_one_line_too(files: dict[str, Path]):

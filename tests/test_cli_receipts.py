@@ -39,14 +39,20 @@ def home(tmp_path) -> Path:
     return home
 
 
-def run(home: Path | None, *args: str, env: dict[str, str] | None = None, stderr=subprocess.PIPE) -> subprocess.CompletedProcess:
+def run(
+    home: Path | None, *args: str, env: dict[str, str] | None = None, stderr=subprocess.PIPE
+) -> subprocess.CompletedProcess:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
     if home is not None:
         environ["UNHARDCODED_HOME"] = str(home)
     environ.update(env or {})
     return subprocess.run(
-        [sys.executable, "-m", "unhardcoded.cli", *args], env=environ, stdout=subprocess.PIPE, stderr=stderr,
-        text=True, timeout=60,
+        [sys.executable, "-m", "unhardcoded.cli", *args],
+        env=environ,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+        timeout=60,
     )
 
 
@@ -127,11 +133,17 @@ def test_the_store_can_be_named_by_flag_url_or_environment(home, tmp_path):
 
 
 def test_an_unknown_id_exits_2_with_one_line(home):
-    one_line_error(run(home, "receipt", "req_unknown"), "no receipt or workflow 'req_unknown'", str(home / "receipts.db"))
+    one_line_error(
+        run(home, "receipt", "req_unknown"), "no receipt or workflow 'req_unknown'", str(home / "receipts.db")
+    )
 
 
 def test_no_store_yet_exits_2_naming_the_file(tmp_path):
-    one_line_error(run(tmp_path / "empty-home", "receipt", "req_x"), str(tmp_path / "empty-home" / "receipts.db"), "no receipt store")
+    one_line_error(
+        run(tmp_path / "empty-home", "receipt", "req_x"),
+        str(tmp_path / "empty-home" / "receipts.db"),
+        "no receipt store",
+    )
     assert not (tmp_path / "empty-home" / "receipts.db").exists()
 
 
@@ -158,7 +170,9 @@ def test_the_console_script_is_installed_and_runs(home):
     assert exe is not None, "the unhardcoded console script is not on PATH: install the package (scripts/test.sh does)"
     env = {k: v for k, v in os.environ.items() if not k.startswith("UNHARDCODED_")}
     env["UNHARDCODED_HOME"] = str(home)
-    result = subprocess.run([exe, "receipt", DIRECT["request_id"], "--json"], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [exe, "receipt", DIRECT["request_id"], "--json"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["request_id"] == DIRECT["request_id"]
 
@@ -221,14 +235,19 @@ def test_replay_finds_the_recorded_catalog_in_the_archive(tmp_path):
     then = Catalog.from_document(doc)
     CatalogArchive(home / "catalogs").save(then)
     policy = validate_policy(generate.SUPPORT, then)
-    d = CompiledPolicy(policy, then).decide(RequestFeatures(input_tokens=900, uses_tools=True), request_id="req_archived")
+    d = CompiledPolicy(policy, then).decide(
+        RequestFeatures(input_tokens=900, uses_tools=True), request_id="req_archived"
+    )
     with open_store(str(home / "receipts.db")) as store:
         store.put(Receipt.from_decision(d), policy_body=policy.canonical)
     result = run(home, "replay", "req_archived")
     assert result.returncode == 0, result.stderr
     assert f"catalog   recorded {then.version} → today {Catalog.builtin().version}" in result.stdout
     # A model added to the catalog since, and rejected, changes the receipt but not the route.
-    assert "rejected  + gpt-5.5-pro  new in today's catalog, filtered: over price ceiling (120 > 10) [price-ceiling]" in result.stdout
+    assert (
+        "rejected  + gpt-5.5-pro  new in today's catalog, filtered: over price ceiling (120 > 10) [price-ceiling]"
+        in result.stdout
+    )
     assert "SAME decision today" in result.stdout
 
 

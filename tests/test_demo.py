@@ -34,7 +34,13 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
         receipts = [store.get(rid) for rid in commands]
         assert all(r is not None for r in receipts)
         nodes = [r.receipt for r in receipts]  # type: ignore[union-attr]
-        assert [n.workflow.node for n in nodes] == ["classify", "extract-order", "lookup-order", "draft-reply", "check-tone"]
+        assert [n.workflow.node for n in nodes] == [
+            "classify",
+            "extract-order",
+            "lookup-order",
+            "draft-reply",
+            "check-tone",
+        ]
         assert [n.workflow.step for n in nodes] == [0, 1, 2, 3, 4]
         assert len({n.trace_id for n in nodes}) == 1, "every node of the workflow is in one trace"
         assert {n.policy.name for n in nodes} == {"support", "triage"}
@@ -45,9 +51,13 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
         hop = fell_back[0]
         assert hop.workflow.node == "lookup-order"
         assert hop.selected.model == "gemini-3.5-flash"
-        assert [(h.from_, h.to, h.reason) for h in hop.fallback.hops] == [("gemini-3.5-flash", "claude-sonnet-4-6", "error")]
+        assert [(h.from_, h.to, h.reason) for h in hop.fallback.hops] == [
+            ("gemini-3.5-flash", "claude-sonnet-4-6", "error")
+        ]
         assert [(a.model, a.status, a.error_type) for a in hop.attempts] == [
-            ("gemini-3.5-flash", "error", "503"), ("claude-sonnet-4-6", "ok", None)]
+            ("gemini-3.5-flash", "error", "503"),
+            ("claude-sonnet-4-6", "ok", None),
+        ]
         assert hop.answered_by == "claude-sonnet-4-6"
         # The rejections the card promises, with the rule that rejected each model.
         by_model = {r.model: r for r in hop.rejected}

@@ -122,9 +122,16 @@ def test_op_on_field_type(catalog: Catalog, field: str, op: str, value: Any, pas
 @pytest.mark.parametrize("op", ["eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains", "intersects"])
 def test_a_model_missing_the_field_is_rejected_as_not_set(catalog: Catalog, op: str):
     field, value = {
-        "eq": ("soc2", True), "ne": ("tier", "gold"), "lt": ("latency_p50_ms", 10_000), "lte": ("carbon_g", 100),
-        "gt": ("bench_intelligence", 0), "gte": ("retention_days", 0), "in": ("tier", ["gold", "silver", "bronze"]),
-        "not_in": ("supports_tools", [False]), "contains": ("certs", "zzz"), "intersects": ("regions", ["eu", "us", "cn"]),
+        "eq": ("soc2", True),
+        "ne": ("tier", "gold"),
+        "lt": ("latency_p50_ms", 10_000),
+        "lte": ("carbon_g", 100),
+        "gt": ("bench_intelligence", 0),
+        "gte": ("retention_days", 0),
+        "in": ("tier", ["gold", "silver", "bronze"]),
+        "not_in": ("supports_tools", [False]),
+        "contains": ("certs", "zzz"),
+        "intersects": ("regions", ["eu", "us", "cn"]),
     }[op]
     decision = decide(catalog, policy_of(catalog, [{"id": "needs-it", "field": field, "op": op, "value": value}]))
     r = rejection(decision, "d")
@@ -156,13 +163,22 @@ MESSAGE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("rid", "field", "op", "value", "model", "message"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES])
-def test_rejection_record_and_message(catalog: Catalog, rid: str, field: str, op: str, value: Any, model: str, message: str):
+@pytest.mark.parametrize(
+    ("rid", "field", "op", "value", "model", "message"), MESSAGE_CASES, ids=[c[0] for c in MESSAGE_CASES]
+)
+def test_rejection_record_and_message(
+    catalog: Catalog, rid: str, field: str, op: str, value: Any, model: str, message: str
+):
     decision = decide(catalog, policy_of(catalog, [{"id": rid, "field": field, "op": op, "value": value}]))
     r = rejection(decision, model)
     assert r.model_dump() == {
-        "model": model, "rule": rid, "field": field, "op": op, "threshold": value,
-        "observed": catalog.model(model).get(field), "message": message,
+        "model": model,
+        "rule": rid,
+        "field": field,
+        "op": op,
+        "threshold": value,
+        "observed": catalog.model(model).get(field),
+        "message": message,
     }
 
 
@@ -181,17 +197,20 @@ def test_rejections_follow_catalog_order(catalog: Catalog):
 
 
 def test_support_policy_on_the_builtin_catalog_matches_the_design_card():
-    policy = validate_policy({
-        "schema": "sigma-pol/v1", "name": "support",
-        "rules": [
-            {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-            {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
-            {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
-        ],
-        "rank": {"by": "cost", "then": [{"by": "bench_intelligence", "order": "desc"}]},
-        "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"]},
-        "baseline": "gpt-5.5",
-    })
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "support",
+            "rules": [
+                {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+                {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
+                {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 10},
+            ],
+            "rank": {"by": "cost", "then": [{"by": "bench_intelligence", "order": "desc"}]},
+            "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"]},
+            "baseline": "gpt-5.5",
+        }
+    )
     decision = Router().decide(policy, {"messages": [{"role": "user", "content": "hi"}]})
     assert decision.selected is not None
     assert decision.selected.model == "gemini-3.5-flash"
@@ -213,7 +232,13 @@ def test_tools_in_the_request_require_supports_tools(catalog: Catalog):
     assert set(decision.candidates) == {"a", "b"}
     c = rejection(decision, "c")
     assert (c.rule, c.field, c.op, c.threshold, c.observed, c.message) == (
-        "request:tools", "supports_tools", "eq", True, False, "no tools")
+        "request:tools",
+        "supports_tools",
+        "eq",
+        True,
+        False,
+        "no tools",
+    )
     d = rejection(decision, "d")
     assert (d.rule, d.observed, d.message) == ("request:tools", None, "supports_tools not set in the catalog (tools)")
     assert set(decide(catalog, policy_of(catalog)).candidates) == {"a", "b", "c", "d"}
@@ -224,27 +249,49 @@ def test_images_in_the_request_require_supports_vision(catalog: Catalog):
     assert decision.candidates == ["a"]
     b = rejection(decision, "b")
     assert (b.rule, b.field, b.op, b.threshold, b.observed, b.message) == (
-        "request:vision", "supports_vision", "eq", True, False, "no vision")
+        "request:vision",
+        "supports_vision",
+        "eq",
+        True,
+        False,
+        "no vision",
+    )
 
 
 def test_the_prompt_must_fit_the_context_window(catalog: Catalog):
     decision = decide(catalog, policy_of(catalog), RequestFeatures(input_tokens=9000))
     c = rejection(decision, "c")
     assert (c.rule, c.field, c.op, c.threshold, c.observed, c.message) == (
-        "request:context", "context_window", "gte", 9000, 8000, "below context (8000 < 9000)")
+        "request:context",
+        "context_window",
+        "gte",
+        9000,
+        8000,
+        "below context (8000 < 9000)",
+    )
     assert {"a", "b"} <= set(decision.candidates)
     # The answer must fit too: prompt plus max_tokens.
-    decision = decide(catalog, policy_of(catalog), RequestFeatures(input_tokens=7000, output_tokens=1500, max_tokens=1500))
+    decision = decide(
+        catalog, policy_of(catalog), RequestFeatures(input_tokens=7000, output_tokens=1500, max_tokens=1500)
+    )
     c = rejection(decision, "c")
     assert (c.rule, c.threshold, c.observed) == ("request:context", 8500, 8000)
     assert "c" in decide(catalog, policy_of(catalog), RequestFeatures(input_tokens=6000, max_tokens=1500)).candidates
 
 
 def test_max_tokens_must_not_exceed_max_output_tokens(catalog: Catalog):
-    decision = decide(catalog, policy_of(catalog), RequestFeatures(input_tokens=10, output_tokens=3000, max_tokens=3000))
+    decision = decide(
+        catalog, policy_of(catalog), RequestFeatures(input_tokens=10, output_tokens=3000, max_tokens=3000)
+    )
     c = rejection(decision, "c")
     assert (c.rule, c.field, c.op, c.threshold, c.observed, c.message) == (
-        "request:max-tokens", "max_output_tokens", "gte", 3000, 2000, "below max tokens (2000 < 3000)")
+        "request:max-tokens",
+        "max_output_tokens",
+        "gte",
+        3000,
+        2000,
+        "below max tokens (2000 < 3000)",
+    )
     assert {"a", "b"} <= set(decision.candidates)
     assert "c" in decide(catalog, policy_of(catalog), RequestFeatures(input_tokens=10, max_tokens=2000)).candidates
 
@@ -257,10 +304,15 @@ def test_policy_rules_come_before_request_rules(catalog: Catalog):
 
 def test_request_rules_come_from_a_real_request_body(catalog: Catalog):
     body = {
-        "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "what is this?"},
-            {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
-        ]}],
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                ],
+            }
+        ],
         "tools": [{"type": "function", "function": {"name": "f"}}],
     }
     decision = Router(catalog).decide(policy_of(catalog), body)
@@ -288,9 +340,13 @@ def tie_catalog() -> Catalog:
 
 def test_equal_cost_is_broken_by_rank_then_and_then_by_model_id(tie_catalog: Catalog):
     three = [{"id": "cheap", "field": "price_input_per_mtok", "op": "lt", "value": 2}]
-    by_bench_desc = policy_of(tie_catalog, three, rank={"by": "cost", "then": [{"by": "bench_intelligence", "order": "desc"}]})
+    by_bench_desc = policy_of(
+        tie_catalog, three, rank={"by": "cost", "then": [{"by": "bench_intelligence", "order": "desc"}]}
+    )
     assert decide(tie_catalog, by_bench_desc).candidates == ["alpha", "zeta", "mid"]
-    by_bench_asc = policy_of(tie_catalog, three, rank={"by": "cost", "then": [{"by": "bench_intelligence", "order": "asc"}]})
+    by_bench_asc = policy_of(
+        tie_catalog, three, rank={"by": "cost", "then": [{"by": "bench_intelligence", "order": "asc"}]}
+    )
     assert decide(tie_catalog, by_bench_asc).candidates == ["mid", "alpha", "zeta"]
     cost_only = policy_of(tie_catalog, three)
     decision = decide(tie_catalog, cost_only)
@@ -316,18 +372,30 @@ def test_cost_descending_and_a_cost_tie_breaker_after_a_field(tie_catalog: Catal
     assert priciest.candidates[0] == "nolat"
     assert priciest.selected is not None and priciest.selected.reason == "most expensive survivor"
     # bench desc first; the two at 0.7 tie, and cost (equal) then the id decides.
-    mixed = decide(tie_catalog, policy_of(tie_catalog, rank={"by": "bench_intelligence", "order": "desc", "then": [{"by": "cost"}]}))
+    mixed = decide(
+        tie_catalog,
+        policy_of(tie_catalog, rank={"by": "bench_intelligence", "order": "desc", "then": [{"by": "cost"}]}),
+    )
     assert mixed.candidates == ["nolat", "alpha", "zeta", "mid"]
 
 
 def test_only_survivor_reason_and_score(tie_catalog: Catalog):
-    decision = decide(tie_catalog, policy_of(tie_catalog, [{"id": "best", "field": "bench_intelligence", "op": "gte", "value": 0.9}]))
+    decision = decide(
+        tie_catalog, policy_of(tie_catalog, [{"id": "best", "field": "bench_intelligence", "op": "gte", "value": 0.9}])
+    )
     assert decision.selected is not None
-    assert (decision.selected.model, decision.selected.score, decision.selected.reason) == ("nolat", 0.9, "over best, only survivor")
+    assert (decision.selected.model, decision.selected.score, decision.selected.reason) == (
+        "nolat",
+        0.9,
+        "over best, only survivor",
+    )
     no_score = decide(tie_catalog, policy_of(tie_catalog, select={"score_field": None}))
     assert no_score.selected is not None and no_score.selected.score is None
     by_latency = decide(tie_catalog, policy_of(tie_catalog, select={"score_field": "latency_p50_ms"}))
-    assert by_latency.selected is not None and (by_latency.selected.model, by_latency.selected.score) == ("alpha", 200.0)
+    assert by_latency.selected is not None and (by_latency.selected.model, by_latency.selected.score) == (
+        "alpha",
+        200.0,
+    )
 
 
 def test_cost_ranking_uses_the_request_shape():
@@ -348,12 +416,17 @@ models:
 
 
 def test_cost_and_savings_are_exact():
-    policy = validate_policy({
-        "schema": "sigma-pol/v1", "name": "support",
-        "rules": [{"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-                  {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5}],
-        "baseline": "gpt-5.5",
-    })
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "support",
+            "rules": [
+                {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+                {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
+            ],
+            "baseline": "gpt-5.5",
+        }
+    )
     decision = Router().decide(policy, RequestFeatures(input_tokens=1000, output_tokens=500))
     assert decision.selected is not None and decision.selected.model == "gemini-3.5-flash"
     usd = (1000 * 0.15 + 500 * 1.25) / 1_000_000
@@ -366,8 +439,14 @@ def test_cost_and_savings_are_exact():
 
 
 def test_default_output_tokens_price_a_request_without_max_tokens():
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "t", "rules": [
-        {"id": "pick", "field": "id", "op": "eq", "value": "gpt-5.5-nano"}], "baseline": "gpt-5.5"})
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "t",
+            "rules": [{"id": "pick", "field": "id", "op": "eq", "value": "gpt-5.5-nano"}],
+            "baseline": "gpt-5.5",
+        }
+    )
     body = {"messages": [{"role": "user", "content": "x" * 396}]}  # 4 + 99 = 103 input tokens
     decision = Router().decide(policy, body)
     assert decision.features.input_tokens == 103
@@ -379,7 +458,9 @@ def test_default_output_tokens_price_a_request_without_max_tokens():
 def test_a_cheaper_baseline_gives_a_negative_saving_and_no_baseline_gives_none():
     rules = [{"id": "pick", "field": "id", "op": "eq", "value": "gpt-5.5"}]
     features = RequestFeatures(input_tokens=2000, output_tokens=100)
-    worse = Router().decide(validate_policy({"schema": "sigma-pol/v1", "name": "t", "rules": rules, "baseline": "gpt-5.5-mini"}), features)
+    worse = Router().decide(
+        validate_policy({"schema": "sigma-pol/v1", "name": "t", "rules": rules, "baseline": "gpt-5.5-mini"}), features
+    )
     usd = (2000 * 1.25 + 100 * 10.0) / 1e6
     base = (2000 * 0.25 + 100 * 2.0) / 1e6
     assert worse.cost.savings_ratio == pytest.approx(1 - usd / base, rel=1e-12)
@@ -398,7 +479,12 @@ models:
 """)
     policy = policy_of(catalog, [{"id": "paid", "field": "id", "op": "eq", "value": "paid"}], baseline="free")
     decision = decide(catalog, policy, RequestFeatures(input_tokens=1000, output_tokens=1000))
-    assert decision.cost.model_dump() == {"usd": 0.002, "baseline_model": "free", "baseline_usd": 0.0, "savings_ratio": None}
+    assert decision.cost.model_dump() == {
+        "usd": 0.002,
+        "baseline_model": "free",
+        "baseline_usd": 0.0,
+        "savings_ratio": None,
+    }
 
 
 # -- the fallback chain ---------------------------------------------------------------------------
@@ -411,13 +497,20 @@ SUPPORT_RULES = [
 
 
 def support_with_fallback(models: list[str], max_hops: int = 2) -> Policy:
-    return validate_policy({"schema": "sigma-pol/v1", "name": "support", "rules": SUPPORT_RULES,
-                            "fallback": {"models": models, "max_hops": max_hops}})
+    return validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "support",
+            "rules": SUPPORT_RULES,
+            "fallback": {"models": models, "max_hops": max_hops},
+        }
+    )
 
 
 def test_a_fallback_model_that_fails_a_rule_is_skipped_and_recorded():
-    decision = Router().decide(support_with_fallback(["deepseek-v4-flash", "claude-sonnet-4-6", "gpt-5.5"]),
-                               RequestFeatures(input_tokens=100))
+    decision = Router().decide(
+        support_with_fallback(["deepseek-v4-flash", "claude-sonnet-4-6", "gpt-5.5"]), RequestFeatures(input_tokens=100)
+    )
     assert decision.fallback_chain == ["claude-sonnet-4-6", "gpt-5.5"]
     skipped = rejection(decision, "deepseek-v4-flash")
     assert (skipped.rule, skipped.message) == ("quality-floor", "below quality floor (0.42 < 0.5)")
@@ -431,7 +524,9 @@ def test_a_fallback_model_that_fails_a_request_rule_is_skipped():
 
 
 def test_the_selected_model_is_not_repeated_in_the_chain():
-    decision = Router().decide(support_with_fallback(["gemini-3.5-flash", "gpt-5.5"]), RequestFeatures(input_tokens=100))
+    decision = Router().decide(
+        support_with_fallback(["gemini-3.5-flash", "gpt-5.5"]), RequestFeatures(input_tokens=100)
+    )
     assert decision.selected is not None and decision.selected.model == "gemini-3.5-flash"
     assert decision.fallback_chain == ["gpt-5.5"]
 
@@ -443,12 +538,18 @@ def test_max_hops_truncates_the_chain():
     assert Router().decide(support_with_fallback(models, 1), features).fallback_chain == ["claude-sonnet-4-6"]
     assert Router().decide(support_with_fallback(models, 0), features).fallback_chain == []
     # Skipped models do not use up hops.
-    assert Router().decide(support_with_fallback(["deepseek-v4-flash", *models], 2), features).fallback_chain == models[:2]
+    assert (
+        Router().decide(support_with_fallback(["deepseek-v4-flash", *models], 2), features).fallback_chain == models[:2]
+    )
 
 
 def test_no_candidate_decision(catalog: Catalog):
-    policy = policy_of(catalog, [{"id": "impossible", "field": "bench_intelligence", "op": "gt", "value": 1}],
-                       fallback={"models": ["a"]}, baseline="a")
+    policy = policy_of(
+        catalog,
+        [{"id": "impossible", "field": "bench_intelligence", "op": "gt", "value": 1}],
+        fallback={"models": ["a"]},
+        baseline="a",
+    )
     decision = decide(catalog, policy)
     assert decision.outcome == "no_candidate"
     assert decision.selected is None
@@ -490,6 +591,11 @@ def test_compiled_policies_are_cached_per_fingerprint_and_catalog_version(catalo
 
 
 def test_rejection_message_words():
-    assert rejection_message("quality-floor", "bench_intelligence", "gte", 0.5, 0.42) == "below quality floor (0.42 < 0.5)"
+    assert (
+        rejection_message("quality-floor", "bench_intelligence", "gte", 0.5, 0.42) == "below quality floor (0.42 < 0.5)"
+    )
     assert rejection_message("request:tools", "supports_tools", "eq", True, False) == "no tools"
-    assert rejection_message("request:tools", "supports_tools", "eq", True, None) == "supports_tools not set in the catalog (tools)"
+    assert (
+        rejection_message("request:tools", "supports_tools", "eq", True, None)
+        == "supports_tools not set in the catalog (tools)"
+    )

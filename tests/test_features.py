@@ -18,14 +18,21 @@ def user(content: Any) -> dict[str, Any]:
 
 
 def test_text_tokens_are_a_quarter_of_the_characters_plus_four_per_message():
-    body = {"messages": [
-        {"role": "system", "content": "x" * 10},  # 3 tokens
-        {"role": "user", "content": "y" * 8},  # 2 tokens
-    ]}
+    body = {
+        "messages": [
+            {"role": "system", "content": "x" * 10},  # 3 tokens
+            {"role": "user", "content": "y" * 8},  # 2 tokens
+        ]
+    }
     features = features_from_request(body)
     assert features == RequestFeatures(input_tokens=4 + 3 + 4 + 2, output_tokens=DEFAULT_OUTPUT_TOKENS)
     assert DEFAULT_OUTPUT_TOKENS == 512
-    assert (features.uses_tools, features.has_images, features.max_tokens, features.stream) == (False, False, None, False)
+    assert (features.uses_tools, features.has_images, features.max_tokens, features.stream) == (
+        False,
+        False,
+        None,
+        False,
+    )
 
 
 def test_null_content_counts_only_the_message_overhead():
@@ -34,7 +41,9 @@ def test_null_content_counts_only_the_message_overhead():
 
 @pytest.mark.parametrize("kind", ["image_url", "input_image", "image"])
 def test_image_parts_set_has_images_and_count_fixed_tokens(kind: str):
-    features = features_from_request(user([{"type": "text", "text": "abcd" * 3}, {"type": kind, "image_url": {"url": "u"}}]))
+    features = features_from_request(
+        user([{"type": "text", "text": "abcd" * 3}, {"type": kind, "image_url": {"url": "u"}}])
+    )
     assert features.has_images is True
     assert IMAGE_TOKENS == 765
     assert features.input_tokens == 4 + 3 + 765
@@ -87,7 +96,9 @@ def test_stream_is_recorded():
 
 def test_other_keys_are_ignored():
     plain = features_from_request(user("hi"))
-    assert features_from_request({**user("hi"), "temperature": 0.2, "model": "ignored", "policy": {"name": "x"}}) == plain
+    assert (
+        features_from_request({**user("hi"), "temperature": 0.2, "model": "ignored", "policy": {"name": "x"}}) == plain
+    )
 
 
 def test_canonical_features_are_stable_json():
@@ -107,7 +118,10 @@ def test_canonical_features_are_stable_json():
         ({"messages": {"role": "user"}}, "messages: must be a non-empty array of chat messages"),
         ({"messages": ["hi"]}, "messages[0]: must be an object with role and content"),
         ({"messages": [{"role": "user", "content": "a"}, {"content": "b"}]}, "messages[1].role: must be a string"),
-        ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content: must be a string, an array of parts or null"),
+        (
+            {"messages": [{"role": "user", "content": 5}]},
+            "messages[0].content: must be a string, an array of parts or null",
+        ),
         ({"messages": [{"role": "user", "content": ["x"]}]}, "messages[0].content[0]: must be a content part object"),
         ({**user("hi"), "tools": {"type": "function"}}, "tools: must be an array"),
         ({**user("hi"), "max_tokens": 0}, "max_tokens: must be a positive integer"),

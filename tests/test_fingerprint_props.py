@@ -74,7 +74,10 @@ def rules(draw: st.DrawFn, rule_id: str) -> dict[str, Any]:
 
 @st.composite
 def policies(draw: st.DrawFn) -> dict[str, Any]:
-    doc: dict[str, Any] = {"schema": "sigma-pol/v1", "name": draw(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True))}
+    doc: dict[str, Any] = {
+        "schema": "sigma-pol/v1",
+        "name": draw(st.from_regex(r"[a-z0-9][a-z0-9._-]{0,20}", fullmatch=True)),
+    }
     ids = draw(st.lists(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._-]{0,10}", fullmatch=True), max_size=5, unique=True))
     if ids or draw(st.booleans()):
         doc["rules"] = [draw(rules(rid)) for rid in ids]
@@ -83,8 +86,14 @@ def policies(draw: st.DrawFn) -> dict[str, Any]:
         if draw(st.booleans()):
             rank["order"] = draw(st.sampled_from(["asc", "desc"]))
         if draw(st.booleans()):
-            rank["then"] = draw(st.lists(st.fixed_dictionaries({"by": st.sampled_from(RANK_FIELDS),
-                                                                "order": st.sampled_from(["asc", "desc"])}), max_size=2))
+            rank["then"] = draw(
+                st.lists(
+                    st.fixed_dictionaries(
+                        {"by": st.sampled_from(RANK_FIELDS), "order": st.sampled_from(["asc", "desc"])}
+                    ),
+                    max_size=2,
+                )
+            )
         doc["rank"] = rank
     if draw(st.booleans()):
         doc["select"] = {"score_field": draw(st.sampled_from([None, *NUMBER_FIELDS, *INTEGER_FIELDS]))}
@@ -157,7 +166,8 @@ def writings(doc: dict[str, Any], rnd) -> list[str]:
         json.dumps(mixed, indent=4, ensure_ascii=True),
         "\n\n  " + json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n\n",
         yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
-        "# the same policy, in YAML block style\n\n" + yaml.safe_dump(mixed, sort_keys=True, indent=4, allow_unicode=False),
+        "# the same policy, in YAML block style\n\n"
+        + yaml.safe_dump(mixed, sort_keys=True, indent=4, allow_unicode=False),
         yaml.safe_dump(mixed, default_flow_style=True, width=10**6, allow_unicode=True),
         json.dumps(float_ints(doc)),
         yaml.safe_dump(with_defaults(mixed), sort_keys=False, allow_unicode=True),
@@ -249,8 +259,12 @@ def changed(doc: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
         elif kind == "rule-op":
             others = [o for o in ops_for(rule["field"]) if o != rule["op"]]
             # Swap within ops that take the same kind of value, so the policy stays valid.
-            same_shape = [o for o in others if (o in ("in", "not_in", "intersects")) == (rule["op"] in ("in", "not_in", "intersects"))
-                          and (o == "contains") == (rule["op"] == "contains")]
+            same_shape = [
+                o
+                for o in others
+                if (o in ("in", "not_in", "intersects")) == (rule["op"] in ("in", "not_in", "intersects"))
+                and (o == "contains") == (rule["op"] == "contains")
+            ]
             assume(same_shape)
             rule["op"] = data.draw(st.sampled_from(same_shape))
         else:  # rule-field
@@ -260,7 +274,12 @@ def changed(doc: dict[str, Any], data: st.DataObject) -> dict[str, Any]:
     return out
 
 
-@settings(max_examples=200, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
+@settings(
+    max_examples=200,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
 @given(doc=policies(), data=st.data())
 def test_any_semantic_change_changes_the_fingerprint(doc: dict[str, Any], data: st.DataObject):
     mutated = changed(doc, data)
@@ -295,7 +314,11 @@ def test_fingerprint_matches_the_design_definition():
         ],
         "rank": {"by": "cost", "order": "asc", "then": [{"by": "bench_intelligence", "order": "desc"}]},
         "select": {"score_field": "bench_intelligence"},
-        "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"], "on": ["error", "timeout", "rate_limit"], "max_hops": 2},
+        "fallback": {
+            "models": ["claude-sonnet-4-6", "gpt-5.5"],
+            "on": ["error", "timeout", "rate_limit"],
+            "max_hops": 2,
+        },
         "baseline": "gpt-5.5",
     }
     canonical = json.dumps(filled, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
@@ -310,7 +333,9 @@ def test_fingerprint_matches_the_design_definition():
 
 def test_the_design_support_policy_fingerprint_is_pinned():
     # Receipts already written carry this value: a change to the canonical form must be deliberate.
-    policy = load_policy(FIXED.replace('  - {id: eu-region, field: regions, op: intersects, value: [eu, "zone-é"]}\n', ""))
+    policy = load_policy(
+        FIXED.replace('  - {id: eu-region, field: regions, op: intersects, value: [eu, "zone-é"]}\n', "")
+    )
     assert policy.fingerprint == "1142614073-1132739033"
 
 

@@ -22,24 +22,114 @@ FUZZ = settings(max_examples=150, deadline=None, database=None, suppress_health_
 # -- inputs -------------------------------------------------------------------------------------
 
 TOKENS = [
-    "schema:", " sigma-pol/v1", " unhardcoded-catalog/v1", "name:", " support", "rules:", "models:", "fields:",
-    "providers:", "fallback:", "rank:", "select:", "baseline:", "on:", "max_hops:", "- ", "id:", "field:", "op:",
-    "value:", "by:", "order:", "then:", "type:", "provider:", "base_url:", "api_key_env:", "timeout_s:",
-    " http://127.0.0.1:1/v1", " bench_intelligence", " regions", " gte", " contains", " eq", " bool", " string[]",
-    "{", "}", "[", "]", ",", ":", " ", "  ", "\n", "\n  ", "\n    ", "\t", '"', "'", "#", "&a ", "*a", "<<: ", "? ",
-    "!!binary ", "!!int ", "!!float ", "!!bool ", "!!timestamp ", "!!set ", "!!python/object:os.system ", "!!str ",
-    "---\n", "...\n", "%YAML 1.2\n", "%TAG ! tag:x,2000:\n", "|\n", ">-\n", "yes", "no", "true", "null", "~",
-    ".nan", ".inf", "-.inf", "1e400", "0x1F", "0o17", "1_000", "2024-01-01", "2024-13-45", "12:30:00", "-1", "0.5",
-    "NaN", "Infinity", "\\u0000", "\x00", "\ufeff", "é", "\u2028", "\x85",
+    "schema:",
+    " sigma-pol/v1",
+    " unhardcoded-catalog/v1",
+    "name:",
+    " support",
+    "rules:",
+    "models:",
+    "fields:",
+    "providers:",
+    "fallback:",
+    "rank:",
+    "select:",
+    "baseline:",
+    "on:",
+    "max_hops:",
+    "- ",
+    "id:",
+    "field:",
+    "op:",
+    "value:",
+    "by:",
+    "order:",
+    "then:",
+    "type:",
+    "provider:",
+    "base_url:",
+    "api_key_env:",
+    "timeout_s:",
+    " http://127.0.0.1:1/v1",
+    " bench_intelligence",
+    " regions",
+    " gte",
+    " contains",
+    " eq",
+    " bool",
+    " string[]",
+    "{",
+    "}",
+    "[",
+    "]",
+    ",",
+    ":",
+    " ",
+    "  ",
+    "\n",
+    "\n  ",
+    "\n    ",
+    "\t",
+    '"',
+    "'",
+    "#",
+    "&a ",
+    "*a",
+    "<<: ",
+    "? ",
+    "!!binary ",
+    "!!int ",
+    "!!float ",
+    "!!bool ",
+    "!!timestamp ",
+    "!!set ",
+    "!!python/object:os.system ",
+    "!!str ",
+    "---\n",
+    "...\n",
+    "%YAML 1.2\n",
+    "%TAG ! tag:x,2000:\n",
+    "|\n",
+    ">-\n",
+    "yes",
+    "no",
+    "true",
+    "null",
+    "~",
+    ".nan",
+    ".inf",
+    "-.inf",
+    "1e400",
+    "0x1F",
+    "0o17",
+    "1_000",
+    "2024-01-01",
+    "2024-13-45",
+    "12:30:00",
+    "-1",
+    "0.5",
+    "NaN",
+    "Infinity",
+    "\\u0000",
+    "\x00",
+    "\ufeff",
+    "é",
+    "\u2028",
+    "\x85",
 ]
 token_text = st.lists(st.sampled_from(TOKENS), max_size=40).map("".join)
 
 scalars = st.one_of(
-    st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=20),
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
 )
 json_values = st.recursive(
-    scalars, lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=10), kids, max_size=4)),
+    scalars,
+    lambda kids: st.one_of(st.lists(kids, max_size=4), st.dictionaries(st.text(max_size=10), kids, max_size=4)),
     max_leaves=25,
 )
 
@@ -74,10 +164,13 @@ def documents_near(valid: dict[str, Any]) -> st.SearchStrategy[Any]:
 
 
 POLICY = {
-    "schema": "sigma-pol/v1", "name": "support",
-    "rules": [{"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
-              {"id": "floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
-              {"id": "eu", "field": "regions", "op": "intersects", "value": ["eu"]}],
+    "schema": "sigma-pol/v1",
+    "name": "support",
+    "rules": [
+        {"id": "tools", "field": "supports_tools", "op": "eq", "value": True},
+        {"id": "floor", "field": "bench_intelligence", "op": "gte", "value": 0.5},
+        {"id": "eu", "field": "regions", "op": "intersects", "value": ["eu"]},
+    ],
     "rank": {"by": "cost", "order": "asc", "then": [{"by": "bench_intelligence", "order": "desc"}]},
     "select": {"score_field": "bench_intelligence"},
     "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"], "on": ["error", "timeout"], "max_hops": 2},
@@ -86,28 +179,60 @@ POLICY = {
 CATALOG = {
     "schema": "unhardcoded-catalog/v1",
     "fields": [{"name": "soc2", "type": "bool", "unit": "flag", "description": "SOC 2"}],
-    "models": [{"id": "a", "provider": "p", "price_input_per_mtok": 1, "price_output_per_mtok": 2, "regions": ["eu"],
-                "context_window": 1000, "soc2": True},
-               {"id": "b", "provider": "p", "price_input_per_mtok": 0.5, "price_output_per_mtok": 1}],
+    "models": [
+        {
+            "id": "a",
+            "provider": "p",
+            "price_input_per_mtok": 1,
+            "price_output_per_mtok": 2,
+            "regions": ["eu"],
+            "context_window": 1000,
+            "soc2": True,
+        },
+        {"id": "b", "provider": "p", "price_input_per_mtok": 0.5, "price_output_per_mtok": 1},
+    ],
 }
 REQUEST = {
-    "messages": [{"role": "system", "content": "be brief"},
-                 {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]},
-                 {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]}],
-    "tools": [{"type": "function", "function": {"name": "f"}}], "max_tokens": 10, "stream": False,
+    "messages": [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "u"}}]},
+        {"role": "assistant", "content": None, "tool_calls": [{"id": "c", "type": "function"}]},
+    ],
+    "tools": [{"type": "function", "function": {"name": "f"}}],
+    "max_tokens": 10,
+    "stream": False,
 }
-PROVIDERS = {"providers": [{"name": "sim", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "SIM_KEY", "timeout_s": 3,
-                            "headers": {"x-a": "b"}}]}
+PROVIDERS = {
+    "providers": [
+        {
+            "name": "sim",
+            "base_url": "http://127.0.0.1:9/v1",
+            "api_key_env": "SIM_KEY",
+            "timeout_s": 3,
+            "headers": {"x-a": "b"},
+        }
+    ]
+}
 
 
 def texts_of(valid: dict[str, Any]) -> st.SearchStrategy[str]:
     """Arbitrary text, token soup, and valid documents (YAML or JSON) cut or spliced at random."""
-    dumped = st.sampled_from([json.dumps(valid), json.dumps(valid, indent=2), yaml.safe_dump(valid, sort_keys=False),
-                              yaml.safe_dump(valid, default_flow_style=True)])
+    dumped = st.sampled_from(
+        [
+            json.dumps(valid),
+            json.dumps(valid, indent=2),
+            yaml.safe_dump(valid, sort_keys=False),
+            yaml.safe_dump(valid, default_flow_style=True),
+        ]
+    )
     mangled = st.tuples(dumped, st.integers(0, 2000), st.integers(0, 2000), st.text(max_size=8)).map(
-        lambda t: t[0][: t[1] % (len(t[0]) + 1)] + t[3] + t[0][t[2] % (len(t[0]) + 1):])
-    near = documents_near(valid).flatmap(lambda d: st.sampled_from([
-        json.dumps(d, allow_nan=True), yaml.safe_dump(d, sort_keys=False, allow_unicode=True)]))
+        lambda t: t[0][: t[1] % (len(t[0]) + 1)] + t[3] + t[0][t[2] % (len(t[0]) + 1) :]
+    )
+    near = documents_near(valid).flatmap(
+        lambda d: st.sampled_from(
+            [json.dumps(d, allow_nan=True), yaml.safe_dump(d, sort_keys=False, allow_unicode=True)]
+        )
+    )
     return st.one_of(st.text(), token_text, mangled, near)
 
 
@@ -125,8 +250,11 @@ def check_error(call: Callable[[], Any], location: re.Pattern[str]) -> None:
 
 def located(source: str) -> re.Pattern[str]:
     # The source, then a line, a field path, or what the document as a whole should be.
-    return re.compile(re.escape(source) + r": (line \d+|invalid (YAML|JSON)|a (policy|catalog) is a mapping|expected a mapping|[A-Za-z_\[][^\n]*?: )",
-                      re.S)
+    return re.compile(
+        re.escape(source)
+        + r": (line \d+|invalid (YAML|JSON)|a (policy|catalog) is a mapping|expected a mapping|[A-Za-z_\[][^\n]*?: )",
+        re.S,
+    )
 
 
 # -- policies -----------------------------------------------------------------------------------
@@ -136,7 +264,9 @@ def located(source: str) -> re.Pattern[str]:
 @given(text=texts_of(POLICY))
 @example(text="fallback:\n  on: [timeout]\nname: 2024-13-45\n")
 @example(text="a: !!bool maybe")
-@example(text='{"schema": "sigma-pol/v1", "name": "x", "rules": [{"id": "a", "field": "bench_intelligence", "op": "gte", "value": NaN}]}')
+@example(
+    text='{"schema": "sigma-pol/v1", "name": "x", "rules": [{"id": "a", "field": "bench_intelligence", "op": "gte", "value": NaN}]}'
+)
 @example(text="[" * 5000)
 @example(text="- " * 3000)
 def test_load_policy_text(text: str):
@@ -158,7 +288,9 @@ def test_validate_policy_document(doc: Any):
 
 @FUZZ
 @given(text=texts_of(CATALOG))
-@example(text="schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: .inf, price_output_per_mtok: 1}\n")
+@example(
+    text="schema: unhardcoded-catalog/v1\nmodels:\n  - {id: a, provider: p, price_input_per_mtok: .inf, price_output_per_mtok: 1}\n"
+)
 @example(text="{" * 5000)
 def test_catalog_from_text(text: str):
     def run() -> None:
@@ -179,7 +311,9 @@ def test_catalog_from_document(doc: Any):
 
 # -- requests -----------------------------------------------------------------------------------
 
-REQUEST_LOCATION = re.compile(r"(request body |(messages|tools|max_tokens|max_completion_tokens|stream)(\[\d+\])?[.:\[])")
+REQUEST_LOCATION = re.compile(
+    r"(request body |(messages|tools|max_tokens|max_completion_tokens|stream)(\[\d+\])?[.:\[])"
+)
 
 
 @FUZZ
@@ -210,7 +344,9 @@ def test_load_providers(fuzz_dir: Path, text: str, suffix: str):
     check_error(lambda: load_providers(path), located(str(path)))
 
 
-@pytest.mark.parametrize("text", ["[" * 5000, "providers: 2024-13-45\n", "providers: !!int x\n", "!!bool", "a: !!timestamp x\n"])
+@pytest.mark.parametrize(
+    "text", ["[" * 5000, "providers: 2024-13-45\n", "providers: !!int x\n", "!!bool", "a: !!timestamp x\n"]
+)
 def test_load_providers_hostile_text(fuzz_dir: Path, text: str):
     path = fuzz_dir / "hostile.yaml"
     path.write_text(text, encoding="utf-8")

@@ -70,12 +70,15 @@ def test_policy_context_manager_is_sent_as_the_header(exporter: InMemorySpanExpo
     assert [dict(s.attributes)[A.UNHARDCODED_POLICY_NAME] for s in client_spans(exporter)] == ["triage", "support"]
 
 
-def test_policy_from_the_environment(exporter: InMemorySpanExporter, stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_policy_from_the_environment(
+    exporter: InMemorySpanExporter, stack: Stack, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("UNHARDCODED_POLICY", "triage")
     raw = stack.client().chat.completions.with_raw_response.create(model="auto", messages=HELLO)
     assert raw.headers["x-unhardcoded-policy"] == "triage"
     explicit = stack.client().chat.completions.with_raw_response.create(
-        model="auto", messages=HELLO, extra_headers={"x-unhardcoded-policy": "support"})
+        model="auto", messages=HELLO, extra_headers={"x-unhardcoded-policy": "support"}
+    )
     assert explicit.headers["x-unhardcoded-policy"] == "support"  # the caller's own header wins
 
 
@@ -191,8 +194,9 @@ def test_policy_names_are_checked() -> None:
 
 def test_decision_attributes_of_headers() -> None:
     assert decision_attributes({}) == {}
-    attrs = decision_attributes({"x-unhardcoded-request-id": "req_1", "x-unhardcoded-fallback": "a>b>c",
-                                 "x-unhardcoded-model": "c"})
+    attrs = decision_attributes(
+        {"x-unhardcoded-request-id": "req_1", "x-unhardcoded-fallback": "a>b>c", "x-unhardcoded-model": "c"}
+    )
     assert attrs[A.UNHARDCODED_FALLBACK_HOPS] == 2 and attrs[A.UNHARDCODED_SELECTED_MODEL] == "a"
 
 

@@ -22,6 +22,7 @@ import pytest
 from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import FIRST_FALLBACK, SELECTED, catalog_simulators, free_port
+
 try:
     from otlp_receiver import OTLPReceiver
 except ImportError:  # the shared receiver is not there: a minimal OTLP/HTTP one of our own
@@ -58,7 +59,10 @@ class MiniReceiver:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest, ExportTraceServiceResponse
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+            ExportTraceServiceResponse,
+        )
 
         received: list[_Span] = []
         self._spans = received
@@ -72,8 +76,9 @@ class MiniReceiver:
                     body = gzip.decompress(body)
                 request = ExportTraceServiceRequest.FromString(body)
                 for rs in request.resource_spans:
-                    service = next((kv.value.string_value for kv in rs.resource.attributes
-                                    if kv.key == "service.name"), None)
+                    service = next(
+                        (kv.value.string_value for kv in rs.resource.attributes if kv.key == "service.name"), None
+                    )
                     received.extend(_Span(span, service) for ss in rs.scope_spans for span in ss.spans)
                 payload = ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
@@ -113,34 +118,43 @@ SERVER, CLIENT = SpanKind.SERVER.value + 1, SpanKind.CLIENT.value + 1  # OTLP nu
 
 def _otel_env(receiver: Any, service: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    env.update({
-        "OTEL_SERVICE_NAME": service,
-        "OTEL_TRACES_EXPORTER": "otlp",
-        "OTEL_METRICS_EXPORTER": "none",
-        "OTEL_LOGS_EXPORTER": "none",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    })
+    env.update(
+        {
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_TRACES_EXPORTER": "otlp",
+            "OTEL_METRICS_EXPORTER": "none",
+            "OTEL_LOGS_EXPORTER": "none",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+            "OTEL_BSP_SCHEDULE_DELAY": "100",
+        }
+    )
     return env
 
 
 def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_provider: Any, tmp_path: Path) -> None:
-    assert shutil.which("opentelemetry-instrument"), "opentelemetry-instrument is not on PATH (opentelemetry-instrumentation)"
-    assert importlib.util.find_spec("opentelemetry.distro"), \
+    assert shutil.which("opentelemetry-instrument"), (
+        "opentelemetry-instrument is not on PATH (opentelemetry-instrumentation)"
+    )
+    assert importlib.util.find_spec("opentelemetry.distro"), (
         "opentelemetry-distro is not installed: without it opentelemetry-instrument configures no SDK"
+    )
     sims = catalog_simulators(simulated_provider)
     sims["google"].set_behavior(SELECTED, error(503))
     providers = tmp_path / "providers.json"
-    providers.write_text(json.dumps({"providers": [
-        {"name": n, "base_url": s.base_url, "timeout_s": 5} for n, s in sims.items()]}))
+    providers.write_text(
+        json.dumps({"providers": [{"name": n, "base_url": s.base_url, "timeout_s": 5} for n, s in sims.items()]})
+    )
     port = free_port()
     with Receiver() as receiver:
         proxy_env = _otel_env(receiver, "unhardcoded-proxy")
         proxy_env.update({"UNHARDCODED_PROVIDERS": str(providers), "UNHARDCODED_STORE": str(tmp_path / "r.db")})
         proxy = subprocess.Popen(
             [sys.executable, "-m", cli.__name__, "serve", "--port", str(port), "--no-access-log"],
-            env=proxy_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env=proxy_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         try:
             deadline = time.monotonic() + 20
@@ -154,18 +168,30 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
                 time.sleep(0.05)
 
             app_env = _otel_env(receiver, "client-app")
-            app_env.update({"OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1", "OPENAI_API_KEY": "unused",
-                            "UNHARDCODED_POLICY": "support"})
-            run = subprocess.run(["opentelemetry-instrument", sys.executable, str(APP)], env=app_env,
-                                 capture_output=True, text=True, timeout=120)
+            app_env.update(
+                {
+                    "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+                    "OPENAI_API_KEY": "unused",
+                    "UNHARDCODED_POLICY": "support",
+                }
+            )
+            run = subprocess.run(
+                ["opentelemetry-instrument", sys.executable, str(APP)],
+                env=app_env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             assert run.returncode == 0, run.stderr
             out = json.loads(run.stdout.strip().splitlines()[-1])
             assert out["model"] == FIRST_FALLBACK and out["streamed"].endswith(f"to {FIRST_FALLBACK}.")
 
             def complete(spans: list[Any]) -> bool:
-                return (sum(1 for s in spans if s.service == "client-app" and s.kind == CLIENT) >= 2
-                        and sum(1 for s in spans if s.name == "route support") >= 2
-                        and sum(1 for s in spans if s.kind == SERVER) >= 2)
+                return (
+                    sum(1 for s in spans if s.service == "client-app" and s.kind == CLIENT) >= 2
+                    and sum(1 for s in spans if s.name == "route support") >= 2
+                    and sum(1 for s in spans if s.kind == SERVER) >= 2
+                )
 
             spans = receiver.wait_for_spans(complete, timeout=20)
         finally:
@@ -190,8 +216,10 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
         [decision] = [s for s in trace if s.name == "route support"]
         assert decision.parent_span_id == server.span_id
         assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
-        attempts = sorted((s for s in trace if s.service == "unhardcoded-proxy" and s.kind == CLIENT),
-                          key=lambda s: s.pb.start_time_unix_nano)
+        attempts = sorted(
+            (s for s in trace if s.service == "unhardcoded-proxy" and s.kind == CLIENT),
+            key=lambda s: s.pb.start_time_unix_nano,
+        )
         assert [a.name for a in attempts] == [f"chat {SELECTED}", f"chat {FIRST_FALLBACK}"]
         assert all(a.parent_span_id == decision.span_id for a in attempts)
         for attempt, sent in zip(attempts, (next(google_calls), next(anthropic_calls))):

@@ -12,7 +12,15 @@ import yaml
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.errors import PolicyError, UnhardcodedError
-from unhardcoded.policy import OPS, POLICY_SCHEMA, Policy, fingerprint_of, load_policy, load_policy_file, validate_policy
+from unhardcoded.policy import (
+    OPS,
+    POLICY_SCHEMA,
+    Policy,
+    fingerprint_of,
+    load_policy,
+    load_policy_file,
+    validate_policy,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -38,7 +46,11 @@ def support_doc() -> dict[str, Any]:
         ],
         "rank": {"by": "cost", "order": "asc", "then": [{"by": "bench_intelligence", "order": "desc"}]},
         "select": {"score_field": "bench_intelligence"},
-        "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5"], "on": ["error", "timeout", "rate_limit"], "max_hops": 2},
+        "fallback": {
+            "models": ["claude-sonnet-4-6", "gpt-5.5"],
+            "on": ["error", "timeout", "rate_limit"],
+            "max_hops": 2,
+        },
         "baseline": "gpt-5.5",
     }
 
@@ -94,7 +106,9 @@ def test_minimal_policy_gets_every_default():
     assert policy.fallback.max_hops == 2
     assert policy.baseline is None
     assert policy.to_document() == {
-        "schema": "sigma-pol/v1", "name": "minimal", "rules": [],
+        "schema": "sigma-pol/v1",
+        "name": "minimal",
+        "rules": [],
         "rank": {"by": "cost", "order": "asc", "then": []},
         "select": {"score_field": "bench_intelligence"},
         "fallback": {"models": [], "on": ["error", "timeout", "rate_limit"], "max_hops": 2},
@@ -155,23 +169,35 @@ def test_policy_is_frozen():
 @pytest.mark.parametrize("op", OPS)
 def test_every_op_is_accepted_on_a_field_it_fits(op: str):
     field, value = {
-        "eq": ("provider", "openai"), "ne": ("provider", "openai"),
-        "lt": ("latency_p50_ms", 900), "lte": ("context_window", 200000),
-        "gt": ("bench_intelligence", 0.5), "gte": ("max_output_tokens", 32768),
-        "in": ("provider", ["openai", "google"]), "not_in": ("provider", ["deepseek"]),
-        "contains": ("regions", "eu"), "intersects": ("regions", ["eu", "asia"]),
+        "eq": ("provider", "openai"),
+        "ne": ("provider", "openai"),
+        "lt": ("latency_p50_ms", 900),
+        "lte": ("context_window", 200000),
+        "gt": ("bench_intelligence", 0.5),
+        "gte": ("max_output_tokens", 32768),
+        "in": ("provider", ["openai", "google"]),
+        "not_in": ("provider", ["deepseek"]),
+        "contains": ("regions", "eu"),
+        "intersects": ("regions", ["eu", "asia"]),
     }[op]
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "ops", "rules": [{"id": "r", "field": field, "op": op, "value": value}]})
+    policy = validate_policy(
+        {"schema": "sigma-pol/v1", "name": "ops", "rules": [{"id": "r", "field": field, "op": op, "value": value}]}
+    )
     assert policy.rules[0].op == op
     assert policy.rules[0].value == value
 
 
 def test_custom_catalog_fields_are_valid_rule_fields():
     catalog = Catalog.from_text(CUSTOM_CATALOG)
-    doc = {"schema": "sigma-pol/v1", "name": "audited", "rules": [
-        {"id": "soc2", "field": "soc2", "op": "eq", "value": True},
-        {"id": "tier", "field": "tier", "op": "in", "value": ["gold", "platinum"]},
-    ], "baseline": "alpha"}
+    doc = {
+        "schema": "sigma-pol/v1",
+        "name": "audited",
+        "rules": [
+            {"id": "soc2", "field": "soc2", "op": "eq", "value": True},
+            {"id": "tier", "field": "tier", "op": "in", "value": ["gold", "platinum"]},
+        ],
+        "baseline": "alpha",
+    }
     policy = validate_policy(doc, catalog)
     assert [r.field for r in policy.rules] == ["soc2", "tier"]
     # The built-in catalog has no such fields.
@@ -185,12 +211,17 @@ def test_custom_catalog_fields_are_valid_rule_fields():
 
 def test_unknown_op_lists_every_op_exactly():
     message = error_of(with_rule(2, op="gte2"))
-    assert message == "p.yaml: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, contains, intersects"
+    assert (
+        message
+        == "p.yaml: rules[2].op: 'gte2' is not one of eq, ne, lt, lte, gt, gte, in, not_in, contains, intersects"
+    )
 
 
 def test_unknown_field_suggests_nearest_names_and_the_fields_command():
     message = error_of(with_rule(1, field="bench_inteligence"))
-    assert message.startswith("p.yaml: rules[1].field: unknown field 'bench_inteligence'; did you mean bench_intelligence")
+    assert message.startswith(
+        "p.yaml: rules[1].field: unknown field 'bench_inteligence'; did you mean bench_intelligence"
+    )
     assert "`unhardcoded fields`" in message
 
 
@@ -207,22 +238,67 @@ def test_wrong_value_type_names_field_op_and_value():
 @pytest.mark.parametrize(
     ("rule", "expected"),
     [
-        ({"field": "supports_tools", "op": "eq", "value": "yes"}, "rules[0].value: supports_tools eq needs a bool value, got 'yes'"),
-        ({"field": "context_window", "op": "eq", "value": 1.5}, "rules[0].value: context_window eq needs a integer value, got 1.5"),
+        (
+            {"field": "supports_tools", "op": "eq", "value": "yes"},
+            "rules[0].value: supports_tools eq needs a bool value, got 'yes'",
+        ),
+        (
+            {"field": "context_window", "op": "eq", "value": 1.5},
+            "rules[0].value: context_window eq needs a integer value, got 1.5",
+        ),
         ({"field": "provider", "op": "ne", "value": 3}, "rules[0].value: provider ne needs a string value, got 3"),
-        ({"field": "bench_intelligence", "op": "lt", "value": True}, "rules[0].value: bench_intelligence lt needs a number, got true"),
-        ({"field": "supports_tools", "op": "gt", "value": 1}, "rules[0].op: 'gt' compares numbers but supports_tools is bool; use eq, ne, in or not_in"),
-        ({"field": "regions", "op": "in", "value": ["eu"]}, "rules[0].op: 'in' needs a single-valued field but regions is a list; use contains or intersects"),
-        ({"field": "provider", "op": "in", "value": []}, "rules[0].value: provider in needs a non-empty list of string values, got []"),
-        ({"field": "provider", "op": "not_in", "value": "openai"}, "rules[0].value: provider not_in needs a non-empty list of string values, got 'openai'"),
-        ({"field": "provider", "op": "in", "value": ["openai", 3]}, "rules[0].value: provider in needs a list of string values, got ['openai', 3]"),
-        ({"field": "supports_tools", "op": "contains", "value": "x"}, "rules[0].op: 'contains' needs a list or string field but supports_tools is bool"),
-        ({"field": "regions", "op": "contains", "value": ["eu"]}, "rules[0].value: regions contains needs a string, got ['eu']"),
-        ({"field": "provider", "op": "intersects", "value": ["a"]}, "rules[0].op: 'intersects' needs a list field but provider is string; use in"),
-        ({"field": "regions", "op": "intersects", "value": []}, "rules[0].value: regions intersects needs a non-empty list of strings, got []"),
-        ({"field": "regions", "op": "eq", "value": "eu"}, "rules[0].value: regions eq needs a string[] value, got 'eu'"),
-        ({"field": "bench_intelligence", "op": "gte", "value": float("nan")}, "rules[0].value: bench_intelligence gte needs a number, got nan"),
-        ({"field": "bench_intelligence", "op": "lte", "value": float("inf")}, "rules[0].value: bench_intelligence lte needs a number, got inf"),
+        (
+            {"field": "bench_intelligence", "op": "lt", "value": True},
+            "rules[0].value: bench_intelligence lt needs a number, got true",
+        ),
+        (
+            {"field": "supports_tools", "op": "gt", "value": 1},
+            "rules[0].op: 'gt' compares numbers but supports_tools is bool; use eq, ne, in or not_in",
+        ),
+        (
+            {"field": "regions", "op": "in", "value": ["eu"]},
+            "rules[0].op: 'in' needs a single-valued field but regions is a list; use contains or intersects",
+        ),
+        (
+            {"field": "provider", "op": "in", "value": []},
+            "rules[0].value: provider in needs a non-empty list of string values, got []",
+        ),
+        (
+            {"field": "provider", "op": "not_in", "value": "openai"},
+            "rules[0].value: provider not_in needs a non-empty list of string values, got 'openai'",
+        ),
+        (
+            {"field": "provider", "op": "in", "value": ["openai", 3]},
+            "rules[0].value: provider in needs a list of string values, got ['openai', 3]",
+        ),
+        (
+            {"field": "supports_tools", "op": "contains", "value": "x"},
+            "rules[0].op: 'contains' needs a list or string field but supports_tools is bool",
+        ),
+        (
+            {"field": "regions", "op": "contains", "value": ["eu"]},
+            "rules[0].value: regions contains needs a string, got ['eu']",
+        ),
+        (
+            {"field": "provider", "op": "intersects", "value": ["a"]},
+            "rules[0].op: 'intersects' needs a list field but provider is string; use in",
+        ),
+        (
+            {"field": "regions", "op": "intersects", "value": []},
+            "rules[0].value: regions intersects needs a non-empty list of strings, got []",
+        ),
+        (
+            {"field": "regions", "op": "eq", "value": "eu"},
+            "rules[0].value: regions eq needs a string[] value, got 'eu'",
+        ),
+        (
+            {"field": "bench_intelligence", "op": "gte", "value": float("nan")},
+            "rules[0].value: bench_intelligence gte needs a number, got nan",
+        ),
+        (
+            {"field": "bench_intelligence", "op": "lte", "value": float("inf")},
+            "rules[0].value: bench_intelligence lte needs a number, got inf",
+        ),
     ],
 )
 def test_value_and_op_must_fit_the_field_type(rule: dict[str, Any], expected: str):
@@ -241,8 +317,15 @@ def test_missing_rule_keys_are_each_required():
 
 
 def test_unknown_rule_key_suggests_the_right_one():
-    doc = {"schema": "sigma-pol/v1", "name": "t", "rules": [{"id": "r", "field": "provider", "op": "eq", "value": "x", "vaule": 1}]}
-    assert error_of(doc) == "p.yaml: rules[0].vaule: unknown key; did you mean value?; expected one of id, field, op, value"
+    doc = {
+        "schema": "sigma-pol/v1",
+        "name": "t",
+        "rules": [{"id": "r", "field": "provider", "op": "eq", "value": "x", "vaule": 1}],
+    }
+    assert (
+        error_of(doc)
+        == "p.yaml: rules[0].vaule: unknown key; did you mean value?; expected one of id, field, op, value"
+    )
 
 
 def test_bad_rule_id_and_bad_name():
@@ -265,7 +348,9 @@ def test_unknown_fallback_model_names_its_index():
     doc = support_doc()
     doc["fallback"]["models"] = ["gpt-5.5", "claude-sonet-4-6"]
     message = error_of(doc)
-    assert message.startswith("p.yaml: fallback.models[1]: unknown model 'claude-sonet-4-6'; did you mean claude-sonnet-4-6")
+    assert message.startswith(
+        "p.yaml: fallback.models[1]: unknown model 'claude-sonet-4-6'; did you mean claude-sonnet-4-6"
+    )
 
 
 def test_fallback_model_listed_twice():
@@ -296,7 +381,10 @@ def test_fallback_errors(fallback: dict[str, Any], expected: str):
     ("rank", "expected"),
     [
         ({"by": "regions"}, "rank.by: 'regions' is string[]; ranking and scores need a numeric field"),
-        ({"by": "speed"}, "rank.by: unknown field 'speed'; expected 'cost' or a numeric catalog field (run `unhardcoded fields` to list them)"),
+        (
+            {"by": "speed"},
+            "rank.by: unknown field 'speed'; expected 'cost' or a numeric catalog field (run `unhardcoded fields` to list them)",
+        ),
         ({"order": "up"}, "rank.order: 'up' is not one of asc, desc"),
         ({"then": [{"by": "latency_p50_ms", "order": "down"}]}, "rank.then[0].order: 'down' is not one of asc, desc"),
         ({"then": [{"order": "asc"}]}, "rank.then[0]: a tie-breaker is a mapping with by and order"),
@@ -341,7 +429,11 @@ def test_a_policy_must_be_a_mapping(doc: Any, kind: str):
 
 
 def test_every_error_is_reported_at_once_up_to_eight():
-    doc = {"schema": "sigma-pol/v1", "name": "t", "rules": [{"id": f"r{i}", "field": "nope", "op": "eq", "value": 1} for i in range(11)]}
+    doc = {
+        "schema": "sigma-pol/v1",
+        "name": "t",
+        "rules": [{"id": f"r{i}", "field": "nope", "op": "eq", "value": 1} for i in range(11)],
+    }
     message = error_of(doc)
     assert message.count("unknown field 'nope'") == 8
     assert message.endswith("(and 3 more)")
@@ -432,9 +524,18 @@ def test_flow_style_yaml_is_yaml_not_broken_json():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("schema: sigma-pol/v1\nname: 2024-13-45\n", "p.yaml: line 2, column 7: invalid YAML: cannot read !!timestamp value '2024-13-45'"),
-        ("schema: sigma-pol/v1\nname: t\nfallback: {max_hops: !!int two}\n", "p.yaml: line 3, column 22: invalid YAML: cannot read !!int value 'two'"),
-        ("schema: sigma-pol/v1\nname: !!bool maybe\n", "p.yaml: line 2, column 7: invalid YAML: cannot read !!bool value 'maybe'"),
+        (
+            "schema: sigma-pol/v1\nname: 2024-13-45\n",
+            "p.yaml: line 2, column 7: invalid YAML: cannot read !!timestamp value '2024-13-45'",
+        ),
+        (
+            "schema: sigma-pol/v1\nname: t\nfallback: {max_hops: !!int two}\n",
+            "p.yaml: line 3, column 22: invalid YAML: cannot read !!int value 'two'",
+        ),
+        (
+            "schema: sigma-pol/v1\nname: !!bool maybe\n",
+            "p.yaml: line 2, column 7: invalid YAML: cannot read !!bool value 'maybe'",
+        ),
     ],
 )
 def test_yaml_values_that_cannot_be_constructed_name_the_line(text: str, expected: str):

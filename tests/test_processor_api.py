@@ -59,14 +59,23 @@ def spec(loaded):
 
 def check(spec, path: str, status: int, body) -> None:
     schema = spec["paths"][path]["get"]["responses"][str(status)]["content"]["application/json"]["schema"]
-    registry = Registry().with_resource("urn:openapi", Resource.from_contents(spec, default_specification=Draft202012Validator.META_SCHEMA and __import__("referencing.jsonschema", fromlist=["DRAFT202012"]).DRAFT202012))
+    registry = Registry().with_resource(
+        "urn:openapi",
+        Resource.from_contents(
+            spec,
+            default_specification=Draft202012Validator.META_SCHEMA
+            and __import__("referencing.jsonschema", fromlist=["DRAFT202012"]).DRAFT202012,
+        ),
+    )
     resolved = {"$ref": "urn:openapi#" + schema["$ref"][1:]} if "$ref" in schema else schema
     Draft202012Validator(resolved, registry=registry).validate(body)
 
 
 def test_the_openapi_document_is_valid_3_1(spec):
     assert spec["openapi"].startswith("3.1")
-    assert {"/receipts/{request_id}", "/receipts", "/workflows/{workflow_id}", "/rollups", "/r/{request_id}"} <= set(spec["paths"])
+    assert {"/receipts/{request_id}", "/receipts", "/workflows/{workflow_id}", "/rollups", "/r/{request_id}"} <= set(
+        spec["paths"]
+    )
 
 
 def test_answers_match_the_document(loaded, spec):
@@ -109,7 +118,9 @@ def test_filters(loaded):
     assert fb and all(i["receipt"]["fallback"]["triggered"] for i in fb)
     assert {i["receipt"]["request_id"] for i in fb} >= {d.request_id for d in ds if d.hops}
     triage = p.get("/receipts", params={"policy": "triage", "limit": 1000}).json()["items"]
-    assert {i["receipt"]["request_id"] for i in triage} == {d.request_id for d in everything if d.policy.name == "triage"}
+    assert {i["receipt"]["request_id"] for i in triage} == {
+        d.request_id for d in everything if d.policy.name == "triage"
+    }
     model = ds[0].answered_by
     by_model = p.get("/receipts", params={"model": model, "limit": 1000}).json()["items"]
     assert ds[0].request_id in {i["receipt"]["request_id"] for i in by_model}
@@ -142,7 +153,9 @@ class _Text(HTMLParser):
 def test_pages_escape_everything_and_load_nothing_from_outside(loaded):
     p, _, xss, _ = loaded
     r = p.get("/receipts", params={"limit": 1000})
-    rid = next(i["receipt"]["request_id"] for i in r.json()["items"] if i["receipt"]["request_id"].startswith("<script>"))
+    rid = next(
+        i["receipt"]["request_id"] for i in r.json()["items"] if i["receipt"]["request_id"].startswith("<script>")
+    )
     from urllib.parse import quote
 
     page = p.get("/r/" + quote(rid, safe="")).text
@@ -161,9 +174,19 @@ def chromium() -> str:
 
 def render(url: str, shot, tmp_path) -> str:
     cmd = [
-        chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}", "--window-size=1100,1400", f"--screenshot={shot}", url,
+        chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'chromium-profile'}",
+        "--window-size=1100,1400",
+        f"--screenshot={shot}",
+        url,
     ]
     subprocess.run(cmd, check=True, capture_output=True, timeout=90)
     dom = subprocess.run([*cmd[:-2], "--dump-dom", url], check=True, capture_output=True, timeout=90)
@@ -178,8 +201,16 @@ def test_the_receipt_page_in_headless_chromium(loaded, tmp_path):
     dom = render(f"{p.url}/r/{d.request_id}", shot, tmp_path)
     assert shot.exists() and shot.stat().st_size > 5000
     text = " ".join(dom.split())
-    for expected in (d.request_id, "200 OK", d.selected.model, d.answered_by, "triggered", d.policy.fingerprint,
-                     d.policy.name, d.rejected[0].model if d.rejected else d.candidates[0]):
+    for expected in (
+        d.request_id,
+        "200 OK",
+        d.selected.model,
+        d.answered_by,
+        "triggered",
+        d.policy.fingerprint,
+        d.policy.name,
+        d.rejected[0].model if d.rejected else d.candidates[0],
+    ):
         assert expected in text, expected
     shot = ARTIFACTS / "workflow-page.png"
     dom = render(f"{p.url}/w/wf_refund_7", shot, tmp_path)
@@ -188,8 +219,13 @@ def test_the_receipt_page_in_headless_chromium(loaded, tmp_path):
 
 
 def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "unhardcoded.cli", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "unhardcoded.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def test_the_receipt_command_reads_from_a_running_processor(loaded):
@@ -211,15 +247,35 @@ def test_the_receipt_command_reads_from_a_running_processor(loaded):
 
 def test_the_receipt_command_sends_the_query_token(tmp_path):
     ds, spans = decisions_with_spans(2, seed=53)
-    p = ProcessorProcess(str(tmp_path / "receipts.db"), "--wait-window", "0.5", "--query-token-env", "UH_TEST_QUERY_TOKEN",
-                         env={"UH_TEST_QUERY_TOKEN": "q-canary-7f3a"}, log=tmp_path / "processor.log").start()
+    p = ProcessorProcess(
+        str(tmp_path / "receipts.db"),
+        "--wait-window",
+        "0.5",
+        "--query-token-env",
+        "UH_TEST_QUERY_TOKEN",
+        env={"UH_TEST_QUERY_TOKEN": "q-canary-7f3a"},
+        log=tmp_path / "processor.log",
+    ).start()
     try:
         assert httpx.post(p.url + "/v1/traces", content=L.otlp_bytes(spans), headers=PB, timeout=10).status_code == 200
         headers = {"Authorization": "Bearer q-canary-7f3a"}
-        assert p.wait_for(lambda: httpx.get(f"{p.url}/receipts/{ds[0].request_id}", headers=headers, timeout=5).status_code == 200, 15)
+        assert p.wait_for(
+            lambda: httpx.get(f"{p.url}/receipts/{ds[0].request_id}", headers=headers, timeout=5).status_code == 200, 15
+        )
         refused = _cli("receipt", ds[0].request_id, "--processor", p.url)
-        assert refused.returncode == 2 and "UNHARDCODED_PROCESSOR_TOKEN" in refused.stderr and "q-canary" not in refused.stderr
-        ok = _cli("receipt", ds[0].request_id, "--processor", p.url, "--json", env={"UNHARDCODED_PROCESSOR_TOKEN": "q-canary-7f3a"})
+        assert (
+            refused.returncode == 2
+            and "UNHARDCODED_PROCESSOR_TOKEN" in refused.stderr
+            and "q-canary" not in refused.stderr
+        )
+        ok = _cli(
+            "receipt",
+            ds[0].request_id,
+            "--processor",
+            p.url,
+            "--json",
+            env={"UNHARDCODED_PROCESSOR_TOKEN": "q-canary-7f3a"},
+        )
         assert ok.returncode == 0, ok.stderr
         assert json.loads(ok.stdout)["request_id"] == ds[0].request_id
     finally:

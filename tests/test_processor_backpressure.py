@@ -42,9 +42,16 @@ class Served:
         self.processor = ReceiptsProcessor(self.store, self.spool, cfg, ProcessorMetrics())
         self.processor.start()
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(build_app(self.processor, self.store, settings), host="127.0.0.1",
-                                                    port=self.port, log_config=None, lifespan="off",
-                                                    access_log=False))
+        self.server = uvicorn.Server(
+            uvicorn.Config(
+                build_app(self.processor, self.store, settings),
+                host="127.0.0.1",
+                port=self.port,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+            )
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.thread.start()
         self.grpc, self.grpc_port = start_grpc_server(self.processor, "127.0.0.1", 0, token=settings.ingest_token)
@@ -117,7 +124,11 @@ def test_grpc_backpressure_carries_retry_info(served):
     assert retry.retry_delay.seconds == 1
     from google.rpc import status_pb2
 
-    assert status_pb2.Status.FromString(trailing["grpc-status-details-bin"]).details[0].Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    assert (
+        status_pb2.Status.FromString(trailing["grpc-status-details-bin"])
+        .details[0]
+        .Is(error_details_pb2.RetryInfo.DESCRIPTOR)
+    )
     channel.close()
 
 
@@ -127,8 +138,11 @@ def test_too_much_queued_gets_429(tmp_path):
         _, spans = decisions_with_spans(2, seed=43)
         codes: list[int] = []
         with s.locked():
-            first = threading.Thread(target=lambda: codes.append(
-                httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(spans), headers=PB, timeout=10).status_code))
+            first = threading.Thread(
+                target=lambda: codes.append(
+                    httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(spans), headers=PB, timeout=10).status_code
+                )
+            )
             first.start()
             time.sleep(0.05)  # the first export is in the queue, its spool write waiting on the lock
             r = httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(spans), headers=PB, timeout=10)
@@ -157,7 +171,9 @@ def test_a_backlog_comes_in_without_bytes_views_and_makes_the_same_receipts(tmp_
         # The same over the wire: the worker decodes the bodies, and takes them without views past the bound.
         ds, spans = decisions_with_spans(4, seed=46, hops=1)
         for part in (spans[:5], spans[5:]):
-            assert httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(part), headers=PB, timeout=10).status_code == 200
+            assert (
+                httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(part), headers=PB, timeout=10).status_code == 200
+            )
         assert s.processor.drain()
         assert [s.store.get(d.request_id).receipt for d in ds] == [Receipt.from_decision(d) for d in ds]
     finally:
@@ -168,7 +184,10 @@ def test_the_worker_decodes_counts_and_empties_the_queue(served):
     """Bodies are decoded by the worker: what it read is counted per transport, garbage is refused by the front
     door that took it, and the queue (counted in spans estimated from the bodies' sizes) goes back to zero."""
     ds, spans = decisions_with_spans(3, seed=47, hops=1)
-    assert httpx.post(served.url + "/v1/traces", content=L.otlp_bytes(spans[:4]), headers=PB, timeout=10).status_code == 200
+    assert (
+        httpx.post(served.url + "/v1/traces", content=L.otlp_bytes(spans[:4]), headers=PB, timeout=10).status_code
+        == 200
+    )
     channel = grpc.insecure_channel(f"127.0.0.1:{served.grpc_port}")
     call = channel.unary_unary("/opentelemetry.proto.collector.trace.v1.TraceService/Export")
     call(L.otlp_bytes(spans[4:]), timeout=10)
@@ -176,7 +195,9 @@ def test_the_worker_decodes_counts_and_empties_the_queue(served):
         call(b"\xff\xff\xff\xff", timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "not an OTLP" in info.value.details()
     channel.close()
-    r = httpx.post(served.url + "/v1/traces", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=10)
+    r = httpx.post(
+        served.url + "/v1/traces", content=b"{not json", headers={"Content-Type": "application/json"}, timeout=10
+    )
     assert r.status_code == 400 and "not JSON" in r.json()["message"]
     assert httpx.post(served.url + "/v1/traces", content=b"", headers=PB, timeout=10).status_code == 200
     assert served.processor.drain()
@@ -202,7 +223,11 @@ def test_memory_bound_finishes_the_oldest_receipts_incomplete_and_counts_them(tm
         assert [d.request_id for d in kept] == [d.request_id for d in ds[:2]]
         assert all(not s.store.get(d.request_id).receipt.complete for d in kept)
         # Their attempts arrive after all: the receipts are finished whole, as revision 2.
-        attempts = [sp for sp in spans if sp.attributes.get(A.UNHARDCODED_REQUEST_ID) == ds[0].request_id and sp not in decisions_only]
+        attempts = [
+            sp
+            for sp in spans
+            if sp.attributes.get(A.UNHARDCODED_REQUEST_ID) == ds[0].request_id and sp not in decisions_only
+        ]
         assert httpx.post(s.url + "/v1/traces", content=L.otlp_bytes(attempts), headers=PB).status_code == 200
         assert s.processor.drain()
         got = s.store.get(ds[0].request_id)
@@ -217,8 +242,18 @@ def test_tokens_guard_ingest_and_queries_separately(tmp_path):
         ds, spans = decisions_with_spans(1, seed=45, hops=0)
         body = L.otlp_bytes(spans)
         assert httpx.post(s.url + "/v1/traces", content=body, headers=PB).status_code == 401
-        assert httpx.post(s.url + "/v1/traces", content=body, headers={**PB, "Authorization": "Bearer q-secret"}).status_code == 401
-        assert httpx.post(s.url + "/v1/traces", content=body, headers={**PB, "Authorization": "Bearer in-secret"}).status_code == 200
+        assert (
+            httpx.post(
+                s.url + "/v1/traces", content=body, headers={**PB, "Authorization": "Bearer q-secret"}
+            ).status_code
+            == 401
+        )
+        assert (
+            httpx.post(
+                s.url + "/v1/traces", content=body, headers={**PB, "Authorization": "Bearer in-secret"}
+            ).status_code
+            == 200
+        )
         assert s.processor.drain()
         rid = ds[0].request_id
         assert httpx.get(f"{s.url}/receipts/{rid}").status_code == 401
@@ -259,7 +294,9 @@ def test_the_access_log_names_routes_not_ids_or_tokens(tmp_path, caplog):
         httpx.get(f"{s.url}/receipts/req_secret_id?policy=x", headers={"Authorization": "Bearer q-secret"})
         httpx.get(f"{s.url}/r/req_secret_id")
         time.sleep(0.2)  # the line is written once the answer is sent
-        lines = [r.getMessage() for r in caplog.records if r.name.startswith("unhardcoded") and r.name.endswith(".access")]
+        lines = [
+            r.getMessage() for r in caplog.records if r.name.startswith("unhardcoded") and r.name.endswith(".access")
+        ]
         assert any('"GET /receipts/{request_id}" 404' in line for line in lines), lines
         assert any('"GET /r/{request_id}" 401' in line for line in lines), lines
         assert not any("req_secret_id" in line or "q-secret" in line for line in lines)

@@ -42,10 +42,33 @@ class TracedProcessor:
         self.trace = tmp / "strace.log"
         self.log = tmp / "processor.log"
         self.db = tmp / "receipts.db"
-        cmd = [strace(), "-f", "-ttt", "-y", "-s", "16", "-e", "trace=fsync,fdatasync,write,writev,sendto,sendmsg",
-               "-o", str(self.trace), "--",
-               sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(self.port), "--grpc-port", str(free_port()),
-               "--store", str(self.db), "--no-access-log", "--wait-window", "120", *args]
+        cmd = [
+            strace(),
+            "-f",
+            "-ttt",
+            "-y",
+            "-s",
+            "16",
+            "-e",
+            "trace=fsync,fdatasync,write,writev,sendto,sendmsg",
+            "-o",
+            str(self.trace),
+            "--",
+            sys.executable,
+            "-m",
+            "unhardcoded.cli",
+            "processor",
+            "--port",
+            str(self.port),
+            "--grpc-port",
+            str(free_port()),
+            "--store",
+            str(self.db),
+            "--no-access-log",
+            "--wait-window",
+            "120",
+            *args,
+        ]
         self._log = open(self.log, "wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=str(REPO))
         deadline = time.monotonic() + 60
@@ -103,15 +126,20 @@ def acknowledged_windows(p: TracedProcessor, exports: list[bytes]) -> list[tuple
     windows = []
     for body in exports:
         started = time.time()
-        r = httpx.post(f"http://127.0.0.1:{p.port}/v1/traces", content=body,
-                       headers={"Content-Type": "application/x-protobuf"}, timeout=30)
+        r = httpx.post(
+            f"http://127.0.0.1:{p.port}/v1/traces",
+            content=body,
+            headers={"Content-Type": "application/x-protobuf"},
+            timeout=30,
+        )
         assert r.status_code == 200, r.text
         windows.append((started, time.time()))
     return windows
 
 
-@pytest.mark.parametrize("flag, synced", [((), True), (("--sqlite-synchronous", "full"), True),
-                                          (("--sqlite-synchronous", "normal"), False)])
+@pytest.mark.parametrize(
+    "flag, synced", [((), True), (("--sqlite-synchronous", "full"), True), (("--sqlite-synchronous", "normal"), False)]
+)
 def test_the_spool_is_synced_before_the_acknowledgement(tmp_path: Any, flag: tuple[str, ...], synced: bool) -> None:
     p = TracedProcessor(tmp_path, *flag)
     try:
@@ -126,7 +154,11 @@ def test_the_spool_is_synced_before_the_acknowledgement(tmp_path: Any, flag: tup
     for started, answered in windows:
         answers = [t for t, call in events if started <= t <= answered and '"HTTP/1.1 200' in call]
         assert len(answers) == 1, f"no single 200 answer in the log for the export at {started}"
-        wal_syncs = [t for t, call in events if started <= t <= answered and call.startswith(("fdatasync(", "fsync(")) and wal in call]
+        wal_syncs = [
+            t
+            for t, call in events
+            if started <= t <= answered and call.startswith(("fdatasync(", "fsync(")) and wal in call
+        ]
         if synced:
             assert any(t <= answers[0] for t in wal_syncs), "acknowledged before the spool's WAL was synced to disk"
         else:
@@ -150,9 +182,26 @@ def _spooled(db: Path) -> int:
 
 
 def test_the_option_is_refused_for_a_postgresql_store() -> None:
-    r = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "processor", "--port", "0", "--grpc-port", "0",
-                        "--store", "postgresql://receipts@127.0.0.1:1/receipts", "--sqlite-synchronous", "normal"],
-                       capture_output=True, text=True, timeout=60, cwd=str(REPO))
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "unhardcoded.cli",
+            "processor",
+            "--port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--store",
+            "postgresql://receipts@127.0.0.1:1/receipts",
+            "--sqlite-synchronous",
+            "normal",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(REPO),
+    )
     assert r.returncode == 2
     assert "--sqlite-synchronous" in r.stderr and "synchronous_commit" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1

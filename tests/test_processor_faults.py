@@ -25,9 +25,23 @@ def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):
     acked = tmp_path / "acked.jsonl"
     p = ProcessorProcess(str(db), "--wait-window", "1", log=tmp_path / "processor.log").start()
     sender = subprocess.Popen(
-        [sys.executable, str(TESTS / "processor_fixtures.py"), "send", "--http", p.url, "--grpc", p.grpc_endpoint,
-         "--decisions", "300", "--out", str(acked), "--pause", "0.04"],
-        cwd=str(TESTS), stderr=open(tmp_path / "sender.log", "wb"),
+        [
+            sys.executable,
+            str(TESTS / "processor_fixtures.py"),
+            "send",
+            "--http",
+            p.url,
+            "--grpc",
+            p.grpc_endpoint,
+            "--decisions",
+            "300",
+            "--out",
+            str(acked),
+            "--pause",
+            "0.04",
+        ],
+        cwd=str(TESTS),
+        stderr=open(tmp_path / "sender.log", "wb"),
     )
     rng = random.Random(5)
     kills = 0
@@ -59,8 +73,10 @@ def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):
             sender.kill()
     with sqlite3.connect(db) as c:
         rows = c.execute("SELECT request_id, body FROM receipts").fetchall()
-        pending = c.execute("SELECT COUNT(*) FROM processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id "
-                            "AND g.group_key = s.group_key WHERE g.trace_id IS NULL").fetchone()[0]
+        pending = c.execute(
+            "SELECT COUNT(*) FROM processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id "
+            "AND g.group_key = s.group_key WHERE g.trace_id IS NULL"
+        ).fetchone()[0]
     got = {}
     for request_id, body in rows:
         assert request_id not in got  # exactly one receipt per request
@@ -69,6 +85,7 @@ def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):
     for request_id, want in expected.items():
         have = got[request_id]
         # Ids are made where the spans are; everything else is the decision.
-        assert {k: v for k, v in have.items() if k not in ("trace_id", "span_id")} == \
-               {k: v for k, v in want.items() if k not in ("trace_id", "span_id")}, request_id
+        assert {k: v for k, v in have.items() if k not in ("trace_id", "span_id")} == {
+            k: v for k, v in want.items() if k not in ("trace_id", "span_id")
+        }, request_id
     assert pending == 0

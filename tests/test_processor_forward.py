@@ -112,10 +112,18 @@ class ScriptedGRPCNextHop:
             return trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
 
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-        self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
-            "opentelemetry.proto.collector.trace.v1.TraceService",
-            {"Export": grpc.unary_unary_rpc_method_handler(export, request_deserializer=None, response_serializer=None)},
-        ),))
+        self.server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "opentelemetry.proto.collector.trace.v1.TraceService",
+                    {
+                        "Export": grpc.unary_unary_rpc_method_handler(
+                            export, request_deserializer=None, response_serializer=None
+                        )
+                    },
+                ),
+            )
+        )
         self.port = self.server.add_insecure_port("127.0.0.1:0")
         self.server.start()
         self.target = f"127.0.0.1:{self.port}"
@@ -133,8 +141,20 @@ def test_spans_are_counted_from_the_wire_format() -> None:
     assert count_spans(trace_service_pb2.ExportTraceServiceRequest().SerializeToString()) == 0
 
 
-@pytest.mark.parametrize("status, retried", [(429, True), (502, True), (503, True), (504, True),
-                                             (400, False), (401, False), (404, False), (413, False), (500, False)])
+@pytest.mark.parametrize(
+    "status, retried",
+    [
+        (429, True),
+        (502, True),
+        (503, True),
+        (504, True),
+        (400, False),
+        (401, False),
+        (404, False),
+        (413, False),
+        (500, False),
+    ],
+)
 def test_http_answers_are_retried_as_the_collector_retries_them(status: int, retried: bool) -> None:
     hop = ScriptedHTTPNextHop((status, {}, b""))
     metrics = ProcessorMetrics()
@@ -187,17 +207,22 @@ def test_a_partial_success_counts_the_refused_spans_as_dropped() -> None:
     assert (metrics.stats.forwarded, metrics.stats.forward_dropped, len(hop.requests)) == (n - 2, 2, 1)
 
 
-@pytest.mark.parametrize("code, delay, retried", [
-    (grpc.StatusCode.UNAVAILABLE, None, True),
-    (grpc.StatusCode.DEADLINE_EXCEEDED, None, True),
-    (grpc.StatusCode.ABORTED, None, True),
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.3, True),     # with RetryInfo: the server says when
-    (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),   # without it: a limit that will not pass
-    (grpc.StatusCode.INVALID_ARGUMENT, None, False),
-    (grpc.StatusCode.UNAUTHENTICATED, None, False),
-    (grpc.StatusCode.UNIMPLEMENTED, None, False),
-])
-def test_grpc_codes_are_retried_as_the_collector_retries_them(code: grpc.StatusCode, delay: float | None, retried: bool) -> None:
+@pytest.mark.parametrize(
+    "code, delay, retried",
+    [
+        (grpc.StatusCode.UNAVAILABLE, None, True),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, None, True),
+        (grpc.StatusCode.ABORTED, None, True),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, 0.3, True),  # with RetryInfo: the server says when
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, None, False),  # without it: a limit that will not pass
+        (grpc.StatusCode.INVALID_ARGUMENT, None, False),
+        (grpc.StatusCode.UNAUTHENTICATED, None, False),
+        (grpc.StatusCode.UNIMPLEMENTED, None, False),
+    ],
+)
+def test_grpc_codes_are_retried_as_the_collector_retries_them(
+    code: grpc.StatusCode, delay: float | None, retried: bool
+) -> None:
     hop = ScriptedGRPCNextHop((code, delay))
     metrics = ProcessorMetrics()
     forwarder = Forwarder(hop.target, "grpc", metrics, retry=FAST)
@@ -234,7 +259,11 @@ def test_an_export_keeps_its_place_while_the_next_hop_is_down_and_goes_when_it_i
         total = sum(n for _, n in bodies)
         wait_until("delivered", lambda: metrics.stats.forwarded == total)
         assert [r.message.SerializeToString() for r in rx.traces] == [b for b, _ in bodies], "in order, unchanged"
-        assert (metrics.stats.forward_dropped, metrics.stats.forward_queue_exports, metrics.stats.forward_queue_bytes) == (0, 0, 0)
+        assert (
+            metrics.stats.forward_dropped,
+            metrics.stats.forward_queue_exports,
+            metrics.stats.forward_queue_bytes,
+        ) == (0, 0, 0)
     finally:
         forwarder.stop()
         if rx is not None:
@@ -294,25 +323,45 @@ def _metric(rx: OTLPReceiver, name: str, key: str | None = None) -> dict[Any, fl
 
 
 def _processor(tmp_path: Any, rx: OTLPReceiver, *args: str) -> ProcessorProcess:
-    env = {"OTEL_METRICS_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": rx.grpc_endpoint,
-           "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc", "OTEL_METRIC_EXPORT_INTERVAL": "300"}
-    return ProcessorProcess(str(tmp_path / "receipts.db"), "--wait-window", "0.5", *args, env=env,
-                            log=tmp_path / "processor.log").start()
+    env = {
+        "OTEL_METRICS_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": rx.grpc_endpoint,
+        "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc",
+        "OTEL_METRIC_EXPORT_INTERVAL": "300",
+    }
+    return ProcessorProcess(
+        str(tmp_path / "receipts.db"), "--wait-window", "0.5", *args, env=env, log=tmp_path / "processor.log"
+    ).start()
 
 
 def _export(p: ProcessorProcess, seed: int) -> tuple[list[Any], int]:
     ds, spans = decisions_with_spans(5, seed=seed, prefix="cmd")
-    r = httpx.post(p.url + "/v1/traces", content=encode_spans(spans).SerializeToString(),
-                   headers={"Content-Type": "application/x-protobuf"}, timeout=10)
+    r = httpx.post(
+        p.url + "/v1/traces",
+        content=encode_spans(spans).SerializeToString(),
+        headers={"Content-Type": "application/x-protobuf"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     return ds, len(spans)
 
 
 def test_a_full_forward_queue_drops_copies_never_receipts(tmp_path: Any) -> None:
     with OTLPReceiver() as rx:
-        p = _processor(tmp_path, rx, "--forward", f"http://127.0.0.1:{dead_port()}", "--forward-queue-bytes", "1",
-                       "--forward-retry-max-elapsed", "0", "--forward-retry-initial-interval", "0.1",
-                       "--forward-retry-max-interval", "0.2")
+        p = _processor(
+            tmp_path,
+            rx,
+            "--forward",
+            f"http://127.0.0.1:{dead_port()}",
+            "--forward-queue-bytes",
+            "1",
+            "--forward-retry-max-elapsed",
+            "0",
+            "--forward-retry-initial-interval",
+            "0.1",
+            "--forward-retry-max-interval",
+            "0.2",
+        )
         try:
             sent = [_export(p, seed) for seed in (11, 12, 13)]
             for ds, _ in sent:
@@ -321,30 +370,50 @@ def test_a_full_forward_queue_drops_copies_never_receipts(tmp_path: Any) -> None
             queued, dropped = sent[0][1], sent[1][1] + sent[2][1]
             stats = p.stats()
             assert (stats["forward_dropped"], stats["forward_queue_exports"], stats["forwarded"]) == (dropped, 1, 0)
-            assert p.wait_for(lambda: _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED,
-                                              A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON) == {"queue_full": dropped}), \
-                _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON)
+            assert p.wait_for(
+                lambda: (
+                    _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON)
+                    == {"queue_full": dropped}
+                )
+            ), _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON)
             assert p.wait_for(lambda: _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_QUEUE_SIZE).get(None, 0) > 0)
         finally:
             code = p.stop()
         assert code == 0, p.tail()
         # The one still waiting when the processor stopped is counted too, in the last export of its metrics.
-        assert _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON) == \
-            {"queue_full": dropped, "shutdown": queued}
+        assert _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON) == {
+            "queue_full": dropped,
+            "shutdown": queued,
+        }
 
 
 def test_a_next_hop_down_longer_than_the_retry_limit_costs_the_copy(tmp_path: Any) -> None:
     with OTLPReceiver() as rx:
-        p = _processor(tmp_path, rx, "--forward", f"127.0.0.1:{dead_port()}", "--forward-protocol", "grpc",
-                       "--forward-retry-max-elapsed", "1", "--forward-retry-initial-interval", "0.2",
-                       "--forward-retry-max-interval", "0.4")
+        p = _processor(
+            tmp_path,
+            rx,
+            "--forward",
+            f"127.0.0.1:{dead_port()}",
+            "--forward-protocol",
+            "grpc",
+            "--forward-retry-max-elapsed",
+            "1",
+            "--forward-retry-initial-interval",
+            "0.2",
+            "--forward-retry-max-interval",
+            "0.4",
+        )
         try:
             ds, n = _export(p, 21)
             for d in ds:
                 assert p.wait_for(lambda: p.receipt(d.request_id)), p.tail()
             assert p.wait_for(lambda: p.stats()["forward_dropped"] == n, timeout_s=20), p.stats()
-            assert p.wait_for(lambda: _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED,
-                                              A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON) == {"retries_exhausted": n})
+            assert p.wait_for(
+                lambda: (
+                    _metric(rx, M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, A.UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON)
+                    == {"retries_exhausted": n}
+                )
+            )
             assert p.stats()["forward_retries"] >= 1
         finally:
             assert p.stop() == 0, p.tail()

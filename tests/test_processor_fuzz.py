@@ -19,7 +19,9 @@ from fixtures import span_layout as L
 from processor_fixtures import ProcessorProcess, decisions_with_spans
 from unhardcoded.receipts import Receipt
 
-SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SETTINGS = settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 OK = {200, 400, 413, 415}
 
 _, SPANS = decisions_with_spans(3, seed=31, hops=1)
@@ -30,8 +32,15 @@ VALID_JSON = L.otlp_json_dict(SPANS)
 @pytest.fixture(scope="module")
 def processor(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("fuzz")
-    p = ProcessorProcess(str(tmp / "receipts.db"), "--wait-window", "0.5", "--no-access-log", "--max-body-bytes", "200000",
-                         log=tmp / "processor.log").start()
+    p = ProcessorProcess(
+        str(tmp / "receipts.db"),
+        "--wait-window",
+        "0.5",
+        "--no-access-log",
+        "--max-body-bytes",
+        "200000",
+        log=tmp / "processor.log",
+    ).start()
     client = httpx.Client(base_url=p.url, timeout=10)
     p.client = client
     yield p
@@ -57,11 +66,11 @@ def mutated(draw, data: bytes):
         if op == "flip" and out:
             out[i] ^= draw(st.integers(1, 255))
         elif op == "cut":
-            del out[i:i + draw(st.integers(1, 64))]
+            del out[i : i + draw(st.integers(1, 64))]
         elif op == "insert":
             out[i:i] = draw(st.binary(min_size=1, max_size=16))
         elif op == "dup":
-            out[i:i] = out[i:i + draw(st.integers(1, 64))]
+            out[i:i] = out[i : i + draw(st.integers(1, 64))]
     return bytes(out)
 
 
@@ -169,8 +178,21 @@ def test_kept_spans_keep_the_bytes_they_came_in():
 
 
 def _sorted_spans(decoded):
-    return [(s.trace_id, s.span_id, s.group, s.role, s.body, s.service, s.attempt_index, s.expected_attempts, s.alias, s.workflow_name)
-            for s in decoded.spans]
+    return [
+        (
+            s.trace_id,
+            s.span_id,
+            s.group,
+            s.role,
+            s.body,
+            s.service,
+            s.attempt_index,
+            s.expected_attempts,
+            s.alias,
+            s.workflow_name,
+        )
+        for s in decoded.spans
+    ]
 
 
 @settings(max_examples=400, deadline=None)
@@ -189,7 +211,12 @@ def test_the_bytes_view_sorts_spans_as_the_full_parse_does(body):
         # refused by the bytes view only when an attribute the full parser read is broken: it is not, here
         raise AssertionError("the bytes view refused an export the full parser read")
     assert _sorted_spans(fast) == _sorted_spans(full)
-    assert (fast.total, fast.rejected, fast.ignored, fast.untouched) == (full.total, full.rejected, full.ignored, full.untouched)
+    assert (fast.total, fast.rejected, fast.ignored, fast.untouched) == (
+        full.total,
+        full.rejected,
+        full.ignored,
+        full.untouched,
+    )
 
 
 @settings(max_examples=300, deadline=None)
@@ -210,9 +237,21 @@ def test_a_span_is_rebuilt_from_what_classifying_it_read_as_from_its_bytes(body)
             r = fn(*args)
         except SpanFormatError:
             return "refused"
-        return (r.trace_id, r.span_id, r.parent_span_id, r.name, r.kind, r.start_ns, r.end_ns, r.attributes,
-                [(e.name, e.time_ns, dict(e.attributes)) for e in r.events], r.status_code, r.dropped_attributes,
-                r.dropped_events, r.service)
+        return (
+            r.trace_id,
+            r.span_id,
+            r.parent_span_id,
+            r.name,
+            r.kind,
+            r.start_ns,
+            r.end_ns,
+            r.attributes,
+            [(e.name, e.time_ns, dict(e.attributes)) for e in r.events],
+            r.status_code,
+            r.dropped_attributes,
+            r.dropped_events,
+            r.service,
+        )
 
     for s in decoded.spans:
         if s.view is None:  # read through the full parse (a span to refuse was in the export)

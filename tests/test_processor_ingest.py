@@ -89,10 +89,17 @@ def test_the_sdk_grpc_exporter_gets_receipts_equal_to_the_decisions(processor):
 
 def test_gzip_and_json_exports_are_read(processor):
     ds, spans = decisions_with_spans(6, seed=3)
-    gz = HttpExporter(endpoint=processor.url + "/v1/traces", compression=__import__("opentelemetry.exporter.otlp.proto.http", fromlist=["Compression"]).Compression.Gzip)
+    gz = HttpExporter(
+        endpoint=processor.url + "/v1/traces",
+        compression=__import__("opentelemetry.exporter.otlp.proto.http", fromlist=["Compression"]).Compression.Gzip,
+    )
     assert gz.export(spans[: len(spans) // 2]) == SpanExportResult.SUCCESS
-    r = httpx.post(processor.url + "/v1/traces", content=gzip.compress(L.otlp_json(spans[len(spans) // 2:]).encode()),
-                   headers={"Content-Type": "application/json", "Content-Encoding": "gzip"}, timeout=10)
+    r = httpx.post(
+        processor.url + "/v1/traces",
+        content=gzip.compress(L.otlp_json(spans[len(spans) // 2 :]).encode()),
+        headers={"Content-Type": "application/json", "Content-Encoding": "gzip"},
+        timeout=10,
+    )
     assert r.status_code == 200, r.text
     assert r.headers["content-type"].startswith("application/json")
     assert r.json() == {}  # no partial_success: everything was taken
@@ -107,7 +114,7 @@ def test_shuffled_duplicated_and_split_batches_make_one_receipt_each(patient_pro
     shuffled = spans + rng.sample(spans, len(spans) // 2)  # half of them sent twice, as an exporter's retry would
     rng.shuffle(shuffled)
     for i in range(0, len(shuffled), 7):  # small exports that split decisions from their attempts
-        r = post(processor, L.otlp_bytes(shuffled[i:i + 7]))
+        r = post(processor, L.otlp_bytes(shuffled[i : i + 7]))
         assert r.status_code == 200
         assert not ExportTraceServiceResponse.FromString(r.content).HasField("partial_success")
     for d in ds:
@@ -185,9 +192,13 @@ def test_a_workflow_becomes_one_workflow_receipt(processor):
     assert post(processor, L.otlp_bytes(spans[4:])).status_code == 200
     for d in ds:
         assert stored(processor, d.request_id) is not None
-    doc = processor.wait_for(lambda: (w := workflow_doc(processor, "wf_9a1")) is not None and w["workflow"]["complete"] and w)
+    doc = processor.wait_for(
+        lambda: (w := workflow_doc(processor, "wf_9a1")) is not None and w["workflow"]["complete"] and w
+    )
     assert doc, processor.tail()
-    want = WorkflowReceipt.from_receipts("wf_9a1", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+    want = WorkflowReceipt.from_receipts(
+        "wf_9a1", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
+    )
     assert doc["workflow"] == want.model_dump(mode="json", by_alias=True)
     assert doc["links"]["page"] == "/w/wf_9a1"
 
@@ -202,6 +213,7 @@ def workflow_doc(p: ProcessorProcess, workflow_id: str) -> dict | None:
 
 def completed(p: ProcessorProcess, workflow_id: str, timeout_s: float = 15.0) -> dict | None:
     """The workflow receipt once it reads complete."""
+
     def ready():
         doc = workflow_doc(p, workflow_id)
         return doc["workflow"] if doc is not None and doc["workflow"]["complete"] else None
@@ -234,8 +246,9 @@ def attempts_of(spans: list) -> list:
 
 
 def whole(workflow_id: str, name: str, ds) -> dict:
-    return WorkflowReceipt.from_receipts(workflow_id, name, [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id).model_dump(
-        mode="json", by_alias=True)
+    return WorkflowReceipt.from_receipts(
+        workflow_id, name, [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
+    ).model_dump(mode="json", by_alias=True)
 
 
 def test_a_root_that_arrives_first_waits_for_the_nodes_of_its_trace(patient_processor):
@@ -327,8 +340,12 @@ def test_a_workflow_whose_root_never_arrives_is_not_complete(processor):
 
 def cli_receipt(p: ProcessorProcess, workflow_id: str) -> str:
     """`unhardcoded receipt WORKFLOW_ID` on the processor's store, as it runs."""
-    done = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "receipt", workflow_id, "--store", p.store],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "unhardcoded.cli", "receipt", workflow_id, "--store", p.store],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -349,14 +366,17 @@ def test_spans_with_invalid_ids_are_refused_as_partial_success(processor):
         assert stored(processor, d.request_id)["receipt"] == expected(d)
 
 
-@pytest.mark.parametrize("body, headers, status", [
-    (b"\xff\xff\xff\xff", PB, 400),
-    (b"{not json", {"Content-Type": "application/json"}, 400),
-    (b'{"resourceSpans": 7}', {"Content-Type": "application/json"}, 400),
-    (b"hello", {"Content-Type": "text/plain"}, 415),
-    (b"\x1f\x8b\x08\x00garbage", {**PB, "Content-Encoding": "gzip"}, 400),
-    (b"abc", {**PB, "Content-Encoding": "br"}, 415),
-])
+@pytest.mark.parametrize(
+    "body, headers, status",
+    [
+        (b"\xff\xff\xff\xff", PB, 400),
+        (b"{not json", {"Content-Type": "application/json"}, 400),
+        (b'{"resourceSpans": 7}', {"Content-Type": "application/json"}, 400),
+        (b"hello", {"Content-Type": "text/plain"}, 415),
+        (b"\x1f\x8b\x08\x00garbage", {**PB, "Content-Encoding": "gzip"}, 400),
+        (b"abc", {**PB, "Content-Encoding": "br"}, 415),
+    ],
+)
 def test_malformed_payloads_get_a_client_error_in_the_request_encoding(processor, body, headers, status):
     r = post(processor, body, headers)
     assert r.status_code == status

@@ -15,7 +15,13 @@ import httpx
 import pytest
 
 from fixtures import span_layout as L
-from processor_fixtures import PostgresCluster, ProcessorProcess, decisions_with_spans, make_decision, workflow_with_spans
+from processor_fixtures import (
+    PostgresCluster,
+    ProcessorProcess,
+    decisions_with_spans,
+    make_decision,
+    workflow_with_spans,
+)
 from unhardcoded.processor.metrics import ProcessorMetrics
 from unhardcoded.processor.otlp import classify, parse_protobuf
 from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
@@ -99,7 +105,9 @@ def test_workflows(backend):
     nodes = [Receipt.from_decision(d) for d in ds]
 
     def want(finished: bool, receipts: list[Receipt] = nodes) -> WorkflowReceipt:
-        return WorkflowReceipt.from_receipts("wf_store", "triage-flow", receipts, trace_id=ds[0].trace_id, finished=finished)
+        return WorkflowReceipt.from_receipts(
+            "wf_store", "triage-flow", receipts, trace_id=ds[0].trace_id, finished=finished
+        )
 
     store.put_many((r, None) for r in reversed(nodes))
     open_ = store.workflow("wf_store")
@@ -109,11 +117,17 @@ def test_workflows(backend):
     assert store.workflow("wf_store") == want(False)  # recorded again, still not finished
     store.put_workflow("wf_store", "triage-flow", ds[0].trace_id, finished=True)
     assert store.workflow("wf_store") == want(True) and store.workflow("wf_store").complete
-    store.put_workflow("wf_store", "", None)  # a later record without a name or trace changes nothing, and never reopens it
+    store.put_workflow(
+        "wf_store", "", None
+    )  # a later record without a name or trace changes nothing, and never reopens it
     assert store.workflow("wf_store") == want(True)
-    partial = nodes[1].model_copy(update={
-        "complete": False, "request_id": "req_wf_store_late", "workflow": nodes[1].workflow.model_copy(update={"node": "c", "step": 2}),
-    })
+    partial = nodes[1].model_copy(
+        update={
+            "complete": False,
+            "request_id": "req_wf_store_late",
+            "workflow": nodes[1].workflow.model_copy(update={"node": "c", "step": 2}),
+        }
+    )
     store.put(partial)  # a node written after the workflow was finished joins it
     late = store.workflow("wf_store")
     assert late == want(True, nodes + [partial]) and late.complete is False and not late.still_open
@@ -128,7 +142,8 @@ def test_a_workflow_finished_before_any_node_was_written(backend):
     assert empty.nodes == [] and empty.complete and empty.trace_id == ds[0].trace_id
     store.put_many((Receipt.from_decision(d), None) for d in ds)
     assert store.workflow("wf_root_first") == WorkflowReceipt.from_receipts(
-        "wf_root_first", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+        "wf_root_first", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
+    )
 
 
 def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
@@ -138,13 +153,18 @@ def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
     url = cluster.new_database()
     ds, _ = workflow_with_spans("wf_old", "triage-flow", ["a", "b"], seed=9)
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL)")
-        conn.execute("INSERT INTO workflows VALUES ('wf_old', 'triage-flow', %s, '2026-03-14T09:00:00.000Z')", (ds[0].trace_id,))
+        conn.execute(
+            "CREATE TABLE workflows (workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL)"
+        )
+        conn.execute(
+            "INSERT INTO workflows VALUES ('wf_old', 'triage-flow', %s, '2026-03-14T09:00:00.000Z')", (ds[0].trace_id,)
+        )
     store, spool = open_backend(url)
     try:
         store.put_many((Receipt.from_decision(d), None) for d in ds)
         assert store.workflow("wf_old") == WorkflowReceipt.from_receipts(
-            "wf_old", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+            "wf_old", "triage-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
+        )
         new, _ = workflow_with_spans("wf_new", "triage-flow", ["a"], seed=10)
         store.put(Receipt.from_decision(new[0]))
         assert store.workflow("wf_new").still_open
@@ -168,7 +188,8 @@ def test_the_spool(backend):
     assert spool.append(ours, "me", 1000, keys) == {}
     again = spool.append(ours[:2], "me", 2000, {(ours[0].trace_id, ours[0].group)})  # a retry: stored once
     assert sorted(r.span_id for r in again[(ours[0].trace_id, ours[0].group)]) == sorted(
-        s.span_id for s in ours if (s.trace_id, s.group) == (ours[0].trace_id, ours[0].group))
+        s.span_id for s in ours if (s.trace_id, s.group) == (ours[0].trace_id, ours[0].group)
+    )
     pending = spool.pending("me")
     assert len(pending) == len(ours) and spool.pending("someone-else") == []
     assert [p.body for p in pending] == [s.body for s in ours]
@@ -238,7 +259,9 @@ def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across
     held = next(d for d in reversed(ds) if d.attempts)
     attempts = [s for s in ours if s.role == "attempt" and s.group == "r:" + held.request_id]
     first = [s for s in ours if s not in attempts]  # the root and every node, but one node's attempts
-    want = WorkflowReceipt.from_receipts("wf_engine", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id)
+    want = WorkflowReceipt.from_receipts(
+        "wf_engine", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
+    )
     cfg = ProcessorConfig(wait_window_s=60, owner="one")
     store, spool = open_backend(store_url)
     p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())

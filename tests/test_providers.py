@@ -216,7 +216,10 @@ def test_slow_provider_is_kind_timeout(how, simulated_provider):
 
 
 def test_async_slow_provider_is_kind_timeout(simulated_provider):
-    sim = simulated_provider("acme", {"slow": timeout(sleep_s=2)}, )
+    sim = simulated_provider(
+        "acme",
+        {"slow": timeout(sleep_s=2)},
+    )
 
     async def run() -> ProviderCallError:
         async with client_with(sim, timeout_s=0.3) as client:  # the provider's own timeout_s
@@ -284,8 +287,11 @@ def test_async_connect_refused_is_connect_error():
 
 @pytest.mark.parametrize(
     "behavior",
-    [raw(200, "<html>not json</html>"), raw(200, json.dumps({"id": "x", "object": "chat.completion"})),
-     raw(200, "[1, 2]")],
+    [
+        raw(200, "<html>not json</html>"),
+        raw(200, json.dumps({"id": "x", "object": "chat.completion"})),
+        raw(200, "[1, 2]"),
+    ],
     ids=["not-json", "no-choices", "not-an-object"],
 )
 @HOW
@@ -312,8 +318,9 @@ def test_unknown_provider_is_an_error():
 
 
 def test_provider_call_error_pickles():
-    exc = ProviderCallError("boom", kind="rate_limit", error_type="429", provider="p", model="m",
-                            status_code=429, retry_after_s=2.0)
+    exc = ProviderCallError(
+        "boom", kind="rate_limit", error_type="429", provider="p", model="m", status_code=429, retry_after_s=2.0
+    )
     copy = pickle.loads(pickle.dumps(exc))
     assert repr(copy) == repr(exc)
 
@@ -380,12 +387,14 @@ def test_canary_key_never_leaks(simulated_provider, monkeypatch, caplog):
     other = simulated_provider("wrong-key", expected_api_key="sk-something-else")
     refused = ProviderConfig(name="refused", base_url=f"http://127.0.0.1:{closed_port()}/v1", api_key_env="CANARY_KEY")
     missing = ProviderConfig(name="missing", base_url=sim.base_url, api_key_env="CANARY_KEY_UNSET")
-    providers = ProvidersConfig(providers=[
-        sim.provider_config(api_key_env="CANARY_KEY", timeout_s=0.3),
-        other.provider_config(api_key_env="CANARY_KEY"),
-        refused,
-        missing,
-    ])
+    providers = ProvidersConfig(
+        providers=[
+            sim.provider_config(api_key_env="CANARY_KEY", timeout_s=0.3),
+            other.provider_config(api_key_env="CANARY_KEY"),
+            refused,
+            missing,
+        ]
+    )
     failing = ["error", "echo-error", "echo-raw", "slow", "busy", "gateway", "not-json", "cut0"]
 
     seen: list[object] = []
@@ -436,8 +445,19 @@ def test_canary_key_never_leaks(simulated_provider, monkeypatch, caplog):
         asyncio.run(run_async())
 
     error_types = {e.error_type for e in errors}
-    assert {"500", "400", "502", "timeout", "429", "504", "invalid_response", "401", "connect_error",
-            "missing_api_key", "stream_interrupted"} <= error_types
+    assert {
+        "500",
+        "400",
+        "502",
+        "timeout",
+        "429",
+        "504",
+        "invalid_response",
+        "401",
+        "connect_error",
+        "missing_api_key",
+        "stream_interrupted",
+    } <= error_types
     # The echoing providers really did echo the key, so scrubbing was exercised.
     assert any(canary in json.dumps(r.headers) for r in sim.requests)
     assert any("[REDACTED]" in str(e) for e in errors)
@@ -554,10 +574,13 @@ def test_stream_without_done_is_interrupted(how, simulated_provider):
 
 @HOW
 def test_stream_error_event_and_bad_chunk(how, simulated_provider):
-    sim = simulated_provider("acme", {
-        "err": raw(200, 'data: {"error": {"message": "overloaded"}}\n\n', content_type="text/event-stream"),
-        "bad": raw(200, "data: {nope\n\n", content_type="text/event-stream"),
-    })
+    sim = simulated_provider(
+        "acme",
+        {
+            "err": raw(200, 'data: {"error": {"message": "overloaded"}}\n\n', content_type="text/event-stream"),
+            "bad": raw(200, "data: {nope\n\n", content_type="text/event-stream"),
+        },
+    )
     with client_with(sim) as client:
         _, err = streamed(client, how, "acme", "err", BODY)[1:]
         _, bad = streamed(client, how, "acme", "bad", BODY)[1:]
@@ -650,8 +673,9 @@ def test_duplicate_names_are_an_error(tmp_path):
         load_providers(path)
     assert "providers[2].name: duplicate provider name 'a'" in str(caught.value)
     with pytest.raises(ValueError):
-        ProvidersConfig(providers=[ProviderConfig(name="a", base_url="http://a"),
-                                   ProviderConfig(name="a", base_url="http://b")])
+        ProvidersConfig(
+            providers=[ProviderConfig(name="a", base_url="http://a"), ProviderConfig(name="a", base_url="http://b")]
+        )
 
 
 def test_unknown_extension_is_read_by_content(tmp_path):
@@ -676,10 +700,14 @@ def test_unknown_extension_is_read_by_content(tmp_path):
         ("providers:\n  - {name: a, base_url: 'ftp://a'}\n", "providers[0].base_url: must be an http"),
         ("providers:\n  - {name: a, base_url: 'http://a', timeout_s: 0}\n", "providers[0].timeout_s: input should be"),
         ("providers:\n  - {name: a, base_url: 'http://a', colour: red}\n", "providers[0].colour: unknown field"),
-        ("providers:\n  - {name: a, base_url: 'http://a', api_key_env: 'sk-live-abc'}\n",
-         "providers[0].api_key_env: string should match pattern"),
-        ("providers:\n  - {name: a, base_url: 'http://a', api_key: 'sk-live-abc'}\n",
-         "providers[0].api_key: keys are not written in the providers file"),
+        (
+            "providers:\n  - {name: a, base_url: 'http://a', api_key_env: 'sk-live-abc'}\n",
+            "providers[0].api_key_env: string should match pattern",
+        ),
+        (
+            "providers:\n  - {name: a, base_url: 'http://a', api_key: 'sk-live-abc'}\n",
+            "providers[0].api_key: keys are not written in the providers file",
+        ),
     ],
 )
 def test_invalid_files(tmp_path, text, expected):
@@ -802,15 +830,20 @@ class ScriptedServer:
                     pass
 
 
-COMPLETION = json.dumps({
-    "id": "c", "object": "chat.completion", "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
-}).encode()
+COMPLETION = json.dumps(
+    {
+        "id": "c",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hi."}, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+    }
+).encode()
 
 
-def http_answer(body: bytes = COMPLETION, *, status: str = "200 OK", headers: tuple[str, ...] = (),
-                length: bool = True) -> bytes:
+def http_answer(
+    body: bytes = COMPLETION, *, status: str = "200 OK", headers: tuple[str, ...] = (), length: bool = True
+) -> bytes:
     lines = [f"HTTP/1.1 {status}", "content-type: application/json", *headers]
     if length:
         lines.append(f"content-length: {len(body)}")
@@ -896,10 +929,14 @@ def test_async_chunked_gzip_answer_after_an_informational_response(scripted):
 
 def test_async_large_request_and_answer_bodies(scripted):
     text = "x" * (3 * 1024 * 1024)
-    big_answer = json.dumps({
-        "id": "c", "object": "chat.completion", "model": "m",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-    }).encode()
+    big_answer = json.dumps(
+        {
+            "id": "c",
+            "object": "chat.completion",
+            "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        }
+    ).encode()
     server = scripted(lambda i, head, body: (http_answer(big_answer), "keep"))
     body = {"model": "m", "messages": [{"role": "user", "content": text}]}
     client = lean_client(server)
@@ -916,11 +953,18 @@ def test_async_large_request_and_answer_bodies(scripted):
 
 
 def test_async_stream_split_across_reads_with_crlf_lines(scripted):
-    events = [{"id": "c", "object": "chat.completion.chunk", "model": "m",
-               "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in ("One ", "two.")]
+    events = [
+        {
+            "id": "c",
+            "object": "chat.completion.chunk",
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}],
+        }
+        for w in ("One ", "two.")
+    ]
     sse = b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events) + b"data: [DONE]\r\n\r\n"
     # Chunk boundaries fall inside lines and between \r and \n.
-    pieces = [sse[:7], sse[7:sse.index(b"\r\n") + 1], sse[sse.index(b"\r\n") + 1:]]
+    pieces = [sse[:7], sse[7 : sse.index(b"\r\n") + 1], sse[sse.index(b"\r\n") + 1 :]]
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
     answer = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").encode()
     server = scripted(lambda i, head, body: (answer + chunked, "keep"))
@@ -992,8 +1036,9 @@ def test_a_request_waits_for_a_free_connection_and_gives_up_after_its_timeout(sc
     assert isinstance(asyncio.run(run()), httpx.PoolTimeout)
 
 
-@pytest.mark.parametrize("answer", [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", b"NOT HTTP\r\n\r\n"],
-                         ids=["short-body", "garbage"])
+@pytest.mark.parametrize(
+    "answer", [b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nab", b"NOT HTTP\r\n\r\n"], ids=["short-body", "garbage"]
+)
 def test_async_broken_answers_are_transport_errors(scripted, answer):
     server = scripted(lambda i, head, body: (answer, "close"))
     with pytest.raises(ProviderCallError) as caught:

@@ -38,6 +38,7 @@ from unhardcoded.simulator import (
     timeout,
 )
 
+
 @pytest.fixture
 def stack(simulated_provider: Any) -> Iterator[Stack]:
     yield from make_stack(simulated_provider, timeout_s=1.0)
@@ -111,7 +112,9 @@ def test_two_hops(stack: Stack) -> None:
     ],
     ids=["error", "timeout", "rate_limit"],
 )
-def test_every_attempt_failing_mirrors_the_last_failure(stack: Stack, behavior: Any, status: int, exc_type: type) -> None:
+def test_every_attempt_failing_mirrors_the_last_failure(
+    stack: Stack, behavior: Any, status: int, exc_type: type
+) -> None:
     for model in (SELECTED, FIRST_FALLBACK, SECOND_FALLBACK):
         stack.behave(model, behavior)
 
@@ -174,7 +177,8 @@ def test_stream_cut_before_first_token_falls_back(stack: Stack) -> None:
     assert raw.headers["x-unhardcoded-fallback"] == f"{SELECTED}>{FIRST_FALLBACK}"
     receipt = stack.receipt(raw.headers["x-unhardcoded-request-id"])
     assert [(a["model"], a["status"], a["error_type"]) for a in receipt["attempts"]] == [
-        (SELECTED, "error", "stream_interrupted"), (FIRST_FALLBACK, "ok", None),
+        (SELECTED, "error", "stream_interrupted"),
+        (FIRST_FALLBACK, "ok", None),
     ]
 
 
@@ -198,7 +202,9 @@ def test_a_provider_missing_from_the_providers_file_falls_back(simulated_provide
             receipt = stack.receipt(raw.headers["x-unhardcoded-request-id"])
     assert models == {FIRST_FALLBACK}
     assert [(a["model"], a["error_type"]) for a in receipt["attempts"]] == [
-        (SELECTED, "unknown_provider"), (FIRST_FALLBACK, None)]
+        (SELECTED, "unknown_provider"),
+        (FIRST_FALLBACK, None),
+    ]
 
 
 def test_stream_cut_after_tokens_ends_in_an_error_event(stack: Stack) -> None:
@@ -224,11 +230,12 @@ def test_stream_cut_after_tokens_ends_in_an_error_event(stack: Stack) -> None:
 
 def test_stream_error_event_on_the_wire(stack: Stack) -> None:
     stack.behave(SELECTED, cut_after_tokens(1))
-    with httpx.stream("POST", f"{stack.server.openai_base_url}/chat/completions",
-                      json={"messages": HELLO, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
+    ) as r:
         events = [line for line in r.iter_lines() if line.startswith("data: ")]
     assert r.status_code == 200
-    last = json.loads(events[-1][len("data: "):])
+    last = json.loads(events[-1][len("data: ") :])
     assert set(last["error"]) == {"message", "type", "param", "code"}
     assert last["error"]["code"] == "stream_interrupted"
     assert "data: [DONE]" not in events
@@ -244,8 +251,9 @@ def test_stream_every_attempt_failing_is_an_http_error(stack: Stack) -> None:
 
 def test_client_leaving_mid_stream_is_recorded(stack: Stack) -> None:
     stack.behave(SELECTED, ok("one two three four five six seven eight", chunk_delay_s=0.2))
-    with httpx.stream("POST", f"{stack.server.openai_base_url}/chat/completions",
-                      json={"messages": HELLO, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
+    ) as r:
         request_id = r.headers["x-unhardcoded-request-id"]
         for line in r.iter_lines():
             if '"content":"one' in line:
@@ -269,16 +277,26 @@ def _rank(stack: Stack, body: dict[str, Any]) -> dict[str, Any]:
 
 
 EU_ONLY = {
-    "schema": "sigma-pol/v1", "name": "eu-cheap",
-    "rules": [{"id": "eu", "field": "regions", "op": "contains", "value": "eu"},
-              {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.5},
-              {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.4}],
+    "schema": "sigma-pol/v1",
+    "name": "eu-cheap",
+    "rules": [
+        {"id": "eu", "field": "regions", "op": "contains", "value": "eu"},
+        {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.5},
+        {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.4},
+    ],
 }
 
 
 def test_tools_in_the_request_require_a_model_with_tools(stack: Stack) -> None:
-    tools = [{"type": "function", "function": {"name": "track", "parameters": {
-        "type": "object", "properties": {"parcel": {"type": "string"}}, "required": ["parcel"]}}}]
+    tools = [
+        {
+            "type": "function",
+            "function": {
+                "name": "track",
+                "parameters": {"type": "object", "properties": {"parcel": {"type": "string"}}, "required": ["parcel"]},
+            },
+        }
+    ]
     plain = _rank(stack, {"messages": HELLO, "policy": EU_ONLY})
     assert plain["selected"]["model"] == "mistral-small-4"  # cheapest in the EU, but it has no tools
 
@@ -296,9 +314,15 @@ def _last_request_id(stack: Stack) -> str:
 
 
 def test_images_require_vision_and_max_tokens_the_output_limit(stack: Stack) -> None:
-    image = [{"role": "user", "content": [
-        {"type": "text", "text": "What is in this picture?"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]}]
+    image = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What is in this picture?"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+            ],
+        }
+    ]
     receipt = _rank(stack, {"messages": image, "policy": EU_ONLY})
     assert any(r["rule"] == "request:vision" and r["model"] == "mistral-small-4" for r in receipt["rejected"])
 
@@ -313,16 +337,20 @@ def test_images_require_vision_and_max_tokens_the_output_limit(stack: Stack) -> 
 
 def test_policy_by_name_in_the_body_and_in_the_header(stack: Stack) -> None:
     client = stack.client()
-    by_body = client.chat.completions.with_raw_response.create(model="auto", messages=HELLO, extra_body={"policy": "triage"})
+    by_body = client.chat.completions.with_raw_response.create(
+        model="auto", messages=HELLO, extra_body={"policy": "triage"}
+    )
     by_header = client.chat.completions.with_raw_response.create(
-        model="auto", messages=HELLO, extra_headers={"X-Unhardcoded-Policy": "triage"})
+        model="auto", messages=HELLO, extra_headers={"X-Unhardcoded-Policy": "triage"}
+    )
     assert by_body.headers["x-unhardcoded-policy"] == by_header.headers["x-unhardcoded-policy"] == "triage"
     assert by_body.parse().model == by_header.parse().model
 
 
 def test_inline_policy(stack: Stack) -> None:
     raw = stack.client().chat.completions.with_raw_response.create(
-        model="auto", messages=HELLO, extra_body={"policy": EU_ONLY})
+        model="auto", messages=HELLO, extra_body={"policy": EU_ONLY}
+    )
     assert raw.headers["x-unhardcoded-policy"] == "eu-cheap"
     assert raw.parse().model == "mistral-small-4"
 
@@ -340,8 +368,11 @@ def test_no_model_passes_the_policy(stack: Stack) -> None:
 
 
 def _post(stack: Stack, content: bytes, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.post(f"{stack.server.openai_base_url}/chat/completions", content=content,
-                      headers={"content-type": "application/json", **(headers or {})})
+    return httpx.post(
+        f"{stack.server.openai_base_url}/chat/completions",
+        content=content,
+        headers={"content-type": "application/json", **(headers or {})},
+    )
 
 
 @pytest.mark.parametrize(
@@ -353,16 +384,42 @@ def _post(stack: Stack, content: bytes, headers: dict[str, str] | None = None) -
         (json.dumps({"model": "auto"}).encode(), 400, "messages: field required"),
         (json.dumps({"messages": []}).encode(), 400, "messages: must be a non-empty array"),
         (json.dumps({"messages": [{"role": "robot", "content": "x"}]}).encode(), 400, "messages[0].role"),
-        (json.dumps({"messages": HELLO, "temprature": 0.2}).encode(), 400, "temprature: unknown field (did you mean 'temperature'?)"),
+        (
+            json.dumps({"messages": HELLO, "temprature": 0.2}).encode(),
+            400,
+            "temprature: unknown field (did you mean 'temperature'?)",
+        ),
         (json.dumps({"messages": HELLO, "max_tokens": -1}).encode(), 400, "max_tokens"),
         (json.dumps({"messages": HELLO, "policy": "no-such-policy"}).encode(), 404, "unknown policy 'no-such-policy'"),
         (json.dumps({"messages": HELLO, "policy": 7}).encode(), 400, "policy: must be"),
-        (json.dumps({"messages": HELLO, "policy": {"schema": "sigma-pol/v1", "name": "x", "rules": [
-            {"id": "r", "field": "bench_intelignce", "op": "gte", "value": 0.5}]}}).encode(), 422,
-         "policy: rules[0].field: unknown field 'bench_intelignce'"),
+        (
+            json.dumps(
+                {
+                    "messages": HELLO,
+                    "policy": {
+                        "schema": "sigma-pol/v1",
+                        "name": "x",
+                        "rules": [{"id": "r", "field": "bench_intelignce", "op": "gte", "value": 0.5}],
+                    },
+                }
+            ).encode(),
+            422,
+            "policy: rules[0].field: unknown field 'bench_intelignce'",
+        ),
     ],
-    ids=["bad-json", "not-object", "empty", "no-messages", "empty-messages", "bad-role", "unknown-field",
-         "bad-max-tokens", "unknown-policy", "policy-type", "invalid-inline-policy"],
+    ids=[
+        "bad-json",
+        "not-object",
+        "empty",
+        "no-messages",
+        "empty-messages",
+        "bad-role",
+        "unknown-field",
+        "bad-max-tokens",
+        "unknown-policy",
+        "policy-type",
+        "invalid-inline-policy",
+    ],
 )
 def test_bad_requests_are_refused_with_a_clear_message(stack: Stack, content: bytes, status: int, needle: str) -> None:
     r = _post(stack, content)
@@ -376,8 +433,9 @@ def test_bad_requests_are_refused_with_a_clear_message(stack: Stack, content: by
 
 def test_unknown_policy_in_the_header(stack: Stack) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
-        stack.client().chat.completions.create(model="auto", messages=HELLO,
-                                               extra_headers={"X-Unhardcoded-Policy": "nope"})
+        stack.client().chat.completions.create(
+            model="auto", messages=HELLO, extra_headers={"X-Unhardcoded-Policy": "nope"}
+        )
     assert "unknown policy 'nope'" in caught.value.message
     assert all_requests(stack.sims) == []
 

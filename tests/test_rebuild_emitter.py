@@ -26,7 +26,9 @@ from unhardcoded.simulator import SimulatedProvider, error, ok, rate_limit, time
 from unhardcoded.telemetry import workflow  # noqa: E402
 
 PROVIDERS = sorted({m.provider for m in CATALOG.models})
-SLOW = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+SLOW = settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,9 @@ def sim():
 
 @pytest.fixture(scope="module")
 def client(sim):
-    config = ProvidersConfig(providers=[ProviderConfig(name=p, base_url=sim.base_url, timeout_s=0.4) for p in PROVIDERS])
+    config = ProvidersConfig(
+        providers=[ProviderConfig(name=p, base_url=sim.base_url, timeout_s=0.4) for p in PROVIDERS]
+    )
     c = ProviderClient(config)
     yield c
     c.close()
@@ -76,7 +80,10 @@ BEHAVIOURS = st.sampled_from(["ok", "ok", "500", "503", "429", "timeout"])
 
 def _behaviour(kind: str) -> Any:
     return {
-        "ok": ok(), "500": error(500), "503": error(503), "429": rate_limit(retry_after_s=None),
+        "ok": ok(),
+        "500": error(500),
+        "503": error(503),
+        "429": rate_limit(retry_after_s=None),
         "timeout": timeout(2.0),
     }[kind]
 
@@ -135,8 +142,9 @@ def test_a_fallback_then_an_answer_and_a_total_failure(sim, client):
     assert hopped.outcome == "answered" and len(hopped.hops) == 1
     assert failed.outcome == "failed" and [h.reason for h in failed.hops] == ["error", "rate_limit"]
     rebuilt = rebuild_receipts(L.otlp_bytes(exporter.get_finished_spans()))
-    assert rebuilt.receipts == sorted([Receipt.from_decision(hopped), Receipt.from_decision(failed)],
-                                      key=lambda r: (r.timestamp, r.request_id))
+    assert rebuilt.receipts == sorted(
+        [Receipt.from_decision(hopped), Receipt.from_decision(failed)], key=lambda r: (r.timestamp, r.request_id)
+    )
     assert rebuilt.receipt("req_failed").fallback.triggered
     assert rebuilt.policies() == {policy.fingerprint: policy.canonical}
 
@@ -144,8 +152,14 @@ def test_a_fallback_then_an_answer_and_a_total_failure(sim, client):
 def test_no_candidate_round_trips(client):
     from unhardcoded.policy import validate_policy
 
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "impossible", "rules": [
-        {"id": "region", "field": "regions", "op": "contains", "value": "mars"}]}, CATALOG)
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "impossible",
+            "rules": [{"id": "region", "field": "regions", "op": "contains", "value": "mars"}],
+        },
+        CATALOG,
+    )
     tp, exporter = L.provider()
     router = Router(CATALOG, client, tracer_provider=tp)
     with pytest.raises(NoCandidateError):
@@ -178,8 +192,9 @@ def test_a_workflow_round_trips_and_the_processor_agrees(sim, client, tmp_path):
     finally:
         sim.set_behavior(first, ok())
     assert a.workflow is not None and a.workflow.id == wf.id and len(a.hops) == 1
-    expected = WorkflowReceipt.from_receipts(wf.id, "refund-flow", [Receipt.from_decision(a), Receipt.from_decision(b)],
-                                             trace_id=wf.trace_id)
+    expected = WorkflowReceipt.from_receipts(
+        wf.id, "refund-flow", [Receipt.from_decision(a), Receipt.from_decision(b)], trace_id=wf.trace_id
+    )
     spans = exporter.get_finished_spans()
     for shape in ("sdk", "otlp-proto-bytes", "otlp-json", "jaeger", "tempo", "tempo-v2", "jaeger-v3"):
         rebuilt = rebuild_receipts(L.WIRE_SHAPES[shape](L.shuffled(spans)))

@@ -219,8 +219,14 @@ def test_a_decision_with_many_rejections_reads_events_then_the_summary():
     from unhardcoded.router.engine import CompiledPolicy
     from unhardcoded.router.features import RequestFeatures
 
-    policy = validate_policy({"schema": "sigma-pol/v1", "name": "strict", "rules": [
-        {"id": "region", "field": "regions", "op": "contains", "value": "cn"}]}, CATALOG)
+    policy = validate_policy(
+        {
+            "schema": "sigma-pol/v1",
+            "name": "strict",
+            "rules": [{"id": "region", "field": "regions", "op": "contains", "value": "cn"}],
+        },
+        CATALOG,
+    )
     d = CompiledPolicy(policy, CATALOG).decide(RequestFeatures(input_tokens=10), request_id="req_many")
     d.timestamp = "2026-02-01T00:00:00.000Z"
     assert len(d.rejected) > 20
@@ -241,17 +247,37 @@ def test_a_decision_with_many_rejections_reads_events_then_the_summary():
 # --------------------------------------------------------------------------- what is not spans
 
 
-@pytest.mark.parametrize("payload, message", [
-    (b"\x0a\xff\xff\xff", "OTLP protobuf"),
-    ("{not json", "invalid JSON"),
-    ("", "empty span payload"),
-    ({"hello": 1}, "unknown span JSON"),
-    ({"error": {"code": 5, "message": "trace not found"}}, "trace not found"),
-    ({"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "00f067aa0ba902b7"}]}]}]}, "traceId"),
-    ({"data": [{"spans": [{"traceID": "4bf92f3577b34da6a3ce929d0e0e4736", "spanID": "00f067aa0ba902b7",
-                            "tags": [{"key": "n", "type": "int64", "value": "x"}]}]}]}, "expected an integer"),
-    (42, "cannot read spans"),
-])
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (b"\x0a\xff\xff\xff", "OTLP protobuf"),
+        ("{not json", "invalid JSON"),
+        ("", "empty span payload"),
+        ({"hello": 1}, "unknown span JSON"),
+        ({"error": {"code": 5, "message": "trace not found"}}, "trace not found"),
+        (
+            {"resourceSpans": [{"scopeSpans": [{"spans": [{"traceId": "zz", "spanId": "00f067aa0ba902b7"}]}]}]},
+            "traceId",
+        ),
+        (
+            {
+                "data": [
+                    {
+                        "spans": [
+                            {
+                                "traceID": "4bf92f3577b34da6a3ce929d0e0e4736",
+                                "spanID": "00f067aa0ba902b7",
+                                "tags": [{"key": "n", "type": "int64", "value": "x"}],
+                            }
+                        ]
+                    }
+                ]
+            },
+            "expected an integer",
+        ),
+        (42, "cannot read spans"),
+    ],
+)
 def test_what_is_not_spans_is_a_clear_error(payload, message):
     with pytest.raises(SpanFormatError, match=message):
         read_spans(payload)
@@ -359,8 +385,21 @@ def test_an_attempt_under_another_instrumentations_span_still_finds_its_decision
 
 def _records(records):
     return [
-        (r.trace_id, r.span_id, r.parent_span_id, r.name, r.kind, r.start_ns, r.end_ns, r.attributes,
-         [(e.name, e.time_ns, dict(e.attributes)) for e in r.events], r.status_code, r.dropped_attributes, r.dropped_events, r.service)
+        (
+            r.trace_id,
+            r.span_id,
+            r.parent_span_id,
+            r.name,
+            r.kind,
+            r.start_ns,
+            r.end_ns,
+            r.attributes,
+            [(e.name, e.time_ns, dict(e.attributes)) for e in r.events],
+            r.status_code,
+            r.dropped_attributes,
+            r.dropped_events,
+            r.service,
+        )
         for r in records
     ]
 
@@ -397,7 +436,12 @@ def test_cached_list_values_are_never_shared(live):
     spans, _ = live
     body = L.otlp_bytes(spans)
     a, b = from_otlp_bytes(body), from_otlp_bytes(body)
-    shared = [(x.attributes[k], y.attributes[k]) for x, y in zip(a, b) for k in x.attributes if isinstance(x.attributes[k], list)]
+    shared = [
+        (x.attributes[k], y.attributes[k])
+        for x, y in zip(a, b)
+        for k in x.attributes
+        if isinstance(x.attributes[k], list)
+    ]
     assert shared and all(p is not q for p, q in shared)
 
 
@@ -414,9 +458,9 @@ def test_mutated_protobuf_is_read_as_the_full_messages_read_or_refused(data):
         if op == "flip":
             body[i] ^= data.draw(st.integers(1, 255))
         elif op == "cut":
-            del body[i:i + data.draw(st.integers(1, 32))]
+            del body[i : i + data.draw(st.integers(1, 32))]
         else:
-            body[i:i] = body[i:i + data.draw(st.integers(1, 32))]
+            body[i:i] = body[i : i + data.draw(st.integers(1, 32))]
     body = bytes(body)
     try:
         expected = _records(_message_records(body))
@@ -432,14 +476,23 @@ def test_mutated_protobuf_is_read_as_the_full_messages_read_or_refused(data):
 
 def _any_value() -> st.SearchStrategy:
     return st.one_of(
-        st.none(), st.text(max_size=300), st.booleans(), st.integers(-(1 << 63), (1 << 63) - 1),
-        st.floats(allow_nan=True, allow_infinity=True), st.lists(st.text(max_size=5), max_size=3),
+        st.none(),
+        st.text(max_size=300),
+        st.booleans(),
+        st.integers(-(1 << 63), (1 << 63) - 1),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.lists(st.text(max_size=5), max_size=3),
     )
 
 
 @settings(max_examples=500, deadline=None)
-@given(st.text(max_size=200), _any_value(), st.lists(st.tuples(st.integers(0, 1 << 16), st.sampled_from(["flip", "cut", "dup"]),
-                                                                st.integers(1, 255)), max_size=3))
+@given(
+    st.text(max_size=200),
+    _any_value(),
+    st.lists(
+        st.tuples(st.integers(0, 1 << 16), st.sampled_from(["flip", "cut", "dup"]), st.integers(1, 255)), max_size=3
+    ),
+)
 def test_a_scalar_attribute_is_read_by_hand_as_the_parser_reads_it(key, value, mutations):
     """Per-request values (request id, cost, tokens) are read without the parser: the same key and value, or left to it."""
     from opentelemetry.proto.common.v1.common_pb2 import KeyValue
@@ -465,9 +518,9 @@ def test_a_scalar_attribute_is_read_by_hand_as_the_parser_reads_it(key, value, m
         if op == "flip":
             body[i] ^= byte
         elif op == "cut":
-            del body[i:i + 1 + byte % 4]
+            del body[i : i + 1 + byte % 4]
         else:
-            body[i:i] = body[i:i + 1 + byte % 4]
+            body[i:i] = body[i : i + 1 + byte % 4]
     fast = _scalar_keyvalue(bytes(body))
     if fast is None:
         return
@@ -486,9 +539,17 @@ def test_rejections_worked_out_once_give_every_receipt_its_own_lists():
     ds, spans = decisions_with_spans(40, seed=8)
     body = L.otlp_bytes(spans)
     first, again = rebuild_spans(from_otlp_bytes(body)), rebuild_spans(from_otlp_bytes(body))
-    assert first.receipts == again.receipts == sorted((Receipt.from_decision(d) for d in ds), key=lambda r: (r.timestamp, r.request_id))
-    lists = [(p.threshold, q.threshold) for x, y in zip(first.receipts, again.receipts) for p, q in zip(x.rejected, y.rejected)
-             if isinstance(p.threshold, list)]
+    assert (
+        first.receipts
+        == again.receipts
+        == sorted((Receipt.from_decision(d) for d in ds), key=lambda r: (r.timestamp, r.request_id))
+    )
+    lists = [
+        (p.threshold, q.threshold)
+        for x, y in zip(first.receipts, again.receipts)
+        for p, q in zip(x.rejected, y.rejected)
+        if isinstance(p.threshold, list)
+    ]
     assert lists and all(p == q and p is not q for p, q in lists)
     regions = [r.threshold for x in first.receipts for r in x.rejected if isinstance(r.threshold, list)]
     assert len({id(t) for t in regions}) == len(regions) and len(POLICIES) > 1

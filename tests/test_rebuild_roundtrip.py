@@ -69,7 +69,9 @@ def test_a_workflow_rebuilt_without_its_root_span_is_open(run, shape):
     workflow_id, name, ds = run
     tp, exporter = L.provider()
     L.emit_workflow(tp.get_tracer("unhardcoded"), workflow_id, name, ds)
-    rootless = [s for s in exporter.get_finished_spans() if s.parent is not None]  # the run is still going, or its root was lost
+    rootless = [
+        s for s in exporter.get_finished_spans() if s.parent is not None
+    ]  # the run is still going, or its root was lost
     (w,) = rebuild_receipts(L.WIRE_SHAPES[shape](rootless)).workflows
     receipts = [Receipt.from_decision(d) for d in ds]
     assert w == WorkflowReceipt.from_receipts(workflow_id, name, receipts, finished=False)

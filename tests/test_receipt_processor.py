@@ -12,7 +12,14 @@ from fixtures import generate
 from fixtures import span_layout as L
 from fixtures.decisions import decisions
 from unhardcoded.catalog import Catalog
-from unhardcoded.receipts import Receipt, ReceiptQuery, ReceiptSpanProcessor, SQLiteReceiptStore, WorkflowReceipt, open_store
+from unhardcoded.receipts import (
+    Receipt,
+    ReceiptQuery,
+    ReceiptSpanProcessor,
+    SQLiteReceiptStore,
+    WorkflowReceipt,
+    open_store,
+)
 from unhardcoded.semconv import attributes as A
 
 
@@ -34,7 +41,9 @@ def test_receipts_land_in_the_store_as_decisions_end(tmp_path):
         assert stored is not None and stored.receipt == Receipt.from_decision(d)
         assert store.policy(d.policy.fingerprint) == d.policy.canonical
     assert store.catalog(Catalog.builtin().version) is not None
-    expected = WorkflowReceipt.from_receipts(generate.WORKFLOW_ID, generate.WORKFLOW_NAME, [Receipt.from_decision(d) for d in ds])
+    expected = WorkflowReceipt.from_receipts(
+        generate.WORKFLOW_ID, generate.WORKFLOW_NAME, [Receipt.from_decision(d) for d in ds]
+    )
     assert store.workflow(generate.WORKFLOW_ID).nodes == expected.nodes
     assert store.workflow(generate.WORKFLOW_ID).complete  # the root span ended after its nodes: finished
     assert processor.stats.receipts_written == 2 and processor.stats.lost == 0
@@ -43,7 +52,9 @@ def test_receipts_land_in_the_store_as_decisions_end(tmp_path):
     store.close()
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+)
 @given(decisions())
 def test_every_kind_of_decision_round_trips_through_the_processor(tmp_path, decision):
     store = open_store(str(tmp_path / "r.db"))

@@ -46,14 +46,18 @@ def test_a_model_that_now_fails_a_rule_changes_winner_candidates_and_rejections(
 
 
 def test_a_rejected_model_leaving_the_catalog_does_not_change_the_route():
-    result = replay(HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4"])))
+    result = replay(
+        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4"]))
+    )
     assert result.same
     assert [(c.model, c.material) for c in result.rejection_changes] == [("grok-4", False)]
     assert "rejected  − grok-4  no longer in the catalog" in render_replay(result)
 
 
 def test_a_baseline_gone_from_todays_catalog_is_noted_not_fatal():
-    result = replay(HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "gpt-5.5"])))
+    result = replay(
+        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "gpt-5.5"]))
+    )
     assert result.now.cost.baseline_usd is None
     assert any("baseline gpt-5.5 is not in the today's catalog" in n for n in result.notes)
     assert result.chain_changed  # gpt-5.5 was also the second standby model

@@ -36,7 +36,9 @@ def test_schemas_are_valid_draft_2020_12():
 
 
 def test_the_schema_module_writes_the_files(tmp_path):
-    subprocess.run([sys.executable, "-m", "unhardcoded.receipts.schema", str(tmp_path)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "unhardcoded.receipts.schema", str(tmp_path)], check=True, capture_output=True
+    )
     for name, text in schema_texts().items():
         assert (tmp_path / name).read_text(encoding="utf-8") == text
 
@@ -60,12 +62,15 @@ def test_workflow_receipts_validate(run):
     jsonschema.validate(w.model_dump(mode="json", by_alias=True), WORKFLOW, cls=jsonschema.Draft202012Validator)
 
 
-@pytest.mark.parametrize("broken", [
-    {"receipt": "unhardcoded.receipt/v2"},
-    {"fallback": {"chain": [], "triggered": False, "hops": [{"from": "a", "to": "b", "reason": "bored"}]}},
-    {"surprise": 1},
-    {"policy": {"name": "support", "fingerprint": "1-2"}},
-])
+@pytest.mark.parametrize(
+    "broken",
+    [
+        {"receipt": "unhardcoded.receipt/v2"},
+        {"fallback": {"chain": [], "triggered": False, "hops": [{"from": "a", "to": "b", "reason": "bored"}]}},
+        {"surprise": 1},
+        {"policy": {"name": "support", "fingerprint": "1-2"}},
+    ],
+)
 def test_a_receipt_that_breaks_the_contract_does_not_validate(broken):
     from fixtures.generate import decisions as fixed
 

@@ -105,8 +105,11 @@ def test_healthz(stack: Stack) -> None:
 
 
 def test_body_policy_wins_over_the_header(stack: Stack) -> None:
-    r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "policy": "triage"},
-                   headers={"X-Unhardcoded-Policy": "support"})
+    r = httpx.post(
+        f"{stack.server.openai_base_url}/chat/completions",
+        json={"messages": HELLO, "policy": "triage"},
+        headers={"X-Unhardcoded-Policy": "support"},
+    )
     assert r.headers["x-unhardcoded-policy"] == "triage"
 
 
@@ -121,7 +124,8 @@ def test_no_policy_and_no_default(simulated_provider: Any) -> None:
 
 def test_policy_directory(simulated_provider: Any, tmp_path: Path) -> None:
     (tmp_path / "eu.yaml").write_text(
-        "schema: sigma-pol/v1\nname: eu\nrules:\n  - {id: eu, field: regions, op: contains, value: eu}\n")
+        "schema: sigma-pol/v1\nname: eu\nrules:\n  - {id: eu, field: regions, op: contains, value: eu}\n"
+    )
     for stack in make_stack(simulated_provider, policies=tmp_path, default_policy="eu"):
         r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO})
         assert r.status_code == 200 and r.headers["x-unhardcoded-policy"] == "eu"
@@ -138,8 +142,11 @@ def test_receipt_from_the_store(simulated_provider: Any) -> None:
 
     store = open_store()
     policy = load_policy_file(builtin_policy_dir() / "support.yaml")
-    decision = Router().compile(policy).decide(Router().decide(policy, {"messages": HELLO}).features,
-                                               request_id="req_fromstore")
+    decision = (
+        Router()
+        .compile(policy)
+        .decide(Router().decide(policy, {"messages": HELLO}).features, request_id="req_fromstore")
+    )
     store.put(Receipt.from_decision(decision), policy.canonical)
     for stack in make_stack(simulated_provider, store=store):
         r = httpx.get(f"{stack.server.base_url}/x/receipts/req_fromstore")
@@ -212,8 +219,11 @@ def test_spans_nest_from_the_caller_to_the_provider(traced: tuple[Stack, InMemor
     stack, exporter = traced
     stack.behave(SELECTED, error(500))
     body = {"messages": HELLO, "stream": stream}
-    r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", json=body,
-                   headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"})
+    r = httpx.post(
+        f"{stack.server.openai_base_url}/chat/completions",
+        json=body,
+        headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+    )
     assert r.status_code == 200
 
     spans = finished(exporter)
@@ -300,8 +310,9 @@ def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider:
     hooks = HookLog()
     router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
     with serving(create_app(router, default_policy="support", tracer_provider=provider)) as server:
-        with httpx.stream("POST", f"{server.openai_base_url}/chat/completions",
-                          json={"messages": HELLO, "stream": True}) as r:
+        with httpx.stream(
+            "POST", f"{server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
+        ) as r:
             text = r.read().decode()
     client.close()
     assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
@@ -328,8 +339,12 @@ def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider:
     assert second.attributes[A.UNHARDCODED_FALLBACK_REASON] == "error"
     # The chained observer got the same hooks, in the same order, each `headers` inside its attempt's span.
     assert [c[:2] for c in hooks.calls] == [
-        ("headers", SELECTED), ("end", SELECTED), ("headers", FIRST_FALLBACK), ("answered", FIRST_FALLBACK),
-        ("end", FIRST_FALLBACK)]
+        ("headers", SELECTED),
+        ("end", SELECTED),
+        ("headers", FIRST_FALLBACK),
+        ("answered", FIRST_FALLBACK),
+        ("end", FIRST_FALLBACK),
+    ]
     assert hooks.calls[0][2] == first.context.span_id and hooks.calls[2][2] == second.context.span_id
     assert hooks.calls[3][2] == "claude-snap" and hooks.calls[4][2] == "ok"
 
@@ -341,8 +356,9 @@ def stack_requests(sims: dict[str, Any], model: str) -> list[Any]:
 def test_stream_broken_after_tokens_is_on_the_spans(traced: tuple[Stack, InMemorySpanExporter]) -> None:
     stack, exporter = traced
     stack.behave(SELECTED, cut_after_tokens(2))
-    with httpx.stream("POST", f"{stack.server.openai_base_url}/chat/completions",
-                      json={"messages": HELLO, "stream": True}) as r:
+    with httpx.stream(
+        "POST", f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
+    ) as r:
         r.read()
     spans = finished(exporter)
     [decision] = [s for s in spans if s.name == "route support"]
@@ -354,8 +370,11 @@ def test_stream_broken_after_tokens_is_on_the_spans(traced: tuple[Stack, InMemor
 
 def test_no_candidate_reply_is_the_decision_the_span_recorded(traced: tuple[Stack, InMemorySpanExporter]) -> None:
     stack, exporter = traced
-    impossible = {"schema": "sigma-pol/v1", "name": "impossible",
-                  "rules": [{"id": "genius", "field": "bench_intelligence", "op": "gte", "value": 0.999}]}
+    impossible = {
+        "schema": "sigma-pol/v1",
+        "name": "impossible",
+        "rules": [{"id": "genius", "field": "bench_intelligence", "op": "gte", "value": 0.999}],
+    }
     r = httpx.post(f"{stack.server.openai_base_url}/chat/completions", json={"messages": HELLO, "policy": impossible})
     assert r.status_code == 422 and r.json()["error"]["code"] == "no_candidate"
     spans = finished(exporter)
@@ -389,10 +408,20 @@ def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider:
     reader = InMemoryMetricReader()
     sims = catalog_simulators(simulated_provider)
     body = json.dumps({"messages": HELLO}).encode()
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-             "path": "/v1/chat/completions", "raw_path": b"/v1/chat/completions", "query_string": b"",
-             "root_path": "", "headers": [(b"content-type", b"application/json")], "server": ("127.0.0.1", 80),
-             "client": ("127.0.0.1", 5000)}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json")],
+        "server": ("127.0.0.1", 80),
+        "client": ("127.0.0.1", 5000),
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": body, "more_body": False}
@@ -403,15 +432,23 @@ def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider:
 
     async def serve_one() -> Any:
         async with ProviderClient(providers_for(sims)) as client:
-            router = Router(Catalog.builtin(), client, tracer_provider=provider,
-                            meter_provider=MeterProvider(metric_readers=[reader]))
+            router = Router(
+                Catalog.builtin(),
+                client,
+                tracer_provider=provider,
+                meter_provider=MeterProvider(metric_readers=[reader]),
+            )
             app = create_app(router, default_policy="support", tracer_provider=provider)
             await app(scope, receive, send)
             return app
 
     app = asyncio.run(serve_one())
     assert [what for what, _ in happened] == [
-        "answer sent", f"end chat {SELECTED}", "end route support", "end POST /v1/chat/completions"]
+        "answer sent",
+        f"end chat {SELECTED}",
+        "end route support",
+        "end POST /v1/chat/completions",
+    ]
     spans = {s.name: s for s in exporter.get_finished_spans()}
     server, decision, attempt = spans["POST /v1/chat/completions"], spans["route support"], spans[f"chat {SELECTED}"]
     assert happened[0][1] <= server.end_time <= happened[1][1]  # the server span ends with its answer
@@ -461,8 +498,7 @@ def test_canary_key_never_leaves_the_provider_call(
     sims = catalog_simulators(simulated_provider)
     keys = {name: "CANARY_KEY" for name in sims}
     client = ProviderClient(providers_for(sims, timeout_s=2.0, api_key_env=keys))
-    app = create_app(traced_router(client, provider), default_policy="support",
-                     tracer_provider=provider)
+    app = create_app(traced_router(client, provider), default_policy="support", tracer_provider=provider)
     stack_sims = sims
     responses: list[httpx.Response] = []
     with serving(app, log_level="debug") as server:
@@ -496,8 +532,12 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
-    app = create_app(traced_router(client, provider), default_policy="support",
-                     forward_client_key=["google"], tracer_provider=provider)
+    app = create_app(
+        traced_router(client, provider),
+        default_policy="support",
+        forward_client_key=["google"],
+        tracer_provider=provider,
+    )
     responses = []
     with serving(app) as server:
         stack = Stack(sims, server)
@@ -536,8 +576,13 @@ def test_forwarding_to_a_provider_with_an_env_key_is_refused(simulated_provider:
 
 
 def _serve(args: list[str], env: dict[str, str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", cli.__name__, "serve", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", cli.__name__, "serve", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_ready(port: int, proc: subprocess.Popen) -> None:
@@ -557,12 +602,25 @@ def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pyt
     sims = catalog_simulators(simulated_provider)
     sims["google"].set_behavior(SELECTED, error(503))
     providers = tmp_path / "providers.yaml"
-    providers.write_text(json.dumps({"providers": [
-        {"name": n, "base_url": s.base_url, "api_key_env": "SIM_KEY", "timeout_s": 2} for n, s in sims.items()]}))
+    providers.write_text(
+        json.dumps(
+            {
+                "providers": [
+                    {"name": n, "base_url": s.base_url, "api_key_env": "SIM_KEY", "timeout_s": 2}
+                    for n, s in sims.items()
+                ]
+            }
+        )
+    )
     port = free_port()
-    env = {**os.environ, "UNHARDCODED_PROVIDERS": str(providers), "SIM_KEY": CANARY,
-           "UNHARDCODED_STORE": str(tmp_path / "receipts.db"), "OTEL_TRACES_EXPORTER": "none",
-           "OTEL_METRICS_EXPORTER": "none"}
+    env = {
+        **os.environ,
+        "UNHARDCODED_PROVIDERS": str(providers),
+        "SIM_KEY": CANARY,
+        "UNHARDCODED_STORE": str(tmp_path / "receipts.db"),
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
     proc = _serve(["--port", str(port), "--default-policy", "support"], env)
     try:
         _wait_ready(port, proc)
@@ -609,7 +667,12 @@ def test_serve_without_access_log(simulated_provider: Any) -> None:
 )
 def test_serve_refuses_bad_settings_with_one_line(args: list[str], needle: str) -> None:
     env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
-    proc = subprocess.run([sys.executable, "-m", cli.__name__, "serve", "--port", str(free_port()), *args],
-                          env=env, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", cli.__name__, "serve", "--port", str(free_port()), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -30,8 +30,9 @@ class _HeaderPropagator(TextMapPropagator):
         if not values:
             return context if context is not None else CURRENT()
         trace_id, span_id = values[0].split("-")
-        parent = trace.NonRecordingSpan(trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True,
-                                                          trace_flags=trace.TraceFlags(1)))
+        parent = trace.NonRecordingSpan(
+            trace.SpanContext(int(trace_id, 16), int(span_id, 16), is_remote=True, trace_flags=trace.TraceFlags(1))
+        )
         return trace.set_span_in_context(parent, context)
 
     def inject(self, carrier: Any, context: Any = None, setter: Any = None) -> None:
@@ -52,8 +53,16 @@ def run(app: ServerSpans, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
         await send({"type": "http.response.body", "body": b"{}"})
 
     app.app = inner
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": headers,
-             "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": headers,
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 5000),
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -75,9 +84,14 @@ def spans() -> tuple[ServerSpans, InMemorySpanExporter]:
 
 def test_a_traceparent_is_continued(spans: tuple[ServerSpans, InMemorySpanExporter]) -> None:
     app, exporter = spans
-    seen = run(app, [(b"content-type", b"application/json"),
-                     (b"traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode()),
-                     (b"baggage", b"unhardcoded.workflow.id=wf_1")])
+    seen = run(
+        app,
+        [
+            (b"content-type", b"application/json"),
+            (b"traceparent", f"00-{CALLER_TRACE}-{CALLER_SPAN}-01".encode()),
+            (b"baggage", b"unhardcoded.workflow.id=wf_1"),
+        ],
+    )
     (span,) = exporter.get_finished_spans()
     assert span.kind is SpanKind.SERVER
     assert format(span.context.trace_id, "032x") == CALLER_TRACE
@@ -145,8 +159,14 @@ def test_the_access_log_line_is_written_after_the_request(caplog: pytest.LogCapt
     async def send(message: dict) -> None:
         order.append(message["type"])
 
-    scope = {"type": "http", "method": "GET", "path": "/x/receipts/req 1", "query_string": b"a=1",
-             "http_version": "1.1", "client": ("127.0.0.1", 50412)}
+    scope = {
+        "type": "http",
+        "method": "GET",
+        "path": "/x/receipts/req 1",
+        "query_string": b"a=1",
+        "http_version": "1.1",
+        "client": ("127.0.0.1", 50412),
+    }
     with caplog.at_level("INFO", logger=LOGGER_NAME):
         asyncio.run(AccessLog(app)(scope, None, send))
         assert order == ["http.response.start", "http.response.body", "answered"]
@@ -166,7 +186,8 @@ def test_an_app_that_raises_is_logged_as_a_500(caplog: pytest.LogCaptureFixture)
     with caplog.at_level("INFO", logger=LOGGER_NAME), pytest.raises(RuntimeError):
         asyncio.run(AccessLog(app)(scope, None, None))
     assert [r.getMessage() for r in caplog.records if r.name == LOGGER_NAME] == [
-        ' - "POST /v1/chat/completions HTTP/1.1" 500']
+        ' - "POST /v1/chat/completions HTTP/1.1" 500'
+    ]
 
 
 # --------------------------------------------------------------------------- reading the body
@@ -186,18 +207,35 @@ def read(messages: list[dict], headers: list[tuple[bytes, bytes]] = (), limit: i
 
 
 def test_a_body_in_parts_is_joined() -> None:
-    assert read([{"type": "http.request", "body": b"ab", "more_body": True},
-                 {"type": "http.request", "body": b"", "more_body": True},
-                 {"type": "http.request", "body": b"c"}]) == b"abc"
+    assert (
+        read(
+            [
+                {"type": "http.request", "body": b"ab", "more_body": True},
+                {"type": "http.request", "body": b"", "more_body": True},
+                {"type": "http.request", "body": b"c"},
+            ]
+        )
+        == b"abc"
+    )
     assert read([{"type": "http.request"}]) == b""
 
 
-@pytest.mark.parametrize(("headers", "messages", "status", "needle"), [
-    ([(b"content-length", b"abc")], [], 400, "Content-Length: not a number"),
-    ([(b"content-length", b"101")], [], 413, "limit of 100 bytes"),  # refused before anything is read
-    ([], [{"type": "http.request", "body": b"x" * 60, "more_body": True},
-          {"type": "http.request", "body": b"x" * 60}], 413, "limit of 100 bytes"),
-])
+@pytest.mark.parametrize(
+    ("headers", "messages", "status", "needle"),
+    [
+        ([(b"content-length", b"abc")], [], 400, "Content-Length: not a number"),
+        ([(b"content-length", b"101")], [], 413, "limit of 100 bytes"),  # refused before anything is read
+        (
+            [],
+            [
+                {"type": "http.request", "body": b"x" * 60, "more_body": True},
+                {"type": "http.request", "body": b"x" * 60},
+            ],
+            413,
+            "limit of 100 bytes",
+        ),
+    ],
+)
 def test_bad_lengths_are_refused(headers, messages, status, needle) -> None:
     from unhardcoded.server.errors import APIError
 
@@ -238,8 +276,16 @@ def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_befo
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    scope = {"type": "http", "method": "POST", "path": "/v1/chat/completions", "headers": [],
-             "scheme": "http", "http_version": "1.1", "server": ("127.0.0.1", 8080), "client": ("127.0.0.1", 5000)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "headers": [],
+        "scheme": "http",
+        "http_version": "1.1",
+        "server": ("127.0.0.1", 8080),
+        "client": ("127.0.0.1", 5000),
+    }
 
     async def receive() -> dict:
         return {"type": "http.request", "body": b"", "more_body": False}
@@ -288,6 +334,7 @@ def test_a_server_stopping_mid_way_still_records_every_piece_once(cancel_after: 
                 recorded.append(name)
                 if len(recorded) == cancel_after and task is not None:
                     task.cancel()
+
             return record
 
         task = asyncio.ensure_future(RecordLater([piece("a"), piece("b"), piece("c")])())

@@ -47,12 +47,15 @@ def test_a_stored_receipt_comes_back_equal(store):
 def test_the_stored_body_is_the_receipts_json_text(store):
     """Bodies are bound as UTF-8 bytes; they are stored (and read back) as the text model_dump_json writes."""
     store.put(HOPPED)
-    odd = variant(DIRECT, 1, selected=DIRECT.selected.model_copy(update={"reason": "tools ✓, \"quoted\" \u2028 \x01"}))
+    odd = variant(DIRECT, 1, selected=DIRECT.selected.model_copy(update={"reason": 'tools ✓, "quoted" \u2028 \x01'}))
     store.put_many([(odd, None), (odd, None)])  # twice in one batch: the second is the same receipt, not a revision
     db = sqlite3.connect(store.location)
     rows = dict(db.execute("SELECT request_id, body FROM receipts WHERE typeof(body) = 'text'").fetchall())
     db.close()
-    assert rows == {HOPPED.request_id: HOPPED.model_dump_json(by_alias=True), odd.request_id: odd.model_dump_json(by_alias=True)}
+    assert rows == {
+        HOPPED.request_id: HOPPED.model_dump_json(by_alias=True),
+        odd.request_id: odd.model_dump_json(by_alias=True),
+    }
     assert store.get(odd.request_id).revision == 1 and store.get(odd.request_id).receipt == odd
 
 
@@ -95,7 +98,9 @@ def test_queries_by_every_key(store):
     receipts = [variant(HOPPED if i % 2 else DIRECT, i) for i in range(20)]
     store.put_many((r, None) for r in receipts)
     assert store.count() == 20
-    assert [r.request_id for r in store.query(ReceiptQuery(request_id="req_0000000000000003"))] == ["req_0000000000000003"]
+    assert [r.request_id for r in store.query(ReceiptQuery(request_id="req_0000000000000003"))] == [
+        "req_0000000000000003"
+    ]
     assert store.count(ReceiptQuery(trace_id=HOPPED.trace_id)) == 20
     assert store.count(ReceiptQuery(policy="support")) == 10
     assert store.count(ReceiptQuery(policy=DIRECT.policy.fingerprint)) == 10
@@ -106,7 +111,10 @@ def test_queries_by_every_key(store):
     assert store.count(ReceiptQuery(workflow_id=generate.WORKFLOW_ID)) == 20
     assert store.count(ReceiptQuery(complete=False)) == 0
     assert store.count(ReceiptQuery(since="2026-03-14T09:05:00Z")) == 15
-    assert store.count(ReceiptQuery(since="2026-03-14T09:05:00Z", until=datetime(2026, 3, 14, 9, 10, tzinfo=timezone.utc))) == 5
+    assert (
+        store.count(ReceiptQuery(since="2026-03-14T09:05:00Z", until=datetime(2026, 3, 14, 9, 10, tzinfo=timezone.utc)))
+        == 5
+    )
 
 
 def test_queries_page_newest_first(store):
@@ -145,8 +153,11 @@ def test_rollups_by_policy_model_and_workflow(store):
     assert by_policy["eu-answers"].decisions == 5  # the dry run is not a decision that cost anything
     assert {r.key for r in store.rollup("model")} == {"claude-sonnet-4-6", "claude-opus-4-7"}
     assert [(r.key, r.decisions) for r in store.rollup("workflow")] == [(generate.WORKFLOW_NAME, 10)]
-    assert store.rollup("policy", since="2026-03-14T09:05:00Z")[0].decisions + store.rollup(
-        "policy", since="2026-03-14T09:05:00Z")[1].decisions == 5
+    assert (
+        store.rollup("policy", since="2026-03-14T09:05:00Z")[0].decisions
+        + store.rollup("policy", since="2026-03-14T09:05:00Z")[1].decisions
+        == 5
+    )
     with pytest.raises(StoreError, match="expected one of policy, workflow, model"):
         store.rollup("color")  # type: ignore[arg-type]
 
@@ -218,16 +229,33 @@ def _v1_store(path: Path, receipts: list[Receipt], workflows: list[tuple[str, st
     """A store file as unhardcoded wrote it at store schema 1: its tables, its meta rows, receipts and workflows."""
     db = sqlite3.connect(path)
     db.executescript(_V1_TABLES)
-    db.executemany("INSERT INTO meta(key, value) VALUES (?, ?)", [
-        ("kind", "unhardcoded-receipts-store"), ("schema_version", "1"), ("created_at", "2026-03-14T09:00:00.000Z")])
+    db.executemany(
+        "INSERT INTO meta(key, value) VALUES (?, ?)",
+        [("kind", "unhardcoded-receipts-store"), ("schema_version", "1"), ("created_at", "2026-03-14T09:00:00.000Z")],
+    )
     for r in receipts:
         model = r.answered_by or (r.selected.model if r.selected else None)
         ts = int(datetime.fromisoformat(r.timestamp.replace("Z", "+00:00")).timestamp() * 1000)
         db.execute(
             "INSERT INTO receipts VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1, '2026-03-14T09:00:00.000Z', ?)",
-            (r.request_id, r.trace_id, ts, r.policy.name, r.policy.fingerprint, r.catalog_version, model, r.outcome,
-             int(r.fallback.triggered), r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.workflow.id if r.workflow else None,
-             r.workflow.name if r.workflow else None, int(r.complete), r.to_json_text()),
+            (
+                r.request_id,
+                r.trace_id,
+                ts,
+                r.policy.name,
+                r.policy.fingerprint,
+                r.catalog_version,
+                model,
+                r.outcome,
+                int(r.fallback.triggered),
+                r.cost.usd,
+                r.cost.baseline_model,
+                r.cost.baseline_usd,
+                r.workflow.id if r.workflow else None,
+                r.workflow.name if r.workflow else None,
+                int(r.complete),
+                r.to_json_text(),
+            ),
         )
     db.executemany("INSERT INTO workflows VALUES (?, ?, ?, '2026-03-14T09:00:00.000Z')", workflows)
     db.commit()
@@ -242,7 +270,11 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         assert s.get(HOPPED.request_id).revision == 1
         # At schema 1 a workflow was complete when its nodes were; it still is.
         assert s.workflow(generate.WORKFLOW_ID).model_dump(mode="json", by_alias=True) == FIXTURE["workflows"][0]
-        s.put(DIRECT.model_copy(update={"request_id": "req_after", "workflow": DIRECT.workflow.model_copy(update={"id": "wf_after"})}))
+        s.put(
+            DIRECT.model_copy(
+                update={"request_id": "req_after", "workflow": DIRECT.workflow.model_copy(update={"id": "wf_after"})}
+            )
+        )
         assert s.workflow("wf_after").still_open  # written after the migration: open until its root is seen
     db = sqlite3.connect(path)
     assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
@@ -252,7 +284,10 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         assert s.count() == 3
         assert s.workflow(generate.WORKFLOW_ID).complete
         assert s.workflow("wf_after").still_open
-        assert {r.request_id for r in s.query(ReceiptQuery(workflow_id=generate.WORKFLOW_ID))} == {HOPPED.request_id, DIRECT.request_id}
+        assert {r.request_id for r in s.query(ReceiptQuery(workflow_id=generate.WORKFLOW_ID))} == {
+            HOPPED.request_id,
+            DIRECT.request_id,
+        }
 
 
 def test_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):
@@ -306,7 +341,11 @@ def test_store_locations(tmp_path, monkeypatch):
     assert sqlite_path("sqlite:///srv/r.db") == Path("/srv/r.db")
     assert sqlite_path("sqlite:////srv/r.db") == Path("/srv/r.db")
     assert sqlite_path("rel/r.db") == Path("rel/r.db")
-    for bad, message in (("mysql://h/db", "unsupported scheme"), ("sqlite://host/x.db", "no host"), ("sqlite:///", "no file path")):
+    for bad, message in (
+        ("mysql://h/db", "unsupported scheme"),
+        ("sqlite://host/x.db", "no host"),
+        ("sqlite:///", "no file path"),
+    ):
         with pytest.raises(StoreError, match=message):
             sqlite_path(bad)
     with pytest.raises(StoreError, match="PostgreSQL") as caught:  # the processor's store: nothing listens on port 1
@@ -365,7 +404,9 @@ def test_concurrent_writers_in_two_processes(tmp_path):
     path = tmp_path / "receipts.db"  # not created yet: both processes race to create it
     fixture = Path(__file__).parent / "fixtures" / generate.EXPECTED
     procs = [
-        subprocess.Popen([sys.executable, "-c", WRITER, str(path), str(fixture), str(w)], stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(fixture), str(w)], stderr=subprocess.PIPE, text=True
+        )
         for w in (1, 2)
     ]
     for p in procs:

@@ -20,7 +20,14 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.sdk.trace.sampling import ALWAYS_ON, Decision, ParentBased, Sampler, SamplingResult, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    Decision,
+    ParentBased,
+    Sampler,
+    SamplingResult,
+    TraceIdRatioBased,
+)
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
 from telemetry_fixtures import BODY, Telemetry, catalog, fresh_telemetry, policy, span_id_of
@@ -37,8 +44,16 @@ class Counting(Sampler):
         self.inner, self.drop, self.state = inner, drop, state
         self.asked: list[str] = []
 
-    def should_sample(self, parent_context: Any, trace_id: int, name: str, kind: Any = None, attributes: Any = None,
-                      links: Any = None, trace_state: Any = None) -> SamplingResult:
+    def should_sample(
+        self,
+        parent_context: Any,
+        trace_id: int,
+        name: str,
+        kind: Any = None,
+        attributes: Any = None,
+        links: Any = None,
+        trace_state: Any = None,
+    ) -> SamplingResult:
         self.asked.append(name)
         if any(name.startswith(d) for d in self.drop):
             return SamplingResult(Decision.DROP)
@@ -114,8 +129,9 @@ def test_a_child_under_a_late_parent_keeps_its_trace_and_its_parent():
 @pytest.mark.parametrize("sampled", [True, False], ids=["remote-sampled", "remote-not-sampled"])
 def test_a_remote_parent_decides_as_the_sdk_would(sampled: bool):
     tp, exporter = provider_with(ParentBased(TraceIdRatioBased(0.0)))
-    remote = SpanContext(0xABC, 0xDEF, is_remote=True,
-                         trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT))
+    remote = SpanContext(
+        0xABC, 0xDEF, is_remote=True, trace_flags=TraceFlags(TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT)
+    )
     ctx = trace.set_span_in_context(NonRecordingSpan(remote))
     late = LateSpans(tp.get_tracer("t")).begin("server", ctx, SpanKind.SERVER)
     eager = tp.get_tracer("t").start_span("server", ctx, SpanKind.SERVER)
@@ -209,7 +225,11 @@ def test_nothing_is_started_until_later_then_parents_start_first(sims: Any):
     # Each provider was sent the context its attempt span has.
     for span, sim in ((first, "sim-a"), (second, "sim-b")):
         _, trace_id, span_id, flags = sims[sim].requests[0].headers["traceparent"].split("-")
-        assert (int(trace_id, 16), int(span_id, 16), int(flags, 16) & 1) == (span.context.trace_id, span.context.span_id, 1)
+        assert (int(trace_id, 16), int(span_id, 16), int(flags, 16) & 1) == (
+            span.context.trace_id,
+            span.context.span_id,
+            1,
+        )
     tel.shutdown()
 
 

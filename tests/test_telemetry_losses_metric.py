@@ -27,7 +27,8 @@ def _dead_port() -> int:
 def test_spans_an_exporter_could_not_send_are_exported_as_a_loss_metric(protocol: str) -> None:
     with OTLPReceiver() as rx:
         metrics_endpoint = rx.grpc_endpoint if protocol == "grpc" else rx.http_endpoint + "/v1/metrics"
-        out = run_python("""
+        out = run_python(
+            """
             import json
             import unhardcoded
             from telemetry_fixtures import BODY, catalog, policy
@@ -38,12 +39,15 @@ def test_spans_an_exporter_could_not_send_are_exported_as_a_loss_metric(protocol
                 unhardcoded.Router(cat).decide(policy(cat), BODY)
             setup.shutdown()
             print(json.dumps({"lost": unhardcoded.losses().spans_not_exported}))
-        """, env={
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{_dead_port()}" + ("/v1/traces" if protocol != "grpc" else ""),
-            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": metrics_endpoint,
-            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
-        })
+        """,
+            env={
+                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{_dead_port()}"
+                + ("/v1/traces" if protocol != "grpc" else ""),
+                "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": metrics_endpoint,
+                "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+            },
+        )
         assert out["lost"] == 20
         points = [p for p in rx.points() if p.name == M.UNHARDCODED_TELEMETRY_LOSSES]
         assert points, sorted({p.name for p in rx.points()})

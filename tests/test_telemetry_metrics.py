@@ -7,15 +7,29 @@ from typing import Any
 
 import pytest
 
-from telemetry_fixtures import BODY, TOOLS_BODY, Simulators, Telemetry, big_catalog, big_policy, catalog, fresh_telemetry, policy
+from telemetry_fixtures import (
+    BODY,
+    TOOLS_BODY,
+    Simulators,
+    Telemetry,
+    big_catalog,
+    big_policy,
+    catalog,
+    fresh_telemetry,
+    policy,
+)
 from unhardcoded.errors import NoCandidateError
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import metrics as M
 from unhardcoded.simulator import error, ok, timeout
 
 LOW_CARDINALITY = {
-    A.UNHARDCODED_POLICY_NAME, A.UNHARDCODED_DECISION_OUTCOME, A.UNHARDCODED_SELECTED_MODEL,
-    A.UNHARDCODED_ANSWERED_MODEL, A.UNHARDCODED_REJECTION_RULE, A.UNHARDCODED_FALLBACK_REASON,
+    A.UNHARDCODED_POLICY_NAME,
+    A.UNHARDCODED_DECISION_OUTCOME,
+    A.UNHARDCODED_SELECTED_MODEL,
+    A.UNHARDCODED_ANSWERED_MODEL,
+    A.UNHARDCODED_REJECTION_RULE,
+    A.UNHARDCODED_FALLBACK_REASON,
 }
 
 
@@ -28,11 +42,14 @@ def tel() -> Telemetry:
 
 @pytest.fixture
 def sims():
-    s = Simulators({
-        "sim-a": {"cheap-a": error(500)},
-        "sim-b": {"mid-b": timeout(5)},
-        "sim-c": {"top-c": ok("z" * 40)},
-    }, timeout_s=0.5)
+    s = Simulators(
+        {
+            "sim-a": {"cheap-a": error(500)},
+            "sim-b": {"mid-b": timeout(5)},
+            "sim-c": {"top-c": ok("z" * 40)},
+        },
+        timeout_s=0.5,
+    )
     yield s
     s.close()
 
@@ -65,16 +82,30 @@ def test_a_two_hop_route_counts_one_decision_two_fallbacks_and_its_cost(tel: Tel
     cat = catalog()
     decision, _, _ = tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b", "top-c"]), BODY)
     assert tel.metric(M.UNHARDCODED_DECISIONS) == {
-        frozenset({
-            (A.UNHARDCODED_POLICY_NAME, "support"), (A.UNHARDCODED_DECISION_OUTCOME, "answered"),
-            (A.UNHARDCODED_SELECTED_MODEL, "cheap-a"), (A.UNHARDCODED_ANSWERED_MODEL, "top-c"),
-        }): 1,
+        frozenset(
+            {
+                (A.UNHARDCODED_POLICY_NAME, "support"),
+                (A.UNHARDCODED_DECISION_OUTCOME, "answered"),
+                (A.UNHARDCODED_SELECTED_MODEL, "cheap-a"),
+                (A.UNHARDCODED_ANSWERED_MODEL, "top-c"),
+            }
+        ): 1,
     }
     assert tel.metric(M.UNHARDCODED_FALLBACKS) == {
-        frozenset({(A.UNHARDCODED_POLICY_NAME, "support"), (A.UNHARDCODED_FALLBACK_REASON, "error"),
-                   (A.UNHARDCODED_SELECTED_MODEL, "cheap-a")}): 1,
-        frozenset({(A.UNHARDCODED_POLICY_NAME, "support"), (A.UNHARDCODED_FALLBACK_REASON, "timeout"),
-                   (A.UNHARDCODED_SELECTED_MODEL, "cheap-a")}): 1,
+        frozenset(
+            {
+                (A.UNHARDCODED_POLICY_NAME, "support"),
+                (A.UNHARDCODED_FALLBACK_REASON, "error"),
+                (A.UNHARDCODED_SELECTED_MODEL, "cheap-a"),
+            }
+        ): 1,
+        frozenset(
+            {
+                (A.UNHARDCODED_POLICY_NAME, "support"),
+                (A.UNHARDCODED_FALLBACK_REASON, "timeout"),
+                (A.UNHARDCODED_SELECTED_MODEL, "cheap-a"),
+            }
+        ): 1,
     }
     by_model = frozenset({(A.UNHARDCODED_POLICY_NAME, "support"), (A.UNHARDCODED_ANSWERED_MODEL, "top-c")})
     assert tel.metric(M.UNHARDCODED_COST) == {by_model: pytest.approx(decision.cost.usd)}
@@ -106,13 +137,17 @@ def test_dry_runs_failures_and_no_candidates_each_have_their_outcome(tel: Teleme
         router.decide(policy(cat), BODY)
         router.route(policy(cat, fallback=[], on=["timeout"]), BODY)  # a 503 is an error, not a timeout: no hop
         with pytest.raises(NoCandidateError):
-            router.route(policy(cat, rules=[{"id": "none", "field": "bench_intelligence", "op": "gt", "value": 1}]), BODY)
+            router.route(
+                policy(cat, rules=[{"id": "none", "field": "bench_intelligence", "op": "gt", "value": 1}]), BODY
+            )
     finally:
         s.close()
     outcomes = sums_by(tel.metric(M.UNHARDCODED_DECISIONS), A.UNHARDCODED_DECISION_OUTCOME)
     assert outcomes == {"dry_run": 1, "failed": 1, "no_candidate": 1}
     assert tel.metric(M.UNHARDCODED_COST) == {}  # nothing answered, nothing paid
-    durations = {dict(k)[A.UNHARDCODED_DECISION_OUTCOME]: v[0] for k, v in tel.metric(M.UNHARDCODED_DECISION_DURATION).items()}
+    durations = {
+        dict(k)[A.UNHARDCODED_DECISION_OUTCOME]: v[0] for k, v in tel.metric(M.UNHARDCODED_DECISION_DURATION).items()
+    }
     assert durations == {"dry_run": 1, "failed": 1, "no_candidate": 1}
 
 

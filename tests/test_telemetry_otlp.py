@@ -58,7 +58,9 @@ def test_a_routed_decision_arrives_whole_over_otlp(rx: OTLPReceiver, sims: Simul
     assert {s.transport for s in spans} == {protocol}
     assert {s.service for s in spans} == {"router-svc"}
     [route] = [s for s in spans if s.name == "route support"]
-    attempts = sorted((s for s in spans if s.name.startswith("chat ")), key=lambda s: s.attributes[A.UNHARDCODED_ATTEMPT_INDEX])
+    attempts = sorted(
+        (s for s in spans if s.name.startswith("chat ")), key=lambda s: s.attributes[A.UNHARDCODED_ATTEMPT_INDEX]
+    )
     assert route.span_id == decision.span_id and route.trace_id == decision.trace_id
     a = route.attributes
     assert a[A.UNHARDCODED_REQUEST_ID] == decision.request_id
@@ -85,8 +87,10 @@ def test_a_routed_decision_arrives_whole_over_otlp(rx: OTLPReceiver, sims: Simul
     [count] = [p for p in rx.points() if p.name == M.UNHARDCODED_DECISIONS]
     assert count.value == 1 and count.service == "router-svc"
     assert count.attributes == {
-        A.UNHARDCODED_POLICY_NAME: "support", A.UNHARDCODED_DECISION_OUTCOME: "answered",
-        A.UNHARDCODED_SELECTED_MODEL: "cheap-a", A.UNHARDCODED_ANSWERED_MODEL: "mid-b",
+        A.UNHARDCODED_POLICY_NAME: "support",
+        A.UNHARDCODED_DECISION_OUTCOME: "answered",
+        A.UNHARDCODED_SELECTED_MODEL: "cheap-a",
+        A.UNHARDCODED_ANSWERED_MODEL: "mid-b",
     }
     [fallback] = [p for p in rx.points() if p.name == M.UNHARDCODED_FALLBACKS]
     assert fallback.value == 1 and fallback.attributes[A.UNHARDCODED_FALLBACK_REASON] == "error"
@@ -95,7 +99,9 @@ def test_a_routed_decision_arrives_whole_over_otlp(rx: OTLPReceiver, sims: Simul
     setup.shutdown()
 
 
-def test_the_standard_otel_variables_choose_endpoint_protocol_and_service(rx: OTLPReceiver, monkeypatch: pytest.MonkeyPatch):
+def test_the_standard_otel_variables_choose_endpoint_protocol_and_service(
+    rx: OTLPReceiver, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", rx.http_endpoint)
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
     monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
@@ -103,7 +109,9 @@ def test_the_standard_otel_variables_choose_endpoint_protocol_and_service(rx: OT
     setup = configure(service_name="in-code", set_global=False)
     assert setup.span_exporters == ["otlp (http/protobuf)"] and setup.metric_exporters == []
     cat = catalog()
-    decision = Router(cat, tracer_provider=setup.tracer_provider, meter_provider=setup.meter_provider).decide(policy(cat), BODY)
+    decision = Router(cat, tracer_provider=setup.tracer_provider, meter_provider=setup.meter_provider).decide(
+        policy(cat), BODY
+    )
     setup.force_flush()
     [span] = rx.wait_for_spans(lambda got: len(got) >= 1)
     assert span.transport == "http/protobuf" and span.service == "from-env"
@@ -143,11 +151,17 @@ def test_exporter_choices(monkeypatch: pytest.MonkeyPatch):
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
-def test_an_exporter_pointed_at_a_closed_port_never_breaks_routing(protocol: str, sims: Simulators, monkeypatch: pytest.MonkeyPatch):
+def test_an_exporter_pointed_at_a_closed_port_never_breaks_routing(
+    protocol: str, sims: Simulators, monkeypatch: pytest.MonkeyPatch
+):
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "1")
     reset_losses()
-    setup = configure(endpoint=f"http://127.0.0.1:{free_port()}", protocol=protocol, set_global=False,
-                      metric_export_interval_ms=3_600_000)
+    setup = configure(
+        endpoint=f"http://127.0.0.1:{free_port()}",
+        protocol=protocol,
+        set_global=False,
+        metric_export_interval_ms=3_600_000,
+    )
     cat = catalog()
     router = Router(cat, client=sims.client, tracer_provider=setup.tracer_provider, meter_provider=setup.meter_provider)
     started = time.perf_counter()
@@ -177,7 +191,9 @@ def test_the_receiver_reads_otlp_json_too(rx: OTLPReceiver):
                 for key in ("traceId", "spanId", "parentSpanId"):
                     if s.get(key):
                         s[key] = base64.b64decode(s[key]).hex()
-    response = httpx.post(f"{rx.http_endpoint}/v1/traces", content=json.dumps(doc), headers={"content-type": "application/json"})
+    response = httpx.post(
+        f"{rx.http_endpoint}/v1/traces", content=json.dumps(doc), headers={"content-type": "application/json"}
+    )
     assert response.status_code == 200
     [span] = rx.spans()
     assert span.transport == "http/json" and span.span_id == decision.span_id

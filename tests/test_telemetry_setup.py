@@ -26,8 +26,14 @@ def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60
     """Run ``code`` in a fresh interpreter (tests/ importable); it prints one JSON document last."""
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join([str(TESTS), full_env.get("PYTHONPATH", "")])
-    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=full_env,
-                          timeout=timeout, cwd=TESTS)
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=TESTS,
+    )
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -75,7 +81,8 @@ def test_with_no_sdk_routing_works_and_records_nothing():
 
 def test_configure_installs_global_providers_when_the_app_has_none():
     with OTLPReceiver() as rx:
-        out = run_python("""
+        out = run_python(
+            """
             import json
             from opentelemetry import trace, metrics
             import unhardcoded
@@ -89,7 +96,9 @@ def test_configure_installs_global_providers_when_the_app_has_none():
             decision = unhardcoded.Router(cat).decide(policy(cat), BODY)
             setup.shutdown()
             print(json.dumps({"installed": installed, "request_id": decision.request_id}))
-        """, env={"OTEL_EXPORTER_OTLP_ENDPOINT": rx.grpc_endpoint})
+        """,
+            env={"OTEL_EXPORTER_OTLP_ENDPOINT": rx.grpc_endpoint},
+        )
         assert out["installed"] == [True, True, True, True]
         [span] = rx.wait_for_spans(lambda got: len(got) >= 1)
         assert span.service == "svc-global" and span.transport == "grpc"
@@ -132,7 +141,8 @@ def test_a_collector_that_is_down_at_exit_does_not_hang_or_fail_the_app(protocol
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    out = run_python("""
+    out = run_python(
+        """
         import json, time
         import unhardcoded
         from telemetry_fixtures import BODY, catalog, policy
@@ -145,7 +155,12 @@ def test_a_collector_that_is_down_at_exit_does_not_hang_or_fail_the_app(protocol
         setup.shutdown()
         print(json.dumps({"ok": all(d.selected for d in decisions), "elapsed": elapsed,
                           "lost": unhardcoded.losses().spans_not_exported}))
-    """, env={"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}", "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
-              "OTEL_EXPORTER_OTLP_TIMEOUT": "1"})
+    """,
+        env={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+            "OTEL_EXPORTER_OTLP_TIMEOUT": "1",
+        },
+    )
     assert out["ok"] and out["elapsed"] < 2.0
     assert out["lost"] == 50

@@ -17,8 +17,18 @@ from opentelemetry.sdk.trace import SpanLimits, SpanProcessor
 from opentelemetry.trace import SpanKind, StatusCode
 
 from telemetry_fixtures import (
-    BODY, TOOLS_BODY, Simulators, Telemetry, big_catalog, big_policy, catalog, fresh_telemetry, parent_of, policy,
-    span_id_of, trace_id_of,
+    BODY,
+    TOOLS_BODY,
+    Simulators,
+    Telemetry,
+    big_catalog,
+    big_policy,
+    catalog,
+    fresh_telemetry,
+    parent_of,
+    policy,
+    span_id_of,
+    trace_id_of,
 )
 from unhardcoded.errors import NoCandidateError
 from unhardcoded.receipts import Receipt, rebuild_receipts
@@ -63,9 +73,12 @@ def rebuilt_equals(tel: Telemetry, decision: Decision) -> Receipt:
 
 def event_attributes(r: Rejection) -> dict[str, str]:
     return {
-        A.UNHARDCODED_REJECTION_MODEL: r.model, A.UNHARDCODED_REJECTION_RULE: r.rule,
-        A.UNHARDCODED_REJECTION_FIELD: r.field, A.UNHARDCODED_REJECTION_OP: r.op,
-        A.UNHARDCODED_REJECTION_THRESHOLD: json.dumps(r.threshold), A.UNHARDCODED_REJECTION_OBSERVED: json.dumps(r.observed),
+        A.UNHARDCODED_REJECTION_MODEL: r.model,
+        A.UNHARDCODED_REJECTION_RULE: r.rule,
+        A.UNHARDCODED_REJECTION_FIELD: r.field,
+        A.UNHARDCODED_REJECTION_OP: r.op,
+        A.UNHARDCODED_REJECTION_THRESHOLD: json.dumps(r.threshold),
+        A.UNHARDCODED_REJECTION_OBSERVED: json.dumps(r.observed),
         A.UNHARDCODED_REJECTION_MESSAGE: r.message,
     }
 
@@ -213,14 +226,20 @@ def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: T
 
 def test_a_two_hop_fallback_500_then_timeout_then_ok(tel: Telemetry, sims_for):
     cat = catalog()
-    sims = sims_for({
-        "sim-a": {"cheap-a": error(500)},
-        "sim-b": {"mid-b": timeout(5)},
-        "sim-c": {"top-c": ok("z" * 40)},
-    }, timeout_s=0.5)
+    sims = sims_for(
+        {
+            "sim-a": {"cheap-a": error(500)},
+            "sim-b": {"mid-b": timeout(5)},
+            "sim-c": {"top-c": ok("z" * 40)},
+        },
+        timeout_s=0.5,
+    )
     decision, result, err = tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b", "top-c"]), BODY)
     assert err is None and decision.answered_by == "top-c"
-    assert [(h.from_, h.to, h.reason) for h in decision.hops] == [("cheap-a", "mid-b", "error"), ("mid-b", "top-c", "timeout")]
+    assert [(h.from_, h.to, h.reason) for h in decision.hops] == [
+        ("cheap-a", "mid-b", "error"),
+        ("mid-b", "top-c", "timeout"),
+    ]
     [decision_span] = tel.decision_spans()
     attempts = tel.attempt_spans()
     assert [s.name for s in attempts] == ["chat cheap-a", "chat mid-b", "chat top-c"]
@@ -343,7 +362,9 @@ def test_a_500_model_catalog_is_not_cut_silently(tel: Telemetry):
     assert span.dropped_attributes == 0 and span.dropped_events == 0
     assert len(span.attributes) < 64  # far below the SDK's 128
     assert len(span.events) == REJECTION_EVENT_LIMIT == 64
-    assert [e.attributes[A.UNHARDCODED_REJECTION_MODEL] for e in span.events] == [r.model for r in decision.rejected[:64]]
+    assert [e.attributes[A.UNHARDCODED_REJECTION_MODEL] for e in span.events] == [
+        r.model for r in decision.rejected[:64]
+    ]
     rest = decision.rejected[64:]
     assert span.attributes[A.UNHARDCODED_REJECTIONS_SUMMARIZED] == len(rest)
     summarized = json.loads(span.attributes[A.UNHARDCODED_REJECTIONS_JSON])

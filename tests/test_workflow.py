@@ -12,7 +12,17 @@ from opentelemetry import baggage, trace
 from opentelemetry.trace import SpanKind, StatusCode
 
 import unhardcoded
-from telemetry_fixtures import BODY, Simulators, Telemetry, catalog, fresh_telemetry, parent_of, policy, span_id_of, trace_id_of
+from telemetry_fixtures import (
+    BODY,
+    Simulators,
+    Telemetry,
+    catalog,
+    fresh_telemetry,
+    parent_of,
+    policy,
+    span_id_of,
+    trace_id_of,
+)
 from unhardcoded.receipts import Receipt, rebuild_receipts
 from unhardcoded.router.decision import WorkflowRef
 from unhardcoded.semconv import attributes as A
@@ -62,8 +72,10 @@ def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry
         assert node.name == S.NODE_SPAN_NAME.format(name=name)
         assert parent_of(node) == span_id_of(root)
         assert dict(node.attributes) == {
-            A.UNHARDCODED_WORKFLOW_ID: wf.id, A.UNHARDCODED_WORKFLOW_NAME: "triage",
-            A.UNHARDCODED_WORKFLOW_NODE: name, A.UNHARDCODED_WORKFLOW_STEP: step,
+            A.UNHARDCODED_WORKFLOW_ID: wf.id,
+            A.UNHARDCODED_WORKFLOW_NAME: "triage",
+            A.UNHARDCODED_WORKFLOW_NODE: name,
+            A.UNHARDCODED_WORKFLOW_STEP: step,
         }
     decision_spans = tel.decision_spans()
     assert len(decision_spans) == 5
@@ -164,6 +176,7 @@ def test_async_with_and_a_bound_node_decorator(tel: Telemetry):
 
     async def main() -> Any:
         async with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
+
             @wf.node("classify")
             async def classify() -> Any:
                 return router.decide(policy(cat), BODY)

@@ -40,7 +40,12 @@ def service(rx: OTLPReceiver):
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     proc = subprocess.Popen(
         [sys.executable, str(TESTS / "telemetry_fixtures.py"), "workflow-service", rx.grpc_endpoint],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=TESTS,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=TESTS,
     )
     line = proc.stdout.readline()
     if not line.strip().isdigit():
@@ -57,7 +62,9 @@ def service(rx: OTLPReceiver):
 
 
 def test_a_five_node_workflow_across_two_processes_is_one_trace(rx: OTLPReceiver, service: str):
-    setup = configure(service_name="workflow-caller", endpoint=rx.grpc_endpoint, protocol="grpc", metrics=False, set_global=False)
+    setup = configure(
+        service_name="workflow-caller", endpoint=rx.grpc_endpoint, protocol="grpc", metrics=False, set_global=False
+    )
     cat = catalog()
     sims = Simulators({"sim-a": {"cheap-a": error(500)}})
     router = Router(cat, client=sims.client, tracer_provider=setup.tracer_provider)
@@ -68,8 +75,12 @@ def test_a_five_node_workflow_across_two_processes_is_one_trace(rx: OTLPReceiver
                 intake = router.decide(pol, BODY)
             with wf.node("dispatch"):
                 dispatch, _, _ = router.route(pol, BODY)
-                response = httpx.post(f"{service}/nodes", content=b"{}", headers=inject_headers({"content-type": "application/json"}),
-                                      timeout=30)
+                response = httpx.post(
+                    f"{service}/nodes",
+                    content=b"{}",
+                    headers=inject_headers({"content-type": "application/json"}),
+                    timeout=30,
+                )
     finally:
         sims.close()
     assert response.status_code == 200
@@ -77,7 +88,9 @@ def test_a_five_node_workflow_across_two_processes_is_one_trace(rx: OTLPReceiver
     setup.force_flush()
     decisions = [intake, dispatch, *remote]
     nodes = ["intake", "dispatch", "retrieve", "draft", "review"]
-    assert [d.workflow for d in decisions] == [WorkflowRef(id=wf.id, name="triage", node=n, step=i) for i, n in enumerate(nodes)]
+    assert [d.workflow for d in decisions] == [
+        WorkflowRef(id=wf.id, name="triage", node=n, step=i) for i, n in enumerate(nodes)
+    ]
 
     # workflow + 5 nodes + 5 decisions + 2 attempts (dispatch: 500 then fallback) + 1 attempt (draft)
     spans = rx.wait_for_spans(lambda got: len(got) >= 14)
@@ -85,8 +98,13 @@ def test_a_five_node_workflow_across_two_processes_is_one_trace(rx: OTLPReceiver
     assert {s.trace_id for s in spans} == {wf.trace_id}
     by_id = {s.span_id: s for s in spans}
     services = {s.name: s.service for s in spans if s.name.startswith("node ")}
-    assert services == {"node intake": "workflow-caller", "node dispatch": "workflow-caller", "node retrieve": "workflow-service",
-                        "node draft": "workflow-service", "node review": "workflow-service"}
+    assert services == {
+        "node intake": "workflow-caller",
+        "node dispatch": "workflow-caller",
+        "node retrieve": "workflow-service",
+        "node draft": "workflow-service",
+        "node review": "workflow-service",
+    }
     [root] = [s for s in spans if s.name == "workflow triage"]
     assert root.parent_span_id is None
     node_spans = {s.attributes[A.UNHARDCODED_WORKFLOW_NODE]: s for s in spans if s.name.startswith("node ")}

@@ -21,19 +21,43 @@ if TYPE_CHECKING:
     from .errors import ConfigError, NoCandidateError, PolicyError, RequestError, UnhardcodedError
     from .policy import Policy, load_policy, load_policy_file
     from .receipts import Receipt, rebuild_receipts
-    from .router import Decision, ProviderCallError, ProviderClient, ProvidersConfig, Router, WorkflowRef, load_providers
+    from .router import (
+        Decision,
+        ProviderCallError,
+        ProviderClient,
+        ProvidersConfig,
+        Router,
+        WorkflowRef,
+        load_providers,
+    )
     from .telemetry import configure, continue_from, current_workflow, extract_context, inject_headers, losses, workflow
 
 _EXPORTS = {
     "Catalog": ".catalog",
-    "ConfigError": ".errors", "NoCandidateError": ".errors", "PolicyError": ".errors", "RequestError": ".errors",
+    "ConfigError": ".errors",
+    "NoCandidateError": ".errors",
+    "PolicyError": ".errors",
+    "RequestError": ".errors",
     "UnhardcodedError": ".errors",
-    "Policy": ".policy", "load_policy": ".policy", "load_policy_file": ".policy",
-    "Receipt": ".receipts", "rebuild_receipts": ".receipts",
-    "Decision": ".router", "ProviderCallError": ".router", "ProviderClient": ".router", "ProvidersConfig": ".router",
-    "Router": ".router", "WorkflowRef": ".router", "load_providers": ".router",
-    "configure": ".telemetry", "continue_from": ".telemetry", "current_workflow": ".telemetry",
-    "extract_context": ".telemetry", "inject_headers": ".telemetry", "losses": ".telemetry", "workflow": ".telemetry",
+    "Policy": ".policy",
+    "load_policy": ".policy",
+    "load_policy_file": ".policy",
+    "Receipt": ".receipts",
+    "rebuild_receipts": ".receipts",
+    "Decision": ".router",
+    "ProviderCallError": ".router",
+    "ProviderClient": ".router",
+    "ProvidersConfig": ".router",
+    "Router": ".router",
+    "WorkflowRef": ".router",
+    "load_providers": ".router",
+    "configure": ".telemetry",
+    "continue_from": ".telemetry",
+    "current_workflow": ".telemetry",
+    "extract_context": ".telemetry",
+    "inject_headers": ".telemetry",
+    "losses": ".telemetry",
+    "workflow": ".telemetry",
 }
 
 __all__ = sorted(_EXPORTS)

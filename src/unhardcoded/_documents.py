@@ -55,7 +55,9 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError], *, jso
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
-            raise _located(error, f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", exc.lineno) from None
+            raise _located(
+                error, f"{source}: line {exc.lineno}, column {exc.colno}: invalid JSON: {exc.msg}", exc.lineno
+            ) from None
         except RecursionError:
             raise error(f"{source}: invalid JSON: nested too deeply") from None
     stripped = text.lstrip()

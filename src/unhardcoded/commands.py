@@ -13,7 +13,9 @@ from .errors import RequestError
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser("fields", help="list the catalog fields a policy rule may test")
-    p.add_argument("--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument(
+        "--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)"
+    )
     p.add_argument("--json", action="store_true", help="print JSON")
     p.set_defaults(run=cmd_fields)
 
@@ -25,7 +27,9 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(run=cmd_rank)
 
     p = sub.add_parser("demo", help="run a 5-node workflow on simulated providers and store its receipts")
-    p.add_argument("--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user SQLite file)")
+    p.add_argument(
+        "--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user SQLite file)"
+    )
     p.add_argument("--json", action="store_true", help="print the workflow receipt as JSON")
     p.set_defaults(run=cmd_demo)
 
@@ -92,7 +96,14 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
     policy = load_policy_file(args.policy, load_catalog_arg(args.catalog))
     if args.json:
-        print_json({"name": policy.name, "fingerprint": policy.fingerprint, "schema": policy.schema_id, "canonical": policy.canonical})
+        print_json(
+            {
+                "name": policy.name,
+                "fingerprint": policy.fingerprint,
+                "schema": policy.schema_id,
+                "canonical": policy.canonical,
+            }
+        )
     else:
         print(policy.fingerprint)
     return 0

@@ -26,14 +26,16 @@ TICKET = (
     "Hi, I ordered a standing desk (order #A-20931) three weeks ago. It arrived with a cracked leg and "
     "I'd like a replacement or a refund. I'm in Lyon, France. What are my options?"
 )
-LOOKUP_TOOLS = [{
-    "type": "function",
-    "function": {
-        "name": "lookup_order",
-        "description": "Fetch an order by its number",
-        "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
-    },
-}]
+LOOKUP_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup_order",
+            "description": "Fetch an order by its number",
+            "parameters": {"type": "object", "properties": {"order_id": {"type": "string"}}, "required": ["order_id"]},
+        },
+    }
+]
 
 
 @dataclass
@@ -45,14 +47,36 @@ class DemoNode:
 
 def demo_nodes() -> list[DemoNode]:
     def chat(system: str, user: str, **extra: Any) -> dict[str, Any]:
-        return {"model": "auto", "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}], **extra}
+        return {
+            "model": "auto",
+            "messages": [{"role": "system", "content": system}, {"role": "user", "content": user}],
+            **extra,
+        }
 
     return [
-        DemoNode("classify", "triage", chat("Classify the ticket: billing, damage, shipping, other.", TICKET, max_tokens=16)),
-        DemoNode("extract-order", "triage", chat("Extract the order number and the country as JSON.", TICKET, max_tokens=64)),
-        DemoNode("lookup-order", "support", chat("Look the order up before answering.", TICKET, tools=LOOKUP_TOOLS, max_tokens=256)),
-        DemoNode("draft-reply", "support", chat("Draft a friendly reply offering a replacement or refund under EU law.", TICKET, max_tokens=400)),
-        DemoNode("check-tone", "triage", chat("Check the draft is polite and promises nothing beyond policy. Answer ok or fix.", TICKET, max_tokens=64)),
+        DemoNode(
+            "classify", "triage", chat("Classify the ticket: billing, damage, shipping, other.", TICKET, max_tokens=16)
+        ),
+        DemoNode(
+            "extract-order", "triage", chat("Extract the order number and the country as JSON.", TICKET, max_tokens=64)
+        ),
+        DemoNode(
+            "lookup-order",
+            "support",
+            chat("Look the order up before answering.", TICKET, tools=LOOKUP_TOOLS, max_tokens=256),
+        ),
+        DemoNode(
+            "draft-reply",
+            "support",
+            chat("Draft a friendly reply offering a replacement or refund under EU law.", TICKET, max_tokens=400),
+        ),
+        DemoNode(
+            "check-tone",
+            "triage",
+            chat(
+                "Check the draft is polite and promises nothing beyond policy. Answer ok or fix.", TICKET, max_tokens=64
+            ),
+        ),
     ]
 
 
@@ -86,7 +110,9 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
         for provider in sorted({m.provider for m in catalog.models}):
             behaviors = {}
             if provider == catalog.model(FAILING_MODEL).provider:
-                behaviors[FAILING_MODEL] = fail_times(1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded"))
+                behaviors[FAILING_MODEL] = fail_times(
+                    1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded")
+                )
             sim = SimulatedProvider(provider, behaviors).start()
             stack.callback(sim.close)
             sims.append(sim)
@@ -100,8 +126,10 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
         stack.callback(tracer_provider.shutdown)
         router = Router(catalog, client, tracer_provider=tracer_provider)
 
-        say(f"\nRunning workflow {WORKFLOW_NAME!r}: 5 nodes under policies "
-            f"support ({policies['support'].fingerprint}) and triage ({policies['triage'].fingerprint})")
+        say(
+            f"\nRunning workflow {WORKFLOW_NAME!r}: 5 nodes under policies "
+            f"support ({policies['support'].fingerprint}) and triage ({policies['triage'].fingerprint})"
+        )
         result = DemoResult(workflow_id="", store_location=str(getattr(store, "location", store_url or "")))
         with workflow(WORKFLOW_NAME, tracer_provider=tracer_provider) as wf:
             result.workflow_id = wf.ref.id
@@ -109,7 +137,11 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
                 with wf.node(node.name):
                     decision, _, failure = router.route(policies[node.policy], node.body)
                 result.request_ids.append(decision.request_id)
-                hops = " → ".join([h.from_ for h in decision.hops] + [decision.answered_by or "nobody"]) if decision.hops else decision.answered_by
+                hops = (
+                    " → ".join([h.from_ for h in decision.hops] + [decision.answered_by or "nobody"])
+                    if decision.hops
+                    else decision.answered_by
+                )
                 note = f" (fell back: {decision.hops[0].reason})" if decision.hops else ""
                 if failure is not None:
                     note += f" (failed: {failure.error_type})"
@@ -145,4 +177,6 @@ def _tracer_provider(resource_cls: Any, provider_cls: Any) -> tuple[Any, str | N
 
         setup = configure(SERVICE_NAME, metrics=False, set_global=False)
         return setup.tracer_provider, endpoint
-    return provider_cls(resource=resource_cls.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)})), None
+    return provider_cls(
+        resource=resource_cls.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)})
+    ), None

@@ -431,8 +431,12 @@ class SimulatedProvider:
             auth = headers.get("authorization")
             if auth is None:
                 return _send_error(
-                    h, 401, "You didn't provide an API key. You need to provide your API key in an "
-                    "Authorization header using Bearer auth.", "invalid_request_error", None,
+                    h,
+                    401,
+                    "You didn't provide an API key. You need to provide your API key in an "
+                    "Authorization header using Bearer auth.",
+                    "invalid_request_error",
+                    None,
                 )
             if auth != f"Bearer {self.expected_api_key}":
                 return _send_error(h, 401, "Incorrect API key provided.", "invalid_request_error", "invalid_api_key")
@@ -443,19 +447,27 @@ class SimulatedProvider:
             data = [{"id": m, "object": "model", "created": created, "owned_by": self.name} for m in models]
             return _send_json(h, 200, {"object": "list", "data": data})
         if path != "/v1/chat/completions":
-            return _send_error(h, 404, f"Unknown request URL: {h.command} {path}.", "invalid_request_error",
-                               "unknown_url")
+            return _send_error(
+                h, 404, f"Unknown request URL: {h.command} {path}.", "invalid_request_error", "unknown_url"
+            )
         if h.command != "POST":
             return _send_error(h, 405, f"Method {h.command} not allowed.", "invalid_request_error", None)
         if bad_json or not isinstance(body, dict):
-            return _send_error(h, 400, "We could not parse the JSON body of your request.",
-                               "invalid_request_error", None)
+            return _send_error(
+                h, 400, "We could not parse the JSON body of your request.", "invalid_request_error", None
+            )
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _send_error(h, 400, "You must provide a model parameter.", "invalid_request_error", None)
         if not isinstance(body.get("messages"), list):
-            return _send_error(h, 400, "Missing required parameter: 'messages'.", "invalid_request_error",
-                               "missing_required_parameter", param="messages")
+            return _send_error(
+                h,
+                400,
+                "Missing required parameter: 'messages'.",
+                "invalid_request_error",
+                "missing_required_parameter",
+                param="messages",
+            )
 
         behavior = self.behavior_for(model)
         while isinstance(behavior, FailTimes):
@@ -476,7 +488,8 @@ class SimulatedProvider:
                 return _send_bytes(h, b.status, _encode(b.body), "application/json", extra)
             message = b.message or (
                 "The server had an error while processing your request. Sorry about that!"
-                if b.status >= 500 else f"Simulated error {b.status}."
+                if b.status >= 500
+                else f"Simulated error {b.status}."
             )
             if b.echo_authorization:
                 message += f" (received Authorization: {headers.get('authorization', '')})"
@@ -491,8 +504,12 @@ class SimulatedProvider:
             if b.retry_after_ms is not None:
                 extra["retry-after-ms"] = f"{b.retry_after_ms:g}"
             return _send_error(
-                h, 429, f"Rate limit reached for {model} on {self.name} (simulated). Please try again later.",
-                "requests", "rate_limit_exceeded", headers=extra,
+                h,
+                429,
+                f"Rate limit reached for {model} on {self.name} (simulated). Please try again later.",
+                "requests",
+                "rate_limit_exceeded",
+                headers=extra,
             )
         if isinstance(b, Timeout):
             self._wait(b.sleep_s)
@@ -572,9 +589,20 @@ class SimulatedProvider:
 
         if c.tool_call is not None:
             call = c.tool_call
-            send({"role": "assistant", "content": None, "tool_calls": [
-                {"index": 0, "id": call["id"], "type": "function",
-                 "function": {"name": call["function"]["name"], "arguments": ""}}]})
+            send(
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": call["id"],
+                            "type": "function",
+                            "function": {"name": call["function"]["name"], "arguments": ""},
+                        }
+                    ],
+                }
+            )
             pieces = [call["function"]["arguments"]]
             delta_of = lambda piece: {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}  # noqa: E731
             finish = "tool_calls"
@@ -638,12 +666,14 @@ class _Completion:
             "created": self.created,
             "model": self.model,
             "system_fingerprint": "fp_simulated",
-            "choices": [{
-                "index": 0,
-                "message": message,
-                "logprobs": None,
-                "finish_reason": "tool_calls" if self.tool_call is not None else "stop",
-            }],
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "logprobs": None,
+                    "finish_reason": "tool_calls" if self.tool_call is not None else "stop",
+                }
+            ],
             "usage": self.usage(),
         }
 
@@ -677,9 +707,7 @@ def _tool_call(tool: Any) -> dict[str, Any]:
     required = params.get("required", []) if isinstance(params, dict) else []
     placeholder = {"string": "simulated", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
     arguments = {
-        key: placeholder.get(properties.get(key, {}).get("type"), None)
-        for key in required
-        if isinstance(key, str)
+        key: placeholder.get(properties.get(key, {}).get("type"), None) for key in required if isinstance(key, str)
     }
     return {"id": "call_sim_0001", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
 

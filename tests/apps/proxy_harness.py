@@ -85,9 +85,9 @@ def providers_for(
     sims: dict[str, SimulatedProvider], *, timeout_s: float = 5.0, api_key_env: dict[str, str] | None = None
 ) -> ProvidersConfig:
     keys = api_key_env or {}
-    return ProvidersConfig(providers=[
-        sim.provider_config(timeout_s=timeout_s, api_key_env=keys.get(name)) for name, sim in sims.items()
-    ])
+    return ProvidersConfig(
+        providers=[sim.provider_config(timeout_s=timeout_s, api_key_env=keys.get(name)) for name, sim in sims.items()]
+    )
 
 
 def all_requests(sims: dict[str, SimulatedProvider]) -> list[Any]:

@@ -44,8 +44,7 @@ def binary(name: str) -> str:
         if c and os.path.isfile(c) and os.access(c, os.X_OK):
             return c
     pytest.fail(
-        f"{name} not found (looked at ${env} and {cache_dir() / 'bin' / name}); "
-        f"build it with: {INSTALL} {target}",
+        f"{name} not found (looked at ${env} and {cache_dir() / 'bin' / name}); build it with: {INSTALL} {target}",
         pytrace=False,
     )
 
@@ -57,8 +56,9 @@ def free_port() -> int:
 
 
 def run(cmd: list[str], *, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})}, cwd=CONFIG_DIR)
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})}, cwd=CONFIG_DIR
+    )
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -75,8 +75,14 @@ class Process:
     def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
         self.name, self.cmd, self.log_path = name, cmd, log
         self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, cwd=CONFIG_DIR,
-                                     env={**os.environ, **(env or {})}, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            cwd=CONFIG_DIR,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+        )
 
     def log_tail(self, n: int = 30) -> str:
         try:
@@ -88,7 +94,9 @@ class Process:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited with {self.proc.returncode}: {shlex.join(self.cmd)}\n{self.log_tail()}")
+                raise AssertionError(
+                    f"{self.name} exited with {self.proc.returncode}: {shlex.join(self.cmd)}\n{self.log_tail()}"
+                )
             try:
                 if check():
                     return
@@ -112,6 +120,7 @@ def url_ok(url: str, expect: bytes | None = None) -> Callable[[], bool]:
     def check() -> bool:
         status, body = http_get(url, timeout=1.0)
         return status == 200 and (expect is None or expect in body)
+
     return check
 
 
@@ -161,8 +170,21 @@ def start_processor(tmp: Path) -> tuple[Process, dict[str, str]]:
     import sys
 
     http, grpc = free_port(), free_port()
-    cmd = [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(http), "--grpc-port", str(grpc),
-           "--store", str(tmp / "processor.db"), "--wait-window", "1", "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unhardcoded.cli",
+        "processor",
+        "--port",
+        str(http),
+        "--grpc-port",
+        str(grpc),
+        "--store",
+        str(tmp / "processor.db"),
+        "--wait-window",
+        "1",
+        "--no-access-log",
+    ]
     env = {k: "" for k in os.environ if k.startswith("OTEL_")}
     p = Process("processor", cmd, tmp / "processor.log", env)
     try:
@@ -173,8 +195,9 @@ def start_processor(tmp: Path) -> tuple[Process, dict[str, str]]:
     return p, {"http": f"http://127.0.0.1:{http}", "grpc": f"127.0.0.1:{grpc}"}
 
 
-def start_proxy(tmp: Path, providers: list[dict[str, object]], otlp_grpc: str, *, service: str,
-                default_policy: str = "support") -> tuple[Process, str]:
+def start_proxy(
+    tmp: Path, providers: list[dict[str, object]], otlp_grpc: str, *, service: str, default_policy: str = "support"
+) -> tuple[Process, str]:
     """`unhardcoded serve` exporting traces and metrics over OTLP/gRPC to ``otlp_grpc``; its own store in tmp.
 
     Spans leave within 0.2 s and metrics every 0.5 s, so tests need not wait the SDK's defaults.
@@ -187,17 +210,32 @@ def start_proxy(tmp: Path, providers: list[dict[str, object]], otlp_grpc: str, *
     providers_file.write_text(json.dumps({"providers": providers}))
     home = tmp / "proxy-home"
     home.mkdir(exist_ok=True)
-    cmd = [sys.executable, "-m", "unhardcoded.cli", "serve", "--port", str(port), "--providers", str(providers_file),
-           "--default-policy", default_policy, "--store", str(tmp / "proxy.db"), "--no-access-log"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "unhardcoded.cli",
+        "serve",
+        "--port",
+        str(port),
+        "--providers",
+        str(providers_file),
+        "--default-policy",
+        default_policy,
+        "--store",
+        str(tmp / "proxy.db"),
+        "--no-access-log",
+    ]
     env = {k: "" for k in os.environ if k.startswith("OTEL_")}
-    env.update({
-        "UNHARDCODED_HOME": str(home),
-        "OTEL_SERVICE_NAME": service,
-        "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-        "OTEL_BSP_SCHEDULE_DELAY": "200",
-        "OTEL_METRIC_EXPORT_INTERVAL": "500",
-    })
+    env.update(
+        {
+            "UNHARDCODED_HOME": str(home),
+            "OTEL_SERVICE_NAME": service,
+            "OTEL_EXPORTER_OTLP_ENDPOINT": otlp_grpc,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+            "OTEL_BSP_SCHEDULE_DELAY": "200",
+            "OTEL_METRIC_EXPORT_INTERVAL": "500",
+        }
+    )
     p = Process("proxy", cmd, tmp / "proxy.log", env)
     try:
         p.wait_ready(url_ok(f"http://127.0.0.1:{port}/healthz"))
@@ -207,9 +245,15 @@ def start_proxy(tmp: Path, providers: list[dict[str, object]], otlp_grpc: str, *
     return p, f"http://127.0.0.1:{port}"
 
 
-def start_collector(tmp: Path, jaeger_otlp: str, tempo_otlp: str, *, config: str = "otelcol.yaml",
-                    extra_env: dict[str, str] | None = None,
-                    extra_configs: list[Path] | None = None) -> tuple[Process, dict[str, str]]:
+def start_collector(
+    tmp: Path,
+    jaeger_otlp: str,
+    tempo_otlp: str,
+    *,
+    config: str = "otelcol.yaml",
+    extra_env: dict[str, str] | None = None,
+    extra_configs: list[Path] | None = None,
+) -> tuple[Process, dict[str, str]]:
     ports = {k: free_port() for k in ("health", "grpc", "http", "prom", "processor")}
     env = {
         "UNHARDCODED_OTELCOL_HEALTH_ENDPOINT": f"127.0.0.1:{ports['health']}",
@@ -234,8 +278,12 @@ def start_collector(tmp: Path, jaeger_otlp: str, tempo_otlp: str, *, config: str
     except BaseException:
         p.stop()
         raise
-    return p, {"otlp_grpc": f"http://127.0.0.1:{ports['grpc']}", "otlp_http": f"http://127.0.0.1:{ports['http']}",
-               "metrics": f"http://127.0.0.1:{ports['prom']}/metrics", "prom_target": f"127.0.0.1:{ports['prom']}"}
+    return p, {
+        "otlp_grpc": f"http://127.0.0.1:{ports['grpc']}",
+        "otlp_http": f"http://127.0.0.1:{ports['http']}",
+        "metrics": f"http://127.0.0.1:{ports['prom']}/metrics",
+        "prom_target": f"127.0.0.1:{ports['prom']}",
+    }
 
 
 def wait_for(what: str, fn: Callable[[], object], timeout: float = 30.0, interval: float = 0.5):

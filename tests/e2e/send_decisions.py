@@ -22,7 +22,11 @@ from unhardcoded.router import ProviderClient, ProvidersConfig, Router
 from unhardcoded.simulator import SimulatedProvider, error
 from unhardcoded.telemetry import configure
 
-BODY = {"model": "auto", "messages": [{"role": "user", "content": "Classify: my desk arrived broken."}], "max_tokens": 16}
+BODY = {
+    "model": "auto",
+    "messages": [{"role": "user", "content": "Classify: my desk arrived broken."}],
+    "max_tokens": 16,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +40,14 @@ def main(argv: list[str] | None = None) -> int:
 
     catalog = Catalog.builtin()
     policy = load_policy_file(builtin_policy_dir() / f"{args.policy}.yaml", catalog)
-    setup = configure(args.service, endpoint=args.endpoint, protocol="grpc", metrics=True,
-                      metric_export_interval_ms=500, set_global=False)
+    setup = configure(
+        args.service,
+        endpoint=args.endpoint,
+        protocol="grpc",
+        metrics=True,
+        metric_export_interval_ms=500,
+        set_global=False,
+    )
     out: dict[str, list[dict[str, str]]] = {"plain": [], "fallback": []}
     with ExitStack() as stack:
         providers = sorted({m.provider for m in catalog.models})
@@ -45,7 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         def router(failing: str | None) -> Router:
             sims = []
             for p in providers:
-                behaviors = {failing: error(503, message="simulated outage")} if failing and catalog.model(failing).provider == p else {}
+                behaviors = (
+                    {failing: error(503, message="simulated outage")}
+                    if failing and catalog.model(failing).provider == p
+                    else {}
+                )
                 sim = SimulatedProvider(p, behaviors).start()
                 stack.callback(sim.close)
                 sims.append(sim)

@@ -43,8 +43,8 @@ HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 
 # Every time scale in rules.yml, and what it becomes here. A window, offset or `for` not listed fails the test.
 FAST = {
-    "[5m]": "[10s]",            # rate windows of the decision rules
-    "[1h]": "[10s]",            # savings window
+    "[5m]": "[10s]",  # rate windows of the decision rules
+    "[1h]": "[10s]",  # savings window
     "offset 1d": "offset 20s",  # savings compared with an earlier window that does not overlap
     "for: 1m": "for: 2s",
     "for: 15m": "for: 2s",
@@ -101,17 +101,28 @@ def prom_stack(tmp_path_factory):
         stack.callback(collector.stop)
         rules = tmp / "rules.yml"
         rules.write_text(fast_rules((CONFIG_DIR / "prometheus" / "rules.yml").read_text()))
-        r = subprocess.run([binary("promtool"), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(
+            [binary("promtool"), "check", "rules", str(rules)], capture_output=True, text=True, timeout=60
+        )
         assert r.returncode == 0, r.stdout + r.stderr
         config = (CONFIG_DIR / "prometheus" / "prometheus.yml").read_text()
-        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace("evaluation_interval: 15s", "evaluation_interval: 1s")
+        config = config.replace("scrape_interval: 15s", "scrape_interval: 1s").replace(
+            "evaluation_interval: 15s", "evaluation_interval: 1s"
+        )
         config = config.replace('"127.0.0.1:8889"', f'"{c["prom_target"]}"')
         assert c["prom_target"] in config and "interval: 1s" in config
         (tmp / "prometheus.yml").write_text(config)
         port = free_port()
-        prom = Process("prometheus", [binary("prometheus"), f"--config.file={tmp / 'prometheus.yml'}",
-                                      f"--storage.tsdb.path={tmp / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
-                       tmp / "prometheus.log")
+        prom = Process(
+            "prometheus",
+            [
+                binary("prometheus"),
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            tmp / "prometheus.log",
+        )
         stack.callback(prom.stop)
         prom.wait_ready(url_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
 
@@ -135,17 +146,35 @@ def prom_stack(tmp_path_factory):
 
 def _send(collector: dict, plain: int, fallback: int) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-    r = subprocess.run([sys.executable, str(HERE / "send_decisions.py"), "--endpoint", collector["otlp_grpc"],
-                        "--service", "e2e-storm", "--plain", str(plain), "--fallback", str(fallback)],
-                       capture_output=True, text=True, timeout=120, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "send_decisions.py"),
+            "--endpoint",
+            collector["otlp_grpc"],
+            "--service",
+            "e2e-storm",
+            "--plain",
+            str(plain),
+            "--fallback",
+            str(fallback),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
 
 
 def _alerts(prom: str, name: str, policy: str) -> list[dict]:
     status, body = http_get(f"{prom}/api/v1/alerts")
     assert status == 200
-    return [a for a in json.loads(body)["data"]["alerts"]
-            if a["labels"]["alertname"] == name and a["labels"].get("unhardcoded_policy_name") == policy]
+    return [
+        a
+        for a in json.loads(body)["data"]["alerts"]
+        if a["labels"]["alertname"] == name and a["labels"].get("unhardcoded_policy_name") == policy
+    ]
 
 
 def _firing(prom: str, name: str, policy: str) -> list[dict]:
@@ -174,11 +203,20 @@ def test_fallback_storm_fires_the_alert_and_recovery_resolves_it(prom_stack):
     prom = prom_stack["prometheus"]
     # prime: Prometheus needs a counter's earlier sample to see a rate, so let both series exist first
     _send(prom_stack["collector"], plain=5, fallback=1)
-    wait_for("the span metrics scraped", lambda: _query(prom, 'traces_span_metrics_calls_total{unhardcoded_policy_name="triage",unhardcoded_fallback_triggered="true"}'), timeout=30)
+    wait_for(
+        "the span metrics scraped",
+        lambda: _query(
+            prom,
+            'traces_span_metrics_calls_total{unhardcoded_policy_name="triage",unhardcoded_fallback_triggered="true"}',
+        ),
+        timeout=30,
+    )
     assert _alerts(prom, "UnhardcodedFallbackRateHigh", "triage") == []
     _send(prom_stack["collector"], plain=2, fallback=20)
 
-    firing = wait_for("UnhardcodedFallbackRateHigh firing", lambda: _firing(prom, "UnhardcodedFallbackRateHigh", "triage"), timeout=40)
+    firing = wait_for(
+        "UnhardcodedFallbackRateHigh firing", lambda: _firing(prom, "UnhardcodedFallbackRateHigh", "triage"), timeout=40
+    )
     assert firing[0]["labels"]["severity"] == "warning"
     assert float(firing[0]["value"]) > 0.2
     assert "of decisions fell back" in firing[0]["annotations"]["summary"]
@@ -204,8 +242,11 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
     behave(SELECTED, error(503))
     behave(FIRST_FALLBACK, error(503))
     try:
-        firing = wait_for("UnhardcodedSavingsDropped firing", lambda: _firing(prom, "UnhardcodedSavingsDropped", "support"),
-                          timeout=40)
+        firing = wait_for(
+            "UnhardcodedSavingsDropped firing",
+            lambda: _firing(prom, "UnhardcodedSavingsDropped", "support"),
+            timeout=40,
+        )
         assert traffic.answered_by[BASELINE] > 0
         assert firing[0]["labels"]["severity"] == "info"
         assert float(firing[0]["value"]) < normal - 0.2
@@ -213,30 +254,42 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
         # the app's own counters tell it too (README): fallback hops per decision, summed per policy first,
         # since the two counters carry different labels
         support = '{unhardcoded_policy_name="support"}'
-        hops = _value(prom, f"sum by (unhardcoded_policy_name) (rate(unhardcoded_fallbacks_total{support}[10s]))"
-                            f" / sum by (unhardcoded_policy_name) (rate(unhardcoded_decisions_total{support}[10s]))")
+        hops = _value(
+            prom,
+            f"sum by (unhardcoded_policy_name) (rate(unhardcoded_fallbacks_total{support}[10s]))"
+            f" / sum by (unhardcoded_policy_name) (rate(unhardcoded_decisions_total{support}[10s]))",
+        )
         assert hops is not None and hops > 0.2
     finally:
         behave(SELECTED, ok())
         behave(FIRST_FALLBACK, ok())
-    wait_for("UnhardcodedSavingsDropped resolved", lambda: _alerts(prom, "UnhardcodedSavingsDropped", "support") == [],
-             timeout=60)
+    wait_for(
+        "UnhardcodedSavingsDropped resolved",
+        lambda: _alerts(prom, "UnhardcodedSavingsDropped", "support") == [],
+        timeout=60,
+    )
     assert (_value(prom, ratio) or 0) > 0.5
 
 
 def test_error_rate_fires_the_alert_and_recovery_resolves_it(prom_stack):
     """Every candidate of the support policy fails: the proxy answers 502 and the decision spans end in ERROR."""
     prom, behave, traffic = prom_stack["prometheus"], prom_stack["behave"], prom_stack["traffic"]
-    wait_for("support decisions scraped", lambda: _query(prom, 'unhardcoded:decisions:rate5m{unhardcoded_policy_name="support"}'),
-             timeout=30)
+    wait_for(
+        "support decisions scraped",
+        lambda: _query(prom, 'unhardcoded:decisions:rate5m{unhardcoded_policy_name="support"}'),
+        timeout=30,
+    )
     assert _alerts(prom, "UnhardcodedDecisionErrorRateHigh", "support") == []
 
     failed_before = traffic.outcomes["502"]
     for model in (SELECTED, FIRST_FALLBACK, BASELINE):
         behave(model, error(500))
     try:
-        firing = wait_for("UnhardcodedDecisionErrorRateHigh firing",
-                          lambda: _firing(prom, "UnhardcodedDecisionErrorRateHigh", "support"), timeout=40)
+        firing = wait_for(
+            "UnhardcodedDecisionErrorRateHigh firing",
+            lambda: _firing(prom, "UnhardcodedDecisionErrorRateHigh", "support"),
+            timeout=40,
+        )
         assert traffic.outcomes["502"] > failed_before
         assert firing[0]["labels"]["severity"] == "critical"
         assert float(firing[0]["value"]) > 0.05
@@ -244,5 +297,8 @@ def test_error_rate_fires_the_alert_and_recovery_resolves_it(prom_stack):
     finally:
         for model in (SELECTED, FIRST_FALLBACK, BASELINE):
             behave(model, ok())
-    wait_for("UnhardcodedDecisionErrorRateHigh resolved",
-             lambda: _alerts(prom, "UnhardcodedDecisionErrorRateHigh", "support") == [], timeout=60)
+    wait_for(
+        "UnhardcodedDecisionErrorRateHigh resolved",
+        lambda: _alerts(prom, "UnhardcodedDecisionErrorRateHigh", "support") == [],
+        timeout=60,
+    )

@@ -71,6 +71,7 @@ def test_tempo_fetches_each_trace_found(fake):
         if path == "/api/search":
             return 200, {"traces": [{"traceID": "abc"}, {"traceID": "def"}]}
         return 404, b"not found"
+
     f = fake(routes)
     assert TempoSource(f.url).fetch_request("req_1") == []
     assert [p for p, _ in f.seen] == ["/api/search", "/api/traces/abc", "/api/traces/def"]
@@ -81,6 +82,7 @@ def test_jaeger_searches_by_tag_in_every_service_or_the_named_one(fake):
         if path == "/api/services":
             return 200, {"data": ["a", "b"]}
         return 200, {"data": []}
+
     f = fake(routes)
     assert JaegerSource(f.url).receipt("req_1") is None
     searches = [q for p, q in f.seen if p == "/api/traces"]

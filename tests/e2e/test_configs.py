@@ -25,15 +25,27 @@ def test_collector_configs_are_found():
 
 @pytest.mark.parametrize("config", COLLECTOR_CONFIGS)
 def test_collector_config_validates(config):
-    _ok(run([binary("otelcol-unhardcoded"), "validate", "--config", str(CONFIG_DIR / config)]), f"otelcol validate {config}")
+    _ok(
+        run([binary("otelcol-unhardcoded"), "validate", "--config", str(CONFIG_DIR / config)]),
+        f"otelcol validate {config}",
+    )
 
 
 def test_loadbalancing_config_takes_a_list_of_processors_from_the_environment():
     env = {"UNHARDCODED_PROCESSOR_GRPC_ENDPOINTS": "[127.0.0.1:4417, 127.0.0.1:4427, 127.0.0.1:4437]"}
-    r = run([binary("otelcol-unhardcoded"), "print-config", "--config", str(CONFIG_DIR / "otelcol-loadbalancing.yaml")], env=env)
+    r = run(
+        [binary("otelcol-unhardcoded"), "print-config", "--config", str(CONFIG_DIR / "otelcol-loadbalancing.yaml")],
+        env=env,
+    )
     if r.returncode != 0 and "unknown command" in (r.stderr + r.stdout):
         # print-config is behind a feature gate in some releases; validate still expands the variable
-        _ok(run([binary("otelcol-unhardcoded"), "validate", "--config", str(CONFIG_DIR / "otelcol-loadbalancing.yaml")], env=env), "validate")
+        _ok(
+            run(
+                [binary("otelcol-unhardcoded"), "validate", "--config", str(CONFIG_DIR / "otelcol-loadbalancing.yaml")],
+                env=env,
+            ),
+            "validate",
+        )
         return
     _ok(r, "print-config")
     assert "127.0.0.1:4427" in r.stdout and "127.0.0.1:4437" in r.stdout
@@ -42,7 +54,11 @@ def test_loadbalancing_config_takes_a_list_of_processors_from_the_environment():
 def test_collector_rejects_a_broken_config(tmp_path):
     """The validator really reads the file (a typo in a component name fails)."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text((CONFIG_DIR / "otelcol.yaml").read_text().replace("[memory_limiter, tail_sampling, batch]", "[memory_limiter, tail_samplin, batch]"))
+    bad.write_text(
+        (CONFIG_DIR / "otelcol.yaml")
+        .read_text()
+        .replace("[memory_limiter, tail_sampling, batch]", "[memory_limiter, tail_samplin, batch]")
+    )
     assert "tail_samplin," in bad.read_text()
     r = run([binary("otelcol-unhardcoded"), "validate", "--config", str(bad)])
     assert r.returncode != 0
@@ -53,11 +69,17 @@ def test_jaeger_config_validates():
 
 
 def test_prometheus_config():
-    _ok(run([binary("promtool"), "check", "config", str(CONFIG_DIR / "prometheus" / "prometheus.yml")]), "promtool check config")
+    _ok(
+        run([binary("promtool"), "check", "config", str(CONFIG_DIR / "prometheus" / "prometheus.yml")]),
+        "promtool check config",
+    )
 
 
 def test_prometheus_rules():
-    _ok(run([binary("promtool"), "check", "rules", str(CONFIG_DIR / "prometheus" / "rules.yml")]), "promtool check rules")
+    _ok(
+        run([binary("promtool"), "check", "rules", str(CONFIG_DIR / "prometheus" / "rules.yml")]),
+        "promtool check rules",
+    )
 
 
 def test_prometheus_rule_unit_tests():
@@ -70,6 +92,7 @@ def test_jaeger_starts_with_its_config(tmp_path):
     proc, urls = start_jaeger(tmp_path)
     try:
         from .infra import http_get
+
         status, body = http_get(urls["query"] + "/api/services")
         assert status == 200 and b'"data"' in body
     finally:
@@ -80,6 +103,7 @@ def test_tempo_starts_with_its_config(tmp_path):
     proc, urls = start_tempo(tmp_path)
     try:
         from .infra import http_get
+
         status, body = http_get(urls["http"] + "/api/search?q=%7B%7D")
         assert status == 200 and b'"traces"' in body
         assert (tmp_path / "tempo-data").exists()

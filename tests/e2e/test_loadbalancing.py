@@ -32,14 +32,34 @@ def test_every_trace_lands_whole_on_one_processor(tmp_path):
             stack.callback(p.stop)
             procs.append(urls)
         endpoints = "[" + ", ".join(u["grpc"] for u in procs) + "]"
-        collector, c = start_collector(tmp_path, "unused:1", "unused:1", config="otelcol-loadbalancing.yaml",
-                                       extra_env={"UNHARDCODED_PROCESSOR_GRPC_ENDPOINTS": endpoints})
+        collector, c = start_collector(
+            tmp_path,
+            "unused:1",
+            "unused:1",
+            config="otelcol-loadbalancing.yaml",
+            extra_env={"UNHARDCODED_PROCESSOR_GRPC_ENDPOINTS": endpoints},
+        )
         stack.callback(collector.stop)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
-        r = subprocess.run([sys.executable, str(HERE / "send_decisions.py"), "--endpoint", c["otlp_grpc"],
-                            "--service", "e2e-lb", "--plain", "30", "--fallback", "10"],
-                           capture_output=True, text=True, timeout=120, env=env)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "send_decisions.py"),
+                "--endpoint",
+                c["otlp_grpc"],
+                "--service",
+                "e2e-lb",
+                "--plain",
+                "30",
+                "--fallback",
+                "10",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
         assert r.returncode == 0, r.stderr
         sent = json.loads(r.stdout)
         decisions = sent["plain"] + sent["fallback"]

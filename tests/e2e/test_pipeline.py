@@ -41,11 +41,18 @@ def stack(tmp_path_factory):
         stack.callback(tempo.stop)
         processor, pr = start_processor(tmp)
         stack.callback(processor.stop)
-        collector, c = start_collector(tmp, j["otlp_grpc"], t["otlp_grpc"],
-                                       extra_env={"UNHARDCODED_PROCESSOR_ENDPOINT": pr["http"]})
+        collector, c = start_collector(
+            tmp, j["otlp_grpc"], t["otlp_grpc"], extra_env={"UNHARDCODED_PROCESSOR_ENDPOINT": pr["http"]}
+        )
         stack.callback(collector.stop)
-        yield {"jaeger": j["query"], "tempo": t["http"], "processor": pr["http"], "collector": c, "tmp": tmp,
-               "logs": {"jaeger": jaeger, "tempo": tempo, "otelcol": collector}}
+        yield {
+            "jaeger": j["query"],
+            "tempo": t["http"],
+            "processor": pr["http"],
+            "collector": c,
+            "tmp": tmp,
+            "logs": {"jaeger": jaeger, "tempo": tempo, "otelcol": collector},
+        }
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -59,8 +66,13 @@ def demo(stack):
     """`unhardcoded demo --json` exporting to the Collector; receipts also stored under its own UNHARDCODED_HOME."""
     home = stack["tmp"] / "demo-home"
     home.mkdir()
-    r = subprocess.run([sys.executable, "-m", "unhardcoded.cli", "demo", "--json"], capture_output=True, text=True, timeout=120,
-                       env=_env(UNHARDCODED_HOME=str(home), OTEL_EXPORTER_OTLP_ENDPOINT=stack["collector"]["otlp_grpc"]))
+    r = subprocess.run(
+        [sys.executable, "-m", "unhardcoded.cli", "demo", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(UNHARDCODED_HOME=str(home), OTEL_EXPORTER_OTLP_ENDPOINT=stack["collector"]["otlp_grpc"]),
+    )
     assert r.returncode == 0, r.stderr
     workflow = json.loads(r.stdout)
     return {"home": home, "workflow": workflow, "request_ids": [n["request_id"] for n in workflow["nodes"]]}
@@ -68,9 +80,24 @@ def demo(stack):
 
 @pytest.fixture(scope="module")
 def sent(stack):
-    r = subprocess.run([sys.executable, str(HERE / "send_decisions.py"), "--endpoint", stack["collector"]["otlp_grpc"],
-                        "--service", SENDER_SERVICE, "--plain", str(PLAIN), "--fallback", str(FALLBACK)],
-                       capture_output=True, text=True, timeout=120, env=_env())
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(HERE / "send_decisions.py"),
+            "--endpoint",
+            stack["collector"]["otlp_grpc"],
+            "--service",
+            SENDER_SERVICE,
+            "--plain",
+            str(PLAIN),
+            "--fallback",
+            str(FALLBACK),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(),
+    )
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -118,6 +145,7 @@ def test_demo_receipt_is_the_same_from_jaeger_tempo_and_the_store(stack, demo, m
 
 def test_the_receipts_processor_behind_the_collector_gets_every_decision(stack, demo, sent, monkeypatch):
     """otelcol.yaml's traces/receipts pipeline sends every span, unsampled, to the processor."""
+
     def processor_receipt(rid: str):
         status, body = http_get(f"{stack['processor']}/receipts/{rid}")
         return json.loads(body)["receipt"] if status == 200 else None
@@ -134,7 +162,9 @@ def test_the_receipts_processor_behind_the_collector_gets_every_decision(stack, 
 
     # the workflow is finished once its root span is in, after its nodes: the same as the demo's own store has it
     wf_id = demo["workflow"]["workflow_id"]
-    assert wait_for(f"workflow {wf_id} finished in the processor", lambda: processor_workflow(wf_id), timeout=30) == _cli_json(wf_id)
+    assert wait_for(
+        f"workflow {wf_id} finished in the processor", lambda: processor_workflow(wf_id), timeout=30
+    ) == _cli_json(wf_id)
     # plain decisions that tail sampling dropped from Jaeger/Tempo still have receipts
     for d in sent["plain"] + sent["fallback"]:
         got = wait_for(f"{d['request_id']} in the processor", lambda: processor_receipt(d["request_id"]), timeout=30)
@@ -164,7 +194,11 @@ def test_tail_sampling_keeps_every_fallback_and_drops_most_plain_decisions(stack
     fallback_ids = {d["request_id"] for d in sent["fallback"]}
     plain_ids = {d["request_id"] for d in sent["plain"]}
     assert len(fallback_ids) == FALLBACK and len(plain_ids) == PLAIN
-    found = wait_for("every fallback decision in Jaeger", lambda: (lambda f: f if fallback_ids <= f else None)(_jaeger_request_ids(stack["jaeger"])), timeout=40)
+    found = wait_for(
+        "every fallback decision in Jaeger",
+        lambda: (lambda f: f if fallback_ids <= f else None)(_jaeger_request_ids(stack["jaeger"])),
+        timeout=40,
+    )
     time.sleep(3)  # decision_wait is 2s: everything sent is decided by now
     found = _jaeger_request_ids(stack["jaeger"])
     assert fallback_ids <= found
@@ -174,14 +208,20 @@ def test_tail_sampling_keeps_every_fallback_and_drops_most_plain_decisions(stack
     # Tempo got the same sample
     expected = {d["trace_id"] for d in sent["fallback"]}
     query = '{ resource.service.name = "%s" && span."unhardcoded.fallback.triggered" = true }' % SENDER_SERVICE
-    assert wait_for("the fallback traces in Tempo", lambda: _tempo_trace_ids(stack["tempo"], query) >= expected, timeout=30)
+    assert wait_for(
+        "the fallback traces in Tempo", lambda: _tempo_trace_ids(stack["tempo"], query) >= expected, timeout=30
+    )
     assert _tempo_trace_ids(stack["tempo"], query) == expected
 
 
 def test_traceql_finds_exactly_the_fallback_traces(stack, demo, sent):
     expected = {d["trace_id"] for d in sent["fallback"]} | {demo["workflow"]["trace_id"]}
     query = '{ span."unhardcoded.fallback.triggered" = true }'
-    got = wait_for("the fallback traces in Tempo", lambda: (lambda s: s if s >= expected else None)(_tempo_trace_ids(stack["tempo"], query)), timeout=40)
+    got = wait_for(
+        "the fallback traces in Tempo",
+        lambda: (lambda s: s if s >= expected else None)(_tempo_trace_ids(stack["tempo"], query)),
+        timeout=40,
+    )
     assert got == expected
     # and no plain decision matches the negation's complement
     plain_traces = {d["trace_id"] for d in sent["plain"]}
@@ -193,7 +233,11 @@ def test_span_metrics_count_every_decision_before_sampling(stack, sent):
         status, body = http_get(stack["collector"]["metrics"])
         counts = {"true": 0.0, "false": 0.0}
         for line in body.decode().splitlines():
-            if line.startswith("traces_span_metrics_calls_total{") and f'service_name="{SENDER_SERVICE}"' in line and 'span_name="route triage"' in line:
+            if (
+                line.startswith("traces_span_metrics_calls_total{")
+                and f'service_name="{SENDER_SERVICE}"' in line
+                and 'span_name="route triage"' in line
+            ):
                 flag = line.split('unhardcoded_fallback_triggered="')[1].split('"')[0]
                 counts[flag] += float(line.rsplit(" ", 1)[1])
         return counts
@@ -203,6 +247,10 @@ def test_span_metrics_count_every_decision_before_sampling(stack, sent):
         wait_for("span metrics counting every decision", lambda: calls() == expected, timeout=30)
     finally:
         assert calls() == expected
-    for name in ("unhardcoded_decisions_total", "unhardcoded_fallbacks_total", "unhardcoded_cost_USD_total",
-                 "unhardcoded_cost_baseline_USD_total"):
+    for name in (
+        "unhardcoded_decisions_total",
+        "unhardcoded_fallbacks_total",
+        "unhardcoded_cost_USD_total",
+        "unhardcoded_cost_baseline_USD_total",
+    ):
         assert wait_for(name, lambda: name in http_get(stack["collector"]["metrics"])[1].decode(), timeout=15)

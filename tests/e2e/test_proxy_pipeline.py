@@ -41,7 +41,16 @@ from unhardcoded.simulator import SimulatedProvider, cut_after_tokens, error, ok
 
 from otlp_receiver import OTLPReceiver
 
-from .infra import CONFIG_DIR, http_get, start_collector, start_jaeger, start_processor, start_proxy, start_tempo, wait_for
+from .infra import (
+    CONFIG_DIR,
+    http_get,
+    start_collector,
+    start_jaeger,
+    start_processor,
+    start_proxy,
+    start_tempo,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -51,8 +60,11 @@ SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4
 HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 COUNTS = {"plain": 40, "fallback": 5, "all_failed": 3, "solo_failed": 3, "no_candidate": 2, "stream_cut": 2}
 FAILED = ("all_failed", "solo_failed", "no_candidate", "stream_cut")
-FAILURE_STATUS = {"all_failed": (502, "upstream_error"), "solo_failed": (502, "upstream_error"),
-                  "no_candidate": (422, "no_candidate")}
+FAILURE_STATUS = {
+    "all_failed": (502, "upstream_error"),
+    "solo_failed": (502, "upstream_error"),
+    "no_candidate": (422, "no_candidate"),
+}
 # What each keep policy of otelcol.yaml must keep, by traffic group (span-layout.md):
 # fallback.triggered is true when a hop was taken; outcome failed/no_candidate sets the decision span to
 # ERROR; a failed provider call sets its attempt span to ERROR, so every fallback trace holds an error too.
@@ -65,15 +77,18 @@ KEPT_BY_POLICY = {
 
 def _support_policy(name: str, **changes: Any) -> dict[str, Any]:
     # through the package's loader: PyYAML alone reads the key `on:` as True
-    policy = load_policy_file(builtin_policy_dir() / "support.yaml").model_dump(by_alias=True, mode="json", exclude_none=True)
+    policy = load_policy_file(builtin_policy_dir() / "support.yaml").model_dump(
+        by_alias=True, mode="json", exclude_none=True
+    )
     policy["name"] = name
     policy.update(changes)
     return policy
 
 
 SOLO = _support_policy("support-solo", fallback={"models": [], "on": ["error", "timeout", "rate_limit"], "max_hops": 0})
-IMPOSSIBLE = _support_policy("support-impossible", rules=[
-    {"id": "superhuman", "field": "bench_intelligence", "op": "gte", "value": 2}])
+IMPOSSIBLE = _support_policy(
+    "support-impossible", rules=[{"id": "superhuman", "field": "bench_intelligence", "op": "gte", "value": 2}]
+)
 
 
 def _per_policy_config(receivers: dict[str, OTLPReceiver]) -> dict[str, Any]:
@@ -85,11 +100,15 @@ def _per_policy_config(receivers: dict[str, OTLPReceiver]) -> dict[str, Any]:
     config: dict[str, Any] = {"processors": {}, "exporters": {}, "service": {"pipelines": {}}}
     for name, rx in receivers.items():
         config["processors"][f"tail_sampling/{name}"] = {
-            **{k: v for k, v in sampling.items() if k != "policies"}, "policies": [policies[name]]}
+            **{k: v for k, v in sampling.items() if k != "policies"},
+            "policies": [policies[name]],
+        }
         config["exporters"][f"otlp_http/{name}"] = {"endpoint": rx.http_endpoint}
         config["service"]["pipelines"][f"traces/{name}"] = {
-            "receivers": ["otlp"], "processors": ["memory_limiter", f"tail_sampling/{name}"],
-            "exporters": [f"otlp_http/{name}"]}
+            "receivers": ["otlp"],
+            "processors": ["memory_limiter", f"tail_sampling/{name}"],
+            "exporters": [f"otlp_http/{name}"],
+        }
     return config
 
 
@@ -169,8 +188,13 @@ def stack(tmp_path_factory):
         stack.callback(tempo.stop)
         processor, pr = start_processor(tmp)
         stack.callback(processor.stop)
-        collector, c = start_collector(tmp, j["otlp_grpc"], t["otlp_grpc"], extra_configs=[per_policy],
-                                       extra_env={"UNHARDCODED_PROCESSOR_ENDPOINT": pr["http"]})
+        collector, c = start_collector(
+            tmp,
+            j["otlp_grpc"],
+            t["otlp_grpc"],
+            extra_configs=[per_policy],
+            extra_env={"UNHARDCODED_PROCESSOR_ENDPOINT": pr["http"]},
+        )
         stack.callback(collector.stop)
         providers = [{"name": s.name, "base_url": s.base_url, "timeout_s": 5} for s in sims.values()]
         proxy, url = start_proxy(tmp, providers, c["otlp_grpc"], service=SERVICE)
@@ -178,8 +202,15 @@ def stack(tmp_path_factory):
 
         traffic = Traffic(url, sims)
         traffic.run()
-        yield {"jaeger": j["query"], "tempo": t["http"], "processor": pr["http"], "proxy": url,
-               "proxy_store": str(tmp / "proxy.db"), "receivers": receivers, "groups": traffic.groups}
+        yield {
+            "jaeger": j["query"],
+            "tempo": t["http"],
+            "processor": pr["http"],
+            "proxy": url,
+            "proxy_store": str(tmp / "proxy.db"),
+            "receivers": receivers,
+            "groups": traffic.groups,
+        }
 
 
 def _cli_json(*argv: str) -> dict:
@@ -202,8 +233,9 @@ def receipts(stack) -> dict[str, dict]:
     for group, ids in stack["groups"].items():
         assert len(ids) == COUNTS[group], group
         for rid in ids:
-            out[rid] = wait_for(f"{group} {rid} in the processor", lambda: _processor_receipt(stack["processor"], rid),
-                                timeout=30)
+            out[rid] = wait_for(
+                f"{group} {rid} in the processor", lambda: _processor_receipt(stack["processor"], rid), timeout=30
+            )
     return out
 
 
@@ -232,7 +264,10 @@ def test_the_traffic_did_what_each_group_says(stack, receipts):
         assert (r["outcome"], r["answered_by"], r["fallback"]["triggered"]) == ("answered", SELECTED, False)
     for r in by_group["fallback"]:
         assert (r["outcome"], r["answered_by"], r["fallback"]["hops"]) == (
-            "answered", FIRST_FALLBACK, [{"from": SELECTED, "to": FIRST_FALLBACK, "reason": "error"}])
+            "answered",
+            FIRST_FALLBACK,
+            [{"from": SELECTED, "to": FIRST_FALLBACK, "reason": "error"}],
+        )
     for r in by_group["all_failed"]:
         assert (r["outcome"], r["fallback"]["triggered"], len(r["attempts"])) == ("failed", True, 3)
     for r in by_group["solo_failed"]:
@@ -267,8 +302,11 @@ def test_traceql_finds_exactly_the_fallback_traces(stack, receipts):
     expected = _trace_ids(stack, receipts, "fallback", "all_failed")
     assert expected == {r["trace_id"] for r in receipts.values() if r["fallback"]["triggered"]}
     query = '{ span."unhardcoded.fallback.triggered" = true }'
-    got = wait_for("the fallback traces in Tempo",
-                   lambda: (lambda s: s if s >= expected else None)(_tempo_trace_ids(stack["tempo"], query)), timeout=30)
+    got = wait_for(
+        "the fallback traces in Tempo",
+        lambda: (lambda s: s if s >= expected else None)(_tempo_trace_ids(stack["tempo"], query)),
+        timeout=30,
+    )
     assert got == expected
 
 
@@ -276,8 +314,11 @@ def test_traceql_finds_exactly_the_fallback_traces(stack, receipts):
 def decided(stack, receipts) -> None:
     """Every trace of the traffic has had its tail-sampling decision."""
     must_keep = _trace_ids(stack, receipts, "fallback", *FAILED)
-    wait_for("every fallback, failed and error trace in Jaeger", lambda: must_keep <= _jaeger_trace_ids(stack["jaeger"]),
-             timeout=30)
+    wait_for(
+        "every fallback, failed and error trace in Jaeger",
+        lambda: must_keep <= _jaeger_trace_ids(stack["jaeger"]),
+        timeout=30,
+    )
     time.sleep(3)  # decision_wait is 2s: every trace sent before those is decided by now
 
 
@@ -289,10 +330,17 @@ def test_tail_sampling_keeps_every_failed_and_error_trace_and_drops_most_plain_o
     assert must_keep <= in_jaeger
     # 10% probabilistic: ~4 of 40 expected; P(>= 20 kept) is negligible
     assert len(in_jaeger & plain) < 20, f"{len(in_jaeger & plain)} of {len(plain)} plain traces kept"
-    in_tempo = wait_for("the same traces in Tempo", lambda: (lambda s: s if s >= in_jaeger else None)(
-        _tempo_trace_ids(stack["tempo"], f'{{ resource.service.name = "{SERVICE}" }}') & sent), timeout=30)
+    in_tempo = wait_for(
+        "the same traces in Tempo",
+        lambda: (lambda s: s if s >= in_jaeger else None)(
+            _tempo_trace_ids(stack["tempo"], f'{{ resource.service.name = "{SERVICE}" }}') & sent
+        ),
+        timeout=30,
+    )
     assert in_tempo == in_jaeger
-    failed = '{ span."unhardcoded.decision.outcome" = "failed" || span."unhardcoded.decision.outcome" = "no_candidate" }'
+    failed = (
+        '{ span."unhardcoded.decision.outcome" = "failed" || span."unhardcoded.decision.outcome" = "no_candidate" }'
+    )
     assert _tempo_trace_ids(stack["tempo"], failed) == _trace_ids(stack, receipts, *FAILED)
     assert _tempo_trace_ids(stack["tempo"], "{ status = error }") == must_keep
 
@@ -313,5 +361,10 @@ def test_each_keep_policy_alone_keeps_exactly_its_traces(stack, receipts, decide
     for trace_id in expected:
         r = by_trace[trace_id]
         names = sorted(s.name for s in rx.spans() if s.trace_id == trace_id)
-        assert names == sorted(["POST /v1/chat/completions", f"route {r['policy']['name']}",
-                                *(f"chat {a['model']}" for a in r["attempts"])]), r["request_id"]
+        assert names == sorted(
+            [
+                "POST /v1/chat/completions",
+                f"route {r['policy']['name']}",
+                *(f"chat {a['model']}" for a in r["attempts"]),
+            ]
+        ), r["request_id"]

@@ -31,16 +31,56 @@ class FieldSpec(BaseModel):
 
 BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec(name="id", type="string", description="Model id, as the provider names it", builtin=True, required=True),
-    FieldSpec(name="provider", type="string", description="Name of the provider entry that serves this model", builtin=True, required=True),
-    FieldSpec(name="price_input_per_mtok", type="number", unit="USD/1M tokens", description="Price of input tokens", builtin=True, required=True),
-    FieldSpec(name="price_output_per_mtok", type="number", unit="USD/1M tokens", description="Price of output tokens", builtin=True, required=True),
-    FieldSpec(name="bench_intelligence", type="number", unit="0..1", description="Normalized benchmark score of general capability", builtin=True),
+    FieldSpec(
+        name="provider",
+        type="string",
+        description="Name of the provider entry that serves this model",
+        builtin=True,
+        required=True,
+    ),
+    FieldSpec(
+        name="price_input_per_mtok",
+        type="number",
+        unit="USD/1M tokens",
+        description="Price of input tokens",
+        builtin=True,
+        required=True,
+    ),
+    FieldSpec(
+        name="price_output_per_mtok",
+        type="number",
+        unit="USD/1M tokens",
+        description="Price of output tokens",
+        builtin=True,
+        required=True,
+    ),
+    FieldSpec(
+        name="bench_intelligence",
+        type="number",
+        unit="0..1",
+        description="Normalized benchmark score of general capability",
+        builtin=True,
+    ),
     FieldSpec(name="supports_tools", type="bool", description="Accepts tool/function definitions", builtin=True),
     FieldSpec(name="supports_vision", type="bool", description="Accepts image inputs", builtin=True),
-    FieldSpec(name="context_window", type="integer", unit="tokens", description="Maximum input plus output tokens", builtin=True),
-    FieldSpec(name="max_output_tokens", type="integer", unit="tokens", description="Maximum tokens in one answer", builtin=True),
+    FieldSpec(
+        name="context_window",
+        type="integer",
+        unit="tokens",
+        description="Maximum input plus output tokens",
+        builtin=True,
+    ),
+    FieldSpec(
+        name="max_output_tokens",
+        type="integer",
+        unit="tokens",
+        description="Maximum tokens in one answer",
+        builtin=True,
+    ),
     FieldSpec(name="regions", type="string[]", description="Regions where the model is served", builtin=True),
-    FieldSpec(name="latency_p50_ms", type="number", unit="ms", description="Median time to a full short answer", builtin=True),
+    FieldSpec(
+        name="latency_p50_ms", type="number", unit="ms", description="Median time to a full short answer", builtin=True
+    ),
 )
 BUILTIN_FIELD_NAMES = frozenset(f.name for f in BUILTIN_FIELDS)
 
@@ -49,9 +89,15 @@ def value_matches(spec_type: str, value: Any) -> bool:
     """Whether ``value`` is of the catalog field type ``spec_type``."""
     if spec_type == "number":
         # NaN and infinities have no canonical JSON form: they would break fingerprints and catalog versions.
-        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and math.isfinite(value))
+        return (
+            isinstance(value, int)
+            and not isinstance(value, bool)
+            or (isinstance(value, float) and math.isfinite(value))
+        )
     if spec_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+        return (
+            isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+        )
     if spec_type == "bool":
         return isinstance(value, bool)
     if spec_type == "string":

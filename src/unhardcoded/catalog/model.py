@@ -44,7 +44,9 @@ class CatalogModel:
 class Catalog:
     """A validated catalog. Immutable; its ``version`` is the hash of its content."""
 
-    def __init__(self, custom_fields: Iterable[FieldSpec], models: Iterable[CatalogModel], source: str = "<catalog>") -> None:
+    def __init__(
+        self, custom_fields: Iterable[FieldSpec], models: Iterable[CatalogModel], source: str = "<catalog>"
+    ) -> None:
         self.custom_fields: tuple[FieldSpec, ...] = tuple(custom_fields)
         self.models: tuple[CatalogModel, ...] = tuple(models)
         self.source = source
@@ -162,7 +164,10 @@ class Catalog:
             for key, value in raw.items():
                 spec = specs.get(key)
                 if spec is None:
-                    err(key_path(path, key), f"unknown field{suggest(str(key), specs.keys())}; declare custom fields under fields:")
+                    err(
+                        key_path(path, key),
+                        f"unknown field{suggest(str(key), specs.keys())}; declare custom fields under fields:",
+                    )
                     ok = False
                     continue
                 if value is None:

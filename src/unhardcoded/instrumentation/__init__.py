@@ -58,7 +58,9 @@ class UnhardcodedInstrumentor(BaseInstrumentor):
 
     def _instrument(self, **kwargs: Any) -> None:
         tracer = get_tracer(__name__, _version(), kwargs.get("tracer_provider"))
-        wrap_function_wrapper("openai.resources.chat.completions", "Completions.create", chat_completions_create(tracer))
+        wrap_function_wrapper(
+            "openai.resources.chat.completions", "Completions.create", chat_completions_create(tracer)
+        )
         wrap_function_wrapper(
             "openai.resources.chat.completions", "AsyncCompletions.create", async_chat_completions_create(tracer)
         )

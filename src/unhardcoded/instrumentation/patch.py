@@ -64,8 +64,10 @@ def decision_attributes(headers: Mapping[str, str]) -> dict[str, Any]:
     model = headers.get(MODEL_HEADER)
     if model:
         attrs[A.UNHARDCODED_ANSWERED_MODEL] = model
-    for header, key in ((POLICY_NAME_HEADER, A.UNHARDCODED_POLICY_NAME),
-                        (FINGERPRINT_HEADER, A.UNHARDCODED_POLICY_FINGERPRINT)):
+    for header, key in (
+        (POLICY_NAME_HEADER, A.UNHARDCODED_POLICY_NAME),
+        (FINGERPRINT_HEADER, A.UNHARDCODED_POLICY_FINGERPRINT),
+    ):
         value = headers.get(header)
         if value:
             attrs[key] = value
@@ -160,7 +162,10 @@ def _record_completion(span: Span, completion: Any) -> None:
         span.set_attribute(G.GEN_AI_RESPONSE_MODEL, model)
     usage = getattr(completion, "usage", None)
     if usage is not None:
-        for name, key in (("prompt_tokens", G.GEN_AI_USAGE_INPUT_TOKENS), ("completion_tokens", G.GEN_AI_USAGE_OUTPUT_TOKENS)):
+        for name, key in (
+            ("prompt_tokens", G.GEN_AI_USAGE_INPUT_TOKENS),
+            ("completion_tokens", G.GEN_AI_USAGE_OUTPUT_TOKENS),
+        ):
             value = getattr(usage, name, None)
             if isinstance(value, int):
                 span.set_attribute(key, value)

@@ -23,8 +23,10 @@ class _Tally:
             self.span.set_attribute(G.GEN_AI_RESPONSE_MODEL, model)
         usage = getattr(chunk, "usage", None)
         if usage is not None:
-            for name, key in (("prompt_tokens", G.GEN_AI_USAGE_INPUT_TOKENS),
-                              ("completion_tokens", G.GEN_AI_USAGE_OUTPUT_TOKENS)):
+            for name, key in (
+                ("prompt_tokens", G.GEN_AI_USAGE_INPUT_TOKENS),
+                ("completion_tokens", G.GEN_AI_USAGE_OUTPUT_TOKENS),
+            ):
                 value = getattr(usage, name, None)
                 if isinstance(value, int):
                     self.span.set_attribute(key, value)

@@ -4,6 +4,16 @@ from .load import load_policy, load_policy_file, validate_policy
 from .model import OPS, POLICY_SCHEMA, Fallback, Policy, Rank, RankKey, Rule, Select, fingerprint_of
 
 __all__ = [
-    "OPS", "POLICY_SCHEMA", "Fallback", "Policy", "Rank", "RankKey", "Rule", "Select",
-    "fingerprint_of", "load_policy", "load_policy_file", "validate_policy",
+    "OPS",
+    "POLICY_SCHEMA",
+    "Fallback",
+    "Policy",
+    "Rank",
+    "RankKey",
+    "Rule",
+    "Select",
+    "fingerprint_of",
+    "load_policy",
+    "load_policy_file",
+    "validate_policy",
 ]

@@ -30,7 +30,10 @@ class _Errors:
 def _check_keys(errs: _Errors, path: str, raw: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
     for key in raw:
         if key not in allowed:
-            errs.add(key_path(path, key), f"unknown key{suggest(str(key), set(allowed))}; expected one of {', '.join(allowed)}")
+            errs.add(
+                key_path(path, key),
+                f"unknown key{suggest(str(key), set(allowed))}; expected one of {', '.join(allowed)}",
+            )
 
 
 def _check_rule_value(errs: _Errors, path: str, op: str, ftype: str, field: str, value: Any) -> None:
@@ -47,7 +50,9 @@ def _check_rule_value(errs: _Errors, path: str, op: str, ftype: str, field: str,
             want(f"a {ftype} value")
     elif op in ("in", "not_in"):
         if ftype == "string[]":
-            errs.add(f"{path}.op", f"{op!r} needs a single-valued field but {field} is a list; use contains or intersects")
+            errs.add(
+                f"{path}.op", f"{op!r} needs a single-valued field but {field} is a list; use contains or intersects"
+            )
         elif not isinstance(value, list) or not value:
             want(f"a non-empty list of {ftype} values")
         elif not all(value_matches(ftype, v) for v in value):
@@ -73,7 +78,10 @@ def _numeric_field(errs: _Errors, path: str, name: Any, catalog: Catalog, allow_
     spec = catalog.fields.get(name)
     if spec is None:
         extra = "'cost' or " if allow_cost else ""
-        errs.add(path, f"unknown field {name!r}{suggest(name, catalog.fields.keys())}; expected {extra}a numeric catalog field{FIELDS_HINT}")
+        errs.add(
+            path,
+            f"unknown field {name!r}{suggest(name, catalog.fields.keys())}; expected {extra}a numeric catalog field{FIELDS_HINT}",
+        )
     elif not spec.numeric:
         errs.add(path, f"{name!r} is {spec.type}; ranking and scores need a numeric field")
 
@@ -102,7 +110,10 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
         errs.add("schema", f"must be {POLICY_SCHEMA!r}, got {describe_value(doc.get('schema'))}")
     name = doc.get("name")
     if not isinstance(name, str) or not _NAME.match(name):
-        errs.add("name", f"{describe_value(name)} is not a policy name: lowercase letters, digits, '.', '_', '-', at most 64, starting with a letter or digit")
+        errs.add(
+            "name",
+            f"{describe_value(name)} is not a policy name: lowercase letters, digits, '.', '_', '-', at most 64, starting with a letter or digit",
+        )
 
     rules = doc.get("rules", [])
     if rules is None:
@@ -124,7 +135,9 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
             continue
         rid, field, op, value = rule["id"], rule["field"], rule["op"], rule["value"]
         if not isinstance(rid, str) or not _RULE_ID.match(rid):
-            errs.add(f"{path}.id", f"{describe_value(rid)} is not a rule id: letters, digits, '.', '_', '-', at most 64")
+            errs.add(
+                f"{path}.id", f"{describe_value(rid)} is not a rule id: letters, digits, '.', '_', '-', at most 64"
+            )
         elif rid in seen_ids:
             errs.add(f"{path}.id", f"duplicate rule id {rid!r} (also rules[{seen_ids[rid]}]); rule ids must be unique")
         else:
@@ -171,7 +184,9 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
     else:
         _check_keys(errs, "select", select, ("score_field",))
         if select.get("score_field", "bench_intelligence") is not None:
-            _numeric_field(errs, "select.score_field", select.get("score_field", "bench_intelligence"), catalog, allow_cost=False)
+            _numeric_field(
+                errs, "select.score_field", select.get("score_field", "bench_intelligence"), catalog, allow_cost=False
+            )
 
     fallback = doc.get("fallback", {})
     if fallback is None:

@@ -69,7 +69,9 @@ def _error(status: int, code: str, message: str, headers: dict[str, str] | None 
 
 
 def _unauthorized() -> JSONResponse:
-    return _error(401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="unhardcoded"'})
+    return _error(
+        401, "unauthorized", "missing or wrong bearer token", {"WWW-Authenticate": 'Bearer realm="unhardcoded"'}
+    )
 
 
 def _otlp_error(status: int, grpc_code: int, message: str, kind: str, retry_after_s: float | None = None) -> Response:
@@ -77,7 +79,9 @@ def _otlp_error(status: int, grpc_code: int, message: str, kind: str, retry_afte
     if retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(retry_after_s)))
     media = otlp.PROTOBUF if kind == "protobuf" else otlp.JSON
-    return Response(otlp.status_body(grpc_code, message, kind, retry_after_s), status_code=status, media_type=media, headers=headers)
+    return Response(
+        otlp.status_body(grpc_code, message, kind, retry_after_s), status_code=status, media_type=media, headers=headers
+    )
 
 
 class _BodyTooLarge(Exception):
@@ -146,7 +150,9 @@ def _bool(text: str | None, name: str) -> bool | None:
 # --------------------------------------------------------------------------- the app
 
 
-def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", settings: Settings = Settings()) -> Starlette:
+def build_app(
+    processor: "ReceiptsProcessor | None", store: "ReceiptStore", settings: Settings = Settings()
+) -> Starlette:
     """The Starlette app; ``processor`` None serves queries only (no ingest)."""
     from . import openapi, pages
 
@@ -176,10 +182,18 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
             decoded = await asyncio.wait_for(asyncio.wrap_future(future), settings.ack_timeout_s)
         except Backpressure as exc:
             processor.metrics.payload_rejected("busy" if exc.busy else "unavailable")
-            return _otlp_error(429 if exc.busy else 503, otlp.RESOURCE_EXHAUSTED if exc.busy else otlp.UNAVAILABLE, str(exc), kind, exc.retry_after_s)
+            return _otlp_error(
+                429 if exc.busy else 503,
+                otlp.RESOURCE_EXHAUSTED if exc.busy else otlp.UNAVAILABLE,
+                str(exc),
+                kind,
+                exc.retry_after_s,
+            )
         except asyncio.TimeoutError:
             processor.metrics.payload_rejected("unavailable")
-            return _otlp_error(503, otlp.UNAVAILABLE, "the spool did not answer in time", kind, processor.config.retry_after_s)
+            return _otlp_error(
+                503, otlp.UNAVAILABLE, "the spool did not answer in time", kind, processor.config.retry_after_s
+            )
         except _BodyTooLarge:
             if metrics is not None:
                 metrics.payload_rejected("too_large")
@@ -233,10 +247,14 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         if stored is None:
             return _error(404, "not_found", f"no receipt for request {request_id!r}")
         r = stored.receipt
-        return JSONResponse({
-            "receipt": r.to_json_dict(), "revision": stored.revision, "stored_at": stored.stored_at,
-            "links": receipt_links(r.request_id, r.workflow.id if r.workflow else None),
-        })
+        return JSONResponse(
+            {
+                "receipt": r.to_json_dict(),
+                "revision": stored.revision,
+                "stored_at": stored.stored_at,
+                "links": receipt_links(r.request_id, r.workflow.id if r.workflow else None),
+            }
+        )
 
     async def list_receipts(request: Request) -> Response:
         p = request.query_params
@@ -246,9 +264,15 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         limit = int(limit_text)
         offset = _decode_cursor(p["cursor"]) if p.get("cursor") else 0
         query = ReceiptQuery(
-            policy=p.get("policy") or None, model=p.get("model") or None, fallback=_bool(p.get("fallback"), "fallback"),
-            workflow_id=p.get("workflow") or None, since=_since(p.get("since"), "since"), until=_since(p.get("until"), "until"),
-            complete=_bool(p.get("complete"), "complete"), limit=limit + 1, offset=offset,
+            policy=p.get("policy") or None,
+            model=p.get("model") or None,
+            fallback=_bool(p.get("fallback"), "fallback"),
+            workflow_id=p.get("workflow") or None,
+            since=_since(p.get("since"), "since"),
+            until=_since(p.get("until"), "until"),
+            complete=_bool(p.get("complete"), "complete"),
+            limit=limit + 1,
+            offset=offset,
         )
         rows = await run_in_threadpool(store.query, query)
         more = len(rows) > limit
@@ -257,10 +281,20 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         kept = {k: v for k, v in p.items() if k != "cursor"}
         links: dict[str, Any] = {"self": "/receipts" + ("?" + urlencode(dict(p)) if p else "")}
         links["next"] = "/receipts?" + urlencode({**kept, "cursor": next_cursor}) if next_cursor else None
-        return JSONResponse({
-            "items": [{"receipt": r.to_json_dict(), "links": receipt_links(r.request_id, r.workflow.id if r.workflow else None)} for r in rows],
-            "count": len(rows), "next_cursor": next_cursor, "links": links,
-        })
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "receipt": r.to_json_dict(),
+                        "links": receipt_links(r.request_id, r.workflow.id if r.workflow else None),
+                    }
+                    for r in rows
+                ],
+                "count": len(rows),
+                "next_cursor": next_cursor,
+                "links": links,
+            }
+        )
 
     async def get_workflow(request: Request) -> Response:
         workflow_id = request.path_params["workflow_id"]
@@ -268,10 +302,16 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         if wf is None:
             return _error(404, "not_found", f"no workflow {workflow_id!r}")
         wid = quote(wf.workflow_id, safe="")
-        return JSONResponse({
-            "workflow": wf.model_dump(mode="json", by_alias=True),
-            "links": {"self": f"/workflows/{wid}", "page": f"/w/{wid}", "nodes": [receipt_links(n.request_id)["self"] for n in wf.nodes]},
-        })
+        return JSONResponse(
+            {
+                "workflow": wf.model_dump(mode="json", by_alias=True),
+                "links": {
+                    "self": f"/workflows/{wid}",
+                    "page": f"/w/{wid}",
+                    "nodes": [receipt_links(n.request_id)["self"] for n in wf.nodes],
+                },
+            }
+        )
 
     async def rollups(request: Request) -> Response:
         by = request.query_params.get("by", "policy")
@@ -279,7 +319,9 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
             raise ValueError(f"by={by!r}: expected one of {', '.join(ROLLUP_KEYS)}")
         since = _since(request.query_params.get("since"), "since")
         rows = await run_in_threadpool(store.rollup, by, since)
-        return JSONResponse({"by": by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]})
+        return JSONResponse(
+            {"by": by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]}
+        )
 
     async def receipt_page(request: Request) -> Response:
         request_id = request.path_params["request_id"]
@@ -309,9 +351,17 @@ def build_app(processor: "ReceiptsProcessor | None", store: "ReceiptStore", sett
         return JSONResponse(openapi.document())
 
     async def index(request: Request) -> Response:
-        return JSONResponse({"service": "unhardcoded processor", "links": {
-            "openapi": "/openapi.json", "receipts": "/receipts", "rollups": "/rollups?by=policy", "health": "/healthz",
-        }})
+        return JSONResponse(
+            {
+                "service": "unhardcoded processor",
+                "links": {
+                    "openapi": "/openapi.json",
+                    "receipts": "/receipts",
+                    "rollups": "/rollups?by=policy",
+                    "health": "/healthz",
+                },
+            }
+        )
 
     routes = [
         Route("/", index),
@@ -366,7 +416,12 @@ class AccessLog:
         finally:
             client = scope.get("client")
             access_log.info(
-                '%s "%s %s" %d %dB %.1fms', client[0] if client else "-", scope["method"], self._route(scope), status[0], size[0],
+                '%s "%s %s" %d %dB %.1fms',
+                client[0] if client else "-",
+                scope["method"],
+                self._route(scope),
+                status[0],
+                size[0],
                 (time.perf_counter() - start) * 1000,
             )
 

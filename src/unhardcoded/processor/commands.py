@@ -27,42 +27,126 @@ def add_commands(sub: Any) -> None:
         help="run the receipts processor: OTLP in (gRPC and HTTP), durable receipts out, query API and receipt pages",
         description="Receive decision spans over OTLP, rebuild receipts, keep them durably, and serve them.",
     )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
-    p.add_argument("--port", type=int, default=DEFAULT_HTTP_PORT, help=f"HTTP port: OTLP/HTTP, query API, pages (default {DEFAULT_HTTP_PORT}; 0 picks one)")
-    p.add_argument("--grpc-port", type=int, default=DEFAULT_GRPC_PORT, help=f"OTLP/gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks one)")
+    p.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)"
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_HTTP_PORT,
+        help=f"HTTP port: OTLP/HTTP, query API, pages (default {DEFAULT_HTTP_PORT}; 0 picks one)",
+    )
+    p.add_argument(
+        "--grpc-port",
+        type=int,
+        default=DEFAULT_GRPC_PORT,
+        help=f"OTLP/gRPC port (default {DEFAULT_GRPC_PORT}; 0 picks one)",
+    )
     p.add_argument("--no-grpc", action="store_true", help="do not listen for OTLP/gRPC")
-    p.add_argument("--store", metavar="URL", help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)")
-    p.add_argument("--sqlite-synchronous", choices=SQLITE_SYNCHRONOUS, default=None,
-                   help="SQLite stores: 'full' (default) syncs each spool commit to disk before the export is acknowledged, "
-                        "so an acknowledged export survives a power cut; 'normal' survives a killed process only")
-    p.add_argument("--forward", metavar="URL", help="also send every accepted span, unchanged, to this OTLP endpoint (a Collector, Jaeger, Tempo)")
-    p.add_argument("--forward-protocol", choices=("grpc", "http"), default="http", help="protocol for --forward (default http)")
-    p.add_argument("--forward-queue-bytes", type=int, default=64 * 1024 * 1024, metavar="N",
-                   help="exports held for the next hop while it is slow or down; past it new ones are dropped and counted (default 64 MiB)")
-    p.add_argument("--forward-timeout", type=float, default=5.0, metavar="SECONDS", help="time limit of one send to the next hop (default 5)")
-    p.add_argument("--forward-retry-initial-interval", type=float, default=5.0, metavar="SECONDS",
-                   help="first wait before sending a failed export again; it grows 1.5x per try, with jitter (default 5)")
-    p.add_argument("--forward-retry-max-interval", type=float, default=30.0, metavar="SECONDS",
-                   help="longest wait between two tries (default 30)")
-    p.add_argument("--forward-retry-max-elapsed", type=float, default=300.0, metavar="SECONDS",
-                   help="give up on an export (dropped, counted) this long after its first try; 0 never gives up (default 300)")
-    p.add_argument("--wait-window", type=float, default=5.0, metavar="SECONDS",
-                   help="how long a receipt waits for missing spans before it is written incomplete (default 5)")
-    p.add_argument("--late-window", type=float, default=600.0, metavar="SECONDS",
-                   help="how long spans of finished receipts are kept so a late span updates its receipt (default 600)")
-    p.add_argument("--max-pending-spans", type=int, default=100_000, metavar="N",
-                   help="spans held for unfinished receipts; past it the oldest are finished incomplete (default 100000)")
-    p.add_argument("--max-queue-spans", type=int, default=50_000, metavar="N",
-                   help="spans received but not yet stored (an export not decoded yet counts for its size over the bytes per "
-                        "span seen so far); past it exports get 429 / RESOURCE_EXHAUSTED (default 50000)")
+    p.add_argument(
+        "--store",
+        metavar="URL",
+        help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)",
+    )
+    p.add_argument(
+        "--sqlite-synchronous",
+        choices=SQLITE_SYNCHRONOUS,
+        default=None,
+        help="SQLite stores: 'full' (default) syncs each spool commit to disk before the export is acknowledged, "
+        "so an acknowledged export survives a power cut; 'normal' survives a killed process only",
+    )
+    p.add_argument(
+        "--forward",
+        metavar="URL",
+        help="also send every accepted span, unchanged, to this OTLP endpoint (a Collector, Jaeger, Tempo)",
+    )
+    p.add_argument(
+        "--forward-protocol", choices=("grpc", "http"), default="http", help="protocol for --forward (default http)"
+    )
+    p.add_argument(
+        "--forward-queue-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        metavar="N",
+        help="exports held for the next hop while it is slow or down; past it new ones are dropped and counted (default 64 MiB)",
+    )
+    p.add_argument(
+        "--forward-timeout",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="time limit of one send to the next hop (default 5)",
+    )
+    p.add_argument(
+        "--forward-retry-initial-interval",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="first wait before sending a failed export again; it grows 1.5x per try, with jitter (default 5)",
+    )
+    p.add_argument(
+        "--forward-retry-max-interval",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="longest wait between two tries (default 30)",
+    )
+    p.add_argument(
+        "--forward-retry-max-elapsed",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="give up on an export (dropped, counted) this long after its first try; 0 never gives up (default 300)",
+    )
+    p.add_argument(
+        "--wait-window",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="how long a receipt waits for missing spans before it is written incomplete (default 5)",
+    )
+    p.add_argument(
+        "--late-window",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="how long spans of finished receipts are kept so a late span updates its receipt (default 600)",
+    )
+    p.add_argument(
+        "--max-pending-spans",
+        type=int,
+        default=100_000,
+        metavar="N",
+        help="spans held for unfinished receipts; past it the oldest are finished incomplete (default 100000)",
+    )
+    p.add_argument(
+        "--max-queue-spans",
+        type=int,
+        default=50_000,
+        metavar="N",
+        help="spans received but not yet stored (an export not decoded yet counts for its size over the bytes per "
+        "span seen so far); past it exports get 429 / RESOURCE_EXHAUSTED (default 50000)",
+    )
     p.add_argument("--ingest-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on OTLP exports")
-    p.add_argument("--query-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on the query API and pages")
-    p.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024, metavar="N",
-                   help="largest export accepted, before and after gzip (default 16 MiB); larger gets 413")
-    p.add_argument("--instance-id", metavar="NAME",
-                   help="this instance's name in a shared store (default HOSTNAME:PORT); a restart picks up its own pending spans")
+    p.add_argument(
+        "--query-token-env", metavar="VAR", help="require 'Authorization: Bearer $VAR' on the query API and pages"
+    )
+    p.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=16 * 1024 * 1024,
+        metavar="N",
+        help="largest export accepted, before and after gzip (default 16 MiB); larger gets 413",
+    )
+    p.add_argument(
+        "--instance-id",
+        metavar="NAME",
+        help="this instance's name in a shared store (default HOSTNAME:PORT); a restart picks up its own pending spans",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
-    p.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default info)")
+    p.add_argument(
+        "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default info)"
+    )
     p.set_defaults(run=cmd_processor)
 
 
@@ -112,7 +196,9 @@ def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any,
     resolved = store_url(url)
     if is_postgres(resolved):
         if sqlite_synchronous is not None:
-            raise ConfigError("--sqlite-synchronous: the store is PostgreSQL; its durability is the server's synchronous_commit")
+            raise ConfigError(
+                "--sqlite-synchronous: the store is PostgreSQL; its durability is the server's synchronous_commit"
+            )
         store, spool = open_backend(resolved)
         return store, spool, "postgresql"
     mode = sqlite_synchronous or DEFAULT_SQLITE_SYNCHRONOUS
@@ -159,14 +245,23 @@ def cmd_processor(args: argparse.Namespace) -> int:
     for name, value in (("--wait-window", args.wait_window), ("--late-window", args.late_window)):
         if not value >= 0:
             raise ConfigError(f"{name} {value}: expected seconds, 0 or more")
-    for name, value in (("--max-pending-spans", args.max_pending_spans), ("--max-queue-spans", args.max_queue_spans),
-                        ("--max-body-bytes", args.max_body_bytes)):
+    for name, value in (
+        ("--max-pending-spans", args.max_pending_spans),
+        ("--max-queue-spans", args.max_queue_spans),
+        ("--max-body-bytes", args.max_body_bytes),
+    ):
         if value < 1:
             raise ConfigError(f"{name} {value}: expected a positive number")
-    retry = RetryPolicy(initial_interval_s=args.forward_retry_initial_interval, max_interval_s=args.forward_retry_max_interval,
-                        max_elapsed_s=args.forward_retry_max_elapsed)
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    retry = RetryPolicy(
+        initial_interval_s=args.forward_retry_initial_interval,
+        max_interval_s=args.forward_retry_max_interval,
+        max_elapsed_s=args.forward_retry_max_elapsed,
+    )
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     ingest_token = _token(args.ingest_token_env, "--ingest-token-env")
     query_token = _token(args.query_token_env, "--query-token-env")
     http_sock = _listen(args.host, args.port)
@@ -178,11 +273,20 @@ def cmd_processor(args: argparse.Namespace) -> int:
     metrics = ProcessorMetrics()
     forwarder = None
     if args.forward:
-        forwarder = Forwarder(args.forward, args.forward_protocol, metrics, queue_bytes=args.forward_queue_bytes,
-                              retry=retry, timeout_s=args.forward_timeout)
+        forwarder = Forwarder(
+            args.forward,
+            args.forward_protocol,
+            metrics,
+            queue_bytes=args.forward_queue_bytes,
+            retry=retry,
+            timeout_s=args.forward_timeout,
+        )
     config = ProcessorConfig(
-        wait_window_s=args.wait_window, late_window_s=args.late_window, max_pending_spans=args.max_pending_spans,
-        max_queue_spans=args.max_queue_spans, owner=owner,
+        wait_window_s=args.wait_window,
+        late_window_s=args.late_window,
+        max_pending_spans=args.max_pending_spans,
+        max_queue_spans=args.max_queue_spans,
+        owner=owner,
     )
     processor = ReceiptsProcessor(store, spool, config, metrics, forwarder)
     grpc_server = None
@@ -193,11 +297,17 @@ def cmd_processor(args: argparse.Namespace) -> int:
             from .grpc_server import start_grpc_server
 
             grpc_server, grpc_port = start_grpc_server(
-                processor, args.host, args.grpc_port, token=ingest_token, max_message_bytes=args.max_body_bytes,
+                processor,
+                args.host,
+                args.grpc_port,
+                token=ingest_token,
+                max_message_bytes=args.max_body_bytes,
             )
             grpc_note = f"{args.host}:{grpc_port}"
         settings = Settings(
-            max_body_bytes=args.max_body_bytes, ingest_token=ingest_token, query_token=query_token,
+            max_body_bytes=args.max_body_bytes,
+            ingest_token=ingest_token,
+            query_token=query_token,
             access_log=not args.no_access_log,
         )
         app = build_app(processor, store, settings)
@@ -209,9 +319,12 @@ def cmd_processor(args: argparse.Namespace) -> int:
         print(
             f"unhardcoded processor: http://{args.host}:{http_port} (OTLP/HTTP, API, pages) · grpc {grpc_note} · "
             f"store {store.location} ({durability}) · instance {owner}",
-            file=sys.stderr, flush=True,
+            file=sys.stderr,
+            flush=True,
         )
-        server = _server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10))
+        server = _server(
+            uvicorn.Config(app, log_config=None, access_log=False, lifespan="off", timeout_graceful_shutdown=10)
+        )
         server.run(sockets=[http_sock])
     finally:
         if grpc_server is not None:

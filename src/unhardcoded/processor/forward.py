@@ -50,7 +50,9 @@ class RetryPolicy:
     randomization: float = 0.5
 
     def __post_init__(self) -> None:
-        if not (self.initial_interval_s > 0 and self.max_interval_s >= self.initial_interval_s and self.max_elapsed_s >= 0):
+        if not (
+            self.initial_interval_s > 0 and self.max_interval_s >= self.initial_interval_s and self.max_elapsed_s >= 0
+        ):
             raise ConfigError(
                 f"--forward-retry-initial-interval {self.initial_interval_s} --forward-retry-max-interval "
                 f"{self.max_interval_s} --forward-retry-max-elapsed {self.max_elapsed_s}: need 0 < initial <= max "
@@ -100,7 +102,7 @@ def _fields(buf: memoryview, number: int) -> Iterator[memoryview]:
         if wire == 2:
             length, i = _varint(buf, i)
             if key >> 3 == number:
-                yield buf[i:i + length]
+                yield buf[i : i + length]
             i += length
         elif wire == 0:
             _, i = _varint(buf, i)
@@ -267,7 +269,9 @@ class Forwarder:
                 response = send(payload)
             except SendFailed as exc:
                 if not exc.retryable:
-                    logger.warning("forward to %s: the next hop refused an export for good (%s); dropped", self.url, exc)
+                    logger.warning(
+                        "forward to %s: the next hop refused an export for good (%s); dropped", self.url, exc
+                    )
                     self._drop(payload, spans, "rejected")
                     return
                 if not self._down:
@@ -322,8 +326,11 @@ class Forwarder:
             if 200 <= r.status_code < 300:
                 return r.content
             retry_after = _retry_after(r.headers.get("retry-after")) if r.status_code in _THROTTLING_HTTP else None
-            raise SendFailed(f"next hop answered {r.status_code}", retryable=r.status_code in _RETRYABLE_HTTP,
-                             retry_after_s=retry_after)
+            raise SendFailed(
+                f"next hop answered {r.status_code}",
+                retryable=r.status_code in _RETRYABLE_HTTP,
+                retry_after_s=retry_after,
+            )
 
         return post, client.close
 

@@ -32,7 +32,9 @@ logger = logging.getLogger(__name__)
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
 
 
-def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, retry_after_s: float | None = None) -> None:
+def _abort(
+    context: grpc.ServicerContext, code: grpc.StatusCode, message: str, retry_after_s: float | None = None
+) -> None:
     if retry_after_s is not None:
         from google.rpc import error_details_pb2, status_pb2
 
@@ -40,10 +42,12 @@ def _abort(context: grpc.ServicerContext, code: grpc.StatusCode, message: str, r
         info.retry_delay.FromNanoseconds(int(retry_after_s * 1e9))
         status = status_pb2.Status(code=code.value[0], message=message)
         status.details.add().Pack(info)
-        context.set_trailing_metadata((
-            ("grpc-status-details-bin", status.SerializeToString()),
-            ("google.rpc.retryinfo-bin", info.SerializeToString()),
-        ))
+        context.set_trailing_metadata(
+            (
+                ("grpc-status-details-bin", status.SerializeToString()),
+                ("google.rpc.retryinfo-bin", info.SerializeToString()),
+            )
+        )
     context.abort(code, message)
 
 
@@ -76,7 +80,12 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             _abort(context, code, str(exc), exc.retry_after_s)
         except futures.TimeoutError:
             metrics.payload_rejected("unavailable")
-            _abort(context, grpc.StatusCode.UNAVAILABLE, "the spool did not answer in time", self.processor.config.retry_after_s)
+            _abort(
+                context,
+                grpc.StatusCode.UNAVAILABLE,
+                "the spool did not answer in time",
+                self.processor.config.retry_after_s,
+            )
         forwarder = self.processor.forwarder
         if forwarder is not None and decoded.accepted:
             forwarder.send(raw if decoded.untouched else decoded.message.SerializeToString())
@@ -94,8 +103,14 @@ class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def start_grpc_server(
-    processor: "ReceiptsProcessor", host: str, port: int, *, token: str | None = None, max_message_bytes: int = 16 * 1024 * 1024,
-    ack_timeout_s: float = 30.0, workers: int = 8,
+    processor: "ReceiptsProcessor",
+    host: str,
+    port: int,
+    *,
+    token: str | None = None,
+    max_message_bytes: int = 16 * 1024 * 1024,
+    ack_timeout_s: float = 30.0,
+    workers: int = 8,
 ) -> tuple[grpc.Server, int]:
     """Start the OTLP/gRPC receiver; returns the server and the port it is bound to (``port`` 0 picks one)."""
     server = grpc.server(
@@ -103,13 +118,16 @@ def start_grpc_server(
         options=[("grpc.max_receive_message_length", max_message_bytes), ("grpc.so_reuseport", 0)],
     )
     service = TraceService(processor, token, ack_timeout_s)
-    handler = grpc.method_handlers_generic_handler(_TRACE_SERVICE, {
-        "Export": grpc.unary_unary_rpc_method_handler(
-            service.Export,
-            request_deserializer=None,  # bytes in: decoded (and refused as INVALID_ARGUMENT) by us
-            response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
-        ),
-    })
+    handler = grpc.method_handlers_generic_handler(
+        _TRACE_SERVICE,
+        {
+            "Export": grpc.unary_unary_rpc_method_handler(
+                service.Export,
+                request_deserializer=None,  # bytes in: decoded (and refused as INVALID_ARGUMENT) by us
+                response_serializer=trace_service_pb2.ExportTraceServiceResponse.SerializeToString,
+            ),
+        },
+    )
     server.add_generic_rpc_handlers((handler,))
     metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(), server)
     logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(), server)

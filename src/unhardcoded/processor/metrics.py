@@ -13,10 +13,17 @@ from ..semconv import attributes as A
 from ..semconv import metrics as M
 
 NAMES: Final = (
-    M.UNHARDCODED_PROCESSOR_SPANS_RECEIVED, M.UNHARDCODED_PROCESSOR_SPANS_REJECTED, M.UNHARDCODED_PROCESSOR_PAYLOADS_REJECTED,
-    M.UNHARDCODED_PROCESSOR_RECEIPTS_FINISHED, M.UNHARDCODED_PROCESSOR_RECEIPTS_INCOMPLETE, M.UNHARDCODED_PROCESSOR_SPANS_ORPHANED,
-    M.UNHARDCODED_PROCESSOR_QUEUE_DEPTH, M.UNHARDCODED_PROCESSOR_SPANS_PENDING, M.UNHARDCODED_PROCESSOR_FORWARD_SENT,
-    M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED, M.UNHARDCODED_PROCESSOR_FORWARD_QUEUE_SIZE,
+    M.UNHARDCODED_PROCESSOR_SPANS_RECEIVED,
+    M.UNHARDCODED_PROCESSOR_SPANS_REJECTED,
+    M.UNHARDCODED_PROCESSOR_PAYLOADS_REJECTED,
+    M.UNHARDCODED_PROCESSOR_RECEIPTS_FINISHED,
+    M.UNHARDCODED_PROCESSOR_RECEIPTS_INCOMPLETE,
+    M.UNHARDCODED_PROCESSOR_SPANS_ORPHANED,
+    M.UNHARDCODED_PROCESSOR_QUEUE_DEPTH,
+    M.UNHARDCODED_PROCESSOR_SPANS_PENDING,
+    M.UNHARDCODED_PROCESSOR_FORWARD_SENT,
+    M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED,
+    M.UNHARDCODED_PROCESSOR_FORWARD_QUEUE_SIZE,
 )
 """Every metric the processor reports."""
 
@@ -113,7 +120,11 @@ class ProcessorMetrics:
 
     def finished(self, complete: int, incomplete: dict[str, int], revised: int = 0) -> None:
         total_incomplete = sum(incomplete.values())
-        self.add(receipts_finished=complete + total_incomplete, receipts_incomplete=total_incomplete, receipts_revised=revised)
+        self.add(
+            receipts_finished=complete + total_incomplete,
+            receipts_incomplete=total_incomplete,
+            receipts_revised=revised,
+        )
         if complete:
             self._finished.add(complete, self._by_complete[True])
         if total_incomplete:
@@ -167,7 +178,9 @@ def configure_meter_provider(service_name: str = "unhardcoded-processor") -> Any
         if name == "console":
             readers.append(PeriodicExportingMetricReader(ConsoleMetricExporter()))
         elif name == "otlp":
-            protocol = os.environ.get("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+            protocol = os.environ.get(
+                "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            )
             if protocol.startswith("http"):
                 from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
             else:

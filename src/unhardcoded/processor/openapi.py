@@ -25,149 +25,292 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
 
 
 def _param(name: str, where: str, description: str, schema: dict[str, Any], required: bool = False) -> dict[str, Any]:
-    return {"name": name, "in": where, "required": required or where == "path", "description": description, "schema": schema}
+    return {
+        "name": name,
+        "in": where,
+        "required": required or where == "path",
+        "description": description,
+        "schema": schema,
+    }
 
 
 _ERROR = _json(_ref("Error"), "The request cannot be answered; `error.message` says why.")
-_UNAUTHORIZED = _json(_ref("Error"), "A query token is configured and the request did not carry it as `Authorization: Bearer`.")
+_UNAUTHORIZED = _json(
+    _ref("Error"), "A query token is configured and the request did not carry it as `Authorization: Bearer`."
+)
 
 
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(Receipt, "serialization"), (WorkflowReceipt, "serialization")], ref_template=_REF,
+        [(Receipt, "serialization"), (WorkflowReceipt, "serialization")],
+        ref_template=_REF,
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
     links = {"type": "object", "additionalProperties": {"type": ["string", "null"]}}
-    schemas.update({
-        "Error": {
-            "type": "object", "required": ["error"],
-            "properties": {"error": {"type": "object", "required": ["code", "message"],
-                                     "properties": {"code": {"type": "string"}, "message": {"type": "string"}}}},
-        },
-        "ReceiptLinks": {
-            "type": "object", "required": ["self", "page"],
-            "properties": {k: {"type": "string"} for k in ("self", "page", "workflow", "workflow_page")},
-        },
-        "StoredReceipt": {
-            "type": "object", "required": ["receipt", "revision", "stored_at", "links"],
-            "properties": {
-                "receipt": _ref("Receipt"),
-                "revision": {"type": "integer", "minimum": 1, "description": "1 when first written; +1 each time a late span changed it."},
-                "stored_at": {"type": "string"},
-                "links": _ref("ReceiptLinks"),
+    schemas.update(
+        {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                    }
+                },
             },
-        },
-        "ReceiptPage": {
-            "type": "object", "required": ["items", "count", "next_cursor", "links"],
-            "properties": {
-                "items": {"type": "array", "items": {
-                    "type": "object", "required": ["receipt", "links"],
-                    "properties": {"receipt": _ref("Receipt"), "links": _ref("ReceiptLinks")},
-                }},
-                "count": {"type": "integer", "minimum": 0},
-                "next_cursor": {"type": ["string", "null"], "description": "Pass as `cursor` for the next page; null on the last."},
-                "links": links,
+            "ReceiptLinks": {
+                "type": "object",
+                "required": ["self", "page"],
+                "properties": {k: {"type": "string"} for k in ("self", "page", "workflow", "workflow_page")},
             },
-        },
-        "WorkflowAnswer": {
-            "type": "object", "required": ["workflow", "links"],
-            "properties": {
-                "workflow": _ref("WorkflowReceipt"),
-                "links": {"type": "object", "properties": {
-                    "self": {"type": "string"}, "page": {"type": "string"}, "nodes": {"type": "array", "items": {"type": "string"}},
-                }},
-            },
-        },
-        "Rollups": {
-            "type": "object", "required": ["by", "since", "rows"],
-            "properties": {
-                "by": {"type": "string", "enum": ["policy", "workflow", "model"]},
-                "since": {"type": ["string", "null"]},
-                "rows": {"type": "array", "items": {
-                    "type": "object",
-                    "required": ["key", "decisions", "fallbacks", "fallback_rate", "failed", "cost_usd", "baseline_usd", "savings_usd", "savings_ratio"],
-                    "properties": {
-                        "key": {"type": "string"}, "decisions": {"type": "integer"}, "fallbacks": {"type": "integer"},
-                        "fallback_rate": {"type": "number"}, "failed": {"type": "integer"}, "cost_usd": {"type": "number"},
-                        "baseline_usd": {"type": "number"}, "savings_usd": {"type": "number"}, "savings_ratio": {"type": ["number", "null"]},
+            "StoredReceipt": {
+                "type": "object",
+                "required": ["receipt", "revision", "stored_at", "links"],
+                "properties": {
+                    "receipt": _ref("Receipt"),
+                    "revision": {
+                        "type": "integer",
+                        "minimum": 1,
+                        "description": "1 when first written; +1 each time a late span changed it.",
                     },
-                }},
+                    "stored_at": {"type": "string"},
+                    "links": _ref("ReceiptLinks"),
+                },
             },
-        },
-    })
+            "ReceiptPage": {
+                "type": "object",
+                "required": ["items", "count", "next_cursor", "links"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["receipt", "links"],
+                            "properties": {"receipt": _ref("Receipt"), "links": _ref("ReceiptLinks")},
+                        },
+                    },
+                    "count": {"type": "integer", "minimum": 0},
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "Pass as `cursor` for the next page; null on the last.",
+                    },
+                    "links": links,
+                },
+            },
+            "WorkflowAnswer": {
+                "type": "object",
+                "required": ["workflow", "links"],
+                "properties": {
+                    "workflow": _ref("WorkflowReceipt"),
+                    "links": {
+                        "type": "object",
+                        "properties": {
+                            "self": {"type": "string"},
+                            "page": {"type": "string"},
+                            "nodes": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+            "Rollups": {
+                "type": "object",
+                "required": ["by", "since", "rows"],
+                "properties": {
+                    "by": {"type": "string", "enum": ["policy", "workflow", "model"]},
+                    "since": {"type": ["string", "null"]},
+                    "rows": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": [
+                                "key",
+                                "decisions",
+                                "fallbacks",
+                                "fallback_rate",
+                                "failed",
+                                "cost_usd",
+                                "baseline_usd",
+                                "savings_usd",
+                                "savings_ratio",
+                            ],
+                            "properties": {
+                                "key": {"type": "string"},
+                                "decisions": {"type": "integer"},
+                                "fallbacks": {"type": "integer"},
+                                "fallback_rate": {"type": "number"},
+                                "failed": {"type": "integer"},
+                                "cost_usd": {"type": "number"},
+                                "baseline_usd": {"type": "number"},
+                                "savings_usd": {"type": "number"},
+                                "savings_ratio": {"type": ["number", "null"]},
+                            },
+                        },
+                    },
+                },
+            },
+        }
+    )
     since = {"type": "string", "description": "A duration back from now (`24h`, `7d`, `30m`) or an ISO 8601 date/time."}
     security = [{}, {"queryToken": []}]  # {} first: optional unless the processor was started with a token
     paths: dict[str, Any] = {
-        "/receipts/{request_id}": {"get": {
-            "operationId": "getReceipt", "summary": "One request's receipt, with its revision", "security": security,
-            "parameters": [_param("request_id", "path", "The request id (`X-Unhardcoded-Request-Id`).", {"type": "string"})],
-            "responses": {"200": _json(_ref("StoredReceipt"), "The receipt."), "401": _UNAUTHORIZED,
-                          "404": _json(_ref("Error"), "No receipt for this request id (yet).")},
-        }},
-        "/receipts": {"get": {
-            "operationId": "listReceipts", "summary": "Receipts, newest first, a page at a time", "security": security,
-            "parameters": [
-                _param("policy", "query", "A policy name or fingerprint.", {"type": "string"}),
-                _param("model", "query", "The model that answered (or was selected, when none answered).", {"type": "string"}),
-                _param("fallback", "query", "Only decisions whose fallback was (true) or was not (false) triggered.", {"type": "boolean"}),
-                _param("workflow", "query", "A workflow id.", {"type": "string"}),
-                _param("complete", "query", "Only complete (true) or incomplete (false) receipts.", {"type": "boolean"}),
-                _param("since", "query", "Decisions at or after this time.", since),
-                _param("until", "query", "Decisions before this time.", since),
-                _param("limit", "query", "Page size.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
-                _param("cursor", "query", "`next_cursor` of the previous page.", {"type": "string"}),
-            ],
-            "responses": {"200": _json(_ref("ReceiptPage"), "A page of receipts."), "400": _ERROR, "401": _UNAUTHORIZED},
-        }},
-        "/workflows/{workflow_id}": {"get": {
-            "operationId": "getWorkflow", "summary": "A workflow's node receipts in order, with totals", "security": security,
-            "parameters": [_param("workflow_id", "path", "The workflow id.", {"type": "string"})],
-            "responses": {"200": _json(_ref("WorkflowAnswer"), "The workflow receipt."), "401": _UNAUTHORIZED,
-                          "404": _json(_ref("Error"), "No such workflow (yet).")},
-        }},
-        "/rollups": {"get": {
-            "operationId": "getRollups", "summary": "Decisions, fallback rate, cost and savings vs the baseline", "security": security,
-            "parameters": [
-                _param("by", "query", "Group by.", {"type": "string", "enum": ["policy", "workflow", "model"], "default": "policy"}),
-                _param("since", "query", "Decisions at or after this time.", since),
-            ],
-            "responses": {"200": _json(_ref("Rollups"), "One row per key, costliest first."), "400": _ERROR, "401": _UNAUTHORIZED},
-        }},
-        "/r/{request_id}": {"get": {
-            "operationId": "receiptPage", "summary": "The receipt as a page to read and share (HTML, no scripts)", "security": security,
-            "parameters": [_param("request_id", "path", "The request id.", {"type": "string"})],
-            "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "404": {"description": "No such receipt.", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-        "/w/{workflow_id}": {"get": {
-            "operationId": "workflowPage", "summary": "The workflow as a page (HTML, no scripts)", "security": security,
-            "parameters": [_param("workflow_id", "path", "The workflow id.", {"type": "string"})],
-            "responses": {"200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
-                          "404": {"description": "No such workflow.", "content": {"text/html": {"schema": {"type": "string"}}}}},
-        }},
-        "/v1/traces": {"post": {
-            "operationId": "exportTraces",
-            "summary": "OTLP/HTTP trace export (protobuf or JSON, optionally gzip)",
-            "description": "Answers as the OTLP specification says: 200 (with `partial_success` when spans were refused), 400, "
-                           "413, 415, and 429/503 with `Retry-After` under backpressure. The body is acknowledged only once "
-                           "its spans are stored durably.",
-            "security": [{}, {"ingestToken": []}],
-            "requestBody": {"required": True, "content": {
-                "application/x-protobuf": {"schema": {"type": "string", "contentMediaType": "application/x-protobuf"}},
-                "application/json": {"schema": {"type": "object"}},
-            }},
-            "responses": {
-                "200": {"description": "ExportTraceServiceResponse.", "content": {
-                    "application/x-protobuf": {"schema": {"type": "string"}}, "application/json": {"schema": {"type": "object"}}}},
-                "400": {"description": "Not an OTLP trace export (google.rpc.Status)."},
-                "401": {"description": "Ingest token missing or wrong."},
-                "413": {"description": "Body over --max-body-bytes (before or after inflating)."},
-                "415": {"description": "Content-Type or Content-Encoding not supported."},
-                "429": {"description": "Too much queued; retry after Retry-After seconds."},
-                "503": {"description": "The store is unavailable or the processor is stopping; retry after Retry-After seconds."},
-            },
-        }},
+        "/receipts/{request_id}": {
+            "get": {
+                "operationId": "getReceipt",
+                "summary": "One request's receipt, with its revision",
+                "security": security,
+                "parameters": [
+                    _param("request_id", "path", "The request id (`X-Unhardcoded-Request-Id`).", {"type": "string"})
+                ],
+                "responses": {
+                    "200": _json(_ref("StoredReceipt"), "The receipt."),
+                    "401": _UNAUTHORIZED,
+                    "404": _json(_ref("Error"), "No receipt for this request id (yet)."),
+                },
+            }
+        },
+        "/receipts": {
+            "get": {
+                "operationId": "listReceipts",
+                "summary": "Receipts, newest first, a page at a time",
+                "security": security,
+                "parameters": [
+                    _param("policy", "query", "A policy name or fingerprint.", {"type": "string"}),
+                    _param(
+                        "model",
+                        "query",
+                        "The model that answered (or was selected, when none answered).",
+                        {"type": "string"},
+                    ),
+                    _param(
+                        "fallback",
+                        "query",
+                        "Only decisions whose fallback was (true) or was not (false) triggered.",
+                        {"type": "boolean"},
+                    ),
+                    _param("workflow", "query", "A workflow id.", {"type": "string"}),
+                    _param(
+                        "complete", "query", "Only complete (true) or incomplete (false) receipts.", {"type": "boolean"}
+                    ),
+                    _param("since", "query", "Decisions at or after this time.", since),
+                    _param("until", "query", "Decisions before this time.", since),
+                    _param(
+                        "limit",
+                        "query",
+                        "Page size.",
+                        {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+                    ),
+                    _param("cursor", "query", "`next_cursor` of the previous page.", {"type": "string"}),
+                ],
+                "responses": {
+                    "200": _json(_ref("ReceiptPage"), "A page of receipts."),
+                    "400": _ERROR,
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/workflows/{workflow_id}": {
+            "get": {
+                "operationId": "getWorkflow",
+                "summary": "A workflow's node receipts in order, with totals",
+                "security": security,
+                "parameters": [_param("workflow_id", "path", "The workflow id.", {"type": "string"})],
+                "responses": {
+                    "200": _json(_ref("WorkflowAnswer"), "The workflow receipt."),
+                    "401": _UNAUTHORIZED,
+                    "404": _json(_ref("Error"), "No such workflow (yet)."),
+                },
+            }
+        },
+        "/rollups": {
+            "get": {
+                "operationId": "getRollups",
+                "summary": "Decisions, fallback rate, cost and savings vs the baseline",
+                "security": security,
+                "parameters": [
+                    _param(
+                        "by",
+                        "query",
+                        "Group by.",
+                        {"type": "string", "enum": ["policy", "workflow", "model"], "default": "policy"},
+                    ),
+                    _param("since", "query", "Decisions at or after this time.", since),
+                ],
+                "responses": {
+                    "200": _json(_ref("Rollups"), "One row per key, costliest first."),
+                    "400": _ERROR,
+                    "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/r/{request_id}": {
+            "get": {
+                "operationId": "receiptPage",
+                "summary": "The receipt as a page to read and share (HTML, no scripts)",
+                "security": security,
+                "parameters": [_param("request_id", "path", "The request id.", {"type": "string"})],
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "404": {
+                        "description": "No such receipt.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                },
+            }
+        },
+        "/w/{workflow_id}": {
+            "get": {
+                "operationId": "workflowPage",
+                "summary": "The workflow as a page (HTML, no scripts)",
+                "security": security,
+                "parameters": [_param("workflow_id", "path", "The workflow id.", {"type": "string"})],
+                "responses": {
+                    "200": {"description": "The page.", "content": {"text/html": {"schema": {"type": "string"}}}},
+                    "404": {
+                        "description": "No such workflow.",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                },
+            }
+        },
+        "/v1/traces": {
+            "post": {
+                "operationId": "exportTraces",
+                "summary": "OTLP/HTTP trace export (protobuf or JSON, optionally gzip)",
+                "description": "Answers as the OTLP specification says: 200 (with `partial_success` when spans were refused), 400, "
+                "413, 415, and 429/503 with `Retry-After` under backpressure. The body is acknowledged only once "
+                "its spans are stored durably.",
+                "security": [{}, {"ingestToken": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/x-protobuf": {
+                            "schema": {"type": "string", "contentMediaType": "application/x-protobuf"}
+                        },
+                        "application/json": {"schema": {"type": "object"}},
+                    },
+                },
+                "responses": {
+                    "200": {
+                        "description": "ExportTraceServiceResponse.",
+                        "content": {
+                            "application/x-protobuf": {"schema": {"type": "string"}},
+                            "application/json": {"schema": {"type": "object"}},
+                        },
+                    },
+                    "400": {"description": "Not an OTLP trace export (google.rpc.Status)."},
+                    "401": {"description": "Ingest token missing or wrong."},
+                    "413": {"description": "Body over --max-body-bytes (before or after inflating)."},
+                    "415": {"description": "Content-Type or Content-Encoding not supported."},
+                    "429": {"description": "Too much queued; retry after Retry-After seconds."},
+                    "503": {
+                        "description": "The store is unavailable or the processor is stopping; retry after Retry-After seconds."
+                    },
+                },
+            }
+        },
     }
     return {
         "openapi": "3.1.0",
@@ -181,8 +324,16 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": schemas,
             "securitySchemes": {
-                "queryToken": {"type": "http", "scheme": "bearer", "description": "Set with --query-token-env; optional."},
-                "ingestToken": {"type": "http", "scheme": "bearer", "description": "Set with --ingest-token-env; optional."},
+                "queryToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Set with --query-token-env; optional.",
+                },
+                "ingestToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "Set with --ingest-token-env; optional.",
+                },
             },
         },
     }

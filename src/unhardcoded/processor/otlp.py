@@ -231,7 +231,19 @@ _ANSWERED = A.UNHARDCODED_ANSWERED_MODEL
 _WORKFLOW_ID = A.UNHARDCODED_WORKFLOW_ID
 _WORKFLOW_NAME = A.UNHARDCODED_WORKFLOW_NAME
 _WORKFLOW_NODE = A.UNHARDCODED_WORKFLOW_NODE
-_WANTED = frozenset({_REQUEST_ID, _FINGERPRINT, _ATTEMPT_INDEX, _HOPS, _OUTCOME, _ANSWERED, _WORKFLOW_ID, _WORKFLOW_NAME, _WORKFLOW_NODE})
+_WANTED = frozenset(
+    {
+        _REQUEST_ID,
+        _FINGERPRINT,
+        _ATTEMPT_INDEX,
+        _HOPS,
+        _OUTCOME,
+        _ANSWERED,
+        _WORKFLOW_ID,
+        _WORKFLOW_NAME,
+        _WORKFLOW_NODE,
+    }
+)
 _CALLED = frozenset({"answered", "failed"})
 
 
@@ -300,7 +312,9 @@ def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> De
     """
     out = DecodedExport(message)
     slices = span_slices(raw) if raw is not None else None
-    if slices is not None and len(slices) != sum(len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans):
+    if slices is not None and len(slices) != sum(
+        len(ss.spans) for rs in message.resource_spans for ss in rs.scope_spans
+    ):
         slices = None
     position = -1
     for rs in message.resource_spans:
@@ -318,13 +332,20 @@ def classify(message: ExportTraceServiceRequest, raw: bytes | None = None) -> De
                     bad.append(k)
                     out.rejected += 1
                     if len(out.errors) < 20:
-                        out.errors.append(f"span {s.name[:60]!r}: invalid trace or span id (need 16 and 8 non-zero bytes)")
+                        out.errors.append(
+                            f"span {s.name[:60]!r}: invalid trace or span id (need 16 and 8 non-zero bytes)"
+                        )
                     continue
                 found = {kv.key: kv.value for kv in s.attributes if kv.key in _WANTED}
                 if not found:
                     out.ignored += 1  # someone else's span
                     continue
-                span = _ours(s, {k: _pb_value(v) for k, v in found.items()}, service, slices[position] if slices is not None else None)
+                span = _ours(
+                    s,
+                    {k: _pb_value(v) for k, v in found.items()},
+                    service,
+                    slices[position] if slices is not None else None,
+                )
                 if span is None:
                     out.ignored += 1
                 else:
@@ -356,7 +377,11 @@ def classify_bytes(body: bytes) -> DecodedExport:
                         return classify(parse_protobuf(body), body)
                     # Every attribute, not only those that sort it: a span of ours is rebuilt from them.
                     attributes = read_attributes(s.attributes)
-                    if _REQUEST_ID not in attributes and _ATTEMPT_INDEX not in attributes and _WORKFLOW_ID not in attributes:
+                    if (
+                        _REQUEST_ID not in attributes
+                        and _ATTEMPT_INDEX not in attributes
+                        and _WORKFLOW_ID not in attributes
+                    ):
                         out.ignored += 1  # someone else's span
                         continue
                     span = _ours(s, attributes, service, slices[position])
@@ -387,8 +412,9 @@ def _ours(s: Any, a: dict[str, Any], service: str | None, body: bytes | None = N
             if len(parent) != 8 or not any(parent):
                 return None
             group = "s:" + parent.hex()
-        return IncomingSpan(trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service,
-                            attempt_index=index)
+        return IncomingSpan(
+            trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service, attempt_index=index
+        )
     if request_id and _FINGERPRINT in a:
         outcome = _str(a.get(_OUTCOME))
         if outcome is None and _ANSWERED in a:
@@ -398,15 +424,28 @@ def _ours(s: Any, a: dict[str, Any], service: str | None, body: bytes | None = N
             hops = _int(a[_HOPS]) if _HOPS in a else 0
             expected = max(0, hops or 0) + 1
         return IncomingSpan(
-            trace_id, span_id, "r:" + request_id, ROLE_DECISION, body or s.SerializeToString(), service,
-            expected_attempts=expected, alias="s:" + span_id,
+            trace_id,
+            span_id,
+            "r:" + request_id,
+            ROLE_DECISION,
+            body or s.SerializeToString(),
+            service,
+            expected_attempts=expected,
+            alias="s:" + span_id,
         )
     if _WORKFLOW_ID in a and _WORKFLOW_NODE not in a and _REQUEST_ID not in a:
         workflow_id = _str(a[_WORKFLOW_ID])
         if not workflow_id:
             return None
-        return IncomingSpan(trace_id, span_id, "w:" + workflow_id, ROLE_WORKFLOW, body or s.SerializeToString(), service,
-                            workflow_name=_str(a.get(_WORKFLOW_NAME)))
+        return IncomingSpan(
+            trace_id,
+            span_id,
+            "w:" + workflow_id,
+            ROLE_WORKFLOW,
+            body or s.SerializeToString(),
+            service,
+            workflow_name=_str(a.get(_WORKFLOW_NAME)),
+        )
     return None
 
 

@@ -37,9 +37,9 @@ a { color: #0969da; }
 
 def _page(title: str, body: str) -> str:
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        "<meta name=\"referrer\" content=\"no-referrer\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        '<meta name="referrer" content="no-referrer">'
         f"<title>{escape(title)}</title><style>{_CSS}</style></head>"
         f"<body><main>{body}</main></body></html>\n"
     )
@@ -58,9 +58,9 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
     rid = quote(r.request_id, safe="")
     status = STATUS.get(r.outcome, r.outcome)
     head = (
-        f"<span class=\"status {_status_class(r.outcome)}\">{escape(status)}</span>"
+        f'<span class="status {_status_class(r.outcome)}">{escape(status)}</span>'
         f"<h1>Receipt · {escape(r.request_id)}</h1>"
-        f"<div class=\"sub\">{escape(r.timestamp)} · policy {escape(r.policy.name)}"
+        f'<div class="sub">{escape(r.timestamp)} · policy {escape(r.policy.name)}'
         + (f" · revision {revision}" if revision is not None else "")
         + (f" · stored {escape(stored_at)}" if stored_at else "")
         + "</div>"
@@ -85,7 +85,9 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
         decision.append(("fallback", "none"))
     if r.outcome != "dry_run":
         decision.append(("latency", f"{r.latency_ms:.0f} ms"))
-    decision.append(("cost", escape(cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio))))
+    decision.append(
+        ("cost", escape(cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio)))
+    )
     decision.append(("candidates", ", ".join(escape(c) for c in r.candidates) or "none"))
 
     rejected = ""
@@ -96,7 +98,7 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
             for j in r.rejected
         )
         rejected = (
-            f"<section class=\"card\"><h2>Rejected ({len(r.rejected)})</h2><table class=\"list\">"
+            f'<section class="card"><h2>Rejected ({len(r.rejected)})</h2><table class="list">'
             "<tr><th>model</th><th>why</th><th>rule</th><th>test</th><th>observed</th></tr>"
             f"{body}</table></section>"
         )
@@ -109,26 +111,36 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
             for a in r.attempts
         )
         attempts = (
-            "<section class=\"card\"><h2>Provider calls</h2><table class=\"list\">"
+            '<section class="card"><h2>Provider calls</h2><table class="list">'
             "<tr><th>#</th><th>model</th><th>provider</th><th>role</th><th>result</th><th>time</th><th>tokens in → out</th></tr>"
             f"{body}</table></section>"
         )
     trace = [
-        ("policy", f"{escape(r.policy.name)} · fingerprint <code>{escape(r.policy.fingerprint)}</code> · {escape(r.policy.schema_)}"),
+        (
+            "policy",
+            f"{escape(r.policy.name)} · fingerprint <code>{escape(r.policy.fingerprint)}</code> · {escape(r.policy.schema_)}",
+        ),
         ("catalog", f"<code>{escape(r.catalog_version)}</code>"),
         ("trace", f"<code>{escape(r.trace_id or 'n/a')}</code> · span <code>{escape(r.span_id or 'n/a')}</code>"),
     ]
     if r.workflow:
         wid = quote(r.workflow.id, safe="")
         step = f" · step {r.workflow.step}" if r.workflow.step is not None else ""
-        trace.append(("workflow", f"<a href=\"/w/{wid}\">{escape(r.workflow.name)} ({escape(r.workflow.id)})</a> · node {escape(r.workflow.node or '?')}{step}"))
-    trace.append(("JSON", f"<a href=\"/receipts/{rid}\">/receipts/{escape(rid)}</a>"))
-    note = "" if r.complete else "<div class=\"warn\">INCOMPLETE: some of this decision's telemetry was not received.</div>"
+        trace.append(
+            (
+                "workflow",
+                f'<a href="/w/{wid}">{escape(r.workflow.name)} ({escape(r.workflow.id)})</a> · node {escape(r.workflow.node or "?")}{step}',
+            )
+        )
+    trace.append(("JSON", f'<a href="/receipts/{rid}">/receipts/{escape(rid)}</a>'))
+    note = (
+        "" if r.complete else '<div class="warn">INCOMPLETE: some of this decision\'s telemetry was not received.</div>'
+    )
     body = (
-        f"<section class=\"card\">{head}<table>{_rows(decision)}</table>{note}</section>"
+        f'<section class="card">{head}<table>{_rows(decision)}</table>{note}</section>'
         f"{rejected}{attempts}"
-        f"<section class=\"card\"><h2>Provenance</h2><table>{_rows(trace)}</table></section>"
-        f"<section class=\"card\"><h2>As text</h2><pre>{escape(render_receipt(r))}</pre></section>"
+        f'<section class="card"><h2>Provenance</h2><table>{_rows(trace)}</table></section>'
+        f'<section class="card"><h2>As text</h2><pre>{escape(render_receipt(r))}</pre></section>'
     )
     return _page(f"Receipt {r.request_id}", body)
 
@@ -141,7 +153,7 @@ def workflow_page(w: WorkflowReceipt) -> str:
         f"<td>{escape(n.answered_by or (n.selected.model if n.selected else 'none'))}</td>"
         f"<td>{'yes' if n.fallback.triggered else 'no'}</td><td>{escape(_usd(n.cost.usd))}</td>"
         f"<td>{escape(STATUS.get(n.outcome, n.outcome))}</td>"
-        f"<td><a href=\"/r/{quote(n.request_id, safe='')}\">{escape(n.request_id)}</a></td></tr>"
+        f'<td><a href="/r/{quote(n.request_id, safe="")}">{escape(n.request_id)}</a></td></tr>'
         for n in w.nodes
     )
     wid = quote(w.workflow_id, safe="")
@@ -152,24 +164,27 @@ def workflow_page(w: WorkflowReceipt) -> str:
         ("latency", f"{t.latency_ms:.0f} ms"),
         ("cost", escape(cost_line(t.cost_usd, "per-node", t.baseline_usd, t.savings_ratio))),
         ("trace", f"<code>{escape(w.trace_id or 'n/a')}</code>"),
-        ("JSON", f"<a href=\"/workflows/{wid}\">/workflows/{escape(wid)}</a>"),
+        ("JSON", f'<a href="/workflows/{wid}">/workflows/{escape(wid)}</a>'),
     ]
     note = ""
     if w.still_open:
-        note = f"<div class=\"warn\">{escape(OPEN_WORKFLOW)}.</div>"
+        note = f'<div class="warn">{escape(OPEN_WORKFLOW)}.</div>'
     elif not w.complete:
-        note = "<div class=\"warn\">INCOMPLETE: some node telemetry was not received.</div>"
+        note = '<div class="warn">INCOMPLETE: some node telemetry was not received.</div>'
     body = (
-        f"<section class=\"card\"><h1>Workflow · {escape(w.name)}</h1><div class=\"sub\">{escape(w.workflow_id)}</div>"
+        f'<section class="card"><h1>Workflow · {escape(w.name)}</h1><div class="sub">{escape(w.workflow_id)}</div>'
         f"<table>{_rows(totals)}</table>{note}</section>"
-        "<section class=\"card\"><h2>Nodes</h2><table class=\"list\">"
+        '<section class="card"><h2>Nodes</h2><table class="list">'
         "<tr><th>step</th><th>node</th><th>policy</th><th>model</th><th>fallback</th><th>cost</th><th>status</th><th>receipt</th></tr>"
         f"{rows}</table></section>"
-        f"<section class=\"card\"><h2>As text</h2><pre>{escape(render_workflow(w))}</pre></section>"
+        f'<section class="card"><h2>As text</h2><pre>{escape(render_workflow(w))}</pre></section>'
     )
     return _page(f"Workflow {w.name} {w.workflow_id}", body)
 
 
 def not_found(what: str, ident: str) -> str:
-    return _page(f"No {what}", f"<section class=\"card\"><h1>No {escape(what)} {escape(ident)}</h1>"
-                               "<p class=\"sub\">Nothing with this id is stored here (yet): its spans may still be on their way.</p></section>")
+    return _page(
+        f"No {what}",
+        f'<section class="card"><h1>No {escape(what)} {escape(ident)}</h1>'
+        '<p class="sub">Nothing with this id is stored here (yet): its spans may still be on their way.</p></section>',
+    )

@@ -81,7 +81,9 @@ def _connect(url: str) -> Any:
     try:
         import psycopg
     except ImportError:
-        raise StoreError("a postgresql:// store needs psycopg: pip install 'unhardcoded[postgres]' (psycopg[binary])") from None
+        raise StoreError(
+            "a postgresql:// store needs psycopg: pip install 'unhardcoded[postgres]' (psycopg[binary])"
+        ) from None
     try:
         conn = psycopg.connect(url, autocommit=True)
     except psycopg.Error as exc:
@@ -198,10 +200,23 @@ class PostgresReceiptStore(SQLReceiptReads):
             "WHERE r.body::jsonb IS DISTINCT FROM excluded.body::jsonb AND NOT (r.complete AND NOT excluded.complete) "
             "RETURNING revision",
             (
-                receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name, receipt.policy.fingerprint,
-                receipt.catalog_version, model, receipt.outcome, receipt.fallback.triggered, receipt.cost.usd,
-                receipt.cost.baseline_model, receipt.cost.baseline_usd, wf.id if wf else None, wf.name if wf else None,
-                receipt.complete, stamp, body,
+                receipt.request_id,
+                receipt.trace_id,
+                _ms(receipt.timestamp),
+                receipt.policy.name,
+                receipt.policy.fingerprint,
+                receipt.catalog_version,
+                model,
+                receipt.outcome,
+                receipt.fallback.triggered,
+                receipt.cost.usd,
+                receipt.cost.baseline_model,
+                receipt.cost.baseline_usd,
+                wf.id if wf else None,
+                wf.name if wf else None,
+                receipt.complete,
+                stamp,
+                body,
             ),
         ).fetchone()
         if wf is not None:
@@ -246,20 +261,25 @@ class PostgresReceiptStore(SQLReceiptReads):
 
     def put_catalog(self, catalog: "Catalog") -> str:
         version, body = catalog.version, catalog.canonical
-        self._db.run(lambda conn: conn.execute(
-            "INSERT INTO catalogs(version, body, first_seen) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING", (version, body, _now())
-        ))
+        self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO catalogs(version, body, first_seen) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                (version, body, _now()),
+            )
+        )
         return version
 
     def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
         now = _now()
-        self._db.run(lambda conn: conn.execute(
-            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (%s, %s, %s, %s, %s) "
-            "ON CONFLICT (workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), workflows.name), "
-            "trace_id = COALESCE(excluded.trace_id, workflows.trace_id), "
-            "finished_at = COALESCE(workflows.finished_at, excluded.finished_at)",
-            (workflow_id, name, trace_id, now, now if finished else None),
-        ))
+        self._db.run(
+            lambda conn: conn.execute(
+                "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), workflows.name), "
+                "trace_id = COALESCE(excluded.trace_id, workflows.trace_id), "
+                "finished_at = COALESCE(workflows.finished_at, excluded.finished_at)",
+                (workflow_id, name, trace_id, now, now if finished else None),
+            )
+        )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -295,8 +315,16 @@ class PostgresReceiptStore(SQLReceiptReads):
             params,
         )
         return [
-            RollupRow(key, int(n), int(fb or 0), int(failed or 0), float(cost), float(base), float(saved),
-                      (float(saved) / float(priced_base)) if priced_base and priced_base > 0 else None)
+            RollupRow(
+                key,
+                int(n),
+                int(fb or 0),
+                int(failed or 0),
+                float(cost),
+                float(base),
+                float(saved),
+                (float(saved) / float(priced_base)) if priced_base and priced_base > 0 else None,
+            )
             for key, n, fb, failed, cost, base, saved, priced_base in rows
         ]
 
@@ -322,7 +350,9 @@ class PostgresSpool:
         self._db = _Conn(url)
         self.location = self._db.location
 
-    def append(self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()) -> dict[GroupKey, list[StoredSpan]]:
+    def append(
+        self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()
+    ) -> dict[GroupKey, list[StoredSpan]]:
         wanted = set(lookup)
 
         def run(conn: Any) -> dict[GroupKey, list[StoredSpan]]:
@@ -330,7 +360,8 @@ class PostgresSpool:
             with conn.cursor() as cur:
                 if wanted:
                     rows = cur.execute(
-                        f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
+                        f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id = ANY(%s)",
+                        (sorted({t for t, _ in wanted}),),
                     ).fetchall()
                     for row in rows:
                         key = (row[0], row[2])
@@ -352,12 +383,18 @@ class PostgresSpool:
         wanted = set(keys)
         if not wanted:
             return {}
-        rows = self._db.run(lambda conn: conn.execute(
-            "SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id = ANY(%s)", (sorted({t for t, _ in wanted}),),
-        ).fetchall(), write=False)
+        rows = self._db.run(
+            lambda conn: conn.execute(
+                "SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id = ANY(%s)",
+                (sorted({t for t, _ in wanted}),),
+            ).fetchall(),
+            write=False,
+        )
         return {(t, sid): bytes(body) for t, sid, body in rows if (t, sid) in wanted}
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
+    def finish(
+        self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None
+    ) -> None:
         if write_receipts is not None:
             write_receipts()  # the store's own connection and transactions, committed before the marks
         rows = [(t, g, now_ms) for t, g in groups]
@@ -368,22 +405,28 @@ class PostgresSpool:
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO processor_groups(trace_id, group_key, finished_ms) VALUES (%s, %s, %s) "
-                    "ON CONFLICT (trace_id, group_key) DO UPDATE SET finished_ms = excluded.finished_ms", rows,
+                    "ON CONFLICT (trace_id, group_key) DO UPDATE SET finished_ms = excluded.finished_ms",
+                    rows,
                 )
 
         self._db.run(run)
 
     def pending(self, owner: str) -> list[StoredSpan]:
-        rows = self._db.run(lambda conn: conn.execute(
-            f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE g.trace_id IS NULL AND s.owner = %s ORDER BY s.seq", (owner,),
-        ).fetchall(), write=False)
+        rows = self._db.run(
+            lambda conn: conn.execute(
+                f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE g.trace_id IS NULL AND s.owner = %s ORDER BY s.seq",
+                (owner,),
+            ).fetchall(),
+            write=False,
+        )
         return [_stored(r) for r in rows]
 
     def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
         def run(conn: Any) -> int:
             groups = conn.execute(
                 "DELETE FROM processor_groups WHERE ctid IN (SELECT ctid FROM processor_groups WHERE finished_ms < %s LIMIT %s) "
-                "RETURNING trace_id, group_key", (finished_before_ms, limit),
+                "RETURNING trace_id, group_key",
+                (finished_before_ms, limit),
             ).fetchall()
             if not groups:
                 return 0
@@ -396,9 +439,12 @@ class PostgresSpool:
         return self._db.run(run)
 
     def counts(self) -> tuple[int, int]:
-        row = self._db.run(lambda conn: conn.execute(
-            f"SELECT COUNT(*) FILTER (WHERE g.trace_id IS NULL), COUNT(*) FILTER (WHERE g.trace_id IS NOT NULL) FROM {_JOIN}"
-        ).fetchone(), write=False)
+        row = self._db.run(
+            lambda conn: conn.execute(
+                f"SELECT COUNT(*) FILTER (WHERE g.trace_id IS NULL), COUNT(*) FILTER (WHERE g.trace_id IS NOT NULL) FROM {_JOIN}"
+            ).fetchone(),
+            write=False,
+        )
         return int(row[0]), int(row[1])
 
     def close(self) -> None:

@@ -166,7 +166,9 @@ class ReceiptsProcessor:
         :class:`~.otlp.PayloadError` (not an OTLP export) or :class:`Backpressure`, which is also raised here.
         """
         future: Future = Future()
-        self._enqueue(_Export(future, max(1, int(len(body) / self._bytes_per_span)), body=body, kind=kind, transport=transport))
+        self._enqueue(
+            _Export(future, max(1, int(len(body) / self._bytes_per_span)), body=body, kind=kind, transport=transport)
+        )
         return future
 
     def submit(self, spans: list[IncomingSpan]) -> Future:
@@ -185,7 +187,9 @@ class ReceiptsProcessor:
             if time.monotonic() < self._store_backoff_until:
                 raise Backpressure("the receipt store is failing; retry later", self.config.retry_after_s, busy=False)
             if self._queued_spans and self._queued_spans + item.cost > self.config.max_queue_spans:
-                raise Backpressure(f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True)
+                raise Backpressure(
+                    f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True
+                )
             self._queue.append(item)
             self._queued_spans += item.cost
             self.metrics.stats.queue_depth = self._queued_spans
@@ -282,7 +286,9 @@ class ReceiptsProcessor:
             self._dequeued(items)
             for item in items:
                 if not item.future.done():
-                    item.future.set_exception(Backpressure(f"the receipt store is unavailable: {exc}", self.config.retry_after_s, busy=False))
+                    item.future.set_exception(
+                        Backpressure(f"the receipt store is unavailable: {exc}", self.config.retry_after_s, busy=False)
+                    )
             return
         self._dequeued(items)
         for item in items:
@@ -383,7 +389,11 @@ class ReceiptsProcessor:
                 orphaned += len(g)
                 continue
             decision = records.get((g.trace_id, g.decision.span_id))
-            attempts = [records[(g.trace_id, sid)] for sid, s in g.spans.items() if s.role == ROLE_ATTEMPT and (g.trace_id, sid) in records]
+            attempts = [
+                records[(g.trace_id, sid)]
+                for sid, s in g.spans.items()
+                if s.role == ROLE_ATTEMPT and (g.trace_id, sid) in records
+            ]
             if decision is None:
                 malformed += 1
                 continue
@@ -412,8 +422,11 @@ class ReceiptsProcessor:
         try:
             # The receipts, then the marks that their spans are finished: one transaction where the store and the
             # spool share a connection; otherwise a crash between the two only rewrites the same receipts.
-            self.spool.finish([(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}],
-                              _now_ms(), write_receipts)
+            self.spool.finish(
+                [(g.trace_id, k) for g in groups for k in {g.key, *(s.group for s in g.spans.values())}],
+                _now_ms(),
+                write_receipts,
+            )
         except Exception as exc:  # noqa: BLE001 - keep the groups and try again; the spool still has every span
             logger.warning("receipt store write failed (%d receipts kept pending): %s", len(decisions), exc)
             self.metrics.add(store_errors=1)
@@ -469,4 +482,3 @@ class ReceiptsProcessor:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-

@@ -39,12 +39,16 @@ class StoredSpan:
 class Spool(Protocol):
     location: str
 
-    def append(self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()) -> dict[GroupKey, list[StoredSpan]]:
+    def append(
+        self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()
+    ) -> dict[GroupKey, list[StoredSpan]]:
         """Store ``spans`` (one transaction; already-stored spans are skipped) and, in the same transaction,
         return what was already stored for the groups in ``lookup``, as it was before this append."""
         ...
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
+    def finish(
+        self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None
+    ) -> None:
         """Mark the spans of ``groups`` finished: their receipts are written.
 
         ``write_receipts`` (the store's writes of those receipts) runs first; where the store shares the spool's
@@ -119,8 +123,14 @@ class SQLiteSpool:
     transaction. The connection then runs at the spool's ``synchronous``, the store's own writes too.
     """
 
-    def __init__(self, path: str | Path, *, timeout_s: float = 30.0, synchronous: str = "NORMAL",
-                 store: "SQLiteReceiptStore | None" = None) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        timeout_s: float = 30.0,
+        synchronous: str = "NORMAL",
+        store: "SQLiteReceiptStore | None" = None,
+    ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self._shared = store is not None
@@ -130,7 +140,9 @@ class SQLiteSpool:
                 self._db, self._lock = store.shared_connection()
             else:
                 self._lock = threading.Lock()
-                self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False)
+                self._db = sqlite3.connect(
+                    str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+                )
                 self._db.execute(f"PRAGMA busy_timeout={int(timeout_s * 1000)}")
                 self._db.execute("PRAGMA journal_mode=WAL")
             with self._lock:
@@ -156,11 +168,15 @@ class SQLiteSpool:
     def _select(self, db: sqlite3.Connection, traces: list[str]) -> list[tuple]:
         rows: list[tuple] = []
         for i in range(0, len(traces), _CHUNK):
-            chunk = traces[i:i + _CHUNK]
-            rows += db.execute(f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})", chunk).fetchall()
+            chunk = traces[i : i + _CHUNK]
+            rows += db.execute(
+                f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})", chunk
+            ).fetchall()
         return rows
 
-    def append(self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()) -> dict[GroupKey, list[StoredSpan]]:
+    def append(
+        self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()
+    ) -> dict[GroupKey, list[StoredSpan]]:
         wanted = set(lookup)
 
         def run(db: sqlite3.Connection) -> dict[GroupKey, list[StoredSpan]]:
@@ -190,9 +206,10 @@ class SQLiteSpool:
         with self._lock:
             try:
                 for i in range(0, len(traces), _CHUNK):
-                    chunk = traces[i:i + _CHUNK]
+                    chunk = traces[i : i + _CHUNK]
                     for t, sid, body in self._db.execute(
-                        f"SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id IN ({','.join('?' * len(chunk))})", chunk,
+                        f"SELECT trace_id, span_id, body FROM processor_spans WHERE trace_id IN ({','.join('?' * len(chunk))})",
+                        chunk,
                     ):
                         if (t, sid) in wanted:
                             out[(t, sid)] = body
@@ -200,7 +217,9 @@ class SQLiteSpool:
                 raise StoreError(f"{self.path}: spool read failed: {exc}") from None
         return out
 
-    def finish(self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None) -> None:
+    def finish(
+        self, groups: Iterable[GroupKey], now_ms: int, write_receipts: Callable[[], object] | None = None
+    ) -> None:
         rows = [(t, g, now_ms) for t, g in groups]
         if write_receipts is not None and not self._shared:
             write_receipts()  # its own transactions, committed before the marks
@@ -209,7 +228,9 @@ class SQLiteSpool:
             if write_receipts is not None and self._shared:
                 write_receipts()  # the store's writes join this transaction
             if rows:
-                db.executemany("INSERT OR REPLACE INTO processor_groups(trace_id, group_key, finished_ms) VALUES (?, ?, ?)", rows)
+                db.executemany(
+                    "INSERT OR REPLACE INTO processor_groups(trace_id, group_key, finished_ms) VALUES (?, ?, ?)", rows
+                )
 
         if rows or (write_receipts is not None and self._shared):
             self._txn(run)
@@ -228,7 +249,8 @@ class SQLiteSpool:
     def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
         def run(db: sqlite3.Connection) -> int:
             groups = db.execute(
-                "SELECT trace_id, group_key FROM processor_groups WHERE finished_ms < ? LIMIT ?", (finished_before_ms, limit)
+                "SELECT trace_id, group_key FROM processor_groups WHERE finished_ms < ? LIMIT ?",
+                (finished_before_ms, limit),
             ).fetchall()
             if not groups:
                 return 0

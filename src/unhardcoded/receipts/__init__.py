@@ -6,10 +6,28 @@ from .spans import SpanFormatError, SpanRecord, read_spans
 from .store import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
 
 __all__ = [
-    "RECEIPT_SCHEMA", "WORKFLOW_RECEIPT_SCHEMA", "PolicyRef", "ProcessorStats", "Receipt", "ReceiptQuery",
-    "ReceiptSpanProcessor", "ReceiptStore", "Rebuilt", "RebuiltDecision", "RollupRow", "SQLiteReceiptStore",
-    "SpanFormatError", "SpanRecord", "StoreError", "StoredReceipt", "WorkflowReceipt", "open_store", "read_spans",
-    "rebuild_decision", "rebuild_receipts", "rebuild_spans",
+    "RECEIPT_SCHEMA",
+    "WORKFLOW_RECEIPT_SCHEMA",
+    "PolicyRef",
+    "ProcessorStats",
+    "Receipt",
+    "ReceiptQuery",
+    "ReceiptSpanProcessor",
+    "ReceiptStore",
+    "Rebuilt",
+    "RebuiltDecision",
+    "RollupRow",
+    "SQLiteReceiptStore",
+    "SpanFormatError",
+    "SpanRecord",
+    "StoreError",
+    "StoredReceipt",
+    "WorkflowReceipt",
+    "open_store",
+    "read_spans",
+    "rebuild_decision",
+    "rebuild_receipts",
+    "rebuild_spans",
 ]
 
 

@@ -56,8 +56,15 @@ def _get_json(url: str, timeout: float) -> Any:
 class JaegerSource(SpanSource):
     """Receipts from Jaeger's query service (e.g. ``http://127.0.0.1:16686``)."""
 
-    def __init__(self, base_url: str, *, service: str | None = None, timeout: float = DEFAULT_TIMEOUT_S,
-                 lookback_s: int = DEFAULT_LOOKBACK_S, limit: int = 20) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        service: str | None = None,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        lookback_s: int = DEFAULT_LOOKBACK_S,
+        limit: int = 20,
+    ) -> None:
         parts = urllib.parse.urlsplit(base_url)
         named = urllib.parse.parse_qs(parts.query).get("service")
         self.base_url = urllib.parse.urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")).rstrip("/")
@@ -77,13 +84,15 @@ class JaegerSource(SpanSource):
         now_us = int(time.time() * 1_000_000)
         payloads = []
         for service in self._services():
-            query = urllib.parse.urlencode({
-                "service": service,
-                "tags": json.dumps({key: value}),
-                "start": now_us - self.lookback_s * 1_000_000,
-                "end": now_us + 60_000_000,
-                "limit": self.limit,
-            })
+            query = urllib.parse.urlencode(
+                {
+                    "service": service,
+                    "tags": json.dumps({key: value}),
+                    "start": now_us - self.lookback_s * 1_000_000,
+                    "end": now_us + 60_000_000,
+                    "limit": self.limit,
+                }
+            )
             doc = _get_json(f"{self.base_url}/api/traces?{query}", self.timeout)
             if doc and doc.get("data"):
                 payloads.append(doc)
@@ -103,8 +112,14 @@ def traceql_string(value: str) -> str:
 class TempoSource(SpanSource):
     """Receipts from Grafana Tempo's HTTP API (e.g. ``http://127.0.0.1:3200``)."""
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT_S,
-                 lookback_s: int = DEFAULT_LOOKBACK_S, limit: int = 20) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_S,
+        lookback_s: int = DEFAULT_LOOKBACK_S,
+        limit: int = 20,
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
         self.lookback_s = lookback_s
@@ -114,9 +129,14 @@ class TempoSource(SpanSource):
     def search(self, traceql: str) -> list[str]:
         """Trace ids matching a TraceQL query."""
         now = int(time.time())
-        query = urllib.parse.urlencode({
-            "q": traceql, "limit": self.limit, "start": now - self.lookback_s, "end": now + 60,
-        })
+        query = urllib.parse.urlencode(
+            {
+                "q": traceql,
+                "limit": self.limit,
+                "start": now - self.lookback_s,
+                "end": now + 60,
+            }
+        )
         doc = _get_json(f"{self.base_url}/api/search?{query}", self.timeout) or {}
         return [t["traceID"] for t in doc.get("traces") or [] if t.get("traceID")]
 
@@ -124,7 +144,7 @@ class TempoSource(SpanSource):
         return _get_json(f"{self.base_url}/api/traces/{trace_id}", self.timeout)
 
     def _fetch(self, key: str, value: str) -> list[Any]:
-        ids = self.search(f'{{ span.{traceql_string(key)} = {traceql_string(value)} }}')
+        ids = self.search(f"{{ span.{traceql_string(key)} = {traceql_string(value)} }}")
         return [doc for doc in (self.trace(t) for t in ids) if doc]
 
     def fetch_request(self, request_id: str) -> list[Any]:

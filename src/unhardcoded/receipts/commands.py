@@ -24,16 +24,24 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--json", action="store_true", help="print the receipt as JSON (unhardcoded.receipt/v1)")
     p.set_defaults(run=cmd_receipt)
 
-    p = sub.add_parser("replay", help="decide a recorded request again on today's catalog; exit 1 when the decision differs")
+    p = sub.add_parser(
+        "replay", help="decide a recorded request again on today's catalog; exit 1 when the decision differs"
+    )
     p.add_argument("id", metavar="REQUEST_ID", nargs="?", help="the request to replay (or --all)")
     p.add_argument("--all", action="store_true", help="replay every recorded decision (narrow with --since)")
-    p.add_argument("--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date")
-    p.add_argument("--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument(
+        "--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date"
+    )
+    p.add_argument(
+        "--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)"
+    )
     p.add_argument("--store", metavar="URL", help=store_help())
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(run=cmd_replay)
 
-    p = sub.add_parser("rollup", help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow or model")
+    p = sub.add_parser(
+        "rollup", help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow or model"
+    )
     p.add_argument("--by", choices=ROLLUP_KEYS, default="policy", help="group by (default: policy)")
     p.add_argument("--since", metavar="DURATION_OR_ISO", help="only decisions since 7d, 24h, ... or an ISO date")
     p.add_argument("--store", metavar="URL", help=store_help())
@@ -118,28 +126,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
                         same += 1
                     else:
                         differ += 1
-                        differing.append({
-                            "request_id": receipt.request_id, "policy": receipt.policy.name,
-                            "winner": {"recorded": result.winner_then, "today": result.winner_now},
-                            "rejections_changed": len(result.rejection_changes),
-                        })
+                        differing.append(
+                            {
+                                "request_id": receipt.request_id,
+                                "policy": receipt.policy.name,
+                                "winner": {"recorded": result.winner_then, "today": result.winner_now},
+                                "rejections_changed": len(result.rejection_changes),
+                            }
+                        )
                 done += 1
                 if tty and (done % 25 == 0 or done == total):
                     _progress(sys.stderr, done, total)
         summary = {
-            "since": since.isoformat() if since else None, "replayed": same + differ, "same": same, "differ": differ,
-            "skipped": sum(skipped.values()), "skipped_reasons": dict(skipped), "differing": differing,
+            "since": since.isoformat() if since else None,
+            "replayed": same + differ,
+            "same": same,
+            "differ": differ,
+            "skipped": sum(skipped.values()),
+            "skipped_reasons": dict(skipped),
+            "differing": differing,
         }
         if args.json:
             print_json(summary)
         else:
             for d in differing:
-                print(f"differs   {d['request_id']}  {d['policy']}  winner {d['winner']['recorded']} → {d['winner']['today']}"
-                      f"  ({d['rejections_changed']} rejection changes)")
+                print(
+                    f"differs   {d['request_id']}  {d['policy']}  winner {d['winner']['recorded']} → {d['winner']['today']}"
+                    f"  ({d['rejections_changed']} rejection changes)"
+                )
             scope = f" since {since.isoformat(timespec='seconds')}" if since else ""
             line = f"replayed {same + differ} decisions{scope}: {same} same, {differ} differ"
             if skipped:
-                line += f", {sum(skipped.values())} skipped (" + "; ".join(f"{n}× {why}" for why, n in skipped.items()) + ")"
+                line += (
+                    f", {sum(skipped.values())} skipped ("
+                    + "; ".join(f"{n}× {why}" for why, n in skipped.items())
+                    + ")"
+                )
             print(line)
         return 1 if differ else 0
     finally:
@@ -157,7 +179,9 @@ def cmd_rollup(args: argparse.Namespace) -> int:
     finally:
         store.close()
     if args.json:
-        print_json({"by": args.by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]})
+        print_json(
+            {"by": args.by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]}
+        )
     else:
         print(render_rollup(rows, args.by))
     return 0

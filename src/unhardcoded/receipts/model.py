@@ -59,12 +59,16 @@ class Receipt(_Model):
             trace_id=decision.trace_id,
             span_id=decision.span_id,
             timestamp=decision.timestamp,
-            policy=PolicyRef(name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema=decision.policy.schema_id),
+            policy=PolicyRef(
+                name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema=decision.policy.schema_id
+            ),
             catalog_version=decision.catalog_version,
             candidates=list(decision.candidates),
             rejected=list(decision.rejected),
             selected=decision.selected,
-            fallback=FallbackRecord(chain=list(decision.fallback_chain), triggered=bool(decision.hops), hops=list(decision.hops)),
+            fallback=FallbackRecord(
+                chain=list(decision.fallback_chain), triggered=bool(decision.hops), hops=list(decision.hops)
+            ),
             attempts=list(decision.attempts),
             answered_by=decision.answered_by,
             latency_ms=decision.latency_ms,
@@ -122,11 +126,14 @@ class WorkflowReceipt(_Model):
     trace_id: str | None = None
     nodes: list[Receipt] = []
     totals: WorkflowTotals = WorkflowTotals()
-    complete: bool = Field(True, description=(
-        "The workflow's root span was seen (it ends after every node in it, so the run is over; a receipts processor "
-        "also wrote the nodes that had arrived) and every node receipt is complete. False while the run is still open "
-        "or its root span was lost, and when any node's telemetry is missing."
-    ))
+    complete: bool = Field(
+        True,
+        description=(
+            "The workflow's root span was seen (it ends after every node in it, so the run is over; a receipts processor "
+            "also wrote the nodes that had arrived) and every node receipt is complete. False while the run is still open "
+            "or its root span was lost, and when any node's telemetry is missing."
+        ),
+    )
 
     @property
     def still_open(self) -> bool:
@@ -135,10 +142,19 @@ class WorkflowReceipt(_Model):
 
     @classmethod
     def from_receipts(
-        cls, workflow_id: str, name: str, receipts: list[Receipt], trace_id: str | None = None, *, finished: bool = True,
+        cls,
+        workflow_id: str,
+        name: str,
+        receipts: list[Receipt],
+        trace_id: str | None = None,
+        *,
+        finished: bool = True,
     ) -> "WorkflowReceipt":
         """``finished``: the workflow's root span was seen (in a receipts processor: and the workflow was finished)."""
-        ordered = sorted(receipts, key=lambda r: ((r.workflow.step if r.workflow and r.workflow.step is not None else 1 << 30), r.timestamp))
+        ordered = sorted(
+            receipts,
+            key=lambda r: ((r.workflow.step if r.workflow and r.workflow.step is not None else 1 << 30), r.timestamp),
+        )
         cost = sum(r.cost.usd or 0.0 for r in ordered)
         base = sum(r.cost.baseline_usd or 0.0 for r in ordered)
         totals = WorkflowTotals(
@@ -151,6 +167,10 @@ class WorkflowReceipt(_Model):
             latency_ms=sum(r.latency_ms for r in ordered),
         )
         return cls(
-            workflow_id=workflow_id, name=name, trace_id=trace_id or (ordered[0].trace_id if ordered else None),
-            nodes=ordered, totals=totals, complete=finished and all(r.complete for r in ordered),
+            workflow_id=workflow_id,
+            name=name,
+            trace_id=trace_id or (ordered[0].trace_id if ordered else None),
+            nodes=ordered,
+            totals=totals,
+            complete=finished and all(r.complete for r in ordered),
         )

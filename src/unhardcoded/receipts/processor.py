@@ -88,7 +88,9 @@ class ReceiptSpanProcessor(SpanProcessor):
             try:
                 store.put_catalog(catalog)
             except Exception:  # noqa: BLE001 - a store that fails here must not stop the app from starting
-                logger.warning("receipt store %s: could not keep catalog %s", getattr(store, "location", "?"), catalog.version)
+                logger.warning(
+                    "receipt store %s: could not keep catalog %s", getattr(store, "location", "?"), catalog.version
+                )
         self._worker = threading.Thread(target=self._run, name="unhardcoded-receipts", daemon=True)
         self._worker.start()
 
@@ -157,7 +159,9 @@ class ReceiptSpanProcessor(SpanProcessor):
         if not isinstance(workflow_id, str) or not workflow_id:
             return
         ctx = span.context
-        finished = _WorkflowFinished(workflow_id, name if isinstance(name, str) else "", format(ctx.trace_id, "032x") if ctx else None)
+        finished = _WorkflowFinished(
+            workflow_id, name if isinstance(name, str) else "", format(ctx.trace_id, "032x") if ctx else None
+        )
         try:
             self._queue.put_nowait(finished)
         except queue.Full:
@@ -222,7 +226,12 @@ class ReceiptSpanProcessor(SpanProcessor):
             self._count(receipts_written=len(batch))
         except Exception:  # noqa: BLE001 - a store that is down loses receipts, not requests
             self._count(lost=len(batch), write_errors=1)
-            logger.warning("receipt store %s: %d receipts not written", getattr(self.store, "location", "?"), len(batch), exc_info=True)
+            logger.warning(
+                "receipt store %s: %d receipts not written",
+                getattr(self.store, "location", "?"),
+                len(batch),
+                exc_info=True,
+            )
 
     def _finish_workflow(self, w: "_WorkflowFinished") -> None:
         try:
@@ -230,7 +239,12 @@ class ReceiptSpanProcessor(SpanProcessor):
             self._count(workflows_finished=1)
         except Exception:  # noqa: BLE001 - a store that is down loses the mark, not requests
             self._count(lost=1, write_errors=1)
-            logger.warning("receipt store %s: workflow %s not marked finished", getattr(self.store, "location", "?"), w.workflow_id, exc_info=True)
+            logger.warning(
+                "receipt store %s: workflow %s not marked finished",
+                getattr(self.store, "location", "?"),
+                w.workflow_id,
+                exc_info=True,
+            )
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         if self._shutdown or not self._worker.is_alive():

@@ -79,7 +79,9 @@ class Rebuilt:
 
 def is_decision_span(span: SpanRecord) -> bool:
     a = span.attributes
-    return A.UNHARDCODED_POLICY_FINGERPRINT in a and A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_ATTEMPT_INDEX not in a
+    return (
+        A.UNHARDCODED_POLICY_FINGERPRINT in a and A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_ATTEMPT_INDEX not in a
+    )
 
 
 def is_attempt_span(span: SpanRecord) -> bool:
@@ -240,8 +242,13 @@ def _check_fast_construct() -> Any:
     sample = {"model": "m", "rule": "r", "field": "f", "op": "eq", "threshold": 1, "observed": 2, "message": "x"}
     try:
         fast, built = _fast_construct(Rejection, dict(sample)), Rejection(**sample)
-        if (fast == built and fast.model_dump() == sample and hash(fast) == hash(built)
-                and fast.model_fields_set == built.model_fields_set and fast.__pydantic_extra__ is None is built.__pydantic_extra__):
+        if (
+            fast == built
+            and fast.model_dump() == sample
+            and hash(fast) == hash(built)
+            and fast.model_fields_set == built.model_fields_set
+            and fast.__pydantic_extra__ is None is built.__pydantic_extra__
+        ):
             return _fast_construct
     except Exception:  # noqa: BLE001 - any surprise means: take the documented path
         pass
@@ -261,10 +268,15 @@ def iso_ms(ns: int) -> str:
 
 
 _R_MODEL, _R_RULE, _R_FIELD, _R_OP = (
-    A.UNHARDCODED_REJECTION_MODEL, A.UNHARDCODED_REJECTION_RULE, A.UNHARDCODED_REJECTION_FIELD, A.UNHARDCODED_REJECTION_OP,
+    A.UNHARDCODED_REJECTION_MODEL,
+    A.UNHARDCODED_REJECTION_RULE,
+    A.UNHARDCODED_REJECTION_FIELD,
+    A.UNHARDCODED_REJECTION_OP,
 )
 _R_THRESHOLD, _R_OBSERVED, _R_MESSAGE = (
-    A.UNHARDCODED_REJECTION_THRESHOLD, A.UNHARDCODED_REJECTION_OBSERVED, A.UNHARDCODED_REJECTION_MESSAGE,
+    A.UNHARDCODED_REJECTION_THRESHOLD,
+    A.UNHARDCODED_REJECTION_OBSERVED,
+    A.UNHARDCODED_REJECTION_MESSAGE,
 )
 # Rejections repeat across decisions (same policy, same catalog): a frozen Rejection with scalar values is
 # built once and shared. List values are never shared, so no receipt can change another's.
@@ -281,7 +293,9 @@ def _rejection(ea: dict[str, Any]) -> Rejection | None:
             if rejection is None:
                 return None
             kinds = {rejection.threshold.__class__, rejection.observed.__class__}
-            if dict in kinds or (list in kinds and not all(_flat(v) for v in (rejection.threshold, rejection.observed))):
+            if dict in kinds or (
+                list in kinds and not all(_flat(v) for v in (rejection.threshold, rejection.observed))
+            ):
                 return rejection  # nested values: read again next time
             ea.memo = (rejection,) if list in kinds else rejection  # type: ignore[attr-defined]
             return rejection
@@ -309,7 +323,13 @@ def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
     model, rule = ea.get(_R_MODEL), ea.get(_R_RULE)
     if model.__class__ is not str or rule.__class__ is not str:
         return None
-    field, op, thr, obs, msg = ea.get(_R_FIELD, ""), ea.get(_R_OP, ""), ea.get(_R_THRESHOLD), ea.get(_R_OBSERVED), ea.get(_R_MESSAGE, "")
+    field, op, thr, obs, msg = (
+        ea.get(_R_FIELD, ""),
+        ea.get(_R_OP, ""),
+        ea.get(_R_THRESHOLD),
+        ea.get(_R_OBSERVED),
+        ea.get(_R_MESSAGE, ""),
+    )
     key = (model, rule, field, op, thr, obs, msg)
     try:
         hit = _REJECTIONS.get(key)
@@ -319,10 +339,18 @@ def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
     if hit is not None:
         return hit
     threshold, observed = _json_text(thr), _json_text(obs)
-    rejection = _construct(Rejection, {
-        "model": model, "rule": rule, "field": str(field), "op": str(op),
-        "threshold": threshold, "observed": observed, "message": str(msg),
-    })
+    rejection = _construct(
+        Rejection,
+        {
+            "model": model,
+            "rule": rule,
+            "field": str(field),
+            "op": str(op),
+            "threshold": threshold,
+            "observed": observed,
+            "message": str(msg),
+        },
+    )
     if key is not None and not isinstance(threshold, (list, dict)) and not isinstance(observed, (list, dict)):
         if len(_REJECTIONS) >= _REJECTIONS_MAX:
             _REJECTIONS.clear()
@@ -399,10 +427,18 @@ def _read_rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list
                 continue
             if r["model"] in found:
                 continue
-            found[r["model"]] = _construct(Rejection, {
-                "model": r["model"], "rule": r["rule"], "field": str(r.get("field", "")), "op": str(r.get("op", "")),
-                "threshold": r.get("threshold"), "observed": r.get("observed"), "message": str(r.get("message", "")),
-            })
+            found[r["model"]] = _construct(
+                Rejection,
+                {
+                    "model": r["model"],
+                    "rule": r["rule"],
+                    "field": str(r.get("field", "")),
+                    "op": str(r.get("op", "")),
+                    "threshold": r.get("threshold"),
+                    "observed": r.get("observed"),
+                    "message": str(r.get("message", "")),
+                },
+            )
     if rejected is None:
         return list(found.values()), False
     ordered = [found[m] for m in rejected if m in found]
@@ -416,29 +452,63 @@ def _read_rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list
 # Attribute names as module constants: the rebuild reads some forty per decision.
 _K = A
 _REQUEST, _POLICY_NAME, _POLICY_FP, _POLICY_SCHEMA, _POLICY_BODY = (
-    _K.UNHARDCODED_REQUEST_ID, _K.UNHARDCODED_POLICY_NAME, _K.UNHARDCODED_POLICY_FINGERPRINT,
-    _K.UNHARDCODED_POLICY_SCHEMA, _K.UNHARDCODED_POLICY_BODY,
+    _K.UNHARDCODED_REQUEST_ID,
+    _K.UNHARDCODED_POLICY_NAME,
+    _K.UNHARDCODED_POLICY_FINGERPRINT,
+    _K.UNHARDCODED_POLICY_SCHEMA,
+    _K.UNHARDCODED_POLICY_BODY,
 )
-_CATALOG, _FEATURES, _OUTCOME = _K.UNHARDCODED_CATALOG_VERSION, _K.UNHARDCODED_REQUEST_FEATURES, _K.UNHARDCODED_DECISION_OUTCOME
+_CATALOG, _FEATURES, _OUTCOME = (
+    _K.UNHARDCODED_CATALOG_VERSION,
+    _K.UNHARDCODED_REQUEST_FEATURES,
+    _K.UNHARDCODED_DECISION_OUTCOME,
+)
 _CANDIDATES, _CANDIDATES_COUNT, _REJECTED, _REJECTED_COUNT = (
-    _K.UNHARDCODED_CANDIDATES, _K.UNHARDCODED_CANDIDATES_COUNT, _K.UNHARDCODED_REJECTED, _K.UNHARDCODED_REJECTED_COUNT,
+    _K.UNHARDCODED_CANDIDATES,
+    _K.UNHARDCODED_CANDIDATES_COUNT,
+    _K.UNHARDCODED_REJECTED,
+    _K.UNHARDCODED_REJECTED_COUNT,
 )
-_SEL_MODEL, _SEL_SCORE, _SEL_REASON = _K.UNHARDCODED_SELECTED_MODEL, _K.UNHARDCODED_SELECTED_SCORE, _K.UNHARDCODED_SELECTED_REASON
+_SEL_MODEL, _SEL_SCORE, _SEL_REASON = (
+    _K.UNHARDCODED_SELECTED_MODEL,
+    _K.UNHARDCODED_SELECTED_SCORE,
+    _K.UNHARDCODED_SELECTED_REASON,
+)
 _CHAIN, _TRIGGERED, _HOPS, _REASON = (
-    _K.UNHARDCODED_FALLBACK_CHAIN, _K.UNHARDCODED_FALLBACK_TRIGGERED, _K.UNHARDCODED_FALLBACK_HOPS, _K.UNHARDCODED_FALLBACK_REASON,
+    _K.UNHARDCODED_FALLBACK_CHAIN,
+    _K.UNHARDCODED_FALLBACK_TRIGGERED,
+    _K.UNHARDCODED_FALLBACK_HOPS,
+    _K.UNHARDCODED_FALLBACK_REASON,
 )
-_ANSWERED, _LATENCY, _DROPPED = _K.UNHARDCODED_ANSWERED_MODEL, _K.UNHARDCODED_LATENCY_MS, _K.UNHARDCODED_TELEMETRY_DROPPED
+_ANSWERED, _LATENCY, _DROPPED = (
+    _K.UNHARDCODED_ANSWERED_MODEL,
+    _K.UNHARDCODED_LATENCY_MS,
+    _K.UNHARDCODED_TELEMETRY_DROPPED,
+)
 _COST, _BASE_MODEL, _BASE_USD, _SAVINGS = (
-    _K.UNHARDCODED_COST_USD, _K.UNHARDCODED_COST_BASELINE_MODEL, _K.UNHARDCODED_COST_BASELINE_USD, _K.UNHARDCODED_COST_SAVINGS_RATIO,
+    _K.UNHARDCODED_COST_USD,
+    _K.UNHARDCODED_COST_BASELINE_MODEL,
+    _K.UNHARDCODED_COST_BASELINE_USD,
+    _K.UNHARDCODED_COST_SAVINGS_RATIO,
 )
 _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
-    _K.UNHARDCODED_WORKFLOW_ID, _K.UNHARDCODED_WORKFLOW_NAME, _K.UNHARDCODED_WORKFLOW_NODE, _K.UNHARDCODED_WORKFLOW_STEP,
+    _K.UNHARDCODED_WORKFLOW_ID,
+    _K.UNHARDCODED_WORKFLOW_NAME,
+    _K.UNHARDCODED_WORKFLOW_NODE,
+    _K.UNHARDCODED_WORKFLOW_STEP,
 )
 _AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
-    _K.UNHARDCODED_ATTEMPT_INDEX, _K.UNHARDCODED_ATTEMPT_ROLE, _K.UNHARDCODED_ATTEMPT_STATUS, _K.UNHARDCODED_ATTEMPT_DURATION_MS,
+    _K.UNHARDCODED_ATTEMPT_INDEX,
+    _K.UNHARDCODED_ATTEMPT_ROLE,
+    _K.UNHARDCODED_ATTEMPT_STATUS,
+    _K.UNHARDCODED_ATTEMPT_DURATION_MS,
 )
 _GEN_MODEL, _GEN_PROVIDER, _GEN_IN, _GEN_OUT, _ERROR_TYPE = (
-    G.GEN_AI_REQUEST_MODEL, G.GEN_AI_PROVIDER_NAME, G.GEN_AI_USAGE_INPUT_TOKENS, G.GEN_AI_USAGE_OUTPUT_TOKENS, G.ERROR_TYPE,
+    G.GEN_AI_REQUEST_MODEL,
+    G.GEN_AI_PROVIDER_NAME,
+    G.GEN_AI_USAGE_INPUT_TOKENS,
+    G.GEN_AI_USAGE_OUTPUT_TOKENS,
+    G.ERROR_TYPE,
 )
 
 
@@ -456,17 +526,20 @@ def _attempt(span: SpanRecord) -> Attempt | None:
     if duration is None:
         duration = max(0, span.end_ns - span.start_ns) / 1e6
     provider = get(_GEN_PROVIDER, "")
-    return _construct(Attempt, {
-        "index": index,
-        "model": model,
-        "provider": provider if provider.__class__ is str else str(provider),
-        "role": role,
-        "status": status,
-        "error_type": _opt_str(get(_ERROR_TYPE)),
-        "duration_ms": duration,
-        "input_tokens": _opt_int(get(_GEN_IN)),
-        "output_tokens": _opt_int(get(_GEN_OUT)),
-    })
+    return _construct(
+        Attempt,
+        {
+            "index": index,
+            "model": model,
+            "provider": provider if provider.__class__ is str else str(provider),
+            "role": role,
+            "status": status,
+            "error_type": _opt_str(get(_ERROR_TYPE)),
+            "duration_ms": duration,
+            "input_tokens": _opt_int(get(_GEN_IN)),
+            "output_tokens": _opt_int(get(_GEN_OUT)),
+        },
+    )
 
 
 def _attempts(attempt_spans: Iterable[SpanRecord]) -> tuple[list[Attempt], list[FallbackHop], set[int], bool]:
@@ -521,9 +594,14 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
     model = get(_SEL_MODEL)
     if model.__class__ is str:
         reason = get(_SEL_REASON, "")
-        selected = _construct(Selection, {
-            "model": model, "score": _opt_float(get(_SEL_SCORE)), "reason": reason if reason.__class__ is str else str(reason),
-        })
+        selected = _construct(
+            Selection,
+            {
+                "model": model,
+                "score": _opt_float(get(_SEL_SCORE)),
+                "reason": reason if reason.__class__ is str else str(reason),
+            },
+        )
 
     attempts, hops, indices, attempts_ok = _attempts(attempt_spans)
     if not attempts_ok:
@@ -560,49 +638,69 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
     workflow_id = get(_WF_ID)
     if workflow_id.__class__ is str:
         name = get(_WF_NAME, "")
-        workflow = _construct(WorkflowRef, {
-            "id": workflow_id, "name": name if name.__class__ is str else str(name),
-            "node": _opt_str(get(_WF_NODE)), "step": _opt_int(get(_WF_STEP)),
-        })
+        workflow = _construct(
+            WorkflowRef,
+            {
+                "id": workflow_id,
+                "name": name if name.__class__ is str else str(name),
+                "node": _opt_str(get(_WF_NODE)),
+                "step": _opt_int(get(_WF_STEP)),
+            },
+        )
 
     latency = _opt_float(get(_LATENCY))
-    receipt = _construct(Receipt, {
-        "receipt": RECEIPT_SCHEMA,
-        "request_id": request_id,
-        "trace_id": span.trace_id,
-        "span_id": span.span_id,
-        "timestamp": iso_ms(span.start_ns),
-        "policy": _construct(PolicyRef, {"name": policy_name, "fingerprint": fingerprint, "schema_": policy_schema}),
-        "catalog_version": catalog_version,
-        "candidates": candidates,
-        "rejected": rejected,
-        "selected": selected,
-        "fallback": _construct(FallbackRecord, {
-            "chain": _str_list(get(_CHAIN)) or [],
-            "triggered": _bool(get(_TRIGGERED, bool(hops))),
-            "hops": hops,
-        }),
-        "attempts": attempts,
-        "answered_by": answered_by,
-        "latency_ms": latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
-        "cost": _construct(Cost, {
-            "usd": _opt_float(get(_COST)),
-            "baseline_model": _opt_str(get(_BASE_MODEL)),
-            "baseline_usd": _opt_float(get(_BASE_USD)),
-            "savings_ratio": _opt_float(get(_SAVINGS)),
-        }),
-        "workflow": workflow,
-        "outcome": outcome,
-        "features": features,
-        "complete": complete,
-    })
+    receipt = _construct(
+        Receipt,
+        {
+            "receipt": RECEIPT_SCHEMA,
+            "request_id": request_id,
+            "trace_id": span.trace_id,
+            "span_id": span.span_id,
+            "timestamp": iso_ms(span.start_ns),
+            "policy": _construct(
+                PolicyRef, {"name": policy_name, "fingerprint": fingerprint, "schema_": policy_schema}
+            ),
+            "catalog_version": catalog_version,
+            "candidates": candidates,
+            "rejected": rejected,
+            "selected": selected,
+            "fallback": _construct(
+                FallbackRecord,
+                {
+                    "chain": _str_list(get(_CHAIN)) or [],
+                    "triggered": _bool(get(_TRIGGERED, bool(hops))),
+                    "hops": hops,
+                },
+            ),
+            "attempts": attempts,
+            "answered_by": answered_by,
+            "latency_ms": latency if latency is not None else max(0, span.end_ns - span.start_ns) / 1e6,
+            "cost": _construct(
+                Cost,
+                {
+                    "usd": _opt_float(get(_COST)),
+                    "baseline_model": _opt_str(get(_BASE_MODEL)),
+                    "baseline_usd": _opt_float(get(_BASE_USD)),
+                    "savings_ratio": _opt_float(get(_SAVINGS)),
+                },
+            ),
+            "workflow": workflow,
+            "outcome": outcome,
+            "features": features,
+            "complete": complete,
+        },
+    )
     return RebuiltDecision(receipt, body, features)
 
 
 # --------------------------------------------------------------------------- a whole set of spans
 
 
-_ATTEMPT_INDEX, _REQUEST_ID, _FINGERPRINT = A.UNHARDCODED_ATTEMPT_INDEX, A.UNHARDCODED_REQUEST_ID, A.UNHARDCODED_POLICY_FINGERPRINT
+_ATTEMPT_INDEX, _REQUEST_ID, _FINGERPRINT = (
+    A.UNHARDCODED_ATTEMPT_INDEX,
+    A.UNHARDCODED_REQUEST_ID,
+    A.UNHARDCODED_POLICY_FINGERPRINT,
+)
 _WORKFLOW_ID, _WORKFLOW_NODE = A.UNHARDCODED_WORKFLOW_ID, A.UNHARDCODED_WORKFLOW_NODE
 
 
@@ -654,7 +752,9 @@ def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
     return out
 
 
-def workflows_from(receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRecord] | None = None) -> list[WorkflowReceipt]:
+def workflows_from(
+    receipts: Iterable[Receipt], workflow_spans: dict[str, SpanRecord] | None = None
+) -> list[WorkflowReceipt]:
     """Workflow receipts: the decisions that carry a workflow id, grouped, named by the workflow span when seen.
 
     A workflow whose root span is not among the spans is not complete: the run may still be going, or the root was lost.

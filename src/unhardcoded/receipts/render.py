@@ -13,7 +13,9 @@ if TYPE_CHECKING:
 WIDTH = 78
 STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}
 MAX_REJECTIONS_SHOWN = 12
-OPEN_WORKFLOW = "OPEN: not finished, its root span not seen yet (still running, spans on their way, or the root was lost)"
+OPEN_WORKFLOW = (
+    "OPEN: not finished, its root span not seen yet (still running, spans on their way, or the root was lost)"
+)
 
 
 def _usd(value: float | None) -> str:
@@ -76,11 +78,15 @@ def render_receipt(r: Receipt) -> str:
     for a in r.attempts:
         result = "ok" if a.status == "ok" else f"{a.error_type or 'error'}"
         tokens = f" · {a.input_tokens}→{a.output_tokens} tokens" if a.input_tokens is not None else ""
-        lines.append(f"attempt   #{a.index} {a.model} ({a.provider}, {a.role}) · {result} · {a.duration_ms:.0f} ms{tokens}")
+        lines.append(
+            f"attempt   #{a.index} {a.model} ({a.provider}, {a.role}) · {result} · {a.duration_ms:.0f} ms{tokens}"
+        )
     if r.outcome != "dry_run":
         lines.append(f"latency   {r.latency_ms:.0f} ms")
     label = "cost" if r.outcome != "dry_run" else "est. cost"
-    lines.append(f"{label.ljust(9)} {cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio)}")
+    lines.append(
+        f"{label.ljust(9)} {cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio)}"
+    )
     lines.append(f"policy    {r.policy.name} · fingerprint {r.policy.fingerprint} · {r.policy.schema_}")
     lines.append(f"catalog   {r.catalog_version} · {r.timestamp}")
     if r.trace_id:
@@ -101,10 +107,18 @@ def render_workflow(w: WorkflowReceipt) -> str:
     for r in w.nodes:
         node = (r.workflow.node if r.workflow else None) or "?"
         model = r.answered_by or (r.selected.model if r.selected else "none")
-        fb = f" · fallback {' → '.join([r.fallback.hops[0].from_] + [h.to for h in r.fallback.hops])}" if r.fallback.triggered else ""
+        fb = (
+            f" · fallback {' → '.join([r.fallback.hops[0].from_] + [h.to for h in r.fallback.hops])}"
+            if r.fallback.triggered
+            else ""
+        )
         status = STATUS.get(r.outcome, r.outcome)
-        lines.append(f"node      {node.ljust(width)}  {r.policy.name:<12} {model}{fb} · {_usd(r.cost.usd)} · {status} · {r.request_id}")
-    lines.append(f"totals    {t.decisions} decisions · {t.fallbacks} fallback{'s' if t.fallbacks != 1 else ''} · {t.failed} failed · {t.latency_ms:.0f} ms")
+        lines.append(
+            f"node      {node.ljust(width)}  {r.policy.name:<12} {model}{fb} · {_usd(r.cost.usd)} · {status} · {r.request_id}"
+        )
+    lines.append(
+        f"totals    {t.decisions} decisions · {t.fallbacks} fallback{'s' if t.fallbacks != 1 else ''} · {t.failed} failed · {t.latency_ms:.0f} ms"
+    )
     lines.append(f"cost      {cost_line(t.cost_usd, 'per-node', t.baseline_usd, t.savings_ratio)}")
     if w.still_open:
         lines.append(f"note      {OPEN_WORKFLOW}")
@@ -136,7 +150,9 @@ def render_replay(result: "ReplayResult") -> str:
     then, now = result.winner_then or "none", result.winner_now or "none"
     lines.append(f"winner    {then} → {now}" if result.winner_changed else f"winner    {then} (unchanged)")
     if result.candidates_changed:
-        lines.append(f"ranking   {' > '.join(r.candidates[:6]) or 'none'} → {' > '.join(result.now.candidates[:6]) or 'none'}")
+        lines.append(
+            f"ranking   {' > '.join(r.candidates[:6]) or 'none'} → {' > '.join(result.now.candidates[:6]) or 'none'}"
+        )
     for c in result.rejection_changes:
         if c.then is None and c.now is not None:
             why = "now filtered" if c.material else "new in today's catalog, filtered"
@@ -152,7 +168,9 @@ def render_replay(result: "ReplayResult") -> str:
         old = " → ".join(r.fallback.chain) or "none"
         new = " → ".join(result.now.fallback_chain) or "none"
         lines.append(f"fallback  {old}  ⇒  {new}")
-    lines.append(f"est. cost {_usd(result.cost_then)} → {_usd(result.cost_now)}{_pct_change(result.cost_then, result.cost_now)}")
+    lines.append(
+        f"est. cost {_usd(result.cost_then)} → {_usd(result.cost_now)}{_pct_change(result.cost_then, result.cost_now)}"
+    )
     for note in result.notes:
         lines.append(f"note      {note}")
     return "\n".join(lines)
@@ -163,20 +181,48 @@ def render_rollup(rows: "Sequence[RollupRow]", by: str) -> str:
     if not rows:
         return f"no decisions to roll up by {by}"
 
-    def cells(key: str, decisions: int, fallbacks: int, failed: int, cost: float, base: float, saved: float, ratio: float | None) -> tuple[str, ...]:
+    def cells(
+        key: str,
+        decisions: int,
+        fallbacks: int,
+        failed: int,
+        cost: float,
+        base: float,
+        saved: float,
+        ratio: float | None,
+    ) -> tuple[str, ...]:
         rate = fallbacks / decisions * 100 if decisions else 0.0
-        return (key, str(decisions), f"{rate:.1f}%", str(failed), _usd(cost), _usd(base), _usd(saved),
-                f"{ratio * 100:.0f}%" if ratio is not None else "n/a")
+        return (
+            key,
+            str(decisions),
+            f"{rate:.1f}%",
+            str(failed),
+            _usd(cost),
+            _usd(base),
+            _usd(saved),
+            f"{ratio * 100:.0f}%" if ratio is not None else "n/a",
+        )
 
     head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
-    body = [cells(r.key, r.decisions, r.fallbacks, r.failed, r.cost_usd, r.baseline_usd, r.savings_usd, r.savings_ratio) for r in rows]
+    body = [
+        cells(r.key, r.decisions, r.fallbacks, r.failed, r.cost_usd, r.baseline_usd, r.savings_usd, r.savings_ratio)
+        for r in rows
+    ]
     if len(rows) > 1:
         saved = sum(r.savings_usd for r in rows)
         priced_base = sum(r.priced_baseline_usd for r in rows)
-        body.append(cells(
-            "total", sum(r.decisions for r in rows), sum(r.fallbacks for r in rows), sum(r.failed for r in rows),
-            sum(r.cost_usd for r in rows), sum(r.baseline_usd for r in rows), saved, saved / priced_base if priced_base else None,
-        ))
+        body.append(
+            cells(
+                "total",
+                sum(r.decisions for r in rows),
+                sum(r.fallbacks for r in rows),
+                sum(r.failed for r in rows),
+                sum(r.cost_usd for r in rows),
+                sum(r.baseline_usd for r in rows),
+                saved,
+                saved / priced_base if priced_base else None,
+            )
+        )
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
     def fmt(r: tuple[str, ...]) -> str:

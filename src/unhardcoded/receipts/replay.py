@@ -118,11 +118,17 @@ class ReplayResult:
             "catalog": {"recorded": self.recorded_catalog, "today": self.today_catalog},
             "winner": {"recorded": self.winner_then, "today": self.winner_now, "changed": self.winner_changed},
             "candidates": {"recorded": r.candidates, "today": self.now.candidates, "changed": self.candidates_changed},
-            "fallback_chain": {"recorded": r.fallback.chain, "today": self.now.fallback_chain, "changed": self.chain_changed},
+            "fallback_chain": {
+                "recorded": r.fallback.chain,
+                "today": self.now.fallback_chain,
+                "changed": self.chain_changed,
+            },
             "rejections": [c.to_json_dict() for c in self.rejection_changes],
             "cost": {
-                "recorded_estimate_usd": self.cost_then, "today_estimate_usd": self.cost_now,
-                "recorded_baseline_usd": self.then.cost.baseline_usd, "today_baseline_usd": self.now.cost.baseline_usd,
+                "recorded_estimate_usd": self.cost_then,
+                "today_estimate_usd": self.cost_now,
+                "recorded_baseline_usd": self.then.cost.baseline_usd,
+                "today_baseline_usd": self.now.cost.baseline_usd,
                 "recorded_usd": r.cost.usd,
             },
             "reproduces": self.reproduces,
@@ -174,7 +180,9 @@ def replay(receipt: Receipt, policy_body: str, recorded: Catalog, today: Catalog
         notes.append(f"no longer in today's catalog: {', '.join(gone)}")
     result = ReplayResult(receipt, policy, recorded.version, today.version, then, now, changes, notes)
     if not result.reproduces:
-        notes.append("re-running on the recorded catalog does not reproduce the recorded decision (the router changed since)")
+        notes.append(
+            "re-running on the recorded catalog does not reproduce the recorded decision (the router changed since)"
+        )
     return result
 
 
@@ -206,10 +214,14 @@ def replay_from_store(
     return replay_receipt(store, stored.receipt, today, archive)
 
 
-def replay_receipt(store: ReceiptStore, receipt: Receipt, today: Catalog, archive: CatalogArchive | None = None) -> ReplayResult:
+def replay_receipt(
+    store: ReceiptStore, receipt: Receipt, today: Catalog, archive: CatalogArchive | None = None
+) -> ReplayResult:
     body = store.policy(receipt.policy.fingerprint)
     if body is None:
-        raise ReplayError(f"policy {receipt.policy.name} ({receipt.policy.fingerprint}) is not kept in {store.location}")
+        raise ReplayError(
+            f"policy {receipt.policy.name} ({receipt.policy.fingerprint}) is not kept in {store.location}"
+        )
     return replay(receipt, body, recorded_catalog(receipt.catalog_version, store, archive), today)
 
 
@@ -226,5 +238,7 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError:
-        raise UnhardcodedError(f"--since {text!r}: expected a duration like 7d, 24h, 30m or an ISO 8601 date/time") from None
+        raise UnhardcodedError(
+            f"--since {text!r}: expected a duration like 7d, 24h, 30m or an ISO 8601 date/time"
+        ) from None
     return when if when.tzinfo else when.replace(tzinfo=timezone.utc)

@@ -27,7 +27,9 @@ def _schema(model: type, schema_id: str, title: str, description: str) -> dict[s
 
 def receipt_schema() -> dict[str, Any]:
     return _schema(
-        Receipt, RECEIPT_SCHEMA, RECEIPT_SCHEMA,
+        Receipt,
+        RECEIPT_SCHEMA,
+        RECEIPT_SCHEMA,
         "One request's routing decision: policy and fingerprint, candidates, rejections with the rule that "
         "rejected each, the winner and why, fallback hops, attempts, cost against a baseline, latency.",
     )
@@ -35,7 +37,9 @@ def receipt_schema() -> dict[str, Any]:
 
 def workflow_receipt_schema() -> dict[str, Any]:
     return _schema(
-        WorkflowReceipt, WORKFLOW_RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA,
+        WorkflowReceipt,
+        WORKFLOW_RECEIPT_SCHEMA,
+        WORKFLOW_RECEIPT_SCHEMA,
         "The node receipts of one workflow run, in step order, with totals.",
     )
 

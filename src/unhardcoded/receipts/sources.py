@@ -17,9 +17,10 @@ from .rebuild import rebuild_receipts
 from .store import STORE_ENV, ReceiptStore, default_store_path, open_store
 
 
-
 def store_help() -> str:
-    return f"receipt store: a SQLite file path or sqlite:///path URL (default: ${STORE_ENV}, else {default_store_path()})"
+    return (
+        f"receipt store: a SQLite file path or sqlite:///path URL (default: ${STORE_ENV}, else {default_store_path()})"
+    )
 
 
 class ReceiptSource(Protocol):
@@ -85,25 +86,42 @@ def _store_source(url: str) -> ReceiptSource:
 # `--processor`, `--jaeger` and `--tempo` join here, each a SpanSource (or a client of the processor's HTTP API).
 def _processor_source(url: str) -> ReceiptSource:
     from ..processor.client import ProcessorSource
+
     return ProcessorSource(url)
 
 
 def _jaeger_source(url: str) -> ReceiptSource:
     from .backends import JaegerSource
+
     return JaegerSource(url)
 
 
 def _tempo_source(url: str) -> ReceiptSource:
     from .backends import TempoSource
+
     return TempoSource(url)
 
 
 SOURCES: dict[str, SourceSpec] = {
     "store": SourceSpec("--store", "URL", store_help, _store_source),
-    "processor": SourceSpec("--processor", "URL", lambda: "a running `unhardcoded processor`'s query API, e.g. http://127.0.0.1:8318 "
-                            "(query token from $UNHARDCODED_PROCESSOR_TOKEN)", _processor_source),
-    "jaeger": SourceSpec("--jaeger", "URL", lambda: "Jaeger query service, e.g. http://127.0.0.1:16686 (searches the unhardcoded.request.id tag)", _jaeger_source),
-    "tempo": SourceSpec("--tempo", "URL", lambda: "Grafana Tempo HTTP API, e.g. http://127.0.0.1:3200 (TraceQL search)", _tempo_source),
+    "processor": SourceSpec(
+        "--processor",
+        "URL",
+        lambda: (
+            "a running `unhardcoded processor`'s query API, e.g. http://127.0.0.1:8318 "
+            "(query token from $UNHARDCODED_PROCESSOR_TOKEN)"
+        ),
+        _processor_source,
+    ),
+    "jaeger": SourceSpec(
+        "--jaeger",
+        "URL",
+        lambda: "Jaeger query service, e.g. http://127.0.0.1:16686 (searches the unhardcoded.request.id tag)",
+        _jaeger_source,
+    ),
+    "tempo": SourceSpec(
+        "--tempo", "URL", lambda: "Grafana Tempo HTTP API, e.g. http://127.0.0.1:3200 (TraceQL search)", _tempo_source
+    ),
 }
 
 

@@ -22,10 +22,20 @@ STATUS_UNSET, STATUS_OK, STATUS_ERROR = 0, 1, 2
 
 _API_KIND_TO_OTLP = {0: KIND_INTERNAL, 1: KIND_SERVER, 2: KIND_CLIENT, 3: KIND_PRODUCER, 4: KIND_CONSUMER}
 _KIND_NAMES = {
-    "SPAN_KIND_UNSPECIFIED": KIND_UNSPECIFIED, "SPAN_KIND_INTERNAL": KIND_INTERNAL, "SPAN_KIND_SERVER": KIND_SERVER,
-    "SPAN_KIND_CLIENT": KIND_CLIENT, "SPAN_KIND_PRODUCER": KIND_PRODUCER, "SPAN_KIND_CONSUMER": KIND_CONSUMER,
+    "SPAN_KIND_UNSPECIFIED": KIND_UNSPECIFIED,
+    "SPAN_KIND_INTERNAL": KIND_INTERNAL,
+    "SPAN_KIND_SERVER": KIND_SERVER,
+    "SPAN_KIND_CLIENT": KIND_CLIENT,
+    "SPAN_KIND_PRODUCER": KIND_PRODUCER,
+    "SPAN_KIND_CONSUMER": KIND_CONSUMER,
 }
-_JAEGER_KINDS = {"internal": KIND_INTERNAL, "server": KIND_SERVER, "client": KIND_CLIENT, "producer": KIND_PRODUCER, "consumer": KIND_CONSUMER}
+_JAEGER_KINDS = {
+    "internal": KIND_INTERNAL,
+    "server": KIND_SERVER,
+    "client": KIND_CLIENT,
+    "producer": KIND_PRODUCER,
+    "consumer": KIND_CONSUMER,
+}
 _STATUS_NAMES = {"STATUS_CODE_UNSET": STATUS_UNSET, "STATUS_CODE_OK": STATUS_OK, "STATUS_CODE_ERROR": STATUS_ERROR}
 
 
@@ -60,8 +70,19 @@ class SpanRecord:
     """A finished span as the rebuild reads it: lowercase hex ids, OTLP kind and status numbers, plain values."""
 
     __slots__ = (
-        "trace_id", "span_id", "parent_span_id", "name", "kind", "start_ns", "end_ns", "attributes", "events",
-        "status_code", "dropped_attributes", "dropped_events", "service",
+        "trace_id",
+        "span_id",
+        "parent_span_id",
+        "name",
+        "kind",
+        "start_ns",
+        "end_ns",
+        "attributes",
+        "events",
+        "status_code",
+        "dropped_attributes",
+        "dropped_events",
+        "service",
     )
 
     def __init__(
@@ -164,21 +185,23 @@ def from_readable_spans(spans: Iterable[Any]) -> list[SpanRecord]:
         resource = getattr(span, "resource", None)
         service = resource.attributes.get("service.name") if resource is not None else None
         events = [EventRecord(e.name, e.timestamp or 0, _plain_attributes(e.attributes)) for e in span.events]
-        out.append(SpanRecord(
-            trace_id=format(ctx.trace_id, "032x"),
-            span_id=format(ctx.span_id, "016x"),
-            parent_span_id=format(parent.span_id, "016x") if parent is not None and parent.span_id else None,
-            name=span.name,
-            kind=_API_KIND_TO_OTLP.get(span.kind.value, KIND_UNSPECIFIED),
-            start_ns=span.start_time or 0,
-            end_ns=span.end_time or 0,
-            attributes=_plain_attributes(span.attributes),
-            events=events,
-            status_code=int(span.status.status_code.value),
-            dropped_attributes=int(getattr(span, "dropped_attributes", 0) or 0),
-            dropped_events=int(getattr(span, "dropped_events", 0) or 0),
-            service=service if isinstance(service, str) else None,
-        ))
+        out.append(
+            SpanRecord(
+                trace_id=format(ctx.trace_id, "032x"),
+                span_id=format(ctx.span_id, "016x"),
+                parent_span_id=format(parent.span_id, "016x") if parent is not None and parent.span_id else None,
+                name=span.name,
+                kind=_API_KIND_TO_OTLP.get(span.kind.value, KIND_UNSPECIFIED),
+                start_ns=span.start_time or 0,
+                end_ns=span.end_time or 0,
+                attributes=_plain_attributes(span.attributes),
+                events=events,
+                status_code=int(span.status.status_code.value),
+                dropped_attributes=int(getattr(span, "dropped_attributes", 0) or 0),
+                dropped_events=int(getattr(span, "dropped_events", 0) or 0),
+                service=service if isinstance(service, str) else None,
+            )
+        )
     return out
 
 
@@ -327,33 +350,54 @@ def _lite_messages() -> tuple[Any, Any]:
     from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
     F = descriptor_pb2.FieldDescriptorProto
-    fdp = descriptor_pb2.FileDescriptorProto(name="unhardcoded/lite_trace.proto", package="unhardcoded.lite", syntax="proto3")
+    fdp = descriptor_pb2.FileDescriptorProto(
+        name="unhardcoded/lite_trace.proto", package="unhardcoded.lite", syntax="proto3"
+    )
 
     def message(name: str, fields: list[tuple[str, int, int, bool, str | None]]) -> None:
         m = fdp.message_type.add(name=name)
         for field, number, kind, repeated, type_name in fields:
-            f = m.field.add(name=field, number=number, type=kind, label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL)
+            f = m.field.add(
+                name=field, number=number, type=kind, label=F.LABEL_REPEATED if repeated else F.LABEL_OPTIONAL
+            )
             if type_name:
                 f.type_name = type_name
 
     # Field numbers and wire types as opentelemetry/proto/trace/v1/trace.proto; message fields read whole
     # (status) stay messages, so a status split across the wire merges as the full parser merges it.
     message("Status", [("code", 3, F.TYPE_INT32, False, None)])
-    message("Span", [
-        ("trace_id", 1, F.TYPE_BYTES, False, None), ("span_id", 2, F.TYPE_BYTES, False, None),
-        ("parent_span_id", 4, F.TYPE_BYTES, False, None), ("name", 5, F.TYPE_STRING, False, None),
-        ("kind", 6, F.TYPE_INT32, False, None), ("start_time_unix_nano", 7, F.TYPE_FIXED64, False, None),
-        ("end_time_unix_nano", 8, F.TYPE_FIXED64, False, None), ("attributes", 9, F.TYPE_BYTES, True, None),
-        ("dropped_attributes_count", 10, F.TYPE_UINT32, False, None), ("events", 11, F.TYPE_BYTES, True, None),
-        ("dropped_events_count", 12, F.TYPE_UINT32, False, None), ("status", 15, F.TYPE_MESSAGE, False, ".unhardcoded.lite.Status"),
-    ])
+    message(
+        "Span",
+        [
+            ("trace_id", 1, F.TYPE_BYTES, False, None),
+            ("span_id", 2, F.TYPE_BYTES, False, None),
+            ("parent_span_id", 4, F.TYPE_BYTES, False, None),
+            ("name", 5, F.TYPE_STRING, False, None),
+            ("kind", 6, F.TYPE_INT32, False, None),
+            ("start_time_unix_nano", 7, F.TYPE_FIXED64, False, None),
+            ("end_time_unix_nano", 8, F.TYPE_FIXED64, False, None),
+            ("attributes", 9, F.TYPE_BYTES, True, None),
+            ("dropped_attributes_count", 10, F.TYPE_UINT32, False, None),
+            ("events", 11, F.TYPE_BYTES, True, None),
+            ("dropped_events_count", 12, F.TYPE_UINT32, False, None),
+            ("status", 15, F.TYPE_MESSAGE, False, ".unhardcoded.lite.Status"),
+        ],
+    )
     message("ScopeSpans", [("spans", 2, F.TYPE_MESSAGE, True, ".unhardcoded.lite.Span")])
-    message("ResourceSpans", [("resource", 1, F.TYPE_BYTES, False, None), ("scope_spans", 2, F.TYPE_MESSAGE, True, ".unhardcoded.lite.ScopeSpans")])
+    message(
+        "ResourceSpans",
+        [
+            ("resource", 1, F.TYPE_BYTES, False, None),
+            ("scope_spans", 2, F.TYPE_MESSAGE, True, ".unhardcoded.lite.ScopeSpans"),
+        ],
+    )
     message("Export", [("resource_spans", 1, F.TYPE_MESSAGE, True, ".unhardcoded.lite.ResourceSpans")])
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fdp)
     get = message_factory.GetMessageClass
-    return get(pool.FindMessageTypeByName("unhardcoded.lite.Span")), get(pool.FindMessageTypeByName("unhardcoded.lite.Export"))
+    return get(pool.FindMessageTypeByName("unhardcoded.lite.Span")), get(
+        pool.FindMessageTypeByName("unhardcoded.lite.Export")
+    )
 
 
 class _Messages(NamedTuple):
@@ -668,7 +712,11 @@ def _resource_spans(batches: Any, where: str) -> list[SpanRecord]:
             scopes = _get(rs, "instrumentationLibrarySpans", "instrumentation_library_spans") or []
         for j, ss in enumerate(scopes):
             for k, s in enumerate((ss or {}).get("spans") or []):
-                out.append(_json_span(s, f"{where}[{i}].scopeSpans[{j}].spans[{k}]", service if isinstance(service, str) else None))
+                out.append(
+                    _json_span(
+                        s, f"{where}[{i}].scopeSpans[{j}].spans[{k}]", service if isinstance(service, str) else None
+                    )
+                )
     return out
 
 
@@ -677,11 +725,13 @@ def _json_span(s: Any, what: str, service: str | None) -> SpanRecord:
         raise SpanFormatError(f"{what}: expected a Span object")
     events = []
     for n, e in enumerate(s.get("events") or []):
-        events.append(EventRecord(
-            str(e.get("name", "")),
-            _int(_get(e, "timeUnixNano", "time_unix_nano") or 0, f"{what}.events[{n}].timeUnixNano"),
-            _json_attributes(e.get("attributes"), f"{what}.events[{n}]"),
-        ))
+        events.append(
+            EventRecord(
+                str(e.get("name", "")),
+                _int(_get(e, "timeUnixNano", "time_unix_nano") or 0, f"{what}.events[{n}].timeUnixNano"),
+                _json_attributes(e.get("attributes"), f"{what}.events[{n}]"),
+            )
+        )
     status = s.get("status") or {}
     return SpanRecord(
         trace_id=_hex_id(_get(s, "traceId", "trace_id"), 32, f"{what}.traceId"),
@@ -727,11 +777,23 @@ def _jaeger_tags(tags: Any, what: str) -> dict[str, Any]:
 
 
 # Tags the OTLP -> Jaeger translation adds for span fields Jaeger has no place for.
-_JAEGER_SPECIAL = frozenset({
-    "span.kind", "otel.status_code", "otel.status_description", "error", "otel.scope.name", "otel.scope.version",
-    "otel.library.name", "otel.library.version", "otel.dropped_attributes_count", "otel.dropped_events_count",
-    "otel.dropped_links_count", "w3c.tracestate", "internal.span.format",
-})
+_JAEGER_SPECIAL = frozenset(
+    {
+        "span.kind",
+        "otel.status_code",
+        "otel.status_description",
+        "error",
+        "otel.scope.name",
+        "otel.scope.version",
+        "otel.library.name",
+        "otel.library.version",
+        "otel.dropped_attributes_count",
+        "otel.dropped_events_count",
+        "otel.dropped_links_count",
+        "w3c.tracestate",
+        "internal.span.format",
+    }
+)
 
 
 def from_jaeger_json(doc: Any) -> list[SpanRecord]:
@@ -746,7 +808,7 @@ def from_jaeger_json(doc: Any) -> list[SpanRecord]:
     if isinstance(traces, Mapping):
         traces = [traces]
     if not isinstance(traces, list):
-        raise SpanFormatError("Jaeger JSON: expected {\"data\": [traces]}")
+        raise SpanFormatError('Jaeger JSON: expected {"data": [traces]}')
     out: list[SpanRecord] = []
     for t, trace in enumerate(traces):
         if not isinstance(trace, Mapping):
@@ -768,7 +830,9 @@ def from_jaeger_json(doc: Any) -> list[SpanRecord]:
             for n, log in enumerate(s.get("logs") or []):
                 fields = _jaeger_tags(log.get("fields"), f"{what}.logs[{n}]")
                 name = fields.pop("event", "")
-                events.append(EventRecord(str(name), _int(log.get("timestamp", 0), f"{what}.logs[{n}].timestamp") * 1000, fields))
+                events.append(
+                    EventRecord(str(name), _int(log.get("timestamp", 0), f"{what}.logs[{n}].timestamp") * 1000, fields)
+                )
             status = STATUS_UNSET
             code = tags.get("otel.status_code")
             if code == "ERROR" or (code is None and tags.get("error") is True):
@@ -777,21 +841,23 @@ def from_jaeger_json(doc: Any) -> list[SpanRecord]:
                 status = STATUS_OK
             start_us = _int(s.get("startTime", 0), f"{what}.startTime")
             duration_us = _int(s.get("duration", 0), f"{what}.duration")
-            out.append(SpanRecord(
-                trace_id=_hex_id(s.get("traceID"), 32, f"{what}.traceID"),
-                span_id=_hex_id(s.get("spanID"), 16, f"{what}.spanID"),
-                parent_span_id=parent,
-                name=str(s.get("operationName", "")),
-                kind=_JAEGER_KINDS.get(str(tags.get("span.kind", "internal")), KIND_INTERNAL),
-                start_ns=start_us * 1000,
-                end_ns=(start_us + duration_us) * 1000,
-                attributes={k: v for k, v in tags.items() if k not in _JAEGER_SPECIAL},
-                events=events,
-                status_code=status,
-                dropped_attributes=_int(tags.get("otel.dropped_attributes_count", 0), what),
-                dropped_events=_int(tags.get("otel.dropped_events_count", 0), what),
-                service=service if isinstance(service, str) else None,
-            ))
+            out.append(
+                SpanRecord(
+                    trace_id=_hex_id(s.get("traceID"), 32, f"{what}.traceID"),
+                    span_id=_hex_id(s.get("spanID"), 16, f"{what}.spanID"),
+                    parent_span_id=parent,
+                    name=str(s.get("operationName", "")),
+                    kind=_JAEGER_KINDS.get(str(tags.get("span.kind", "internal")), KIND_INTERNAL),
+                    start_ns=start_us * 1000,
+                    end_ns=(start_us + duration_us) * 1000,
+                    attributes={k: v for k, v in tags.items() if k not in _JAEGER_SPECIAL},
+                    events=events,
+                    status_code=status,
+                    dropped_attributes=_int(tags.get("otel.dropped_attributes_count", 0), what),
+                    dropped_events=_int(tags.get("otel.dropped_events_count", 0), what),
+                    service=service if isinstance(service, str) else None,
+                )
+            )
     return out
 
 
@@ -840,8 +906,12 @@ def detect_format(payload: Any) -> str:
         if "data" in payload:
             return "jaeger"
         if "error" in payload and isinstance(payload["error"], Mapping):
-            raise SpanFormatError(f"the trace backend answered with an error: {payload['error'].get('message', payload['error'])}")
-        raise SpanFormatError(f"unknown span JSON: top-level keys {sorted(payload)[:6]}; expected resourceSpans, result, batches, trace or data")
+            raise SpanFormatError(
+                f"the trace backend answered with an error: {payload['error'].get('message', payload['error'])}"
+            )
+        raise SpanFormatError(
+            f"unknown span JSON: top-level keys {sorted(payload)[:6]}; expected resourceSpans, result, batches, trace or data"
+        )
     if hasattr(payload, "resource_spans"):
         return "otlp-proto"
     if isinstance(payload, Sequence) and not isinstance(payload, (str, bytes, bytearray)):
@@ -874,14 +944,14 @@ def read_spans(payload: Any, format: str | None = None) -> list[SpanRecord]:
     if fmt == "jaeger-v3":
         result = payload.get("result")
         if not isinstance(result, Mapping):
-            raise SpanFormatError("Jaeger /api/v3: expected {\"result\": {\"resourceSpans\": [...]}}")
+            raise SpanFormatError('Jaeger /api/v3: expected {"result": {"resourceSpans": [...]}}')
         return from_otlp_json(result)
     if fmt == "tempo":
         return _resource_spans(payload.get("batches") or [], "batches")
     if fmt == "tempo-v2":
         trace = payload.get("trace") or {}
         if not isinstance(trace, Mapping):
-            raise SpanFormatError("Tempo /api/v2/traces: expected {\"trace\": {\"resourceSpans\": [...]}}")
+            raise SpanFormatError('Tempo /api/v2/traces: expected {"trace": {"resourceSpans": [...]}}')
         batches = _get(trace, "resourceSpans", "resource_spans")
         return _resource_spans(batches if batches is not None else trace.get("batches") or [], "trace.resourceSpans")
     return from_jaeger_json(payload)
@@ -891,4 +961,3 @@ def iter_spans(payloads: Iterable[Any]) -> Iterator[SpanRecord]:
     """Every span of several payloads (a trace split across batches), in order."""
     for payload in payloads:
         yield from read_spans(payload)
-

@@ -98,9 +98,15 @@ class RollupRow:
 
     def to_json_dict(self) -> dict[str, object]:
         return {
-            "key": self.key, "decisions": self.decisions, "fallbacks": self.fallbacks,
-            "fallback_rate": self.fallback_rate, "failed": self.failed, "cost_usd": self.cost_usd,
-            "baseline_usd": self.baseline_usd, "savings_usd": self.savings_usd, "savings_ratio": self.savings_ratio,
+            "key": self.key,
+            "decisions": self.decisions,
+            "fallbacks": self.fallbacks,
+            "fallback_rate": self.fallback_rate,
+            "failed": self.failed,
+            "cost_usd": self.cost_usd,
+            "baseline_usd": self.baseline_usd,
+            "savings_usd": self.savings_usd,
+            "savings_ratio": self.savings_ratio,
             "priced_baseline_usd": self.priced_baseline_usd,
         }
 
@@ -195,7 +201,9 @@ def open_store(url: str | None = None, *, create: bool = True) -> ReceiptStore:
         try:
             from ..processor.postgres import PostgresReceiptStore
         except ImportError as exc:
-            raise StoreError(f"store {_redacted(resolved)}: PostgreSQL needs the processor's driver ({exc.name} is not installed)") from None
+            raise StoreError(
+                f"store {_redacted(resolved)}: PostgreSQL needs the processor's driver ({exc.name} is not installed)"
+            ) from None
         return PostgresReceiptStore(resolved)  # type: ignore[no-any-return]
     return SQLiteReceiptStore(sqlite_path(resolved), create=create)
 
@@ -301,7 +309,9 @@ class SQLReceiptReads:
         raise NotImplementedError
 
     def get(self, request_id: str) -> StoredReceipt | None:
-        rows = self._read(f"SELECT body, revision, stored_at FROM receipts WHERE request_id = {self._param}", (request_id,))
+        rows = self._read(
+            f"SELECT body, revision, stored_at FROM receipts WHERE request_id = {self._param}", (request_id,)
+        )
         if not rows:
             return None
         body, revision, stored_at = rows[0]
@@ -311,7 +321,12 @@ class SQLReceiptReads:
         p = self._param
         clauses: list[str] = []
         params: list[object] = []
-        for column, value in (("request_id", q.request_id), ("trace_id", q.trace_id), ("model", q.model), ("workflow_id", q.workflow_id)):
+        for column, value in (
+            ("request_id", q.request_id),
+            ("trace_id", q.trace_id),
+            ("model", q.model),
+            ("workflow_id", q.workflow_id),
+        ):
             if value is not None:
                 clauses.append(f"{column} = {p}")
                 params.append(value)
@@ -343,8 +358,12 @@ class SQLReceiptReads:
         if not rows and not info:
             return None
         receipts = [Receipt.model_validate_json(r[0]) for r in rows]
-        name, trace_id, finished_at = info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None, None)
-        return WorkflowReceipt.from_receipts(workflow_id, name, receipts, trace_id=trace_id, finished=finished_at is not None)
+        name, trace_id, finished_at = (
+            info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None, None)
+        )
+        return WorkflowReceipt.from_receipts(
+            workflow_id, name, receipts, trace_id=trace_id, finished=finished_at is not None
+        )
 
     def policy(self, fingerprint: str) -> str | None:
         rows = self._read(f"SELECT body FROM policies WHERE fingerprint = {self._param}", (fingerprint,))
@@ -364,7 +383,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
         self._lock = threading.RLock()
         if not self.path.exists():
             if not create:
-                raise StoreError(f"{self.path}: no receipt store here yet (no receipts recorded); set --store or {STORE_ENV}")
+                raise StoreError(
+                    f"{self.path}: no receipt store here yet (no receipts recorded); set --store or {STORE_ENV}"
+                )
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
@@ -380,7 +401,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
             self._open_waiting(timeout_s)
         except sqlite3.DatabaseError as exc:
             self._db.close()
-            raise StoreError(f"{self.path}: not a usable receipt store ({exc}); move it aside or point {STORE_ENV} at another file") from None
+            raise StoreError(
+                f"{self.path}: not a usable receipt store ({exc}); move it aside or point {STORE_ENV} at another file"
+            ) from None
         except StoreError:
             self._db.close()
             raise
@@ -421,7 +444,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
             self._create()
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         if meta.get("kind") != STORE_KIND:
-            raise StoreError(f"{self.path}: has a meta table but is not an unhardcoded receipt store; point {STORE_ENV} at another file")
+            raise StoreError(
+                f"{self.path}: has a meta table but is not an unhardcoded receipt store; point {STORE_ENV} at another file"
+            )
         try:
             version = int(meta.get("schema_version", "0"))
         except ValueError:
@@ -451,6 +476,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
         """Walk an older store forward one schema version at a time, all in one transaction."""
         if version not in _MIGRATIONS:
             raise StoreError(f"{self.path}: store schema {version} cannot be migrated to {STORE_SCHEMA_VERSION}")
+
         def migrate(db: sqlite3.Connection) -> None:
             # Another process may have walked it forward while we waited for the lock.
             version = int(dict(db.execute("SELECT key, value FROM meta").fetchall()).get("schema_version", "0"))
@@ -463,7 +489,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
         try:
             immediate(self._db, migrate)
         except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: cannot migrate the store from schema {version} to {STORE_SCHEMA_VERSION}: {exc}") from None
+            raise StoreError(
+                f"{self.path}: cannot migrate the store from schema {version} to {STORE_SCHEMA_VERSION}: {exc}"
+            ) from None
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -509,9 +537,10 @@ class SQLiteReceiptStore(SQLReceiptReads):
         stored: dict[str, tuple[str, int, int]] = {}
         ids = list({r.request_id for r in receipts})
         for k in range(0, len(ids), 500):
-            chunk = ids[k:k + 500]
+            chunk = ids[k : k + 500]
             for request_id, old_body, revision, old_complete in db.execute(
-                f"SELECT request_id, body, revision, complete FROM receipts WHERE request_id IN ({','.join('?' * len(chunk))})", chunk
+                f"SELECT request_id, body, revision, complete FROM receipts WHERE request_id IN ({','.join('?' * len(chunk))})",
+                chunk,
             ):
                 stored[request_id] = (old_body, revision, old_complete)
         out: list[tuple[int, bool]] = []
@@ -530,12 +559,28 @@ class SQLiteReceiptStore(SQLReceiptReads):
             stored[receipt.request_id] = (body, revision, int(receipt.complete))
             wf = receipt.workflow
             model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
-            rows.append((
-                receipt.request_id, receipt.trace_id, _ms(receipt.timestamp), receipt.policy.name,
-                receipt.policy.fingerprint, receipt.catalog_version, model, receipt.outcome, int(receipt.fallback.triggered),
-                receipt.cost.usd, receipt.cost.baseline_model, receipt.cost.baseline_usd, wf.id if wf else None,
-                wf.name if wf else None, int(receipt.complete), revision, stamp, body,
-            ))
+            rows.append(
+                (
+                    receipt.request_id,
+                    receipt.trace_id,
+                    _ms(receipt.timestamp),
+                    receipt.policy.name,
+                    receipt.policy.fingerprint,
+                    receipt.catalog_version,
+                    model,
+                    receipt.outcome,
+                    int(receipt.fallback.triggered),
+                    receipt.cost.usd,
+                    receipt.cost.baseline_model,
+                    receipt.cost.baseline_usd,
+                    wf.id if wf else None,
+                    wf.name if wf else None,
+                    int(receipt.complete),
+                    revision,
+                    stamp,
+                    body,
+                )
+            )
             if wf is not None:
                 workflows.append((wf.id, wf.name, receipt.trace_id, stamp))
             out.append((revision, True))
@@ -547,7 +592,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 rows,
             )
         if workflows:
-            db.executemany("INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)", workflows)
+            db.executemany(
+                "INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)", workflows
+            )
         return out
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
@@ -578,19 +625,23 @@ class SQLiteReceiptStore(SQLReceiptReads):
 
     def put_catalog(self, catalog: "Catalog") -> str:
         version, body = catalog.version, catalog.canonical
-        self._write(lambda db: db.execute(
-            "INSERT OR IGNORE INTO catalogs(version, body, first_seen) VALUES (?, ?, ?)", (version, body, _now())
-        ))
+        self._write(
+            lambda db: db.execute(
+                "INSERT OR IGNORE INTO catalogs(version, body, first_seen) VALUES (?, ?, ?)", (version, body, _now())
+            )
+        )
         return version
 
     def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
         now = _now()
-        self._write(lambda db: db.execute(
-            "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT(workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), name), "
-            "trace_id = COALESCE(excluded.trace_id, trace_id), finished_at = COALESCE(finished_at, excluded.finished_at)",
-            (workflow_id, name, trace_id, now, now if finished else None),
-        ))
+        self._write(
+            lambda db: db.execute(
+                "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(workflow_id) DO UPDATE SET name = COALESCE(NULLIF(excluded.name, ''), name), "
+                "trace_id = COALESCE(excluded.trace_id, trace_id), finished_at = COALESCE(finished_at, excluded.finished_at)",
+                (workflow_id, name, trace_id, now, now if finished else None),
+            )
+        )
 
     # -- reading ---------------------------------------------------------------------------------
 
@@ -631,8 +682,17 @@ class SQLiteReceiptStore(SQLReceiptReads):
             params,
         )
         return [
-            RollupRow(key, n, int(fb or 0), int(failed or 0), cost, base, saved,
-                      (saved / priced_base) if priced_base > 0 else None, priced_base)
+            RollupRow(
+                key,
+                n,
+                int(fb or 0),
+                int(failed or 0),
+                cost,
+                base,
+                saved,
+                (saved / priced_base) if priced_base > 0 else None,
+                priced_base,
+            )
             for key, n, fb, failed, cost, base, saved, priced_base in rows
         ]
 

@@ -3,11 +3,35 @@
 from .decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, WorkflowRef
 from .engine import CompiledPolicy, PolicyCompiler
 from .features import RequestFeatures, features_from_request
-from .providers import ChatResult, ProviderCallError, ProviderClient, ProviderConfig, ProvidersConfig, load_providers, providers_from_env
+from .providers import (
+    ChatResult,
+    ProviderCallError,
+    ProviderClient,
+    ProviderConfig,
+    ProvidersConfig,
+    load_providers,
+    providers_from_env,
+)
 from .router import Router
 
 __all__ = [
-    "Attempt", "ChatResult", "CompiledPolicy", "Cost", "Decision", "FallbackHop", "PolicyCompiler",
-    "ProviderCallError", "ProviderClient", "ProviderConfig", "ProvidersConfig", "Rejection", "RequestFeatures",
-    "Router", "Selection", "WorkflowRef", "features_from_request", "load_providers", "providers_from_env",
+    "Attempt",
+    "ChatResult",
+    "CompiledPolicy",
+    "Cost",
+    "Decision",
+    "FallbackHop",
+    "PolicyCompiler",
+    "ProviderCallError",
+    "ProviderClient",
+    "ProviderConfig",
+    "ProvidersConfig",
+    "Rejection",
+    "RequestFeatures",
+    "Router",
+    "Selection",
+    "WorkflowRef",
+    "features_from_request",
+    "load_providers",
+    "providers_from_env",
 ]

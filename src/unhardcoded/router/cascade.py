@@ -33,7 +33,9 @@ def plan(decision: Decision, compiled: CompiledPolicy) -> Iterator[PlannedAttemp
         return
     models = [decision.selected.model, *decision.fallback_chain]
     for i, model in enumerate(models):
-        yield PlannedAttempt(i, model, compiled.catalog.model(model).provider, "selected" if i == 0 else "fallback", None)
+        yield PlannedAttempt(
+            i, model, compiled.catalog.model(model).provider, "selected" if i == 0 else "fallback", None
+        )
 
 
 class AttemptObserver:
@@ -68,17 +70,32 @@ NO_OBSERVER = AttemptObserver()
 
 
 def _record(
-    decision: Decision, planned: PlannedAttempt, started: float, result: "ChatResult | None", exc: "ProviderCallError | None"
+    decision: Decision,
+    planned: PlannedAttempt,
+    started: float,
+    result: "ChatResult | None",
+    exc: "ProviderCallError | None",
 ) -> Attempt:
     duration = (time.perf_counter() - started) * 1000
     if exc is None and result is not None:
         return Attempt(
-            index=planned.index, model=planned.model, provider=planned.provider, role=planned.role,  # type: ignore[arg-type]
-            status="ok", duration_ms=duration, input_tokens=result.input_tokens, output_tokens=result.output_tokens,
+            index=planned.index,
+            model=planned.model,
+            provider=planned.provider,
+            role=planned.role,  # type: ignore[arg-type]
+            status="ok",
+            duration_ms=duration,
+            input_tokens=result.input_tokens,
+            output_tokens=result.output_tokens,
         )
     return Attempt(
-        index=planned.index, model=planned.model, provider=planned.provider, role=planned.role,  # type: ignore[arg-type]
-        status="error", error_type=getattr(exc, "error_type", None) or type(exc).__name__, duration_ms=duration,
+        index=planned.index,
+        model=planned.model,
+        provider=planned.provider,
+        role=planned.role,  # type: ignore[arg-type]
+        status="error",
+        error_type=getattr(exc, "error_type", None) or type(exc).__name__,
+        duration_ms=duration,
     )
 
 
@@ -181,7 +198,9 @@ async def aexecute(
         t0 = time.perf_counter()
         try:
             with observer.calling(token):
-                result = await client.achat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
+                result = await client.achat(
+                    planned.provider, planned.model, dict(body), headers=observer.headers(token)
+                )
             exc = None
         except ProviderCallError as e:
             result, exc = None, e

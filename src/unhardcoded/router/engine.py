@@ -21,8 +21,22 @@ _MISSING_LAST = float("inf")
 class _Survivor:
     """A model that passed every policy rule, with what per-request work needs, read once."""
 
-    __slots__ = ("model", "id", "pin", "pout", "tools", "vision", "context", "max_out", "score", "static_key",
-                 "head_rank", "tail_rank", "tools_rejection", "vision_rejection")
+    __slots__ = (
+        "model",
+        "id",
+        "pin",
+        "pout",
+        "tools",
+        "vision",
+        "context",
+        "max_out",
+        "score",
+        "static_key",
+        "head_rank",
+        "tail_rank",
+        "tools_rejection",
+        "vision_rejection",
+    )
 
     def __init__(self, model: CatalogModel, score_field: str | None, static_keys: list[tuple[str, str]]) -> None:
         v = model.values
@@ -49,19 +63,32 @@ class _Survivor:
         self.head_rank = 0
         self.tail_rank = 0
         # The request rejections that never change: built once, shared by every decision (they are frozen).
-        self.tools_rejection = None if self.tools is True else _rejection(
-            self.id, "request:tools", "supports_tools", "eq", True, self.tools)
-        self.vision_rejection = None if self.vision is True else _rejection(
-            self.id, "request:vision", "supports_vision", "eq", True, self.vision)
+        self.tools_rejection = (
+            None
+            if self.tools is True
+            else _rejection(self.id, "request:tools", "supports_tools", "eq", True, self.tools)
+        )
+        self.vision_rejection = (
+            None
+            if self.vision is True
+            else _rejection(self.id, "request:vision", "supports_vision", "eq", True, self.vision)
+        )
 
     def cost(self, features: RequestFeatures) -> float:
         return (features.input_tokens * self.pin + features.output_tokens * self.pout) / 1_000_000
 
 
-def _rejection(model: str, rule: str, field: str, op: str, threshold: Any, observed: Any, message: str | None = None) -> Rejection:
+def _rejection(
+    model: str, rule: str, field: str, op: str, threshold: Any, observed: Any, message: str | None = None
+) -> Rejection:
     """A request-rule rejection (validated: pydantic-core builds one faster than model_construct does)."""
     return Rejection(
-        model=model, rule=rule, field=field, op=op, threshold=threshold, observed=observed,
+        model=model,
+        rule=rule,
+        field=field,
+        op=op,
+        threshold=threshold,
+        observed=observed,
         message=rejection_message(rule, field, op, threshold, observed) if message is None else message,
     )
 
@@ -76,8 +103,13 @@ class _Slate:
 
     __slots__ = ("survivors", "rejected", "positions", "ids", "min_context", "min_max_out")
 
-    def __init__(self, static_rejections: list[Rejection | None], all_survivors: list[_Survivor | None],
-                 tools: bool, images: bool) -> None:
+    def __init__(
+        self,
+        static_rejections: list[Rejection | None],
+        all_survivors: list[_Survivor | None],
+        tools: bool,
+        images: bool,
+    ) -> None:
         self.survivors: list[_Survivor] = []
         self.rejected: list[Rejection] = []
         self.positions: list[int] = []
@@ -99,7 +131,9 @@ class _Slate:
 def estimate_cost(model: CatalogModel, input_tokens: int, output_tokens: int) -> float:
     """USD for this usage at the model's catalog prices."""
     v = model.values
-    return (input_tokens * float(v["price_input_per_mtok"]) + output_tokens * float(v["price_output_per_mtok"])) / 1_000_000
+    return (
+        input_tokens * float(v["price_input_per_mtok"]) + output_tokens * float(v["price_output_per_mtok"])
+    ) / 1_000_000
 
 
 def price(usd: float | None, catalog: Catalog, baseline: str | None, input_tokens: int, output_tokens: int) -> Cost:
@@ -136,7 +170,12 @@ class CompiledPolicy:
                 observed = model.values.get(field)
                 if observed is None or not fn(observed, value):
                     rejection = Rejection(
-                        model=model.id, rule=rid, field=field, op=op, threshold=value, observed=observed,
+                        model=model.id,
+                        rule=rid,
+                        field=field,
+                        op=op,
+                        threshold=value,
+                        observed=observed,
                         message=rejection_message(rid, field, op, value, observed),
                     )
                     break
@@ -145,11 +184,15 @@ class CompiledPolicy:
         self.rules_reason = [pass_phrase(r.id, r.op, r.value) for r in policy.rules]
         self._rank_survivors(len(static_keys))
         self._reasons = {
-            one: ", ".join([*self.rules_reason, rank_phrase(rank.by, rank.order, 1 if one else 2)]) for one in (True, False)
+            one: ", ".join([*self.rules_reason, rank_phrase(rank.by, rank.order, 1 if one else 2)])
+            for one in (True, False)
         }
         # Indexed by 2 * uses_tools + has_images.
-        self._slates = tuple(_Slate(self.static_rejections, self.survivors, tools, images)
-                             for tools in (False, True) for images in (False, True))
+        self._slates = tuple(
+            _Slate(self.static_rejections, self.survivors, tools, images)
+            for tools in (False, True)
+            for images in (False, True)
+        )
 
     def _rank_survivors(self, n_static: int) -> None:
         """Turn each survivor's static sort key into two integers, so a request sorts (head, cost, tail)."""
@@ -175,8 +218,9 @@ class CompiledPolicy:
                 else:
                     keyed = [(sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s) for s in survivors]
             else:
-                keyed = [(s.head_rank, sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s)
-                         for s in survivors]
+                keyed = [
+                    (s.head_rank, sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s) for s in survivors
+                ]
         keyed.sort()  # tail_rank is unique, so a survivor itself is never compared
         return [k[-1] for k in keyed]
 
@@ -208,7 +252,12 @@ class CompiledPolicy:
                 if context is not None and context < needed:
                     rule, field, threshold, observed = "request:context", "context_window", needed, context
                 elif max_tokens is not None and survivor.max_out is not None and survivor.max_out < max_tokens:
-                    rule, field, threshold, observed = "request:max-tokens", "max_output_tokens", max_tokens, survivor.max_out
+                    rule, field, threshold, observed = (
+                        "request:max-tokens",
+                        "max_output_tokens",
+                        max_tokens,
+                        survivor.max_out,
+                    )
                 else:
                     survivors.append(survivor)
                     continue
@@ -230,36 +279,45 @@ class CompiledPolicy:
             winner = ranked[0]
             selected = Selection(model=winner.id, score=winner.score, reason=self._reasons[len(ranked) == 1])
             passing = slate.ids
-            chain = [m for m in policy.fallback.models
-                     if m != winner.id and m in passing and m not in dropped][: policy.fallback.max_hops]
-            cost = price(winner.cost(features), self.catalog, policy.baseline, features.input_tokens, features.output_tokens)
-        return _construct_decision({
-            "request_id": request_id or new_request_id(),
-            "timestamp": utc_now(),
-            "policy": policy,
-            "catalog_version": self.catalog_version,
-            "features": features,
-            "candidates": candidates,
-            "rejected": rejected,
-            "selected": selected,
-            "fallback_chain": chain,
-            "hops": [],
-            "attempts": [],
-            "answered_by": None,
-            "outcome": "dry_run" if selected else "no_candidate",
-            "cost": cost,
-            "latency_ms": 0.0,
-            "workflow": workflow,
-            "trace_id": None,
-            "span_id": None,
-        })
+            chain = [m for m in policy.fallback.models if m != winner.id and m in passing and m not in dropped][
+                : policy.fallback.max_hops
+            ]
+            cost = price(
+                winner.cost(features), self.catalog, policy.baseline, features.input_tokens, features.output_tokens
+            )
+        return _construct_decision(
+            {
+                "request_id": request_id or new_request_id(),
+                "timestamp": utc_now(),
+                "policy": policy,
+                "catalog_version": self.catalog_version,
+                "features": features,
+                "candidates": candidates,
+                "rejected": rejected,
+                "selected": selected,
+                "fallback_chain": chain,
+                "hops": [],
+                "attempts": [],
+                "answered_by": None,
+                "outcome": "dry_run" if selected else "no_candidate",
+                "cost": cost,
+                "latency_ms": 0.0,
+                "workflow": workflow,
+                "trace_id": None,
+                "span_id": None,
+            }
+        )
 
 
 def _plain_fields(cls: type[BaseModel]) -> list[str] | None:
     """The field names of ``cls`` if ``model_construct`` would only store the values it is given, else None."""
     fields = cls.__pydantic_fields__
-    if (cls.__pydantic_root_model__ or cls.__pydantic_post_init__ or cls.model_config.get("extra") == "allow"
-            or any(f.alias is not None or f.validation_alias is not None for f in fields.values())):
+    if (
+        cls.__pydantic_root_model__
+        or cls.__pydantic_post_init__
+        or cls.model_config.get("extra") == "allow"
+        or any(f.alias is not None or f.validation_alias is not None for f in fields.values())
+    ):
         return None
     return list(fields)
 

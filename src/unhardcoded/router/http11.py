@@ -113,8 +113,24 @@ class Reply:
     """
 
     __slots__ = (
-        "status_code", "headers", "_raw_headers", "_conn", "_pool", "_timeout", "_chunks", "_buffered", "_head_done",
-        "_complete", "_error", "_waiter", "_timer", "_released", "_until_eof", "_content", "_text", "_informational",
+        "status_code",
+        "headers",
+        "_raw_headers",
+        "_conn",
+        "_pool",
+        "_timeout",
+        "_chunks",
+        "_buffered",
+        "_head_done",
+        "_complete",
+        "_error",
+        "_waiter",
+        "_timer",
+        "_released",
+        "_until_eof",
+        "_content",
+        "_text",
+        "_informational",
         "_keep_alive",
     )
 
@@ -306,7 +322,8 @@ class Reply:
         self.headers = headers
         self._raw_headers = []
         self._until_eof = (
-            "content-length" not in headers and "chunked" not in headers.get("transfer-encoding", "").lower()
+            "content-length" not in headers
+            and "chunked" not in headers.get("transfer-encoding", "").lower()
             and status not in (204, 304)
         )
         self._head_done = True
@@ -336,8 +353,7 @@ class Reply:
             self._complete = True  # the body ran to the end of the connection, as it said it would
             self._wake()
         elif self._head_done:
-            self._fail(httpx.RemoteProtocolError(
-                "peer closed connection without sending complete message body"))
+            self._fail(httpx.RemoteProtocolError("peer closed connection without sending complete message body"))
         else:
             self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
 
@@ -699,8 +715,11 @@ class ConnectionPool:
         try:
             _, conn = await asyncio.wait_for(
                 loop.create_connection(
-                    lambda: _Connection(self, target.origin, loop), target.host, target.port,
-                    ssl=ssl_context, server_hostname=target.host if ssl_context is not None else None,
+                    lambda: _Connection(self, target.origin, loop),
+                    target.host,
+                    target.port,
+                    ssl=ssl_context,
+                    server_hostname=target.host if ssl_context is not None else None,
                 ),
                 timeout,
             )

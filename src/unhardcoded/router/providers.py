@@ -169,9 +169,7 @@ def load_providers(path: str | os.PathLike[str]) -> ProvidersConfig:
 
     if not isinstance(data, Mapping):
         found = "an empty file" if data is None else f"a {type(data).__name__}"
-        raise ProvidersFileError(
-            f"{source}: expected a mapping with a 'providers' list, found {found}", path=source
-        )
+        raise ProvidersFileError(f"{source}: expected a mapping with a 'providers' list, found {found}", path=source)
     if "providers" not in data:
         raise ProvidersFileError(f"{source}: providers: field required", path=source)
     try:
@@ -312,11 +310,13 @@ class _PreparedCall:
     def encoded(self) -> tuple[bytes, bytes]:
         """The header lines and the JSON body as the lean client sends them (the body as httpx encodes ``json=``)."""
         names = {name.lower() for name in self.headers}
-        head = b"".join((
-            b"" if "user-agent" in names else _USER_AGENT_LINE,
-            b"" if "content-type" in names else b"content-type: application/json\r\n",
-            http11.encode_headers(self.headers),
-        ))
+        head = b"".join(
+            (
+                b"" if "user-agent" in names else _USER_AGENT_LINE,
+                b"" if "content-type" in names else b"content-type: application/json\r\n",
+                http11.encode_headers(self.headers),
+            )
+        )
         body = json.dumps(self.body, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
         return head, body
 
@@ -563,7 +563,8 @@ class ProviderClient:
                 response = await pool.request(call.target, head, content, call.timeout.read, read=True)  # type: ignore[arg-type]
             else:
                 response = await self._async_http().post(
-                    call.url, json=call.body, headers=call.headers, timeout=call.timeout)
+                    call.url, json=call.body, headers=call.headers, timeout=call.timeout
+                )
         except httpx.HTTPError as exc:
             failure = _transport_failure(call, exc)
         if failure is not None:
@@ -672,7 +673,9 @@ class _StreamState:
             return _transport_failure(self._call, exc)
         if isinstance(exc, httpx.TimeoutException):
             return self._call.failure(
-                f"stream stalled: {exc.__class__.__name__}", kind="timeout", error_type="timeout",
+                f"stream stalled: {exc.__class__.__name__}",
+                kind="timeout",
+                error_type="timeout",
                 status_code=self.status_code,
             )
         if self.status_code is None:
@@ -695,17 +698,23 @@ class _StreamState:
         chunk = _json_or_none(data)
         if chunk is None and data.strip() != "null":
             raise self._call.failure(
-                "stream chunk is not JSON", kind="error", error_type="invalid_response",
+                "stream chunk is not JSON",
+                kind="error",
+                error_type="invalid_response",
                 status_code=self.status_code,
             )
         if not isinstance(chunk, dict):
             raise self._call.failure(
-                "stream chunk is not a JSON object", kind="error", error_type="invalid_response",
+                "stream chunk is not a JSON object",
+                kind="error",
+                error_type="invalid_response",
                 status_code=self.status_code,
             )
         if isinstance(chunk.get("error"), Mapping):
             raise self._call.failure(
-                f"error event in stream: {_error_detail(chunk, data, self._call.secret)}", kind="error", error_type="stream_error",
+                f"error event in stream: {_error_detail(chunk, data, self._call.secret)}",
+                kind="error",
+                error_type="stream_error",
                 status_code=self.status_code,
             )
         if self._call.secret and self._call.secret in data:
@@ -854,7 +863,8 @@ class AsyncChatStream(_StreamView):
             else:
                 client = self._owner._async_http()
                 request = client.build_request(
-                    "POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout)
+                    "POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout
+                )
                 response = await client.send(request, stream=True)
         except httpx.HTTPError as exc:
             failure = _transport_failure(call, exc)
@@ -922,12 +932,16 @@ def _chat_result(call: _PreparedCall, response: httpx.Response | http11.Reply, s
     if body is None and response.text.strip() != "null":
         raise call.failure(
             f"HTTP {response.status_code} with a body that is not JSON",
-            kind="error", error_type="invalid_response", status_code=response.status_code,
+            kind="error",
+            error_type="invalid_response",
+            status_code=response.status_code,
         )
     if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
         raise call.failure(
             f"HTTP {response.status_code} without a 'choices' list",
-            kind="error", error_type="invalid_response", status_code=response.status_code,
+            kind="error",
+            error_type="invalid_response",
+            status_code=response.status_code,
         )
     if call.secret and call.secret in response.text:
         body = _scrub_json(body, call.secret)

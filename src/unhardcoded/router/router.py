@@ -62,7 +62,9 @@ class Router:
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled) as scope:
             decision = compiled.decide(
-                features, request_id=request_id, workflow=workflow if workflow is not None else workflows.current_workflow()
+                features,
+                request_id=request_id,
+                workflow=workflow if workflow is not None else workflows.current_workflow(),
             )
             scope.finish(decision)
         return decision
@@ -75,8 +77,12 @@ class Router:
         return self.client
 
     def _decide_to_call(
-        self, scope: decision_telemetry.DecisionScope, compiled: CompiledPolicy, features: RequestFeatures,
-        request_id: str | None, workflow: WorkflowRef | None,
+        self,
+        scope: decision_telemetry.DecisionScope,
+        compiled: CompiledPolicy,
+        features: RequestFeatures,
+        request_id: str | None,
+        workflow: WorkflowRef | None,
     ) -> Decision:
         decision = compiled.decide(
             features, request_id=request_id, workflow=workflow if workflow is not None else workflows.current_workflow()
@@ -85,7 +91,8 @@ class Router:
         if decision.selected is None:
             scope.finish(decision)
             raise NoCandidateError(
-                f"no model in catalog {compiled.catalog_version} passes policy {compiled.policy.name!r}", decision)
+                f"no model in catalog {compiled.catalog_version} passes policy {compiled.policy.name!r}", decision
+            )
         return decision
 
     def route(

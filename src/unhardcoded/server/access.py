@@ -50,8 +50,14 @@ class AccessLog:
             path = quote(scope["path"])
             if scope.get("query_string"):
                 path += "?" + scope["query_string"].decode("ascii", "replace")
-            logger.info('%s - "%s %s HTTP/%s" %d', "%s:%d" % tuple(client) if client else "", scope["method"], path,
-                        scope.get("http_version", "1.1"), status or 500)
+            logger.info(
+                '%s - "%s %s HTTP/%s" %d',
+                "%s:%d" % tuple(client) if client else "",
+                scope["method"],
+                path,
+                scope.get("http_version", "1.1"),
+                status or 500,
+            )
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.app, name)

@@ -164,7 +164,8 @@ class Proxy:
         try:
             try:
                 decision, result, error = await self.router.aroute(
-                    policy, body, request_id=request_id, features=features, later=later)
+                    policy, body, request_id=request_id, features=features, later=later
+                )
             except NoCandidateError as exc:
                 decision = exc.decision  # the one the router recorded, span and metrics included
                 assert decision is not None
@@ -178,15 +179,18 @@ class Proxy:
             else:
                 answer = dict(result.body)
                 answer["model"] = decision.answered_by
-                response = Response(json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers,
-                                    media_type="application/json")
+                response = Response(
+                    json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers, media_type="application/json"
+                )
             # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
             response.background = RecordLater(later)
             return response
         finally:
             client_key.reset(token)
 
-    def _stream(self, policy: Policy, body: dict[str, Any], features: Any, request_id: str, key: str | None) -> Response:
+    def _stream(
+        self, policy: Policy, body: dict[str, Any], features: Any, request_id: str, key: str | None
+    ) -> Response:
         options = body.get("stream_options")
         return StreamedDecision(  # type: ignore[return-value]
             self.router,
@@ -231,16 +235,19 @@ class Proxy:
             stored = self.store.get(request_id)
             if stored is not None:
                 return _json(stored.receipt.to_json_dict())
-        return APIError(404, f"no receipt for request id {request_id[:80]!r}", param="request_id",
-                        code="receipt_not_found").response()
+        return APIError(
+            404, f"no receipt for request id {request_id[:80]!r}", param="request_id", code="receipt_not_found"
+        ).response()
 
     async def healthz(self, request: Request) -> Response:
-        return _json({
-            "status": "ok",
-            "catalog_version": self.router.catalog.version,
-            "policies": self.resolver.directory.names,
-            "default_policy": self.resolver.default,
-        })
+        return _json(
+            {
+                "status": "ok",
+                "catalog_version": self.router.catalog.version,
+                "policies": self.resolver.directory.names,
+                "default_policy": self.resolver.default,
+            }
+        )
 
 
 RECORD_DELAY_S = 0.001
@@ -289,14 +296,23 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     """Unknown paths and methods answer in OpenAI's error shape too."""
     assert isinstance(exc, HTTPException)
     message = f"{request.method} {request.url.path}: " + (
-        "no such endpoint" if exc.status_code == 404 else "method not allowed" if exc.status_code == 405 else exc.detail)
-    return APIError(exc.status_code, message, code="unknown_url" if exc.status_code == 404 else None,
-                    headers=dict(exc.headers or {})).response()
+        "no such endpoint" if exc.status_code == 404 else "method not allowed" if exc.status_code == 405 else exc.detail
+    )
+    return APIError(
+        exc.status_code,
+        message,
+        code="unknown_url" if exc.status_code == 404 else None,
+        headers=dict(exc.headers or {}),
+    ).response()
 
 
 def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return Response(json.dumps(value, ensure_ascii=False).encode("utf-8"), status, dict(headers or {}),
-                    media_type="application/json")
+    return Response(
+        json.dumps(value, ensure_ascii=False).encode("utf-8"),
+        status,
+        dict(headers or {}),
+        media_type="application/json",
+    )
 
 
 def create_app(
@@ -334,8 +350,14 @@ def create_app(
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
     resolver = PolicyResolver(directory, default_policy)
-    proxy = Proxy(router, resolver, max_body_bytes=max_body_bytes, forwarding=bool(forward),
-                  recent=RecentDecisions(receipts_kept), store=store)
+    proxy = Proxy(
+        router,
+        resolver,
+        max_body_bytes=max_body_bytes,
+        forwarding=bool(forward),
+        recent=RecentDecisions(receipts_kept),
+        store=store,
+    )
     routes = [
         Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
         Route("/x/rank", proxy.rank, methods=["POST"]),

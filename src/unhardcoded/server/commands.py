@@ -19,23 +19,40 @@ DEFAULT_PORT = 8080
 
 def add_commands(sub: Any) -> None:
     p = sub.add_parser(
-        "serve", help="run the OpenAI-compatible router proxy",
+        "serve",
+        help="run the OpenAI-compatible router proxy",
         description="Serve POST /v1/chat/completions (routed by policy), /x/rank, /x/fields, /x/receipts/ID, /healthz.",
     )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks one)")
-    p.add_argument("--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)")
+    p.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT}; 0 picks one)"
+    )
+    p.add_argument(
+        "--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)"
+    )
     p.add_argument("--providers", metavar="FILE", help="providers file (default: $UNHARDCODED_PROVIDERS)")
-    p.add_argument("--policy-dir", metavar="DIR",
-                   help="directory of named policies (default: $UNHARDCODED_POLICY_DIR or the shipped policies)")
-    p.add_argument("--default-policy", metavar="NAME",
-                   help="policy for requests that name none (default: $UNHARDCODED_DEFAULT_POLICY; none: such requests get 400)")
+    p.add_argument(
+        "--policy-dir",
+        metavar="DIR",
+        help="directory of named policies (default: $UNHARDCODED_POLICY_DIR or the shipped policies)",
+    )
+    p.add_argument(
+        "--default-policy",
+        metavar="NAME",
+        help="policy for requests that name none (default: $UNHARDCODED_DEFAULT_POLICY; none: such requests get 400)",
+    )
     p.add_argument("--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user store)")
-    p.add_argument("--forward-client-key", metavar="PROVIDER", action="append", default=None,
-                   help="send the caller's Authorization Bearer key to this provider (repeatable; "
-                        f"default: ${FORWARD_ENV}, comma-separated); the provider must not name api_key_env")
-    p.add_argument("--max-body-bytes", type=int, default=None, metavar="N",
-                   help="largest request body accepted (default 4 MiB)")
+    p.add_argument(
+        "--forward-client-key",
+        metavar="PROVIDER",
+        action="append",
+        default=None,
+        help="send the caller's Authorization Bearer key to this provider (repeatable; "
+        f"default: ${FORWARD_ENV}, comma-separated); the provider must not name api_key_env",
+    )
+    p.add_argument(
+        "--max-body-bytes", type=int, default=None, metavar="N", help="largest request body accepted (default 4 MiB)"
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.set_defaults(run=cmd_serve)
 
@@ -114,8 +131,11 @@ def _span_exporter() -> Any:
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
 
         return ConsoleSpanExporter()
-    protocol = (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-                or "http/protobuf")
+    protocol = (
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "http/protobuf"
+    )
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
     else:
@@ -169,8 +189,15 @@ def run_server(app: Any, host: str, port: int, *, access_log: bool = True, log_l
     from .access import AccessLog, log_config
 
     # uvicorn's own access log would write each line before the response body; ours writes it after.
-    config = uvicorn.Config(AccessLog(app) if access_log else app, host=host, port=port, access_log=False,
-                            log_config=log_config(LOGGING_CONFIG), log_level=log_level, server_header=False)
+    config = uvicorn.Config(
+        AccessLog(app) if access_log else app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_config=log_config(LOGGING_CONFIG),
+        log_level=log_level,
+        server_header=False,
+    )
     if log_level is not None:  # as uvicorn sets its own access log's level
         logging.getLogger(ACCESS_LOGGER).setLevel(LOG_LEVELS[log_level.lower()])
     config.load()  # imports the event loop and HTTP protocol modules

@@ -19,7 +19,14 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..errors import ConfigError
-from ..router.providers import AsyncChatStream, ChatResult, ChatStream, ProviderCallError, ProviderClient, ProvidersConfig
+from ..router.providers import (
+    AsyncChatStream,
+    ChatResult,
+    ChatStream,
+    ProviderCallError,
+    ProviderClient,
+    ProvidersConfig,
+)
 
 REDACTED = "[REDACTED]"
 
@@ -91,29 +98,58 @@ class ClientKeyForwarding(ProviderClient):
         out["authorization"] = f"Bearer {key}"
         return out
 
-    def chat(self, provider: str, model: str, body: Mapping[str, Any], *, headers: Mapping[str, str] | None = None,
-             timeout_s: float | None = None) -> ChatResult:
+    def chat(
+        self,
+        provider: str,
+        model: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatResult:
         try:
             result = super().chat(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
 
-    async def achat(self, provider: str, model: str, body: Mapping[str, Any], *,
-                    headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> ChatResult:
+    async def achat(
+        self,
+        provider: str,
+        model: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatResult:
         try:
-            result = await super().achat(provider, model, body, headers=self._headers(provider, headers),
-                                         timeout_s=timeout_s)
+            result = await super().achat(
+                provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s
+            )
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
 
-    def stream(self, provider: str, model: str, body: Mapping[str, Any], *,
-               headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> ChatStream:
+    def stream(
+        self,
+        provider: str,
+        model: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> ChatStream:
         return super().stream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
 
-    def astream(self, provider: str, model: str, body: Mapping[str, Any], *,
-                headers: Mapping[str, str] | None = None, timeout_s: float | None = None) -> AsyncChatStream:
+    def astream(
+        self,
+        provider: str,
+        model: str,
+        body: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str] | None = None,
+        timeout_s: float | None = None,
+    ) -> AsyncChatStream:
         return _RedactingStream(
             super().astream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
         )

@@ -107,7 +107,8 @@ class PolicyResolver:
         raise bad_request(
             "no policy: send `policy` in the body (an object or a name), the X-Unhardcoded-Policy header, "
             "or start the proxy with --default-policy",
-            param="policy", code="missing_policy",
+            param="policy",
+            code="missing_policy",
         )
 
     def _named(self, name: str, where: str) -> Policy:
@@ -119,8 +120,9 @@ class PolicyResolver:
         policy = self.directory.get(name)
         if policy is None:
             known = ", ".join(self.directory.names) or "none"
-            raise APIError(404, f"{where}: unknown policy {name!r} (known: {known})", param="policy",
-                           code="policy_not_found")
+            raise APIError(
+                404, f"{where}: unknown policy {name!r} (known: {known})", param="policy", code="policy_not_found"
+            )
         return policy
 
     def _inline_policy(self, doc: dict[str, Any]) -> Policy:

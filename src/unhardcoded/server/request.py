@@ -16,14 +16,48 @@ DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 # Every parameter of OpenAI's chat-completions API, plus our own `policy`. Anything else is
 # refused rather than silently forwarded: a typo must not change what a provider is asked.
-CHAT_FIELDS = frozenset({
-    "messages", "model", "stream", "stream_options", "audio", "frequency_penalty", "function_call", "functions",
-    "logit_bias", "logprobs", "max_completion_tokens", "max_tokens", "metadata", "modalities", "moderation", "n",
-    "parallel_tool_calls", "prediction", "presence_penalty", "prompt_cache_key", "prompt_cache_options",
-    "prompt_cache_retention", "reasoning_effort", "response_format", "safety_identifier", "seed", "service_tier",
-    "stop", "store", "temperature", "tool_choice", "tools", "top_logprobs", "top_p", "user", "verbosity",
-    "web_search_options", "policy",
-})
+CHAT_FIELDS = frozenset(
+    {
+        "messages",
+        "model",
+        "stream",
+        "stream_options",
+        "audio",
+        "frequency_penalty",
+        "function_call",
+        "functions",
+        "logit_bias",
+        "logprobs",
+        "max_completion_tokens",
+        "max_tokens",
+        "metadata",
+        "modalities",
+        "moderation",
+        "n",
+        "parallel_tool_calls",
+        "prediction",
+        "presence_penalty",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning_effort",
+        "response_format",
+        "safety_identifier",
+        "seed",
+        "service_tier",
+        "stop",
+        "store",
+        "temperature",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "user",
+        "verbosity",
+        "web_search_options",
+        "policy",
+    }
+)
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
@@ -71,7 +105,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     except UnicodeDecodeError:
         raise bad_request("request body is not UTF-8 text") from None
     except json.JSONDecodeError as exc:
-        raise bad_request(f"request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
+        raise bad_request(
+            f"request body is not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}"
+        ) from None
     if not isinstance(body, dict):
         raise bad_request(f"request body must be a JSON object, got {type(body).__name__}")
     return body
@@ -85,11 +121,12 @@ def check_chat_request(body: dict[str, Any]) -> RequestFeatures:
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise bad_request(
                 f"{key}: unknown field{hint}; the proxy accepts the OpenAI chat-completions parameters and 'policy'",
-                param=key, code="unknown_parameter",
+                param=key,
+                code="unknown_parameter",
             )
     model = body.get("model")
     if model is not None and not isinstance(model, str):
-        raise bad_request("model: must be a string (the proxy picks the model; send e.g. \"auto\")", param="model")
+        raise bad_request('model: must be a string (the proxy picks the model; send e.g. "auto")', param="model")
     if "messages" not in body:
         raise bad_request("messages: field required", param="messages", code="missing_required_parameter")
     messages = body["messages"]

@@ -106,8 +106,9 @@ class StreamedDecision:
             await self._respond(self.failure(cascade.decision, cascade.last_error), cascade.decision, send)
             return
         model = cascade.model
-        headers = SSE_HEADERS + [(k.lower().encode("latin-1"), v.encode("latin-1"))
-                                 for k, v in self.headers(cascade.decision, model).items()]
+        headers = SSE_HEADERS + [
+            (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers(cascade.decision, model).items()
+        ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         try:
             async for chunk in cascade.chunks():
@@ -119,8 +120,10 @@ class StreamedDecision:
                 await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
         except ProviderCallError as exc:
             error = {
-                "message": redact(f"the answer from {model} broke off after it had started, so it cannot fall "
-                                  f"back silently: {exc.message}"),
+                "message": redact(
+                    f"the answer from {model} broke off after it had started, so it cannot fall "
+                    f"back silently: {exc.message}"
+                ),
                 "type": "api_error",
                 "param": None,
                 "code": exc.error_type,

@@ -91,8 +91,9 @@ class StreamCascade:
                 # Inside the attempt's context, as the plain cascade's call: its headers, and the request that
                 # goes out on the first read.
                 with observer.calling(token):
-                    stream = self.client.astream(planned.provider, planned.model, self.body,
-                                                 headers=observer.headers(token))
+                    stream = self.client.astream(
+                        planned.provider, planned.model, self.body, headers=observer.headers(token)
+                    )
                     async for chunk in stream:
                         held.append(chunk)
                         if carries_output(chunk):
@@ -174,7 +175,10 @@ class StreamCascade:
     ) -> Attempt:
         failed = exc is not None or error_type is not None
         attempt = Attempt(
-            index=planned.index, model=planned.model, provider=planned.provider, role=planned.role,  # type: ignore[arg-type]
+            index=planned.index,
+            model=planned.model,
+            provider=planned.provider,
+            role=planned.role,  # type: ignore[arg-type]
             status="error" if failed else "ok",
             error_type=(error_type or getattr(exc, "error_type", None) or type(exc).__name__) if failed else None,
             duration_ms=(time.perf_counter() - t0) * 1000,

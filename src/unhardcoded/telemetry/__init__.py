@@ -21,9 +21,22 @@ if TYPE_CHECKING:
     from .setup import TelemetryConfigError, TelemetrySetup
 
 __all__ = [
-    "REJECTION_EVENT_LIMIT", "AttemptSpans", "DecisionScope", "Node", "RouterTelemetry", "TelemetryConfigError",
-    "TelemetryLosses", "TelemetrySetup", "configure", "continue_from", "current_workflow", "extract_context",
-    "inject_headers", "losses", "reset_losses", "workflow",
+    "REJECTION_EVENT_LIMIT",
+    "AttemptSpans",
+    "DecisionScope",
+    "Node",
+    "RouterTelemetry",
+    "TelemetryConfigError",
+    "TelemetryLosses",
+    "TelemetrySetup",
+    "configure",
+    "continue_from",
+    "current_workflow",
+    "extract_context",
+    "inject_headers",
+    "losses",
+    "reset_losses",
+    "workflow",
 ]
 
 
@@ -47,9 +60,16 @@ def configure(
     from .setup import configure as _configure  # the SDK is imported only by applications that ask for it
 
     return _configure(
-        service_name, endpoint=endpoint, protocol=protocol, resource_attributes=resource_attributes, traces=traces,
-        metrics=metrics, span_exporter=span_exporter, metric_reader=metric_reader,
-        metric_export_interval_ms=metric_export_interval_ms, set_global=set_global,
+        service_name,
+        endpoint=endpoint,
+        protocol=protocol,
+        resource_attributes=resource_attributes,
+        traces=traces,
+        metrics=metrics,
+        span_exporter=span_exporter,
+        metric_reader=metric_reader,
+        metric_export_interval_ms=metric_export_interval_ms,
+        set_global=set_global,
     )
 
 

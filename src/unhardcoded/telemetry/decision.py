@@ -46,7 +46,9 @@ class RouterTelemetry:
     :meth:`decision` directly.
     """
 
-    def __init__(self, tracer_provider: trace.TracerProvider | None = None, meter_provider: metrics.MeterProvider | None = None) -> None:
+    def __init__(
+        self, tracer_provider: trace.TracerProvider | None = None, meter_provider: metrics.MeterProvider | None = None
+    ) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, VERSION, tracer_provider)
         self.metrics = DecisionMetrics(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider))
         self._layouts: dict["CompiledPolicy", PolicyLayout] = {}
@@ -92,8 +94,19 @@ class DecisionScope:
     """
 
     __slots__ = (
-        "telemetry", "layout", "span", "recording", "metered", "start_ns", "_t0", "_token", "decision", "finished",
-        "_observers", "_pending", "late",
+        "telemetry",
+        "layout",
+        "span",
+        "recording",
+        "metered",
+        "start_ns",
+        "_t0",
+        "_token",
+        "decision",
+        "finished",
+        "_observers",
+        "_pending",
+        "late",
     )
 
     def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool, late: bool = False) -> None:
@@ -122,8 +135,9 @@ class DecisionScope:
                 self.recording = self.late.recording
             else:
                 self.start_ns = time.time_ns()
-                self.span = telemetry.tracer.start_span(layout.span_name, kind=S.DECISION_SPAN_KIND,
-                                                        start_time=self.start_ns)
+                self.span = telemetry.tracer.start_span(
+                    layout.span_name, kind=S.DECISION_SPAN_KIND, start_time=self.start_ns
+                )
                 self.recording = self.span.is_recording()
         except Exception:  # noqa: BLE001 - e.g. a span processor that raises in on_start
             count_error("starting a decision span")
@@ -186,8 +200,9 @@ class DecisionScope:
         else:  # nothing to record: no SDK
             self.finished = True
 
-    def _end(self, decision: "Decision | None", error: BaseException | None,
-             later: list[Callable[[], None]] | None = None) -> None:
+    def _end(
+        self, decision: "Decision | None", error: BaseException | None, later: list[Callable[[], None]] | None = None
+    ) -> None:
         self.finished = True
         duration_s = time.perf_counter() - self._t0
         observers, self._observers = self._observers, None  # they point back here: no cycle left to collect
@@ -222,7 +237,11 @@ class DecisionScope:
             self._token = None
 
     def _record_spans(
-        self, decision: "Decision | None", outcome: str, error: BaseException | None, duration_s: float,
+        self,
+        decision: "Decision | None",
+        outcome: str,
+        error: BaseException | None,
+        duration_s: float,
         pending: list[Callable[[], None]],
     ) -> None:
         """The attempt spans, then the decision span's attributes, events and end."""
@@ -326,7 +345,7 @@ def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]
         summary = attrs.get(A.UNHARDCODED_REJECTIONS_JSON)
         if isinstance(body, str) and len(body) < body_length:
             cut = sum(1 for k, v in attrs.items() if isinstance(v, str) and len(stored.get(k) or "") < len(v))
-            kept = tuple(getattr(span, "events", ()))[-len(events):] if events else ()
+            kept = tuple(getattr(span, "events", ()))[-len(events) :] if events else ()
             for stored_event, event in zip(kept, events):
                 got = stored_event.attributes
                 cut += sum(1 for k, v in event.items() if len(got.get(k) or "") < len(v))
@@ -397,7 +416,8 @@ class AttemptSpans(AttemptObserver):
                 span = late.current
             else:
                 span = self.scope.telemetry.tracer.start_span(
-                    name, context=self._parent, kind=S.ATTEMPT_SPAN_KIND, attributes=attrs)
+                    name, context=self._parent, kind=S.ATTEMPT_SPAN_KIND, attributes=attrs
+                )
         except Exception:  # noqa: BLE001
             count_error("starting an attempt span")
         token = _AttemptToken(span, None, late)

@@ -35,8 +35,10 @@ class DecisionMetrics:
         self.cost_baseline = M.create_unhardcoded_cost_baseline(meter)
         try:
             self.duration = meter.create_histogram(
-                M.UNHARDCODED_DECISION_DURATION, unit=M.UNHARDCODED_DECISION_DURATION_UNIT,
-                description=_DURATION_DESCRIPTION, explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
+                M.UNHARDCODED_DECISION_DURATION,
+                unit=M.UNHARDCODED_DECISION_DURATION_UNIT,
+                description=_DURATION_DESCRIPTION,
+                explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS_S),
             )
         except TypeError:  # an API older than the bucket advisory
             self.duration = M.create_unhardcoded_decision_duration(meter)
@@ -65,15 +67,34 @@ class DecisionMetrics:
         policy = layout.policy_name
         selected = d.selected.model if d.selected is not None else None
         answered = d.answered_by
-        attrs = self._attributes((
-            "d", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_DECISION_OUTCOME, outcome,
-            A.UNHARDCODED_SELECTED_MODEL, selected, A.UNHARDCODED_ANSWERED_MODEL, answered,
-        ))
+        attrs = self._attributes(
+            (
+                "d",
+                A.UNHARDCODED_POLICY_NAME,
+                policy,
+                A.UNHARDCODED_DECISION_OUTCOME,
+                outcome,
+                A.UNHARDCODED_SELECTED_MODEL,
+                selected,
+                A.UNHARDCODED_ANSWERED_MODEL,
+                answered,
+            )
+        )
         self.decisions.add(1, attrs)
-        self.duration.record(duration_s, self._attributes((
-            "t", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_DECISION_OUTCOME, outcome,
-            A.UNHARDCODED_ANSWERED_MODEL, answered,
-        )))
+        self.duration.record(
+            duration_s,
+            self._attributes(
+                (
+                    "t",
+                    A.UNHARDCODED_POLICY_NAME,
+                    policy,
+                    A.UNHARDCODED_DECISION_OUTCOME,
+                    outcome,
+                    A.UNHARDCODED_ANSWERED_MODEL,
+                    answered,
+                )
+            ),
+        )
         rejected = d.rejected
         if rejected:
             counts = layout.static_rule_counts
@@ -82,15 +103,29 @@ class DecisionMetrics:
                 for r in rejected:
                     counts[r.rule] = counts.get(r.rule, 0) + 1
             for rule, n in counts.items():
-                self.rejections.add(n, self._attributes(("r", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_REJECTION_RULE, rule)))
+                self.rejections.add(
+                    n, self._attributes(("r", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_REJECTION_RULE, rule))
+                )
         for hop in d.hops:
-            self.fallbacks.add(1, self._attributes((
-                "f", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_FALLBACK_REASON, hop.reason,
-                A.UNHARDCODED_SELECTED_MODEL, selected,
-            )))
+            self.fallbacks.add(
+                1,
+                self._attributes(
+                    (
+                        "f",
+                        A.UNHARDCODED_POLICY_NAME,
+                        policy,
+                        A.UNHARDCODED_FALLBACK_REASON,
+                        hop.reason,
+                        A.UNHARDCODED_SELECTED_MODEL,
+                        selected,
+                    )
+                ),
+            )
         if answered is not None:
             cost = d.cost
-            by_model = self._attributes(("c", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_ANSWERED_MODEL, answered))
+            by_model = self._attributes(
+                ("c", A.UNHARDCODED_POLICY_NAME, policy, A.UNHARDCODED_ANSWERED_MODEL, answered)
+            )
             if cost.usd is not None:
                 self.cost.add(cost.usd, by_model)
             if cost.baseline_usd is not None:

@@ -51,11 +51,33 @@ _RANDOM_TRACE_ID = getattr(TraceFlags, "RANDOM_TRACE_ID", 0)
 class LateSpan:
     """A span begun on the path: its context is fixed; :meth:`make` starts the SDK span (once)."""
 
-    __slots__ = ("_tracer", "_preset", "name", "kind", "parent", "attributes", "start_ns", "context", "result",
-                 "current", "_span", "above")
+    __slots__ = (
+        "_tracer",
+        "_preset",
+        "name",
+        "kind",
+        "parent",
+        "attributes",
+        "start_ns",
+        "context",
+        "result",
+        "current",
+        "_span",
+        "above",
+    )
 
-    def __init__(self, tracer: Any, preset: "_Preset", name: str, kind: SpanKind, parent: Context | None,
-                 above: Span, attributes: Mapping[str, Any] | None, context: SpanContext, result: Any) -> None:
+    def __init__(
+        self,
+        tracer: Any,
+        preset: "_Preset",
+        name: str,
+        kind: SpanKind,
+        parent: Context | None,
+        above: Span,
+        attributes: Mapping[str, Any] | None,
+        context: SpanContext,
+        result: Any,
+    ) -> None:
         self._tracer = tracer
         self._preset = preset
         self.name = name
@@ -90,8 +112,9 @@ class LateSpan:
         preset = self._preset
         preset.span = self
         try:
-            span = self._tracer.start_span(self.name, context=self.parent, kind=self.kind, attributes=self.attributes,
-                                           start_time=self.start_ns)
+            span = self._tracer.start_span(
+                self.name, context=self.parent, kind=self.kind, attributes=self.attributes, start_time=self.start_ns
+            )
         except Exception:  # noqa: BLE001 - e.g. a span processor that raises in on_start
             count_error("starting a late span")
             return self.current
@@ -121,9 +144,16 @@ class _PresetSampler(_Sampler):  # type: ignore[misc,valid-type]
         self.inner = inner
         self.preset = preset
 
-    def should_sample(self, parent_context: Context | None, trace_id: int, name: str,
-                      kind: SpanKind | None = None, attributes: Any = None, links: Sequence[Any] | None = None,
-                      trace_state: Any = None) -> "SamplingResult":
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Any = None,
+        links: Sequence[Any] | None = None,
+        trace_state: Any = None,
+    ) -> "SamplingResult":
         late = self.preset.span
         if late is not None:
             return late.result
@@ -183,8 +213,9 @@ class LateSpans:
         self._sdk = tracer
         return tracer
 
-    def begin(self, name: str, context: Context | None, kind: SpanKind,
-              attributes: Mapping[str, Any] | None = None) -> LateSpan | None:
+    def begin(
+        self, name: str, context: Context | None, kind: SpanKind, attributes: Mapping[str, Any] | None = None
+    ) -> LateSpan | None:
         """A late span under ``context``'s current span, or None when the tracer cannot make one later."""
         sdk = self._resolve()
         if sdk is None:
@@ -207,6 +238,11 @@ class LateSpans:
         flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= _RANDOM_TRACE_ID
-        span_context = SpanContext(trace_id, ids.generate_span_id(), is_remote=False,
-                                   trace_flags=TraceFlags(flags), trace_state=result.trace_state)
+        span_context = SpanContext(
+            trace_id,
+            ids.generate_span_id(),
+            is_remote=False,
+            trace_flags=TraceFlags(flags),
+            trace_state=result.trace_state,
+        )
         return LateSpan(sdk, self._preset, name, kind, context, above, attributes, span_context, result)

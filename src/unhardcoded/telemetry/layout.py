@@ -53,8 +53,13 @@ def _event_attributes(r: "Rejection") -> tuple[dict[str, str], int]:
 
 def _record_json(r: "Rejection") -> tuple[str, int]:
     record = {
-        "model": r.model, "rule": r.rule, "field": r.field, "op": r.op,
-        "threshold": r.threshold, "observed": r.observed, "message": r.message,
+        "model": r.model,
+        "rule": r.rule,
+        "field": r.field,
+        "op": r.op,
+        "threshold": r.threshold,
+        "observed": r.observed,
+        "message": r.message,
     }
     try:
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False), 0

@@ -26,7 +26,9 @@ _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
 
 
-def inject_headers(headers: MutableMapping[str, str] | None = None, *, context: Context | None = None) -> MutableMapping[str, str]:
+def inject_headers(
+    headers: MutableMapping[str, str] | None = None, *, context: Context | None = None
+) -> MutableMapping[str, str]:
     """Write ``traceparent`` (+ ``tracestate``) and ``baggage`` for the current (or given) context into ``headers``.
 
     Inside a workflow run the baggage carries its id, name and next node step.

@@ -16,7 +16,12 @@ from typing import Any, Mapping, Sequence
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricExporter, MetricExportResult, MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.export import (
+    MetricExporter,
+    MetricExportResult,
+    MetricReader,
+    PeriodicExportingMetricReader,
+)
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -99,7 +104,11 @@ def _env(environ: Mapping[str, str], *names: str) -> str | None:
 
 
 def _protocol(signal: str, protocol: str | None, environ: Mapping[str, str]) -> str:
-    chosen = protocol or _env(environ, f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") or "grpc"
+    chosen = (
+        protocol
+        or _env(environ, f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+        or "grpc"
+    )
     if chosen not in PROTOCOLS:
         raise TelemetryConfigError(
             f"OTLP protocol {chosen!r} is not supported here; use one of {', '.join(PROTOCOLS)} "
@@ -131,7 +140,9 @@ def _otlp_exporter(signal: str, protocol: str, endpoint: str | None) -> Any:
     return HTTPMetricExporter(**kwargs)
 
 
-def _exporters(signal: str, endpoint: str | None, protocol: str | None, environ: Mapping[str, str]) -> list[tuple[str, Any]]:
+def _exporters(
+    signal: str, endpoint: str | None, protocol: str | None, environ: Mapping[str, str]
+) -> list[tuple[str, Any]]:
     """The exporters ``OTEL_{TRACES,METRICS}_EXPORTER`` names (default ``otlp``), built."""
     names = _env(environ, f"OTEL_{signal.upper()}_EXPORTER") or "otlp"
     out: list[tuple[str, Any]] = []
@@ -166,7 +177,9 @@ def _entry_point_exporter(signal: str, name: str) -> Any:
     for ep in entry_points(group=group):
         if ep.name == name:
             return ep.load()()
-    raise TelemetryConfigError(f"OTEL_{signal.upper()}_EXPORTER names {name!r}, but no installed package provides it ({group})")
+    raise TelemetryConfigError(
+        f"OTEL_{signal.upper()}_EXPORTER names {name!r}, but no installed package provides it ({group})"
+    )
 
 
 # --------------------------------------------------------------------------- configure()
@@ -218,7 +231,9 @@ def _is_real_tracer_provider(provider: Any) -> bool:
     return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
-def _resource(service_name: str | None, resource_attributes: Mapping[str, Any] | None, environ: Mapping[str, str]) -> Resource:
+def _resource(
+    service_name: str | None, resource_attributes: Mapping[str, Any] | None, environ: Mapping[str, str]
+) -> Resource:
     attrs = dict(resource_attributes or {})
     # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES are the operator's word: the name in code is only a default.
     env_names_service = _env(environ, "OTEL_SERVICE_NAME") or any(
@@ -290,7 +305,11 @@ def configure(
         resource = resource or _resource(service_name, resource_attributes, env)
         readers: list[MetricReader] = []
         for name, exporter in _exporters("metrics", endpoint, protocol, env):
-            readers.append(PeriodicExportingMetricReader(_CountingMetricExporter(exporter), export_interval_millis=metric_export_interval_ms))
+            readers.append(
+                PeriodicExportingMetricReader(
+                    _CountingMetricExporter(exporter), export_interval_millis=metric_export_interval_ms
+                )
+            )
             setup.metric_exporters.append(name)
         if metric_reader is not None:
             readers.append(metric_reader)

@@ -209,10 +209,13 @@ class Node:
         ctx = otel_context.get_current()
         try:
             span = run._tracer().start_span(
-                S.NODE_SPAN_NAME.format(name=self.name), kind=S.NODE_SPAN_KIND,
+                S.NODE_SPAN_NAME.format(name=self.name),
+                kind=S.NODE_SPAN_KIND,
                 attributes={
-                    A.UNHARDCODED_WORKFLOW_ID: run.id, A.UNHARDCODED_WORKFLOW_NAME: run.name,
-                    A.UNHARDCODED_WORKFLOW_NODE: self.name, A.UNHARDCODED_WORKFLOW_STEP: step,
+                    A.UNHARDCODED_WORKFLOW_ID: run.id,
+                    A.UNHARDCODED_WORKFLOW_NAME: run.name,
+                    A.UNHARDCODED_WORKFLOW_NODE: self.name,
+                    A.UNHARDCODED_WORKFLOW_STEP: step,
                 },
             )
             ctx = run._baggage(trace.set_span_in_context(span), next_step=step + 1)
@@ -260,7 +263,9 @@ class workflow:
 
     node = _NodeFactory()
 
-    def __init__(self, name: str, *, id: str | None = None, tracer_provider: trace.TracerProvider | None = None) -> None:
+    def __init__(
+        self, name: str, *, id: str | None = None, tracer_provider: trace.TracerProvider | None = None
+    ) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a workflow needs a non-empty name")
         self.name = name
@@ -273,7 +278,9 @@ class workflow:
         self.span: Span = trace.INVALID_SPAN
 
     @classmethod
-    def _continued(cls, workflow_id: str, name: str, first_step: int, tracer_provider: trace.TracerProvider | None) -> "workflow":
+    def _continued(
+        cls, workflow_id: str, name: str, first_step: int, tracer_provider: trace.TracerProvider | None
+    ) -> "workflow":
         """A run started by another service: its nodes here number on from ``first_step``."""
         run = cls.__new__(cls)
         run.name = name
@@ -292,7 +299,9 @@ class workflow:
     def _baggage(self, ctx: Context, *, next_step: int | None = None) -> Context:
         ctx = baggage.set_baggage(BAGGAGE_WORKFLOW_ID, self.id, ctx)
         ctx = baggage.set_baggage(BAGGAGE_WORKFLOW_NAME, self.name, ctx)
-        return baggage.set_baggage(BAGGAGE_WORKFLOW_STEP, str(self._steps.peek() if next_step is None else next_step), ctx)
+        return baggage.set_baggage(
+            BAGGAGE_WORKFLOW_STEP, str(self._steps.peek() if next_step is None else next_step), ctx
+        )
 
     @property
     def trace_id(self) -> str | None:
@@ -310,13 +319,16 @@ class workflow:
 
     def __enter__(self) -> "workflow":
         if self._state != "new":
-            raise RuntimeError(f"workflow {self.name!r} run {self.id} was already started; use a new workflow(...) per run")
+            raise RuntimeError(
+                f"workflow {self.name!r} run {self.id} was already started; use a new workflow(...) per run"
+            )
         self._state = "running"
         span: Span = trace.INVALID_SPAN
         ctx = otel_context.get_current()
         try:
             span = self._tracer().start_span(
-                S.WORKFLOW_SPAN_NAME.format(name=self.name), kind=S.WORKFLOW_SPAN_KIND,
+                S.WORKFLOW_SPAN_NAME.format(name=self.name),
+                kind=S.WORKFLOW_SPAN_KIND,
                 attributes={A.UNHARDCODED_WORKFLOW_ID: self.id, A.UNHARDCODED_WORKFLOW_NAME: self.name},
             )
             ctx = trace.set_span_in_context(span)
