@@ -159,18 +159,30 @@ def with_defaults(doc: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _yaml(value: Any, **options: Any) -> list[str]:
+    """The YAML writing of ``value``, or none when PyYAML's emitter cannot write it back faithfully.
+
+    PyYAML writes U+0085 (NEL) raw inside a quoted scalar, and its reader (rightly, YAML 1.1 counts NEL as
+    a line break) folds it to a space: a different policy, so no test of the fingerprint.
+    """
+    text = yaml.safe_dump(value, **options)
+    return [text] if yaml.safe_load(text) == value else []
+
+
 def writings(doc: dict[str, Any], rnd) -> list[str]:
     mixed = shuffled(doc, rnd)
     return [
         json.dumps(doc),
         json.dumps(mixed, indent=4, ensure_ascii=True),
         "\n\n  " + json.dumps(doc, separators=(",", ":"), sort_keys=True) + "\n\n",
-        yaml.safe_dump(doc, sort_keys=False, allow_unicode=True),
-        "# the same policy, in YAML block style\n\n"
-        + yaml.safe_dump(mixed, sort_keys=True, indent=4, allow_unicode=False),
-        yaml.safe_dump(mixed, default_flow_style=True, width=10**6, allow_unicode=True),
+        *_yaml(doc, sort_keys=False, allow_unicode=True),
+        *(
+            "# the same policy, in YAML block style\n\n" + text
+            for text in _yaml(mixed, sort_keys=True, indent=4, allow_unicode=False)
+        ),
+        *_yaml(mixed, default_flow_style=True, width=10**6, allow_unicode=True),
         json.dumps(float_ints(doc)),
-        yaml.safe_dump(with_defaults(mixed), sort_keys=False, allow_unicode=True),
+        *_yaml(with_defaults(mixed), sort_keys=False, allow_unicode=True),
     ]
 
 
