@@ -6,9 +6,12 @@ import argparse
 import gc
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from . import Subcommands
 
 POLICY_DIR_ENV = "UNHARDCODED_POLICY_DIR"
 DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
@@ -17,7 +20,7 @@ FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
 DEFAULT_PORT = 8080
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subcommands) -> None:
     p = sub.add_parser(
         "serve",
         help="run the OpenAI-compatible router proxy",
@@ -145,11 +148,11 @@ def _span_exporter() -> Any:
 
 def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     """The app and the tracer provider for the parsed ``serve`` arguments."""
-    from ..cli import load_catalog_arg
     from ..router import Router
     from ..router.providers import ProviderClient, load_providers, providers_from_env
-    from .app import create_app
-    from .request import DEFAULT_MAX_BODY_BYTES
+    from ..server.app import create_app
+    from ..server.request import DEFAULT_MAX_BODY_BYTES
+    from . import load_catalog_arg
 
     catalog = load_catalog_arg(args.catalog)
     providers = load_providers(args.providers) if args.providers else providers_from_env()
@@ -185,8 +188,8 @@ def run_server(app: Any, host: str, port: int, *, access_log: bool = True, log_l
     import uvicorn
     from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
-    from .access import LOGGER_NAME as ACCESS_LOGGER
-    from .access import AccessLog, log_config
+    from ..server.access import LOGGER_NAME as ACCESS_LOGGER
+    from ..server.access import AccessLog, log_config
 
     # uvicorn's own access log would write each line before the response body; ours writes it after.
     config = uvicorn.Config(
