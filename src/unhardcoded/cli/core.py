@@ -46,18 +46,19 @@ def add_commands(sub: Subcommands) -> None:
 
 def cmd_fields(args: argparse.Namespace) -> int:
     catalog = load_catalog_arg(args.catalog)
-    rows = [
-        {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
-        for f in catalog.fields.values()
-    ]
+    fields = list(catalog.fields.values())
     if args.json:
+        rows = [
+            {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            for f in fields
+        ]
         print_json({"catalog_version": catalog.version, "fields": rows})
         return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        unit = f" ({r['unit']})" if r["unit"] else ""
-        kind = "" if r["builtin"] else " [custom]"
-        print(f"{r['name'].ljust(width)}  {r['type']:<8}  {r['description']}{unit}{kind}")
+    width = max(len(f.name) for f in fields)
+    for f in fields:
+        unit = f" ({f.unit})" if f.unit else ""
+        kind = "" if f.builtin else " [custom]"
+        print(f"{f.name.ljust(width)}  {f.type:<8}  {f.description}{unit}{kind}")
     print(f"\ncatalog {catalog.source} · version {catalog.version} · {len(catalog)} models")
     return 0
 

@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Any
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import uvicorn
+
     from . import Subcommands
 
 DEFAULT_HTTP_PORT = 8318
@@ -153,7 +157,7 @@ def add_commands(sub: Subcommands) -> None:
     p.set_defaults(run=cmd_processor)
 
 
-def _server(config: Any) -> Any:
+def _server(config: uvicorn.Config) -> uvicorn.Server:
     """A uvicorn server that stops on SIGTERM / SIGINT and then lets :func:`cmd_processor` finish.
 
     uvicorn raises the signal again once it has stopped, which ends the process on the spot: the
@@ -168,7 +172,7 @@ def _server(config: Any) -> Any:
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
+        def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
