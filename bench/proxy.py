@@ -120,7 +120,7 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
     try:
         from unhardcoded.cli.serve import run_server
     except ImportError:  # a tree from before the cli package, run by --compare
-        from unhardcoded.server.commands import run_server  # type: ignore[no-redef]
+        from unhardcoded.server.commands import run_server  # type: ignore[no-redef]  # same function, old home
 
     providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
     app = create_app(Router(Catalog.builtin(), ProviderClient(providers)), default_policy="support")
