@@ -117,7 +117,10 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
     from unhardcoded.router.providers import ProviderClient, ProviderConfig, ProvidersConfig
     from unhardcoded.server import create_app
 
-    from unhardcoded.server.commands import run_server
+    try:
+        from unhardcoded.cli.serve import run_server
+    except ImportError:  # a tree from before the cli package, run by --compare
+        from unhardcoded.server.commands import run_server  # type: ignore[no-redef]  # same function, old home
 
     providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
     app = create_app(Router(Catalog.builtin(), ProviderClient(providers)), default_policy="support")

@@ -386,3 +386,30 @@ def test_bad_catalog(files: dict[str, Path]):
 def test_usage_errors_are_one_line_too(files: dict[str, Path]):
     assert_bad_input(run("rank"), "--policy")
     assert_bad_input(run("no-such-command"), "no-such-command")
+
+
+# The program imports what a command runs only when that command runs: building the parser (for --help, or
+# for `fingerprint`) must not load the proxy, the processor or their servers.
+SERVICE_MODULES = ("starlette", "uvicorn", "grpc", "unhardcoded.server", "unhardcoded.processor")
+
+
+@pytest.mark.parametrize("args", [["--help"], ["fingerprint", str(SUPPORT)]], ids=["help", "fingerprint"])
+def test_commands_do_not_load_the_services(args: list[str]):
+    probe = (
+        "import contextlib, io, json, sys\n"
+        "from unhardcoded.cli import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    try:\n"
+        "        code = main(sys.argv[1:])\n"
+        "    except SystemExit as exc:\n"
+        "        code = exc.code\n"
+        "print(json.dumps({'code': code, 'modules': sorted(sys.modules)}))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=60, cwd=ROOT, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["code"] == 0
+    loaded = [m for m in result["modules"] if m.split(".")[0] in SERVICE_MODULES or m.startswith(SERVICE_MODULES)]
+    assert loaded == []

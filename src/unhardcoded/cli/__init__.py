@@ -1,4 +1,8 @@
-"""The `unhardcoded` command line. Each subsystem adds its own subcommands through ``add_commands``."""
+"""The `unhardcoded` command line: the parser, ``main``, and what every command shares.
+
+Each module of this package adds its subcommands through ``add_commands``; they import the code they run
+inside the command, so ``unhardcoded --help`` loads neither the servers nor the OpenTelemetry SDK.
+"""
 
 from __future__ import annotations
 
@@ -6,18 +10,26 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from importlib import import_module
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from .errors import UnhardcodedError
+from .._version import package_version
+from ..errors import UnhardcodedError
+
+if TYPE_CHECKING:
+    from ..catalog import Catalog
+
+    Subcommands = argparse._SubParsersAction[argparse.ArgumentParser]
+    """What ``add_commands`` of each command module adds its subcommands to."""
 
 CATALOG_ENV = "UNHARDCODED_CATALOG"
-# Modules that define `add_commands(subparsers)`; one that is not there yet is passed over.
+# Modules that define `add_commands(subparsers)`, in the order `unhardcoded --help` lists their commands.
 COMMAND_MODULES = (
-    "unhardcoded.commands",
-    "unhardcoded.receipts.commands",
-    "unhardcoded.processor.commands",
-    "unhardcoded.server.commands",
+    "unhardcoded.cli.core",
+    "unhardcoded.cli.receipts",
+    "unhardcoded.cli.processor",
+    "unhardcoded.cli.serve",
 )
 
 
@@ -26,7 +38,7 @@ class UsageError(UnhardcodedError):
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> Any:  # argparse's own usage errors: one line, exit 2
+    def error(self, message: str) -> NoReturn:  # argparse's own usage errors: one line, exit 2
         print(f"unhardcoded: {message}", file=sys.stderr)
         raise SystemExit(2)
 
@@ -35,9 +47,9 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, indent=2, ensure_ascii=False, default=str))
 
 
-def load_catalog_arg(path: str | None):  # -> Catalog
+def load_catalog_arg(path: str | None) -> Catalog:
     """``--catalog FILE``, else ``$UNHARDCODED_CATALOG``, else the built-in catalog."""
-    from .catalog import Catalog
+    from ..catalog import Catalog
 
     path = path or os.environ.get(CATALOG_ENV)
     return Catalog.from_file(path) if path else Catalog.builtin()
@@ -45,26 +57,11 @@ def load_catalog_arg(path: str | None):  # -> Catalog
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="unhardcoded", description="Runtime LLM policy layer with OpenTelemetry-observable receipts.")
-    parser.add_argument("--version", action="version", version=_version())
+    parser.add_argument("--version", action="version", version=package_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMAND_MODULES:
-        try:
-            module = import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and name.startswith(exc.name):
-                continue
-            raise
-        module.add_commands(sub)
+        import_module(name).add_commands(sub)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("unhardcoded")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -87,7 +84,3 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-
-
-if __name__ == "__main__":
-    sys.exit(main())

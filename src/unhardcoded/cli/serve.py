@@ -6,9 +6,18 @@ import argparse
 import gc
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import TracerProvider
+    from starlette.types import ASGIApp
+
+    from ..catalog import Catalog
+    from ..receipts.store import ReceiptStore
+    from ..telemetry.setup import TelemetrySetup
+    from . import Subcommands
 
 POLICY_DIR_ENV = "UNHARDCODED_POLICY_DIR"
 DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
@@ -17,7 +26,7 @@ FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
 DEFAULT_PORT = 8080
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subcommands) -> None:
     p = sub.add_parser(
         "serve",
         help="run the OpenAI-compatible router proxy",
@@ -64,7 +73,7 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     return [n.strip() for item in names for n in item.split(",") if n.strip()]
 
 
-def configure_tracing(store: Any, catalog: Any) -> Any:
+def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> TelemetrySetup | _FlushReceipts | None:
     """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``.
 
     Returns something with ``shutdown()`` that flushes what is buffered when the server stops, or None.
@@ -73,83 +82,36 @@ def configure_tracing(store: Any, catalog: Any) -> Any:
         from opentelemetry.sdk.trace import TracerProvider
     except ImportError:  # the API alone: spans cost nothing and go nowhere
         return None
-    try:
-        from ..telemetry import configure
-    except ImportError:
-        configure = None
-    if configure is not None:
-        setup = configure("unhardcoded-proxy")
-        provider = setup.tracer_provider
-        finisher: Any = setup
-    else:
-        provider = _fallback_tracer_provider()
-        finisher = provider
+    from ..telemetry import configure
+
+    setup = configure("unhardcoded-proxy")
+    provider = setup.tracer_provider
     if store is not None and isinstance(provider, TracerProvider):
         from ..receipts.processor import ReceiptSpanProcessor
 
         provider.add_span_processor(ReceiptSpanProcessor(store, catalogs=[catalog]))
-        finisher = _Both(finisher, provider)
-    return finisher
+        return _FlushReceipts(setup, provider)
+    return setup
 
 
-class _Both:
-    def __init__(self, first: Any, provider: Any) -> None:
-        self.first, self.provider = first, provider
+class _FlushReceipts:
+    """The telemetry set-up's ``shutdown``, after a flush of the provider that writes the receipts."""
+
+    def __init__(self, setup: TelemetrySetup, provider: TracerProvider) -> None:
+        self.setup, self.provider = setup, provider
 
     def shutdown(self) -> None:
         self.provider.force_flush()  # receipts too, even when the provider is the application's own
-        if self.first is not self.provider:
-            self.first.shutdown()
+        self.setup.shutdown()
 
 
-def _fallback_tracer_provider() -> Any:
-    from opentelemetry import trace
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor
-
-    current = trace.get_tracer_provider()
-    if isinstance(current, TracerProvider):  # e.g. under opentelemetry-instrument: already configured
-        return current
-    if os.environ.get("OTEL_SDK_DISABLED", "").lower() == "true":
-        return None
-    resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", "unhardcoded-proxy")})
-    provider = TracerProvider(resource=resource)
-    exporter = _span_exporter()
-    if exporter is not None:
-        provider.add_span_processor(BatchSpanProcessor(exporter))
-    trace.set_tracer_provider(provider)
-    return provider
-
-
-def _span_exporter() -> Any:
-    wanted = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
-    endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-    if wanted in ("none", "") and not (endpoint and wanted == ""):
-        return None
-    if wanted == "console":
-        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
-
-        return ConsoleSpanExporter()
-    protocol = (
-        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-        or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-        or "http/protobuf"
-    )
-    if protocol == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-    else:
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # type: ignore[assignment]
-    return OTLPSpanExporter()
-
-
-def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
+def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _FlushReceipts | None]:
     """The app and the tracer provider for the parsed ``serve`` arguments."""
-    from ..cli import load_catalog_arg
     from ..router import Router
     from ..router.providers import ProviderClient, load_providers, providers_from_env
-    from .app import create_app
-    from .request import DEFAULT_MAX_BODY_BYTES
+    from ..server.app import create_app
+    from ..server.request import DEFAULT_MAX_BODY_BYTES
+    from . import load_catalog_arg
 
     catalog = load_catalog_arg(args.catalog)
     providers = load_providers(args.providers) if args.providers else providers_from_env()
@@ -174,7 +136,7 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     return app, provider
 
 
-def run_server(app: Any, host: str, port: int, *, access_log: bool = True, log_level: str = "info") -> None:
+def run_server(app: ASGIApp, host: str, port: int, *, access_log: bool = True, log_level: str = "info") -> None:
     """Serve ``app`` on uvicorn (uvloop and httptools when installed, as ``uvicorn[standard]`` brings them).
 
     The access log (one line per request, as uvicorn writes it) is written once
@@ -185,8 +147,8 @@ def run_server(app: Any, host: str, port: int, *, access_log: bool = True, log_l
     import uvicorn
     from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
-    from .access import LOGGER_NAME as ACCESS_LOGGER
-    from .access import AccessLog, log_config
+    from ..server.access import LOGGER_NAME as ACCESS_LOGGER
+    from ..server.access import AccessLog, log_config
 
     # uvicorn's own access log would write each line before the response body; ours writes it after.
     config = uvicorn.Config(

@@ -5,19 +5,22 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
-from ..cli import UsageError, load_catalog_arg, print_json
 from ..errors import UnhardcodedError
+from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, open_store
+from . import UsageError, load_catalog_arg, print_json
 from .sources import add_source_arguments, source_from_args, store_help
-from .store import ROLLUP_KEYS, ReceiptQuery, open_store
+
+if TYPE_CHECKING:
+    from . import Subcommands
 
 
 class NotFoundError(UnhardcodedError):
     """No receipt or workflow has the id asked for."""
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subcommands) -> None:
     p = sub.add_parser("receipt", help="show a request's receipt (or a workflow's) as a card or JSON")
     p.add_argument("id", metavar="REQUEST_ID", help="a request id (X-Unhardcoded-Request-Id) or a workflow id")
     add_source_arguments(p)
@@ -50,7 +53,7 @@ def add_commands(sub: Any) -> None:
 
 
 def cmd_receipt(args: argparse.Namespace) -> int:
-    from .render import render_receipt, render_workflow
+    from ..receipts.render import render_receipt, render_workflow
 
     if not args.id.strip():
         raise UsageError("REQUEST_ID is empty")
@@ -82,8 +85,8 @@ def _progress(stream: TextIO, done: int, total: int) -> None:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .render import render_replay
-    from .replay import ReplayError, parse_since, replay_from_store, replay_receipt
+    from ..receipts.render import render_replay
+    from ..receipts.replay import ReplayError, parse_since, replay_from_store, replay_receipt
 
     if args.all and args.id:
         raise UsageError("give a REQUEST_ID or --all, not both")
@@ -169,8 +172,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_rollup(args: argparse.Namespace) -> int:
-    from .render import render_rollup
-    from .replay import parse_since
+    from ..receipts.render import render_rollup
+    from ..receipts.replay import parse_since
 
     since = parse_since(args.since) if args.since else None
     store = open_store(args.store, create=False)

@@ -1,17 +1,21 @@
-"""Subcommands of the router core: `fields`, `rank` (dry run) and `fingerprint`."""
+"""Subcommands of the router core: `fields`, `rank` (dry run), `fingerprint`, and `demo`."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from .cli import load_catalog_arg, print_json
-from .errors import RequestError
+from ..errors import RequestError
+from . import load_catalog_arg, print_json
+
+if TYPE_CHECKING:
+    from . import Subcommands
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subcommands) -> None:
     p = sub.add_parser("fields", help="list the catalog fields a policy rule may test")
     p.add_argument(
         "--catalog", metavar="FILE", help="catalog file (default: $UNHARDCODED_CATALOG or the built-in catalog)"
@@ -42,18 +46,19 @@ def add_commands(sub: Any) -> None:
 
 def cmd_fields(args: argparse.Namespace) -> int:
     catalog = load_catalog_arg(args.catalog)
-    rows = [
-        {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
-        for f in catalog.fields.values()
-    ]
+    fields = list(catalog.fields.values())
     if args.json:
+        rows = [
+            {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            for f in fields
+        ]
         print_json({"catalog_version": catalog.version, "fields": rows})
         return 0
-    width = max(len(r["name"]) for r in rows)
-    for r in rows:
-        unit = f" ({r['unit']})" if r["unit"] else ""
-        kind = "" if r["builtin"] else " [custom]"
-        print(f"{r['name'].ljust(width)}  {r['type']:<8}  {r['description']}{unit}{kind}")
+    width = max(len(f.name) for f in fields)
+    for f in fields:
+        unit = f" ({f.unit})" if f.unit else ""
+        kind = "" if f.builtin else " [custom]"
+        print(f"{f.name.ljust(width)}  {f.type:<8}  {f.description}{unit}{kind}")
     print(f"\ncatalog {catalog.source} · version {catalog.version} · {len(catalog)} models")
     return 0
 
@@ -65,20 +70,21 @@ def _read_request(path: str | None) -> dict[str, Any]:
     if path is None:
         return DEFAULT_REQUEST
     try:
-        text = sys.stdin.read() if path == "-" else open(path, encoding="utf-8").read()
+        text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise RequestError(f"{path}: cannot read: {exc.strerror}") from None
     try:
-        return json.loads(text)
+        request: dict[str, Any] = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RequestError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
+    return request
 
 
 def cmd_rank(args: argparse.Namespace) -> int:
-    from .policy import load_policy_file
-    from .receipts.model import Receipt
-    from .receipts.render import render_receipt
-    from .router import Router
+    from ..policy import load_policy_file
+    from ..receipts.model import Receipt
+    from ..receipts.render import render_receipt
+    from ..router import Router
 
     catalog = load_catalog_arg(args.catalog)
     policy = load_policy_file(args.policy, catalog)
@@ -92,7 +98,7 @@ def cmd_rank(args: argparse.Namespace) -> int:
 
 
 def cmd_fingerprint(args: argparse.Namespace) -> int:
-    from .policy import load_policy_file
+    from ..policy import load_policy_file
 
     policy = load_policy_file(args.policy, load_catalog_arg(args.catalog))
     if args.json:
@@ -110,7 +116,7 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     run_demo(args.store, as_json=args.json)
     return 0

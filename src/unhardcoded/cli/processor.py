@@ -8,9 +8,16 @@ import logging
 import os
 import socket
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    import uvicorn
+
+    from . import Subcommands
 
 DEFAULT_HTTP_PORT = 8318
 """OTLP/HTTP, the query API and pages. 4318 + 4000: next to a Collector on 4318 without a clash."""
@@ -21,7 +28,7 @@ DEFAULT_SQLITE_SYNCHRONOUS = "full"
 """An acknowledgement tells the exporter it may forget the spans: they must be on disk, not only in the OS's cache."""
 
 
-def add_commands(sub: Any) -> None:
+def add_commands(sub: Subcommands) -> None:
     p = sub.add_parser(
         "processor",
         help="run the receipts processor: OTLP in (gRPC and HTTP), durable receipts out, query API and receipt pages",
@@ -150,7 +157,7 @@ def add_commands(sub: Any) -> None:
     p.set_defaults(run=cmd_processor)
 
 
-def _server(config: Any) -> Any:
+def _server(config: uvicorn.Config) -> uvicorn.Server:
     """A uvicorn server that stops on SIGTERM / SIGINT and then lets :func:`cmd_processor` finish.
 
     uvicorn raises the signal again once it has stopped, which ends the process on the spot: the
@@ -165,7 +172,7 @@ def _server(config: Any) -> Any:
 
     class Server(uvicorn.Server):
         @contextlib.contextmanager
-        def capture_signals(self):  # type: ignore[no-untyped-def]
+        def capture_signals(self) -> Iterator[None]:
             if threading.current_thread() is not threading.main_thread():
                 yield
                 return
@@ -181,17 +188,17 @@ def _server(config: Any) -> Any:
 
 
 def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any, Any, str]:
-    """The receipt store and spool, as :func:`.stores.open_backend` opens them, the SQLite spool at ``sqlite_synchronous``;
-    and how durable an acknowledgement is, for the start-up line.
+    """The receipt store and spool, as :func:`unhardcoded.processor.stores.open_backend` opens them, the SQLite
+    spool at ``sqlite_synchronous``; and how durable an acknowledgement is, for the start-up line.
 
     The spool is where an export's spans are committed before it is acknowledged, so its ``synchronous``
     setting decides what an acknowledgement survives. It shares the store's connection, so the receipts and
     the marks that their spans are finished are one transaction at that setting: a power cut loses both or
     neither, and receipts lost with their marks are rebuilt from the spool at the next start.
     """
+    from ..processor.spool import SQLiteSpool
+    from ..processor.stores import is_postgres, open_backend
     from ..receipts.store import SQLiteReceiptStore, sqlite_path, store_url
-    from .spool import SQLiteSpool
-    from .stores import is_postgres, open_backend
 
     resolved = store_url(url)
     if is_postgres(resolved):
@@ -237,10 +244,10 @@ def _listen(host: str, port: int) -> socket.socket:
 def cmd_processor(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from .api import Settings, build_app
-    from .forward import Forwarder, RetryPolicy
-    from .metrics import ProcessorMetrics, configure_meter_provider
-    from .service import ProcessorConfig, ReceiptsProcessor
+    from ..processor.api import Settings, build_app
+    from ..processor.forward import Forwarder, RetryPolicy
+    from ..processor.metrics import ProcessorMetrics, configure_meter_provider
+    from ..processor.service import ProcessorConfig, ReceiptsProcessor
 
     for name, value in (("--wait-window", args.wait_window), ("--late-window", args.late_window)):
         if not value >= 0:
@@ -294,7 +301,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
         processor.start()
         grpc_note = "off"
         if not args.no_grpc:
-            from .grpc_server import start_grpc_server
+            from ..processor.grpc_server import start_grpc_server
 
             grpc_server, grpc_port = start_grpc_server(
                 processor,
