@@ -189,9 +189,8 @@ def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any,
     the marks that their spans are finished are one transaction at that setting: a power cut loses both or
     neither, and receipts lost with their marks are rebuilt from the spool at the next start.
     """
-    from ..receipts.store import SQLiteReceiptStore, sqlite_path, store_url
-    from .spool import SQLiteSpool
-    from .stores import is_postgres, open_backend
+    from ..receipts.stores import SQLiteReceiptStore, SQLiteSpool, is_postgres, sqlite_path, store_url
+    from ..receipts.stores import open_store_and_spool as open_backend
 
     resolved = store_url(url)
     if is_postgres(resolved):

@@ -10,7 +10,7 @@ from typing import Any, TextIO
 from ..cli import UsageError, load_catalog_arg, print_json
 from ..errors import UnhardcodedError
 from .sources import add_source_arguments, source_from_args, store_help
-from .store import ROLLUP_KEYS, ReceiptQuery, open_store
+from .stores import ROLLUP_KEYS, ReceiptQuery, open_store
 
 
 class NotFoundError(UnhardcodedError):

@@ -14,7 +14,7 @@ from typing import Any, Callable, Protocol
 
 from .model import Receipt, WorkflowReceipt
 from .rebuild import rebuild_receipts
-from .store import STORE_ENV, ReceiptStore, default_store_path, open_store
+from .stores import STORE_ENV, ReceiptStore, default_store_path, open_store
 
 
 def store_help() -> str:

@@ -156,7 +156,7 @@ def build_app(args: argparse.Namespace) -> tuple[Any, Any]:
     store = None
     store_url = args.store or os.environ.get(STORE_ENV)
     try:
-        from ..receipts.store import open_store
+        from ..receipts.stores import open_store
 
         store = open_store(store_url)
     except ImportError:
