@@ -27,7 +27,7 @@ from unhardcoded.processor.api import Settings, build_app
 from unhardcoded.processor.grpc_server import start_grpc_server
 from unhardcoded.processor.metrics import ProcessorMetrics
 from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
-from unhardcoded.processor.spool import SQLiteSpool
+from unhardcoded.receipts.stores import SQLiteSpool
 from unhardcoded.receipts import Receipt, SQLiteReceiptStore
 
 PB = {"Content-Type": "application/x-protobuf"}

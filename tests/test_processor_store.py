@@ -25,7 +25,7 @@ from processor_fixtures import (
 from unhardcoded.processor.metrics import ProcessorMetrics
 from unhardcoded.processor.otlp import classify, parse_protobuf
 from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
-from unhardcoded.processor.stores import open_backend
+from unhardcoded.receipts.stores import open_store_and_spool
 from unhardcoded.receipts import Receipt, ReceiptQuery, WorkflowReceipt
 
 PB = {"Content-Type": "application/x-protobuf"}
@@ -55,7 +55,7 @@ def store_url(request, tmp_path):
 
 @pytest.fixture
 def backend(store_url):
-    store, spool = open_backend(store_url)
+    store, spool = open_store_and_spool(store_url)
     yield store, spool
     store.close()
     spool.close()
@@ -159,7 +159,7 @@ def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
         conn.execute(
             "INSERT INTO workflows VALUES ('wf_old', 'triage-flow', %s, '2026-03-14T09:00:00.000Z')", (ds[0].trace_id,)
         )
-    store, spool = open_backend(url)
+    store, spool = open_store_and_spool(url)
     try:
         store.put_many((Receipt.from_decision(d), None) for d in ds)
         assert store.workflow("wf_old") == WorkflowReceipt.from_receipts(
@@ -171,7 +171,7 @@ def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
     finally:
         store.close()
         spool.close()
-    store, spool = open_backend(url)  # opened again: the column is there, nothing is filled in twice
+    store, spool = open_store_and_spool(url)  # opened again: the column is there, nothing is filled in twice
     try:
         assert store.workflow("wf_old").complete
         assert store.workflow("wf_new").still_open
@@ -202,7 +202,7 @@ def test_the_spool(backend):
 
 def test_on_sqlite_receipts_and_their_finish_marks_commit_together(tmp_path):
     """The spool shares the store's connection: the receipts written in a finish and its marks are one transaction."""
-    store, spool = open_backend(str(tmp_path / "receipts.db"))
+    store, spool = open_store_and_spool(str(tmp_path / "receipts.db"))
     try:
         ds, spans = decisions_with_spans(2, seed=4, hops=1)
         ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
@@ -230,7 +230,7 @@ def test_the_processor_on_each_store_survives_a_restart(store_url):
     ds, spans = decisions_with_spans(10, seed=4, hops=1)
     ours = classify(parse_protobuf(L.otlp_bytes(spans))).spans
     decision_ids = {s.span_id for s in ours if s.role == "decision"}
-    store, spool = open_backend(store_url)
+    store, spool = open_store_and_spool(store_url)
     cfg = ProcessorConfig(wait_window_s=30, owner="one")
     p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
     p.start()
@@ -239,7 +239,7 @@ def test_the_processor_on_each_store_survives_a_restart(store_url):
     p.stop()
     store.close()
     spool.close()
-    store, spool = open_backend(store_url)  # a new process, as after a crash: pending spans are picked up
+    store, spool = open_store_and_spool(store_url)  # a new process, as after a crash: pending spans are picked up
     p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
     p.start()
     assert p.stats()["recovered_spans"] == len(ours) - len(decision_ids)
@@ -263,7 +263,7 @@ def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across
         "wf_engine", "refund-flow", [Receipt.from_decision(d) for d in ds], trace_id=ds[0].trace_id
     )
     cfg = ProcessorConfig(wait_window_s=60, owner="one")
-    store, spool = open_backend(store_url)
+    store, spool = open_store_and_spool(store_url)
     p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
     p.start()
     p.submit(first).result(10)
@@ -274,7 +274,7 @@ def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across
     p.stop()
     store.close()
     spool.close()
-    store, spool = open_backend(store_url)  # restarted: the root and the held node are picked up, still waiting
+    store, spool = open_store_and_spool(store_url)  # restarted: the root and the held node are picked up, still waiting
     p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
     p.start()
     assert p.stats()["recovered_spans"] >= 2

@@ -136,7 +136,7 @@ def test_policy_directory(simulated_provider: Any, tmp_path: Path) -> None:
 
 
 def test_receipt_from_the_store(simulated_provider: Any) -> None:
-    from unhardcoded.receipts.store import open_store
+    from unhardcoded.receipts.stores import open_store
     from unhardcoded.policy import load_policy_file
     from unhardcoded.policies import builtin_policy_dir
 

@@ -16,7 +16,7 @@ import pytest
 from fixtures import generate
 from unhardcoded.catalog import Catalog
 from unhardcoded.receipts import Receipt, ReceiptQuery, ReceiptStore, StoreError, open_store
-from unhardcoded.receipts.store import STORE_SCHEMA_VERSION, default_store_path, sqlite_path, store_url
+from unhardcoded.receipts.stores import STORE_SCHEMA_VERSION, default_store_path, sqlite_path, store_url
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / generate.EXPECTED).read_text(encoding="utf-8"))
 HOPPED, DIRECT = (Receipt.model_validate(r) for r in FIXTURE["receipts"])

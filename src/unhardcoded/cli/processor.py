@@ -8,7 +8,7 @@ import logging
 import os
 import socket
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 
@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
     import uvicorn
 
+    from ..receipts.stores import ReceiptStore, Spool
     from . import Subcommands
 
 DEFAULT_HTTP_PORT = 8318
@@ -187,18 +188,16 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
     return Server(config)
 
 
-def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any, Any, str]:
-    """The receipt store and spool, as :func:`unhardcoded.processor.stores.open_backend` opens them, the SQLite
-    spool at ``sqlite_synchronous``; and how durable an acknowledgement is, for the start-up line.
+def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[ReceiptStore, Spool, str]:
+    """The receipt store and spool (:func:`unhardcoded.receipts.stores.open_store_and_spool`), the SQLite spool
+    at ``sqlite_synchronous``; and how durable an acknowledgement is, for the start-up line.
 
     The spool is where an export's spans are committed before it is acknowledged, so its ``synchronous``
     setting decides what an acknowledgement survives. It shares the store's connection, so the receipts and
     the marks that their spans are finished are one transaction at that setting: a power cut loses both or
     neither, and receipts lost with their marks are rebuilt from the spool at the next start.
     """
-    from ..processor.spool import SQLiteSpool
-    from ..processor.stores import is_postgres, open_backend
-    from ..receipts.store import SQLiteReceiptStore, sqlite_path, store_url
+    from ..receipts.stores import is_postgres, open_store_and_spool, store_url
 
     resolved = store_url(url)
     if is_postgres(resolved):
@@ -206,15 +205,10 @@ def _open_backend(url: str | None, sqlite_synchronous: str | None) -> tuple[Any,
             raise ConfigError(
                 "--sqlite-synchronous: the store is PostgreSQL; its durability is the server's synchronous_commit"
             )
-        store, spool = open_backend(resolved)
+        store, spool = open_store_and_spool(resolved)
         return store, spool, "postgresql"
     mode = sqlite_synchronous or DEFAULT_SQLITE_SYNCHRONOUS
-    store = SQLiteReceiptStore(sqlite_path(resolved), create=True)
-    try:
-        spool = SQLiteSpool(store.path, synchronous=mode.upper(), store=store)
-    except BaseException:
-        store.close()
-        raise
+    store, spool = open_store_and_spool(resolved, synchronous=mode.upper())
     return store, spool, f"sqlite synchronous={mode}"
 
 

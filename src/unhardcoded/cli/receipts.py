@@ -8,7 +8,7 @@ from collections import Counter
 from typing import TYPE_CHECKING, Any, TextIO
 
 from ..errors import UnhardcodedError
-from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, open_store
+from ..receipts.stores import ROLLUP_KEYS, ReceiptQuery, open_store
 from . import UsageError, load_catalog_arg, print_json
 from .sources import add_source_arguments, source_from_args, store_help
 

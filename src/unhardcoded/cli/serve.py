@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from starlette.types import ASGIApp
 
     from ..catalog import Catalog
-    from ..receipts.store import ReceiptStore
+    from ..receipts.stores import ReceiptStore
     from ..telemetry.setup import TelemetrySetup
     from . import Subcommands
 
@@ -118,7 +118,7 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     store = None
     store_url = args.store or os.environ.get(STORE_ENV)
     try:
-        from ..receipts.store import open_store
+        from ..receipts.stores import open_store
 
         store = open_store(store_url)
     except ImportError:

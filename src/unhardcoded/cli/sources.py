@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from ..receipts.sources import ReceiptSource, StoreSource
-from ..receipts.store import STORE_ENV, default_store_path, open_store
+from ..receipts.stores import STORE_ENV, default_store_path, open_store
 
 
 def store_help() -> str:

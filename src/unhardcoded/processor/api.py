@@ -29,12 +29,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
 
 from ..errors import UnhardcodedError
-from ..receipts.store import ROLLUP_KEYS, ReceiptQuery
+from ..receipts.stores import ROLLUP_KEYS, ReceiptQuery
 from . import otlp
 from .service import Backpressure
 
 if TYPE_CHECKING:
-    from ..receipts.store import ReceiptStore
+    from ..receipts.stores import ReceiptStore
     from .service import ReceiptsProcessor
 
 access_log = logging.getLogger(__name__ + ".access")

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Iterable, Iterator
 
+from ..receipts.stores import GroupKey
 from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
-from .spool import GroupKey
 
 
 class Group:

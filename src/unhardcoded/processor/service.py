@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
 from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
+from ..receipts.stores import GroupKey, Spool
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
 from .otlp import ROLE_ATTEMPT, DecodedExport, IncomingSpan, PayloadError, decode, span_from_body
-from .spool import GroupKey, Spool
 
 if TYPE_CHECKING:
-    from ..receipts.store import ReceiptStore
+    from ..receipts.stores import ReceiptStore
     from .forward import Forwarder
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, WorkflowReceipt
 from .rebuild import RebuiltDecision, Rebuilt, rebuild_decision, rebuild_receipts, rebuild_spans
 from .spans import SpanFormatError, SpanRecord, read_spans
-from .store import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
+from .stores import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
 
 __all__ = [
     "RECEIPT_SCHEMA",

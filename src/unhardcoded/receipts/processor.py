@@ -26,7 +26,7 @@ from .spans import SpanRecord, from_readable_spans
 
 if TYPE_CHECKING:
     from ..catalog.model import Catalog
-    from .store import ReceiptStore
+    from .stores import ReceiptStore
 
 logger = logging.getLogger(__name__)
 

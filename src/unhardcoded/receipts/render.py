@@ -8,7 +8,7 @@ from .model import Receipt, WorkflowReceipt
 
 if TYPE_CHECKING:
     from .replay import ReplayResult
-    from .store import RollupRow
+    from .stores import RollupRow
 
 WIDTH = 78
 STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}

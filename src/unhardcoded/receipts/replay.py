@@ -21,7 +21,7 @@ from ..policy.model import Policy
 from ..router.decision import Decision, Rejection
 from ..router.engine import CompiledPolicy
 from .model import Receipt
-from .store import ReceiptStore
+from .stores import ReceiptStore
 
 
 class ReplayError(UnhardcodedError):

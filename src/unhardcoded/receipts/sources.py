@@ -13,7 +13,7 @@ from typing import Any, Protocol
 
 from .model import Receipt, WorkflowReceipt
 from .rebuild import rebuild_receipts
-from .store import ReceiptStore
+from .stores import ReceiptStore
 
 
 class ReceiptSource(Protocol):

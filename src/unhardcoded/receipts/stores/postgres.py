@@ -1,24 +1,42 @@
 """Receipts and the spool in PostgreSQL, so several processors (behind a Collector's ``loadbalancing`` exporter,
-routing by trace id) share one store. Same methods, same semantics as the SQLite store in
-:mod:`unhardcoded.receipts.store`; needs ``psycopg`` (v3): ``pip install 'unhardcoded[postgres]'``.
+routing by trace id) share one store. Same methods, same semantics as the SQLite store in :mod:`.sqlite`.
+
+Needs ``psycopg`` (v3), an optional extra (``pip install 'unhardcoded[postgres]'``): imported when a store is opened.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import threading
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
-from ..policy.model import fingerprint_of
-from ..receipts.model import Receipt
-from ..receipts.store import ROLLUP_KEYS, ReceiptQuery, RollupKey, RollupRow, SQLReceiptReads, StoreError, _ms, _now
-from .otlp import IncomingSpan
-from .spool import GroupKey, StoredSpan, reopened
+from ..._wire import redact_url
+from ..model import Receipt
+from .protocol import (
+    DEFAULT_QUERY,
+    ROLLUP_KEYS,
+    GroupKey,
+    ReceiptQuery,
+    RollupKey,
+    RollupRow,
+    SpoolSpan,
+    StoredSpan,
+    StoreError,
+    reopened,
+)
+from .sql import ROLLUP_COLUMN, SPAN_COLUMNS, SPAN_JOIN, Row, SQLReceiptReads, epoch_ms, now_iso, policy_row
 
 if TYPE_CHECKING:
-    from ..catalog.model import Catalog
-    from ..receipts.rebuild import RebuiltDecision
+    import psycopg
+
+    from ...catalog.model import Catalog
+    from ..rebuild import RebuiltDecision
+
+    Connection = psycopg.Connection[Row]
+
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS receipts (
@@ -73,11 +91,10 @@ CREATE TABLE IF NOT EXISTS processor_groups (
 CREATE INDEX IF NOT EXISTS processor_groups_by_finished ON processor_groups(finished_ms);
 """
 
-_ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
 _LOCK_ID = 0x756E6863  # advisory lock around schema creation: instances starting together
 
 
-def _connect(url: str) -> Any:
+def _connect(url: str) -> Connection:
     try:
         import psycopg
     except ImportError:
@@ -95,7 +112,7 @@ def _connect(url: str) -> Any:
     return conn
 
 
-def _add_workflow_finished_at(conn: Any) -> None:
+def _add_workflow_finished_at(conn: Connection) -> None:
     """Stores made before workflows recorded when their root was seen get the column; their workflows read as
     finished, as they did. Runs under the schema lock, so only the first instance to open such a store adds it."""
     found = conn.execute(
@@ -107,29 +124,19 @@ def _add_workflow_finished_at(conn: Any) -> None:
         conn.execute("UPDATE workflows SET finished_at = stored_at")
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages and ``location``."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(":" + parts.password + "@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 class _Conn:
     """One connection, used under a lock, with errors turned into :class:`StoreError`."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.location = _redact(url)
+        self.location = redact_url(url)
         self._lock = threading.RLock()
-        self._conn = _connect(url)
-
-    def run(self, fn: Any, write: bool = True) -> Any:
+        self._conn = _connect(url)  # imports psycopg, or says how to install it
         import psycopg
 
+        self._error = psycopg.Error
+
+    def run(self, fn: Callable[[Connection], T], write: bool = True) -> T:
         with self._lock:
             try:
                 if self._conn.closed or self._conn.broken:
@@ -138,19 +145,16 @@ class _Conn:
                     with self._conn.transaction():
                         return fn(self._conn)
                 return fn(self._conn)
-            except psycopg.Error as exc:
+            except self._error as exc:
                 raise StoreError(f"{self.location}: {str(exc).strip().splitlines()[0]}") from None
 
     def close(self) -> None:
-        with self._lock:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a dead connection
-                pass
+        with self._lock, contextlib.suppress(Exception):  # closing a dead connection
+            self._conn.close()
 
 
 class PostgresReceiptStore(SQLReceiptReads):
-    """The :class:`~unhardcoded.receipts.store.ReceiptStore` protocol over PostgreSQL."""
+    """The :class:`~.protocol.ReceiptStore` protocol over PostgreSQL."""
 
     _param = "%s"
 
@@ -165,23 +169,16 @@ class PostgresReceiptStore(SQLReceiptReads):
     # -- writing -------------------------------------------------------------------------------
 
     @staticmethod
-    def _put_policy(conn: Any, body: str, name: str | None = None, schema: str | None = None) -> str:
-        fingerprint = fingerprint_of(body)
-        if name is None or schema is None:
-            try:
-                doc = json.loads(body)
-                name = name or doc.get("name")
-                schema = schema or doc.get("schema")
-            except (ValueError, AttributeError):
-                pass
+    def _put_policy(conn: Connection, body: str, name: str | None = None, schema: str | None = None) -> str:
+        fingerprint, name, schema = policy_row(body, name, schema)
         conn.execute(
             "INSERT INTO policies(fingerprint, name, schema, body, first_seen) VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
-            (fingerprint, name, schema, body, _now()),
+            (fingerprint, name, schema, body, now_iso()),
         )
         return fingerprint
 
     @staticmethod
-    def _put_receipt(conn: Any, receipt: Receipt, stamp: str) -> tuple[int, bool]:
+    def _put_receipt(conn: Connection, receipt: Receipt, stamp: str) -> tuple[int, bool]:
         body = receipt.to_json_text()
         wf = receipt.workflow
         model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
@@ -202,7 +199,7 @@ class PostgresReceiptStore(SQLReceiptReads):
             (
                 receipt.request_id,
                 receipt.trace_id,
-                _ms(receipt.timestamp),
+                epoch_ms(receipt.timestamp),
                 receipt.policy.name,
                 receipt.policy.fingerprint,
                 receipt.catalog_version,
@@ -226,22 +223,23 @@ class PostgresReceiptStore(SQLReceiptReads):
             )
         if row is not None:
             return int(row[0]), True
-        current = conn.execute("SELECT revision FROM receipts WHERE request_id = %s", (receipt.request_id,)).fetchone()
-        return int(current[0]), False
+        # Unchanged: the upsert met the stored row and left it as it was.
+        current = conn.execute("SELECT revision FROM receipts WHERE request_id = %s", (receipt.request_id,)).fetchall()
+        return int(current[0][0]), False
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
-        def run(conn: Any) -> int:
+        def run(conn: Connection) -> int:
             if policy_body is not None:
                 self._put_policy(conn, policy_body, receipt.policy.name, receipt.policy.schema_)
-            return self._put_receipt(conn, receipt, _now())[0]
+            return self._put_receipt(conn, receipt, now_iso())[0]
 
         return self._db.run(run)
 
     def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
         items = list(items)
 
-        def run(conn: Any) -> int:
-            stamp = _now()
+        def run(conn: Connection) -> int:
+            stamp = now_iso()
             changed = 0
             seen: set[str] = set()
             for receipt, body in items:
@@ -253,24 +251,24 @@ class PostgresReceiptStore(SQLReceiptReads):
 
         return self._db.run(run) if items else 0
 
-    def put_rebuilt(self, decisions: Iterable["RebuiltDecision"]) -> int:
+    def put_rebuilt(self, decisions: Iterable[RebuiltDecision]) -> int:
         return self.put_many((d.receipt, d.policy_body) for d in decisions)
 
     def put_policy(self, body: str) -> str:
         return self._db.run(lambda conn: self._put_policy(conn, body))
 
-    def put_catalog(self, catalog: "Catalog") -> str:
+    def put_catalog(self, catalog: Catalog) -> str:
         version, body = catalog.version, catalog.canonical
         self._db.run(
             lambda conn: conn.execute(
                 "INSERT INTO catalogs(version, body, first_seen) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                (version, body, _now()),
+                (version, body, now_iso()),
             )
         )
         return version
 
     def put_workflow(self, workflow_id: str, name: str, trace_id: str | None = None, finished: bool = False) -> None:
-        now = _now()
+        now = now_iso()
         self._db.run(
             lambda conn: conn.execute(
                 "INSERT INTO workflows(workflow_id, name, trace_id, stored_at, finished_at) VALUES (%s, %s, %s, %s, %s) "
@@ -283,10 +281,10 @@ class PostgresReceiptStore(SQLReceiptReads):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def _read(self, sql: str, params: Sequence[object] = ()) -> list[tuple]:
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
         return self._db.run(lambda conn: conn.execute(sql, params).fetchall(), write=False)
 
-    def query(self, query: ReceiptQuery = ReceiptQuery()) -> list[Receipt]:
+    def query(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[Receipt]:
         where, params = self._where(query)
         sql = f"SELECT body FROM receipts{where} ORDER BY ts_ms DESC, request_id"
         if query.limit is not None:
@@ -298,13 +296,13 @@ class PostgresReceiptStore(SQLReceiptReads):
         return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
 
     def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
-        if by not in _ROLLUP_COLUMN:
+        if by not in ROLLUP_COLUMN:
             raise StoreError(f"cannot roll up by {by!r}; expected one of {', '.join(ROLLUP_KEYS)}")
-        column = _ROLLUP_COLUMN[by]
+        column = ROLLUP_COLUMN[by]
         where, params = "WHERE outcome <> 'dry_run'", []
         if since is not None:
             where += " AND ts_ms >= %s"
-            params.append(_ms(since))
+            params.append(epoch_ms(since))
         priced = "baseline_usd IS NOT NULL AND cost_usd IS NOT NULL"
         rows = self._read(
             f"SELECT COALESCE({column}, '(none)') AS k, COUNT(*), SUM(fallback::int), SUM((outcome = 'failed')::int), "
@@ -335,32 +333,28 @@ class PostgresReceiptStore(SQLReceiptReads):
         return f"PostgresReceiptStore({self.location!r})"
 
 
-_SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
-_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
-
-
-def _stored(row: tuple) -> StoredSpan:
+def _stored(row: Row) -> StoredSpan:
     return StoredSpan(row[0], row[1], row[2], bytes(row[3]), row[4], row[5], row[6])
 
 
 class PostgresSpool:
-    """The spool (see :mod:`.spool`) in the same PostgreSQL database."""
+    """The spool (see :class:`~.protocol.Spool`) in the same PostgreSQL database."""
 
     def __init__(self, url: str) -> None:
         self._db = _Conn(url)
         self.location = self._db.location
 
     def append(
-        self, spans: Sequence[IncomingSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()
+        self, spans: Sequence[SpoolSpan], owner: str, now_ms: int, lookup: Iterable[GroupKey] = ()
     ) -> dict[GroupKey, list[StoredSpan]]:
         wanted = set(lookup)
 
-        def run(conn: Any) -> dict[GroupKey, list[StoredSpan]]:
+        def run(conn: Connection) -> dict[GroupKey, list[StoredSpan]]:
             found: dict[GroupKey, list[StoredSpan]] = {}
             with conn.cursor() as cur:
                 if wanted:
                     rows = cur.execute(
-                        f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE s.trace_id = ANY(%s)",
+                        f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id = ANY(%s)",
                         (sorted({t for t, _ in wanted}),),
                     ).fetchall()
                     for row in rows:
@@ -401,7 +395,7 @@ class PostgresSpool:
         if not rows:
             return
 
-        def run(conn: Any) -> None:
+        def run(conn: Connection) -> None:
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO processor_groups(trace_id, group_key, finished_ms) VALUES (%s, %s, %s) "
@@ -414,7 +408,7 @@ class PostgresSpool:
     def pending(self, owner: str) -> list[StoredSpan]:
         rows = self._db.run(
             lambda conn: conn.execute(
-                f"SELECT {_SPAN_COLUMNS} FROM {_JOIN} WHERE g.trace_id IS NULL AND s.owner = %s ORDER BY s.seq",
+                f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE g.trace_id IS NULL AND s.owner = %s ORDER BY s.seq",
                 (owner,),
             ).fetchall(),
             write=False,
@@ -422,7 +416,7 @@ class PostgresSpool:
         return [_stored(r) for r in rows]
 
     def prune(self, finished_before_ms: int, limit: int = 10_000) -> int:
-        def run(conn: Any) -> int:
+        def run(conn: Connection) -> int:
             groups = conn.execute(
                 "DELETE FROM processor_groups WHERE ctid IN (SELECT ctid FROM processor_groups WHERE finished_ms < %s LIMIT %s) "
                 "RETURNING trace_id, group_key",
@@ -441,8 +435,8 @@ class PostgresSpool:
     def counts(self) -> tuple[int, int]:
         row = self._db.run(
             lambda conn: conn.execute(
-                f"SELECT COUNT(*) FILTER (WHERE g.trace_id IS NULL), COUNT(*) FILTER (WHERE g.trace_id IS NOT NULL) FROM {_JOIN}"
-            ).fetchone(),
+                f"SELECT COUNT(*) FILTER (WHERE g.trace_id IS NULL), COUNT(*) FILTER (WHERE g.trace_id IS NOT NULL) FROM {SPAN_JOIN}"
+            ).fetchall()[0],  # an aggregate: always one row
             write=False,
         )
         return int(row[0]), int(row[1])

@@ -1,0 +1,134 @@
+"""What the SQLite and PostgreSQL stores say the same way: the reads, the spool's span join, and the time columns.
+
+Each store sets its driver's placeholder and boolean; the SQL text and the rows it reads back are shared.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from ...policy.model import fingerprint_of
+from ..model import Receipt, WorkflowReceipt
+from .protocol import DEFAULT_QUERY, ReceiptQuery, StoredReceipt, StoreError
+
+Row = tuple[Any, ...]
+"""One row as a DB-API driver returns it."""
+
+ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
+
+SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
+"""A spooled span with its group's finish mark, in :class:`~.protocol.StoredSpan` order."""
+SPAN_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
+
+
+def epoch_ms(value: datetime | str) -> int:
+    """A datetime or an ISO 8601 timestamp (naive means UTC) as milliseconds since the epoch: the ``ts_ms`` column."""
+    if isinstance(value, str):
+        try:
+            # "2024-01-01Z" (a date, then Z) has always read as that date; fromisoformat alone refuses it.
+            value = datetime.fromisoformat(value.replace("Z", "+00:00"))  # noqa: FURB162
+        except ValueError:
+            raise StoreError(f"{value!r} is not an ISO 8601 timestamp") from None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+def now_iso() -> str:
+    """Now, as the ``stored_at`` and ``first_seen`` columns keep it: ISO 8601 UTC, milliseconds, ``Z``."""
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def policy_row(body: str, name: str | None = None, schema: str | None = None) -> tuple[str, str | None, str | None]:
+    """A policy body's fingerprint, name and schema, for the ``policies`` table; the body names what the caller
+    did not (a body that is not a JSON object names nothing)."""
+    if name is None or schema is None:
+        try:
+            doc = json.loads(body)
+            name = name or doc.get("name")
+            schema = schema or doc.get("schema")
+        except (ValueError, AttributeError):
+            pass
+    return fingerprint_of(body), name, schema
+
+
+class SQLReceiptReads:
+    """The reads that are the same SQL on every store; a store sets ``_param`` to its driver's placeholder."""
+
+    _param = "?"
+
+    @staticmethod
+    def _flag(value: bool) -> object:
+        """A boolean as the driver stores it: SQLite has no boolean type, so 0/1 there."""
+        return int(value)
+
+    def _read(self, sql: str, params: Sequence[object] = ()) -> list[Row]:  # pragma: no cover - each store has one
+        raise NotImplementedError
+
+    def get(self, request_id: str) -> StoredReceipt | None:
+        rows = self._read(
+            f"SELECT body, revision, stored_at FROM receipts WHERE request_id = {self._param}", (request_id,)
+        )
+        if not rows:
+            return None
+        body, revision, stored_at = rows[0]
+        return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
+
+    def _where(self, q: ReceiptQuery) -> tuple[str, list[object]]:
+        p = self._param
+        clauses: list[str] = []
+        params: list[object] = []
+        for column, value in (
+            ("request_id", q.request_id),
+            ("trace_id", q.trace_id),
+            ("model", q.model),
+            ("workflow_id", q.workflow_id),
+        ):
+            if value is not None:
+                clauses.append(f"{column} = {p}")
+                params.append(value)
+        if q.policy is not None:
+            clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
+            params += [q.policy, q.policy]
+        if q.fallback is not None:
+            clauses.append(f"fallback = {p}")
+            params.append(self._flag(q.fallback))
+        if q.complete is not None:
+            clauses.append(f"complete = {p}")
+            params.append(self._flag(q.complete))
+        if q.since is not None:
+            clauses.append(f"ts_ms >= {p}")
+            params.append(epoch_ms(q.since))
+        if q.until is not None:
+            clauses.append(f"ts_ms < {p}")
+            params.append(epoch_ms(q.until))
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+    def count(self, query: ReceiptQuery = DEFAULT_QUERY) -> int:
+        where, params = self._where(query)
+        return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
+        p = self._param
+        rows = self._read(f"SELECT body FROM receipts WHERE workflow_id = {p}", (workflow_id,))
+        info = self._read(f"SELECT name, trace_id, finished_at FROM workflows WHERE workflow_id = {p}", (workflow_id,))
+        if not rows and not info:
+            return None
+        receipts = [Receipt.model_validate_json(r[0]) for r in rows]
+        name, trace_id, finished_at = (
+            info[0] if info else (next((r.workflow.name for r in receipts if r.workflow), ""), None, None)
+        )
+        return WorkflowReceipt.from_receipts(
+            workflow_id, name, receipts, trace_id=trace_id, finished=finished_at is not None
+        )
+
+    def policy(self, fingerprint: str) -> str | None:
+        rows = self._read(f"SELECT body FROM policies WHERE fingerprint = {self._param}", (fingerprint,))
+        return str(rows[0][0]) if rows else None
+
+    def catalog(self, version: str) -> str | None:
+        rows = self._read(f"SELECT body FROM catalogs WHERE version = {self._param}", (version,))
+        return str(rows[0][0]) if rows else None
