@@ -12,7 +12,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol, TypeAlias
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, Protocol, Self, TypeAlias
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -48,13 +49,13 @@ class AttemptObserver:
     def headers(self, token: Any) -> dict[str, str]:
         return {}
 
-    def calling(self, token: Any) -> ContextManager[Any]:
+    def calling(self, token: Any) -> AbstractContextManager[Any]:
         """Entered around the provider call, e.g. to make the attempt's span current for instrumented HTTP clients."""
         return _NO_CONTEXT
 
     def answered(self, token: Any, result: Answer) -> None:
         """The call succeeded with ``result``; called before ``end``."""
-        return None
+        return
 
 
 _NO_CONTEXT = contextlib.nullcontext()
@@ -72,7 +73,7 @@ class ObservedDecision(Protocol):
     decision: Decision | None
     """The decision made in the block, so an exception leaving it is recorded against it."""
 
-    def __enter__(self) -> ObservedDecision: ...
+    def __enter__(self) -> Self: ...
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -109,7 +110,7 @@ class _Unobserved:
 
     __slots__ = ()
 
-    def __enter__(self) -> _Unobserved:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from ..catalog.model import Catalog
 from ..policy.model import Policy
@@ -93,7 +94,7 @@ class Router:
         Raises NoCandidateError, carrying the decision (every rejection, recorded like any other) when no
         model passes the policy. ``features`` are the body's, when the caller has read them already.
         With ``later`` (a list), recording the decision span and metrics is left there as one call to
-        make once the answer is on its way (see :meth:`DecisionScope.finish`).
+        make once the answer is on its way (see :meth:`~unhardcoded.router.observe.ObservedDecision.finish`).
         """
         return sync_cascade.route(
             self.telemetry,

@@ -9,7 +9,8 @@ close where they began.
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.types import Message, Receive, Scope, Send
@@ -46,8 +47,8 @@ class StreamedDecision:
     def __init__(
         self,
         router: Router,
-        compiled: "CompiledPolicy",
-        features: "RequestFeatures",
+        compiled: CompiledPolicy,
+        features: RequestFeatures,
         body: dict[str, Any],
         request_id: str,
         *,

@@ -8,11 +8,12 @@ from the provider, e.g. ``stream_interrupted``) and a failed decision.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from asyncio import sleep as pause  # unasync: sync from time import sleep as pause
 from collections.abc import AsyncIterator, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..attempts import (
     CLIENT_DISCONNECTED,
@@ -148,7 +149,7 @@ class AsyncStreamCascade:
         self._current: tuple[PlannedAttempt, Any, AsyncChatStream, float] | None = None
         self._held: list[dict[str, Any]] = []
 
-    def __enter__(self) -> AsyncStreamCascade:
+    def __enter__(self) -> Self:
         observed = self._observed = self.telemetry.decision(self.compiled, activate=True)
         observed.__enter__()
         try:
@@ -293,7 +294,5 @@ class AsyncStreamCascade:
 
 async def _aclose_quietly(stream: AsyncChatStream) -> None:
     """Close a stream whose outcome is already decided; a failure to close changes nothing of it."""
-    try:
+    with contextlib.suppress(Exception):
         await stream.aclose()
-    except Exception:  # noqa: BLE001
-        pass

@@ -9,11 +9,12 @@ from the provider, e.g. ``stream_interrupted``) and a failed decision.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from time import sleep as pause
 from collections.abc import Iterator, Callable, Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from ..attempts import (
     CLIENT_DISCONNECTED,
@@ -147,7 +148,7 @@ class StreamCascade:
         self._current: tuple[PlannedAttempt, Any, ChatStream, float] | None = None
         self._held: list[dict[str, Any]] = []
 
-    def __enter__(self) -> StreamCascade:
+    def __enter__(self) -> Self:
         observed = self._observed = self.telemetry.decision(self.compiled, activate=True)
         observed.__enter__()
         try:
@@ -292,7 +293,5 @@ class StreamCascade:
 
 def _close_quietly(stream: ChatStream) -> None:
     """Close a stream whose outcome is already decided; a failure to close changes nothing of it."""
-    try:
+    with contextlib.suppress(Exception):
         stream.close()
-    except Exception:  # noqa: BLE001
-        pass
