@@ -52,6 +52,8 @@ NAMES = {
     "aembed": "embed",
     "asend": "send",
     "arespond": "respond",
+    "aopen": "open",
+    "_aclose_quietly": "_close_quietly",
 }
 _ASYNC_PREFIX = re.compile(r"^Async([A-Z]\w*)$")
 _DIRECTIVE = re.compile(r"\s*# unasync: sync (?P<line>.*)$")

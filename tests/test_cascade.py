@@ -693,3 +693,73 @@ def test_a_key_cut_by_the_error_detail_limit_does_not_leak_in_part(
         decision, result, err = Router(catalog, client=client).route(cascade_policy(catalog, []), BODY)
     assert isinstance(err, ProviderCallError) and err.error_type == "500"
     leak_checks(key, everything_said(decision, result, err, debug_logs, capsys))
+
+
+# -- one cascade, two forms; the router's own observer interface ---------------------------------
+
+
+class FailingEnd(AttemptObserver):
+    """An application observer that breaks when told an attempt ended."""
+
+    def end(self, token: Any, attempt: Any, error: BaseException | None) -> None:
+        raise RuntimeError("observer down")
+
+
+def test_the_streamed_cascade_runs_in_its_generated_sync_form(catalog: Catalog, sims):
+    from unhardcoded.router.cascade import StreamCascade
+    from unhardcoded.router.features import features_from_request
+    from unhardcoded.telemetry import losses, reset_losses
+
+    a, b = sims("sim-a", default=error(500)), sims("sim-b", default=ok(ANSWER))
+    body = {**BODY, "stream": True}
+    reset_losses()
+    with client_for(a, b) as client:
+        router = Router(catalog, client=client)
+        compiled = router.compile(cascade_policy(catalog, ["mid-b"]))
+        features = features_from_request(body)
+        with StreamCascade(router.telemetry, compiled, features, body, client, FailingEnd(), request_id="r-1") as run:
+            assert run.open() and run.model == "mid-b"
+            text = "".join((c["choices"][0]["delta"].get("content") or "") for c in run.chunks() if c.get("choices"))
+    assert text == ANSWER
+    decision = run.decision
+    assert decision.request_id == "r-1" and decision.outcome == "answered" and decision.answered_by == "mid-b"
+    assert hops_of(decision) == [("cheap-a", "mid-b", "error")]
+    assert [(at.model, at.status, at.error_type) for at in decision.attempts] == [
+        ("cheap-a", "error", "500"),
+        ("mid-b", "ok", None),
+    ]
+    # The observer's failures did not stop the stream; they were counted as telemetry losses.
+    assert losses().errors == 2
+
+
+def test_a_router_with_no_telemetry_routes_and_records_nothing(catalog: Catalog, sims):
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from unhardcoded.router.observe import NO_TELEMETRY
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    a, b = sims("sim-a", default=error(500)), sims("sim-b", default=ok(ANSWER))
+    with client_for(a, b) as client:
+        router = Router(catalog, client=client, tracer_provider=provider, telemetry=NO_TELEMETRY)
+        decision, result, err = router.route(cascade_policy(catalog, ["mid-b"]), BODY)
+        nothing_passes = validate_policy(
+            {
+                "schema": "sigma-pol/v1",
+                "name": "none",
+                "rules": [{"id": "r", "field": "bench_intelligence", "op": "gt", "value": 1}],
+            },
+            catalog,
+        )
+        with pytest.raises(NoCandidateError) as info:
+            router.route(nothing_passes, BODY)
+    assert err is None and result is not None and decision.answered_by == "mid-b"
+    assert info.value.decision is not None and info.value.decision.outcome == "no_candidate"
+    assert decision.trace_id is None and exporter.get_finished_spans() == ()
+    # The same router with its default telemetry records the decision and both attempts.
+    with client_for(a, b) as client:
+        Router(catalog, client=client, tracer_provider=provider).route(cascade_policy(catalog, ["mid-b"]), BODY)
+    assert sorted(s.name for s in exporter.get_finished_spans()) == ["chat cheap-a", "chat mid-b", "route cascade"]

@@ -3,6 +3,7 @@
 from .decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, WorkflowRef
 from .engine import CompiledPolicy, PolicyCompiler
 from .features import RequestFeatures, features_from_request
+from .observe import NO_TELEMETRY, AttemptObserver, DecisionObserver, NoTelemetry, ObservedDecision
 from .providers import (
     ChatResult,
     ProviderCallError,
@@ -15,12 +16,17 @@ from .providers import (
 from .router import Router
 
 __all__ = [
+    "NO_TELEMETRY",
     "Attempt",
+    "AttemptObserver",
     "ChatResult",
     "CompiledPolicy",
     "Cost",
     "Decision",
+    "DecisionObserver",
     "FallbackHop",
+    "NoTelemetry",
+    "ObservedDecision",
     "PolicyCompiler",
     "ProviderCallError",
     "ProviderClient",

@@ -24,11 +24,12 @@ from ..router import Router
 from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient
+from ..telemetry.losses import count_error
 from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
-from .sse import StreamedDecision
+from .streamed import StreamedDecision
 from .tracing import ServerSpans
 
 REQUEST_ID_HEADER = "X-Unhardcoded-Request-Id"
@@ -288,8 +289,8 @@ class RecordLater:
 def _record(record: Callable[[], None]) -> None:
     try:
         record()
-    except Exception:  # noqa: BLE001 - telemetry never breaks a request
-        pass
+    except Exception:  # noqa: BLE001 - telemetry never breaks a request, and its losses are counted
+        count_error("recording a decision after its answer")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

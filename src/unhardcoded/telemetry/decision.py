@@ -12,26 +12,30 @@ from __future__ import annotations
 import contextlib
 import time
 from functools import partial
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
-from ..router.cascade import NO_OBSERVER, AttemptObserver, PlannedAttempt
+from ..router.attempts import PlannedAttempt
+from ..router.observe import NO_OBSERVER, UNOBSERVED, AttemptObserver, ObservedDecision
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
 from .instruments import DecisionMetrics
 from .late import LateSpan, LateSpans
-from .layout import PolicyLayout, iso_ms
+from ..router.decision import iso_ms
+from .layout import PolicyLayout
 from .losses import count_error, count_loss
 from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
+from .workflows import current_workflow
 
 if TYPE_CHECKING:
     from ..router.decision import Attempt, Decision
     from ..router.engine import CompiledPolicy
-    from ..router.providers import ChatResult
+    from ..router.observe import Answer
 
 _LAYOUTS_MAX = 512
 _CHAT = G.GenAiOperationNameValues.CHAT.value
@@ -41,10 +45,15 @@ _ERROR = Status(StatusCode.ERROR)
 class RouterTelemetry:
     """Spans and metrics for routing decisions, from the given providers or, when None, the global ones.
 
-    ``Router(tracer_provider=..., meter_provider=...)`` builds one; the proxy
-    server and other callers that drive the cascade themselves use
-    :meth:`decision` directly.
+    The router's default :class:`~unhardcoded.router.observe.DecisionObserver`:
+    ``Router(tracer_provider=..., meter_provider=...)`` builds one; callers that
+    drive the cascade themselves use :meth:`decision` directly.
     """
+
+    current_workflow = staticmethod(current_workflow)
+    """The workflow run and node a decision made now records (see :mod:`unhardcoded.telemetry.workflows`)."""
+    count_error = staticmethod(count_error)
+    """A failure in an observer hook the router caught, counted with the other telemetry losses."""
 
     def __init__(
         self, tracer_provider: trace.TracerProvider | None = None, meter_provider: metrics.MeterProvider | None = None
@@ -71,7 +80,7 @@ class RouterTelemetry:
             return not isinstance(getattr(self.tracer, "_tracer", None), trace.NoOpTracer)
         return not self._tracer_noop
 
-    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False, late: bool = False) -> "DecisionScope":
+    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False, late: bool = False) -> ObservedDecision:
         """Start the decision span now; ``activate`` makes it the current span until the scope finishes.
 
         Use as ``with telemetry.decision(compiled, activate=True) as scope: ...
@@ -82,7 +91,7 @@ class RouterTelemetry:
         when they are recorded (see :mod:`unhardcoded.telemetry.late`).
         """
         if not activate and not self.metrics.live() and not self.tracing():
-            return _NO_SCOPE  # no SDK: nothing to start, nothing to record
+            return UNOBSERVED  # no SDK: nothing to start, nothing to record
         return DecisionScope(self, self.layout(compiled), activate, late)
 
 
@@ -150,7 +159,9 @@ class DecisionScope:
     def __enter__(self) -> "DecisionScope":
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if not self.finished:
             self._end(self.decision, exc if exc is not None else RuntimeError("decision scope left unfinished"))
 
@@ -292,40 +303,6 @@ class DecisionScope:
             span.set_attribute(A.UNHARDCODED_TELEMETRY_DROPPED, lost)
 
 
-class _NoScope:
-    """The scope of a decision nothing records (no SDK, no span to make current): every method does nothing."""
-
-    __slots__ = ()
-    recording = False
-    finished = True
-
-    def __enter__(self) -> "_NoScope":
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
-
-    @property
-    def decision(self) -> None:
-        return None
-
-    @decision.setter
-    def decision(self, value: Any) -> None:
-        return None
-
-    def attempts(self, observer: AttemptObserver = NO_OBSERVER) -> AttemptObserver:
-        return observer
-
-    def stamp(self, decision: "Decision") -> None:
-        return None
-
-    def finish(self, decision: "Decision", *, later: Any = None) -> None:
-        return None
-
-
-_NO_SCOPE: Any = _NoScope()
-
-
 def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]], body_length: int) -> int:
     """Count what the SDK's span limits cut from the span (duck-typed: the API has no such notion)."""
     lost = 0
@@ -396,7 +373,7 @@ class AttemptSpans(AttemptObserver):
                 count_error("ending an abandoned attempt span")
 
     def start(self, decision: "Decision", planned: PlannedAttempt) -> Any:
-        span = trace.INVALID_SPAN
+        span: Span = trace.INVALID_SPAN
         late = None
         try:
             attrs: dict[str, Any] = {
@@ -444,7 +421,7 @@ class AttemptSpans(AttemptObserver):
             count_error("injecting trace context into a provider call")
         return out
 
-    def answered(self, token: Any, result: "ChatResult") -> None:
+    def answered(self, token: Any, result: "Answer") -> None:
         token.response_model = getattr(result, "response_model", None)
         if self.inner is not None:
             self.inner.answered(token.inner, result)

@@ -11,7 +11,8 @@ workflow id travels in baggage.
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator, Mapping, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any, Protocol, TypeAlias, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -21,6 +22,17 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from .losses import count_error
 from .workflows import _CURRENT, _Position, workflow, workflow_from_context
+
+
+class HeaderItems(Protocol):
+    """Headers that list their (name, value) pairs: a dict, ``http.server``'s message, httpx or Starlette headers."""
+
+    def items(self) -> Iterable[tuple[Any, Any]]: ...
+
+
+Headers: TypeAlias = HeaderItems | Iterable[tuple[str | bytes, str | bytes]]
+"""What :func:`extract_context` and :func:`continue_from` read: a mapping of header names to values (str, bytes,
+or a list of values) or a list of (name, value) pairs."""
 
 _TRACECONTEXT = TraceContextTextMapPropagator()
 _BAGGAGE = W3CBaggagePropagator()
@@ -50,11 +62,12 @@ def inject_headers(
     return carrier
 
 
-def _lowercased(headers: Mapping[str, str] | Any) -> dict[str, str]:
+def _lowercased(headers: Headers) -> dict[str, str]:
     """Header names are case-insensitive; a repeated header's values are joined with commas, as HTTP allows."""
-    items = headers.items() if hasattr(headers, "items") else headers
+    listed = getattr(headers, "items", None)
+    pairs = cast("Iterable[tuple[Any, Any]]", listed() if callable(listed) else headers)
     out: dict[str, str] = {}
-    for key, value in items:
+    for key, value in pairs:
         if isinstance(value, (list, tuple)):
             value = ",".join(str(v) for v in value)
         if isinstance(key, bytes):
@@ -66,7 +79,7 @@ def _lowercased(headers: Mapping[str, str] | Any) -> dict[str, str]:
     return out
 
 
-def extract_context(headers: Mapping[str, str] | Any, context: Context | None = None) -> Context:
+def extract_context(headers: Headers, context: Context | None = None) -> Context:
     """The context ``headers`` carry (remote parent span, baggage), on top of ``context`` or an empty one.
 
     Accepts any mapping of header names to values (a dict, ``http.server``'s
@@ -88,7 +101,7 @@ def extract_context(headers: Mapping[str, str] | Any, context: Context | None = 
 
 @contextlib.contextmanager
 def continue_from(
-    headers: Mapping[str, str] | Any, *, tracer_provider: trace.TracerProvider | None = None
+    headers: Headers, *, tracer_provider: trace.TracerProvider | None = None
 ) -> Iterator[workflow | None]:
     """Continue the caller's trace, and its workflow run if the headers carry one, for the block.
 

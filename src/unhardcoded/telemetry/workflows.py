@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 from contextvars import ContextVar, Token
+from types import TracebackType
 from typing import Any, Callable, TypeVar
 
 from opentelemetry import baggage, trace
@@ -224,7 +225,9 @@ class Node:
         self._scope = _Scope(span, ctx, _Position(run, self.name, step))
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         scope, self._scope = self._scope, None
         if scope is not None:
             scope.close(exc)
@@ -232,7 +235,9 @@ class Node:
     async def __aenter__(self) -> "Node":
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(exc_type, exc, tb)
 
     def __repr__(self) -> str:
@@ -338,7 +343,9 @@ class workflow:
         self._scope = _Scope(span, self._baggage(ctx), _Position(self, None, None))
         return self
 
-    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         scope, self._scope = self._scope, None
         self._state = "done"
         if scope is not None:
@@ -347,7 +354,9 @@ class workflow:
     async def __aenter__(self) -> "workflow":
         return self.__enter__()
 
-    async def __aexit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.__exit__(exc_type, exc, tb)
 
     def __repr__(self) -> str:

@@ -1,25 +1,28 @@
-"""Relaying a streamed answer to the caller as server-sent events, in OpenAI's chunk format.
+"""The streamed-decision ASGI app: the router's streamed cascade relayed to the caller as server-sent events.
 
-The response headers wait for the first token, so they name the model that
-really answers; everything of one stream (cascade, spans, disconnect) runs in
-the request's own task so span contexts open and close where they began.
+The chunks keep OpenAI's format. The response headers wait for the first token,
+so they name the model that really answers; everything of one stream (cascade,
+spans, disconnect) runs in the request's own task so span contexts open and
+close where they began.
 """
 
 from __future__ import annotations
 
 import json
-from contextlib import AbstractContextManager, nullcontext
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
+from starlette.types import Message, Receive, Scope, Send
 
 from ..router.decision import Decision
 from ..router.providers import ProviderCallError
 from .errors import APIError
 from .keys import client_key, redact
-from .streaming import StreamCascade
 
 if TYPE_CHECKING:
+    from ..router import Router
+    from ..router.cascade import AsyncStreamCascade
     from ..router.engine import CompiledPolicy
     from ..router.features import RequestFeatures
 
@@ -35,17 +38,17 @@ def _event(payload: Any) -> bytes:
 
 
 class StreamedDecision:
-    """An ASGI response: decide, open the cascade, relay chunks, end in ``[DONE]`` or an error event.
+    """An ASGI response: the router decides and opens its cascade; this relays the chunks, then ``[DONE]`` or an error.
 
-    The decision span (when the router has telemetry) is opened here, in the
-    task that serves the request, and spans the whole stream.
+    The decision (its span, when the router has telemetry) is entered here, in
+    the task that serves the request, and spans the whole stream.
     """
 
     def __init__(
         self,
-        router: Any,
-        compiled: "CompiledPolicy",
-        features: "RequestFeatures",
+        router: Router,
+        compiled: CompiledPolicy,
+        features: RequestFeatures,
         body: dict[str, Any],
         request_id: str,
         *,
@@ -68,41 +71,31 @@ class StreamedDecision:
         self.include_usage = include_usage
         self.key = key
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = client_key.set(self.key)
         decision: Decision | None = None
         try:
-            with _decision_scope(self.router, self.compiled) as decision_scope:
-                decision = self.compiled.decide(self.features, request_id=self.request_id, workflow=_current_workflow())
-                if decision_scope is not None:
-                    decision_scope.decision = decision
+            with self.router.streamed(self.compiled, self.features, self.body, request_id=self.request_id) as cascade:
+                decision = cascade.decision
                 if decision.selected is None:
-                    if decision_scope is not None:
-                        decision_scope.finish(decision)
                     await self._respond(self.no_candidate(decision), decision, send)
                     return
-                observer = self.router.observer
-                if decision_scope is not None:
-                    observer = decision_scope.attempts(observer)
-                cascade = StreamCascade(decision, self.compiled, self.body, self.router._client(), observer)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(_watch_disconnect, receive, tg.cancel_scope)
                     try:
                         await self._relay(cascade, send)
                     finally:
                         tg.cancel_scope.cancel()
-                if decision_scope is not None:
-                    decision_scope.finish(decision)
         finally:
             client_key.reset(token)
             if decision is not None:
                 self.done(decision)
 
-    async def _respond(self, error: APIError, decision: Decision, send: Any) -> None:
+    async def _respond(self, error: APIError, decision: Decision, send: Send) -> None:
         await error.response(self.headers(decision, None))({"type": "http"}, _no_receive, send)
 
-    async def _relay(self, cascade: StreamCascade, send: Any) -> None:
-        if not await cascade.open():
+    async def _relay(self, cascade: AsyncStreamCascade, send: Send) -> None:
+        if not await cascade.aopen():
             await self._respond(self.failure(cascade.decision, cascade.last_error), cascade.decision, send)
             return
         model = cascade.model
@@ -135,22 +128,7 @@ class StreamedDecision:
         await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
 
 
-def _decision_scope(router: Any, compiled: "CompiledPolicy") -> AbstractContextManager[Any]:
-    telemetry = getattr(router, "telemetry", None)
-    if telemetry is None:
-        return nullcontext(None)
-    return telemetry.decision(compiled, activate=True)
-
-
-def _current_workflow() -> Any:
-    try:
-        from ..telemetry.workflows import current_workflow
-    except ImportError:
-        return None
-    return current_workflow()
-
-
-async def _watch_disconnect(receive: Any, cancel_scope: anyio.CancelScope) -> None:
+async def _watch_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -158,5 +136,5 @@ async def _watch_disconnect(receive: Any, cancel_scope: anyio.CancelScope) -> No
             return
 
 
-async def _no_receive() -> dict:
+async def _no_receive() -> Message:
     return {"type": "http.disconnect"}

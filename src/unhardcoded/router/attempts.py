@@ -1,0 +1,165 @@
+"""The steps of the cascade that do not wait on anything: the plan, an attempt's record, the next hop, the outcome.
+
+Both forms of the cascade (:mod:`unhardcoded.router._async.cascade` and its generated sync twin), plain and
+streamed, are written over these, so a hop or a price is decided in one place.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+from ..errors import NoCandidateError
+from .decision import Attempt, Decision, FallbackHop, WorkflowRef
+from .engine import CompiledPolicy, estimate_cost, price
+from .features import RequestFeatures
+
+if TYPE_CHECKING:
+    from .observe import DecisionObserver, ObservedDecision
+    from .providers import ProviderCallError
+
+MAX_RETRY_AFTER_WAIT_S = 2.0
+"""Longest wait honoured from a 429's Retry-After before hopping to a model on the same provider."""
+
+CLIENT_DISCONNECTED = "client_disconnected"
+"""``error_type`` of the attempt whose stream the caller walked away from."""
+
+AsyncSleep = Callable[[float], Awaitable[None]]
+"""How the async cascade waits out a Retry-After (``asyncio.sleep`` unless a test injects a clock)."""
+Sleep = Callable[[float], None]
+"""How the sync cascade waits out a Retry-After (``time.sleep`` unless a test injects a clock)."""
+
+
+@dataclass
+class PlannedAttempt:
+    index: int
+    model: str
+    provider: str
+    role: Literal["selected", "fallback"]
+    reason: str | None  # the failure that led here, on a fallback hop
+
+
+def plan(decision: Decision, compiled: CompiledPolicy) -> Iterator[PlannedAttempt]:
+    """The selected model, then each fallback of the chain."""
+    if decision.selected is None:
+        return
+    models = [decision.selected.model, *decision.fallback_chain]
+    for i, model in enumerate(models):
+        yield PlannedAttempt(
+            i, model, compiled.catalog.model(model).provider, "selected" if i == 0 else "fallback", None
+        )
+
+
+def record(
+    planned: PlannedAttempt,
+    started: float,
+    input_tokens: int | None,
+    output_tokens: int | None,
+    exc: ProviderCallError | None,
+    error_type: str | None = None,
+) -> Attempt:
+    """The attempt as the Decision keeps it; failed when ``exc`` (or an ``error_type`` of our own) is given."""
+    duration = (time.perf_counter() - started) * 1000
+    if exc is None and error_type is None:
+        return Attempt(
+            index=planned.index,
+            model=planned.model,
+            provider=planned.provider,
+            role=planned.role,
+            status="ok",
+            duration_ms=duration,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+        )
+    return Attempt(
+        index=planned.index,
+        model=planned.model,
+        provider=planned.provider,
+        role=planned.role,
+        status="error",
+        error_type=error_type or getattr(exc, "error_type", None) or type(exc).__name__,
+        duration_ms=duration,
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+    )
+
+
+def finish(decision: Decision, compiled: CompiledPolicy, answered: Attempt | None, started: float) -> Decision:
+    """The outcome, the answering model, the cost against the baseline and the latency since ``started``."""
+    decision.latency_ms = (time.perf_counter() - started) * 1000
+    if answered is None:
+        decision.outcome = "failed"
+        decision.answered_by = None
+        # Nothing answered, so nothing was used: the baseline is priced on the same zero usage.
+        decision.cost = price(0.0, compiled.catalog, compiled.policy.baseline, 0, 0)
+        return decision
+    decision.outcome = "answered"
+    decision.answered_by = answered.model
+    feats = decision.features
+    in_tok = answered.input_tokens if answered.input_tokens is not None else feats.input_tokens
+    out_tok = answered.output_tokens if answered.output_tokens is not None else feats.output_tokens
+    usd = estimate_cost(compiled.catalog.model(answered.model), in_tok, out_tok)
+    decision.cost = price(usd, compiled.catalog, compiled.policy.baseline, in_tok, out_tok)
+    return decision
+
+
+def next_step(
+    decision: Decision, compiled: CompiledPolicy, attempts: list[PlannedAttempt], i: int, exc: ProviderCallError
+) -> tuple[bool, float]:
+    """Whether to hop to attempts[i+1], and how long to wait first (Retry-After on the same provider)."""
+    kind = exc.kind
+    if i + 1 >= len(attempts) or kind not in compiled.policy.fallback.on:
+        return False, 0.0
+    nxt = attempts[i + 1]
+    nxt.reason = kind
+    decision.hops.append(FallbackHop(from_=attempts[i].model, to=nxt.model, reason=kind))
+    wait = 0.0
+    retry_after = exc.retry_after_s
+    if kind == "rate_limit" and retry_after and nxt.provider == attempts[i].provider:
+        wait = min(float(retry_after), MAX_RETRY_AFTER_WAIT_S)
+    return True, wait
+
+
+def carries_output(chunk: Mapping[str, Any]) -> bool:
+    """Whether a streamed chunk gives the caller something of the answer (text, a tool call, a finish)."""
+    choices = chunk.get("choices")
+    if not isinstance(choices, list):
+        return False
+    for choice in choices:
+        if not isinstance(choice, Mapping):
+            continue
+        if choice.get("finish_reason"):
+            return True
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping) and (
+            delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call")
+        ):
+            return True
+    return False
+
+
+def decide_observed(
+    observed: ObservedDecision,
+    telemetry: DecisionObserver,
+    compiled: CompiledPolicy,
+    features: RequestFeatures,
+    request_id: str | None,
+    workflow: WorkflowRef | None,
+) -> Decision:
+    """The decision for a call, made inside ``observed``; finished there at once when no model passes the policy."""
+    decision = compiled.decide(
+        features, request_id=request_id, workflow=workflow if workflow is not None else telemetry.current_workflow()
+    )
+    observed.decision = decision
+    if decision.selected is None:
+        observed.finish(decision)
+    return decision
+
+
+def no_candidate(decision: Decision, compiled: CompiledPolicy) -> NoCandidateError:
+    """The error a routed call raises when no model passes the policy; it carries the decision."""
+    return NoCandidateError(
+        f"no model in catalog {compiled.catalog_version} passes policy {compiled.policy.name!r}", decision
+    )
