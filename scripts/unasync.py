@@ -7,7 +7,7 @@ provider client and its streams, the instrumentor's wrappers); nobody edits a fi
     python scripts/unasync.py --check    # exit 1 naming each stale or missing _sync/ module, write nothing
 
 The rewrite is by lines, as httpcore's script does it: names are replaced whole (``AsyncChatStream`` -> ``ChatStream``,
-``aroute`` -> ``route``), and ``async``/``await`` keywords dropped. The result is put through ``ruff format``
+``aroute`` -> ``route``), and ``async``/``await`` keywords dropped. Its imports are sorted and it is put through ``ruff format``
 so the generated modules read like the rest of the tree. A line that must differ between the two forms
 carries ``# unasync: sync <replacement>`` at its end: the sync twin gets the replacement instead, indented
 as the line was.
@@ -84,18 +84,24 @@ def unasync_source(source: str) -> str:
     return "".join(unasync_line(line) for line in source.splitlines(keepends=True))
 
 
-def _format(text: str, path: Path) -> str:
+def _ruff(args: list[str], text: str, path: Path) -> str:
     proc = subprocess.run(
-        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
+        [sys.executable, "-m", "ruff", *args, "--stdin-filename", str(path), "-"],
         input=text,
         capture_output=True,
-        check=False,
         text=True,
+        check=False,
         cwd=ROOT,
     )
     if proc.returncode != 0:
-        raise SystemExit(f"unasync: ruff format failed on the sync form of {path}:\n{proc.stderr}")
+        raise SystemExit(f"unasync: ruff {args[0]} failed on the sync form of {path}:\n{proc.stderr}")
     return proc.stdout
+
+
+def _format(text: str, path: Path) -> str:
+    """Imports sorted again (``AsyncX`` became ``X``, so their order changes), then formatted."""
+    text = _ruff(["check", "--select", "I", "--fix", "--exit-zero", "--quiet"], text, path)
+    return _ruff(["format"], text, path)
 
 
 def header(source_path: Path) -> str:

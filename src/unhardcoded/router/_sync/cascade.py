@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterator, Mapping
 from time import sleep as pause
-from collections.abc import Iterator, Callable, Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
 from ..attempts import (
     CLIENT_DISCONNECTED,
-    Sleep,
     PlannedAttempt,
+    Sleep,
     carries_output,
     decide_observed,
     finish,
@@ -35,7 +35,7 @@ from ..observe import NO_OBSERVER, AttemptObserver, DecisionObserver, ObservedDe
 from ..providers import ProviderCallError
 
 if TYPE_CHECKING:
-    from ..providers import ChatStream, ChatResult, ProviderClient
+    from ..providers import ChatResult, ChatStream, ProviderClient
 
 
 def execute(
