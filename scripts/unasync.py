@@ -52,6 +52,8 @@ NAMES = {
     "aembed": "embed",
     "asend": "send",
     "arespond": "respond",
+    "async_chat_completions_create": "chat_completions_create",
+    "async_httpx_send": "httpx_send",
 }
 _ASYNC_PREFIX = re.compile(r"^Async([A-Z]\w*)$")
 _DIRECTIVE = re.compile(r"\s*# unasync: sync (?P<line>.*)$")
