@@ -21,6 +21,7 @@ from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import get_tracer
 from wrapt import wrap_function_wrapper
 
+from .._version import package_version
 from .context import POLICY_ENV, current_policy, policy
 from .package import _instruments
 from .patch import async_chat_completions_create, async_httpx_send, chat_completions_create, httpx_send
@@ -43,15 +44,6 @@ def _http_modules() -> list[Any]:
     return found
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("unhardcoded")
-    except PackageNotFoundError:
-        return "0"
-
-
 class UnhardcodedInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # subclassing Any, as above
     """Instruments ``openai`` chat completions (sync, async, streamed) for the unhardcoded router."""
 
@@ -59,7 +51,7 @@ class UnhardcodedInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # subcla
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer = get_tracer(__name__, _version(), kwargs.get("tracer_provider"))
+        tracer = get_tracer(__name__, package_version(), kwargs.get("tracer_provider"))
         wrap_function_wrapper(
             "openai.resources.chat.completions", "Completions.create", chat_completions_create(tracer)
         )
