@@ -24,6 +24,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
+from .._wire import delimited_fields
 from ..receipts.spans import SpanFormatError, _pb_value, read_attributes, read_export_view, service_of
 from ..semconv import attributes as A
 
@@ -247,47 +248,6 @@ _WANTED = frozenset(
 _CALLED = frozenset({"answered", "failed"})
 
 
-def _fields(buf: bytes, start: int, end: int, wanted: int) -> list[tuple[int, int]]:
-    """(start, end) of each length-delimited field number ``wanted`` in ``buf[start:end]``; other fields are skipped."""
-    out = []
-    i = start
-    while i < end:
-        key = shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        wire = key & 7
-        if wire == 2:
-            n = shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-            if key >> 3 == wanted:
-                out.append((i, i + n))
-            i += n
-        elif wire == 0:
-            while buf[i] & 0x80:
-                i += 1
-            i += 1
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"wire type {wire}")
-    if i != end:
-        raise ValueError("field runs past its message")
-    return out
-
-
 def span_slices(body: bytes) -> list[bytes] | None:
     """The bytes of every span of a serialized ``ExportTraceServiceRequest``, in the order the parser reads them.
 
@@ -296,9 +256,9 @@ def span_slices(body: bytes) -> list[bytes] | None:
     """
     out = []
     try:
-        for rs in _fields(body, 0, len(body), 1):  # resource_spans
-            for ss in _fields(body, rs[0], rs[1], 2):  # scope_spans
-                out += [body[a:b] for a, b in _fields(body, ss[0], ss[1], 2)]  # spans
+        for rs in delimited_fields(body, 0, len(body), 1):  # resource_spans
+            for ss in delimited_fields(body, rs[0], rs[1], 2):  # scope_spans
+                out += [body[a:b] for a, b in delimited_fields(body, ss[0], ss[1], 2)]  # spans
     except (IndexError, ValueError):
         return None
     return out
