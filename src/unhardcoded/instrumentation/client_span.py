@@ -18,14 +18,16 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer
 
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
+from ..semconv import headers as H
 from .context import current_policy
 
-POLICY_HEADER = "X-Unhardcoded-Policy"
-REQUEST_ID_HEADER = "x-unhardcoded-request-id"
-MODEL_HEADER = "x-unhardcoded-model"
-POLICY_NAME_HEADER = "x-unhardcoded-policy"
-FINGERPRINT_HEADER = "x-unhardcoded-policy-fingerprint"
-FALLBACK_HEADER = "x-unhardcoded-fallback"
+POLICY_HEADER = H.X_UNHARDCODED_POLICY
+# The answer's headers are read lower-case: httpx's are case-insensitive, and a plain mapping of them is lower-case.
+REQUEST_ID_HEADER = H.X_UNHARDCODED_REQUEST_ID.lower()
+MODEL_HEADER = H.X_UNHARDCODED_MODEL.lower()
+POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY.lower()
+FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT.lower()
+FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK.lower()
 PROVIDER_NAME = "openai"
 
 
@@ -105,7 +107,7 @@ def with_policy(kwargs: dict[str, Any]) -> dict[str, Any]:
     if name is None:
         return kwargs
     extra = kwargs.get("extra_headers") or {}
-    if any(k.lower() == POLICY_HEADER.lower() for k in extra):
+    if any(k.lower() == POLICY_NAME_HEADER for k in extra):
         return kwargs  # the caller said which policy; theirs wins
     return {**kwargs, "extra_headers": {**extra, POLICY_HEADER: name}}
 

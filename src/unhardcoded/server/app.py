@@ -24,6 +24,7 @@ from ..router import Router
 from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient
+from ..semconv import headers as H
 from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
@@ -31,11 +32,11 @@ from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_obje
 from .sse import StreamedDecision
 from .tracing import ServerSpans
 
-REQUEST_ID_HEADER = "X-Unhardcoded-Request-Id"
-MODEL_HEADER = "X-Unhardcoded-Model"
-POLICY_NAME_HEADER = "X-Unhardcoded-Policy"
-FINGERPRINT_HEADER = "X-Unhardcoded-Policy-Fingerprint"
-FALLBACK_HEADER = "X-Unhardcoded-Fallback"
+REQUEST_ID_HEADER = H.X_UNHARDCODED_REQUEST_ID
+MODEL_HEADER = H.X_UNHARDCODED_MODEL
+POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY
+FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT
+FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK
 
 FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
 FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}
