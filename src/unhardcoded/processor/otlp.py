@@ -145,8 +145,6 @@ def _hex_to_b64(value: Any, width: int) -> Any:
     # right width becomes empty, so the span is rejected on its own rather than the whole payload.
     if not isinstance(value, str):
         return value
-    if value == "":
-        return value
     if len(value) == width:
         try:
             return base64.b64encode(bytes.fromhex(value)).decode("ascii")

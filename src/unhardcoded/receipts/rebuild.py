@@ -72,26 +72,6 @@ class Rebuilt:
         return {d.fingerprint: d.policy_body for d in self.decisions if d.policy_body is not None}
 
 
-# --------------------------------------------------------------------------- classification
-
-
-def is_decision_span(span: SpanRecord) -> bool:
-    a = span.attributes
-    return (
-        A.UNHARDCODED_POLICY_FINGERPRINT in a and A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_ATTEMPT_INDEX not in a
-    )
-
-
-def is_attempt_span(span: SpanRecord) -> bool:
-    return A.UNHARDCODED_ATTEMPT_INDEX in span.attributes
-
-
-def is_workflow_span(span: SpanRecord) -> bool:
-    """The ``workflow {name}`` root (not its nodes, not the decisions in it)."""
-    a = span.attributes
-    return A.UNHARDCODED_WORKFLOW_ID in a and A.UNHARDCODED_WORKFLOW_NODE not in a and A.UNHARDCODED_REQUEST_ID not in a
-
-
 # --------------------------------------------------------------------------- values
 
 

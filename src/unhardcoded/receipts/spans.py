@@ -12,7 +12,7 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .._wire import varint
 from ..errors import UnhardcodedError
@@ -169,9 +169,7 @@ def _int(value: Any, what: str) -> int:
 
 
 def _double(value: Any) -> float:
-    if isinstance(value, str):  # proto3 JSON writes non-finite doubles as strings
-        return float(value)
-    return float(value)
+    return float(value)  # a number, or a string: proto3 JSON writes non-finite doubles as "NaN", "Infinity"
 
 
 # --------------------------------------------------------------------------- SDK ReadableSpan
@@ -944,9 +942,3 @@ def read_spans(payload: Any, format: str | None = None) -> list[SpanRecord]:
         batches = _get(trace, "resourceSpans", "resource_spans")
         return _resource_spans(batches if batches is not None else trace.get("batches") or [], "trace.resourceSpans")
     return from_jaeger_json(payload)
-
-
-def iter_spans(payloads: Iterable[Any]) -> Iterator[SpanRecord]:
-    """Every span of several payloads (a trace split across batches), in order."""
-    for payload in payloads:
-        yield from read_spans(payload)
