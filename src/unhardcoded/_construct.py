@@ -61,7 +61,7 @@ class _Sample(BaseModel):
 def _checked() -> Construct:
     """The fast build if it makes exactly what pydantic makes (a pydantic upgrade could change that), else
     ``model_construct``."""
-    sample = {"name": "m", "threshold": 1, "observed": [2]}
+    sample = {"name": "m", "threshold": 1, "observed": 2.5}
     try:
         fast, built = _construct_fast(_Sample, dict(sample)), _Sample(**sample)
         if (
