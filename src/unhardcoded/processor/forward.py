@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlsplit
 
 from .._wire import delimited_fields, retry_after_seconds
-from ..errors import ConfigError
+from ..errors import ConfigError, UnhardcodedError
 
 if TYPE_CHECKING:
     from .metrics import ProcessorMetrics
@@ -68,7 +68,7 @@ class RetryPolicy:
             interval = min(self.max_interval_s, interval * self.multiplier)
 
 
-class SendFailed(Exception):
+class SendFailed(UnhardcodedError):
     """The next hop did not take an export; ``retryable`` says whether sending it again may work."""
 
     def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None) -> None:

@@ -25,6 +25,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from .._wire import delimited_fields
+from ..errors import UnhardcodedError
 from ..receipts.spans import SpanFormatError, _pb_value, read_attributes, read_export_view, service_of
 from ..semconv import attributes as A
 
@@ -35,8 +36,11 @@ JSON = "application/json"
 ROLE_DECISION, ROLE_ATTEMPT, ROLE_WORKFLOW = "decision", "attempt", "workflow"
 
 
-class PayloadError(ValueError):
-    """The body is not an OTLP trace export: answered 400 / INVALID_ARGUMENT, never retried."""
+class PayloadError(UnhardcodedError, ValueError):
+    """The body is not an OTLP trace export: answered 400 / INVALID_ARGUMENT, never retried.
+
+    A ValueError too, as it always was: callers that catch bad input as ValueError still do.
+    """
 
 
 class PayloadTooLarge(PayloadError):
