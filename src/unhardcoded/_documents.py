@@ -100,7 +100,7 @@ def read_document(path: str | Path, error: type[UnhardcodedError]) -> Any:
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def key_path(parent: str, key: Any) -> str:
+def key_path(parent: str, key: object) -> str:
     """``parent.key``; a key that is empty or not a plain name is quoted (``parent["a b"]``) so the path stays readable."""
     if isinstance(key, str) and _PLAIN_KEY.match(key):
         return f"{parent}.{key}" if parent else key

@@ -320,7 +320,8 @@ class Forwarder:
 
         def call(payload: bytes) -> bytes:
             try:
-                return export(payload, timeout=self.timeout_s, metadata=metadata)
+                answer: bytes = export(payload, timeout=self.timeout_s, metadata=metadata)
+                return answer
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 name = code.name if code is not None else "UNKNOWN"
@@ -364,7 +365,8 @@ def _retry_info(exc: object) -> float | None:
                     if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
-                        return info.retry_delay.ToNanoseconds() / 1e9
+                        delay: float = info.retry_delay.ToNanoseconds() / 1e9
+                        return delay
             except Exception:  # noqa: BLE001 - unreadable details: no delay given
                 return None
     return None

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
@@ -136,7 +136,8 @@ def media_type(content_type: str | None) -> str:
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        message: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
+        return message
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise PayloadError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
 
@@ -217,7 +218,7 @@ def _str(v: Any) -> str | None:
 
 def _int(v: Any) -> int | None:
     if v.__class__ is int:
-        return v  # type: ignore[no-any-return]
+        return v
     if v.__class__ is float and v.is_integer():
         return int(v)
     if v.__class__ is str and v.lstrip("-").isdigit():
@@ -439,9 +440,10 @@ def response_message(decoded: DecodedExport | None) -> ExportTraceServiceRespons
     return response
 
 
-def encode_response(response: Any, kind: str) -> bytes:
+def encode_response(response: Message, kind: str) -> bytes:
     if kind == "protobuf":
-        return response.SerializeToString()
+        data: bytes = response.SerializeToString()
+        return data
     return json.dumps(json_format.MessageToDict(response), separators=(",", ":")).encode()
 
 
