@@ -80,6 +80,8 @@ SIMPLE_TYPES = ("string", "int", "double", "boolean", "string[]", "int[]", "doub
 SPAN_KINDS = ("client", "server", "producer", "consumer", "internal")
 INSTRUMENTS = ("counter", "histogram", "gauge", "updowncounter")
 REQUIREMENT_LEVELS = ("required", "recommended", "opt_in")
+HEADER_DIRECTIONS = ("request", "response")
+HEADER_PATTERN = re.compile(r"X(-[A-Z][a-z0-9]*)+")
 CONDITIONAL_LEVELS = ("conditionally_required", "recommended")
 
 
@@ -99,6 +101,15 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Header:
+    """An HTTP header that carries an attribute's value (``annotations.<namespace>.http_header``)."""
+
+    name: str
+    request: str  # what it means on a request, "" when requests do not carry it
+    response: str  # what it means on an answer, "" when answers do not carry it
+
+
+@dataclass(frozen=True)
 class Attribute:
     id: str
     type: str  # a simple type, or "enum"
@@ -109,6 +120,7 @@ class Attribute:
     members: tuple[Member, ...]
     file: str
     group: str
+    header: Header | None = None
 
 
 @dataclass(frozen=True)
@@ -409,6 +421,10 @@ def _load_attribute(item: dict, file: str, group_id: str, namespace: str, errors
     else:
         errors.append(f"{label}: type '{raw_type}' is not one of {', '.join(SIMPLE_TYPES)} or an enum")
         attribute_type = "string"
+    annotations = item.get("annotations")
+    ours = annotations.get(namespace) if isinstance(annotations, dict) else None
+    raw_header = ours.get("http_header") if isinstance(ours, dict) else None
+    header = _load_header(raw_header, attribute_id, namespace, label, errors) if raw_header is not None else None
     return Attribute(
         id=attribute_id,
         type=attribute_type,
@@ -419,7 +435,35 @@ def _load_attribute(item: dict, file: str, group_id: str, namespace: str, errors
         members=tuple(members),
         file=file,
         group=group_id,
+        header=header,
     )
+
+
+def _header_prefix(namespace: str) -> str:
+    """``X-Unhardcoded-`` for the namespace ``unhardcoded``: the prefix every header of the registry has."""
+    return "X-" + "-".join(part.capitalize() for part in re.split(r"[._]", namespace)) + "-"
+
+
+def _load_header(raw: Any, attribute_id: str, namespace: str, label: str, errors: list[str]) -> Header | None:
+    """The header an attribute's ``annotations.<namespace>.http_header`` declares: ``name`` and what it means on a
+    ``request`` and/or a ``response``."""
+    if not isinstance(raw, dict):
+        errors.append(f"{label}: http_header must be a mapping with a name and a request and/or response brief")
+        return None
+    unknown = sorted(str(key) for key in raw if key not in ("name", *HEADER_DIRECTIONS))
+    if unknown:
+        errors.append(f"{label}: http_header has unknown key(s) {', '.join(unknown)}; expected name, request, response")
+    name = raw.get("name")
+    prefix = _header_prefix(namespace)
+    if not isinstance(name, str) or not HEADER_PATTERN.fullmatch(name) or not name.startswith(prefix):
+        errors.append(f"{label}: header name {name!r} is not {prefix}Words-In-Title-Case")
+        return None
+    if namespace and not attribute_id.startswith(namespace + "."):
+        errors.append(f"{label}: header {name}: only an attribute of the '{namespace}' namespace declares a header")
+    briefs = {direction: _text(raw.get(direction)) for direction in HEADER_DIRECTIONS}
+    if not any(briefs.values()):
+        errors.append(f"{label}: header {name} says what it means on neither a request nor a response")
+    return Header(name=name, request=briefs["request"], response=briefs["response"])
 
 
 def _name_rules(
@@ -467,6 +511,18 @@ def _name_rules(
                     "rename one, or add the pair to NAMESPACE_COLLISIONS_ALLOWED if DESIGN.md fixes both names"
                 )
 
+    headers: dict[str, str] = {}
+    for attribute in attributes.values():
+        if attribute.header is not None:
+            key = attribute.header.name.lower()  # HTTP header names are case-insensitive
+            where = _where(attribute.file, attribute.group)
+            if key in headers:
+                errors.append(
+                    f"{where}: attribute '{attribute.id}' declares header {attribute.header.name}, "
+                    f"as {headers[key]} does"
+                )
+            headers.setdefault(key, f"attribute '{attribute.id}' ({where})")
+
     # Every generated constant must be unique, so no two names collapse into one identifier.
     constants: dict[str, str] = {}
     for attribute in attributes.values():
@@ -499,6 +555,10 @@ def _claim(constants: dict[str, str], constant: str, owner: str, errors: list[st
 
 def _const(name: str) -> str:
     return name.upper().replace(".", "_")
+
+
+def _header_const(name: str) -> str:
+    return name.upper().replace("-", "_")
 
 
 def _enum_class(name: str) -> str:
@@ -658,6 +718,33 @@ def _render_spans(registry: Registry) -> str:
     return "".join(lines)
 
 
+def _headered(registry: Registry) -> list[Attribute]:
+    return sorted(
+        (attribute for attribute in registry.attributes.values() if attribute.header is not None),
+        key=lambda attribute: attribute.header.name if attribute.header else "",
+    )
+
+
+def _render_headers(registry: Registry) -> str:
+    lines = [
+        PY_HEADER,
+        '"""HTTP header names of the unhardcoded semantic conventions: what the proxy reads and answers with."""\n\n',
+        "from typing import Final\n",
+    ]
+    for attribute in _headered(registry):
+        header = attribute.header
+        assert header is not None
+        doc = [
+            f"{direction.capitalize()}: {brief}"
+            for direction, brief in (("request", header.request), ("response", header.response))
+            if brief
+        ]
+        doc.append(f"Attribute: `{attribute.id}`.")
+        lines.append(f"\n{_header_const(header.name)}: Final = {_py_string(header.name)}\n")
+        lines.append(_docstring("\n".join(doc)))
+    return "".join(lines)
+
+
 def _render_init(registry: Registry) -> str:
     return (
         PY_HEADER
@@ -667,6 +754,7 @@ def _render_init(registry: Registry) -> str:
         + "- `unhardcoded.semconv.gen_ai`: the OpenTelemetry GenAI and error attributes we set\n"
         + "- `unhardcoded.semconv.metrics`: metric names, units and instrument factories\n"
         + "- `unhardcoded.semconv.spans`: span name templates, span kinds and event names\n"
+        + "- `unhardcoded.semconv.headers`: the HTTP headers the proxy reads and answers with\n"
         + '"""\n\n'
         + f"SEMCONV_VERSION = {_py_string(registry.version)}\n"
         + '"""Version of the registry these names were generated from."""\n'
@@ -727,6 +815,22 @@ def _render_docs(registry: Registry) -> str:
                 lines.append("Events: " + ", ".join(f"`{event}`" for event in group.events) + ".\n\n")
             lines.extend(_md_table(registry, group.refs))
 
+    headered = _headered(registry)
+    if headered:
+        lines.append("\n## HTTP headers\n\n")
+        lines.append(
+            "Headers that carry an attribute's value between a client and the proxy "
+            "(`annotations.<namespace>.http_header` on the attribute).\n\n"
+        )
+        lines.append("| Header | On a request | On an answer | Attribute |\n|---|---|---|---|\n")
+        for attribute in headered:
+            header = attribute.header
+            assert header is not None
+            lines.append(
+                f"| `{header.name}` | {_md_cell(header.request) or '—'} | {_md_cell(header.response) or '—'} "
+                f"| `{attribute.id}` |\n"
+            )
+
     lines.append("\n## Attribute registry\n\n")
     lines.append("| Attribute | Type | Stability | Brief | Examples |\n|---|---|---|---|---|\n")
     for attribute in sorted(registry.attributes.values(), key=lambda a: a.id):
@@ -768,6 +872,7 @@ def render(registry: Registry) -> dict[Path, str]:
         ),
         PACKAGE_DIR / "metrics.py": _render_metrics(registry),
         PACKAGE_DIR / "spans.py": _render_spans(registry),
+        PACKAGE_DIR / "headers.py": _render_headers(registry),
         DOCS_FILE: _render_docs(registry),
     }
 

@@ -330,6 +330,64 @@ def test_every_error_is_reported_at_once(tmp_path):
     the_error(errors, "unknown ref", "demo.nope")
 
 
+def with_header(attribute_id: str, **header) -> dict:
+    return attribute(attribute_id, annotations={"demo": {"http_header": header}})
+
+
+def test_a_header_is_read_with_what_it_means_each_way(tmp_path):
+    registry = write_registry(
+        tmp_path,
+        [
+            attribute_group(
+                [with_header("demo.thing.id", name="X-Demo-Thing-Id", request="Pick it.", response="Got it.")]
+            )
+        ],
+    )
+
+    header = generator.load_registry(registry).attributes["demo.thing.id"].header
+
+    assert (header.name, header.request, header.response) == ("X-Demo-Thing-Id", "Pick it.", "Got it.")
+
+
+@pytest.mark.parametrize("bad_name", ["X-Other-Thing", "x-demo-thing", "X-Demo-thing", "X-Demo-", "Demo-Thing", 7])
+def test_a_header_name_outside_the_namespace_or_title_case_is_an_error(tmp_path, bad_name):
+    registry = write_registry(tmp_path, [attribute_group([with_header("demo.thing", name=bad_name, response="x")])])
+
+    error = the_error(errors_of(registry), "header name", "X-Demo-Words-In-Title-Case")
+
+    assert "registry.demo" in error and "demo.thing" in error
+
+
+def test_a_header_meaning_nothing_either_way_is_an_error(tmp_path):
+    registry = write_registry(tmp_path, [attribute_group([with_header("demo.thing", name="X-Demo-Thing")])])
+
+    the_error(errors_of(registry), "X-Demo-Thing", "neither a request nor a response")
+
+
+def test_a_header_with_an_unknown_key_is_an_error(tmp_path):
+    registry = write_registry(
+        tmp_path, [attribute_group([with_header("demo.thing", name="X-Demo-Thing", response="x", answer="y")])]
+    )
+
+    the_error(errors_of(registry), "unknown key(s) answer")
+
+
+def test_two_attributes_declaring_one_header_is_an_error(tmp_path):
+    registry = write_registry(
+        tmp_path,
+        [
+            attribute_group(
+                [
+                    with_header("demo.a", name="X-Demo-Thing", response="x"),
+                    with_header("demo.b", name="X-Demo-Thing", request="y"),
+                ]
+            )
+        ],
+    )
+
+    the_error(errors_of(registry), "'demo.b' declares header X-Demo-Thing", "'demo.a'")
+
+
 # --------------------------------------------------------------------------- (c) DESIGN.md's names are in the registry
 
 # The names DESIGN.md's "Semantic conventions" section fixes, plus the ones
@@ -502,6 +560,27 @@ def test_generated_constants_carry_the_registry_names(registry):
     assert set(registry.attributes) <= generated
 
 
+# The headers DESIGN.md's HTTP section names, with the attribute each carries.
+DESIGN_HEADERS = {
+    "X-Unhardcoded-Policy": "unhardcoded.policy.name",
+    "X-Unhardcoded-Request-Id": "unhardcoded.request.id",
+    "X-Unhardcoded-Model": "unhardcoded.answered.model",
+    "X-Unhardcoded-Policy-Fingerprint": "unhardcoded.policy.fingerprint",
+    "X-Unhardcoded-Fallback": "unhardcoded.fallback.triggered",
+}
+
+
+def test_design_headers_are_in_the_registry_and_generated(registry):
+    from unhardcoded.semconv import headers
+
+    declared = {a.header.name: a.id for a in registry.attributes.values() if a.header is not None}
+    assert declared == DESIGN_HEADERS
+    assert registry.attributes["unhardcoded.policy.name"].header.request  # the only header a request carries
+    assert headers.X_UNHARDCODED_REQUEST_ID == "X-Unhardcoded-Request-Id"
+    generated = {value for name, value in vars(headers).items() if name.startswith("X_")}
+    assert generated == set(DESIGN_HEADERS)
+
+
 # --------------------------------------------------------------------------- (d) no hand-written semconv names in code
 
 SRC_DIR = REPO_ROOT / "src"
@@ -575,6 +654,19 @@ def test_no_semconv_name_is_written_as_a_literal_outside_generated_files(registr
         except SyntaxError as exc:
             pytest.fail(f"{label} does not parse: {exc}")
     assert not offenders, "import the name from unhardcoded.semconv instead of writing it:\n" + "\n".join(offenders)
+
+
+def test_no_header_name_is_written_as_a_literal_outside_generated_files(registry):
+    names = {a.header.name.lower() for a in registry.attributes.values() if a.header is not None}
+    offenders = []
+    for path in sorted(PACKAGE_DIR.rglob("*.py")):
+        if _is_generated(path):
+            continue
+        label = str(path.relative_to(REPO_ROOT))
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=label)):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.lower() in names:
+                offenders.append(f"{label}:{node.lineno}: {node.value!r}")
+    assert not offenders, "import the header from unhardcoded.semconv.headers instead:\n" + "\n".join(offenders)
 
 
 def test_literal_scan_tells_names_from_module_paths_and_schema_ids(registry):

@@ -20,8 +20,6 @@ class _Yaml12Loader(yaml.SafeLoader):
         # `2024-13-45` or `!!int x`; give them the node's position like any other YAML error.
         try:
             return super().construct_object(node, deep)
-        except yaml.YAMLError:
-            raise
         except (ValueError, TypeError, KeyError, AttributeError, OverflowError, IndexError):
             shown = node.value if isinstance(node.value, str) else ""
             shown = shown if len(shown) <= 40 else shown[:37] + "..."
@@ -102,7 +100,7 @@ def read_document(path: str | Path, error: type[UnhardcodedError]) -> Any:
 _PLAIN_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
-def key_path(parent: str, key: Any) -> str:
+def key_path(parent: str, key: object) -> str:
     """``parent.key``; a key that is empty or not a plain name is quoted (``parent["a b"]``) so the path stays readable."""
     if isinstance(key, str) and _PLAIN_KEY.match(key):
         return f"{parent}.{key}" if parent else key
@@ -110,14 +108,3 @@ def key_path(parent: str, key: Any) -> str:
     if len(shown) > 40:
         shown = shown[:37] + '..."'
     return f"{parent}[{shown}]"
-
-
-def json_path(loc: tuple[Any, ...] | list[Any]) -> str:
-    """``("rules", 2, "op")`` -> ``rules[2].op``."""
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(document)"

@@ -1,4 +1,5 @@
-"""Small readings of what comes over the wire, shared by the provider client, the forwarder and the stores."""
+"""Small readings of what comes over the wire, shared by the provider client, the forwarder, the stores and the
+OTLP readers: ``Retry-After``, a URL fit to show, and the protobuf wire format's varints and fields."""
 
 from __future__ import annotations
 
@@ -50,3 +51,70 @@ def redact_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
     return parts._replace(netloc=netloc).geturl()
+
+
+# --------------------------------------------------------------------------- protobuf wire format
+#
+# The OTLP readers look into serialized messages without parsing them: to count or slice the spans of an
+# export (the processor's ingest path) and to read one attribute's key and value (the rebuild's). Both are
+# measured paths: the varints most fields start with (a one-byte key, a length of one or two bytes) are read in
+# place, the rest by varint().
+
+
+def varint(buf: bytes, i: int) -> tuple[int, int]:
+    """The base-128 varint at ``buf[i]`` and the index after it.
+
+    ValueError when it runs over ten bytes (no varint does), IndexError when it runs past the end of ``buf``.
+    """
+    value = shift = 0
+    while True:
+        b = buf[i]
+        i += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint longer than ten bytes")
+
+
+def delimited_fields(buf: bytes, start: int, end: int, number: int) -> list[tuple[int, int]]:
+    """``(start, end)`` of each length-delimited field numbered ``number`` in the message ``buf[start:end]``.
+
+    Every other field is skipped. ValueError (an unknown wire type, a field running past the message) or
+    IndexError (past the end of ``buf``) when the bytes are not a message.
+    """
+    out = []
+    i = start
+    while i < end:
+        key = buf[i]
+        if key < 0x80:
+            i += 1
+        else:
+            key, i = varint(buf, i)
+        wire = key & 7
+        if wire == 2:
+            n = buf[i]
+            if n < 0x80:
+                i += 1
+            elif buf[i + 1] < 0x80:  # two bytes: a span's length, most often
+                n = (n & 0x7F) | (buf[i + 1] << 7)
+                i += 2
+            else:
+                n, i = varint(buf, i)
+            if key >> 3 == number:
+                out.append((i, i + n))
+            i += n
+        elif wire == 0:
+            while buf[i] & 0x80:
+                i += 1
+            i += 1
+        elif wire == 1:
+            i += 8
+        elif wire == 5:
+            i += 4
+        else:
+            raise ValueError(f"wire type {wire}")
+    if i != end:
+        raise ValueError("field runs past its message")
+    return out

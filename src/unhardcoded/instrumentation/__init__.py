@@ -11,14 +11,17 @@ nothing extra and changes nothing.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from importlib import import_module
-from typing import Any, Collection
+from typing import Any
 
+# instrumentor.py starts with a file-wide "# type: ignore": to mypy the module is empty and BaseInstrumentor is Any.
 from opentelemetry.instrumentation.instrumentor import BaseInstrumentor  # type: ignore[attr-defined]
 from opentelemetry.instrumentation.utils import unwrap
 from opentelemetry.trace import get_tracer
 from wrapt import wrap_function_wrapper
 
+from .._version import package_version
 from .context import POLICY_ENV, current_policy, policy
 from .package import _instruments
 from .patch import async_chat_completions_create, async_httpx_send, chat_completions_create, httpx_send
@@ -41,23 +44,14 @@ def _http_modules() -> list[Any]:
     return found
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("unhardcoded")
-    except PackageNotFoundError:
-        return "0"
-
-
-class UnhardcodedInstrumentor(BaseInstrumentor):
+class UnhardcodedInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # subclassing Any, as above
     """Instruments ``openai`` chat completions (sync, async, streamed) for the unhardcoded router."""
 
     def instrumentation_dependencies(self) -> Collection[str]:
         return _instruments
 
     def _instrument(self, **kwargs: Any) -> None:
-        tracer = get_tracer(__name__, _version(), kwargs.get("tracer_provider"))
+        tracer = get_tracer(__name__, package_version(), kwargs.get("tracer_provider"))
         wrap_function_wrapper(
             "openai.resources.chat.completions", "Completions.create", chat_completions_create(tracer)
         )
@@ -69,7 +63,7 @@ class UnhardcodedInstrumentor(BaseInstrumentor):
             wrap_function_wrapper(module, "AsyncClient.send", async_httpx_send)
 
     def _uninstrument(self, **kwargs: Any) -> None:
-        import openai.resources.chat.completions as completions
+        from openai.resources.chat import completions
 
         unwrap(completions.Completions, "create")
         unwrap(completions.AsyncCompletions, "create")

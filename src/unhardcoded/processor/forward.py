@@ -17,11 +17,11 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import urlsplit
 
-from ..errors import ConfigError
+from .._wire import delimited_fields, retry_after_seconds
+from ..errors import ConfigError, UnhardcodedError
 
 if TYPE_CHECKING:
     from .metrics import ProcessorMetrics
@@ -68,7 +68,7 @@ class RetryPolicy:
             interval = min(self.max_interval_s, interval * self.multiplier)
 
 
-class SendFailed(Exception):
+class SendFailed(UnhardcodedError):
     """The next hop did not take an export; ``retryable`` says whether sending it again may work."""
 
     def __init__(self, message: str, retryable: bool, retry_after_s: float | None = None) -> None:
@@ -80,49 +80,12 @@ class SendFailed(Exception):
 # --------------------------------------------------------------------------- counting spans on the wire
 
 
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    shift = result = 0
-    while True:
-        b = buf[i]
-        i += 1
-        result |= (b & 0x7F) << shift
-        if b < 0x80:
-            return result, i
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
-
-
-def _fields(buf: memoryview, number: int) -> Iterator[memoryview]:
-    """The length-delimited fields numbered ``number`` in one serialized message."""
-    i, end = 0, len(buf)
-    while i < end:
-        key, i = _varint(buf, i)
-        wire = key & 7
-        if wire == 2:
-            length, i = _varint(buf, i)
-            if key >> 3 == number:
-                yield buf[i : i + length]
-            i += length
-        elif wire == 0:
-            _, i = _varint(buf, i)
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"unexpected wire type {wire}")
-    if i != end:
-        raise ValueError("truncated message")
-
-
 def count_spans(payload: bytes) -> int:
     """Spans in a serialized ``ExportTraceServiceRequest``, counted from the wire format without decoding them."""
-    view = memoryview(payload)
     n = 0
-    for resource_spans in _fields(view, 1):
-        for scope_spans in _fields(resource_spans, 2):
-            n += sum(1 for _ in _fields(scope_spans, 2))
+    for resource_spans in delimited_fields(payload, 0, len(payload), 1):
+        for scope_spans in delimited_fields(payload, *resource_spans, 2):
+            n += len(delimited_fields(payload, *scope_spans, 2))
     return n
 
 
@@ -325,7 +288,7 @@ class Forwarder:
                 raise SendFailed(f"{type(exc).__name__}: {exc}", retryable=True) from None
             if 200 <= r.status_code < 300:
                 return r.content
-            retry_after = _retry_after(r.headers.get("retry-after")) if r.status_code in _THROTTLING_HTTP else None
+            retry_after = retry_after_seconds(r.headers) if r.status_code in _THROTTLING_HTTP else None
             raise SendFailed(
                 f"next hop answered {r.status_code}",
                 retryable=r.status_code in _RETRYABLE_HTTP,
@@ -357,7 +320,8 @@ class Forwarder:
 
         def call(payload: bytes) -> bytes:
             try:
-                return export(payload, timeout=self.timeout_s, metadata=metadata)
+                answer: bytes = export(payload, timeout=self.timeout_s, metadata=metadata)
+                return answer
             except grpc.RpcError as exc:
                 code = exc.code() if hasattr(exc, "code") else None
                 name = code.name if code is not None else "UNKNOWN"
@@ -384,21 +348,6 @@ class Forwarder:
             self._drop(payload, spans, "shutdown")
 
 
-def _retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header: a number of seconds or an HTTP date."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
-
-
 def _retry_info(exc: object) -> float | None:
     """The delay in a gRPC error's ``RetryInfo`` (status details), if the server sent one."""
     trailing = getattr(exc, "trailing_metadata", None)
@@ -416,7 +365,8 @@ def _retry_info(exc: object) -> float | None:
                     if detail.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
                         info = error_details_pb2.RetryInfo()
                         detail.Unpack(info)
-                        return info.retry_delay.ToNanoseconds() / 1e9
+                        delay: float = info.retry_delay.ToNanoseconds() / 1e9
+                        return delay
             except Exception:  # noqa: BLE001 - unreadable details: no delay given
                 return None
     return None

@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf import json_format
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTracePartialSuccess,
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
+from .._wire import delimited_fields
+from ..errors import UnhardcodedError
 from ..receipts.spans import SpanFormatError, _pb_value, read_attributes, read_export_view, service_of
 from ..semconv import attributes as A
 
@@ -34,8 +36,11 @@ JSON = "application/json"
 ROLE_DECISION, ROLE_ATTEMPT, ROLE_WORKFLOW = "decision", "attempt", "workflow"
 
 
-class PayloadError(ValueError):
-    """The body is not an OTLP trace export: answered 400 / INVALID_ARGUMENT, never retried."""
+class PayloadError(UnhardcodedError, ValueError):
+    """The body is not an OTLP trace export: answered 400 / INVALID_ARGUMENT, never retried.
+
+    A ValueError too, as it always was: callers that catch bad input as ValueError still do.
+    """
 
 
 class PayloadTooLarge(PayloadError):
@@ -131,7 +136,8 @@ def media_type(content_type: str | None) -> str:
 
 def parse_protobuf(body: bytes) -> ExportTraceServiceRequest:
     try:
-        return ExportTraceServiceRequest.FromString(body)
+        message: ExportTraceServiceRequest = ExportTraceServiceRequest.FromString(body)
+        return message
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise PayloadError(f"not an OTLP ExportTraceServiceRequest: {exc}") from None
 
@@ -143,8 +149,6 @@ def _hex_to_b64(value: Any, width: int) -> Any:
     # OTLP/JSON writes ids as hex where proto3 JSON would write base64; an id that is not hex of the
     # right width becomes empty, so the span is rejected on its own rather than the whole payload.
     if not isinstance(value, str):
-        return value
-    if value == "":
         return value
     if len(value) == width:
         try:
@@ -214,7 +218,7 @@ def _str(v: Any) -> str | None:
 
 def _int(v: Any) -> int | None:
     if v.__class__ is int:
-        return v  # type: ignore[no-any-return]
+        return v
     if v.__class__ is float and v.is_integer():
         return int(v)
     if v.__class__ is str and v.lstrip("-").isdigit():
@@ -247,47 +251,6 @@ _WANTED = frozenset(
 _CALLED = frozenset({"answered", "failed"})
 
 
-def _fields(buf: bytes, start: int, end: int, wanted: int) -> list[tuple[int, int]]:
-    """(start, end) of each length-delimited field number ``wanted`` in ``buf[start:end]``; other fields are skipped."""
-    out = []
-    i = start
-    while i < end:
-        key = shift = 0
-        while True:
-            b = buf[i]
-            i += 1
-            key |= (b & 0x7F) << shift
-            if b < 0x80:
-                break
-            shift += 7
-        wire = key & 7
-        if wire == 2:
-            n = shift = 0
-            while True:
-                b = buf[i]
-                i += 1
-                n |= (b & 0x7F) << shift
-                if b < 0x80:
-                    break
-                shift += 7
-            if key >> 3 == wanted:
-                out.append((i, i + n))
-            i += n
-        elif wire == 0:
-            while buf[i] & 0x80:
-                i += 1
-            i += 1
-        elif wire == 1:
-            i += 8
-        elif wire == 5:
-            i += 4
-        else:
-            raise ValueError(f"wire type {wire}")
-    if i != end:
-        raise ValueError("field runs past its message")
-    return out
-
-
 def span_slices(body: bytes) -> list[bytes] | None:
     """The bytes of every span of a serialized ``ExportTraceServiceRequest``, in the order the parser reads them.
 
@@ -296,9 +259,9 @@ def span_slices(body: bytes) -> list[bytes] | None:
     """
     out = []
     try:
-        for rs in _fields(body, 0, len(body), 1):  # resource_spans
-            for ss in _fields(body, rs[0], rs[1], 2):  # scope_spans
-                out += [body[a:b] for a, b in _fields(body, ss[0], ss[1], 2)]  # spans
+        for rs in delimited_fields(body, 0, len(body), 1):  # resource_spans
+            for ss in delimited_fields(body, rs[0], rs[1], 2):  # scope_spans
+                out += [body[a:b] for a, b in delimited_fields(body, ss[0], ss[1], 2)]  # spans
     except (IndexError, ValueError):
         return None
     return out
@@ -477,9 +440,10 @@ def response_message(decoded: DecodedExport | None) -> ExportTraceServiceRespons
     return response
 
 
-def encode_response(response: Any, kind: str) -> bytes:
+def encode_response(response: Message, kind: str) -> bytes:
     if kind == "protobuf":
-        return response.SerializeToString()
+        data: bytes = response.SerializeToString()
+        return data
     return json.dumps(json_format.MessageToDict(response), separators=(",", ":")).encode()
 
 

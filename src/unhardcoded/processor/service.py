@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import UnhardcodedError
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
 from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
 from ..receipts.stores import GroupKey, Spool
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
-class Backpressure(Exception):
+class Backpressure(UnhardcodedError):
     """The processor cannot take this export now; the client should send it again after ``retry_after_s``."""
 
     def __init__(self, message: str, retry_after_s: float, busy: bool) -> None:

@@ -11,15 +11,13 @@ from __future__ import annotations
 import gc
 import json
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from pydantic import BaseModel
-
+from .._construct import construct as _construct
 from ..policy.model import fingerprint_of
-from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef
+from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef, iso_ms
 from ..router.features import RequestFeatures
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
@@ -72,26 +70,6 @@ class Rebuilt:
     def policies(self) -> dict[str, str]:
         """Canonical policy bodies by fingerprint."""
         return {d.fingerprint: d.policy_body for d in self.decisions if d.policy_body is not None}
-
-
-# --------------------------------------------------------------------------- classification
-
-
-def is_decision_span(span: SpanRecord) -> bool:
-    a = span.attributes
-    return (
-        A.UNHARDCODED_POLICY_FINGERPRINT in a and A.UNHARDCODED_REQUEST_ID in a and A.UNHARDCODED_ATTEMPT_INDEX not in a
-    )
-
-
-def is_attempt_span(span: SpanRecord) -> bool:
-    return A.UNHARDCODED_ATTEMPT_INDEX in span.attributes
-
-
-def is_workflow_span(span: SpanRecord) -> bool:
-    """The ``workflow {name}`` root (not its nodes, not the decisions in it)."""
-    a = span.attributes
-    return A.UNHARDCODED_WORKFLOW_ID in a and A.UNHARDCODED_WORKFLOW_NODE not in a and A.UNHARDCODED_REQUEST_ID not in a
 
 
 # --------------------------------------------------------------------------- values
@@ -201,69 +179,6 @@ def _fingerprint(body: str) -> str:
     return hit
 
 
-_set = object.__setattr__
-_new = object.__new__
-# The slots pydantic keeps beside __dict__, set through their descriptors: what object.__setattr__ does, without
-# looking each one up by name (a dozen models per receipt).
-
-
-def _slot_setter(name: str) -> Any:
-    descriptor = BaseModel.__dict__.get(name)
-    if descriptor is not None and hasattr(descriptor, "__set__"):
-        return descriptor.__set__
-    return lambda obj, value: _set(obj, name, value)
-
-
-_set_fields_set = _slot_setter("__pydantic_fields_set__")
-_set_extra = _slot_setter("__pydantic_extra__")
-_set_private = _slot_setter("__pydantic_private__")
-
-
-def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
-    """``cls.model_construct(**fields)`` for a dict that names every field, without its per-field work.
-
-    The rebuild checks every value itself; this is the hot path of rebuilding from
-    protobuf, where model_construct costs more than reading the span.
-    """
-    obj = _new(cls)
-    _set(obj, "__dict__", fields)
-    _set_fields_set(obj, set(fields))
-    _set_extra(obj, None)
-    _set_private(obj, None)
-    return obj
-
-
-def _slow_construct(cls: Any, fields: dict[str, Any]) -> Any:
-    return cls.model_construct(**fields)
-
-
-def _check_fast_construct() -> Any:
-    """Use the fast path only if it builds exactly what pydantic builds (a pydantic upgrade could change that)."""
-    sample = {"model": "m", "rule": "r", "field": "f", "op": "eq", "threshold": 1, "observed": 2, "message": "x"}
-    try:
-        fast, built = _fast_construct(Rejection, dict(sample)), Rejection(**sample)
-        if (
-            fast == built
-            and fast.model_dump() == sample
-            and hash(fast) == hash(built)
-            and fast.model_fields_set == built.model_fields_set
-            and fast.__pydantic_extra__ is None is built.__pydantic_extra__
-        ):
-            return _fast_construct
-    except Exception:  # noqa: BLE001 - any surprise means: take the documented path
-        pass
-    return _slow_construct
-
-
-_construct = _check_fast_construct()
-
-
-def iso_ms(ns: int) -> str:
-    """Span time (ns since the epoch) as the decision's timestamp: ISO 8601 UTC, milliseconds, ``Z``."""
-    secs, rem = divmod(ns, 1_000_000_000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{rem // 1_000_000:03d}Z"
-
-
 # --------------------------------------------------------------------------- one decision
 
 
@@ -316,7 +231,7 @@ def _copy_lists(rejection: Rejection) -> Rejection:
         fields["threshold"] = threshold[:]
     if observed.__class__ is list:
         fields["observed"] = observed[:]
-    return _construct(Rejection, fields)  # type: ignore[no-any-return]
+    return _construct(Rejection, fields)
 
 
 def _read_rejection(ea: dict[str, Any]) -> Rejection | None:

@@ -12,8 +12,9 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterable, Mapping, NamedTuple, Sequence
 
+from .._wire import varint
 from ..errors import UnhardcodedError
 
 # OTLP's SpanKind numbering; the Python API's SpanKind enum numbers differently.
@@ -168,9 +169,7 @@ def _int(value: Any, what: str) -> int:
 
 
 def _double(value: Any) -> float:
-    if isinstance(value, str):  # proto3 JSON writes non-finite doubles as strings
-        return float(value)
-    return float(value)
+    return float(value)  # a number, or a string: proto3 JSON writes non-finite doubles as "NaN", "Infinity"
 
 
 # --------------------------------------------------------------------------- SDK ReadableSpan
@@ -432,18 +431,6 @@ _SCALARS = frozenset({str, int, float, bool, bytes})
 _little_double = struct.Struct("<d").unpack_from
 
 
-def _varint(raw: bytes, i: int) -> tuple[int, int]:
-    """The varint at ``raw[i]`` and the index after it; (-1, i) when it runs past the end or over ten bytes."""
-    value = shift = 0
-    for j in range(i, min(len(raw), i + 10)):
-        b = raw[j]
-        value |= (b & 0x7F) << shift
-        if b < 0x80:
-            return value, j + 1
-        shift += 7
-    return -1, i
-
-
 def _scalar_keyvalue(raw: bytes) -> tuple[str, Any] | None:
     """A ``KeyValue`` laid out as SDKs write a scalar (the key, then a value of one string, bool, int or double
     field, nothing else) read without the parser: what it reads, field by field; None for any other layout.
@@ -454,20 +441,20 @@ def _scalar_keyvalue(raw: bytes) -> tuple[str, Any] | None:
     n = len(raw)
     if n < 2 or raw[0] != 0x0A:
         return None
-    key_len = raw[1]
-    i = 2
-    if key_len >= 0x80:
-        key_len, i = _varint(raw, 1)
-    end = i + key_len
-    if key_len < 0 or end + 1 >= n or raw[end] != 0x12:
-        return None
-    value_len = raw[end + 1]
-    v = end + 2
-    if value_len >= 0x80:
-        value_len, v = _varint(raw, end + 1)
-    if value_len < 0 or v + value_len != n:
-        return None
     try:
+        key_len = raw[1]
+        i = 2
+        if key_len >= 0x80:
+            key_len, i = varint(raw, 1)
+        end = i + key_len
+        if end + 1 >= n or raw[end] != 0x12:
+            return None
+        value_len = raw[end + 1]
+        v = end + 2
+        if value_len >= 0x80:
+            value_len, v = varint(raw, end + 1)
+        if v + value_len != n:
+            return None
         key = raw[i:end].decode()
         if value_len == 0:
             return key, None
@@ -475,17 +462,17 @@ def _scalar_keyvalue(raw: bytes) -> tuple[str, Any] | None:
         if tag == 0x21:  # double_value
             return (key, _little_double(raw, v + 1)[0]) if value_len == 9 else None
         if tag == 0x0A:  # string_value
-            text_len, t = (raw[v + 1], v + 2) if v + 1 < n and raw[v + 1] < 0x80 else _varint(raw, v + 1)
-            return (key, raw[t:n].decode()) if text_len >= 0 and t + text_len == n else None
+            text_len, t = (raw[v + 1], v + 2) if v + 1 < n and raw[v + 1] < 0x80 else varint(raw, v + 1)
+            return (key, raw[t:n].decode()) if t + text_len == n else None
         if tag == 0x18 or tag == 0x10:  # int_value (int64, two's complement), bool_value
-            number, after = _varint(raw, v + 1)
-            if number < 0 or number >> 64 or after != n:
+            number, after = varint(raw, v + 1)
+            if number >> 64 or after != n:
                 return None  # an overlong varint: the parser's to read
             if tag == 0x10:
                 return key, number != 0
             return key, number - (1 << 64) if number >= 1 << 63 else number
-    except UnicodeDecodeError:
-        return None  # the parser refuses it, and says why
+    except (IndexError, ValueError, UnicodeDecodeError):
+        return None  # a varint past the end or over ten bytes, or text that is not UTF-8: the parser refuses it
     return None
 
 
@@ -955,9 +942,3 @@ def read_spans(payload: Any, format: str | None = None) -> list[SpanRecord]:
         batches = _get(trace, "resourceSpans", "resource_spans")
         return _resource_spans(batches if batches is not None else trace.get("batches") or [], "trace.resourceSpans")
     return from_jaeger_json(payload)
-
-
-def iter_spans(payloads: Iterable[Any]) -> Iterator[SpanRecord]:
-    """Every span of several payloads (a trace split across batches), in order."""
-    for payload in payloads:
-        yield from read_spans(payload)

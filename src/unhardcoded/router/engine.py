@@ -7,8 +7,7 @@ from collections import OrderedDict
 import time
 from typing import Any
 
-from pydantic import BaseModel
-
+from .._construct import construct, plain_fields
 from ..catalog.model import Catalog, CatalogModel
 from ..policy.model import Policy
 from .decision import Cost, Decision, Rejection, Selection, WorkflowRef, iso_ms
@@ -309,37 +308,18 @@ class CompiledPolicy:
         )
 
 
-def _plain_fields(cls: type[BaseModel]) -> list[str] | None:
-    """The field names of ``cls`` if ``model_construct`` would only store the values it is given, else None."""
-    fields = cls.__pydantic_fields__
-    if (
-        cls.__pydantic_root_model__
-        or cls.__pydantic_post_init__
-        or cls.model_config.get("extra") == "allow"
-        or any(f.alias is not None or f.validation_alias is not None for f in fields.values())
-    ):
-        return None
-    return list(fields)
-
-
-_DECISION_FIELDS = _plain_fields(Decision)
+_DECISION_FIELDS = plain_fields(Decision)
 
 
 def _construct_decision(values: dict[str, Any]) -> Decision:
     """``Decision.model_construct(**values)`` without its per-field Python loop, when every field is given in order.
 
-    That is what ``model_construct`` stores for a model with no aliases, post-init, private or extra
-    attributes; if ``Decision`` ever gains one of those, or a field ``values`` lacks, it is called instead.
+    If ``Decision`` ever gains what :func:`construct` cannot build, or ``values`` lacks a field,
+    ``model_construct`` is called instead.
     """
     if _DECISION_FIELDS is None or list(values) != _DECISION_FIELDS:
         return Decision.model_construct(**values)
-    decision = Decision.__new__(Decision)
-    _set = object.__setattr__
-    _set(decision, "__dict__", values)
-    _set(decision, "__pydantic_fields_set__", set(values))
-    _set(decision, "__pydantic_extra__", None)
-    _set(decision, "__pydantic_private__", None)
-    return decision
+    return construct(Decision, values)
 
 
 def new_request_id() -> str:

@@ -7,6 +7,7 @@ Import the module you need; this package imports nothing itself:
 - `unhardcoded.semconv.gen_ai`: the OpenTelemetry GenAI and error attributes we set
 - `unhardcoded.semconv.metrics`: metric names, units and instrument factories
 - `unhardcoded.semconv.spans`: span name templates, span kinds and event names
+- `unhardcoded.semconv.headers`: the HTTP headers the proxy reads and answers with
 """
 
 SEMCONV_VERSION = "0.1.0"

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -17,13 +18,14 @@ from starlette.routing import Route
 
 from ..catalog.model import Catalog
 from ..errors import NoCandidateError
-from ..policy.model import Policy
 from ..policies import builtin_policy_dir
+from ..policy.model import Policy
 from ..receipts.model import Receipt
 from ..router import Router
 from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient
+from ..semconv import headers as H
 from ..telemetry.losses import count_error
 from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
@@ -32,11 +34,11 @@ from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_obje
 from .streamed import StreamedDecision
 from .tracing import ServerSpans
 
-REQUEST_ID_HEADER = "X-Unhardcoded-Request-Id"
-MODEL_HEADER = "X-Unhardcoded-Model"
-POLICY_NAME_HEADER = "X-Unhardcoded-Policy"
-FINGERPRINT_HEADER = "X-Unhardcoded-Policy-Fingerprint"
-FALLBACK_HEADER = "X-Unhardcoded-Fallback"
+REQUEST_ID_HEADER = H.X_UNHARDCODED_REQUEST_ID
+MODEL_HEADER = H.X_UNHARDCODED_MODEL
+POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY
+FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT
+FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK
 
 FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
 FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}

@@ -7,6 +7,8 @@ from typing import Any
 
 from starlette.responses import Response
 
+from ..errors import UnhardcodedError
+
 ERROR_TYPES = {
     400: "invalid_request_error",
     404: "invalid_request_error",
@@ -19,7 +21,7 @@ ERROR_TYPES = {
 }
 
 
-class APIError(Exception):
+class APIError(UnhardcodedError):
     """A request the proxy answers with an error: status, message naming what is wrong, and OpenAI's fields."""
 
     def __init__(

@@ -14,9 +14,10 @@ from ..catalog.model import Catalog
 from ..errors import ConfigError, PolicyError
 from ..policy import load_policy_file, validate_policy
 from ..policy.model import Policy
+from ..semconv import headers as H
 from .errors import APIError, bad_request
 
-POLICY_HEADER = "x-unhardcoded-policy"
+POLICY_HEADER = H.X_UNHARDCODED_POLICY
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SUFFIXES = (".yaml", ".yml", ".json")
 RESCAN_INTERVAL_S = 1.0
@@ -99,7 +100,7 @@ class PolicyResolver:
         if inline is not None:
             raise bad_request("policy: must be a policy object (sigma-pol/v1) or a policy name", param="policy")
         if header is not None:
-            return self._named(header.strip(), "X-Unhardcoded-Policy")
+            return self._named(header.strip(), POLICY_HEADER)
         if self.default is not None:
             policy = self.directory.get(self.default)
             if policy is not None:

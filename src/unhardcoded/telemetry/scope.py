@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
+from .._version import package_version
+
 INSTRUMENTATION_SCOPE = "unhardcoded"
 
-
-def _version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version(INSTRUMENTATION_SCOPE)
-    except Exception:  # noqa: BLE001 - running from a source tree that was never installed
-        return "0"
-
-
-VERSION = _version()
+VERSION = package_version()
 
 
 def error_type(error: BaseException) -> str:

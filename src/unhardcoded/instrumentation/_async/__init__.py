@@ -1,0 +1,1 @@
+"""The instrumentor's wrappers of ``create`` and ``send`` (``patch``) and its stream proxy (``streams``)."""
