@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -295,6 +295,28 @@ class ChatResult:
 # --------------------------------------------------------------------------- client
 
 
+class AsyncReply(Protocol):
+    """The parts of a whole, read response the client uses (``httpx.Response`` and the lean client's reply have them)."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def is_success(self) -> bool: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def text(self) -> str: ...
+
+
+class AsyncSender(Protocol):
+    """Another HTTP client for the async non-streamed calls, so ``bench/proxy.py --client`` can measure it in place of
+    the lean one; it fails with the ``httpx`` exception each failure corresponds to, as the lean client does."""
+
+    async def send(self, url: str, headers: Mapping[str, str], content: bytes, timeout: float) -> AsyncReply: ...
+
+    async def aclose(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class _PreparedCall:
     provider: str
@@ -361,9 +383,11 @@ class ProviderClient:
         providers: ProvidersConfig,
         *,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        async_sender: AsyncSender | None = None,
     ) -> None:
         self.providers = providers
         self._transport = transport
+        self._sender = async_sender
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._async_client: httpx.AsyncClient | None = None
@@ -396,6 +420,8 @@ class ProviderClient:
             await async_client.aclose()
         if pool is not None and pool_loop is running:
             await pool.aclose()
+        if self._sender is not None:
+            await self._sender.aclose()
         self.close()
 
     def __enter__(self) -> ProviderClient:
@@ -436,7 +462,7 @@ class ProviderClient:
         with self._lock:
             if self._pool_loop is not loop:
                 # Decided once per loop, as httpx reads the proxy settings once per client.
-                lean = self._transport is None and http11.lean_client_available()
+                lean = self._transport is None and self._sender is None and http11.lean_client_available()
                 self._pool = http11.ConnectionPool() if lean else None
                 self._pool_loop = loop
             return self._pool
@@ -556,11 +582,15 @@ class ProviderClient:
         pool = self._lean_pool() if call.target is not None else None
         started = time.perf_counter()
         failure: ProviderCallError | None = None
-        response: httpx.Response | http11.Reply
+        response: httpx.Response | http11.Reply | AsyncReply
         try:
             if pool is not None:
                 head, content = call.encoded()
                 response = await pool.request(call.target, head, content, call.timeout.read, read=True)  # type: ignore[arg-type]
+            elif self._sender is not None:
+                content = call.encoded()[1]
+                sent = {**_USER_AGENT, "content-type": "application/json", **call.headers}
+                response = await self._sender.send(call.url, sent, content, call.timeout.read)
             else:
                 response = await self._async_http().post(
                     call.url, json=call.body, headers=call.headers, timeout=call.timeout
@@ -922,7 +952,9 @@ class AsyncChatStream(_StreamView):
 # --------------------------------------------------------------------------- classification
 
 
-def _chat_result(call: _PreparedCall, response: httpx.Response | http11.Reply, started: float) -> ChatResult:
+def _chat_result(
+    call: _PreparedCall, response: httpx.Response | http11.Reply | AsyncReply, started: float
+) -> ChatResult:
     duration_ms = (time.perf_counter() - started) * 1000
     if not response.is_success:
         logger.debug("chat %s/%s -> HTTP %s in %.1f ms", call.provider, call.model, response.status_code, duration_ms)
@@ -958,7 +990,9 @@ def _chat_result(call: _PreparedCall, response: httpx.Response | http11.Reply, s
     )
 
 
-def _status_failure(call: _PreparedCall, response: httpx.Response | http11.Reply, text: str) -> ProviderCallError:
+def _status_failure(
+    call: _PreparedCall, response: httpx.Response | http11.Reply | AsyncReply, text: str
+) -> ProviderCallError:
     status = response.status_code
     retry_after = _retry_after_s(response.headers)
     kind: ErrorKind
