@@ -206,7 +206,7 @@ def run_floor(port: int, provider_url: str) -> None:
     provider with the proxy's own HTTP client and sending the answer back; no routing, no telemetry, no log."""
     import uvicorn
 
-    from unhardcoded.router import http11
+    from unhardcoded.router.providers import http11
 
     target = http11.target_of(provider_url + "/chat/completions")
     pools: list[Any] = []

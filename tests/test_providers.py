@@ -1011,7 +1011,7 @@ def test_async_calls_go_through_an_http_proxy_set_in_the_environment(scripted, m
 
 
 def test_a_request_waits_for_a_free_connection_and_gives_up_after_its_timeout(scripted):
-    from unhardcoded.router import http11
+    from unhardcoded.router.providers import http11
 
     server = scripted(lambda i, head, body: (b"", "stall"))
     target = http11.target_of(server.base_url + "/chat/completions")

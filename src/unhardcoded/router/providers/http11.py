@@ -6,7 +6,7 @@ chat-completions call needs: POST a body and read the answer whole or as a
 stream of lines. It fails with the httpx exception each failure corresponds to
 (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``,
 ``PoolTimeout``, ``RemoteProtocolError``, ``LocalProtocolError``), so the one
-classification in :mod:`unhardcoded.router.providers` serves both clients, and a
+classification in :mod:`unhardcoded.router.providers.classify` serves both clients, and a
 timeout means what it means there: no progress for that long.
 
 :func:`lean_client_available` says when it is used: httptools is installed and
@@ -32,7 +32,7 @@ import httpx
 try:
     import httptools
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it on CPython
-    httptools = None  # type: ignore[assignment]
+    httptools = None  # type: ignore[assignment]  # the module or None, checked before use
 
 __all__ = ["ConnectionPool", "Reply", "Target", "lean_client_available", "target_of"]
 
@@ -113,28 +113,28 @@ class Reply:
     """
 
     __slots__ = (
-        "status_code",
-        "headers",
-        "_raw_headers",
-        "_conn",
-        "_pool",
-        "_timeout",
-        "_chunks",
         "_buffered",
-        "_head_done",
+        "_chunks",
         "_complete",
-        "_error",
-        "_waiter",
-        "_timer",
-        "_released",
-        "_until_eof",
+        "_conn",
         "_content",
-        "_text",
+        "_error",
+        "_head_done",
         "_informational",
         "_keep_alive",
+        "_pool",
+        "_raw_headers",
+        "_released",
+        "_text",
+        "_timeout",
+        "_timer",
+        "_until_eof",
+        "_waiter",
+        "headers",
+        "status_code",
     )
 
-    def __init__(self, pool: "ConnectionPool", conn: "_Connection", timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, conn: _Connection, timeout: float) -> None:
         self.status_code = 0
         self.headers: dict[str, str] = {}
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -397,7 +397,7 @@ class _LineSplitter:
         return [line]
 
 
-def _expire(waiter: "asyncio.Future[None]", timeout: float) -> None:
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.PoolTimeout(f"no connection free within {timeout:g} s"))
 
@@ -423,7 +423,8 @@ def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
                     out = obj.decompress(data)
                 state["obj"] = obj
                 return out
-            return obj.decompress(data)
+            more: bytes = obj.decompress(data)
+            return more
 
         return inflate
     return None  # identity, or an encoding httpx would not decode either
@@ -432,7 +433,7 @@ def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the reply it is reading gets the parser's callbacks."""
 
-    def __init__(self, pool: "ConnectionPool", origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: ConnectionPool, origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.origin = origin
         self.loop = loop
@@ -450,7 +451,7 @@ class _Connection(asyncio.Protocol):
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # create_connection gives a stream transport
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
 
@@ -516,7 +517,7 @@ class _Connection(asyncio.Protocol):
             self._drained = self.loop.create_future()
             try:
                 await asyncio.wait_for(self._drained, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise httpx.WriteTimeout(f"could not send the request within {timeout:g} s") from None
             finally:
                 self._drained = None
@@ -723,7 +724,7 @@ class ConnectionPool:
                 ),
                 timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failure = httpx.ConnectTimeout(f"could not connect within {timeout:g} s")
         except OSError as exc:  # refused, unreachable, DNS, TLS handshake
             failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
