@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -43,9 +44,22 @@ def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallE
     name = exc.__class__.__name__
     if isinstance(exc, httpx.TimeoutException):
         return call.failure(f"timed out ({name}, timeout {call.timeout_s:g} s)", kind="timeout", error_type="timeout")
+    if isinstance(exc, httpx.ConnectError) and (tls := _tls_cause(exc)) is not None:
+        reason = getattr(tls, "verify_message", None) or tls.reason or tls.__class__.__name__
+        return call.failure(f"TLS handshake with {call.url} failed ({reason})", kind="error", error_type="tls_error")
     if isinstance(exc, httpx.ConnectError):
         return call.failure(f"cannot connect to {call.url} ({name}: {exc})", kind="error", error_type="connect_error")
     return call.failure(f"transport failure ({name}: {exc})", kind="error", error_type="transport_error")
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under a connect failure: httpx chains it two deep (via httpcore), the lean client one."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None or isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def error_detail(parsed: Any, text: str, secret: str | None) -> str:

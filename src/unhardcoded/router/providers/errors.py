@@ -17,7 +17,8 @@ class ProviderCallError(UnhardcodedError):
     ``error_type`` is a short, low-cardinality class for the OpenTelemetry
     ``error.type`` attribute: the HTTP status as a string (``"500"``,
     ``"429"``) or one of ``timeout``, ``connect_error``, ``transport_error``,
-    ``invalid_response``, ``missing_api_key``, ``unknown_provider``,
+    ``invalid_response``, ``missing_api_key``, ``unknown_provider``, ``tls_error`` (the
+    provider's certificate refused, or no TLS spoken),
     ``stream_interrupted``, ``stream_error``.
     """
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import select
+import ssl
 import urllib.request
 import zlib
 from collections import deque
@@ -726,7 +727,10 @@ class ConnectionPool:
             )
         except TimeoutError:
             failure = httpx.ConnectTimeout(f"could not connect within {timeout:g} s")
-        except OSError as exc:  # refused, unreachable, DNS, TLS handshake
+        except ssl.SSLError as exc:  # the certificate refused, or no TLS spoken: the cause says which
+            failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
+            failure.__cause__ = exc
+        except OSError as exc:  # refused, unreachable, DNS
             failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
         if failure is not None:
             raise failure
