@@ -1044,3 +1044,49 @@ def test_async_broken_answers_are_transport_errors(scripted, answer):
     with pytest.raises(ProviderCallError) as caught:
         achat_all(lean_client(server), 1)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "transport_error", None)
+
+
+# --------------------------------------------------------------------------- limits of what is read
+
+
+def test_two_answers_in_one_read_are_not_merged(scripted):
+    other = COMPLETION.replace(b'"Hi."', b'"Unasked."')
+    server = scripted(lambda i, head, body: (http_answer() + http_answer(other), "keep"))
+    results = achat_all(lean_client(server), 2)
+    assert [r.body["choices"][0]["message"]["content"] for r in results] == ["Hi.", "Hi."]
+    # The connection that spoke out of turn is not trusted with the next request.
+    assert server.connections == 2
+
+
+@HOW
+def test_a_body_over_the_limit_is_a_provider_error(how, simulated_provider, monkeypatch):
+    from unhardcoded.router.providers import http11
+
+    monkeypatch.setattr(http11, "MAX_BODY", 4096)
+    padded = json.dumps({**json.loads(COMPLETION), "padding": "x" * 8192})
+    sim = simulated_provider("acme", {"big": raw(200, padded)})
+    with pytest.raises(ProviderCallError) as caught:
+        call(client_with(sim), how, "acme", "big", BODY)
+    assert caught.value.error_type == "response_too_large"
+    assert caught.value.kind == "error"
+    assert "response body over 4096 bytes" in caught.value.message
+    # The same answer under the limit is read as ever.
+    monkeypatch.setattr(http11, "MAX_BODY", 32 * 1024 * 1024)
+    assert call(client_with(sim), how, "acme", "big", BODY).status_code == 200
+
+
+@HOW
+def test_a_streamed_line_over_the_limit_is_a_provider_error(how, simulated_provider, monkeypatch):
+    from unhardcoded.router.providers import http11
+
+    monkeypatch.setattr(http11, "MAX_LINE", 2048)
+    chunk = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "y" * 4096}}]}
+    events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+    sim = simulated_provider("acme", {"long": raw(200, events, content_type="text/event-stream")})
+    stream, chunks, failure = streamed(client_with(sim), how, "acme", "long", BODY)
+    assert chunks == []
+    assert failure is not None and failure.error_type == "response_too_large", failure
+    assert not stream.first_chunk_received
+    monkeypatch.setattr(http11, "MAX_LINE", 1024 * 1024)
+    _, chunks, failure = streamed(client_with(sim), how, "acme", "long", BODY)
+    assert failure is None and len(chunks) == 1

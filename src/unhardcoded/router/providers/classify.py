@@ -12,6 +12,7 @@ import httpx
 
 from ..._wire import retry_after_seconds
 from .errors import ErrorKind, ProviderCallError
+from .http11 import ResponseTooLarge
 
 if TYPE_CHECKING:
     from .calls import HttpReply, PreparedCall
@@ -44,12 +45,21 @@ def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallE
     name = exc.__class__.__name__
     if isinstance(exc, httpx.TimeoutException):
         return call.failure(f"timed out ({name}, timeout {call.timeout_s:g} s)", kind="timeout", error_type="timeout")
+    if isinstance(exc, ResponseTooLarge):
+        return too_large(call, exc)
     if isinstance(exc, httpx.ConnectError) and (tls := _tls_cause(exc)) is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or tls.__class__.__name__
         return call.failure(f"TLS handshake with {call.url} failed ({reason})", kind="error", error_type="tls_error")
     if isinstance(exc, httpx.ConnectError):
         return call.failure(f"cannot connect to {call.url} ({name}: {exc})", kind="error", error_type="connect_error")
     return call.failure(f"transport failure ({name}: {exc})", kind="error", error_type="transport_error")
+
+
+def too_large(call: PreparedCall, exc: ResponseTooLarge, status_code: int | None = None) -> ProviderCallError:
+    """The provider sent more than the client reads: a failed call the cascade may fall back from."""
+    return call.failure(
+        f"answer refused: {exc}", kind="error", error_type="response_too_large", status_code=status_code
+    )
 
 
 def _tls_cause(exc: BaseException) -> ssl.SSLError | None:

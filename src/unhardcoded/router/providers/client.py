@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncGenerator, Generator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
 
@@ -172,15 +172,20 @@ class ProviderClient:
         client = self._sync_client()
         started = time.perf_counter()
         failure: ProviderCallError | None = None
+        request = client.build_request("POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout)
         try:
-            response = client.post(call.url, json=call.body, headers=call.headers, timeout=call.timeout)
+            response = client.send(request, stream=True)
+            try:
+                answer = _read(response)
+            finally:
+                response.close()
         except httpx.HTTPError as exc:
             failure = transport_failure(call, exc)
         if failure is not None:
             # Raised outside the handler so no httpx exception, and the request
             # with its Authorization header, hangs off it as __context__.
             raise failure
-        return chat_result(call, response, started)
+        return chat_result(call, answer, started)
 
     async def achat(
         self,
@@ -207,9 +212,15 @@ class ProviderClient:
                 sent = {**USER_AGENT, "content-type": "application/json", **call.headers}
                 response = await self._sender.send(call.url, sent, content, call.timeout_s)
             else:
-                response = await self._async_http().post(
-                    call.url, json=call.body, headers=call.headers, timeout=call.timeout
+                client = self._async_http()
+                request = client.build_request(
+                    "POST", call.url, json=call.body, headers=call.headers, timeout=call.timeout
                 )
+                streamed = await client.send(request, stream=True)
+                try:
+                    response = await _aread(streamed)
+                finally:
+                    await streamed.aclose()
         except httpx.HTTPError as exc:
             failure = transport_failure(call, exc)
         if failure is not None:
@@ -289,13 +300,12 @@ class ChatStream(StreamView):
             if not response.is_success:
                 text = ""
                 try:
-                    response.read()
-                    text = response.text
+                    text = _read(response).text
                 except httpx.HTTPError:
                     pass
                 state.check_status(response, text)
             state.status_code = response.status_code
-            lines = response.iter_lines()
+            lines = _lines(response.iter_text())
             while not state.done:
                 try:
                     line = next(lines)
@@ -378,13 +388,16 @@ class AsyncChatStream(StreamView):
             if not response.is_success:
                 text = ""
                 try:
-                    await response.aread()
-                    text = response.text
+                    if isinstance(response, http11.Reply):
+                        await response.aread()
+                        text = response.text
+                    else:
+                        text = (await _aread(response)).text
                 except httpx.HTTPError:
                     pass
                 state.check_status(response, text)
             state.status_code = response.status_code
-            lines = response.aiter_lines()
+            lines = response.aiter_lines() if isinstance(response, http11.Reply) else _alines(response.aiter_text())
             while not state.done:
                 try:
                     line = await lines.__anext__()
@@ -421,3 +434,60 @@ class AsyncChatStream(StreamView):
             f"AsyncChatStream(provider={self.provider!r}, model={self.model!r}, "
             f"first_chunk_received={self.first_chunk_received!r}, usage={self.usage!r})"
         )
+
+
+# --------------------------------------------------------------------------- httpx responses, read within the limits
+
+
+class _Answer:
+    """An httpx response read whole within :data:`~.http11.MAX_BODY`, as :func:`~.calls.chat_result` reads it."""
+
+    __slots__ = ("headers", "status_code", "text")
+
+    def __init__(self, response: httpx.Response, content: bytes) -> None:
+        self.status_code = response.status_code
+        self.headers = response.headers
+        self.text = content.decode(response.encoding or "utf-8", errors="replace")  # as httpx's Response.text
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+def _read(response: httpx.Response) -> _Answer:
+    parts: list[bytes] = []
+    size = 0
+    for chunk in response.iter_bytes():
+        size += len(chunk)
+        if size > http11.MAX_BODY:
+            raise http11.body_too_large()
+        parts.append(chunk)
+    return _Answer(response, b"".join(parts))
+
+
+async def _aread(response: httpx.Response) -> _Answer:
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > http11.MAX_BODY:
+            raise http11.body_too_large()
+        parts.append(chunk)
+    return _Answer(response, b"".join(parts))
+
+
+def _lines(texts: Iterator[str]) -> Iterator[str]:
+    """Stream lines split as the lean client splits them, so both paths refuse a line over MAX_LINE alike."""
+    splitter = http11.LineSplitter()
+    for text in texts:
+        yield from splitter.feed(text)
+    yield from splitter.flush()
+
+
+async def _alines(texts: AsyncIterator[str]) -> AsyncIterator[str]:
+    splitter = http11.LineSplitter()
+    async for text in texts:
+        for line in splitter.feed(text):
+            yield line
+    for line in splitter.flush():
+        yield line

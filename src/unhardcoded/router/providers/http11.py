@@ -35,7 +35,17 @@ try:
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it on CPython
     httptools = None  # type: ignore[assignment]  # the module or None, checked before use
 
-__all__ = ["ConnectionPool", "Reply", "Target", "lean_client_available", "target_of"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_LINE",
+    "ConnectionPool",
+    "LineSplitter",
+    "Reply",
+    "ResponseTooLarge",
+    "Target",
+    "lean_client_available",
+    "target_of",
+]
 
 MAX_CONNECTIONS = 100
 """Requests in flight at once; more wait for a slot (``PoolTimeout`` after the call's timeout), as with httpx."""
@@ -43,10 +53,23 @@ MAX_IDLE = 20
 """Idle keep-alive connections kept open, over every origin."""
 KEEPALIVE_EXPIRY_S = 5.0
 """An idle connection older than this is closed rather than reused (servers often drop them at 5 s)."""
+MAX_BODY = 32 * 1024 * 1024
+"""The longest whole response body read (after decompression): a provider cannot make the proxy hold more."""
+MAX_LINE = 1024 * 1024
+"""The longest line of a streamed body, in characters: an SSE line that never ends must not grow without bound."""
 _HIGH_WATER = 256 * 1024
 """Buffered body bytes at which reading pauses until the consumer catches up."""
 _HAS_POLL = hasattr(select, "poll")
 _NEWLINES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on, as httpx's line decoder
+
+
+class ResponseTooLarge(httpx.RemoteProtocolError):
+    """A response body over :data:`MAX_BODY` or a streamed line over :data:`MAX_LINE`; raised by both HTTP paths."""
+
+
+def body_too_large() -> ResponseTooLarge:
+    limit = f"{MAX_BODY // 1048576} MiB" if MAX_BODY % 1048576 == 0 else f"{MAX_BODY} bytes"
+    return ResponseTooLarge(f"response body over {limit}")
 
 
 def lean_client_available() -> bool:
@@ -177,11 +200,19 @@ class Reply:
     async def aread(self) -> bytes:
         """The whole body (decoded if the server compressed it); the connection goes back to the pool."""
         if self._content is None:
+            parts: list[bytes] = []
+            size = 0
             if self.headers.get("content-encoding"):
-                parts = [chunk async for chunk in self._aiter_raw()]
+                async for decoded in self._aiter_raw():
+                    size += len(decoded)
+                    if size > MAX_BODY:
+                        self._too_large()
+                    parts.append(decoded)
             else:  # the usual case, without a generator per call
-                parts = []
                 while (chunk := await self._next_chunk()) is not None:
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        self._too_large()
                     parts.append(chunk)
             self._content = b"".join(parts)
         return self._content
@@ -189,18 +220,26 @@ class Reply:
     async def aiter_lines(self) -> AsyncIterator[str]:
         """The body as text lines, split as ``str.splitlines`` splits (httpx's ``aiter_lines`` does the same)."""
         decoder = codecs.getincrementaldecoder(self._charset())(errors="replace")
-        lines = _LineSplitter()
-        async for chunk in self._aiter_raw():
-            text = decoder.decode(chunk)
+        lines = LineSplitter()
+        try:
+            async for chunk in self._aiter_raw():
+                text = decoder.decode(chunk)
+                if text:
+                    for line in lines.feed(text):
+                        yield line
+            text = decoder.decode(b"", final=True)
             if text:
                 for line in lines.feed(text):
                     yield line
-        text = decoder.decode(b"", final=True)
-        if text:
-            for line in lines.feed(text):
-                yield line
+        except ResponseTooLarge:
+            self._release(reuse=False)
+            raise
         for line in lines.flush():
             yield line
+
+    def _too_large(self) -> None:
+        self._release(reuse=False)
+        raise body_too_large()
 
     async def aclose(self) -> None:
         """Done with the reply: a connection whose body came in whole is reused, any other is closed."""
@@ -304,11 +343,16 @@ class Reply:
     # ---- fed by the connection (httptools callbacks)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:
+            self._keep_alive = False  # a second answer to one request: see on_message_complete
+            return
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         conn = self._conn
         assert conn is not None
+        if self._complete:
+            return
         status = conn.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100 Continue, 103 Early Hints: the real answer follows
@@ -331,6 +375,8 @@ class Reply:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         conn = self._conn
@@ -341,6 +387,11 @@ class Reply:
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
+            return
+        if self._complete:
+            # More bytes came after this reply's end in the same read: an answer nobody asked for. It must not join
+            # this reply's body, and the connection cannot be trusted with the next request.
+            self._keep_alive = False
             return
         conn = self._conn
         self._keep_alive = conn is not None and conn.parser.should_keep_alive()
@@ -359,14 +410,22 @@ class Reply:
             self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
 
 
-class _LineSplitter:
-    """Text in, whole lines out, with the line breaks of ``str.splitlines``; a ``\\r`` waits to see if ``\\n`` follows."""
+class LineSplitter:
+    """Text in, whole lines out, with the line breaks of ``str.splitlines``; a ``\\r`` waits to see if ``\\n`` follows.
 
-    __slots__ = ("_buffer", "_trailing_cr")
+    A line longer than ``max_line`` characters raises :class:`ResponseTooLarge`. Both HTTP paths split streams here.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buffer", "_buffered", "_trailing_cr", "max_line")
+
+    def __init__(self, max_line: int | None = None) -> None:
         self._buffer: list[str] = []
+        self._buffered = 0
         self._trailing_cr = False
+        self.max_line = MAX_LINE if max_line is None else max_line
+
+    def _too_long(self) -> None:
+        raise ResponseTooLarge(f"a streamed line over {self.max_line} characters")
 
     def feed(self, text: str) -> list[str]:
         if self._trailing_cr:
@@ -381,12 +440,22 @@ class _LineSplitter:
         lines = text.splitlines()
         if len(lines) == 1 and not ends_line:
             self._buffer.append(lines[0])
+            self._buffered += len(lines[0])
+            if self._buffered > self.max_line:
+                self._too_long()
             return []
         if self._buffer:
             lines[0] = "".join(self._buffer) + lines[0]
             self._buffer = []
+            self._buffered = 0
         if not ends_line:
-            self._buffer = [lines.pop()]
+            last = lines.pop()
+            self._buffer = [last]
+            self._buffered = len(last)
+            if self._buffered > self.max_line:
+                self._too_long()
+        if lines and max(map(len, lines)) > self.max_line:
+            self._too_long()
         return lines
 
     def flush(self) -> list[str]:
@@ -394,6 +463,7 @@ class _LineSplitter:
             return []
         line = "".join(self._buffer)
         self._buffer = []
+        self._buffered = 0
         self._trailing_cr = False
         return [line]
 

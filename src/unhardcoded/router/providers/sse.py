@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .classify import error_detail, int_or_none, json_or_none, scrub_json, status_failure, transport_failure
+from .classify import error_detail, int_or_none, json_or_none, scrub_json, status_failure, too_large, transport_failure
 from .errors import ProviderCallError
+from .http11 import ResponseTooLarge
 
 if TYPE_CHECKING:
     from .calls import HttpReply, PreparedCall
@@ -81,6 +82,8 @@ class StreamState:
 
     def interrupted(self, exc: httpx.HTTPError) -> ProviderCallError:
         self.duration_ms = (time.perf_counter() - self._started) * 1000
+        if isinstance(exc, ResponseTooLarge):
+            return too_large(self._call, exc, self.status_code)
         if isinstance(exc, httpx.TimeoutException) and not self.first_chunk_received:
             return transport_failure(self._call, exc)
         if isinstance(exc, httpx.TimeoutException):
