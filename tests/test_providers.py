@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -62,7 +62,7 @@ def drain(stream) -> tuple[list[dict], ProviderCallError | None]:
     chunks: list[dict] = []
     try:
         for chunk in stream:
-            chunks.append(chunk)
+            chunks.append(chunk)  # noqa: PERF402 - the chunks before a failure are kept
     except ProviderCallError as exc:
         return chunks, exc
     return chunks, None
@@ -241,7 +241,7 @@ def test_rate_limit_with_retry_after_seconds(how, simulated_provider):
 
 @HOW
 def test_rate_limit_with_retry_after_http_date(how, simulated_provider):
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = datetime.now(UTC) + timedelta(seconds=30)
     sim = simulated_provider("acme", {"m": rate_limit(retry_after=email.utils.format_datetime(when, usegmt=True))})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
         call(client, how, "acme", "m", BODY)
@@ -407,7 +407,7 @@ def test_canary_key_never_leaks(simulated_provider, monkeypatch, caplog):
 
     with ProviderClient(providers) as client:
         for model in failing:
-            expect_failure(lambda: client.chat("acme", model, BODY))
+            expect_failure(lambda model=model: client.chat("acme", model, BODY))
         expect_failure(lambda: client.chat("wrong-key", "m", BODY))
         expect_failure(lambda: client.chat("refused", "m", BODY))
         expect_failure(lambda: client.chat("missing", "m", BODY))
@@ -966,7 +966,7 @@ def test_async_stream_split_across_reads_with_crlf_lines(scripted):
     # Chunk boundaries fall inside lines and between \r and \n.
     pieces = [sse[:7], sse[7 : sse.index(b"\r\n") + 1], sse[sse.index(b"\r\n") + 1 :]]
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    answer = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").encode()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     server = scripted(lambda i, head, body: (answer + chunked, "keep"))
     _, chunks, exc = streamed(lean_client(server), "async", "p", "m", BODY)
     assert exc is None
