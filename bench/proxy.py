@@ -94,9 +94,81 @@ def run_provider(port: int) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
 
-def run_unhardcoded(port: int, provider_url: str) -> None:
+class _Answer:
+    """A whole response from a library client, as the provider client reads one."""
+
+    __slots__ = ("headers", "status_code", "text")
+
+    def __init__(self, status: int, headers: dict[str, str], content: bytes) -> None:
+        self.status_code = status
+        self.headers = headers
+        self.text = content.decode("utf-8", errors="replace")
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status_code < 300
+
+
+class HttpcoreSender:
+    """httpx's own transport (``httpcore.AsyncConnectionPool``) without the httpx Client layers, with httpx's limits."""
+
+    def __init__(self) -> None:
+        import httpcore
+        import httpx
+
+        self._pool = httpcore.AsyncConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=100,
+            max_keepalive_connections=20,
+            keepalive_expiry=5.0,
+        )
+
+    async def send(self, url: str, headers: Any, content: bytes, timeout: float) -> _Answer:
+        response = await self._pool.request(
+            "POST",
+            url,
+            headers=list(headers.items()),
+            content=content,
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
+        )
+        names = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in response.headers}
+        return _Answer(response.status, names, response.content)
+
+    async def aclose(self) -> None:
+        await self._pool.aclose()
+
+
+class AiohttpSender:
+    """aiohttp's client session, pooled like the others (100 connections, 5 s keep-alive)."""
+
+    def __init__(self) -> None:
+        self._session: Any = None
+
+    async def send(self, url: str, headers: Any, content: bytes, timeout: float) -> _Answer:
+        import aiohttp
+
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=100, keepalive_timeout=5.0), auto_decompress=True
+            )
+        async with self._session.post(
+            url, data=content, headers=headers, timeout=aiohttp.ClientTimeout(sock_read=timeout, sock_connect=timeout)
+        ) as response:
+            body = await response.read()
+            names = {k.lower(): v for k, v in response.headers.items()}
+            return _Answer(response.status, names, body)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+CLIENTS = ("lean", "httpcore", "aiohttp")
+
+
+def run_unhardcoded(port: int, provider_url: str, client: str = "lean") -> None:
     """The proxy with telemetry on (spans through a BatchSpanProcessor to an exporter that drops them) and its access
-    log, as ``unhardcoded serve`` runs by default."""
+    log, as ``unhardcoded serve`` runs by default; ``client`` picks the HTTP client of its async provider calls."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -123,7 +195,12 @@ def run_unhardcoded(port: int, provider_url: str) -> None:
         from unhardcoded.server.commands import run_server  # type: ignore[no-redef]  # same function, old home
 
     providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
-    app = create_app(Router(Catalog.builtin(), ProviderClient(providers)), default_policy="support")
+    if client == "lean":
+        provider_client = ProviderClient(providers)  # as `unhardcoded serve` builds it (and as older trees take it)
+    else:
+        sender = HttpcoreSender() if client == "httpcore" else AiohttpSender()
+        provider_client = ProviderClient(providers, async_sender=sender)
+    app = create_app(Router(Catalog.builtin(), provider_client), default_policy="support")
     run_server(app, "127.0.0.1", port)  # as `unhardcoded serve` runs it: access log on, to stdout
 
 
@@ -132,7 +209,7 @@ def run_floor(port: int, provider_url: str) -> None:
     provider with the proxy's own HTTP client and sending the answer back; no routing, no telemetry, no log."""
     import uvicorn
 
-    from unhardcoded.router import http11
+    from unhardcoded.router.providers import http11
 
     target = http11.target_of(provider_url + "/chat/completions")
     pools: list[Any] = []
@@ -536,13 +613,24 @@ def main(argv: list[str] | None = None) -> int:
         help="also run the unhardcoded of another source tree (its src/ directory, e.g. a git worktree "
         "of an older commit) as a target of its own, for a before/after in one run; repeatable",
     )
+    parser.add_argument(
+        "--client",
+        default="",
+        help="HTTP clients of the proxy's async provider calls to compare, comma separated, from "
+        f"{', '.join(CLIENTS)}: one proxy per client in the same run (lean always among them), each round's "
+        "+p50/+p99 and CPU per request, their medians and the deltas against lean",
+    )
     args = parser.parse_args(argv)
+    clients = [c.strip() for c in args.client.split(",") if c.strip()]
+    unknown = [c for c in clients if c not in CLIENTS]
+    if unknown:
+        parser.error(f"--client: unknown client(s) {', '.join(unknown)} (choose from {', '.join(CLIENTS)})")
 
     if args.role == "provider":
         run_provider(args.port)
         return 0
     if args.role == "unhardcoded":
-        run_unhardcoded(args.port, args.provider_url)
+        run_unhardcoded(args.port, args.provider_url, clients[0] if clients else "lean")
         return 0
     if args.role == "floor":
         run_floor(args.port, args.provider_url)
@@ -584,9 +672,11 @@ def main(argv: list[str] | None = None) -> int:
             ("unhardcoded", f"http://127.0.0.1:{ours_port}/v1/chat/completions", "auto"),
         ]
         servers = {"direct": provider.pid, "unhardcoded": ours.pid}
-        extra = [("floor", "floor", None)] if args.floor else []
-        extra += [(f"compare-{n}", "unhardcoded", src) for n, src in enumerate(args.compare, 1)]
-        for name, role, src in extra:
+        extra: list[tuple[str, str, str | None, str | None]] = [("floor", "floor", None, None)] if args.floor else []
+        extra += [(f"compare-{n}", "unhardcoded", src, None) for n, src in enumerate(args.compare, 1)]
+        # The "unhardcoded" target is the lean client; each other client gets a proxy of its own.
+        extra += [(f"uh-{c}", "unhardcoded", None, c) for c in clients if c != "lean"]
+        for name, role, src, client in extra:
             port = free_port()
             env = None
             if src is not None:
@@ -595,16 +685,15 @@ def main(argv: list[str] | None = None) -> int:
                     "PYTHONPATH": os.pathsep.join([str(Path(src).resolve()), os.environ.get("PYTHONPATH", "")]),
                 }
                 print(f"{name}: unhardcoded from {src}", file=sys.stderr)
-            other = spawn(
-                [sys.executable, str(HERE), "--role", role, "--port", str(port), "--provider-url", provider_url],
-                env=env,
-            )
+            command = [sys.executable, str(HERE), "--role", role, "--port", str(port), "--provider-url", provider_url]
+            other = spawn(command + (["--client", client] if client else []), env=env)
             procs.append(other)
             why = wait_http(f"http://127.0.0.1:{port}/healthz", other, 30)
             if why:
                 print(f"{name} did not start: {why}", file=sys.stderr)
                 return 1
-            targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", "auto" if src else MODEL))
+            model = "auto" if src or client else MODEL
+            targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", model))
             servers[name] = other.pid
         litellm_note = "skipped (--no-litellm)"
         if not args.no_litellm:
@@ -667,7 +756,47 @@ def main(argv: list[str] | None = None) -> int:
     print("\ncpu/req: CPU ms per request of the target's own server process (the provider's, for direct)")
     print(f"load average (1, 5, 15 min): {load_before} before, {load_after} after, on {os.cpu_count()} CPUs")
     print("targets: p50 +1 ms and p99 +5 ms at most at 200 req/s; below LiteLLM at both rates")
+    if clients:
+        print_clients(runs, rates, rounds, [c for c in CLIENTS if c == "lean" or c in clients])
     return 0
+
+
+def print_clients(
+    runs: dict[tuple[str, float], list[dict[str, Any]]], rates: list[float], rounds: int, clients: list[str]
+) -> None:
+    """Each client's proxy round by round (+p50/+p99 over the direct call of the same round, CPU ms per request), the
+    median of the rounds, and the medians' deltas against the lean client."""
+    names = {c: "unhardcoded" if c == "lean" else f"uh-{c}" for c in clients}
+    print("\nHTTP clients of the proxy's provider calls (ms; each round against the direct call of the same round)")
+    print(f"{'client':<10} {'rate':>6} {'round':>6} {'+p50':>8} {'+p99':>8} {'cpu/req':>8}")
+    medians: dict[tuple[str, float], tuple[float, float, float]] = {}
+    for rate in rates:
+        direct = runs[("direct", rate)]
+        for client in clients:
+            rows = []
+            for i, run in enumerate(runs[(names[client], rate)]):
+                base = direct[i]["latencies"]
+                add50 = pct(run["latencies"], 50) - pct(base, 50)
+                add99 = pct(run["latencies"], 99) - pct(base, 99)
+                cpu = 1000 * run["cpu_s"] / run["counted"] if run["counted"] else float("nan")
+                rows.append((add50, add99, cpu))
+                errors = f"  ({run['errors']} errors)" if run["errors"] else ""
+                print(f"{client:<10} {rate:>6g} {i + 1:>6} {add50:8.3f} {add99:8.3f} {cpu:8.3f}{errors}")
+            med = tuple(statistics.median(r[k] for r in rows) for k in range(3))
+            medians[(client, rate)] = med  # type: ignore[assignment]
+            print(f"{client:<10} {rate:>6g} {'median':>6} {med[0]:8.3f} {med[1]:8.3f} {med[2]:8.3f}")
+    print("\nmedians against lean: a library client replaces lean when within 0.1 ms p50 AND 20 % CPU per request")
+    print(f"{'client':<10} {'rate':>6} {'d+p50':>8} {'d+p99':>8} {'dcpu':>8} {'cpu %':>7}  verdict")
+    for rate in rates:
+        lean = medians[("lean", rate)]
+        for client in clients:
+            if client == "lean":
+                continue
+            med = medians[(client, rate)]
+            d50, d99, dcpu = med[0] - lean[0], med[1] - lean[1], med[2] - lean[2]
+            share = 100 * dcpu / lean[2] if lean[2] else float("nan")
+            verdict = "within" if d50 <= 0.1 and share <= 20 else "outside"
+            print(f"{client:<10} {rate:>6g} {d50:8.3f} {d99:8.3f} {dcpu:8.3f} {share:6.1f}%  {verdict}")
 
 
 if __name__ == "__main__":

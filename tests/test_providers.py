@@ -13,7 +13,7 @@ import socket
 import threading
 import time
 import traceback
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import httpx
 import pytest
@@ -62,7 +62,7 @@ def drain(stream) -> tuple[list[dict], ProviderCallError | None]:
     chunks: list[dict] = []
     try:
         for chunk in stream:
-            chunks.append(chunk)
+            chunks.append(chunk)  # noqa: PERF402 - the chunks before a failure are kept
     except ProviderCallError as exc:
         return chunks, exc
     return chunks, None
@@ -241,7 +241,7 @@ def test_rate_limit_with_retry_after_seconds(how, simulated_provider):
 
 @HOW
 def test_rate_limit_with_retry_after_http_date(how, simulated_provider):
-    when = datetime.now(timezone.utc) + timedelta(seconds=30)
+    when = datetime.now(UTC) + timedelta(seconds=30)
     sim = simulated_provider("acme", {"m": rate_limit(retry_after=email.utils.format_datetime(when, usegmt=True))})
     with client_with(sim) as client, pytest.raises(ProviderCallError) as caught:
         call(client, how, "acme", "m", BODY)
@@ -407,7 +407,7 @@ def test_canary_key_never_leaks(simulated_provider, monkeypatch, caplog):
 
     with ProviderClient(providers) as client:
         for model in failing:
-            expect_failure(lambda: client.chat("acme", model, BODY))
+            expect_failure(lambda model=model: client.chat("acme", model, BODY))
         expect_failure(lambda: client.chat("wrong-key", "m", BODY))
         expect_failure(lambda: client.chat("refused", "m", BODY))
         expect_failure(lambda: client.chat("missing", "m", BODY))
@@ -966,7 +966,7 @@ def test_async_stream_split_across_reads_with_crlf_lines(scripted):
     # Chunk boundaries fall inside lines and between \r and \n.
     pieces = [sse[:7], sse[7 : sse.index(b"\r\n") + 1], sse[sse.index(b"\r\n") + 1 :]]
     chunked = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
-    answer = ("HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n").encode()
+    answer = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ntransfer-encoding: chunked\r\n\r\n"
     server = scripted(lambda i, head, body: (answer + chunked, "keep"))
     _, chunks, exc = streamed(lean_client(server), "async", "p", "m", BODY)
     assert exc is None
@@ -1011,7 +1011,7 @@ def test_async_calls_go_through_an_http_proxy_set_in_the_environment(scripted, m
 
 
 def test_a_request_waits_for_a_free_connection_and_gives_up_after_its_timeout(scripted):
-    from unhardcoded.router import http11
+    from unhardcoded.router.providers import http11
 
     server = scripted(lambda i, head, body: (b"", "stall"))
     target = http11.target_of(server.base_url + "/chat/completions")
@@ -1044,3 +1044,49 @@ def test_async_broken_answers_are_transport_errors(scripted, answer):
     with pytest.raises(ProviderCallError) as caught:
         achat_all(lean_client(server), 1)
     assert (caught.value.kind, caught.value.error_type, caught.value.status_code) == ("error", "transport_error", None)
+
+
+# --------------------------------------------------------------------------- limits of what is read
+
+
+def test_two_answers_in_one_read_are_not_merged(scripted):
+    other = COMPLETION.replace(b'"Hi."', b'"Unasked."')
+    server = scripted(lambda i, head, body: (http_answer() + http_answer(other), "keep"))
+    results = achat_all(lean_client(server), 2)
+    assert [r.body["choices"][0]["message"]["content"] for r in results] == ["Hi.", "Hi."]
+    # The connection that spoke out of turn is not trusted with the next request.
+    assert server.connections == 2
+
+
+@HOW
+def test_a_body_over_the_limit_is_a_provider_error(how, simulated_provider, monkeypatch):
+    from unhardcoded.router.providers import http11
+
+    monkeypatch.setattr(http11, "MAX_BODY", 4096)
+    padded = json.dumps({**json.loads(COMPLETION), "padding": "x" * 8192})
+    sim = simulated_provider("acme", {"big": raw(200, padded)})
+    with pytest.raises(ProviderCallError) as caught:
+        call(client_with(sim), how, "acme", "big", BODY)
+    assert caught.value.error_type == "response_too_large"
+    assert caught.value.kind == "error"
+    assert "response body over 4096 bytes" in caught.value.message
+    # The same answer under the limit is read as ever.
+    monkeypatch.setattr(http11, "MAX_BODY", 32 * 1024 * 1024)
+    assert call(client_with(sim), how, "acme", "big", BODY).status_code == 200
+
+
+@HOW
+def test_a_streamed_line_over_the_limit_is_a_provider_error(how, simulated_provider, monkeypatch):
+    from unhardcoded.router.providers import http11
+
+    monkeypatch.setattr(http11, "MAX_LINE", 2048)
+    chunk = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {"content": "y" * 4096}}]}
+    events = f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n"
+    sim = simulated_provider("acme", {"long": raw(200, events, content_type="text/event-stream")})
+    stream, chunks, failure = streamed(client_with(sim), how, "acme", "long", BODY)
+    assert chunks == []
+    assert failure is not None and failure.error_type == "response_too_large", failure
+    assert not stream.first_chunk_received
+    monkeypatch.setattr(http11, "MAX_LINE", 1024 * 1024)
+    _, chunks, failure = streamed(client_with(sim), how, "acme", "long", BODY)
+    assert failure is None and len(chunks) == 1

@@ -15,6 +15,7 @@ import logging
 import math
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -244,6 +245,13 @@ class _HTTPServer(ThreadingHTTPServer):
         self.simulator = simulator
         super().__init__(("127.0.0.1", 0), _Handler)
 
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        context = self.simulator.ssl_context
+        if context is not None:
+            sock = context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients resetting idle keep-alive connections is routine; the default
         # prints a traceback to stderr. A real fault in the simulator is logged.
@@ -259,6 +267,10 @@ class _Handler(BaseHTTPRequestHandler):
     server: _HTTPServer
 
     def setup(self) -> None:
+        if isinstance(self.request, ssl.SSLSocket):
+            # In the handler's thread, so a client that refuses the certificate holds up nobody else.
+            self.request.settimeout(self.timeout)
+            self.request.do_handshake()
         super().setup()
         # Headers and body go out in separate writes; without this, Nagle's
         # algorithm meets delayed ACKs and every answer waits ~40 ms.
@@ -299,8 +311,11 @@ class SimulatedProvider:
         behaviors: dict[str, Behavior] | None = None,
         default: Behavior | None = None,
         expected_api_key: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        """``ssl_context`` (a server context holding the certificate) serves HTTPS instead of HTTP."""
         self.name = name
+        self.ssl_context = ssl_context
         self.default = default if default is not None else ok()
         self.expected_api_key = expected_api_key
         self._behaviors: dict[str, Behavior] = dict(behaviors or {})
@@ -369,7 +384,8 @@ class SimulatedProvider:
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
+        scheme = "https" if self.ssl_context is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.port}/v1"
 
     def provider_config(self, *, api_key_env: str | None = None, timeout_s: float = 30.0) -> ProviderConfig:
         """A providers-file entry pointing at this simulator."""

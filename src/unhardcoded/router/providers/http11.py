@@ -6,7 +6,7 @@ chat-completions call needs: POST a body and read the answer whole or as a
 stream of lines. It fails with the httpx exception each failure corresponds to
 (``ConnectError``, ``ConnectTimeout``, ``ReadTimeout``, ``WriteTimeout``,
 ``PoolTimeout``, ``RemoteProtocolError``, ``LocalProtocolError``), so the one
-classification in :mod:`unhardcoded.router.providers` serves both clients, and a
+classification in :mod:`unhardcoded.router.providers.classify` serves both clients, and a
 timeout means what it means there: no progress for that long.
 
 :func:`lean_client_available` says when it is used: httptools is installed and
@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import codecs
 import select
+import ssl
 import urllib.request
 import zlib
 from collections import deque
@@ -32,9 +33,19 @@ import httpx
 try:
     import httptools
 except ImportError:  # pragma: no cover - uvicorn[standard] brings it on CPython
-    httptools = None  # type: ignore[assignment]
+    httptools = None  # type: ignore[assignment]  # the module or None, checked before use
 
-__all__ = ["ConnectionPool", "Reply", "Target", "lean_client_available", "target_of"]
+__all__ = [
+    "MAX_BODY",
+    "MAX_LINE",
+    "ConnectionPool",
+    "LineSplitter",
+    "Reply",
+    "ResponseTooLarge",
+    "Target",
+    "lean_client_available",
+    "target_of",
+]
 
 MAX_CONNECTIONS = 100
 """Requests in flight at once; more wait for a slot (``PoolTimeout`` after the call's timeout), as with httpx."""
@@ -42,10 +53,23 @@ MAX_IDLE = 20
 """Idle keep-alive connections kept open, over every origin."""
 KEEPALIVE_EXPIRY_S = 5.0
 """An idle connection older than this is closed rather than reused (servers often drop them at 5 s)."""
+MAX_BODY = 32 * 1024 * 1024
+"""The longest whole response body read (after decompression): a provider cannot make the proxy hold more."""
+MAX_LINE = 1024 * 1024
+"""The longest line of a streamed body, in characters: an SSE line that never ends must not grow without bound."""
 _HIGH_WATER = 256 * 1024
 """Buffered body bytes at which reading pauses until the consumer catches up."""
 _HAS_POLL = hasattr(select, "poll")
 _NEWLINES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines splits on, as httpx's line decoder
+
+
+class ResponseTooLarge(httpx.RemoteProtocolError):
+    """A response body over :data:`MAX_BODY` or a streamed line over :data:`MAX_LINE`; raised by both HTTP paths."""
+
+
+def body_too_large() -> ResponseTooLarge:
+    limit = f"{MAX_BODY // 1048576} MiB" if MAX_BODY % 1048576 == 0 else f"{MAX_BODY} bytes"
+    return ResponseTooLarge(f"response body over {limit}")
 
 
 def lean_client_available() -> bool:
@@ -113,28 +137,28 @@ class Reply:
     """
 
     __slots__ = (
-        "status_code",
-        "headers",
-        "_raw_headers",
-        "_conn",
-        "_pool",
-        "_timeout",
-        "_chunks",
         "_buffered",
-        "_head_done",
+        "_chunks",
         "_complete",
-        "_error",
-        "_waiter",
-        "_timer",
-        "_released",
-        "_until_eof",
+        "_conn",
         "_content",
-        "_text",
+        "_error",
+        "_head_done",
         "_informational",
         "_keep_alive",
+        "_pool",
+        "_raw_headers",
+        "_released",
+        "_text",
+        "_timeout",
+        "_timer",
+        "_until_eof",
+        "_waiter",
+        "headers",
+        "status_code",
     )
 
-    def __init__(self, pool: "ConnectionPool", conn: "_Connection", timeout: float) -> None:
+    def __init__(self, pool: ConnectionPool, conn: _Connection, timeout: float) -> None:
         self.status_code = 0
         self.headers: dict[str, str] = {}
         self._raw_headers: list[tuple[bytes, bytes]] = []
@@ -176,11 +200,19 @@ class Reply:
     async def aread(self) -> bytes:
         """The whole body (decoded if the server compressed it); the connection goes back to the pool."""
         if self._content is None:
+            parts: list[bytes] = []
+            size = 0
             if self.headers.get("content-encoding"):
-                parts = [chunk async for chunk in self._aiter_raw()]
+                async for decoded in self._aiter_raw():
+                    size += len(decoded)
+                    if size > MAX_BODY:
+                        self._too_large()
+                    parts.append(decoded)
             else:  # the usual case, without a generator per call
-                parts = []
                 while (chunk := await self._next_chunk()) is not None:
+                    size += len(chunk)
+                    if size > MAX_BODY:
+                        self._too_large()
                     parts.append(chunk)
             self._content = b"".join(parts)
         return self._content
@@ -188,18 +220,26 @@ class Reply:
     async def aiter_lines(self) -> AsyncIterator[str]:
         """The body as text lines, split as ``str.splitlines`` splits (httpx's ``aiter_lines`` does the same)."""
         decoder = codecs.getincrementaldecoder(self._charset())(errors="replace")
-        lines = _LineSplitter()
-        async for chunk in self._aiter_raw():
-            text = decoder.decode(chunk)
+        lines = LineSplitter()
+        try:
+            async for chunk in self._aiter_raw():
+                text = decoder.decode(chunk)
+                if text:
+                    for line in lines.feed(text):
+                        yield line
+            text = decoder.decode(b"", final=True)
             if text:
                 for line in lines.feed(text):
                     yield line
-        text = decoder.decode(b"", final=True)
-        if text:
-            for line in lines.feed(text):
-                yield line
+        except ResponseTooLarge:
+            self._release(reuse=False)
+            raise
         for line in lines.flush():
             yield line
+
+    def _too_large(self) -> None:
+        self._release(reuse=False)
+        raise body_too_large()
 
     async def aclose(self) -> None:
         """Done with the reply: a connection whose body came in whole is reused, any other is closed."""
@@ -303,11 +343,16 @@ class Reply:
     # ---- fed by the connection (httptools callbacks)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self._complete:
+            self._keep_alive = False  # a second answer to one request: see on_message_complete
+            return
         self._raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         conn = self._conn
         assert conn is not None
+        if self._complete:
+            return
         status = conn.parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             self._informational = True  # 100 Continue, 103 Early Hints: the real answer follows
@@ -330,6 +375,8 @@ class Reply:
         self._wake()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         conn = self._conn
@@ -340,6 +387,11 @@ class Reply:
     def on_message_complete(self) -> None:
         if self._informational:
             self._informational = False
+            return
+        if self._complete:
+            # More bytes came after this reply's end in the same read: an answer nobody asked for. It must not join
+            # this reply's body, and the connection cannot be trusted with the next request.
+            self._keep_alive = False
             return
         conn = self._conn
         self._keep_alive = conn is not None and conn.parser.should_keep_alive()
@@ -358,14 +410,22 @@ class Reply:
             self._fail(httpx.RemoteProtocolError("Server disconnected without sending a response."))
 
 
-class _LineSplitter:
-    """Text in, whole lines out, with the line breaks of ``str.splitlines``; a ``\\r`` waits to see if ``\\n`` follows."""
+class LineSplitter:
+    """Text in, whole lines out, with the line breaks of ``str.splitlines``; a ``\\r`` waits to see if ``\\n`` follows.
 
-    __slots__ = ("_buffer", "_trailing_cr")
+    A line longer than ``max_line`` characters raises :class:`ResponseTooLarge`. Both HTTP paths split streams here.
+    """
 
-    def __init__(self) -> None:
+    __slots__ = ("_buffer", "_buffered", "_trailing_cr", "max_line")
+
+    def __init__(self, max_line: int | None = None) -> None:
         self._buffer: list[str] = []
+        self._buffered = 0
         self._trailing_cr = False
+        self.max_line = MAX_LINE if max_line is None else max_line
+
+    def _too_long(self) -> None:
+        raise ResponseTooLarge(f"a streamed line over {self.max_line} characters")
 
     def feed(self, text: str) -> list[str]:
         if self._trailing_cr:
@@ -380,12 +440,22 @@ class _LineSplitter:
         lines = text.splitlines()
         if len(lines) == 1 and not ends_line:
             self._buffer.append(lines[0])
+            self._buffered += len(lines[0])
+            if self._buffered > self.max_line:
+                self._too_long()
             return []
         if self._buffer:
             lines[0] = "".join(self._buffer) + lines[0]
             self._buffer = []
+            self._buffered = 0
         if not ends_line:
-            self._buffer = [lines.pop()]
+            last = lines.pop()
+            self._buffer = [last]
+            self._buffered = len(last)
+            if self._buffered > self.max_line:
+                self._too_long()
+        if lines and max(map(len, lines)) > self.max_line:
+            self._too_long()
         return lines
 
     def flush(self) -> list[str]:
@@ -393,11 +463,12 @@ class _LineSplitter:
             return []
         line = "".join(self._buffer)
         self._buffer = []
+        self._buffered = 0
         self._trailing_cr = False
         return [line]
 
 
-def _expire(waiter: "asyncio.Future[None]", timeout: float) -> None:
+def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
     if not waiter.done():
         waiter.set_exception(httpx.PoolTimeout(f"no connection free within {timeout:g} s"))
 
@@ -423,7 +494,8 @@ def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
                     out = obj.decompress(data)
                 state["obj"] = obj
                 return out
-            return obj.decompress(data)
+            more: bytes = obj.decompress(data)
+            return more
 
         return inflate
     return None  # identity, or an encoding httpx would not decode either
@@ -432,7 +504,7 @@ def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
 class _Connection(asyncio.Protocol):
     """One keep-alive connection; the reply it is reading gets the parser's callbacks."""
 
-    def __init__(self, pool: "ConnectionPool", origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, pool: ConnectionPool, origin: tuple[str, str, int], loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.origin = origin
         self.loop = loop
@@ -450,7 +522,7 @@ class _Connection(asyncio.Protocol):
     # ---- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport  # type: ignore[assignment]  # create_connection gives a stream transport
         sock = transport.get_extra_info("socket")
         self.fd = sock.fileno() if sock is not None else -1
 
@@ -516,7 +588,7 @@ class _Connection(asyncio.Protocol):
             self._drained = self.loop.create_future()
             try:
                 await asyncio.wait_for(self._drained, timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise httpx.WriteTimeout(f"could not send the request within {timeout:g} s") from None
             finally:
                 self._drained = None
@@ -723,9 +795,12 @@ class ConnectionPool:
                 ),
                 timeout,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             failure = httpx.ConnectTimeout(f"could not connect within {timeout:g} s")
-        except OSError as exc:  # refused, unreachable, DNS, TLS handshake
+        except ssl.SSLError as exc:  # the certificate refused, or no TLS spoken: the cause says which
+            failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
+            failure.__cause__ = exc
+        except OSError as exc:  # refused, unreachable, DNS
             failure = httpx.ConnectError(str(exc) or exc.__class__.__name__)
         if failure is not None:
             raise failure

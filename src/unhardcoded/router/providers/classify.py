@@ -1,0 +1,121 @@
+"""What a failed provider call was (status, transport failure), its provider's own error message, and key scrubbing."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from ..._wire import retry_after_seconds
+from .errors import ErrorKind, ProviderCallError
+from .http11 import ResponseTooLarge
+
+if TYPE_CHECKING:
+    from .calls import HttpReply, PreparedCall
+
+__all__ = ["error_detail", "int_or_none", "json_or_none", "scrub", "scrub_json", "status_failure", "transport_failure"]
+
+_REDACTED = "[REDACTED]"
+_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;}\]]+")
+_DETAIL_LIMIT = 300
+
+
+def status_failure(call: PreparedCall, response: HttpReply, text: str) -> ProviderCallError:
+    status = response.status_code
+    retry_after = retry_after_seconds(response.headers)
+    kind: ErrorKind
+    if status == 429:
+        kind = "rate_limit"
+    elif status in (408, 504):
+        kind = "timeout"
+    else:
+        kind = "error"
+    detail = error_detail(json_or_none(text), text, call.secret)
+    message = f"HTTP {status}" + (f": {detail}" if detail else "")
+    if retry_after is not None:
+        message += f" (retry after {retry_after:g} s)"
+    return call.failure(message, kind=kind, error_type=str(status), status_code=status, retry_after_s=retry_after)
+
+
+def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallError:
+    name = exc.__class__.__name__
+    if isinstance(exc, httpx.TimeoutException):
+        return call.failure(f"timed out ({name}, timeout {call.timeout_s:g} s)", kind="timeout", error_type="timeout")
+    if isinstance(exc, ResponseTooLarge):
+        return too_large(call, exc)
+    if isinstance(exc, httpx.ConnectError) and (tls := _tls_cause(exc)) is not None:
+        reason = getattr(tls, "verify_message", None) or tls.reason or tls.__class__.__name__
+        return call.failure(f"TLS handshake with {call.url} failed ({reason})", kind="error", error_type="tls_error")
+    if isinstance(exc, httpx.ConnectError):
+        return call.failure(f"cannot connect to {call.url} ({name}: {exc})", kind="error", error_type="connect_error")
+    return call.failure(f"transport failure ({name}: {exc})", kind="error", error_type="transport_error")
+
+
+def too_large(call: PreparedCall, exc: ResponseTooLarge, status_code: int | None = None) -> ProviderCallError:
+    """The provider sent more than the client reads: a failed call the cascade may fall back from."""
+    return call.failure(
+        f"answer refused: {exc}", kind="error", error_type="response_too_large", status_code=status_code
+    )
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error under a connect failure: httpx chains it two deep (via httpcore), the lean client one."""
+    cause: BaseException | None = exc
+    for _ in range(4):
+        if cause is None or isinstance(cause, ssl.SSLError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+def error_detail(parsed: Any, text: str, secret: str | None) -> str:
+    """The provider's own error message, scrubbed of the key BEFORE it is cut, so no part of a key survives."""
+    detail = ""
+    if isinstance(parsed, Mapping):
+        error = parsed.get("error")
+        if isinstance(error, Mapping) and isinstance(error.get("message"), str):
+            detail = error["message"]
+        elif isinstance(error, str):
+            detail = error
+        elif isinstance(parsed.get("message"), str):
+            detail = parsed["message"]
+    if not detail:
+        detail = text.strip()
+    detail = scrub(" ".join(detail.split()), secret)
+    if len(detail) > _DETAIL_LIMIT:
+        detail = detail[:_DETAIL_LIMIT] + "..."
+    return detail
+
+
+def json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:  # JSONDecodeError is one
+        return None
+
+
+def int_or_none(usage: Mapping[str, Any] | None, key: str) -> int | None:
+    if not usage:
+        return None
+    value = usage.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def scrub(text: str, secret: str | None) -> str:
+    if secret:
+        text = text.replace(secret, _REDACTED)
+    return _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
+
+
+def scrub_json(value: Any, secret: str) -> Any:
+    if isinstance(value, str):
+        return scrub(value, secret)
+    if isinstance(value, list):
+        return [scrub_json(v, secret) for v in value]
+    if isinstance(value, dict):
+        return {scrub_json(k, secret): scrub_json(v, secret) for k, v in value.items()}
+    return value
