@@ -24,6 +24,7 @@ from ..router import Router
 from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient
+from ..telemetry.losses import count_error
 from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
@@ -288,8 +289,8 @@ class RecordLater:
 def _record(record: Callable[[], None]) -> None:
     try:
         record()
-    except Exception:  # noqa: BLE001 - telemetry never breaks a request
-        pass
+    except Exception:  # noqa: BLE001 - telemetry never breaks a request; its failures are counted as telemetry/'s are
+        count_error("recording an answer's telemetry")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
