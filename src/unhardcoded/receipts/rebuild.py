@@ -14,7 +14,8 @@ import re
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
 
@@ -219,13 +220,20 @@ _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")
 
 
-def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class _Construct(Protocol):
+    def __call__(self, cls: type[_M], fields: dict[str, Any], /) -> _M: ...
+
+
+def _fast_construct(cls: type[_M], fields: dict[str, Any]) -> _M:
     """``cls.model_construct(**fields)`` for a dict that names every field, without its per-field work.
 
     The rebuild checks every value itself; this is the hot path of rebuilding from
     protobuf, where model_construct costs more than reading the span.
     """
-    obj = _new(cls)
+    obj: _M = _new(cls)
     _set(obj, "__dict__", fields)
     _set_fields_set(obj, set(fields))
     _set_extra(obj, None)
@@ -233,11 +241,11 @@ def _fast_construct(cls: Any, fields: dict[str, Any]) -> Any:
     return obj
 
 
-def _slow_construct(cls: Any, fields: dict[str, Any]) -> Any:
+def _slow_construct(cls: type[_M], fields: dict[str, Any]) -> _M:
     return cls.model_construct(**fields)
 
 
-def _check_fast_construct() -> Any:
+def _check_fast_construct() -> _Construct:
     """Use the fast path only if it builds exactly what pydantic builds (a pydantic upgrade could change that)."""
     sample = {"model": "m", "rule": "r", "field": "f", "op": "eq", "threshold": 1, "observed": 2, "message": "x"}
     try:
@@ -316,7 +324,7 @@ def _copy_lists(rejection: Rejection) -> Rejection:
         fields["threshold"] = threshold[:]
     if observed.__class__ is list:
         fields["observed"] = observed[:]
-    return _construct(Rejection, fields)  # type: ignore[no-any-return]
+    return _construct(Rejection, fields)
 
 
 def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
@@ -733,9 +741,9 @@ def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
         # An attempt whose parent is not its decision span (another instrumentation's span in between):
         # it names its request, and the decision with that request id in the same trace claims it.
         owners = {(s.trace_id, s.attributes.get(_REQUEST_ID)): s for s in decisions}
-        for key in list(by_parent):
+        for parent in list(by_parent):
             left = []
-            for attempt in by_parent.pop(key):
+            for attempt in by_parent.pop(parent):
                 owner = owners.get((attempt.trace_id, attempt.attributes.get(_REQUEST_ID)))
                 if owner is None:
                     left.append(attempt)

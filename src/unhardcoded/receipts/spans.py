@@ -556,7 +556,8 @@ def _lite_record(s: Any, service: str | None, attributes: dict[str, Any] | None 
 def _decode_error() -> type[Exception]:
     from google.protobuf.message import DecodeError
 
-    return DecodeError
+    error: type[Exception] = DecodeError
+    return error
 
 
 def from_span_bytes(body: bytes, service: str | None = None, attributes: dict[str, Any] | None = None) -> SpanRecord:
