@@ -12,9 +12,14 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 from ..errors import UnhardcodedError
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 # OTLP's SpanKind numbering; the Python API's SpanKind enum numbers differently.
 KIND_UNSPECIFIED, KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(6)
@@ -294,7 +299,9 @@ def _pb_event_attributes(kvs: Any) -> dict[str, Any]:
     return _pb_attributes(kvs)
 
 
-def from_otlp_proto(message: Any) -> list[SpanRecord]:
+def from_otlp_proto(
+    message: ExportTraceServiceRequest | TracesData | bytes | bytearray | memoryview,
+) -> list[SpanRecord]:
     """An OTLP ``ExportTraceServiceRequest`` or ``TracesData`` message, or its serialized bytes."""
     if isinstance(message, (bytes, bytearray, memoryview)):
         return from_otlp_bytes(bytes(message))
@@ -311,7 +318,7 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
     return out
 
 
-def from_pb_span(s: Any, service: str | None = None) -> SpanRecord:
+def from_pb_span(s: PbSpan, service: str | None = None) -> SpanRecord:
     """One OTLP protobuf ``Span`` message, of the service named."""
     return _record(s, service, _pb_attributes(s.attributes), [_pb_event(e) for e in s.events])
 
