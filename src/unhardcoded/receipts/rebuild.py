@@ -12,9 +12,9 @@ import gc
 import json
 import re
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from collections.abc import Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel

@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, cast
 
 from opentelemetry import metrics as otel_metrics
