@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs everything the tests need into .venv and runs the whole suite.
+# Installs everything the tests need into .venv, runs the gate (scripts/check.sh) and then the whole suite.
 # Usage: scripts/test.sh [pytest args...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,6 +22,9 @@ PYTHON_FOR_TESTS="$VENV/bin/python" bash scripts/install-test-deps.sh
 # them once into ~/.cache/unhardcoded/bin from their Go modules and skips them when up to date.
 echo "==> installing the real telemetry backends"
 bash scripts/install-infra.sh all
+
+echo "==> running the gate (scripts/check.sh)"
+UNHARDCODED_VENV="$VENV" bash scripts/check.sh
 
 echo "==> running tests"
 # Subprocess tests run the `unhardcoded` console script: it must be this checkout's, from the venv.

@@ -321,6 +321,21 @@ def test_an_answers_telemetry_is_recorded_after_the_delay_piece_by_piece() -> No
     assert took >= RECORD_DELAY_S
 
 
+def test_a_piece_of_an_answers_telemetry_that_raises_is_counted_and_the_rest_recorded() -> None:
+    from unhardcoded.server.app import RecordLater
+    from unhardcoded.telemetry import losses, reset_losses
+
+    recorded: list[str] = []
+
+    def broken() -> None:
+        raise RuntimeError("an exporter's bug")
+
+    reset_losses()
+    asyncio.run(RecordLater([broken, lambda: recorded.append("after")])())
+    assert recorded == ["after"]
+    assert losses().errors == 1  # counted as telemetry/ counts its own failures, not dropped
+
+
 @pytest.mark.parametrize("cancel_after", [0, 1], ids=["during-the-delay", "between-pieces"])
 def test_a_server_stopping_mid_way_still_records_every_piece_once(cancel_after: int) -> None:
     from unhardcoded.server.app import RecordLater

@@ -155,6 +155,23 @@ def test_a_root_sampled_out_by_ratio_has_the_flags_the_sdk_gives_it():
     assert exporter.get_finished_spans() == ()
 
 
+def test_two_late_span_sources_on_one_tracer_keep_their_ids():
+    # The SDK hands out one tracer per instrumentation scope, so two Routers on one provider share it.
+    sampler = Counting()
+    tp, exporter = provider_with(sampler)
+    first, second = LateSpans(tp.get_tracer("t")), LateSpans(tp.get_tracer("t"))
+    reset_losses()
+    a = first.begin("a", None, SpanKind.INTERNAL)
+    b = second.begin("b", None, SpanKind.INTERNAL)
+    assert a is not None and b is not None
+    b.make().end()
+    a.make().end()
+    done = {span.name: span.context for span in exporter.get_finished_spans()}
+    assert done == {"a": a.context, "b": b.context}
+    assert sampler.asked == ["a", "b"]  # each asked once, when it began
+    assert losses().errors == 0
+
+
 def test_only_the_sdk_tracer_can_be_late():
     class Other(trace.TracerProvider):
         def get_tracer(self, *args: Any, **kwargs: Any) -> trace.Tracer:

@@ -11,11 +11,15 @@ import os
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .catalog import Catalog
 from .policy import Policy, load_policy_file
 from .policies import builtin_policy_dir
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
 
 SERVICE_NAME = "unhardcoded-demo"
 WORKFLOW_NAME = "support-ticket"
@@ -87,17 +91,21 @@ class DemoResult:
     store_location: str = ""
 
 
-def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bool = False) -> DemoResult:
+def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json: bool = False) -> DemoResult:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
     from .receipts import ReceiptSpanProcessor, open_store
     from .receipts.render import render_workflow
     from .router import ProviderClient, ProvidersConfig, Router
-    from .simulator import SimulatedProvider, error, fail_times, ok
+    from .simulator import Behavior, SimulatedProvider, error, fail_times, ok
     from .telemetry import workflow
 
-    say = (lambda *a: print(*a, file=sys.stderr)) if as_json else (lambda *a: print(*a, file=out))
+    said = sys.stderr if as_json else out  # with --json, stdout carries the receipt alone
+
+    def say(*parts: object) -> None:
+        print(*parts, file=said)
+
     catalog = Catalog.builtin()
     policies: dict[str, Policy] = {
         name: load_policy_file(builtin_policy_dir() / f"{name}.yaml", catalog) for name in ("support", "triage")
@@ -108,7 +116,7 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
         say("Simulated providers on loopback (no real LLM is called, no key is needed):")
         sims: list[SimulatedProvider] = []
         for provider in sorted({m.provider for m in catalog.models}):
-            behaviors = {}
+            behaviors: dict[str, Behavior] = {}
             if provider == catalog.model(FAILING_MODEL).provider:
                 behaviors[FAILING_MODEL] = fail_times(
                     1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded")
@@ -169,14 +177,16 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
         return result
 
 
-def _tracer_provider(resource_cls: Any, provider_cls: Any) -> tuple[Any, str | None]:
+def _tracer_provider(
+    resource_cls: type[Resource], provider_cls: type[TracerProvider]
+) -> tuple[TracerProvider, str | None]:
     """Our own provider, plus an OTLP exporter when the standard OTEL_* variables ask for one."""
     endpoint = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if endpoint:
         from .telemetry import configure
 
         setup = configure(SERVICE_NAME, metrics=False, set_global=False)
-        return setup.tracer_provider, endpoint
+        return cast("TracerProvider", setup.tracer_provider), endpoint  # built by configure: the SDK's
     return provider_cls(
         resource=resource_cls.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)})
     ), None

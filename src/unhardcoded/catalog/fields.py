@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import math
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -119,7 +120,7 @@ def describe_value(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def suggest(name: str, known: list[str] | set[str] | frozenset[str]) -> str:
+def suggest(name: str, known: Iterable[str]) -> str:
     """`; did you mean a, b?` for a misspelt name, or an empty string."""
     close = difflib.get_close_matches(name, sorted(known), n=3, cutoff=0.6)
     return f"; did you mean {', '.join(close)}?" if close else ""

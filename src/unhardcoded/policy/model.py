@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .._canonical import canonical_json
 
-POLICY_SCHEMA = "sigma-pol/v1"
-OPS: tuple[str, ...] = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains", "intersects")
-FAILURE_KINDS: tuple[str, ...] = ("error", "timeout", "rate_limit")
-
+POLICY_SCHEMA: Final = "sigma-pol/v1"
 Op = Literal["eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains", "intersects"]
 FailureKind = Literal["error", "timeout", "rate_limit"]
+
+OPS: tuple[str, ...] = ("eq", "ne", "lt", "lte", "gt", "gte", "in", "not_in", "contains", "intersects")
+FAILURE_KINDS: tuple[FailureKind, ...] = ("error", "timeout", "rate_limit")
 Order = Literal["asc", "desc"]
 
 

@@ -27,6 +27,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Match, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import UnhardcodedError
 from ..receipts.stores import ROLLUP_KEYS, ReceiptQuery
@@ -318,7 +319,7 @@ def build_app(
         if by not in ROLLUP_KEYS:
             raise ValueError(f"by={by!r}: expected one of {', '.join(ROLLUP_KEYS)}")
         since = _since(request.query_params.get("since"), "since")
-        rows = await run_in_threadpool(store.rollup, by, since)
+        rows = await run_in_threadpool(store.rollup, by, since)  # type: ignore[arg-type]  # checked against ROLLUP_KEYS
         return JSONResponse(
             {"by": by, "since": since.isoformat() if since else None, "rows": [r.to_json_dict() for r in rows]}
         )
@@ -385,18 +386,18 @@ def build_app(
 class AccessLog:
     """One line per request: client, method, route template, status, size, time. No ids, no query, no headers."""
 
-    def __init__(self, app: Any, routes: list[Route]) -> None:
+    def __init__(self, app: ASGIApp, routes: list[Route]) -> None:
         self.app = app
         self.routes = routes
 
-    def _route(self, scope: dict[str, Any]) -> str:
+    def _route(self, scope: Scope) -> str:
         for route in self.routes:
             match, _ = route.matches(scope)
             if match != Match.NONE:
                 return route.path.replace(":path}", "}")
         return "(no route)"
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -404,7 +405,7 @@ class AccessLog:
         status = [0]
         size = [0]
 
-        async def logging_send(message: dict[str, Any]) -> None:
+        async def logging_send(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
             elif message["type"] == "http.response.body":

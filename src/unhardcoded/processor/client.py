@@ -71,7 +71,7 @@ class ProcessorSource:
         doc = self._get("/workflows/" + quote(workflow_id, safe=""))
         return WorkflowReceipt.model_validate(doc["workflow"]) if doc is not None else None
 
-    def query(self, **params: Any) -> list[Receipt]:
+    def query(self, **params: str | int | float | bool | None) -> list[Receipt]:
         """Every receipt matching ``params`` (policy, model, fallback, since, ...), following the pages."""
         out: list[Receipt] = []
         params = {k: (str(v).lower() if isinstance(v, bool) else v) for k, v in params.items() if v is not None}

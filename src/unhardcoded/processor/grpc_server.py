@@ -129,8 +129,9 @@ def start_grpc_server(
         },
     )
     server.add_generic_rpc_handlers((handler,))
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(), server)
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(), server)
+    # The generated registration functions carry no annotations.
+    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(), server)  # type: ignore[no-untyped-call]
+    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(), server)  # type: ignore[no-untyped-call]
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

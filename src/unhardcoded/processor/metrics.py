@@ -90,13 +90,13 @@ class ProcessorMetrics:
         self._by_cause: dict[str, dict[str, Any]] = {}
         self._by_drop: dict[str, dict[str, Any]] = {}
 
-    def _observe_queue(self, _options: Any) -> list[metrics.Observation]:
+    def _observe_queue(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.queue_depth)]
 
-    def _observe_pending(self, _options: Any) -> list[metrics.Observation]:
+    def _observe_pending(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.spans_pending)]
 
-    def _observe_forward_queue(self, _options: Any) -> list[metrics.Observation]:
+    def _observe_forward_queue(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.forward_queue_bytes)]
 
     def add(self, **deltas: int) -> None:

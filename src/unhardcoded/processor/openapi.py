@@ -154,7 +154,8 @@ def document() -> dict[str, Any]:
         }
     )
     since = {"type": "string", "description": "A duration back from now (`24h`, `7d`, `30m`) or an ISO 8601 date/time."}
-    security = [{}, {"queryToken": []}]  # {} first: optional unless the processor was started with a token
+    # {} first: optional unless the processor was started with a token
+    security: list[dict[str, list[str]]] = [{}, {"queryToken": []}]
     paths: dict[str, Any] = {
         "/receipts/{request_id}": {
             "get": {

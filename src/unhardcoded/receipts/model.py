@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, WorkflowRef
 from ..router.features import RequestFeatures
 
-RECEIPT_SCHEMA = "unhardcoded.receipt/v1"
-WORKFLOW_RECEIPT_SCHEMA = "unhardcoded.workflow-receipt/v1"
+RECEIPT_SCHEMA: Final = "unhardcoded.receipt/v1"
+WORKFLOW_RECEIPT_SCHEMA: Final = "unhardcoded.workflow-receipt/v1"
 
 
 class _Model(BaseModel):
@@ -60,7 +60,7 @@ class Receipt(_Model):
             span_id=decision.span_id,
             timestamp=decision.timestamp,
             policy=PolicyRef(
-                name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema=decision.policy.schema_id
+                name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema_=decision.policy.schema_id
             ),
             catalog_version=decision.catalog_version,
             candidates=list(decision.candidates),

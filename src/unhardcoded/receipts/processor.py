@@ -18,7 +18,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable
 
-from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
 
 from ..semconv import attributes as A
 from .rebuild import RebuiltDecision, rebuild_decision
@@ -101,7 +102,7 @@ class ReceiptSpanProcessor(SpanProcessor):
 
     # -- SpanProcessor ---------------------------------------------------------------------------
 
-    def on_start(self, span: Any, parent_context: Any = None) -> None:
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
         return None
 
     def on_end(self, span: ReadableSpan) -> None:
@@ -145,9 +146,10 @@ class ReceiptSpanProcessor(SpanProcessor):
         own = (ctx.trace_id, ctx.span_id)
         with self._pending_lock:
             attempts = self._pending.pop(own, [])
-            for key in self._parents.pop((ctx.trace_id, request_id), ()):
-                if key != own:
-                    attempts.extend(self._pending.pop(key, []))
+            if isinstance(request_id, str):  # only a string request id is ever kept there
+                for key in self._parents.pop((ctx.trace_id, request_id), ()):
+                    if key != own:
+                        attempts.extend(self._pending.pop(key, []))
         try:
             self._queue.put_nowait((span, attempts))
         except queue.Full:
@@ -222,7 +224,7 @@ class ReceiptSpanProcessor(SpanProcessor):
 
     def _write(self, batch: list[RebuiltDecision]) -> None:
         try:
-            self.store.put_rebuilt(batch)  # type: ignore[attr-defined]
+            self.store.put_rebuilt(batch)
             self._count(receipts_written=len(batch))
         except Exception:  # noqa: BLE001 - a store that is down loses receipts, not requests
             self._count(lost=len(batch), write_errors=1)

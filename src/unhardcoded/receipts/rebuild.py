@@ -11,9 +11,10 @@ from __future__ import annotations
 import gc
 import json
 import re
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 from .._construct import construct as _construct
 from ..policy.model import fingerprint_of
@@ -648,9 +649,9 @@ def rebuild_spans(spans: Iterable[SpanRecord]) -> Rebuilt:
         # An attempt whose parent is not its decision span (another instrumentation's span in between):
         # it names its request, and the decision with that request id in the same trace claims it.
         owners = {(s.trace_id, s.attributes.get(_REQUEST_ID)): s for s in decisions}
-        for key in list(by_parent):
+        for parent in list(by_parent):
             left = []
-            for attempt in by_parent.pop(key):
+            for attempt in by_parent.pop(parent):
                 owner = owners.get((attempt.trace_id, attempt.attributes.get(_REQUEST_ID)))
                 if owner is None:
                     left.append(attempt)

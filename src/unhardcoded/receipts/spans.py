@@ -12,10 +12,15 @@ import base64
 import binascii
 import json
 import struct
-from typing import Any, Iterable, Mapping, NamedTuple, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
 
 from .._wire import varint
 from ..errors import UnhardcodedError
+
+if TYPE_CHECKING:
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.trace.v1.trace_pb2 import Span as PbSpan
+    from opentelemetry.proto.trace.v1.trace_pb2 import TracesData
 
 # OTLP's SpanKind numbering; the Python API's SpanKind enum numbers differently.
 KIND_UNSPECIFIED, KIND_INTERNAL, KIND_SERVER, KIND_CLIENT, KIND_PRODUCER, KIND_CONSUMER = range(6)
@@ -293,7 +298,9 @@ def _pb_event_attributes(kvs: Any) -> dict[str, Any]:
     return _pb_attributes(kvs)
 
 
-def from_otlp_proto(message: Any) -> list[SpanRecord]:
+def from_otlp_proto(
+    message: ExportTraceServiceRequest | TracesData | bytes | bytearray | memoryview,
+) -> list[SpanRecord]:
     """An OTLP ``ExportTraceServiceRequest`` or ``TracesData`` message, or its serialized bytes."""
     if isinstance(message, (bytes, bytearray, memoryview)):
         return from_otlp_bytes(bytes(message))
@@ -310,7 +317,7 @@ def from_otlp_proto(message: Any) -> list[SpanRecord]:
     return out
 
 
-def from_pb_span(s: Any, service: str | None = None) -> SpanRecord:
+def from_pb_span(s: PbSpan, service: str | None = None) -> SpanRecord:
     """One OTLP protobuf ``Span`` message, of the service named."""
     return _record(s, service, _pb_attributes(s.attributes), [_pb_event(e) for e in s.events])
 
@@ -543,7 +550,8 @@ def _lite_record(s: Any, service: str | None, attributes: dict[str, Any] | None 
 def _decode_error() -> type[Exception]:
     from google.protobuf.message import DecodeError
 
-    return DecodeError
+    error: type[Exception] = DecodeError
+    return error
 
 
 def from_span_bytes(body: bytes, service: str | None = None, attributes: dict[str, Any] | None = None) -> SpanRecord:

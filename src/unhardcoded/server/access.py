@@ -13,6 +13,8 @@ import logging
 from typing import Any
 from urllib.parse import quote
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 LOGGER_NAME = "unhardcoded.access"
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -27,16 +29,16 @@ def log_config(base: dict[str, Any]) -> dict[str, Any]:
 class AccessLog:
     """One line per HTTP request, ``INFO: 127.0.0.1:50412 - "POST /v1/chat/completions HTTP/1.1" 200 OK``."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not logger.isEnabledFor(logging.INFO):
             await self.app(scope, receive, send)
             return
         status = 0
 
-        async def send_status(message: dict[str, Any]) -> None:
+        async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]

@@ -8,13 +8,14 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog.model import Catalog
 from ..errors import NoCandidateError
@@ -33,6 +34,11 @@ from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
 from .streamed import StreamedDecision
 from .tracing import ServerSpans
+
+if TYPE_CHECKING:
+    from opentelemetry.trace import TracerProvider
+
+    from ..receipts import ReceiptStore
 
 REQUEST_ID_HEADER = H.X_UNHARDCODED_REQUEST_ID
 MODEL_HEADER = H.X_UNHARDCODED_MODEL
@@ -139,7 +145,7 @@ class Proxy:
         max_body_bytes: int,
         forwarding: bool,
         recent: RecentDecisions,
-        store: Any = None,
+        store: ReceiptStore | None = None,
     ) -> None:
         self.router = router
         self.resolver = resolver
@@ -170,10 +176,10 @@ class Proxy:
                     policy, body, request_id=request_id, features=features, later=later
                 )
             except NoCandidateError as exc:
-                decision = exc.decision  # the one the router recorded, span and metrics included
-                assert decision is not None
-                self.recent.add(decision)
-                return no_candidate_error(decision).response(decision_headers(decision))
+                rejected = exc.decision  # the one the router recorded, span and metrics included
+                assert rejected is not None
+                self.recent.add(rejected)
+                return no_candidate_error(rejected).response(decision_headers(rejected))
             self.recent.add(decision, compact=False)
             later.append(partial(self.recent.compact, decision.request_id))
             headers = decision_headers(decision)
@@ -186,7 +192,8 @@ class Proxy:
                     json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers, media_type="application/json"
                 )
             # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
-            response.background = RecordLater(later)
+            # Awaited as a BackgroundTask is, without the task's own layer on every answer.
+            response.background = RecordLater(later)  # type: ignore[assignment]  # duck-types BackgroundTask
             return response
         finally:
             client_key.reset(token)
@@ -291,8 +298,8 @@ class RecordLater:
 def _record(record: Callable[[], None]) -> None:
     try:
         record()
-    except Exception:  # noqa: BLE001 - telemetry never breaks a request, and its losses are counted
-        count_error("recording a decision after its answer")
+    except Exception:  # noqa: BLE001 - telemetry never breaks a request; its failures are counted as telemetry/'s are
+        count_error("recording an answer's telemetry")
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -327,9 +334,9 @@ def create_app(
     default_policy: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     forward_client_key: Iterable[str] = (),
-    store: Any = None,
+    store: ReceiptStore | None = None,
     receipts_kept: int = 10_000,
-    tracer_provider: Any = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -383,11 +390,11 @@ class ChatCompletionsFirst:
     goes on through Starlette.
     """
 
-    def __init__(self, app: Any, proxy: Proxy) -> None:
+    def __init__(self, app: ASGIApp, proxy: Proxy) -> None:
         self.app = app
         self.proxy = proxy
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["path"] == "/v1/chat/completions" and scope["method"] == "POST":
             response = await self.proxy.chat_completions(Request(scope, receive, send))
             await response(scope, receive, send)

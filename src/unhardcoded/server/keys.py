@@ -16,7 +16,7 @@ import dataclasses
 import json
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ConfigError
 from ..router.providers import (
@@ -150,9 +150,9 @@ class ClientKeyForwarding(ProviderClient):
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> AsyncChatStream:
-        return _RedactingStream(
-            super().astream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
-        )
+        stream = super().astream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+        # The wrapper is the stream to its caller: what it does not redact it hands to the stream (__getattr__).
+        return cast("AsyncChatStream", _RedactingStream(stream))
 
 
 class _RedactingStream:
@@ -172,7 +172,8 @@ class _RedactingStream:
             chunk = await self._inner.__anext__()
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
-        return redact_json(chunk)
+        redacted: dict[str, Any] = redact_json(chunk)
+        return redacted
 
     async def aclose(self) -> None:
         await self._inner.aclose()

@@ -8,11 +8,11 @@ and nothing to install. With no SDK configured the API tracer is a no-op.
 from __future__ import annotations
 
 import time
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.semconv.attributes import (
     client_attributes,
     error_attributes,
@@ -23,11 +23,9 @@ from opentelemetry.semconv.attributes import (
     user_agent_attributes,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..telemetry.late import LateSpans
-
-Scope = dict[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 ROUTES = ("/v1/chat/completions", "/x/rank", "/x/fields", "/healthz")
 RECEIPTS_ROUTE = "/x/receipts/{request_id}"
@@ -49,11 +47,11 @@ _GETTER = _HeaderGetter()
 class _Fields:
     """The header names the global propagator reads, as bytes, for the propagator object in force."""
 
-    propagator: Any = None
+    propagator: TextMapPropagator | None = None
     names: frozenset[bytes] = frozenset()
 
     @classmethod
-    def of(cls, propagator: Any) -> frozenset[bytes]:
+    def of(cls, propagator: TextMapPropagator) -> frozenset[bytes]:
         if propagator is not cls.propagator:
             cls.names = frozenset(f.lower().encode("latin-1") for f in propagator.fields)
             cls.propagator = propagator
@@ -93,7 +91,7 @@ class ServerSpans:
         self.tracer = trace.get_tracer(__name__, tracer_provider=tracer_provider)
         self.late = LateSpans(self.tracer)
 
-    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -110,7 +108,7 @@ class ServerSpans:
         status_code = 0
         sent_at: int | None = None
 
-        async def send_with_status(message: dict) -> None:
+        async def send_with_status(message: Message) -> None:
             nonlocal status_code, sent_at
             if message["type"] == "http.response.start":
                 status_code = message["status"]

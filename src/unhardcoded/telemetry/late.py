@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -33,6 +34,10 @@ from opentelemetry.context import Context
 from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, TraceFlags
 
 from .losses import count_error
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace import Tracer as SdkTracer
+    from opentelemetry.util.types import Attributes
 
 try:  # the SDK is optional: without it nothing is late
     from opentelemetry.sdk.trace import Tracer as _SdkTracer
@@ -52,31 +57,31 @@ class LateSpan:
     """A span begun on the path: its context is fixed; :meth:`make` starts the SDK span (once)."""
 
     __slots__ = (
-        "_tracer",
         "_preset",
-        "name",
-        "kind",
-        "parent",
-        "attributes",
-        "start_ns",
-        "context",
-        "result",
-        "current",
         "_span",
+        "_tracer",
         "above",
+        "attributes",
+        "context",
+        "current",
+        "kind",
+        "name",
+        "parent",
+        "result",
+        "start_ns",
     )
 
     def __init__(
         self,
-        tracer: Any,
-        preset: "_Preset",
+        tracer: SdkTracer,
+        preset: _Preset,
         name: str,
         kind: SpanKind,
         parent: Context | None,
         above: Span,
         attributes: Mapping[str, Any] | None,
         context: SpanContext,
-        result: Any,
+        result: SamplingResult,
     ) -> None:
         self._tracer = tracer
         self._preset = preset
@@ -96,7 +101,7 @@ class LateSpan:
     @property
     def recording(self) -> bool:
         """Whether the span will record (the sampler's decision)."""
-        return bool(self.result.decision.is_recording())
+        return bool(self.result.decision.is_recording())  # type: ignore[no-untyped-call]  # unannotated in the SDK
 
     def make(self) -> Span:
         """The SDK span, started now with this context and start time (the same span on every call)."""
@@ -137,10 +142,10 @@ class _Preset(threading.local):
     span: LateSpan | None = None
 
 
-class _PresetSampler(_Sampler):  # type: ignore[misc,valid-type]
+class _PresetSampler(_Sampler):
     """The tracer's sampler, or, while a late span is made, the result it gave when that span began."""
 
-    def __init__(self, inner: Any, preset: _Preset) -> None:
+    def __init__(self, inner: _Sampler, preset: _Preset) -> None:
         self.inner = inner
         self.preset = preset
 
@@ -150,10 +155,10 @@ class _PresetSampler(_Sampler):  # type: ignore[misc,valid-type]
         trace_id: int,
         name: str,
         kind: SpanKind | None = None,
-        attributes: Any = None,
-        links: Sequence[Any] | None = None,
-        trace_state: Any = None,
-    ) -> "SamplingResult":
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
         late = self.preset.span
         if late is not None:
             return late.result
@@ -163,10 +168,10 @@ class _PresetSampler(_Sampler):  # type: ignore[misc,valid-type]
         return self.inner.get_description()
 
 
-class _PresetIds(_IdGenerator):  # type: ignore[misc,valid-type]
+class _PresetIds(_IdGenerator):
     """The tracer's id generator, or, while a late span is made, the ids that span began with."""
 
-    def __init__(self, inner: Any, preset: _Preset) -> None:
+    def __init__(self, inner: _IdGenerator, preset: _Preset) -> None:
         self.inner = inner
         self.preset = preset
 
@@ -185,14 +190,14 @@ class _PresetIds(_IdGenerator):  # type: ignore[misc,valid-type]
 class LateSpans:
     """Begins late spans on ``tracer`` (an API tracer; the global proxy tracer is followed to its delegate)."""
 
-    def __init__(self, tracer: Any) -> None:
+    def __init__(self, tracer: trace.Tracer) -> None:
         self.tracer = tracer
-        self._sdk: Any = None  # the SDK tracer last seen behind ``tracer``, with our sampler and ids in place
-        self._seen: Any = None
+        self._sdk: SdkTracer | None = None  # the SDK tracer last seen behind ``tracer``, our sampler and ids in place
+        self._seen: object = None
         self._preset = _Preset()
 
-    def _resolve(self) -> Any:
-        tracer = self.tracer
+    def _resolve(self) -> SdkTracer | None:
+        tracer: object = self.tracer
         if isinstance(tracer, trace.ProxyTracer):
             tracer = getattr(tracer, "_tracer", None)
         if tracer is self._seen:
@@ -200,18 +205,23 @@ class LateSpans:
         self._seen, self._sdk = tracer, None
         if _SdkTracer is None or type(tracer) is not _SdkTracer:
             return None
-        sampler = getattr(tracer, "sampler", None)
-        ids = getattr(tracer, "id_generator", None)
+        sdk = tracer
+        sampler = getattr(sdk, "sampler", None)
+        ids = getattr(sdk, "id_generator", None)
         if sampler is None or ids is None:
             return None
-        # This tracer is ours alone (the provider hands out one per get_tracer call); wrapping its sampler and
-        # id generator changes nothing for spans started the ordinary way.
-        if not isinstance(sampler, _PresetSampler):
-            tracer.sampler = _PresetSampler(sampler, self._preset)
-        if not isinstance(ids, _PresetIds):
-            tracer.id_generator = _PresetIds(ids, self._preset)
-        self._sdk = tracer
-        return tracer
+        # Wrapping the tracer's sampler and id generator changes nothing for spans started the ordinary way. The
+        # provider hands out one tracer per instrumentation scope, so another LateSpans (a second Router on the
+        # same provider) may have wrapped this one already: the wrappers then answer from its preset, and so
+        # this LateSpans uses that preset too, or the spans it makes would get fresh ids and a second sampling.
+        if isinstance(sampler, _PresetSampler):
+            self._preset = sampler.preset
+        else:
+            sdk.sampler = _PresetSampler(sampler, self._preset)
+        if not isinstance(ids, _PresetIds) or ids.preset is not self._preset:
+            sdk.id_generator = _PresetIds(ids.inner if isinstance(ids, _PresetIds) else ids, self._preset)
+        self._sdk = sdk
+        return sdk
 
     def begin(
         self, name: str, context: Context | None, kind: SpanKind, attributes: Mapping[str, Any] | None = None
@@ -227,15 +237,17 @@ class LateSpans:
             return None
         above = trace.get_current_span(context)
         parent = above.get_span_context()
-        ids = sdk.id_generator.inner
+        wrapped_ids = cast(_PresetIds, sdk.id_generator)
+        ids = wrapped_ids.inner
         if parent is None or not parent.is_valid:
             trace_id = ids.generate_trace_id()
-            random_trace_id = sdk.id_generator.is_trace_id_random()
+            random_trace_id = wrapped_ids.is_trace_id_random()
         else:
             trace_id = parent.trace_id
             random_trace_id = bool(getattr(parent.trace_flags, "random_trace_id", False))
-        result = sdk.sampler.inner.should_sample(context, trace_id, name, kind, attributes, ())
-        flags = TraceFlags.SAMPLED if result.decision.is_sampled() else TraceFlags.DEFAULT
+        result = cast(_PresetSampler, sdk.sampler).inner.should_sample(context, trace_id, name, kind, attributes, ())
+        sampled = result.decision.is_sampled()  # type: ignore[no-untyped-call]  # unannotated in the SDK
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
         if random_trace_id:
             flags |= _RANDOM_TRACE_ID
         span_context = SpanContext(

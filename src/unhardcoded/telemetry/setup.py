@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, cast
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
@@ -20,6 +21,7 @@ from opentelemetry.sdk.metrics.export import (
     MetricExporter,
     MetricExportResult,
     MetricReader,
+    MetricsData,
     PeriodicExportingMetricReader,
 )
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
@@ -75,7 +77,7 @@ class _CountingMetricExporter(MetricExporter):
         )
         self.inner = inner
 
-    def export(self, metrics_data: Any, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
+    def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
         except Exception:  # noqa: BLE001
@@ -193,8 +195,8 @@ class TelemetrySetup:
     ones it built, or the application's own it left alone).
     """
 
-    tracer_provider: Any
-    meter_provider: Any
+    tracer_provider: trace.TracerProvider
+    meter_provider: otel_metrics.MeterProvider
     traces_installed: bool = False
     metrics_installed: bool = False
     span_exporters: list[str] = field(default_factory=list)
@@ -203,21 +205,21 @@ class TelemetrySetup:
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Send what is buffered now (only through providers ``configure`` installed)."""
         ok = True
-        if self.traces_installed:
-            ok = self.tracer_provider.force_flush(timeout_millis) and ok
+        if self.traces_installed:  # then the SDK's own providers, built by configure
+            ok = cast(TracerProvider, self.tracer_provider).force_flush(timeout_millis) and ok
         if self.metrics_installed:
-            ok = self.meter_provider.force_flush(timeout_millis) and ok
+            ok = cast(MeterProvider, self.meter_provider).force_flush(timeout_millis) and ok
         return ok
 
     def shutdown(self) -> None:
         """Flush and stop the providers ``configure`` installed; the application's own are left running."""
         if self.traces_installed:
-            self.tracer_provider.shutdown()
+            cast(TracerProvider, self.tracer_provider).shutdown()
         if self.metrics_installed:
-            self.meter_provider.shutdown()
+            cast(MeterProvider, self.meter_provider).shutdown()
 
 
-def _is_real_meter_provider(provider: Any) -> bool:
+def _is_real_meter_provider(provider: otel_metrics.MeterProvider) -> bool:
     if isinstance(provider, otel_metrics.NoOpMeterProvider):
         return False
     try:
@@ -227,7 +229,7 @@ def _is_real_meter_provider(provider: Any) -> bool:
     return not isinstance(provider, _ProxyMeterProvider)
 
 
-def _is_real_tracer_provider(provider: Any) -> bool:
+def _is_real_tracer_provider(provider: trace.TracerProvider) -> bool:
     return not isinstance(provider, (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
 
 
