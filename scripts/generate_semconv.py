@@ -20,9 +20,10 @@ import re
 import string
 import sys
 import textwrap
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -568,8 +569,7 @@ def _enum_class(name: str) -> str:
 def _signal_const(name: str, namespace: str) -> str:
     """DECISION for span.unhardcoded.decision, REJECTION for unhardcoded.rejection."""
     for prefix in ("span.", "event."):
-        if name.startswith(prefix):
-            name = name[len(prefix) :]
+        name = name.removeprefix(prefix)
     if namespace and name.startswith(namespace + "."):
         name = name[len(namespace) + 1 :]
     return _const(name)

@@ -73,7 +73,7 @@ def _checked() -> Construct:
             and fast.__pydantic_private__ is None is built.__pydantic_private__
         ):
             return _construct_fast
-    except Exception:  # noqa: BLE001, S110 - any surprise means: take the documented path
+    except Exception:  # noqa: BLE001 - any surprise means: take the documented path
         pass
     return _construct_documented
 

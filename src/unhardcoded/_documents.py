@@ -66,13 +66,13 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError], *, jso
             # Flow-style YAML (`{schema: ..., models: [...]}`) starts the same way; only if it is
             # not YAML either is the document reported, as the JSON it looked like.
             try:
-                return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+                return yaml.load(text, Loader=_Yaml12Loader)
             except (yaml.YAMLError, RecursionError):
                 raise _located(error, f"{source}: line {exc.lineno}: invalid JSON: {exc.msg}", exc.lineno) from None
         except RecursionError:
             raise error(f"{source}: invalid JSON: nested too deeply") from None
     try:
-        return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+        return yaml.load(text, Loader=_Yaml12Loader)
     except RecursionError:
         # Both parsers recurse per nesting level; a hostile document must not escape as a RecursionError.
         raise error(f"{source}: invalid YAML: nested too deeply") from None

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .catalog import Catalog
-from .policy import Policy, load_policy_file
 from .policies import builtin_policy_dir
+from .policy import Policy, load_policy_file
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

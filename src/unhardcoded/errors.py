@@ -31,6 +31,6 @@ class RequestError(UnhardcodedError):
 class NoCandidateError(UnhardcodedError):
     """No model in the catalog passes the policy for this request; ``decision`` says which rule rejected each one."""
 
-    def __init__(self, message: str, decision: "Decision | None" = None) -> None:
+    def __init__(self, message: str, decision: Decision | None = None) -> None:
         super().__init__(message)
         self.decision = decision

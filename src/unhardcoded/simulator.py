@@ -722,9 +722,7 @@ def _tool_call(tool: Any) -> dict[str, Any]:
     properties = params.get("properties", {}) if isinstance(params, dict) else {}
     required = params.get("required", []) if isinstance(params, dict) else []
     placeholder = {"string": "simulated", "integer": 1, "number": 1, "boolean": True, "array": [], "object": {}}
-    arguments = {
-        key: placeholder.get(properties.get(key, {}).get("type"), None) for key in required if isinstance(key, str)
-    }
+    arguments = {key: placeholder.get(properties.get(key, {}).get("type")) for key in required if isinstance(key, str)}
     return {"id": "call_sim_0001", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
 
 

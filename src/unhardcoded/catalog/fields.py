@@ -90,14 +90,12 @@ def value_matches(spec_type: str, value: Any) -> bool:
     """Whether ``value`` is of the catalog field type ``spec_type``."""
     if spec_type == "number":
         # NaN and infinities have no canonical JSON form: they would break fingerprints and catalog versions.
-        return (
-            isinstance(value, int)
-            and not isinstance(value, bool)
-            or (isinstance(value, float) and math.isfinite(value))
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and math.isfinite(value)
         )
     if spec_type == "integer":
-        return (
-            isinstance(value, int) and not isinstance(value, bool) or (isinstance(value, float) and value.is_integer())
+        return (isinstance(value, int) and not isinstance(value, bool)) or (
+            isinstance(value, float) and value.is_integer()
         )
     if spec_type == "bool":
         return isinstance(value, bool)

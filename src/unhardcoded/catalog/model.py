@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable, Mapping
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from .._canonical import canonical_json
 from .._documents import key_path, parse_document, read_document
@@ -93,7 +94,7 @@ class Catalog:
     # -- construction -------------------------------------------------------------------
 
     @classmethod
-    def from_document(cls, doc: Any, source: str = "<catalog>") -> "Catalog":
+    def from_document(cls, doc: Any, source: str = "<catalog>") -> Catalog:
         errors: list[str] = []
 
         def err(path: str, msg: str) -> None:
@@ -208,15 +209,15 @@ class Catalog:
         return cls(custom, models, source=source)
 
     @classmethod
-    def from_text(cls, text: str, source: str = "<catalog>") -> "Catalog":
+    def from_text(cls, text: str, source: str = "<catalog>") -> Catalog:
         return cls.from_document(parse_document(text, source, CatalogError), source)
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "Catalog":
+    def from_file(cls, path: str | Path) -> Catalog:
         return cls.from_document(read_document(path, CatalogError), str(path))
 
     @classmethod
-    def builtin(cls) -> "Catalog":
+    def builtin(cls) -> Catalog:
         """The catalog that ships with the package (prices are illustrative)."""
         global _BUILTIN
         if _BUILTIN is None:

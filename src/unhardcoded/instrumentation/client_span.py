@@ -176,7 +176,7 @@ def finish(span: Span, result: Any, streaming: bool) -> None:
         if not streaming and span.is_recording():
             try:
                 _record_usage(span, result.parse())
-            except Exception:  # noqa: BLE001, S110 - a body the caller cannot parse either: the span still ends
+            except Exception:  # noqa: BLE001 - a body the caller cannot parse either: the span still ends
                 pass
     elif span.is_recording():
         _record_usage(span, result)

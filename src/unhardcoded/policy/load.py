@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .._documents import key_path, parse_document, read_document
 from ..catalog.fields import describe_value, suggest, value_matches

@@ -17,9 +17,10 @@ import json
 import logging
 import math
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
 from starlette.applications import Starlette
@@ -151,9 +152,7 @@ def _bool(text: str | None, name: str) -> bool | None:
 # --------------------------------------------------------------------------- the app
 
 
-def build_app(
-    processor: "ReceiptsProcessor | None", store: "ReceiptStore", settings: Settings = Settings()
-) -> Starlette:
+def build_app(processor: ReceiptsProcessor | None, store: ReceiptStore, settings: Settings = Settings()) -> Starlette:
     """The Starlette app; ``processor`` None serves queries only (no ingest)."""
     from . import openapi, pages
 
@@ -190,7 +189,7 @@ def build_app(
                 kind,
                 exc.retry_after_s,
             )
-        except asyncio.TimeoutError:
+        except TimeoutError:
             processor.metrics.payload_rejected("unavailable")
             return _otlp_error(
                 503, otlp.UNAVAILABLE, "the spool did not answer in time", kind, processor.config.retry_after_s

@@ -15,7 +15,7 @@ finished early, and counted. This module holds no I/O; the service drives it.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from ..receipts.stores import GroupKey
 from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
@@ -24,7 +24,7 @@ from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
 class Group:
     """The spans of one receipt (a decision and its attempts) or of one workflow root."""
 
-    __slots__ = ("trace_id", "key", "spans", "decision", "attempts", "first_seen", "keys", "revisit")
+    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "revisit", "spans", "trace_id")
 
     def __init__(self, trace_id: str, key: str, first_seen: float) -> None:
         self.trace_id = trace_id

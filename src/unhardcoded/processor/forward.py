@@ -16,8 +16,9 @@ import random
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from .._wire import delimited_fields, retry_after_seconds
@@ -112,7 +113,7 @@ class Forwarder:
         self,
         url: str,
         protocol: str = "http",
-        metrics: "ProcessorMetrics | None" = None,
+        metrics: ProcessorMetrics | None = None,
         *,
         queue_bytes: int = DEFAULT_QUEUE_BYTES,
         retry: RetryPolicy | None = None,
@@ -210,7 +211,7 @@ class Forwarder:
                     self._sending = 1
                 try:
                     self._deliver(send, payload, spans)
-                except Exception:  # noqa: BLE001 - the worker outlives any one export
+                except Exception:
                     logger.exception("forward: unexpected error; export dropped")
                     self._drop(payload, spans, "rejected")
                 finally:

@@ -52,7 +52,7 @@ def _abort(
 
 
 class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, processor: "ReceiptsProcessor", token: str | None, ack_timeout_s: float) -> None:
+    def __init__(self, processor: ReceiptsProcessor, token: str | None, ack_timeout_s: float) -> None:
         self.processor = processor
         self.token = token
         self.ack_timeout_s = ack_timeout_s
@@ -63,7 +63,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         header = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
         return token_matches(header if isinstance(header, str) else None, self.token)
 
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802 - the generated servicer's name
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         metrics = self.processor.metrics
         if not self._authorized(context):
             metrics.payload_rejected("unauthorized")
@@ -93,17 +93,17 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
 class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         return logs_service_pb2.ExportLogsServiceResponse()
 
 
 def start_grpc_server(
-    processor: "ReceiptsProcessor",
+    processor: ReceiptsProcessor,
     host: str,
     port: int,
     *,

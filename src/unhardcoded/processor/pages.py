@@ -7,8 +7,8 @@ percent-encoded ids.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from html import escape
-from typing import Iterable
 from urllib.parse import quote
 
 from ..receipts.model import Receipt, WorkflowReceipt

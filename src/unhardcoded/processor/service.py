@@ -92,11 +92,11 @@ _STOP = object()
 class ReceiptsProcessor:
     def __init__(
         self,
-        store: "ReceiptStore",
+        store: ReceiptStore,
         spool: Spool,
         config: ProcessorConfig | None = None,
         metrics: ProcessorMetrics | None = None,
-        forwarder: "Forwarder | None" = None,
+        forwarder: Forwarder | None = None,
     ) -> None:
         self.store = store
         self.spool = spool
@@ -270,7 +270,7 @@ class ReceiptsProcessor:
                 self._release()
                 self._housekeeping()
                 self._loops += 1
-            except Exception:  # noqa: BLE001 - the worker outlives any one bad batch
+            except Exception:
                 logger.exception("processor worker error")
                 time.sleep(0.1)
 
@@ -312,9 +312,7 @@ class ReceiptsProcessor:
                     self._fresh.append(span)
         duplicates = 0
         for s in spans:
-            if (s.trace_id, s.group) in skip:
-                duplicates += 1
-            elif self.assembler.add(s, now) is None:
+            if (s.trace_id, s.group) in skip or self.assembler.add(s, now) is None:
                 duplicates += 1
             else:
                 self._fresh.append(s)

@@ -1,7 +1,7 @@
 """Receipts: the model, rebuilt from spans or built from a Decision; store, render, replay, rollups."""
 
 from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, WorkflowReceipt
-from .rebuild import RebuiltDecision, Rebuilt, rebuild_decision, rebuild_receipts, rebuild_spans
+from .rebuild import Rebuilt, RebuiltDecision, rebuild_decision, rebuild_receipts, rebuild_spans
 from .spans import SpanFormatError, SpanRecord, read_spans
 from .stores import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
 
@@ -10,12 +10,12 @@ __all__ = [
     "WORKFLOW_RECEIPT_SCHEMA",
     "PolicyRef",
     "ProcessorStats",
+    "Rebuilt",
+    "RebuiltDecision",
     "Receipt",
     "ReceiptQuery",
     "ReceiptSpanProcessor",
     "ReceiptStore",
-    "Rebuilt",
-    "RebuiltDecision",
     "RollupRow",
     "SQLiteReceiptStore",
     "SpanFormatError",

@@ -53,7 +53,7 @@ class Receipt(_Model):
     complete: bool = True
 
     @classmethod
-    def from_decision(cls, decision: Decision) -> "Receipt":
+    def from_decision(cls, decision: Decision) -> Receipt:
         return cls(
             request_id=decision.request_id,
             trace_id=decision.trace_id,
@@ -149,7 +149,7 @@ class WorkflowReceipt(_Model):
         trace_id: str | None = None,
         *,
         finished: bool = True,
-    ) -> "WorkflowReceipt":
+    ) -> WorkflowReceipt:
         """``finished``: the workflow's root span was seen (in a receipts processor: and the workflow was finished)."""
         ordered = sorted(
             receipts,

@@ -15,8 +15,9 @@ import queue
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor
@@ -68,9 +69,9 @@ class ReceiptSpanProcessor(SpanProcessor):
 
     def __init__(
         self,
-        store: "ReceiptStore",
+        store: ReceiptStore,
         *,
-        catalogs: Iterable["Catalog"] = (),
+        catalogs: Iterable[Catalog] = (),
         max_pending_attempts: int = 10_000,
         max_queue: int = 10_000,
         batch_size: int = 256,
@@ -108,7 +109,7 @@ class ReceiptSpanProcessor(SpanProcessor):
     def on_end(self, span: ReadableSpan) -> None:
         try:
             self._on_end(span)
-        except Exception:  # noqa: BLE001 - telemetry never breaks a request
+        except Exception:
             self._count(lost=1, rebuild_errors=1)
             logger.debug("receipt processor: span %r dropped", getattr(span, "name", "?"), exc_info=True)
 
@@ -172,7 +173,7 @@ class ReceiptSpanProcessor(SpanProcessor):
     def _rebuild(self, span: ReadableSpan, attempts: list[ReadableSpan]) -> RebuiltDecision | None:
         try:
             decision = rebuild_from_readable(span, attempts)
-        except Exception:  # noqa: BLE001 - a damaged span loses its receipt, nothing else
+        except Exception:
             self._count(lost=1, rebuild_errors=1)
             logger.debug("receipt processor: decision span %r could not be rebuilt", span.name, exc_info=True)
             return None
@@ -187,7 +188,7 @@ class ReceiptSpanProcessor(SpanProcessor):
             try:
                 if self._drain():
                     return
-            except Exception:  # noqa: BLE001 - the writer thread outlives any one bad batch
+            except Exception:
                 logger.warning("receipt processor: writer error", exc_info=True)
 
     def _drain(self) -> bool:
@@ -226,7 +227,7 @@ class ReceiptSpanProcessor(SpanProcessor):
         try:
             self.store.put_rebuilt(batch)
             self._count(receipts_written=len(batch))
-        except Exception:  # noqa: BLE001 - a store that is down loses receipts, not requests
+        except Exception:
             self._count(lost=len(batch), write_errors=1)
             logger.warning(
                 "receipt store %s: %d receipts not written",
@@ -235,11 +236,11 @@ class ReceiptSpanProcessor(SpanProcessor):
                 exc_info=True,
             )
 
-    def _finish_workflow(self, w: "_WorkflowFinished") -> None:
+    def _finish_workflow(self, w: _WorkflowFinished) -> None:
         try:
             self.store.put_workflow(w.workflow_id, w.name, w.trace_id, finished=True)
             self._count(workflows_finished=1)
-        except Exception:  # noqa: BLE001 - a store that is down loses the mark, not requests
+        except Exception:
             self._count(lost=1, write_errors=1)
             logger.warning(
                 "receipt store %s: workflow %s not marked finished",

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .model import Receipt, WorkflowReceipt
 
@@ -138,7 +139,7 @@ def _pct_change(then: float | None, now: float | None) -> str:
     return f" ({'+' if change >= 0 else '−'}{abs(change):.0f}%)"
 
 
-def render_replay(result: "ReplayResult") -> str:
+def render_replay(result: ReplayResult) -> str:
     """What changed between the recorded decision and the same request decided today."""
     r = result.receipt
     verdict = "SAME decision today" if result.same else "DIFFERS today"
@@ -176,7 +177,7 @@ def render_replay(result: "ReplayResult") -> str:
     return "\n".join(lines)
 
 
-def render_rollup(rows: "Sequence[RollupRow]", by: str) -> str:
+def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
     """A table: decisions, fallback rate, cost, baseline cost and savings per policy, workflow or model, and a total."""
     if not rows:
         return f"no decisions to roll up by {by}"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..catalog.archive import CatalogArchive
@@ -231,7 +231,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 def parse_since(text: str, now: datetime | None = None) -> datetime:
     """``7d``, ``24h``, ``30m``, ``90s``, ``2w`` before now, or an ISO 8601 date or timestamp (UTC if no zone)."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     match = _DURATION.match(text)
     if match:
         return now - timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
@@ -241,4 +241,4 @@ def parse_since(text: str, now: datetime | None = None) -> datetime:
         raise UnhardcodedError(
             f"--since {text!r}: expected a duration like 7d, 24h, 30m or an ISO 8601 date/time"
         ) from None
-    return when if when.tzinfo else when.replace(tzinfo=timezone.utc)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)

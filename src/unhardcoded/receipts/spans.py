@@ -12,7 +12,8 @@ import base64
 import binascii
 import json
 import struct
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, NamedTuple, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._wire import varint
 from ..errors import UnhardcodedError
@@ -61,7 +62,7 @@ class SharedAttributes(dict):  # type: ignore[type-arg]
 class EventRecord:
     """A span event: name, time and attributes."""
 
-    __slots__ = ("name", "time_ns", "attributes")
+    __slots__ = ("attributes", "name", "time_ns")
 
     def __init__(self, name: str, time_ns: int, attributes: dict[str, Any]) -> None:
         self.name = name
@@ -76,19 +77,19 @@ class SpanRecord:
     """A finished span as the rebuild reads it: lowercase hex ids, OTLP kind and status numbers, plain values."""
 
     __slots__ = (
-        "trace_id",
-        "span_id",
-        "parent_span_id",
-        "name",
-        "kind",
-        "start_ns",
-        "end_ns",
         "attributes",
-        "events",
-        "status_code",
         "dropped_attributes",
         "dropped_events",
+        "end_ns",
+        "events",
+        "kind",
+        "name",
+        "parent_span_id",
         "service",
+        "span_id",
+        "start_ns",
+        "status_code",
+        "trace_id",
     )
 
     def __init__(

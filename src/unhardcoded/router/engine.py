@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections import OrderedDict
 import time
+from collections import OrderedDict
 from typing import Any
 
 from .._construct import construct, plain_fields
@@ -21,19 +21,19 @@ class _Survivor:
     """A model that passed every policy rule, with what per-request work needs, read once."""
 
     __slots__ = (
-        "model",
+        "context",
+        "head_rank",
         "id",
+        "max_out",
+        "model",
         "pin",
         "pout",
-        "tools",
-        "vision",
-        "context",
-        "max_out",
         "score",
         "static_key",
-        "head_rank",
         "tail_rank",
+        "tools",
         "tools_rejection",
+        "vision",
         "vision_rejection",
     )
 
@@ -100,7 +100,7 @@ class _Slate:
     so per-request rejections can be merged in without walking the whole catalog.
     """
 
-    __slots__ = ("survivors", "rejected", "positions", "ids", "min_context", "min_max_out")
+    __slots__ = ("ids", "min_context", "min_max_out", "positions", "rejected", "survivors")
 
     def __init__(
         self,

@@ -164,7 +164,7 @@ class _RedactingStream:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    def __aiter__(self) -> "_RedactingStream":
+    def __aiter__(self) -> _RedactingStream:
         return self
 
     async def __anext__(self) -> dict[str, Any]:

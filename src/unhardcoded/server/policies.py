@@ -7,8 +7,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from ..catalog.model import Catalog
 from ..errors import ConfigError, PolicyError
@@ -39,7 +40,7 @@ class PolicyDirectory:
             self._scanned_at = time.monotonic()
 
     @classmethod
-    def of(cls, policies: Mapping[str, Policy] | list[Policy], catalog: Catalog) -> "PolicyDirectory":
+    def of(cls, policies: Mapping[str, Policy] | list[Policy], catalog: Catalog) -> PolicyDirectory:
         """A fixed set of policies (no directory), for embedding and tests."""
         book = cls(None, catalog)
         items = policies.values() if isinstance(policies, Mapping) else policies

@@ -6,7 +6,8 @@ The library uses only the OpenTelemetry API. Applications with no SDK yet call
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from .decision import AttemptSpans, DecisionScope, RouterTelemetry
 from .layout import REJECTION_EVENT_LIMIT
@@ -48,11 +49,11 @@ def configure(
     resource_attributes: Mapping[str, Any] | None = None,
     traces: bool = True,
     metrics: bool = True,
-    span_exporter: "SpanExporter | None" = None,
-    metric_reader: "MetricReader | None" = None,
+    span_exporter: SpanExporter | None = None,
+    metric_reader: MetricReader | None = None,
     metric_export_interval_ms: float | None = None,
     set_global: bool = True,
-) -> "TelemetrySetup":
+) -> TelemetrySetup:
     """Install a TracerProvider and MeterProvider exporting over OTLP (per ``OTEL_*``) unless the app has its own.
 
     See :func:`unhardcoded.telemetry.setup.configure` for every option.

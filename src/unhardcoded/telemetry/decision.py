@@ -11,22 +11,23 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Mapping
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from ..router.attempts import PlannedAttempt
+from ..router.decision import iso_ms
 from ..router.observe import NO_OBSERVER, UNOBSERVED, AttemptObserver, ObservedDecision
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
 from .instruments import DecisionMetrics
 from .late import LateSpan, LateSpans
-from ..router.decision import iso_ms
 from .layout import PolicyLayout
 from .losses import count_error, count_loss
 from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
@@ -60,13 +61,13 @@ class RouterTelemetry:
     ) -> None:
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, VERSION, tracer_provider)
         self.metrics = DecisionMetrics(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider))
-        self._layouts: dict["CompiledPolicy", PolicyLayout] = {}
+        self._layouts: dict[CompiledPolicy, PolicyLayout] = {}
         self._tracer_noop = isinstance(self.tracer, trace.NoOpTracer)
         # The global proxy tracer is a no-op until an SDK provider is installed, then delegates to it.
         self._tracer_proxy = isinstance(self.tracer, trace.ProxyTracer)
         self.late = LateSpans(self.tracer)
 
-    def layout(self, compiled: "CompiledPolicy") -> PolicyLayout:
+    def layout(self, compiled: CompiledPolicy) -> PolicyLayout:
         layout = self._layouts.get(compiled)
         if layout is None:
             if len(self._layouts) >= _LAYOUTS_MAX:
@@ -80,7 +81,7 @@ class RouterTelemetry:
             return not isinstance(getattr(self.tracer, "_tracer", None), trace.NoOpTracer)
         return not self._tracer_noop
 
-    def decision(self, compiled: "CompiledPolicy", *, activate: bool = False, late: bool = False) -> ObservedDecision:
+    def decision(self, compiled: CompiledPolicy, *, activate: bool = False, late: bool = False) -> ObservedDecision:
         """Start the decision span now; ``activate`` makes it the current span until the scope finishes.
 
         Use as ``with telemetry.decision(compiled, activate=True) as scope: ...
@@ -103,19 +104,19 @@ class DecisionScope:
     """
 
     __slots__ = (
-        "telemetry",
-        "layout",
-        "span",
-        "recording",
-        "metered",
-        "start_ns",
+        "_observers",
+        "_pending",
         "_t0",
         "_token",
         "decision",
         "finished",
-        "_observers",
-        "_pending",
         "late",
+        "layout",
+        "metered",
+        "recording",
+        "span",
+        "start_ns",
+        "telemetry",
     )
 
     def __init__(self, telemetry: RouterTelemetry, layout: PolicyLayout, activate: bool, late: bool = False) -> None:
@@ -156,7 +157,7 @@ class DecisionScope:
         if activate:
             self._token = otel_context.attach(trace.set_span_in_context(self.span))
 
-    def __enter__(self) -> "DecisionScope":
+    def __enter__(self) -> DecisionScope:
         return self
 
     def __exit__(
@@ -165,7 +166,7 @@ class DecisionScope:
         if not self.finished:
             self._end(self.decision, exc if exc is not None else RuntimeError("decision scope left unfinished"))
 
-    def attempts(self, observer: AttemptObserver = NO_OBSERVER) -> "AttemptSpans":
+    def attempts(self, observer: AttemptObserver = NO_OBSERVER) -> AttemptSpans:
         """The cascade's observer: an attempt span per provider call (then ``observer``'s own hooks)."""
         spans = AttemptSpans(self, observer)
         if self._observers is None:
@@ -187,7 +188,7 @@ class DecisionScope:
         else:
             self._pending.append(record)
 
-    def stamp(self, decision: "Decision") -> None:
+    def stamp(self, decision: Decision) -> None:
         """Give the decision the span's trace and span ids and its start time as ``timestamp``."""
         if self.recording:
             ctx = self.span.get_span_context()
@@ -195,7 +196,7 @@ class DecisionScope:
             decision.span_id = format(ctx.span_id, "016x")
             decision.timestamp = iso_ms(self.start_ns)
 
-    def finish(self, decision: "Decision", *, later: list[Callable[[], None]] | None = None) -> None:
+    def finish(self, decision: Decision, *, later: list[Callable[[], None]] | None = None) -> None:
         """Record the decision on the span and in the metrics, and end the span.
 
         With ``later``, only what cannot wait happens now: the decision gets the
@@ -212,7 +213,7 @@ class DecisionScope:
             self.finished = True
 
     def _end(
-        self, decision: "Decision | None", error: BaseException | None, later: list[Callable[[], None]] | None = None
+        self, decision: Decision | None, error: BaseException | None, later: list[Callable[[], None]] | None = None
     ) -> None:
         self.finished = True
         duration_s = time.perf_counter() - self._t0
@@ -249,7 +250,7 @@ class DecisionScope:
 
     def _record_spans(
         self,
-        decision: "Decision | None",
+        decision: Decision | None,
         outcome: str,
         error: BaseException | None,
         duration_s: float,
@@ -272,7 +273,7 @@ class DecisionScope:
             except Exception:  # noqa: BLE001 - telemetry never breaks a request
                 count_error("recording a decision span")
 
-    def _record_metrics(self, decision: "Decision | None", outcome: str, duration_s: float, reactivate: bool) -> None:
+    def _record_metrics(self, decision: Decision | None, outcome: str, duration_s: float, reactivate: bool) -> None:
         """The decision metrics; ``reactivate`` makes the span current again meanwhile, as it was when the decision
         finished (metric exemplars point at it)."""
         if decision is not None and self.metered:
@@ -285,7 +286,7 @@ class DecisionScope:
                 if token is not None:
                     otel_context.detach(token)
 
-    def _record(self, decision: "Decision", outcome: str) -> None:
+    def _record(self, decision: Decision, outcome: str) -> None:
         span = self.span
         attrs, events, lost = self.layout.decision_attributes(decision, outcome)
         if lost:
@@ -335,7 +336,7 @@ def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]
 
 
 class _AttemptToken:
-    __slots__ = ("span", "late", "inner", "response_model", "t0")
+    __slots__ = ("inner", "late", "response_model", "span", "t0")
 
     def __init__(self, span: Span, inner: Any, late: LateSpan | None = None) -> None:
         self.span = span  # current during the call (for a late span, the context it will have)
@@ -372,7 +373,7 @@ class AttemptSpans(AttemptObserver):
             except Exception:  # noqa: BLE001
                 count_error("ending an abandoned attempt span")
 
-    def start(self, decision: "Decision", planned: PlannedAttempt) -> Any:
+    def start(self, decision: Decision, planned: PlannedAttempt) -> Any:
         span: Span = trace.INVALID_SPAN
         late = None
         try:
@@ -421,12 +422,12 @@ class AttemptSpans(AttemptObserver):
             count_error("injecting trace context into a provider call")
         return out
 
-    def answered(self, token: Any, result: "Answer") -> None:
+    def answered(self, token: Any, result: Answer) -> None:
         token.response_model = getattr(result, "response_model", None)
         if self.inner is not None:
             self.inner.answered(token.inner, result)
 
-    def end(self, token: Any, attempt: "Attempt", error: BaseException | None) -> None:
+    def end(self, token: Any, attempt: Attempt, error: BaseException | None) -> None:
         self._open.discard(token)
         # The span ends now; what it records is written when the decision is (see DecisionScope.finish).
         self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, time.time_ns()))
@@ -452,7 +453,7 @@ class _Current:
         otel_context.detach(self.token)
 
 
-def _end_attempt_span(token: _AttemptToken, attempt: "Attempt", response_model: str | None, end_ns: int) -> None:
+def _end_attempt_span(token: _AttemptToken, attempt: Attempt, response_model: str | None, end_ns: int) -> None:
     try:
         span = token.made()
         if span.is_recording():

@@ -63,7 +63,7 @@ class DecisionMetrics:
             self._sets[key] = attrs
         return attrs
 
-    def record(self, layout: "PolicyLayout", d: "Decision", outcome: str, duration_s: float) -> None:
+    def record(self, layout: PolicyLayout, d: Decision, outcome: str, duration_s: float) -> None:
         policy = layout.policy_name
         selected = d.selected.model if d.selected is not None else None
         answered = d.answered_by

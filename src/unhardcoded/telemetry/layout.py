@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from ..router.decision import iso_ms
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
@@ -37,7 +36,7 @@ def json_text(value: Any) -> tuple[str, bool]:
         return json.dumps(repr(value)), False
 
 
-def _event_attributes(r: "Rejection") -> tuple[dict[str, str], int]:
+def _event_attributes(r: Rejection) -> tuple[dict[str, str], int]:
     threshold, ok_t = json_text(r.threshold)
     observed, ok_o = json_text(r.observed)
     return {
@@ -51,7 +50,7 @@ def _event_attributes(r: "Rejection") -> tuple[dict[str, str], int]:
     }, (not ok_t) + (not ok_o)
 
 
-def _record_json(r: "Rejection") -> tuple[str, int]:
+def _record_json(r: Rejection) -> tuple[str, int]:
     record = {
         "model": r.model,
         "rule": r.rule,
@@ -67,7 +66,7 @@ def _record_json(r: "Rejection") -> tuple[str, int]:
         return json.dumps(record, separators=(",", ":"), ensure_ascii=False, default=repr), 1
 
 
-def workflow_attributes(w: "WorkflowRef") -> dict[str, Any]:
+def workflow_attributes(w: WorkflowRef) -> dict[str, Any]:
     attrs: dict[str, Any] = {A.UNHARDCODED_WORKFLOW_ID: w.id, A.UNHARDCODED_WORKFLOW_NAME: w.name}
     if w.node is not None:
         attrs[A.UNHARDCODED_WORKFLOW_NODE] = w.node
@@ -79,9 +78,9 @@ def workflow_attributes(w: "WorkflowRef") -> dict[str, Any]:
 class _Laid:
     """One rejection laid out: event attributes, JSON record, and how many of its values were not exact."""
 
-    __slots__ = ("event", "event_lost", "_record", "_record_lost", "_r")
+    __slots__ = ("_r", "_record", "_record_lost", "event", "event_lost")
 
-    def __init__(self, r: "Rejection") -> None:
+    def __init__(self, r: Rejection) -> None:
         self._r = r
         self.event, self.event_lost = _event_attributes(r)
         self._record: str | None = None
@@ -96,7 +95,7 @@ class _Laid:
 class PolicyLayout:
     """What every decision span of one compiled policy shares, laid out once."""
 
-    def __init__(self, compiled: "CompiledPolicy") -> None:
+    def __init__(self, compiled: CompiledPolicy) -> None:
         policy = compiled.policy
         self.compiled = compiled  # keeps the static rejections alive, so their ids stay theirs
         self.policy_name = policy.name
@@ -125,7 +124,7 @@ class PolicyLayout:
 
     # ---- rejections
 
-    def laid(self, r: "Rejection") -> _Laid:
+    def laid(self, r: Rejection) -> _Laid:
         key = id(r)
         hit = self._static.get(key)
         if hit is not None:
@@ -145,7 +144,7 @@ class PolicyLayout:
             hit = self._dynamic[vkey] = _Laid(r)
         return hit
 
-    def features_json(self, features: "RequestFeatures") -> str:
+    def features_json(self, features: RequestFeatures) -> str:
         key = tuple(features.__dict__.values())
         text = self._features.get(key)
         if text is None:
@@ -156,7 +155,7 @@ class PolicyLayout:
 
     # ---- the decision span
 
-    def decision_attributes(self, d: "Decision", outcome: str) -> tuple[dict[str, Any], list[dict[str, str]], int]:
+    def decision_attributes(self, d: Decision, outcome: str) -> tuple[dict[str, Any], list[dict[str, str]], int]:
         """Span attributes, rejection event attributes, and how many values could not be recorded exactly."""
         attrs: dict[str, Any] = {A.UNHARDCODED_REQUEST_FEATURES: self.features_json(d.features)}
         candidates = d.candidates

@@ -53,7 +53,7 @@ class _CountingSpanExporter(SpanExporter):
     def export(self, spans: Sequence[Any]) -> SpanExportResult:
         try:
             result = self.inner.export(spans)
-        except Exception:  # noqa: BLE001 - the SDK would log and drop them too; we count them
+        except Exception:
             logger.debug("span export failed", exc_info=True)
             result = SpanExportResult.FAILURE
         if result is not SpanExportResult.SUCCESS:
@@ -80,7 +80,7 @@ class _CountingMetricExporter(MetricExporter):
     def export(self, metrics_data: MetricsData, timeout_millis: float = 10_000, **kwargs: Any) -> MetricExportResult:
         try:
             result = self.inner.export(metrics_data, timeout_millis=timeout_millis, **kwargs)
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.debug("metric export failed", exc_info=True)
             result = MetricExportResult.FAILURE
         if result is not MetricExportResult.SUCCESS:

@@ -19,9 +19,10 @@ import inspect
 import logging
 import os
 import threading
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from opentelemetry import baggage, trace
 from opentelemetry import context as otel_context
@@ -32,8 +33,8 @@ from ..router.decision import WorkflowRef
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
-from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
 from .losses import count_error
+from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
 
 logger = logging.getLogger(__name__)
 
@@ -52,9 +53,9 @@ def new_workflow_id() -> str:
 class _Position:
     """Where the code runs: a workflow run and, inside a node, the node's name and step."""
 
-    __slots__ = ("run", "node", "step", "_ref")
+    __slots__ = ("_ref", "node", "run", "step")
 
-    def __init__(self, run: "workflow", node: str | None, step: int | None) -> None:
+    def __init__(self, run: workflow, node: str | None, step: int | None) -> None:
         self.run = run
         self.node = node
         self.step = step
@@ -82,7 +83,7 @@ def current_workflow() -> WorkflowRef | None:
     return None if run is None else WorkflowRef.model_construct(id=run.id, name=run.name, node=None, step=None)
 
 
-def current_run() -> "workflow | None":
+def current_run() -> workflow | None:
     """The current run: entered here, continued with :func:`continue_from`, or carried in the current context's baggage."""
     position = _CURRENT.get()
     if position is not None:
@@ -91,7 +92,7 @@ def current_run() -> "workflow | None":
     return workflow_from_context(otel_context.get_current())
 
 
-def workflow_from_context(ctx: Context, *, tracer_provider: trace.TracerProvider | None = None) -> "workflow | None":
+def workflow_from_context(ctx: Context, *, tracer_provider: trace.TracerProvider | None = None) -> workflow | None:
     """The run a context's baggage names (one started in another service), or None."""
     workflow_id = baggage.get_baggage(BAGGAGE_WORKFLOW_ID, ctx)
     if not isinstance(workflow_id, str) or not workflow_id:
@@ -108,7 +109,7 @@ def workflow_from_context(ctx: Context, *, tracer_provider: trace.TracerProvider
 class _Steps:
     """Node steps of one run: 0-based, in the order nodes start, shared by every thread and task of the run."""
 
-    __slots__ = ("_next", "_lock")
+    __slots__ = ("_lock", "_next")
 
     def __init__(self, first: int = 0) -> None:
         self._next = first
@@ -157,7 +158,7 @@ def _end_span(span: Span, error: BaseException | None) -> None:
 class _Scope:
     """What entering a run or node changed, undone on exit: the span, the OpenTelemetry context, the position."""
 
-    __slots__ = ("span", "_otel", "_position")
+    __slots__ = ("_otel", "_position", "span")
 
     def __init__(self, span: Span, ctx: Context, position: _Position) -> None:
         self.span = span
@@ -184,7 +185,7 @@ class Node:
     runs its code: no span, and decisions in it carry no workflow.
     """
 
-    def __init__(self, name: str, run: "workflow | None" = None) -> None:
+    def __init__(self, name: str, run: workflow | None = None) -> None:
         if not isinstance(name, str) or not name:
             raise ValueError("a workflow node needs a non-empty name")
         self.name = name
@@ -196,7 +197,7 @@ class Node:
     def __call__(self, fn: F) -> F:
         return _decorate(fn, lambda: Node(self.name, self.run))
 
-    def __enter__(self) -> "Node":
+    def __enter__(self) -> Node:
         if self._used:
             raise RuntimeError(f"node {self.name!r} was already entered; make a new one per use (wf.node(...))")
         self._used = True
@@ -232,7 +233,7 @@ class Node:
         if scope is not None:
             scope.close(exc)
 
-    async def __aenter__(self) -> "Node":
+    async def __aenter__(self) -> Node:
         return self.__enter__()
 
     async def __aexit__(
@@ -248,7 +249,7 @@ class Node:
 class _NodeFactory:
     """``workflow.node(name)``: a node of whichever run is current when it starts; ``wf.node(name)``: a node of ``wf``."""
 
-    def __get__(self, instance: "workflow | None", owner: type) -> Callable[[str], Node]:
+    def __get__(self, instance: workflow | None, owner: type) -> Callable[[str], Node]:
         if instance is None:
             return Node
         return functools.partial(Node, run=instance)
@@ -285,7 +286,7 @@ class workflow:
     @classmethod
     def _continued(
         cls, workflow_id: str, name: str, first_step: int, tracer_provider: trace.TracerProvider | None
-    ) -> "workflow":
+    ) -> workflow:
         """A run started by another service: its nodes here number on from ``first_step``."""
         run = cls.__new__(cls)
         run.name = name
@@ -322,7 +323,7 @@ class workflow:
         fixed = self.id if self._fixed_id else None
         return _decorate(fn, lambda: workflow(self.name, id=fixed, tracer_provider=self._tracer_provider))
 
-    def __enter__(self) -> "workflow":
+    def __enter__(self) -> workflow:
         if self._state != "new":
             raise RuntimeError(
                 f"workflow {self.name!r} run {self.id} was already started; use a new workflow(...) per run"
@@ -351,7 +352,7 @@ class workflow:
         if scope is not None:
             scope.close(exc)
 
-    async def __aenter__(self) -> "workflow":
+    async def __aenter__(self) -> workflow:
         return self.__enter__()
 
     async def __aexit__(
