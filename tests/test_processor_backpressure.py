@@ -26,9 +26,9 @@ from processor_fixtures import decisions_with_spans, free_port
 from unhardcoded.processor.api import Settings, build_app
 from unhardcoded.processor.grpc_server import start_grpc_server
 from unhardcoded.processor.metrics import ProcessorMetrics
-from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
-from unhardcoded.receipts.stores import SQLiteSpool
+from unhardcoded.processor.service import ProcessorConfig, ProcessorEngine
 from unhardcoded.receipts import Receipt, SQLiteReceiptStore
+from unhardcoded.receipts.stores import SQLiteSpool
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -39,7 +39,7 @@ class Served:
         self.store = SQLiteReceiptStore(self.db)
         self.spool = SQLiteSpool(self.db, timeout_s=0.3)
         cfg = ProcessorConfig(wait_window_s=0.5, retry_after_s=1.0, **config)
-        self.processor = ReceiptsProcessor(self.store, self.spool, cfg, ProcessorMetrics())
+        self.processor = ProcessorEngine(self.store, self.spool, cfg, ProcessorMetrics())
         self.processor.start()
         self.port = free_port()
         self.server = uvicorn.Server(

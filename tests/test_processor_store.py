@@ -24,9 +24,9 @@ from processor_fixtures import (
 )
 from unhardcoded.processor.metrics import ProcessorMetrics
 from unhardcoded.processor.otlp import classify, parse_protobuf
-from unhardcoded.processor.service import ProcessorConfig, ReceiptsProcessor
-from unhardcoded.receipts.stores import open_store_and_spool
+from unhardcoded.processor.service import ProcessorConfig, ProcessorEngine
 from unhardcoded.receipts import Receipt, ReceiptQuery, WorkflowReceipt
+from unhardcoded.receipts.stores import open_store_and_spool
 
 PB = {"Content-Type": "application/x-protobuf"}
 
@@ -232,7 +232,7 @@ def test_the_processor_on_each_store_survives_a_restart(store_url):
     decision_ids = {s.span_id for s in ours if s.role == "decision"}
     store, spool = open_store_and_spool(store_url)
     cfg = ProcessorConfig(wait_window_s=30, owner="one")
-    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p = ProcessorEngine(store, spool, cfg, ProcessorMetrics())
     p.start()
     p.submit([s for s in ours if s.span_id not in decision_ids]).result(10)  # attempts only: nothing can finish
     assert p.drain()
@@ -240,7 +240,7 @@ def test_the_processor_on_each_store_survives_a_restart(store_url):
     store.close()
     spool.close()
     store, spool = open_store_and_spool(store_url)  # a new process, as after a crash: pending spans are picked up
-    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p = ProcessorEngine(store, spool, cfg, ProcessorMetrics())
     p.start()
     assert p.stats()["recovered_spans"] == len(ours) - len(decision_ids)
     p.submit([s for s in ours if s.span_id in decision_ids]).result(10)
@@ -264,7 +264,7 @@ def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across
     )
     cfg = ProcessorConfig(wait_window_s=60, owner="one")
     store, spool = open_store_and_spool(store_url)
-    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p = ProcessorEngine(store, spool, cfg, ProcessorMetrics())
     p.start()
     p.submit(first).result(10)
     assert p.drain()
@@ -275,7 +275,7 @@ def test_a_workflow_is_finished_after_its_pending_nodes_on_each_store_and_across
     store.close()
     spool.close()
     store, spool = open_store_and_spool(store_url)  # restarted: the root and the held node are picked up, still waiting
-    p = ReceiptsProcessor(store, spool, cfg, ProcessorMetrics())
+    p = ProcessorEngine(store, spool, cfg, ProcessorMetrics())
     p.start()
     assert p.stats()["recovered_spans"] >= 2
     assert p.drain() and store.workflow("wf_engine").still_open

@@ -16,10 +16,10 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import (
@@ -34,8 +34,8 @@ from apps.proxy_harness import (
     providers_for,
     serving,
 )
-from unhardcoded.catalog import Catalog
 from unhardcoded import cli
+from unhardcoded.catalog import Catalog
 from unhardcoded.receipts.model import RECEIPT_SCHEMA, Receipt
 from unhardcoded.router import Router
 from unhardcoded.router.cascade import AttemptObserver
@@ -136,9 +136,9 @@ def test_policy_directory(simulated_provider: Any, tmp_path: Path) -> None:
 
 
 def test_receipt_from_the_store(simulated_provider: Any) -> None:
-    from unhardcoded.receipts.stores import open_store
     from unhardcoded.policy import load_policy_file
-    from unhardcoded.policies import builtin_policy_dir
+    from unhardcoded.policy.builtin import builtin_policy_dir
+    from unhardcoded.receipts.stores import open_store
 
     store = open_store()
     policy = load_policy_file(builtin_policy_dir() / "support.yaml")
@@ -156,7 +156,7 @@ def test_receipt_from_the_store(simulated_provider: Any) -> None:
 
 def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(simulated_provider: Any) -> None:
     from unhardcoded.policy import load_policy_file
-    from unhardcoded.policies import builtin_policy_dir
+    from unhardcoded.policy.builtin import builtin_policy_dir
     from unhardcoded.server import RecentDecisions
 
     sims = catalog_simulators(simulated_provider)
@@ -268,7 +268,7 @@ class _Watched:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    def __aiter__(self) -> "_Watched":
+    def __aiter__(self) -> _Watched:
         return self
 
     async def __anext__(self) -> Any:
@@ -309,11 +309,10 @@ def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider:
     client = WatchedStreams(providers_for(sims, timeout_s=2.0))
     hooks = HookLog()
     router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
-    with serving(create_app(router, default_policy="support", tracer_provider=provider)) as server:
-        with httpx.stream(
-            "POST", f"{server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
-        ) as r:
-            text = r.read().decode()
+    with serving(create_app(router, default_policy="support", tracer_provider=provider)) as server, httpx.stream(
+        "POST", f"{server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
+    ) as r:
+        text = r.read().decode()
     client.close()
     assert r.status_code == 200 and text.rstrip().endswith("data: [DONE]")
 
@@ -496,7 +495,7 @@ def test_canary_key_never_leaves_the_provider_call(
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     sims = catalog_simulators(simulated_provider)
-    keys = {name: "CANARY_KEY" for name in sims}
+    keys = dict.fromkeys(sims, "CANARY_KEY")
     client = ProviderClient(providers_for(sims, timeout_s=2.0, api_key_env=keys))
     app = create_app(traced_router(client, provider), default_policy="support", tracer_provider=provider)
     stack_sims = sims
@@ -636,8 +635,8 @@ def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pyt
         proc.terminate()
         out, err = proc.communicate(timeout=20)
     # uvicorn's access log line, written by the proxy once each request is over; it names no key.
-    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "POST /v1/chat/completions HTTP/1\.1" 200 OK$', out, re.M), out
-    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /x/receipts/req_\w+ HTTP/1\.1" 200 OK$', out, re.M), out
+    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "POST /v1/chat/completions HTTP/1\.1" 200 OK$', out, re.MULTILINE), out
+    assert re.search(r'^INFO: +127\.0\.0\.1:\d+ - "GET /x/receipts/req_\w+ HTTP/1\.1" 200 OK$', out, re.MULTILINE), out
     assert out.count('"POST /v1/chat/completions HTTP/1.1"') == 2  # once each, not also uvicorn's own line
     assert CANARY not in out + err
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .catalog import Catalog
-from .policies import builtin_policy_dir
 from .policy import Policy, load_policy_file
+from .policy.builtin import builtin_policy_dir
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource

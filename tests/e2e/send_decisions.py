@@ -16,7 +16,7 @@ import sys
 from contextlib import ExitStack
 
 from unhardcoded.catalog import Catalog
-from unhardcoded.policies import builtin_policy_dir
+from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
 from unhardcoded.router import ProviderClient, ProvidersConfig, Router
 from unhardcoded.simulator import SimulatedProvider, error

@@ -34,7 +34,7 @@ import yaml
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.cli import main as cli_main
-from unhardcoded.policies import builtin_policy_dir
+from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
 from unhardcoded.receipts.backends import JaegerSource, TempoSource
 from unhardcoded.simulator import SimulatedProvider, cut_after_tokens, error, ok

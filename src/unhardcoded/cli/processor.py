@@ -241,7 +241,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
     from ..processor.api import Settings, build_app
     from ..processor.forward import Forwarder, RetryPolicy
     from ..processor.metrics import ProcessorMetrics, configure_meter_provider
-    from ..processor.service import ProcessorConfig, ReceiptsProcessor
+    from ..processor.service import ProcessorConfig, ProcessorEngine
 
     for name, value in (("--wait-window", args.wait_window), ("--late-window", args.late_window)):
         if not value >= 0:
@@ -289,7 +289,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
         max_queue_spans=args.max_queue_spans,
         owner=owner,
     )
-    processor = ReceiptsProcessor(store, spool, config, metrics, forwarder)
+    processor = ProcessorEngine(store, spool, config, metrics, forwarder)
     grpc_server = None
     try:
         processor.start()

@@ -87,7 +87,7 @@ def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> Telemetry
     setup = configure("unhardcoded-proxy")
     provider = setup.tracer_provider
     if store is not None and isinstance(provider, TracerProvider):
-        from ..receipts.processor import ReceiptSpanProcessor
+        from ..receipts.span_processor import ReceiptSpanProcessor
 
         provider.add_span_processor(ReceiptSpanProcessor(store, catalogs=[catalog]))
         return _FlushReceipts(setup, provider)

@@ -4,6 +4,6 @@ Run it with `unhardcoded processor`; query it from Python with :class:`Processor
 """
 
 from .client import ProcessorError, ProcessorSource
-from .service import Backpressure, ProcessorConfig, ReceiptsProcessor
+from .service import Backpressure, ProcessorConfig, ProcessorEngine
 
-__all__ = ["Backpressure", "ProcessorConfig", "ProcessorError", "ProcessorSource", "ReceiptsProcessor"]
+__all__ = ["Backpressure", "ProcessorConfig", "ProcessorEngine", "ProcessorError", "ProcessorSource"]

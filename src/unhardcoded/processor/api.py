@@ -37,7 +37,7 @@ from .service import Backpressure
 
 if TYPE_CHECKING:
     from ..receipts.stores import ReceiptStore
-    from .service import ReceiptsProcessor
+    from .service import ProcessorEngine
 
 access_log = logging.getLogger(__name__ + ".access")
 
@@ -152,7 +152,7 @@ def _bool(text: str | None, name: str) -> bool | None:
 # --------------------------------------------------------------------------- the app
 
 
-def build_app(processor: ReceiptsProcessor | None, store: ReceiptStore, settings: Settings = Settings()) -> Starlette:
+def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: Settings = Settings()) -> Starlette:
     """The Starlette app; ``processor`` None serves queries only (no ingest)."""
     from . import openapi, pages
 

@@ -25,7 +25,7 @@ from .api import token_matches
 from .service import Backpressure
 
 if TYPE_CHECKING:
-    from .service import ReceiptsProcessor
+    from .service import ProcessorEngine
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def _abort(
 
 
 class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, processor: ReceiptsProcessor, token: str | None, ack_timeout_s: float) -> None:
+    def __init__(self, processor: ProcessorEngine, token: str | None, ack_timeout_s: float) -> None:
         self.processor = processor
         self.token = token
         self.ack_timeout_s = ack_timeout_s
@@ -103,7 +103,7 @@ class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
 
 
 def start_grpc_server(
-    processor: ReceiptsProcessor,
+    processor: ProcessorEngine,
     host: str,
     port: int,
     *,

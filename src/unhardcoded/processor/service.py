@@ -1,7 +1,7 @@
 """The processor's engine: exports are decoded, spooled (then acknowledged), assembled, rebuilt and stored, on one thread.
 
 Both front doors (OTLP/HTTP and OTLP/gRPC) hand an export's body, as it came
-(inflated and size-checked), to :meth:`ReceiptsProcessor.submit_export` and wait
+(inflated and size-checked), to :meth:`ProcessorEngine.submit_export` and wait
 for its future: it resolves once the export's spans are in the spool, so an
 acknowledged export survives ``kill -9``. The worker decodes the body itself:
 a front door decoding the next export while the worker finishes the last one
@@ -89,7 +89,7 @@ class _Export:
 _STOP = object()
 
 
-class ReceiptsProcessor:
+class ProcessorEngine:
     def __init__(
         self,
         store: ReceiptStore,

@@ -31,9 +31,9 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # the processor needs the OpenTelemetry SDK: imported only when asked for
+def __getattr__(name: str):  # the span processor needs the OpenTelemetry SDK: imported only when asked for
     if name in ("ReceiptSpanProcessor", "ProcessorStats"):
-        from . import processor
+        from . import span_processor
 
-        return getattr(processor, name)
+        return getattr(span_processor, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

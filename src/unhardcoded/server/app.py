@@ -19,7 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog.model import Catalog
 from ..errors import NoCandidateError
-from ..policies import builtin_policy_dir
+from ..policy.builtin import builtin_policy_dir
 from ..policy.model import Policy
 from ..receipts.model import Receipt
 from ..router import Router

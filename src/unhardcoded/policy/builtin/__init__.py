@@ -7,4 +7,5 @@ from pathlib import Path
 
 
 def builtin_policy_dir() -> Path:
-    return Path(str(resources.files("unhardcoded.policies")))
+    """The directory holding the built-in policies (``support.yaml``, ``triage.yaml``)."""
+    return Path(str(resources.files(__name__)))
