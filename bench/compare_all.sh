@@ -37,7 +37,7 @@ elif [[ -n $QUICK ]]; then
   exit 2
 else
   DECISION=(--sizes 50,100,500,1000 --iterations 5000 --budget 5 --compare-rounds 5)
-  TELEMETRY=(--iterations 5000 --rounds 7 --compare-rounds 5)
+  TELEMETRY=(--iterations 3000 --rounds 5 --compare-rounds 5)
   REBUILD=(--decisions 3000 --rounds 5 --compare-rounds 5)
   PROCESSOR=(--decisions 3000 --pending 100000 --rounds 3)
   PROXY=(--seconds 30 --rounds 5 --rates 50,200)
