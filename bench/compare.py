@@ -57,8 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compare",
         metavar="TREE",
-        help="also run this benchmark on another source tree (its root, e.g. a checkout of an older commit, or its "
-        "src/ directory), each run in a process of its own, alternating with this tree's; print both and the ratio",
+        help="run this benchmark on this tree and on another (its root, e.g. a checkout of an older commit, or its "
+        "src/ directory), each run in a process of its own, taking turns; print both trees' figures and their ratio",
     )
     parser.add_argument(
         "--compare-rounds",
@@ -165,6 +165,8 @@ def compare(
 ) -> int:
     """Run the benchmark ``rounds`` times on each tree, alternating, and print the table; the number of figures on
     which this tree is worse than the other by more than WITHIN."""
+    if rounds < 1:
+        raise SystemExit(f"--compare-rounds must be at least 1, not {rounds}")
     script = Path(script).resolve()
     trees = {"this": tree_src(ROOT), "that": tree_src(other)}
     if trees["this"] == trees["that"]:
@@ -173,7 +175,7 @@ def compare(
     info: dict[str, object] = {}
     load_before = _load()
     started = time.perf_counter()
-    for i in range(max(1, rounds)):
+    for i in range(rounds):
         # ABBA order: whichever tree went second in one round goes first in the next.
         for name in ("this", "that") if i % 2 == 0 else ("that", "this"):
             t0 = time.perf_counter()
