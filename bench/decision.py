@@ -24,6 +24,7 @@ LiteLLM's own published figures: 0.58 ms at 100 deployments, 15 ms at 500.
     pip install -e '.[bench]' && python bench/decision.py
     python bench/decision.py --quick
     python bench/decision.py --sizes 100,1000 --iterations 5000 [--budget 15] [--require-litellm] [--check]
+    python bench/decision.py --compare ../base --no-litellm   # ours on this tree and on another, alternating
 
 Targets (issue 2): p50 <= 50 us at 100 models and <= 0.5 ms at 1000, growing
 linearly with the catalog, and ahead of LiteLLM at every size.
@@ -39,16 +40,18 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # LiteLLM reads these at import time: no remote cost map, no telemetry, quiet logs.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
 
-from unhardcoded.catalog import Catalog  # noqa: E402
-from unhardcoded.policy import validate_policy  # noqa: E402
-from unhardcoded.router import Router, features_from_request  # noqa: E402
+import compare
+from unhardcoded.catalog import Catalog
+from unhardcoded.policy import validate_policy
+from unhardcoded.router import Router, features_from_request
 
 DEFAULT_SIZES = (50, 100, 500, 1000)
 TARGET_P50_NS = {100: 50_000, 1000: 500_000}
@@ -215,7 +218,7 @@ def make_requests(n: int = 64, seed: int = 3) -> list[dict[str, Any]]:
 
 def percentile(sorted_ns: list[int], q: float) -> int:
     """Nearest-rank percentile of already sorted samples."""
-    k = max(0, min(len(sorted_ns) - 1, int(round(q / 100 * len(sorted_ns) + 0.5)) - 1))
+    k = max(0, min(len(sorted_ns) - 1, round(q / 100 * len(sorted_ns) + 0.5) - 1))
     return sorted_ns[k]
 
 
@@ -276,7 +279,7 @@ MIN_SAMPLES = 100
 
 def measure(
     timers: dict[str, Timed], iterations: int, warmup: int, budget_s: float, rounds: int = 10
-) -> dict[str, tuple[int, int]]:
+) -> dict[str, tuple[int, int, int]]:
     """Warm every timer up, then take up to ``iterations`` samples of each, interleaved in ``rounds`` so that
     a change in machine load over the run is shared by every router instead of landing on one.
 
@@ -298,7 +301,7 @@ def measure(
                 t.run(n)
     for t in timers.values():
         t.close()
-    return {name: (*t.p50_p99(), len(t.samples)) for name, t in timers.items()}  # type: ignore[misc]
+    return {name: (*t.p50_p99(), len(t.samples)) for name, t in timers.items()}
 
 
 # -- ours -----------------------------------------------------------------------------------
@@ -311,7 +314,8 @@ class Ours:
         self.router = Router(self.catalog)
         self.bodies = bodies
         compiled = self.router.compile(self.policy)  # compiled once, then reused by every decide
-        self.static_survivors = sum(s is not None for s in compiled.survivors)
+        # `survivors` is the compiled policy's own; a tree without it (run by --compare) just prints no count.
+        self.static_survivors = sum(s is not None for s in getattr(compiled, "survivors", ()))
         decisions = [self.router.decide(self.policy, b) for b in bodies]
         self.mean_candidates = sum(len(d.candidates) for d in decisions) / len(decisions)
         assert all(d.selected is not None for d in decisions), "every synthetic request should have a winner"
@@ -344,22 +348,20 @@ def import_litellm() -> tuple[Any, str | None]:
 
 def litellm_model_list(catalog_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One deployment per catalog model in one model group, priced as the catalog prices it; never called."""
-    out = []
-    for m in catalog_doc["models"]:
-        out.append(
-            {
-                "model_name": MODEL_GROUP,
-                "litellm_params": {
-                    "model": f"openai/{m['id']}",
-                    "api_key": "sk-bench-not-a-key",
-                    "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
-                    "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
-                    "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
-                },
-                "model_info": {"id": m["id"]},
-            }
-        )
-    return out
+    return [
+        {
+            "model_name": MODEL_GROUP,
+            "litellm_params": {
+                "model": f"openai/{m['id']}",
+                "api_key": "sk-bench-not-a-key",
+                "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
+                "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
+                "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
+            },
+            "model_info": {"id": m["id"]},
+        }
+        for m in catalog_doc["models"]
+    ]
 
 
 LITELLM_STRATEGIES = ("simple-shuffle", "latency-based-routing", "cost-based-routing")
@@ -396,7 +398,10 @@ def fmt(ns: int | None) -> str:
 
 def table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    line = lambda cells: "  ".join(c.rjust(w) for c, w in zip(cells, widths))  # noqa: E731
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) for c, w in zip(cells, widths))
+
     return "\n".join([line(header), line(["-" * w for w in widths]), *(line(r) for r in rows)])
 
 
@@ -416,11 +421,14 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="seconds of timed calls per size and router, at most (default 15, --quick 3); "
-        "a slower router gets fewer calls, never under %d" % MIN_SAMPLES,
+        f"a slower router gets fewer calls, never under {MIN_SAMPLES}",
     )
     ap.add_argument("--no-litellm", action="store_true", help="time ours only")
     ap.add_argument("--require-litellm", action="store_true", help="exit 2 if LiteLLM cannot be imported")
-    ap.add_argument("--check", action="store_true", help="exit 1 if a target is missed")
+    ap.add_argument(
+        "--check", action="store_true", help="exit 1 if a target is missed (with --compare: if a figure is worse)"
+    )
+    compare.add_arguments(ap)
     args = ap.parse_args(argv)
     try:
         sizes = sorted({int(s) for s in args.sizes.split(",") if s.strip()})
@@ -436,6 +444,10 @@ def main(argv: list[str] | None = None) -> int:
     if budget <= 0:
         ap.error("--budget must be positive")
     strategies = LITELLM_STRATEGIES[:1] if args.quick else LITELLM_STRATEGIES
+    if args.child:
+        return _child(sizes, iterations, warmup, budget)
+    if args.compare:
+        return _compare(args, sizes, iterations, budget)
 
     litellm, why = (None, "--no-litellm") if args.no_litellm else import_litellm()
     if litellm is None:
@@ -575,6 +587,29 @@ def main(argv: list[str] | None = None) -> int:
     else:
         verdict(None, "ahead of LiteLLM at every size: LiteLLM not available")
     return 1 if (args.check and missed) else 0
+
+
+def _child(sizes: list[int], iterations: int, warmup: int, budget: float) -> int:
+    """One run of ours (both columns) on whatever tree is on the path, for --compare; no LiteLLM."""
+    bodies = make_requests()
+    figures = {}
+    for size in sizes:
+        o = Ours(make_catalog_document(size), bodies)
+        results = measure({"ours": Timed(o.call), "router": Timed(o.call_router)}, iterations, warmup, budget)
+        figures[f"ours_{size}"] = results["ours"][0] / 1_000
+        figures[f"router_{size}"] = results["router"][0] / 1_000
+    compare.report(figures, calls=f"up to {iterations} timed per size and column after {warmup} warm-up")
+    return 0
+
+
+def _compare(args: argparse.Namespace, sizes: list[int], iterations: int, budget: float) -> int:
+    figures = []
+    for size in sizes:
+        figures.append(compare.Figure(f"ours_{size}", f"CompiledPolicy.decide p50, {size} models", "us"))
+        figures.append(compare.Figure(f"router_{size}", f"Router.decide p50, {size} models", "us"))
+    argv = ["--sizes", ",".join(map(str, sizes)), "--iterations", str(iterations), "--budget", f"{budget:g}"]
+    worse = compare.compare("decision time", __file__, argv, args.compare, figures, args.compare_rounds)
+    return 1 if (args.check and worse) else 0
 
 
 def _load() -> str:

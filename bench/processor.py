@@ -18,10 +18,12 @@ Memory: 100,000 decision spans whose attempt spans never come (so every
 receipt stays pending for the wait window), then the processor's RSS. Target:
 <= 300 MB.
 
-    python bench/processor.py [--decisions 4000] [--pending 100000] [--rounds 3] [--against OTHER/src]
+    python bench/processor.py [--decisions 4000] [--pending 100000] [--rounds 3] [--against OTHER]
 
 With --against, every throughput run is paired with a run of the processor
-from another tree (its ``src`` directory put on PYTHONPATH), back to back, and
+from another tree (its root or its ``src`` directory; that ``src`` is put first
+on PYTHONPATH, as this tree's is for its own runs), back to back, the two
+taking turns at going first, and
 each row also prints the other tree's median and the geometric mean of the
 pairs' ratios: on a shared VM only such same-sitting pairs tell a few percent
 apart.
@@ -38,6 +40,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -46,6 +49,7 @@ import grpc  # noqa: E402
 import httpx  # noqa: E402
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest  # noqa: E402
 
+import compare  # noqa: E402  (bench/ is on the path when a script runs)
 from fixtures import span_layout as L  # noqa: E402
 from processor_fixtures import ProcessorProcess, decisions_with_spans  # noqa: E402
 from unhardcoded.semconv import attributes as A  # noqa: E402
@@ -67,12 +71,9 @@ def rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def exports(spans: list, seed: int) -> list[bytes]:
+def exports(spans: list[Any], seed: int) -> list[bytes]:
     spans = list(spans)
-    out = []
-    for i in range(0, len(spans), EXPORT_SPANS):
-        out.append(L.otlp_bytes(spans[i : i + EXPORT_SPANS]))
-    return out
+    return [L.otlp_bytes(spans[i : i + EXPORT_SPANS]) for i in range(0, len(spans), EXPORT_SPANS)]
 
 
 def wait_finished(p: ProcessorProcess, receipts: int, timeout_s: float = 300) -> None:
@@ -101,10 +102,10 @@ def run_grpc(p: ProcessorProcess, payloads: list[bytes]) -> None:
 
 
 def throughput(
-    transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path, pythonpath: str | None = None
+    transport: str, payloads: list[bytes], spans: int, receipts: int, tmp: Path, src: Path
 ) -> tuple[float, float]:
     tmp.mkdir(parents=True, exist_ok=True)
-    env = {"PYTHONPATH": pythonpath} if pythonpath else None
+    env = compare.child_env(src)
     p = ProcessorProcess(
         str(tmp / "receipts.db"), "--no-access-log", "--wait-window", "5", env=env, log=tmp / "processor.log"
     ).start()
@@ -126,7 +127,7 @@ def throughput(
 
 def pending_payloads(n: int, seed: int) -> list[bytes]:
     """``n`` decision spans (copies of real ones, each its own trace and request) whose attempts never come."""
-    ds, spans = decisions_with_spans(200, seed=seed, hops=1)
+    _, spans = decisions_with_spans(200, seed=seed, hops=1)
     template = ExportTraceServiceRequest.FromString(
         L.otlp_bytes([s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes])
     )
@@ -154,7 +155,7 @@ def pending_payloads(n: int, seed: int) -> list[bytes]:
     return out
 
 
-def memory(n: int, tmp: Path) -> float:
+def memory(n: int, tmp: Path, src: Path) -> float:
     p = ProcessorProcess(
         str(tmp / "pending.db"),
         "--no-access-log",
@@ -162,6 +163,7 @@ def memory(n: int, tmp: Path) -> float:
         "3600",
         "--max-pending-spans",
         str(n * 2),
+        env=compare.child_env(src),
         log=tmp / "pending.log",
     ).start()
     try:
@@ -191,8 +193,13 @@ def main() -> int:
     ap.add_argument("--decisions", type=int, default=4000)
     ap.add_argument("--pending", type=int, default=100_000)
     ap.add_argument("--rounds", type=int, default=3, help="runs per transport and order; the median is reported")
-    ap.add_argument("--against", metavar="SRC", help="another tree's src directory: pair every run with one of it")
+    ap.add_argument(
+        "--against", metavar="TREE", help="another tree (its root or its src directory): pair every run with one of it"
+    )
     args = ap.parse_args()
+    # Both trees' processors run with their src first on PYTHONPATH: an installed unhardcoded is neither.
+    this = compare.tree_src(ROOT)
+    that = compare.tree_src(args.against) if args.against else None
     print(f"making {args.decisions} decisions ...", file=sys.stderr)
     ds, spans = decisions_with_spans(args.decisions, seed=3)
     scattered = list(spans)
@@ -211,27 +218,24 @@ def main() -> int:
         f"median of {args.rounds} runs each; load average {os.getloadavg()[0]:.1f}; "
         f"reference loop {reference_loop_s():.2f} s CPU (smaller is a faster machine)"
     )
+    print(f"this tree: {this.parent}  [{compare.git_head(this.parent)}]")
+    if that is not None:
+        print(f"against:   {that.parent}  [{compare.git_head(that.parent)}]")
     ok = True
     with tempfile.TemporaryDirectory(prefix="unhardcoded-bench-") as d:
         tmp = Path(d)
         for order, payloads in orders.items():
             for transport in ("http", "grpc"):
-                runs, others = [], []
+                runs: list[tuple[float, float]] = []
+                others: list[tuple[float, float]] = []
                 for i in range(args.rounds):
-                    if args.against:
-                        others.append(
-                            throughput(
-                                transport,
-                                payloads,
-                                len(spans),
-                                len(ds),
-                                tmp / f"o{order[:3]}{transport}{i}",
-                                str(Path(args.against).resolve()),
-                            )
-                        )
-                    runs.append(
-                        throughput(transport, payloads, len(spans), len(ds), tmp / f"{order[:3]}{transport}{i}")
-                    )
+                    # The two trees take turns at going first, so neither always runs on a machine the other warmed.
+                    for tree in (this, that) if i % 2 else (that, this):
+                        if tree is None:
+                            continue
+                        name = f"{'o' if tree is that else ''}{order[:3]}{transport}{i}"
+                        result = throughput(transport, payloads, len(spans), len(ds), tmp / name, tree)
+                        (others if tree is that else runs).append(result)
                 per_core = statistics.median(r[0] for r in runs)
                 wall = statistics.median(r[1] for r in runs)
                 verdict = "ok" if per_core >= TARGET_SPANS_PER_CORE else "BELOW TARGET"
@@ -247,7 +251,7 @@ def main() -> int:
                         f"  against {args.against}: {statistics.median(o[0] for o in others):>9,.0f} spans/s per core;"
                         f" this / that, paired: {geomean:.3f} (geometric mean), {sum(r > 1 for r in ratios)} of {len(ratios)} faster"
                     )
-        mb = memory(args.pending, tmp)
+        mb = memory(args.pending, tmp, this)
         verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
         ok &= mb <= TARGET_RSS_MB
         print(f"RSS at {args.pending:,} pending spans: {mb:,.0f} MB   target <= {TARGET_RSS_MB} MB: {verdict}")

@@ -10,6 +10,10 @@ service's do: their rejection events repeat, and the rebuild reads a repeated
 event once (the first pass, with that cache empty, is reported too).
 
     python bench/rebuild.py [--decisions 3000] [--rounds 5]
+    python bench/rebuild.py --compare ../base [--compare-rounds 3]   # this tree and another, alternating
+
+With --compare the payloads are made once, by this tree, and each run (on this tree or the other, in a process of
+its own) reads them from a file: both trees rebuild the same bytes, and a run imports only ``rebuild_receipts``.
 
 The reference point: the OpenTelemetry Collector's published sizing is about
 10-15k spans/s per core for forwarding alone, so rebuilding has to keep up
@@ -20,30 +24,34 @@ from __future__ import annotations
 
 import argparse
 import os
+import pickle
 import random
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+# bench/ is on the path when a script runs. The timed part needs only the package's public rebuild_receipts;
+# making the payloads needs more, and is done by this tree alone (see payloads()).
+import compare
+from unhardcoded.receipts import rebuild_receipts
+from workload import POLICY
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))  # the span layout written out by hand (fixtures/span_layout.py)
-
-from fixtures import span_layout as L  # noqa: E402
-from unhardcoded.catalog import Catalog  # noqa: E402
-from unhardcoded.policy import validate_policy  # noqa: E402
-from unhardcoded.receipts import rebuild_receipts  # noqa: E402
-from unhardcoded.router.decision import Attempt, Decision, FallbackHop  # noqa: E402
-from unhardcoded.router.engine import CompiledPolicy, estimate_cost, price  # noqa: E402
-from unhardcoded.router.features import RequestFeatures  # noqa: E402
-from workload import POLICY  # noqa: E402  (bench/ is on the path when a script runs)
 
 TARGET_SPANS_PER_S = 20_000
 COLLECTOR_FORWARDING = "10-15k"
 BATCH_SPANS = 512
 
 
-def make_decisions(n: int, seed: int = 1) -> list[Decision]:
+def make_decisions(n: int, seed: int = 1) -> list[Any]:
+    from unhardcoded.catalog import Catalog
+    from unhardcoded.policy import validate_policy
+    from unhardcoded.router import Attempt, CompiledPolicy, FallbackHop, RequestFeatures
+    from unhardcoded.router.engine import estimate_cost, price
+
     rng = random.Random(seed)
     catalog = Catalog.builtin()
     compiled = CompiledPolicy(validate_policy(POLICY, catalog), catalog)
@@ -54,6 +62,7 @@ def make_decisions(n: int, seed: int = 1) -> list[Decision]:
             request_id=f"req_{i:016x}",
         )
         assert len(d.rejected) == 10, len(d.rejected)
+        assert d.selected is not None
         plan = [d.selected.model, *d.fallback_chain]
         hops = rng.choice([0, 0, 0, 1, 2])
         for h in range(hops):
@@ -95,12 +104,15 @@ def make_decisions(n: int, seed: int = 1) -> list[Decision]:
     return out
 
 
-def payloads(decisions: list[Decision]) -> tuple[list[bytes], int]:
+def payloads(decisions: list[Any]) -> tuple[list[bytes], int]:
     """OTLP protobuf payloads of about BATCH_SPANS spans, whole decisions each; and the span count."""
+    sys.path.insert(0, str(ROOT / "tests"))  # the span layout written out by hand (fixtures/span_layout.py)
+    from fixtures import span_layout as L
+
     tp, exporter = L.provider("bench")
     tracer = tp.get_tracer("unhardcoded")
     out: list[bytes] = []
-    batch: list = []
+    batch: list[Any] = []
     total = 0
     for d in decisions:
         exporter.clear()
@@ -116,32 +128,78 @@ def payloads(decisions: list[Decision]) -> tuple[list[bytes], int]:
     return out, total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--decisions", type=int, default=3000)
-    parser.add_argument("--rounds", type=int, default=5)
-    args = parser.parse_args()
+def time_rebuild(data: list[bytes], decisions: int, rounds: int) -> dict[str, float]:
+    """CPU seconds of a first pass over the payloads and of each of ``rounds`` passes after it, on one core."""
     if hasattr(os, "sched_setaffinity"):
-        os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
-
-    decisions = make_decisions(args.decisions)
-    data, spans = payloads(decisions)
-    size = sum(len(p) for p in data)
+        os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core
     # The first pass, with the caches of repeated rejection events empty, is timed apart: it is what a
     # processor pays for the first decisions of each policy.
     t0 = time.process_time()
     rebuilt = sum(len(rebuild_receipts(p).receipts) for p in data)
     cold = time.process_time() - t0
-    assert rebuilt == len(decisions), (rebuilt, len(decisions))
+    assert rebuilt == decisions, (rebuilt, decisions)
     # CPU time of this process, not wall time: a shared machine's other load is not ours to count.
     times, walls = [], []
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         t0, w0 = time.process_time(), time.perf_counter()
         for p in data:
             rebuild_receipts(p)
         times.append(time.process_time() - t0)
         walls.append(time.perf_counter() - w0)
-    best, median = min(times), statistics.median(times)
+    return {"cold": cold, "best": min(times), "median": statistics.median(times), "wall": statistics.median(walls)}
+
+
+def child(path: str, rounds: int) -> None:
+    # Making the payloads loads the OTLP protobuf modules; a run that did not make them loads them here, or its
+    # first pass would time the imports.
+    import opentelemetry.proto.collector.trace.v1.trace_service_pb2  # noqa: F401
+
+    with open(path, "rb") as f:
+        made = pickle.load(f)
+    t = time_rebuild(made["payloads"], made["decisions"], rounds)
+    spans = made["spans"]
+    compare.report(
+        {
+            "spans_per_s": spans / t["median"],
+            "best_spans_per_s": spans / t["best"],
+            "cold_spans_per_s": spans / t["cold"],
+        },
+        payloads=f"{made['decisions']} decisions = {spans} spans in {len(made['payloads'])} payloads",
+        rounds=f"median of {rounds} rounds per run, CPU time on one core",
+    )
+
+
+COMPARED = (
+    compare.Figure("spans_per_s", "spans/s rebuilt, median round", "spans/s", higher_is_better=True),
+    compare.Figure("best_spans_per_s", "spans/s rebuilt, best round", "spans/s", higher_is_better=True),
+    compare.Figure("cold_spans_per_s", "spans/s rebuilt, first pass (cold caches)", "spans/s", higher_is_better=True),
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=3000)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--payloads", help=argparse.SUPPRESS)  # with --child: the file --compare wrote them to
+    compare.add_arguments(parser)
+    args = parser.parse_args()
+    if args.child:
+        child(args.payloads, args.rounds)
+        return
+
+    decisions = make_decisions(args.decisions)
+    data, spans = payloads(decisions)
+    size = sum(len(p) for p in data)
+    if args.compare:
+        with tempfile.TemporaryDirectory(prefix="unhardcoded-bench-") as d:
+            path = Path(d) / "payloads.pickle"
+            with open(path, "wb") as f:
+                pickle.dump({"payloads": data, "spans": spans, "decisions": len(decisions)}, f)
+            argv = ["--payloads", str(path), "--rounds", str(args.rounds)]
+            compare.compare("rebuild from OTLP protobuf", __file__, argv, args.compare, COMPARED, args.compare_rounds)
+        return
+    t = time_rebuild(data, len(decisions), args.rounds)
+    best, median, cold = t["best"], t["median"], t["cold"]
     spans_per_s = spans / median
     print(f"rebuild from OTLP protobuf, one core, python {sys.version.split()[0]}")
     print(
@@ -150,7 +208,7 @@ def main() -> None:
     )
     print(
         f"  median of {args.rounds} rounds: {median * 1000:.0f} ms CPU (best {best * 1000:.0f} ms; "
-        f"wall {statistics.median(walls) * 1000:.0f} ms)"
+        f"wall {t['wall'] * 1000:.0f} ms)"
     )
     print(
         f"  receipts rebuilt: {len(decisions) / median:,.0f}/s   spans: {spans_per_s:,.0f}/s "

@@ -16,6 +16,7 @@ end), on a Decision computed beforehand.
 - No SDK: the API's default (proxy, no-op) providers. Target: at most 2 us per decision.
 
     python bench/telemetry.py [--iterations 5000] [--rounds 7] [--check]
+    python bench/telemetry.py --compare ../base [--compare-rounds 3]   # this tree and another, alternating
 """
 
 from __future__ import annotations
@@ -26,24 +27,24 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+# bench/ is on the path when a script runs. Only public names of the package: --compare runs this script on a tree
+# whose internals may sit elsewhere.
+import compare
 from unhardcoded.catalog import Catalog
 from unhardcoded.policy import validate_policy
-from unhardcoded.router import Router
-from unhardcoded.router.engine import CompiledPolicy
-from unhardcoded.router.features import features_from_request
-from unhardcoded.semconv import spans as S
-from unhardcoded.telemetry import RouterTelemetry
-from unhardcoded.telemetry.layout import PolicyLayout
-from unhardcoded.telemetry.workflows import current_workflow
-from workload import POLICY  # noqa: E402  (bench/ is on the path when a script runs)
+from unhardcoded.router import CompiledPolicy, Router, features_from_request
+from unhardcoded.telemetry import RouterTelemetry, current_workflow
+from workload import POLICY
 
 TARGET_RATIO = 1.5
 TARGET_NO_SDK_US = 2.0
@@ -61,7 +62,11 @@ class NoExport(SpanExporter):
 
 def timed_rounds(fns: dict[str, Callable[[], Any]], iterations: int, rounds: int) -> dict[str, list[float]]:
     """Per round, the mean time per call of each function in microseconds; rounds interleave the functions so
-    that a machine busy with something else slows all of them alike (GC off while timing, as timeit does)."""
+    that a machine busy with something else slows all of them alike (GC off while timing, as timeit does).
+
+    The clock is this process's CPU time (all its threads: the BatchSpanProcessor's worker is part of what a span
+    costs), not wall time: on a shared machine the wall clock mostly measures the other processes' time slices.
+    """
     for fn in fns.values():
         for _ in range(min(iterations, 2000)):
             fn()
@@ -71,10 +76,10 @@ def timed_rounds(fns: dict[str, Callable[[], Any]], iterations: int, rounds: int
             gc.collect()
             gc.disable()
             try:
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 for _ in range(iterations):
                     fn()
-                out[name].append((time.perf_counter() - t0) / iterations * 1e6)
+                out[name].append((time.process_time() - t0) / iterations * 1e6)
             finally:
                 gc.enable()
     return out
@@ -91,19 +96,26 @@ def sdk_tracer_provider() -> TracerProvider:
     return tp
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--iterations", type=int, default=5_000)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
-    args = parser.parse_args(argv)
+def emitted_decision_span(compiled: CompiledPolicy, decision: Any) -> Any:
+    """The decision span as the package emits it, finished: the bare span below carries the same name, kind,
+    attributes and events."""
+    tp = TracerProvider()
+    exporter = InMemorySpanExporter()
+    tp.add_span_processor(SimpleSpanProcessor(exporter))
+    with RouterTelemetry(tracer_provider=tp).decision(compiled) as scope:
+        scope.finish(decision)
+    tp.shutdown()
+    (span,) = exporter.get_finished_spans()
+    return span
 
+
+def measure(n: int, r: int) -> dict[str, float]:
+    """Every figure, in microseconds per decision, and the ratios to the bare span."""
     catalog = Catalog.builtin()
     policy = validate_policy(POLICY, catalog)
     compiled = CompiledPolicy(policy, catalog)
     decision = compiled.decide(features_from_request(BODY))
     assert len(decision.rejected) == 10, len(decision.rejected)
-    n, r = args.iterations, args.rounds
 
     # ---- SDK: ours against a bare span with the same attributes and events
     tp = sdk_tracer_provider()
@@ -120,15 +132,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return run
 
-    attrs, events, _ = PolicyLayout(compiled).decision_attributes(decision, decision.outcome)
+    # Attributes as built before they reach the SDK (lists, not the tuples the SDK stores).
+    emitted = emitted_decision_span(compiled, decision)
+    attrs = {k: list(v) if isinstance(v, tuple) else v for k, v in emitted.attributes.items()}
+    events = [(e.name, dict(e.attributes)) for e in emitted.events]
     bare_tracer = tp.get_tracer("bare")
-    name = S.DECISION_SPAN_NAME.format(policy=policy.name)
-    event_name = S.REJECTION_EVENT
+    name, kind = emitted.name, emitted.kind
 
     def bare() -> None:
-        span = bare_tracer.start_span(name, kind=S.DECISION_SPAN_KIND, start_time=time.time_ns())
+        span = bare_tracer.start_span(name, kind=kind, start_time=time.time_ns())
         span.set_attributes(attrs)
-        for event in events:
+        for event_name, event in events:
             span.add_event(event_name, event)
         span.end()
 
@@ -150,13 +164,59 @@ def main(argv: list[str] | None = None) -> int:
         max(n // 10, 1),
         r,
     )
+    return {
+        "bare_us": statistics.median(sdk["bare"]),
+        "traces_us": statistics.median(sdk["traces"]),
+        "both_us": statistics.median(sdk["both"]),
+        "traces_x": ratio(sdk["traces"], sdk["bare"]),
+        "both_x": ratio(sdk["both"], sdk["bare"]),
+        "none_us": statistics.median(none["telemetry"]),
+        "none_x": ratio(none["telemetry"], none["noop_span"]),
+        "noop_span_us": statistics.median(none["noop_span"]),
+        "router_us": statistics.median(whole["router"]),
+        "engine_us": statistics.median(whole["engine"]),
+        "attributes": len(attrs),
+        "events": len(events),
+    }
 
-    bare_us, traces_us, both_us = (statistics.median(sdk[k]) for k in ("bare", "traces", "both"))
-    traces_x, both_x = ratio(sdk["traces"], sdk["bare"]), ratio(sdk["both"], sdk["bare"])
-    none_us = statistics.median(none["telemetry"])
-    noop_span_us = statistics.median(none["noop_span"])
-    router_us, engine_us = statistics.median(whole["router"]), statistics.median(whole["engine"])
-    span = f"{len(attrs)} attributes, {len(events)} events"
+
+COMPARED = (
+    compare.Figure("traces_us", "SDK: decision span (no-op meter)", "us"),
+    compare.Figure("traces_x", "SDK: decision span / bare span", "x"),
+    compare.Figure("both_us", "SDK: decision span + SDK metrics", "us"),
+    compare.Figure("both_x", "SDK: span + metrics / bare span", "x"),
+    compare.Figure("none_us", "no SDK: decision telemetry", "us"),
+    compare.Figure("router_us", "no SDK: Router.decide, whole", "us"),
+    compare.Figure("engine_us", "CompiledPolicy.decide, no telemetry", "us"),
+    compare.Figure("bare_us", "bare SDK span (no package code timed)", "us", reference=True),
+)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--iterations", type=int, default=5_000)
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--check", action="store_true", help="exit 1 when a target is missed (with --compare: when a figure is worse)"
+    )
+    compare.add_arguments(parser)
+    args = parser.parse_args(argv)
+
+    n, r = args.iterations, args.rounds
+    if args.child:
+        compare.report(measure(n, r), calls=f"{n} calls x {r} interleaved rounds, medians")
+        return 0
+    if args.compare:
+        argv = ["--iterations", str(n), "--rounds", str(r)]
+        worse = compare.compare("decision telemetry", __file__, argv, args.compare, COMPARED, args.compare_rounds)
+        return 1 if (args.check and worse) else 0
+
+    m = measure(n, r)
+    bare_us, traces_us, both_us = m["bare_us"], m["traces_us"], m["both_us"]
+    traces_x, both_x = m["traces_x"], m["both_x"]
+    none_us, noop_span_us = m["none_us"], m["noop_span_us"]
+    router_us, engine_us = m["router_us"], m["engine_us"]
+    span = f"{m['attributes']:.0f} attributes, {m['events']:.0f} events"
     print(
         f"decision telemetry, per decision ({n} calls x {r} interleaved rounds, medians), Python {sys.version.split()[0]}, "
         f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
@@ -172,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     print("  no SDK (API default no-op providers)")
     print(
         f"    unhardcoded telemetry                       {none_us:8.2f} us   (target <= {TARGET_NO_SDK_US} us)   "
-        f"{ratio(none['telemetry'], none['noop_span']):4.2f}x one no-op start_span+end"
+        f"{m['none_x']:4.2f}x one no-op start_span+end"
     )
     print(f"    reference: API no-op start_span + end       {noop_span_us:8.2f} us")
     print(f"    Router.decide (features given), whole       {router_us:8.2f} us")
