@@ -39,16 +39,17 @@ import os
 import random
 import sys
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 # LiteLLM reads these at import time: no remote cost map, no telemetry, quiet logs.
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 os.environ.setdefault("LITELLM_LOG", "ERROR")
 
-from unhardcoded.catalog import Catalog  # noqa: E402
-from unhardcoded.policy import validate_policy  # noqa: E402
-from unhardcoded.router import Router, features_from_request  # noqa: E402
+from unhardcoded.catalog import Catalog
+from unhardcoded.policy import validate_policy
+from unhardcoded.router import Router, features_from_request
 
 DEFAULT_SIZES = (50, 100, 500, 1000)
 TARGET_P50_NS = {100: 50_000, 1000: 500_000}
@@ -215,7 +216,7 @@ def make_requests(n: int = 64, seed: int = 3) -> list[dict[str, Any]]:
 
 def percentile(sorted_ns: list[int], q: float) -> int:
     """Nearest-rank percentile of already sorted samples."""
-    k = max(0, min(len(sorted_ns) - 1, int(round(q / 100 * len(sorted_ns) + 0.5)) - 1))
+    k = max(0, min(len(sorted_ns) - 1, round(q / 100 * len(sorted_ns) + 0.5) - 1))
     return sorted_ns[k]
 
 
@@ -344,22 +345,20 @@ def import_litellm() -> tuple[Any, str | None]:
 
 def litellm_model_list(catalog_doc: dict[str, Any]) -> list[dict[str, Any]]:
     """One deployment per catalog model in one model group, priced as the catalog prices it; never called."""
-    out = []
-    for m in catalog_doc["models"]:
-        out.append(
-            {
-                "model_name": MODEL_GROUP,
-                "litellm_params": {
-                    "model": f"openai/{m['id']}",
-                    "api_key": "sk-bench-not-a-key",
-                    "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
-                    "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
-                    "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
-                },
-                "model_info": {"id": m["id"]},
-            }
-        )
-    return out
+    return [
+        {
+            "model_name": MODEL_GROUP,
+            "litellm_params": {
+                "model": f"openai/{m['id']}",
+                "api_key": "sk-bench-not-a-key",
+                "api_base": "http://127.0.0.1:9/v1",  # discard port: nothing is ever sent
+                "input_cost_per_token": m["price_input_per_mtok"] / 1e6,
+                "output_cost_per_token": m["price_output_per_mtok"] / 1e6,
+            },
+            "model_info": {"id": m["id"]},
+        }
+        for m in catalog_doc["models"]
+    ]
 
 
 LITELLM_STRATEGIES = ("simple-shuffle", "latency-based-routing", "cost-based-routing")
@@ -416,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
         type=float,
         default=None,
         help="seconds of timed calls per size and router, at most (default 15, --quick 3); "
-        "a slower router gets fewer calls, never under %d" % MIN_SAMPLES,
+        f"a slower router gets fewer calls, never under {MIN_SAMPLES}",
     )
     ap.add_argument("--no-litellm", action="store_true", help="time ours only")
     ap.add_argument("--require-litellm", action="store_true", help="exit 2 if LiteLLM cannot be imported")

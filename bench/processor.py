@@ -69,10 +69,7 @@ def rss_mb(pid: int) -> float:
 
 def exports(spans: list, seed: int) -> list[bytes]:
     spans = list(spans)
-    out = []
-    for i in range(0, len(spans), EXPORT_SPANS):
-        out.append(L.otlp_bytes(spans[i : i + EXPORT_SPANS]))
-    return out
+    return [L.otlp_bytes(spans[i : i + EXPORT_SPANS]) for i in range(0, len(spans), EXPORT_SPANS)]
 
 
 def wait_finished(p: ProcessorProcess, receipts: int, timeout_s: float = 300) -> None:
@@ -126,7 +123,7 @@ def throughput(
 
 def pending_payloads(n: int, seed: int) -> list[bytes]:
     """``n`` decision spans (copies of real ones, each its own trace and request) whose attempts never come."""
-    ds, spans = decisions_with_spans(200, seed=seed, hops=1)
+    _, spans = decisions_with_spans(200, seed=seed, hops=1)
     template = ExportTraceServiceRequest.FromString(
         L.otlp_bytes([s for s in spans if A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes])
     )

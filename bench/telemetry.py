@@ -26,7 +26,8 @@ import os
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
@@ -43,7 +44,7 @@ from unhardcoded.semconv import spans as S
 from unhardcoded.telemetry import RouterTelemetry
 from unhardcoded.telemetry.layout import PolicyLayout
 from unhardcoded.telemetry.workflows import current_workflow
-from workload import POLICY  # noqa: E402  (bench/ is on the path when a script runs)
+from workload import POLICY
 
 TARGET_RATIO = 1.5
 TARGET_NO_SDK_US = 2.0
