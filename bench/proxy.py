@@ -247,7 +247,7 @@ def run_floor(port: int, provider_url: str) -> None:
 class _Client(asyncio.Protocol):
     """One keep-alive connection of the load generator: writes the request, times it to the answer's last byte."""
 
-    def __init__(self, load: "_Load") -> None:
+    def __init__(self, load: _Load) -> None:
         self.load = load
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
@@ -303,6 +303,8 @@ class _Load:
         self.errors = 0
         self.in_flight = 0
         self.all_done: asyncio.Future[None] | None = None
+        # The event loop keeps only weak references to tasks: a connect in flight is held here until it ends.
+        self.connecting: set[asyncio.Task[None]] = set()
 
     async def connect(self) -> _Client:
         loop = asyncio.get_running_loop()
@@ -319,7 +321,9 @@ class _Load:
                 return
             if client.transport is not None:
                 client.transport.close()
-        asyncio.ensure_future(self._fire_new(now))
+        task = asyncio.ensure_future(self._fire_new(now))
+        self.connecting.add(task)
+        task.add_done_callback(self.connecting.discard)
 
     async def _fire_new(self, t0: float) -> None:
         try:
@@ -391,7 +395,7 @@ async def _load(url: str, body: dict[str, Any], rate: float, count: int, max_sec
     if load.in_flight:
         try:
             await asyncio.wait_for(load.all_done, timeout=15)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     unanswered = load.in_flight  # still waiting when the run's time is up: counted as errors
     for client in list(load.idle):
@@ -535,6 +539,7 @@ def measure(url: str, model: str, rate: float, seconds: float, server: int) -> d
         capture_output=True,
         text=True,
         timeout=seconds * 2 + 60,
+        check=False,  # a failure is raised below, with the generator's stderr
     )
     if out.returncode != 0:
         raise RuntimeError(f"load generator failed: {out.stderr.strip()[-500:]}")
@@ -573,7 +578,7 @@ def pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    k = max(0, min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1)))))
+    k = max(0, min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1))))
     return ordered[k]
 
 

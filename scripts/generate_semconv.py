@@ -234,12 +234,16 @@ def load_registry(
 
     event_names = {group.event_name for group in groups if group.type == "event"}
     for group in groups:
-        for ref in group.refs:
-            if ref.ref not in attributes:
-                errors.append(f"{_where(group.file, group.id)}: unknown ref '{ref.ref}', no attribute has that id")
-        for event in group.events:
-            if event not in event_names:
-                errors.append(f"{_where(group.file, group.id)}: unknown event '{event}', no event group has that name")
+        errors.extend(
+            f"{_where(group.file, group.id)}: unknown ref '{ref.ref}', no attribute has that id"
+            for ref in group.refs
+            if ref.ref not in attributes
+        )
+        errors.extend(
+            f"{_where(group.file, group.id)}: unknown event '{event}', no event group has that name"
+            for event in group.events
+            if event not in event_names
+        )
 
     errors.extend(_name_rules(groups, attributes, namespace, allowed_collisions))
     if errors:
@@ -255,9 +259,11 @@ def _load_manifest(path: Path, rel: Callable[[Path], str], errors: list[str]) ->
     manifest = yaml.safe_load(path.read_text(encoding="utf-8"))
     if not isinstance(manifest, dict):
         manifest = {}
-    for key in ("name", "semconv_version", "schema_base_url"):
-        if not manifest.get(key):
-            errors.append(f"{rel(path)}: missing '{key}'")
+    errors.extend(
+        f"{rel(path)}: missing '{key}'"
+        for key in ("name", "semconv_version", "schema_base_url")
+        if not manifest.get(key)
+    )
     namespace = str(manifest.get("name") or "")
     if namespace and not NAME_PATTERN.fullmatch(namespace):
         errors.append(f"{rel(path)}: name '{namespace}' is not lowercase dot-separated")
@@ -371,12 +377,15 @@ def _load_attribute(item: dict, file: str, group_id: str, namespace: str, errors
     label = f"{where}: attribute '{attribute_id}'"
     if not NAME_PATTERN.fullmatch(attribute_id):
         errors.append(f"{label}: name is not lowercase dot-separated ([a-z][a-z0-9_]* parts)")
-    elif namespace and not attribute_id.startswith(namespace + "."):
-        if attribute_id.split(".")[0] not in UPSTREAM_NAMESPACES:
-            errors.append(
-                f"{label}: outside the '{namespace}' namespace and not an OpenTelemetry "
-                f"namespace this registry documents ({', '.join(UPSTREAM_NAMESPACES)})"
-            )
+    elif (
+        namespace
+        and not attribute_id.startswith(namespace + ".")
+        and attribute_id.split(".")[0] not in UPSTREAM_NAMESPACES
+    ):
+        errors.append(
+            f"{label}: outside the '{namespace}' namespace and not an OpenTelemetry "
+            f"namespace this registry documents ({', '.join(UPSTREAM_NAMESPACES)})"
+        )
     if not _text(item.get("brief")):
         errors.append(f"{label}: missing brief")
     stability = item.get("stability")
@@ -766,9 +775,10 @@ def _md_cell(text: str) -> str:
 
 
 def _md_examples(attribute: Attribute) -> str:
-    shown = []
-    for example in attribute.examples[:3]:
-        shown.append(f"`{example}`" if isinstance(example, str) else f"`{json.dumps(example, ensure_ascii=False)}`")
+    shown = [
+        f"`{example}`" if isinstance(example, str) else f"`{json.dumps(example, ensure_ascii=False)}`"
+        for example in attribute.examples[:3]
+    ]
     return _md_cell("; ".join(shown))
 
 
@@ -797,9 +807,11 @@ def _render_docs(registry: Registry) -> str:
     lines = [
         MD_HEADER,
         "\n# Semantic conventions\n\n",
-        f"Registry `{registry.namespace}` version {registry.version}. The source is `semconv/` "
-        "(OpenTelemetry semantic-conventions YAML, the layout OpenTelemetry Weaver reads); "
-        "code imports the names from `unhardcoded.semconv`.\n",
+        (
+            f"Registry `{registry.namespace}` version {registry.version}. The source is `semconv/` "
+            "(OpenTelemetry semantic-conventions YAML, the layout OpenTelemetry Weaver reads); "
+            "code imports the names from `unhardcoded.semconv`.\n"
+        ),
     ]
     sections = [
         ("Spans", "span", lambda g: f"`{g.span_name}` — {g.span_kind.upper()}"),

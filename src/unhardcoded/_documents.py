@@ -59,7 +59,7 @@ def parse_document(text: str, source: str, error: type[UnhardcodedError], *, jso
         except RecursionError:
             raise error(f"{source}: invalid JSON: nested too deeply") from None
     stripped = text.lstrip()
-    if stripped.startswith("{") or stripped.startswith("["):
+    if stripped.startswith(("{", "[")):
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:

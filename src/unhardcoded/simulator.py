@@ -21,9 +21,11 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from .router.providers import ProviderConfig
 
 __all__ = [
@@ -255,8 +257,9 @@ class _HTTPServer(ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # Clients resetting idle keep-alive connections is routine; the default
         # prints a traceback to stderr. A real fault in the simulator is logged.
-        if not isinstance(sys.exc_info()[1], OSError):
-            logger.warning("%s: error serving a request", self.simulator.name, exc_info=True)
+        exc = sys.exc_info()[1]
+        if not isinstance(exc, OSError):
+            logger.warning("%s: error serving a request", self.simulator.name, exc_info=exc)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -350,7 +353,8 @@ class SimulatedProvider:
         self._closing.set()  # wakes handlers sleeping in a latency or a stall
         try:
             # The accept loop blocks without polling; one connection wakes it to see _closing.
-            socket.create_connection(server.server_address[:2], timeout=1).close()
+            address = cast("tuple[str, int]", server.server_address[:2])  # an AF_INET server: (host, port)
+            socket.create_connection(address, timeout=1).close()
         except OSError:
             pass
         if self._thread is not None:
@@ -488,7 +492,7 @@ class SimulatedProvider:
         behavior = self.behavior_for(model)
         while isinstance(behavior, FailTimes):
             behavior = behavior.next()
-        self._answer(h, behavior, model, body, headers)
+        return self._answer(h, behavior, model, body, headers)
 
     def _answer(self, h: _Handler, b: Behavior, model: str, body: dict[str, Any], headers: dict[str, str]) -> None:
         streaming = body.get("stream") is True
@@ -603,6 +607,7 @@ class SimulatedProvider:
                 chunk["usage"] = None
             _write_event(h, json.dumps(chunk))
 
+        delta_of: Callable[[str], dict[str, Any]]
         if c.tool_call is not None:
             call = c.tool_call
             send(
@@ -736,7 +741,7 @@ def _encode(body: Any) -> bytes:
 
 def _read_body(h: _Handler) -> bytes:
     if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:

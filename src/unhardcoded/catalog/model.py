@@ -184,9 +184,7 @@ class Catalog:
                     reported.add(key)
                     ok = False
                     continue
-                if spec.type == "integer":
-                    value = int(value)
-                values[key] = value
+                values[key] = int(value) if spec.type == "integer" else value
             for spec in specs.values():
                 if spec.required and spec.name not in values and spec.name not in reported:
                     err(f"{path}.{spec.name}", "field required")

@@ -58,7 +58,7 @@ def token_matches(header: str | None, token: str | None) -> bool:
     """``Authorization: Bearer <token>``, compared in constant time; no token configured lets everyone in."""
     if token is None:
         return True
-    if not header or not header[:7].lower() == "bearer ":
+    if not header or header[:7].lower() != "bearer ":
         return False
     return hmac.compare_digest(header[7:].strip().encode("utf-8", "surrogateescape"), token.encode("utf-8"))
 
@@ -211,7 +211,11 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
                 metrics.payload_rejected("malformed")
             return _otlp_error(400, otlp.INVALID_ARGUMENT, str(exc)[:500], kind)
         if forwarder is not None and decoded.accepted:
-            forwarder.send(body if decoded.untouched and kind == "protobuf" else decoded.message.SerializeToString())
+            # No message means the protobuf body was read through the bytes view, untouched.
+            message = decoded.message
+            forwarder.send(
+                body if message is None or (decoded.untouched and kind == "protobuf") else message.SerializeToString()
+            )
         media = otlp.PROTOBUF if kind == "protobuf" else otlp.JSON
         return Response(otlp.encode_response(otlp.response_message(decoded), kind), media_type=media)
 

@@ -146,7 +146,7 @@ class Assembler:
     def take_expired(self, older_than: float) -> list[Group]:
         """Groups first seen before ``older_than`` (monotonic seconds): the wait window is over."""
         out = []
-        for key, group in self._groups.items():
+        for group in self._groups.values():
             if group.first_seen >= older_than:
                 break
             out.append(group)

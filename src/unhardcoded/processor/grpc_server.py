@@ -88,7 +88,8 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
             )
         forwarder = self.processor.forwarder
         if forwarder is not None and decoded.accepted:
-            forwarder.send(raw if decoded.untouched else decoded.message.SerializeToString())
+            message = decoded.message  # None only when the body was read through the bytes view, untouched
+            forwarder.send(raw if decoded.untouched or message is None else message.SerializeToString())
         return otlp.response_message(decoded)
 
 

@@ -74,7 +74,8 @@ class ProcessorConfig:
 
 @dataclass
 class _Export:
-    future: Future
+    future: Future[Any]
+    """Resolves to ``decoded``: the :class:`DecodedExport` of an export's body, ``None`` for spans given decoded."""
     cost: int
     """Spans it counts for in the queue: ``len(spans)``, or estimated from the size of ``body``."""
     spans: list[IncomingSpan] | None = None
@@ -160,21 +161,21 @@ class ProcessorEngine:
 
     # -- the front doors call this -----------------------------------------------------------------
 
-    def submit_export(self, body: bytes, kind: str, transport: str) -> Future:
+    def submit_export(self, body: bytes, kind: str, transport: str) -> Future[DecodedExport]:
         """Queue an export's body (inflated, size-checked; ``kind`` is ``protobuf`` or ``json``) for the worker to decode.
 
         The future resolves to its :class:`~.otlp.DecodedExport` once its spans are spooled, or fails with
         :class:`~.otlp.PayloadError` (not an OTLP export) or :class:`Backpressure`, which is also raised here.
         """
-        future: Future = Future()
+        future: Future[DecodedExport] = Future()
         self._enqueue(
             _Export(future, max(1, int(len(body) / self._bytes_per_span)), body=body, kind=kind, transport=transport)
         )
         return future
 
-    def submit(self, spans: list[IncomingSpan]) -> Future:
+    def submit(self, spans: list[IncomingSpan]) -> Future[None]:
         """Queue spans decoded already; the future resolves when they are spooled (or fails with :class:`Backpressure`)."""
-        future: Future = Future()
+        future: Future[None] = Future()
         if not spans:
             future.set_result(None)
             return future
@@ -275,7 +276,7 @@ class ProcessorEngine:
                 time.sleep(0.1)
 
     def _ingest(self, items: list[_Export]) -> None:
-        spans = [s for item in items for s in item.spans]
+        spans = [s for item in items if item.spans is not None for s in item.spans]  # _decode set every one
         now, now_ms = time.monotonic(), _now_ms()
         lookup = self.assembler.unknown(spans)
         try:

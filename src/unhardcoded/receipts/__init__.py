@@ -1,9 +1,14 @@
 """Receipts: the model, rebuilt from spans or built from a Decision; store, render, replay, rollups."""
 
+from typing import TYPE_CHECKING, Any
+
 from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, WorkflowReceipt
 from .rebuild import Rebuilt, RebuiltDecision, rebuild_decision, rebuild_receipts, rebuild_spans
 from .spans import SpanFormatError, SpanRecord, read_spans
 from .stores import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
+
+if TYPE_CHECKING:
+    from .span_processor import ProcessorStats, ReceiptSpanProcessor
 
 __all__ = [
     "RECEIPT_SCHEMA",
@@ -31,7 +36,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str):  # the span processor needs the OpenTelemetry SDK: imported only when asked for
+def __getattr__(name: str) -> Any:  # the span processor needs the OpenTelemetry SDK: imported only when asked for
     if name in ("ReceiptSpanProcessor", "ProcessorStats"):
         from . import span_processor
 

@@ -62,8 +62,9 @@ def render_receipt(r: Receipt) -> str:
     else:
         lines.append("selected  none: no model passes the policy for this request")
     width = max((len(j.model) for j in r.rejected[:MAX_REJECTIONS_SHOWN]), default=0)
-    for j in r.rejected[:MAX_REJECTIONS_SHOWN]:
-        lines.append(f"rejected  {j.model.ljust(width)}  filtered: {j.message} [{j.rule}]")
+    lines.extend(
+        f"rejected  {j.model.ljust(width)}  filtered: {j.message} [{j.rule}]" for j in r.rejected[:MAX_REJECTIONS_SHOWN]
+    )
     if len(r.rejected) > MAX_REJECTIONS_SHOWN:
         lines.append(f"rejected  … and {len(r.rejected) - MAX_REJECTIONS_SHOWN} more (--json lists all)")
     fb = r.fallback
@@ -172,8 +173,7 @@ def render_replay(result: ReplayResult) -> str:
     lines.append(
         f"est. cost {_usd(result.cost_then)} → {_usd(result.cost_now)}{_pct_change(result.cost_then, result.cost_now)}"
     )
-    for note in result.notes:
-        lines.append(f"note      {note}")
+    lines.extend(f"note      {note}" for note in result.notes)
     return "\n".join(lines)
 
 

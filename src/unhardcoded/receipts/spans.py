@@ -910,9 +910,13 @@ def detect_format(payload: Any) -> str:
         )
     if hasattr(payload, "resource_spans"):
         return "otlp-proto"
-    if isinstance(payload, Sequence) and not isinstance(payload, (str, bytes, bytearray)):
-        if payload and all(hasattr(s, "context") and hasattr(s, "attributes") for s in payload[:4]):
-            return "sdk"
+    if (
+        isinstance(payload, Sequence)
+        and not isinstance(payload, (str, bytes, bytearray))
+        and payload
+        and all(hasattr(s, "context") and hasattr(s, "attributes") for s in payload[:4])
+    ):
+        return "sdk"
     raise SpanFormatError(f"cannot read spans from {type(payload).__name__}")
 
 

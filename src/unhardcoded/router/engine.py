@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from typing import Any
 
 from .._construct import construct, plain_fields
@@ -37,7 +38,7 @@ class _Survivor:
         "vision_rejection",
     )
 
-    def __init__(self, model: CatalogModel, score_field: str | None, static_keys: list[tuple[str, str]]) -> None:
+    def __init__(self, model: CatalogModel, score_field: str | None, static_keys: Sequence[tuple[str, str]]) -> None:
         v = model.values
         self.model = model
         self.id = model.id
@@ -206,6 +207,7 @@ class CompiledPolicy:
 
     def _ranked(self, survivors: list[_Survivor], features: RequestFeatures) -> list[_Survivor]:
         """Survivors best first: the static keys before cost, the request's cost, the keys after it, the id."""
+        keyed: list[tuple[float, int, _Survivor]]
         if self.cost_position is None:
             keyed = [(s.head_rank, s.tail_rank, s) for s in survivors]
         else:
@@ -217,9 +219,12 @@ class CompiledPolicy:
                 else:
                     keyed = [(sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s) for s in survivors]
             else:
-                keyed = [
+                # (head, cost, tail): one element longer than the keys above, so a list of its own type.
+                keyed_by_head = [
                     (s.head_rank, sign * ((it * s.pin + ot * s.pout) / 1_000_000), s.tail_rank, s) for s in survivors
                 ]
+                keyed_by_head.sort()  # tail_rank is unique, so a survivor itself is never compared
+                return [k[-1] for k in keyed_by_head]
         keyed.sort()  # tail_rank is unique, so a survivor itself is never compared
         return [k[-1] for k in keyed]
 

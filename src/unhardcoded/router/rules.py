@@ -8,19 +8,20 @@ from typing import Any
 OpFn = Callable[[Any, Any], bool]
 
 
-def _lt(a: Any, b: Any) -> bool:
+# The comparison ops apply only to number and integer fields (policy loading checks it).
+def _lt(a: float, b: float) -> bool:
     return a < b
 
 
-def _lte(a: Any, b: Any) -> bool:
+def _lte(a: float, b: float) -> bool:
     return a <= b
 
 
-def _gt(a: Any, b: Any) -> bool:
+def _gt(a: float, b: float) -> bool:
     return a > b
 
 
-def _gte(a: Any, b: Any) -> bool:
+def _gte(a: float, b: float) -> bool:
     return a >= b
 
 

@@ -54,7 +54,7 @@ class AccessLog:
                 path += "?" + scope["query_string"].decode("ascii", "replace")
             logger.info(
                 '%s - "%s %s HTTP/%s" %d',
-                "%s:%d" % tuple(client) if client else "",
+                f"{client[0]}:{client[1]:d}" if client else "",
                 scope["method"],
                 path,
                 scope.get("http_version", "1.1"),

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Mapping
 from functools import partial
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ContextManager
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, propagate, trace
@@ -404,7 +404,7 @@ class AttemptSpans(AttemptObserver):
             token.inner = self.inner.start(decision, planned)
         return token
 
-    def calling(self, token: Any) -> ContextManager[Any]:
+    def calling(self, token: Any) -> contextlib.AbstractContextManager[Any]:
         span = token.span
         if span is trace.INVALID_SPAN:
             return contextlib.nullcontext()

@@ -74,7 +74,8 @@ def count_loss(kind: str, n: int = 1) -> None:
 def count_error(what: str) -> None:
     """An exception escaped telemetry code; it is swallowed here, counted and logged (with its traceback at DEBUG)."""
     count_loss("errors")
-    logger.debug("telemetry error while %s; the request is unaffected", what, exc_info=True)
+    # Called from the caller's `except` block, so the exception being handled is the one logged.
+    logger.debug("telemetry error while %s; the request is unaffected", what, exc_info=True)  # noqa: LOG014
 
 
 def losses() -> TelemetryLosses:

@@ -67,15 +67,15 @@ def _lowercased(headers: Headers) -> dict[str, str]:
     listed = getattr(headers, "items", None)
     pairs = cast("Iterable[tuple[Any, Any]]", listed() if callable(listed) else headers)
     out: dict[str, str] = {}
-    for key, value in pairs:
-        if isinstance(value, (list, tuple)):
-            value = ",".join(str(v) for v in value)
-        if isinstance(key, bytes):
-            key = key.decode("latin-1")
-        if isinstance(value, bytes):
-            value = value.decode("latin-1")
-        key = str(key).lower()
-        out[key] = f"{out[key]},{value}" if key in out else str(value)
+    for raw_key, raw_value in pairs:
+        if isinstance(raw_value, (list, tuple)):
+            value = ",".join(str(v) for v in raw_value)
+        elif isinstance(raw_value, bytes):
+            value = raw_value.decode("latin-1")
+        else:
+            value = str(raw_value)
+        key = (raw_key.decode("latin-1") if isinstance(raw_key, bytes) else str(raw_key)).lower()
+        out[key] = f"{out[key]},{value}" if key in out else value
     return out
 
 
