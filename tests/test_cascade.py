@@ -22,7 +22,7 @@ from unhardcoded.receipts.rebuild import rebuild_receipts
 from unhardcoded.receipts.render import render_receipt
 from unhardcoded.router import Decision, ProviderCallError, ProviderClient, ProvidersConfig, Router, load_providers
 from unhardcoded.router.cascade import MAX_RETRY_AFTER_WAIT_S, AttemptObserver
-from unhardcoded.simulator import SimulatedProvider, error, ok, rate_limit, raw, timeout
+from unhardcoded.testing.simulator import SimulatedProvider, error, ok, rate_limit, raw, timeout
 
 # Providers are simulator names. `us-b` fails the eu rule; `base` (the baseline) is never a candidate.
 CASCADE_CATALOG = """
@@ -330,16 +330,10 @@ def test_no_candidate_raises_before_any_call(catalog: Catalog, sims):
 
 
 def traced() -> tuple[Any, Any, Any, Any]:
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from unhardcoded.testing import capture
 
-    exporter, reader = InMemorySpanExporter(), InMemoryMetricReader()
-    tracer_provider = TracerProvider()
-    tracer_provider.add_span_processor(SimpleSpanProcessor(exporter))
-    return tracer_provider, MeterProvider(metric_readers=[reader]), exporter, reader
+    tel = capture()
+    return tel.tracer_provider, tel.meter_provider, tel.exporter, tel.reader
 
 
 def decisions_counted(reader: Any) -> int:

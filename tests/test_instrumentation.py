@@ -8,10 +8,7 @@ from typing import Any
 
 import openai
 import pytest
-from opentelemetry import context, trace
 from opentelemetry.instrumentation.utils import suppress_instrumentation
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -20,14 +17,13 @@ from unhardcoded.instrumentation import UnhardcodedInstrumentor, policy
 from unhardcoded.instrumentation.patch import decision_attributes
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import gen_ai as G
-from unhardcoded.simulator import error
+from unhardcoded.testing import TelemetryCapture
+from unhardcoded.testing.simulator import error
 
 
 @pytest.fixture
-def exporter() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def exporter(tel: TelemetryCapture) -> Iterator[InMemorySpanExporter]:
+    exporter, provider = tel.exporter, tel.tracer_provider
     UnhardcodedInstrumentor().instrument(tracer_provider=provider)
     exporter.tracer_provider = provider  # type: ignore[attr-defined]
     yield exporter
@@ -208,11 +204,9 @@ import opentelemetry.instrumentation.openai_v2 as openai_v2  # noqa: E402 - in t
 
 @pytest.mark.parametrize("order", ["ours-first", "openai-v2-first"])
 def test_with_openai_v2_there_is_one_client_span_carrying_the_decision(
-    order: str, stack: Stack, simulated_provider: Any
+    order: str, stack: Stack, simulated_provider: Any, tel: TelemetryCapture
 ) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = tel.tracer_provider, tel.exporter
     ours, theirs = UnhardcodedInstrumentor(), openai_v2.OpenAIInstrumentor()
     first, second = (ours, theirs) if order == "ours-first" else (theirs, ours)
     first.instrument(tracer_provider=provider)

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import FIRST_FALLBACK, SELECTED, catalog_simulators, free_port
@@ -29,7 +28,7 @@ except ImportError:  # the shared receiver is not there: a minimal OTLP/HTTP one
     OTLPReceiver = None  # type: ignore[assignment,misc]
 from unhardcoded import cli
 from unhardcoded.semconv import attributes as A
-from unhardcoded.simulator import error
+from unhardcoded.testing.simulator import error
 
 APP = Path(__file__).parent / "apps" / "client_app.py"
 

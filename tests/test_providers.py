@@ -31,7 +31,7 @@ from unhardcoded.router.providers import (
     load_providers,
     providers_from_env,
 )
-from unhardcoded.simulator import (
+from unhardcoded.testing.simulator import (
     SimulatedProvider,
     cut_after_tokens,
     cut_before_first_token,

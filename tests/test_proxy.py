@@ -29,7 +29,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient
 from unhardcoded.server import create_app
-from unhardcoded.simulator import (
+from unhardcoded.testing.simulator import (
     cut_after_tokens,
     cut_before_first_token,
     error,

@@ -16,10 +16,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import (
@@ -34,15 +33,16 @@ from apps.proxy_harness import (
     providers_for,
     serving,
 )
-from unhardcoded.catalog import Catalog
 from unhardcoded import cli
+from unhardcoded.catalog import Catalog
 from unhardcoded.receipts.model import RECEIPT_SCHEMA, Receipt
 from unhardcoded.router import Router
 from unhardcoded.router.cascade import AttemptObserver
 from unhardcoded.router.providers import ProviderClient
 from unhardcoded.semconv import attributes as A
 from unhardcoded.server import create_app
-from unhardcoded.simulator import cut_after_tokens, cut_before_first_token, error, ok
+from unhardcoded.testing import TelemetryCapture
+from unhardcoded.testing.simulator import cut_after_tokens, cut_before_first_token, error, ok
 
 
 def traced_router(client: ProviderClient, provider: TracerProvider) -> Router:
@@ -136,9 +136,9 @@ def test_policy_directory(simulated_provider: Any, tmp_path: Path) -> None:
 
 
 def test_receipt_from_the_store(simulated_provider: Any) -> None:
-    from unhardcoded.receipts.store import open_store
-    from unhardcoded.policy import load_policy_file
     from unhardcoded.policies import builtin_policy_dir
+    from unhardcoded.policy import load_policy_file
+    from unhardcoded.receipts.store import open_store
 
     store = open_store()
     policy = load_policy_file(builtin_policy_dir() / "support.yaml")
@@ -155,8 +155,8 @@ def test_receipt_from_the_store(simulated_provider: Any) -> None:
 
 
 def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(simulated_provider: Any) -> None:
-    from unhardcoded.policy import load_policy_file
     from unhardcoded.policies import builtin_policy_dir
+    from unhardcoded.policy import load_policy_file
     from unhardcoded.server import RecentDecisions
 
     sims = catalog_simulators(simulated_provider)
@@ -186,10 +186,8 @@ def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(s
 
 
 @pytest.fixture
-def traced(simulated_provider: Any) -> Iterator[tuple[Stack, InMemorySpanExporter]]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def traced(simulated_provider: Any, tel: TelemetryCapture) -> Iterator[tuple[Stack, InMemorySpanExporter]]:
+    provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     router = traced_router(client, provider)
@@ -299,10 +297,8 @@ class HookLog(AttemptObserver):
         self.calls.append(("end", token, attempt.status))
 
 
-def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider: Any) -> None:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider: Any, tel: TelemetryCapture) -> None:
+    provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
     sims["google"].set_behavior(SELECTED, cut_before_first_token())
     sims["anthropic"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
@@ -386,13 +382,11 @@ def test_no_candidate_reply_is_the_decision_the_span_recorded(traced: tuple[Stac
     assert len(receipt["rejected"]) == decision.attributes[A.UNHARDCODED_REJECTED_COUNT]
 
 
-def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider: Any) -> None:
+def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider: Any, tel: TelemetryCapture) -> None:
     """The caller does not wait for the spans' attributes and events or for the metrics; each span still ends when
     its work did (the server span at the last byte sent), and every span is whole once the request is over."""
     import asyncio
 
-    from opentelemetry.sdk.metrics import MeterProvider
-    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
     from opentelemetry.sdk.trace import SpanProcessor
 
     happened: list[tuple[str, int]] = []
@@ -401,11 +395,8 @@ def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider:
         def on_end(self, span: Any) -> None:
             happened.append((f"end {span.name}", time.time_ns()))
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
+    provider, exporter, reader = tel.tracer_provider, tel.exporter, tel.reader
     provider.add_span_processor(Ends())
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
     sims = catalog_simulators(simulated_provider)
     body = json.dumps({"messages": HELLO}).encode()
     scope = {
@@ -436,7 +427,7 @@ def test_the_answer_goes_out_before_the_decision_is_recorded(simulated_provider:
                 Catalog.builtin(),
                 client,
                 tracer_provider=provider,
-                meter_provider=MeterProvider(metric_readers=[reader]),
+                meter_provider=tel.meter_provider,
             )
             app = create_app(router, default_policy="support", tracer_provider=provider)
             await app(scope, receive, send)
@@ -488,13 +479,11 @@ def _everything_said(spans: list[Any], responses: list[httpx.Response], logs: st
 
 
 def test_canary_key_never_leaves_the_provider_call(
-    simulated_provider: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    simulated_provider: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tel: TelemetryCapture
 ) -> None:
     monkeypatch.setenv("CANARY_KEY", CANARY)
     caplog.set_level(logging.DEBUG)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
     keys = {name: "CANARY_KEY" for name in sims}
     client = ProviderClient(providers_for(sims, timeout_s=2.0, api_key_env=keys))
@@ -524,12 +513,10 @@ def test_canary_key_never_leaves_the_provider_call(
 
 
 def test_forwarded_client_key_goes_only_to_the_named_provider(
-    simulated_provider: Any, caplog: pytest.LogCaptureFixture
+    simulated_provider: Any, caplog: pytest.LogCaptureFixture, tel: TelemetryCapture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     app = create_app(

@@ -10,12 +10,11 @@ from typing import Any
 import pytest
 from opentelemetry import baggage, context, propagate, trace
 from opentelemetry.propagators.textmap import TextMapPropagator
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
 from unhardcoded.server.tracing import ServerSpans
+from unhardcoded.testing import TelemetryCapture
 
 CURRENT = context.get_current
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -75,10 +74,8 @@ def run(app: ServerSpans, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
 
 
 @pytest.fixture
-def spans() -> tuple[ServerSpans, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider()
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
+def spans(tel: TelemetryCapture) -> tuple[ServerSpans, InMemorySpanExporter]:
+    provider, exporter = tel.tracer_provider, tel.exporter
     return ServerSpans(None, tracer_provider=provider), exporter  # type: ignore[arg-type]
 
 
@@ -251,7 +248,7 @@ def test_a_caller_that_leaves_mid_body_is_a_disconnect() -> None:
         read([{"type": "http.request", "body": b"a", "more_body": True}, {"type": "http.disconnect"}])
 
 
-def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_before() -> None:
+def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_before(tel: TelemetryCapture) -> None:
     from opentelemetry.sdk.trace import SpanProcessor
 
     class Starts(SpanProcessor):
@@ -261,10 +258,9 @@ def test_the_server_span_is_made_once_the_answer_is_out_with_its_start_from_befo
         def on_start(self, span: Any, parent_context: Any = None) -> None:
             self.names.append(span.name)
 
-    exporter, starts = InMemorySpanExporter(), Starts()
-    provider = TracerProvider()
+    exporter, starts = tel.exporter, Starts()
+    provider = tel.tracer_provider
     provider.add_span_processor(starts)
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
     seen: dict[str, Any] = {}
 
     async def inner(scope: dict, receive: Any, send: Any) -> None:

@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from unhardcoded.simulator import (
+from unhardcoded.testing.simulator import (
     SimulatedProvider,
     cut_after_tokens,
     error,

@@ -18,7 +18,6 @@ import pytest
 from opentelemetry import trace
 from opentelemetry.context import Context
 from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import (
     ALWAYS_ON,
@@ -30,11 +29,12 @@ from opentelemetry.sdk.trace.sampling import (
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
 
-from telemetry_fixtures import BODY, Telemetry, catalog, fresh_telemetry, policy, span_id_of
+from telemetry_fixtures import BODY, catalog, policy, span_id_of
 from unhardcoded.semconv import spans as S
-from unhardcoded.simulator import error, ok
 from unhardcoded.telemetry import losses, reset_losses
 from unhardcoded.telemetry.late import LateSpans
+from unhardcoded.testing import TelemetryCapture, capture
+from unhardcoded.testing.simulator import error, ok
 
 
 class Counting(Sampler):
@@ -81,10 +81,8 @@ class Starts(SpanProcessor):
 
 
 def provider_with(sampler: Sampler) -> tuple[TracerProvider, InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider(sampler=sampler)
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    return tp, exporter
+    tel = capture(sampler=sampler)
+    return tel.tracer_provider, tel.exporter
 
 
 # --------------------------------------------------------------------------- LateSpans on its own
@@ -191,7 +189,7 @@ def sims(request: pytest.FixtureRequest):
     s.close()
 
 
-def route_later(tel: Telemetry, sims: Any, **router: Any) -> tuple[Any, list[Any]]:
+def route_later(tel: TelemetryCapture, sims: Any, **router: Any) -> tuple[Any, list[Any]]:
     cat = catalog()
     later: list[Any] = []
 
@@ -203,15 +201,15 @@ def route_later(tel: Telemetry, sims: Any, **router: Any) -> tuple[Any, list[Any
 
 
 def test_nothing_is_started_until_later_then_parents_start_first(sims: Any):
-    tel = fresh_telemetry()
+    tel = capture()
     starts = Starts()
     tel.tracer_provider.add_span_processor(starts)
     decision, later = route_later(tel, sims)
     assert starts.started == [] and tel.spans() == []  # the path began the spans; none is made yet
     for record in later:
         record()
-    [decision_span] = tel.decision_spans()
-    first, second = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    first, second = tel.attempts()
     assert starts.started == [
         (decision_span.name, decision_span.context.span_id, None),
         ("chat cheap-a", first.context.span_id, decision_span.context.span_id),
@@ -235,8 +233,8 @@ def test_nothing_is_started_until_later_then_parents_start_first(sims: Any):
 
 def test_a_sampler_that_drops_attempts_is_asked_once_and_the_provider_hears_it(sims: Any):
     sampler = Counting(drop=(S.ATTEMPT_SPAN_NAME.format(model=""),))
-    tp, exporter = provider_with(sampler)
-    tel = Telemetry(tp, exporter, fresh_telemetry().meter_provider, fresh_telemetry().reader)
+    tel = capture(sampler=sampler)
+    exporter = tel.exporter
     decision, later = route_later(tel, sims)
     for record in later:
         record()

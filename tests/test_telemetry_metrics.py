@@ -11,17 +11,16 @@ from telemetry_fixtures import (
     BODY,
     TOOLS_BODY,
     Simulators,
-    Telemetry,
     big_catalog,
     big_policy,
     catalog,
-    fresh_telemetry,
     policy,
 )
 from unhardcoded.errors import NoCandidateError
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import metrics as M
-from unhardcoded.simulator import error, ok, timeout
+from unhardcoded.testing import TelemetryCapture
+from unhardcoded.testing.simulator import error, ok, timeout
 
 LOW_CARDINALITY = {
     A.UNHARDCODED_POLICY_NAME,
@@ -31,13 +30,6 @@ LOW_CARDINALITY = {
     A.UNHARDCODED_REJECTION_RULE,
     A.UNHARDCODED_FALLBACK_REASON,
 }
-
-
-@pytest.fixture
-def tel() -> Telemetry:
-    t = fresh_telemetry()
-    yield t
-    t.shutdown()
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def sums_by(points: dict[frozenset[tuple[str, Any]], Any], key: str) -> dict[Any
     return dict(out)
 
 
-def test_every_metric_has_its_registered_name_and_unit(tel: Telemetry, sims: Simulators):
+def test_every_metric_has_its_registered_name_and_unit(tel: TelemetryCapture, sims: Simulators):
     cat = catalog()
     tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b", "top-c"]), BODY)
     data = tel.reader.get_metrics_data()
@@ -78,7 +70,7 @@ def test_every_metric_has_its_registered_name_and_unit(tel: Telemetry, sims: Sim
     assert scope.scope.name == "unhardcoded"
 
 
-def test_a_two_hop_route_counts_one_decision_two_fallbacks_and_its_cost(tel: Telemetry, sims: Simulators):
+def test_a_two_hop_route_counts_one_decision_two_fallbacks_and_its_cost(tel: TelemetryCapture, sims: Simulators):
     cat = catalog()
     decision, _, _ = tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b", "top-c"]), BODY)
     assert tel.metric(M.UNHARDCODED_DECISIONS) == {
@@ -114,7 +106,7 @@ def test_a_two_hop_route_counts_one_decision_two_fallbacks_and_its_cost(tel: Tel
     assert count == 1 and decision.latency_ms / 1000 <= total < decision.latency_ms / 1000 + 0.5
 
 
-def test_rejections_are_counted_per_rule(tel: Telemetry):
+def test_rejections_are_counted_per_rule(tel: TelemetryCapture):
     cat = catalog()
     router = tel.router(cat)
     router.decide(policy(cat), BODY)
@@ -123,13 +115,13 @@ def test_rejections_are_counted_per_rule(tel: Telemetry):
     assert rejections == {"eu-region": 4, "quality-floor": 2, "price-ceiling": 2, "request:tools": 1}
 
 
-def test_a_500_model_catalog_counts_every_rejection(tel: Telemetry):
+def test_a_500_model_catalog_counts_every_rejection(tel: TelemetryCapture):
     cat = big_catalog(500)
     decision = tel.router(cat).decide(big_policy(cat), BODY)
     assert sum(tel.metric(M.UNHARDCODED_REJECTIONS).values()) == len(decision.rejected)
 
 
-def test_dry_runs_failures_and_no_candidates_each_have_their_outcome(tel: Telemetry):
+def test_dry_runs_failures_and_no_candidates_each_have_their_outcome(tel: TelemetryCapture):
     cat = catalog()
     s = Simulators({"sim-a": {"cheap-a": error(503)}})
     try:
@@ -151,14 +143,14 @@ def test_dry_runs_failures_and_no_candidates_each_have_their_outcome(tel: Teleme
     assert durations == {"dry_run": 1, "failed": 1, "no_candidate": 1}
 
 
-def test_attribute_sets_stay_low_cardinality_and_fallback_rate_is_one_division(tel: Telemetry, sims: Simulators):
+def test_attribute_sets_stay_low_cardinality_and_fallback_rate_is_one_division(tel: TelemetryCapture, sims: Simulators):
     cat = catalog()
     router = tel.router(cat, sims.client)
     for _ in range(3):
         router.route(policy(cat, fallback=["mid-b", "top-c"]), BODY)  # 2 hops each
     for _ in range(5):
         router.decide(policy(cat, name="triage"), BODY)
-    for name, attrs, _ in tel.points():
+    for name, attrs, _ in tel.metrics():
         assert set(attrs) <= LOW_CARDINALITY, (name, attrs)
         assert not any(str(v).startswith("req_") for v in attrs.values())
     # sum by (policy) (rate(fallbacks)) / sum by (policy) (rate(decisions))

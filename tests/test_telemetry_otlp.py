@@ -13,16 +13,17 @@ from google.protobuf.json_format import MessageToDict
 from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 
 from otlp_receiver import OTLPReceiver
-from telemetry_fixtures import BODY, TOOLS_BODY, Simulators, catalog, fresh_telemetry, policy
+from telemetry_fixtures import BODY, TOOLS_BODY, Simulators, catalog, policy
 from unhardcoded.receipts import Receipt, rebuild_receipts
 from unhardcoded.router import Router
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import gen_ai as G
 from unhardcoded.semconv import metrics as M
 from unhardcoded.semconv import spans as S
-from unhardcoded.simulator import error, ok
 from unhardcoded.telemetry import configure, losses, reset_losses
 from unhardcoded.telemetry.setup import TelemetryConfigError
+from unhardcoded.testing import capture
+from unhardcoded.testing.simulator import error, ok
 
 
 @pytest.fixture
@@ -181,7 +182,7 @@ def test_an_exporter_pointed_at_a_closed_port_never_breaks_routing(
 
 
 def test_the_receiver_reads_otlp_json_too(rx: OTLPReceiver):
-    tel = fresh_telemetry(service="json-svc")
+    tel = capture(service_name="json-svc")
     cat = catalog()
     decision = tel.router(cat).decide(policy(cat), TOOLS_BODY)
     doc = MessageToDict(encode_spans(tel.spans()))

@@ -45,7 +45,7 @@ def test_with_no_sdk_routing_works_and_records_nothing():
         from telemetry_fixtures import BODY, Simulators, catalog, policy
         from unhardcoded import Router
         from unhardcoded.telemetry import losses
-        from unhardcoded.simulator import error
+        from unhardcoded.testing.simulator import error
 
         cat = catalog()
         sims = Simulators({"sim-a": {"cheap-a": error(500)}})

@@ -20,11 +20,9 @@ from telemetry_fixtures import (
     BODY,
     TOOLS_BODY,
     Simulators,
-    Telemetry,
     big_catalog,
     big_policy,
     catalog,
-    fresh_telemetry,
     parent_of,
     policy,
     span_id_of,
@@ -36,15 +34,9 @@ from unhardcoded.router.decision import Decision, Rejection
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import gen_ai as G
 from unhardcoded.semconv import spans as S
-from unhardcoded.simulator import error, ok, timeout
 from unhardcoded.telemetry import REJECTION_EVENT_LIMIT, RouterTelemetry, losses, reset_losses
-
-
-@pytest.fixture
-def tel() -> Telemetry:
-    t = fresh_telemetry()
-    yield t
-    t.shutdown()
+from unhardcoded.testing import TelemetryCapture, capture
+from unhardcoded.testing.simulator import error, ok, timeout
 
 
 @pytest.fixture
@@ -61,7 +53,7 @@ def sims_for(request: pytest.FixtureRequest):
         s.close()
 
 
-def rebuilt_equals(tel: Telemetry, decision: Decision) -> Receipt:
+def rebuilt_equals(tel: TelemetryCapture, decision: Decision) -> Receipt:
     rebuilt = rebuild_receipts(tel.spans())
     assert len(rebuilt.receipts) == 1
     receipt = rebuilt.receipts[0]
@@ -86,7 +78,7 @@ def event_attributes(r: Rejection) -> dict[str, str]:
 # --------------------------------------------------------------------------- a plain decision
 
 
-def test_a_plain_dry_run_is_one_internal_span_with_every_attribute(tel: Telemetry):
+def test_a_plain_dry_run_is_one_internal_span_with_every_attribute(tel: TelemetryCapture):
     cat = catalog()
     pol = policy(cat, rules=[], fallback=["mid-b"])  # no rules: nothing rejected
     decision = tel.router(cat).decide(pol, BODY, request_id="req_plain")
@@ -127,13 +119,13 @@ def test_a_plain_dry_run_is_one_internal_span_with_every_attribute(tel: Telemetr
     rebuilt_equals(tel, decision)
 
 
-def test_the_decision_timestamp_is_the_span_start_in_milliseconds(tel: Telemetry):
+def test_the_decision_timestamp_is_the_span_start_in_milliseconds(tel: TelemetryCapture):
     from unhardcoded.receipts.rebuild import iso_ms
 
     cat = catalog()
     for _ in range(20):
         decision = tel.router(cat).decide(policy(cat), BODY)
-        span = tel.decision_spans()[-1]
+        span = tel.decisions()[-1]
         assert decision.timestamp == iso_ms(span.start_time)
         assert decision.timestamp.endswith("Z") and len(decision.timestamp) == len("2026-01-01T00:00:00.000Z")
 
@@ -141,7 +133,7 @@ def test_the_decision_timestamp_is_the_span_start_in_milliseconds(tel: Telemetry
 # --------------------------------------------------------------------------- rejections
 
 
-def test_each_rejected_model_is_one_event_in_rejected_order(tel: Telemetry):
+def test_each_rejected_model_is_one_event_in_rejected_order(tel: TelemetryCapture):
     cat = catalog()
     pol = policy(cat)
     decision = tel.router(cat).decide(pol, TOOLS_BODY)  # tools in the request: top-c is rejected by request:tools
@@ -166,7 +158,7 @@ def test_each_rejected_model_is_one_event_in_rejected_order(tel: Telemetry):
     rebuilt_equals(tel, decision)
 
 
-def test_no_candidate_is_an_error_span_and_route_raises(tel: Telemetry, sims_for):
+def test_no_candidate_is_an_error_span_and_route_raises(tel: TelemetryCapture, sims_for):
     cat = catalog()
     pol = policy(cat, rules=[{"id": "impossible", "field": "bench_intelligence", "op": "gt", "value": 0.99}])
     decision = tel.router(cat).decide(pol, BODY)
@@ -174,7 +166,7 @@ def test_no_candidate_is_an_error_span_and_route_raises(tel: Telemetry, sims_for
     sims = sims_for()
     with pytest.raises(NoCandidateError):
         tel.router(cat, sims.client).route(pol, BODY)
-    dry, routed = tel.decision_spans()
+    dry, routed = tel.decisions()
     for span in (dry, routed):
         assert span.status.status_code is StatusCode.ERROR
         assert span.attributes[G.ERROR_TYPE] == "no_candidate"
@@ -182,20 +174,20 @@ def test_no_candidate_is_an_error_span_and_route_raises(tel: Telemetry, sims_for
         assert span.attributes[A.UNHARDCODED_CANDIDATES] == ()
         assert A.UNHARDCODED_SELECTED_MODEL not in span.attributes
         assert len(span.events) == 7
-    assert not tel.attempt_spans()
+    assert not tel.attempts()
     assert all(not s.requests for s in sims.sims.values())
 
 
 # --------------------------------------------------------------------------- calls and fallbacks
 
 
-def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: Telemetry, sims_for):
+def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: TelemetryCapture, sims_for):
     cat = catalog()
     sims = sims_for({"sim-a": {"cheap-a": ok("z" * 40, response_model="cheap-a-2026-01")}})
     decision, result, err = tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b"]), BODY)
     assert err is None and decision.answered_by == "cheap-a"
-    [decision_span] = tel.decision_spans()
-    [attempt] = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    [attempt] = tel.attempts()
     assert attempt.name == "chat cheap-a" and attempt.kind is SpanKind.CLIENT
     assert parent_of(attempt) == span_id_of(decision_span) and trace_id_of(attempt) == trace_id_of(decision_span)
     assert dict(attempt.attributes) == {
@@ -224,7 +216,7 @@ def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: T
     rebuilt_equals(tel, decision)
 
 
-def test_a_two_hop_fallback_500_then_timeout_then_ok(tel: Telemetry, sims_for):
+def test_a_two_hop_fallback_500_then_timeout_then_ok(tel: TelemetryCapture, sims_for):
     cat = catalog()
     sims = sims_for(
         {
@@ -240,8 +232,8 @@ def test_a_two_hop_fallback_500_then_timeout_then_ok(tel: Telemetry, sims_for):
         ("cheap-a", "mid-b", "error"),
         ("mid-b", "top-c", "timeout"),
     ]
-    [decision_span] = tel.decision_spans()
-    attempts = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    attempts = tel.attempts()
     assert [s.name for s in attempts] == ["chat cheap-a", "chat mid-b", "chat top-c"]
     assert all(parent_of(s) == span_id_of(decision_span) for s in attempts)
     assert all(s.kind is SpanKind.CLIENT for s in attempts)
@@ -264,13 +256,13 @@ def test_a_two_hop_fallback_500_then_timeout_then_ok(tel: Telemetry, sims_for):
     rebuilt_equals(tel, decision)
 
 
-def test_all_attempts_failing_is_an_error_decision(tel: Telemetry, sims_for):
+def test_all_attempts_failing_is_an_error_decision(tel: TelemetryCapture, sims_for):
     cat = catalog()
     sims = sims_for({"sim-a": {"cheap-a": error(503)}, "sim-b": {"mid-b": error(502)}, "sim-c": {"top-c": error(500)}})
     decision, result, err = tel.router(cat, sims.client).route(policy(cat, fallback=["mid-b", "top-c"]), BODY)
     assert result is None and err is not None and decision.outcome == "failed"
-    [decision_span] = tel.decision_spans()
-    attempts = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    attempts = tel.attempts()
     assert [s.attributes[G.ERROR_TYPE] for s in attempts] == ["503", "502", "500"]
     assert all(s.status.status_code is StatusCode.ERROR for s in attempts)
     a = decision_span.attributes
@@ -281,7 +273,7 @@ def test_all_attempts_failing_is_an_error_decision(tel: Telemetry, sims_for):
     rebuilt_equals(tel, decision)
 
 
-def test_aroute_emits_the_same_spans(tel: Telemetry, sims_for):
+def test_aroute_emits_the_same_spans(tel: TelemetryCapture, sims_for):
     cat = catalog()
     sims = sims_for({"sim-a": {"cheap-a": error(500)}, "sim-b": {"mid-b": ok()}})
 
@@ -290,15 +282,15 @@ def test_aroute_emits_the_same_spans(tel: Telemetry, sims_for):
 
     decision, result, err = asyncio.run(run())
     assert decision.answered_by == "mid-b"
-    [decision_span] = tel.decision_spans()
-    attempts = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    attempts = tel.attempts()
     assert [s.name for s in attempts] == ["chat cheap-a", "chat mid-b"]
     assert all(parent_of(s) == span_id_of(decision_span) for s in attempts)
     assert sims["sim-b"].requests[0].headers["traceparent"].split("-")[2] == span_id_of(attempts[1])
     rebuilt_equals(tel, decision)
 
 
-def test_an_attempt_span_is_current_during_the_provider_call(tel: Telemetry, sims_for):
+def test_an_attempt_span_is_current_during_the_provider_call(tel: TelemetryCapture, sims_for):
     """An instrumented HTTP client would start its span as a child of the attempt."""
     from opentelemetry import trace
 
@@ -314,14 +306,14 @@ def test_an_attempt_span_is_current_during_the_provider_call(tel: Telemetry, sim
     cat = catalog()
     sims = sims_for()
     decision, _, _ = tel.router(cat, sims.client, observer=Peek()).route(policy(cat), BODY)
-    [decision_span] = tel.decision_spans()
-    [attempt] = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    [attempt] = tel.attempts()
     assert seen and seen[0].get_span_context().span_id == attempt.context.span_id
     assert parent_of(attempt) == span_id_of(decision_span)
     assert trace.get_current_span() is trace.INVALID_SPAN  # restored after the route
 
 
-def test_a_user_observer_still_sees_every_attempt(tel: Telemetry, sims_for):
+def test_a_user_observer_still_sees_every_attempt(tel: TelemetryCapture, sims_for):
     from unhardcoded.router.cascade import AttemptObserver
 
     class Recorder(AttemptObserver):
@@ -353,7 +345,7 @@ def test_a_user_observer_still_sees_every_attempt(tel: Telemetry, sims_for):
 # --------------------------------------------------------------------------- a 500-model catalog and the SDK limits
 
 
-def test_a_500_model_catalog_is_not_cut_silently(tel: Telemetry):
+def test_a_500_model_catalog_is_not_cut_silently(tel: TelemetryCapture):
     cat = big_catalog(500)
     pol = big_policy(cat)
     decision = tel.router(cat).decide(pol, BODY)
@@ -375,7 +367,7 @@ def test_a_500_model_catalog_is_not_cut_silently(tel: Telemetry):
     rebuilt_equals(tel, decision)
 
 
-def test_a_500_model_catalog_with_request_rules_too(tel: Telemetry):
+def test_a_500_model_catalog_with_request_rules_too(tel: TelemetryCapture):
     cat = big_catalog(500)
     pol = big_policy(cat)
     body = {**BODY, "max_tokens": 50_000, "messages": [{"role": "user", "content": "x" * 40_000}]}
@@ -386,7 +378,7 @@ def test_a_500_model_catalog_with_request_rules_too(tel: Telemetry):
 
 def test_an_event_limit_below_64_is_reported_and_the_receipt_is_incomplete():
     reset_losses()
-    tel = fresh_telemetry(SpanLimits(max_events=10))
+    tel = capture(span_limits=SpanLimits(max_events=10))
     cat = catalog()
     decision = tel.router(cat).decide(policy(cat), TOOLS_BODY)  # 5 rejections
     decision2 = tel.router(big_catalog(100)).decide(big_policy(big_catalog(100)), BODY)
@@ -403,7 +395,7 @@ def test_an_event_limit_below_64_is_reported_and_the_receipt_is_incomplete():
 
 def test_an_attribute_length_limit_is_reported_and_the_receipt_is_incomplete():
     reset_losses()
-    tel = fresh_telemetry(SpanLimits(max_attribute_length=40))
+    tel = capture(span_limits=SpanLimits(max_attribute_length=40))
     cat = catalog()
     decision = tel.router(cat).decide(policy(cat), BODY)
     [span] = tel.spans()
@@ -417,7 +409,7 @@ def test_an_attribute_length_limit_is_reported_and_the_receipt_is_incomplete():
 
 
 def test_an_attribute_count_limit_is_reported():
-    tel = fresh_telemetry(SpanLimits(max_span_attributes=20))
+    tel = capture(span_limits=SpanLimits(max_span_attributes=20))
     cat = catalog()
     tel.router(cat).decide(policy(cat), BODY)
     [span] = tel.spans()
@@ -430,7 +422,7 @@ def test_an_attribute_count_limit_is_reported():
 # --------------------------------------------------------------------------- telemetry never breaks a request
 
 
-def test_a_value_json_cannot_hold_is_counted_as_dropped(tel: Telemetry):
+def test_a_value_json_cannot_hold_is_counted_as_dropped(tel: TelemetryCapture):
     reset_losses()
     cat = catalog()
     pol = policy(cat)
@@ -441,7 +433,7 @@ def test_a_value_json_cannot_hold_is_counted_as_dropped(tel: Telemetry):
     decision.rejected = [*decision.rejected, odd]
     with telemetry.decision(compiled) as scope:
         scope.finish(decision)
-    span = tel.decision_spans()[-1]
+    span = tel.decisions()[-1]
     assert span.attributes[A.UNHARDCODED_TELEMETRY_DROPPED] == 2
     assert losses().unencodable == 2
     event = span.events[-1].attributes
@@ -461,7 +453,7 @@ class Exploding(SpanProcessor):
 
 def test_a_span_processor_that_raises_does_not_break_routing(sims_for):
     reset_losses()
-    tel = fresh_telemetry()
+    tel = capture()
     tel.tracer_provider.add_span_processor(Exploding())
     cat = catalog()
     sims = sims_for({"sim-a": {"cheap-a": error(500)}})
@@ -474,7 +466,7 @@ def test_a_span_processor_that_raises_does_not_break_routing(sims_for):
     tel.shutdown()
 
 
-def test_a_failing_meter_does_not_break_routing(tel: Telemetry):
+def test_a_failing_meter_does_not_break_routing(tel: TelemetryCapture):
     reset_losses()
     cat = catalog()
     router = tel.router(cat)
@@ -489,10 +481,10 @@ def test_a_failing_meter_does_not_break_routing(tel: Telemetry):
     decision = router.decide(policy(cat), BODY)
     assert decision.selected is not None
     assert losses().errors == 1
-    assert len(tel.decision_spans()) == 1
+    assert len(tel.decisions()) == 1
 
 
-def test_an_exception_inside_the_cascade_ends_every_span_as_an_error(tel: Telemetry, sims_for):
+def test_an_exception_inside_the_cascade_ends_every_span_as_an_error(tel: TelemetryCapture, sims_for):
     from unhardcoded.router.cascade import AttemptObserver
 
     class Interrupt(AttemptObserver):
@@ -503,8 +495,8 @@ def test_an_exception_inside_the_cascade_ends_every_span_as_an_error(tel: Teleme
     sims = sims_for()
     with pytest.raises(KeyboardInterrupt):
         tel.router(cat, sims.client, observer=Interrupt()).route(policy(cat), BODY)
-    [decision_span] = tel.decision_spans()
-    [attempt] = tel.attempt_spans()
+    [decision_span] = tel.decisions()
+    [attempt] = tel.attempts()
     assert decision_span.status.status_code is StatusCode.ERROR
     assert decision_span.attributes[G.ERROR_TYPE] == "KeyboardInterrupt"
     assert decision_span.attributes[A.UNHARDCODED_DECISION_OUTCOME] == "failed"
@@ -526,21 +518,14 @@ def test_a_sampled_out_decision_records_nothing_and_keeps_no_ids():
     assert decision.trace_id is None and decision.span_id is None and decision.selected is not None
 
 
-def test_with_a_tracer_and_no_meter_the_span_still_times_the_decision(sims_for):
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
+def test_with_a_tracer_and_no_meter_the_span_still_times_the_decision(sims_for, tel: TelemetryCapture):
     from unhardcoded.router import Router
 
-    exporter = InMemorySpanExporter()
-    tp = TracerProvider()
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
     cat = catalog()
     sims = sims_for()
-    router = Router(cat, client=sims.client, tracer_provider=tp)  # the meter is the global (no-op) one
+    router = Router(cat, client=sims.client, tracer_provider=tel.tracer_provider)  # the meter is the global no-op
     router.decide(policy(cat), BODY)
     decision, _, _ = router.route(policy(cat), BODY)
-    dry, routed = (s for s in exporter.get_finished_spans() if s.name == "route support")
+    dry, routed = tel.spans("route support")
     assert 0 <= dry.end_time - dry.start_time < 1e9
     assert decision.latency_ms * 1e6 <= routed.end_time - routed.start_time < 5e9

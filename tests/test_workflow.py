@@ -15,9 +15,7 @@ import unhardcoded
 from telemetry_fixtures import (
     BODY,
     Simulators,
-    Telemetry,
     catalog,
-    fresh_telemetry,
     parent_of,
     policy,
     span_id_of,
@@ -27,17 +25,11 @@ from unhardcoded.receipts import Receipt, rebuild_receipts
 from unhardcoded.router.decision import WorkflowRef
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import spans as S
-from unhardcoded.simulator import error
 from unhardcoded.telemetry import continue_from, current_workflow, extract_context, inject_headers, workflow
+from unhardcoded.testing import TelemetryCapture, capture
+from unhardcoded.testing.simulator import error
 
 NODES = ["intake", "classify", "retrieve", "draft", "review"]
-
-
-@pytest.fixture
-def tel() -> Telemetry:
-    t = fresh_telemetry()
-    yield t
-    t.shutdown()
 
 
 @pytest.fixture
@@ -47,7 +39,7 @@ def sims():
     s.close()
 
 
-def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry, sims: Simulators):
+def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: TelemetryCapture, sims: Simulators):
     cat = catalog()
     router = tel.router(cat, sims.client)
     pol = policy(cat, fallback=["mid-b"])
@@ -62,7 +54,7 @@ def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry
     spans = tel.spans()
     assert len({trace_id_of(s) for s in spans}) == 1
     assert wf.trace_id == trace_id_of(spans[0])
-    [root] = tel.by_name("workflow triage")
+    [root] = tel.spans("workflow triage")
     assert root.parent is None and root.kind is SpanKind.INTERNAL
     assert dict(root.attributes) == {A.UNHARDCODED_WORKFLOW_ID: wf.id, A.UNHARDCODED_WORKFLOW_NAME: "triage"}
     nodes = {s.attributes[A.UNHARDCODED_WORKFLOW_NODE]: s for s in spans if s.name.startswith("node ")}
@@ -77,7 +69,7 @@ def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry
             A.UNHARDCODED_WORKFLOW_NODE: name,
             A.UNHARDCODED_WORKFLOW_STEP: step,
         }
-    decision_spans = tel.decision_spans()
+    decision_spans = tel.decisions()
     assert len(decision_spans) == 5
     for step, (name, decision) in enumerate(zip(NODES, decisions)):
         assert decision.workflow == WorkflowRef(id=wf.id, name="triage", node=name, step=step)
@@ -86,7 +78,7 @@ def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry
         assert span.attributes[A.UNHARDCODED_WORKFLOW_ID] == wf.id
         assert span.attributes[A.UNHARDCODED_WORKFLOW_NODE] == name
         assert span.attributes[A.UNHARDCODED_WORKFLOW_STEP] == step
-    for attempt in tel.attempt_spans():
+    for attempt in tel.attempts():
         assert parent_of(attempt) in {span_id_of(s) for s in decision_spans}
     rebuilt = rebuild_receipts(spans)
     [run] = rebuilt.workflows
@@ -95,23 +87,23 @@ def test_a_five_node_workflow_is_one_trace_with_the_right_parents(tel: Telemetry
     assert run.totals.decisions == 5 and run.totals.fallbacks == 2
 
 
-def test_outside_a_workflow_a_decision_has_none(tel: Telemetry):
+def test_outside_a_workflow_a_decision_has_none(tel: TelemetryCapture):
     cat = catalog()
     decision = tel.router(cat).decide(policy(cat), BODY)
     assert decision.workflow is None and current_workflow() is None
-    assert A.UNHARDCODED_WORKFLOW_ID not in tel.decision_spans()[0].attributes
+    assert A.UNHARDCODED_WORKFLOW_ID not in tel.decisions()[0].attributes
 
 
-def test_an_explicit_workflow_argument_wins(tel: Telemetry):
+def test_an_explicit_workflow_argument_wins(tel: TelemetryCapture):
     cat = catalog()
     mine = WorkflowRef(id="wf_mine", name="mine", node="n", step=7)
     with workflow("triage", tracer_provider=tel.tracer_provider) as wf, wf.node("classify"):
         decision = tel.router(cat).decide(policy(cat), BODY, workflow=mine)
     assert decision.workflow == mine
-    assert tel.decision_spans()[0].attributes[A.UNHARDCODED_WORKFLOW_STEP] == 7
+    assert tel.decisions()[0].attributes[A.UNHARDCODED_WORKFLOW_STEP] == 7
 
 
-def test_decorators_sync(tel: Telemetry):
+def test_decorators_sync(tel: TelemetryCapture):
     cat = catalog()
     router = tel.router(cat)
     pol = policy(cat)
@@ -133,12 +125,12 @@ def test_decorators_sync(tel: Telemetry):
     assert [d.workflow.node for d in first] == ["classify", "answer"] and [d.workflow.step for d in first] == [0, 1]
     assert first[0].workflow.id == first[1].workflow.id != second[0].workflow.id  # a new run per call
     assert len({d.trace_id for d in first}) == 1 and first[0].trace_id != second[0].trace_id
-    assert len(tel.by_name("workflow triage")) == 2 and len(tel.by_name("node classify")) == 2
+    assert len(tel.spans("workflow triage")) == 2 and len(tel.spans("node classify")) == 2
     # Called outside any run, a node is only its function.
     assert classify().workflow is None
 
 
-def test_decorators_async_with_concurrent_nodes(tel: Telemetry):
+def test_decorators_async_with_concurrent_nodes(tel: TelemetryCapture):
     cat = catalog()
     router = tel.router(cat)
     pol = policy(cat)
@@ -164,13 +156,13 @@ def test_decorators_async_with_concurrent_nodes(tel: Telemetry):
     assert sorted(d.workflow.step for d in decisions) == [0, 1, 2]
     nodes = {span_id_of(s): s for s in tel.spans() if s.name.startswith("node ")}
     for d in decisions:
-        [span] = [s for s in tel.decision_spans() if s.attributes[A.UNHARDCODED_REQUEST_ID] == d.request_id]
+        [span] = [s for s in tel.decisions() if s.attributes[A.UNHARDCODED_REQUEST_ID] == d.request_id]
         node = nodes[parent_of(span)]
         assert node.attributes[A.UNHARDCODED_WORKFLOW_NODE] == d.workflow.node
         assert node.attributes[A.UNHARDCODED_WORKFLOW_STEP] == d.workflow.step
 
 
-def test_async_with_and_a_bound_node_decorator(tel: Telemetry):
+def test_async_with_and_a_bound_node_decorator(tel: TelemetryCapture):
     cat = catalog()
     router = tel.router(cat)
 
@@ -189,7 +181,7 @@ def test_async_with_and_a_bound_node_decorator(tel: Telemetry):
     assert decision.workflow == WorkflowRef(id=wf.id, name="triage", node="classify", step=1)
 
 
-def test_a_thread_started_with_the_context_stays_in_the_node(tel: Telemetry):
+def test_a_thread_started_with_the_context_stays_in_the_node(tel: TelemetryCapture):
     cat = catalog()
     router = tel.router(cat)
     out: list[Any] = []
@@ -201,7 +193,7 @@ def test_a_thread_started_with_the_context_stays_in_the_node(tel: Telemetry):
     assert out[0].workflow == WorkflowRef(id=wf.id, name="triage", node="classify", step=0)
 
 
-def test_an_exception_marks_the_node_and_the_run_and_propagates(tel: Telemetry):
+def test_an_exception_marks_the_node_and_the_run_and_propagates(tel: TelemetryCapture):
     with pytest.raises(ValueError, match="boom"):
         with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
             with wf.node("classify"):
@@ -245,7 +237,7 @@ def test_without_an_sdk_decisions_still_know_their_workflow():
 # --------------------------------------------------------------------------- headers
 
 
-def test_inject_then_extract_carries_the_span_and_the_workflow(tel: Telemetry):
+def test_inject_then_extract_carries_the_span_and_the_workflow(tel: TelemetryCapture):
     with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
         with wf.node("intake"):
             pass
@@ -263,8 +255,8 @@ def test_inject_then_extract_carries_the_span_and_the_workflow(tel: Telemetry):
     assert baggage.get_baggage(A.UNHARDCODED_WORKFLOW_STEP, ctx) == "2"  # two nodes started so far
 
 
-def test_continue_from_makes_nodes_of_the_callers_run(tel: Telemetry):
-    other = fresh_telemetry(service="other")
+def test_continue_from_makes_nodes_of_the_callers_run(tel: TelemetryCapture):
+    other = capture(service_name="other")
     cat = catalog()
     with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
         with wf.node("intake"), wf.node("dispatch"):
@@ -280,13 +272,13 @@ def test_continue_from_makes_nodes_of_the_callers_run(tel: Telemetry):
     assert current_workflow() is None
     assert plain.workflow == WorkflowRef(id=wf.id, name="triage")
     assert in_node.workflow == WorkflowRef(id=wf.id, name="triage", node="retrieve", step=2)
-    [node] = other.by_name("node retrieve")
+    [node] = other.spans("node retrieve")
     assert trace_id_of(node) == wf.trace_id and parent_of(node) == format(dispatch.span_id, "016x")
     assert all(trace_id_of(s) == wf.trace_id for s in other.spans())
     other.shutdown()
 
 
-def test_extract_context_attached_by_hand_is_enough_for_decisions(tel: Telemetry):
+def test_extract_context_attached_by_hand_is_enough_for_decisions(tel: TelemetryCapture):
     from opentelemetry import context
 
     with workflow("triage", tracer_provider=tel.tracer_provider) as wf, wf.node("dispatch"):
@@ -301,7 +293,7 @@ def test_extract_context_attached_by_hand_is_enough_for_decisions(tel: Telemetry
     assert decision.trace_id == wf.trace_id
 
 
-def test_headers_without_a_workflow_continue_only_the_trace(tel: Telemetry):
+def test_headers_without_a_workflow_continue_only_the_trace(tel: TelemetryCapture):
     cat = catalog()
     with trace.use_span(tel.tracer_provider.get_tracer("t").start_span("client"), end_on_exit=True):
         headers = inject_headers()

@@ -23,8 +23,8 @@ from unhardcoded.receipts import Receipt, rebuild_receipts
 from unhardcoded.router import Decision, Router
 from unhardcoded.router.decision import WorkflowRef
 from unhardcoded.semconv import attributes as A
-from unhardcoded.simulator import error
 from unhardcoded.telemetry import configure, inject_headers, workflow
+from unhardcoded.testing.simulator import error
 
 TESTS = Path(__file__).parent
 

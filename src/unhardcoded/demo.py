@@ -94,8 +94,8 @@ def run_demo(store_url: str | None = None, *, out: Any = sys.stdout, as_json: bo
     from .receipts import ReceiptSpanProcessor, open_store
     from .receipts.render import render_workflow
     from .router import ProviderClient, ProvidersConfig, Router
-    from .simulator import SimulatedProvider, error, fail_times, ok
     from .telemetry import workflow
+    from .testing.simulator import SimulatedProvider, error, fail_times, ok
 
     say = (lambda *a: print(*a, file=sys.stderr)) if as_json else (lambda *a: print(*a, file=out))
     catalog = Catalog.builtin()

@@ -18,7 +18,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient, ProvidersConfig
 from unhardcoded.server import create_app
-from unhardcoded.simulator import SimulatedProvider
+from unhardcoded.testing.simulator import SimulatedProvider
 
 # The support policy (shipped) selects gemini-3.5-flash and falls back to claude-sonnet-4-6, then gpt-5.5.
 SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"

@@ -1,6 +1,6 @@
 """Simulated OpenAI-compatible providers: real HTTP servers on loopback that fail on demand.
 
-Used by the tests and by ``unhardcoded demo``. Each :class:`SimulatedProvider`
+Used by the tests, by ``unhardcoded demo`` and by anyone testing their own policies. Each :class:`SimulatedProvider`
 serves ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models``
 on ``127.0.0.1`` with an ephemeral port, answering each model according to a
 :class:`Behavior`: a well-formed completion, an HTTP error, a stall, a 429, or a
@@ -20,10 +20,10 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from .router.providers import ProviderConfig
+    from ..router import ProviderConfig
 
 __all__ = [
     "Behavior",
@@ -47,7 +47,8 @@ __all__ = [
     "timeout",
 ]
 
-logger = logging.getLogger(__name__)
+# The name it had before it moved into unhardcoded.testing: log configuration that filters on it keeps working.
+logger = logging.getLogger("unhardcoded.simulator")
 
 
 # --------------------------------------------------------------------------- behaviors
@@ -248,7 +249,7 @@ class _HTTPServer(ThreadingHTTPServer):
         # Clients resetting idle keep-alive connections is routine; the default
         # prints a traceback to stderr. A real fault in the simulator is logged.
         if not isinstance(sys.exc_info()[1], OSError):
-            logger.warning("%s: error serving a request", self.simulator.name, exc_info=True)
+            logger.warning("%s: error serving a request", self.simulator.name, exc_info=True)  # noqa: LOG014 - socketserver calls this inside its except block
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -314,7 +315,7 @@ class SimulatedProvider:
 
     # ---- lifecycle
 
-    def start(self) -> SimulatedProvider:
+    def start(self) -> Self:
         if self._server is not None:
             return self
         self._closing.clear()
@@ -335,7 +336,8 @@ class SimulatedProvider:
         self._closing.set()  # wakes handlers sleeping in a latency or a stall
         try:
             # The accept loop blocks without polling; one connection wakes it to see _closing.
-            socket.create_connection(server.server_address[:2], timeout=1).close()
+            host, port = server.server_address[:2]
+            socket.create_connection((str(host), int(port)), timeout=1).close()
         except OSError:
             pass
         if self._thread is not None:
@@ -355,7 +357,7 @@ class SimulatedProvider:
         while not self._closing.is_set():
             server.handle_request()
 
-    def __enter__(self) -> SimulatedProvider:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -373,7 +375,7 @@ class SimulatedProvider:
 
     def provider_config(self, *, api_key_env: str | None = None, timeout_s: float = 30.0) -> ProviderConfig:
         """A providers-file entry pointing at this simulator."""
-        from .router.providers import ProviderConfig
+        from ..router import ProviderConfig
 
         return ProviderConfig(name=self.name, base_url=self.base_url, api_key_env=api_key_env, timeout_s=timeout_s)
 
@@ -604,12 +606,18 @@ class SimulatedProvider:
                 }
             )
             pieces = [call["function"]["arguments"]]
-            delta_of = lambda piece: {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}  # noqa: E731
+
+            def delta_of(piece: str) -> dict[str, Any]:
+                return {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+
             finish = "tool_calls"
         else:
             send({"role": "assistant", "content": "", "refusal": None})
             pieces = re.findall(r"\S+\s*", c.text or "") or [""]
-            delta_of = lambda piece: {"content": piece}  # noqa: E731
+
+            def delta_of(piece: str) -> dict[str, Any]:
+                return {"content": piece}
+
             finish = "stop"
 
         if cut_after is not None:
@@ -722,7 +730,7 @@ def _encode(body: Any) -> bytes:
 
 def _read_body(h: _Handler) -> bytes:
     if "chunked" in h.headers.get("Transfer-Encoding", "").lower():
-        parts = []
+        parts: list[bytes] = []
         while True:
             size = int(h.rfile.readline().split(b";")[0].strip() or b"0", 16)
             if size == 0:
