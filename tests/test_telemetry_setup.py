@@ -56,19 +56,16 @@ def test_with_no_sdk_routing_works_and_records_nothing():
         no_sdk = type(trace.get_tracer_provider()).__name__
 
         # An SDK installed later is picked up by the same Router: proof the spans above were not made and lost.
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-        exporter = InMemorySpanExporter()
-        tp = TracerProvider(); tp.add_span_processor(SimpleSpanProcessor(exporter))
-        trace.set_tracer_provider(tp)
+        from unhardcoded.testing import capture
+        sdk = capture()
+        trace.set_tracer_provider(sdk.tracer_provider)
         later = router.decide(policy(cat), BODY)
         sims.close()
         print(json.dumps({
             "provider": no_sdk, "dry": [dry.selected.model, dry.trace_id, dry.timestamp],
             "routed": [decision.answered_by, decision.outcome, decision.trace_id, len(decision.attempts)],
             "traceparent": "traceparent" in provider_headers, "losses": losses().total,
-            "later": [later.trace_id is not None, [s.name for s in exporter.get_finished_spans()]],
+            "later": [later.trace_id is not None, [s.name for s in sdk.spans()]],
         }))
     """)
     assert out["provider"] == "ProxyTracerProvider"
@@ -110,16 +107,12 @@ def test_configure_leaves_an_apps_own_providers_alone():
     out = run_python("""
         import json
         from opentelemetry import trace, metrics
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.metrics import MeterProvider
-        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         import unhardcoded
+        from unhardcoded.testing import capture
         from telemetry_fixtures import BODY, catalog, policy
 
-        exporter = InMemorySpanExporter()
-        tp = TracerProvider(); tp.add_span_processor(SimpleSpanProcessor(exporter))
-        mp = MeterProvider()
+        sdk = capture()
+        tp, mp = sdk.tracer_provider, sdk.meter_provider
         trace.set_tracer_provider(tp); metrics.set_meter_provider(mp)
         setup = unhardcoded.configure(service_name="ignored", endpoint="http://127.0.0.1:9")
         cat = catalog()
@@ -128,7 +121,7 @@ def test_configure_leaves_an_apps_own_providers_alone():
             "installed": [setup.traces_installed, setup.metrics_installed],
             "same": [trace.get_tracer_provider() is tp, metrics.get_meter_provider() is mp,
                      setup.tracer_provider is tp, setup.meter_provider is mp],
-            "spans": [s.name for s in exporter.get_finished_spans()],
+            "spans": [s.name for s in sdk.spans()],
         }))
     """)
     assert out == {"installed": [False, False], "same": [True, True, True, True], "spans": ["route support"]}
