@@ -24,25 +24,26 @@ def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):
     db = tmp_path / "receipts.db"
     acked = tmp_path / "acked.jsonl"
     p = ProcessorProcess(str(db), "--wait-window", "1", log=tmp_path / "processor.log").start()
-    sender = subprocess.Popen(
-        [
-            sys.executable,
-            str(TESTS / "processor_fixtures.py"),
-            "send",
-            "--http",
-            p.url,
-            "--grpc",
-            p.grpc_endpoint,
-            "--decisions",
-            "300",
-            "--out",
-            str(acked),
-            "--pause",
-            "0.04",
-        ],
-        cwd=str(TESTS),
-        stderr=open(tmp_path / "sender.log", "wb"),
-    )
+    with open(tmp_path / "sender.log", "wb") as sender_log:  # the sender has its own copy of the descriptor
+        sender = subprocess.Popen(
+            [
+                sys.executable,
+                str(TESTS / "processor_fixtures.py"),
+                "send",
+                "--http",
+                p.url,
+                "--grpc",
+                p.grpc_endpoint,
+                "--decisions",
+                "300",
+                "--out",
+                str(acked),
+                "--pause",
+                "0.04",
+            ],
+            cwd=str(TESTS),
+            stderr=sender_log,
+        )
     rng = random.Random(5)
     kills = 0
     try:

@@ -194,7 +194,7 @@ def test_a_provider_missing_from_the_providers_file_falls_back(simulated_provide
     configured = providers_for({name: sim for name, sim in sims.items() if name != PROVIDER_OF[SELECTED]})
     with ProviderClient(configured) as client:
         app = create_app(Router(Catalog.builtin(), client), default_policy="support")
-        with serving(app) as server:
+        with serving(app, closing=[client]) as server:
             stack = Stack(sims, server)
             raw = stack.client().chat.completions.with_raw_response.create(model="auto", messages=HELLO, stream=stream)
             answer = raw.parse()

@@ -192,7 +192,7 @@ def traced(simulated_provider: Any, tel: TelemetryCapture) -> Iterator[tuple[Sta
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     router = traced_router(client, provider)
     app = create_app(router, default_policy="support", tracer_provider=provider)
-    with serving(app) as server:
+    with serving(app, closing=[client]) as server:
         yield Stack(sims, server), exporter
     client.close()
 
@@ -305,7 +305,7 @@ def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider:
     client = WatchedStreams(providers_for(sims, timeout_s=2.0))
     hooks = HookLog()
     router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
-    with serving(create_app(router, default_policy="support", tracer_provider=provider)) as server:
+    with serving(create_app(router, default_policy="support", tracer_provider=provider), closing=[client]) as server:
         with httpx.stream(
             "POST", f"{server.openai_base_url}/chat/completions", json={"messages": HELLO, "stream": True}
         ) as r:
@@ -490,7 +490,7 @@ def test_canary_key_never_leaves_the_provider_call(
     app = create_app(traced_router(client, provider), default_policy="support", tracer_provider=provider)
     stack_sims = sims
     responses: list[httpx.Response] = []
-    with serving(app, log_level="debug") as server:
+    with serving(app, closing=[client], log_level="debug") as server:
         stack = Stack(stack_sims, server)
         stack.behave(SELECTED, error(401, echo_authorization=True))
         stack.behave(FIRST_FALLBACK, ok(echo_authorization=True))
@@ -519,14 +519,11 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
     provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
-    app = create_app(
-        traced_router(client, provider),
-        default_policy="support",
-        forward_client_key=["google"],
-        tracer_provider=provider,
-    )
+    router = traced_router(client, provider)
+    app = create_app(router, default_policy="support", forward_client_key=["google"], tracer_provider=provider)
     responses = []
-    with serving(app) as server:
+    # The app put its own key-forwarding client in the router; that one holds the connections.
+    with serving(app, closing=[router.client]) as server:
         stack = Stack(sims, server)
         stack.behave(SELECTED, error(500, echo_authorization=True))
         oa = openai.OpenAI(base_url=server.openai_base_url, api_key=CANARY, max_retries=0)

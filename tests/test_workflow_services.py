@@ -58,7 +58,9 @@ def service(rx: OTLPReceiver):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, proc.stderr.read()
+    with proc:  # closes the pipes
+        stderr = proc.stderr.read()
+    assert proc.returncode == 0, stderr
 
 
 def test_a_five_node_workflow_across_two_processes_is_one_trace(rx: OTLPReceiver, service: str):
