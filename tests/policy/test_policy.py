@@ -22,7 +22,7 @@ from unhardcoded.policy import (
     validate_policy,
 )
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 CUSTOM_CATALOG = """
 schema: unhardcoded-catalog/v1

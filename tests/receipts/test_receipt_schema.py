@@ -16,7 +16,7 @@ from fixtures.decisions import decisions, workflows
 from unhardcoded.receipts import Receipt, WorkflowReceipt, rebuild_receipts
 from unhardcoded.receipts.schema import schema_texts
 
-DOCS = Path(__file__).resolve().parent.parent / "docs"
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 RECEIPT = json.loads((DOCS / "receipt.schema.json").read_text(encoding="utf-8"))
 WORKFLOW = json.loads((DOCS / "workflow-receipt.schema.json").read_text(encoding="utf-8"))
 

@@ -18,7 +18,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.receipts import Receipt, ReceiptQuery, ReceiptStore, StoreError, open_store
 from unhardcoded.receipts.store import STORE_SCHEMA_VERSION, default_store_path, sqlite_path, store_url
 
-FIXTURE = json.loads((Path(__file__).parent / "fixtures" / generate.EXPECTED).read_text(encoding="utf-8"))
+FIXTURE = json.loads((Path(__file__).parent.parent / "fixtures" / generate.EXPECTED).read_text(encoding="utf-8"))
 HOPPED, DIRECT = (Receipt.model_validate(r) for r in FIXTURE["receipts"])
 POLICIES = FIXTURE["policies"]
 
@@ -402,7 +402,7 @@ WRITER = textwrap.dedent("""
 
 def test_concurrent_writers_in_two_processes(tmp_path):
     path = tmp_path / "receipts.db"  # not created yet: both processes race to create it
-    fixture = Path(__file__).parent / "fixtures" / generate.EXPECTED
+    fixture = Path(__file__).parent.parent / "fixtures" / generate.EXPECTED
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", WRITER, str(path), str(fixture), str(w)], stderr=subprocess.PIPE, text=True

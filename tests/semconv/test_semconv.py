@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 GENERATOR_PATH = REPO_ROOT / "scripts" / "generate_semconv.py"
 REGISTRY_DIR = REPO_ROOT / "semconv"
 PACKAGE_DIR = REPO_ROOT / "src" / "unhardcoded"

@@ -30,7 +30,7 @@ from unhardcoded import cli
 from unhardcoded.semconv import attributes as A
 from unhardcoded.testing.simulator import error
 
-APP = Path(__file__).parent / "apps" / "client_app.py"
+APP = Path(__file__).parent.parent / "apps" / "client_app.py"
 
 
 class _Span:

@@ -13,7 +13,7 @@ import yaml
 from unhardcoded.catalog import BUILTIN_FIELDS, CATALOG_SCHEMA, Catalog, CatalogArchive
 from unhardcoded.errors import CatalogError
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 BUILTIN_NAMES = [
     "id",
     "provider",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from processor_fixtures import ProcessorProcess
 
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent.parent
 
 
 def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):

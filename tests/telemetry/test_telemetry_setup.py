@@ -19,7 +19,7 @@ import pytest
 from otlp_receiver import OTLPReceiver
 from unhardcoded.semconv import attributes as A
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parent.parent
 
 
 def run_python(code: str, env: dict[str, str] | None = None, timeout: float = 60) -> Any:

@@ -17,7 +17,7 @@ from unhardcoded.receipts.spans import detect_format
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import spans as S
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / generate.EXPECTED).read_text(encoding="utf-8"))
 RECEIPTS = [Receipt.model_validate(r) for r in EXPECTED["receipts"]]
 WORKFLOWS = [WorkflowReceipt.model_validate(w) for w in EXPECTED["workflows"]]

@@ -15,7 +15,7 @@ from unhardcoded.receipts import Receipt, open_store
 from unhardcoded.receipts.render import render_replay
 from unhardcoded.receipts.replay import ReplayError, parse_since, recorded_catalog, replay, replay_from_store
 
-EXPECTED = json.loads((Path(__file__).parent / "fixtures" / generate.EXPECTED).read_text(encoding="utf-8"))
+EXPECTED = json.loads((Path(__file__).parent.parent / "fixtures" / generate.EXPECTED).read_text(encoding="utf-8"))
 HOPPED = Receipt.model_validate(EXPECTED["receipts"][0])
 BODY = EXPECTED["policies"][HOPPED.policy.fingerprint]
 BUILTIN = Catalog.builtin()

@@ -26,7 +26,7 @@ from unhardcoded.semconv import attributes as A
 from unhardcoded.telemetry import configure, inject_headers, workflow
 from unhardcoded.testing.simulator import error
 
-TESTS = Path(__file__).parent
+TESTS = Path(__file__).parent.parent
 
 
 @pytest.fixture

@@ -20,10 +20,10 @@ from unhardcoded.receipts import Receipt, open_store, rebuild_receipts
 from unhardcoded.router.engine import CompiledPolicy
 from unhardcoded.router.features import RequestFeatures
 
-FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURES = Path(__file__).parent.parent / "fixtures"
 EXPECTED = json.loads((FIXTURES / generate.EXPECTED).read_text(encoding="utf-8"))
 HOPPED, DIRECT = EXPECTED["receipts"]
-SCHEMA = json.loads((Path(__file__).parent.parent / "docs" / "receipt.schema.json").read_text(encoding="utf-8"))
+SCHEMA = json.loads((Path(__file__).parents[2] / "docs" / "receipt.schema.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture

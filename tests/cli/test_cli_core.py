@@ -17,7 +17,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.policy import load_policy_file
 from unhardcoded.router import Router
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples"
 SUPPORT = EXAMPLES / "policies" / "support.yaml"
 CUSTOM_CATALOG = EXAMPLES / "catalog.yaml"

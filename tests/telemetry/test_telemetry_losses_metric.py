@@ -12,7 +12,7 @@ import socket
 import pytest
 
 from otlp_receiver import OTLPReceiver
-from test_telemetry_setup import run_python
+from telemetry.test_telemetry_setup import run_python
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import metrics as M
 
