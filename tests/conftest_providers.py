@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from unhardcoded.router.providers import ProviderClient, ProvidersConfig
-from unhardcoded.simulator import SimulatedProvider
+from unhardcoded.testing.simulator import SimulatedProvider
 
 
 @pytest.fixture

@@ -238,6 +238,9 @@ class ProcessorProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
+        if self._log_file is not None:  # start() opens it again
+            self._log_file.close()
+            self._log_file = None
 
     def stop(self) -> int | None:
         if self.proc is None:

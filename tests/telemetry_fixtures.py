@@ -1,7 +1,8 @@
-"""Shared set-up for the telemetry and workflow tests: fresh SDK providers, catalogs, policies, simulated providers.
+"""Shared set-up for the telemetry and workflow tests: catalogs, policies, simulated providers.
 
 Imported explicitly (``from telemetry_fixtures import ...``); the fixtures are
-plain functions and small classes so each test module picks what it needs.
+plain functions and small classes so each test module picks what it needs. Telemetry is captured by the
+``tel`` fixture of ``conftest.py`` (:mod:`unhardcoded.testing`).
 Run as a script (``python telemetry_fixtures.py workflow-service``) it is the
 second service of the cross-process workflow test.
 """
@@ -10,21 +11,12 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from typing import Any, Iterator
-
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import SpanLimits, TracerProvider
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.policy import Policy, validate_policy
-from unhardcoded.router import ProviderClient, ProvidersConfig, Router
-from unhardcoded.semconv import attributes as A
-from unhardcoded.simulator import SimulatedProvider
+from unhardcoded.router import ProviderClient, ProvidersConfig
+from unhardcoded.testing.simulator import SimulatedProvider
 
 # Providers are simulator names. Rejected by the policy below: `us-b` (region), `dim` (quality floor),
 # `pricey` (price ceiling); `base` is the baseline (us only, so never a candidate).
@@ -189,72 +181,6 @@ def big_policy(cat: Catalog) -> Policy:
     )
 
 
-@dataclass
-class Telemetry:
-    """A fresh SDK tracer and meter provider with in-memory exporters, never installed globally."""
-
-    tracer_provider: TracerProvider
-    exporter: InMemorySpanExporter
-    meter_provider: MeterProvider
-    reader: InMemoryMetricReader
-
-    def spans(self) -> list[Any]:
-        return list(self.exporter.get_finished_spans())
-
-    def by_name(self, name: str) -> list[Any]:
-        return [s for s in self.spans() if s.name == name]
-
-    def decision_spans(self) -> list[Any]:
-        return [
-            s
-            for s in self.spans()
-            if A.UNHARDCODED_REQUEST_ID in (s.attributes or {}) and A.UNHARDCODED_ATTEMPT_INDEX not in s.attributes
-        ]
-
-    def attempt_spans(self) -> list[Any]:
-        return sorted(
-            (s for s in self.spans() if A.UNHARDCODED_ATTEMPT_INDEX in (s.attributes or {})),
-            key=lambda s: s.attributes[A.UNHARDCODED_ATTEMPT_INDEX],
-        )
-
-    def router(self, cat: Catalog | None = None, client: ProviderClient | None = None, **kwargs: Any) -> Router:
-        return Router(
-            cat, client=client, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider, **kwargs
-        )
-
-    def points(self) -> list[tuple[str, dict[str, Any], Any]]:
-        """(metric name, attributes, value) per data point; histograms give (count, sum) as the value."""
-        data = self.reader.get_metrics_data()
-        out = []
-        if data is None:
-            return out
-        for rm in data.resource_metrics:
-            for sm in rm.scope_metrics:
-                for m in sm.metrics:
-                    for p in m.data.data_points:
-                        value = (p.count, p.sum) if hasattr(p, "bucket_counts") else p.value
-                        out.append((m.name, dict(p.attributes), value))
-        return out
-
-    def metric(self, name: str) -> dict[frozenset[tuple[str, Any]], Any]:
-        return {frozenset(attrs.items()): value for n, attrs, value in self.points() if n == name}
-
-    def shutdown(self) -> None:
-        self.tracer_provider.shutdown()
-        self.meter_provider.shutdown()
-
-
-def fresh_telemetry(span_limits: SpanLimits | None = None, service: str = "tests") -> Telemetry:
-    exporter = InMemorySpanExporter()
-    resource = Resource.create({"service.name": service})
-    tp = (
-        TracerProvider(resource=resource, span_limits=span_limits) if span_limits else TracerProvider(resource=resource)
-    )
-    tp.add_span_processor(SimpleSpanProcessor(exporter))
-    reader = InMemoryMetricReader()
-    return Telemetry(tp, exporter, MeterProvider(resource=resource, metric_readers=[reader]), reader)
-
-
 class Simulators:
     """Simulated providers ``sim-a``, ``sim-b``, ``sim-c`` on loopback, and a client pointing the catalog at them."""
 
@@ -307,7 +233,7 @@ def workflow_service(otlp_endpoint: str) -> None:
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
     import unhardcoded
-    from unhardcoded.simulator import ok
+    from unhardcoded.testing.simulator import ok
 
     setup = unhardcoded.configure(
         service_name="workflow-service", endpoint=otlp_endpoint, protocol="grpc", metrics=False
@@ -363,11 +289,9 @@ __all__ = [
     "CATALOG_DOC",
     "Simulators",
     "TOOLS_BODY",
-    "Telemetry",
     "big_catalog",
     "big_policy",
     "catalog",
-    "fresh_telemetry",
     "parent_of",
     "policy",
     "simulators",

@@ -98,8 +98,8 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
     from .receipts import ReceiptSpanProcessor, open_store
     from .receipts.render import render_workflow
     from .router import ProviderClient, ProvidersConfig, Router
-    from .simulator import Behavior, SimulatedProvider, error, fail_times, ok
     from .telemetry import workflow
+    from .testing.simulator import Behavior, SimulatedProvider, error, fail_times, ok
 
     said = sys.stderr if as_json else out  # with --json, stdout carries the receipt alone
 

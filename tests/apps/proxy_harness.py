@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient, ProvidersConfig
 from unhardcoded.server import create_app
-from unhardcoded.simulator import SimulatedProvider
+from unhardcoded.testing.simulator import SimulatedProvider
 
 # The support policy (shipped) selects gemini-3.5-flash and falls back to claude-sonnet-4-6, then gpt-5.5.
 SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
@@ -53,12 +54,28 @@ class RunningServer:
 
 
 @contextmanager
-def serving(app: Any, **config: Any) -> Iterator[RunningServer]:
-    """``app`` on uvicorn in a thread, on a free loopback port, until the block ends."""
+def serving(app: Any, *, closing: Sequence[ProviderClient] = (), **config: Any) -> Iterator[RunningServer]:
+    """``app`` on uvicorn in a thread, on a free loopback port, until the block ends.
+
+    ``closing``: the provider clients the app calls through; their connections live on the server's loop, so they
+    are closed there when the server stops (the app does not own them, and nothing else could close them).
+    """
     port = free_port()
     config.setdefault("log_level", "warning")
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, **config))
-    thread = threading.Thread(target=server.run, name=f"uvicorn-{port}", daemon=True)
+
+    async def serve_then_close() -> None:
+        try:
+            await server.serve()
+        finally:
+            for client in closing:
+                await client.aclose()
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=server.config.get_loop_factory()) as runner:
+            runner.run(serve_then_close())
+
+    thread = threading.Thread(target=run, name=f"uvicorn-{port}", daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
     while not server.started:
@@ -127,6 +144,6 @@ def make_stack(
     client = ProviderClient(providers_for(sims, timeout_s=timeout_s, api_key_env=api_key_env))
     app_kwargs.setdefault("default_policy", "support")
     app = create_app(Router(Catalog.builtin(), client), **app_kwargs)
-    with serving(app) as server:
+    with serving(app, closing=[client]) as server:
         yield Stack(sims, server)
     client.close()

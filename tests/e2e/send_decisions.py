@@ -19,8 +19,8 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
 from unhardcoded.router import ProviderClient, ProvidersConfig, Router
-from unhardcoded.simulator import SimulatedProvider, error
 from unhardcoded.telemetry import configure
+from unhardcoded.testing.simulator import SimulatedProvider, error
 
 BODY = {
     "model": "auto",

@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 from collections import Counter
 from contextlib import ExitStack
@@ -30,7 +29,7 @@ import openai
 import pytest
 
 from unhardcoded.catalog import Catalog
-from unhardcoded.simulator import SimulatedProvider, error, ok
+from unhardcoded.testing.simulator import SimulatedProvider, error, ok
 
 from .infra import CONFIG_DIR, Process, binary, free_port, http_get, start_collector, start_proxy, url_ok, wait_for
 

@@ -32,14 +32,13 @@ import openai
 import pytest
 import yaml
 
+from otlp_receiver import OTLPReceiver
 from unhardcoded.catalog import Catalog
 from unhardcoded.cli import main as cli_main
 from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
 from unhardcoded.receipts.backends import JaegerSource, TempoSource
-from unhardcoded.simulator import SimulatedProvider, cut_after_tokens, error, ok
-
-from otlp_receiver import OTLPReceiver
+from unhardcoded.testing.simulator import SimulatedProvider, cut_after_tokens, error, ok
 
 from .infra import (
     CONFIG_DIR,
