@@ -18,10 +18,11 @@ import json
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent import futures
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -89,19 +90,19 @@ def _hex_ids_to_base64(doc: Any) -> Any:
 
 
 class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
-    def __init__(self, receiver: "OTLPReceiver") -> None:
+    def __init__(self, receiver: OTLPReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - the generated servicer's name
+    def Export(self, request: Any, context: Any) -> Any:
         self.receiver._keep("traces", Received("grpc", request, {k: v for k, v in context.invocation_metadata()}))
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
 class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def __init__(self, receiver: "OTLPReceiver") -> None:
+    def __init__(self, receiver: OTLPReceiver) -> None:
         self.receiver = receiver
 
-    def Export(self, request: Any, context: Any) -> Any:  # noqa: N802
+    def Export(self, request: Any, context: Any) -> Any:
         self.receiver._keep("metrics", Received("grpc", request, {k: v for k, v in context.invocation_metadata()}))
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
@@ -117,10 +118,10 @@ _HTTP_SIGNALS = {
 
 
 class _Handler(BaseHTTPRequestHandler):
-    server: "_HTTPServer"
+    server: _HTTPServer
     protocol_version = "HTTP/1.1"
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         signal = _HTTP_SIGNALS.get(self.path.split("?", 1)[0])
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length)
@@ -166,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, receiver: "OTLPReceiver") -> None:
+    def __init__(self, receiver: OTLPReceiver) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.receiver = receiver
 
@@ -187,7 +188,7 @@ class OTLPReceiver:
 
     # ---- lifecycle
 
-    def start(self) -> "OTLPReceiver":
+    def start(self) -> OTLPReceiver:
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), self._grpc)
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), self._grpc)
@@ -208,7 +209,7 @@ class OTLPReceiver:
             self._http.server_close()
             self._http = None
 
-    def __enter__(self) -> "OTLPReceiver":
+    def __enter__(self) -> OTLPReceiver:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -278,7 +279,7 @@ class OTLPReceiver:
                             )
         return out
 
-    def wait_for(self, ready: Callable[["OTLPReceiver"], bool], timeout: float = 15.0) -> bool:
+    def wait_for(self, ready: Callable[[OTLPReceiver], bool], timeout: float = 15.0) -> bool:
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:

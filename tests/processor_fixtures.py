@@ -16,9 +16,10 @@ import socket
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import httpx
 
@@ -30,7 +31,7 @@ from unhardcoded.router.engine import CompiledPolicy, estimate_cost, price
 from unhardcoded.router.features import RequestFeatures
 
 CATALOG = Catalog.builtin()
-EPOCH = datetime(2026, 3, 1, tzinfo=timezone.utc)
+EPOCH = datetime(2026, 3, 1, tzinfo=UTC)
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "test-artifacts"
 
@@ -192,7 +193,7 @@ class ProcessorProcess:
     def grpc_endpoint(self) -> str:
         return f"127.0.0.1:{self.grpc_port}"
 
-    def start(self, timeout_s: float = 20.0) -> "ProcessorProcess":
+    def start(self, timeout_s: float = 20.0) -> ProcessorProcess:
         cmd = [
             sys.executable,
             "-m",

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.policy import Policy, validate_policy
@@ -245,7 +246,7 @@ def workflow_service(otlp_endpoint: str) -> None:
     router = unhardcoded.Router(cat, client=client)
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length") or 0))
             out = []
             with unhardcoded.continue_from(self.headers):
@@ -287,8 +288,8 @@ if __name__ == "__main__":
 __all__ = [
     "BODY",
     "CATALOG_DOC",
-    "Simulators",
     "TOOLS_BODY",
+    "Simulators",
     "big_catalog",
     "big_policy",
     "catalog",

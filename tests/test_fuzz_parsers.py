@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
@@ -253,7 +254,7 @@ def located(source: str) -> re.Pattern[str]:
     return re.compile(
         re.escape(source)
         + r": (line \d+|invalid (YAML|JSON)|a (policy|catalog) is a mapping|expected a mapping|[A-Za-z_\[][^\n]*?: )",
-        re.S,
+        re.DOTALL,
     )
 
 

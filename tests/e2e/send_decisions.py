@@ -16,8 +16,8 @@ import sys
 from contextlib import ExitStack
 
 from unhardcoded.catalog import Catalog
-from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
+from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.router import ProviderClient, ProvidersConfig, Router
 from unhardcoded.telemetry import configure
 from unhardcoded.testing.simulator import SimulatedProvider, error

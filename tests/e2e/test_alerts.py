@@ -82,7 +82,7 @@ class Traffic:
             except Exception as exc:  # noqa: BLE001 - reported by the tests, not lost in a thread
                 self.unexpected.append(repr(exc))
 
-    def start(self) -> "Traffic":
+    def start(self) -> Traffic:
         self._thread.start()
         return self
 

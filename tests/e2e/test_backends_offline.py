@@ -102,5 +102,5 @@ def test_backend_errors_are_one_line_exit_2(fake, flag, capsys):
 
 
 def test_unreachable_backend_is_a_backend_error():
-    with pytest.raises(BackendError, match="refused|connect"):
+    with pytest.raises(BackendError, match=r"refused|connect"):
         TempoSource("http://127.0.0.1:1").receipt("req_1")

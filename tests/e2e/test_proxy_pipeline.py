@@ -35,8 +35,8 @@ import yaml
 from otlp_receiver import OTLPReceiver
 from unhardcoded.catalog import Catalog
 from unhardcoded.cli import main as cli_main
-from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.policy import load_policy_file
+from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.receipts.backends import JaegerSource, TempoSource
 from unhardcoded.testing.simulator import SimulatedProvider, cut_after_tokens, error, ok
 

@@ -183,9 +183,8 @@ def test_uninstrument_restores_the_client(exporter: InMemorySpanExporter, simula
 
 
 def test_policy_names_are_checked() -> None:
-    with pytest.raises(ValueError, match="not a policy name"):
-        with policy("Not A Name"):
-            pass
+    with pytest.raises(ValueError, match="not a policy name"), policy("Not A Name"):
+        pass
 
 
 def test_decision_attributes_of_headers() -> None:

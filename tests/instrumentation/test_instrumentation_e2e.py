@@ -67,7 +67,7 @@ class MiniReceiver:
         self._spans = received
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 if self.headers.get("Content-Encoding") == "gzip":
                     import gzip
@@ -92,7 +92,7 @@ class MiniReceiver:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
-    def __enter__(self) -> "MiniReceiver":
+    def __enter__(self) -> MiniReceiver:
         self._thread.start()
         return self
 

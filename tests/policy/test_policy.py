@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
 
@@ -162,7 +163,7 @@ def test_failure_kinds_are_a_set_so_their_order_is_not_semantic():
 
 def test_policy_is_frozen():
     policy = validate_policy(support_doc())
-    with pytest.raises(Exception):
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
         policy.name = "other"  # type: ignore[misc]
 
 

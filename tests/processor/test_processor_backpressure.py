@@ -34,7 +34,8 @@ PB = {"Content-Type": "application/x-protobuf"}
 
 
 class Served:
-    def __init__(self, tmp_path, settings: Settings = Settings(), **config) -> None:
+    def __init__(self, tmp_path, settings: Settings | None = None, **config) -> None:
+        settings = settings if settings is not None else Settings()
         self.db = tmp_path / "receipts.db"
         self.store = SQLiteReceiptStore(self.db)
         self.spool = SQLiteSpool(self.db, timeout_s=0.3)

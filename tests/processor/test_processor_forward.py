@@ -67,7 +67,7 @@ class ScriptedHTTPNextHop:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 hop.requests.append((time.monotonic(), body))
                 status, headers, reply = hop.answers.pop(0) if hop.answers else (200, {}, b"")
@@ -280,7 +280,7 @@ def _receiver_on(port: int) -> Any:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             received.append(Received("http/protobuf", trace_service_pb2.ExportTraceServiceRequest.FromString(body), {}))
             self.send_response(200)

@@ -209,7 +209,7 @@ def test_the_bytes_view_sorts_spans_as_the_full_parse_does(body):
         fast = otlp.classify_bytes(body)
     except otlp.PayloadError:
         # refused by the bytes view only when an attribute the full parser read is broken: it is not, here
-        raise AssertionError("the bytes view refused an export the full parser read")
+        raise AssertionError("the bytes view refused an export the full parser read") from None
     assert _sorted_spans(fast) == _sorted_spans(full)
     assert (fast.total, fast.rejected, fast.ignored, fast.untouched) == (
         full.total,

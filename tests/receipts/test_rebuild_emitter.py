@@ -15,14 +15,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures import span_layout as L  # noqa: E402
-from fixtures.decisions import CATALOG, features, policies  # noqa: E402
-from unhardcoded.errors import NoCandidateError  # noqa: E402
-from unhardcoded.receipts import Receipt, ReceiptSpanProcessor, WorkflowReceipt, open_store, rebuild_receipts  # noqa: E402
-from unhardcoded.router import Router  # noqa: E402
-from unhardcoded.router.providers import ProviderClient, ProviderConfig, ProvidersConfig  # noqa: E402
-from unhardcoded.telemetry import workflow  # noqa: E402
-from unhardcoded.testing.simulator import SimulatedProvider, error, ok, rate_limit, timeout  # noqa: E402
+from fixtures import span_layout as L
+from fixtures.decisions import CATALOG, features, policies
+from unhardcoded.errors import NoCandidateError
+from unhardcoded.receipts import Receipt, ReceiptSpanProcessor, WorkflowReceipt, open_store, rebuild_receipts
+from unhardcoded.router import Router
+from unhardcoded.router.providers import ProviderClient, ProviderConfig, ProvidersConfig
+from unhardcoded.telemetry import workflow
+from unhardcoded.testing.simulator import SimulatedProvider, error, ok, rate_limit, timeout
 
 PROVIDERS = sorted({m.provider for m in CATALOG.models})
 SLOW = settings(

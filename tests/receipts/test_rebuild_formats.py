@@ -41,7 +41,7 @@ def test_fixture_files_are_what_the_generator_writes_today(live):
             assert (FIXTURES / name).read_bytes() == data, f"{name} is stale: run python tests/fixtures/generate.py"
         else:
             assert json.loads((FIXTURES / name).read_text(encoding="utf-8")) == json.loads(data), name
-    assert EXPECTED == json.loads(json.dumps(generate.expected(decisions))), "trace.receipts.json is stale"
+    assert json.loads(json.dumps(generate.expected(decisions))) == EXPECTED, "trace.receipts.json is stale"
 
 
 @pytest.mark.parametrize("name", list(generate.FILES))
@@ -533,7 +533,6 @@ def test_a_scalar_attribute_is_read_by_hand_as_the_parser_reads_it(key, value, m
 def test_rejections_worked_out_once_give_every_receipt_its_own_lists():
     """A decision's rejection list is worked out once per set of events; list values are still every receipt's own."""
     from processor_fixtures import POLICIES, decisions_with_spans
-
     from unhardcoded.receipts.spans import from_otlp_bytes
 
     ds, spans = decisions_with_spans(40, seed=8)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -91,14 +91,14 @@ def test_replay_from_store_needs_the_policy_and_the_catalog(tmp_path, monkeypatc
 
 
 def test_since_takes_durations_and_iso_dates():
-    now = datetime(2026, 5, 1, 12, tzinfo=timezone.utc)
+    now = datetime(2026, 5, 1, 12, tzinfo=UTC)
     assert parse_since("7d", now) == now - timedelta(days=7)
     assert parse_since("36h", now) == now - timedelta(hours=36)
     assert parse_since("30m", now) == now - timedelta(minutes=30)
     assert parse_since("2w", now) == now - timedelta(weeks=2)
     assert parse_since("90s", now) == now - timedelta(seconds=90)
-    assert parse_since("2026-04-01", now) == datetime(2026, 4, 1, tzinfo=timezone.utc)
-    assert parse_since("2026-04-01T08:00:00+02:00", now) == datetime(2026, 4, 1, 6, tzinfo=timezone.utc)
+    assert parse_since("2026-04-01", now) == datetime(2026, 4, 1, tzinfo=UTC)
+    assert parse_since("2026-04-01T08:00:00+02:00", now) == datetime(2026, 4, 1, 6, tzinfo=UTC)
     for bad in ("yesterday", "7 days", "-3d", ""):
         with pytest.raises(UnhardcodedError, match="--since"):
             parse_since(bad, now)

@@ -6,9 +6,9 @@ import json
 import sqlite3
 import subprocess
 import sys
-import threading
 import textwrap
-from datetime import datetime, timezone
+import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -25,8 +25,8 @@ POLICIES = FIXTURE["policies"]
 
 def variant(base: Receipt, n: int, **changes) -> Receipt:
     """``base`` as another request: its own id and a timestamp ``n`` minutes later."""
-    ts = datetime(2026, 3, 14, 9, 0, tzinfo=timezone.utc).timestamp() + n * 60
-    stamp = datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    ts = datetime(2026, 3, 14, 9, 0, tzinfo=UTC).timestamp() + n * 60
+    stamp = datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return base.model_copy(update={"request_id": f"req_{n:016x}", "timestamp": stamp, **changes})
 
 
@@ -111,10 +111,7 @@ def test_queries_by_every_key(store):
     assert store.count(ReceiptQuery(workflow_id=generate.WORKFLOW_ID)) == 20
     assert store.count(ReceiptQuery(complete=False)) == 0
     assert store.count(ReceiptQuery(since="2026-03-14T09:05:00Z")) == 15
-    assert (
-        store.count(ReceiptQuery(since="2026-03-14T09:05:00Z", until=datetime(2026, 3, 14, 9, 10, tzinfo=timezone.utc)))
-        == 5
-    )
+    assert store.count(ReceiptQuery(since="2026-03-14T09:05:00Z", until=datetime(2026, 3, 14, 9, 10, tzinfo=UTC))) == 5
 
 
 def test_queries_page_newest_first(store):

@@ -62,7 +62,7 @@ def drain(stream) -> tuple[list[dict], ProviderCallError | None]:
     chunks: list[dict] = []
     try:
         for chunk in stream:
-            chunks.append(chunk)  # noqa: PERF402 - the chunks before a failure are kept
+            chunks.append(chunk)
     except ProviderCallError as exc:
         return chunks, exc
     return chunks, None

@@ -113,7 +113,7 @@ def test_a_plain_dry_run_is_one_internal_span_with_every_attribute(tel: Telemetr
         A.UNHARDCODED_COST_SAVINGS_RATIO: decision.cost.savings_ratio,
         A.UNHARDCODED_LATENCY_MS: 0.0,
     }
-    assert S.DECISION_SPAN_REQUIRED_ATTRIBUTES <= set(span.attributes)
+    assert set(span.attributes) >= S.DECISION_SPAN_REQUIRED_ATTRIBUTES
     assert decision.trace_id == trace_id_of(span) and decision.span_id == span_id_of(span)
     assert span.start_time // 1_000_000 % 1000 == int(decision.timestamp[-4:-1])
     rebuilt_equals(tel, decision)
@@ -152,7 +152,7 @@ def test_each_rejected_model_is_one_event_in_rejected_order(tel: TelemetryCaptur
     assert by_model["top-c"][A.UNHARDCODED_REJECTION_RULE] == "request:tools"
     assert by_model["top-c"][A.UNHARDCODED_REJECTION_OBSERVED] == "false"
     for event in span.events:
-        assert S.REJECTION_EVENT_REQUIRED_ATTRIBUTES <= set(event.attributes)
+        assert set(event.attributes) >= S.REJECTION_EVENT_REQUIRED_ATTRIBUTES
     assert A.UNHARDCODED_REJECTIONS_JSON not in span.attributes
     assert A.UNHARDCODED_TELEMETRY_DROPPED not in span.attributes
     rebuilt_equals(tel, decision)
@@ -203,7 +203,7 @@ def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: T
         A.UNHARDCODED_ATTEMPT_STATUS: "ok",
         A.UNHARDCODED_ATTEMPT_DURATION_MS: decision.attempts[0].duration_ms,
     }
-    assert S.ATTEMPT_SPAN_REQUIRED_ATTRIBUTES <= set(attempt.attributes)
+    assert set(attempt.attributes) >= S.ATTEMPT_SPAN_REQUIRED_ATTRIBUTES
     assert attempt.status.status_code is StatusCode.UNSET
     a = decision_span.attributes
     assert a[A.UNHARDCODED_DECISION_OUTCOME] == "answered" and a[A.UNHARDCODED_ANSWERED_MODEL] == "cheap-a"

@@ -194,10 +194,9 @@ def test_a_thread_started_with_the_context_stays_in_the_node(tel: TelemetryCaptu
 
 
 def test_an_exception_marks_the_node_and_the_run_and_propagates(tel: TelemetryCapture):
-    with pytest.raises(ValueError, match="boom"):
-        with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
-            with wf.node("classify"):
-                raise ValueError("boom")
+    with pytest.raises(ValueError, match="boom"), workflow("triage", tracer_provider=tel.tracer_provider) as wf:
+        with wf.node("classify"):
+            raise ValueError("boom")
     node, root = tel.spans()
     for span in (node, root):
         assert span.status.status_code is StatusCode.ERROR
@@ -209,15 +208,13 @@ def test_a_run_is_entered_once():
     wf = workflow("triage", tracer_provider=trace.NoOpTracerProvider())
     with wf:
         pass
-    with pytest.raises(RuntimeError, match="already started"):
-        with wf:
-            pass
+    with pytest.raises(RuntimeError, match="already started"), wf:
+        pass
     node = wf.node("x")
     with node:
         pass
-    with pytest.raises(RuntimeError, match="already entered"):
-        with node:
-            pass
+    with pytest.raises(RuntimeError, match="already entered"), node:
+        pass
     with pytest.raises(ValueError):
         workflow("")
 
@@ -258,10 +255,9 @@ def test_inject_then_extract_carries_the_span_and_the_workflow(tel: TelemetryCap
 def test_continue_from_makes_nodes_of_the_callers_run(tel: TelemetryCapture):
     other = capture(service_name="other")
     cat = catalog()
-    with workflow("triage", tracer_provider=tel.tracer_provider) as wf:
-        with wf.node("intake"), wf.node("dispatch"):
-            headers = inject_headers()
-            dispatch = trace.get_current_span().get_span_context()
+    with workflow("triage", tracer_provider=tel.tracer_provider) as wf, wf.node("intake"), wf.node("dispatch"):
+        headers = inject_headers()
+        dispatch = trace.get_current_span().get_span_context()
     assert current_workflow() is None
     router = other.router(cat)
     with continue_from(headers, tracer_provider=other.tracer_provider) as continued:
@@ -297,10 +293,9 @@ def test_headers_without_a_workflow_continue_only_the_trace(tel: TelemetryCaptur
     cat = catalog()
     with trace.use_span(tel.tracer_provider.get_tracer("t").start_span("client"), end_on_exit=True):
         headers = inject_headers()
-    with workflow("outer", tracer_provider=tel.tracer_provider):
-        with continue_from(headers) as continued:
-            assert continued is None and current_workflow() is None
-            decision = tel.router(cat).decide(policy(cat), BODY)
+    with workflow("outer", tracer_provider=tel.tracer_provider), continue_from(headers) as continued:
+        assert continued is None and current_workflow() is None
+        decision = tel.router(cat).decide(policy(cat), BODY)
     assert decision.workflow is None and decision.trace_id == headers["traceparent"].split("-")[1]
 
 
