@@ -58,8 +58,9 @@ def test_the_bottom_may_not_import_a_layer(package_copy: Path) -> None:
     # A new top-level module belongs in a layer (the contract is exhaustive): put it there to test the import alone.
     config = package_copy / "pyproject.toml"
     text = config.read_text(encoding="utf-8")
-    assert ": (policies)" in text
-    config.write_text(text.replace(": (policies)", ": (policies) : _probe_bottom"), encoding="utf-8")
+    bottom = ": _wire"
+    assert bottom in text
+    config.write_text(text.replace(bottom, bottom + " : _probe_bottom", 1), encoding="utf-8")
     result = _lint_imports(package_copy)
     assert result.returncode != 0, result.stdout
     assert "unhardcoded._probe_bottom -> unhardcoded.catalog" in result.stdout, result.stdout
