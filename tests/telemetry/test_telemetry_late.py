@@ -211,7 +211,12 @@ def route_later(tel: TelemetryCapture, sims: Any, **router: Any) -> tuple[Any, l
     later: list[Any] = []
 
     async def run() -> Any:
-        return await tel.router(cat, sims.client, **router).aroute(policy(cat, fallback=["mid-b"]), BODY, later=later)
+        try:
+            return await tel.router(cat, sims.client, **router).aroute(
+                policy(cat, fallback=["mid-b"]), BODY, later=later
+            )
+        finally:
+            await sims.client.aclose()  # its connections live on this loop, which ends here
 
     decision, _, _ = asyncio.run(run())
     return decision, later

@@ -278,7 +278,10 @@ def test_aroute_emits_the_same_spans(tel: TelemetryCapture, sims_for):
     sims = sims_for({"sim-a": {"cheap-a": error(500)}, "sim-b": {"mid-b": ok()}})
 
     async def run():
-        return await tel.router(cat, sims.client).aroute(policy(cat, fallback=["mid-b"]), BODY)
+        try:
+            return await tel.router(cat, sims.client).aroute(policy(cat, fallback=["mid-b"]), BODY)
+        finally:
+            await sims.client.aclose()  # its connections live on this loop, which ends here
 
     decision, result, err = asyncio.run(run())
     assert decision.answered_by == "mid-b"
