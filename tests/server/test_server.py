@@ -522,8 +522,10 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
     router = traced_router(client, provider)
     app = create_app(router, default_policy="support", forward_client_key=["google"], tracer_provider=provider)
     responses = []
-    # The app put its own key-forwarding client in the router; that one holds the connections.
-    with serving(app, closing=[router.client]) as server:
+    # The app put its own key-forwarding client in the router, and closes it on the server's loop at shutdown.
+    forwarding = router.client
+    assert forwarding is not client
+    with serving(app) as server:
         stack = Stack(sims, server)
         stack.behave(SELECTED, error(500, echo_authorization=True))
         oa = openai.OpenAI(base_url=server.openai_base_url, api_key=CANARY, max_retries=0)
@@ -536,6 +538,8 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
             s.read()
             responses.append(s.http_response)
         receipts = [stack.receipt(r.headers["x-unhardcoded-request-id"]) for r in responses]
+        assert forwarding._pool is not None  # the lean client's connections, open on the server's loop
+    assert forwarding._pool is None, "the app did not close the provider client it made"
 
     google = stack.sim_for(SELECTED).requests
     assert [r.headers.get("authorization") for r in google] == [f"Bearer {CANARY}"] * 3

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,7 @@ from ..receipts.model import Receipt
 from ..router import Router
 from ..router.decision import Decision
 from ..router.engine import new_request_id
-from ..router.providers import ProviderCallError, ProviderClient
+from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
 from ..telemetry.losses import count_error
 from .errors import APIError
@@ -347,12 +348,17 @@ def create_app(
     ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
     longer held in memory.
     """
+    # The app closes, on the server's loop at shutdown, the provider clients it made; a client it was given
+    # (directly or inside a router) belongs to the caller.
+    made_router = router is None and client is None
     if router is None:
         router = Router(catalog, client)
+    owned: list[ProviderClient] = []
     forward = tuple(forward_client_key)
     if forward:
-        providers = router._client().providers
+        providers = router.client.providers if router.client is not None else providers_from_env()
         router.client = ClientKeyForwarding(providers, forward)
+        owned.append(router.client)
     if isinstance(policies, PolicyDirectory):
         directory = policies
     elif policies is None or isinstance(policies, (str, Path)):
@@ -375,7 +381,16 @@ def create_app(
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if made_router and router.client is not None and router.client not in owned:
+            owned.append(router.client)  # made on the first request, from the environment
+        for made in owned:
+            await made.aclose()
+
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
