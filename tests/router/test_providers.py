@@ -85,7 +85,8 @@ HOW = pytest.mark.parametrize("how", ["sync", "async"])
 def call(client: ProviderClient, how: str, provider: str, model: str, body: dict, **kwargs) -> ChatResult:
     """``client.chat``, or ``client.achat`` on an event loop of its own."""
     if how == "sync":
-        return client.chat(provider, model, body, **kwargs)
+        with client:
+            return client.chat(provider, model, body, **kwargs)
 
     async def run() -> ChatResult:
         try:
@@ -99,8 +100,9 @@ def call(client: ProviderClient, how: str, provider: str, model: str, body: dict
 def streamed(client: ProviderClient, how: str, provider: str, model: str, body: dict, **kwargs):
     """``(stream, chunks, error)`` of ``client.stream`` or ``client.astream`` read to the end."""
     if how == "sync":
-        stream = client.stream(provider, model, body, **kwargs)
-        return (stream, *drain(stream))
+        with client:
+            stream = client.stream(provider, model, body, **kwargs)
+            return (stream, *drain(stream))
 
     async def run():
         try:

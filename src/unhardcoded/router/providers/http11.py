@@ -623,6 +623,13 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def abort(self) -> None:
+        """Close now, without TLS's close_notify exchange: a closed pool's loop may end before it would finish,
+        leaving the socket open."""
+        self.closed = True
+        if self.transport is not None:
+            self.transport.abort()
+
 
 class ConnectionPool:
     """Keep-alive connections by origin, for the event loop that made them.
@@ -689,12 +696,13 @@ class ConnectionPool:
         self._closed = True
         for conns in self._idle.values():
             for conn in conns:
-                conn.close()
+                conn.abort()
         self._idle.clear()
         self._idle_count = 0
         for waiter in self._slot_waiters:
             if not waiter.done():
                 waiter.set_exception(httpx.LocalProtocolError("the connection pool is closed"))
+        await asyncio.sleep(0)  # the transports close their sockets on the loop's next turn
 
     # ---- slots (requests in flight)
 
