@@ -390,7 +390,16 @@ def test_usage_errors_are_one_line_too(files: dict[str, Path]):
 
 # The program imports what a command runs only when that command runs: building the parser (for --help, or
 # for `fingerprint`) must not load the proxy, the processor or their servers.
-SERVICE_MODULES = ("starlette", "uvicorn", "grpc", "unhardcoded.server", "unhardcoded.processor")
+# The OpenTelemetry SDK too: with the router no longer importing telemetry, only a command that records loads it.
+SERVICE_MODULES = (
+    "starlette",
+    "uvicorn",
+    "grpc",
+    "opentelemetry.sdk",
+    "unhardcoded.server",
+    "unhardcoded.processor",
+    "unhardcoded.telemetry",
+)
 
 
 @pytest.mark.parametrize("args", [["--help"], ["fingerprint", str(SUPPORT)]], ids=["help", "fingerprint"])
