@@ -666,3 +666,57 @@ def test_serve_refuses_bad_settings_with_one_line(args: list[str], needle: str) 
     )
     assert proc.returncode == 2
     assert needle in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_serve_starts_on_a_users_own_catalog(simulated_provider: Any, tmp_path: Path) -> None:
+    """The shipped policies name models the user's catalog lacks: they are left out, saying why; the proxy starts,
+    and routes inline policies over the user's models."""
+    sim = simulated_provider("acme")
+    catalog = tmp_path / "my-catalog.yaml"
+    catalog.write_text(
+        "schema: unhardcoded-catalog/v1\n"
+        "models:\n"
+        "  - {id: acme-small, provider: acme, price_input_per_mtok: 0.1, price_output_per_mtok: 0.2,\n"
+        "     bench_intelligence: 0.5, supports_tools: true, context_window: 32000, regions: [eu]}\n"
+    )
+    providers = tmp_path / "providers.yaml"
+    providers.write_text(json.dumps({"providers": [{"name": "acme", "base_url": sim.base_url, "api_key_env": "K"}]}))
+    port = free_port()
+    env = {
+        **os.environ,
+        "UNHARDCODED_PROVIDERS": str(providers),
+        "K": CANARY,
+        "OTEL_TRACES_EXPORTER": "none",
+        "OTEL_METRICS_EXPORTER": "none",
+    }
+    proc = _serve(["--port", str(port), "--catalog", str(catalog)], env)
+    try:
+        _wait_ready(port, proc)
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0)
+        inline = {"schema": "sigma-pol/v1", "name": "mine", "rank": {"by": "cost"}}
+        answer = client.chat.completions.create(model="auto", messages=HELLO, extra_body={"policy": inline})
+        assert answer.model == "acme-small"
+        with pytest.raises(openai.NotFoundError) as missing:
+            client.chat.completions.create(model="auto", messages=HELLO, extra_body={"policy": "support"})
+        message = missing.value.body["message"]  # type: ignore[index]
+        assert "policy 'support' is left out" in message and "unknown model" in message, message
+    finally:
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    assert "policy 'support' left out" in err and "policy 'triage' left out" in err, err
+    assert CANARY not in out + err
+
+
+def test_a_users_own_policy_directory_stays_strict(tmp_path: Path) -> None:
+    """Only the shipped policies are forgiving: a policy the user wrote that does not fit stops the start."""
+    (tmp_path / "p.yaml").write_text("schema: sigma-pol/v1\nname: p\nfallback: {models: [no-such-model]}\n")
+    env = {**os.environ, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none"}
+    proc = subprocess.run(
+        [sys.executable, "-m", cli.__name__, "serve", "--port", str(free_port()), "--policy-dir", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "no-such-model" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -361,8 +361,12 @@ def create_app(
         owned.append(router.client)
     if isinstance(policies, PolicyDirectory):
         directory = policies
-    elif policies is None or isinstance(policies, (str, Path)):
-        directory = PolicyDirectory(policies if policies is not None else builtin_policy_dir(), router.catalog)
+    elif policies is None:
+        # The shipped policies name the built-in catalog's models: against a user's catalog, those that do not
+        # fit are left out (and say why when asked for), never a reason not to start.
+        directory = PolicyDirectory(builtin_policy_dir(), router.catalog, strict=False)
+    elif isinstance(policies, (str, Path)):
+        directory = PolicyDirectory(policies, router.catalog)
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
     resolver = PolicyResolver(directory, default_policy)

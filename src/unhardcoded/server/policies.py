@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 import time
@@ -22,22 +23,32 @@ POLICY_HEADER = H.X_UNHARDCODED_POLICY
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SUFFIXES = (".yaml", ".yml", ".json")
 RESCAN_INTERVAL_S = 1.0
+log = logging.getLogger("unhardcoded.server")
 
 
 class PolicyDirectory:
-    """The policies in a directory, by the ``name`` each declares; rescanned (at most once a second) on a miss."""
+    """The policies in a directory, by the ``name`` each declares; rescanned (at most once a second) on a miss.
 
-    def __init__(self, path: str | Path | None, catalog: Catalog) -> None:
+    A user's directory is strict: a policy that does not load stops the proxy at start-up. The policies that ship
+    with the package are not (``strict=False``): one that names a model the user's catalog lacks is left out and
+    the reason kept in :attr:`skipped`, so a catalog of one's own is never blocked by policies one did not write.
+    """
+
+    def __init__(self, path: str | Path | None, catalog: Catalog, *, strict: bool = True) -> None:
         self.path = Path(path) if path is not None else None
         self.catalog = catalog
         self._by_name: dict[str, Policy] = {}
         self._lock = threading.Lock()
         self._scanned_at = 0.0
+        self.skipped: dict[str, str] = {}
+        """File stem -> why that policy was left out (non-strict directories only)."""
         if self.path is not None:
             if not self.path.is_dir():
                 raise ConfigError(f"{self.path}: policy directory does not exist")
-            self._by_name = self._scan(strict=True)
+            self._by_name = self._scan(strict=strict, skipped=self.skipped)
             self._scanned_at = time.monotonic()
+            for stem, why in self.skipped.items():
+                log.warning("policy %r left out: %s", stem, why)
 
     @classmethod
     def of(cls, policies: Mapping[str, Policy] | list[Policy], catalog: Catalog) -> PolicyDirectory:
@@ -47,7 +58,7 @@ class PolicyDirectory:
         book._by_name = {p.name: p for p in items}
         return book
 
-    def _scan(self, strict: bool) -> dict[str, Policy]:
+    def _scan(self, strict: bool, skipped: dict[str, str] | None = None) -> dict[str, Policy]:
         found: dict[str, Policy] = {}
         assert self.path is not None
         for file in sorted(self.path.iterdir()):
@@ -55,9 +66,11 @@ class PolicyDirectory:
                 continue
             try:
                 policy = load_policy_file(file, self.catalog)
-            except PolicyError:
+            except PolicyError as exc:
                 if strict:
                     raise
+                if skipped is not None:
+                    skipped[file.stem] = str(exc)
                 continue  # a file being edited; the last good version stays in force
             if policy.name in found and strict:
                 raise ConfigError(f"{file}: policy name {policy.name!r} is also used by another file in {self.path}")
@@ -78,6 +91,12 @@ class PolicyDirectory:
     def names(self) -> list[str]:
         return sorted(self._by_name)
 
+    def missing(self, name: str) -> str:
+        """Why there is no policy ``name``: unknown (with the known names), or left out and why."""
+        if name in self.skipped:
+            return f"policy {name!r} is left out: {self.skipped[name]}"
+        return f"unknown policy {name!r} (known: {', '.join(self.names) or 'none'})"
+
 
 class PolicyResolver:
     """Turns what a request says about its policy into a validated :class:`Policy`, or an APIError."""
@@ -89,7 +108,12 @@ class PolicyResolver:
         self._max_inline = max_inline
         if default is not None and directory.get(default) is None:
             known = ", ".join(directory.names) or "none"
-            raise ConfigError(f"--default-policy {default}: no policy named {default!r} (known: {known})")
+            why = directory.skipped.get(default)
+            raise ConfigError(
+                f"--default-policy {default}: policy {default!r} is left out: {why}"
+                if why is not None
+                else f"--default-policy {default}: no policy named {default!r} (known: {known})"
+            )
 
     def resolve(self, body: Mapping[str, Any], header: str | None) -> Policy:
         """Body ``policy`` (object or name) first, then the ``X-Unhardcoded-Policy`` header, then the default."""
@@ -121,10 +145,7 @@ class PolicyResolver:
             )
         policy = self.directory.get(name)
         if policy is None:
-            known = ", ".join(self.directory.names) or "none"
-            raise APIError(
-                404, f"{where}: unknown policy {name!r} (known: {known})", param="policy", code="policy_not_found"
-            )
+            raise APIError(404, f"{where}: {self.directory.missing(name)}", param="policy", code="policy_not_found")
         return policy
 
     def _inline_policy(self, doc: dict[str, Any]) -> Policy:
