@@ -88,3 +88,23 @@ def test_demo_json_prints_the_workflow_receipt(tmp_path: Path):
     assert [n["workflow"]["node"] for n in receipt["nodes"]][0] == "classify"
     assert receipt["totals"]["decisions"] == 5 and receipt["totals"]["fallbacks"] == 1
     assert receipt["complete"] is True
+
+
+def test_demo_with_the_sdk_disabled_still_stores_every_receipt(tmp_path: Path):
+    """OTEL_SDK_DISABLED=true (a standard OpenTelemetry variable) records no span; the receipts are stored from the
+    decisions, so the demo still ends with its workflow card and every node's receipt."""
+    done = run(["demo"], tmp_path, OTEL_SDK_DISABLED="true")
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    out = done.stdout
+    assert "OTEL_SDK_DISABLED is set" in out and "5 decisions · 1 fallback · 0 failed" in out
+    commands = [line.split()[-1] for line in out.splitlines() if line.strip().startswith("unhardcoded receipt req_")]
+    store = open_store(str(tmp_path / "receipts.db"), create=False)
+    try:
+        nodes = [store.get(rid) for rid in commands]
+        assert len(nodes) == 5 and all(n is not None and n.receipt.outcome == "answered" for n in nodes)
+        workflow_id = [line.split()[2] for line in out.splitlines() if line.strip().endswith("# the whole workflow")]
+        stored = store.workflow(workflow_id[0])
+        assert stored is not None and stored.totals.decisions == 5 and stored.totals.fallbacks == 1
+    finally:
+        store.close()

@@ -95,7 +95,7 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
 
-    from .receipts import ReceiptSpanProcessor, open_store
+    from .receipts import Receipt, ReceiptSpanProcessor, open_store
     from .receipts.render import render_workflow
     from .router import ProviderClient, ProvidersConfig, Router
     from .telemetry import workflow
@@ -129,6 +129,11 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
         stack.callback(client.close)
 
         tracer_provider, exporting = _tracer_provider(Resource, TracerProvider)
+        # OTEL_SDK_DISABLED (a standard OpenTelemetry variable) turns every span into a no-op: no span reaches
+        # the receipt processor, so the receipts are written from the decisions themselves.
+        sdk_off = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        if sdk_off:
+            say("OTEL_SDK_DISABLED is set: no spans are recorded; receipts are stored from the decisions.")
         receipts = ReceiptSpanProcessor(store, catalogs=[catalog])
         tracer_provider.add_span_processor(receipts)
         stack.callback(tracer_provider.shutdown)
@@ -145,6 +150,9 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
                 with wf.node(node.name):
                     decision, _, failure = router.route(policies[node.policy], node.body)
                 result.request_ids.append(decision.request_id)
+                if sdk_off:
+                    policy = policies[node.policy]
+                    store.put(Receipt.from_decision(decision), policy.canonical)
                 hops = (
                     " → ".join([h.from_ for h in decision.hops] + [decision.answered_by or "nobody"])
                     if decision.hops
@@ -154,6 +162,8 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
                 if failure is not None:
                     note += f" (failed: {failure.error_type})"
                 say(f"  {node.name:<14} {node.policy:<8} → {hops}{note}")
+        if sdk_off:
+            store.put_workflow(result.workflow_id, WORKFLOW_NAME, finished=True)
         tracer_provider.force_flush()
         receipts.force_flush()
 

@@ -720,3 +720,15 @@ def test_a_users_own_policy_directory_stays_strict(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert "no-such-model" in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_serve_with_the_sdk_disabled_says_receipts_are_not_stored(tmp_path: Path) -> None:
+    port = free_port()
+    env = {**os.environ, "OTEL_SDK_DISABLED": "true", "UNHARDCODED_STORE": str(tmp_path / "r.db")}
+    proc = _serve(["--port", str(port)], env)
+    try:
+        _wait_ready(port, proc)
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=20)
+    assert "OTEL_SDK_DISABLED is set: no span is recorded, so no receipt is written to the store" in err, err

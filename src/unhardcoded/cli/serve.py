@@ -124,6 +124,11 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     except ImportError:
         store = None
     provider = configure_tracing(store, catalog)
+    if store is not None and os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        logging.getLogger("unhardcoded.server").warning(
+            "OTEL_SDK_DISABLED is set: no span is recorded, so no receipt is written to the store; "
+            "GET /x/receipts/{id} answers for the decisions held in memory"
+        )
     router = Router(catalog, ProviderClient(providers))
     app = create_app(
         router,
