@@ -274,8 +274,9 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         )
         assert s.workflow("wf_after").still_open  # written after the migration: open until its root is seen
     db = sqlite3.connect(path)
-    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "3"
     assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
+    assert "client" in {row[1] for row in db.execute("PRAGMA table_info(receipts)")}
     db.close()
     with open_store(str(path)) as s:  # reopened: nothing migrated twice, every receipt and workflow as it was
         assert s.count() == 3
