@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .._documents import parse_document
+from .._documents import key_path, parse_document
 from ..errors import ConfigError
 from ..policy.model import Policy
 from .errors import APIError
@@ -165,7 +165,7 @@ def _entries(doc: Any, source: str, lines: Mapping[str, int]) -> list[ClientKey]
         raise ClientKeysError(f"{source}: expected a mapping with a 'keys' list, found {found}")
     for field in doc:
         if field != "keys":
-            raise fail(str(field), "unknown field (a keys file holds one field, keys)")
+            raise fail(key_path("", field), "unknown field (a keys file holds one field, keys)")
     entries = doc.get("keys")
     if not isinstance(entries, list) or not entries:
         raise fail("keys", "must be a list of entries, each with name, sha256 and policies")
@@ -180,12 +180,12 @@ def _entries(doc: Any, source: str, lines: Mapping[str, int]) -> list[ClientKey]
             if str(field).lower() in _RAW_KEY_FIELDS:
                 # Said before anything else, and the value is never repeated: it may be a live key.
                 raise fail(
-                    f"{at}.{field}",
+                    key_path(at, field),
                     "a keys file holds the SHA-256 of each key, never the key itself; remove the key from this "
                     f"file (and treat it as exposed) and write its digest as sha256 ({_HASH_HINT})",
                 )
             if field not in _FIELDS:
-                raise fail(f"{at}.{field}", f"unknown field (expected: {', '.join(_FIELDS)})")
+                raise fail(key_path(at, field), f"unknown field (expected: {', '.join(_FIELDS)})")
         name = entry.get("name")
         if not isinstance(name, str) or not _NAME.match(name):
             raise fail(
