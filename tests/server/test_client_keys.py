@@ -461,8 +461,12 @@ def test_serve_with_keys_stores_the_client_and_rolls_up_by_it(
     for key in CANARIES:
         assert key not in out + err
     with open_store(str(store), create=False) as s:
-        assert sorted(r.client or "" for r in s.query()) == ["support-bot", "support-bot", "triage-bot"]
+        stored = s.query()
+        assert sorted(r.client or "" for r in stored) == ["support-bot", "support-bot", "triage-bot"]
     capsys.readouterr()
+    triage = next(r for r in stored if r.client == "triage-bot")
+    assert cli.main(["receipt", triage.request_id, "--store", str(store)]) == 0
+    assert "\nclient    triage-bot\n" in capsys.readouterr().out  # the card a person reads names the caller
     assert cli.main(["rollup", "--by", "client", "--store", str(store), "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)["rows"]
     assert {r["key"]: r["decisions"] for r in rows} == {"support-bot": 2, "triage-bot": 1}
