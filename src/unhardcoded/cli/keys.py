@@ -19,9 +19,8 @@ if TYPE_CHECKING:
 
 
 def add_commands(sub: Subcommands) -> None:
-    p = sub.add_parser("keys", help="client keys for `serve --keys`", description="Keys the proxy and its callers use.")
-    keys = p.add_subparsers(dest="keys_command", metavar="KEYS_COMMAND", parser_class=type(p))
-    p.set_defaults(run=lambda args: _usage(p))
+    p = sub.add_parser("keys", help="client keys for `serve --keys`")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True, parser_class=type(p))
     h = keys.add_parser(
         "hash",
         help="the SHA-256 of a client key (read from stdin), or a ready keys-file entry with --name",
@@ -39,11 +38,6 @@ def add_commands(sub: Subcommands) -> None:
     h.add_argument("--default-policy", metavar="NAME", help="the policy its requests get when they name none")
     h.add_argument("--inline", action="store_true", help="the key may send inline policies")
     h.set_defaults(run=cmd_hash)
-
-
-def _usage(parser: argparse.ArgumentParser) -> int:
-    parser.print_help(sys.stderr)
-    return 2
 
 
 def _read_key() -> str:
