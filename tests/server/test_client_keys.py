@@ -27,6 +27,9 @@ from apps.proxy_harness import HELLO, SELECTED, Stack, catalog_simulators, free_
 from unhardcoded import cli
 from unhardcoded.catalog import Catalog
 from unhardcoded.errors import ConfigError
+from unhardcoded.policy import load_policy_file
+from unhardcoded.policy.builtin import builtin_policy_dir
+from unhardcoded.receipts.model import Receipt
 from unhardcoded.receipts.stores import open_store
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient
@@ -220,6 +223,22 @@ def test_every_route_but_healthz_needs_a_key_and_a_client_reads_only_its_own_rec
     assert httpx.get(f"{base}/x/receipts/{request_id}", headers=support).json()["client"] == "support-bot"
     other = httpx.get(f"{base}/x/receipts/{request_id}", headers={"authorization": f"Bearer {TRIAGE_KEY}"})
     assert other.status_code == 404  # another client's receipt is not found, not forbidden
+
+
+def test_a_stored_receipt_is_read_only_by_its_own_client(tmp_path: Path) -> None:
+    """Receipts no longer held in memory come from the store, under the same rule as the recent ones."""
+    router = Router(Catalog.builtin())
+    support = load_policy_file(builtin_policy_dir() / "support.yaml", router.catalog)
+    decision = router.decide(support, {"messages": HELLO}, request_id="req_stored_client", client_name="support-bot")
+    with open_store(str(tmp_path / "receipts.db")) as store:
+        store.put(Receipt.from_decision(decision))
+        app = create_app(router, client_keys=keys(), store=store, receipts_kept=1)
+        with serving(app) as server:
+            url = f"{server.base_url}/x/receipts/req_stored_client"
+            mine = httpx.get(url, headers={"authorization": f"Bearer {SUPPORT_KEY}"})
+            assert mine.status_code == 200 and mine.json()["client"] == "support-bot"
+            assert httpx.get(url, headers={"authorization": f"Bearer {TRIAGE_KEY}"}).status_code == 404
+            assert_openai_401(httpx.get(url))
 
 
 def test_no_client_key_reaches_a_provider_a_span_a_receipt_or_a_log(
