@@ -75,7 +75,7 @@ def traced(simulated_provider: Any, tel: TelemetryCapture) -> Iterator[tuple[Sta
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     router = Router(Catalog.builtin(), client, tracer_provider=tel.tracer_provider)
     app = create_app(router, default_policy="support", client_keys=keys(), tracer_provider=tel.tracer_provider)
-    with serving(app, closing=[client]) as server:
+    with serving(app, closing=[client], log_level="debug") as server:
         stack = Stack(sims, server)
         stack.opened = []  # type: ignore[attr-defined]
         yield stack, tel.exporter
@@ -421,7 +421,7 @@ def test_start_up_refuses_keys_with_forwarding_and_a_bad_keys_file(tmp_path: Pat
 
 def _serve(args: list[str], env: dict[str, str], port: int) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [sys.executable, "-m", cli.__name__, "serve", "--port", str(port), "--no-access-log", *args],
+        [sys.executable, "-m", cli.__name__, "serve", "--port", str(port), *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -477,6 +477,7 @@ def test_serve_with_keys_stores_the_client_and_rolls_up_by_it(
         proc.terminate()
         out, err = proc.communicate(timeout=30)
     assert "Finished server process" in err, err
+    assert '"POST /v1/chat/completions HTTP/1.1" 200' in out and '"GET /v1/models HTTP/1.1" 401' in out  # access log
     for key in CANARIES:
         assert key not in out + err
     with open_store(str(store), create=False) as s:
