@@ -87,7 +87,7 @@ def test_answers_match_the_document(loaded, spec):
     check(spec, "/receipts", 400, p.get("/receipts", params={"since": "yesterday-ish"}).json())
     check(spec, "/workflows/{workflow_id}", 200, p.get("/workflows/wf_refund_7").json())
     check(spec, "/workflows/{workflow_id}", 404, p.get("/workflows/nope").json())
-    for by in ("policy", "workflow", "model"):
+    for by in ("policy", "workflow", "model", "client"):
         check(spec, "/rollups", 200, p.get("/rollups", params={"by": by, "since": "3650d"}).json())
     check(spec, "/rollups", 400, p.get("/rollups", params={"by": "colour"}).json())
 

@@ -146,6 +146,46 @@ def test_a_workflow_finished_before_any_node_was_written(backend):
     )
 
 
+def test_receipts_name_their_client_key_and_roll_up_by_it(backend):
+    store, _ = backend
+    rng = random.Random(5)
+    ds = [make_decision(rng, f"req_c{i:02d}") for i in range(9)]
+    for i, d in enumerate(ds):
+        d.client = ("support-bot", "triage-bot", None)[i % 3]
+    store.put_many((Receipt.from_decision(d), None) for d in ds)
+    assert store.get(ds[0].request_id).receipt.client == "support-bot"
+    assert store.get(ds[2].request_id).receipt.client is None
+    rows = {r.key: r for r in store.rollup("client")}
+    assert {k: r.decisions for k, r in rows.items()} == {"support-bot": 3, "triage-bot": 3, "(none)": 3}
+    assert rows["triage-bot"].cost_usd == pytest.approx(sum(d.cost.usd or 0 for d in ds[1::3]))
+    assert {r.request_id for r in store.query(ReceiptQuery(client="triage-bot"))} == {d.request_id for d in ds[1::3]}
+
+
+def test_a_postgres_store_from_before_receipts_named_their_client(cluster):
+    """The receipts table as it was: opening the store adds the ``client`` column once; old receipts have none."""
+    import psycopg
+
+    from unhardcoded.receipts.stores.postgres import _SCHEMA
+
+    url = cluster.new_database()
+    rng = random.Random(6)
+    old, new = make_decision(rng, "req_old_client"), make_decision(rng, "req_new_client")
+    new.client = "support-bot"
+    assert "  client TEXT,\n" in _SCHEMA
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_SCHEMA.replace("  client TEXT,\n", ""))
+    for _ in range(2):  # opened twice: the column is added once
+        store, spool = open_store_and_spool(url)
+        try:
+            store.put(Receipt.from_decision(old))
+            store.put(Receipt.from_decision(new))
+            assert store.get("req_old_client").receipt.client is None
+            assert {r.key for r in store.rollup("client")} == {"support-bot", "(none)"}
+        finally:
+            store.close()
+            spool.close()
+
+
 def test_a_postgres_store_from_before_workflows_recorded_their_root(cluster):
     """The workflows table as it was: opening the store adds ``finished_at`` once, and old workflows read finished."""
     import psycopg

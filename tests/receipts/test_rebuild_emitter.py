@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from fixtures import span_layout as L
-from fixtures.decisions import CATALOG, features, policies
+from fixtures.decisions import CATALOG, clients, features, policies
 from unhardcoded.errors import NoCandidateError
 from unhardcoded.receipts import Receipt, ReceiptSpanProcessor, WorkflowReceipt, open_store, rebuild_receipts
 from unhardcoded.router import Router
@@ -63,11 +63,11 @@ def _same(a: Receipt, b: Receipt) -> bool:
 
 
 @settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(policies(), features, st.binary(min_size=6, max_size=6))
-def test_dry_run_decisions_round_trip(policy, request_features, rid):
+@given(policies(), features, st.binary(min_size=6, max_size=6), clients)
+def test_dry_run_decisions_round_trip(policy, request_features, rid, client_name):
     tp, exporter = L.provider()
     router = Router(CATALOG, tracer_provider=tp)
-    decision = router.decide(policy, request_features, request_id="req_" + rid.hex())
+    decision = router.decide(policy, request_features, request_id="req_" + rid.hex(), client_name=client_name)
     expected = Receipt.from_decision(decision)
     for receipt in _rebuilt_everywhere(exporter.get_finished_spans()):
         assert _same(receipt, expected)

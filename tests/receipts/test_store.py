@@ -269,13 +269,20 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         assert s.workflow(generate.WORKFLOW_ID).model_dump(mode="json", by_alias=True) == FIXTURE["workflows"][0]
         s.put(
             DIRECT.model_copy(
-                update={"request_id": "req_after", "workflow": DIRECT.workflow.model_copy(update={"id": "wf_after"})}
+                update={
+                    "request_id": "req_after",
+                    "workflow": DIRECT.workflow.model_copy(update={"id": "wf_after"}),
+                    "client": "support-bot",
+                }
             )
         )
         assert s.workflow("wf_after").still_open  # written after the migration: open until its root is seen
+        # The client column is filled for receipts written after the migration; those from before roll up as (none).
+        assert {(r.key, r.decisions) for r in s.rollup("client")} == {("(none)", 2), ("support-bot", 1)}
     db = sqlite3.connect(path)
-    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "3"
     assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
+    assert "client" in {row[1] for row in db.execute("PRAGMA table_info(receipts)")}
     db.close()
     with open_store(str(path)) as s:  # reopened: nothing migrated twice, every receipt and workflow as it was
         assert s.count() == 3

@@ -43,7 +43,8 @@ def add_commands(sub: Subcommands) -> None:
     p.set_defaults(run=cmd_replay)
 
     p = sub.add_parser(
-        "rollup", help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow or model"
+        "rollup",
+        help="decisions, fallback rate, cost and savings against the baseline, per policy, workflow, model or client",
     )
     p.add_argument("--by", choices=ROLLUP_KEYS, default="policy", help="group by (default: policy)")
     p.add_argument("--since", metavar="DURATION_OR_ISO", help="only decisions since 7d, 24h, ... or an ISO date")

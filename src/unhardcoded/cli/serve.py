@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import gc
+import ipaddress
 import logging
 import os
+import socket
+import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
@@ -23,6 +26,7 @@ POLICY_DIR_ENV = "UNHARDCODED_POLICY_DIR"
 DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
 STORE_ENV = "UNHARDCODED_STORE"
 FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
+KEYS_ENV = "UNHARDCODED_KEYS"
 DEFAULT_PORT = 8080
 
 
@@ -60,6 +64,17 @@ def add_commands(sub: Subcommands) -> None:
         f"default: ${FORWARD_ENV}, comma-separated); the provider must not name api_key_env",
     )
     p.add_argument(
+        "--keys",
+        metavar="FILE",
+        help="client keys file: every request but /healthz needs one of its keys, and may use only the policies "
+        f"its entry names (default: ${KEYS_ENV}; make entries with `unhardcoded keys hash`)",
+    )
+    p.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen beyond loopback without --keys: anyone who reaches the proxy spends its provider keys",
+    )
+    p.add_argument(
         "--max-body-bytes", type=int, default=None, metavar="N", help="largest request body accepted (default 4 MiB)"
     )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
@@ -71,6 +86,45 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     if names is None:
         names = [os.environ.get(FORWARD_ENV, "")]
     return [n.strip() for item in names for n in item.split(",") if n.strip()]
+
+
+def _keys_path(args: argparse.Namespace) -> str | None:
+    return args.keys or os.environ.get(KEYS_ENV) or None
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address or a name) is reached only from this machine."""
+    name = host.strip().strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%", 1)[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(f[4][0]).split("%", 1)[0]).is_loopback for f in found)
+
+
+def check_exposure(args: argparse.Namespace) -> None:
+    """Refuse what would let strangers spend the operator's keys, before anything is loaded."""
+    keys = _keys_path(args)
+    if keys and _forwarded(args):
+        raise ConfigError(
+            "--forward-client-key cannot be used with --keys: with client keys the caller's Authorization header "
+            "is its key to this proxy and is never sent to a provider"
+        )
+    if keys or is_loopback(args.host):
+        return
+    exposure = (
+        f"--host {args.host} listens beyond loopback and the proxy has no client keys, so anyone who reaches it "
+        "spends the providers' keys"
+    )
+    if not args.allow_unauthenticated:
+        raise ConfigError(f"{exposure}: give --keys FILE (see `unhardcoded keys hash`), or --allow-unauthenticated")
+    print(f"WARNING: {exposure} (--allow-unauthenticated)", file=sys.stderr, flush=True)
 
 
 def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> TelemetrySetup | _FlushReceipts | None:
@@ -110,9 +164,12 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     from ..router import Router
     from ..router.providers import ProviderClient, load_providers, providers_from_env
     from ..server.app import create_app
+    from ..server.auth import ClientKeys
     from ..server.request import DEFAULT_MAX_BODY_BYTES
     from . import load_catalog_arg
 
+    keys_path = _keys_path(args)
+    client_keys = ClientKeys.load(keys_path) if keys_path else None
     catalog = load_catalog_arg(args.catalog)
     providers = load_providers(args.providers) if args.providers else providers_from_env()
     store = None
@@ -136,6 +193,7 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
         default_policy=args.default_policy or os.environ.get(DEFAULT_POLICY_ENV) or None,
         max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
         forward_client_key=_forwarded(args),
+        client_keys=client_keys,
         store=store,
     )
     return app, provider
@@ -176,6 +234,7 @@ def run_server(app: ASGIApp, host: str, port: int, *, access_log: bool = True, l
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None and args.max_body_bytes < 1:
         raise ConfigError("--max-body-bytes: must be a positive number of bytes")
+    check_exposure(args)
     app, provider = build_app(args)
     try:
         run_server(app, args.host, args.port, access_log=not args.no_access_log)

@@ -272,6 +272,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             model=p.get("model") or None,
             fallback=_bool(p.get("fallback"), "fallback"),
             workflow_id=p.get("workflow") or None,
+            client=p.get("client") or None,
             since=_since(p.get("since"), "since"),
             until=_since(p.get("until"), "until"),
             complete=_bool(p.get("complete"), "complete"),

@@ -12,6 +12,7 @@ from typing import Any
 from pydantic.json_schema import models_json_schema
 
 from ..receipts.model import Receipt, WorkflowReceipt
+from ..receipts.stores.protocol import ROLLUP_KEYS
 
 _REF = "#/components/schemas/{model}"
 
@@ -119,7 +120,7 @@ def document() -> dict[str, Any]:
                 "type": "object",
                 "required": ["by", "since", "rows"],
                 "properties": {
-                    "by": {"type": "string", "enum": ["policy", "workflow", "model"]},
+                    "by": {"type": "string", "enum": list(ROLLUP_KEYS)},
                     "since": {"type": ["string", "null"]},
                     "rows": {
                         "type": "array",
@@ -192,6 +193,7 @@ def document() -> dict[str, Any]:
                         {"type": "boolean"},
                     ),
                     _param("workflow", "query", "A workflow id.", {"type": "string"}),
+                    _param("client", "query", "The name of the client key (a proxy with --keys).", {"type": "string"}),
                     _param(
                         "complete", "query", "Only complete (true) or incomplete (false) receipts.", {"type": "boolean"}
                     ),
@@ -235,7 +237,7 @@ def document() -> dict[str, Any]:
                         "by",
                         "query",
                         "Group by.",
-                        {"type": "string", "enum": ["policy", "workflow", "model"], "default": "policy"},
+                        {"type": "string", "enum": list(ROLLUP_KEYS), "default": "policy"},
                     ),
                     _param("since", "query", "Decisions at or after this time.", since),
                 ],

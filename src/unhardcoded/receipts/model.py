@@ -48,6 +48,8 @@ class Receipt(_Model):
     latency_ms: float = 0.0
     cost: Cost = Cost()
     workflow: WorkflowRef | None = None
+    client: str | None = None
+    """The name of the client key the request came with, on a proxy started with ``--keys``; never the key."""
     outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
     features: RequestFeatures | None = None
     complete: bool = True
@@ -74,6 +76,7 @@ class Receipt(_Model):
             latency_ms=decision.latency_ms,
             cost=decision.cost,
             workflow=decision.workflow,
+            client=decision.client,
             outcome=decision.outcome,
             features=decision.features,
             complete=True,

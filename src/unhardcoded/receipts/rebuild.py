@@ -413,6 +413,7 @@ _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
     _K.UNHARDCODED_WORKFLOW_NODE,
     _K.UNHARDCODED_WORKFLOW_STEP,
 )
+_CLIENT = _K.UNHARDCODED_CLIENT_NAME
 _AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
     _K.UNHARDCODED_ATTEMPT_INDEX,
     _K.UNHARDCODED_ATTEMPT_ROLE,
@@ -601,6 +602,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
                 },
             ),
             "workflow": workflow,
+            "client": _opt_str(get(_CLIENT)),
             "outcome": outcome,
             "features": features,
             "complete": complete,

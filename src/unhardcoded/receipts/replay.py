@@ -149,7 +149,9 @@ def _decide(policy: Policy, catalog: Catalog, receipt: Receipt, notes: list[str]
         # An engine that insists on the baseline: decide without it rather than refuse to replay.
         compiled = CompiledPolicy(policy.model_copy(update={"baseline": None}), catalog)
     assert receipt.features is not None
-    return compiled.decide(receipt.features, request_id=receipt.request_id, workflow=receipt.workflow)
+    return compiled.decide(
+        receipt.features, request_id=receipt.request_id, workflow=receipt.workflow, client_name=receipt.client
+    )
 
 
 def replay(receipt: Receipt, policy_body: str, recorded: Catalog, today: Catalog) -> ReplayResult:

@@ -147,10 +147,14 @@ def decide_observed(
     features: RequestFeatures,
     request_id: str | None,
     workflow: WorkflowRef | None,
+    client_name: str | None = None,
 ) -> Decision:
     """The decision for a call, made inside ``observed``; finished there at once when no model passes the policy."""
     decision = compiled.decide(
-        features, request_id=request_id, workflow=workflow if workflow is not None else telemetry.current_workflow()
+        features,
+        request_id=request_id,
+        workflow=workflow if workflow is not None else telemetry.current_workflow(),
+        client_name=client_name,
     )
     observed.decision = decision
     if decision.selected is None:

@@ -107,6 +107,8 @@ class Decision(_Model):
     cost: Cost = Cost()
     latency_ms: float = 0.0
     workflow: WorkflowRef | None = None
+    client: str | None = None
+    """The name of the client key the request came with (a proxy started with ``--keys``)."""
     trace_id: str | None = None
     span_id: str | None = None
 

@@ -234,6 +234,7 @@ class CompiledPolicy:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
     ) -> Decision:
         """The would-be decision for ``features``: no provider is called."""
         needed = features.input_tokens + (features.max_tokens or 0)
@@ -307,6 +308,7 @@ class CompiledPolicy:
                 "cost": cost,
                 "latency_ms": 0.0,
                 "workflow": workflow,
+                "client": client_name,
                 "trace_id": None,
                 "span_id": None,
             }

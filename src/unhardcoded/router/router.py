@@ -63,12 +63,13 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
     ) -> Decision:
         """The would-be decision, with no provider call."""
         features = request if isinstance(request, RequestFeatures) else features_from_request(request)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled) as observed:
-            decision = decide_observed(observed, self.telemetry, compiled, features, request_id, workflow)
+            decision = decide_observed(observed, self.telemetry, compiled, features, request_id, workflow, client_name)
             observed.finish(decision)
         return decision
 
@@ -86,6 +87,7 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
         features: RequestFeatures | None = None,
         later: list[Callable[[], None]] | None = None,
     ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
@@ -105,6 +107,7 @@ class Router:
             self.observer,
             request_id=request_id,
             workflow=workflow,
+            client_name=client_name,
             later=later,
         )
 
@@ -115,6 +118,7 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
         features: RequestFeatures | None = None,
         later: list[Callable[[], None]] | None = None,
     ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
@@ -128,6 +132,7 @@ class Router:
             self.observer,
             request_id=request_id,
             workflow=workflow,
+            client_name=client_name,
             later=later,
         )
 
@@ -139,6 +144,7 @@ class Router:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
     ) -> async_cascade.AsyncStreamCascade:
         """A streamed decision under ``compiled``: enter it, ``aopen`` it, relay its ``chunks`` (see the class)."""
         return async_cascade.AsyncStreamCascade(
@@ -150,4 +156,5 @@ class Router:
             self.observer,
             request_id=request_id,
             workflow=workflow,
+            client_name=client_name,
         )

@@ -44,6 +44,14 @@ UNHARDCODED_CATALOG_VERSION: Final = "unhardcoded.catalog.version"
 Version of the model catalog the decision was made against (hash of its content).
 """
 
+UNHARDCODED_CLIENT_NAME: Final = "unhardcoded.client.name"
+"""
+Name of the client key the request was made with, as the proxy's keys file (`unhardcoded serve
+--keys`) names it.
+Note: The name only: never the key nor its SHA-256. Absent when the proxy takes requests without
+client keys, and on decisions made in process.
+"""
+
 UNHARDCODED_COST_BASELINE_MODEL: Final = "unhardcoded.cost.baseline.model"
 """
 Id of the policy's baseline model.

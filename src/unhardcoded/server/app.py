@@ -19,7 +19,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog.model import Catalog
-from ..errors import NoCandidateError
+from ..errors import ConfigError, NoCandidateError
 from ..policy.builtin import builtin_policy_dir
 from ..policy.model import Policy
 from ..receipts.model import Receipt
@@ -29,6 +29,7 @@ from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
 from ..telemetry.losses import count_error
+from .auth import ClientAuth, ClientKeys, check_policy_request, client_of
 from .errors import APIError
 from .keys import ClientKeyForwarding, bearer_key, client_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
@@ -158,23 +159,32 @@ class Proxy:
     async def _read(self, request: Request) -> dict[str, Any]:
         return parse_json_object(await read_body(request, self.max_body_bytes))
 
+    def _policy(self, request: Request, body: dict[str, Any]) -> tuple[Policy, str | None]:
+        """The policy to route under and the name of the client key (None on a proxy without ``--keys``)."""
+        header = request.headers.get(POLICY_HEADER)
+        client = client_of(request.scope)
+        if client is None:
+            return self.resolver.resolve(body, header), None
+        named = check_policy_request(client, body, header, self.resolver.default)
+        return self.resolver.resolve(body, named if named is not None else header), client.name
+
     async def chat_completions(self, request: Request) -> Response:
         request_id = new_request_id()
         try:
             body = await self._read(request)
             features = check_chat_request(body)
-            policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
+            policy, client_name = self._policy(request, body)
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id})
         key = bearer_key(request.headers.get("authorization")) if self.forwarding else None
         if features.stream:
-            return self._stream(policy, body, features, request_id, key)
+            return self._stream(policy, body, features, request_id, key, client_name)
         token = client_key.set(key)
         later: list[Callable[[], None]] = []
         try:
             try:
                 decision, result, error = await self.router.aroute(
-                    policy, body, request_id=request_id, features=features, later=later
+                    policy, body, request_id=request_id, client_name=client_name, features=features, later=later
                 )
             except NoCandidateError as exc:
                 rejected = exc.decision  # the one the router recorded, span and metrics included
@@ -200,7 +210,13 @@ class Proxy:
             client_key.reset(token)
 
     def _stream(
-        self, policy: Policy, body: dict[str, Any], features: Any, request_id: str, key: str | None
+        self,
+        policy: Policy,
+        body: dict[str, Any],
+        features: Any,
+        request_id: str,
+        key: str | None,
+        client_name: str | None,
     ) -> Response:
         options = body.get("stream_options")
         return StreamedDecision(  # type: ignore[return-value]
@@ -215,6 +231,7 @@ class Proxy:
             done=self.recent.add,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             key=key,
+            client_name=client_name,
         )
 
     async def rank(self, request: Request) -> Response:
@@ -222,10 +239,10 @@ class Proxy:
         try:
             body = await self._read(request)
             features = check_chat_request(body)
-            policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
+            policy, client_name = self._policy(request, body)
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id})
-        decision = self.router.decide(policy, features, request_id=request_id)
+        decision = self.router.decide(policy, features, request_id=request_id, client_name=client_name)
         self.recent.add(decision)
         return _json(Receipt.from_decision(decision).to_json_dict(), headers=decision_headers(decision))
 
@@ -239,12 +256,14 @@ class Proxy:
 
     async def receipt(self, request: Request) -> Response:
         request_id = request.path_params["request_id"]
+        # With client keys, a client reads the receipts of its own requests; another's are not found.
+        client = client_of(request.scope)
         decision = self.recent.get(request_id)
-        if decision is not None:
+        if decision is not None and (client is None or decision.client == client.name):
             return _json(Receipt.from_decision(decision).to_json_dict())
-        if self.store is not None:
+        if decision is None and self.store is not None:
             stored = self.store.get(request_id)
-            if stored is not None:
+            if stored is not None and (client is None or stored.receipt.client == client.name):
                 return _json(stored.receipt.to_json_dict())
         return APIError(
             404, f"no receipt for request id {request_id[:80]!r}", param="request_id", code="receipt_not_found"
@@ -335,6 +354,7 @@ def create_app(
     default_policy: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     forward_client_key: Iterable[str] = (),
+    client_keys: ClientKeys | None = None,
     store: ReceiptStore | None = None,
     receipts_kept: int = 10_000,
     tracer_provider: TracerProvider | None = None,
@@ -345,6 +365,8 @@ def create_app(
     PolicyDirectory; by default the policies that ship with the package.
     ``forward_client_key`` names the providers that get the caller's own
     ``Authorization: Bearer`` key (see :mod:`unhardcoded.server.keys`).
+    ``client_keys`` (``serve --keys``) makes every route but ``/healthz`` take a client key (see
+    :mod:`unhardcoded.server.auth`); it cannot be combined with ``forward_client_key``.
     ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
     longer held in memory.
     """
@@ -355,6 +377,11 @@ def create_app(
         router = Router(catalog, client)
     owned: list[ProviderClient] = []
     forward = tuple(forward_client_key)
+    if forward and client_keys is not None:
+        raise ConfigError(
+            "--forward-client-key cannot be used with --keys: with client keys the caller's Authorization header "
+            "is its key to this proxy and is never sent to a provider"
+        )
     if forward:
         providers = router.client.providers if router.client is not None else providers_from_env()
         router.client = ClientKeyForwarding(providers, forward)
@@ -370,6 +397,8 @@ def create_app(
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
     resolver = PolicyResolver(directory, default_policy)
+    if client_keys is not None:
+        client_keys.check_policies(directory.get, directory.names)
     proxy = Proxy(
         router,
         resolver,
@@ -397,6 +426,8 @@ def create_app(
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
+    if client_keys is not None:
+        app.add_middleware(ClientAuth, keys=client_keys)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
 

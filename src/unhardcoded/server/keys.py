@@ -22,11 +22,11 @@ from ..errors import ConfigError
 from ..router.providers import (
     AsyncChatStream,
     ChatResult,
-    ChatStream,
     ProviderCallError,
     ProviderClient,
     ProvidersConfig,
 )
+from ..router.providers.calls import PreparedCall
 
 REDACTED = "[REDACTED]"
 
@@ -90,13 +90,22 @@ class ClientKeyForwarding(ProviderClient):
                     "a provider that takes the caller's key must not also take one from the environment"
                 )
 
-    def _headers(self, provider: str, headers: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    def _prepare(
+        self,
+        provider: str,
+        model: str,
+        body: Mapping[str, Any],
+        headers: Mapping[str, str] | None,
+        timeout_s: float | None,
+        *,
+        stream: bool,
+    ) -> PreparedCall:
+        # Every call, plain or streamed, sync or async, is prepared here: the one place the caller's key goes in.
         key = client_key.get()
-        if key is None or provider not in self.forward_to:
-            return headers
-        out = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
-        out["authorization"] = f"Bearer {key}"
-        return out
+        if key is not None and provider in self.forward_to:
+            headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
+            headers["authorization"] = f"Bearer {key}"
+        return super()._prepare(provider, model, body, headers, timeout_s, stream=stream)
 
     def chat(
         self,
@@ -108,7 +117,7 @@ class ClientKeyForwarding(ProviderClient):
         timeout_s: float | None = None,
     ) -> ChatResult:
         try:
-            result = super().chat(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+            result = super().chat(provider, model, body, headers=headers, timeout_s=timeout_s)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
@@ -123,23 +132,10 @@ class ClientKeyForwarding(ProviderClient):
         timeout_s: float | None = None,
     ) -> ChatResult:
         try:
-            result = await super().achat(
-                provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s
-            )
+            result = await super().achat(provider, model, body, headers=headers, timeout_s=timeout_s)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
-
-    def stream(
-        self,
-        provider: str,
-        model: str,
-        body: Mapping[str, Any],
-        *,
-        headers: Mapping[str, str] | None = None,
-        timeout_s: float | None = None,
-    ) -> ChatStream:
-        return super().stream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
 
     def astream(
         self,
@@ -150,7 +146,7 @@ class ClientKeyForwarding(ProviderClient):
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
     ) -> AsyncChatStream:
-        stream = super().astream(provider, model, body, headers=self._headers(provider, headers), timeout_s=timeout_s)
+        stream = super().astream(provider, model, body, headers=headers, timeout_s=timeout_s)
         # The wrapper is the stream to its caller: what it does not redact it hands to the stream (__getattr__).
         return cast("AsyncChatStream", _RedactingStream(stream))
 

@@ -58,6 +58,7 @@ class StreamedDecision:
         done: Callable[[Decision], None],
         include_usage: bool,
         key: str | None = None,
+        client_name: str | None = None,
     ) -> None:
         self.router = router
         self.compiled = compiled
@@ -70,12 +71,15 @@ class StreamedDecision:
         self.done = done
         self.include_usage = include_usage
         self.key = key
+        self.client_name = client_name
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = client_key.set(self.key)
         decision: Decision | None = None
         try:
-            with self.router.streamed(self.compiled, self.features, self.body, request_id=self.request_id) as cascade:
+            with self.router.streamed(
+                self.compiled, self.features, self.body, request_id=self.request_id, client_name=self.client_name
+            ) as cascade:
                 decision = cascade.decision
                 if decision.selected is None:
                     await self._respond(self.no_candidate(decision), decision, send)

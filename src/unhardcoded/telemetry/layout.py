@@ -190,6 +190,8 @@ class PolicyLayout:
         attrs[A.UNHARDCODED_LATENCY_MS] = float(d.latency_ms)
         if d.workflow is not None:
             attrs.update(workflow_attributes(d.workflow))
+        if d.client is not None:
+            attrs[A.UNHARDCODED_CLIENT_NAME] = d.client
         lost = 0
         if len(rows) > REJECTION_EVENT_LIMIT:
             rest = rows[REJECTION_EVENT_LIMIT:]

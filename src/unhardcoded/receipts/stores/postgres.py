@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS receipts (
   baseline_usd DOUBLE PRECISION,
   workflow_id TEXT,
   workflow_name TEXT,
+  client TEXT,
   complete BOOLEAN NOT NULL,
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
@@ -109,6 +110,7 @@ def _connect(url: str) -> Connection:
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_ID,))
         conn.execute(_SCHEMA)
         _add_workflow_finished_at(conn)
+        _add_receipt_client(conn)
     return conn
 
 
@@ -122,6 +124,13 @@ def _add_workflow_finished_at(conn: Connection) -> None:
     if found is None:
         conn.execute("ALTER TABLE workflows ADD COLUMN finished_at TEXT")
         conn.execute("UPDATE workflows SET finished_at = stored_at")
+
+
+def _add_receipt_client(conn: Connection) -> None:
+    """Stores made before receipts named their client key get the column (empty for the receipts they hold) and its
+    index. Runs under the schema lock, as :func:`_add_workflow_finished_at` does."""
+    conn.execute("ALTER TABLE receipts ADD COLUMN IF NOT EXISTS client TEXT")
+    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms)")
 
 
 class _Conn:
@@ -186,14 +195,14 @@ class PostgresReceiptStore(SQLReceiptReads):
         # the next revision, except a partial re-delivery of a receipt already stored whole.
         row = conn.execute(
             "INSERT INTO receipts AS r (request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, model, outcome, "
-            "fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, revision, stored_at, body) "
-            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
+            "fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, revision, stored_at, "
+            "body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
             "ON CONFLICT (request_id) DO UPDATE SET trace_id = excluded.trace_id, ts_ms = excluded.ts_ms, "
             "policy_name = excluded.policy_name, policy_fingerprint = excluded.policy_fingerprint, "
             "catalog_version = excluded.catalog_version, model = excluded.model, outcome = excluded.outcome, "
             "fallback = excluded.fallback, cost_usd = excluded.cost_usd, baseline_model = excluded.baseline_model, "
             "baseline_usd = excluded.baseline_usd, workflow_id = excluded.workflow_id, workflow_name = excluded.workflow_name, "
-            "complete = excluded.complete, revision = r.revision + 1, stored_at = excluded.stored_at, body = excluded.body "
+            "client = excluded.client, complete = excluded.complete, revision = r.revision + 1, stored_at = excluded.stored_at, body = excluded.body "
             "WHERE r.body::jsonb IS DISTINCT FROM excluded.body::jsonb AND NOT (r.complete AND NOT excluded.complete) "
             "RETURNING revision",
             (
@@ -211,6 +220,7 @@ class PostgresReceiptStore(SQLReceiptReads):
                 receipt.cost.baseline_usd,
                 wf.id if wf else None,
                 wf.name if wf else None,
+                receipt.client,
                 receipt.complete,
                 stamp,
                 body,

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ...catalog.model import Catalog
     from ..rebuild import RebuiltDecision
 
-RollupKey = Literal["policy", "workflow", "model"]
-ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model")
+RollupKey = Literal["policy", "workflow", "model", "client"]
+ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model", "client")
 
 
 class StoreError(UnhardcodedError):
@@ -38,6 +38,8 @@ class ReceiptQuery:
     """The model that answered, or the selected one when nothing answered."""
     fallback: bool | None = None
     workflow_id: str | None = None
+    client: str | None = None
+    """The name of the client key the request came with (a proxy started with ``--keys``)."""
     since: datetime | str | None = None
     """Inclusive; a datetime or an ISO 8601 timestamp."""
     until: datetime | str | None = None

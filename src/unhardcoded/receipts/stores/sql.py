@@ -17,7 +17,7 @@ from .protocol import DEFAULT_QUERY, ReceiptQuery, StoredReceipt, StoreError
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
 
-ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name"}
+ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name", "client": "client"}
 
 SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
 """A spooled span with its group's finish mark, in :class:`~.protocol.StoredSpan` order."""
@@ -86,6 +86,7 @@ class SQLReceiptReads:
             ("trace_id", q.trace_id),
             ("model", q.model),
             ("workflow_id", q.workflow_id),
+            ("client", q.client),
         ):
             if value is not None:
                 clauses.append(f"{column} = {p}")

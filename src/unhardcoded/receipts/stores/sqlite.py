@@ -38,10 +38,11 @@ if TYPE_CHECKING:
 
 STORE_KIND = "unhardcoded-receipts-store"
 PAGE_SIZE = 16384
-STORE_SCHEMA_VERSION = 2
+STORE_SCHEMA_VERSION = 3
 """Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward.
 
 2: ``workflows.finished_at``, when the workflow's root span was seen and the workflow finished.
+3: ``receipts.client``, the name of the client key a proxy with ``--keys`` took the request with.
 """
 
 T = TypeVar("T")
@@ -78,6 +79,7 @@ CREATE TABLE IF NOT EXISTS receipts (
   baseline_usd REAL,
   workflow_id TEXT,
   workflow_name TEXT,
+  client TEXT,
   complete INTEGER NOT NULL,
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
@@ -89,6 +91,7 @@ CREATE INDEX IF NOT EXISTS receipts_by_policy ON receipts(policy_name, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprint);
 CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
+CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms);
 CREATE TABLE IF NOT EXISTS policies (
   fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
 );
@@ -102,6 +105,11 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 -> 2: workflows record when their root was seen and they were finished. A store from before kept no such
     # thing and read every workflow as finished; its workflows stay so.
     1: ("ALTER TABLE workflows ADD COLUMN finished_at TEXT", "UPDATE workflows SET finished_at = stored_at"),
+    # 2 -> 3: receipts name the client key they came with. Receipts stored before had none.
+    2: (
+        "ALTER TABLE receipts ADD COLUMN client TEXT",
+        "CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms)",
+    ),
 }
 
 
@@ -299,6 +307,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
                     receipt.cost.baseline_usd,
                     wf.id if wf else None,
                     wf.name if wf else None,
+                    receipt.client,
                     int(receipt.complete),
                     revision,
                     stamp,
@@ -311,8 +320,8 @@ class SQLiteReceiptStore(SQLReceiptReads):
         if rows:
             db.executemany(
                 "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
-                "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, complete, "
-                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+                "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, "
+                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
                 rows,
             )
         if workflows:

@@ -91,6 +91,7 @@ def route(
     *,
     request_id: str | None = None,
     workflow: WorkflowRef | None = None,
+    client_name: str | None = None,
     later: list[Callable[[], None]] | None = None,
 ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
     """Decide, then call along the cascade, the decision observed by ``telemetry`` from start to finish.
@@ -99,7 +100,7 @@ def route(
     With ``later``, what the observer can record afterwards is left there (see ``ObservedDecision.finish``).
     """
     with telemetry.decision(compiled, activate=True, late=later is not None) as observed:
-        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow)
+        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow, client_name)
         if decision.selected is None:
             raise no_candidate(decision, compiled)
         out = execute(decision, compiled, body, client, observed.attempts(observer))
@@ -130,6 +131,7 @@ class StreamCascade:
         *,
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
+        client_name: str | None = None,
         sleep: Sleep = pause,
     ) -> None:
         self.telemetry = telemetry
@@ -140,6 +142,7 @@ class StreamCascade:
         self.observer = observer
         self.request_id = request_id
         self.workflow = workflow
+        self.client_name = client_name
         self.sleep = sleep
         self.last_error: ProviderCallError | None = None
         self.finished = False
@@ -153,7 +156,13 @@ class StreamCascade:
         observed.__enter__()
         try:
             self.decision = decide_observed(
-                observed, self.telemetry, self.compiled, self.features, self.request_id, self.workflow
+                observed,
+                self.telemetry,
+                self.compiled,
+                self.features,
+                self.request_id,
+                self.workflow,
+                self.client_name,
             )
         except BaseException as exc:
             observed.__exit__(type(exc), exc, exc.__traceback__)
