@@ -274,8 +274,14 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         )
         assert s.workflow("wf_after").still_open  # written after the migration: open until its root is seen
     db = sqlite3.connect(path)
-    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "2"
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "3"
     assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
+    # Receipts from before name their decision span, read from their bodies: the store knows whose they are.
+    assert dict(db.execute("SELECT request_id, span_id FROM receipts")) == {
+        HOPPED.request_id: HOPPED.span_id,
+        DIRECT.request_id: DIRECT.span_id,
+        "req_after": DIRECT.span_id,
+    }
     db.close()
     with open_store(str(path)) as s:  # reopened: nothing migrated twice, every receipt and workflow as it was
         assert s.count() == 3
@@ -285,6 +291,10 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
             HOPPED.request_id,
             DIRECT.request_id,
         }
+        # A receipt migrated from before keeps first-come: another decision for its request id is kept aside.
+        assert s.put(HOPPED.model_copy(update={"span_id": "f" * 16, "outcome": "dry_run"})) == 1
+        assert s.get(HOPPED.request_id).receipt == HOPPED and s.count_conflicts(HOPPED.request_id) == 1
+        assert [r.revision for r in s.revisions(HOPPED.request_id)] == [1]
 
 
 def test_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):
