@@ -8,6 +8,9 @@ first (a count of pending decision groups per trace keeps that check O(1)).
 A group that is not ready within the wait window is finished with what it has
 (the rebuild marks a decision ``complete: false``; a workflow is finished with
 the nodes written by then, and later nodes still join it).
+A group's decision is its first decision span, by arrival; another decision
+span with the same request id in the same trace is kept in ``others`` and
+written as a conflict, never merged into the decision (receipts are first-come).
 Memory is bounded by a number of spans: past it, the oldest groups are
 finished early, and counted. This module holds no I/O; the service drives it.
 """
@@ -24,13 +27,15 @@ from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
 class Group:
     """The spans of one receipt (a decision and its attempts) or of one workflow root."""
 
-    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "revisit", "spans", "trace_id")
+    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "others", "revisit", "spans", "trace_id")
 
     def __init__(self, trace_id: str, key: str, first_seen: float) -> None:
         self.trace_id = trace_id
         self.key = key
         self.spans: dict[str, IncomingSpan] = {}
         self.decision: IncomingSpan | None = None
+        self.others: list[IncomingSpan] = []
+        """Decision spans that came after ``decision`` for the same request id: conflicts, not the decision."""
         self.attempts: set[int] = set()
         self.first_seen = first_seen
         self.keys: set[str] = {key}
@@ -43,7 +48,10 @@ class Group:
             return False
         self.spans[span.span_id] = span
         if span.role == ROLE_DECISION:
-            self.decision = span
+            if self.decision is None:
+                self.decision = span
+            else:
+                self.others.append(span)
         elif span.role == ROLE_ATTEMPT and span.attempt_index is not None:
             self.attempts.add(span.attempt_index)
         return True

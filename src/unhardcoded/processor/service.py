@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnhardcodedError
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
-from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
-from ..receipts.stores import GroupKey, Spool
+from ..receipts.spans import SpanFormatError, SpanRecord, from_span_bytes, from_span_view
+from ..receipts.stores import GroupKey, Spool, Written
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
 from .otlp import ROLE_ATTEMPT, DecodedExport, IncomingSpan, PayloadError, decode, span_from_body
@@ -375,6 +375,8 @@ class ProcessorEngine:
                 except SpanFormatError:
                     pass  # its receipt is counted malformed (decision) or incomplete (attempt) below
         decisions: list[RebuiltDecision] = []
+        extra: list[RebuiltDecision] = []
+        """Receipts of decision spans that came after their group's decision: written after it, as conflicts."""
         causes: list[str] = []
         revised = 0
         orphaned = malformed = 0
@@ -397,6 +399,14 @@ class ProcessorEngine:
             if decision is None:
                 malformed += 1
                 continue
+            others = [records[(g.trace_id, o.span_id)] for o in g.others if (g.trace_id, o.span_id) in records]
+            conflicting: list[tuple[SpanRecord, list[SpanRecord]]] = []
+            if others:
+                # Each other decision span takes the attempts made under it; the decision keeps the rest.
+                other_ids = {o.span_id for o in others}
+                mine = [a for a in attempts if a.parent_span_id not in other_ids]
+                conflicting = [(o, [a for a in attempts if a.parent_span_id == o.span_id]) for o in others]
+                attempts = mine
             try:
                 rebuilt = rebuild_decision(decision, attempts)
             except (ValueError, TypeError):
@@ -405,17 +415,24 @@ class ProcessorEngine:
             decisions.append(rebuilt)
             causes.append(cause_of[id(g)])
             revised += g.revisit
+            # After the decision they came after: the store keeps them aside as conflicts.
+            for other, its_attempts in conflicting:
+                try:
+                    extra.append(rebuild_decision(other, its_attempts))
+                except (ValueError, TypeError):
+                    malformed += 1
         # A policy body once per batch: the store hashes and parses every body it is given.
         seen: set[str] = set()
         items = []
-        for d in decisions:
+        for d in [*decisions, *extra]:
             fp = d.receipt.policy.fingerprint
             items.append((d.receipt, d.policy_body if fp not in seen else None))
             seen.add(fp)
+        written = [Written()]
 
         def write_receipts() -> None:
             if items:
-                self.store.put_many(items)
+                written[0] = self.store.put_receipts(items)
             for workflow_id, name, trace_id in workflows:
                 self.store.put_workflow(workflow_id, name, trace_id, finished=True)
 
@@ -441,6 +458,8 @@ class ProcessorEngine:
             else:
                 incomplete[cause] = incomplete.get(cause, 0) + 1
         self.metrics.finished(complete, incomplete, revised)
+        if written[0].conflicts:
+            self.metrics.conflicts(written[0].conflicts)
         evicted = sum(1 for g in groups if cause_of[id(g)] == "memory")
         if evicted or malformed:
             self.metrics.add(evicted_groups=evicted, malformed_decisions=malformed)
