@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 from hypothesis import HealthCheck, given, settings
@@ -52,12 +53,16 @@ def test_receipts_land_in_the_store_as_decisions_end(tmp_path):
     store.close()
 
 
+_EXAMPLES = itertools.count()
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(decisions())
 def test_every_kind_of_decision_round_trips_through_the_processor(tmp_path, decision):
-    store = open_store(str(tmp_path / "r.db"))
+    # A store per example: examples share tmp_path and may draw the same request id, whose first receipt stays.
+    store = open_store(str(tmp_path / f"r-{next(_EXAMPLES)}.db"))
     processor = ReceiptSpanProcessor(store)
     tp = _provider(processor)
     L.emit_decision(tp.get_tracer("unhardcoded"), decision)

@@ -63,13 +63,14 @@ def test_the_store_satisfies_the_protocol(store):
     assert isinstance(store, ReceiptStore)
 
 
-def test_upserts_are_idempotent_and_a_changed_receipt_is_a_new_revision(store):
+def test_writes_are_idempotent_and_a_complete_receipt_is_final(store):
     assert store.put(HOPPED) == 1
     assert store.put(HOPPED) == 1
     assert store.put_many([(HOPPED, None), (HOPPED, None)]) == 0
     later = HOPPED.model_copy(update={"latency_ms": HOPPED.latency_ms + 1})
-    assert store.put(later) == 2
-    assert store.get(HOPPED.request_id).receipt == later
+    assert store.put(later) == 1  # other content for a decision stored whole: kept aside, not a revision
+    assert store.get(HOPPED.request_id).receipt == HOPPED
+    assert [c.receipt for c in store.conflicts(HOPPED.request_id)] == [later]
     assert store.count() == 1
 
 
@@ -79,6 +80,8 @@ def test_a_partial_redelivery_does_not_replace_a_complete_receipt(store):
     assert store.put(HOPPED) == 2  # the whole decision replaces the partial one
     assert store.put(partial) == 2  # and a late partial copy does not undo it
     assert store.get(HOPPED.request_id).receipt == HOPPED
+    assert [(r.revision, r.receipt) for r in store.revisions(HOPPED.request_id)] == [(1, partial), (2, HOPPED)]
+    assert store.count_conflicts() == 0
 
 
 def test_policies_are_kept_by_fingerprint_and_catalogs_by_version(store):

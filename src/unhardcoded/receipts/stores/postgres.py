@@ -249,16 +249,19 @@ class PostgresReceiptStore(SQLReceiptReads):
             ).fetchone()
             assert old is not None  # the insert met it; receipts are never deleted
             old_trace, old_span, revision, old_complete, old_stamp, old_body = old
-            if (old_trace, old_span) != (receipt.trace_id, receipt.span_id):
+            same = (old_trace, old_span) == (receipt.trace_id, receipt.span_id)
+            # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
+            if same and (same_receipt_text(old_body, body) or (old_complete and not receipt.complete)):
+                return int(revision), False, False
+            if not same or old_complete:
+                # Another decision for this request id, or other content for a decision stored whole (a complete
+                # receipt is final): kept aside, the stored receipt stays as it first came.
                 kept = conn.execute(
                     "INSERT INTO receipt_conflicts(request_id, trace_id, span_id, received_at, body) "
                     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
                     (receipt.request_id, receipt.trace_id or "", receipt.span_id or "", stamp, body),
                 ).fetchone()
                 return int(revision), False, kept is not None
-            # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
-            if same_receipt_text(old_body, body) or (old_complete and not receipt.complete):
-                return int(revision), False, False
             conn.execute(
                 "INSERT INTO receipt_revisions(request_id, revision, stored_at, body) VALUES (%s, %s, %s, %s) "
                 "ON CONFLICT DO NOTHING",

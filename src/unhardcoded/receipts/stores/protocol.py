@@ -116,10 +116,11 @@ class ReceiptStore(Protocol):
     """What every store (SQLite, PostgreSQL) offers.
 
     Receipts are append-only and first-come. A stored receipt belongs to one decision: its request id, trace id and
-    decision span id. Only a receipt of that same decision changes it (one made from more of its spans), and each
-    change is a new revision; every earlier revision is kept (:meth:`revisions`). Writing the same content again, or
-    a less complete receipt over a complete one, changes nothing. A receipt for a stored request id from another
-    decision is kept aside as a conflict (:meth:`conflicts`) and never merged.
+    decision span id. Only a receipt of that same decision changes an incomplete one (one made from more of its
+    spans), and each change is a new revision; every earlier revision is kept (:meth:`revisions`). Writing the same
+    content again, or a less complete receipt over a complete one, changes nothing. A receipt for a stored request id
+    from another decision, or other content for a receipt stored complete (a complete receipt is final), is kept
+    aside as a conflict (:meth:`conflicts`) and never merged.
     """
 
     location: str

@@ -306,13 +306,15 @@ class SQLiteReceiptStore(SQLReceiptReads):
             old = stored.get(receipt.request_id)
             if old is not None:
                 old_body, revision, old_complete, old_trace, old_span, old_stamp = old
-                if (old_trace, old_span) != (receipt.trace_id, receipt.span_id):
-                    # Another decision for this request id: kept aside, the stored receipt stays the first one's.
-                    conflicts.append((receipt.request_id, receipt.trace_id or "", receipt.span_id or "", stamp, body))
+                # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
+                same = (old_trace, old_span) == (receipt.trace_id, receipt.span_id)
+                if same and (same_receipt_text(old_body, body) or (old_complete and not receipt.complete)):
                     out.append((revision, False))
                     continue
-                # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
-                if same_receipt_text(old_body, body) or (old_complete and not receipt.complete):
+                if not same or old_complete:
+                    # Another decision for this request id, or other content for a decision stored whole (a
+                    # complete receipt is final): kept aside, the stored receipt stays as it first came.
+                    conflicts.append((receipt.request_id, receipt.trace_id or "", receipt.span_id or "", stamp, body))
                     out.append((revision, False))
                     continue
                 superseded.append((receipt.request_id, revision, old_stamp, old_body))
