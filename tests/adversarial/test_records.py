@@ -14,6 +14,7 @@ victim's own decision still complete its receipt, and every revision is kept.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import json
 import random
@@ -436,3 +437,54 @@ def test_a_sqlite_store_keeps_revisions_and_conflicts_in_its_own_tables(tmp_path
         assert db.execute("SELECT request_id, trace_id, span_id FROM receipt_conflicts").fetchall() == [
             ("req_tables", "a" * 32, "9" * 16)
         ]
+
+
+# --------------------------------------------------------------------------- the assembly, fuzzed
+
+
+def _engine_case() -> tuple[Decision, Decision, list[Any]]:
+    """A victim with one fallback hop and a forger in its trace with its own attempts: their spans as classified."""
+    from unhardcoded.processor.otlp import classify, parse_protobuf
+
+    rng = random.Random(81)
+    victim = make_decision(rng, "req_engine_fuzz", hops=1)
+    victim_spans = _spans(victim)
+    forged, forged_spans = _forge(Forgery("engine", "http", "same", "answered"), victim, rng)
+    return victim, forged, classify(parse_protobuf(L.otlp_bytes(victim_spans + forged_spans))).spans
+
+
+_ENGINE_CASE = _engine_case()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(order=st.permutations(range(len(_ENGINE_CASE[2]))), cuts=st.sets(st.integers(1, len(_ENGINE_CASE[2]) - 1)))
+def test_whatever_the_arrival_order_the_first_decision_span_is_the_decision(tmp_path, order, cuts):
+    """Two decision spans of one request id in one trace, their spans in any order and any exports: the stored
+    receipt is the first decision span's, the other is one conflict, and nothing is merged (an attempt of the one
+    never completes the other). The wait window is short, so some receipts are written incomplete and completed by
+    a later export, as revisions."""
+    from unhardcoded.processor.metrics import ProcessorMetrics
+    from unhardcoded.processor.service import ProcessorConfig, ProcessorEngine
+    from unhardcoded.receipts.stores import open_store_and_spool
+
+    victim, forged, spans = _ENGINE_CASE
+    arrived = [spans[i] for i in order]
+    first = next(s for s in arrived if s.role == "decision")
+    winner, loser = (victim, forged) if first.span_id == victim.span_id else (forged, victim)
+    store, spool = open_store_and_spool(str(tmp_path / f"engine-{next(_FUZZ_DB)}.db"))
+    engine = ProcessorEngine(store, spool, ProcessorConfig(wait_window_s=0.2), ProcessorMetrics())
+    engine.start()
+    try:
+        bounds = [0, *sorted(cuts), len(arrived)]
+        for a, b in itertools.pairwise(bounds):
+            engine.submit([copy.copy(s) for s in arrived[a:b]]).result(10)
+            assert engine.drain()
+        got = store.get(victim.request_id)
+        assert got is not None and got.receipt == Receipt.from_decision(winner)
+        assert [c.receipt.span_id for c in store.conflicts(victim.request_id)] == [loser.span_id]
+        assert engine.stats()["receipt_conflicts"] == 1
+        assert all(r.receipt.span_id == winner.span_id for r in store.revisions(victim.request_id))
+    finally:
+        engine.stop()
+        store.close()
+        spool.close()

@@ -11,6 +11,7 @@ the nodes written by then, and later nodes still join it).
 A group's decision is its first decision span, by arrival; another decision
 span with the same request id in the same trace is kept in ``others`` and
 written as a conflict, never merged into the decision (receipts are first-come).
+A decision's attempts are the attempt spans whose parent it is.
 Memory is bounded by a number of spans: past it, the oldest groups are
 finished early, and counted. This module holds no I/O; the service drives it.
 """
@@ -36,7 +37,8 @@ class Group:
         self.decision: IncomingSpan | None = None
         self.others: list[IncomingSpan] = []
         """Decision spans that came after ``decision`` for the same request id: conflicts, not the decision."""
-        self.attempts: set[int] = set()
+        self.attempts: dict[str | None, set[int]] = {}
+        """Attempt indices by the span id of the decision they were made under (their parent)."""
         self.first_seen = first_seen
         self.keys: set[str] = {key}
         self.revisit = False
@@ -53,7 +55,7 @@ class Group:
             else:
                 self.others.append(span)
         elif span.role == ROLE_ATTEMPT and span.attempt_index is not None:
-            self.attempts.add(span.attempt_index)
+            self.attempts.setdefault(span.parent, set()).add(span.attempt_index)
         return True
 
     @property
@@ -69,7 +71,11 @@ class Group:
         if d is None:
             return False
         expected = d.expected_attempts or 0
-        return self.attempts.issuperset(range(expected))
+        if not expected:
+            return True
+        # Only the decision's own attempts count: another decision's in the group never complete it.
+        mine = self.attempts.get(d.span_id, set()) | self.attempts.get(None, set())
+        return mine.issuperset(range(expected))
 
     def __len__(self) -> int:
         return len(self.spans)

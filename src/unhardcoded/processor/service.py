@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import UnhardcodedError
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
-from ..receipts.spans import SpanFormatError, SpanRecord, from_span_bytes, from_span_view
+from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
 from ..receipts.stores import GroupKey, Spool, Written
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
@@ -399,14 +399,12 @@ class ProcessorEngine:
             if decision is None:
                 malformed += 1
                 continue
+            # A decision takes the attempts made under it (its children; an attempt with no parent, the group's
+            # decision): an attempt of another decision that names the same request id is never merged into it.
+            own = (decision.span_id, None)
+            everyone, attempts = attempts, [a for a in attempts if a.parent_span_id in own]
             others = [records[(g.trace_id, o.span_id)] for o in g.others if (g.trace_id, o.span_id) in records]
-            conflicting: list[tuple[SpanRecord, list[SpanRecord]]] = []
-            if others:
-                # Each other decision span takes the attempts made under it; the decision keeps the rest.
-                other_ids = {o.span_id for o in others}
-                mine = [a for a in attempts if a.parent_span_id not in other_ids]
-                conflicting = [(o, [a for a in attempts if a.parent_span_id == o.span_id]) for o in others]
-                attempts = mine
+            conflicting = [(o, [a for a in everyone if a.parent_span_id == o.span_id]) for o in others]
             try:
                 rebuilt = rebuild_decision(decision, attempts)
             except (ValueError, TypeError):
