@@ -11,7 +11,9 @@ the nodes written by then, and later nodes still join it).
 A group's decision is its first decision span, by arrival; another decision
 span with the same request id in the same trace is kept in ``others`` and
 written as a conflict, never merged into the decision (receipts are first-come).
-A decision's attempts are the attempt spans whose parent it is.
+A decision's attempts are the attempt spans whose parent it is. Spans read
+back from the spool for a receipt already written come in no set order: there
+the store decides, as the receipt it holds names its decision span.
 Memory is bounded by a number of spans: past it, the oldest groups are
 finished early, and counted. This module holds no I/O; the service drives it.
 """
@@ -74,8 +76,11 @@ class Group:
         if not expected:
             return True
         # Only the decision's own attempts count: another decision's in the group never complete it.
-        mine = self.attempts.get(d.span_id, set()) | self.attempts.get(None, set())
-        return mine.issuperset(range(expected))
+        mine = self.attempts.get(d.span_id)
+        loose = self.attempts.get(None)
+        if loose:
+            mine = loose | mine if mine else loose
+        return mine is not None and mine.issuperset(range(expected))
 
     def __len__(self) -> int:
         return len(self.spans)

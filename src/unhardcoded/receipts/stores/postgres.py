@@ -414,8 +414,7 @@ class PostgresSpool:
             with conn.cursor() as cur:
                 if wanted:
                     rows = cur.execute(
-                        # as they came: the first decision span of a group is its decision
-                        f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id = ANY(%s) ORDER BY s.seq",
+                        f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id = ANY(%s)",
                         (sorted({t for t, _ in wanted}),),
                     ).fetchall()
                     for row in rows:

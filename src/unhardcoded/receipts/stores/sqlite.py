@@ -592,8 +592,7 @@ class SQLiteSpool:
         for i in range(0, len(traces), _CHUNK):
             chunk = traces[i : i + _CHUNK]
             rows += db.execute(
-                f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))}) "
-                "ORDER BY s.rowid",  # as they came: the first decision span of a group is its decision
+                f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ).fetchall()
         return rows
