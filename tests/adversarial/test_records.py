@@ -246,6 +246,7 @@ def test_a_forged_decision_cannot_change_a_stored_receipt(processor, case):
     items = conflicts.json()["items"]
     after = p.stats()
     assert after["receipt_conflicts"] - before["receipt_conflicts"] == int(case.conflict)
+    assert after["receipts_revised"] == before["receipts_revised"]  # the forgery revised nothing
     page = p.get(f"/r/{rid}")
     assert page.status_code == 200
     if case.conflict:
@@ -271,6 +272,7 @@ def test_late_spans_of_the_same_decision_still_complete_it_and_every_revision_is
     spans = _spans(victim)
     decision_span = [s for s in spans if s.parent is None]
     attempts = [s for s in spans if s.parent is not None]
+    revised = p.stats()["receipts_revised"]
     _send(p, "http", decision_span)
     first = _stored(p, victim.request_id)  # the wait window (1 s) runs out: written incomplete
     assert first is not None and first["receipt"]["complete"] is False and first["revision"] == 1, p.tail()
@@ -278,6 +280,7 @@ def test_late_spans_of_the_same_decision_still_complete_it_and_every_revision_is
     second = _stored(p, victim.request_id, revision=2)
     assert second is not None, p.tail()
     assert second["receipt"] == Receipt.from_decision(victim).to_json_dict()
+    assert p.wait_for(lambda: p.stats()["receipts_revised"] == revised + 1, 15)
     revisions = p.get(f"/receipts/{victim.request_id}/revisions").json()["revisions"]
     assert [r["revision"] for r in revisions] == [1, 2]
     assert revisions[0]["receipt"] == first["receipt"] and revisions[1]["receipt"] == second["receipt"]
@@ -288,6 +291,7 @@ def test_late_spans_of_the_same_decision_still_complete_it_and_every_revision_is
     assert p.wait_for(lambda: p.stats()["receipt_conflicts"] > before, 15), p.tail()
     doc = p.receipt(victim.request_id)
     assert doc["revision"] == 2 and doc["receipt"] == second["receipt"] and doc["conflicts"] == 1
+    assert p.stats()["receipts_revised"] == revised + 1
     assert [r["revision"] for r in p.get(f"/receipts/{victim.request_id}/revisions").json()["revisions"]] == [1, 2]
     assert "2 revisions, every one kept" in p.get(f"/r/{victim.request_id}").text
 

@@ -30,7 +30,7 @@ from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
 class Group:
     """The spans of one receipt (a decision and its attempts) or of one workflow root."""
 
-    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "others", "revisit", "spans", "trace_id")
+    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "others", "spans", "trace_id")
 
     def __init__(self, trace_id: str, key: str, first_seen: float) -> None:
         self.trace_id = trace_id
@@ -43,8 +43,6 @@ class Group:
         """Attempt indices by the span id of the decision they were made under (their parent)."""
         self.first_seen = first_seen
         self.keys: set[str] = {key}
-        self.revisit = False
-        """Reopened by a span that came after the group was finished once."""
 
     def add(self, span: IncomingSpan) -> bool:
         """Add a span; False when it was already here (an exporter's retry)."""
@@ -119,14 +117,13 @@ class Assembler:
                 out.add(key)
         return out
 
-    def add(self, span: IncomingSpan, now: float, revisit: bool = False) -> Group | None:
+    def add(self, span: IncomingSpan, now: float) -> Group | None:
         """File a span under its group; returns the group when the span was new."""
         key = self._resolve((span.trace_id, span.group))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(span.trace_id, key[1], now)
             self._opened(key, group)
-        group.revisit |= revisit
         if not group.add(span):
             self.duplicates += 1
             return None

@@ -304,12 +304,11 @@ class ProcessorEngine:
             if new_ids <= stored and all(r.finished_ms is not None for r in rows):
                 skip.add(key)  # a retry of spans whose receipt is written: nothing changes
                 continue
-            revisit = any(r.finished_ms is not None for r in rows)
             for r in rows:
                 span = span_from_body(r.body, r.service)
                 if span is not None:
                     span.group = r.group
-                    self.assembler.add(span, now, revisit=revisit)
+                    self.assembler.add(span, now)
                     self._fresh.append(span)
         duplicates = 0
         for s in spans:
@@ -378,7 +377,6 @@ class ProcessorEngine:
         extra: list[RebuiltDecision] = []
         """Receipts of decision spans that came after their group's decision: written after it, as conflicts."""
         causes: list[str] = []
-        revised = 0
         orphaned = malformed = 0
         workflows: list[tuple[str, str, str]] = []
         for g in groups:
@@ -412,7 +410,6 @@ class ProcessorEngine:
                 continue
             decisions.append(rebuilt)
             causes.append(cause_of[id(g)])
-            revised += g.revisit
             # After the decision they came after: the store keeps them aside as conflicts.
             for other, its_attempts in conflicting:
                 try:
@@ -455,7 +452,7 @@ class ProcessorEngine:
                 complete += 1
             else:
                 incomplete[cause] = incomplete.get(cause, 0) + 1
-        self.metrics.finished(complete, incomplete, revised)
+        self.metrics.finished(complete, incomplete, written[0].revised)
         if written[0].conflicts:
             self.metrics.conflicts(written[0].conflicts)
         evicted = sum(1 for g in groups if cause_of[id(g)] == "memory")

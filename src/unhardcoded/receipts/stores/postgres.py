@@ -298,16 +298,17 @@ class PostgresReceiptStore(SQLReceiptReads):
 
         def run(conn: Connection) -> Written:
             stamp = now_iso()
-            changed = conflicts = 0
+            changed = conflicts = revised = 0
             seen: set[str] = set()
             for receipt, body in items:
                 if body is not None and receipt.policy.fingerprint not in seen:
                     seen.add(receipt.policy.fingerprint)
                     self._put_policy(conn, body, receipt.policy.name, receipt.policy.schema_)
-                _, was_changed, was_conflict = self._put_receipt(conn, receipt, stamp)
+                revision, was_changed, was_conflict = self._put_receipt(conn, receipt, stamp)
                 changed += was_changed
                 conflicts += was_conflict
-            return Written(changed, conflicts)
+                revised += was_changed and revision > 1
+            return Written(changed, conflicts, revised)
 
         return self._db.run(run) if items else Written()
 

@@ -75,6 +75,8 @@ class Written:
     """Receipts stored new, or as a new revision of the same decision."""
     conflicts: int = 0
     """Receipts from another decision for a stored request id, kept aside for the first time."""
+    revised: int = 0
+    """Of ``changed``, receipts stored before and now at a new revision."""
 
 
 @dataclass(frozen=True)

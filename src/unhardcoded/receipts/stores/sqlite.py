@@ -405,7 +405,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 if body is not None:
                     self._put_policy(db, body, receipt.policy.name, receipt.policy.schema_)
             out, conflicts = self._put_receipts(db, [r for r, _ in items], now_iso())
-            return Written(sum(changed for _, changed in out), conflicts)
+            return Written(
+                sum(changed for _, changed in out), conflicts, sum(changed and rev > 1 for rev, changed in out)
+            )
 
         return self._write(run) if items else Written()
 
