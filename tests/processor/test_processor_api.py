@@ -278,3 +278,47 @@ def test_the_receipt_command_sends_the_query_token(tmp_path):
         assert json.loads(ok.stdout)["request_id"] == ds[0].request_id
     finally:
         p.stop()
+
+
+def test_revisions_and_conflicts_match_the_document_and_a_conflict_is_escaped_on_the_page(loaded, spec):
+    """A forged decision for the ``<script>`` request id (which holds a ``/``), answered by a model named like markup."""
+    import random
+    from urllib.parse import quote
+
+    from processor_fixtures import make_decision
+
+    p, _, xss, _ = loaded
+    forged = make_decision(random.Random(53), xss.request_id, called=False)
+    forged.answered_by = "<img src=x onerror=alert(2)>"
+    tp, exporter = L.provider()
+    L.emit_decision(tp.get_tracer("unhardcoded"), forged)
+    body = L.otlp_bytes(list(exporter.get_finished_spans()))
+    assert httpx.post(p.url + "/v1/traces", content=body, headers=PB, timeout=10).status_code == 200
+    rid = quote(xss.request_id, safe="")
+    assert p.wait_for(lambda: p.get(f"/receipts/{rid}").json()["conflicts"] == 1, 15), p.tail()
+    stored = p.get(f"/receipts/{rid}").json()
+    check(spec, "/receipts/{request_id}", 200, stored)
+    assert stored["receipt"] == Receipt.from_decision(xss).to_json_dict() and stored["revision"] == 1
+    revisions = p.get(stored["links"]["revisions"]).json()
+    check(spec, "/receipts/{request_id}/revisions", 200, revisions)
+    assert revisions["request_id"] == xss.request_id and [r["revision"] for r in revisions["revisions"]] == [1]
+    check(spec, "/receipts/{request_id}/revisions", 404, p.get("/receipts/nope/revisions").json())
+    conflicts = p.get(stored["links"]["conflicts"]).json()
+    check(spec, "/receipts/{request_id}/conflicts", 200, conflicts)
+    assert [c["trace_id"] for c in conflicts["items"]] == [forged.trace_id]
+    bad = p.get(stored["links"]["conflicts"], params={"limit": "0"})
+    assert bad.status_code == 400
+    check(spec, "/receipts/{request_id}/conflicts", 400, bad.json())
+    first = p.get("/conflicts", params={"limit": 1}).json()
+    check(spec, "/conflicts", 200, first)
+    assert first["count"] == 1
+    page = p.get(f"/r/{rid}").text
+    assert "<img" not in page and "&lt;img src=x onerror=alert(2)&gt;" in page and forged.trace_id in page
+    parser = _Text()
+    parser.feed(page)
+    assert "script" not in parser.tags and "img" not in parser.tags
+    source = ProcessorSource(p.url)
+    assert [r["revision"] for r in source.revisions(xss.request_id)] == [1]
+    assert [c["span_id"] for c in source.conflicts(xss.request_id)] == [forged.span_id]
+    assert forged.span_id in {c["span_id"] for c in source.conflicts()}
+    assert source.revisions("req_missing") is None

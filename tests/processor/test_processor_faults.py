@@ -73,15 +73,26 @@ def test_kill_9_during_a_load_loses_no_acknowledged_decision(tmp_path):
         if sender.poll() is None:
             sender.kill()
     with sqlite3.connect(db) as c:
-        rows = c.execute("SELECT request_id, body FROM receipts").fetchall()
+        rows = c.execute("SELECT request_id, body, revision, trace_id, span_id FROM receipts").fetchall()
+        earlier = c.execute("SELECT request_id, revision, body FROM receipt_revisions ORDER BY 1, 2").fetchall()
+        conflicts = c.execute("SELECT request_id, trace_id, span_id FROM receipt_conflicts").fetchall()
         pending = c.execute(
             "SELECT COUNT(*) FROM processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id "
             "AND g.group_key = s.group_key WHERE g.trace_id IS NULL"
         ).fetchone()[0]
+    # Exactly one decision per request: spans replayed after a kill (the spool's, the exporter's retries) never made
+    # a second decision of one, and never rewrote a receipt already whole.
+    assert conflicts == []
+    revisions: dict[str, list[int]] = {}
+    for request_id, revision, body in earlier:
+        revisions.setdefault(request_id, []).append(revision)
+        assert json.loads(body)["complete"] is False, request_id  # only an incomplete receipt is ever revised
     got = {}
-    for request_id, body in rows:
-        assert request_id not in got  # exactly one receipt per request
+    for request_id, body, revision, trace_id, span_id in rows:
         got[request_id] = json.loads(body)
+        assert (got[request_id]["trace_id"], got[request_id]["span_id"]) == (trace_id, span_id)
+        # Every revision kept, numbered 1..n with the stored one last.
+        assert revisions.get(request_id, []) == list(range(1, revision)), request_id
     assert set(got) == set(expected)
     for request_id, want in expected.items():
         have = got[request_id]

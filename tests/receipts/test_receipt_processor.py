@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 from hypothesis import HealthCheck, given, settings
@@ -52,12 +53,35 @@ def test_receipts_land_in_the_store_as_decisions_end(tmp_path):
     store.close()
 
 
+def test_a_second_decision_under_a_stored_request_id_is_kept_aside(tmp_path):
+    """The in-process processor writes through the same store rules: first come, the other decision a conflict."""
+    store = open_store(str(tmp_path / "r.db"))
+    processor = ReceiptSpanProcessor(store)
+    tp = _provider(processor)
+    first, second = generate.decisions()
+    second = second.model_copy(update={"request_id": first.request_id})
+    tracer = tp.get_tracer("unhardcoded")
+    L.emit_decision(tracer, first)
+    assert processor.force_flush()
+    L.emit_decision(tracer, second)
+    assert processor.force_flush()
+    assert store.get(first.request_id).receipt == Receipt.from_decision(first)
+    assert [c.receipt for c in store.conflicts(first.request_id)] == [Receipt.from_decision(second)]
+    assert processor.stats.conflicts == 1 and processor.stats.lost == 0
+    tp.shutdown()
+    store.close()
+
+
+_EXAMPLES = itertools.count()
+
+
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
 )
 @given(decisions())
 def test_every_kind_of_decision_round_trips_through_the_processor(tmp_path, decision):
-    store = open_store(str(tmp_path / "r.db"))
+    # A store per example: examples share tmp_path and may draw the same request id, whose first receipt stays.
+    store = open_store(str(tmp_path / f"r-{next(_EXAMPLES)}.db"))
     processor = ReceiptSpanProcessor(store)
     tp = _provider(processor)
     L.emit_decision(tp.get_tracer("unhardcoded"), decision)

@@ -63,13 +63,14 @@ def test_the_store_satisfies_the_protocol(store):
     assert isinstance(store, ReceiptStore)
 
 
-def test_upserts_are_idempotent_and_a_changed_receipt_is_a_new_revision(store):
+def test_writes_are_idempotent_and_a_complete_receipt_is_final(store):
     assert store.put(HOPPED) == 1
     assert store.put(HOPPED) == 1
     assert store.put_many([(HOPPED, None), (HOPPED, None)]) == 0
     later = HOPPED.model_copy(update={"latency_ms": HOPPED.latency_ms + 1})
-    assert store.put(later) == 2
-    assert store.get(HOPPED.request_id).receipt == later
+    assert store.put(later) == 1  # other content for a decision stored whole: kept aside, not a revision
+    assert store.get(HOPPED.request_id).receipt == HOPPED
+    assert [c.receipt for c in store.conflicts(HOPPED.request_id)] == [later]
     assert store.count() == 1
 
 
@@ -79,6 +80,8 @@ def test_a_partial_redelivery_does_not_replace_a_complete_receipt(store):
     assert store.put(HOPPED) == 2  # the whole decision replaces the partial one
     assert store.put(partial) == 2  # and a late partial copy does not undo it
     assert store.get(HOPPED.request_id).receipt == HOPPED
+    assert [(r.revision, r.receipt) for r in store.revisions(HOPPED.request_id)] == [(1, partial), (2, HOPPED)]
+    assert store.count_conflicts() == 0
 
 
 def test_policies_are_kept_by_fingerprint_and_catalogs_by_version(store):
@@ -283,6 +286,12 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
     assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "3"
     assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
     assert "client" in {row[1] for row in db.execute("PRAGMA table_info(receipts)")}
+    # Receipts from before name their decision span, read from their bodies: the store knows whose they are.
+    assert dict(db.execute("SELECT request_id, span_id FROM receipts")) == {
+        HOPPED.request_id: HOPPED.span_id,
+        DIRECT.request_id: DIRECT.span_id,
+        "req_after": DIRECT.span_id,
+    }
     db.close()
     with open_store(str(path)) as s:  # reopened: nothing migrated twice, every receipt and workflow as it was
         assert s.count() == 3
@@ -292,6 +301,10 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
             HOPPED.request_id,
             DIRECT.request_id,
         }
+        # A receipt migrated from before keeps first-come: another decision for its request id is kept aside.
+        assert s.put(HOPPED.model_copy(update={"span_id": "f" * 16, "outcome": "dry_run"})) == 1
+        assert s.get(HOPPED.request_id).receipt == HOPPED and s.count_conflicts(HOPPED.request_id) == 1
+        assert [r.revision for r in s.revisions(HOPPED.request_id)] == [1]
 
 
 def test_a_corrupt_file_is_a_clear_error_naming_it(tmp_path):

@@ -461,6 +461,7 @@ OPERATIONAL_METRICS = {
     "unhardcoded.processor.payloads.rejected": ("counter", "{payload}"),
     "unhardcoded.processor.receipts.finished": ("counter", "{receipt}"),
     "unhardcoded.processor.receipts.incomplete": ("counter", "{receipt}"),
+    "unhardcoded.processor.receipts.conflicts": ("counter", "{receipt}"),
     "unhardcoded.processor.spans.orphaned": ("counter", "{span}"),
     "unhardcoded.processor.queue.depth": ("gauge", "{span}"),
     "unhardcoded.processor.spans.pending": ("gauge", "{span}"),

@@ -106,11 +106,45 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 def receipt_links(request_id: str, workflow_id: str | None = None) -> dict[str, str]:
     rid = quote(request_id, safe="")
-    links = {"self": f"/receipts/{rid}", "page": f"/r/{rid}"}
+    links = {
+        "self": f"/receipts/{rid}",
+        "page": f"/r/{rid}",
+        "revisions": f"/receipts/{rid}/revisions",
+        "conflicts": f"/receipts/{rid}/conflicts",
+    }
     if workflow_id:
         links["workflow"] = f"/workflows/{quote(workflow_id, safe='')}"
         links["workflow_page"] = f"/w/{quote(workflow_id, safe='')}"
     return links
+
+
+class SubResource(Route):
+    """``/receipts/{request_id:path}/revisions`` and the like, before the catch-all ``/receipts/{request_id:path}``.
+
+    Request ids may hold ``/``. A suffix written as a path segment (``/revisions``) names the sub-resource; written
+    percent-encoded (``%2Frevisions``, as every link the API hands out encodes an id) it is part of the request id,
+    and the catch-all answers with that receipt.
+    """
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], suffix: str) -> None:
+        super().__init__(path, endpoint)
+        self.suffix = suffix.encode()
+
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        match, child = super().matches(scope)
+        if match != Match.NONE:
+            raw = scope.get("raw_path")
+            if raw is not None and not raw.split(b"?", 1)[0].endswith(b"/" + self.suffix):
+                return Match.NONE, {}
+        return match, child
+
+
+def _page_params(p: Any) -> tuple[int, int]:
+    """``limit`` and ``cursor`` of a paged listing, as (limit, offset)."""
+    limit_text = p.get("limit") or str(DEFAULT_PAGE)
+    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
+        raise ValueError(f"limit={limit_text!r}: expected a whole number from 1 to {MAX_PAGE}")
+    return int(limit_text), _decode_cursor(p["cursor"]) if p.get("cursor") else 0
 
 
 def _encode_cursor(offset: int) -> str:
@@ -251,22 +285,74 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         if stored is None:
             return _error(404, "not_found", f"no receipt for request {request_id!r}")
         r = stored.receipt
+        conflicts = await run_in_threadpool(store.count_conflicts, request_id)
         return JSONResponse(
             {
                 "receipt": r.to_json_dict(),
                 "revision": stored.revision,
                 "stored_at": stored.stored_at,
+                "conflicts": conflicts,
                 "links": receipt_links(r.request_id, r.workflow.id if r.workflow else None),
+            }
+        )
+
+    async def get_revisions(request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        revisions = await run_in_threadpool(store.revisions, request_id)
+        if not revisions:
+            return _error(404, "not_found", f"no receipt for request {request_id!r}")
+        return JSONResponse(
+            {
+                "request_id": request_id,
+                "revisions": [
+                    {"revision": s.revision, "stored_at": s.stored_at, "receipt": s.receipt.to_json_dict()}
+                    for s in revisions
+                ],
+                "links": receipt_links(request_id),
+            }
+        )
+
+    async def list_conflicts(request: Request) -> Response:
+        """Conflicts of one request id (``/receipts/{id}/conflicts``) or of all (``/conflicts``), a page at a time."""
+        request_id = request.path_params.get("request_id")
+        limit, offset = _page_params(request.query_params)
+        rows = await run_in_threadpool(store.conflicts, request_id, limit + 1, offset)
+        if (
+            request_id is not None
+            and not rows
+            and offset == 0
+            and await run_in_threadpool(store.get, request_id) is None
+        ):
+            return _error(404, "not_found", f"no receipt for request {request_id!r}")
+        more = len(rows) > limit
+        rows = rows[:limit]
+        next_cursor = _encode_cursor(offset + limit) if more else None
+        base = request.url.path if request_id is None else receipt_links(request_id)["conflicts"]
+        return JSONResponse(
+            {
+                "items": [
+                    {
+                        "request_id": c.receipt.request_id,
+                        "trace_id": c.receipt.trace_id,
+                        "span_id": c.receipt.span_id,
+                        "received_at": c.received_at,
+                        "receipt": c.receipt.to_json_dict(),
+                        "links": {"stored": receipt_links(c.receipt.request_id)["self"]},
+                    }
+                    for c in rows
+                ],
+                "count": len(rows),
+                "next_cursor": next_cursor,
+                "links": {
+                    "self": base,
+                    "next": f"{base}?{urlencode({'limit': limit, 'cursor': next_cursor})}" if next_cursor else None,
+                },
             }
         )
 
     async def list_receipts(request: Request) -> Response:
         p = request.query_params
-        limit_text = p.get("limit") or str(DEFAULT_PAGE)
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
-            raise ValueError(f"limit={limit_text!r}: expected a whole number from 1 to {MAX_PAGE}")
-        limit = int(limit_text)
-        offset = _decode_cursor(p["cursor"]) if p.get("cursor") else 0
+        limit, offset = _page_params(p)
         query = ReceiptQuery(
             policy=p.get("policy") or None,
             model=p.get("model") or None,
@@ -333,7 +419,9 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         stored = await run_in_threadpool(store.get, request_id)
         if stored is None:
             return HTMLResponse(pages.not_found("receipt", request_id), status_code=404)
-        return HTMLResponse(pages.receipt_page(stored.receipt, stored.revision, stored.stored_at))
+        conflicts = await run_in_threadpool(store.conflicts, request_id, pages.CONFLICTS_SHOWN)
+        count = await run_in_threadpool(store.count_conflicts, request_id) if conflicts else 0
+        return HTMLResponse(pages.receipt_page(stored.receipt, stored.revision, stored.stored_at, conflicts, count))
 
     async def workflow_page(request: Request) -> Response:
         workflow_id = request.path_params["workflow_id"]
@@ -362,6 +450,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
                 "links": {
                     "openapi": "/openapi.json",
                     "receipts": "/receipts",
+                    "conflicts": "/conflicts",
                     "rollups": "/rollups?by=policy",
                     "health": "/healthz",
                 },
@@ -374,7 +463,11 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         Route("/v1/metrics", other_signal, methods=["POST"]),
         Route("/v1/logs", other_signal, methods=["POST"]),
         Route("/receipts", guarded(list_receipts)),
+        # Before the catch-all below, which would take them for request ids (see SubResource).
+        SubResource("/receipts/{request_id:path}/revisions", guarded(get_revisions), "revisions"),
+        SubResource("/receipts/{request_id:path}/conflicts", guarded(list_conflicts), "conflicts"),
         Route("/receipts/{request_id:path}", guarded(get_receipt)),
+        Route("/conflicts", guarded(list_conflicts)),
         Route("/workflows/{workflow_id:path}", guarded(get_workflow)),
         Route("/rollups", guarded(rollups)),
         Route("/r/{request_id:path}", guarded(receipt_page)),

@@ -8,6 +8,12 @@ first (a count of pending decision groups per trace keeps that check O(1)).
 A group that is not ready within the wait window is finished with what it has
 (the rebuild marks a decision ``complete: false``; a workflow is finished with
 the nodes written by then, and later nodes still join it).
+A group's decision is its first decision span, by arrival; another decision
+span with the same request id in the same trace is kept in ``others`` and
+written as a conflict, never merged into the decision (receipts are first-come).
+A decision's attempts are the attempt spans whose parent it is. Spans read
+back from the spool for a receipt already written come in no set order: there
+the store decides, as the receipt it holds names its decision span.
 Memory is bounded by a number of spans: past it, the oldest groups are
 finished early, and counted. This module holds no I/O; the service drives it.
 """
@@ -24,18 +30,19 @@ from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
 class Group:
     """The spans of one receipt (a decision and its attempts) or of one workflow root."""
 
-    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "revisit", "spans", "trace_id")
+    __slots__ = ("attempts", "decision", "first_seen", "key", "keys", "others", "spans", "trace_id")
 
     def __init__(self, trace_id: str, key: str, first_seen: float) -> None:
         self.trace_id = trace_id
         self.key = key
         self.spans: dict[str, IncomingSpan] = {}
         self.decision: IncomingSpan | None = None
-        self.attempts: set[int] = set()
+        self.others: list[IncomingSpan] = []
+        """Decision spans that came after ``decision`` for the same request id: conflicts, not the decision."""
+        self.attempts: dict[str | None, set[int]] = {}
+        """Attempt indices by the span id of the decision they were made under (their parent)."""
         self.first_seen = first_seen
         self.keys: set[str] = {key}
-        self.revisit = False
-        """Reopened by a span that came after the group was finished once."""
 
     def add(self, span: IncomingSpan) -> bool:
         """Add a span; False when it was already here (an exporter's retry)."""
@@ -43,9 +50,12 @@ class Group:
             return False
         self.spans[span.span_id] = span
         if span.role == ROLE_DECISION:
-            self.decision = span
+            if self.decision is None:
+                self.decision = span
+            else:
+                self.others.append(span)
         elif span.role == ROLE_ATTEMPT and span.attempt_index is not None:
-            self.attempts.add(span.attempt_index)
+            self.attempts.setdefault(span.parent, set()).add(span.attempt_index)
         return True
 
     @property
@@ -61,7 +71,14 @@ class Group:
         if d is None:
             return False
         expected = d.expected_attempts or 0
-        return self.attempts.issuperset(range(expected))
+        if not expected:
+            return True
+        # Only the decision's own attempts count: another decision's in the group never complete it.
+        mine = self.attempts.get(d.span_id)
+        loose = self.attempts.get(None)
+        if loose:
+            mine = loose | mine if mine else loose
+        return mine is not None and mine.issuperset(range(expected))
 
     def __len__(self) -> int:
         return len(self.spans)
@@ -100,14 +117,13 @@ class Assembler:
                 out.add(key)
         return out
 
-    def add(self, span: IncomingSpan, now: float, revisit: bool = False) -> Group | None:
+    def add(self, span: IncomingSpan, now: float) -> Group | None:
         """File a span under its group; returns the group when the span was new."""
         key = self._resolve((span.trace_id, span.group))
         group = self._groups.get(key)
         if group is None:
             group = self._groups[key] = Group(span.trace_id, key[1], now)
             self._opened(key, group)
-        group.revisit |= revisit
         if not group.add(span):
             self.duplicates += 1
             return None

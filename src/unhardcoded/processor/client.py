@@ -62,8 +62,27 @@ class ProcessorSource:
         return Receipt.model_validate(doc["receipt"]) if doc is not None else None
 
     def get_stored(self, request_id: str) -> dict[str, Any] | None:
-        """The whole answer: ``receipt``, ``revision``, ``stored_at``, ``links``."""
+        """The whole answer: ``receipt``, ``revision``, ``stored_at``, ``conflicts`` (a count), ``links``."""
         return self._get("/receipts/" + quote(request_id, safe=""))
+
+    def revisions(self, request_id: str) -> list[dict[str, Any]] | None:
+        """Every revision of the receipt (``revision``, ``stored_at``, ``receipt``), the first first; None when none."""
+        doc = self._get("/receipts/" + quote(request_id, safe="") + "/revisions")
+        return list(doc["revisions"]) if doc is not None else None
+
+    def conflicts(self, request_id: str | None = None) -> list[dict[str, Any]]:
+        """Conflicts kept aside for ``request_id`` (or all of them), following the pages, oldest first."""
+        path = "/conflicts" if request_id is None else "/receipts/" + quote(request_id, safe="") + "/conflicts"
+        out: list[dict[str, Any]] = []
+        params: dict[str, Any] = {"limit": 1000}
+        while True:
+            doc = self._get(path, params)
+            if doc is None:
+                return out
+            out.extend(doc["items"])
+            if not doc.get("next_cursor"):
+                return out
+            params["cursor"] = doc["next_cursor"]
 
     receipt = get
 

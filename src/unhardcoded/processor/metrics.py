@@ -18,6 +18,7 @@ NAMES: Final = (
     M.UNHARDCODED_PROCESSOR_PAYLOADS_REJECTED,
     M.UNHARDCODED_PROCESSOR_RECEIPTS_FINISHED,
     M.UNHARDCODED_PROCESSOR_RECEIPTS_INCOMPLETE,
+    M.UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS,
     M.UNHARDCODED_PROCESSOR_SPANS_ORPHANED,
     M.UNHARDCODED_PROCESSOR_QUEUE_DEPTH,
     M.UNHARDCODED_PROCESSOR_SPANS_PENDING,
@@ -41,6 +42,8 @@ class Stats:
     receipts_finished: int = 0
     receipts_revised: int = 0
     receipts_incomplete: int = 0
+    receipt_conflicts: int = 0
+    """Receipts of another decision for a stored request id, kept aside (not merged)."""
     evicted_groups: int = 0
     spans_orphaned: int = 0
     malformed_decisions: int = 0
@@ -77,6 +80,7 @@ class ProcessorMetrics:
         self._payloads = M.create_unhardcoded_processor_payloads_rejected(meter)
         self._finished = M.create_unhardcoded_processor_receipts_finished(meter)
         self._incomplete = M.create_unhardcoded_processor_receipts_incomplete(meter)
+        self._conflicts = M.create_unhardcoded_processor_receipts_conflicts(meter)
         self._orphaned = M.create_unhardcoded_processor_spans_orphaned(meter)
         self._forward_sent = M.create_unhardcoded_processor_forward_sent(meter)
         self._forward_dropped = M.create_unhardcoded_processor_forward_dropped(meter)
@@ -135,6 +139,10 @@ class ProcessorMetrics:
                     if attrs is None:
                         attrs = self._by_cause.setdefault(cause, {A.UNHARDCODED_PROCESSOR_INCOMPLETE_CAUSE: cause})
                     self._incomplete.add(n, attrs)
+
+    def conflicts(self, receipts: int) -> None:
+        self.add(receipt_conflicts=receipts)
+        self._conflicts.add(receipts)
 
     def orphaned(self, spans: int) -> None:
         self.add(spans_orphaned=spans)

@@ -65,20 +65,78 @@ def document() -> dict[str, Any]:
             "ReceiptLinks": {
                 "type": "object",
                 "required": ["self", "page"],
-                "properties": {k: {"type": "string"} for k in ("self", "page", "workflow", "workflow_page")},
+                "properties": {
+                    k: {"type": "string"}
+                    for k in ("self", "page", "revisions", "conflicts", "workflow", "workflow_page")
+                },
             },
             "StoredReceipt": {
                 "type": "object",
-                "required": ["receipt", "revision", "stored_at", "links"],
+                "required": ["receipt", "revision", "stored_at", "conflicts", "links"],
                 "properties": {
                     "receipt": _ref("Receipt"),
                     "revision": {
                         "type": "integer",
                         "minimum": 1,
-                        "description": "1 when first written; +1 each time a late span changed it.",
+                        "description": "1 when first written; +1 each time a late span of the same decision changed it "
+                        "(every revision is kept: `links.revisions`).",
                     },
                     "stored_at": {"type": "string"},
+                    "conflicts": {
+                        "type": "integer",
+                        "minimum": 0,
+                        "description": "Receipts from other decisions (another trace or decision span id) that claimed "
+                        "this request id, kept aside and not merged (`links.conflicts`).",
+                    },
                     "links": _ref("ReceiptLinks"),
+                },
+            },
+            "ReceiptRevisions": {
+                "type": "object",
+                "required": ["request_id", "revisions", "links"],
+                "properties": {
+                    "request_id": {"type": "string"},
+                    "revisions": {
+                        "type": "array",
+                        "description": "Every revision, the first first; the last is the receipt as stored now.",
+                        "items": {
+                            "type": "object",
+                            "required": ["revision", "stored_at", "receipt"],
+                            "properties": {
+                                "revision": {"type": "integer", "minimum": 1},
+                                "stored_at": {"type": "string"},
+                                "receipt": _ref("Receipt"),
+                            },
+                        },
+                    },
+                    "links": _ref("ReceiptLinks"),
+                },
+            },
+            "ConflictPage": {
+                "type": "object",
+                "required": ["items", "count", "next_cursor", "links"],
+                "properties": {
+                    "items": {
+                        "type": "array",
+                        "items": {
+                            "type": "object",
+                            "required": ["request_id", "trace_id", "span_id", "received_at", "receipt", "links"],
+                            "properties": {
+                                "request_id": {"type": "string"},
+                                "trace_id": {"type": ["string", "null"]},
+                                "span_id": {"type": ["string", "null"]},
+                                "received_at": {"type": "string"},
+                                "receipt": _ref("Receipt"),
+                                "links": {"type": "object", "properties": {"stored": {"type": "string"}}},
+                            },
+                        },
+                    },
+                    "count": {"type": "integer", "minimum": 0},
+                    "next_cursor": {
+                        "type": ["string", "null"],
+                        "description": "Pass as `cursor` for the next page; null on the last.",
+                    },
+                    "links": links,
                 },
             },
             "ReceiptPage": {
@@ -157,6 +215,11 @@ def document() -> dict[str, Any]:
     since = {"type": "string", "description": "A duration back from now (`24h`, `7d`, `30m`) or an ISO 8601 date/time."}
     # {} first: optional unless the processor was started with a token
     security: list[dict[str, list[str]]] = [{}, {"queryToken": []}]
+    request_id = _param("request_id", "path", "The request id (`X-Unhardcoded-Request-Id`).", {"type": "string"})
+    paging = [
+        _param("limit", "query", "Page size.", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+        _param("cursor", "query", "`next_cursor` of the previous page.", {"type": "string"}),
+    ]
     paths: dict[str, Any] = {
         "/receipts/{request_id}": {
             "get": {
@@ -170,6 +233,49 @@ def document() -> dict[str, Any]:
                     "200": _json(_ref("StoredReceipt"), "The receipt."),
                     "401": _UNAUTHORIZED,
                     "404": _json(_ref("Error"), "No receipt for this request id (yet)."),
+                },
+            }
+        },
+        "/receipts/{request_id}/revisions": {
+            "get": {
+                "operationId": "getReceiptRevisions",
+                "summary": "Every revision of one request's receipt",
+                "description": "A receipt changes only by late spans of its own decision (same trace and decision span "
+                "id); each change is a revision and every revision is kept. A request id ending in `/revisions` is "
+                "asked for percent-encoded (`%2Frevisions`) at `/receipts/{request_id}`.",
+                "security": security,
+                "parameters": [request_id],
+                "responses": {
+                    "200": _json(_ref("ReceiptRevisions"), "The revisions, the first first."),
+                    "401": _UNAUTHORIZED,
+                    "404": _json(_ref("Error"), "No receipt for this request id (yet)."),
+                },
+            }
+        },
+        "/receipts/{request_id}/conflicts": {
+            "get": {
+                "operationId": "getReceiptConflicts",
+                "summary": "Decisions that claimed this request id after its receipt was stored, kept aside",
+                "security": security,
+                "parameters": [request_id, *paging],
+                "responses": {
+                    "200": _json(_ref("ConflictPage"), "A page of conflicts, oldest first."),
+                    "400": _ERROR,
+                    "401": _UNAUTHORIZED,
+                    "404": _json(_ref("Error"), "No receipt for this request id (yet)."),
+                },
+            }
+        },
+        "/conflicts": {
+            "get": {
+                "operationId": "listConflicts",
+                "summary": "Every conflict kept aside, oldest first, a page at a time",
+                "security": security,
+                "parameters": paging,
+                "responses": {
+                    "200": _json(_ref("ConflictPage"), "A page of conflicts."),
+                    "400": _ERROR,
+                    "401": _UNAUTHORIZED,
                 },
             }
         },

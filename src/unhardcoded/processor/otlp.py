@@ -69,6 +69,8 @@ class IncomingSpan:
     alias: str | None = None
     """On a decision span: ``s:{span id}``, the group of attempt spans that name no request id."""
     workflow_name: str | None = None
+    parent: str | None = None
+    """On an attempt span: its parent's span id, the decision it was made under."""
     view: Any = None
     """The span in the bytes view, while its export is in memory (with ``attributes``): its receipt, written in
     the same round, is rebuilt from what classifying it read, not from its bytes parsed again."""
@@ -368,15 +370,23 @@ def _ours(s: Any, a: dict[str, Any], service: str | None, body: bytes | None = N
     request_id = _str(a.get(_REQUEST_ID))
     if _ATTEMPT_INDEX in a:
         index = _int(a[_ATTEMPT_INDEX])
+        parent = s.parent_span_id
+        parent_id = parent.hex() if len(parent) == 8 and any(parent) else None
         if request_id:
             group = "r:" + request_id
+        elif parent_id is None:
+            return None
         else:
-            parent = s.parent_span_id
-            if len(parent) != 8 or not any(parent):
-                return None
-            group = "s:" + parent.hex()
+            group = "s:" + parent_id
         return IncomingSpan(
-            trace_id, span_id, group, ROLE_ATTEMPT, body or s.SerializeToString(), service, attempt_index=index
+            trace_id,
+            span_id,
+            group,
+            ROLE_ATTEMPT,
+            body or s.SerializeToString(),
+            service,
+            attempt_index=index,
+            parent=parent_id,
         )
     if request_id and _FINGERPRINT in a:
         outcome = _str(a.get(_OUTCOME))

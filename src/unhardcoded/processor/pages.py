@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.render import OPEN_WORKFLOW, STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
+from ..receipts.stores import ReceiptConflict
 
 _CSS = """
 :root { color-scheme: light; }
@@ -30,6 +31,8 @@ th { width: 150px; color: #57606a; font-weight: 500; }
 table.list th { width: auto; }
 code, pre { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 13px; }
 pre { background: #f6f8fa; border: 1px solid #d8dde3; border-radius: 6px; padding: 12px; overflow-x: auto; white-space: pre; }
+.conflict { background: #ffebe9; border: 2px solid #cf222e; border-radius: 8px; padding: 14px 18px; margin-bottom: 16px; }
+.conflict h2 { color: #a40e26; }
 .warn { background: #fff8c5; border: 1px solid #d4a72c; border-radius: 6px; padding: 8px 12px; margin-top: 12px; }
 a { color: #0969da; }
 """
@@ -54,7 +57,43 @@ def _status_class(outcome: str) -> str:
     return {"answered": "ok", "dry_run": "dry"}.get(outcome, "bad")
 
 
-def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None = None) -> str:
+CONFLICTS_SHOWN = 20
+"""Conflicts listed on a receipt page; the rest are counted, and listed by the API."""
+
+
+def _conflicts(r: Receipt, conflicts: list[ReceiptConflict], count: int) -> str:
+    """The warning a receipt page opens with when other decisions claimed its request id."""
+    if not count:
+        return ""
+    rid = quote(r.request_id, safe="")
+    rows = "".join(
+        f"<tr><td><code>{escape(c.receipt.trace_id or 'n/a')}</code></td><td><code>{escape(c.receipt.span_id or 'n/a')}</code></td>"
+        f"<td>{escape(STATUS.get(c.receipt.outcome, c.receipt.outcome))}</td>"
+        f"<td>{escape(c.receipt.answered_by or 'none')}</td><td>{escape(_usd(c.receipt.cost.usd))}</td><td>{escape(c.received_at)}</td></tr>"
+        for c in conflicts
+    )
+    more = f"<p>and {count - len(conflicts)} more.</p>" if count > len(conflicts) else ""
+    return (
+        '<section class="card conflict" id="conflicts">'
+        f"<h2>Warning: {count} conflicting decision{'s' if count != 1 else ''} for this request id</h2>"
+        "<p>Spans of another decision (another trace or decision span) claimed this request id after this receipt "
+        "was stored. They were kept aside and not merged: the receipt below is the first decision's, unchanged. "
+        "Telemetry that names a request id it did not make may come from a misconfigured client or from someone "
+        "trying to rewrite the record.</p>"
+        '<table class="list"><tr><th>trace id</th><th>span id</th><th>outcome</th><th>answered by</th><th>cost</th>'
+        f"<th>received</th></tr>{rows}</table>{more}"
+        f'<p><a href="/receipts/{rid}/conflicts">/receipts/{escape(rid)}/conflicts</a></p></section>'
+    )
+
+
+def receipt_page(
+    r: Receipt,
+    revision: int | None = None,
+    stored_at: str | None = None,
+    conflicts: list[ReceiptConflict] | None = None,
+    conflict_count: int | None = None,
+) -> str:
+    """The receipt card; ``conflicts`` (the first few of ``conflict_count``) open it as a warning."""
     rid = quote(r.request_id, safe="")
     status = STATUS.get(r.outcome, r.outcome)
     head = (
@@ -133,11 +172,15 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
             )
         )
     trace.append(("JSON", f'<a href="/receipts/{rid}">/receipts/{escape(rid)}</a>'))
+    if revision is not None and revision > 1:
+        trace.append(("revisions", f'<a href="/receipts/{rid}/revisions">{revision} revisions, every one kept</a>'))
     note = (
         "" if r.complete else '<div class="warn">INCOMPLETE: some of this decision\'s telemetry was not received.</div>'
     )
+    conflict_list = conflicts or []
     body = (
-        f'<section class="card">{head}<table>{_rows(decision)}</table>{note}</section>'
+        _conflicts(r, conflict_list, conflict_count if conflict_count is not None else len(conflict_list))
+        + f'<section class="card">{head}<table>{_rows(decision)}</table>{note}</section>'
         f"{rejected}{attempts}"
         f'<section class="card"><h2>Provenance</h2><table>{_rows(trace)}</table></section>'
         f'<section class="card"><h2>As text</h2><pre>{escape(render_receipt(r))}</pre></section>'

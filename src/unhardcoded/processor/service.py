@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from ..errors import UnhardcodedError
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
 from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
-from ..receipts.stores import GroupKey, Spool
+from ..receipts.stores import GroupKey, Spool, Written
 from .assembly import Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
 from .otlp import ROLE_ATTEMPT, DecodedExport, IncomingSpan, PayloadError, decode, span_from_body
@@ -304,12 +304,11 @@ class ProcessorEngine:
             if new_ids <= stored and all(r.finished_ms is not None for r in rows):
                 skip.add(key)  # a retry of spans whose receipt is written: nothing changes
                 continue
-            revisit = any(r.finished_ms is not None for r in rows)
             for r in rows:
                 span = span_from_body(r.body, r.service)
                 if span is not None:
                     span.group = r.group
-                    self.assembler.add(span, now, revisit=revisit)
+                    self.assembler.add(span, now)
                     self._fresh.append(span)
         duplicates = 0
         for s in spans:
@@ -375,8 +374,9 @@ class ProcessorEngine:
                 except SpanFormatError:
                     pass  # its receipt is counted malformed (decision) or incomplete (attempt) below
         decisions: list[RebuiltDecision] = []
+        extra: list[RebuiltDecision] = []
+        """Receipts of decision spans that came after their group's decision: written after it, as conflicts."""
         causes: list[str] = []
-        revised = 0
         orphaned = malformed = 0
         workflows: list[tuple[str, str, str]] = []
         for g in groups:
@@ -397,6 +397,12 @@ class ProcessorEngine:
             if decision is None:
                 malformed += 1
                 continue
+            # A decision takes the attempts made under it (its children; an attempt with no parent, the group's
+            # decision): an attempt of another decision that names the same request id is never merged into it.
+            own = (decision.span_id, None)
+            everyone, attempts = attempts, [a for a in attempts if a.parent_span_id in own]
+            others = [records[(g.trace_id, o.span_id)] for o in g.others if (g.trace_id, o.span_id) in records]
+            conflicting = [(o, [a for a in everyone if a.parent_span_id == o.span_id]) for o in others]
             try:
                 rebuilt = rebuild_decision(decision, attempts)
             except (ValueError, TypeError):
@@ -404,18 +410,24 @@ class ProcessorEngine:
                 continue
             decisions.append(rebuilt)
             causes.append(cause_of[id(g)])
-            revised += g.revisit
+            # After the decision they came after: the store keeps them aside as conflicts.
+            for other, its_attempts in conflicting:
+                try:
+                    extra.append(rebuild_decision(other, its_attempts))
+                except (ValueError, TypeError):
+                    malformed += 1
         # A policy body once per batch: the store hashes and parses every body it is given.
         seen: set[str] = set()
         items = []
-        for d in decisions:
+        for d in [*decisions, *extra]:
             fp = d.receipt.policy.fingerprint
             items.append((d.receipt, d.policy_body if fp not in seen else None))
             seen.add(fp)
+        written = [Written()]
 
         def write_receipts() -> None:
             if items:
-                self.store.put_many(items)
+                written[0] = self.store.put_receipts(items)
             for workflow_id, name, trace_id in workflows:
                 self.store.put_workflow(workflow_id, name, trace_id, finished=True)
 
@@ -440,7 +452,9 @@ class ProcessorEngine:
                 complete += 1
             else:
                 incomplete[cause] = incomplete.get(cause, 0) + 1
-        self.metrics.finished(complete, incomplete, revised)
+        self.metrics.finished(complete, incomplete, written[0].revised)
+        if written[0].conflicts:
+            self.metrics.conflicts(written[0].conflicts)
         evicted = sum(1 for g in groups if cause_of[id(g)] == "memory")
         if evicted or malformed:
             self.metrics.add(evicted_groups=evicted, malformed_decisions=malformed)

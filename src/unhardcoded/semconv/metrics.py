@@ -254,6 +254,32 @@ def create_unhardcoded_processor_queue_depth(meter: Meter, callbacks: Sequence[C
     )
 
 
+UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS: Final = "unhardcoded.processor.receipts.conflicts"
+"""
+Receipts for a stored request id from another decision (another trace id or decision span id), kept
+aside as conflicts and never merged: the stored receipt stays the first decision's. Each conflicting
+decision is counted once.
+Instrument: counter
+Unit: {receipt}
+"""
+
+UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS_UNIT: Final = "{receipt}"
+"""
+Unit of `unhardcoded.processor.receipts.conflicts`.
+"""
+
+
+def create_unhardcoded_processor_receipts_conflicts(meter: Meter) -> Counter:
+    """
+    Create the `unhardcoded.processor.receipts.conflicts` counter.
+    """
+    return meter.create_counter(
+        name=UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS,
+        description="Receipts for a stored request id from another decision (another trace id or decision span id), kept aside as conflicts and never merged: the stored receipt stays the first decision's. Each conflicting decision is counted once.",
+        unit=UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS_UNIT,
+    )
+
+
 UNHARDCODED_PROCESSOR_RECEIPTS_FINISHED: Final = "unhardcoded.processor.receipts.finished"
 """
 Receipts written to the store, revisions by late spans included.

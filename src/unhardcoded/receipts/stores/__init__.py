@@ -11,6 +11,7 @@ from .postgres import PostgresReceiptStore, PostgresSpool
 from .protocol import (
     ROLLUP_KEYS,
     GroupKey,
+    ReceiptConflict,
     ReceiptQuery,
     ReceiptStore,
     RollupKey,
@@ -20,6 +21,7 @@ from .protocol import (
     StoredReceipt,
     StoredSpan,
     StoreError,
+    Written,
 )
 from .sqlite import STORE_SCHEMA_VERSION, SQLiteReceiptStore, SQLiteSpool
 
@@ -31,6 +33,7 @@ __all__ = [
     "GroupKey",
     "PostgresReceiptStore",
     "PostgresSpool",
+    "ReceiptConflict",
     "ReceiptQuery",
     "ReceiptStore",
     "RollupKey",
@@ -42,6 +45,7 @@ __all__ = [
     "StoreError",
     "StoredReceipt",
     "StoredSpan",
+    "Written",
     "default_store_path",
     "is_postgres",
     "open_store",

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, TypeVar
 
 from ..._wire import redact_url
-from ..model import Receipt
+from ..model import Receipt, same_receipt_text
 from .protocol import (
     DEFAULT_QUERY,
     ROLLUP_KEYS,
@@ -24,6 +24,7 @@ from .protocol import (
     SpoolSpan,
     StoredSpan,
     StoreError,
+    Written,
     reopened,
 )
 from .sql import ROLLUP_COLUMN, SPAN_COLUMNS, SPAN_JOIN, Row, SQLReceiptReads, epoch_ms, now_iso, policy_row
@@ -58,7 +59,8 @@ CREATE TABLE IF NOT EXISTS receipts (
   complete BOOLEAN NOT NULL,
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
-  body TEXT NOT NULL
+  body TEXT NOT NULL,
+  span_id TEXT
 );
 CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
 CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
@@ -90,7 +92,18 @@ CREATE TABLE IF NOT EXISTS processor_groups (
   PRIMARY KEY (trace_id, group_key)
 );
 CREATE INDEX IF NOT EXISTS processor_groups_by_finished ON processor_groups(finished_ms);
+CREATE TABLE IF NOT EXISTS receipt_revisions (
+  request_id TEXT NOT NULL, revision INTEGER NOT NULL, stored_at TEXT NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY (request_id, revision)
+);
+CREATE TABLE IF NOT EXISTS receipt_conflicts (
+  id BIGSERIAL PRIMARY KEY,
+  request_id TEXT NOT NULL, trace_id TEXT NOT NULL, span_id TEXT NOT NULL, received_at TEXT NOT NULL, body TEXT NOT NULL,
+  UNIQUE (request_id, trace_id, span_id)
+);
 """
+# As in the SQLite store: receipt_revisions holds the revisions a receipt moved past, the current one is its row in
+# receipts; a conflict is kept once per decision, as it first came.
 
 _LOCK_ID = 0x756E6863  # advisory lock around schema creation: instances starting together
 
@@ -111,17 +124,33 @@ def _connect(url: str) -> Connection:
         conn.execute(_SCHEMA)
         _add_workflow_finished_at(conn)
         _add_receipt_client(conn)
+        _add_receipt_span_id(conn)
     return conn
+
+
+def _has_column(conn: Connection, table: str, column: str) -> bool:
+    return (
+        conn.execute(
+            "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
+            "AND table_name = %s AND column_name = %s",
+            (table, column),
+        ).fetchone()
+        is not None
+    )
+
+
+def _add_receipt_span_id(conn: Connection) -> None:
+    """Stores made before a receipt named its decision span get the column, filled in from the bodies (under the
+    schema lock, so once)."""
+    if not _has_column(conn, "receipts", "span_id"):
+        conn.execute("ALTER TABLE receipts ADD COLUMN span_id TEXT")
+        conn.execute("UPDATE receipts SET span_id = body::jsonb ->> 'span_id'")
 
 
 def _add_workflow_finished_at(conn: Connection) -> None:
     """Stores made before workflows recorded when their root was seen get the column; their workflows read as
     finished, as they did. Runs under the schema lock, so only the first instance to open such a store adds it."""
-    found = conn.execute(
-        "SELECT 1 FROM information_schema.columns WHERE table_schema = current_schema() "
-        "AND table_name = 'workflows' AND column_name = 'finished_at'"
-    ).fetchone()
-    if found is None:
+    if not _has_column(conn, "workflows", "finished_at"):
         conn.execute("ALTER TABLE workflows ADD COLUMN finished_at TEXT")
         conn.execute("UPDATE workflows SET finished_at = stored_at")
 
@@ -187,55 +216,81 @@ class PostgresReceiptStore(SQLReceiptReads):
         return fingerprint
 
     @staticmethod
-    def _put_receipt(conn: Connection, receipt: Receipt, stamp: str) -> tuple[int, bool]:
+    def _put_receipt(conn: Connection, receipt: Receipt, stamp: str) -> tuple[int, bool, bool]:
+        """Store one receipt by the store's rules: its stored revision, whether it changed, and whether it was kept
+        aside as a conflict for the first time."""
         body = receipt.to_json_text()
         wf = receipt.workflow
         model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
-        # One statement, so two instances writing the same receipt agree on its revision: a changed body is
-        # the next revision, except a partial re-delivery of a receipt already stored whole.
+        values = (
+            receipt.trace_id,
+            receipt.span_id,
+            epoch_ms(receipt.timestamp),
+            receipt.policy.name,
+            receipt.policy.fingerprint,
+            receipt.catalog_version,
+            model,
+            receipt.outcome,
+            receipt.fallback.triggered,
+            receipt.cost.usd,
+            receipt.cost.baseline_model,
+            receipt.cost.baseline_usd,
+            wf.id if wf else None,
+            wf.name if wf else None,
+            receipt.client,
+            receipt.complete,
+            stamp,
+            body,
+        )
+        # First come: a new request id is inserted; two instances inserting it at once, one waits and finds the
+        # other's row below.
         row = conn.execute(
-            "INSERT INTO receipts AS r (request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, model, outcome, "
-            "fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, revision, stored_at, "
-            "body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s, %s) "
-            "ON CONFLICT (request_id) DO UPDATE SET trace_id = excluded.trace_id, ts_ms = excluded.ts_ms, "
-            "policy_name = excluded.policy_name, policy_fingerprint = excluded.policy_fingerprint, "
-            "catalog_version = excluded.catalog_version, model = excluded.model, outcome = excluded.outcome, "
-            "fallback = excluded.fallback, cost_usd = excluded.cost_usd, baseline_model = excluded.baseline_model, "
-            "baseline_usd = excluded.baseline_usd, workflow_id = excluded.workflow_id, workflow_name = excluded.workflow_name, "
-            "client = excluded.client, complete = excluded.complete, revision = r.revision + 1, stored_at = excluded.stored_at, body = excluded.body "
-            "WHERE r.body::jsonb IS DISTINCT FROM excluded.body::jsonb AND NOT (r.complete AND NOT excluded.complete) "
-            "RETURNING revision",
-            (
-                receipt.request_id,
-                receipt.trace_id,
-                epoch_ms(receipt.timestamp),
-                receipt.policy.name,
-                receipt.policy.fingerprint,
-                receipt.catalog_version,
-                model,
-                receipt.outcome,
-                receipt.fallback.triggered,
-                receipt.cost.usd,
-                receipt.cost.baseline_model,
-                receipt.cost.baseline_usd,
-                wf.id if wf else None,
-                wf.name if wf else None,
-                receipt.client,
-                receipt.complete,
-                stamp,
-                body,
-            ),
+            "INSERT INTO receipts (request_id, trace_id, span_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
+            "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, "
+            "stored_at, body, revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING revision",
+            (receipt.request_id, *values),
         ).fetchone()
+        if row is None:
+            # Locked until this transaction ends, so two instances agree on the next revision.
+            old = conn.execute(
+                "SELECT trace_id, span_id, revision, complete, stored_at, body FROM receipts WHERE request_id = %s FOR UPDATE",
+                (receipt.request_id,),
+            ).fetchone()
+            assert old is not None  # the insert met it; receipts are never deleted
+            old_trace, old_span, revision, old_complete, old_stamp, old_body = old
+            same = (old_trace, old_span) == (receipt.trace_id, receipt.span_id)
+            # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
+            if same and (same_receipt_text(old_body, body) or (old_complete and not receipt.complete)):
+                return int(revision), False, False
+            if not same or old_complete:
+                # Another decision for this request id, or other content for a decision stored whole (a complete
+                # receipt is final): kept aside, the stored receipt stays as it first came.
+                kept = conn.execute(
+                    "INSERT INTO receipt_conflicts(request_id, trace_id, span_id, received_at, body) "
+                    "VALUES (%s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING id",
+                    (receipt.request_id, receipt.trace_id or "", receipt.span_id or "", stamp, body),
+                ).fetchone()
+                return int(revision), False, kept is not None
+            conn.execute(
+                "INSERT INTO receipt_revisions(request_id, revision, stored_at, body) VALUES (%s, %s, %s, %s) "
+                "ON CONFLICT DO NOTHING",
+                (receipt.request_id, revision, old_stamp, old_body),
+            )
+            row = conn.execute(
+                "UPDATE receipts SET trace_id = %s, span_id = %s, ts_ms = %s, policy_name = %s, policy_fingerprint = %s, "
+                "catalog_version = %s, model = %s, outcome = %s, fallback = %s, cost_usd = %s, baseline_model = %s, "
+                "baseline_usd = %s, workflow_id = %s, workflow_name = %s, client = %s, complete = %s, stored_at = %s, body = %s, "
+                "revision = revision + 1 WHERE request_id = %s RETURNING revision",
+                (*values, receipt.request_id),
+            ).fetchone()
+            assert row is not None
         if wf is not None:
             conn.execute(
                 "INSERT INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING",
                 (wf.id, wf.name, receipt.trace_id, stamp),
             )
-        if row is not None:
-            return int(row[0]), True
-        # Unchanged: the upsert met the stored row and left it as it was.
-        current = conn.execute("SELECT revision FROM receipts WHERE request_id = %s", (receipt.request_id,)).fetchall()
-        return int(current[0][0]), False
+        return int(row[0]), True, False
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
         def run(conn: Connection) -> int:
@@ -246,20 +301,26 @@ class PostgresReceiptStore(SQLReceiptReads):
         return self._db.run(run)
 
     def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
+        return self.put_receipts(items).changed
+
+    def put_receipts(self, items: Iterable[tuple[Receipt, str | None]]) -> Written:
         items = list(items)
 
-        def run(conn: Connection) -> int:
+        def run(conn: Connection) -> Written:
             stamp = now_iso()
-            changed = 0
+            changed = conflicts = revised = 0
             seen: set[str] = set()
             for receipt, body in items:
                 if body is not None and receipt.policy.fingerprint not in seen:
                     seen.add(receipt.policy.fingerprint)
                     self._put_policy(conn, body, receipt.policy.name, receipt.policy.schema_)
-                changed += self._put_receipt(conn, receipt, stamp)[1]
-            return changed
+                revision, was_changed, was_conflict = self._put_receipt(conn, receipt, stamp)
+                changed += was_changed
+                conflicts += was_conflict
+                revised += was_changed and revision > 1
+            return Written(changed, conflicts, revised)
 
-        return self._db.run(run) if items else 0
+        return self._db.run(run) if items else Written()
 
     def put_rebuilt(self, decisions: Iterable[RebuiltDecision]) -> int:
         return self.put_many((d.receipt, d.policy_body) for d in decisions)

@@ -61,6 +61,27 @@ class StoredReceipt:
 
 
 @dataclass(frozen=True)
+class ReceiptConflict:
+    """A receipt for a stored request id from another decision (another trace id or decision span id): kept aside,
+    never merged into the stored receipt, which stays the first decision's."""
+
+    receipt: Receipt
+    received_at: str
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a write of receipts did."""
+
+    changed: int = 0
+    """Receipts stored new, or as a new revision of the same decision."""
+    conflicts: int = 0
+    """Receipts from another decision for a stored request id, kept aside for the first time."""
+    revised: int = 0
+    """Of ``changed``, receipts stored before and now at a new revision."""
+
+
+@dataclass(frozen=True)
 class RollupRow:
     """Decisions, fallbacks and money for one policy, workflow or model."""
 
@@ -96,16 +117,28 @@ class RollupRow:
 
 @runtime_checkable
 class ReceiptStore(Protocol):
-    """What every store (SQLite, PostgreSQL) offers. Writes are idempotent upserts by request id."""
+    """What every store (SQLite, PostgreSQL) offers.
+
+    Receipts are append-only and first-come. A stored receipt belongs to one decision: its request id, trace id and
+    decision span id. Only a receipt of that same decision changes an incomplete one (one made from more of its
+    spans), and each change is a new revision; every earlier revision is kept (:meth:`revisions`). Writing the same
+    content again, or a less complete receipt over a complete one, changes nothing. A receipt for a stored request id
+    from another decision, or other content for a receipt stored complete (a complete receipt is final), is kept
+    aside as a conflict (:meth:`conflicts`) and never merged.
+    """
 
     location: str
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
-        """Upsert one receipt (and its policy body); returns its revision."""
+        """Store one receipt (and its policy body) by the rules above; returns the stored receipt's revision."""
         ...
 
     def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
-        """Upsert receipts with their policy bodies in one transaction; returns how many changed."""
+        """Store receipts with their policy bodies in one transaction; returns how many changed."""
+        ...
+
+    def put_receipts(self, items: Iterable[tuple[Receipt, str | None]]) -> Written:
+        """:meth:`put_many`, saying also how many conflicts were kept aside."""
         ...
 
     def put_rebuilt(self, decisions: Iterable[RebuiltDecision]) -> int:
@@ -129,6 +162,16 @@ class ReceiptStore(Protocol):
         ...
 
     def get(self, request_id: str) -> StoredReceipt | None: ...
+
+    def revisions(self, request_id: str) -> list[StoredReceipt]:
+        """Every revision of a stored receipt, the first first; empty when none is stored."""
+        ...
+
+    def conflicts(self, request_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ReceiptConflict]:
+        """Conflicts kept aside (of one request id, or all), oldest first."""
+        ...
+
+    def count_conflicts(self, request_id: str | None = None) -> int: ...
 
     def query(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[Receipt]: ...
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ...policy.model import fingerprint_of
 from ..model import Receipt, WorkflowReceipt
-from .protocol import DEFAULT_QUERY, ReceiptQuery, StoredReceipt, StoreError
+from .protocol import DEFAULT_QUERY, ReceiptConflict, ReceiptQuery, StoredReceipt, StoreError
 
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
@@ -76,6 +76,33 @@ class SQLReceiptReads:
             return None
         body, revision, stored_at = rows[0]
         return StoredReceipt(Receipt.model_validate_json(body), revision, stored_at)
+
+    def revisions(self, request_id: str) -> list[StoredReceipt]:
+        p = self._param
+        rows = self._read(
+            f"SELECT body, revision, stored_at FROM receipt_revisions WHERE request_id = {p} "
+            f"UNION ALL SELECT body, revision, stored_at FROM receipts WHERE request_id = {p} ORDER BY 2",
+            (request_id, request_id),
+        )
+        return [
+            StoredReceipt(Receipt.model_validate_json(body), revision, stored_at) for body, revision, stored_at in rows
+        ]
+
+    def conflicts(self, request_id: str | None = None, limit: int = 100, offset: int = 0) -> list[ReceiptConflict]:
+        p = self._param
+        where, params = (f" WHERE request_id = {p}", [request_id]) if request_id is not None else ("", [])
+        rows = self._read(
+            f"SELECT body, received_at FROM receipt_conflicts{where} ORDER BY id LIMIT {p} OFFSET {p}",
+            [*params, max(0, limit), max(0, offset)],
+        )
+        return [ReceiptConflict(Receipt.model_validate_json(body), received_at) for body, received_at in rows]
+
+    def count_conflicts(self, request_id: str | None = None) -> int:
+        if request_id is None:
+            return int(self._read("SELECT COUNT(*) FROM receipt_conflicts")[0][0])
+        return int(
+            self._read(f"SELECT COUNT(*) FROM receipt_conflicts WHERE request_id = {self._param}", (request_id,))[0][0]
+        )
 
     def _where(self, q: ReceiptQuery) -> tuple[str, list[object]]:
         p = self._param

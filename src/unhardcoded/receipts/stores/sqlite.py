@@ -28,6 +28,7 @@ from .protocol import (
     SpoolSpan,
     StoredSpan,
     StoreError,
+    Written,
     reopened,
 )
 from .sql import ROLLUP_COLUMN, SPAN_COLUMNS, SPAN_JOIN, Row, SQLReceiptReads, epoch_ms, now_iso, policy_row
@@ -42,7 +43,10 @@ STORE_SCHEMA_VERSION = 3
 """Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward.
 
 2: ``workflows.finished_at``, when the workflow's root span was seen and the workflow finished.
-3: ``receipts.client``, the name of the client key a proxy with ``--keys`` took the request with.
+3: ``receipts.client``, the name of the client key a proxy with ``--keys`` took the request with;
+   ``receipts.span_id`` (a receipt belongs to one decision), ``receipt_revisions`` (every revision a receipt was
+   replaced by a later one of the same decision) and ``receipt_conflicts`` (receipts of other decisions for a stored
+   request id, kept aside).
 """
 
 T = TypeVar("T")
@@ -62,7 +66,22 @@ def immediate(db: sqlite3.Connection, fn: Callable[[sqlite3.Connection], T]) -> 
 
 # --------------------------------------------------------------------------- the store
 
-_TABLES = """
+_RECORD_TABLES = """
+CREATE TABLE IF NOT EXISTS receipt_revisions (
+  request_id TEXT NOT NULL, revision INTEGER NOT NULL, stored_at TEXT NOT NULL, body TEXT NOT NULL,
+  PRIMARY KEY (request_id, revision)
+);
+CREATE TABLE IF NOT EXISTS receipt_conflicts (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  request_id TEXT NOT NULL, trace_id TEXT NOT NULL, span_id TEXT NOT NULL, received_at TEXT NOT NULL, body TEXT NOT NULL,
+  UNIQUE (request_id, trace_id, span_id)
+);
+"""
+# receipt_revisions holds the revisions a receipt moved past; the current one is its row in receipts. A conflict is
+# kept once per decision (trace and span id, '' when the receipt has none), as it first came.
+
+_TABLES = (
+    """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS receipts (
   request_id TEXT PRIMARY KEY,
@@ -83,7 +102,8 @@ CREATE TABLE IF NOT EXISTS receipts (
   complete INTEGER NOT NULL,
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
-  body TEXT NOT NULL
+  body TEXT NOT NULL,
+  span_id TEXT
 );
 CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
 CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
@@ -100,15 +120,21 @@ CREATE TABLE IF NOT EXISTS workflows (
   workflow_id TEXT PRIMARY KEY, name TEXT NOT NULL, trace_id TEXT, stored_at TEXT NOT NULL, finished_at TEXT
 );
 """
+    + _RECORD_TABLES
+)
 
 _MIGRATIONS: dict[int, tuple[str, ...]] = {
     # 1 -> 2: workflows record when their root was seen and they were finished. A store from before kept no such
     # thing and read every workflow as finished; its workflows stay so.
     1: ("ALTER TABLE workflows ADD COLUMN finished_at TEXT", "UPDATE workflows SET finished_at = stored_at"),
-    # 2 -> 3: receipts name the client key they came with. Receipts stored before had none.
+    # 2 -> 3: receipts name the client key they came with (receipts stored before had none) and their decision
+    # span; a store from before kept only the last revision of each receipt.
     2: (
         "ALTER TABLE receipts ADD COLUMN client TEXT",
         "CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms)",
+        "ALTER TABLE receipts ADD COLUMN span_id TEXT",
+        "UPDATE receipts SET span_id = json_extract(body, '$.span_id')",
+        *(statement for statement in _RECORD_TABLES.split(";") if statement.strip()),
     ),
 }
 
@@ -263,38 +289,59 @@ class SQLiteReceiptStore(SQLReceiptReads):
         return fingerprint
 
     @staticmethod
-    def _put_receipts(db: sqlite3.Connection, receipts: Sequence[Receipt], stamp: str) -> list[tuple[int, bool]]:
-        """Upsert receipts (one read for all, one batched write); per receipt, its revision and whether it changed."""
+    def _put_receipts(
+        db: sqlite3.Connection, receipts: Sequence[Receipt], stamp: str
+    ) -> tuple[list[tuple[int, bool]], int]:
+        """Store receipts by the store's rules (one read for all, batched writes): per receipt, its stored revision
+        and whether it changed; and how many conflicts were kept aside for the first time."""
         bodies = [r.to_json_bytes() for r in receipts]  # bound as UTF-8 text by CAST below
-        stored: dict[str, tuple[str | bytes, int, int]] = {}  # bodies as read (text) or as written (bytes)
+        # Per request id: (body as read (text) or as written (bytes), revision, complete, trace id, span id, stored_at)
+        stored: dict[str, tuple[str | bytes, int, int, str | None, str | None, str]] = {}
         ids = list({r.request_id for r in receipts})
         for k in range(0, len(ids), 500):
             chunk = ids[k : k + 500]
-            for request_id, old_body, revision, old_complete in db.execute(
-                f"SELECT request_id, body, revision, complete FROM receipts WHERE request_id IN ({','.join('?' * len(chunk))})",
+            for request_id, *old in db.execute(
+                "SELECT request_id, body, revision, complete, trace_id, span_id, stored_at FROM receipts "
+                f"WHERE request_id IN ({','.join('?' * len(chunk))})",
                 chunk,
             ):
-                stored[request_id] = (old_body, revision, old_complete)
+                stored[request_id] = tuple(old)
         out: list[tuple[int, bool]] = []
-        rows, workflows = [], []
+        rows, workflows, superseded, conflicts = [], [], [], []
         for receipt, body in zip(receipts, bodies):
             old = stored.get(receipt.request_id)
             if old is not None:
-                old_body, revision, old_complete = old
+                old_body, revision, old_complete, old_trace, old_span, old_stamp = old
                 # The same receipt again, or a partial re-delivery of one already stored whole: not a newer revision.
-                if same_receipt_text(old_body, body) or (old_complete and not receipt.complete):
+                same = (old_trace, old_span) == (receipt.trace_id, receipt.span_id)
+                if same and (same_receipt_text(old_body, body) or (old_complete and not receipt.complete)):
                     out.append((revision, False))
                     continue
+                if not same or old_complete:
+                    # Another decision for this request id, or other content for a decision stored whole (a
+                    # complete receipt is final): kept aside, the stored receipt stays as it first came.
+                    conflicts.append((receipt.request_id, receipt.trace_id or "", receipt.span_id or "", stamp, body))
+                    out.append((revision, False))
+                    continue
+                superseded.append((receipt.request_id, revision, old_stamp, old_body))
                 revision += 1
             else:
                 revision = 1
-            stored[receipt.request_id] = (body, revision, int(receipt.complete))
+            stored[receipt.request_id] = (
+                body,
+                revision,
+                int(receipt.complete),
+                receipt.trace_id,
+                receipt.span_id,
+                stamp,
+            )
             wf = receipt.workflow
             model = receipt.answered_by or (receipt.selected.model if receipt.selected else None)
             rows.append(
                 (
                     receipt.request_id,
                     receipt.trace_id,
+                    receipt.span_id,
                     epoch_ms(receipt.timestamp),
                     receipt.policy.name,
                     receipt.policy.fingerprint,
@@ -317,37 +364,59 @@ class SQLiteReceiptStore(SQLReceiptReads):
             if wf is not None:
                 workflows.append((wf.id, wf.name, receipt.trace_id, stamp))
             out.append((revision, True))
+        if superseded:
+            db.executemany(
+                "INSERT OR IGNORE INTO receipt_revisions(request_id, revision, stored_at, body) "
+                "VALUES (?, ?, ?, CAST(? AS TEXT))",
+                superseded,
+            )
         if rows:
             db.executemany(
-                "INSERT OR REPLACE INTO receipts(request_id, trace_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
-                "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, "
-                "revision, stored_at, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+                "INSERT OR REPLACE INTO receipts(request_id, trace_id, span_id, ts_ms, policy_name, policy_fingerprint, "
+                "catalog_version, model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, "
+                "workflow_name, client, complete, revision, stored_at, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
                 rows,
             )
         if workflows:
             db.executemany(
                 "INSERT OR IGNORE INTO workflows(workflow_id, name, trace_id, stored_at) VALUES (?, ?, ?, ?)", workflows
             )
-        return out
+        kept = 0
+        if conflicts:
+            before = db.total_changes
+            db.executemany(
+                "INSERT OR IGNORE INTO receipt_conflicts(request_id, trace_id, span_id, received_at, body) "
+                "VALUES (?, ?, ?, ?, CAST(? AS TEXT))",
+                conflicts,
+            )
+            kept = db.total_changes - before
+        return out, kept
 
     def put(self, receipt: Receipt, policy_body: str | None = None) -> int:
         def run(db: sqlite3.Connection) -> int:
             if policy_body is not None:
                 self._put_policy(db, policy_body, receipt.policy.name, receipt.policy.schema_)
-            return self._put_receipts(db, [receipt], now_iso())[0][0]
+            return self._put_receipts(db, [receipt], now_iso())[0][0][0]
 
         return self._write(run)
 
     def put_many(self, items: Iterable[tuple[Receipt, str | None]]) -> int:
+        return self.put_receipts(items).changed
+
+    def put_receipts(self, items: Iterable[tuple[Receipt, str | None]]) -> Written:
         items = list(items)
 
-        def run(db: sqlite3.Connection) -> int:
+        def run(db: sqlite3.Connection) -> Written:
             for receipt, body in items:
                 if body is not None:
                     self._put_policy(db, body, receipt.policy.name, receipt.policy.schema_)
-            return sum(changed for _, changed in self._put_receipts(db, [r for r, _ in items], now_iso()))
+            out, conflicts = self._put_receipts(db, [r for r, _ in items], now_iso())
+            return Written(
+                sum(changed for _, changed in out), conflicts, sum(changed and rev > 1 for rev, changed in out)
+            )
 
-        return self._write(run) if items else 0
+        return self._write(run) if items else Written()
 
     def put_rebuilt(self, decisions: Iterable[RebuiltDecision]) -> int:
         """Upsert rebuilt decisions: receipts and the policy bodies they were decided under."""
@@ -532,7 +601,8 @@ class SQLiteSpool:
         for i in range(0, len(traces), _CHUNK):
             chunk = traces[i : i + _CHUNK]
             rows += db.execute(
-                f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})", chunk
+                f"SELECT {SPAN_COLUMNS} FROM {SPAN_JOIN} WHERE s.trace_id IN ({','.join('?' * len(chunk))})",
+                chunk,
             ).fetchall()
         return rows
 
