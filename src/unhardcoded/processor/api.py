@@ -117,15 +117,22 @@ def _encode_cursor(offset: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
 
 
+MAX_OFFSET = 2**53
+"""The largest offset a cursor may carry: far past any store, and inside every database's integers."""
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
+        # Nothing this API hands out is long or nested: refuse before decoding what could be either.
+        if len(cursor) > 200:
+            raise ValueError
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         offset = doc["o"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("cursor is not one this API handed out") from None
-    if not isinstance(offset, int) or offset < 0:
-        raise ValueError("cursor is not one this API handed out")
-    return offset
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError("cursor: not a cursor this API handed out") from None
+    if offset.__class__ is not int or not 0 <= offset <= MAX_OFFSET:
+        raise ValueError("cursor: not a cursor this API handed out")
+    return int(offset)
 
 
 def _since(text: str | None, name: str) -> datetime | None:
@@ -133,10 +140,21 @@ def _since(text: str | None, name: str) -> datetime | None:
         return None
     from ..receipts.replay import parse_since
 
+    expected = f"{name}={text[:80]!r}: expected a duration like 24h or 7d, or an ISO 8601 date/time"
     try:
-        return parse_since(text)
+        when = parse_since(text)
+        when.timestamp()  # the stores compare epoch milliseconds: a moment they cannot count is refused here
     except UnhardcodedError:
-        raise ValueError(f"{name}={text!r}: expected a duration like 24h or 7d, or an ISO 8601 date/time") from None
+        raise ValueError(expected) from None
+    except (OverflowError, ValueError):
+        raise ValueError(f"{expected}, within the years 1 to 9999") from None
+    return when
+
+
+def _limit(text: str) -> int:
+    if not (text.isascii() and text.isdecimal() and len(text) <= 4) or not 1 <= int(text) <= MAX_PAGE:
+        raise ValueError(f"limit={text[:80]!r}: expected a whole number from 1 to {MAX_PAGE}")
+    return int(text)
 
 
 def _bool(text: str | None, name: str) -> bool | None:
@@ -146,7 +164,7 @@ def _bool(text: str | None, name: str) -> bool | None:
         return True
     if text.lower() in ("false", "0", "no"):
         return False
-    raise ValueError(f"{name}={text!r}: expected true or false")
+    raise ValueError(f"{name}={text[:80]!r}: expected true or false")
 
 
 # --------------------------------------------------------------------------- the app
@@ -262,10 +280,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
 
     async def list_receipts(request: Request) -> Response:
         p = request.query_params
-        limit_text = p.get("limit") or str(DEFAULT_PAGE)
-        if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
-            raise ValueError(f"limit={limit_text!r}: expected a whole number from 1 to {MAX_PAGE}")
-        limit = int(limit_text)
+        limit = _limit(p.get("limit") or str(DEFAULT_PAGE))
         offset = _decode_cursor(p["cursor"]) if p.get("cursor") else 0
         query = ReceiptQuery(
             policy=p.get("policy") or None,
@@ -320,7 +335,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
     async def rollups(request: Request) -> Response:
         by = request.query_params.get("by", "policy")
         if by not in ROLLUP_KEYS:
-            raise ValueError(f"by={by!r}: expected one of {', '.join(ROLLUP_KEYS)}")
+            raise ValueError(f"by={by[:80]!r}: expected one of {', '.join(ROLLUP_KEYS)}")
         since = _since(request.query_params.get("since"), "since")
         rows = await run_in_threadpool(store.rollup, by, since)  # type: ignore[arg-type]  # checked against ROLLUP_KEYS
         return JSONResponse(
