@@ -1,0 +1,233 @@
+"""The processor under hostile load: memory bounded in bytes, tokens on every OTLP service, warnings when exposed.
+
+A processor process is sent exports that each carry a distinct 10 MiB value
+where a cache of decoded values would keep it (a service name, an attribute of
+a span that is not ours, an event attribute, an attribute of a decision span):
+its resident memory must stay within 100 MB of what it was after warm-up.
+"""
+
+from __future__ import annotations
+
+import gzip
+import time
+
+import grpc
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+from opentelemetry.proto.trace.v1.trace_pb2 import Span
+
+from adversarial._bounds_support import decision_span, export, huge, kv, rss_bytes, span
+from processor_fixtures import ProcessorProcess, decisions_with_spans
+from unhardcoded.semconv import attributes as A
+
+PB = {"Content-Type": "application/x-protobuf"}
+TEN_MIB = 10 * 1024 * 1024
+MB = 1_000_000
+
+
+def _hostile_exports(n: int) -> list[tuple[str, bytes]]:
+    """``n`` exports, each with its own 10 MiB value, in turn where each cache would keep it."""
+    out = []
+    for i in range(n):
+        value = huge(TEN_MIB, i)
+        kind = i % 5
+        if kind == 0:
+            out.append(("service.name", export(span(), service=value)))
+        elif kind == 1:
+            out.append(("foreign span attribute", export(span(attributes={"http.url": value}))))
+        elif kind == 2:
+            event = Span.Event(time_unix_nano=1, name="log", attributes=[kv("message", value)])
+            out.append(("foreign event attribute", export(span(events=[event]))))
+        elif kind == 3:
+            event = Span.Event(
+                time_unix_nano=1,
+                name="unhardcoded.rejection",
+                attributes=[kv(A.UNHARDCODED_REJECTION_MODEL, "m"), kv(A.UNHARDCODED_REJECTION_MESSAGE, value)],
+            )
+            d = decision_span(f"req_huge_event_{i}")
+            d.events.append(event)
+            out.append(("decision event attribute", export(d)))
+        else:
+            out.append(
+                (
+                    "decision attribute",
+                    export(decision_span(f"req_huge_attr_{i}", **{A.UNHARDCODED_POLICY_NAME: value})),
+                )
+            )
+    return out
+
+
+def _warm_up(p: ProcessorProcess) -> None:
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    ds, spans = decisions_with_spans(60, seed=3)
+    exporter = HttpExporter(endpoint=p.url + "/v1/traces")
+    try:
+        exporter.export(spans)
+    finally:
+        exporter.shutdown()
+    assert p.wait_for(lambda: p.receipt(ds[-1].request_id), 20), p.tail()
+    # Each kind of hostile export once at a small size: the code paths they take are loaded before the baseline.
+    for _, body in _small_exports():
+        assert httpx.post(p.url + "/v1/traces", content=body, headers=PB, timeout=30).status_code == 200
+
+
+def _small_exports() -> list[tuple[str, bytes]]:
+    event = Span.Event(time_unix_nano=1, name="log", attributes=[kv("message", "small")])
+    d = decision_span("req_small_warm")
+    d.events.append(event)
+    return [("small", export(span(attributes={"http.url": "/"}), span(events=[event]), d))]
+
+
+def test_memory_stays_flat_under_20_distinct_10_mib_values_over_http_and_grpc(tmp_path):
+    p = ProcessorProcess(str(tmp_path / "receipts.db"), "--wait-window", "1", log=tmp_path / "processor.log").start()
+    channel = grpc.insecure_channel(p.grpc_endpoint, options=[("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    try:
+        _warm_up(p)
+        export_rpc = channel.unary_unary(
+            "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+            request_serializer=None,
+            response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
+        )
+        time.sleep(0.5)
+        before = rss_bytes(p.proc.pid)
+        answers = []
+        for i, (what, body) in enumerate(_hostile_exports(20)):
+            if i % 2:
+                try:
+                    export_rpc(body, timeout=60)
+                    answers.append((what, "grpc", "OK"))
+                except grpc.RpcError as exc:
+                    # Over the message size limit is the one refusal allowed here.
+                    assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, (what, exc.code(), exc.details())
+                    answers.append((what, "grpc", exc.code().name))
+            else:
+                r = httpx.post(
+                    p.url + "/v1/traces",
+                    content=gzip.compress(body, 1),
+                    headers={**PB, "Content-Encoding": "gzip"},
+                    timeout=60,
+                )
+                assert r.status_code in (200, 413), (what, r.status_code, r.text[:200])
+                answers.append((what, "http", r.status_code))
+        assert p.wait_for(lambda: p.stats()["spans_pending"] == 0, 20), p.stats()
+        time.sleep(1.0)  # a finishing round after the last export
+        after = rss_bytes(p.proc.pid)
+        assert after - before < 100 * MB, (before // MB, after // MB, answers)
+        assert p.get("/healthz").status_code == 200
+        assert p.get("/receipts?limit=1").status_code == 200
+    finally:
+        channel.close()
+        p.stop()
+
+
+# --------------------------------------------------------------------------- the ingest token on every service
+
+TOKEN = "ingest-secret-token"
+_GRPC_SERVICES = {
+    "traces": "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+    "metrics": "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export",
+    "logs": "/opentelemetry.proto.collector.logs.v1.LogsService/Export",
+}
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory):
+    base = tmp_path_factory.mktemp("token")
+    p = ProcessorProcess(
+        str(base / "receipts.db"),
+        "--ingest-token-env",
+        "INGEST_TOKEN",
+        env={"INGEST_TOKEN": TOKEN},
+        log=base / "processor.log",
+    ).start()
+    yield p
+    p.stop()
+
+
+@pytest.mark.parametrize("signal", ["traces", "metrics", "logs"])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Bearer " + TOKEN], ids=["none", "wrong", "right"])
+def test_every_grpc_service_asks_for_the_ingest_token(guarded, signal, authorization):
+    channel = grpc.insecure_channel(guarded.grpc_endpoint)
+    try:
+        rpc = channel.unary_unary(_GRPC_SERVICES[signal], request_serializer=None, response_deserializer=None)
+        metadata = [("authorization", authorization)] if authorization else None
+        body = export(span()) if signal == "traces" else b""
+        if authorization == "Bearer " + TOKEN:
+            rpc(body, metadata=metadata, timeout=10)
+        else:
+            with pytest.raises(grpc.RpcError) as info:
+                rpc(body, metadata=metadata, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        channel.close()
+
+
+@pytest.mark.parametrize("signal", ["traces", "metrics", "logs"])
+@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Bearer " + TOKEN], ids=["none", "wrong", "right"])
+def test_every_http_signal_asks_for_the_ingest_token(guarded, signal, authorization):
+    headers = {**PB, **({"Authorization": authorization} if authorization else {})}
+    body = export(span()) if signal == "traces" else b""
+    r = httpx.post(f"{guarded.url}/v1/{signal}", content=body, headers=headers, timeout=10)
+    assert r.status_code == (200 if authorization == "Bearer " + TOKEN else 401)
+
+
+def test_grpc_metrics_and_logs_take_garbage_without_an_internal_error(processor_without_token):
+    """What is dropped unread cannot fail to decode: a body that is not protobuf is still taken."""
+    channel = grpc.insecure_channel(processor_without_token.grpc_endpoint)
+    try:
+        for signal in ("metrics", "logs"):
+            rpc = channel.unary_unary(_GRPC_SERVICES[signal], request_serializer=None, response_deserializer=None)
+            rpc(b"\xff\xff\xff\xff garbage", timeout=10)
+    finally:
+        channel.close()
+
+
+@pytest.fixture(scope="module")
+def processor_without_token(tmp_path_factory):
+    base = tmp_path_factory.mktemp("open")
+    p = ProcessorProcess(str(base / "receipts.db"), log=base / "processor.log").start()
+    yield p
+    p.stop()
+
+
+# --------------------------------------------------------------------------- beyond loopback without tokens
+
+
+def _warnings(log: str) -> list[str]:
+    return [line for line in log.splitlines() if " WARNING " in line]
+
+
+def test_listening_beyond_loopback_without_tokens_warns_once_per_missing_token(tmp_path):
+    p = ProcessorProcess(str(tmp_path / "receipts.db"), "--host", "0.0.0.0", log=tmp_path / "processor.log").start()
+    try:
+        warnings = _warnings(p.tail())
+    finally:
+        p.stop()
+    ingest = [w for w in warnings if "--ingest-token-env" in w]
+    query = [w for w in warnings if "--query-token-env" in w]
+    assert len(ingest) == 1 and len(query) == 1, warnings
+    assert all("0.0.0.0" in w for w in ingest + query)
+
+
+def test_one_token_set_leaves_one_warning_and_loopback_none(tmp_path):
+    p = ProcessorProcess(
+        str(tmp_path / "receipts.db"),
+        "--host",
+        "0.0.0.0",
+        "--ingest-token-env",
+        "INGEST_TOKEN",
+        env={"INGEST_TOKEN": TOKEN},
+        log=tmp_path / "processor.log",
+    ).start()
+    try:
+        exposed = _warnings(p.tail())
+    finally:
+        p.stop()
+    assert [w for w in exposed if "--query-token-env" in w] and not [w for w in exposed if "--ingest-token-env" in w]
+    local = ProcessorProcess(str(tmp_path / "local.db"), log=tmp_path / "local.log").start()
+    try:
+        assert not [w for w in _warnings(local.tail()) if "token" in w], local.tail()
+    finally:
+        local.stop()
