@@ -231,3 +231,108 @@ def test_one_token_set_leaves_one_warning_and_loopback_none(tmp_path):
         assert not [w for w in _warnings(local.tail()) if "token" in w], local.tail()
     finally:
         local.stop()
+
+
+# --------------------------------------------------------------------------- the engine's byte bounds, in process
+
+
+@pytest.fixture
+def engine_of(tmp_path):
+    from unhardcoded.processor.metrics import ProcessorMetrics
+    from unhardcoded.processor.service import ProcessorConfig, ProcessorEngine
+    from unhardcoded.receipts import SQLiteReceiptStore
+    from unhardcoded.receipts.stores import SQLiteSpool
+
+    made = []
+
+    def make(**config):
+        store = SQLiteReceiptStore(tmp_path / "receipts.db")
+        spool = SQLiteSpool(tmp_path / "receipts.db", timeout_s=0.3)
+        engine = ProcessorEngine(store, spool, ProcessorConfig(**config), ProcessorMetrics())
+        engine.start()
+        made.append((engine, store, spool))
+        return engine
+
+    yield make
+    for engine, store, spool in made:
+        engine.stop()
+        store.close()
+        spool.close()
+
+
+def test_pending_bytes_bound_finishes_the_oldest_receipts_early(engine_of):
+    from fixtures import span_layout as L
+    from unhardcoded.processor import otlp
+    from unhardcoded.processor.assembly import SPAN_BYTES
+
+    ds, spans = decisions_with_spans(6, seed=61, hops=1)
+    decisions_only = [sp for sp in spans if A.UNHARDCODED_ATTEMPT_INDEX not in sp.attributes]
+    body = L.otlp_bytes(decisions_only)
+    costs = [SPAN_BYTES + len(s.body) for s in otlp.decode(body, "protobuf").spans]
+    engine = engine_of(wait_window_s=60, max_pending_bytes=sum(costs[2:]))
+    engine.submit_export(body, "protobuf", "http").result(10)
+    assert engine.drain()
+    stats = engine.stats()
+    assert stats["evicted_groups"] == 2 and stats["spans_pending"] == 4, stats
+    assert stats["pending_bytes"] == sum(costs[2:])
+    written = [d.request_id for d in ds if engine.store.get(d.request_id) is not None]
+    assert written == [d.request_id for d in ds[:2]]
+
+
+def test_a_large_pending_span_keeps_only_its_ids_in_memory(engine_of):
+    from unhardcoded.processor.assembly import SPAN_BYTES
+
+    engine = engine_of(wait_window_s=60)
+    # An answered decision waits for its attempt span: it stays pending, with a 1 MiB attribute of ours.
+    big = decision_span(
+        "req_big_pending",
+        **{A.UNHARDCODED_DECISION_OUTCOME: "answered", A.UNHARDCODED_POLICY_NAME: huge(1024 * 1024, 1)},
+    )
+    engine.submit_export(export(big), "protobuf", "http").result(10)
+    assert engine.drain()
+    assert engine.stats()["spans_pending"] == 1
+    assert engine.assembler.pending_bytes == SPAN_BYTES
+    (group,) = engine.assembler.groups()
+    (pending,) = group.spans.values()
+    assert pending.attributes is None and pending.body == b""
+
+
+def test_queue_bytes_bound_refuses_as_busy(engine_of, tmp_path):
+    import sqlite3
+
+    from unhardcoded.processor.service import Backpressure
+
+    engine = engine_of(max_queue_bytes=1000)
+    body = export(span(attributes={"pad": "x" * 700}))
+    other = sqlite3.connect(tmp_path / "receipts.db", isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # the spool cannot write: the first export stays queued
+        first = engine.submit_export(body, "protobuf", "http")
+        with pytest.raises(Backpressure) as info:
+            engine.submit_export(body, "protobuf", "http")
+        assert info.value.busy and "bytes queued" in str(info.value)
+        other.execute("ROLLBACK")
+        first.exception(10)  # spooled, or refused as the store was locked: either way it left the queue
+    finally:
+        other.close()
+    assert engine.drain()
+    assert engine.stats()["queue_bytes"] == 0
+    engine.submit_export(body, "protobuf", "http").result(10)
+
+
+def test_memos_keep_no_large_value_and_stay_within_their_budget():
+    from unhardcoded.receipts import memo
+    from unhardcoded.receipts.spans import read_spans
+
+    before = sum(memo.sizes().values())
+    for i in range(5):
+        read_spans(export(span(attributes={"http.url": huge(200_000, i)}), service=huge(100_000, i)))
+    assert sum(memo.sizes().values()) == before  # too large to keep: read and let go
+    memo.configure(total_bytes=200_000)
+    try:
+        for i in range(200):
+            read_spans(export(span(attributes={"k": huge(2_000, i)}), service=f"svc-{i}"))
+        assert all(m.size <= m.budget for m in memo.MEMOS)
+        assert sum(memo.sizes().values()) <= 200_000
+    finally:
+        memo.configure(total_bytes=memo.DEFAULT_TOTAL_BYTES)

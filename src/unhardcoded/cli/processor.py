@@ -325,7 +325,7 @@ def _fixed_mmap_threshold() -> None:
         return
     try:
         libc = ctypes.CDLL(name)
-        libc.mallopt(-3, 128 * 1024)  # M_MMAP_THRESHOLD: glibc's default, fixed (setting it stops the raising)
+        libc.mallopt(-3, 1024 * 1024)  # M_MMAP_THRESHOLD, fixed (setting it stops glibc raising it)
     except (OSError, AttributeError):
         pass  # not glibc: its allocator's own policy stands
 
