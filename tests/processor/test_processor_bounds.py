@@ -336,3 +336,72 @@ def test_memos_keep_no_large_value_and_stay_within_their_budget():
         assert sum(memo.sizes().values()) <= 200_000
     finally:
         memo.configure(total_bytes=memo.DEFAULT_TOTAL_BYTES)
+
+
+def test_bodies_being_read_are_bounded_across_connections(tmp_path):
+    """A slow sender holding a large body in the front door: the next export over the budget is 429, not held."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from processor_fixtures import free_port
+    from unhardcoded.processor.api import Settings, build_app
+    from unhardcoded.processor.metrics import ProcessorMetrics
+    from unhardcoded.processor.service import ProcessorConfig, ProcessorEngine
+    from unhardcoded.receipts import SQLiteReceiptStore
+    from unhardcoded.receipts.stores import SQLiteSpool
+
+    store = SQLiteReceiptStore(tmp_path / "receipts.db")
+    spool = SQLiteSpool(tmp_path / "receipts.db")
+    engine = ProcessorEngine(store, spool, ProcessorConfig(), ProcessorMetrics())
+    engine.start()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            build_app(engine, store, Settings(max_reading_bytes=100_000)),
+            host="127.0.0.1",
+            port=port,
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    slow = None
+    try:
+        assert wait_until(lambda: server.started)
+        slow = socket.create_connection(("127.0.0.1", port))
+        slow.sendall(
+            b"POST /v1/traces HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-protobuf\r\n"
+            b"Content-Length: 90000\r\n\r\n" + b"\x00" * 10
+        )
+        assert wait_until(lambda: httpx.get(url + "/stats", timeout=5).json()["reading_bytes"] == 90_000)
+        body = export(span(attributes={"pad": "x" * 20_000}))
+        r = httpx.post(url + "/v1/traces", content=body, headers=PB, timeout=10)
+        assert r.status_code == 429 and "Retry-After" in r.headers
+        slow.close()
+        slow = None
+        assert wait_until(lambda: httpx.get(url + "/stats", timeout=5).json()["reading_bytes"] == 0)
+        assert httpx.post(url + "/v1/traces", content=body, headers=PB, timeout=10).status_code == 200
+        # Metrics and logs are read and let go, whatever their size under the body limit.
+        assert httpx.post(url + "/v1/metrics", content=b"\x00" * 500_000, headers=PB, timeout=10).status_code == 200
+    finally:
+        if slow is not None:
+            slow.close()
+        server.should_exit = True
+        thread.join(10)
+        engine.stop()
+        store.close()
+        spool.close()
+
+
+def wait_until(predicate, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return False

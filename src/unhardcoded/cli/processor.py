@@ -143,7 +143,8 @@ def add_commands(sub: Subcommands) -> None:
         default=DEFAULT_MAX_QUEUE_BYTES,
         metavar="N",
         help="bytes of exports received but not yet stored; past it exports get 429 / RESOURCE_EXHAUSTED; one export "
-        "is always taken when none is queued (default 64 MiB)",
+        "is always taken when none is queued; the HTTP front door holds at most twice this in bodies being read "
+        "(default 64 MiB)",
     )
     p.add_argument(
         "--cache-bytes",
@@ -413,6 +414,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
             ingest_token=ingest_token,
             query_token=query_token,
             access_log=not args.no_access_log,
+            max_reading_bytes=2 * args.max_queue_bytes,
         )
         app = build_app(processor, store, settings)
         # Spans and receipts make many small objects and no cycles: collections that re-scan a heap of

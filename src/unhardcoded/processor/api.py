@@ -52,6 +52,10 @@ class Settings:
     query_token: str | None = None
     ack_timeout_s: float = 30.0
     access_log: bool = True
+    max_reading_bytes: int = 128 * 1024 * 1024
+    """Bytes of trace exports being read, inflated or waiting for their acknowledgement, across connections; past
+    it an export gets 429 with Retry-After. One export is always taken when no other is in (the CLI: twice
+    ``--max-queue-bytes``)."""
 
 
 def token_matches(header: str | None, token: str | None) -> bool:
@@ -88,6 +92,31 @@ def _otlp_error(status: int, grpc_code: int, message: str, kind: str, retry_afte
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Reading:
+    """The bytes of export bodies held by the HTTP front door, across connections (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held and self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+def _announced(request: Request, limit: int) -> int:
+    """What an export's body will hold while it is read: its Content-Length, or the limit when it names none."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isascii() and length.isdecimal() and len(length) < 16:
+        return min(int(length), limit)
+    return limit
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -183,6 +212,8 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
     def ingest_allowed(request: Request) -> bool:
         return token_matches(request.headers.get("authorization"), settings.ingest_token)
 
+    reading = _Reading(settings.max_reading_bytes)
+
     async def traces(request: Request) -> Response:
         ctype = request.headers.get("content-type")
         kind = "json" if "json" in (ctype or "").lower() else "protobuf"
@@ -192,10 +223,39 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             return _otlp_error(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token", kind)
         if processor is None:
             return _otlp_error(404, 12, "this server does not take exports", kind)
+        # Bodies are held from the first byte read to the answer: what all connections hold together is bounded.
+        claim = [_announced(request, settings.max_body_bytes)]
+        try:
+            if not reading.take(claim[0]):
+                claim[0] = 0
+                raise Backpressure(
+                    f"{reading.held} bytes of exports are being read; retry later",
+                    processor.config.retry_after_s,
+                    busy=True,
+                )
+            return await export(request, processor, kind, ctype, claim)
+        except Backpressure as exc:
+            processor.metrics.payload_rejected("busy")
+            return _otlp_error(429, otlp.RESOURCE_EXHAUSTED, str(exc), kind, exc.retry_after_s)
+        finally:
+            reading.give(claim[0])
+
+    async def export(
+        request: Request, processor: ProcessorEngine, kind: str, ctype: str | None, claim: list[int]
+    ) -> Response:
         try:
             kind = otlp.media_type(ctype)
             body = await _read_body(request, settings.max_body_bytes)
             body = otlp.inflate(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+            if len(body) > claim[0]:  # inflated, or longer than announced: the rest is held too
+                more = len(body) - claim[0]
+                if not reading.take(more):
+                    raise Backpressure(
+                        f"{reading.held} bytes of exports are being read; retry later",
+                        processor.config.retry_after_s,
+                        busy=True,
+                    )
+                claim[0] += more
             future = processor.submit_export(body, kind, "http")
             decoded = await asyncio.wait_for(asyncio.wrap_future(future), settings.ack_timeout_s)
         except Backpressure as exc:
@@ -243,10 +303,11 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         kind = "json" if "json" in (ctype or "").lower() else "protobuf"
         if not ingest_allowed(request):
             return _otlp_error(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token", kind)
-        try:
-            await _read_body(request, settings.max_body_bytes)
-        except _BodyTooLarge:
-            return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, f"body over {settings.max_body_bytes} bytes", kind)
+        size = 0
+        async for chunk in request.stream():  # read and let go: never held whole
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, f"body over {settings.max_body_bytes} bytes", kind)
         return Response(b"{}" if kind == "json" else b"", media_type=otlp.JSON if kind == "json" else otlp.PROTOBUF)
 
     def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -360,6 +421,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         body: dict[str, Any] = {"ingest": processor is not None}
         if processor is not None:
             body.update(processor.stats())
+            body["reading_bytes"] = reading.held
         return JSONResponse(body)
 
     async def health(request: Request) -> Response:
