@@ -405,3 +405,30 @@ def wait_until(predicate, timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return False
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--cache-bytes", "-1"], {}, "--cache-bytes -1"),
+        (["--max-pending-bytes", "0"], {}, "--max-pending-bytes 0"),
+        (["--max-queue-bytes", "0"], {}, "--max-queue-bytes 0"),
+        ([], {"UNHARDCODED_CACHE_BYTES": "64MiB"}, "UNHARDCODED_CACHE_BYTES"),
+        ([], {"UNHARDCODED_CACHE_ITEM_BYTES": "-5"}, "UNHARDCODED_CACHE_ITEM_BYTES"),
+    ],
+    ids=["cache-bytes", "pending-bytes", "queue-bytes", "cache-env", "item-env"],
+)
+def test_a_bad_byte_bound_is_exit_2_naming_it(tmp_path, args, env, named):
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", "0", "--no-grpc", *args],
+        env={**os.environ, **env, "UNHARDCODED_STORE": str(tmp_path / "r.db")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 2, out.stderr
+    assert named in out.stderr and "Traceback" not in out.stderr
