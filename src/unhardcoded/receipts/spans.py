@@ -275,7 +275,7 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
 # Events repeat byte for byte but for their time: a decision's rejection events are the same for every
 # request routed under the same policy and catalog. Their attributes are read once and the dict shared;
 # the rebuild only reads event attributes, never writes them.
-_EVENT_ATTRIBUTES: Memo[bytes, SharedAttributes] = memo("event_attributes", 0.1)
+_EVENT_ATTRIBUTES: Memo[bytes, SharedAttributes] = memo("event_attributes", 0.05)
 _TIME_FIELD = b"\x09"  # Span.Event.time_unix_nano: field 1, fixed64, 8 bytes after the tag
 
 
@@ -429,7 +429,7 @@ def _lite() -> _Messages:
 
 
 # Each memo is bounded in bytes and keeps no value over a size (memo.py): distinct huge values are read, not kept.
-_KEYVALUES: Memo[bytes, tuple[str, Any]] = memo("attributes", 0.3)
+_KEYVALUES: Memo[bytes, tuple[str, Any]] = memo("attributes", 0.35)
 _SERVICES: Memo[bytes, object] = memo("services", 0.02)
 _SCALARS = frozenset({str, int, float, bool, bytes})
 
@@ -497,7 +497,13 @@ def _keyvalue(raw: bytes) -> tuple[str, Any]:
         item = (item[0], tuple(value))  # handed out as a fresh list each time
     else:
         return item  # nested values are not shared
-    _KEYVALUES.put(raw, item, len(raw))
+    memo = _KEYVALUES
+    if len(raw) <= memo.small:  # Memo.put for a small entry, inline: most attributes, and this is per span
+        if len(memo) >= memo.cap:
+            memo.clear()
+        memo[raw] = item
+    else:
+        memo.put(raw, item, len(raw))
     return item
 
 
