@@ -468,6 +468,9 @@ OPERATIONAL_METRICS = {
     "unhardcoded.processor.forward.sent": ("counter", "{span}"),
     "unhardcoded.processor.forward.dropped": ("counter", "{span}"),
     "unhardcoded.processor.forward.queue.size": ("gauge", "By"),
+    "unhardcoded.processor.queue.size": ("gauge", "By"),
+    "unhardcoded.processor.pending.size": ("gauge", "By"),
+    "unhardcoded.processor.cache.size": ("gauge", "By"),
     "unhardcoded.telemetry.losses": ("counter", "{loss}"),
 }
 
@@ -521,6 +524,7 @@ def test_metric_attributes_stay_low_cardinality(registry):
         "unhardcoded.processor.receipt.complete",
         "unhardcoded.processor.incomplete.cause",
         "unhardcoded.processor.forward.drop_reason",
+        "unhardcoded.processor.cache.name",
         "unhardcoded.telemetry.loss.kind",
     }
     for group in registry.groups:

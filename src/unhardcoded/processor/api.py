@@ -52,6 +52,10 @@ class Settings:
     query_token: str | None = None
     ack_timeout_s: float = 30.0
     access_log: bool = True
+    max_reading_bytes: int = 128 * 1024 * 1024
+    """Bytes of trace exports being read, inflated or waiting for their acknowledgement, across connections; past
+    it an export gets 429 with Retry-After. One export is always taken when no other is in (the CLI: twice
+    ``--max-queue-bytes``)."""
 
 
 def token_matches(header: str | None, token: str | None) -> bool:
@@ -88,6 +92,31 @@ def _otlp_error(status: int, grpc_code: int, message: str, kind: str, retry_afte
 
 class _BodyTooLarge(Exception):
     pass
+
+
+class _Reading:
+    """The bytes of export bodies held by the HTTP front door, across connections (one event loop: no lock)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+
+    def take(self, n: int) -> bool:
+        if self.held and self.held + n > self.limit:
+            return False
+        self.held += n
+        return True
+
+    def give(self, n: int) -> None:
+        self.held -= n
+
+
+def _announced(request: Request, limit: int) -> int:
+    """What an export's body will hold while it is read: its Content-Length, or the limit when it names none."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isascii() and length.isdecimal() and len(length) < 16:
+        return min(int(length), limit)
+    return limit
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -141,25 +170,29 @@ class SubResource(Route):
 
 def _page_params(p: Any) -> tuple[int, int]:
     """``limit`` and ``cursor`` of a paged listing, as (limit, offset)."""
-    limit_text = p.get("limit") or str(DEFAULT_PAGE)
-    if not limit_text.isdigit() or not 1 <= int(limit_text) <= MAX_PAGE:
-        raise ValueError(f"limit={limit_text!r}: expected a whole number from 1 to {MAX_PAGE}")
-    return int(limit_text), _decode_cursor(p["cursor"]) if p.get("cursor") else 0
+    return _limit(p.get("limit") or str(DEFAULT_PAGE)), _decode_cursor(p["cursor"]) if p.get("cursor") else 0
 
 
 def _encode_cursor(offset: int) -> str:
     return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode().rstrip("=")
 
 
+MAX_OFFSET = 2**53
+"""The largest offset a cursor may carry: far past any store, and inside every database's integers."""
+
+
 def _decode_cursor(cursor: str) -> int:
     try:
+        # Nothing this API hands out is long or nested: refuse before decoding what could be either.
+        if len(cursor) > 200:
+            raise ValueError
         doc = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
         offset = doc["o"]
-    except (ValueError, KeyError, TypeError):
-        raise ValueError("cursor is not one this API handed out") from None
-    if not isinstance(offset, int) or offset < 0:
-        raise ValueError("cursor is not one this API handed out")
-    return offset
+    except (ValueError, KeyError, TypeError, RecursionError):
+        raise ValueError("cursor: not a cursor this API handed out") from None
+    if offset.__class__ is not int or not 0 <= offset <= MAX_OFFSET:
+        raise ValueError("cursor: not a cursor this API handed out")
+    return int(offset)
 
 
 def _since(text: str | None, name: str) -> datetime | None:
@@ -167,10 +200,21 @@ def _since(text: str | None, name: str) -> datetime | None:
         return None
     from ..receipts.replay import parse_since
 
+    expected = f"{name}={text[:80]!r}: expected a duration like 24h or 7d, or an ISO 8601 date/time"
     try:
-        return parse_since(text)
+        when = parse_since(text)
+        when.timestamp()  # the stores compare epoch milliseconds: a moment they cannot count is refused here
     except UnhardcodedError:
-        raise ValueError(f"{name}={text!r}: expected a duration like 24h or 7d, or an ISO 8601 date/time") from None
+        raise ValueError(expected) from None
+    except (OverflowError, ValueError):
+        raise ValueError(f"{expected}, within the years 1 to 9999") from None
+    return when
+
+
+def _limit(text: str) -> int:
+    if not (text.isascii() and text.isdecimal() and len(text) <= 4) or not 1 <= int(text) <= MAX_PAGE:
+        raise ValueError(f"limit={text[:80]!r}: expected a whole number from 1 to {MAX_PAGE}")
+    return int(text)
 
 
 def _bool(text: str | None, name: str) -> bool | None:
@@ -180,7 +224,7 @@ def _bool(text: str | None, name: str) -> bool | None:
         return True
     if text.lower() in ("false", "0", "no"):
         return False
-    raise ValueError(f"{name}={text!r}: expected true or false")
+    raise ValueError(f"{name}={text[:80]!r}: expected true or false")
 
 
 # --------------------------------------------------------------------------- the app
@@ -199,6 +243,8 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
     def ingest_allowed(request: Request) -> bool:
         return token_matches(request.headers.get("authorization"), settings.ingest_token)
 
+    reading = _Reading(settings.max_reading_bytes)
+
     async def traces(request: Request) -> Response:
         ctype = request.headers.get("content-type")
         kind = "json" if "json" in (ctype or "").lower() else "protobuf"
@@ -208,10 +254,39 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             return _otlp_error(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token", kind)
         if processor is None:
             return _otlp_error(404, 12, "this server does not take exports", kind)
+        # Bodies are held from the first byte read to the answer: what all connections hold together is bounded.
+        claim = [_announced(request, settings.max_body_bytes)]
+        try:
+            if not reading.take(claim[0]):
+                claim[0] = 0
+                raise Backpressure(
+                    f"{reading.held} bytes of exports are being read; retry later",
+                    processor.config.retry_after_s,
+                    busy=True,
+                )
+            return await export(request, processor, kind, ctype, claim)
+        except Backpressure as exc:
+            processor.metrics.payload_rejected("busy")
+            return _otlp_error(429, otlp.RESOURCE_EXHAUSTED, str(exc), kind, exc.retry_after_s)
+        finally:
+            reading.give(claim[0])
+
+    async def export(
+        request: Request, processor: ProcessorEngine, kind: str, ctype: str | None, claim: list[int]
+    ) -> Response:
         try:
             kind = otlp.media_type(ctype)
             body = await _read_body(request, settings.max_body_bytes)
             body = otlp.inflate(body, request.headers.get("content-encoding"), settings.max_body_bytes)
+            if len(body) > claim[0]:  # inflated, or longer than announced: the rest is held too
+                more = len(body) - claim[0]
+                if not reading.take(more):
+                    raise Backpressure(
+                        f"{reading.held} bytes of exports are being read; retry later",
+                        processor.config.retry_after_s,
+                        busy=True,
+                    )
+                claim[0] += more
             future = processor.submit_export(body, kind, "http")
             decoded = await asyncio.wait_for(asyncio.wrap_future(future), settings.ack_timeout_s)
         except Backpressure as exc:
@@ -259,10 +334,11 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         kind = "json" if "json" in (ctype or "").lower() else "protobuf"
         if not ingest_allowed(request):
             return _otlp_error(401, otlp.UNAUTHENTICATED, "missing or wrong bearer token", kind)
-        try:
-            await _read_body(request, settings.max_body_bytes)
-        except _BodyTooLarge:
-            return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, f"body over {settings.max_body_bytes} bytes", kind)
+        size = 0
+        async for chunk in request.stream():  # read and let go: never held whole
+            size += len(chunk)
+            if size > settings.max_body_bytes:
+                return _otlp_error(413, otlp.RESOURCE_EXHAUSTED, f"body over {settings.max_body_bytes} bytes", kind)
         return Response(b"{}" if kind == "json" else b"", media_type=otlp.JSON if kind == "json" else otlp.PROTOBUF)
 
     def guarded(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
@@ -407,7 +483,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
     async def rollups(request: Request) -> Response:
         by = request.query_params.get("by", "policy")
         if by not in ROLLUP_KEYS:
-            raise ValueError(f"by={by!r}: expected one of {', '.join(ROLLUP_KEYS)}")
+            raise ValueError(f"by={by[:80]!r}: expected one of {', '.join(ROLLUP_KEYS)}")
         since = _since(request.query_params.get("since"), "since")
         rows = await run_in_threadpool(store.rollup, by, since)  # type: ignore[arg-type]  # checked against ROLLUP_KEYS
         return JSONResponse(
@@ -434,6 +510,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         body: dict[str, Any] = {"ingest": processor is not None}
         if processor is not None:
             body.update(processor.stats())
+            body["reading_bytes"] = reading.held
         return JSONResponse(body)
 
     async def health(request: Request) -> Response:

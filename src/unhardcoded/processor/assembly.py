@@ -14,8 +14,10 @@ written as a conflict, never merged into the decision (receipts are first-come).
 A decision's attempts are the attempt spans whose parent it is. Spans read
 back from the spool for a receipt already written come in no set order: there
 the store decides, as the receipt it holds names its decision span.
-Memory is bounded by a number of spans: past it, the oldest groups are
-finished early, and counted. This module holds no I/O; the service drives it.
+Memory is bounded by a number of spans and by bytes (each span counts for
+:data:`SPAN_BYTES` and the bytes it holds: its serialized form until the
+spool has it, then its attributes if it keeps them): past either, the oldest
+groups are finished early, and counted. This module holds no I/O; the service drives it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from collections.abc import Iterable, Iterator
 
 from ..receipts.stores import GroupKey
 from .otlp import ROLE_ATTEMPT, ROLE_DECISION, ROLE_WORKFLOW, IncomingSpan
+
+SPAN_BYTES = 600
+"""What a pending span costs in memory besides the bytes it holds: the span object, its ids, its group's share."""
+DEFAULT_MAX_PENDING_BYTES = 256 * 1024 * 1024
 
 
 class Group:
@@ -87,8 +93,9 @@ class Group:
 class Assembler:
     """Pending groups, oldest first; ready groups are handed out by :meth:`take_ready`."""
 
-    def __init__(self, max_pending_spans: int) -> None:
+    def __init__(self, max_pending_spans: int, max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES) -> None:
         self.max_pending_spans = max_pending_spans
+        self.max_pending_bytes = max_pending_bytes
         self._groups: OrderedDict[GroupKey, Group] = OrderedDict()
         self._alias: dict[GroupKey, GroupKey] = {}
         self._ready: dict[GroupKey, Group] = {}
@@ -97,6 +104,8 @@ class Assembler:
         self._roots: dict[str, list[GroupKey]] = {}
         """Trace id -> workflow root groups of it pending here."""
         self.pending_spans = 0
+        self.pending_bytes = 0
+        """:data:`SPAN_BYTES` and ``held`` of every pending span."""
         self.duplicates = 0
 
     def __contains__(self, key: GroupKey) -> bool:
@@ -128,6 +137,9 @@ class Assembler:
             self.duplicates += 1
             return None
         self.pending_spans += 1
+        if span.held < 0:
+            span.held = len(span.body)
+        self.pending_bytes += SPAN_BYTES + span.held
         if span.role == ROLE_DECISION and span.alias:
             # Attempt spans that name no request id are filed under their parent, the decision span.
             alias = (span.trace_id, span.alias)
@@ -138,9 +150,11 @@ class Assembler:
                 self._ready.pop(alias, None)
                 self._closed(alias, strays)
                 self.pending_spans -= len(strays)
+                self.pending_bytes -= _bytes(strays)
                 for s in strays.spans.values():
                     if group.add(s):
                         self.pending_spans += 1
+                        self.pending_bytes += SPAN_BYTES + s.held
         if group.ready and not (group.is_workflow and group.trace_id in self._open):
             self._ready[key] = group
         return group
@@ -170,10 +184,20 @@ class Assembler:
             self._drop((group.trace_id, group.key))
         return out
 
+    def release(self, span: IncomingSpan, held: int) -> None:
+        """``span`` holds ``held`` bytes now (its bytes and perhaps its attributes were let go)."""
+        key = self._resolve((span.trace_id, span.group))
+        group = self._groups.get(key)
+        if group is not None and group.spans.get(span.span_id) is span:
+            self.pending_bytes += held - span.held
+        span.held = held
+
     def take_overflow(self) -> list[Group]:
-        """The oldest groups, until at most ``max_pending_spans`` spans are left pending."""
+        """The oldest groups, until at most ``max_pending_spans`` spans and ``max_pending_bytes`` are left pending."""
         out = []
-        while self.pending_spans > self.max_pending_spans and self._groups:
+        while (
+            self.pending_spans > self.max_pending_spans or self.pending_bytes > self.max_pending_bytes
+        ) and self._groups:
             key, group = next(iter(self._groups.items()))
             self._drop(key)
             out.append(group)
@@ -188,6 +212,7 @@ class Assembler:
             self._groups.move_to_end(key, last=False)
             self._opened(key, group)
             self.pending_spans += len(group)
+            self.pending_bytes += _bytes(group)
             for k in group.keys:
                 if k != group.key:
                     self._alias[(group.trace_id, k)] = key
@@ -199,6 +224,7 @@ class Assembler:
         self._ready.pop(key, None)
         self._closed(key, group)
         self.pending_spans -= len(group)
+        self.pending_bytes -= _bytes(group)
         for k in group.keys:
             if k != group.key:
                 self._alias.pop((group.trace_id, k), None)
@@ -233,6 +259,10 @@ class Assembler:
 
     def groups(self) -> Iterator[Group]:
         return iter(list(self._groups.values()))
+
+
+def _bytes(group: Group) -> int:
+    return sum(SPAN_BYTES + s.held for s in group.spans.values())
 
 
 def workflow_of(group: Group) -> tuple[str, str | None] | None:

@@ -1,5 +1,8 @@
 """OTLP/gRPC ingest: ``TraceService/Export`` (and empty ``MetricsService`` / ``LogsService`` answers).
 
+Every service asks for the ingest token when one is set (``UNAUTHENTICATED``
+without it), as ``/v1/traces``, ``/v1/metrics`` and ``/v1/logs`` answer 401.
+
 The trace handler takes the request as bytes and hands them to the processor's
 worker, which decodes them, so a payload that is not OTLP is
 ``INVALID_ARGUMENT`` (grpcio's own decoding would answer ``INTERNAL``, which
@@ -16,8 +19,8 @@ from concurrent import futures
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
-from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 from . import otlp
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _TRACE_SERVICE = "opentelemetry.proto.collector.trace.v1.TraceService"
+_METRICS_SERVICE = "opentelemetry.proto.collector.metrics.v1.MetricsService"
+_LOGS_SERVICE = "opentelemetry.proto.collector.logs.v1.LogsService"
 
 
 def _abort(
@@ -51,6 +56,13 @@ def _abort(
     context.abort(code, message)
 
 
+def _authorized(context: grpc.ServicerContext, token: str | None) -> bool:
+    if token is None:
+        return True
+    header = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
+    return token_matches(header if isinstance(header, str) else None, token)
+
+
 class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
     def __init__(self, processor: ProcessorEngine, token: str | None, ack_timeout_s: float) -> None:
         self.processor = processor
@@ -58,10 +70,7 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         self.ack_timeout_s = ack_timeout_s
 
     def _authorized(self, context: grpc.ServicerContext) -> bool:
-        if self.token is None:
-            return True
-        header = next((v for k, v in context.invocation_metadata() if k == "authorization"), None)
-        return token_matches(header if isinstance(header, str) else None, self.token)
+        return _authorized(context, self.token)
 
     def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
         metrics = self.processor.metrics
@@ -93,14 +102,18 @@ class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return otlp.response_message(decoded)
 
 
-class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return metrics_service_pb2.ExportMetricsServiceResponse()
+class _OtherSignal:
+    """Metrics or logs: not ours, taken (a Collector sending everything here sees no errors) and dropped unread,
+    behind the same token as traces."""
 
+    def __init__(self, token: str | None, response: Any) -> None:
+        self.token = token
+        self.response = response
 
-class _LogsService(logs_service_pb2_grpc.LogsServiceServicer):
-    def Export(self, request: Any, context: grpc.ServicerContext) -> Any:
-        return logs_service_pb2.ExportLogsServiceResponse()
+    def Export(self, request: bytes, context: grpc.ServicerContext) -> Any:
+        if not _authorized(context, self.token):
+            _abort(context, grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+        return self.response
 
 
 def start_grpc_server(
@@ -129,10 +142,23 @@ def start_grpc_server(
             ),
         },
     )
-    server.add_generic_rpc_handlers((handler,))
-    # The generated registration functions carry no annotations.
-    metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(), server)  # type: ignore[no-untyped-call]
-    logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsService(), server)  # type: ignore[no-untyped-call]
+    others = [
+        grpc.method_handlers_generic_handler(
+            name,
+            {
+                "Export": grpc.unary_unary_rpc_method_handler(
+                    _OtherSignal(token, response).Export,
+                    request_deserializer=None,  # never parsed: what is dropped cannot fail to decode
+                    response_serializer=type(response).SerializeToString,
+                )
+            },
+        )
+        for name, response in (
+            (_METRICS_SERVICE, metrics_service_pb2.ExportMetricsServiceResponse()),
+            (_LOGS_SERVICE, logs_service_pb2.ExportLogsServiceResponse()),
+        )
+    ]
+    server.add_generic_rpc_handlers((handler, *others))
     address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     bound = server.add_insecure_port(address)
     if bound == 0:

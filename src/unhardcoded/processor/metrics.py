@@ -9,6 +9,7 @@ from typing import Any, Final
 
 from opentelemetry import metrics
 
+from ..receipts.memo import sizes as cache_sizes
 from ..semconv import attributes as A
 from ..semconv import metrics as M
 
@@ -21,7 +22,10 @@ NAMES: Final = (
     M.UNHARDCODED_PROCESSOR_RECEIPTS_CONFLICTS,
     M.UNHARDCODED_PROCESSOR_SPANS_ORPHANED,
     M.UNHARDCODED_PROCESSOR_QUEUE_DEPTH,
+    M.UNHARDCODED_PROCESSOR_QUEUE_SIZE,
     M.UNHARDCODED_PROCESSOR_SPANS_PENDING,
+    M.UNHARDCODED_PROCESSOR_PENDING_SIZE,
+    M.UNHARDCODED_PROCESSOR_CACHE_SIZE,
     M.UNHARDCODED_PROCESSOR_FORWARD_SENT,
     M.UNHARDCODED_PROCESSOR_FORWARD_DROPPED,
     M.UNHARDCODED_PROCESSOR_FORWARD_QUEUE_SIZE,
@@ -57,10 +61,17 @@ class Stats:
     forward_queue_bytes: int = 0
     forward_queue_exports: int = 0
     queue_depth: int = 0
+    queue_bytes: int = 0
+    """Bytes of exports received and not yet spooled."""
     spans_pending: int = 0
+    pending_bytes: int = 0
+    """Bytes held in memory for pending spans."""
+    cache_bytes: int = 0
+    """Bytes held by the memos of decoded span values, all together (each one: ``GET /stats`` ``caches``)."""
     recovered_spans: int = 0
 
     def to_json_dict(self) -> dict[str, int]:
+        self.cache_bytes = sum(cache_sizes().values())
         return asdict(self)
 
 
@@ -87,6 +98,9 @@ class ProcessorMetrics:
         M.create_unhardcoded_processor_queue_depth(meter, [self._observe_queue])
         M.create_unhardcoded_processor_spans_pending(meter, [self._observe_pending])
         M.create_unhardcoded_processor_forward_queue_size(meter, [self._observe_forward_queue])
+        M.create_unhardcoded_processor_queue_size(meter, [self._observe_queue_bytes])
+        M.create_unhardcoded_processor_pending_size(meter, [self._observe_pending_bytes])
+        M.create_unhardcoded_processor_cache_size(meter, [self._observe_caches])
         # Attribute sets built once: they are the same few dicts on every export.
         self._by_transport = _attrs(A.UNHARDCODED_PROCESSOR_TRANSPORT, ("http", "grpc"))
         self._by_reason: dict[str, dict[str, Any]] = {}
@@ -102,6 +116,18 @@ class ProcessorMetrics:
 
     def _observe_forward_queue(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
         return [metrics.Observation(self.stats.forward_queue_bytes)]
+
+    def _observe_queue_bytes(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [metrics.Observation(self.stats.queue_bytes)]
+
+    def _observe_pending_bytes(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [metrics.Observation(self.stats.pending_bytes)]
+
+    def _observe_caches(self, _options: metrics.CallbackOptions) -> list[metrics.Observation]:
+        return [
+            metrics.Observation(size, {A.UNHARDCODED_PROCESSOR_CACHE_NAME: name})
+            for name, size in cache_sizes().items()
+        ]
 
     def add(self, **deltas: int) -> None:
         with self._lock:

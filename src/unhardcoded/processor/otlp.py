@@ -75,6 +75,8 @@ class IncomingSpan:
     """The span in the bytes view, while its export is in memory (with ``attributes``): its receipt, written in
     the same round, is rebuilt from what classifying it read, not from its bytes parsed again."""
     attributes: dict[str, Any] | None = None
+    held: int = -1
+    """Bytes it holds in memory past its ids (its bytes and attributes), as assembly counted it; -1 until filed."""
 
 
 @dataclass

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UnhardcodedError
+from ..receipts.memo import sizes as cache_sizes
 from ..receipts.rebuild import RebuiltDecision, rebuild_decision
 from ..receipts.spans import SpanFormatError, from_span_bytes, from_span_view
 from ..receipts.stores import GroupKey, Spool, Written
-from .assembly import Assembler, Group, workflow_of
+from .assembly import DEFAULT_MAX_PENDING_BYTES, Assembler, Group, workflow_of
 from .metrics import ProcessorMetrics
 from .otlp import ROLE_ATTEMPT, DecodedExport, IncomingSpan, PayloadError, decode, span_from_body
 
@@ -55,9 +56,14 @@ class ProcessorConfig:
     """How long spans of finished receipts are kept, so a late span rebuilds its receipt whole."""
     max_pending_spans: int = 100_000
     """Spans held for receipts not finished yet; past it the oldest receipts are finished early."""
+    max_pending_bytes: int = DEFAULT_MAX_PENDING_BYTES
+    """Bytes held in memory for those spans (``assembly.SPAN_BYTES`` each and what they keep); past it, the same."""
     max_queue_spans: int = 50_000
     """Spans received but not yet spooled; past it exports are refused with retry information. An export not decoded
     yet counts for its size divided by the bytes per span of the exports decoded so far."""
+    max_queue_bytes: int = 64 * 1024 * 1024
+    """Bytes of exports received but not yet spooled; past it exports are refused the same way. One export is always
+    taken when nothing is queued (its size is bounded by the front doors' ``--max-body-bytes``)."""
     owner: str = "default"
     """This instance's name in a shared store: after a restart it picks up its own pending spans."""
     retry_after_s: float = 1.0
@@ -70,6 +76,8 @@ class ProcessorConfig:
     kept_attributes_spans: int = 8_192
     """While no more spans than this are pending, a span left waiting keeps its attributes (0.6-1.4 KB; its
     bytes go back to the spool): when the rest of its receipt comes, it is read back without decoding them again."""
+    kept_attributes_span_bytes: int = 64 * 1024
+    """A span larger than this never keeps its attributes: it is read again from the spool when its receipt is."""
 
 
 @dataclass
@@ -78,6 +86,8 @@ class _Export:
     """Resolves to ``decoded``: the :class:`DecodedExport` of an export's body, ``None`` for spans given decoded."""
     cost: int
     """Spans it counts for in the queue: ``len(spans)``, or estimated from the size of ``body``."""
+    nbytes: int
+    """Bytes it counts for in the queue: its body's, or its spans'."""
     spans: list[IncomingSpan] | None = None
     """``None`` until the worker decodes ``body``."""
     body: bytes = b""
@@ -104,9 +114,10 @@ class ProcessorEngine:
         self.config = config or ProcessorConfig()
         self.metrics = metrics or ProcessorMetrics()
         self.forwarder = forwarder
-        self.assembler = Assembler(self.config.max_pending_spans)
+        self.assembler = Assembler(self.config.max_pending_spans, self.config.max_pending_bytes)
         self._queue: deque[_Export] = deque()
         self._queued_spans = 0
+        self._queued_bytes = 0
         self._bytes_per_span = 1024.0
         """Of the exports decoded so far (a moving average): what an export not decoded yet counts for in the queue."""
         self._cond = threading.Condition()
@@ -169,7 +180,14 @@ class ProcessorEngine:
         """
         future: Future[DecodedExport] = Future()
         self._enqueue(
-            _Export(future, max(1, int(len(body) / self._bytes_per_span)), body=body, kind=kind, transport=transport)
+            _Export(
+                future,
+                max(1, int(len(body) / self._bytes_per_span)),
+                len(body),
+                body=body,
+                kind=kind,
+                transport=transport,
+            )
         )
         return future
 
@@ -179,7 +197,7 @@ class ProcessorEngine:
         if not spans:
             future.set_result(None)
             return future
-        self._enqueue(_Export(future, len(spans), spans=spans))
+        self._enqueue(_Export(future, len(spans), sum(len(s.body) for s in spans), spans=spans))
         return future
 
     def _enqueue(self, item: _Export) -> None:
@@ -192,9 +210,15 @@ class ProcessorEngine:
                 raise Backpressure(
                     f"{self._queued_spans} spans queued; retry later", self.config.retry_after_s, busy=True
                 )
+            if self._queued_bytes and self._queued_bytes + item.nbytes > self.config.max_queue_bytes:
+                raise Backpressure(
+                    f"{self._queued_bytes} bytes queued; retry later", self.config.retry_after_s, busy=True
+                )
             self._queue.append(item)
             self._queued_spans += item.cost
+            self._queued_bytes += item.nbytes
             self.metrics.stats.queue_depth = self._queued_spans
+            self.metrics.stats.queue_bytes = self._queued_bytes
             self._cond.notify()
 
     # -- the worker ---------------------------------------------------------------------------------
@@ -219,7 +243,9 @@ class ProcessorEngine:
     def _dequeued(self, items: list[_Export]) -> None:
         with self._cond:
             self._queued_spans -= sum(i.cost for i in items)
+            self._queued_bytes -= sum(i.nbytes for i in items)
             self.metrics.stats.queue_depth = self._queued_spans
+            self.metrics.stats.queue_bytes = self._queued_bytes
 
     def _decode(self, items: list[_Export]) -> list[_Export]:
         """Decode the bodies of ``items``; those that are not OTLP, or hold no span of ours, are answered now.
@@ -319,18 +345,27 @@ class ProcessorEngine:
         if duplicates:
             self.metrics.add(spans_duplicate=duplicates)
         self.metrics.stats.spans_pending = self.assembler.pending_spans
+        self.metrics.stats.pending_bytes = self.assembler.pending_bytes
 
     def _release(self) -> None:
         """Let go of the bytes (and the export they were read from) of spans still waiting, and of their attributes past
         ``kept_attributes_spans``: memory holds ids, the spool holds spans."""
         # Kept spans are pending spans, and were kept while no more than the bound were pending: never more than it.
+        # What a span keeps counts for its serialized size (its attributes are about that), against the byte bound.
         keep = self.assembler.pending_spans <= self.config.kept_attributes_spans
+        largest = self.config.kept_attributes_span_bytes
+        release = self.assembler.release
         for span in self._fresh:
+            size = len(span.body)
             span.body = b""
             span.view = None
-            if not keep:
+            if not keep or size > largest or span.attributes is None:
                 span.attributes = None
+                size = 0
+            if size != span.held:
+                release(span, size)
         self._fresh = []
+        self.metrics.stats.pending_bytes = self.assembler.pending_bytes
 
     def _finish_due(self, now: float, final: bool = False) -> None:
         if now < self._store_backoff_until and not final:
@@ -345,6 +380,7 @@ class ProcessorEngine:
         if any(groups for groups, _ in batches):
             self._finish(batches)
         self.metrics.stats.spans_pending = self.assembler.pending_spans
+        self.metrics.stats.pending_bytes = self.assembler.pending_bytes
 
     def _finish(self, batches: list[tuple[list[Group], str]]) -> None:
         groups = [g for gs, _ in batches for g in gs]
@@ -491,6 +527,7 @@ class ProcessorEngine:
     def stats(self) -> dict[str, Any]:
         out: dict[str, Any] = self.metrics.stats.to_json_dict()
         out["pending_receipts"] = len(self.assembler)
+        out["caches"] = cache_sizes()
         return out
 
 

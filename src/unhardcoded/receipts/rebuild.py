@@ -23,6 +23,7 @@ from ..router.features import RequestFeatures
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
+from .memo import Memo, memo
 from .model import RECEIPT_SCHEMA, FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
 from .spans import STATUS_ERROR, SharedAttributes, SpanRecord, read_spans
 
@@ -135,8 +136,7 @@ def _str_list(value: Any) -> list[str] | None:
 
 _MISS = object()
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)((?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)").fullmatch
-_JSON_SCALARS: dict[str, Any] = {}
-_JSON_SCALARS_MAX = 4096
+_JSON_SCALARS: Memo[str, Any] = memo("json_scalars", 0.03)
 _SCALAR_TYPES = frozenset({str, int, float, bool})
 
 
@@ -157,16 +157,15 @@ def _json_text(value: Any) -> Any:
         parsed = json.loads(value)
     except ValueError:
         return value
-    if len(_JSON_SCALARS) < _JSON_SCALARS_MAX:
-        if not isinstance(parsed, (list, dict)):
-            _JSON_SCALARS[value] = parsed
-        elif parsed.__class__ is list and all(x is None or x.__class__ in _SCALAR_TYPES for x in parsed):
-            # Allowed regions and the like ('["eu"]'): kept as a tuple, handed out as a fresh list each time.
-            _JSON_SCALARS[value] = tuple(parsed)
+    if not isinstance(parsed, (list, dict)):
+        _JSON_SCALARS.put(value, parsed, len(value))
+    elif parsed.__class__ is list and all(x is None or x.__class__ in _SCALAR_TYPES for x in parsed):
+        # Allowed regions and the like ('["eu"]'): kept as a tuple, handed out as a fresh list each time.
+        _JSON_SCALARS.put(value, tuple(parsed), len(value))
     return parsed
 
 
-_FINGERPRINTS: dict[str, str] = {}
+_FINGERPRINTS: Memo[str, str] = memo("fingerprints", 0.05)
 
 
 def _fingerprint(body: str) -> str:
@@ -174,9 +173,7 @@ def _fingerprint(body: str) -> str:
     hit = _FINGERPRINTS.get(body)
     if hit is None:
         hit = fingerprint_of(body)
-        if len(_FINGERPRINTS) >= 1024:
-            _FINGERPRINTS.clear()
-        _FINGERPRINTS[body] = hit
+        _FINGERPRINTS.put(body, hit, len(body))
     return hit
 
 
@@ -196,8 +193,7 @@ _R_THRESHOLD, _R_OBSERVED, _R_MESSAGE = (
 )
 # Rejections repeat across decisions (same policy, same catalog): a frozen Rejection with scalar values is
 # built once and shared. List values are never shared, so no receipt can change another's.
-_REJECTIONS: dict[tuple[Any, ...], Rejection] = {}
-_REJECTIONS_MAX = 65536
+_REJECTIONS: Memo[tuple[Any, ...], Rejection] = memo("rejections", 0.2)
 
 
 def _rejection(ea: dict[str, Any]) -> Rejection | None:
@@ -268,17 +264,16 @@ def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
         },
     )
     if key is not None and not isinstance(threshold, (list, dict)) and not isinstance(observed, (list, dict)):
-        if len(_REJECTIONS) >= _REJECTIONS_MAX:
-            _REJECTIONS.clear()
-        _REJECTIONS[key] = rejection
+        _REJECTIONS.put(key, rejection, sum(len(x) if isinstance(x, str) else 16 for x in key))
     return rejection
 
 
 # A decision's rejections as a whole: the same events (their shared attributes, by identity) under the same
 # rejected list make the same rejections, so the list is worked out once. Each entry holds the attributes its
 # key names by id, so no id in a key can be reused while the entry lives.
-_REJECTION_LISTS: dict[tuple[Any, ...], tuple[tuple[Any, ...], list[tuple[Rejection, bool]], bool]] = {}
-_REJECTION_LISTS_MAX = 4096
+_REJECTION_LISTS: Memo[tuple[Any, ...], tuple[tuple[Any, ...], list[tuple[Rejection, bool]], bool]] = memo(
+    "rejection_lists", 0.15
+)
 _REJECTIONS_JSON = A.UNHARDCODED_REJECTIONS_JSON
 
 
@@ -293,9 +288,11 @@ def _rejections(span: SpanRecord, rejected: list[str] | None) -> tuple[list[Reje
     ordered, ok = _read_rejections(span, rejected)
     plan = _plan(events, ordered)
     if plan is not None:
-        if len(_REJECTION_LISTS) >= _REJECTION_LISTS_MAX:
-            _REJECTION_LISTS.clear()
-        _REJECTION_LISTS[key] = (tuple(e.attributes for e in events), plan, ok)
+        # It holds its events' attributes: their bytes count, as the attributes memo may have let them go.
+        size = sum(len(x) for x in rejected) + sum(
+            len(v) if isinstance(v, str) else 16 for e in events for v in e.attributes.values()
+        )
+        _REJECTION_LISTS.put(key, (tuple(e.attributes for e in events), plan, ok), size)
     return ordered, ok
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .._wire import varint
 from ..errors import UnhardcodedError
+from .memo import Memo, memo
 
 if TYPE_CHECKING:
     from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -274,8 +275,7 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
 # Events repeat byte for byte but for their time: a decision's rejection events are the same for every
 # request routed under the same policy and catalog. Their attributes are read once and the dict shared;
 # the rebuild only reads event attributes, never writes them.
-_EVENT_ATTRIBUTES: dict[bytes, SharedAttributes] = {}
-_EVENT_ATTRIBUTES_MAX = 16384
+_EVENT_ATTRIBUTES: Memo[bytes, SharedAttributes] = memo("event_attributes", 0.05)
 _TIME_FIELD = b"\x09"  # Span.Event.time_unix_nano: field 1, fixed64, 8 bytes after the tag
 
 
@@ -285,9 +285,7 @@ def _pb_event(e: Any) -> EventRecord:
     attributes = _EVENT_ATTRIBUTES.get(key)
     if attributes is None:
         attributes = SharedAttributes(_pb_event_attributes(e.attributes))
-        if len(_EVENT_ATTRIBUTES) >= _EVENT_ATTRIBUTES_MAX:
-            _EVENT_ATTRIBUTES.clear()
-        _EVENT_ATTRIBUTES[key] = attributes
+        _EVENT_ATTRIBUTES.put(key, attributes, len(key))
     return EventRecord(e.name, e.time_unix_nano, attributes)
 
 
@@ -430,9 +428,9 @@ def _lite() -> _Messages:
     return _LITE
 
 
-_KEYVALUES: dict[bytes, tuple[str, Any]] = {}
-_KEYVALUES_MAX = 32768
-_SERVICES: dict[bytes, str | None] = {}
+# Each memo is bounded in bytes and keeps no value over a size (memo.py): distinct huge values are read, not kept.
+_KEYVALUES: Memo[bytes, tuple[str, Any]] = memo("attributes", 0.35)
+_SERVICES: Memo[bytes, object] = memo("services", 0.02)
 _SCALARS = frozenset({str, int, float, bool, bytes})
 
 
@@ -499,9 +497,13 @@ def _keyvalue(raw: bytes) -> tuple[str, Any]:
         item = (item[0], tuple(value))  # handed out as a fresh list each time
     else:
         return item  # nested values are not shared
-    if len(_KEYVALUES) >= _KEYVALUES_MAX:
-        _KEYVALUES.clear()
-    _KEYVALUES[raw] = item
+    memo = _KEYVALUES
+    if len(raw) <= memo.small:  # Memo.put for a small entry, inline: most attributes, and this is per span
+        if len(memo) >= memo.cap:
+            memo.clear()
+        memo[raw] = item
+    else:
+        memo.put(raw, item, len(raw))
     return item
 
 
@@ -531,14 +533,12 @@ def _raw_event(raw: bytes) -> EventRecord:
         e = _lite().event.FromString(raw)
         attributes = SharedAttributes(_pb_event_attributes(e.attributes))
         if time_ns == e.time_unix_nano:  # the time is the first field and the only time field: the rest is the key
-            if len(_EVENT_RECORDS) >= _EVENT_ATTRIBUTES_MAX:
-                _EVENT_RECORDS.clear()
-            _EVENT_RECORDS[key] = (e.name, attributes)
+            _EVENT_RECORDS.put(key, (e.name, attributes), len(key))
         return EventRecord(e.name, e.time_unix_nano, attributes)
     return EventRecord(hit[0], time_ns, hit[1])
 
 
-_EVENT_RECORDS: dict[bytes, tuple[str, SharedAttributes]] = {}
+_EVENT_RECORDS: Memo[bytes, tuple[str, SharedAttributes]] = memo("events", 0.15)
 
 
 def _lite_record(s: Any, service: str | None, attributes: dict[str, Any] | None = None) -> SpanRecord:
@@ -571,9 +571,7 @@ def _service(raw: bytes) -> str | None:
         for kv in _lite().resource.FromString(raw).attributes:
             if kv.key == "service.name":
                 hit = kv.value.string_value or None
-        if len(_SERVICES) >= 1024:
-            _SERVICES.clear()
-        _SERVICES[raw] = hit
+        _SERVICES.put(raw, hit, len(raw))
     return hit  # type: ignore[return-value]
 
 

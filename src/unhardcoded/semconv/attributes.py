@@ -124,6 +124,13 @@ UNHARDCODED_POLICY_SCHEMA: Final = "unhardcoded.policy.schema"
 Schema identifier of the policy document.
 """
 
+UNHARDCODED_PROCESSOR_CACHE_NAME: Final = "unhardcoded.processor.cache.name"
+"""
+Which memo of decoded span values a size is for.
+Note: Every memo is bounded in bytes: a value over `--cache-item-bytes` is never kept, and the memos
+together hold at most `--cache-bytes`.
+"""
+
 UNHARDCODED_PROCESSOR_FORWARD_DROP_REASON: Final = "unhardcoded.processor.forward.drop_reason"
 """
 Why spans meant for the next hop were not delivered.
@@ -321,6 +328,27 @@ class UnhardcodedFallbackReasonValues(Enum):
     """The previous attempt was rate limited."""
 
 
+class UnhardcodedProcessorCacheNameValues(Enum):
+    """Values of `unhardcoded.processor.cache.name`."""
+
+    ATTRIBUTES = "attributes"
+    """Span attributes decoded once per distinct serialized key/value."""
+    SERVICES = "services"
+    """`service.name` of each distinct serialized resource."""
+    EVENTS = "events"
+    """Span events (name and attributes) of each distinct serialized event, read by the rebuild."""
+    EVENT_ATTRIBUTES = "event_attributes"
+    """Event attributes of spans read as full protobuf messages."""
+    JSON_SCALARS = "json_scalars"
+    """Rejection thresholds and observed values parsed from their JSON text."""
+    FINGERPRINTS = "fingerprints"
+    """The fingerprint of each distinct policy body."""
+    REJECTIONS = "rejections"
+    """Rejections built from event attributes."""
+    REJECTION_LISTS = "rejection_lists"
+    """A decision's rejections as a whole, for the same events under the same rejected list."""
+
+
 class UnhardcodedProcessorForwardDropReasonValues(Enum):
     """Values of `unhardcoded.processor.forward.drop_reason`."""
 
@@ -342,7 +370,7 @@ class UnhardcodedProcessorIncompleteCauseValues(Enum):
     WAIT_WINDOW = "wait_window"
     """Spans were still missing when `--wait-window` ran out."""
     MEMORY = "memory"
-    """Finished early because `--max-pending-spans` was reached (the oldest receipts go first)."""
+    """Finished early because `--max-pending-spans` or `--max-pending-bytes` was reached (the oldest receipts go first)."""
 
 
 class UnhardcodedProcessorRejectionReasonValues(Enum):

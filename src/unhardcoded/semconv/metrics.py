@@ -131,6 +131,32 @@ def create_unhardcoded_fallbacks(meter: Meter) -> Counter:
     )
 
 
+UNHARDCODED_PROCESSOR_CACHE_SIZE: Final = "unhardcoded.processor.cache.size"
+"""
+Bytes held (estimated) by each memo of decoded span values; all of them together at most
+`--cache-bytes`.
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROCESSOR_CACHE_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.processor.cache.size`.
+"""
+
+
+def create_unhardcoded_processor_cache_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.processor.cache.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROCESSOR_CACHE_SIZE,
+        callbacks=callbacks,
+        description="Bytes held (estimated) by each memo of decoded span values; all of them together at most `--cache-bytes`.",
+        unit=UNHARDCODED_PROCESSOR_CACHE_SIZE_UNIT,
+    )
+
+
 UNHARDCODED_PROCESSOR_FORWARD_DROPPED: Final = "unhardcoded.processor.forward.dropped"
 """
 Spans meant for the next hop that it never got; receipts are not affected.
@@ -229,6 +255,32 @@ def create_unhardcoded_processor_payloads_rejected(meter: Meter) -> Counter:
     )
 
 
+UNHARDCODED_PROCESSOR_PENDING_SIZE: Final = "unhardcoded.processor.pending.size"
+"""
+Bytes held in memory for spans whose receipt is not written yet (the spool has the spans
+themselves); bounded by `--max-pending-bytes`.
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROCESSOR_PENDING_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.processor.pending.size`.
+"""
+
+
+def create_unhardcoded_processor_pending_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.processor.pending.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROCESSOR_PENDING_SIZE,
+        callbacks=callbacks,
+        description="Bytes held in memory for spans whose receipt is not written yet (the spool has the spans themselves); bounded by `--max-pending-bytes`.",
+        unit=UNHARDCODED_PROCESSOR_PENDING_SIZE_UNIT,
+    )
+
+
 UNHARDCODED_PROCESSOR_QUEUE_DEPTH: Final = "unhardcoded.processor.queue.depth"
 """
 Spans received and not yet in the spool; exports are refused as busy past `--max-queue-spans`.
@@ -251,6 +303,32 @@ def create_unhardcoded_processor_queue_depth(meter: Meter, callbacks: Sequence[C
         callbacks=callbacks,
         description="Spans received and not yet in the spool; exports are refused as busy past `--max-queue-spans`.",
         unit=UNHARDCODED_PROCESSOR_QUEUE_DEPTH_UNIT,
+    )
+
+
+UNHARDCODED_PROCESSOR_QUEUE_SIZE: Final = "unhardcoded.processor.queue.size"
+"""
+Bytes of exports received and not yet in the spool; exports are refused as busy past
+`--max-queue-bytes`.
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROCESSOR_QUEUE_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.processor.queue.size`.
+"""
+
+
+def create_unhardcoded_processor_queue_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.processor.queue.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROCESSOR_QUEUE_SIZE,
+        callbacks=callbacks,
+        description="Bytes of exports received and not yet in the spool; exports are refused as busy past `--max-queue-bytes`.",
+        unit=UNHARDCODED_PROCESSOR_QUEUE_SIZE_UNIT,
     )
 
 
