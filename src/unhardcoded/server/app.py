@@ -30,7 +30,7 @@ from ..router.providers import ProviderCallError, ProviderClient, providers_from
 from ..semconv import headers as H
 from ..telemetry.losses import count_error
 from .errors import APIError
-from .keys import ClientKeyForwarding, bearer_key, client_key, redact
+from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
 from .streamed import StreamedDecision
@@ -164,9 +164,9 @@ class Proxy:
             body = await self._read(request)
             features = check_chat_request(body)
             policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
+            key = forwarded_key(request.headers.get("authorization")) if self.forwarding else None
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id})
-        key = bearer_key(request.headers.get("authorization")) if self.forwarding else None
         if features.stream:
             return self._stream(policy, body, features, request_id, key)
         token = client_key.set(key)
@@ -189,9 +189,7 @@ class Proxy:
             else:
                 answer = dict(result.body)
                 answer["model"] = decision.answered_by
-                response = Response(
-                    json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers, media_type="application/json"
-                )
+                response = Response(json_bytes(answer), 200, headers, media_type="application/json")
             # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
             # Awaited as a BackgroundTask is, without the task's own layer on every answer.
             response.background = RecordLater(later)  # type: ignore[assignment]  # duck-types BackgroundTask
@@ -317,9 +315,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     ).response()
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as UTF-8 JSON; a provider's lone surrogate (``"\\ud800"``, not text) is sent back escaped as it came."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
+
+
 def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(value, ensure_ascii=False).encode("utf-8"),
+        json_bytes(value),
         status,
         dict(headers or {}),
         media_type="application/json",
