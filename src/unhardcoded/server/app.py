@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -29,6 +30,7 @@ from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
 from ..telemetry.losses import count_error
+from .access import CLIENT_CLOSED_REQUEST, SERVER_LOGGER_NAME
 from .errors import APIError
 from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
 from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
@@ -46,6 +48,8 @@ MODEL_HEADER = H.X_UNHARDCODED_MODEL
 POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY
 FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT
 FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK
+
+logger = logging.getLogger(SERVER_LOGGER_NAME)
 
 FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
 FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}
@@ -162,6 +166,11 @@ class Proxy:
         request_id = new_request_id()
         try:
             body = await self._read(request)
+        except ClientDisconnect:
+            return disconnected(request)
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
+        try:
             features = check_chat_request(body)
             policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
             key = forwarded_key(request.headers.get("authorization")) if self.forwarding else None
@@ -219,6 +228,11 @@ class Proxy:
         request_id = new_request_id()
         try:
             body = await self._read(request)
+        except ClientDisconnect:
+            return disconnected(request)
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
+        try:
             features = check_chat_request(body)
             policy = self.resolver.resolve(body, request.headers.get(POLICY_HEADER))
         except APIError as exc:
@@ -257,6 +271,29 @@ class Proxy:
                 "default_policy": self.resolver.default,
             }
         )
+
+
+class _Disconnected(Response):
+    """Nothing to send: the caller went away before its request was read."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=CLIENT_CLOSED_REQUEST)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+def disconnected(request: Request) -> Response:
+    """One INFO line for a caller that dropped mid-body (not a traceback: nothing went wrong here); no answer is sent,
+    and the access log writes 499, nginx's "client closed request"."""
+    client = request.scope.get("client")
+    logger.info(
+        "client %s disconnected before its request body was read (%s %s)",
+        f"{client[0]}:{client[1]}" if client else "?",
+        request.method,
+        request.url.path,
+    )
+    return _Disconnected()
 
 
 RECORD_DELAY_S = 0.001
