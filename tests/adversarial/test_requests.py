@@ -8,8 +8,11 @@ is in no answer or log line.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -19,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from apps.proxy_harness import HELLO, SELECTED, Stack, all_requests, make_stack
+from unhardcoded.receipts.stores import SQLiteReceiptStore
 from unhardcoded.server.errors import APIError
 from unhardcoded.server.request import MAX_NESTING, check_chat_request, parse_json_object
 
@@ -221,3 +225,25 @@ def test_a_body_the_parser_accepts_can_be_sent_to_a_provider(value: Any, depth: 
         check_chat_request(body)
     except APIError as exc:
         assert exc.status == 400
+
+
+# --------------------------------------------------------------------------- a receipt read never holds the loop
+
+
+def test_a_receipt_read_waiting_for_the_store_writer_does_not_hold_the_event_loop(
+    simulated_provider: Any, tmp_path: Path
+) -> None:
+    store = SQLiteReceiptStore(tmp_path / "receipts.db")
+    _, writer_lock = store.shared_connection()
+    try:
+        for stack in make_stack(simulated_provider, store=store):
+            base = stack.server.base_url
+            with ThreadPoolExecutor(1) as pool:
+                with writer_lock:  # the writer holds the store meanwhile
+                    pending = pool.submit(httpx.get, f"{base}/x/receipts/req_not_in_memory", timeout=60)
+                    time.sleep(0.3)  # let the read reach the store and wait there
+                    healthz = httpx.get(f"{base}/healthz", timeout=10).status_code
+                assert pending.result().status_code == 404
+            assert healthz == 200
+    finally:
+        store.close()

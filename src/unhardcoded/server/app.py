@@ -12,6 +12,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -255,7 +256,9 @@ class Proxy:
         if decision is not None:
             return _json(Receipt.from_decision(decision).to_json_dict())
         if self.store is not None:
-            stored = self.store.get(request_id)
+            # On a worker thread: the store's reads wait for its writer (the receipts being recorded), and the
+            # event loop serving every other request must not wait with them.
+            stored = await anyio.to_thread.run_sync(self.store.get, request_id)
             if stored is not None:
                 return _json(stored.receipt.to_json_dict())
         return APIError(
