@@ -468,6 +468,9 @@ OPERATIONAL_METRICS = {
     "unhardcoded.processor.forward.dropped": ("counter", "{span}"),
     "unhardcoded.processor.forward.queue.size": ("gauge", "By"),
     "unhardcoded.telemetry.losses": ("counter", "{loss}"),
+    "unhardcoded.proxy.inline_policies.size": ("gauge", "By"),
+    "unhardcoded.proxy.recent_decisions.size": ("gauge", "By"),
+    "unhardcoded.proxy.compiled_policies.size": ("gauge", "By"),
 }
 
 

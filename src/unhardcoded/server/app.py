@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -30,11 +33,13 @@ from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
+from ..semconv import metrics as M
 from ..telemetry.losses import count_error
+from ..telemetry.scope import INSTRUMENTATION_SCOPE, VERSION
 from .access import CLIENT_CLOSED_REQUEST, SERVER_LOGGER_NAME
 from .errors import APIError
 from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
-from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
+from .policies import DEFAULT_INLINE_CACHE_BYTES, POLICY_HEADER, POLICY_WEIGHT, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
 from .streamed import StreamedDecision
 from .tracing import ServerSpans
@@ -56,8 +61,17 @@ FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
 FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}
 
 
+DEFAULT_RECENT_BYTES = 32 * 1024 * 1024
+"""The memory the recent decisions may take: their JSON, plus each distinct policy they hold counted once as
+:data:`~.policies.POLICY_WEIGHT` times its canonical JSON."""
+
+
 class RecentDecisions:
-    """The last ``capacity`` decisions by request id, so ``GET /x/receipts/{id}`` answers with no store.
+    """The last decisions by request id, so ``GET /x/receipts/{id}`` answers with no store.
+
+    Bounded by count (``capacity``) and by bytes (``max_bytes``): each decision's JSON, plus the estimated
+    memory of each distinct policy the kept decisions hold (a request's inline policy lives as long as its
+    decision is kept here; a named policy shared by thousands is counted once).
 
     Each is kept as its JSON (with its policy, shared by many, kept aside): ten
     thousand decisions as live models are a few hundred thousand objects for
@@ -67,21 +81,54 @@ class RecentDecisions:
     JSON after its answer has gone out.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, max_bytes: int = DEFAULT_RECENT_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
+        """What is kept, in bytes, as counted above."""
         self._items: OrderedDict[str, Decision | tuple[Policy, str]] = OrderedDict()
+        self._policies: dict[int, list[Any]] = {}  # id(policy) -> [policy, decisions holding it]
 
     def add(self, decision: Decision, *, compact: bool = True) -> None:
+        replaced = self._items.pop(decision.request_id, None)
+        if replaced is not None:
+            self._release(replaced)
         self._items[decision.request_id] = decision
+        held = self._policies.get(id(decision.policy))
+        if held is None:
+            self._policies[id(decision.policy)] = [decision.policy, 1]
+            self.size_bytes += POLICY_WEIGHT * len(decision.policy.canonical)
+        else:
+            held[1] += 1
         if compact:
             self.compact(decision.request_id)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        else:
+            self._trim()
 
     def compact(self, request_id: str) -> None:
         item = self._items.get(request_id)
         if isinstance(item, Decision):
-            self._items[request_id] = (item.policy, item.model_dump_json(exclude=_POLICY))
+            data = item.model_dump_json(exclude=_POLICY)
+            self._items[request_id] = (item.policy, data)
+            self.size_bytes += len(data)
+            self._trim()
+
+    def _trim(self) -> None:
+        items = self._items
+        while len(items) > 1 and (len(items) > self.capacity or self.size_bytes > self.max_bytes):
+            self._release(items.popitem(last=False)[1])
+
+    def _release(self, item: Decision | tuple[Policy, str]) -> None:
+        if isinstance(item, Decision):
+            policy = item.policy
+        else:
+            policy = item[0]
+            self.size_bytes -= len(item[1])
+        held = self._policies[id(policy)]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._policies[id(policy)]
+            self.size_bytes -= POLICY_WEIGHT * len(policy.canonical)
 
     def get(self, request_id: str) -> Decision | None:
         item = self._items.get(request_id)
@@ -383,6 +430,8 @@ def create_app(
     forward_client_key: Iterable[str] = (),
     store: ReceiptStore | None = None,
     receipts_kept: int = 10_000,
+    receipts_kept_bytes: int = DEFAULT_RECENT_BYTES,
+    inline_policy_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
     tracer_provider: TracerProvider | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
@@ -392,7 +441,9 @@ def create_app(
     ``forward_client_key`` names the providers that get the caller's own
     ``Authorization: Bearer`` key (see :mod:`unhardcoded.server.keys`).
     ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
-    longer held in memory.
+    longer held in memory. The caches are bounded in bytes: ``receipts_kept_bytes`` for the recent
+    decisions, ``inline_policy_bytes`` for validated inline policies; their sizes are the
+    ``unhardcoded.proxy.*.size`` gauges.
     """
     # The app closes, on the server's loop at shutdown, the provider clients it made; a client it was given
     # (directly or inside a router) belongs to the caller.
@@ -411,13 +462,13 @@ def create_app(
         directory = PolicyDirectory(policies if policies is not None else builtin_policy_dir(), router.catalog)
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
-    resolver = PolicyResolver(directory, default_policy)
+    resolver = PolicyResolver(directory, default_policy, max_inline_bytes=inline_policy_bytes)
     proxy = Proxy(
         router,
         resolver,
         max_body_bytes=max_body_bytes,
         forwarding=bool(forward),
-        recent=RecentDecisions(receipts_kept),
+        recent=RecentDecisions(receipts_kept, receipts_kept_bytes),
         store=store,
     )
     routes = [
@@ -436,11 +487,29 @@ def create_app(
         for made in owned:
             await made.aclose()
 
+    _observe_cache_sizes(proxy)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
+
+
+def _observe_cache_sizes(proxy: Proxy) -> None:
+    """The ``unhardcoded.proxy.*.size`` gauges, read at each collection; they hold the proxy weakly."""
+    ref = weakref.ref(proxy)
+
+    def gauge(size: Callable[[Proxy], int]) -> list[Callable[[CallbackOptions], Iterable[Observation]]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            alive = ref()
+            return [] if alive is None else [Observation(size(alive))]
+
+        return [observe]
+
+    meter = metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION)
+    M.create_unhardcoded_proxy_inline_policies_size(meter, gauge(lambda p: p.resolver.inline_bytes))
+    M.create_unhardcoded_proxy_recent_decisions_size(meter, gauge(lambda p: p.recent.size_bytes))
+    M.create_unhardcoded_proxy_compiled_policies_size(meter, gauge(lambda p: p.router.compiled_bytes))
 
 
 class ChatCompletionsFirst:
