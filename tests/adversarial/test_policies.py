@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from apps.proxy_harness import HELLO, free_port
+from apps.proxy_harness import HELLO, free_port, make_stack
 from unhardcoded import cli
 from unhardcoded.catalog import Catalog
 from unhardcoded.router import Router
@@ -23,6 +23,9 @@ from unhardcoded.router.engine import PolicyCompiler
 from unhardcoded.router.features import features_from_request
 from unhardcoded.server.app import RecentDecisions
 from unhardcoded.server.policies import MAX_INLINE_POLICY_BYTES, MAX_INLINE_RULES
+from unhardcoded.testing.capture import TelemetryCapture
+
+pytest_plugins = ["conftest_providers"]
 
 MiB = 1024 * 1024
 
@@ -140,3 +143,24 @@ def test_the_caches_count_their_bytes_and_stay_under_their_bounds() -> None:
     assert 0 < resolver.inline_bytes <= 1 * MiB
     assert 0 < compiler.size_bytes <= 1 * MiB
     assert 0 < recent.size_bytes <= 1 * MiB
+
+
+def test_the_cache_sizes_are_reported_as_gauges(simulated_provider: Any) -> None:
+    capture = TelemetryCapture()
+    try:
+        for stack in make_stack(simulated_provider, meter_provider=capture.meter_provider):
+            with httpx.Client(timeout=30) as client:
+                for n in range(3):
+                    answer = _rank(client, stack.server.port, _policy(MAX_INLINE_RULES, f"g{n}"))
+                    assert answer.status_code == 200
+            sizes = {
+                name: [p.value for p in capture.metrics(name)]
+                for name in (
+                    "unhardcoded.proxy.inline_policies.size",
+                    "unhardcoded.proxy.compiled_policies.size",
+                    "unhardcoded.proxy.recent_decisions.size",
+                )
+            }
+    finally:
+        capture.shutdown()
+    assert all(len(values) == 1 and values[0] > 0 for values in sizes.values()), sizes

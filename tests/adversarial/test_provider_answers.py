@@ -487,3 +487,30 @@ async def _achat_then_close(client: ProviderClient) -> None:
         await client.achat("sim", "m", {"messages": HELLO})
     finally:
         await client.aclose()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    data=st.binary(max_size=2000) | st.binary(max_size=2000).map(gzip.compress),
+    encoding=st.sampled_from(["gzip", "deflate"]),
+    cut=st.integers(min_value=1, max_value=64),
+)
+def test_inflater_gives_bounded_pieces_or_a_zlib_error(data: bytes, encoding: str, cut: int) -> None:
+    inflater = http11.Inflater.of(encoding)
+    assert inflater is not None
+    try:
+        for start in range(0, len(data), cut):
+            for piece in inflater.feed(data[start : start + cut]):
+                assert 0 < len(piece) <= 256 * 1024
+    except zlib.error:
+        pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(charset=st.text(max_size=30))
+def test_any_charset_is_a_text_encoding_or_a_decoding_error(charset: str) -> None:
+    try:
+        name = http11.text_encoding(f"application/json; charset={charset}")
+    except httpx.DecodingError:
+        return
+    assert isinstance(b"{}".decode(name), str)

@@ -45,6 +45,7 @@ from .streamed import StreamedDecision
 from .tracing import ServerSpans
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
     from ..receipts import ReceiptStore
@@ -433,6 +434,7 @@ def create_app(
     receipts_kept_bytes: int = DEFAULT_RECENT_BYTES,
     inline_policy_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
     tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -487,7 +489,7 @@ def create_app(
         for made in owned:
             await made.aclose()
 
-    _observe_cache_sizes(proxy)
+    _observe_cache_sizes(proxy, meter_provider)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
@@ -495,7 +497,7 @@ def create_app(
     return app
 
 
-def _observe_cache_sizes(proxy: Proxy) -> None:
+def _observe_cache_sizes(proxy: Proxy, meter_provider: MeterProvider | None) -> None:
     """The ``unhardcoded.proxy.*.size`` gauges, read at each collection; they hold the proxy weakly."""
     ref = weakref.ref(proxy)
 
@@ -506,7 +508,7 @@ def _observe_cache_sizes(proxy: Proxy) -> None:
 
         return [observe]
 
-    meter = metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION)
+    meter = metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider)
     M.create_unhardcoded_proxy_inline_policies_size(meter, gauge(lambda p: p.resolver.inline_bytes))
     M.create_unhardcoded_proxy_recent_decisions_size(meter, gauge(lambda p: p.recent.size_bytes))
     M.create_unhardcoded_proxy_compiled_policies_size(meter, gauge(lambda p: p.router.compiled_bytes))
