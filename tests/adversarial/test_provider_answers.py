@@ -226,7 +226,14 @@ def test_hostile_answer_falls_back(stack: Stack, name: str, stream: bool, caplog
 
 @pytest.mark.parametrize("stream", [False, True], ids=["plain", "streamed"])
 @pytest.mark.parametrize(
-    "name", ["deep-json-body", "charset-zlib_codec", "gzip-bomb", "stream-error-event-with-the-key"]
+    "name",
+    [
+        "deep-json-body",
+        "charset-zlib_codec",
+        "gzip-bomb",
+        "stream-error-event-with-the-key",
+        "error-message-with-the-key-escaped",
+    ],
 )
 def test_hostile_answer_without_a_fallback_is_a_502(
     stack: Stack, name: str, stream: bool, caplog: pytest.LogCaptureFixture
@@ -241,6 +248,7 @@ def test_hostile_answer_without_a_fallback_is_a_502(
     error = answer.json()["error"]
     assert error["type"] == "api_error" and error["code"] == "upstream_error"
     assert hostile.expected(stream) in error["message"]
+    assert "[REDACTED]]" not in error["message"]  # the marker is never scrubbed again
     _no_canary(answer.text, caplog.text)
     _serving(stack)
 
