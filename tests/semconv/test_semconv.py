@@ -472,6 +472,9 @@ OPERATIONAL_METRICS = {
     "unhardcoded.processor.pending.size": ("gauge", "By"),
     "unhardcoded.processor.cache.size": ("gauge", "By"),
     "unhardcoded.telemetry.losses": ("counter", "{loss}"),
+    "unhardcoded.proxy.inline_policies.size": ("gauge", "By"),
+    "unhardcoded.proxy.recent_decisions.size": ("gauge", "By"),
+    "unhardcoded.proxy.compiled_policies.size": ("gauge", "By"),
 }
 
 

@@ -77,6 +77,27 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument(
         "--max-body-bytes", type=int, default=None, metavar="N", help="largest request body accepted (default 4 MiB)"
     )
+    p.add_argument(
+        "--header-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a client has to send a request's head, from its connection or first byte (default 10)",
+    )
+    p.add_argument(
+        "--body-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds a client has to send a request's body once its head is in (default 30)",
+    )
+    p.add_argument(
+        "--limit-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="connections and requests in flight at once; more are answered 503 (default 1000)",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.set_defaults(run=cmd_serve)
 
@@ -199,17 +220,30 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     return app, provider
 
 
-def run_server(app: ASGIApp, host: str, port: int, *, access_log: bool = True, log_level: str = "info") -> None:
+def run_server(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    *,
+    access_log: bool = True,
+    log_level: str = "info",
+    header_timeout_s: float | None = None,
+    body_timeout_s: float | None = None,
+    limit_concurrency: int | None = None,
+) -> None:
     """Serve ``app`` on uvicorn (uvloop and httptools when installed, as ``uvicorn[standard]`` brings them).
 
     The access log (one line per request, as uvicorn writes it) is written once
     the request is over. Everything loaded up to the first request (modules, catalog, policies) is
     frozen out of the garbage collector's sight: a full collection would
     otherwise walk it all, stalling every request in flight for tens of ms.
+    A client gets ``header_timeout_s`` for a request's head and ``body_timeout_s`` for its body
+    (:mod:`unhardcoded.server.deadlines`); ``limit_concurrency`` caps connections and requests in flight.
     """
     import uvicorn
     from uvicorn.config import LOG_LEVELS, LOGGING_CONFIG
 
+    from ..server import deadlines
     from ..server.access import LOGGER_NAME as ACCESS_LOGGER
     from ..server.access import AccessLog, log_config
 
@@ -222,6 +256,10 @@ def run_server(app: ASGIApp, host: str, port: int, *, access_log: bool = True, l
         log_config=log_config(LOGGING_CONFIG),
         log_level=log_level,
         server_header=False,
+        http=deadlines.deadline_protocol(
+            header_timeout_s or deadlines.DEFAULT_HEADER_TIMEOUT_S, body_timeout_s or deadlines.DEFAULT_BODY_TIMEOUT_S
+        ),
+        limit_concurrency=limit_concurrency or deadlines.DEFAULT_LIMIT_CONCURRENCY,
     )
     if log_level is not None:  # as uvicorn sets its own access log's level
         logging.getLogger(ACCESS_LOGGER).setLevel(LOG_LEVELS[log_level.lower()])
@@ -234,10 +272,23 @@ def run_server(app: ASGIApp, host: str, port: int, *, access_log: bool = True, l
 def cmd_serve(args: argparse.Namespace) -> int:
     if args.max_body_bytes is not None and args.max_body_bytes < 1:
         raise ConfigError("--max-body-bytes: must be a positive number of bytes")
+    for flag, value in (("--header-timeout", args.header_timeout), ("--body-timeout", args.body_timeout)):
+        if value is not None and not 0 < value < float("inf"):
+            raise ConfigError(f"{flag}: must be a positive number of seconds")
+    if args.limit_concurrency is not None and args.limit_concurrency < 1:
+        raise ConfigError("--limit-concurrency: must be a positive number")
     check_exposure(args)
     app, provider = build_app(args)
     try:
-        run_server(app, args.host, args.port, access_log=not args.no_access_log)
+        run_server(
+            app,
+            args.host,
+            args.port,
+            access_log=not args.no_access_log,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
+            limit_concurrency=args.limit_concurrency,
+        )
     finally:
         if provider is not None:
             provider.shutdown()

@@ -56,6 +56,11 @@ class Router:
     def compile(self, policy: Policy) -> CompiledPolicy:
         return self._compiler.compile(policy, self.catalog)
 
+    @property
+    def compiled_bytes(self) -> int:
+        """The canonical JSON of the policies kept compiled, in bytes (bounded by the compiler's ``max_bytes``)."""
+        return self._compiler.size_bytes
+
     def decide(
         self,
         policy: Policy,

@@ -504,6 +504,84 @@ def create_unhardcoded_processor_spans_rejected(meter: Meter) -> Counter:
     )
 
 
+UNHARDCODED_PROXY_COMPILED_POLICIES_SIZE: Final = "unhardcoded.proxy.compiled_policies.size"
+"""
+Estimated memory of the policies the router keeps compiled; bounded at 48 MiB
+(`PolicyCompiler(max_bytes=...)`).
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROXY_COMPILED_POLICIES_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.proxy.compiled_policies.size`.
+"""
+
+
+def create_unhardcoded_proxy_compiled_policies_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.proxy.compiled_policies.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROXY_COMPILED_POLICIES_SIZE,
+        callbacks=callbacks,
+        description="Estimated memory of the policies the router keeps compiled; bounded at 48 MiB (`PolicyCompiler(max_bytes=...)`).",
+        unit=UNHARDCODED_PROXY_COMPILED_POLICIES_SIZE_UNIT,
+    )
+
+
+UNHARDCODED_PROXY_INLINE_POLICIES_SIZE: Final = "unhardcoded.proxy.inline_policies.size"
+"""
+Estimated memory of the validated inline policies the proxy keeps for reuse; bounded at 32 MiB
+(`create_app(inline_policy_bytes=...)`).
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROXY_INLINE_POLICIES_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.proxy.inline_policies.size`.
+"""
+
+
+def create_unhardcoded_proxy_inline_policies_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.proxy.inline_policies.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROXY_INLINE_POLICIES_SIZE,
+        callbacks=callbacks,
+        description="Estimated memory of the validated inline policies the proxy keeps for reuse; bounded at 32 MiB (`create_app(inline_policy_bytes=...)`).",
+        unit=UNHARDCODED_PROXY_INLINE_POLICIES_SIZE_UNIT,
+    )
+
+
+UNHARDCODED_PROXY_RECENT_DECISIONS_SIZE: Final = "unhardcoded.proxy.recent_decisions.size"
+"""
+Estimated memory of the recent decisions `GET /x/receipts/{id}` answers from memory, each distinct
+policy counted once; bounded at 32 MiB (`create_app(receipts_kept_bytes=...)`).
+Instrument: gauge
+Unit: By
+"""
+
+UNHARDCODED_PROXY_RECENT_DECISIONS_SIZE_UNIT: Final = "By"
+"""
+Unit of `unhardcoded.proxy.recent_decisions.size`.
+"""
+
+
+def create_unhardcoded_proxy_recent_decisions_size(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.proxy.recent_decisions.size` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_PROXY_RECENT_DECISIONS_SIZE,
+        callbacks=callbacks,
+        description="Estimated memory of the recent decisions `GET /x/receipts/{id}` answers from memory, each distinct policy counted once; bounded at 32 MiB (`create_app(receipts_kept_bytes=...)`).",
+        unit=UNHARDCODED_PROXY_RECENT_DECISIONS_SIZE_UNIT,
+    )
+
+
 UNHARDCODED_REJECTIONS: Final = "unhardcoded.rejections"
 """
 Number of catalog models rejected by a rule; one per rejected model per decision.

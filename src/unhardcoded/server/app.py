@@ -5,15 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import weakref
 from collections import Counter, OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -28,16 +33,20 @@ from ..router.decision import Decision
 from ..router.engine import new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
+from ..semconv import metrics as M
 from ..telemetry.losses import count_error
+from ..telemetry.scope import INSTRUMENTATION_SCOPE, VERSION
+from .access import CLIENT_CLOSED_REQUEST, SERVER_LOGGER_NAME
 from .auth import ClientAuth, ClientKeys, check_policy_request, client_of
 from .errors import APIError
-from .keys import ClientKeyForwarding, bearer_key, client_key, redact
-from .policies import POLICY_HEADER, PolicyDirectory, PolicyResolver
+from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
+from .policies import DEFAULT_INLINE_CACHE_BYTES, POLICY_HEADER, POLICY_WEIGHT, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
 from .streamed import StreamedDecision
 from .tracing import ServerSpans
 
 if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
 
     from ..receipts import ReceiptStore
@@ -48,12 +57,23 @@ POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY
 FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT
 FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK
 
+logger = logging.getLogger(SERVER_LOGGER_NAME)
+
 FAILURE_STATUS = {"rate_limit": 429, "timeout": 504, "error": 502}
 FAILURE_CODE = {"rate_limit": "upstream_rate_limited", "timeout": "upstream_timeout", "error": "upstream_error"}
 
 
+DEFAULT_RECENT_BYTES = 32 * 1024 * 1024
+"""The memory the recent decisions may take: their JSON, plus each distinct policy they hold counted once as
+:data:`~.policies.POLICY_WEIGHT` times its canonical JSON."""
+
+
 class RecentDecisions:
-    """The last ``capacity`` decisions by request id, so ``GET /x/receipts/{id}`` answers with no store.
+    """The last decisions by request id, so ``GET /x/receipts/{id}`` answers with no store.
+
+    Bounded by count (``capacity``) and by bytes (``max_bytes``): each decision's JSON, plus the estimated
+    memory of each distinct policy the kept decisions hold (a request's inline policy lives as long as its
+    decision is kept here; a named policy shared by thousands is counted once).
 
     Each is kept as its JSON (with its policy, shared by many, kept aside): ten
     thousand decisions as live models are a few hundred thousand objects for
@@ -63,21 +83,54 @@ class RecentDecisions:
     JSON after its answer has gone out.
     """
 
-    def __init__(self, capacity: int = 10_000) -> None:
+    def __init__(self, capacity: int = 10_000, max_bytes: int = DEFAULT_RECENT_BYTES) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.size_bytes = 0
+        """What is kept, in bytes, as counted above."""
         self._items: OrderedDict[str, Decision | tuple[Policy, str]] = OrderedDict()
+        self._policies: dict[int, list[Any]] = {}  # id(policy) -> [policy, decisions holding it]
 
     def add(self, decision: Decision, *, compact: bool = True) -> None:
+        replaced = self._items.pop(decision.request_id, None)
+        if replaced is not None:
+            self._release(replaced)
         self._items[decision.request_id] = decision
+        held = self._policies.get(id(decision.policy))
+        if held is None:
+            self._policies[id(decision.policy)] = [decision.policy, 1]
+            self.size_bytes += POLICY_WEIGHT * len(decision.policy.canonical)
+        else:
+            held[1] += 1
         if compact:
             self.compact(decision.request_id)
-        if len(self._items) > self.capacity:
-            self._items.popitem(last=False)
+        else:
+            self._trim()
 
     def compact(self, request_id: str) -> None:
         item = self._items.get(request_id)
         if isinstance(item, Decision):
-            self._items[request_id] = (item.policy, item.model_dump_json(exclude=_POLICY))
+            data = item.model_dump_json(exclude=_POLICY)
+            self._items[request_id] = (item.policy, data)
+            self.size_bytes += len(data)
+            self._trim()
+
+    def _trim(self) -> None:
+        items = self._items
+        while len(items) > 1 and (len(items) > self.capacity or self.size_bytes > self.max_bytes):
+            self._release(items.popitem(last=False)[1])
+
+    def _release(self, item: Decision | tuple[Policy, str]) -> None:
+        if isinstance(item, Decision):
+            policy = item.policy
+        else:
+            policy = item[0]
+            self.size_bytes -= len(item[1])
+        held = self._policies[id(policy)]
+        held[1] -= 1
+        if held[1] == 0:
+            del self._policies[id(policy)]
+            self.size_bytes -= POLICY_WEIGHT * len(policy.canonical)
 
     def get(self, request_id: str) -> Decision | None:
         item = self._items.get(request_id)
@@ -172,11 +225,16 @@ class Proxy:
         request_id = new_request_id()
         try:
             body = await self._read(request)
-            features = check_chat_request(body)
-            policy, client_name = self._policy(request, body)
+        except ClientDisconnect:
+            return disconnected(request)
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id})
-        key = bearer_key(request.headers.get("authorization")) if self.forwarding else None
+        try:
+            features = check_chat_request(body)
+            policy, client_name = self._policy(request, body)
+            key = forwarded_key(request.headers.get("authorization")) if self.forwarding else None
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
         if features.stream:
             return self._stream(policy, body, features, request_id, key, client_name)
         token = client_key.set(key)
@@ -199,9 +257,7 @@ class Proxy:
             else:
                 answer = dict(result.body)
                 answer["model"] = decision.answered_by
-                response = Response(
-                    json.dumps(answer, ensure_ascii=False).encode("utf-8"), 200, headers, media_type="application/json"
-                )
+                response = Response(json_bytes(answer), 200, headers, media_type="application/json")
             # The decision span and metrics are recorded once the answer has been sent: the caller does not wait.
             # Awaited as a BackgroundTask is, without the task's own layer on every answer.
             response.background = RecordLater(later)  # type: ignore[assignment]  # duck-types BackgroundTask
@@ -238,6 +294,11 @@ class Proxy:
         request_id = new_request_id()
         try:
             body = await self._read(request)
+        except ClientDisconnect:
+            return disconnected(request)
+        except APIError as exc:
+            return exc.response({REQUEST_ID_HEADER: request_id})
+        try:
             features = check_chat_request(body)
             policy, client_name = self._policy(request, body)
         except APIError as exc:
@@ -262,7 +323,9 @@ class Proxy:
         if decision is not None and (client is None or decision.client == client.name):
             return _json(Receipt.from_decision(decision).to_json_dict())
         if decision is None and self.store is not None:
-            stored = self.store.get(request_id)
+            # On a worker thread: the store's reads wait for its writer (the receipts being recorded), and the
+            # event loop serving every other request must not wait with them.
+            stored = await anyio.to_thread.run_sync(self.store.get, request_id)
             if stored is not None and (client is None or stored.receipt.client == client.name):
                 return _json(stored.receipt.to_json_dict())
         return APIError(
@@ -278,6 +341,29 @@ class Proxy:
                 "default_policy": self.resolver.default,
             }
         )
+
+
+class _Disconnected(Response):
+    """Nothing to send: the caller went away before its request was read."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=CLIENT_CLOSED_REQUEST)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        return None
+
+
+def disconnected(request: Request) -> Response:
+    """One INFO line for a caller that dropped mid-body (not a traceback: nothing went wrong here); no answer is sent,
+    and the access log writes 499, nginx's "client closed request"."""
+    client = request.scope.get("client")
+    logger.info(
+        "client %s disconnected before its request body was read (%s %s)",
+        f"{client[0]}:{client[1]}" if client else "?",
+        request.method,
+        request.url.path,
+    )
+    return _Disconnected()
 
 
 RECORD_DELAY_S = 0.001
@@ -336,9 +422,17 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     ).response()
 
 
+def json_bytes(value: Any) -> bytes:
+    """``value`` as UTF-8 JSON; a provider's lone surrogate (``"\\ud800"``, not text) is sent back escaped as it came."""
+    try:
+        return json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value).encode("ascii")
+
+
 def _json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
     return Response(
-        json.dumps(value, ensure_ascii=False).encode("utf-8"),
+        json_bytes(value),
         status,
         dict(headers or {}),
         media_type="application/json",
@@ -357,7 +451,10 @@ def create_app(
     client_keys: ClientKeys | None = None,
     store: ReceiptStore | None = None,
     receipts_kept: int = 10_000,
+    receipts_kept_bytes: int = DEFAULT_RECENT_BYTES,
+    inline_policy_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
     tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -368,7 +465,9 @@ def create_app(
     ``client_keys`` (``serve --keys``) makes every route but ``/healthz`` take a client key (see
     :mod:`unhardcoded.server.auth`); it cannot be combined with ``forward_client_key``.
     ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
-    longer held in memory.
+    longer held in memory. The caches are bounded in bytes: ``receipts_kept_bytes`` for the recent
+    decisions, ``inline_policy_bytes`` for validated inline policies; their sizes are the
+    ``unhardcoded.proxy.*.size`` gauges.
     """
     # The app closes, on the server's loop at shutdown, the provider clients it made; a client it was given
     # (directly or inside a router) belongs to the caller.
@@ -396,7 +495,7 @@ def create_app(
         directory = PolicyDirectory(policies, router.catalog)
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
-    resolver = PolicyResolver(directory, default_policy)
+    resolver = PolicyResolver(directory, default_policy, max_inline_bytes=inline_policy_bytes)
     if client_keys is not None:
         client_keys.check_policies(directory.get, directory.names)
     proxy = Proxy(
@@ -404,7 +503,7 @@ def create_app(
         resolver,
         max_body_bytes=max_body_bytes,
         forwarding=bool(forward),
-        recent=RecentDecisions(receipts_kept),
+        recent=RecentDecisions(receipts_kept, receipts_kept_bytes),
         store=store,
     )
     routes = [
@@ -423,6 +522,7 @@ def create_app(
         for made in owned:
             await made.aclose()
 
+    _observe_cache_sizes(proxy, meter_provider)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
@@ -430,6 +530,23 @@ def create_app(
         app.add_middleware(ClientAuth, keys=client_keys)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
+
+
+def _observe_cache_sizes(proxy: Proxy, meter_provider: MeterProvider | None) -> None:
+    """The ``unhardcoded.proxy.*.size`` gauges, read at each collection; they hold the proxy weakly."""
+    ref = weakref.ref(proxy)
+
+    def gauge(size: Callable[[Proxy], int]) -> list[Callable[[CallbackOptions], Iterable[Observation]]]:
+        def observe(options: CallbackOptions) -> Iterable[Observation]:
+            alive = ref()
+            return [] if alive is None else [Observation(size(alive))]
+
+        return [observe]
+
+    meter = metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider)
+    M.create_unhardcoded_proxy_inline_policies_size(meter, gauge(lambda p: p.resolver.inline_bytes))
+    M.create_unhardcoded_proxy_recent_decisions_size(meter, gauge(lambda p: p.recent.size_bytes))
+    M.create_unhardcoded_proxy_compiled_policies_size(meter, gauge(lambda p: p.router.compiled_bytes))
 
 
 class ChatCompletionsFirst:

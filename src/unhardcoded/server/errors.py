@@ -47,8 +47,12 @@ class APIError(UnhardcodedError):
 
     def response(self, extra_headers: dict[str, str] | None = None) -> Response:
         headers = {**self.headers, **(extra_headers or {})}
+        try:
+            content = json.dumps(self.body(), ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:  # a message quoting a lone surrogate from the request: escaped, still JSON
+            content = json.dumps(self.body()).encode("ascii")
         return Response(
-            json.dumps(self.body(), ensure_ascii=False).encode("utf-8"),
+            content,
             status_code=self.status,
             headers=headers,
             media_type="application/json",

@@ -13,7 +13,6 @@ back; it never reaches spans, receipts, logs or error messages.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterable, Mapping
 from contextvars import ContextVar
 from typing import Any, cast
@@ -27,11 +26,18 @@ from ..router.providers import (
     ProvidersConfig,
 )
 from ..router.providers.calls import PreparedCall
+from ..router.providers.classify import replace_outside_marker, scrub_json
+from .errors import APIError
 
 REDACTED = "[REDACTED]"
 
 client_key: ContextVar[str | None] = ContextVar("unhardcoded_client_key", default=None)
 """The caller's key for the request being served, or None."""
+
+
+MIN_KEY_CHARS = 8
+"""The shortest caller key forwarded: a shorter one is no provider's key, and scrubbing it from answers would rewrite
+ordinary words (a key ``e`` would turn ``"model"`` into ``"mod[REDACTED]l"``)."""
 
 
 def bearer_key(authorization: str | None) -> str | None:
@@ -42,29 +48,32 @@ def bearer_key(authorization: str | None) -> str | None:
     return key if scheme.lower() == "bearer" and key else None
 
 
+def forwarded_key(authorization: str | None) -> str | None:
+    """The caller's key to forward, or None; a 401 in OpenAI's shape for one too short to be a provider's key."""
+    key = bearer_key(authorization)
+    if key is not None and len(key) < MIN_KEY_CHARS:
+        raise APIError(
+            401,
+            f"Authorization: the Bearer key is {len(key)} characters; a provider key forwarded by this proxy has at "
+            f"least {MIN_KEY_CHARS}",
+            code="invalid_api_key",
+            type="authentication_error",
+        )
+    return key
+
+
 def redact(text: str) -> str:
-    """``text`` with the current request's key (if any) replaced."""
+    """``text`` (decoded text) with the current request's key (if any) replaced."""
     key = client_key.get()
-    return text.replace(key, REDACTED) if key and key in text else text
-
-
-def _redact_json(value: Any, key: str) -> Any:
-    if isinstance(value, str):
-        return value.replace(key, REDACTED)
-    if isinstance(value, list):
-        return [_redact_json(v, key) for v in value]
-    if isinstance(value, dict):
-        return {_redact_json(k, key): _redact_json(v, key) for k, v in value.items()}
-    return value
+    return replace_outside_marker(text, key) if key and key in text else text
 
 
 def redact_json(value: Any) -> Any:
+    """A decoded JSON value with the current request's key replaced in its strings (the value itself if none held it)."""
     key = client_key.get()
     if not key:
         return value
-    if key not in json.dumps(value, ensure_ascii=False, default=str):
-        return value
-    return _redact_json(value, key)
+    return scrub_json(value, key)
 
 
 def _redacted_error(exc: ProviderCallError) -> ProviderCallError:

@@ -24,6 +24,16 @@ _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SUFFIXES = (".yaml", ".yml", ".json")
 RESCAN_INTERVAL_S = 1.0
 log = logging.getLogger("unhardcoded.server")
+MAX_INLINE_RULES = 200
+"""The most rules an inline policy may have: validating and compiling one costs ~15 us per rule on the event loop,
+so 200 rules stay under 3 ms; a policy that needs more belongs in the policy directory."""
+MAX_INLINE_POLICY_BYTES = 64 * 1024
+"""The longest inline policy, as compact JSON."""
+DEFAULT_INLINE_CACHE_BYTES = 32 * 1024 * 1024
+"""The memory the validated inline policies kept for reuse may take, estimated as :data:`POLICY_WEIGHT` times their
+JSON."""
+POLICY_WEIGHT = 8
+"""A validated policy takes about 8 times the length of its JSON in memory (measured with tracemalloc)."""
 
 
 class PolicyDirectory:
@@ -101,11 +111,20 @@ class PolicyDirectory:
 class PolicyResolver:
     """Turns what a request says about its policy into a validated :class:`Policy`, or an APIError."""
 
-    def __init__(self, directory: PolicyDirectory, default: str | None = None, max_inline: int = 256) -> None:
+    def __init__(
+        self,
+        directory: PolicyDirectory,
+        default: str | None = None,
+        max_inline: int = 256,
+        max_inline_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
+    ) -> None:
         self.directory = directory
         self.default = default
         self._inline: OrderedDict[str, Policy] = OrderedDict()
         self._max_inline = max_inline
+        self._max_inline_bytes = max_inline_bytes
+        self.inline_bytes = 0
+        """The estimated memory of the inline policies kept, in bytes (bounded by ``max_inline_bytes``)."""
         if default is not None and directory.get(default) is None:
             known = ", ".join(directory.names) or "none"
             why = directory.skipped.get(default)
@@ -149,7 +168,14 @@ class PolicyResolver:
         return policy
 
     def _inline_policy(self, doc: dict[str, Any]) -> Policy:
+        rules = doc.get("rules")
+        if isinstance(rules, list) and len(rules) > MAX_INLINE_RULES:
+            raise _too_large(f"policy.rules: {len(rules)} rules; an inline policy may have at most {MAX_INLINE_RULES}")
         key = json.dumps(doc, sort_keys=True, separators=(",", ":"), default=str)
+        if len(key) > MAX_INLINE_POLICY_BYTES:
+            raise _too_large(
+                f"policy: {len(key)} bytes of JSON; an inline policy may have at most {MAX_INLINE_POLICY_BYTES}"
+            )
         policy = self._inline.get(key)
         if policy is not None:
             self._inline.move_to_end(key)
@@ -159,6 +185,17 @@ class PolicyResolver:
         except PolicyError as exc:
             raise APIError(422, str(exc), param="policy", code="invalid_policy") from None
         self._inline[key] = policy
-        if len(self._inline) > self._max_inline:
-            self._inline.popitem(last=False)
+        self.inline_bytes += POLICY_WEIGHT * len(key)
+        while len(self._inline) > self._max_inline or self.inline_bytes > self._max_inline_bytes:
+            evicted, _ = self._inline.popitem(last=False)
+            self.inline_bytes -= POLICY_WEIGHT * len(evicted)
         return policy
+
+
+def _too_large(message: str) -> APIError:
+    return APIError(
+        413,
+        message + " (put a larger policy in the policy directory and name it)",
+        param="policy",
+        code="policy_too_large",
+    )

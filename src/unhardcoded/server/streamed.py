@@ -34,7 +34,11 @@ SSE_HEADERS = [
 
 
 def _event(payload: Any) -> bytes:
-    return b"data: " + json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n\n"
+    try:
+        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    except UnicodeEncodeError:  # a provider's lone surrogate ("\\ud800"): sent on escaped, as it came
+        data = json.dumps(payload, separators=(",", ":")).encode("ascii")
+    return b"data: " + data + b"\n\n"
 
 
 class StreamedDecision:

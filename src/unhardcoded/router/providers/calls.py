@@ -202,7 +202,7 @@ def chat_result(call: PreparedCall, response: HttpReply, started: float) -> Chat
             error_type="invalid_response",
             status_code=response.status_code,
         )
-    if call.secret and call.secret in response.text:
+    if call.secret:  # on the decoded strings: the raw text may spell the key with escapes
         body = scrub_json(body, call.secret)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     model = body.get("model")

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 __all__ = ["error_detail", "int_or_none", "json_or_none", "scrub", "scrub_json", "status_failure", "transport_failure"]
 
 _REDACTED = "[REDACTED]"
-_BEARER = re.compile(r"(?i)(bearer\s+)[^\s\"',;}\]]+")
+_BEARER = re.compile(r"(?i)(bearer\s+)(\[REDACTED\]|[^\s\"',;}\]]+)")
 _DETAIL_LIMIT = 300
 
 
@@ -45,8 +45,10 @@ def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallE
     name = exc.__class__.__name__
     if isinstance(exc, httpx.TimeoutException):
         return call.failure(f"timed out ({name}, timeout {call.timeout_s:g} s)", kind="timeout", error_type="timeout")
-    if isinstance(exc, ResponseTooLarge):
+    if isinstance(exc, ResponseTooLarge) or _header_too_large(exc):
         return too_large(call, exc)
+    if isinstance(exc, httpx.DecodingError):
+        return undecodable(call, exc)
     if isinstance(exc, httpx.ConnectError) and (tls := _tls_cause(exc)) is not None:
         reason = getattr(tls, "verify_message", None) or tls.reason or tls.__class__.__name__
         return call.failure(f"TLS handshake with {call.url} failed ({reason})", kind="error", error_type="tls_error")
@@ -55,10 +57,22 @@ def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallE
     return call.failure(f"transport failure ({name}: {exc})", kind="error", error_type="transport_error")
 
 
-def too_large(call: PreparedCall, exc: ResponseTooLarge, status_code: int | None = None) -> ProviderCallError:
+def _header_too_large(exc: httpx.HTTPError) -> bool:
+    """h11 (the httpx path) refuses a response head over 100 KiB; it says so only in its message."""
+    return isinstance(exc, httpx.RemoteProtocolError) and "Receive buffer too long" in str(exc)
+
+
+def too_large(call: PreparedCall, exc: httpx.HTTPError, status_code: int | None = None) -> ProviderCallError:
     """The provider sent more than the client reads: a failed call the cascade may fall back from."""
     return call.failure(
         f"answer refused: {exc}", kind="error", error_type="response_too_large", status_code=status_code
+    )
+
+
+def undecodable(call: PreparedCall, exc: httpx.DecodingError, status_code: int | None = None) -> ProviderCallError:
+    """An answer that cannot be read as text (a bad gzip stream, a charset that is no text encoding)."""
+    return call.failure(
+        f"answer cannot be decoded: {exc}", kind="error", error_type="invalid_response", status_code=status_code
     )
 
 
@@ -84,7 +98,8 @@ def error_detail(parsed: Any, text: str, secret: str | None) -> str:
         elif isinstance(parsed.get("message"), str):
             detail = parsed["message"]
     if not detail:
-        detail = text.strip()
+        # The provider's JSON as decoded, not as sent: an escape (\u0073k-...) must not hide a key from the scrub.
+        detail = text.strip() if parsed is None else _decoded_text(parsed)
     detail = scrub(" ".join(detail.split()), secret)
     if len(detail) > _DETAIL_LIMIT:
         detail = detail[:_DETAIL_LIMIT] + "..."
@@ -94,7 +109,7 @@ def error_detail(parsed: Any, text: str, secret: str | None) -> str:
 def json_or_none(text: str) -> Any:
     try:
         return json.loads(text)
-    except ValueError:  # JSONDecodeError is one
+    except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; nesting past the recursion limit is not
         return None
 
 
@@ -105,17 +120,45 @@ def int_or_none(usage: Mapping[str, Any] | None, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def _decoded_text(value: Any) -> str:
+    try:
+        return json.dumps(value, ensure_ascii=False)
+    except (ValueError, RecursionError):
+        return "(a JSON body that cannot be shown)"
+
+
 def scrub(text: str, secret: str | None) -> str:
-    if secret:
-        text = text.replace(secret, _REDACTED)
-    return _BEARER.sub(lambda m: m.group(1) + _REDACTED, text)
+    """``text`` (decoded text, never raw JSON) with ``secret`` and every ``Bearer`` credential replaced.
+
+    The marker itself is never rewritten, so a secret that is part of it cannot turn it into ``[REDACTED]]]``.
+    """
+    if secret and secret in text:
+        text = replace_outside_marker(text, secret)
+    return _BEARER.sub(_bearer_redacted, text)
+
+
+def _bearer_redacted(match: re.Match[str]) -> str:
+    return match.group(0) if match.group(2) == _REDACTED else match.group(1) + _REDACTED
+
+
+def replace_outside_marker(text: str, secret: str) -> str:
+    """``text`` with ``secret`` replaced by the marker, leaving markers already there as they are."""
+    return _REDACTED.join(part.replace(secret, _REDACTED) for part in text.split(_REDACTED))
 
 
 def scrub_json(value: Any, secret: str) -> Any:
+    """A decoded JSON value with ``secret`` replaced in every string, key or value; the value itself if none held it.
+
+    Walks the decoded value, never the text it came from: a provider can spell the key with escapes.
+    """
     if isinstance(value, str):
-        return scrub(value, secret)
+        return replace_outside_marker(value, secret) if secret in value else value
     if isinstance(value, list):
-        return [scrub_json(v, secret) for v in value]
+        items = [scrub_json(v, secret) for v in value]
+        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
     if isinstance(value, dict):
-        return {scrub_json(k, secret): scrub_json(v, secret) for k, v in value.items()}
+        pairs = [(scrub_json(k, secret), scrub_json(v, secret)) for k, v in value.items()]
+        if all(k is k0 and v is v0 for (k, v), (k0, v0) in zip(pairs, value.items(), strict=True)):
+            return value
+        return dict(pairs)
     return value

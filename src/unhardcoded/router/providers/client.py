@@ -8,8 +8,10 @@ beside this one; this module only moves bytes.
 from __future__ import annotations
 
 import asyncio
+import codecs
 import threading
 import time
+import zlib
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -24,6 +26,9 @@ from .errors import ProviderCallError
 from .sse import StreamState, StreamView
 
 __all__ = ["AsyncChatStream", "AsyncSender", "ChatStream", "ProviderClient"]
+
+_HTTPX_HEADERS = {**USER_AGENT, "accept-encoding": "gzip, deflate"}
+"""httpx would ask for br and zstd when their packages are installed; the bounded inflater reads gzip and deflate."""
 
 
 class AsyncSender(Protocol):
@@ -110,7 +115,7 @@ class ProviderClient:
         with self._lock:
             if self._client is None:
                 transport = self._transport if isinstance(self._transport, httpx.BaseTransport) else None
-                self._client = httpx.Client(transport=transport, follow_redirects=False, headers=USER_AGENT)
+                self._client = httpx.Client(transport=transport, follow_redirects=False, headers=_HTTPX_HEADERS)
             return self._client
 
     def _async_http(self) -> httpx.AsyncClient:
@@ -120,7 +125,9 @@ class ProviderClient:
             # them; a call from another loop (asyncio.run twice) gets a fresh pool.
             if self._async_client is None or self._async_loop is not loop:
                 transport = self._transport if isinstance(self._transport, httpx.AsyncBaseTransport) else None
-                self._async_client = httpx.AsyncClient(transport=transport, follow_redirects=False, headers=USER_AGENT)
+                self._async_client = httpx.AsyncClient(
+                    transport=transport, follow_redirects=False, headers=_HTTPX_HEADERS
+                )
                 self._async_loop = loop
             return self._async_client
 
@@ -305,7 +312,7 @@ class ChatStream(StreamView):
                     pass
                 state.check_status(response, text)
             state.status_code = response.status_code
-            lines = _lines(response.iter_text())
+            lines = _lines(response)
             while not state.done:
                 try:
                     line = next(lines)
@@ -397,7 +404,7 @@ class AsyncChatStream(StreamView):
                     pass
                 state.check_status(response, text)
             state.status_code = response.status_code
-            lines = response.aiter_lines() if isinstance(response, http11.Reply) else _alines(response.aiter_text())
+            lines = response.aiter_lines() if isinstance(response, http11.Reply) else _alines(response)
             while not state.done:
                 try:
                     line = await lines.__anext__()
@@ -447,47 +454,75 @@ class _Answer:
     def __init__(self, response: httpx.Response, content: bytes) -> None:
         self.status_code = response.status_code
         self.headers = response.headers
-        self.text = content.decode(response.encoding or "utf-8", errors="replace")  # as httpx's Response.text
+        self.text = content.decode(http11.text_encoding(response.headers.get("content-type")), errors="replace")
 
     @property
     def is_success(self) -> bool:
         return 200 <= self.status_code < 300
 
 
+# httpx's own decoders inflate a compressed chunk whole, however large it grows, and decode text in any codec the
+# charset names: both paths read the raw bytes through the lean client's bounded inflater and text encodings instead.
+
+
+def _inflated(response: httpx.Response, raw: bytes, inflater: http11.Inflater | None) -> Iterator[bytes]:
+    if inflater is None:
+        if raw:
+            yield raw
+        return
+    try:
+        yield from inflater.feed(raw)
+    except zlib.error as exc:
+        raise httpx.DecodingError(f"cannot decode the response body: {exc}", request=response.request) from None
+
+
 def _read(response: httpx.Response) -> _Answer:
     parts: list[bytes] = []
     size = 0
-    for chunk in response.iter_bytes():
-        size += len(chunk)
-        if size > http11.MAX_BODY:
-            raise http11.body_too_large()
-        parts.append(chunk)
+    inflater = http11.Inflater.of(response.headers.get("content-encoding"))
+    for raw in response.iter_raw():
+        for chunk in _inflated(response, raw, inflater):
+            size += len(chunk)
+            if size > http11.MAX_BODY:
+                raise http11.body_too_large()
+            parts.append(chunk)
     return _Answer(response, b"".join(parts))
 
 
 async def _aread(response: httpx.Response) -> _Answer:
     parts: list[bytes] = []
     size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > http11.MAX_BODY:
-            raise http11.body_too_large()
-        parts.append(chunk)
+    inflater = http11.Inflater.of(response.headers.get("content-encoding"))
+    async for raw in response.aiter_raw():
+        for chunk in _inflated(response, raw, inflater):
+            size += len(chunk)
+            if size > http11.MAX_BODY:
+                raise http11.body_too_large()
+            parts.append(chunk)
     return _Answer(response, b"".join(parts))
 
 
-def _lines(texts: Iterator[str]) -> Iterator[str]:
+def _lines(response: httpx.Response) -> Iterator[str]:
     """Stream lines split as the lean client splits them, so both paths refuse a line over MAX_LINE alike."""
     splitter = http11.LineSplitter()
-    for text in texts:
-        yield from splitter.feed(text)
+    inflater = http11.Inflater.of(response.headers.get("content-encoding"))
+    decoder = codecs.getincrementaldecoder(http11.text_encoding(response.headers.get("content-type")))("replace")
+    for raw in response.iter_raw():
+        for chunk in _inflated(response, raw, inflater):
+            yield from splitter.feed(decoder.decode(chunk))
+    yield from splitter.feed(decoder.decode(b"", final=True))
     yield from splitter.flush()
 
 
-async def _alines(texts: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _alines(response: httpx.Response) -> AsyncIterator[str]:
     splitter = http11.LineSplitter()
-    async for text in texts:
-        for line in splitter.feed(text):
-            yield line
+    inflater = http11.Inflater.of(response.headers.get("content-encoding"))
+    decoder = codecs.getincrementaldecoder(http11.text_encoding(response.headers.get("content-type")))("replace")
+    async for raw in response.aiter_raw():
+        for chunk in _inflated(response, raw, inflater):
+            for line in splitter.feed(decoder.decode(chunk)):
+                yield line
+    for line in splitter.feed(decoder.decode(b"", final=True)):
+        yield line
     for line in splitter.flush():
         yield line

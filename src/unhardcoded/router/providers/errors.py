@@ -18,8 +18,8 @@ class ProviderCallError(UnhardcodedError):
     ``error.type`` attribute: the HTTP status as a string (``"500"``,
     ``"429"``) or one of ``timeout``, ``connect_error``, ``transport_error``,
     ``invalid_response``, ``missing_api_key``, ``unknown_provider``, ``tls_error`` (the
-    provider's certificate refused, or no TLS spoken), ``response_too_large`` (a body over 32 MiB or a
-    streamed line over 1 MiB),
+    provider's certificate refused, or no TLS spoken), ``response_too_large`` (a body over 32 MiB after
+    decompression, a streamed line over 1 MiB, or a response header over 64 KiB),
     ``stream_interrupted``, ``stream_error``.
     """
 

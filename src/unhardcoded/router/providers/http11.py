@@ -23,7 +23,7 @@ import ssl
 import urllib.request
 import zlib
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -39,12 +39,14 @@ __all__ = [
     "MAX_BODY",
     "MAX_LINE",
     "ConnectionPool",
+    "Inflater",
     "LineSplitter",
     "Reply",
     "ResponseTooLarge",
     "Target",
     "lean_client_available",
     "target_of",
+    "text_encoding",
 ]
 
 MAX_CONNECTIONS = 100
@@ -57,6 +59,10 @@ MAX_BODY = 32 * 1024 * 1024
 """The longest whole response body read (after decompression): a provider cannot make the proxy hold more."""
 MAX_LINE = 1024 * 1024
 """The longest line of a streamed body, in characters: an SSE line that never ends must not grow without bound."""
+MAX_HEADER = 64 * 1024
+"""The most bytes of response header (names and values of every line) read before the answer is refused."""
+_INFLATE_PIECE = 256 * 1024
+"""The most bytes one call to a decompressor may produce: a small compressed body can inflate to gigabytes."""
 _HIGH_WATER = 256 * 1024
 """Buffered body bytes at which reading pauses until the consumer catches up."""
 _HAS_POLL = hasattr(select, "poll")
@@ -64,7 +70,8 @@ _NEWLINES = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"  # what str.splitlines sp
 
 
 class ResponseTooLarge(httpx.RemoteProtocolError):
-    """A response body over :data:`MAX_BODY` or a streamed line over :data:`MAX_LINE`; raised by both HTTP paths."""
+    """A response body over :data:`MAX_BODY` (after decompression), a streamed line over :data:`MAX_LINE`, or a
+    response header over :data:`MAX_HEADER`; raised by both HTTP paths."""
 
 
 def body_too_large() -> ResponseTooLarge:
@@ -144,6 +151,7 @@ class Reply:
         "_content",
         "_error",
         "_head_done",
+        "_header_bytes",
         "_informational",
         "_keep_alive",
         "_pool",
@@ -162,6 +170,7 @@ class Reply:
         self.status_code = 0
         self.headers: dict[str, str] = {}
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
         self._conn: _Connection | None = conn
         self._pool = pool
         self._timeout = timeout
@@ -196,6 +205,14 @@ class Reply:
         if self._text is None:
             self._text = self.content.decode(self._charset(), errors="replace")
         return self._text
+
+    def _read_text(self) -> None:
+        """Decode the body now, so a charset that is no text encoding fails the call where failures are caught."""
+        try:
+            self.text  # noqa: B018 - read for its check (and kept: the caller reads it next)
+        except httpx.DecodingError:
+            self._release(reuse=False)
+            raise
 
     async def aread(self) -> bytes:
         """The whole body (decoded if the server compressed it); the connection goes back to the pool."""
@@ -248,26 +265,20 @@ class Reply:
     # ---- reading
 
     def _charset(self) -> str:
-        ctype = self.headers.get("content-type", "")
-        for param in ctype.split(";")[1:]:
-            key, _, value = param.strip().partition("=")
-            if key.lower() == "charset" and value:
-                name = value.strip().strip('"')
-                try:
-                    codecs.lookup(name)
-                    return name
-                except LookupError:
-                    break
-        return "utf-8"
+        return text_encoding(self.headers.get("content-type"))
 
     async def _aiter_raw(self) -> AsyncIterator[bytes]:
-        decompress = _decompressor(self.headers.get("content-encoding"))
+        inflater = Inflater.of(self.headers.get("content-encoding"))
         try:
             while True:
                 chunk = await self._next_chunk()
                 if chunk is None:
                     break
-                yield decompress(chunk) if decompress is not None else chunk
+                if inflater is None:
+                    yield chunk
+                else:
+                    for piece in inflater.feed(chunk):
+                        yield piece
         except zlib.error as exc:
             self._release(reuse=False)
             raise httpx.DecodingError(f"cannot decode the response body: {exc}") from None
@@ -345,6 +356,14 @@ class Reply:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._complete:
             self._keep_alive = False  # a second answer to one request: see on_message_complete
+            return
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER:
+            if self._error is None:
+                self._fail(ResponseTooLarge(f"response header over {MAX_HEADER // 1024} KiB"))
+                conn = self._conn
+                if conn is not None:
+                    conn.close()
             return
         self._raw_headers.append((name, value))
 
@@ -473,32 +492,63 @@ def _expire(waiter: asyncio.Future[None], timeout: float) -> None:
         waiter.set_exception(httpx.PoolTimeout(f"no connection free within {timeout:g} s"))
 
 
-def _decompressor(encoding: str | None) -> Callable[[bytes], bytes] | None:
-    """A decoder for a body the server compressed although it was not asked to (gzip, deflate)."""
-    if not encoding:
-        return None
-    encoding = encoding.strip().lower()
-    if encoding == "gzip":
-        return zlib.decompressobj(zlib.MAX_WBITS | 16).decompress
-    if encoding == "deflate":
-        state: dict[str, Any] = {}
+def text_encoding(content_type: str | None) -> str:
+    """The text encoding a ``Content-Type`` names; UTF-8 when it names none, or one Python does not know.
 
-        def inflate(data: bytes) -> bytes:
-            obj = state.get("obj")
-            if obj is None:
-                try:
-                    obj = zlib.decompressobj()
-                    out = obj.decompress(data)
-                except zlib.error:  # raw deflate, without the zlib header
-                    obj = zlib.decompressobj(-zlib.MAX_WBITS)
-                    out = obj.decompress(data)
-                state["obj"] = obj
-                return out
-            more: bytes = obj.decompress(data)
-            return more
+    ``charset=zlib_codec``, ``rot13`` or ``base64`` name codecs Python has that do not turn bytes into text: such an
+    answer is refused with ``httpx.DecodingError``, a failed call the cascade falls back from.
+    """
+    for param in (content_type or "").split(";")[1:]:
+        key, _, value = param.strip().partition("=")
+        if key.lower() == "charset" and value:
+            name = value.strip().strip('"')
+            try:
+                info = codecs.lookup(name)
+            except (LookupError, ValueError):
+                break
+            if not getattr(info, "_is_text_encoding", True):
+                raise httpx.DecodingError(f"charset {name[:40]!r} is not a text encoding")
+            return info.name
+    return "utf-8"
 
-        return inflate
-    return None  # identity, or an encoding httpx would not decode either
+
+class Inflater:
+    """A body the server compressed (gzip, deflate) inflated in pieces of at most 256 KiB, whatever it holds.
+
+    A few kilobytes of gzip can hold a gigabyte of zeros: the reader counts the pieces as they come and stops at its
+    limit, so no more than one piece past it is ever held.
+    """
+
+    __slots__ = ("_obj",)
+
+    def __init__(self, encoding: str) -> None:
+        self._obj: Any = zlib.decompressobj(zlib.MAX_WBITS | 16) if encoding == "gzip" else None
+
+    @classmethod
+    def of(cls, encoding: str | None) -> Inflater | None:
+        """An inflater for ``encoding``, or None for identity (or an encoding httpx would not decode either)."""
+        name = (encoding or "").strip().lower()
+        return cls(name) if name in ("gzip", "deflate") else None
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        obj = self._obj
+        if obj is None:  # deflate: zlib-wrapped as the RFC says, or raw as some servers send it
+            try:
+                obj = zlib.decompressobj()
+                out = obj.decompress(data, _INFLATE_PIECE)
+            except zlib.error:
+                obj = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = obj.decompress(data, _INFLATE_PIECE)
+            self._obj = obj
+        else:
+            out = obj.decompress(data, _INFLATE_PIECE)
+        if out:
+            yield out
+        while obj.unconsumed_tail:
+            out = obj.decompress(obj.unconsumed_tail, _INFLATE_PIECE)
+            if not out:
+                break
+            yield out
 
 
 class _Connection(asyncio.Protocol):
@@ -681,6 +731,7 @@ class ConnectionPool:
                 await reply._progress()
             if read:
                 await reply.aread()
+                reply._read_text()
             return reply
         except BaseException:
             if reply is not None:

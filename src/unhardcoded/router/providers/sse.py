@@ -8,7 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from .classify import error_detail, int_or_none, json_or_none, scrub_json, status_failure, too_large, transport_failure
+from .classify import (
+    error_detail,
+    int_or_none,
+    json_or_none,
+    scrub_json,
+    status_failure,
+    too_large,
+    transport_failure,
+    undecodable,
+)
 from .errors import ProviderCallError
 from .http11 import ResponseTooLarge
 
@@ -84,6 +93,8 @@ class StreamState:
         self.duration_ms = (time.perf_counter() - self._started) * 1000
         if isinstance(exc, ResponseTooLarge):
             return too_large(self._call, exc, self.status_code)
+        if isinstance(exc, httpx.DecodingError):
+            return undecodable(self._call, exc, self.status_code)
         if isinstance(exc, httpx.TimeoutException) and not self.first_chunk_received:
             return transport_failure(self._call, exc)
         if isinstance(exc, httpx.TimeoutException):
@@ -133,8 +144,8 @@ class StreamState:
                 status_code=self.status_code,
             )
         event: dict[str, Any] = chunk
-        if self._call.secret and self._call.secret in data:
-            event = scrub_json(chunk, self._call.secret)
+        if self._call.secret:  # on the decoded strings: the raw line may spell the key with escapes
+            event = scrub_json(event, self._call.secret)
         chunk = event
         if self.response_model is None and isinstance(chunk.get("model"), str):
             self.response_model = chunk["model"]
