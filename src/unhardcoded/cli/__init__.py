@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "unhardcoded.cli.receipts",
     "unhardcoded.cli.processor",
     "unhardcoded.cli.serve",
+    "unhardcoded.cli.keys",
 )
 
 

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from starlette.types import ASGIApp
 
+    from .._signature import SigningKey
     from ..catalog import Catalog
     from ..receipts.stores import ReceiptStore
     from ..telemetry.setup import TelemetrySetup
@@ -23,6 +24,7 @@ POLICY_DIR_ENV = "UNHARDCODED_POLICY_DIR"
 DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
 STORE_ENV = "UNHARDCODED_STORE"
 FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
+SIGNING_KEY_ENV = "UNHARDCODED_SIGNING_KEY"  # read by telemetry too (telemetry.signing.SIGNING_KEY_ENV)
 DEFAULT_PORT = 8080
 
 
@@ -62,6 +64,12 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument(
         "--max-body-bytes", type=int, default=None, metavar="N", help="largest request body accepted (default 4 MiB)"
     )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="sign every decision with this Ed25519 private key (`unhardcoded keys generate`; "
+        f"default: ${SIGNING_KEY_ENV}); see docs/signing.md",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.set_defaults(run=cmd_serve)
 
@@ -73,8 +81,11 @@ def _forwarded(args: argparse.Namespace) -> list[str]:
     return [n.strip() for item in names for n in item.split(",") if n.strip()]
 
 
-def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> TelemetrySetup | _FlushReceipts | None:
-    """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``.
+def configure_tracing(
+    store: ReceiptStore | None, catalog: Catalog, signing_key: SigningKey | None = None
+) -> TelemetrySetup | _FlushReceipts | None:
+    """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``,
+    decisions signed with ``signing_key`` (else the key ``UNHARDCODED_SIGNING_KEY`` names, if any).
 
     Returns something with ``shutdown()`` that flushes what is buffered when the server stops, or None.
     """
@@ -84,7 +95,7 @@ def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> Telemetry
         return None
     from ..telemetry import configure
 
-    setup = configure("unhardcoded-proxy")
+    setup = configure("unhardcoded-proxy", signing_key=signing_key)
     provider = setup.tracer_provider
     if store is not None and isinstance(provider, TracerProvider):
         from ..receipts.span_processor import ReceiptSpanProcessor
@@ -114,6 +125,13 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     from . import load_catalog_arg
 
     catalog = load_catalog_arg(args.catalog)
+    signing_key = None
+    signing_path = getattr(args, "signing_key", None) or os.environ.get(SIGNING_KEY_ENV)
+    if signing_path:
+        from .._signature import SigningKey
+
+        signing_key = SigningKey.load(signing_path)  # an unusable key stops the start, with the reason
+        logging.getLogger(__name__).info("signing decisions with key id %s", signing_key.key_id)
     providers = load_providers(args.providers) if args.providers else providers_from_env()
     store = None
     store_url = args.store or os.environ.get(STORE_ENV)
@@ -123,7 +141,7 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
         store = open_store(store_url)
     except ImportError:
         store = None
-    provider = configure_tracing(store, catalog)
+    provider = configure_tracing(store, catalog, signing_key)
     router = Router(catalog, ProviderClient(providers))
     app = create_app(
         router,

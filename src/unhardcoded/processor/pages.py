@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.render import OPEN_WORKFLOW, STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
+from ..receipts.verify import SignatureCheck
 
 _CSS = """
 :root { color-scheme: light; }
@@ -54,7 +55,18 @@ def _status_class(outcome: str) -> str:
     return {"answered": "ok", "dry_run": "dry"}.get(outcome, "bad")
 
 
-def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None = None) -> str:
+def _signature_row(r: Receipt, check: SignatureCheck | None) -> tuple[str, str]:
+    if check is None:
+        signed = f"signed by key <code>{escape(r.signature.key_id)}</code> · " if r.signature else "unsigned · "
+        return ("signature", f"{signed}not checked (the processor holds no public key)")
+    css = "ok" if check.status == "verified" else "bad"
+    text = escape(check.line().removeprefix("signature "))
+    return ("signature", f'<span class="status {css}" style="float:none">{escape(check.status)}</span> {text}')
+
+
+def receipt_page(
+    r: Receipt, revision: int | None = None, stored_at: str | None = None, *, signature: SignatureCheck | None = None
+) -> str:
     rid = quote(r.request_id, safe="")
     status = STATUS.get(r.outcome, r.outcome)
     head = (
@@ -132,6 +144,7 @@ def receipt_page(r: Receipt, revision: int | None = None, stored_at: str | None 
                 f'<a href="/w/{wid}">{escape(r.workflow.name)} ({escape(r.workflow.id)})</a> · node {escape(r.workflow.node or "?")}{step}',
             )
         )
+    trace.append(_signature_row(r, signature))
     trace.append(("JSON", f'<a href="/receipts/{rid}">/receipts/{escape(rid)}</a>'))
     note = (
         "" if r.complete else '<div class="warn">INCOMPLETE: some of this decision\'s telemetry was not received.</div>'
