@@ -147,8 +147,10 @@ class SigningKey:
         data = _read(path, "signing key")
         try:
             key = load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
-            raise SigningKeyError(f"{path}: not an unencrypted PEM private key ({_first_line(exc)})") from None
+        except (ValueError, TypeError):  # the library's reason is not repeated: nothing of the file is echoed
+            raise SigningKeyError(
+                f"{path}: not an unencrypted PEM private key (PKCS#8 Ed25519, as `unhardcoded keys generate` writes it)"
+            ) from None
         if not isinstance(key, Ed25519PrivateKey):
             raise SigningKeyError(f"{path}: not an Ed25519 key (a {type(key).__name__})")
         return cls(key)
@@ -162,11 +164,6 @@ class SigningKey:
     def sign(self, content: bytes) -> str:
         """The signature of :func:`signed_content` bytes, as base64url."""
         return b64url(self._sign(signed_message(content)))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
 
 
 class PublicKeys(Mapping[str, "Ed25519PublicKey"]):
@@ -225,8 +222,10 @@ def _load_public(path: Path) -> Ed25519PublicKey:
     data = _read(path, "public key")
     try:
         key = load_pem_public_key(data)
-    except (ValueError, TypeError) as exc:
-        raise SigningKeyError(f"{path}: not a PEM public key ({_first_line(exc)})") from None
+    except (ValueError, TypeError):
+        raise SigningKeyError(
+            f"{path}: not a PEM public key (SubjectPublicKeyInfo Ed25519, as `unhardcoded keys generate` writes it)"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{path}: not an Ed25519 public key (a {type(key).__name__})")
     return key
