@@ -331,3 +331,17 @@ def _fresh_private_key():
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     return Ed25519PrivateKey.generate()
+
+
+def test_a_decision_with_its_signature_field_is_still_built_without_model_construct(monkeypatch):
+    # The engine's fast build needs every Decision field named: a field added (the signature) and not given there
+    # would silently take model_construct's per-field loop, a third slower per decision.
+    from unhardcoded.router.decision import Decision
+    from unhardcoded.router.engine import CompiledPolicy
+
+    def refused(cls, **values):
+        raise AssertionError(f"Decision.model_construct used: fields given {sorted(values)}")
+
+    monkeypatch.setattr(Decision, "model_construct", classmethod(refused))
+    decision = CompiledPolicy(SUPPORT, CATALOG).decide(FEATURES)
+    assert decision.signature is None

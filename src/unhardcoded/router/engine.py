@@ -309,6 +309,7 @@ class CompiledPolicy:
                 "workflow": workflow,
                 "trace_id": None,
                 "span_id": None,
+                "signature": None,
             }
         )
 
