@@ -149,8 +149,15 @@ def test_proxy_with_a_signing_key_to_a_processor_with_the_public_key_verifies_ev
                 raw = client.chat.completions.with_raw_response.create(
                     model="auto", messages=[{"role": "user", "content": "Where is my parcel?"}]
                 )
+                streamed = client.chat.completions.with_raw_response.create(
+                    model="auto", messages=[{"role": "user", "content": "And my refund?"}], stream=True
+                )
+                with streamed.parse() as chunks:
+                    assert [c for c in chunks]
             request_id = raw.headers[X_UNHARDCODED_REQUEST_ID]
+            streamed_id = streamed.headers[X_UNHARDCODED_REQUEST_ID]
             doc = p.wait_for(lambda: p.receipt(request_id), 20)
+            streamed_doc = p.wait_for(lambda: p.receipt(streamed_id), 20)
         finally:
             proc.terminate()
             proc.wait(20)
@@ -158,6 +165,7 @@ def test_proxy_with_a_signing_key_to_a_processor_with_the_public_key_verifies_ev
     assert doc, (tmp_path / "proxy.log").read_text()
     assert doc["receipt"]["outcome"] == "answered" and doc["receipt"]["attempts"]
     assert doc["signature"]["status"] == "verified", doc
+    assert streamed_doc["signature"]["status"] == "verified", streamed_doc
     assert "sk-CANARY" not in json.dumps(doc) and "sk-CANARY" not in (tmp_path / "proxy.log").read_text()
 
     def cli(*args: str) -> subprocess.CompletedProcess:
