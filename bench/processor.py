@@ -14,6 +14,11 @@ whole run (almost every receipt waits for later exports). Each figure is the
 median of --rounds runs. Targets: >= 10,000 spans/s per core over OTLP/HTTP
 and OTLP/gRPC.
 
+Verification (this tree only): signed decisions sent to a processor holding the public key, then every receipt
+read back once (``GET /receipts/{id}``): reads per second per core of the processor's CPU, each read verifying
+the signature; and ``verify_receipt`` alone, in this process. Verifying is never on the ingest path, so the
+throughput figures above are what ingest costs whether spans are signed or not.
+
 Memory: 100,000 decision spans whose attempt spans never come (so every
 receipt stays pending for the wait window), then the processor's RSS. Target:
 <= 300 MB.
@@ -179,6 +184,58 @@ def memory(n: int, tmp: Path, src: Path) -> float:
         p.stop()
 
 
+def verification(n: int, tmp: Path) -> tuple[float, float, int]:
+    """Reads per second per core of a processor verifying each receipt it answers; ``verify_receipt`` per second
+    per core in this process; how many of the reads were ``verified``."""
+    import random as _random
+
+    from processor_fixtures import make_decision
+    from unhardcoded._signature import PublicKeys, SigningKey
+    from unhardcoded.receipts import rebuild_receipts, verify_receipt
+    from unhardcoded.telemetry.signing import DecisionSigner
+
+    key_file, pub_file = ROOT / "tests/fixtures/signing/fixture.key", ROOT / "tests/fixtures/signing/fixture.pub"
+    signer = DecisionSigner(SigningKey.load(key_file))
+    tp, exporter = L.provider("checkout")
+    tracer = tp.get_tracer("unhardcoded")
+    rng = _random.Random(11)
+    ids = []
+    for i in range(n):
+        d = make_decision(rng, f"req_verify_{i:06d}")
+        L.emit_decision(tracer, d, signer=signer)
+        ids.append(d.request_id)
+    spans = list(exporter.get_finished_spans())
+    receipts = rebuild_receipts(L.otlp_bytes(spans)).receipts
+    keys = PublicKeys.load([pub_file])
+    t = time.process_time()
+    for r in receipts:
+        verify_receipt(r, keys)
+    in_process = len(receipts) / (time.process_time() - t)
+    p = ProcessorProcess(
+        str(tmp / "verify.db"),
+        "--no-access-log",
+        "--wait-window",
+        "0.5",
+        "--public-key",
+        str(pub_file),
+        env=compare.child_env(compare.tree_src(ROOT)),
+        log=tmp / "verify.log",
+    ).start()
+    try:
+        run_http(p, exports(spans, 1))
+        wait_finished(p, n)
+        verified = 0
+        with httpx.Client(base_url=p.url, timeout=30) as client:
+            client.get(f"/receipts/{ids[0]}")  # warm up
+            cpu0 = cpu_seconds(p.proc.pid)
+            for request_id in ids:
+                verified += client.get(f"/receipts/{request_id}").json()["signature"]["status"] == "verified"
+            cpu = cpu_seconds(p.proc.pid) - cpu0
+        return n / cpu, in_process, verified
+    finally:
+        p.stop()
+
+
 def reference_loop_s() -> float:
     """CPU seconds for a fixed pure-Python loop: how fast this machine runs Python right now, to compare runs by."""
     t = time.process_time()
@@ -192,6 +249,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--decisions", type=int, default=4000)
     ap.add_argument("--pending", type=int, default=100_000)
+    ap.add_argument("--verify-reads", type=int, default=1000, help="signed receipts read back, each verified")
     ap.add_argument("--rounds", type=int, default=3, help="runs per transport and order; the median is reported")
     ap.add_argument(
         "--against", metavar="TREE", help="another tree (its root or its src directory): pair every run with one of it"
@@ -251,6 +309,11 @@ def main() -> int:
                         f"  against {args.against}: {statistics.median(o[0] for o in others):>9,.0f} spans/s per core;"
                         f" this / that, paired: {geomean:.3f} (geometric mean), {sum(r > 1 for r in ratios)} of {len(ratios)} faster"
                     )
+        reads, in_process, verified = verification(args.verify_reads, tmp)
+        print(
+            f"verification on read (GET /receipts/ID, --public-key): {reads:>7,.0f} reads/s per core (processor CPU), "
+            f"{verified} of {args.verify_reads} verified; verify_receipt alone {in_process:,.0f}/s per core"
+        )
         mb = memory(args.pending, tmp, this)
         verdict = "ok" if mb <= TARGET_RSS_MB else "OVER TARGET"
         ok &= mb <= TARGET_RSS_MB

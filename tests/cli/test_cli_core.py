@@ -399,6 +399,7 @@ SERVICE_MODULES = (
     "unhardcoded.server",
     "unhardcoded.processor",
     "unhardcoded.telemetry",
+    "cryptography",  # only a command that signs or verifies loads it
 )
 
 

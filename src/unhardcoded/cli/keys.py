@@ -1,6 +1,6 @@
 """`unhardcoded keys`: the keys the proxy and its callers use.
 
-`keys hash` turns a client key (read from stdin, never from the command line, where it would sit in the
+`keys generate` writes an Ed25519 key pair for signed decisions (docs/signing.md). `keys hash` turns a client key (read from stdin, never from the command line, where it would sit in the
 shell's history and the process list) into the SHA-256 a keys file (`unhardcoded serve --keys FILE`) holds.
 """
 
@@ -19,8 +19,19 @@ if TYPE_CHECKING:
 
 
 def add_commands(sub: Subcommands) -> None:
-    p = sub.add_parser("keys", help="client keys for `serve --keys`")
+    p = sub.add_parser("keys", help="signing keys for decisions and client keys for `serve --keys`")
     keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True, parser_class=type(p))
+    g = keys.add_parser(
+        "generate",
+        help="write NAME.key (private, mode 0600) and NAME.pub (public); print the key id",
+        description=(
+            "Write an Ed25519 private key (PKCS#8 PEM, mode 0600) for `unhardcoded serve --signing-key` and its "
+            "public key (SubjectPublicKeyInfo PEM) for verifiers. Existing files are never overwritten."
+        ),
+    )
+    g.add_argument("--out", metavar="DIR", default=".", help="directory to write the two files to (default: .)")
+    g.add_argument("--name", metavar="NAME", default="signing", help="file name stem (default: signing)")
+    g.set_defaults(run=cmd_keys_generate)
     h = keys.add_parser(
         "hash",
         help="the SHA-256 of a client key (read from stdin), or a ready keys-file entry with --name",
@@ -79,4 +90,14 @@ def cmd_hash(args: argparse.Namespace) -> int:
         print(f"  default_policy: {json.dumps(args.default_policy)}")
     if args.inline:
         print("  inline: true")
+    return 0
+
+
+def cmd_keys_generate(args: argparse.Namespace) -> int:
+    from .._signature import write_key_pair
+
+    private_path, public_path, key_id = write_key_pair(args.out, args.name)
+    print(f"private key  {private_path}  (mode 0600: give it to the router only)")
+    print(f"public key   {public_path}  (give it to verifiers)")
+    print(f"key id       {key_id}")
     return 0

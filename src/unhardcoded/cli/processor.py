@@ -185,6 +185,14 @@ def add_commands(sub: Subcommands) -> None:
         metavar="NAME",
         help="this instance's name in a shared store (default HOSTNAME:PORT); a restart picks up its own pending spans",
     )
+    p.add_argument(
+        "--public-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="the router's public key (PEM), or a directory of *.pub: receipts read are verified with it "
+        "(repeatable: keep retired keys for old receipts); see docs/signing.md",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default info)"
@@ -364,6 +372,11 @@ def cmd_processor(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    public_keys = None
+    if args.public_key:
+        from ..receipts.verify import PublicKeys
+
+        public_keys = PublicKeys.load(args.public_key)  # an unusable key file stops the start, with the reason
     ingest_token = _token(args.ingest_token_env, "--ingest-token-env")
     query_token = _token(args.query_token_env, "--query-token-env")
     _warn_if_exposed(args.host, ingest_token, query_token)
@@ -415,6 +428,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
             query_token=query_token,
             access_log=not args.no_access_log,
             max_reading_bytes=2 * args.max_queue_bytes,
+            public_keys=public_keys,
         )
         app = build_app(processor, store, settings)
         # Spans and receipts make many small objects and no cycles: collections that re-scan a heap of
@@ -424,7 +438,8 @@ def cmd_processor(args: argparse.Namespace) -> int:
         gc.set_threshold(50_000, 50, 100)
         print(
             f"unhardcoded processor: http://{args.host}:{http_port} (OTLP/HTTP, API, pages) · grpc {grpc_note} · "
-            f"store {store.location} ({durability}) · instance {owner}",
+            f"store {store.location} ({durability}) · instance {owner}"
+            + (f" · verifying signatures with key ids {', '.join(public_keys)}" if public_keys else ""),
             file=sys.stderr,
             flush=True,
         )

@@ -25,6 +25,18 @@ def add_commands(sub: Subcommands) -> None:
     p.add_argument("id", metavar="REQUEST_ID", help="a request id (X-Unhardcoded-Request-Id) or a workflow id")
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="print the receipt as JSON (unhardcoded.receipt/v1)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the router's signature instead of showing the receipt: exit 0 verified, 1 invalid or unsigned",
+    )
+    p.add_argument(
+        "--public-key",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="with --verify: the router's public key (PEM), or a directory of *.pub; repeat for retired keys",
+    )
     p.set_defaults(run=cmd_receipt)
 
     p = sub.add_parser(
@@ -58,6 +70,10 @@ def cmd_receipt(args: argparse.Namespace) -> int:
 
     if not args.id.strip():
         raise UsageError("REQUEST_ID is empty")
+    if args.public_key and not args.verify:
+        raise UsageError("--public-key goes with --verify")
+    if args.verify:
+        return _verify(args)
     source = source_from_args(args)
     receipt = source.receipt(args.id)
     if receipt is not None:
@@ -74,6 +90,34 @@ def cmd_receipt(args: argparse.Namespace) -> int:
             print(render_workflow(workflow))
         return 0
     raise NotFoundError(f"no receipt or workflow {args.id!r} in {source.description}")
+
+
+def _verify(args: argparse.Namespace) -> int:
+    """``receipt ID --verify``: the signature's status, checked here with the public keys given (the source is not
+    trusted to say it): one line per receipt, exit 0 only when every one is verified."""
+    from ..receipts.verify import PublicKeys, verify_receipt
+
+    if not args.public_key:
+        raise UsageError("--verify needs the router's public key: --public-key FILE (repeatable)")
+    keys = PublicKeys.load(args.public_key)
+    source = source_from_args(args)
+    receipt = source.receipt(args.id)
+    if receipt is not None:
+        receipts = [receipt]
+    else:
+        workflow = source.workflow(args.id)
+        if workflow is None:
+            raise NotFoundError(f"no receipt or workflow {args.id!r} in {source.description}")
+        receipts = list(workflow.nodes)
+        if not receipts:
+            raise NotFoundError(f"workflow {args.id!r} in {source.description} has no decisions to verify")
+    checks = [(r.request_id, verify_receipt(r, keys)) for r in receipts]
+    if args.json:
+        print_json([{"request_id": request_id, "signature": c.to_json_dict()} for request_id, c in checks])
+    else:
+        for request_id, check in checks:
+            print(f"{request_id}: {check.line()}")
+    return 0 if all(c.status == "verified" for _, c in checks) else 1
 
 
 def _progress(stream: TextIO, done: int, total: int) -> None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace import TracerProvider
     from starlette.types import ASGIApp
 
+    from .._signature import SigningKey
     from ..catalog import Catalog
     from ..receipts.stores import ReceiptStore
     from ..telemetry.setup import TelemetrySetup
@@ -27,6 +28,7 @@ DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
 STORE_ENV = "UNHARDCODED_STORE"
 FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
 KEYS_ENV = "UNHARDCODED_KEYS"
+SIGNING_KEY_ENV = "UNHARDCODED_SIGNING_KEY"  # read by telemetry too (telemetry.signing.SIGNING_KEY_ENV)
 DEFAULT_PORT = 8080
 
 
@@ -98,6 +100,12 @@ def add_commands(sub: Subcommands) -> None:
         metavar="N",
         help="connections and requests in flight at once; more are answered 503 (default 1000)",
     )
+    p.add_argument(
+        "--signing-key",
+        metavar="FILE",
+        help="sign every decision with this Ed25519 private key (`unhardcoded keys generate`; "
+        f"default: ${SIGNING_KEY_ENV}); see docs/signing.md",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per request")
     p.set_defaults(run=cmd_serve)
 
@@ -148,8 +156,11 @@ def check_exposure(args: argparse.Namespace) -> None:
     print(f"WARNING: {exposure} (--allow-unauthenticated)", file=sys.stderr, flush=True)
 
 
-def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> TelemetrySetup | _FlushReceipts | None:
-    """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``.
+def configure_tracing(
+    store: ReceiptStore | None, catalog: Catalog, signing_key: SigningKey | None = None
+) -> TelemetrySetup | _FlushReceipts | None:
+    """Telemetry as the OTEL_* variables say (an application's own SDK is kept), receipts written to ``store``,
+    decisions signed with ``signing_key`` (else the key ``UNHARDCODED_SIGNING_KEY`` names, if any).
 
     Returns something with ``shutdown()`` that flushes what is buffered when the server stops, or None.
     """
@@ -159,7 +170,7 @@ def configure_tracing(store: ReceiptStore | None, catalog: Catalog) -> Telemetry
         return None
     from ..telemetry import configure
 
-    setup = configure("unhardcoded-proxy")
+    setup = configure("unhardcoded-proxy", signing_key=signing_key)
     provider = setup.tracer_provider
     if store is not None and isinstance(provider, TracerProvider):
         from ..receipts.span_processor import ReceiptSpanProcessor
@@ -192,6 +203,13 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     keys_path = _keys_path(args)
     client_keys = ClientKeys.load(keys_path) if keys_path else None
     catalog = load_catalog_arg(args.catalog)
+    signing_key = None
+    signing_path = getattr(args, "signing_key", None) or os.environ.get(SIGNING_KEY_ENV)
+    if signing_path:
+        from .._signature import SigningKey
+
+        signing_key = SigningKey.load(signing_path)  # an unusable key stops the start, with the reason
+        logging.getLogger(__name__).info("signing decisions with key id %s", signing_key.key_id)
     providers = load_providers(args.providers) if args.providers else providers_from_env()
     store = None
     store_url = args.store or os.environ.get(STORE_ENV)
@@ -201,7 +219,7 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
         store = open_store(store_url)
     except ImportError:
         store = None
-    provider = configure_tracing(store, catalog)
+    provider = configure_tracing(store, catalog, signing_key)
     if store is not None and os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         logging.getLogger("unhardcoded.server").warning(
             "OTEL_SDK_DISABLED is set: no span is recorded, so no receipt is written to the store; "

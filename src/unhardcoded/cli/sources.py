@@ -1,4 +1,5 @@
-"""The receipt-source flags of `unhardcoded receipt` (``--store``, ``--processor``, ``--jaeger``, ``--tempo``).
+"""The receipt-source flags of `unhardcoded receipt` (``--store``, ``--processor``, ``--jaeger``, ``--tempo``,
+``--file``).
 
 :data:`SOURCES` holds one flag per source and how to build it; the source's client is imported only when its
 flag is given.
@@ -32,6 +33,12 @@ class SourceSpec:
 
 def _store_source(url: str) -> ReceiptSource:
     return StoreSource(open_store(url, create=False))
+
+
+def _file_source(path: str) -> ReceiptSource:
+    from ..receipts.sources import FileSource
+
+    return FileSource(path)
 
 
 def _processor_source(url: str) -> ReceiptSource:
@@ -71,6 +78,15 @@ SOURCES: dict[str, SourceSpec] = {
     ),
     "tempo": SourceSpec(
         "--tempo", "URL", lambda: "Grafana Tempo HTTP API, e.g. http://127.0.0.1:3200 (TraceQL search)", _tempo_source
+    ),
+    "file": SourceSpec(
+        "--file",
+        "PATH",
+        lambda: (
+            "a file: a receipt or workflow receipt as JSON (`receipt ID --json`), or spans (OTLP protobuf or JSON, "
+            "a Jaeger or Tempo trace as their APIs answer)"
+        ),
+        _file_source,
     ),
 }
 

@@ -36,7 +36,8 @@ from . import otlp
 from .service import Backpressure
 
 if TYPE_CHECKING:
-    from ..receipts.stores import ReceiptStore
+    from ..receipts.stores import ReceiptStore, StoredReceipt
+    from ..receipts.verify import PublicKeys, SignatureCheck
     from .service import ProcessorEngine
 
 access_log = logging.getLogger(__name__ + ".access")
@@ -56,6 +57,9 @@ class Settings:
     """Bytes of trace exports being read, inflated or waiting for their acknowledgement, across connections; past
     it an export gets 429 with Retry-After. One export is always taken when no other is in (the CLI: twice
     ``--max-queue-bytes``)."""
+    public_keys: PublicKeys | None = None
+    """The router's public keys (``--public-key``): receipts read are verified with them (on read, never at
+    ingest); None: signatures are not checked."""
 
 
 def token_matches(header: str | None, token: str | None) -> bool:
@@ -355,9 +359,18 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         run.__name__ = fn.__name__
         return run
 
+    def read_verified(request_id: str) -> tuple[StoredReceipt | None, SignatureCheck | None]:
+        """A stored receipt and, with public keys, its signature checked (here, on read: never at ingest)."""
+        stored = store.get(request_id)
+        if stored is None or settings.public_keys is None:
+            return stored, None
+        from ..receipts.verify import verify_receipt
+
+        return stored, verify_receipt(stored.receipt, settings.public_keys)
+
     async def get_receipt(request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        stored = await run_in_threadpool(store.get, request_id)
+        stored, check = await run_in_threadpool(read_verified, request_id)
         if stored is None:
             return _error(404, "not_found", f"no receipt for request {request_id!r}")
         r = stored.receipt
@@ -365,6 +378,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         return JSONResponse(
             {
                 "receipt": r.to_json_dict(),
+                "signature": check.to_json_dict() if check is not None else None,
                 "revision": stored.revision,
                 "stored_at": stored.stored_at,
                 "conflicts": conflicts,
@@ -492,12 +506,14 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
 
     async def receipt_page(request: Request) -> Response:
         request_id = request.path_params["request_id"]
-        stored = await run_in_threadpool(store.get, request_id)
+        stored, check = await run_in_threadpool(read_verified, request_id)
         if stored is None:
             return HTMLResponse(pages.not_found("receipt", request_id), status_code=404)
         conflicts = await run_in_threadpool(store.conflicts, request_id, pages.CONFLICTS_SHOWN)
         count = await run_in_threadpool(store.count_conflicts, request_id) if conflicts else 0
-        return HTMLResponse(pages.receipt_page(stored.receipt, stored.revision, stored.stored_at, conflicts, count))
+        return HTMLResponse(
+            pages.receipt_page(stored.receipt, stored.revision, stored.stored_at, conflicts, count, signature=check)
+        )
 
     async def workflow_page(request: Request) -> Response:
         workflow_id = request.path_params["workflow_id"]

@@ -89,6 +89,30 @@ def document() -> dict[str, Any]:
                         "this request id, kept aside and not merged (`links.conflicts`).",
                     },
                     "links": _ref("ReceiptLinks"),
+                    "signature": {
+                        "oneOf": [_ref("SignatureCheck"), {"type": "null"}],
+                        "description": (
+                            "The receipt's signature checked on read with the public keys the processor was "
+                            "given (`--public-key`); null when it was given none. Not part of the receipt."
+                        ),
+                    },
+                },
+            },
+            "SignatureCheck": {
+                "type": "object",
+                "required": ["status", "reason", "key_id", "version"],
+                "properties": {
+                    "status": {
+                        "type": "string",
+                        "enum": ["verified", "invalid", "unsigned"],
+                        "description": "`verified`: the router's signature matches the receipt as stored.",
+                    },
+                    "reason": {
+                        "type": ["string", "null"],
+                        "description": "Why it is not verified: e.g. `unknown key id …`, `signature does not match …`.",
+                    },
+                    "key_id": {"type": ["string", "null"]},
+                    "version": {"type": ["integer", "null"]},
                 },
             },
             "ReceiptRevisions": {

@@ -14,6 +14,7 @@ from urllib.parse import quote
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.render import OPEN_WORKFLOW, STATUS, _fmt, _usd, cost_line, render_receipt, render_workflow
 from ..receipts.stores import ReceiptConflict
+from ..receipts.verify import SignatureCheck
 
 _CSS = """
 :root { color-scheme: light; }
@@ -86,14 +87,26 @@ def _conflicts(r: Receipt, conflicts: list[ReceiptConflict], count: int) -> str:
     )
 
 
+def _signature_row(r: Receipt, check: SignatureCheck | None) -> tuple[str, str]:
+    if check is None:
+        signed = f"signed by key <code>{escape(r.signature.key_id)}</code> · " if r.signature else "unsigned · "
+        return ("signature", f"{signed}not checked (the processor holds no public key)")
+    css = "ok" if check.status == "verified" else "bad"
+    text = escape(check.line().removeprefix("signature "))
+    return ("signature", f'<span class="status {css}" style="float:none">{escape(check.status)}</span> {text}')
+
+
 def receipt_page(
     r: Receipt,
     revision: int | None = None,
     stored_at: str | None = None,
     conflicts: list[ReceiptConflict] | None = None,
     conflict_count: int | None = None,
+    *,
+    signature: SignatureCheck | None = None,
 ) -> str:
-    """The receipt card; ``conflicts`` (the first few of ``conflict_count``) open it as a warning."""
+    """The receipt card; ``conflicts`` (the first few of ``conflict_count``) open it as a warning; ``signature`` is
+    the verifier's answer for it (None: not checked)."""
     rid = quote(r.request_id, safe="")
     status = STATUS.get(r.outcome, r.outcome)
     head = (
@@ -171,6 +184,7 @@ def receipt_page(
                 f'<a href="/w/{wid}">{escape(r.workflow.name)} ({escape(r.workflow.id)})</a> · node {escape(r.workflow.node or "?")}{step}',
             )
         )
+    trace.append(_signature_row(r, signature))
     trace.append(("JSON", f'<a href="/receipts/{rid}">/receipts/{escape(rid)}</a>'))
     if revision is not None and revision > 1:
         trace.append(("revisions", f'<a href="/receipts/{rid}/revisions">{revision} revisions, every one kept</a>'))

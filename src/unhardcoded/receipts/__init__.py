@@ -6,6 +6,7 @@ from .model import RECEIPT_SCHEMA, WORKFLOW_RECEIPT_SCHEMA, PolicyRef, Receipt, 
 from .rebuild import Rebuilt, RebuiltDecision, rebuild_decision, rebuild_receipts, rebuild_spans
 from .spans import SpanFormatError, SpanRecord, read_spans
 from .stores import ReceiptQuery, ReceiptStore, RollupRow, SQLiteReceiptStore, StoredReceipt, StoreError, open_store
+from .verify import PublicKeys, SignatureCheck, SigningKeyError, verify_receipt
 
 if TYPE_CHECKING:
     from .span_processor import ProcessorStats, ReceiptSpanProcessor
@@ -15,6 +16,7 @@ __all__ = [
     "WORKFLOW_RECEIPT_SCHEMA",
     "PolicyRef",
     "ProcessorStats",
+    "PublicKeys",
     "Rebuilt",
     "RebuiltDecision",
     "Receipt",
@@ -23,6 +25,8 @@ __all__ = [
     "ReceiptStore",
     "RollupRow",
     "SQLiteReceiptStore",
+    "SignatureCheck",
+    "SigningKeyError",
     "SpanFormatError",
     "SpanRecord",
     "StoreError",
@@ -33,6 +37,7 @@ __all__ = [
     "rebuild_decision",
     "rebuild_receipts",
     "rebuild_spans",
+    "verify_receipt",
 ]
 
 

@@ -6,7 +6,7 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, WorkflowRef
+from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, Signature, WorkflowRef
 from ..router.features import RequestFeatures
 
 RECEIPT_SCHEMA: Final = "unhardcoded.receipt/v1"
@@ -53,34 +53,18 @@ class Receipt(_Model):
     outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
     features: RequestFeatures | None = None
     complete: bool = True
+    signature: Signature | None = None
+    """The router's signature over the receipt content, from the decision span; whether it verifies is the
+    verifier's answer (``unhardcoded.receipts.verify_receipt``), not part of the receipt."""
 
     @classmethod
     def from_decision(cls, decision: Decision) -> Receipt:
-        return cls(
-            request_id=decision.request_id,
-            trace_id=decision.trace_id,
-            span_id=decision.span_id,
-            timestamp=decision.timestamp,
-            policy=PolicyRef(
-                name=decision.policy.name, fingerprint=decision.policy.fingerprint, schema_=decision.policy.schema_id
-            ),
-            catalog_version=decision.catalog_version,
-            candidates=list(decision.candidates),
-            rejected=list(decision.rejected),
-            selected=decision.selected,
-            fallback=FallbackRecord(
-                chain=list(decision.fallback_chain), triggered=bool(decision.hops), hops=list(decision.hops)
-            ),
-            attempts=list(decision.attempts),
-            answered_by=decision.answered_by,
-            latency_ms=decision.latency_ms,
-            cost=decision.cost,
-            workflow=decision.workflow,
-            client=decision.client,
-            outcome=decision.outcome,
-            features=decision.features,
-            complete=True,
-        )
+        # One mapping from a decision to its receipt fields: the one its signature covers.
+        return cls(**decision.receipt_fields(), signature=decision.signature, complete=True)
+
+    def signed_fields(self) -> dict[str, Any]:
+        """The receipt's fields by name (its own objects), for ``unhardcoded._signature.signed_content``."""
+        return self.__dict__
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", by_alias=True)

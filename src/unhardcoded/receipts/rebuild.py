@@ -18,7 +18,7 @@ from typing import Any
 
 from .._construct import construct as _construct
 from ..policy.model import fingerprint_of
-from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, WorkflowRef, iso_ms
+from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, Signature, WorkflowRef, iso_ms
 from ..router.features import RequestFeatures
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
@@ -411,6 +411,11 @@ _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
     _K.UNHARDCODED_WORKFLOW_STEP,
 )
 _CLIENT = _K.UNHARDCODED_CLIENT_NAME
+_SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
+    _K.UNHARDCODED_SIGNATURE_VALUE,
+    _K.UNHARDCODED_SIGNATURE_KEY_ID,
+    _K.UNHARDCODED_SIGNATURE_VERSION,
+)
 _AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
     _K.UNHARDCODED_ATTEMPT_INDEX,
     _K.UNHARDCODED_ATTEMPT_ROLE,
@@ -562,6 +567,21 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             },
         )
 
+    signature = None
+    value = get(_SIG_VALUE)
+    if value is not None:
+        # What the span says, as it says it: whether it verifies is the verifier's question (a wrong type there
+        # leaves a signature that cannot verify rather than none, so it reads "invalid", not "unsigned").
+        key_id, version = get(_SIG_KEY_ID), _opt_int(get(_SIG_VERSION))
+        signature = _construct(
+            Signature,
+            {
+                "version": version if version is not None else -1,
+                "key_id": key_id if key_id.__class__ is str else "",
+                "value": value if value.__class__ is str else "",
+            },
+        )
+
     latency = _opt_float(get(_LATENCY))
     receipt = _construct(
         Receipt,
@@ -603,6 +623,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             "outcome": outcome,
             "features": features,
             "complete": complete,
+            "signature": signature,
         },
     )
     return RebuiltDecision(receipt, body, features)

@@ -98,6 +98,8 @@ def render_receipt(r: Receipt) -> str:
         lines.append(f"workflow  {r.workflow.name} ({r.workflow.id}) · node {r.workflow.node}{step}")
     if r.client is not None:
         lines.append(f"client    {r.client}")
+    if r.signature is not None:  # what the span carries; whether it verifies is `receipt ID --verify`'s answer
+        lines.append(f"signed    key {r.signature.key_id[:64]} · version {r.signature.version} · not checked here")
     if not r.complete:
         lines.append("note      INCOMPLETE: some of this decision's telemetry was not received")
     return "\n".join(lines)

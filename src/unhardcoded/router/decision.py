@@ -88,6 +88,14 @@ class WorkflowRef(_Model):
     step: int | None = None
 
 
+class Signature(_Model):
+    """An Ed25519 signature over the decision's receipt content (see docs/signing.md)."""
+
+    version: int
+    key_id: str
+    value: str
+
+
 class Decision(_Model):
     """How one request was routed: policy, candidates, rejections, winner, cascade, attempts, cost."""
 
@@ -111,6 +119,8 @@ class Decision(_Model):
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
     trace_id: str | None = None
     span_id: str | None = None
+    signature: Signature | None = None
+    """Set by telemetry when it signs the decision, as the decision span ends."""
 
     @property
     def fingerprint(self) -> str:
@@ -119,3 +129,29 @@ class Decision(_Model):
     @property
     def fallback_triggered(self) -> bool:
         return bool(self.hops)
+
+    def receipt_fields(self, outcome: str | None = None) -> dict[str, Any]:
+        """The decision's receipt fields by name, as ``Receipt.from_decision`` maps them (values are this
+        decision's own objects, not copies): what a signature covers (``unhardcoded._signature.signed_content``),
+        without building a Receipt. ``outcome``: the one recorded, when it differs from the decision's."""
+        policy = self.policy
+        return {
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "span_id": self.span_id,
+            "timestamp": self.timestamp,
+            "policy": {"name": policy.name, "fingerprint": policy.fingerprint, "schema": policy.schema_id},
+            "catalog_version": self.catalog_version,
+            "candidates": self.candidates,
+            "rejected": self.rejected,
+            "selected": self.selected,
+            "fallback": {"chain": self.fallback_chain, "triggered": bool(self.hops), "hops": self.hops},
+            "attempts": self.attempts,
+            "answered_by": self.answered_by,
+            "latency_ms": self.latency_ms,
+            "cost": self.cost,
+            "workflow": self.workflow,
+            "client": self.client,
+            "outcome": self.outcome if outcome is None else outcome,
+            "features": self.features,
+        }

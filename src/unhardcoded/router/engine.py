@@ -312,6 +312,7 @@ class CompiledPolicy:
                 "client": client_name,
                 "trace_id": None,
                 "span_id": None,
+                "signature": None,
             }
         )
 

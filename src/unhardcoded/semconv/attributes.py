@@ -252,6 +252,25 @@ UNHARDCODED_SELECTED_SCORE: Final = "unhardcoded.selected.score"
 The selected model's value of the policy's `select.score_field`.
 """
 
+UNHARDCODED_SIGNATURE_KEY_ID: Final = "unhardcoded.signature.key_id"
+"""
+Which key signed: the first 16 hex characters of the SHA-256 of the raw 32-byte Ed25519 public key.
+"""
+
+UNHARDCODED_SIGNATURE_VALUE: Final = "unhardcoded.signature.value"
+"""
+Ed25519 signature (64 bytes, base64url without padding) over the decision's receipt content in the
+canonical form of `unhardcoded.signature.version`.
+Note: Set when the decision ends, only when a signing key is configured. It covers the whole receipt
+as the router knew it (attempts, answered model and cost included) and the trace and span ids, so it
+cannot be copied onto another span. See docs/signing.md.
+"""
+
+UNHARDCODED_SIGNATURE_VERSION: Final = "unhardcoded.signature.version"
+"""
+Version of the signed content's canonical form (which receipt fields it covers).
+"""
+
 UNHARDCODED_TELEMETRY_DROPPED: Final = "unhardcoded.telemetry.dropped"
 """
 Number of items that could not be recorded on this span (attributes that could not be encoded,

@@ -6,6 +6,7 @@ The library uses only the OpenTelemetry API. Applications with no SDK yet call
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -13,18 +14,22 @@ from .decision import AttemptSpans, DecisionScope, RouterTelemetry
 from .layout import REJECTION_EVENT_LIMIT
 from .losses import TelemetryLosses, losses, reset_losses
 from .propagation import continue_from, extract_context, inject_headers
+from .signing import SIGNING_KEY_ENV, DecisionSigner, use_signing_key
 from .workflows import Node, current_workflow, workflow
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics.export import MetricReader
     from opentelemetry.sdk.trace.export import SpanExporter
 
+    from .._signature import SigningKey
     from .setup import TelemetryConfigError, TelemetrySetup
 
 __all__ = [
     "REJECTION_EVENT_LIMIT",
+    "SIGNING_KEY_ENV",
     "AttemptSpans",
     "DecisionScope",
+    "DecisionSigner",
     "Node",
     "RouterTelemetry",
     "TelemetryConfigError",
@@ -37,6 +42,7 @@ __all__ = [
     "inject_headers",
     "losses",
     "reset_losses",
+    "use_signing_key",
     "workflow",
 ]
 
@@ -53,6 +59,7 @@ def configure(
     metric_reader: MetricReader | None = None,
     metric_export_interval_ms: float | None = None,
     set_global: bool = True,
+    signing_key: SigningKey | str | os.PathLike[str] | None = None,
 ) -> TelemetrySetup:
     """Install a TracerProvider and MeterProvider exporting over OTLP (per ``OTEL_*``) unless the app has its own.
 
@@ -71,6 +78,7 @@ def configure(
         metric_reader=metric_reader,
         metric_export_interval_ms=metric_export_interval_ms,
         set_global=set_global,
+        signing_key=signing_key,
     )
 
 

@@ -10,6 +10,7 @@ Nothing here raises into the request: what fails is counted in
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -31,9 +32,11 @@ from .late import LateSpan, LateSpans
 from .layout import PolicyLayout
 from .losses import count_error, count_loss
 from .scope import INSTRUMENTATION_SCOPE, VERSION, error_type
+from .signing import DecisionSigner, configured_signer, signature_attributes, signer_of
 from .workflows import current_workflow
 
 if TYPE_CHECKING:
+    from .._signature import SigningKey
     from ..router.decision import Attempt, Decision
     from ..router.engine import CompiledPolicy
     from ..router.observe import Answer
@@ -41,6 +44,13 @@ if TYPE_CHECKING:
 _LAYOUTS_MAX = 512
 _CHAT = G.GenAiOperationNameValues.CHAT.value
 _ERROR = Status(StatusCode.ERROR)
+
+
+class _ProcessWide:
+    """The default of ``RouterTelemetry(signing_key=...)``: the process-wide key, if any."""
+
+
+PROCESS_WIDE = _ProcessWide()
 
 
 class RouterTelemetry:
@@ -57,8 +67,21 @@ class RouterTelemetry:
     """A failure in an observer hook the router caught, counted with the other telemetry losses."""
 
     def __init__(
-        self, tracer_provider: trace.TracerProvider | None = None, meter_provider: metrics.MeterProvider | None = None
+        self,
+        tracer_provider: trace.TracerProvider | None = None,
+        meter_provider: metrics.MeterProvider | None = None,
+        *,
+        signing_key: SigningKey | str | os.PathLike[str] | _ProcessWide | None = PROCESS_WIDE,
     ) -> None:
+        """``signing_key``: sign every decision with this key (a path or a loaded key), None never; by default
+        the process-wide key (``configure(signing_key=...)`` or ``UNHARDCODED_SIGNING_KEY``), read when a decision
+        ends."""
+        self._signer: DecisionSigner | None = None
+        self._process_signer = signing_key is PROCESS_WIDE
+        if isinstance(signing_key, _ProcessWide):
+            configured_signer()  # a bad UNHARDCODED_SIGNING_KEY fails here, at start, not in a request
+        else:
+            self._signer = signer_of(signing_key)
         self.tracer = trace.get_tracer(INSTRUMENTATION_SCOPE, VERSION, tracer_provider)
         self.metrics = DecisionMetrics(metrics.get_meter(INSTRUMENTATION_SCOPE, VERSION, meter_provider))
         self._layouts: dict[CompiledPolicy, PolicyLayout] = {}
@@ -74,6 +97,10 @@ class RouterTelemetry:
                 self._layouts.clear()
             layout = self._layouts[compiled] = PolicyLayout(compiled)
         return layout
+
+    def signer(self) -> DecisionSigner | None:
+        """What signs this telemetry's decisions, if anything."""
+        return configured_signer() if self._process_signer else self._signer
 
     def tracing(self) -> bool:
         """Whether spans can record: False while the tracer is the API's no-op (no SDK installed, or disabled)."""
@@ -302,6 +329,15 @@ class DecisionScope:
         lost += _losses_on(span, attrs, events, self.layout.body_length)
         if lost:
             span.set_attribute(A.UNHARDCODED_TELEMETRY_DROPPED, lost)
+        signer = self.telemetry.signer()
+        if signer is not None:
+            # Last, as the span ends: the content is complete (attempts, answer, cost) and off the caller's path
+            # where the caller records late (the proxy).
+            try:
+                decision.signature = signature = signer.sign(decision, outcome)
+                span.set_attributes(signature_attributes(signature))
+            except Exception:  # noqa: BLE001 - telemetry never breaks a request: the decision goes unsigned
+                count_error("signing a decision")
 
 
 def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]], body_length: int) -> int:

@@ -28,8 +28,10 @@ from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
+from .._signature import SigningKey
 from ..errors import ConfigError
 from .losses import count_loss
+from .signing import configured_signer, use_signing_key
 
 logger = logging.getLogger(__name__)
 
@@ -201,6 +203,8 @@ class TelemetrySetup:
     metrics_installed: bool = False
     span_exporters: list[str] = field(default_factory=list)
     metric_exporters: list[str] = field(default_factory=list)
+    signing_key_id: str | None = None
+    """The id of the key decisions are signed with (``signing_key`` or ``UNHARDCODED_SIGNING_KEY``), if any."""
 
     def force_flush(self, timeout_millis: int = 30_000) -> bool:
         """Send what is buffered now (only through providers ``configure`` installed)."""
@@ -260,6 +264,7 @@ def configure(
     metric_reader: MetricReader | None = None,
     metric_export_interval_ms: float | None = None,
     set_global: bool = True,
+    signing_key: SigningKey | str | os.PathLike[str] | None = None,
 ) -> TelemetrySetup:
     """Install a TracerProvider and a MeterProvider exporting over OTLP, unless the application already has its own.
 
@@ -275,7 +280,11 @@ def configure(
     - ``OTEL_SDK_DISABLED=true`` installs nothing;
     - ``set_global=False`` builds the providers and returns them without
       installing them globally (then pass them to ``Router(tracer_provider=...,
-      meter_provider=...)``).
+      meter_provider=...)``);
+    - ``signing_key`` (a PEM Ed25519 private key's path, or a loaded
+      ``SigningKey``): every decision span ends signed (docs/signing.md);
+      without it, the key file ``UNHARDCODED_SIGNING_KEY`` names, if set. A key
+      that cannot be read raises ``SigningKeyError`` (a ``ConfigError``).
 
     A global provider the application already set is kept and returned with
     ``*_installed`` False. Raises :class:`TelemetryConfigError` for an
@@ -285,6 +294,8 @@ def configure(
     current_tp = trace.get_tracer_provider()
     current_mp = otel_metrics.get_meter_provider()
     setup = TelemetrySetup(tracer_provider=current_tp, meter_provider=current_mp)
+    signer = use_signing_key(signing_key) if signing_key is not None else configured_signer()
+    setup.signing_key_id = signer.key_id if signer is not None else None
     if (_env(env, "OTEL_SDK_DISABLED") or "").lower() == "true":
         logger.info("OTEL_SDK_DISABLED is set: no OpenTelemetry SDK installed")
         return setup
