@@ -78,7 +78,7 @@ def test_the_v1_bytes_of_a_known_decision_are_pinned():
     _, ds = generate.build()
     content = signed_content(ds[0].receipt_fields())
     assert content.startswith(b'{"v":1,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
-    assert hashlib.sha256(content).hexdigest() == "2c441860958c14c493c6a3b66bbdbf201e8c53306950fc606bec247898ae9d64"
+    assert hashlib.sha256(content).hexdigest() == "89d046fd2c40bc210cb159e47f7ee71eab21899ea7ac910a2943b0ac74f9cba0"
 
 
 @SETTINGS

@@ -506,10 +506,18 @@ def text_encoding(content_type: str | None) -> str:
                 info = codecs.lookup(name)
             except (LookupError, ValueError):
                 break
-            if not getattr(info, "_is_text_encoding", True):
+            if not getattr(info, "_is_text_encoding", True) or not _decodes_json(info):
                 raise httpx.DecodingError(f"charset {name[:40]!r} is not a text encoding")
             return info.name
     return "utf-8"
+
+
+def _decodes_json(info: codecs.CodecInfo) -> bool:
+    """Whether a codec that calls itself a text encoding turns JSON's bytes into text (``undefined`` refuses all)."""
+    try:
+        return bool(info.decode(b'{"a": 1}')[0])
+    except (UnicodeError, ValueError, TypeError):
+        return False
 
 
 class Inflater:
