@@ -151,7 +151,7 @@ def add_commands(sub: Subcommands) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="bytes the memos of decoded span values may hold, all together (default $UNHARDCODED_CACHE_BYTES or 64 MiB)",
+        help="bytes the memos of decoded span values may hold, all together (default $UNHARDCODED_CACHE_BYTES or 128 MiB)",
     )
     p.add_argument(
         "--cache-item-bytes",

@@ -165,7 +165,7 @@ def _json_text(value: Any) -> Any:
     return parsed
 
 
-_FINGERPRINTS: Memo[str, str] = memo("fingerprints", 0.05)
+_FINGERPRINTS: Memo[str, str] = memo("fingerprints", 0.01)
 
 
 def _fingerprint(body: str) -> str:
@@ -193,7 +193,7 @@ _R_THRESHOLD, _R_OBSERVED, _R_MESSAGE = (
 )
 # Rejections repeat across decisions (same policy, same catalog): a frozen Rejection with scalar values is
 # built once and shared. List values are never shared, so no receipt can change another's.
-_REJECTIONS: Memo[tuple[Any, ...], Rejection] = memo("rejections", 0.2)
+_REJECTIONS: Memo[tuple[Any, ...], Rejection] = memo("rejections", 0.38)
 
 
 def _rejection(ea: dict[str, Any]) -> Rejection | None:
@@ -272,7 +272,7 @@ def _read_rejection(ea: dict[str, Any]) -> Rejection | None:
 # rejected list make the same rejections, so the list is worked out once. Each entry holds the attributes its
 # key names by id, so no id in a key can be reused while the entry lives.
 _REJECTION_LISTS: Memo[tuple[Any, ...], tuple[tuple[Any, ...], list[tuple[Rejection, bool]], bool]] = memo(
-    "rejection_lists", 0.15
+    "rejection_lists", 0.03
 )
 _REJECTIONS_JSON = A.UNHARDCODED_REJECTIONS_JSON
 

@@ -275,7 +275,7 @@ def _pb_attributes(kvs: Any) -> dict[str, Any]:
 # Events repeat byte for byte but for their time: a decision's rejection events are the same for every
 # request routed under the same policy and catalog. Their attributes are read once and the dict shared;
 # the rebuild only reads event attributes, never writes them.
-_EVENT_ATTRIBUTES: Memo[bytes, SharedAttributes] = memo("event_attributes", 0.05)
+_EVENT_ATTRIBUTES: Memo[bytes, SharedAttributes] = memo("event_attributes", 0.10)
 _TIME_FIELD = b"\x09"  # Span.Event.time_unix_nano: field 1, fixed64, 8 bytes after the tag
 
 
@@ -429,8 +429,8 @@ def _lite() -> _Messages:
 
 
 # Each memo is bounded in bytes and keeps no value over a size (memo.py): distinct huge values are read, not kept.
-_KEYVALUES: Memo[bytes, tuple[str, Any]] = memo("attributes", 0.35)
-_SERVICES: Memo[bytes, object] = memo("services", 0.02)
+_KEYVALUES: Memo[bytes, tuple[str, Any]] = memo("attributes", 0.20)
+_SERVICES: Memo[bytes, object] = memo("services", 0.01)
 _SCALARS = frozenset({str, int, float, bool, bytes})
 
 
@@ -538,7 +538,7 @@ def _raw_event(raw: bytes) -> EventRecord:
     return EventRecord(hit[0], time_ns, hit[1])
 
 
-_EVENT_RECORDS: Memo[bytes, tuple[str, SharedAttributes]] = memo("events", 0.15)
+_EVENT_RECORDS: Memo[bytes, tuple[str, SharedAttributes]] = memo("events", 0.10)
 
 
 def _lite_record(s: Any, service: str | None, attributes: dict[str, Any] | None = None) -> SpanRecord:
