@@ -137,6 +137,7 @@ class DecisionScope:
         "_token",
         "decision",
         "finished",
+        "last_end_ns",
         "late",
         "layout",
         "metered",
@@ -158,6 +159,8 @@ class DecisionScope:
         self._t0 = time.perf_counter()
         self.recording = False
         self.start_ns = 0
+        self.last_end_ns = 0
+        """When the last attempt span ended (wall clock): the decision span never ends before its children."""
         self.late: LateSpan | None = None
         if not telemetry.tracing():
             # No span, but the current one (a remote parent, say) still reaches the provider calls' headers.
@@ -296,7 +299,9 @@ class DecisionScope:
                         span.set_attribute(G.ERROR_TYPE, error_type(error))
                         span.record_exception(error)
                         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-                span.end(end_time=self.start_ns + int(duration_s * 1e9))
+                # Start (wall clock) plus the measured duration (monotonic); the attempt spans end on the wall clock,
+                # which a slewing NTP can move ahead of it by microseconds: a parent never ends before a child.
+                span.end(end_time=max(self.start_ns + int(duration_s * 1e9), self.last_end_ns))
             except Exception:  # noqa: BLE001 - telemetry never breaks a request
                 count_error("recording a decision span")
 
@@ -466,7 +471,10 @@ class AttemptSpans(AttemptObserver):
     def end(self, token: Any, attempt: Attempt, error: BaseException | None) -> None:
         self._open.discard(token)
         # The span ends now; what it records is written when the decision is (see DecisionScope.finish).
-        self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, time.time_ns()))
+        end_ns = time.time_ns()
+        if end_ns > self.scope.last_end_ns:
+            self.scope.last_end_ns = end_ns
+        self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, end_ns))
         if self.inner is not None:
             self.inner.end(token.inner, attempt, error)
 
