@@ -118,3 +118,22 @@ def delimited_fields(buf: bytes, start: int, end: int, number: int) -> list[tupl
     if i != end:
         raise ValueError("field runs past its message")
     return out
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (an address, or a name resolved here) is reached only from this machine."""
+    import ipaddress
+    import socket
+
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name.split("%", 1)[0]).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(name, None)
+    except (OSError, UnicodeError):
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(f[4][0]).split("%", 1)[0]).is_loopback for f in found)

@@ -99,6 +99,7 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
     from .receipts.render import render_workflow
     from .router import ProviderClient, ProvidersConfig, Router
     from .telemetry import workflow
+    from .telemetry.setup import sdk_disabled
     from .testing.simulator import Behavior, SimulatedProvider, error, fail_times, ok
 
     said = sys.stderr if as_json else out  # with --json, stdout carries the receipt alone
@@ -131,7 +132,7 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
         tracer_provider, exporting = _tracer_provider(Resource, TracerProvider)
         # OTEL_SDK_DISABLED (a standard OpenTelemetry variable) turns every span into a no-op: no span reaches
         # the receipt processor, so the receipts are written from the decisions themselves.
-        sdk_off = os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true"
+        sdk_off = sdk_disabled()
         if sdk_off:
             say("OTEL_SDK_DISABLED is set: no spans are recorded; receipts are stored from the decisions.")
         receipts = ReceiptSpanProcessor(store, catalogs=[catalog])

@@ -263,20 +263,11 @@ def _token(var: str | None, flag: str) -> str | None:
     return value.strip()
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve beyond this machine
-
-
 def _warn_if_exposed(host: str, ingest_token: str | None, query_token: str | None) -> None:
     """One WARNING line per missing token when the processor listens beyond loopback."""
-    if _is_loopback(host):
+    from .._wire import is_loopback
+
+    if is_loopback(host):
         return
     log = logging.getLogger("unhardcoded.processor")
     if ingest_token is None:

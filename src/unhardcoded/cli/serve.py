@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import gc
-import ipaddress
 import logging
 import os
-import socket
 import sys
 from typing import TYPE_CHECKING
 
+from .._wire import is_loopback
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -121,22 +120,6 @@ def _keys_path(args: argparse.Namespace) -> str | None:
     return args.keys or os.environ.get(KEYS_ENV) or None
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name) is reached only from this machine."""
-    name = host.strip().strip("[]")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name.split("%", 1)[0]).is_loopback
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(name, None)
-    except (OSError, UnicodeError):
-        return False
-    return bool(found) and all(ipaddress.ip_address(str(f[4][0]).split("%", 1)[0]).is_loopback for f in found)
-
-
 def check_exposure(args: argparse.Namespace) -> None:
     """Refuse what would let strangers spend the operator's keys, before anything is loaded."""
     keys = _keys_path(args)
@@ -220,7 +203,9 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     except ImportError:
         store = None
     provider = configure_tracing(store, catalog, signing_key)
-    if store is not None and os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+    from ..telemetry.setup import sdk_disabled
+
+    if store is not None and sdk_disabled():
         logging.getLogger("unhardcoded.server").warning(
             "OTEL_SDK_DISABLED is set: no span is recorded, so no receipt is written to the store; "
             "GET /x/receipts/{id} answers for the decisions held in memory"

@@ -99,6 +99,11 @@ class _CountingMetricExporter(MetricExporter):
 # --------------------------------------------------------------------------- choosing exporters from OTEL_*
 
 
+def sdk_disabled(environ: Mapping[str, str] = os.environ) -> bool:
+    """``OTEL_SDK_DISABLED=true``, the standard OpenTelemetry switch: no span or metric is recorded."""
+    return (_env(environ, "OTEL_SDK_DISABLED") or "").lower() == "true"
+
+
 def _env(environ: Mapping[str, str], *names: str) -> str | None:
     for name in names:
         value = environ.get(name, "").strip()
@@ -296,7 +301,7 @@ def configure(
     setup = TelemetrySetup(tracer_provider=current_tp, meter_provider=current_mp)
     signer = use_signing_key(signing_key) if signing_key is not None else configured_signer()
     setup.signing_key_id = signer.key_id if signer is not None else None
-    if (_env(env, "OTEL_SDK_DISABLED") or "").lower() == "true":
+    if sdk_disabled(env):
         logger.info("OTEL_SDK_DISABLED is set: no OpenTelemetry SDK installed")
         return setup
     resource: Resource | None = None
