@@ -89,8 +89,9 @@ def traced_elsewhere(client: Any) -> bool:
     """Whether another instrumentation's span is this call's client span: openai-v2's, or the client's own.
 
     openai-v2 wraps some resource methods (``chat.completions.create``, ``embeddings.create``): its span is
-    current when the call reaches ``request``. The ``anthropic`` client traces itself when built with
-    ``open_telemetry=``; its span is current at the transport. Either way the decision goes on that span.
+    current when the call reaches ``request``. A client with a tracer of its own (``anthropic`` 2.x traces itself
+    unless built with ``open_telemetry=False``) makes its span current for the transport. Either way the policy
+    and the decision go on that span, and there is no twin.
     """
     if getattr(client, "_tracer", None) is not None:
         return True
