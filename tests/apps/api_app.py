@@ -1,6 +1,6 @@
 """An app that uses the openai and anthropic clients unchanged; ``opentelemetry-instrument python api_app.py CALL…``.
 
-Each argument names one call: ``parse`` (chat.completions.parse), ``responses`` (responses.create), ``embeddings``,
+Each argument names one call: ``chat`` (chat.completions.create), ``parse`` (chat.completions.parse), ``responses`` (responses.create), ``embeddings``,
 ``messages`` (anthropic messages.create). The clients read OPENAI_BASE_URL / ANTHROPIC_BASE_URL and their keys as any
 app's do. What came back is printed as one JSON line.
 """
@@ -15,6 +15,14 @@ QUESTION = "Where is my parcel?"
 
 class Answer(BaseModel):
     answer: str
+
+
+def chat() -> object:
+    import openai
+
+    with openai.OpenAI(max_retries=0) as client:
+        completion = client.chat.completions.create(model="auto", messages=[{"role": "user", "content": QUESTION}])
+    return {"model": completion.model, "text": completion.choices[0].message.content}
 
 
 def parse() -> object:
@@ -54,5 +62,5 @@ def messages() -> object:
     return {"model": message.model, "text": "".join(b.text for b in message.content if b.type == "text")}
 
 
-CALLS = {"parse": parse, "responses": responses, "embeddings": embeddings, "messages": messages}
+CALLS = {"chat": chat, "parse": parse, "responses": responses, "embeddings": embeddings, "messages": messages}
 print(json.dumps({name: CALLS[name]() for name in sys.argv[1:]}))

@@ -88,7 +88,11 @@ def serving_proxy(receiver: Any, tmp_path: Path, sims: dict[str, Any]) -> Iterat
 
 
 def run_app(
-    app: str, env: dict[str, str], *args: str, instrument: str = "opentelemetry-instrument", python: str = sys.executable
+    app: str,
+    env: dict[str, str],
+    *args: str,
+    instrument: str = "opentelemetry-instrument",
+    python: str = sys.executable,
 ) -> subprocess.CompletedProcess[str]:
     """``opentelemetry-instrument python tests/apps/APP ARGS``; fails with the app's stderr unless it exits 0."""
     run = subprocess.run(
