@@ -15,7 +15,7 @@ import anthropic
 import openai
 import pytest
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NoOpTracerProvider, SpanKind
 from pydantic import BaseModel
 
 from apps.proxy_harness import HELLO, SELECTED, Stack, make_stack
@@ -133,6 +133,14 @@ def test_stream_helper_ends_the_span_with_the_stream(exporter: InMemorySpanExpor
     assert text.endswith(f"to {SELECTED}.")
     _, attrs = the_span(exporter)
     assert attrs[A.UNHARDCODED_ANSWERED_MODEL] == SELECTED and attrs[G.GEN_AI_RESPONSE_MODEL] == SELECTED
+
+
+def test_stream_helper_left_early_ends_the_span(exporter: InMemorySpanExporter, server: APIServer) -> None:
+    with policy("triage"), openai_client(server) as client:
+        with client.responses.stream(model="auto", input="Where is my parcel?") as stream:
+            next(iter(stream))
+        span, _ = the_span(exporter)  # ended on leaving the block, not left open
+    assert_traced(server, span)
 
 
 def test_with_streaming_response_leaves_the_body_to_the_caller(exporter: InMemorySpanExporter, stack: Stack) -> None:
@@ -286,3 +294,17 @@ def test_anthropic_client_tracing_itself_gets_the_decision_and_no_twin(
     span, attrs = the_span(exporter)
     assert span.instrumentation_scope.name != UnhardcodedInstrumentor.__module__
     assert attrs[A.UNHARDCODED_ANSWERED_MODEL] == ANSWERED
+
+
+def test_anthropic_client_tracing_to_nowhere_gets_our_span(exporter: InMemorySpanExporter, server: APIServer) -> None:
+    client = anthropic.Anthropic(
+        base_url=server.base_url,
+        api_key="unused",
+        max_retries=0,
+        open_telemetry={"tracer_provider": NoOpTracerProvider()},  # type: ignore[typeddict-unknown-key]
+    )
+    with policy("triage"), client:
+        client.messages.create(model=ANTHROPIC_MODEL, max_tokens=64, messages=HELLO)  # type: ignore[arg-type]
+    span, _ = the_span(exporter)
+    assert span.instrumentation_scope.name == UnhardcodedInstrumentor.__module__
+    assert_traced(server, span)

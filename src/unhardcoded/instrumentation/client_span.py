@@ -85,15 +85,26 @@ def openai_v2_active() -> bool:
         return False
 
 
+def _traces_itself(client: Any) -> bool:
+    """Whether the client makes spans of its own that are exported: a tracer, and not one of the no-op provider."""
+    tracer = getattr(client, "_tracer", None)
+    if tracer is None or isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):  # the global provider's: a no-op until an SDK is set
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return True
+
+
 def traced_elsewhere(client: Any) -> bool:
     """Whether another instrumentation's span is this call's client span: openai-v2's, or the client's own.
 
     openai-v2 wraps some resource methods (``chat.completions.create``, ``embeddings.create``): its span is
     current when the call reaches ``request``. A client with a tracer of its own (``anthropic`` 2.x traces itself
-    unless built with ``open_telemetry=False``) makes its span current for the transport. Either way the policy
+    with the global provider unless built with ``open_telemetry=False``) makes its span current for the transport;
+    while no SDK is set globally those spans go nowhere, so ours is made. Either way the policy
     and the decision go on that span, and there is no twin.
     """
-    if getattr(client, "_tracer", None) is not None:
+    if _traces_itself(client):
         return True
     if not openai_v2_active():
         return False
