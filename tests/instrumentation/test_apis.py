@@ -20,6 +20,7 @@ from pydantic import BaseModel
 
 from apps.proxy_harness import HELLO, SELECTED, Stack, make_stack
 from unhardcoded.instrumentation import UnhardcodedInstrumentor, policy
+from unhardcoded.instrumentation.client_span import OPENAI_V2_SCOPES
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import gen_ai as G
 from unhardcoded.testing import TelemetryCapture
@@ -308,3 +309,30 @@ def test_anthropic_client_tracing_to_nowhere_gets_our_span(exporter: InMemorySpa
     span, _ = the_span(exporter)
     assert span.instrumentation_scope.name == UnhardcodedInstrumentor.__module__
     assert_traced(server, span)
+
+
+def test_beside_openai_v2_each_call_has_one_client_span_with_the_decision(
+    tel: TelemetryCapture, server: APIServer
+) -> None:
+    import opentelemetry.instrumentation.openai_v2 as openai_v2  # the pinned pair of the test extra
+
+    ours, theirs = UnhardcodedInstrumentor(), openai_v2.OpenAIInstrumentor()
+    ours.instrument(tracer_provider=tel.tracer_provider)
+    theirs.instrument(tracer_provider=tel.tracer_provider)
+    try:
+        with policy("triage"), openai_client(server) as client:
+            client.chat.completions.create(model="auto", messages=HELLO)  # type: ignore[arg-type]
+            client.chat.completions.parse(model="auto", messages=HELLO, response_format=Answer)  # type: ignore[arg-type]
+            client.embeddings.create(model="text-embedding-3-small", input="parcel")
+            client.responses.create(model="auto", input="Where is my parcel?")
+    finally:
+        theirs.uninstrument()
+        ours.uninstrument()
+
+    spans = client_spans(tel.exporter)
+    scopes = [s.instrumentation_scope.name.startswith(OPENAI_V2_SCOPES) for s in spans]  # its own or util-genai's
+    assert scopes == [True, False, True, False]  # openai-v2 wraps create and embeddings; parse and responses are ours
+    for span, request in zip(spans, server.seen, strict=True):
+        assert dict(span.attributes)[A.UNHARDCODED_ANSWERED_MODEL] == ANSWERED
+        assert request.headers["traceparent"].split("-")[2] == format(span.context.span_id, "016x")
+        assert request.headers["x-unhardcoded-policy"] == "triage"
