@@ -1,5 +1,8 @@
 """The Grafana dashboard and alert rules in collector-config/grafana/ ask only for what exists.
 
+Last, the dashboard's queries run against a real Prometheus scraping the real Collector fed by real decisions
+(tests/e2e/send_decisions.py): every panel shows data, with the labels its legend names.
+
 Every PromQL expression (panel targets, the policy variable's query, the Grafana alert rules), with the dashboard's
 variables substituted, parses with the real promtool and names only metrics the registry (semconv/metrics.yaml, as
 the Collector's prometheus exporter names them) or the Collector's span_metrics connector define, and only labels
@@ -10,15 +13,20 @@ command that installs it.
 from __future__ import annotations
 
 import json
+import math
+import os
 import re
+import shutil
 import subprocess
 import sys
+import urllib.parse
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 import yaml
 
-from .infra import CONFIG_DIR, REPO, binary
+from .infra import CONFIG_DIR, REPO, Process, binary, free_port, http_get, start_collector, url_ok, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -315,3 +323,115 @@ def test_the_dashboard_targets_grafana_11():
     for path in DASHBOARDS:
         board = json.loads(path.read_text())
         assert board["schemaVersion"] >= 39, f"{path.name}: schemaVersion {board['schemaVersion']} is before Grafana 11"
+
+
+# ------------------------------------------------------------------ against a real Prometheus
+@pytest.fixture(scope="module")
+def prometheus_with_decisions(tmp_path_factory):
+    """Prometheus (1 s scrape) on the Collector, after plain and fallback decisions of policy triage went through."""
+    tmp = tmp_path_factory.mktemp("e2e-grafana")
+    with ExitStack() as stack:
+        collector, c = start_collector(tmp, f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}")
+        stack.callback(collector.stop)
+        config = (CONFIG_DIR / "prometheus" / "prometheus.yml").read_text()
+        config = config.replace("interval: 15s", "interval: 1s").replace('"127.0.0.1:8889"', f'"{c["prom_target"]}"')
+        assert c["prom_target"] in config
+        (tmp / "prometheus.yml").write_text(config)
+        shutil.copy(CONFIG_DIR / "prometheus" / "rules.yml", tmp / "rules.yml")
+        port = free_port()
+        prom = Process(
+            "prometheus",
+            [
+                binary("prometheus"),
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'tsdb'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            tmp / "prometheus.log",
+        )
+        stack.callback(prom.stop)
+        prom.wait_ready(url_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        # Two runs of one sender (one service instance, so one series each): the second counts past the first, so
+        # every counter rises between scrapes, as a long-running app's would.
+        env["OTEL_RESOURCE_ATTRIBUTES"] = "service.instance.id=e2e-grafana-sender"
+        named = set.union(*(names_in(expr)[0] for _, expr in PROMQL))
+        for plain, fallback in ((8, 2), (20, 6)):
+            r = subprocess.run(
+                [
+                    sys.executable,
+                    str(Path(__file__).with_name("send_decisions.py")),
+                    *("--endpoint", c["otlp_grpc"], "--service", "e2e-grafana"),
+                    *("--plain", str(plain), "--fallback", str(fallback)),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env=env,
+            )
+            assert r.returncode == 0, r.stderr
+            wait_for(
+                "every series the queries name scraped",
+                lambda: all(_instant(port, f"group({name})") for name in named),
+                timeout=30,
+            )
+        yield port
+
+
+def _instant(port: int, expr: str) -> list[dict]:
+    query = urllib.parse.urlencode({"query": expr})
+    status, body = http_get(f"http://127.0.0.1:{port}/api/v1/query?{query}")
+    assert status == 200, body
+    return json.loads(body)["data"]["result"]
+
+
+def _panel_queries() -> list[tuple[str, str, str]]:
+    """(where, expr, legend) of every Prometheus target of the dashboards."""
+    found = []
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for target in panel.get("targets", []):
+                if "expr" in target:
+                    where = f"{path.name}: panel {panel['title']!r} query {target['refId']}"
+                    found.append((where, target["expr"], target.get("legendFormat", "")))
+    return found
+
+
+# Panels that read zero from this traffic (no decision failed), and what they read.
+ZERO_HERE = {"Failed decisions"}
+
+
+def test_every_panel_shows_data_from_real_decisions(prometheus_with_decisions):
+    port = prometheus_with_decisions
+    queries = _panel_queries()
+
+    def values(expr: str) -> list[float]:
+        return [float(series["value"][1]) for series in _instant(port, substitute(expr))]
+
+    def without_data() -> list[str]:
+        return [
+            where
+            for where, expr, _ in queries
+            if where.split("'")[1] not in ZERO_HERE and not any(v > 0 and math.isfinite(v) for v in values(expr))
+        ]
+
+    try:
+        wait_for("every panel query showing a positive value", lambda: not without_data(), timeout=60)
+    finally:
+        assert without_data() == []
+    for where, expr, legend in queries:
+        if where.split("'")[1] in ZERO_HERE:
+            assert values(expr) == [0.0], where
+        wanted = set(re.findall(r"\{\{\s*([a-zA-Z_]+)\s*\}\}", legend))
+        for series in _instant(port, substitute(expr)):
+            missing = {name for name in wanted if not series["metric"].get(name)}
+            assert not missing, f"{where}: a series without {sorted(missing)}: {series['metric']}"
+
+
+def test_every_metric_the_queries_name_is_exported(prometheus_with_decisions):
+    """Series the panels need only through a selector that may match nothing here are still there by name."""
+    port = prometheus_with_decisions
+    named = set.union(*(names_in(expr)[0] for _, expr in PROMQL))
+    absent = sorted(name for name in named if not _instant(port, f"group({name})"))
+    assert absent == []
