@@ -615,7 +615,11 @@ def alert_rules() -> dict[str, Any]:
             .exec_err_state("Error")
             .labels({"severity": spec.severity})
             .annotations(
-                {"summary": "Policy {{ $labels." + POLICY + " }}: " + spec.summary, "dashboardUId": DASHBOARD_UID}
+                {
+                    "summary": "Policy {{ $labels." + POLICY + " }}: " + spec.summary,
+                    "description": "The same condition as " + spec.title + " in collector-config/prometheus/rules.yml.",
+                    "__dashboardUid__": DASHBOARD_UID,
+                }
             )
         ).build()
         payload = json.loads(json.dumps(rule, cls=JSONEncoder))

@@ -435,3 +435,26 @@ def test_every_metric_the_queries_name_is_exported(prometheus_with_decisions):
     named = set.union(*(names_in(expr)[0] for _, expr in PROMQL))
     absent = sorted(name for name in named if not _instant(port, f"group({name})"))
     assert absent == []
+
+
+def test_the_grafana_alerts_are_those_of_the_prometheus_rules():
+    """Same alerts, severities, durations and thresholds as collector-config/prometheus/rules.yml."""
+    shipped = {
+        rule["alert"]: rule
+        for group in yaml.safe_load((CONFIG_DIR / "prometheus" / "rules.yml").read_text())["groups"]
+        for rule in group["rules"]
+        if "alert" in rule
+    }
+    grafana = {
+        rule["title"]: rule
+        for path in ALERTING
+        for group in yaml.safe_load(path.read_text())["groups"]
+        for rule in group["rules"]
+    }
+    assert set(grafana) == set(shipped)
+    for title, rule in grafana.items():
+        assert rule["for"] == shipped[title]["for"], title
+        assert rule["labels"]["severity"] == shipped[title]["labels"]["severity"], title
+        (threshold,) = (q["model"] for q in rule["data"] if q["datasourceUid"] == "__expr__")
+        (evaluator,) = threshold["conditions"]
+        assert f"{abs(evaluator['evaluator']['params'][0])}" in shipped[title]["expr"], title
