@@ -233,22 +233,24 @@ def trace_table(title: str, description: str, query: str) -> table.Panel:
     return table.Panel().title(title).description(description).datasource(TEMPO).height(9).span(12).with_target(target)
 
 
-def gauge_panels() -> list[ts.Panel]:
+def gauge_panels(metrics: dict[str, Metric]) -> list[ts.Panel]:
     """One panel per gauge in the registry (circuit state, headroom, budget remaining, ...), when there are any."""
     panels = []
-    for metric in sorted(METRICS.values(), key=lambda m: m.name):
+    for metric in sorted(metrics.values(), key=lambda m: m.name):
         if metric.instrument not in ("gauge", "updowncounter"):
             continue
         by = ", ".join(label(a) for a in metric.attributes)
         selector = BY_POLICY if attr.UNHARDCODED_POLICY_NAME in metric.attributes else ""
         legend = " · ".join("{{" + label(a) + "}}" for a in metric.attributes) or metric.name
-        expr = f"max by ({by}) ({metric.prometheus}{{{selector}}})" if by else f"max({metric.prometheus})"
+        series = f"{metric.prometheus}{{{selector}}}" if selector else metric.prometheus
+        expr = f"max by ({by}) ({series})" if by else f"max({series})"
         unit = {"s": "s", "USD": "currencyUSD", "1": "percentunit", "By": "bytes"}.get(metric.unit, "short")
         panels.append(timeseries(metric.name, metric.brief, unit, prom(expr, legend)))
     return panels
 
 
-def build_dashboard() -> dict[str, Any]:
+def build_dashboard(metrics: dict[str, Metric] = METRICS) -> dict[str, Any]:
+    """The dashboard's JSON model; `metrics` (the registry's) decide the Live state row."""
     decisions, fallbacks, rejections = (
         M["unhardcoded.decisions"],
         M["unhardcoded.fallbacks"],
@@ -439,7 +441,7 @@ def build_dashboard() -> dict[str, Any]:
         )
     )
 
-    gauges = gauge_panels()
+    gauges = gauge_panels(metrics)
     if gauges:
         builder = builder.with_row(dashboard.Row("Live state"))
         for panel in gauges:
