@@ -1,7 +1,8 @@
 """The Grafana dashboard and alert rules in collector-config/grafana/ ask only for what exists.
 
-Last, the dashboard's queries run against a real Prometheus scraping the real Collector fed by real decisions
-(tests/e2e/send_decisions.py): every panel shows data, with the labels its legend names.
+Last, the dashboard's queries run against real backends behind the real Collector fed by real decisions
+(tests/e2e/send_decisions.py): in Prometheus every panel shows data, with the labels its legend names; in Tempo
+every TraceQL query parses and finds exactly the traces it names.
 
 Every PromQL expression (panel targets, the policy variable's query, the Grafana alert rules), with the dashboard's
 variables substituted, parses with the real promtool and names only metrics the registry (semconv/metrics.yaml, as
@@ -19,6 +20,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 import urllib.parse
 from contextlib import ExitStack
 from pathlib import Path
@@ -26,7 +28,18 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .infra import CONFIG_DIR, REPO, Process, binary, free_port, http_get, start_collector, url_ok, wait_for
+from .infra import (
+    CONFIG_DIR,
+    REPO,
+    Process,
+    binary,
+    free_port,
+    http_get,
+    start_collector,
+    start_tempo,
+    url_ok,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +75,13 @@ OBSERVED = {
 }
 
 
-def substitute(query: str) -> str:
+def substitute(query: str, values: dict[str, str] | None = None) -> str:
+    given = {**VARIABLES, **(values or {})}
+
     def value(m: re.Match[str]) -> str:
         name = m.group(1) or m.group(2)
-        assert name in VARIABLES, f"variable ${name} has no test value (add it to VARIABLES): {query}"
-        return VARIABLES[name]
+        assert name in given, f"variable ${name} has no test value (add it to VARIABLES): {query}"
+        return given[name]
 
     return _VARIABLE.sub(value, query)
 
@@ -530,3 +545,59 @@ def test_the_grafana_alerts_are_those_of_the_prometheus_rules():
         (threshold,) = (q["model"] for q in rule["data"] if q["datasourceUid"] == "__expr__")
         (evaluator,) = threshold["conditions"]
         assert f"{abs(evaluator['evaluator']['params'][0])}" in shipped[title]["expr"], title
+
+
+# ------------------------------------------------------------------ TraceQL in a real Tempo
+@pytest.fixture(scope="module")
+def tempo_with_decisions(tmp_path_factory):
+    """Tempo behind the Collector (tail sampling keeps every fallback), after decisions of policy triage."""
+    tmp = tmp_path_factory.mktemp("e2e-grafana-tempo")
+    with ExitStack() as stack:
+        tempo, t = start_tempo(tmp)
+        stack.callback(tempo.stop)
+        collector, c = start_collector(tmp, f"127.0.0.1:{free_port()}", t["otlp_grpc"])
+        stack.callback(collector.stop)
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(Path(__file__).with_name("send_decisions.py")),
+                *("--endpoint", c["otlp_grpc"], "--service", "e2e-grafana-tempo", "--plain", "5", "--fallback", "3"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env={k: v for k, v in os.environ.items() if not k.startswith("OTEL_")},
+        )
+        assert r.returncode == 0, r.stderr
+        yield t["http"], json.loads(r.stdout)
+
+
+def _tempo_traces(tempo: str, query: str) -> set[str]:
+    now = int(time.time())
+    q = urllib.parse.urlencode({"q": query, "limit": 1000, "start": now - 3600, "end": now + 60})
+    status, body = http_get(f"{tempo}/api/search?{q}", timeout=10)
+    assert status == 200, f"Tempo refused {query}: {body!r}"
+    return {t["traceID"].rjust(32, "0") for t in json.loads(body).get("traces") or []}
+
+
+def test_every_traceql_query_finds_exactly_its_traces_in_tempo(tempo_with_decisions):
+    tempo, sent = tempo_with_decisions
+    fell_back = {d["trace_id"] for d in sent["fallback"]}
+    one = sent["fallback"][0]
+    values = {"request_id": one["request_id"], "policy:regex": "(triage)"}
+    # what each Tempo panel must list after this traffic (no decision failed, none was a workflow node)
+    expected = {
+        "Decisions that fell back": fell_back,
+        "Decisions without an answer": set(),
+        "Request by id": {one["trace_id"]},
+        "Workflows": set(),
+    }
+    queries = {where.split("'")[1]: substitute(query, values) for where, query in TRACEQL}
+    assert set(queries) == set(expected)
+    wait_for(
+        "the fallback traces in Tempo",
+        lambda: _tempo_traces(tempo, queries["Decisions that fell back"]) == fell_back,
+        timeout=40,
+    )
+    for title, query in queries.items():
+        assert _tempo_traces(tempo, query) == expected[title], f"{title}: {query}"
