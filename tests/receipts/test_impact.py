@@ -326,3 +326,44 @@ def test_impact_requests_name_the_field_that_is_wrong(store):
     assert err.value.field == "policy"
     recorded = newest_recorded_policy(store, "triage")
     assert recorded is not None and recorded.fingerprint == POLICIES["triage"].fingerprint
+
+
+def test_a_decision_that_fell_back_falls_back_again_within_the_new_cascade(store, history):
+    """The winner stays gemini-3.5-flash; its simulated outages fell back to claude-sonnet-4-6. With anthropic ruled
+    out, the cascade's first model is gpt-5.5: those decisions are priced on it. With an output ceiling under 10,
+    no cascade is left: they would fail, and are not priced."""
+    support = by_policy(history.receipts(), "support")
+    fell_back = [r for r in support if r.answered_by == "claude-sonnet-4-6"]
+    direct = [r for r in support if r.answered_by == "gemini-3.5-flash"]
+    assert fell_back and len(fell_back) + len(direct) == len(support)
+
+    no_anthropic = support_document()
+    no_anthropic["rules"].append({"id": "no-anthropic", "field": "provider", "op": "ne", "value": "anthropic"})
+    report = measure_impact(store, CATALOG, SINCE, until=NOW, policy=validate_policy(no_anthropic, CATALOG))
+    assert (report.decisions, report.kept, report.differ, report.cost.priced) == (
+        len(support),
+        len(support),
+        0,
+        len(support),
+    )
+    spent_direct = sum(usd("gemini-3.5-flash", *answered_usage(r)) for r in direct)
+    assert report.cost.before_usd == pytest.approx(
+        spent_direct + sum(usd("claude-sonnet-4-6", *answered_usage(r)) for r in fell_back), **APPROX
+    )
+    assert report.cost.after_usd == pytest.approx(
+        spent_direct + sum(usd("gpt-5.5", *answered_usage(r)) for r in fell_back), **APPROX
+    )
+    models = {r.model: r for r in report.by_model}
+    assert (models["claude-sonnet-4-6"].before_decisions, models["claude-sonnet-4-6"].after_decisions) == (
+        len(fell_back),
+        0,
+    )
+    assert (models["gpt-5.5"].before_decisions, models["gpt-5.5"].after_decisions) == (0, len(fell_back))
+    assert f"{len(fell_back)} decisions fell back to a model the new cascade no longer holds" in report.notes[0]
+
+    stranded = measure_impact(
+        store, CATALOG, SINCE, until=NOW, policy=validate_policy(support_document(ceiling=9), CATALOG)
+    )
+    assert (stranded.kept, stranded.differ, stranded.cost.priced) == (len(support), 0, len(direct))
+    assert stranded.cost.before_usd == pytest.approx(spent_direct, **APPROX) == stranded.cost.after_usd
+    assert f"{len(fell_back)} decisions fell back, and the new policy leaves them no cascade" in stranded.notes[0]

@@ -227,8 +227,9 @@ def measure_impact(
     decisions. Dry runs, receipts without request features and receipts whose policy the store does not keep are
     skipped, and counted by reason.
 
-    A decision that keeps its model is taken to play out as recorded (its fallback hops included); one that changes
-    is priced on its new winner. Before is priced on the model that answered at the prices of the catalog the
+    A decision that keeps its model is taken to play out as recorded: one that fell back falls back again, to the
+    model that answered if the new cascade holds it, else to the cascade's first model (with no cascade left it
+    would fail, and is not priced). One that changes is priced on its new winner. Before is priced on the model that answered at the prices of the catalog the
     decision was made on, after at ``catalog``'s, both at the usage the answer reported.
     """
     until = until if until is not None else datetime.now(UTC)
@@ -243,6 +244,7 @@ def measure_impact(
     before_by: dict[str, list[float]] = {}
     after_by: dict[str, list[float]] = {}
     no_candidate_before = 0.0
+    rerouted = stranded = 0
     unpriced_catalogs: dict[str, int] = {}
     given = _compile(policy, catalog, compiler, notes) if policy is not None else None
     models = {m.id: m for m in catalog.models}
@@ -344,7 +346,20 @@ def measure_impact(
             if new is None:
                 no_candidate_before += before
                 continue
-            after_model = models.get(answered if new == old else new)
+            after_id: str | None = new
+            if new == old and answered != old:
+                # It fell back, and would again: to the model that answered if the new cascade still holds it,
+                # else to the new cascade's first model; with no cascade left it would fail.
+                chain = decision.fallback_chain
+                if answered in chain:
+                    after_id = answered
+                elif chain:
+                    after_id = chain[0]
+                    rerouted += 1
+                else:
+                    after_id = None
+                    stranded += 1
+            after_model = models.get(after_id) if after_id is not None else None
             if after_model is None:
                 continue
             after = _cost_at(after_model, usage)
@@ -370,6 +385,16 @@ def measure_impact(
         notes.append(
             f"{n} decisions made on catalog {version}, which is neither in the store nor in the catalog archive: "
             "their cost before is priced on the new catalog"
+        )
+    if rerouted:
+        notes.append(
+            f"{rerouted} decisions fell back to a model the new cascade no longer holds: priced on the new "
+            "cascade's first model"
+        )
+    if stranded:
+        notes.append(
+            f"{stranded} decisions fell back, and the new policy leaves them no cascade: they would fail, "
+            "and are left out of the cost"
         )
     if policy is not None:
         notes.append(f"only decisions recorded under a policy named {policy.name} are decided again")
