@@ -171,3 +171,15 @@ def test_the_recorded_policies_are_the_default_and_a_named_policy_scopes_the_rep
     )
     assert [r["policy"] for r in doc["by_policy"]] == ["triage"]
     assert doc["in_window"] == 2500 and doc["decisions"] == doc["kept"] < 2500
+
+
+def test_demo_history_records_requests_the_report_decides_again(tmp_path):
+    db = tmp_path / "demo.db"
+    recorded = run(tmp_path, "demo", "--history", "25", "--store", str(db))
+    assert recorded.returncode == 0, recorded.stderr
+    assert recorded.stdout.strip() == f"recorded 25 demo requests in {db}, dated over the last 7 days"
+    doc = json.loads(run(tmp_path, "replay", "--since", "8d", "--store", str(db), "--json").stdout)
+    assert (doc["decisions"], doc["kept"], doc["cost"]["priced"]) == (25, 25, 25)
+    assert {r["policy"] for r in doc["by_policy"]} == {"support", "triage"}
+    one_line_error(run(tmp_path, "demo", "--history", "0", "--store", str(db)), "--history 0")
+    one_line_error(run(tmp_path, "demo", "--history", "3", "--json", "--store", str(db)), "--json")
