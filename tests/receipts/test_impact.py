@@ -7,8 +7,11 @@ receipts and the test catalog's price table, without the engine.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from collections import Counter
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +28,7 @@ from impact_history import (  # noqa: F401  (fixtures: history, history_db)
     triage_document,
     usd,
 )
+from processor_fixtures import PostgresCluster
 from unhardcoded.catalog import Catalog, CatalogArchive
 from unhardcoded.policy import validate_policy
 from unhardcoded.receipts import Receipt, open_store
@@ -37,7 +41,8 @@ from unhardcoded.receipts.impact import (
     resolve_policy,
 )
 from unhardcoded.receipts.render import render_impact
-from unhardcoded.receipts.stores import HistoryQuery
+from unhardcoded.receipts.stores import HistoryQuery, ReceiptQuery
+from unhardcoded.receipts.stores.sql import SQLReceiptReads
 from unhardcoded.router.engine import CompiledPolicy
 from unhardcoded.router.features import RequestFeatures
 
@@ -367,3 +372,45 @@ def test_a_decision_that_fell_back_falls_back_again_within_the_new_cascade(store
     assert (stranded.kept, stranded.differ, stranded.cost.priced) == (len(support), 0, len(direct))
     assert stranded.cost.before_usd == pytest.approx(spent_direct, **APPROX) == stranded.cost.after_usd
     assert f"{len(fell_back)} decisions fell back, and the new policy leaves them no cascade" in stranded.notes[0]
+
+
+def test_sqlite_reads_a_replays_values_as_the_shared_sql_reads_them(store):
+    """SQLite extracts the values with json_extract; the shared read (PostgreSQL's) parses bodies in Python."""
+    query = HistoryQuery(since=SINCE, until=NOW, limit=400)
+    assert store.history(query) == SQLReceiptReads.history(store, query)
+
+
+def test_a_postgresql_store_gives_the_same_report(store, tmp_path):
+    """The same 600 receipts in a PostgreSQL store and a SQLite one: the same report, page after page."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError:
+        pytest.fail("psycopg is not installed: pip install 'psycopg[binary]' (scripts/install-test-deps.sh does)")
+    base = Path(tempfile.mkdtemp(prefix="unhardcoded-pg-"))  # where the postgres user can reach, unlike tmp_path
+    try:
+        cluster = PostgresCluster(base)
+    except RuntimeError as exc:
+        shutil.rmtree(base, ignore_errors=True)
+        pytest.fail(str(exc))
+    chosen = store.query(ReceiptQuery(limit=600))
+    pg = lite = None
+    try:
+        pg, lite = open_store(cluster.new_database()), open_store(str(tmp_path / "lite.db"))
+        for s in (pg, lite):
+            s.put_catalog(CATALOG)
+            for p in POLICIES.values():
+                s.put_policy(p.canonical)
+            s.put_many((r, None) for r in chosen)
+        tight = validate_policy(triage_document(ceiling=0.35), CATALOG)
+        for policy in (None, tight):
+            on_pg = measure_impact(pg, CATALOG, SINCE, until=NOW, policy=policy, page=50)
+            on_lite = measure_impact(lite, CATALOG, SINCE, until=NOW, policy=policy, page=50)
+            assert on_pg.in_window == 600 and on_pg.decisions > 0
+            assert on_pg.changed > 0 if policy is not None else on_pg.kept == 600
+            assert on_pg == on_lite
+    finally:
+        for s in (pg, lite):
+            if s is not None:
+                s.close()
+        cluster.stop()
+        shutil.rmtree(base, ignore_errors=True)
