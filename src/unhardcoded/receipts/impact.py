@@ -22,6 +22,7 @@ from ..catalog.model import Catalog, CatalogModel
 from ..errors import CatalogError, PolicyError, UnhardcodedError
 from ..policy import validate_policy
 from ..policy.model import Policy
+from ..router.decision import Decision
 from ..router.engine import CompiledPolicy, PolicyCompiler, estimate_cost
 from ..router.features import RequestFeatures
 from .replay import ReplayError, parse_since, recorded_catalog
@@ -182,7 +183,8 @@ class _Change:
     reason: str
 
 
-def _why(compiled: CompiledPolicy, decision: Any, old: str | None, new: str | None) -> _Change:
+def _why(compiled: CompiledPolicy, decision: Decision, old: str | None, new: str | None) -> _Change:
+    """Why a decision no longer picks ``old``: the rule that now rejects it, or that another model ranks first."""
     if old is None:
         return _Change(None, "had no candidate")
     if old not in compiled.catalog:
@@ -191,17 +193,6 @@ def _why(compiled: CompiledPolicy, decision: Any, old: str | None, new: str | No
         if rejection.model == old:
             return _Change(rejection.rule, rejection.message)
     return _Change(None, f"{old} still passes; {new} ranks first")
-
-
-def _compile(policy: Policy, catalog: Catalog, compiler: PolicyCompiler, notes: list[str]) -> CompiledPolicy:
-    if policy.baseline is not None and policy.baseline not in catalog:
-        note = f"policy {policy.name} ({policy.fingerprint}): baseline {policy.baseline} is not in the catalog"
-        if note not in notes:
-            notes.append(note)
-    try:
-        return compiler.compile(policy, catalog)
-    except CatalogError:
-        return compiler.compile(policy.model_copy(update={"baseline": None}), catalog)
 
 
 def _iso(when: datetime) -> str:
@@ -246,7 +237,7 @@ def measure_impact(
     no_candidate_before = 0.0
     rerouted = stranded = 0
     unpriced_catalogs: dict[str, int] = {}
-    given = _compile(policy, catalog, compiler, notes) if policy is not None else None
+    given = compiler.compile(policy, catalog) if policy is not None else None
     models = {m.id: m for m in catalog.models}
 
     def compiled_for(fingerprint: str) -> CompiledPolicy | str:
@@ -257,7 +248,7 @@ def measure_impact(
             recorded_policy = Policy.model_validate(json.loads(body))
         except ValueError:
             return "policy kept in the store does not load"
-        return _compile(recorded_policy, catalog, compiler, notes)
+        return compiler.compile(recorded_policy, catalog)
 
     def recorded_catalog_of(version: str) -> Catalog | None:
         try:
