@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ...catalog.model import Catalog
     from ..rebuild import RebuiltDecision
 
-RollupKey = Literal["policy", "workflow", "model", "client"]
-ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model", "client")
+RollupKey = Literal["policy", "workflow", "model", "client", "provider"]
+ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model", "client", "provider")
 
 
 class StoreError(UnhardcodedError):
@@ -40,6 +40,12 @@ class ReceiptQuery:
     workflow_id: str | None = None
     client: str | None = None
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
+    outcome: str | None = None
+    """``answered``, ``failed``, ``no_candidate`` or ``dry_run``."""
+    rule: str | None = None
+    """A rule that rejected at least one model of the decision."""
+    provider: str | None = None
+    """The provider of the decision's last attempt (the one that answered, or the last that failed)."""
     since: datetime | str | None = None
     """Inclusive; a datetime or an ISO 8601 timestamp."""
     until: datetime | str | None = None

@@ -17,11 +17,37 @@ from .protocol import DEFAULT_QUERY, ReceiptConflict, ReceiptQuery, StoredReceip
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
 
-ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name", "client": "client"}
+ROLLUP_COLUMN = {
+    "policy": "policy_name",
+    "model": "model",
+    "workflow": "workflow_name",
+    "client": "client",
+    "provider": "provider",
+}
 
 SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
 """A spooled span with its group's finish mark, in :class:`~.protocol.StoredSpan` order."""
 SPAN_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
+
+
+CONSOLE_COLUMNS = ("rules", "provider", "latency_ms")
+"""Columns of store schema 4, read by the console's filters and charts (see :func:`console_values`)."""
+
+RULES_SEPARATOR = "\n"
+
+
+def console_values(receipt: Receipt) -> tuple[str | None, str | None, float | None]:
+    """A receipt's ``rules``, ``provider`` and ``latency_ms`` columns.
+
+    ``rules``: the distinct rules that rejected a model, each between separators (``"\\nregion\\nbudget\\n"``), so a
+    rule is found by a substring test that no other rule name can match; None when nothing was rejected.
+    ``provider``: the provider of the last attempt (the one that answered, or the last that failed).
+    """
+    names = list(dict.fromkeys(j.rule for j in receipt.rejected))
+    rules = RULES_SEPARATOR + RULES_SEPARATOR.join(names) + RULES_SEPARATOR if names else None
+    provider = receipt.attempts[-1].provider if receipt.attempts else None
+    latency = None if receipt.outcome == "dry_run" else receipt.latency_ms
+    return rules, provider, latency
 
 
 def epoch_ms(value: datetime | str) -> int:
@@ -59,6 +85,8 @@ class SQLReceiptReads:
     """The reads that are the same SQL on every store; a store sets ``_param`` to its driver's placeholder."""
 
     _param = "?"
+    _contains = "instr({column}, {param}) > 0"
+    """The driver's substring test (SQLite ``instr``, PostgreSQL ``strpos``)."""
 
     @staticmethod
     def _flag(value: bool) -> object:
@@ -112,8 +140,10 @@ class SQLReceiptReads:
             ("request_id", q.request_id),
             ("trace_id", q.trace_id),
             ("model", q.model),
+            ("provider", q.provider),
             ("workflow_id", q.workflow_id),
             ("client", q.client),
+            ("outcome", q.outcome),
         ):
             if value is not None:
                 clauses.append(f"{column} = {p}")
@@ -121,6 +151,9 @@ class SQLReceiptReads:
         if q.policy is not None:
             clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
             params += [q.policy, q.policy]
+        if q.rule is not None:
+            clauses.append(self._contains.format(column="rules", param=p))
+            params.append(RULES_SEPARATOR + q.rule + RULES_SEPARATOR)
         if q.fallback is not None:
             clauses.append(f"fallback = {p}")
             params.append(self._flag(q.fallback))
