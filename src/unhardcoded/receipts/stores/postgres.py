@@ -175,7 +175,7 @@ def _add_console_columns(conn: Connection) -> None:
             "provider = body::jsonb -> 'attempts' -> -1 ->> 'provider', "
             "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE (body::jsonb ->> 'latency_ms')::double precision END"
         )
-    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, ts_ms)")
+    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)")
 
 
 def _add_workflow_finished_at(conn: Connection) -> None:

@@ -12,7 +12,16 @@ from typing import Any
 
 from ...policy.model import fingerprint_of
 from ..model import Receipt, WorkflowReceipt
-from .protocol import DEFAULT_QUERY, ReceiptConflict, ReceiptQuery, StoredReceipt, StoreError
+from .protocol import (
+    DEFAULT_QUERY,
+    ListedReceipt,
+    ReceiptConflict,
+    ReceiptCounts,
+    ReceiptQuery,
+    SeriesRow,
+    StoredReceipt,
+    StoreError,
+)
 
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
@@ -171,6 +180,72 @@ class SQLReceiptReads:
     def count(self, query: ReceiptQuery = DEFAULT_QUERY) -> int:
         where, params = self._where(query)
         return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def listing(self, query: ReceiptQuery, after: tuple[int, str] | None = None) -> list[ListedReceipt]:
+        p = self._param
+        where, params = self._where(query)
+        if after is not None:
+            where += (" AND " if where else " WHERE ") + f"(ts_ms < {p} OR (ts_ms = {p} AND request_id > {p}))"
+            params += [after[0], after[0], after[1]]
+        sql = (
+            "SELECT request_id, ts_ms, trace_id, policy_name, model, provider, outcome, fallback, cost_usd, "
+            "baseline_usd, latency_ms, workflow_id, workflow_name, client, complete "
+            f"FROM receipts{where} ORDER BY ts_ms DESC, request_id"
+        )
+        if query.limit is not None:
+            sql += f" LIMIT {p}"
+            params.append(max(0, query.limit))
+        return [
+            ListedReceipt(*row[:7], bool(row[7]), *row[8:14], bool(row[14]))  # type: ignore[arg-type]
+            for row in self._read(sql, params)
+        ]
+
+    def counts(self, query: ReceiptQuery = DEFAULT_QUERY) -> ReceiptCounts:
+        where, params = self._where(query)
+        by = {
+            (outcome, bool(fallback)): int(n)
+            for outcome, fallback, n in self._read(
+                f"SELECT outcome, fallback, COUNT(*) FROM receipts{where} GROUP BY outcome, fallback", params
+            )
+        }
+
+        def of(outcome: str) -> int:
+            return by.get((outcome, False), 0) + by.get((outcome, True), 0)
+
+        return ReceiptCounts(
+            total=sum(by.values()),
+            answered=of("answered"),
+            failed=of("failed"),
+            no_candidate=of("no_candidate"),
+            dry_run=of("dry_run"),
+            fallbacks=sum(n for (_, fallback), n in by.items() if fallback),
+        )
+
+    def series(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[SeriesRow]:
+        where, params = self._where(query)
+        where += (" AND " if where else " WHERE ") + "outcome != 'dry_run'"
+        rows = self._read(
+            "SELECT ts_ms, policy_name, workflow_name, client, model, provider, outcome, fallback, cost_usd, "
+            f"baseline_usd, rules, latency_ms FROM receipts{where} ORDER BY ts_ms, request_id",
+            params,
+        )
+        return [
+            SeriesRow(
+                int(ts),
+                policy,
+                workflow,
+                client,
+                model,
+                provider,
+                outcome,
+                bool(fallback),
+                cost,
+                baseline,
+                tuple(rules.strip(RULES_SEPARATOR).split(RULES_SEPARATOR)) if rules else (),
+                latency,
+            )
+            for ts, policy, workflow, client, model, provider, outcome, fallback, cost, baseline, rules, latency in rows
+        ]
 
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
         p = self._param

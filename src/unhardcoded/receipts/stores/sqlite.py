@@ -127,7 +127,7 @@ CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprin
 CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
 CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms);
-CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms);
 CREATE TABLE IF NOT EXISTS policies (
   fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
 );
@@ -163,7 +163,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected'))), "
         "provider = json_extract(body, '$.attempts[#-1].provider'), "
         "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END",
-        "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, ts_ms)",
+        "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)",
     ),
 }
 
