@@ -90,8 +90,10 @@ def main() -> None:
     build(args.store, args.receipts, args.seed_receipts)
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(port), "--no-grpc"]
-        + ["--store", str(args.store), "--no-access-log", "--log-level", "warning"],
+        [
+            *(sys.executable, "-m", "unhardcoded.cli", "processor", "--port", str(port), "--no-grpc"),
+            *("--store", str(args.store), "--no-access-log", "--log-level", "warning"),
+        ],
         env=os.environ.copy(),
     )
     base = f"http://127.0.0.1:{port}"
@@ -122,7 +124,9 @@ def main() -> None:
             results[path] = p50
             print(f"{path:<44} {p50:>8.1f} {p95:>8.1f}")
         verdict = "meets" if results["/ui/"] < TARGET_P50_MS else "MISSES"
-        print(f"\n/ui/ p50 {results['/ui/']:.1f} ms with {args.receipts} receipts: {verdict} the target (< {TARGET_P50_MS:.0f} ms)")
+        print(
+            f"\n/ui/ p50 {results['/ui/']:.1f} ms with {args.receipts} receipts: {verdict} the target (< {TARGET_P50_MS:.0f} ms)"
+        )
     finally:
         proc.terminate()
         proc.wait(20)

@@ -123,11 +123,7 @@ class Element:
             yield from child.iter(tag)
 
     def find_all(self, tag: str | None = None, **attrs: str) -> list[Element]:
-        return [
-            e
-            for e in self.iter(tag)
-            if all(e.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())
-        ]
+        return [e for e in self.iter(tag) if all(e.attrs.get(k.replace("_", "-")) == v for k, v in attrs.items())]
 
     def all_text(self) -> str:
         return "".join(self.text) + "".join(c.all_text() for c in self.children)

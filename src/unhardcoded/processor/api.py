@@ -238,6 +238,17 @@ def _since(text: str | None, name: str) -> datetime | None:
     return when
 
 
+OUTCOMES = ("answered", "failed", "no_candidate", "dry_run")
+
+
+def _outcome(text: str | None) -> str | None:
+    if not text:
+        return None
+    if text not in OUTCOMES:
+        raise ValueError(f"outcome={text[:80]!r}: expected one of {', '.join(OUTCOMES)}")
+    return text
+
+
 def _limit(text: str) -> int:
     if not (text.isascii() and text.isdecimal() and len(text) <= 4) or not 1 <= int(text) <= MAX_PAGE:
         raise ValueError(f"limit={text[:80]!r}: expected a whole number from 1 to {MAX_PAGE}")
@@ -512,6 +523,9 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             fallback=_bool(p.get("fallback"), "fallback"),
             workflow_id=p.get("workflow") or None,
             client=p.get("client") or None,
+            outcome=_outcome(p.get("outcome")),
+            rule=p.get("rule") or None,
+            provider=p.get("provider") or None,
             since=_since(p.get("since"), "since"),
             until=_since(p.get("until"), "until"),
             complete=_bool(p.get("complete"), "complete"),
@@ -624,12 +638,16 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         if not session.token_matches(form.get("token", ""), token):
             return html(console.sign_in_page("/ui/sign-in", next_path, failed=True), 401)
         return RedirectResponse(
-            next_path, status_code=303, headers={**PAGE_HEADERS, "Set-Cookie": session.set_cookie(token, secure(request))}
+            next_path,
+            status_code=303,
+            headers={**PAGE_HEADERS, "Set-Cookie": session.set_cookie(token, secure(request))},
         )
 
     async def sign_out(request: Request) -> Response:
         return RedirectResponse(
-            "/ui/sign-in", status_code=303, headers={**PAGE_HEADERS, "Set-Cookie": session.clear_cookie(secure(request))}
+            "/ui/sign-in",
+            status_code=303,
+            headers={**PAGE_HEADERS, "Set-Cookie": session.clear_cookie(secure(request))},
         )
 
     async def stats(request: Request) -> Response:

@@ -66,7 +66,9 @@ def console_routes(store: ReceiptStore | None) -> list[Route]:
 
     def without_store() -> Response:
         return _html(
-            console.error_page("this proxy keeps no receipt store: start it with serve --store to browse receipts", LINKS),
+            console.error_page(
+                "this proxy keeps no receipt store: start it with serve --store to browse receipts", LINKS
+            ),
             404,
         )
 

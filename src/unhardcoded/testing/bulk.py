@@ -37,7 +37,9 @@ class BulkRun:
 
 
 def _body(rng: random.Random) -> dict[str, Any]:
-    words = " ".join(rng.choice(("refund", "order", "parcel", "late", "broken", "invoice")) for _ in range(rng.randint(5, 400)))
+    words = " ".join(
+        rng.choice(("refund", "order", "parcel", "late", "broken", "invoice")) for _ in range(rng.randint(5, 400))
+    )
     body: dict[str, Any] = {
         "model": "auto",
         "messages": [{"role": "user", "content": words}],
@@ -85,7 +87,9 @@ def generate(
             sims[provider] = stack.enter_context(SimulatedProvider(provider))
         client = ProviderClient(ProvidersConfig(providers=[s.provider_config(timeout_s=10) for s in sims.values()]))
         stack.callback(client.close)
-        tracer_provider = TracerProvider(resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False)
+        tracer_provider = TracerProvider(
+            resource=Resource.create({"service.name": service_name}), shutdown_on_exit=False
+        )
         receipts = ReceiptSpanProcessor(store, catalogs=[catalog])
         tracer_provider.add_span_processor(receipts)
         stack.callback(tracer_provider.shutdown)

@@ -44,7 +44,7 @@ LEFT, RIGHT, TOP, BOTTOM = 56, 12, 12, 28
 @dataclass
 class Series:
     name: str
-    values: list[float | None]
+    values: Sequence[float | None]
     total: float | None
     color: str = ""
     points: list[tuple[float, float, float, str]] = field(default_factory=list)
@@ -269,11 +269,11 @@ def build_charts(
 def _nice(value: float) -> float:
     if value <= 0:
         return 1.0
-    exp = 10 ** math.floor(math.log10(value))
-    for step in (1, 2, 2.5, 5, 10):
+    exp = 10.0 ** math.floor(math.log10(value))
+    for step in (1.0, 2.0, 2.5, 5.0, 10.0):
         if value <= step * exp:
             return step * exp
-    return 10 * exp
+    return 10.0 * exp
 
 
 def layout(chart: Chart) -> None:
@@ -293,7 +293,9 @@ def layout(chart: Chart) -> None:
     def y(v: float) -> float:
         return round(TOP + plot_h * (1 - (v - low) / ((high - low) or 1.0)), 2)
 
-    chart.ticks = [(y(low + (high - low) * k / 4), format_value(low + (high - low) * k / 4, chart.unit)) for k in range(5)]
+    chart.ticks = [
+        (y(low + (high - low) * k / 4), format_value(low + (high - low) * k / 4, chart.unit)) for k in range(5)
+    ]
     every = max(1, n // 4)
     chart.x_labels = [(x(i), chart.bucket_label(i)) for i in range(0, n, every)]
     for k, s in enumerate(chart.series):
@@ -316,8 +318,7 @@ def csv_rows(chart: Chart) -> list[list[str]]:
     for s in chart.series:
         for i, v in enumerate(s.values):
             out.append([chart.id, datetime.fromtimestamp(chart.buckets[i] / 1000, UTC).isoformat(), s.name, _num(v)])
-    for s in chart.series:
-        out.append([chart.id, chart.total_label, s.name, _num(s.total)])
+    out.extend([chart.id, chart.total_label, s.name, _num(s.total)] for s in chart.series)
     return out
 
 

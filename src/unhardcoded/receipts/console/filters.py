@@ -46,7 +46,7 @@ class ConsoleFilter:
     """The filter in force, as given (``params``: the non-empty filter parameters, for links) and as a query."""
 
     params: dict[str, str] = field(default_factory=dict)
-    query: ReceiptQuery = ReceiptQuery()
+    query: ReceiptQuery = field(default_factory=ReceiptQuery)
     limit: int = PAGE_SIZE
     after: tuple[int, str] | None = None
 

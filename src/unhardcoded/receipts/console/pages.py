@@ -151,7 +151,11 @@ def receipt_page(
 
 def workflow_page(w: WorkflowReceipt, links: ConsoleLinks = ConsoleLinks()) -> str:
     t = w.totals
-    note = OPEN_WORKFLOW + "." if w.still_open else ("INCOMPLETE: some node telemetry was not received." if not w.complete else "")
+    note = (
+        OPEN_WORKFLOW + "."
+        if w.still_open
+        else ("INCOMPLETE: some node telemetry was not received." if not w.complete else "")
+    )
     return render(
         "workflow.html",
         title=f"Workflow {w.name} {w.workflow_id}",
@@ -384,8 +388,12 @@ def rollups_page(store: ReceiptStore, params: Mapping[str, str], links: ConsoleL
     rollup_links = {}
     if links.rollups_json:
         for key in ("model", "provider", by):
-            rollup_links[key] = links.rollups_json + "?" + "&".join(
-                [f"by={key}"] + ([f"since={quote(f.params['since'], safe='')}"] if "since" in f.params else [])
+            rollup_links[key] = (
+                links.rollups_json
+                + "?"
+                + "&".join(
+                    [f"by={key}"] + ([f"since={quote(f.params['since'], safe='')}"] if "since" in f.params else [])
+                )
             )
     return Page(
         200,

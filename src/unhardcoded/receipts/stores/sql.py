@@ -196,7 +196,23 @@ class SQLReceiptReads:
             sql += f" LIMIT {p}"
             params.append(max(0, query.limit))
         return [
-            ListedReceipt(*row[:7], bool(row[7]), *row[8:14], bool(row[14]))  # type: ignore[arg-type]
+            ListedReceipt(
+                row[0],
+                int(row[1]),
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                bool(row[7]),
+                row[8],
+                row[9],
+                row[10],
+                row[11],
+                row[12],
+                row[13],
+                bool(row[14]),
+            )
             for row in self._read(sql, params)
         ]
 

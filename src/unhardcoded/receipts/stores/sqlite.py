@@ -158,11 +158,13 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE receipts ADD COLUMN rules TEXT",
         "ALTER TABLE receipts ADD COLUMN provider TEXT",
         "ALTER TABLE receipts ADD COLUMN latency_ms REAL",
-        "UPDATE receipts SET "
-        "rules = (SELECT char(10) || group_concat(rule, char(10)) || char(10) FROM "
-        "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected'))), "
-        "provider = json_extract(body, '$.attempts[#-1].provider'), "
-        "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END",
+        (
+            "UPDATE receipts SET "
+            "rules = (SELECT char(10) || group_concat(rule, char(10)) || char(10) FROM "
+            "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected'))), "
+            "provider = json_extract(body, '$.attempts[#-1].provider'), "
+            "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END"
+        ),
         "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)",
     ),
 }
