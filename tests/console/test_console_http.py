@@ -17,6 +17,7 @@ from unhardcoded.server import create_app
 from unhardcoded.testing.bulk import generate
 
 TOKEN = "q-secret-token"
+BROWSER = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,8 @@ def guarded(filled, tmp_path, monkeypatch):
 def test_behind_the_query_token_the_console_signs_in_with_an_httponly_strict_cookie(guarded, tmp_path):
     p, run = guarded
     rid = run.request_ids[0]
-    with httpx.Client(base_url=p.url) as c:
+    with httpx.Client(base_url=p.url, headers={"Accept": BROWSER}) as c:
+        assert httpx.get(f"{p.url}/r/{rid}").status_code == 401  # an API client is told, not redirected
         first = c.get(f"/r/{rid}")
         assert first.status_code == 303 and first.headers["location"] == f"/ui/sign-in?next=%2Fr%2F{rid}"
         form = c.get(first.headers["location"])
@@ -60,6 +62,7 @@ def test_behind_the_query_token_the_console_signs_in_with_an_httponly_strict_coo
         out = c.post("/ui/sign-out")
         assert out.status_code == 303 and "Max-Age=0" in out.headers["set-cookie"]
         assert c.get("/ui/").status_code == 303
+        assert c.get("/ui/", headers={"Authorization": "Bearer wrong"}).status_code == 401
         # A sign-in never sends the browser to another site.
         away = c.post("/ui/sign-in", data={"token": TOKEN, "next": "//evil.example/x"})
         assert away.headers["location"] == "/ui/"

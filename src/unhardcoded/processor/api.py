@@ -421,6 +421,8 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
     def paged(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
         async def run(request: Request) -> Response:
             if not page_allowed(request):
+                if request.headers.get("authorization") or not wants_html(request.headers.get("accept")):
+                    return _unauthorized()  # an API client (or a wrong token): as the JSON API answers it
                 target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                 return RedirectResponse(
                     "/ui/sign-in?" + urlencode({"next": target}), status_code=303, headers=PAGE_HEADERS
