@@ -38,6 +38,7 @@ from ..telemetry.losses import count_error
 from ..telemetry.scope import INSTRUMENTATION_SCOPE, VERSION
 from .access import CLIENT_CLOSED_REQUEST, SERVER_LOGGER_NAME
 from .auth import ClientAuth, ClientKeys, check_policy_request, client_of
+from .console import console_routes
 from .errors import APIError
 from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
 from .policies import DEFAULT_INLINE_CACHE_BYTES, POLICY_HEADER, POLICY_WEIGHT, PolicyDirectory, PolicyResolver
@@ -557,6 +558,7 @@ def create_app(
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
         Route("/x/impact", proxy.impact, methods=["POST"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
+        *console_routes(store),
     ]
 
     @contextlib.asynccontextmanager
