@@ -12,7 +12,13 @@ if TYPE_CHECKING:
     from .stores import RollupRow
 
 WIDTH = 78
-STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}
+STATUS = {
+    "answered": "200 OK",
+    "dry_run": "DRY RUN",
+    "failed": "FAILED",
+    "no_candidate": "NO CANDIDATE",
+    "over_budget": "429 OVER BUDGET",
+}
 MAX_REJECTIONS_SHOWN = 12
 OPEN_WORKFLOW = (
     "OPEN: not finished, its root span not seen yet (still running, spans on their way, or the root was lost)"
@@ -98,6 +104,12 @@ def render_receipt(r: Receipt) -> str:
         lines.append(f"workflow  {r.workflow.name} ({r.workflow.id}) · node {r.workflow.node}{step}")
     if r.client is not None:
         lines.append(f"client    {r.client}")
+    if r.budget is not None:
+        b = r.budget
+        did = "refused" if b.action == "refused" else "routed under the fallback policy"
+        lines.append(
+            f"budget    {b.scope} {b.name} · {_usd(b.spent_usd)} spent of {_usd(b.limit_usd)} per {b.window} · {did}"
+        )
     if r.signature is not None:  # what the span carries; whether it verifies is `receipt ID --verify`'s answer
         lines.append(f"signed    key {r.signature.key_id[:64]} · version {r.signature.version} · not checked here")
     if not r.complete:
