@@ -33,7 +33,7 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             pytest.fail("redis-server is not installed: run scripts/install-test-deps.sh (Debian's redis-server)")
-        self.process = subprocess.Popen(  # noqa: S603 - a fixed binary and arguments
+        self.process = subprocess.Popen(
             [
                 binary,
                 "--port",
@@ -55,9 +55,11 @@ class RedisServer:
         deadline = time.monotonic() + 10
         while not self.ping():
             if self.process.poll() is not None or time.monotonic() > deadline:
-                log = (self.directory / "redis.log").read_text(errors="replace")[-2000:] if (
-                    self.directory / "redis.log"
-                ).exists() else ""
+                log = (
+                    (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+                    if (self.directory / "redis.log").exists()
+                    else ""
+                )
                 self.stop()
                 pytest.fail(f"redis-server did not start on port {self.port}: {log}")
             time.sleep(0.02)

@@ -177,7 +177,11 @@ def test_a_spent_budget_answers_429_budget_exceeded_with_a_receipt_naming_it(cap
     # Gauges: what is left and the limit, per budget.
     remaining = tel.metric(M.UNHARDCODED_BUDGET_REMAINING)
     labels = frozenset(
-        {A.UNHARDCODED_BUDGET_SCOPE: "policy", A.UNHARDCODED_BUDGET_NAME: "capped", A.UNHARDCODED_BUDGET_WINDOW: "24h"}.items()
+        {
+            A.UNHARDCODED_BUDGET_SCOPE: "policy",
+            A.UNHARDCODED_BUDGET_NAME: "capped",
+            A.UNHARDCODED_BUDGET_WINDOW: "24h",
+        }.items()
     )
     assert remaining[labels] == pytest.approx(0.07 - sum(costs))
     assert tel.metric(M.UNHARDCODED_BUDGET_LIMIT)[labels] == 0.07
@@ -253,7 +257,7 @@ def test_a_fallback_policy_the_proxy_does_not_have_is_refused_at_start_up() -> N
     from unhardcoded.errors import ConfigError
 
     text = CAPPED.replace("window: 24h}", "window: 24h, fallback_policy: nowhere}")
-    with pytest.raises(ConfigError, match="budget.fallback_policy names 'nowhere'"):
+    with pytest.raises(ConfigError, match=r"budget\.fallback_policy names 'nowhere'"):
         create_app(Router(Catalog.builtin()), policies(text), state=InProcessState())
 
 

@@ -220,7 +220,8 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
     from ..server.state import open_state
 
     state = open_state(getattr(args, "state", None) or os.environ.get(STATE_ENV) or None)
-    logging.getLogger("unhardcoded.server").info("state: %s", state.description)
+    if state.description != "in-process":
+        print(f"state: {state.description} (budget spending and live events shared)", file=sys.stderr, flush=True)
     router = Router(catalog, ProviderClient(providers))
     app = create_app(
         router,

@@ -146,6 +146,12 @@ class InProcessState:
     async def reserve(self, charges: Sequence[Charge], amount_usd: float) -> Reservation:
         return self.reserve_now(charges, amount_usd)
 
+    def mirror(self, charges: Sequence[Charge], spent: Sequence[float]) -> None:
+        """Take what the shared store said of these budgets as the local view (for when it cannot be reached)."""
+        now = time.monotonic()
+        for charge, value in zip(charges, spent, strict=False):
+            self._spent[charge.key] = (value, now + charge.ttl_s)
+
     def settle_now(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
         now = time.monotonic()
         for charge, delta in adjustments:
@@ -206,9 +212,11 @@ class RedisState:
         self.degraded = 0
         self.on_degraded: Callable[[int], None] | None = None
         self.local = InProcessState()
-        """The local view: what budgets are charged to while Redis is down."""
+        """The local view: the spending Redis last reported, charged on while Redis is down."""
         self._client: Any = None
         self._script: Any = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        """The loop it was started on: :meth:`publish` is called there (it is not thread-safe)."""
         self._down_until = 0.0
         self._outbox: deque[str] = deque()
         self._wake: asyncio.Event | None = None
@@ -230,6 +238,7 @@ class RedisState:
 
     async def start(self) -> None:
         """Connect and start the publisher and the subscription, on the loop that serves requests."""
+        self.loop = asyncio.get_running_loop()
         self._client = self._connect()
         self._script = self._client.register_script(_RESERVE_LUA)
         self._wake = asyncio.Event()
@@ -288,6 +297,7 @@ class RedisState:
                 self._failed("reserving budget", exc)
             else:
                 values = tuple(float(v) for v in spent)
+                self.local.mirror(charges, values)
                 return Reservation(int(refused) - 1 if int(refused) else None, values, True)
         else:
             self._degrade(1)
@@ -301,7 +311,8 @@ class RedisState:
                 async with self._client.pipeline(transaction=False) as pipe:
                     for charge, delta in adjustments:
                         pipe.incrbyfloat(charge.key, repr(float(delta)))
-                    await pipe.execute()
+                    totals = await pipe.execute()
+                self.local.mirror([c for c, _ in adjustments], [float(t) for t in totals])
                 return
             except (TimeoutError, self._aioredis.RedisError, OSError) as exc:
                 self._failed("settling budget", exc)
