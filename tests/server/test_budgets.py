@@ -20,6 +20,8 @@ from unhardcoded.catalog import Catalog
 from unhardcoded.errors import PolicyError
 from unhardcoded.policy import load_policy
 from unhardcoded.policy.builtin import builtin_policy_dir
+from unhardcoded.receipts.render import render_rollup
+from unhardcoded.receipts.stores import open_store
 from unhardcoded.router import Router
 from unhardcoded.router.providers import ProviderClient
 from unhardcoded.semconv import attributes as A
@@ -162,6 +164,7 @@ def test_a_spent_budget_answers_429_budget_exceeded_with_a_receipt_naming_it(cap
     receipt = capped.receipt(refused.headers["x-unhardcoded-request-id"])
     assert receipt["outcome"] == "over_budget"
     assert receipt["attempts"] == [] and receipt["answered_by"] is None
+    assert receipt["cost"]["usd"] == 0  # refused before any call: nothing paid
     budget = receipt["budget"]
     assert budget["scope"] == "policy" and budget["name"] == "capped" and budget["window"] == "24h"
     assert budget["limit_usd"] == 0.07 and budget["action"] == "refused"
@@ -188,6 +191,26 @@ def test_a_spent_budget_answers_429_budget_exceeded_with_a_receipt_naming_it(cap
 
     # Other policies are not touched by it.
     assert capped.post("open").status_code == 200
+
+
+def test_rollups_count_the_requests_a_budget_refused(capped: Proxy, tel: Any, tmp_path: Any) -> None:
+    spend_until_refused(capped, "capped")
+    assert capped.post("capped").status_code == 429
+    assert capped.post("open").status_code == 200
+    store = open_store(str(tmp_path / "receipts.db"))
+    try:
+        for receipt in tel.receipts():
+            store.put(receipt)
+        rows = {r.key: r for r in store.rollup("policy")}
+    finally:
+        store.close()
+    assert rows["capped"].over_budget == 2 and rows["capped"].decisions == 5
+    assert rows["capped"].cost_usd == pytest.approx(3 * 0.025025)
+    assert rows["open"].over_budget == 0
+    assert rows["capped"].to_json_dict()["over_budget"] == 2
+    table = render_rollup(list(rows.values()), "policy")
+    assert table.splitlines()[0].split()[-2:] == ["over", "budget"]
+    assert table.splitlines()[-1].split()[-1] == "2"  # the total
 
 
 def test_the_openai_client_does_not_retry_a_budget_refusal(capped: Proxy) -> None:

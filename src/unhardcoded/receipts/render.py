@@ -220,7 +220,7 @@ def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
             f"{ratio * 100:.0f}%" if ratio is not None else "n/a",
         )
 
-    head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
+    head: tuple[str, ...] = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
     body = [
         cells(r.key, r.decisions, r.fallbacks, r.failed, r.cost_usd, r.baseline_usd, r.savings_usd, r.savings_ratio)
         for r in rows
@@ -240,6 +240,12 @@ def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
                 saved / priced_base if priced_base else None,
             )
         )
+    if any(r.over_budget for r in rows):  # a column only where a budget refused something
+        head += ("over budget",)
+        refused = [r.over_budget for r in rows]
+        if len(rows) > 1:
+            refused.append(sum(refused))
+        body = [(*line, str(n)) for line, n in zip(body, refused, strict=True)]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
     def fmt(r: tuple[str, ...]) -> str:
