@@ -37,6 +37,11 @@ def _usd(value: float | None) -> str:
     return f"${value:.4f}".rstrip("0").rstrip(".") if value < 1 else f"${value:,.2f}"
 
 
+def _exact_usd(value: float) -> str:
+    """Dollars to the millionth: a budget's spending next to its limit must not round up to it."""
+    return "$" + (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
+
+
 def _fmt(value: object) -> str:
     if isinstance(value, float):
         return f"{value:g}"
@@ -108,7 +113,7 @@ def render_receipt(r: Receipt) -> str:
         b = r.budget
         did = "refused" if b.action == "refused" else "routed under the fallback policy"
         lines.append(
-            f"budget    {b.scope} {b.name} · {_usd(b.spent_usd)} spent of {_usd(b.limit_usd)} per {b.window} · {did}"
+            f"budget    {b.scope} {b.name} · {_exact_usd(b.spent_usd)} spent of {_usd(b.limit_usd)} per {b.window} · {did}"
         )
     if r.signature is not None:  # what the span carries; whether it verifies is `receipt ID --verify`'s answer
         lines.append(f"signed    key {r.signature.key_id[:64]} · version {r.signature.version} · not checked here")
