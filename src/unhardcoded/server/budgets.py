@@ -10,7 +10,6 @@ actual cost, off the caller's path.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
 from collections.abc import Callable, Iterable, Sequence
@@ -35,6 +34,9 @@ if TYPE_CHECKING:
 
 Scope = Literal["policy", "client"]
 
+MAX_GAUGED = 1024
+"""Budgets the gauges report at most (inline policies can name new budgets at will): the least recently used go."""
+
 RETRY_AFTER_NEAR_S = 60
 """A refusal carries ``Retry-After`` only when its budget's window resets within this many seconds; later than
 that, waiting is not what the caller should do."""
@@ -55,6 +57,8 @@ class Held:
 
     charges: tuple[Charge, ...]
     amount_usd: float
+    gauged: tuple[tuple[str, str, str], ...] = ()
+    """The (scope, name, window) of each charge, as the gauges know it."""
 
 
 @dataclass(frozen=True)
@@ -102,13 +106,12 @@ class Budgets:
         self.clock = clock
         # (scope, name, window) -> (limit, spent, window key): what this proxy last saw of each budget.
         self._seen: dict[tuple[str, str, str], tuple[float, float, str]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
         _observe(self, meter_provider)
 
     @property
     def settling(self) -> int:
-        """Settlements sent off and not yet done."""
-        return len(self._tasks)
+        """Settlements handed to the state and not yet applied there."""
+        return self.state.settling
 
     def _charges(self, owners: Sequence[BudgetOwner], now: float) -> tuple[list[Charge], list[float]]:
         charges, resets = [], []
@@ -125,25 +128,29 @@ class Budgets:
         amount = max(0.0, amount_usd)
         charges, resets = self._charges(owners, now)
         reservation = await self.state.reserve(charges, amount)
+        seen = self._seen
         for owner, charge, spent in zip(owners, charges, reservation.spent, strict=False):
-            self._seen[(owner.scope, owner.name, owner.budget.window)] = (owner.budget.usd, spent, charge.key)
+            key = (owner.scope, owner.name, owner.budget.window)
+            seen.pop(key, None)
+            seen[key] = (owner.budget.usd, spent, charge.key)
+        while len(seen) > MAX_GAUGED:
+            del seen[next(iter(seen))]
         if reservation.refused is None:
-            return Held(tuple(charges), amount)
+            return Held(tuple(charges), amount, tuple((o.scope, o.name, o.budget.window) for o in owners))
         i = reservation.refused
         return Refusal(owners[i], reservation.spent[i], amount, resets[i])
 
     def settle(self, held: Held, actual_usd: float | None) -> None:
-        """Replace the reserved amount with what the request cost (nothing, when no model answered); in the
-        background, on the running loop."""
+        """Replace the reserved amount with what the request cost (nothing, when no model answered), in the
+        background."""
         delta = (actual_usd or 0.0) - held.amount_usd
         if delta == 0:
             return
-        for key, (limit, spent, window_key_) in list(self._seen.items()):
-            if any(c.key == window_key_ for c in held.charges):
-                self._seen[key] = (limit, max(0.0, spent + delta), window_key_)
-        task = asyncio.get_running_loop().create_task(self.state.settle([(c, delta) for c in held.charges]))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        for key, charge in zip(held.gauged, held.charges, strict=True):
+            seen = self._seen.get(key)
+            if seen is not None and seen[2] == charge.key:
+                self._seen[key] = (seen[0], max(0.0, seen[1] + delta), seen[2])
+        self.state.settle([(c, delta) for c in held.charges])
 
     def settle_decision(self, held: Held | None, decision: Decision | None) -> None:
         if held is not None:

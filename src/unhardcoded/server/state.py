@@ -6,7 +6,8 @@ and hears the others' live events).
 
 What sits on a request's path is one pipelined round trip at most: :meth:`reserve` (one Lua script, run
 atomically: every budget checked, then every budget charged, or none). Settling a reservation with the
-actual cost and publishing live events happen off the path, after the answer. When Redis cannot be reached
+actual cost and publishing live events happen off the path, after the answer, batched: one pipeline carries
+whatever has queued up meanwhile. When Redis cannot be reached
 the proxy keeps going on its local view (an :class:`InProcessState` inside the Redis one), counts each such
 operation in ``unhardcoded.state.degraded``, and tries Redis again after :data:`RETRY_AFTER_S`; the
 subscription reconnects by itself.
@@ -82,7 +83,19 @@ class SharedState(Protocol):
     async def start(self) -> None: ...
     async def aclose(self) -> None: ...
     async def reserve(self, charges: Sequence[Charge], amount_usd: float) -> Reservation: ...
-    async def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None: ...
+    def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
+        """Add each delta to its budget, in the background (never waits)."""
+        ...
+
+    @property
+    def settling(self) -> int:
+        """Adjustments handed to :meth:`settle` and not yet applied."""
+        ...
+
+    async def drain(self) -> None:
+        """Wait until every adjustment handed to :meth:`settle` is applied."""
+        ...
+
     def publish(self, event: LiveEvent) -> None: ...
     def subscribe(self, callback: Callable[[LiveEvent], None]) -> None: ...
 
@@ -158,8 +171,15 @@ class InProcessState:
             value = max(0.0, self._get(charge.key, now) + delta)
             self._spent[charge.key] = (value, now + charge.ttl_s)
 
-    async def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
+    def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
         self.settle_now(adjustments)
+
+    @property
+    def settling(self) -> int:
+        return 0
+
+    async def drain(self) -> None:
+        return None
 
     def publish(self, event: LiveEvent) -> None:
         return None  # in one process the live state is already where every request reads it
@@ -219,6 +239,9 @@ class RedisState:
         """The loop it was started on: :meth:`publish` is called there (it is not thread-safe)."""
         self._down_until = 0.0
         self._outbox: deque[str] = deque()
+        self._settle_queue: dict[str, tuple[Charge, float]] = {}
+        self._flushing = 0
+        self._flush_lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._callbacks: list[Callable[[LiveEvent], None]] = []
@@ -227,19 +250,25 @@ class RedisState:
         self.received = 0
         """Live events from other processes handed to the subscribers."""
 
-    def _connect(self) -> Any:
+    def _connect(self, **options: Any) -> Any:
+        """A client that tries once: a dead Redis costs a request one refused connection (or :data:`TIMEOUT_S`),
+        never redis-py's default of ten retries with backoff, after which the local view answers anyway."""
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+
         return self._aioredis.Redis.from_url(
             self.url,
-            socket_timeout=TIMEOUT_S,
             socket_connect_timeout=TIMEOUT_S,
+            retry=Retry(NoBackoff(), 0),
             retry_on_timeout=False,
             decode_responses=False,
+            **options,
         )
 
     async def start(self) -> None:
         """Connect and start the publisher and the subscription, on the loop that serves requests."""
         self.loop = asyncio.get_running_loop()
-        self._client = self._connect()
+        self._client = self._connect(socket_timeout=TIMEOUT_S)
         self._script = self._client.register_script(_RESERVE_LUA)
         self._wake = asyncio.Event()
         self.subscribed = asyncio.Event()
@@ -253,6 +282,9 @@ class RedisState:
             self._failed("connecting", exc)
 
     async def aclose(self) -> None:
+        """Apply what is still queued, then stop."""
+        if self._client is not None:
+            await self.drain()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
@@ -303,22 +335,55 @@ class RedisState:
             self._degrade(1)
         return self.local.reserve_now(charges, amount_usd)
 
-    async def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
-        if not adjustments:
+    def settle(self, adjustments: Sequence[tuple[Charge, float]]) -> None:
+        """Queue the adjustments; the flusher sends whatever is queued in one pipeline (one delta per budget key),
+        so settling costs Redis one round trip per batch, not per request, and never the caller's time."""
+        pending = self._settle_queue
+        for charge, delta in adjustments:
+            held = pending.get(charge.key)
+            pending[charge.key] = (charge, delta + (held[1] if held is not None else 0.0))
+        if self._wake is None:  # not started: nowhere to send it
+            self.local.settle_now(list(pending.values()))
+            pending.clear()
             return
-        if self._usable():
-            try:
-                async with self._client.pipeline(transaction=False) as pipe:
-                    for charge, delta in adjustments:
-                        pipe.incrbyfloat(charge.key, repr(float(delta)))
-                    totals = await pipe.execute()
-                self.local.mirror([c for c, _ in adjustments], [float(t) for t in totals])
-                return
-            except (TimeoutError, self._aioredis.RedisError, OSError) as exc:
-                self._failed("settling budget", exc)
-        else:
-            self._degrade(1)
-        self.local.settle_now(adjustments)
+        self._wake.set()
+
+    @property
+    def settling(self) -> int:
+        return len(self._settle_queue) + self._flushing
+
+    async def drain(self) -> None:
+        """Wait until every queued settlement is applied (in Redis, or on the local view)."""
+        while self._settle_queue or self._flushing:
+            await self._flush_settlements()
+
+    async def _flush_settlements(self) -> None:
+        async with self._flush_lock:
+            await self._flush_batch()
+
+    async def _flush_batch(self) -> None:
+        pending = self._settle_queue
+        if not pending:
+            return
+        batch = list(pending.values())
+        pending.clear()
+        self._flushing = len(batch)
+        try:
+            if self._usable():
+                try:
+                    async with self._client.pipeline(transaction=False) as pipe:
+                        for charge, delta in batch:
+                            pipe.incrbyfloat(charge.key, repr(float(delta)))
+                        totals = await pipe.execute()
+                    self.local.mirror([c for c, _ in batch], [float(t) for t in totals])
+                    return
+                except (TimeoutError, self._aioredis.RedisError, OSError) as exc:
+                    self._failed("settling budget", exc)
+            else:
+                self._degrade(1)
+            self.local.settle_now(batch)
+        finally:
+            self._flushing = 0
 
     # ---- live events
 
@@ -338,10 +403,12 @@ class RedisState:
         self._callbacks.append(callback)
 
     async def _publisher(self) -> None:
+        """Sends, after the answers that made them, the queued settlements and live events."""
         assert self._wake is not None
         while True:
             await self._wake.wait()
             self._wake.clear()
+            await self._flush_settlements()
             if not self._outbox:
                 continue
             if not self._usable():
@@ -362,7 +429,7 @@ class RedisState:
     async def _subscriber(self) -> None:
         delay = 0.05
         while True:
-            client = self._aioredis.Redis.from_url(self.url, socket_connect_timeout=TIMEOUT_S)
+            client = self._connect()  # no read timeout: it waits for events
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
