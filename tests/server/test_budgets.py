@@ -274,6 +274,16 @@ def test_a_policy_can_name_a_cheaper_policy_to_use_once_its_budget_is_spent(simu
         assert receipt["policy"]["name"] == "cheap" and receipt["outcome"] == "answered"
         assert receipt["budget"]["name"] == "capped" and receipt["budget"]["action"] == "fallback"
         assert proxy.receipt(answers[0].headers["x-unhardcoded-request-id"])["budget"] is None
+        with httpx.stream(
+            "POST",
+            f"{proxy.server.base_url}/v1/chat/completions",
+            json={"messages": HELLO, "policy": "capped", "stream": True},
+        ) as streamed:
+            assert streamed.status_code == 200 and streamed.headers["x-unhardcoded-model"] == "claude-haiku-4-5"
+            streamed.read()
+        proxy.settled()
+        receipt = proxy.receipt(streamed.headers["x-unhardcoded-request-id"])
+        assert receipt["policy"]["name"] == "cheap" and receipt["budget"]["action"] == "fallback"
 
 
 def test_a_fallback_policy_the_proxy_does_not_have_is_refused_at_start_up() -> None:

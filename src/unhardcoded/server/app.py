@@ -247,7 +247,7 @@ class Proxy:
                 return within
             policy, held, fallback_use = within
         if features.stream:
-            return self._stream(policy, body, features, request_id, key, client_name, held)
+            return self._stream(policy, body, features, request_id, key, client_name, held, fallback_use)
         token = client_key.set(key)
         later: list[Callable[[], None]] = []
         decision: Decision | None = None
@@ -327,6 +327,7 @@ class Proxy:
         key: str | None,
         client_name: str | None,
         held: Held | None = None,
+        fallback_use: BudgetUse | None = None,
     ) -> Response:
         options = body.get("stream_options")
         done: Callable[[Decision], None] = self.recent.add
@@ -351,6 +352,7 @@ class Proxy:
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             key=key,
             client_name=client_name,
+            budget=fallback_use,
         )
 
     async def rank(self, request: Request) -> Response:
