@@ -6,7 +6,17 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, Signature, WorkflowRef
+from ..router.decision import (
+    Attempt,
+    BudgetUse,
+    Cost,
+    Decision,
+    FallbackHop,
+    Rejection,
+    Selection,
+    Signature,
+    WorkflowRef,
+)
 from ..router.features import RequestFeatures
 
 RECEIPT_SCHEMA: Final = "unhardcoded.receipt/v1"
@@ -50,7 +60,10 @@ class Receipt(_Model):
     workflow: WorkflowRef | None = None
     client: str | None = None
     """The name of the client key the request came with, on a proxy started with ``--keys``; never the key."""
-    outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
+    budget: BudgetUse | None = None
+    """The spent budget (policy or client key: window, spent, limit) that refused the request or sent it to the
+    policy's fallback policy; absent otherwise."""
+    outcome: Literal["dry_run", "answered", "failed", "no_candidate", "over_budget"] = "dry_run"
     features: RequestFeatures | None = None
     complete: bool = True
     signature: Signature | None = None

@@ -18,7 +18,17 @@ from typing import Any
 
 from .._construct import construct as _construct
 from ..policy.model import fingerprint_of
-from ..router.decision import Attempt, Cost, FallbackHop, Rejection, Selection, Signature, WorkflowRef, iso_ms
+from ..router.decision import (
+    Attempt,
+    BudgetUse,
+    Cost,
+    FallbackHop,
+    Rejection,
+    Selection,
+    Signature,
+    WorkflowRef,
+    iso_ms,
+)
 from ..router.features import RequestFeatures
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
@@ -27,7 +37,7 @@ from .memo import Memo, memo
 from .model import RECEIPT_SCHEMA, FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
 from .spans import STATUS_ERROR, SharedAttributes, SpanRecord, read_spans
 
-_OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate"})
+_OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate", "over_budget"})
 _ROLES = frozenset({"selected", "fallback"})
 _REASONS = frozenset({"error", "timeout", "rate_limit"})
 _CALLED = frozenset({"answered", "failed"})
@@ -411,6 +421,14 @@ _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
     _K.UNHARDCODED_WORKFLOW_STEP,
 )
 _CLIENT = _K.UNHARDCODED_CLIENT_NAME
+_BUDGET_SCOPE, _BUDGET_NAME, _BUDGET_WINDOW, _BUDGET_LIMIT, _BUDGET_SPENT, _BUDGET_ACTION = (
+    _K.UNHARDCODED_BUDGET_SCOPE,
+    _K.UNHARDCODED_BUDGET_NAME,
+    _K.UNHARDCODED_BUDGET_WINDOW,
+    _K.UNHARDCODED_BUDGET_LIMIT_USD,
+    _K.UNHARDCODED_BUDGET_SPENT_USD,
+    _K.UNHARDCODED_BUDGET_ACTION,
+)
 _SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
     _K.UNHARDCODED_SIGNATURE_VALUE,
     _K.UNHARDCODED_SIGNATURE_KEY_ID,
@@ -622,6 +640,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             ),
             "workflow": workflow,
             "client": _opt_str(get(_CLIENT)),
+            "budget": _budget(get) if get(_BUDGET_SCOPE) is not None else None,
             "outcome": outcome,
             "features": features,
             "complete": complete,
@@ -629,6 +648,21 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
         },
     )
     return RebuiltDecision(receipt, body, features)
+
+
+def _budget(get: Any) -> BudgetUse | None:
+    """The spent budget a decision span names, or None when what it recorded is not one."""
+    try:
+        return BudgetUse(
+            scope=get(_BUDGET_SCOPE),
+            name=get(_BUDGET_NAME),
+            window=get(_BUDGET_WINDOW),
+            limit_usd=get(_BUDGET_LIMIT),
+            spent_usd=get(_BUDGET_SPENT),
+            action=get(_BUDGET_ACTION, "refused"),
+        )
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- a whole set of spans

@@ -25,7 +25,7 @@ def iso_ms(ns: int) -> str:
 
 _SECONDS: dict[int, str] = {}
 
-Outcome = Literal["dry_run", "answered", "failed", "no_candidate"]
+Outcome = Literal["dry_run", "answered", "failed", "no_candidate", "over_budget"]
 
 
 class _Model(BaseModel):
@@ -92,6 +92,19 @@ class WorkflowRef(_Model):
     step: int | None = None
 
 
+class BudgetUse(_Model):
+    """A spent budget met by a request: whose (a policy's or a client key's), its window, what was spent
+    (reserved requests in flight included) against its limit, and what the proxy did: refused the request
+    (429 ``budget_exceeded``) or routed it under the policy's fallback policy."""
+
+    scope: Literal["policy", "client"]
+    name: str
+    window: str
+    limit_usd: float
+    spent_usd: float
+    action: Literal["refused", "fallback"] = "refused"
+
+
 class Signature(_Model):
     """An Ed25519 signature over the decision's receipt content (see docs/signing.md)."""
 
@@ -121,6 +134,8 @@ class Decision(_Model):
     workflow: WorkflowRef | None = None
     client: str | None = None
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
+    budget: BudgetUse | None = None
+    """The spent budget that refused this request or sent it to a fallback policy; None otherwise."""
     trace_id: str | None = None
     span_id: str | None = None
     signature: Signature | None = None
@@ -156,6 +171,7 @@ class Decision(_Model):
             "cost": self.cost,
             "workflow": self.workflow,
             "client": self.client,
+            "budget": self.budget,
             "outcome": self.outcome if outcome is None else outcome,
             "features": self.features,
         }

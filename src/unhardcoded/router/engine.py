@@ -310,6 +310,7 @@ class CompiledPolicy:
                 "latency_ms": 0.0,
                 "workflow": workflow,
                 "client": client_name,
+                "budget": None,
                 "trace_id": None,
                 "span_id": None,
                 "signature": None,

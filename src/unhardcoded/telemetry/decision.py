@@ -329,7 +329,7 @@ class DecisionScope:
         at = self.start_ns
         for event in events:
             add_event(name, event, at)
-        if outcome in ("failed", "no_candidate"):
+        if outcome in ("failed", "no_candidate", "over_budget"):
             span.set_status(_ERROR)
         lost += _losses_on(span, attrs, events, self.layout.body_length)
         if lost:

@@ -414,7 +414,7 @@ class PostgresReceiptStore(SQLReceiptReads):
             f"SELECT COALESCE({column}, '(none)') AS k, COUNT(*), SUM(fallback::int), SUM((outcome = 'failed')::int), "
             f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0), "
             f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd - cost_usd END), 0), "
-            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd END), 0) "
+            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd END), 0), SUM((outcome = 'over_budget')::int) "
             f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
             params,
         )
@@ -428,8 +428,9 @@ class PostgresReceiptStore(SQLReceiptReads):
                 float(base),
                 float(saved),
                 (float(saved) / float(priced_base)) if priced_base and priced_base > 0 else None,
+                over_budget=int(refused or 0),
             )
-            for key, n, fb, failed, cost, base, saved, priced_base in rows
+            for key, n, fb, failed, cost, base, saved, priced_base, refused in rows
         ]
 
     def close(self) -> None:

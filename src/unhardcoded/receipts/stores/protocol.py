@@ -101,6 +101,8 @@ class RollupRow:
     savings_ratio: float | None
     priced_baseline_usd: float = 0.0
     """Baseline cost of the decisions priced on both sides: the denominator of ``savings_ratio``."""
+    over_budget: int = 0
+    """Requests a spent budget refused (429 ``budget_exceeded``, outcome ``over_budget``)."""
 
     @property
     def fallback_rate(self) -> float:
@@ -118,6 +120,7 @@ class RollupRow:
             "savings_usd": self.savings_usd,
             "savings_ratio": self.savings_ratio,
             "priced_baseline_usd": self.priced_baseline_usd,
+            "over_budget": self.over_budget,
         }
 
 

@@ -16,8 +16,6 @@ from .protocol import (
     DEFAULT_QUERY,
     HistoryQuery,
     HistoryRow,
-    ReceiptConflict,
-    ReceiptQuery,
     ListedReceipt,
     ReceiptConflict,
     ReceiptCounts,
@@ -228,6 +226,7 @@ class SQLReceiptReads:
                 )
             )
         return out
+
     def listing(self, query: ReceiptQuery, after: tuple[int, str] | None = None) -> list[ListedReceipt]:
         p = self._param
         where, params = self._where(query)

@@ -524,7 +524,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
         rows = self._read(
             f"SELECT COALESCE({column}, '(none)'), COUNT(*), SUM(fallback), SUM(outcome = 'failed'), "
             f"TOTAL(cost_usd), TOTAL(baseline_usd), TOTAL(CASE WHEN {priced} THEN baseline_usd - cost_usd END), "
-            f"TOTAL(CASE WHEN {priced} THEN baseline_usd END) "
+            f"TOTAL(CASE WHEN {priced} THEN baseline_usd END), SUM(outcome = 'over_budget') "
             f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
             params,
         )
@@ -539,8 +539,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 saved,
                 (saved / priced_base) if priced_base > 0 else None,
                 priced_base,
+                int(refused or 0),
             )
-            for key, n, fb, failed, cost, base, saved, priced_base in rows
+            for key, n, fb, failed, cost, base, saved, priced_base, refused in rows
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------
