@@ -32,7 +32,8 @@ from grafana_foundation_sdk.models import tempo as tempo_models
 from unhardcoded.semconv import attributes as attr
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-METRICS_YAML = REPO_ROOT / "semconv" / "metrics.yaml"
+SEMCONV_DIR = REPO_ROOT / "semconv"
+METRICS_YAML = SEMCONV_DIR / "metrics.yaml"
 OTELCOL_YAML = REPO_ROOT / "collector-config" / "otelcol.yaml"
 OUT_DIR = Path("collector-config/grafana")
 DASHBOARD_FILE = OUT_DIR / "dashboards" / "unhardcoded-decisions.json"
@@ -100,8 +101,13 @@ class Metric:
         return prometheus_name(self.name, self.unit, self.instrument)
 
 
-def registry_metrics(path: Path = METRICS_YAML) -> dict[str, Metric]:
-    groups = yaml.safe_load(path.read_text(encoding="utf-8"))["groups"]
+def registry_metrics(*paths: Path) -> dict[str, Metric]:
+    """The metrics the registry defines: every `type: metric` group of semconv/*.yaml (or of the files given)."""
+    groups = [
+        g
+        for path in paths or sorted(SEMCONV_DIR.glob("*.yaml"))
+        for g in (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("groups", [])
+    ]
     return {
         g["metric_name"]: Metric(
             g["metric_name"],
@@ -540,6 +546,7 @@ def alert_specs() -> list[AlertSpec]:
     """The alerts of collector-config/prometheus/rules.yml, for teams that alert from Grafana instead."""
     cost, baseline = M["unhardcoded.cost"], M["unhardcoded.cost.baseline"]
     route = 'span_name=~"route .+"'
+    budget = "unhardcoded_budget_scope, unhardcoded_budget_name, unhardcoded_budget_window"
     decided = f"sum by ({POLICY}) (rate({CALLS}{{{route}}}[5m]))"
     fell_back = f'sum by ({POLICY}) (rate({CALLS}{{{route}, {TRIGGERED}="true"}}[5m]))'
     errored = f'sum by ({POLICY}) (rate({CALLS}{{{route}, status_code="STATUS_CODE_ERROR"}}[5m]))'
@@ -578,6 +585,16 @@ def alert_specs() -> list[AlertSpec]:
             "15m",
             "info",
             "Savings against the baseline fell by more than 20 points compared with a day ago.",
+        ),
+        AlertSpec(
+            "unhardcoded-budget-almost-spent",
+            "UnhardcodedBudgetAlmostSpent",
+            f"1 - min by ({budget}) ({M['unhardcoded.budget.remaining']}) / max by ({budget}) ({M['unhardcoded.budget.limit']})",
+            "gt",
+            0.8,
+            "0s",
+            "warning",
+            "More than 80% of a budget's window is spent; then its requests are refused with 429 budget_exceeded.",
         ),
     ]
 
