@@ -24,6 +24,7 @@ BUILTIN_NAMES = [
     "supports_vision",
     "context_window",
     "max_output_tokens",
+    "kind",
     "regions",
     "latency_p50_ms",
 ]
