@@ -106,14 +106,16 @@ class Apps:
         assert r.status_code == 200, r.text
         return r.json()
 
+    def last_receipt(self) -> dict[str, Any]:
+        """The receipt of the proxy's latest decision (for clients that do not show response headers)."""
+        return self.receipt(list(self.server.proxy.recent._items)[-1])
+
     def paths(self, provider: str) -> list[str]:
         return [r.path for r in self.sims[provider].requests]
 
 
 @pytest.fixture
-def apps(
-    simulated_provider: Callable[..., SimulatedProvider], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Apps]:
+def apps(simulated_provider: Callable[..., SimulatedProvider], monkeypatch: pytest.MonkeyPatch) -> Iterator[Apps]:
     monkeypatch.setenv("SIM_ANTHROPIC_KEY", ANTHROPIC_KEY)
     sims = {
         "alpha": simulated_provider("alpha"),
@@ -186,7 +188,9 @@ def test_responses_stream_and_tools(apps: Apps) -> None:
         }
     ]
     for policy, provider in (("alpha-only", "alpha"), ("beta-only", "beta")):
-        apps.sims[provider].set_behavior("alpha-chat" if provider == "alpha" else "beta-chat-2", ok(text="one two three"))
+        apps.sims[provider].set_behavior(
+            "alpha-chat" if provider == "alpha" else "beta-chat-2", ok(text="one two three")
+        )
         with client.responses.stream(model="auto", input="count", extra_body={"policy": policy}) as stream:
             deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
             final = stream.get_final_response()
@@ -203,7 +207,12 @@ def test_responses_stream_and_tools(apps: Apps) -> None:
             model="auto",
             input=[
                 {"role": "user", "content": "track A1"},
-                {"type": "function_call", "call_id": calls[0].call_id, "name": "track", "arguments": calls[0].arguments},
+                {
+                    "type": "function_call",
+                    "call_id": calls[0].call_id,
+                    "name": "track",
+                    "arguments": calls[0].arguments,
+                },
                 {"type": "function_call_output", "call_id": calls[0].call_id, "output": "in transit"},
             ],
             tools=tools,
@@ -218,7 +227,9 @@ def test_responses_stream_and_tools(apps: Apps) -> None:
             assert sent["input"][2]["type"] == "function_call_output"
         # streamed tool call
         with client.responses.stream(model="auto", input="track", tools=tools, extra_body={"policy": policy}) as s:
-            names = [e.item.name for e in s if e.type == "response.output_item.added" and e.item.type == "function_call"]
+            names = [
+                e.item.name for e in s if e.type == "response.output_item.added" and e.item.type == "function_call"
+            ]
             final = s.get_final_response()
         assert names == ["track"], policy
         assert [i.type for i in final.output] == ["function_call"]
@@ -300,7 +311,10 @@ def test_messages_plain_stream_tools_native_and_translated(apps: Apps) -> None:
         apps.sims["alpha"].set_behavior("alpha-chat", ok(tool_call=True) if provider == "alpha" else error(500))
         apps.sims["anth"].set_behavior("claude-x", ok(tool_call=True))
         message = client.messages.create(
-            model="auto", max_tokens=100, tools=tools, messages=[{"role": "user", "content": "track A1"}]  # type: ignore[arg-type]
+            model="auto",
+            max_tokens=100,
+            tools=tools,
+            messages=[{"role": "user", "content": "track A1"}],  # type: ignore[arg-type]
         )
         assert message.model == model and message.stop_reason == "tool_use"
         use = [b for b in message.content if b.type == "tool_use"]
@@ -349,7 +363,10 @@ def test_embeddings_routed_by_the_embedding_policy(apps: Apps) -> None:
     raw = client.embeddings.with_raw_response.create(model="auto", input="a parcel")
     assert raw.parse().model == "embed-large" and raw.headers["x-unhardcoded-fallback"] == "embed-small>embed-large"
     receipt = apps.receipt(raw.headers["x-unhardcoded-request-id"])
-    assert receipt["outcome"] == "answered" and [a["model"] for a in receipt["attempts"]] == ["embed-small", "embed-large"]
+    assert receipt["outcome"] == "answered" and [a["model"] for a in receipt["attempts"]] == [
+        "embed-small",
+        "embed-large",
+    ]
 
 
 def test_embeddings_never_take_the_chat_default(simulated_provider: Callable[..., SimulatedProvider]) -> None:
@@ -388,3 +405,83 @@ def test_chat_still_rejects_embedding_models_and_keeps_its_span_name(apps: Apps)
     assert "api" not in receipt["features"] and "kind" not in receipt["features"]
     assert set(_rejected(receipt, "request:kind")) == {"embed-small", "embed-large"}
     assert "claude-x" in _rejected(receipt, "request:api")  # anth does not speak chat completions
+
+
+# --------------------------------------------------------------------------- the frameworks apps are built with
+
+
+@pytest.fixture
+def offline(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """No trace export by the Agents SDK, and no tokenizer download: tiktoken finds an empty cache, and no code
+    path here needs it (a test needing an encoding would fail rather than fetch one)."""
+    monkeypatch.setenv("OPENAI_AGENTS_DISABLE_TRACING", "1")
+    (tmp_path / "tiktoken").mkdir()
+    monkeypatch.setenv("TIKTOKEN_CACHE_DIR", str(tmp_path / "tiktoken"))
+    monkeypatch.setenv("OPENAI_API_KEY", "unused")
+
+
+def test_agents_sdk_default_model(apps: Apps, offline: None) -> None:
+    import asyncio
+
+    import agents
+
+    async def run(policy: str, provider: str, model: str) -> None:
+        client = openai.AsyncOpenAI(
+            base_url=f"{apps.url}/v1", api_key="unused", max_retries=0, default_headers={"X-Unhardcoded-Policy": policy}
+        )
+        agent = agents.Agent(name="support", instructions="Answer briefly.")  # the SDK's default model
+        run_config = agents.RunConfig(
+            model_provider=agents.OpenAIProvider(openai_client=client, use_responses=True), tracing_disabled=True
+        )
+        try:
+            result = await agents.Runner.run(agent, "Where is my parcel?", run_config=run_config)
+            assert f"simulated answer from {provider} to {model}" in result.final_output, policy
+            sent = apps.sims[provider].requests[-1]
+            if provider == "beta":  # sent as it came: the reasoning settings the SDK's default model sends included
+                assert sent.path == "/v1/responses" and sent.body["model"] == model
+                assert sent.body["reasoning"]["effort"] == "none" and sent.body["text"]["verbosity"] == "low"
+            else:  # translated for a chat-only provider; the reasoning effort as chat completions spell it
+                assert sent.path == "/v1/chat/completions" and sent.body["messages"][0]["role"] == "system"
+                assert sent.body["reasoning_effort"] == "none" and sent.body["verbosity"] == "low"
+            # falls back on a provider error
+            apps.sims[provider].set_behavior(model, error(500))
+            result = await agents.Runner.run(agent, "Again?", run_config=run_config)
+            assert "simulated answer" in result.final_output and f"to {model}." not in result.final_output
+            receipt = apps.last_receipt()
+            assert receipt["features"]["api"] == "responses" and receipt["outcome"] == "answered"
+            assert receipt["attempts"][0]["model"] == model and receipt["attempts"][0]["status"] == "error"
+            apps.sims[provider].set_behavior(model, ok())
+        finally:
+            await client.close()
+
+    asyncio.run(run("cheap", "alpha", "alpha-chat"))
+    asyncio.run(run("beta-only", "beta", "beta-chat-2"))
+
+
+def test_langchain_responses_api(apps: Apps, offline: None) -> None:
+    from langchain_openai import ChatOpenAI
+
+    chat = ChatOpenAI(
+        model="auto",
+        base_url=f"{apps.url}/v1",
+        api_key="unused",  # type: ignore[arg-type]
+        use_responses_api=True,
+        max_retries=0,
+        default_headers={"X-Unhardcoded-Policy": "beta-only"},
+    )
+    answer = chat.invoke("Where is my parcel?")
+    assert "simulated answer from beta to beta-chat-2" in str(answer.content)
+    assert apps.sims["beta"].requests[-1].path == "/v1/responses"
+    assert apps.last_receipt()["answered_by"] == "beta-chat-2"
+    apps.sims["beta"].set_behavior("beta-chat-2", error(503))
+    answer = chat.invoke("Again?")
+    assert "simulated answer from beta to beta-chat." in str(answer.content)
+    receipt = apps.last_receipt()
+    assert receipt["answered_by"] == "beta-chat" and [a["status"] for a in receipt["attempts"]] == ["error", "ok"]
+    # streamed through langchain: the Responses event stream
+    apps.sims["beta"].set_behavior("beta-chat-2", ok(text="one two three"))
+    pieces = [chunk.content for chunk in chat.stream("count")]
+    assert "one two three" in "".join(
+        part if isinstance(part, str) else "".join(p.get("text", "") for p in part if isinstance(p, dict))
+        for part in pieces
+    )

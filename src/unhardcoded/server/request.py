@@ -359,6 +359,7 @@ def check_chat_request(body: dict[str, Any]) -> RequestFeatures:
 RESPONSES_FIELDS = frozenset(
     {
         "background",
+        "context_management",
         "conversation",
         "include",
         "input",
@@ -371,6 +372,7 @@ RESPONSES_FIELDS = frozenset(
         "previous_response_id",
         "prompt",
         "prompt_cache_key",
+        "prompt_cache_options",
         "prompt_cache_retention",
         "reasoning",
         "safety_identifier",
