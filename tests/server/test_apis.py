@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anthropic
@@ -87,19 +87,22 @@ ANTHROPIC_KEY = "sk-ant-simulated-key-0123456789"
 class Apps:
     server: RunningServer
     sims: dict[str, SimulatedProvider]
+    made: list[Any] = field(default_factory=list)
+    """The clients made here, closed when the test ends (no socket is left for the garbage collector)."""
 
     @property
     def url(self) -> str:
         return self.server.base_url
 
     def openai(self, **kwargs: Any) -> openai.OpenAI:
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kwargs)
-
-    def aopenai(self) -> openai.AsyncOpenAI:
-        return openai.AsyncOpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0)
+        client = openai.OpenAI(base_url=f"{self.url}/v1", api_key="unused", max_retries=0, **kwargs)
+        self.made.append(client)
+        return client
 
     def anthropic(self) -> anthropic.Anthropic:
-        return anthropic.Anthropic(base_url=self.url, api_key="unused-by-the-proxy", max_retries=0)
+        client = anthropic.Anthropic(base_url=self.url, api_key="unused-by-the-proxy", max_retries=0)
+        self.made.append(client)
+        return client
 
     def receipt(self, request_id: str) -> dict[str, Any]:
         r = httpx.get(f"{self.url}/x/receipts/{request_id}")
@@ -143,7 +146,12 @@ def apps(simulated_provider: Callable[..., SimulatedProvider], monkeypatch: pyte
         default_embedding_policy="embed",
     )
     with serving(app, closing=[client]) as server:
-        yield Apps(server, sims)
+        made = Apps(server, sims)
+        try:
+            yield made
+        finally:
+            for one in made.made:
+                one.close()
     client.close()
 
 
@@ -461,6 +469,8 @@ def test_agents_sdk_default_model(apps: Apps, offline: None) -> None:
 def test_langchain_responses_api(apps: Apps, offline: None) -> None:
     from langchain_openai import ChatOpenAI
 
+    http_client = httpx.Client()
+    apps.made.append(http_client)
     chat = ChatOpenAI(
         model="auto",
         base_url=f"{apps.url}/v1",
@@ -468,6 +478,7 @@ def test_langchain_responses_api(apps: Apps, offline: None) -> None:
         use_responses_api=True,
         max_retries=0,
         default_headers={"X-Unhardcoded-Policy": "beta-only"},
+        http_client=http_client,
     )
     answer = chat.invoke("Where is my parcel?")
     assert "simulated answer from beta to beta-chat-2" in str(answer.content)

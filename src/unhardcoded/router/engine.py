@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -27,7 +28,6 @@ class _Survivor:
         "head_rank",
         "id",
         "kind",
-        "kind_rejection",
         "max_out",
         "model",
         "pin",
@@ -79,18 +79,6 @@ class _Survivor:
             if self.vision is True
             else _rejection(self.id, "request:vision", "supports_vision", "eq", True, self.vision)
         )
-        # A model of one kind is rejected for requests of the other (kind is chat or embedding).
-        wanted = "chat" if self.kind == "embedding" else "embedding"
-        self.kind_rejection = _rejection(
-            self.id,
-            "request:kind",
-            "kind",
-            "eq",
-            wanted,
-            self.kind,
-            f"{'an embedding' if self.kind == 'embedding' else 'a chat'} model, the request is "
-            f"{'a chat' if wanted == 'chat' else 'an embeddings'} request",
-        )
 
     def cost(self, features: RequestFeatures) -> float:
         return (features.input_tokens * self.pin + features.output_tokens * self.pout) / 1_000_000
@@ -136,7 +124,7 @@ class _Slate:
             if survivor is None:
                 self.rejected.append(static)  # type: ignore[arg-type]
             elif survivor.kind != kind:
-                self.rejected.append(survivor.kind_rejection)
+                self.rejected.append(_kind_rejection(survivor.id, survivor.kind))
             elif tools and survivor.tools_rejection is not None:
                 self.rejected.append(survivor.tools_rejection)
             elif images and survivor.vision_rejection is not None:
@@ -148,6 +136,22 @@ class _Slate:
         self.providers = frozenset(s.provider for s in self.survivors)
         self.min_context = min((s.context for s in self.survivors if s.context is not None), default=None)
         self.min_max_out = min((s.max_out for s in self.survivors if s.max_out is not None), default=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind_rejection(model: str, kind: str) -> Rejection:
+    """A model of one kind rejected for a request of the other; shared by every policy (it depends on neither)."""
+    wanted = "chat" if kind == "embedding" else "embedding"
+    return _rejection(
+        model,
+        "request:kind",
+        "kind",
+        "eq",
+        wanted,
+        kind,
+        f"{'an embedding' if kind == 'embedding' else 'a chat'} model, the request is "
+        f"{'a chat' if wanted == 'chat' else 'an embeddings'} request",
+    )
 
 
 def estimate_cost(model: CatalogModel, input_tokens: int, output_tokens: int) -> float:
@@ -209,13 +213,21 @@ class CompiledPolicy:
             one: ", ".join([*self.rules_reason, rank_phrase(rank.by, rank.order, 1 if one else 2)])
             for one in (True, False)
         }
-        # Indexed by 4 * (kind is embedding) + 2 * uses_tools + has_images.
-        self._slates = tuple(
-            _Slate(self.static_rejections, self.survivors, kind, tools, images)
-            for kind in ("chat", "embedding")
+        # Indexed by 4 * (kind is embedding) + 2 * uses_tools + has_images; the embedding ones are made on the first
+        # embeddings request (most policies never see one, and each slate holds a list per catalog model).
+        self._slates: list[_Slate | None] = [
+            _Slate(self.static_rejections, self.survivors, "chat", tools, images)
             for tools in (False, True)
             for images in (False, True)
-        )
+        ] + [None] * 4
+
+    def _slate(self, index: int) -> _Slate:
+        slate = self._slates[index]
+        if slate is None:
+            slate = self._slates[index] = _Slate(
+                self.static_rejections, self.survivors, "embedding", bool(index & 2), bool(index & 1)
+            )
+        return slate
 
     def _rank_survivors(self, n_static: int) -> None:
         """Turn each survivor's static sort key into two integers, so a request sorts (head, cost, tail)."""
@@ -267,11 +279,9 @@ class CompiledPolicy:
         """
         needed = features.input_tokens + (features.max_tokens or 0)
         max_tokens = features.max_tokens
-        slate = self._slates[
-            (4 if features.kind == "embedding" else 0)
-            + (2 if features.uses_tools else 0)
-            + (1 if features.has_images else 0)
-        ]
+        index = (2 if features.uses_tools else 0) + (1 if features.has_images else 0)
+        slate = self._slates[index] if features.kind == "chat" else self._slate(4 + index)
+        assert slate is not None
         check_context = slate.min_context is not None and slate.min_context < needed
         check_max = max_tokens is not None and slate.min_max_out is not None and slate.min_max_out < max_tokens
         check_api = bool(unservable) and not unservable.isdisjoint(slate.providers)
