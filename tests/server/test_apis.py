@@ -496,3 +496,30 @@ def test_langchain_responses_api(apps: Apps, offline: None) -> None:
         part if isinstance(part, str) else "".join(p.get("text", "") for p in part if isinstance(p, dict))
         for part in pieces
     )
+
+
+def test_chat_parse_and_async_responses_stream(apps: Apps) -> None:
+    import asyncio
+
+    from pydantic import BaseModel
+
+    class Where(BaseModel):
+        city: str
+
+    apps.sims["alpha"].set_behavior("alpha-chat", ok(text='{"city": "Paris"}'))
+    parsed = apps.openai().chat.completions.parse(
+        model="auto", messages=[{"role": "user", "content": "Where?"}], response_format=Where
+    )
+    assert parsed.choices[0].message.parsed == Where(city="Paris")
+    sent = apps.sims["alpha"].requests[-1].body
+    assert sent["response_format"]["type"] == "json_schema"
+
+    async def stream() -> str:
+        async with openai.AsyncOpenAI(base_url=f"{apps.url}/v1", api_key="unused", max_retries=0) as client:
+            async with client.responses.stream(model="auto", input="Where?", text_format=Where) as events:
+                final = await events.get_final_response()
+        assert final.output_parsed == Where(city="Paris")
+        return final.model
+
+    assert asyncio.run(stream()) == "alpha-chat"  # translated, text.format as response_format
+    assert apps.sims["alpha"].requests[-1].body["response_format"]["json_schema"]["name"] == "Where"
