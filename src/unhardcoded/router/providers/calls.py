@@ -34,7 +34,7 @@ logger = logging.getLogger("unhardcoded.router.providers")
 USER_AGENT = {"user-agent": f"unhardcoded/{package_version()}"}
 _USER_AGENT_LINE = f"user-agent: {USER_AGENT['user-agent']}\r\n".encode("ascii")
 ANTHROPIC_VERSION = "2023-06-01"
-"""Sent to a Messages provider when the caller gave no ``anthropic-version`` of its own."""
+"""Sent to a Messages provider unless its ``headers`` in the providers file set another ``anthropic-version``."""
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
