@@ -21,6 +21,21 @@ def _map(value: Any) -> Mapping[str, Any]:
     return value if isinstance(value, Mapping) else {}
 
 
+def _array(value: Any, where: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise Untranslatable(f"{where}: must be an array")
+    return value
+
+
+def _index(value: Any) -> int:
+    return value if isinstance(value, int) else 0
+
+
+def _list(value: Any) -> list[Any]:
+    """A list, or nothing: a provider (or a caller) sending another type here gets no 500 for it."""
+    return value if isinstance(value, list) else []
+
+
 class Untranslatable(ValueError):
     """A request field with no chat-completions form; the message names the field path."""
 
@@ -73,7 +88,7 @@ def _responses_request(body: Mapping[str, Any]) -> dict[str, Any]:
                 out[RESPONSES_PASSED[key]] = value
         elif key == "tools":
             if value:
-                out["tools"] = [_responses_tool(t, f"tools[{j}]") for j, t in enumerate(value)]
+                out["tools"] = [_responses_tool(t, f"tools[{j}]") for j, t in enumerate(_array(value, "tools"))]
         elif key == "tool_choice":
             out["tool_choice"] = _responses_tool_choice(value)
         elif key == "text":
@@ -191,7 +206,7 @@ def _messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
         messages.append({"role": "system", "content": system})
     elif isinstance(system, list):
         messages.append({"role": "system", "content": _text_of(system, "system")})
-    for i, message in enumerate(body.get("messages") or []):
+    for i, message in enumerate(_list(body.get("messages"))):
         _messages_message(message, f"messages[{i}]", messages)
     out: dict[str, Any] = {"messages": messages}
     for key, value in body.items():
@@ -207,7 +222,7 @@ def _messages_request(body: Mapping[str, Any]) -> dict[str, Any]:
                 out["user"] = value["user_id"]
         elif key == "tools":
             if value:
-                out["tools"] = [_messages_tool(t, f"tools[{j}]") for j, t in enumerate(value)]
+                out["tools"] = [_messages_tool(t, f"tools[{j}]") for j, t in enumerate(_array(value, "tools"))]
         elif key == "tool_choice":
             choice = _messages_tool_choice(value)
             if choice is not None:
@@ -236,13 +251,13 @@ def _messages_message(message: Any, where: str, messages: list[dict[str, Any]]) 
         return
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
-    for j, block in enumerate(content or []):
+    for j, block in enumerate(_list(content)):
         kind = block.get("type") if isinstance(block, Mapping) else None
         at = f"{where}.content[{j}]"
         if kind == "text":
             parts.append({"type": "text", "text": block.get("text", "")})
         elif kind == "image" and role == "user":
-            source = block.get("source") or {}
+            source = _map(block.get("source"))
             if source.get("type") == "base64":
                 url = f"data:{source.get('media_type')};base64,{source.get('data')}"
             elif source.get("type") == "url":
@@ -260,7 +275,7 @@ def _messages_message(message: Any, where: str, messages: list[dict[str, Any]]) 
             )
         elif kind == "tool_result" and role == "user":
             result = block.get("content")
-            text = result if isinstance(result, str) else _text_of(result or [], f"{at}.content")
+            text = result if isinstance(result, str) else _text_of(_list(result), f"{at}.content")
             if block.get("is_error") is True:
                 text = f"Error: {text}"
             messages.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
@@ -310,7 +325,7 @@ def answer(api: str, chat: Mapping[str, Any], model: str) -> dict[str, Any]:
     message = _map(choice.get("message"))
     usage = _map(chat.get("usage"))
     text = message.get("content") if isinstance(message.get("content"), str) else None
-    calls = [c for c in message.get("tool_calls") or [] if isinstance(c, Mapping)]
+    calls = [c for c in _list(message.get("tool_calls")) if isinstance(c, Mapping)]
     finish = choice.get("finish_reason")
     ident = str(chat.get("id") or f"sim{time.time_ns()}")
     if api == "responses":
@@ -318,7 +333,7 @@ def answer(api: str, chat: Mapping[str, Any], model: str) -> dict[str, Any]:
         if text is not None or not calls:
             output.append(_message_item(f"msg_{ident}", text or "", "completed"))
         for k, call in enumerate(calls):
-            function = call.get("function") or {}
+            function = _map(call.get("function"))
             output.append(
                 _call_item(
                     f"fc_{ident}_{k}", call.get("id"), function.get("name"), function.get("arguments"), "completed"
@@ -329,7 +344,7 @@ def answer(api: str, chat: Mapping[str, Any], model: str) -> dict[str, Any]:
     if text:
         content.append({"type": "text", "text": text})
     for call in calls:
-        function = call.get("function") or {}
+        function = _map(call.get("function"))
         content.append(
             {"type": "tool_use", "id": call.get("id"), "name": function.get("name"), "input": _args(function)}
         )
@@ -496,10 +511,10 @@ class ChatToResponsesEvents:
                     logprobs=[],
                 )
             )
-        for call in delta.get("tool_calls") or []:
+        for call in _list(delta.get("tool_calls")):
             if not isinstance(call, Mapping):
                 continue
-            index = call.get("index", 0)
+            index = _index(call.get("index"))
             function = _map(call.get("function"))
             held = self.calls.get(index)
             if held is None:
@@ -613,10 +628,10 @@ class ChatToMessagesEvents:
             out.append(
                 {"type": "content_block_delta", "index": self.block, "delta": {"type": "text_delta", "text": piece}}
             )
-        for call in delta.get("tool_calls") or []:
+        for call in _list(delta.get("tool_calls")):
             if not isinstance(call, Mapping):
                 continue
-            index = call.get("index", 0)
+            index = _index(call.get("index"))
             function = _map(call.get("function"))
             if index not in self.calls:
                 out.extend(self._stop_block())

@@ -176,10 +176,11 @@ def prepare_call(
         if sent_api != api:
             try:
                 body = translate.request(api, body)
-            except translate.Untranslatable as exc:
+            except Exception as exc:  # noqa: BLE001 - Untranslatable names the field; anything else is a malformed body
+                why = str(exc) if isinstance(exc, translate.Untranslatable) else "the request is malformed"
                 raise ProviderCallError(
                     f"provider {provider!r}, model {model!r}: speaks chat completions only, and the request cannot "
-                    f"be translated: {exc}",
+                    f"be translated: {why}",
                     kind="error",
                     error_type="untranslatable",
                     provider=provider,
