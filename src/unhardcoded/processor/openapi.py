@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..receipts.impact import ImpactReport
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.stores.protocol import ROLLUP_KEYS
 
@@ -36,6 +37,7 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any], requ
 
 
 _ERROR = _json(_ref("Error"), "The request cannot be answered; `error.message` says why.")
+_HTML_PAGE = {"description": "A page (HTML, no scripts).", "content": {"text/html": {"schema": {"type": "string"}}}}
 _UNAUTHORIZED = _json(
     _ref("Error"), "A query token is configured and the request did not carry it as `Authorization: Bearer`."
 )
@@ -44,7 +46,7 @@ _UNAUTHORIZED = _json(
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(Receipt, "serialization"), (WorkflowReceipt, "serialization")],
+        [(Receipt, "serialization"), (WorkflowReceipt, "serialization"), (ImpactReport, "serialization")],
         ref_template=_REF,
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
@@ -58,7 +60,14 @@ def document() -> dict[str, Any]:
                     "error": {
                         "type": "object",
                         "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "param": {
+                                "type": ["string", "null"],
+                                "description": "The field of the request body that is wrong, when one is.",
+                            },
+                        },
                     }
                 },
             },
@@ -198,6 +207,30 @@ def document() -> dict[str, Any]:
                     },
                 },
             },
+            "ImpactRequest": {
+                "type": "object",
+                "required": ["since"],
+                "additionalProperties": False,
+                "properties": {
+                    "since": {
+                        "type": "string",
+                        "description": "Decisions at or after this time: a duration back from now (`24h`, `7d`, "
+                        "`30m`) or an ISO 8601 date/time.",
+                    },
+                    "policy": {
+                        "oneOf": [{"type": "object"}, {"type": "string"}],
+                        "description": "A policy (sigma-pol/v1) to decide the decisions recorded under its name "
+                        "with, or the name (or fingerprint) of a recorded policy, whose newest version is used. "
+                        "Absent: each decision under its own recorded policy.",
+                    },
+                    "catalog": {
+                        "oneOf": [{"type": "object"}, {"type": "string"}],
+                        "description": "A catalog (unhardcoded-catalog/v1), or the version of one the store or "
+                        "the catalog archive keeps. Absent: the processor's catalog (`--catalog`, else the "
+                        "built-in one).",
+                    },
+                },
+            },
             "Rollups": {
                 "type": "object",
                 "required": ["by", "since", "rows"],
@@ -325,6 +358,14 @@ def document() -> dict[str, Any]:
                     _param("workflow", "query", "A workflow id.", {"type": "string"}),
                     _param("client", "query", "The name of the client key (a proxy with --keys).", {"type": "string"}),
                     _param(
+                        "outcome",
+                        "query",
+                        "The decision's outcome.",
+                        {"type": "string", "enum": ["answered", "failed", "no_candidate", "dry_run"]},
+                    ),
+                    _param("rule", "query", "A rule that rejected at least one model.", {"type": "string"}),
+                    _param("provider", "query", "The provider of the last attempt.", {"type": "string"}),
+                    _param(
                         "complete", "query", "Only complete (true) or incomplete (false) receipts.", {"type": "boolean"}
                     ),
                     _param("since", "query", "Decisions at or after this time.", since),
@@ -378,6 +419,28 @@ def document() -> dict[str, Any]:
                 },
             }
         },
+        "/x/impact": {
+            "post": {
+                "operationId": "measureImpact",
+                "summary": "Every stored decision of a window decided again under a policy and/or catalog",
+                "description": "Decisions that keep their model, those that change (from → to, with the rule "
+                "that now rejects the old winner), those left with no candidate, and the cost at the usage each "
+                "answer reported before and after, per policy and per model. What `unhardcoded replay --since` "
+                "prints (docs/impact.md).",
+                "security": security,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ImpactRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ImpactReport"), "The impact report."),
+                    "400": _json(_ref("Error"), "The body is not an impact request; `error.param` names the field."),
+                    "401": _UNAUTHORIZED,
+                    "413": _json(_ref("Error"), "Body over --max-body-bytes."),
+                    "503": _json(_ref("Error"), "The store cannot be read."),
+                },
+            }
+        },
         "/r/{request_id}": {
             "get": {
                 "operationId": "receiptPage",
@@ -406,6 +469,55 @@ def document() -> dict[str, Any]:
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
                 },
+            }
+        },
+        "/ui/": {
+            "get": {
+                "operationId": "consoleList",
+                "summary": "The receipts console: search (q: a request, workflow or trace id, answered with a 303 to "
+                "its page) and the receipt list for the filter (the parameters of /receipts), newest first",
+                "security": security,
+                "parameters": [_param("q", "query", "A request id, workflow id or trace id.", {"type": "string"})],
+                "responses": {
+                    "200": _HTML_PAGE,
+                    "303": {"description": "A search found what it names: its page, or the sign-in page."},
+                    "400": _HTML_PAGE,
+                },
+            }
+        },
+        "/ui/rollups": {
+            "get": {
+                "operationId": "consoleRollups",
+                "summary": "Charts over time (SVG) for the filter: decisions and fallback rate per model and provider, "
+                "cost vs baseline, saving per policy, workflow or client (by=), rejections by rule, latency p50/p95",
+                "security": security,
+                "parameters": [
+                    _param("by", "query", "Saving per.", {"type": "string", "enum": ["policy", "workflow", "client"]})
+                ],
+                "responses": {"200": _HTML_PAGE, "400": _HTML_PAGE},
+            }
+        },
+        "/ui/rollups.csv": {
+            "get": {
+                "operationId": "consoleRollupsCsv",
+                "summary": "The charts' numbers as CSV (chart=ID for one chart)",
+                "security": security,
+                "parameters": [_param("chart", "query", "A chart id, e.g. decisions-by-model.", {"type": "string"})],
+                "responses": {
+                    "200": {
+                        "description": "chart,bucket_start,series,value",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    "404": {"description": "No such chart."},
+                },
+            }
+        },
+        "/ui/sign-in": {
+            "post": {
+                "operationId": "consoleSignIn",
+                "summary": "Sign a browser in with the query token (form field token): sets an HttpOnly, "
+                "SameSite=Strict cookie the pages take instead of a bearer token; the JSON API does not",
+                "responses": {"303": {"description": "Signed in: to next."}, "401": _HTML_PAGE},
             }
         },
         "/v1/traces": {

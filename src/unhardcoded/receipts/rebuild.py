@@ -416,11 +416,12 @@ _SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
     _K.UNHARDCODED_SIGNATURE_KEY_ID,
     _K.UNHARDCODED_SIGNATURE_VERSION,
 )
-_AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
+_AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION, _AT_START = (
     _K.UNHARDCODED_ATTEMPT_INDEX,
     _K.UNHARDCODED_ATTEMPT_ROLE,
     _K.UNHARDCODED_ATTEMPT_STATUS,
     _K.UNHARDCODED_ATTEMPT_DURATION_MS,
+    _K.UNHARDCODED_ATTEMPT_START_MS,
 )
 _GEN_MODEL, _GEN_PROVIDER, _GEN_IN, _GEN_OUT, _ERROR_TYPE = (
     G.GEN_AI_REQUEST_MODEL,
@@ -457,6 +458,7 @@ def _attempt(span: SpanRecord) -> Attempt | None:
             "duration_ms": duration,
             "input_tokens": _opt_int(get(_GEN_IN)),
             "output_tokens": _opt_int(get(_GEN_OUT)),
+            "start_ms": _opt_float(get(_AT_START)),
         },
     )
 

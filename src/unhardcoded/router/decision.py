@@ -70,6 +70,10 @@ class Attempt(_Model):
     duration_ms: float = 0.0
     input_tokens: int | None = None
     output_tokens: int | None = None
+    start_ms: float | None = Field(None, exclude_if=lambda v: v is None)
+    """When the call started, in ms after the cascade started (where ``latency_ms`` counts from): the attempt's place
+    on the decision's time axis. None for attempts recorded before it was kept (left out of their JSON, so their
+    stored and signed bytes stay as they were); not covered by a v1 signature."""
 
 
 class Cost(_Model):

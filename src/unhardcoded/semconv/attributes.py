@@ -24,6 +24,12 @@ UNHARDCODED_ATTEMPT_ROLE: Final = "unhardcoded.attempt.role"
 Whether the attempt called the selected model or a fallback.
 """
 
+UNHARDCODED_ATTEMPT_START_MS: Final = "unhardcoded.attempt.start_ms"
+"""
+When the provider call started, in milliseconds after the cascade started (the decision's latency
+counts from the same moment); places the attempt on the decision's time axis.
+"""
+
 UNHARDCODED_ATTEMPT_STATUS: Final = "unhardcoded.attempt.status"
 """
 Whether the provider call succeeded.

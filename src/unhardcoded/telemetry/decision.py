@@ -509,6 +509,8 @@ def _end_attempt_span(token: _AttemptToken, attempt: Attempt, response_model: st
             }
             if attempt.status == "ok":
                 attrs[G.GEN_AI_RESPONSE_MODEL] = response_model or attempt.model
+            if attempt.start_ms is not None:
+                attrs[A.UNHARDCODED_ATTEMPT_START_MS] = float(attempt.start_ms)
             if attempt.input_tokens is not None:
                 attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
             if attempt.output_tokens is not None:
