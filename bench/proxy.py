@@ -23,6 +23,7 @@ generator has gone); the load average is printed with the table.
     python bench/proxy.py --floor               # also a bare forwarder: what any Python proxy adds here
     python bench/proxy.py --compare ../old/src  # also another tree's proxy, for a before/after in one run
     python bench/proxy.py --state redis://127.0.0.1:6379/0  # a budgeted policy, spending in-process vs in Redis
+    python bench/proxy.py --chat-only           # without the Responses-API and Messages-API targets
 
 LiteLLM is looked up as `litellm` on PATH unless --litellm names it; install it
 in a venv of its own (`python -m venv v && v/bin/pip install 'litellm[proxy]'`)
@@ -80,7 +81,43 @@ def run_provider(port: int) -> None:
             "usage": {"prompt_tokens": 12, "completion_tokens": 6, "total_tokens": 18},
         }
     ).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+    # The same answer in the Responses and Anthropic Messages APIs, for the targets of those APIs.
+    responses = json.dumps(
+        {
+            "id": "resp_bench",
+            "object": "response",
+            "created_at": 1700000000,
+            "status": "completed",
+            "model": MODEL,
+            "output": [
+                {
+                    "type": "message",
+                    "id": "msg_bench",
+                    "status": "completed",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "It is on its way.", "annotations": []}],
+                }
+            ],
+            "usage": {"input_tokens": 12, "output_tokens": 6, "total_tokens": 18},
+        }
+    ).encode()
+    messages = json.dumps(
+        {
+            "id": "msg_bench",
+            "type": "message",
+            "role": "assistant",
+            "model": MODEL,
+            "content": [{"type": "text", "text": "It is on its way."}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {"input_tokens": 12, "output_tokens": 6},
+        }
+    ).encode()
+    answers = {
+        path: (body, [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())])
+        for path, body in (("/v1/responses", responses), ("/v1/messages", messages))
+    }
+    default = (answer, [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())])
 
     async def app(scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -89,8 +126,9 @@ def run_provider(port: int) -> None:
         while more:
             message = await receive()
             more = message.get("more_body", False)
+        body, headers = answers.get(scope["path"], default)
         await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        await send({"type": "http.response.body", "body": body})
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
 
@@ -197,7 +235,13 @@ def run_unhardcoded(port: int, provider_url: str, client: str = "lean", state: s
     except ImportError:  # a tree from before the cli package, run by --compare
         from unhardcoded.server.commands import run_server  # type: ignore[no-redef]  # same function, old home
 
-    providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
+    try:  # every provider speaks the three APIs, so the Responses and Messages targets are routed as they come
+        apis = ["chat_completions", "responses", "messages"]
+        providers = ProvidersConfig(
+            providers=[ProviderConfig(name=n, base_url=provider_url, apis=apis) for n in PROVIDERS]  # type: ignore[call-arg]
+        )
+    except ValueError:  # a tree from before providers said which APIs they speak, run by --compare
+        providers = ProvidersConfig(providers=[ProviderConfig(name=n, base_url=provider_url) for n in PROVIDERS])
     if client == "lean":
         provider_client = ProviderClient(providers)  # as `unhardcoded serve` builds it (and as older trees take it)
     else:
@@ -426,7 +470,11 @@ async def _load(url: str, body: dict[str, Any], rate: float, count: int, max_sec
 
 
 def run_load(url: str, model: str, rate: float, count: int, max_seconds: float) -> None:
-    body = {"model": model, "messages": MESSAGES}
+    body: dict[str, Any] = {"model": model, "messages": MESSAGES}
+    if url.endswith("/responses"):
+        body = {"model": model, "input": MESSAGES}
+    elif url.endswith("/messages"):
+        body = {"model": model, "max_tokens": 512, "messages": MESSAGES}
     try:
         from uvloop import new_event_loop as loop_factory
     except ImportError:
@@ -622,6 +670,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--litellm", metavar="PATH", help="the litellm executable (default: litellm on PATH)")
     parser.add_argument("--no-litellm", action="store_true", help="measure only the direct call and unhardcoded")
     parser.add_argument(
+        "--chat-only",
+        action="store_true",
+        help="leave out the Responses-API and Messages-API targets (uh-responses, uh-messages)",
+    )
+    parser.add_argument(
         "--floor",
         action="store_true",
         help="also run a bare ASGI forwarder on the same uvicorn with the same HTTP client (no routing, "
@@ -701,6 +754,12 @@ def main(argv: list[str] | None = None) -> int:
             ("unhardcoded", f"http://127.0.0.1:{ours_port}/v1/chat/completions", "auto"),
         ]
         servers = {"direct": provider.pid, "unhardcoded": ours.pid}
+        if not args.chat_only:  # the same proxy, over the Responses and the Anthropic Messages API
+            targets += [
+                ("uh-responses", f"http://127.0.0.1:{ours_port}/v1/responses", "auto"),
+                ("uh-messages", f"http://127.0.0.1:{ours_port}/v1/messages", "auto"),
+            ]
+            servers.update({"uh-responses": ours.pid, "uh-messages": ours.pid})
         extra: list[tuple[str, str, str | None, str | None, str | None]] = (
             [("floor", "floor", None, None, None)] if args.floor else []
         )
@@ -789,6 +848,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<12} {rate:>6g} {r['sent']:>6} {r['errors']:>6} {p50:8.2f} {p99:8.2f} {add50:>8} {add99:>8} "
                 f"{cpu:>8}"
             )
+    api_targets = [name for name, _, _ in targets if name in ("uh-responses", "uh-messages")]
+    if api_targets:
+        print("\nOver chat completions through the same proxy (p50 ms; target: within 0.2 ms at 200 req/s)")
+        for rate in rates:
+            chat50 = pct(results[("unhardcoded", rate)]["latencies"], 50)
+            gaps = ", ".join(
+                f"{name} {pct(results[(name, rate)]['latencies'], 50) - chat50:+.2f}" for name in api_targets
+            )
+            print(f"  {rate:g} req/s: {gaps}")
     if not any(name == "litellm" for name, _, _ in targets):
         print(f"\nLiteLLM: {litellm_note}")
     print("\ncpu/req: CPU ms per request of the target's own server process (the provider's, for direct)")

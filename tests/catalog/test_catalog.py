@@ -24,6 +24,7 @@ BUILTIN_NAMES = [
     "supports_vision",
     "context_window",
     "max_output_tokens",
+    "kind",
     "regions",
     "latency_p50_ms",
 ]
@@ -110,6 +111,7 @@ def test_builtin_field_specs():
         "supports_vision": "bool",
         "context_window": "integer",
         "max_output_tokens": "integer",
+        "kind": "string",
         "regions": "string[]",
         "latency_p50_ms": "number",
     }
@@ -373,3 +375,17 @@ def test_odd_unknown_keys_are_quoted_in_the_path():
     assert error_of(model_doc(**{"": 1})) == 'c.yaml: models[0][""]: unknown field; declare custom fields under fields:'
     doc = {**catalog_doc(), "x y": 1}
     assert error_of(doc) == 'c.yaml: ["x y"]: unknown key'
+
+
+def test_kind_is_chat_or_embedding():
+    doc = {
+        "schema": "unhardcoded-catalog/v1",
+        "models": [
+            {"id": "e", "provider": "p", "kind": "embedding", "price_input_per_mtok": 0.1, "price_output_per_mtok": 0},
+            {"id": "c", "provider": "p", "price_input_per_mtok": 1, "price_output_per_mtok": 1},
+        ],
+    }
+    assert Catalog.from_document(doc).model("e").values["kind"] == "embedding"
+    doc["models"][1]["kind"] = "rerank"
+    with pytest.raises(CatalogError, match=r"models\[1\]\.kind: must be one of chat, embedding, got 'rerank'"):
+        Catalog.from_document(doc)

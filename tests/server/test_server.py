@@ -93,8 +93,8 @@ def test_unknown_receipt(stack: Stack) -> None:
 
 
 def test_unknown_paths_and_methods_answer_in_openai_shape(stack: Stack) -> None:
-    r = httpx.post(f"{stack.server.base_url}/v1/embeddings", json={"input": "x"})
-    assert r.status_code == 404 and r.json()["error"]["message"] == "POST /v1/embeddings: no such endpoint"
+    r = httpx.post(f"{stack.server.base_url}/v1/audio/speech", json={"input": "x"})
+    assert r.status_code == 404 and r.json()["error"]["message"] == "POST /v1/audio/speech: no such endpoint"
     r = httpx.get(f"{stack.server.openai_base_url}/chat/completions")
     assert r.status_code == 405 and r.json()["error"]["message"].endswith("method not allowed")
 

@@ -254,7 +254,7 @@ def test_nothing_is_started_until_later_then_parents_start_first(sims: Any):
 
 
 def test_a_sampler_that_drops_attempts_is_asked_once_and_the_provider_hears_it(sims: Any):
-    sampler = Counting(drop=(S.ATTEMPT_SPAN_NAME.format(model=""),))
+    sampler = Counting(drop=(S.ATTEMPT_SPAN_NAME.format(operation="chat", model=""),))
     tel = capture(sampler=sampler)
     exporter = tel.exporter
     decision, later = route_later(tel, sims)

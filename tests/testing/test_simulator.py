@@ -219,7 +219,7 @@ def test_bad_requests_get_openai_shaped_400s(simulator):
     url = f"{simulator.base_url}/chat/completions"
     not_json = httpx.post(url, content=b"{nope", headers={"content-type": "application/json"})
     no_messages = httpx.post(url, json={"model": "m"})
-    unknown = httpx.post(f"{simulator.base_url}/embeddings", json={})
+    unknown = httpx.post(f"{simulator.base_url}/audio/speech", json={})
     assert (not_json.status_code, no_messages.status_code, unknown.status_code) == (400, 400, 404)
     assert no_messages.json()["error"]["param"] == "messages"
     for response in (not_json, no_messages, unknown):

@@ -78,12 +78,20 @@ BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
         description="Maximum tokens in one answer",
         builtin=True,
     ),
+    FieldSpec(
+        name="kind",
+        type="string",
+        description="What the model does: chat (the default when unset) or embedding",
+        builtin=True,
+    ),
     FieldSpec(name="regions", type="string[]", description="Regions where the model is served", builtin=True),
     FieldSpec(
         name="latency_p50_ms", type="number", unit="ms", description="Median time to a full short answer", builtin=True
     ),
 )
 BUILTIN_FIELD_NAMES = frozenset(f.name for f in BUILTIN_FIELDS)
+MODEL_KINDS: tuple[str, ...] = ("chat", "embedding")
+"""The values of the ``kind`` field; a model without one is ``chat``."""
 
 
 def value_matches(spec_type: str, value: Any) -> bool:

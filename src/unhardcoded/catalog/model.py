@@ -13,7 +13,16 @@ from typing import Any
 from .._canonical import canonical_json
 from .._documents import key_path, parse_document, read_document
 from ..errors import CatalogError
-from .fields import BUILTIN_FIELD_NAMES, BUILTIN_FIELDS, FIELD_TYPES, FieldSpec, describe_value, suggest, value_matches
+from .fields import (
+    BUILTIN_FIELD_NAMES,
+    BUILTIN_FIELDS,
+    FIELD_TYPES,
+    MODEL_KINDS,
+    FieldSpec,
+    describe_value,
+    suggest,
+    value_matches,
+)
 
 CATALOG_SCHEMA = "unhardcoded-catalog/v1"
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -175,6 +184,11 @@ class Catalog:
                     continue
                 if not value_matches(spec.type, value):
                     err(f"{path}.{key}", f"expected {spec.type}, got {describe_value(value)}")
+                    reported.add(key)
+                    ok = False
+                    continue
+                if key == "kind" and value not in MODEL_KINDS:
+                    err(f"{path}.{key}", f"must be one of {', '.join(MODEL_KINDS)}, got {describe_value(value)}")
                     reported.add(key)
                     ok = False
                     continue

@@ -56,6 +56,12 @@ def add_commands(sub: Subcommands) -> None:
         metavar="NAME",
         help="policy for requests that name none (default: $UNHARDCODED_DEFAULT_POLICY; none: such requests get 400)",
     )
+    p.add_argument(
+        "--default-embedding-policy",
+        metavar="NAME",
+        help="policy for embeddings requests that name none (default: $UNHARDCODED_DEFAULT_EMBEDDING_POLICY; "
+        "none: such requests get 400; the --default-policy is never used for embeddings)",
+    )
     p.add_argument("--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user store)")
     p.add_argument(
         "--forward-client-key",
@@ -227,6 +233,9 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
         router,
         args.policy_dir or os.environ.get(POLICY_DIR_ENV) or None,
         default_policy=args.default_policy or os.environ.get(DEFAULT_POLICY_ENV) or None,
+        default_embedding_policy=args.default_embedding_policy
+        or os.environ.get("UNHARDCODED_DEFAULT_EMBEDDING_POLICY")
+        or None,
         max_body_bytes=args.max_body_bytes or DEFAULT_MAX_BODY_BYTES,
         forward_client_key=_forwarded(args),
         client_keys=client_keys,

@@ -127,8 +127,30 @@ def next_step(
     return True, wait
 
 
-def carries_output(chunk: Mapping[str, Any]) -> bool:
-    """Whether a streamed chunk gives the caller something of the answer (text, a tool call, a finish)."""
+_OUTPUT_EVENTS = frozenset(
+    {
+        # Responses API
+        "response.output_text.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.added",
+        "response.refusal.delta",
+        "response.reasoning_summary_text.delta",
+        "response.completed",
+        "response.incomplete",
+        # Anthropic Messages
+        "content_block_start",
+        "content_block_delta",
+        "message_delta",
+        "message_stop",
+    }
+)
+
+
+def carries_output(chunk: Mapping[str, Any], api: str = "chat_completions") -> bool:
+    """Whether a streamed chunk (or event, for the Responses and Messages APIs) gives the caller something of the
+    answer (text, a tool call, a finish): the cascade falls back only before the first such chunk."""
+    if api != "chat_completions":
+        return chunk.get("type") in _OUTPUT_EVENTS
     choices = chunk.get("choices")
     if not isinstance(choices, list):
         return False
@@ -153,6 +175,7 @@ def decide_observed(
     request_id: str | None,
     workflow: WorkflowRef | None,
     client_name: str | None = None,
+    unservable: frozenset[str] = frozenset(),
 ) -> Decision:
     """The decision for a call, made inside ``observed``; finished there at once when no model passes the policy."""
     decision = compiled.decide(
@@ -160,11 +183,20 @@ def decide_observed(
         request_id=request_id,
         workflow=workflow if workflow is not None else telemetry.current_workflow(),
         client_name=client_name,
+        unservable=unservable,
     )
     observed.decision = decision
     if decision.selected is None:
         observed.finish(decision)
     return decision
+
+
+def unservable_for(client: Any, features: RequestFeatures) -> frozenset[str]:
+    """The providers of ``client`` that cannot serve the request's API (the implicit ``request:api`` rule)."""
+    providers = getattr(client, "providers", None)
+    if providers is None:
+        return frozenset()
+    return providers.unservable(features.api, features.stateful)  # type: ignore[no-any-return]
 
 
 def no_candidate(decision: Decision, compiled: CompiledPolicy) -> NoCandidateError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -26,10 +27,12 @@ class _Survivor:
         "context",
         "head_rank",
         "id",
+        "kind",
         "max_out",
         "model",
         "pin",
         "pout",
+        "provider",
         "score",
         "static_key",
         "tail_rank",
@@ -43,6 +46,8 @@ class _Survivor:
         v = model.values
         self.model = model
         self.id = model.id
+        self.provider = model.provider
+        self.kind = v.get("kind") or "chat"
         self.pin = float(v["price_input_per_mtok"])
         self.pout = float(v["price_output_per_mtok"])
         self.tools = v.get("supports_tools")
@@ -95,19 +100,20 @@ def _rejection(
 
 
 class _Slate:
-    """The survivors for one mix of request capabilities (tools? images?), and the rejections so far.
+    """The survivors for one mix of request capabilities (kind, tools? images?), and the rejections so far.
 
-    ``rejected`` is every model rejected by a policy rule or by the request's tools/vision rule, in
+    ``rejected`` is every model rejected by a policy rule or by the request's kind/tools/vision rule, in
     catalog order; ``positions[k]`` is how many of them come before ``survivors[k]`` in the catalog,
     so per-request rejections can be merged in without walking the whole catalog.
     """
 
-    __slots__ = ("ids", "min_context", "min_max_out", "positions", "rejected", "survivors")
+    __slots__ = ("ids", "min_context", "min_max_out", "positions", "providers", "rejected", "survivors")
 
     def __init__(
         self,
         static_rejections: list[Rejection | None],
         all_survivors: list[_Survivor | None],
+        kind: str,
         tools: bool,
         images: bool,
     ) -> None:
@@ -117,6 +123,8 @@ class _Slate:
         for static, survivor in zip(static_rejections, all_survivors):
             if survivor is None:
                 self.rejected.append(static)  # type: ignore[arg-type]
+            elif survivor.kind != kind:
+                self.rejected.append(_kind_rejection(survivor.id, survivor.kind))
             elif tools and survivor.tools_rejection is not None:
                 self.rejected.append(survivor.tools_rejection)
             elif images and survivor.vision_rejection is not None:
@@ -125,8 +133,25 @@ class _Slate:
                 self.positions.append(len(self.rejected))
                 self.survivors.append(survivor)
         self.ids = frozenset(s.id for s in self.survivors)
+        self.providers = frozenset(s.provider for s in self.survivors)
         self.min_context = min((s.context for s in self.survivors if s.context is not None), default=None)
         self.min_max_out = min((s.max_out for s in self.survivors if s.max_out is not None), default=None)
+
+
+@functools.lru_cache(maxsize=4096)
+def _kind_rejection(model: str, kind: str) -> Rejection:
+    """A model of one kind rejected for a request of the other; shared by every policy (it depends on neither)."""
+    wanted = "chat" if kind == "embedding" else "embedding"
+    return _rejection(
+        model,
+        "request:kind",
+        "kind",
+        "eq",
+        wanted,
+        kind,
+        f"{'an embedding' if kind == 'embedding' else 'a chat'} model, the request is "
+        f"{'a chat' if wanted == 'chat' else 'an embeddings'} request",
+    )
 
 
 def estimate_cost(model: CatalogModel, input_tokens: int, output_tokens: int) -> float:
@@ -188,12 +213,21 @@ class CompiledPolicy:
             one: ", ".join([*self.rules_reason, rank_phrase(rank.by, rank.order, 1 if one else 2)])
             for one in (True, False)
         }
-        # Indexed by 2 * uses_tools + has_images.
-        self._slates = tuple(
-            _Slate(self.static_rejections, self.survivors, tools, images)
+        # Indexed by 4 * (kind is embedding) + 2 * uses_tools + has_images; the embedding ones are made on the first
+        # embeddings request (most policies never see one, and each slate holds a list per catalog model).
+        self._slates: list[_Slate | None] = [
+            _Slate(self.static_rejections, self.survivors, "chat", tools, images)
             for tools in (False, True)
             for images in (False, True)
-        )
+        ] + [None] * 4
+
+    def _slate(self, index: int) -> _Slate:
+        slate = self._slates[index]
+        if slate is None:
+            slate = self._slates[index] = _Slate(
+                self.static_rejections, self.survivors, "embedding", bool(index & 2), bool(index & 1)
+            )
+        return slate
 
     def _rank_survivors(self, n_static: int) -> None:
         """Turn each survivor's static sort key into two integers, so a request sorts (head, cost, tail)."""
@@ -236,15 +270,23 @@ class CompiledPolicy:
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
         client_name: str | None = None,
+        unservable: frozenset[str] = frozenset(),
     ) -> Decision:
-        """The would-be decision for ``features``: no provider is called."""
+        """The would-be decision for ``features``: no provider is called.
+
+        ``unservable`` names the providers that cannot serve the request's API (the router reads them from its
+        providers file); their models are rejected by the implicit ``request:api`` rule.
+        """
         needed = features.input_tokens + (features.max_tokens or 0)
         max_tokens = features.max_tokens
-        slate = self._slates[(2 if features.uses_tools else 0) + (1 if features.has_images else 0)]
+        index = (2 if features.uses_tools else 0) + (1 if features.has_images else 0)
+        slate = self._slates[index] if features.kind == "chat" else self._slate(4 + index)
+        assert slate is not None
         check_context = slate.min_context is not None and slate.min_context < needed
         check_max = max_tokens is not None and slate.min_max_out is not None and slate.min_max_out < max_tokens
+        check_api = bool(unservable) and not unservable.isdisjoint(slate.providers)
         dropped: set[str] = set()
-        if not (check_context or check_max):
+        if not (check_context or check_max or check_api):
             survivors = slate.survivors
             rejected = slate.rejected.copy()
         else:
@@ -255,6 +297,12 @@ class CompiledPolicy:
             messages: dict[tuple[str, Any], str] = {}
             for position, survivor in zip(slate.positions, slate.survivors):
                 context = survivor.context
+                if check_api and survivor.provider in unservable:
+                    rejected += template[done:position]
+                    rejected.append(_api_rejection(survivor, features, unservable))
+                    done = position
+                    dropped.add(survivor.id)
+                    continue
                 if context is not None and context < needed:
                     rule, field, threshold, observed = "request:context", "context_window", needed, context
                 elif max_tokens is not None and survivor.max_out is not None and survivor.max_out < max_tokens:
@@ -285,9 +333,10 @@ class CompiledPolicy:
             winner = ranked[0]
             selected = Selection(model=winner.id, score=winner.score, reason=self._reasons[len(ranked) == 1])
             passing = slate.ids
-            chain = [m for m in policy.fallback.models if m != winner.id and m in passing and m not in dropped][
-                : policy.fallback.max_hops
-            ]
+            chain = [m for m in policy.fallback.models if m != winner.id and m in passing and m not in dropped]
+            if features.stateful:  # the state lives with one provider: never fall back to another
+                chain = [m for m in chain if self.catalog.model(m).provider == winner.provider]
+            chain = chain[: policy.fallback.max_hops]
             cost = price(
                 winner.cost(features), self.catalog, policy.baseline, features.input_tokens, features.output_tokens
             )
@@ -316,6 +365,26 @@ class CompiledPolicy:
                 "signature": None,
             }
         )
+
+
+API_NAMES = {
+    "chat_completions": "chat completions",
+    "responses": "Responses",
+    "messages": "Anthropic Messages",
+    "embeddings": "embeddings",
+}
+
+
+def _api_rejection(survivor: _Survivor, features: RequestFeatures, unservable: frozenset[str]) -> Rejection:
+    api = API_NAMES.get(features.api, features.api)
+    if features.stateful:
+        message = (
+            f"provider {survivor.provider} does not speak the Responses API itself, and the request relies on "
+            "state a Responses provider holds (previous_response_id)"
+        )
+    else:
+        message = f"provider {survivor.provider} cannot serve the {api} API (its apis in the providers file)"
+    return _rejection(survivor.id, "request:api", "provider", "not_in", sorted(unservable), survivor.provider, message)
 
 
 _DECISION_FIELDS = plain_fields(Decision)

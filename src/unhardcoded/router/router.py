@@ -9,7 +9,7 @@ from ..catalog.model import Catalog
 from ..policy.model import Policy
 from ._async import cascade as async_cascade
 from ._sync import cascade as sync_cascade
-from .attempts import decide_observed
+from .attempts import decide_observed, unservable_for
 from .decision import BudgetUse, Cost, Decision, WorkflowRef
 from .engine import CompiledPolicy, PolicyCompiler
 from .features import RequestFeatures, features_from_request
@@ -79,7 +79,16 @@ class Router:
         features = request if isinstance(request, RequestFeatures) else features_from_request(request)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled) as observed:
-            decision = decide_observed(observed, self.telemetry, compiled, features, request_id, workflow, client_name)
+            decision = decide_observed(
+                observed,
+                self.telemetry,
+                compiled,
+                features,
+                request_id,
+                workflow,
+                client_name,
+                unservable_for(self.client, features),
+            )
             if decision.selected is not None:  # else finished already: no model passes, whatever the budget
                 if budget is not None:
                     decision.outcome = "over_budget"

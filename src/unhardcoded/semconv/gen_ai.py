@@ -12,7 +12,8 @@ Describes a class of error the operation ended with.
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 """
 The name of the operation being performed.
-Note: Upstream lists more members; only the ones unhardcoded emits are listed.
+Note: Upstream lists more members; only those unhardcoded emits are listed (a Responses or Anthropic
+Messages call is a `chat`).
 """
 
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"

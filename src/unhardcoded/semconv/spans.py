@@ -7,10 +7,10 @@ from opentelemetry.trace import SpanKind
 
 from unhardcoded.semconv import attributes, gen_ai
 
-ATTEMPT_SPAN_NAME: Final = "chat {model}"
+ATTEMPT_SPAN_NAME: Final = "{operation} {model}"
 """
 One provider call made for a decision, to the selected model or a fallback.
-Fill with `ATTEMPT_SPAN_NAME.format(model=...)`.
+Fill with `ATTEMPT_SPAN_NAME.format(operation=..., model=...)`.
 """
 
 ATTEMPT_SPAN_KIND: Final = SpanKind.CLIENT
@@ -26,7 +26,7 @@ ATTEMPT_SPAN_REQUIRED_ATTRIBUTES: Final = frozenset(
     }
 )
 """
-Attributes every `chat {model}` span carries.
+Attributes every `{operation} {model}` span carries.
 """
 
 DECISION_SPAN_NAME: Final = "route {policy}"

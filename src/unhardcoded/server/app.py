@@ -1,4 +1,5 @@
-"""The OpenAI-compatible proxy: ``POST /v1/chat/completions`` routed by policy, plus the ``/x/`` endpoints."""
+"""The proxy: ``POST /v1/chat/completions``, ``/v1/responses``, ``/v1/messages`` (Anthropic) and ``/v1/embeddings``
+routed by policy through one cascade, ``GET /v1/models``, plus the ``/x/`` endpoints."""
 
 from __future__ import annotations
 
@@ -43,9 +44,9 @@ from .console import console_routes
 from .errors import APIError
 from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
 from .policies import DEFAULT_INLINE_CACHE_BYTES, POLICY_HEADER, POLICY_WEIGHT, PolicyDirectory, PolicyResolver
-from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
+from .request import DEFAULT_MAX_BODY_BYTES, check_api_request, check_chat_request, parse_json_object, read_body
 from .state import InProcessState, SharedState
-from .streamed import StreamedDecision
+from .streamed import StreamedDecision, Wire, wire_for
 from .tracing import ServerSpans
 
 if TYPE_CHECKING:
@@ -205,9 +206,11 @@ class Proxy:
         recent: RecentDecisions,
         store: ReceiptStore | None = None,
         budgets: Budgets | None = None,
+        embedding_resolver: PolicyResolver | None = None,
     ) -> None:
         self.router = router
         self.resolver = resolver
+        self.embedding_resolver = embedding_resolver
         self.max_body_bytes = max_body_bytes
         self.forwarding = forwarding
         self.recent = recent
@@ -219,29 +222,52 @@ class Proxy:
     async def _read(self, request: Request) -> dict[str, Any]:
         return parse_json_object(await read_body(request, self.max_body_bytes))
 
-    def _policy(self, request: Request, body: dict[str, Any]) -> tuple[Policy, str | None]:
-        """The policy to route under and the name of the client key (None on a proxy without ``--keys``)."""
+    def _policy(
+        self, request: Request, body: dict[str, Any], api: str = "chat_completions"
+    ) -> tuple[Policy, str | None]:
+        """The policy to route under and the name of the client key (None on a proxy without ``--keys``).
+
+        An embeddings request without a policy of its own takes the proxy's default embedding policy, never the
+        chat default (whose rules were written for chat models).
+        """
         header = request.headers.get(POLICY_HEADER)
+        resolver = self.resolver
+        if api == "embeddings":
+            resolver = self.embedding_resolver or resolver
         client = client_of(request.scope)
         if client is None:
-            return self.resolver.resolve(body, header), None
-        named = check_policy_request(client, body, header, self.resolver.default)
-        return self.resolver.resolve(body, named if named is not None else header), client.name
+            return resolver.resolve(body, header), None
+        named = check_policy_request(client, body, header, resolver.default)
+        return resolver.resolve(body, named if named is not None else header), client.name
 
     async def chat_completions(self, request: Request) -> Response:
+        return await self.routed(request, "chat_completions")
+
+    async def responses(self, request: Request) -> Response:
+        return await self.routed(request, "responses")
+
+    async def messages(self, request: Request) -> Response:
+        return await self.routed(request, "messages")
+
+    async def embeddings(self, request: Request) -> Response:
+        return await self.routed(request, "embeddings")
+
+    async def routed(self, request: Request, api: str) -> Response:
+        """One routed call of ``api``: the same decision, cascade, receipt and headers for every API."""
+        anthropic = api == "messages"
         request_id = new_request_id()
         try:
             body = await self._read(request)
         except ClientDisconnect:
             return disconnected(request)
         except APIError as exc:
-            return exc.response({REQUEST_ID_HEADER: request_id})
+            return exc.response({REQUEST_ID_HEADER: request_id}, anthropic=anthropic)
         try:
-            features = check_chat_request(body)
-            policy, client_name = self._policy(request, body)
-            key = forwarded_key(request.headers.get("authorization")) if self.forwarding else None
+            features = check_chat_request(body) if api == "chat_completions" else check_api_request(api, body)
+            policy, client_name = self._policy(request, body, api)
+            key = self._forwarded_key(request) if self.forwarding else None
         except APIError as exc:
-            return exc.response({REQUEST_ID_HEADER: request_id})
+            return exc.response({REQUEST_ID_HEADER: request_id}, anthropic=anthropic)
         held: Held | None = None
         fallback_use: BudgetUse | None = None
         if self.budgets is not None:
@@ -250,7 +276,7 @@ class Proxy:
                 return within
             policy, held, fallback_use = within
         if features.stream:
-            return self._stream(policy, body, features, request_id, key, client_name, held, fallback_use)
+            return self._stream(policy, body, features, request_id, key, client_name, wire_for(api), held, fallback_use)
         token = client_key.set(key)
         later: list[Callable[[], None]] = []
         decision: Decision | None = None
@@ -263,14 +289,14 @@ class Proxy:
                 rejected = exc.decision  # the one the router recorded, span and metrics included
                 assert rejected is not None
                 self.recent.add(rejected)
-                return no_candidate_error(rejected).response(decision_headers(rejected))
+                return no_candidate_error(rejected).response(decision_headers(rejected), anthropic=anthropic)
             if fallback_use is not None:
                 decision.budget = fallback_use  # recorded with the span, after the answer
             self.recent.add(decision, compact=False)
             later.append(partial(self.recent.compact, decision.request_id))
             headers = decision_headers(decision)
             if result is None:
-                response = upstream_error(decision, error).response(headers)
+                response = upstream_error(decision, error).response(headers, anthropic=anthropic)
             else:
                 answer = dict(result.body)
                 answer["model"] = decision.answered_by
@@ -329,6 +355,7 @@ class Proxy:
         request_id: str,
         key: str | None,
         client_name: str | None,
+        wire: Wire,
         held: Held | None = None,
         fallback_use: BudgetUse | None = None,
     ) -> Response:
@@ -356,7 +383,58 @@ class Proxy:
             key=key,
             client_name=client_name,
             budget=fallback_use,
+            wire=wire,
         )
+
+    def _forwarded_key(self, request: Request) -> str | None:
+        """The caller's key to forward: ``Authorization: Bearer``, or Anthropic's ``x-api-key``."""
+        authorization = request.headers.get("authorization")
+        if authorization is None and "x-api-key" in request.headers:
+            authorization = f"Bearer {request.headers['x-api-key']}"
+        return forwarded_key(authorization)
+
+    async def models(self, request: Request) -> Response:
+        """``GET /v1/models``: the catalog's models; with a policy (``?policy=`` or the policy header), only those
+        it lets through."""
+        allowed = self._allowed_models(request)
+        data = [_model_entry(m) for m in self.router.catalog.models if allowed is None or m.id in allowed]
+        return _json({"object": "list", "data": data})
+
+    async def model(self, request: Request) -> Response:
+        model_id = request.path_params["model_id"]
+        allowed = self._allowed_models(request)
+        if model_id in self.router.catalog and (allowed is None or model_id in allowed):
+            return _json(_model_entry(self.router.catalog.model(model_id)))
+        where = "" if allowed is None else " that the policy lets through"
+        return APIError(
+            404,
+            f"model {model_id[:120]!r}: no such model in catalog {self.router.catalog.version}{where}",
+            param="model",
+            code="model_not_found",
+        ).response()
+
+    def _allowed_models(self, request: Request) -> set[str] | None:
+        name = request.query_params.get("policy") or request.headers.get(POLICY_HEADER)
+        client = client_of(request.scope)
+        if name is None and client is not None:
+            name = client.default_policy
+        if name is None:
+            return None
+        body = {"policy": name.strip()}
+        if client is not None:
+            check_policy_request(client, body, None, None)
+        policy = self.resolver.resolve(body, None)
+        compiled = self.router.compile(policy)
+        return {s.id for s in compiled.survivors if s is not None}
+
+    async def completions(self, request: Request) -> Response:
+        """The legacy completions API: not routed; a clear error naming what to use instead."""
+        return APIError(
+            404,
+            "POST /v1/completions: the legacy completions API is not served by this proxy; send the prompt as "
+            "messages to POST /v1/chat/completions (or input to POST /v1/responses)",
+            code="unsupported_endpoint",
+        ).response()
 
     async def rank(self, request: Request) -> Response:
         request_id = new_request_id()
@@ -451,6 +529,26 @@ class Proxy:
                 "default_policy": self.resolver.default,
             }
         )
+
+
+def _model_entry(model: Any) -> dict[str, Any]:
+    return {"id": model.id, "object": "model", "created": 0, "owned_by": model.provider}
+
+
+class EmbeddingResolver(PolicyResolver):
+    """Resolves an embeddings request's policy: the request's, else the default embedding policy."""
+
+    def resolve(self, body: Mapping[str, Any], header: str | None) -> Policy:
+        if self.default is None and body.get("policy") is None and header is None:
+            raise APIError(
+                400,
+                "no policy for this embeddings request: send `policy` in the body or the X-Unhardcoded-Policy header, "
+                "or start the proxy with --default-embedding-policy (the default chat policy is not used for "
+                "embeddings)",
+                param="policy",
+                code="missing_policy",
+            )
+        return super().resolve(body, header)
 
 
 class _Disconnected(Response):
@@ -556,6 +654,7 @@ def create_app(
     catalog: Catalog | None = None,
     client: ProviderClient | None = None,
     default_policy: str | None = None,
+    default_embedding_policy: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     forward_client_key: Iterable[str] = (),
     client_keys: ClientKeys | None = None,
@@ -571,6 +670,7 @@ def create_app(
 
     ``policies`` is a directory (path), a mapping or list of Policy objects, or a
     PolicyDirectory; by default the policies that ship with the package.
+    ``default_embedding_policy`` serves embeddings requests that name no policy (never ``default_policy``).
     ``forward_client_key`` names the providers that get the caller's own
     ``Authorization: Bearer`` key (see :mod:`unhardcoded.server.keys`).
     ``client_keys`` (``serve --keys``) makes every route but ``/healthz`` take a client key (see
@@ -609,6 +709,7 @@ def create_app(
     else:
         directory = PolicyDirectory.of(policies if isinstance(policies, Mapping) else list(policies), router.catalog)
     resolver = PolicyResolver(directory, default_policy, max_inline_bytes=inline_policy_bytes)
+    embedding_resolver = EmbeddingResolver(directory, default_embedding_policy, max_inline_bytes=inline_policy_bytes)
     if client_keys is not None:
         client_keys.check_policies(directory.get, directory.names)
     _check_budget_fallbacks(directory)
@@ -621,9 +722,16 @@ def create_app(
         recent=RecentDecisions(receipts_kept, receipts_kept_bytes),
         store=store,
         budgets=Budgets(shared, meter_provider=meter_provider),
+        embedding_resolver=embedding_resolver,
     )
     routes = [
         Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
+        Route("/v1/responses", proxy.responses, methods=["POST"]),
+        Route("/v1/messages", proxy.messages, methods=["POST"]),
+        Route("/v1/embeddings", proxy.embeddings, methods=["POST"]),
+        Route("/v1/models", proxy.models, methods=["GET"]),
+        Route("/v1/models/{model_id:path}", proxy.model, methods=["GET"]),
+        Route("/v1/completions", proxy.completions, methods=["POST"]),
         Route("/x/rank", proxy.rank, methods=["POST"]),
         Route("/x/fields", proxy.fields, methods=["GET"]),
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),

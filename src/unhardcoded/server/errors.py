@@ -21,6 +21,16 @@ ERROR_TYPES = {
 }
 
 
+ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    529: "overloaded_error",
+}
+
+
 class APIError(UnhardcodedError):
     """A request the proxy answers with an error: status, message naming what is wrong, and OpenAI's fields."""
 
@@ -45,12 +55,18 @@ class APIError(UnhardcodedError):
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
 
-    def response(self, extra_headers: dict[str, str] | None = None) -> Response:
+    def anthropic_body(self) -> dict[str, Any]:
+        """The error in Anthropic's shape, for ``/v1/messages``."""
+        kind = ANTHROPIC_TYPES.get(self.status, "api_error" if self.status >= 500 else "invalid_request_error")
+        return {"type": "error", "error": {"type": kind, "message": self.message}}
+
+    def response(self, extra_headers: dict[str, str] | None = None, *, anthropic: bool = False) -> Response:
         headers = {**self.headers, **(extra_headers or {})}
+        body = self.anthropic_body() if anthropic else self.body()
         try:
-            content = json.dumps(self.body(), ensure_ascii=False).encode("utf-8")
+            content = json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:  # a message quoting a lone surrogate from the request: escaped, still JSON
-            content = json.dumps(self.body()).encode("ascii")
+            content = json.dumps(body).encode("ascii")
         return Response(
             content,
             status_code=self.status,

@@ -10,7 +10,13 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 
 from ..errors import RequestError
-from ..router.features import RequestFeatures, features_from_request
+from ..router.features import (
+    RequestFeatures,
+    features_from_embeddings,
+    features_from_messages,
+    features_from_request,
+    features_from_responses,
+)
 from .errors import APIError, bad_request
 
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -344,6 +350,97 @@ def check_chat_request(body: dict[str, Any]) -> RequestFeatures:
                 raise bad_request(f"tools[{i}]: must be an object with type and function", param=f"tools[{i}]")
     try:
         return features_from_request(body)
+    except RequestError as exc:
+        text = str(exc)
+        param = text.split(":", 1)[0] if ":" in text else None
+        raise bad_request(text, param=param) from None
+
+
+RESPONSES_FIELDS = frozenset(
+    {
+        "background",
+        "context_management",
+        "conversation",
+        "include",
+        "input",
+        "instructions",
+        "max_output_tokens",
+        "max_tool_calls",
+        "metadata",
+        "model",
+        "parallel_tool_calls",
+        "previous_response_id",
+        "prompt",
+        "prompt_cache_key",
+        "prompt_cache_options",
+        "prompt_cache_retention",
+        "reasoning",
+        "safety_identifier",
+        "service_tier",
+        "store",
+        "stream",
+        "stream_options",
+        "temperature",
+        "text",
+        "tool_choice",
+        "tools",
+        "top_logprobs",
+        "top_p",
+        "truncation",
+        "user",
+        "policy",
+    }
+)
+MESSAGES_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "max_tokens",
+        "system",
+        "metadata",
+        "stop_sequences",
+        "stream",
+        "temperature",
+        "top_k",
+        "top_p",
+        "tools",
+        "tool_choice",
+        "thinking",
+        "service_tier",
+        "container",
+        "mcp_servers",
+        "context_management",
+        "policy",
+    }
+)
+EMBEDDINGS_FIELDS = frozenset({"input", "model", "dimensions", "encoding_format", "user", "policy"})
+
+_API_CHECKS = {
+    "responses": (RESPONSES_FIELDS, "the OpenAI Responses API", features_from_responses),
+    "messages": (MESSAGES_FIELDS, "the Anthropic Messages API", features_from_messages),
+    "embeddings": (EMBEDDINGS_FIELDS, "the OpenAI embeddings API", features_from_embeddings),
+}
+
+
+def check_api_request(api: str, body: dict[str, Any]) -> RequestFeatures:
+    """:func:`check_chat_request` for the other APIs: unknown fields refused, the features read."""
+    if api == "chat_completions":
+        return check_chat_request(body)
+    fields, named, read = _API_CHECKS[api]
+    for key in body:
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise bad_request(
+                f"{key}: unknown field{hint}; the proxy accepts the parameters of {named} and 'policy'",
+                param=key,
+                code="unknown_parameter",
+            )
+    model = body.get("model")
+    if model is not None and not isinstance(model, str):
+        raise bad_request('model: must be a string (the proxy picks the model; send e.g. "auto")', param="model")
+    try:
+        return read(body)
     except RequestError as exc:
         text = str(exc)
         param = text.split(":", 1)[0] if ":" in text else None

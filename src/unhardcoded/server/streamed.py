@@ -1,6 +1,8 @@
 """The streamed-decision ASGI app: the router's streamed cascade relayed to the caller as server-sent events.
 
-The chunks keep OpenAI's format. The response headers wait for the first token,
+The chunks keep the format of the API the caller used (a :class:`Wire`): chat-completion chunks ending in
+``[DONE]``, Responses events (``event: response.output_text.delta`` ...), or Anthropic Messages events, errors
+in that API's shape. The response headers wait for the first token,
 so they name the model that really answers; everything of one stream (cascade,
 spans, disconnect) runs in the request's own task so span contexts open and
 close where they began.
@@ -33,12 +35,98 @@ SSE_HEADERS = [
 ]
 
 
-def _event(payload: Any) -> bytes:
+def _data(payload: Any) -> bytes:
     try:
-        data = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
     except UnicodeEncodeError:  # a provider's lone surrogate ("\\ud800"): sent on escaped, as it came
-        data = json.dumps(payload, separators=(",", ":")).encode("ascii")
-    return b"data: " + data + b"\n\n"
+        return json.dumps(payload, separators=(",", ":")).encode("ascii")
+
+
+def _event(payload: Any) -> bytes:
+    return b"data: " + _data(payload) + b"\n\n"
+
+
+def _named_event(payload: dict[str, Any]) -> bytes:
+    name = payload.get("type")
+    head = b"event: " + str(name).encode("utf-8", "replace").replace(b"\n", b" ") + b"\n" if name else b""
+    return head + b"data: " + _data(payload) + b"\n\n"
+
+
+class Wire:
+    """How one API's stream is written: its chunks or events, its end, its errors. Chat completions by default."""
+
+    anthropic = False
+    """Errors before the stream starts in Anthropic's shape."""
+
+    def chunk(self, chunk: dict[str, Any], model: str, include_usage: bool) -> bytes | None:
+        """The bytes for one chunk, named after the answering model; None to leave it out."""
+        if not include_usage:
+            if not chunk.get("choices") and chunk.get("usage"):
+                return None  # asked for by the proxy (to count tokens), not by the caller
+            chunk.pop("usage", None)
+        chunk["model"] = model
+        return _event(chunk)
+
+    def end(self) -> bytes:
+        return b"data: [DONE]\n\n"
+
+    def broken(self, message: str, code: str) -> bytes:
+        """The last event of a stream that broke off after it had started."""
+        return _event({"error": {"message": message, "type": "api_error", "param": None, "code": code}})
+
+
+class ResponsesWire(Wire):
+    """The Responses API's events (``event: TYPE`` lines); the model named in the events' ``response``."""
+
+    def __init__(self) -> None:
+        self.sequence = 0
+
+    def chunk(self, chunk: dict[str, Any], model: str, include_usage: bool) -> bytes | None:
+        inner = chunk.get("response")
+        if isinstance(inner, dict):
+            inner["model"] = model
+        number = chunk.get("sequence_number")
+        if isinstance(number, int):
+            self.sequence = number + 1
+        return _named_event(chunk)
+
+    def end(self) -> bytes:
+        return b""
+
+    def broken(self, message: str, code: str) -> bytes:
+        return _named_event(
+            {"type": "error", "code": code, "message": message, "param": None, "sequence_number": self.sequence}
+        )
+
+
+class MessagesWire(Wire):
+    """Anthropic's Messages events; the model named in ``message_start``."""
+
+    anthropic = True
+
+    def chunk(self, chunk: dict[str, Any], model: str, include_usage: bool) -> bytes | None:
+        inner = chunk.get("message")
+        if isinstance(inner, dict):
+            inner["model"] = model
+        return _named_event(chunk)
+
+    def end(self) -> bytes:
+        return b""
+
+    def broken(self, message: str, code: str) -> bytes:
+        return _named_event({"type": "error", "error": {"type": "api_error", "message": message}})
+
+
+def wire_for(api: str) -> Wire:
+    """A new writer for one stream of ``api``."""
+    if api == "responses":
+        return ResponsesWire()
+    if api == "messages":
+        return MessagesWire()
+    return CHAT_WIRE
+
+
+CHAT_WIRE = Wire()
 
 
 class StreamedDecision:
@@ -64,6 +152,7 @@ class StreamedDecision:
         key: str | None = None,
         client_name: str | None = None,
         budget: BudgetUse | None = None,
+        wire: Wire = CHAT_WIRE,
     ) -> None:
         self.router = router
         self.compiled = compiled
@@ -79,6 +168,7 @@ class StreamedDecision:
         self.client_name = client_name
         self.budget = budget
         """The spent budget that sent the request to this (fallback) policy, for its receipt."""
+        self.wire = wire
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = client_key.set(self.key)
@@ -105,7 +195,8 @@ class StreamedDecision:
                 self.done(decision)
 
     async def _respond(self, error: APIError, decision: Decision, send: Send) -> None:
-        await error.response(self.headers(decision, None))({"type": "http"}, _no_receive, send)
+        response = error.response(self.headers(decision, None), anthropic=self.wire.anthropic)
+        await response({"type": "http"}, _no_receive, send)
 
     async def _relay(self, cascade: AsyncStreamCascade, send: Send) -> None:
         if not await cascade.aopen():
@@ -116,29 +207,23 @@ class StreamedDecision:
             (k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in self.headers(cascade.decision, model).items()
         ]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
+        wire = self.wire
+        include_usage = self.include_usage
         try:
             async for chunk in cascade.chunks():
-                if not self.include_usage:
-                    if not chunk.get("choices") and chunk.get("usage"):
-                        continue  # asked for by the proxy (to count tokens), not by the caller
-                    chunk.pop("usage", None)
-                chunk["model"] = model
-                await send({"type": "http.response.body", "body": _event(chunk), "more_body": True})
+                data = wire.chunk(chunk, model, include_usage)  # type: ignore[arg-type]  # model is set once open
+                if data is not None:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         except ProviderCallError as exc:
-            error = {
-                "message": redact(
-                    f"the answer from {model} broke off after it had started, so it cannot fall "
-                    f"back silently: {exc.message}"
-                ),
-                "type": "api_error",
-                "param": None,
-                "code": exc.error_type,
-            }
-            await send({"type": "http.response.body", "body": _event({"error": error}), "more_body": False})
+            message = redact(
+                f"the answer from {model} broke off after it had started, so it cannot fall back silently: "
+                f"{exc.message}"
+            )
+            await send({"type": "http.response.body", "body": wire.broken(message, exc.error_type), "more_body": False})
             return
         finally:
             await cascade.aclose()
-        await send({"type": "http.response.body", "body": b"data: [DONE]\n\n", "more_body": False})
+        await send({"type": "http.response.body", "body": wire.end(), "more_body": False})
 
 
 async def _watch_disconnect(receive: Receive, cancel_scope: anyio.CancelScope) -> None:

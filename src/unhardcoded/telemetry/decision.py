@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 _LAYOUTS_MAX = 512
 _CHAT = G.GenAiOperationNameValues.CHAT.value
+_EMBEDDINGS = G.GenAiOperationNameValues.EMBEDDINGS.value
 _ERROR = Status(StatusCode.ERROR)
 
 
@@ -392,7 +393,7 @@ class _AttemptToken:
 
 
 class AttemptSpans(AttemptObserver):
-    """A CLIENT span ``chat {model}`` per provider call, child of the decision span; chains another observer."""
+    """A CLIENT span ``{operation} {model}`` (``chat …``, ``embeddings …``) per provider call, child of the decision span; chains another observer."""
 
     def __init__(self, scope: DecisionScope, inner: AttemptObserver = NO_OBSERVER) -> None:
         self.scope = scope
@@ -418,8 +419,9 @@ class AttemptSpans(AttemptObserver):
         span: Span = trace.INVALID_SPAN
         late = None
         try:
+            operation = _EMBEDDINGS if decision.features.kind == "embedding" else _CHAT
             attrs: dict[str, Any] = {
-                G.GEN_AI_OPERATION_NAME: _CHAT,
+                G.GEN_AI_OPERATION_NAME: operation,
                 G.GEN_AI_PROVIDER_NAME: planned.provider,
                 G.GEN_AI_REQUEST_MODEL: planned.model,
                 A.UNHARDCODED_REQUEST_ID: decision.request_id,
@@ -428,7 +430,7 @@ class AttemptSpans(AttemptObserver):
             }
             if planned.reason is not None:
                 attrs[A.UNHARDCODED_FALLBACK_REASON] = planned.reason
-            name = S.ATTEMPT_SPAN_NAME.format(model=planned.model)
+            name = S.ATTEMPT_SPAN_NAME.format(operation=operation, model=planned.model)
             if self.scope.late is not None:
                 late = self.scope.telemetry.late.begin(name, self._parent, S.ATTEMPT_SPAN_KIND, attrs)
             if late is not None:

@@ -1,14 +1,16 @@
-"""Simulated OpenAI-compatible providers: real HTTP servers on loopback that fail on demand.
+"""Simulated providers: real HTTP servers on loopback that fail on demand.
 
 Used by the tests, by ``unhardcoded demo`` and by anyone testing their own policies. Each :class:`SimulatedProvider`
-serves ``POST /v1/chat/completions`` (plain and streamed) and ``GET /v1/models``
+serves ``POST /v1/chat/completions``, ``/v1/responses`` (OpenAI's Responses API), ``/v1/messages`` (Anthropic's
+Messages API, errors in Anthropic's shape) and ``/v1/embeddings``, plain and streamed, and ``GET /v1/models``
 on ``127.0.0.1`` with an ephemeral port, answering each model according to a
-:class:`Behavior`: a well-formed completion, an HTTP error, a stall, a 429, or a
-stream cut short. It is faithful enough for the ``openai`` client to talk to.
+:class:`Behavior`: a well-formed answer, an HTTP error, a stall, a 429, or a
+stream cut short. It is faithful enough for the ``openai`` and ``anthropic`` clients to talk to.
 """
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import logging
@@ -16,12 +18,15 @@ import math
 import re
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any, Self, cast
+
+from ..router import translate
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -269,6 +274,8 @@ class _Handler(BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 60  # idle keep-alive connections are let go after this
     server: _HTTPServer
+    api = "chat_completions"
+    """The API of the request being answered (set from its path); errors of ``messages`` take Anthropic's shape."""
 
     def setup(self) -> None:
         if isinstance(self.request, ssl.SSLSocket):
@@ -448,8 +455,12 @@ class SimulatedProvider:
 
     def _route(self, h: _Handler, path: str, headers: dict[str, str], body: Any, bad_json: bool) -> None:
         path = path.rstrip("/")
+        api = _PATHS.get(path)
+        h.api = api or "chat_completions"
         if self.expected_api_key is not None:
             auth = headers.get("authorization")
+            if api == "messages" and "x-api-key" in headers:
+                auth = f"Bearer {headers['x-api-key']}"
             if auth is None:
                 return _send_error(
                     h,
@@ -467,7 +478,7 @@ class SimulatedProvider:
             created = int(time.time())
             data = [{"id": m, "object": "model", "created": created, "owned_by": self.name} for m in models]
             return _send_json(h, 200, {"object": "list", "data": data})
-        if path != "/v1/chat/completions":
+        if api is None:
             return _send_error(
                 h, 404, f"Unknown request URL: {h.command} {path}.", "invalid_request_error", "unknown_url"
             )
@@ -480,15 +491,23 @@ class SimulatedProvider:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _send_error(h, 400, "You must provide a model parameter.", "invalid_request_error", None)
-        if not isinstance(body.get("messages"), list):
+        required = {
+            "chat_completions": "messages",
+            "messages": "messages",
+            "responses": "input",
+            "embeddings": "input",
+        }[api]
+        if body.get(required) is None or (required == "messages" and not isinstance(body.get("messages"), list)):
             return _send_error(
                 h,
                 400,
-                "Missing required parameter: 'messages'.",
+                f"Missing required parameter: '{required}'.",
                 "invalid_request_error",
                 "missing_required_parameter",
-                param="messages",
+                param=required,
             )
+        if api == "messages" and not isinstance(body.get("max_tokens"), int):
+            return _send_error(h, 400, "max_tokens: Field required", "invalid_request_error", None)
 
         behavior = self.behavior_for(model)
         while isinstance(behavior, FailTimes):
@@ -496,13 +515,13 @@ class SimulatedProvider:
         return self._answer(h, behavior, model, body, headers)
 
     def _answer(self, h: _Handler, b: Behavior, model: str, body: dict[str, Any], headers: dict[str, str]) -> None:
-        streaming = body.get("stream") is True
+        streaming = body.get("stream") is True and h.api != "embeddings"
         if isinstance(b, Ok):
             self._wait(b.latency_s)
             completion = self._completion(b, model, body, headers)
             if streaming:
                 return self._stream(h, completion, body, chunk_delay_s=b.chunk_delay_s)
-            return _send_json(h, 200, completion.as_response())
+            return _send_json(h, 200, self._whole(h, completion, body))
         if isinstance(b, Error):
             extra = dict(b.headers)
             if b.body is not None:
@@ -539,7 +558,7 @@ class SimulatedProvider:
             completion = self._completion(Ok(), model, body, headers)
             if streaming:
                 return self._stream(h, completion, body)
-            return _send_json(h, 200, completion.as_response())
+            return _send_json(h, 200, self._whole(h, completion, body))
         if isinstance(b, CutBeforeFirstToken):
             if streaming:
                 _start_stream(h)
@@ -567,17 +586,44 @@ class SimulatedProvider:
             return _send_bytes(h, b.status, _encode(b.body), b.content_type, dict(b.headers))
         raise TypeError(f"unknown simulated behavior {b!r}")
 
+    def _whole(self, h: _Handler, c: _Completion, body: dict[str, Any]) -> dict[str, Any]:
+        """The plain answer in the API of the request's path."""
+        if h.api == "embeddings":
+            given = body.get("input")
+            inputs = given if isinstance(given, list) and given and not isinstance(given[0], int) else [given]
+            base64_wanted = body.get("encoding_format") == "base64"  # what the openai client asks for by default
+            data = [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _vector(json.dumps(text), 8, as_base64=base64_wanted),
+                }
+                for i, text in enumerate(inputs)
+            ]
+            tokens = sum(_tokens(text if isinstance(text, str) else json.dumps(text)) for text in inputs)
+            return {
+                "object": "list",
+                "data": data,
+                "model": c.model,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        answer = c.as_response()
+        if h.api in ("responses", "messages"):
+            return translate.answer(h.api, answer, c.model)
+        return answer
+
     def _wait(self, seconds: float) -> None:
         if seconds > 0 and self._closing.wait(seconds):
             raise _Closed
 
     def _completion(self, b: Ok, model: str, body: dict[str, Any], headers: dict[str, str]) -> _Completion:
         tools = body.get("tools") if isinstance(body.get("tools"), list) else []
-        tool_call = _tool_call(tools[0]) if b.tool_call and tools else None
+        tool_call = _tool_call(_as_chat_tool(tools[0])) if b.tool_call and tools else None
         text = b.text if b.text is not None else f"This is a simulated answer from {self.name} to {model}."
         if b.echo_authorization:
             text += f" You sent Authorization: {headers.get('authorization', '')}"
-        prompt_tokens = _tokens(_prompt_text(body.get("messages")))
+        prompt = body.get("messages") if "messages" in body else body.get("input")
+        prompt_tokens = _tokens(prompt if isinstance(prompt, str) else _prompt_text(prompt))
         completion_tokens = _tokens(json.dumps(tool_call) if tool_call else text)
         return _Completion(
             id=f"chatcmpl-sim{next(self._ids):06d}",
@@ -601,12 +647,23 @@ class SimulatedProvider:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         _start_stream(h)
+        # The Responses and Messages streams are the chat stream's events in those APIs (as the proxy translates).
+        events = translate.events(h.api, c.model) if h.api in ("responses", "messages") else None
+        if events is not None:
+            include_usage = True
+
+        def write(chunk: dict[str, Any]) -> None:
+            if events is None:
+                _write_event(h, json.dumps(chunk))
+                return
+            for event in events.feed(chunk):
+                _write_named_event(h, event)
 
         def send(delta: dict[str, Any], finish_reason: str | None = None) -> None:
             chunk = c.chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
             if include_usage:
                 chunk["usage"] = None
-            _write_event(h, json.dumps(chunk))
+            write(chunk)
 
         delta_of: Callable[[str], dict[str, Any]]
         if c.tool_call is not None:
@@ -652,8 +709,12 @@ class SimulatedProvider:
         if include_usage:
             usage_chunk = c.chunk([])
             usage_chunk["usage"] = c.usage()
-            _write_event(h, json.dumps(usage_chunk))
-        _write_event(h, "[DONE]")
+            write(usage_chunk)
+        if events is None:
+            _write_event(h, "[DONE]")
+        else:
+            for event in events.close():
+                _write_named_event(h, event)
         _write_chunk(h, b"")
 
 
@@ -738,6 +799,33 @@ def _tool_call(tool: Any) -> dict[str, Any]:
     return {"id": "call_sim_0001", "type": "function", "function": {"name": name, "arguments": json.dumps(arguments)}}
 
 
+_PATHS = {
+    "/v1/chat/completions": "chat_completions",
+    "/v1/responses": "responses",
+    "/v1/messages": "messages",
+    "/v1/embeddings": "embeddings",
+}
+
+
+def _as_chat_tool(tool: Any) -> Any:
+    """A Responses (flat) or Messages (``input_schema``) tool in the chat-completions form."""
+    if isinstance(tool, dict) and "function" not in tool and "name" in tool:
+        params = tool.get("parameters", tool.get("input_schema", {}))
+        return {"type": "function", "function": {"name": tool["name"], "parameters": params}}
+    return tool
+
+
+def _vector(text: str, size: int, *, as_base64: bool = False) -> list[float] | str:
+    """A deterministic unit-length stand-in for an embedding of ``text`` (float32 little-endian, base64, if asked)."""
+    seed = sum(text.encode("utf-8")) or 1
+    raw = [math.sin(seed * (i + 1)) for i in range(size)]
+    norm = math.sqrt(sum(v * v for v in raw)) or 1.0
+    vector = [v / norm for v in raw]
+    if as_base64:
+        return base64.b64encode(struct.pack(f"<{size}f", *vector)).decode("ascii")
+    return vector
+
+
 def _encode(body: Any) -> bytes:
     if isinstance(body, bytes):
         return body
@@ -786,7 +874,11 @@ def _send_error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> None:
-    body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    body: dict[str, Any] = {"error": {"message": message, "type": type_, "param": param, "code": code}}
+    if h.api == "messages":
+        kind = {401: "authentication_error", 404: "not_found_error", 429: "rate_limit_error", 529: "overloaded_error"}
+        anthropic_type = kind.get(status, "api_error" if status >= 500 else "invalid_request_error")
+        body = {"type": "error", "error": {"type": anthropic_type, "message": message}}
     _send_json(h, status, body, headers)
 
 
@@ -806,6 +898,11 @@ def _write_chunk(h: _Handler, data: bytes) -> None:
 
 def _write_event(h: _Handler, data: str) -> None:
     _write_chunk(h, f"data: {data}\n\n".encode())
+
+
+def _write_named_event(h: _Handler, event: dict[str, Any]) -> None:
+    """A Responses or Messages event: ``event: TYPE`` then its data."""
+    _write_chunk(h, f"event: {event['type']}\ndata: {json.dumps(event)}\n\n".encode())
 
 
 def _drop(h: _Handler) -> None:

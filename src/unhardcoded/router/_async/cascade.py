@@ -26,6 +26,7 @@ from ..attempts import (
     no_candidate,
     plan,
     record,
+    unservable_for,
 )
 from ..decision import Attempt, Decision, WorkflowRef
 from ..engine import CompiledPolicy
@@ -48,6 +49,7 @@ async def aexecute(
     """Call the selected model, hop along the cascade on failures the policy names; record every attempt."""
     started = time.perf_counter()
     attempts = list(plan(decision, compiled))
+    api = decision.features.api
     answered: Attempt | None = None
     result = None
     last_error: ProviderCallError | None = None
@@ -57,7 +59,7 @@ async def aexecute(
         try:
             with observer.calling(token):
                 result = await client.achat(
-                    planned.provider, planned.model, dict(body), headers=observer.headers(token)
+                    planned.provider, planned.model, dict(body), headers=observer.headers(token), api=api
                 )
             exc = None
         except ProviderCallError as e:
@@ -101,7 +103,9 @@ async def aroute(
     With ``later``, what the observer can record afterwards is left there (see ``ObservedDecision.finish``).
     """
     with telemetry.decision(compiled, activate=True, late=later is not None) as observed:
-        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow, client_name)
+        decision = decide_observed(
+            observed, telemetry, compiled, features, request_id, workflow, client_name, unservable_for(client, features)
+        )
         if decision.selected is None:
             raise no_candidate(decision, compiled)
         out = await aexecute(decision, compiled, body, client, observed.attempts(observer))
@@ -164,6 +168,7 @@ class AsyncStreamCascade:
                 self.request_id,
                 self.workflow,
                 self.client_name,
+                unservable_for(self.client, self.features),
             )
         except BaseException as exc:
             observed.__exit__(type(exc), exc, exc.__traceback__)
@@ -193,6 +198,7 @@ class AsyncStreamCascade:
         """Call along the cascade until a model sends its first token; False when none did."""
         attempts = list(plan(self.decision, self.compiled))
         observer = self.observer
+        api = self.features.api
         for i, planned in enumerate(attempts):
             token = observer.start(self.decision, planned)
             t0 = time.perf_counter()
@@ -203,11 +209,11 @@ class AsyncStreamCascade:
                 # goes out on the first read.
                 with observer.calling(token):
                     stream = self.client.astream(
-                        planned.provider, planned.model, self.body, headers=observer.headers(token)
+                        planned.provider, planned.model, self.body, headers=observer.headers(token), api=api
                     )
                     async for chunk in stream:
                         held.append(chunk)
-                        if carries_output(chunk):
+                        if carries_output(chunk, api):
                             break
             except ProviderCallError as exc:
                 if stream is not None:  # None: refused before anything was sent (an unknown provider, a missing key)

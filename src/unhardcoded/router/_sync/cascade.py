@@ -27,6 +27,7 @@ from ..attempts import (
     no_candidate,
     plan,
     record,
+    unservable_for,
 )
 from ..decision import Attempt, Decision, WorkflowRef
 from ..engine import CompiledPolicy
@@ -49,6 +50,7 @@ def execute(
     """Call the selected model, hop along the cascade on failures the policy names; record every attempt."""
     started = time.perf_counter()
     attempts = list(plan(decision, compiled))
+    api = decision.features.api
     answered: Attempt | None = None
     result = None
     last_error: ProviderCallError | None = None
@@ -57,7 +59,9 @@ def execute(
         t0 = time.perf_counter()
         try:
             with observer.calling(token):
-                result = client.chat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
+                result = client.chat(
+                    planned.provider, planned.model, dict(body), headers=observer.headers(token), api=api
+                )
             exc = None
         except ProviderCallError as e:
             result, exc = None, e
@@ -100,7 +104,9 @@ def route(
     With ``later``, what the observer can record afterwards is left there (see ``ObservedDecision.finish``).
     """
     with telemetry.decision(compiled, activate=True, late=later is not None) as observed:
-        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow, client_name)
+        decision = decide_observed(
+            observed, telemetry, compiled, features, request_id, workflow, client_name, unservable_for(client, features)
+        )
         if decision.selected is None:
             raise no_candidate(decision, compiled)
         out = execute(decision, compiled, body, client, observed.attempts(observer))
@@ -163,6 +169,7 @@ class StreamCascade:
                 self.request_id,
                 self.workflow,
                 self.client_name,
+                unservable_for(self.client, self.features),
             )
         except BaseException as exc:
             observed.__exit__(type(exc), exc, exc.__traceback__)
@@ -192,6 +199,7 @@ class StreamCascade:
         """Call along the cascade until a model sends its first token; False when none did."""
         attempts = list(plan(self.decision, self.compiled))
         observer = self.observer
+        api = self.features.api
         for i, planned in enumerate(attempts):
             token = observer.start(self.decision, planned)
             t0 = time.perf_counter()
@@ -202,11 +210,11 @@ class StreamCascade:
                 # goes out on the first read.
                 with observer.calling(token):
                     stream = self.client.stream(
-                        planned.provider, planned.model, self.body, headers=observer.headers(token)
+                        planned.provider, planned.model, self.body, headers=observer.headers(token), api=api
                     )
                     for chunk in stream:
                         held.append(chunk)
-                        if carries_output(chunk):
+                        if carries_output(chunk, api):
                             break
             except ProviderCallError as exc:
                 if stream is not None:  # None: refused before anything was sent (an unknown provider, a missing key)

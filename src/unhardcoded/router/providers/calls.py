@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import httpx
 
 from ..._version import package_version
+from .. import translate
 from . import http11
 from .classify import int_or_none, json_or_none, scrub, scrub_json, status_failure
 from .errors import ErrorKind, ProviderCallError
@@ -32,6 +33,8 @@ logger = logging.getLogger("unhardcoded.router.providers")
 
 USER_AGENT = {"user-agent": f"unhardcoded/{package_version()}"}
 _USER_AGENT_LINE = f"user-agent: {USER_AGENT['user-agent']}\r\n".encode("ascii")
+ANTHROPIC_VERSION = "2023-06-01"
+"""Sent to a Messages provider unless its ``headers`` in the providers file set another ``anthropic-version``."""
 _FRAMING_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection"})
 
 
@@ -73,6 +76,14 @@ class PreparedCall:
     secret: str | None
     target: http11.Target | None = None
     """Where the lean client sends the call; None when only httpx can (framing headers set by hand, say)."""
+    api: str = "chat_completions"
+    """The API the caller asked in."""
+    sent_api: str = "chat_completions"
+    """The API the provider is asked in: ``api``, or chat completions when the call is translated."""
+
+    @property
+    def translated(self) -> bool:
+        return self.api != self.sent_api
 
     def encoded(self) -> tuple[bytes, bytes]:
         """The header lines and the JSON body as the lean client sends them (the body as httpx encodes ``json=``)."""
@@ -120,8 +131,14 @@ def prepare_call(
     *,
     stream: bool,
     target_of: Callable[[str], http11.Target | None],
+    api: str = "chat_completions",
 ) -> PreparedCall:
-    """The call as it will be sent; ``target_of`` says where the lean client can send to a URL (cached by the caller)."""
+    """The call as it will be sent; ``target_of`` says where the lean client can send to a URL (cached by the caller).
+
+    A request of ``api`` goes out as it is to a provider that speaks ``api``, translated to chat completions
+    (:mod:`unhardcoded.router.translate`) to one that speaks only that, and is refused before anything is sent
+    (``error_type`` ``unsupported_api`` or ``untranslatable``) otherwise.
+    """
     config = providers.get(provider)
     if config is None:
         known = ", ".join(providers.names) or "none configured"
@@ -145,12 +162,39 @@ def prepare_call(
                 model=model,
             )
 
+    sent_api = api
+    if api != "chat_completions":
+        if not config.serves(api):
+            raise ProviderCallError(
+                f"provider {provider!r}, model {model!r}: does not speak the {api} API (apis: {', '.join(config.apis)})",
+                kind="error",
+                error_type="unsupported_api",
+                provider=provider,
+                model=model,
+            )
+        sent_api = config.sent_api(api)
+        if sent_api != api:
+            try:
+                body = translate.request(api, body)
+            except Exception as exc:  # noqa: BLE001 - Untranslatable names the field; anything else is a malformed body
+                why = str(exc) if isinstance(exc, translate.Untranslatable) else "the request is malformed"
+                raise ProviderCallError(
+                    f"provider {provider!r}, model {model!r}: speaks chat completions only, and the request cannot "
+                    f"be translated: {why}",
+                    kind="error",
+                    error_type="untranslatable",
+                    provider=provider,
+                    model=model,
+                ) from None
+
     payload = {k: v for k, v in body.items() if k != "policy"}
     payload["model"] = model
-    if stream:
+    if sent_api == "chat_completions" and stream:
         payload["stream"] = True
         options = payload.get("stream_options")
         payload["stream_options"] = {**(options if isinstance(options, Mapping) else {}), "include_usage": True}
+    elif stream:
+        payload["stream"] = True
     else:
         payload.pop("stream", None)
         payload.pop("stream_options", None)
@@ -159,25 +203,33 @@ def prepare_call(
     sent_headers.update(config.headers)
     if headers:
         sent_headers.update(headers)
+    if sent_api == "messages" and not any(h.lower() == "anthropic-version" for h in sent_headers):
+        sent_headers["anthropic-version"] = ANTHROPIC_VERSION
     if secret is not None:
-        for name in [h for h in sent_headers if h.lower() == "authorization"]:
+        for name in [h for h in sent_headers if h.lower() in ("authorization", "x-api-key")]:
             del sent_headers[name]
-        sent_headers["authorization"] = f"Bearer {secret}"
+        if config.auth == "x-api-key":
+            sent_headers["x-api-key"] = secret
+        else:
+            sent_headers["authorization"] = f"Bearer {secret}"
 
     seconds = timeout_s if timeout_s is not None else config.timeout_s
-    target = target_of(config.chat_completions_url)
+    url = config.chat_completions_url if sent_api == "chat_completions" else config.url_for(sent_api)
+    target = target_of(url)
     if target is not None and any(name.lower() in _FRAMING_HEADERS for name in sent_headers):
         target = None  # framing set by hand: httpx decides what that means
     return PreparedCall(
         provider=provider,
         model=model,
-        url=config.chat_completions_url,
+        url=url,
         body=payload,
         headers=sent_headers,
         timeout=httpx.Timeout(seconds),
         timeout_s=seconds,
         secret=secret,
         target=target,
+        api=api,
+        sent_api=sent_api,
     )
 
 
@@ -195,9 +247,11 @@ def chat_result(call: PreparedCall, response: HttpReply, started: float) -> Chat
             error_type="invalid_response",
             status_code=response.status_code,
         )
-    if not isinstance(body, dict) or not isinstance(body.get("choices"), list):
+    sent = call.sent_api
+    shape = ANSWER_SHAPES[sent]
+    if not isinstance(body, dict) or not isinstance(body.get(shape), list):
         raise call.failure(
-            f"HTTP {response.status_code} without a 'choices' list",
+            f"HTTP {response.status_code} without a {shape!r} list",
             kind="error",
             error_type="invalid_response",
             status_code=response.status_code,
@@ -206,12 +260,24 @@ def chat_result(call: PreparedCall, response: HttpReply, started: float) -> Chat
         body = scrub_json(body, call.secret)
     usage = body.get("usage") if isinstance(body.get("usage"), dict) else None
     model = body.get("model")
-    logger.debug("chat %s/%s -> HTTP %s in %.1f ms", call.provider, call.model, response.status_code, duration_ms)
+    input_key, output_key = USAGE_KEYS[sent]
+    logger.debug("%s %s/%s -> HTTP %s in %.1f ms", sent, call.provider, call.model, response.status_code, duration_ms)
     return ChatResult(
-        body=body,
+        body=translate.answer(call.api, body, call.model) if call.translated else body,
         status_code=response.status_code,
         response_model=model if isinstance(model, str) else None,
-        input_tokens=int_or_none(usage, "prompt_tokens"),
-        output_tokens=int_or_none(usage, "completion_tokens"),
+        input_tokens=int_or_none(usage, input_key),
+        output_tokens=int_or_none(usage, output_key) if output_key else 0,
         duration_ms=duration_ms,
     )
+
+
+ANSWER_SHAPES = {"chat_completions": "choices", "responses": "output", "messages": "content", "embeddings": "data"}
+"""The list every answer of an API holds; an answer without it is not one."""
+USAGE_KEYS: dict[str, tuple[str, str | None]] = {
+    "chat_completions": ("prompt_tokens", "completion_tokens"),
+    "responses": ("input_tokens", "output_tokens"),
+    "messages": ("input_tokens", "output_tokens"),
+    "embeddings": ("prompt_tokens", None),
+}
+"""Where each API's usage gives the input and output tokens (an embedding has no output)."""

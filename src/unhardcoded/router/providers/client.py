@@ -158,9 +158,10 @@ class ProviderClient:
         timeout_s: float | None,
         *,
         stream: bool,
+        api: str = "chat_completions",
     ) -> PreparedCall:
         return prepare_call(
-            self.providers, provider, model, body, headers, timeout_s, stream=stream, target_of=self._target
+            self.providers, provider, model, body, headers, timeout_s, stream=stream, target_of=self._target, api=api
         )
 
     # ---- non-streaming
@@ -173,9 +174,10 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        api: str = "chat_completions",
     ) -> ChatResult:
-        """One chat completion; raises :class:`ProviderCallError` on any failure."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False)
+        """One answer (a chat completion, or of ``api``); raises :class:`ProviderCallError` on any failure."""
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api)
         client = self._sync_client()
         started = time.perf_counter()
         failure: ProviderCallError | None = None
@@ -202,9 +204,10 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        api: str = "chat_completions",
     ) -> ChatResult:
         """Async :meth:`chat`."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api)
         target = call.target
         pool = self._lean_pool() if target is not None else None
         started = time.perf_counter()
@@ -244,6 +247,7 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        api: str = "chat_completions",
     ) -> ChatStream:
         """A streamed chat completion: iterate the returned :class:`ChatStream` for chunks.
 
@@ -251,7 +255,7 @@ class ProviderClient:
         first chunk raises from there, with ``first_chunk_received`` still
         ``False`` so a caller knows it may fall back.
         """
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api)
         return ChatStream(self._sync_client(), call)
 
     def astream(
@@ -262,9 +266,10 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        api: str = "chat_completions",
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for chunk in client.astream(...)``."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api)
         return AsyncChatStream(self, call)
 
 
@@ -324,10 +329,11 @@ class ChatStream(StreamView):
                     raise failure
                 chunk = state.feed(line)
                 if chunk is not None:
-                    yield chunk
+                    yield from state.relayed(chunk)
             last = state.finish()
             if last is not None:
-                yield last
+                yield from state.relayed(last)
+            yield from state.closing()
         finally:
             response.close()
         logger.debug(
@@ -416,10 +422,14 @@ class AsyncChatStream(StreamView):
                     raise failure
                 chunk = state.feed(line)
                 if chunk is not None:
-                    yield chunk
+                    for event in state.relayed(chunk):
+                        yield event
             last = state.finish()
             if last is not None:
-                yield last
+                for event in state.relayed(last):
+                    yield event
+            for event in state.closing():
+                yield event
         finally:
             await response.aclose()
         logger.debug(

@@ -1,14 +1,14 @@
-"""The providers file: which OpenAI-compatible endpoints the router may call, and where their keys are read from."""
+"""The providers file: which endpoints the router may call, the APIs each speaks, and where their keys are read from."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ..._documents import read_document
 from ...errors import ConfigError
@@ -28,6 +28,18 @@ PROVIDERS_ENV = "UNHARDCODED_PROVIDERS"
 
 _ENV_NAME = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
+ApiName = Literal["chat_completions", "responses", "messages", "embeddings"]
+_DEFAULT_APIS: tuple[ApiName, ...] = ("chat_completions",)
+API_PATHS: dict[str, str] = {
+    "chat_completions": "/chat/completions",
+    "responses": "/responses",
+    "messages": "/messages",
+    "embeddings": "/embeddings",
+}
+"""Where each API is served, below a provider's ``base_url`` (``https://api.anthropic.com/v1`` + ``/messages``)."""
+TRANSLATED_FROM_CHAT = frozenset({"responses", "messages"})
+"""The APIs the proxy serves through a provider that speaks only chat completions, by translating (router/translate)."""
+
 
 class ProviderConfig(BaseModel):
     """One OpenAI-compatible endpoint; catalog models name it in their ``provider`` field."""
@@ -40,6 +52,11 @@ class ProviderConfig(BaseModel):
     """Name of the environment variable holding the key; ``None`` sends no key."""
     timeout_s: float = Field(default=30.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
+    apis: list[ApiName] = Field(default_factory=lambda: list(_DEFAULT_APIS), min_length=1)
+    """The APIs this endpoint speaks; a request for another is translated (Responses or Messages over chat
+    completions) or not sent here (the implicit ``request:api`` rule)."""
+    auth: Literal["bearer", "x-api-key"] = "bearer"
+    """How the key is sent: ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (Anthropic's own endpoint)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -67,6 +84,19 @@ class ProviderConfig(BaseModel):
     def chat_completions_url(self) -> str:
         return self.base_url.rstrip("/") + "/chat/completions"
 
+    def url_for(self, api: str) -> str:
+        return self.base_url.rstrip("/") + API_PATHS[api]
+
+    def serves(self, api: str, *, natively: bool = False) -> bool:
+        """Whether a request of ``api`` can be sent here: spoken, or (unless ``natively``) translated to chat."""
+        if api in self.apis:
+            return True
+        return not natively and api in TRANSLATED_FROM_CHAT and "chat_completions" in self.apis
+
+    def sent_api(self, api: str) -> str:
+        """The API a request of ``api`` is sent in: its own when spoken here, else chat completions (translated)."""
+        return api if api in self.apis else "chat_completions"
+
 
 class ProvidersConfig(BaseModel):
     """The providers file: every endpoint the router may call, unique by name."""
@@ -74,6 +104,7 @@ class ProvidersConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     providers: list[ProviderConfig] = Field(default_factory=list)
+    _unservable: dict[tuple[str, bool], frozenset[str]] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _unique_names(self) -> ProvidersConfig:
@@ -99,6 +130,16 @@ class ProvidersConfig(BaseModel):
     @property
     def names(self) -> list[str]:
         return [p.name for p in self.providers]
+
+    def unservable(self, api: str, stateful: bool = False) -> frozenset[str]:
+        """The providers that cannot serve a request of ``api`` (``stateful``: not without translating)."""
+        key = (api, stateful)
+        found = self._unservable.get(key)
+        if found is None:
+            found = self._unservable[key] = frozenset(
+                p.name for p in self.providers if not p.serves(api, natively=stateful)
+            )
+        return found
 
 
 class ProvidersFileError(ConfigError):

@@ -1,4 +1,9 @@
-"""A streamed chat completion without I/O: SSE lines in, parsed chunks out, and what the stream reported on the way."""
+"""A streamed answer without I/O: SSE lines in, parsed chunks (or events) out, and what the stream reported on the way.
+
+Chat completions end with ``data: [DONE]``; the Responses API with ``response.completed`` (or ``incomplete``,
+``failed``); Anthropic Messages with ``message_stop``. A translated call's chat chunks come out as the caller's
+API events (:mod:`unhardcoded.router.translate`).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from .. import translate
 from .classify import (
     error_detail,
     int_or_none,
@@ -41,14 +47,29 @@ class StreamState:
         self.time_to_first_chunk_ms: float | None = None
         self._started = time.perf_counter()
         self._data: list[str] = []
+        self._api = call.sent_api
+        self._input_tokens: int | None = None  # the Messages API reports input and output in separate events
+        self._translator = translate.events(call.api, call.model) if call.translated else None
 
     @property
     def input_tokens(self) -> int | None:
-        return int_or_none(self.usage, "prompt_tokens")
+        if self._api == "messages":
+            return self._input_tokens
+        return int_or_none(self.usage, "input_tokens" if self._api == "responses" else "prompt_tokens")
 
     @property
     def output_tokens(self) -> int | None:
-        return int_or_none(self.usage, "completion_tokens")
+        return int_or_none(self.usage, "output_tokens" if self._api != "chat_completions" else "completion_tokens")
+
+    def relayed(self, chunk: dict[str, Any]) -> list[dict[str, Any]]:
+        """What the caller gets for one chunk: itself, or the events it translates to."""
+        if self._translator is None:
+            return [chunk]
+        return self._translator.feed(chunk)
+
+    def closing(self) -> list[dict[str, Any]]:
+        """What the caller gets after the provider's last chunk (a translated stream's closing events)."""
+        return self._translator.close() if self._translator is not None else []
 
     def start(self) -> None:
         self._started = time.perf_counter()
@@ -80,9 +101,9 @@ class StreamState:
             chunk = self._event(data)
         self.duration_ms = (time.perf_counter() - self._started) * 1000
         if not self.done:
+            end = {"responses": "response.completed", "messages": "message_stop"}.get(self._api, "data: [DONE]")
             raise self._call.failure(
-                "stream ended before data: [DONE]"
-                + ("" if self.first_chunk_received else " and before the first chunk"),
+                f"stream ended before {end}" + ("" if self.first_chunk_received else " and before the first chunk"),
                 kind="error",
                 error_type="stream_interrupted",
                 status_code=self.status_code,
@@ -147,14 +168,43 @@ class StreamState:
         if self._call.secret:  # on the decoded strings: the raw line may spell the key with escapes
             event = scrub_json(event, self._call.secret)
         chunk = event
-        if self.response_model is None and isinstance(chunk.get("model"), str):
-            self.response_model = chunk["model"]
-        if isinstance(chunk.get("usage"), dict):
-            self.usage = chunk["usage"]
+        if self._api != "chat_completions":
+            self._api_event(chunk, data)
+        else:
+            if self.response_model is None and isinstance(chunk.get("model"), str):
+                self.response_model = chunk["model"]
+            if isinstance(chunk.get("usage"), dict):
+                self.usage = chunk["usage"]
         if not self.first_chunk_received:
             self.first_chunk_received = True
             self.time_to_first_chunk_ms = (time.perf_counter() - self._started) * 1000
         return chunk
+
+    def _api_event(self, event: dict[str, Any], data: str) -> None:
+        """What a Responses or Messages event says: the model, the usage, the end (or a failure)."""
+        kind = event.get("type")
+        inner = event.get("response") if self._api == "responses" else event.get("message")
+        if isinstance(inner, Mapping):
+            if self.response_model is None and isinstance(inner.get("model"), str):
+                self.response_model = inner["model"]
+            usage = inner.get("usage")
+            if isinstance(usage, dict):
+                if self._api == "messages":
+                    self._input_tokens = int_or_none(usage, "input_tokens")
+                else:
+                    self.usage = usage
+        if self._api == "messages" and isinstance(event.get("usage"), dict):
+            self.usage = event["usage"]
+        if kind in ("response.failed", "error"):
+            raise self._call.failure(
+                f"error event in stream: {error_detail(event, data, self._call.secret)}",
+                kind="error",
+                error_type="stream_error",
+                status_code=self.status_code,
+            )
+        if kind in ("response.completed", "response.incomplete", "message_stop"):
+            self.done = True
+            self.duration_ms = (time.perf_counter() - self._started) * 1000
 
 
 class StreamView:
