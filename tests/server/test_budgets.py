@@ -193,6 +193,29 @@ def test_a_spent_budget_answers_429_budget_exceeded_with_a_receipt_naming_it(cap
     assert capped.post("open").status_code == 200
 
 
+def test_a_spent_budget_refuses_a_messages_call_in_anthropics_error_shape(capped: Proxy) -> None:
+    """The same budget covers every API; on /v1/messages the refusal is the error shape the anthropic SDK reads."""
+    import anthropic
+
+    spend_until_refused(capped, "capped")
+    calls = capped.opus_calls()
+    client = anthropic.Anthropic(
+        base_url=capped.server.base_url,
+        api_key="sk-ant-unused",
+        max_retries=3,
+        default_headers={"x-unhardcoded-policy": "capped"},
+    )
+    with pytest.raises(anthropic.RateLimitError) as caught:
+        client.messages.create(model="auto", max_tokens=64, messages=[{"role": "user", "content": "hi"}])
+    client.close()
+    answer = caught.value.response
+    assert answer.headers["x-should-retry"] == "false"
+    body = answer.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error", body
+    assert "budget exceeded" in body["error"]["message"] and "'capped'" in body["error"]["message"]
+    assert capped.opus_calls() == calls  # refused before any provider call, and not retried
+
+
 def test_rollups_count_the_requests_a_budget_refused(capped: Proxy, tel: Any, tmp_path: Any) -> None:
     spend_until_refused(capped, "capped")
     assert capped.post("capped").status_code == 429

@@ -271,7 +271,9 @@ class Proxy:
         held: Held | None = None
         fallback_use: BudgetUse | None = None
         if self.budgets is not None:
-            within = await self._within_budget(policy, client_of(request.scope), features, request_id, client_name)
+            within = await self._within_budget(
+                policy, client_of(request.scope), features, request_id, client_name, anthropic
+            )
             if isinstance(within, Response):
                 return within
             policy, held, fallback_use = within
@@ -312,7 +314,13 @@ class Proxy:
                 self.budgets.settle_decision(held, decision)
 
     async def _within_budget(
-        self, policy: Policy, client: ClientKey | None, features: Any, request_id: str, client_name: str | None
+        self,
+        policy: Policy,
+        client: ClientKey | None,
+        features: Any,
+        request_id: str,
+        client_name: str | None,
+        anthropic: bool = False,
     ) -> tuple[Policy, Held | None, BudgetUse | None] | Response:
         """Reserve the request's estimated cost on every budget it falls under (one round trip to the state).
 
@@ -345,7 +353,9 @@ class Proxy:
                 policy, features, request_id=request_id, client_name=client_name, budget=refusal.use("refused")
             )
             self.recent.add(decision)
-            return budget_exceeded(refusal, self.budgets.clock()).response(decision_headers(decision))
+            return budget_exceeded(refusal, self.budgets.clock()).response(
+                decision_headers(decision), anthropic=anthropic
+            )
 
     def _stream(
         self,
