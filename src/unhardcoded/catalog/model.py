@@ -13,7 +13,16 @@ from typing import Any
 from .._canonical import canonical_json
 from .._documents import key_path, parse_document, read_document
 from ..errors import CatalogError
-from .fields import BUILTIN_FIELD_NAMES, BUILTIN_FIELDS, FIELD_TYPES, FieldSpec, describe_value, suggest, value_matches
+from .fields import (
+    BUILTIN_FIELD_NAMES,
+    BUILTIN_FIELDS,
+    FIELD_TYPES,
+    LIVE_FIELDS,
+    FieldSpec,
+    describe_value,
+    suggest,
+    value_matches,
+)
 
 CATALOG_SCHEMA = "unhardcoded-catalog/v1"
 _FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
@@ -53,6 +62,8 @@ class Catalog:
         self.source = source
         self.fields: dict[str, FieldSpec] = {f.name: f for f in BUILTIN_FIELDS}
         self.fields.update({f.name: f for f in self.custom_fields})
+        # Observed by the router, never set in a catalog (a custom field name cannot hold a '.').
+        self.fields.update({f.name: f for f in LIVE_FIELDS})
         self._by_id = {m.id: m for m in self.models}
 
     def __len__(self) -> int:

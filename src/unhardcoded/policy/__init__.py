@@ -1,12 +1,13 @@
 """Policies (`sigma-pol/v1`): the typed model, validation against a catalog, canonical form and fingerprint."""
 
 from .load import load_policy, load_policy_file, validate_policy
-from .model import OPS, POLICY_SCHEMA, Fallback, Policy, Rank, RankKey, Rule, Select, fingerprint_of
+from .model import OPS, POLICY_SCHEMA, Fallback, Health, Policy, Rank, RankKey, Rule, Select, fingerprint_of
 
 __all__ = [
     "OPS",
     "POLICY_SCHEMA",
     "Fallback",
+    "Health",
     "Policy",
     "Rank",
     "RankKey",

@@ -57,6 +57,14 @@ class Fallback(_Frozen):
     max_hops: int = Field(default=2, ge=0, le=16)
 
 
+class Health(_Frozen):
+    """When the router cools a model down: ``failures`` failures within ``window`` seconds, for ``cooldown`` seconds."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    window: float = Field(default=60.0, gt=0)
+    cooldown: float = Field(default=30.0, gt=0)
+
+
 class Policy(_Frozen):
     """A validated policy. Build one with :func:`unhardcoded.policy.load_policy`."""
 
@@ -67,12 +75,18 @@ class Policy(_Frozen):
     select: Select = Select()
     fallback: Fallback = Fallback()
     baseline: str | None = None
+    health: Health | None = None
+    """None: the router's defaults (5 failures in 60 s, 30 s of cooldown), and no ``health`` in the canonical form."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def to_document(self) -> dict[str, Any]:
-        """The policy with every default filled, as a plain document."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The policy with every default filled, as a plain document (``health`` only when the policy sets it, so a
+        policy without it keeps the fingerprint it had before ``health`` existed)."""
+        doc = self.model_dump(mode="json", by_alias=True)
+        if doc.get("health") is None:
+            doc.pop("health", None)
+        return doc
 
     @cached_property
     def canonical(self) -> str:

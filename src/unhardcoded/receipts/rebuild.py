@@ -411,6 +411,8 @@ _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
     _K.UNHARDCODED_WORKFLOW_STEP,
 )
 _CLIENT = _K.UNHARDCODED_CLIENT_NAME
+_LIVE = _K.UNHARDCODED_LIVE_SNAPSHOT
+_AT_KEY = _K.UNHARDCODED_ATTEMPT_KEY
 _SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
     _K.UNHARDCODED_SIGNATURE_VALUE,
     _K.UNHARDCODED_SIGNATURE_KEY_ID,
@@ -457,6 +459,7 @@ def _attempt(span: SpanRecord) -> Attempt | None:
             "duration_ms": duration,
             "input_tokens": _opt_int(get(_GEN_IN)),
             "output_tokens": _opt_int(get(_GEN_OUT)),
+            "key": _opt_str(get(_AT_KEY)),
         },
     )
 
@@ -582,6 +585,16 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             },
         )
 
+    live = None
+    raw_live = get(_LIVE)
+    if raw_live is not None:
+        try:
+            live = json.loads(raw_live) if raw_live.__class__ is str else None
+        except ValueError:
+            live = None
+        if not isinstance(live, dict):
+            live, complete = None, False
+
     latency = _opt_float(get(_LATENCY))
     receipt = _construct(
         Receipt,
@@ -624,6 +637,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             "features": features,
             "complete": complete,
             "signature": signature,
+            "live": live,
         },
     )
     return RebuiltDecision(receipt, body, features)

@@ -311,6 +311,7 @@ class Proxy:
         catalog = self.router.catalog
         rows = [
             {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            | ({"live": True, "unobserved": f.unobserved} if f.live else {})
             for f in catalog.fields.values()
         ]
         return _json({"catalog_version": catalog.version, "fields": rows})

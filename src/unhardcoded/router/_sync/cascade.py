@@ -20,11 +20,13 @@ from ..attempts import (
     CLIENT_DISCONNECTED,
     PlannedAttempt,
     Sleep,
+    begin_attempt,
     carries_output,
     decide_observed,
     finish,
     next_step,
     no_candidate,
+    observe_attempt,
     plan,
     record,
 )
@@ -35,6 +37,7 @@ from ..observe import NO_OBSERVER, AttemptObserver, DecisionObserver, ObservedDe
 from ..providers import ProviderCallError
 
 if TYPE_CHECKING:
+    from ..live import LiveState
     from ..providers import ChatResult, ChatStream, ProviderClient
 
 
@@ -45,19 +48,24 @@ def execute(
     client: ProviderClient,
     observer: AttemptObserver = NO_OBSERVER,
     sleep: Sleep = pause,
+    live: LiveState | None = None,
 ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
-    """Call the selected model, hop along the cascade on failures the policy names; record every attempt."""
+    """Call the selected model, hop along the cascade on failures the policy names; record every attempt (and what
+    it showed, in ``live``)."""
     started = time.perf_counter()
     attempts = list(plan(decision, compiled))
     answered: Attempt | None = None
     result = None
     last_error: ProviderCallError | None = None
     for i, planned in enumerate(attempts):
+        begin_attempt(live, client, planned, decision)
         token = observer.start(decision, planned)
         t0 = time.perf_counter()
         try:
             with observer.calling(token):
-                result = client.chat(planned.provider, planned.model, dict(body), headers=observer.headers(token))
+                result = client.chat(
+                    planned.provider, planned.model, dict(body), headers=observer.headers(token), key=planned.key
+                )
             exc = None
         except ProviderCallError as e:
             result, exc = None, e
@@ -67,6 +75,7 @@ def execute(
         else:
             attempt = record(planned, t0, None, None, exc)
         decision.attempts.append(attempt)
+        observe_attempt(live, compiled, attempt, result, exc)
         observer.end(token, attempt, exc)
         if exc is None:
             answered = attempt
@@ -93,6 +102,7 @@ def route(
     workflow: WorkflowRef | None = None,
     client_name: str | None = None,
     later: list[Callable[[], None]] | None = None,
+    live: LiveState | None = None,
 ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
     """Decide, then call along the cascade, the decision observed by ``telemetry`` from start to finish.
 
@@ -100,10 +110,10 @@ def route(
     With ``later``, what the observer can record afterwards is left there (see ``ObservedDecision.finish``).
     """
     with telemetry.decision(compiled, activate=True, late=later is not None) as observed:
-        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow, client_name)
+        decision = decide_observed(observed, telemetry, compiled, features, request_id, workflow, client_name, live)
         if decision.selected is None:
             raise no_candidate(decision, compiled)
-        out = execute(decision, compiled, body, client, observed.attempts(observer))
+        out = execute(decision, compiled, body, client, observed.attempts(observer), live=live)
         observed.finish(decision, later=later)
     return out
 
@@ -133,8 +143,10 @@ class StreamCascade:
         workflow: WorkflowRef | None = None,
         client_name: str | None = None,
         sleep: Sleep = pause,
+        live: LiveState | None = None,
     ) -> None:
         self.telemetry = telemetry
+        self.live = live
         self.compiled = compiled
         self.features = features
         self.body = body
@@ -163,6 +175,7 @@ class StreamCascade:
                 self.request_id,
                 self.workflow,
                 self.client_name,
+                self.live,
             )
         except BaseException as exc:
             observed.__exit__(type(exc), exc, exc.__traceback__)
@@ -193,6 +206,7 @@ class StreamCascade:
         attempts = list(plan(self.decision, self.compiled))
         observer = self.observer
         for i, planned in enumerate(attempts):
+            begin_attempt(self.live, self.client, planned, self.decision)
             token = observer.start(self.decision, planned)
             t0 = time.perf_counter()
             held: list[dict[str, Any]] = []
@@ -202,7 +216,7 @@ class StreamCascade:
                 # goes out on the first read.
                 with observer.calling(token):
                     stream = self.client.stream(
-                        planned.provider, planned.model, self.body, headers=observer.headers(token)
+                        planned.provider, planned.model, self.body, headers=observer.headers(token), key=planned.key
                     )
                     for chunk in stream:
                         held.append(chunk)
@@ -286,6 +300,7 @@ class StreamCascade:
         else:
             attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type)
         self.decision.attempts.append(attempt)
+        observe_attempt(self.live, self.compiled, attempt, None, exc)
         try:
             if stream is not None and attempt.status == "ok":
                 self.observer.answered(token, stream)  # it has the result's response_model

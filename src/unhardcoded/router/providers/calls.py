@@ -18,7 +18,7 @@ import httpx
 
 from ..._version import package_version
 from . import http11
-from .classify import int_or_none, json_or_none, scrub, scrub_json, status_failure
+from .classify import int_or_none, json_or_none, ratelimit_headers, scrub, scrub_json, status_failure
 from .errors import ErrorKind, ProviderCallError
 
 if TYPE_CHECKING:
@@ -58,6 +58,8 @@ class ChatResult:
     input_tokens: int | None
     output_tokens: int | None
     duration_ms: float
+    ratelimit: dict[str, str] | None = None
+    """The rate-limit headers of the answer (``x-ratelimit-*``, ``anthropic-ratelimit-*``), when it had any."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,8 @@ class PreparedCall:
     """The call's timeout: for the connect and each wait for data (``timeout.read``, as a plain number)."""
     secret: str | None
     target: http11.Target | None = None
+    key: str | None = None
+    """The name of the provider key the call is sent with (a provider with ``keys:``); never its value."""
     """Where the lean client sends the call; None when only httpx can (framing headers set by hand, say)."""
 
     def encoded(self) -> tuple[bytes, bytes]:
@@ -98,6 +102,7 @@ class PreparedCall:
         error_type: str,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        ratelimit: dict[str, str] | None = None,
     ) -> ProviderCallError:
         return ProviderCallError(
             self.scrub(f"provider {self.provider!r}, model {self.model!r}: {message}"),
@@ -107,6 +112,7 @@ class PreparedCall:
             model=self.model,
             status_code=status_code,
             retry_after_s=retry_after_s,
+            ratelimit=ratelimit,
         )
 
 
@@ -120,6 +126,7 @@ def prepare_call(
     *,
     stream: bool,
     target_of: Callable[[str], http11.Target | None],
+    key: str | None = None,
 ) -> PreparedCall:
     """The call as it will be sent; ``target_of`` says where the lean client can send to a URL (cached by the caller)."""
     config = providers.get(provider)
@@ -133,12 +140,17 @@ def prepare_call(
             model=model,
         )
     secret: str | None = None
-    if config.api_key_env is not None:
-        secret = os.environ.get(config.api_key_env) or None
+    key_env, key_name = config.api_key_env, None
+    if config.keys:
+        chosen = next((k for k in config.keys if k.name == key), config.keys[0])
+        key_env, key_name = chosen.env, chosen.name
+    if key_env is not None:
+        secret = os.environ.get(key_env) or None
         if secret is None:
+            where = f"key {key_name!r}" if key_name is not None else "api_key_env"
             raise ProviderCallError(
                 f"provider {provider!r}, model {model!r}: environment variable "
-                f"{config.api_key_env} is not set (api_key_env of provider {provider!r})",
+                f"{key_env} is not set ({where} of provider {provider!r})",
                 kind="error",
                 error_type="missing_api_key",
                 provider=provider,
@@ -178,6 +190,7 @@ def prepare_call(
         timeout_s=seconds,
         secret=secret,
         target=target,
+        key=key_name,
     )
 
 
@@ -214,4 +227,5 @@ def chat_result(call: PreparedCall, response: HttpReply, started: float) -> Chat
         input_tokens=int_or_none(usage, "prompt_tokens"),
         output_tokens=int_or_none(usage, "completion_tokens"),
         duration_ms=duration_ms,
+        ratelimit=ratelimit_headers(response.headers),
     )

@@ -158,9 +158,10 @@ class ProviderClient:
         timeout_s: float | None,
         *,
         stream: bool,
+        key: str | None = None,
     ) -> PreparedCall:
         return prepare_call(
-            self.providers, provider, model, body, headers, timeout_s, stream=stream, target_of=self._target
+            self.providers, provider, model, body, headers, timeout_s, stream=stream, target_of=self._target, key=key
         )
 
     # ---- non-streaming
@@ -173,9 +174,11 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> ChatResult:
-        """One chat completion; raises :class:`ProviderCallError` on any failure."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False)
+        """One chat completion; raises :class:`ProviderCallError` on any failure. ``key``: the name of the
+        provider key to send (a provider with ``keys:``; the first when None)."""
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, key=key)
         client = self._sync_client()
         started = time.perf_counter()
         failure: ProviderCallError | None = None
@@ -202,9 +205,10 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> ChatResult:
         """Async :meth:`chat`."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, key=key)
         target = call.target
         pool = self._lean_pool() if target is not None else None
         started = time.perf_counter()
@@ -244,6 +248,7 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> ChatStream:
         """A streamed chat completion: iterate the returned :class:`ChatStream` for chunks.
 
@@ -251,7 +256,7 @@ class ProviderClient:
         first chunk raises from there, with ``first_chunk_received`` still
         ``False`` so a caller knows it may fall back.
         """
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, key=key)
         return ChatStream(self._sync_client(), call)
 
     def astream(
@@ -262,9 +267,10 @@ class ProviderClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for chunk in client.astream(...)``."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, key=key)
         return AsyncChatStream(self, call)
 
 
