@@ -51,6 +51,13 @@ def add_commands(sub: Subcommands) -> None:
         "--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)"
     )
     p.add_argument("--store", metavar="URL", help=store_help())
+    p.add_argument(
+        "--live",
+        choices=("recorded", "now", "ignore"),
+        default="recorded",
+        help="live state today's decision reads: the snapshot recorded on the decision (default), this process's "
+        "live state (now), or none (ignore)",
+    )
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
     p.set_defaults(run=cmd_replay)
 
@@ -144,7 +151,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = open_store(args.store, create=False)
     try:
         if not args.all:
-            result = replay_from_store(store, args.id, today)
+            from ..router.live import LiveState
+
+            result = replay_from_store(store, args.id, today, live=args.live, live_now=LiveState())
             if args.json:
                 print_json(result.to_json_dict())
             else:
@@ -166,7 +175,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             offset += len(batch)
             for receipt in batch:
                 try:
-                    result = replay_receipt(store, receipt, today)
+                    result = replay_receipt(store, receipt, today, live=args.live)
                 except ReplayError as exc:
                     skipped[str(exc).split(";")[0].split(" in ")[0]] += 1
                 else:

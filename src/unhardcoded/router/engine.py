@@ -504,6 +504,7 @@ def _cooldown_rejection(model: str, observed: dict[str, Any]) -> Rejection:
 
 
 def _rate_limit_rejection(model: str, observed: dict[str, Any]) -> Rejection:
+    threshold: Any
     if "remaining_requests" in observed:
         field, threshold, left = "live.ratelimit_remaining_requests", 1, f"{observed['remaining_requests']} requests"
     else:

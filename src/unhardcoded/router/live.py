@@ -43,17 +43,17 @@ def iso_ms(ns: int) -> str:
 
 
 __all__ = [
-    "DEFAULT_HEALTH",
     "CLOSED",
+    "DEFAULT_HEALTH",
     "HALF_OPEN",
     "OPEN",
     "HealthSettings",
     "KeyLive",
     "LiveState",
     "LiveView",
+    "ModelLive",
     "RecordedLive",
     "compact_snapshot",
-    "ModelLive",
     "parse_duration_s",
     "ratelimit_from_headers",
 ]
@@ -112,7 +112,7 @@ def _reset_at(value: str | None, now: float) -> float | None:
     if seconds is not None:
         return now + seconds
     try:
-        return datetime.fromisoformat(value.strip().replace("Z", "+00:00")).timestamp()
+        return datetime.fromisoformat(value.strip()).timestamp()
     except ValueError:
         return None
 
@@ -556,7 +556,7 @@ class LiveView(Protocol):
 class _RecordedRows(dict[str, dict[str, Any]]):
     """The recorded models; with fields never recorded, every model has a row (empty), so rules read UNKNOWN."""
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         return super().get(key, {})
 
 
@@ -578,7 +578,7 @@ class RecordedLive:
         self._at = 0.0
         if isinstance(at, str):
             try:
-                self._at = datetime.fromisoformat(at.replace("Z", "+00:00")).timestamp()
+                self._at = datetime.fromisoformat(at).timestamp()
             except ValueError:
                 pass
 

@@ -108,13 +108,14 @@ class ClientKeyForwarding(ProviderClient):
         timeout_s: float | None,
         *,
         stream: bool,
+        key: str | None = None,
     ) -> PreparedCall:
         # Every call, plain or streamed, sync or async, is prepared here: the one place the caller's key goes in.
-        key = client_key.get()
-        if key is not None and provider in self.forward_to:
+        caller_key = client_key.get()
+        if caller_key is not None and provider in self.forward_to:
             headers = {k: v for k, v in (headers or {}).items() if k.lower() != "authorization"}
-            headers["authorization"] = f"Bearer {key}"
-        return super()._prepare(provider, model, body, headers, timeout_s, stream=stream)
+            headers["authorization"] = f"Bearer {caller_key}"
+        return super()._prepare(provider, model, body, headers, timeout_s, stream=stream, key=key)
 
     def chat(
         self,
@@ -124,9 +125,10 @@ class ClientKeyForwarding(ProviderClient):
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> ChatResult:
         try:
-            result = super().chat(provider, model, body, headers=headers, timeout_s=timeout_s)
+            result = super().chat(provider, model, body, headers=headers, timeout_s=timeout_s, key=key)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
@@ -139,9 +141,10 @@ class ClientKeyForwarding(ProviderClient):
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> ChatResult:
         try:
-            result = await super().achat(provider, model, body, headers=headers, timeout_s=timeout_s)
+            result = await super().achat(provider, model, body, headers=headers, timeout_s=timeout_s, key=key)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
@@ -154,8 +157,9 @@ class ClientKeyForwarding(ProviderClient):
         *,
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
+        key: str | None = None,
     ) -> AsyncChatStream:
-        stream = super().astream(provider, model, body, headers=headers, timeout_s=timeout_s)
+        stream = super().astream(provider, model, body, headers=headers, timeout_s=timeout_s, key=key)
         # The wrapper is the stream to its caller: what it does not redact it hands to the stream (__getattr__).
         return cast("AsyncChatStream", _RedactingStream(stream))
 
