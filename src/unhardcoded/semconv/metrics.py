@@ -136,10 +136,10 @@ UNHARDCODED_LIVE_CIRCUIT: Final = "unhardcoded.live.circuit"
 Circuit state per model as the router sees it: 0 closed, 1 open (cooling down), 2 half-open (probe
 allowed or under way).
 Instrument: gauge
-Unit: 1
+Unit: {state}
 """
 
-UNHARDCODED_LIVE_CIRCUIT_UNIT: Final = "1"
+UNHARDCODED_LIVE_CIRCUIT_UNIT: Final = "{state}"
 """
 Unit of `unhardcoded.live.circuit`.
 """
@@ -161,10 +161,10 @@ UNHARDCODED_LIVE_RATELIMIT_REMAINING: Final = "unhardcoded.live.ratelimit.remain
 """
 Rate-limit headroom the provider last reported for a model and key, until its reset.
 Instrument: gauge
-Unit: 1
+Unit: {remaining}
 """
 
-UNHARDCODED_LIVE_RATELIMIT_REMAINING_UNIT: Final = "1"
+UNHARDCODED_LIVE_RATELIMIT_REMAINING_UNIT: Final = "{remaining}"
 """
 Unit of `unhardcoded.live.ratelimit.remaining`.
 """
