@@ -417,6 +417,7 @@ class CompiledPolicy:
         blocked = live.blocked
         rows = live.rows
         live_rules = self.live_rules
+        static_only = not live.all_dynamic and not any(rule[5] for rule in live_rules)
         needed = features.input_tokens + features.output_tokens
         for s in survivors:
             sid = s.id
@@ -437,6 +438,19 @@ class CompiledPolicy:
                 row = rows.get(sid)
                 if row is None:
                     rejection = s.live_default
+                elif static_only:
+                    # Rows are replaced, never changed, when the live state moves on: kept as they were read.
+                    models[sid] = row
+                    rejection = None
+                    for rid, field, op, value, fn, _ in live_rules:
+                        observed = row.get(field)
+                        if observed is None:
+                            observed = unobserved_value(field, s.model)
+                            if observed is None and field in _PASS_WHEN_UNSET:
+                                continue
+                        if observed is None or not fn(observed, value):
+                            rejection = _rejection(sid, rid, field, op, value, observed)
+                            break
                 else:
                     entry = models[sid] = dict(row)
                     rejection = self._live_rejection(s, row, live, now, entry)
