@@ -18,6 +18,7 @@ from unhardcoded.router import Router
 from unhardcoded.router.live import LiveState
 from unhardcoded.router.providers import ProviderClient, ProviderConfig, ProviderKey, ProvidersConfig
 from unhardcoded.server import create_app
+from unhardcoded.testing import capture
 from unhardcoded.testing.simulator import error, ok
 
 
@@ -61,13 +62,17 @@ class LiveStack:
         return sum(1 for r in self.sims[provider].requests if r.model == model)
 
 
-def _stack(simulated_provider: Any, providers: ProvidersConfig | None = None, **health: Any) -> Iterator[LiveStack]:
+def _stack(
+    simulated_provider: Any, providers: ProvidersConfig | None = None, meter_provider: Any = None, **health: Any
+) -> Iterator[LiveStack]:
     sims = catalog_simulators(simulated_provider)
     clock = Clock()
     live = LiveState(clock=clock)
     client = ProviderClient(providers or providers_for(sims, timeout_s=5.0))
     policy = _support_with_health(**health) if health else builtin_policy("support")
-    app = create_app(Router(Catalog.builtin(), client, live=live), [policy], default_policy="support")
+    app = create_app(
+        Router(Catalog.builtin(), client, live=live), [policy], default_policy="support", meter_provider=meter_provider
+    )
     with serving(app, closing=[client]) as server:
         yield LiveStack(sims, server, clock, live)
     client.close()
@@ -167,6 +172,25 @@ def test_keys_are_balanced_by_weight_and_named_on_the_receipt(
         assert Counter(keys) == {"team-a": 6, "team-b": 2}
         sent = Counter(r.headers["authorization"] for r in google.requests)
         assert sent == {"Bearer sk-live-aaaa": 6, "Bearer sk-live-bbbb": 2}
+
+
+def test_circuit_and_headroom_gauges(simulated_provider: Any) -> None:
+    with capture() as tel:
+        for stack in _stack(simulated_provider, meter_provider=tel.meter_provider, failures=5, window=60, cooldown=30):
+            headroom = {"x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "20ms"}
+            stack.sims["google"].set_behavior(SELECTED, ok(headers=headroom))
+            stack.ask()
+            stack.sims["google"].set_behavior(SELECTED, error(500))
+            for _ in range(5):
+                stack.ask()
+            circuit = tel.metric("unhardcoded.live.circuit")
+            assert circuit[frozenset({("gen_ai.request.model", SELECTED)})] == 1
+            remaining = tel.metric("unhardcoded.live.ratelimit.remaining")
+            key = frozenset({("gen_ai.request.model", SELECTED), ("unhardcoded.live.ratelimit.kind", "requests")})
+            assert remaining == {key: 7}
+            stack.clock.now += 30
+            assert tel.metric("unhardcoded.live.circuit")[frozenset({("gen_ai.request.model", SELECTED)})] == 2
+            assert tel.metric("unhardcoded.live.ratelimit.remaining") == {}
 
 
 def test_the_clock_starts_where_the_receipts_say() -> None:
