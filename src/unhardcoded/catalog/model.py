@@ -87,7 +87,11 @@ class Catalog:
         return {
             "schema": CATALOG_SCHEMA,
             "fields": [
-                {k: v for k, v in f.model_dump(exclude={"builtin", "required"}).items() if v is not None}
+                {
+                    k: v
+                    for k, v in f.model_dump(exclude={"builtin", "required", "live", "unobserved"}).items()
+                    if v is not None
+                }
                 for f in self.custom_fields
             ],
             "models": [dict(m.values) for m in self.models],
