@@ -14,7 +14,7 @@ import pytest
 from unhardcoded.catalog import Catalog
 from unhardcoded.policy import load_policy_file
 from unhardcoded.policy.builtin import builtin_policy_dir
-from unhardcoded.receipts import open_store, rebuild_receipts
+from unhardcoded.receipts import Receipt, open_store, rebuild_receipts
 from unhardcoded.receipts.replay import replay
 from unhardcoded.router.live import LiveState
 from unhardcoded.testing import capture
@@ -47,6 +47,7 @@ def cooled(tmp_path: Path) -> tuple[Path, str]:
     assert decision.selected is not None and decision.selected.model != COOLED
     [receipt] = rebuilt.receipts
     assert receipt.live is not None and receipt.rejected[-1].rule == "live:cooldown"
+    assert receipt == Receipt.from_decision(decision)  # rebuilt from the spans: live rejections like static ones
     home = tmp_path / "home"
     with open_store(str(home / "receipts.db")) as store:
         store.put_rebuilt(rebuilt.decisions)

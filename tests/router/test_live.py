@@ -189,3 +189,16 @@ def test_providers_file_keys(tmp_path: Any) -> None:
     with pytest.raises(Exception, match="give either api_key_env or keys, not both"):
         load_providers(path)
     assert ProvidersConfig(providers=[]).providers == []
+
+
+def test_a_probe_the_caller_walked_away_from_leaves_the_next_call_to_probe() -> None:
+    clock = Clock()
+    live = LiveState(clock=clock)
+    live.open_circuit("m", NOW + 5, failures=5)
+    clock.now += 5
+    live.begin_call("m")
+    assert live.cooldown_of("m", clock.now) is not None  # probing
+    live.end_call("m")
+    live.release_probe("m")
+    assert live.cooldown_of("m", clock.now) is None
+    assert live.state_rows() == [("m", 2)]  # half-open: the next call is the probe

@@ -85,7 +85,9 @@ def observe_attempt(
         live.record_success(
             attempt.model, attempt.key, attempt.duration_ms, result.ratelimit if result is not None else None
         )
-    elif attempt.error_type != CLIENT_DISCONNECTED:
+    elif attempt.error_type == CLIENT_DISCONNECTED:
+        live.release_probe(attempt.model)
+    else:
         live.record_failure(
             attempt.model,
             attempt.key,

@@ -401,7 +401,7 @@ class CompiledPolicy:
         features: RequestFeatures,
         live: LiveView | None,
         dropped: set[str],
-    ) -> tuple[list[_Survivor], dict[str, Any]]:
+    ) -> tuple[list[_Survivor], dict[str, Any] | None]:
         """Apply the implicit live rules and the policy's live rules; the snapshot of what was read."""
         models: dict[str, dict[str, Any]] = {}
         kept: list[_Survivor] = []
@@ -463,6 +463,8 @@ class CompiledPolicy:
                 if row is not None:
                     models[sid] = row
             kept.append(s)
+        if not models and not self.live_fields:
+            return kept, None  # nothing read that could change the decision: nothing to record
         return kept, {"at": iso_ms(int(now * 1e9)), "fields": self.live_fields, "models": models}
 
     def _ranked_live(

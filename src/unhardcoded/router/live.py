@@ -321,6 +321,15 @@ class LiveState:
                 m.circuit = HALF_OPEN
                 m.probe_taken = True
 
+    def release_probe(self, model: str) -> None:
+        """The probe after a cooldown ended without an outcome (the caller left): the next call may probe."""
+        m = self.model(model)
+        with self._lock:
+            if m.circuit == HALF_OPEN:
+                m.circuit = OPEN
+                m.open_until = min(m.open_until, self.clock())
+                m.probe_taken = False
+
     def end_call(self, model: str) -> None:
         m = self.model(model)
         with self._lock:
