@@ -260,15 +260,17 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
         assert firing[0]["labels"]["severity"] == "info"
         assert float(firing[0]["value"]) < normal - 0.2
         assert firing[0]["annotations"]["summary"].startswith("Policy support: savings vs baseline down to ")
-        # the app's own counters tell it too (README): fallback hops per decision, summed per policy first,
-        # since the two counters carry different labels
+        # the app's own counters tell it too: once the failing models are cooled down, every decision rejects them
+        # with live:cooldown (before that, each fell back); per decision, summed per policy first, since the two
+        # counters carry different labels
         support = '{unhardcoded_policy_name="support"}'
-        hops = _value(
+        cooled = _value(
             prom,
-            f"sum by (unhardcoded_policy_name) (rate(unhardcoded_fallbacks_total{support}[10s]))"
+            'sum by (unhardcoded_policy_name) (rate(unhardcoded_rejections_total{unhardcoded_policy_name="support",'
+            'unhardcoded_rejection_rule="live:cooldown"}[10s]))'
             f" / sum by (unhardcoded_policy_name) (rate(unhardcoded_decisions_total{support}[10s]))",
         )
-        assert hops is not None and hops > 0.2
+        assert cooled is not None and cooled > 0.2
     finally:
         for model in down:
             behave(model, ok())
