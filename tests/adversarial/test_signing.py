@@ -240,7 +240,7 @@ SPAN_CASES = [
     SpanCase("signature-bit-flipped", _flip_last_bit, "invalid", MISMATCH),
     SpanCase("signature-stripped", _strip, "unsigned", "no signature"),
     SpanCase(
-        "version-2", _set(A.UNHARDCODED_SIGNATURE_VERSION, {"intValue": "2"}), "invalid", "unknown signature version 2"
+        "version-3", _set(A.UNHARDCODED_SIGNATURE_VERSION, {"intValue": "3"}), "invalid", "unknown signature version 3"
     ),
     SpanCase(
         "version-negative",

@@ -28,6 +28,16 @@ BUILTIN_NAMES = [
     "regions",
     "latency_p50_ms",
 ]
+# Observed by the router, listed with the catalog's fields (docs/live.md).
+LIVE_NAMES = [
+    "live.latency_p50_ms",
+    "live.error_rate",
+    "live.consecutive_failures",
+    "live.cooldown",
+    "live.in_flight",
+    "live.ratelimit_remaining_requests",
+    "live.ratelimit_remaining_tokens",
+]
 
 
 def catalog_doc() -> dict[str, Any]:
@@ -82,7 +92,7 @@ def test_builtin_catalog_loads_and_is_cached():
     assert len(catalog) == 30
     assert "gemini-3.5-flash" in catalog and "gpt-5" not in catalog
     assert catalog.custom_fields == ()
-    assert list(catalog.fields) == BUILTIN_NAMES
+    assert list(catalog.fields) == [*BUILTIN_NAMES, *LIVE_NAMES]
     assert re.fullmatch(r"[0-9a-f]{16}", catalog.version)
     flash = catalog.model("gemini-3.5-flash")
     assert (flash.provider, flash.get("price_input_per_mtok"), flash.get("regions")) == (
@@ -121,7 +131,7 @@ def test_builtin_field_specs():
 
 def test_custom_fields_join_the_builtin_ones():
     catalog = Catalog.from_document(catalog_doc())
-    assert list(catalog.fields) == [*BUILTIN_NAMES, "soc2", "retention_days"]
+    assert list(catalog.fields) == [*BUILTIN_NAMES, "soc2", "retention_days", *LIVE_NAMES]
     soc2 = catalog.fields["soc2"]
     assert (soc2.type, soc2.builtin, soc2.description, soc2.unit) == ("bool", False, "SOC 2 report on file", None)
     assert catalog.fields["retention_days"].unit == "days"

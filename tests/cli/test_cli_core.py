@@ -183,12 +183,27 @@ def test_fields_json(files: dict[str, Path]):
     }
 
 
+def test_fields_lists_the_live_fields_with_their_unobserved_values():
+    data = run("fields", "--json").json()
+    live = {f["name"]: f for f in data["fields"] if f.get("live")}
+    assert live["live.latency_p50_ms"] == {
+        "name": "live.latency_p50_ms",
+        "type": "number",
+        "unit": "ms",
+        "builtin": False,
+        "description": "Median latency of the model's last 64 successful calls",
+        "live": True,
+        "unobserved": "the catalog's latency_p50_ms (unset if the catalog has none)",
+    }
+    assert set(live) >= {"live.error_rate", "live.cooldown", "live.ratelimit_remaining_tokens", "live.in_flight"}
+
+
 def test_fields_with_a_custom_catalog(files: dict[str, Path]):
     result = run("fields", "--catalog", CUSTOM_CATALOG, "--json")
     assert result.code == 0 and result.err == ""
     data = result.json()
     assert data["catalog_version"] == Catalog.from_file(CUSTOM_CATALOG).version
-    custom = {f["name"]: f for f in data["fields"] if not f["builtin"]}
+    custom = {f["name"]: f for f in data["fields"] if not f["builtin"] and not f.get("live")}
     assert custom == {
         "soc2": {
             "name": "soc2",

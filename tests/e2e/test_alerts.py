@@ -139,7 +139,13 @@ def prom_stack(tmp_path_factory):
         def behave(model: str, behavior) -> None:
             sims[provider_of[model]].set_behavior(model, behavior)
 
-        yield {"prometheus": f"http://127.0.0.1:{port}", "collector": c, "traffic": traffic, "behave": behave}
+        yield {
+            "prometheus": f"http://127.0.0.1:{port}",
+            "collector": c,
+            "traffic": traffic,
+            "behave": behave,
+            "models": list(provider_of),
+        }
         assert traffic.unexpected == []
 
 
@@ -229,7 +235,10 @@ def test_fallback_storm_fires_the_alert_and_recovery_resolves_it(prom_stack):
 
 
 def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
-    """Only the baseline model answers (the pick and the first standby are down): savings fall to 0."""
+    """Only the baseline model answers (every other model is down): savings fall to 0.
+
+    Every other model, not just the pick and the first standby: the proxy cools a failing model down and routes
+    to the next cheapest one (docs/live.md), which would keep the savings up."""
     prom, behave, traffic = prom_stack["prometheus"], prom_stack["behave"], prom_stack["traffic"]
     ratio = 'unhardcoded:savings_ratio:1h{unhardcoded_policy_name="support"}'
     # the earlier window the rule compares with must hold normal traffic: the pick saves ~70% against gpt-5.5
@@ -238,8 +247,9 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
     normal = _value(prom, ratio)
     assert normal is not None and normal > 0.5
 
-    behave(SELECTED, error(503))
-    behave(FIRST_FALLBACK, error(503))
+    down = [m for m in prom_stack["models"] if m != BASELINE]
+    for model in down:
+        behave(model, error(503))
     try:
         firing = wait_for(
             "UnhardcodedSavingsDropped firing",
@@ -250,18 +260,20 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
         assert firing[0]["labels"]["severity"] == "info"
         assert float(firing[0]["value"]) < normal - 0.2
         assert firing[0]["annotations"]["summary"].startswith("Policy support: savings vs baseline down to ")
-        # the app's own counters tell it too (README): fallback hops per decision, summed per policy first,
-        # since the two counters carry different labels
+        # the app's own counters tell it too: once the failing models are cooled down, every decision rejects them
+        # with live:cooldown (before that, each fell back); per decision, summed per policy first, since the two
+        # counters carry different labels
         support = '{unhardcoded_policy_name="support"}'
-        hops = _value(
+        cooled = _value(
             prom,
-            f"sum by (unhardcoded_policy_name) (rate(unhardcoded_fallbacks_total{support}[10s]))"
+            'sum by (unhardcoded_policy_name) (rate(unhardcoded_rejections_total{unhardcoded_policy_name="support",'
+            'unhardcoded_rejection_rule="live:cooldown"}[10s]))'
             f" / sum by (unhardcoded_policy_name) (rate(unhardcoded_decisions_total{support}[10s]))",
         )
-        assert hops is not None and hops > 0.2
+        assert cooled is not None and cooled > 0.2
     finally:
-        behave(SELECTED, ok())
-        behave(FIRST_FALLBACK, ok())
+        for model in down:
+            behave(model, ok())
     wait_for(
         "UnhardcodedSavingsDropped resolved",
         lambda: _alerts(prom, "UnhardcodedSavingsDropped", "support") == [],
@@ -281,7 +293,9 @@ def test_error_rate_fires_the_alert_and_recovery_resolves_it(prom_stack):
     assert _alerts(prom, "UnhardcodedDecisionErrorRateHigh", "support") == []
 
     failed_before = traffic.outcomes["502"]
-    for model in (SELECTED, FIRST_FALLBACK, BASELINE):
+    # Every model: the proxy cools failing models down and routes to the others (docs/live.md); with all of them
+    # failing, requests fail (502) until every candidate is cooling down, then no model passes (422).
+    for model in prom_stack["models"]:
         behave(model, error(500))
     try:
         firing = wait_for(
@@ -294,7 +308,7 @@ def test_error_rate_fires_the_alert_and_recovery_resolves_it(prom_stack):
         assert float(firing[0]["value"]) > 0.05
         assert "of decisions failed" in firing[0]["annotations"]["summary"]
     finally:
-        for model in (SELECTED, FIRST_FALLBACK, BASELINE):
+        for model in prom_stack["models"]:
             behave(model, ok())
     wait_for(
         "UnhardcodedDecisionErrorRateHigh resolved",

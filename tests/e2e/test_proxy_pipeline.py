@@ -84,7 +84,13 @@ def _support_policy(name: str, **changes: Any) -> dict[str, Any]:
     return policy
 
 
-SOLO = _support_policy("support-solo", fallback={"models": [], "on": ["error", "timeout", "rate_limit"], "max_hops": 0})
+# The proxy cools a model down after 5 failures and routes around it (docs/live.md); these groups need the failing
+# pick tried on every request, so they carry the support policy with a health that never trips.
+STEADY = {"failures": 1000, "window": 1}
+SUPPORT_STEADY = _support_policy("support", health=STEADY)
+SOLO = _support_policy(
+    "support-solo", fallback={"models": [], "on": ["error", "timeout", "rate_limit"], "max_hops": 0}, health=STEADY
+)
 IMPOSSIBLE = _support_policy(
     "support-impossible", rules=[{"id": "superhuman", "field": "bench_intelligence", "op": "gte", "value": 2}]
 )
@@ -149,11 +155,11 @@ class Traffic:
             self.send("plain")
         self.behave(SELECTED, error(503, message="simulated outage"))
         for _ in range(n["fallback"]):
-            self.send("fallback")
+            self.send("fallback", extra_body={"policy": SUPPORT_STEADY})
         self.behave(FIRST_FALLBACK, error(500))
         self.behave(SECOND_FALLBACK, error(500))
         for _ in range(n["all_failed"]):
-            self.send("all_failed")
+            self.send("all_failed", extra_body={"policy": SUPPORT_STEADY})
         self.behave(FIRST_FALLBACK, ok())
         self.behave(SECOND_FALLBACK, ok())
         for _ in range(n["solo_failed"]):
@@ -163,7 +169,7 @@ class Traffic:
             self.send("no_candidate", extra_body={"policy": IMPOSSIBLE})
         self.behave(SELECTED, cut_after_tokens(2))
         for _ in range(n["stream_cut"]):
-            self.send("stream_cut", stream=True)
+            self.send("stream_cut", stream=True, extra_body={"policy": SUPPORT_STEADY})
         self.behave(SELECTED, ok())
 
 

@@ -79,7 +79,7 @@ def test_every_receipt_field_is_signed_under_some_version():
 def test_the_v1_bytes_of_a_known_decision_are_pinned():
     # Changing them (a key order, a number's form) breaks every signature made before: that needs a new version.
     _, ds = generate.build()
-    content = signed_content(ds[0].receipt_fields())
+    content = signed_content(ds[0].receipt_fields(), version=1)
     assert content.startswith(b'{"v":1,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
     assert hashlib.sha256(content).hexdigest() == "89d046fd2c40bc210cb159e47f7ee71eab21899ea7ac910a2943b0ac74f9cba0"
 
@@ -106,7 +106,7 @@ def test_every_fixture_trace_file_verifies_with_the_fixture_public_key(name):
     assert len(rebuilt.receipts) == 2
     for receipt in rebuilt.receipts:
         check = verify_receipt(receipt, KEYS)
-        assert (check.status, check.key_id, check.version) == ("verified", KEY.key_id, 1), check
+        assert (check.status, check.key_id, check.version) == ("verified", KEY.key_id, 2), check
     expected = json.loads((FIXTURES / generate.EXPECTED).read_text(encoding="utf-8"))["receipts"]
     assert [r.to_json_dict() for r in rebuilt.receipts] == expected
 
@@ -143,9 +143,9 @@ def test_router_decide_signs_as_the_span_ends_and_the_rebuilt_receipt_verifies()
     decision = _router_with(tp, KEY).decide(SUPPORT, FEATURES)
     (span,) = exporter.get_finished_spans()
     assert span.attributes[A.UNHARDCODED_SIGNATURE_KEY_ID] == KEY.key_id
-    assert span.attributes[A.UNHARDCODED_SIGNATURE_VERSION] == 1
+    assert span.attributes[A.UNHARDCODED_SIGNATURE_VERSION] == 2
     assert decision.signature == Signature(
-        version=1, key_id=KEY.key_id, value=span.attributes[A.UNHARDCODED_SIGNATURE_VALUE]
+        version=2, key_id=KEY.key_id, value=span.attributes[A.UNHARDCODED_SIGNATURE_VALUE]
     )
     (receipt,) = rebuild_receipts(exporter.get_finished_spans()).receipts
     assert receipt == Receipt.from_decision(decision)

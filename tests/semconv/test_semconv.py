@@ -455,6 +455,11 @@ DESIGN_METRICS = {
     "unhardcoded.decision.duration": ("histogram", "s"),
 }
 # The processor's own metrics and the telemetry-losses counter: operational, beside the decision metrics.
+# The live state's gauges: per catalog model (and provider key name), as the decision metrics are per model.
+LIVE_METRICS = {
+    "unhardcoded.live.circuit": ("gauge", "{state}"),
+    "unhardcoded.live.ratelimit.remaining": ("gauge", "{remaining}"),
+}
 OPERATIONAL_METRICS = {
     "unhardcoded.processor.spans.received": ("counter", "{span}"),
     "unhardcoded.processor.spans.rejected": ("counter", "{span}"),
@@ -497,7 +502,7 @@ def test_design_attribute_is_in_the_registry(registry, name):
 
 def test_design_metrics_are_in_the_registry(registry):
     metrics = {g.metric_name: (g.instrument, g.unit) for g in registry.groups if g.type == "metric"}
-    assert metrics == {**DESIGN_METRICS, **OPERATIONAL_METRICS, **BUDGET_METRICS}
+    assert metrics == {**DESIGN_METRICS, **OPERATIONAL_METRICS, **BUDGET_METRICS, **LIVE_METRICS}
 
 
 def test_design_spans_and_event_are_in_the_registry(registry):
@@ -541,6 +546,9 @@ def test_metric_attributes_stay_low_cardinality(registry):
         "unhardcoded.budget.scope",
         "unhardcoded.budget.name",
         "unhardcoded.budget.window",
+        "gen_ai.request.model",  # a catalog model, as unhardcoded.selected.model
+        "unhardcoded.live.ratelimit.kind",
+        "unhardcoded.attempt.key",  # a key's name from the providers file: a handful per provider
     }
     for group in registry.groups:
         if group.type == "metric":

@@ -24,6 +24,10 @@ class FieldSpec(BaseModel):
     description: str = ""
     builtin: bool = False
     required: bool = False
+    live: bool = False
+    """Observed by the router as it calls providers (``live.`` fields), not read from the catalog."""
+    unobserved: str | None = None
+    """For a live field: the value a model has while nothing was observed of it."""
 
     @property
     def numeric(self) -> bool:
@@ -92,6 +96,46 @@ BUILTIN_FIELDS: tuple[FieldSpec, ...] = (
 BUILTIN_FIELD_NAMES = frozenset(f.name for f in BUILTIN_FIELDS)
 MODEL_KINDS: tuple[str, ...] = ("chat", "embedding")
 """The values of the ``kind`` field; a model without one is ``chat``."""
+
+LIVE_PREFIX = "live."
+
+
+def _live(name: str, type_: FieldType, unit: str | None, description: str, unobserved: str) -> FieldSpec:
+    return FieldSpec(
+        name=LIVE_PREFIX + name, type=type_, unit=unit, description=description, live=True, unobserved=unobserved
+    )
+
+
+LIVE_FIELDS: tuple[FieldSpec, ...] = (
+    _live(
+        "latency_p50_ms",
+        "number",
+        "ms",
+        "Median latency of the model's last 64 successful calls",
+        "the catalog's latency_p50_ms (unset if the catalog has none)",
+    ),
+    _live("error_rate", "number", "0..1", "Share of the model's calls that failed in the last 60 s", "0"),
+    _live("consecutive_failures", "integer", "{call}", "Failed calls to the model since its last success", "0"),
+    _live("cooldown", "bool", None, "The model is cooled down (circuit open, or its probe under way)", "false"),
+    _live("in_flight", "integer", "{call}", "Calls to the model under way in this router", "0"),
+    _live(
+        "ratelimit_remaining_requests",
+        "integer",
+        "{request}",
+        "Requests left before the provider's reset, best of the model's keys (x-ratelimit-remaining-requests, "
+        "anthropic-ratelimit-requests-remaining)",
+        "unset: a rule on it passes a model whose provider never reported headroom",
+    ),
+    _live(
+        "ratelimit_remaining_tokens",
+        "integer",
+        "tokens",
+        "Tokens left before the provider's reset, best of the model's keys (x-ratelimit-remaining-tokens, "
+        "anthropic-ratelimit-tokens-remaining)",
+        "unset: a rule on it passes a model whose provider never reported headroom",
+    ),
+)
+LIVE_FIELD_NAMES = frozenset(f.name for f in LIVE_FIELDS)
 
 
 def value_matches(spec_type: str, value: Any) -> bool:

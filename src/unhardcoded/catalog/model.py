@@ -17,6 +17,7 @@ from .fields import (
     BUILTIN_FIELD_NAMES,
     BUILTIN_FIELDS,
     FIELD_TYPES,
+    LIVE_FIELDS,
     MODEL_KINDS,
     FieldSpec,
     describe_value,
@@ -62,6 +63,8 @@ class Catalog:
         self.source = source
         self.fields: dict[str, FieldSpec] = {f.name: f for f in BUILTIN_FIELDS}
         self.fields.update({f.name: f for f in self.custom_fields})
+        # Observed by the router, never set in a catalog (a custom field name cannot hold a '.').
+        self.fields.update({f.name: f for f in LIVE_FIELDS})
         self._by_id = {m.id: m for m in self.models}
 
     def __len__(self) -> int:
@@ -85,7 +88,11 @@ class Catalog:
         return {
             "schema": CATALOG_SCHEMA,
             "fields": [
-                {k: v for k, v in f.model_dump(exclude={"builtin", "required"}).items() if v is not None}
+                {
+                    k: v
+                    for k, v in f.model_dump(exclude={"builtin", "required", "live", "unobserved"}).items()
+                    if v is not None
+                }
                 for f in self.custom_fields
             ],
             "models": [dict(m.values) for m in self.models],

@@ -57,6 +57,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
     if args.json:
         rows = [
             {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            | ({"live": True, "unobserved": f.unobserved} if f.live else {})
             for f in fields
         ]
         print_json({"catalog_version": catalog.version, "fields": rows})
@@ -64,7 +65,7 @@ def cmd_fields(args: argparse.Namespace) -> int:
     width = max(len(f.name) for f in fields)
     for f in fields:
         unit = f" ({f.unit})" if f.unit else ""
-        kind = "" if f.builtin else " [custom]"
+        kind = "" if f.builtin else f" [live; unobserved: {f.unobserved}]" if f.live else " [custom]"
         print(f"{f.name.ljust(width)}  {f.type:<8}  {f.description}{unit}{kind}")
     print(f"\ncatalog {catalog.source} · version {catalog.version} · {len(catalog)} models")
     return 0

@@ -69,6 +69,13 @@ def add_commands(sub: Subcommands) -> None:
         help="impact report: ask a running `unhardcoded processor` (POST /x/impact; query token from "
         "$UNHARDCODED_PROCESSOR_TOKEN)",
     )
+    p.add_argument(
+        "--live",
+        choices=("recorded", "now", "ignore"),
+        default="recorded",
+        help="live state today's decision reads: the snapshot recorded on the decision (default), this process's "
+        "live state (now), or none (ignore)",
+    )
     p.add_argument("--json", action="store_true", help="print the comparison (or the impact report) as JSON")
     p.add_argument(
         "--fail-on-change", action="store_true", help="impact report: exit 1 when any decision picks another model"
@@ -172,7 +179,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     store = open_store(args.store, create=False)
     try:
         if not args.all:
-            result = replay_from_store(store, args.id, today)
+            from ..router.live import LiveState
+
+            result = replay_from_store(store, args.id, today, live=args.live, live_now=LiveState())
             if args.json:
                 print_json(result.to_json_dict())
             else:
@@ -194,7 +203,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
             offset += len(batch)
             for receipt in batch:
                 try:
-                    result = replay_receipt(store, receipt, today)
+                    result = replay_receipt(store, receipt, today, live=args.live)
                 except ReplayError as exc:
                     skipped[str(exc).split(";")[0].split(" in ")[0]] += 1
                 else:

@@ -15,8 +15,28 @@ from .model import FAILURE_KINDS, OPS, POLICY_SCHEMA, WINDOW_PATTERN, Policy
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TOP_KEYS = ("schema", "name", "rules", "rank", "select", "fallback", "baseline", "budget")
+_TOP_KEYS = ("schema", "name", "rules", "rank", "select", "fallback", "baseline", "budget", "health")
 _WINDOW = re.compile(WINDOW_PATTERN)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def _seconds(errs: _Errors, path: str, value: Any) -> float | None:
+    """A duration (``30s``, ``500ms``, ``2m``, ``1h``, or a number of seconds) in seconds; None after an error."""
+    if isinstance(value, bool):
+        match = None
+    elif isinstance(value, (int, float)):
+        if value > 0:
+            return float(value)
+        match = None
+    else:
+        match = _DURATION.match(value) if isinstance(value, str) else None
+    if match is None or float(match.group(1)) <= 0:
+        errs.add(path, f"expected a positive duration like 30s, 500ms, 2m or 1h, got {describe_value(value)}")
+        return None
+    return float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
 NUMERIC_OPS = frozenset({"lt", "lte", "gt", "gte"})
 FIELDS_HINT = " (run `unhardcoded fields` to list them)"
 
@@ -253,6 +273,19 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
             errs.add(f"budget{sub}", message)
         if isinstance(doc["budget"], Mapping) and doc["budget"].get("fallback_policy") == name:
             errs.add("budget.fallback_policy", "names this policy itself; name a cheaper policy to route under")
+    health = doc.get("health")
+    checked_health: dict[str, Any] | None = None
+    if health is not None:
+        if not isinstance(health, Mapping):
+            errs.add("health", "must be a mapping with failures, window and cooldown")
+        else:
+            _check_keys(errs, "health", health, ("failures", "window", "cooldown"))
+            failures = health.get("failures", 5)
+            if not isinstance(failures, int) or isinstance(failures, bool) or not 1 <= failures <= 1000:
+                errs.add("health.failures", f"must be a whole number from 1 to 1000, got {describe_value(failures)}")
+            window = _seconds(errs, "health.window", health.get("window", 60))
+            cooldown = _seconds(errs, "health.cooldown", health.get("cooldown", 30))
+            checked_health = {"failures": failures, "window": window, "cooldown": cooldown}
 
     if errs.items:
         shown = errs.items[:8]
@@ -263,9 +296,11 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
     if isinstance(data.get("fallback"), Mapping) and "on" in data["fallback"]:
         # `on` is a set of failure kinds: its order carries no meaning, so it must not move the fingerprint.
         data["fallback"] = dict(data["fallback"], on=sorted(set(data["fallback"]["on"]), key=FAILURE_KINDS.index))
-    for key in ("rules", "rank", "select", "fallback", "budget"):
+    for key in ("rules", "rank", "select", "fallback", "budget", "health"):
         if data.get(key) is None:
             data.pop(key, None)
+    if checked_health is not None:
+        data["health"] = checked_health
     return Policy.model_validate(data)
 
 

@@ -83,6 +83,14 @@ class Budget(_Frozen):
         return window_seconds(self.window)
 
 
+class Health(_Frozen):
+    """When the router cools a model down: ``failures`` failures within ``window`` seconds, for ``cooldown`` seconds."""
+
+    failures: int = Field(default=5, ge=1, le=1000)
+    window: float = Field(default=60.0, gt=0)
+    cooldown: float = Field(default=30.0, gt=0)
+
+
 class Policy(_Frozen):
     """A validated policy. Build one with :func:`unhardcoded.policy.load_policy`."""
 
@@ -94,13 +102,15 @@ class Policy(_Frozen):
     fallback: Fallback = Fallback()
     baseline: str | None = None
     budget: Budget | None = None
+    health: Health | None = None
+    """None: the router's defaults (5 failures in 60 s, 30 s of cooldown), and no ``health`` in the canonical form."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def to_document(self) -> dict[str, Any]:
         """The policy with every default filled, as a plain document.
 
-        Fields added after the first policies were fingerprinted (``budget``) are written only when set, so a
+        Fields added after the first policies were fingerprinted (``budget``, ``health``) are written only when set, so a
         policy that does not use them keeps its fingerprint.
         """
         doc = self.model_dump(mode="json", by_alias=True)
@@ -126,7 +136,7 @@ class Policy(_Frozen):
         return self.schema_
 
 
-_OMITTED_WHEN_UNSET: Final = ("budget",)
+_OMITTED_WHEN_UNSET: Final = ("budget", "health")
 
 
 def fingerprint_of(canonical: str) -> str:

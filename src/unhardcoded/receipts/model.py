@@ -69,6 +69,9 @@ class Receipt(_Model):
     signature: Signature | None = None
     """The router's signature over the receipt content, from the decision span; whether it verifies is the
     verifier's answer (``unhardcoded.receipts.verify_receipt``), not part of the receipt."""
+    live: dict[str, Any] | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The live state the decision read (``at``, ``fields``, ``models``: per model the ``live.`` values read and the
+    findings of ``live:cooldown`` / ``live:rate_limit``); what ``replay --live recorded`` decides from."""
 
     @classmethod
     def from_decision(cls, decision: Decision) -> Receipt:

@@ -429,6 +429,8 @@ _BUDGET_SCOPE, _BUDGET_NAME, _BUDGET_WINDOW, _BUDGET_LIMIT, _BUDGET_SPENT, _BUDG
     _K.UNHARDCODED_BUDGET_SPENT_USD,
     _K.UNHARDCODED_BUDGET_ACTION,
 )
+_LIVE = _K.UNHARDCODED_LIVE_SNAPSHOT
+_AT_KEY = _K.UNHARDCODED_ATTEMPT_KEY
 _SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
     _K.UNHARDCODED_SIGNATURE_VALUE,
     _K.UNHARDCODED_SIGNATURE_KEY_ID,
@@ -477,6 +479,7 @@ def _attempt(span: SpanRecord) -> Attempt | None:
             "input_tokens": _opt_int(get(_GEN_IN)),
             "output_tokens": _opt_int(get(_GEN_OUT)),
             "start_ms": _opt_float(get(_AT_START)),
+            "key": _opt_str(get(_AT_KEY)),
         },
     )
 
@@ -602,6 +605,16 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             },
         )
 
+    live = None
+    raw_live = get(_LIVE)
+    if raw_live is not None:
+        try:
+            live = json.loads(raw_live) if raw_live.__class__ is str else None
+        except ValueError:
+            live = None
+        if not isinstance(live, dict):
+            live, complete = None, False
+
     latency = _opt_float(get(_LATENCY))
     receipt = _construct(
         Receipt,
@@ -645,6 +658,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             "features": features,
             "complete": complete,
             "signature": signature,
+            "live": live,
         },
     )
     return RebuiltDecision(receipt, body, features)

@@ -73,10 +73,11 @@ def render_receipt(r: Receipt) -> str:
         lines.append(f"reason    {r.selected.reason}")
     else:
         lines.append("selected  none: no model passes the policy for this request")
-    width = max((len(j.model) for j in r.rejected[:MAX_REJECTIONS_SHOWN]), default=0)
-    lines.extend(
-        f"rejected  {j.model.ljust(width)}  filtered: {j.message} [{j.rule}]" for j in r.rejected[:MAX_REJECTIONS_SHOWN]
-    )
+    # Live rejections first: what the router observed is what changed this decision, and must not be cut off.
+    shown = [j for j in r.rejected if j.rule.startswith("live:")]
+    shown = (shown + [j for j in r.rejected if not j.rule.startswith("live:")])[:MAX_REJECTIONS_SHOWN]
+    width = max((len(j.model) for j in shown), default=0)
+    lines.extend(f"rejected  {j.model.ljust(width)}  filtered: {j.message} [{j.rule}]" for j in shown)
     if len(r.rejected) > MAX_REJECTIONS_SHOWN:
         lines.append(f"rejected  … and {len(r.rejected) - MAX_REJECTIONS_SHOWN} more (--json lists all)")
     fb = r.fallback

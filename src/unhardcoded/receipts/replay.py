@@ -20,8 +20,12 @@ from ..errors import CatalogError, UnhardcodedError
 from ..policy.model import Policy
 from ..router.decision import Decision, Rejection
 from ..router.engine import CompiledPolicy
+from ..router.live import LiveView, RecordedLive
 from .model import Receipt
 from .stores import ReceiptStore
+
+LIVE_MODES = ("recorded", "now", "ignore")
+"""``replay --live``: the live snapshot recorded on the decision (default), today's live state, or none at all."""
 
 
 class ReplayError(UnhardcodedError):
@@ -140,7 +144,22 @@ def _rules(rejected: list[Rejection]) -> dict[str, str]:
     return {j.model: j.rule for j in rejected}
 
 
-def _decide(policy: Policy, catalog: Catalog, receipt: Receipt, notes: list[str], when: str) -> Decision:
+def _recorded_live(policy: Policy, receipt: Receipt, notes: list[str]) -> RecordedLive:
+    fields = frozenset(r.field for r in policy.rules if r.field.startswith("live."))
+    rank = [policy.rank.by, *(k.by for k in policy.rank.then)]
+    fields |= {by for by in rank if by.startswith("live.")}
+    live = RecordedLive(receipt.live, fields)
+    for name in sorted(live.unknown_fields):
+        rules = [r.id for r in policy.rules if r.field == name] or ["rank"]
+        notes.append(
+            f"{name} was never recorded on this decision: {', '.join(rules)} evaluated as unknown (not applied)"
+        )
+    return live
+
+
+def _decide(
+    policy: Policy, catalog: Catalog, receipt: Receipt, notes: list[str], when: str, live: LiveView | None = None
+) -> Decision:
     if policy.baseline is not None and policy.baseline not in catalog:
         notes.append(f"baseline {policy.baseline} is not in the {when} catalog; costs are not compared to it")
     try:
@@ -150,12 +169,30 @@ def _decide(policy: Policy, catalog: Catalog, receipt: Receipt, notes: list[str]
         compiled = CompiledPolicy(policy.model_copy(update={"baseline": None}), catalog)
     assert receipt.features is not None
     return compiled.decide(
-        receipt.features, request_id=receipt.request_id, workflow=receipt.workflow, client_name=receipt.client
+        receipt.features,
+        request_id=receipt.request_id,
+        workflow=receipt.workflow,
+        client_name=receipt.client,
+        live=live,
     )
 
 
-def replay(receipt: Receipt, policy_body: str, recorded: Catalog, today: Catalog) -> ReplayResult:
-    """Decide ``receipt``'s request again under its recorded policy, on the recorded and on today's catalog."""
+def replay(
+    receipt: Receipt,
+    policy_body: str,
+    recorded: Catalog,
+    today: Catalog,
+    *,
+    live: str = "recorded",
+    live_now: LiveView | None = None,
+) -> ReplayResult:
+    """Decide ``receipt``'s request again under its recorded policy, on the recorded and on today's catalog.
+
+    ``live`` says what today's decision reads of the live state: the snapshot recorded on the decision
+    (``recorded``), ``live_now`` (``now``), or nothing (``ignore``); the recorded catalog is always
+    decided on the snapshot, to check the decision reproduces."""
+    if live not in LIVE_MODES:
+        raise ReplayError(f"--live {live!r}: expected one of {', '.join(LIVE_MODES)}")
     if receipt.features is None:
         raise ReplayError(f"receipt {receipt.request_id} has no request features recorded; it cannot be replayed")
     try:
@@ -167,8 +204,17 @@ def replay(receipt: Receipt, policy_body: str, recorded: Catalog, today: Catalog
             f"policy kept for fingerprint {receipt.policy.fingerprint} hashes to {policy.fingerprint}; the store was altered"
         )
     notes: list[str] = []
-    then = _decide(policy, recorded, receipt, notes, "recorded")
-    now = _decide(policy, today, receipt, notes, "today's")
+    then = _decide(policy, recorded, receipt, notes, "recorded", _recorded_live(policy, receipt, []))
+    if live == "recorded":
+        today_live: LiveView | None = _recorded_live(policy, receipt, notes)
+    elif live == "now":
+        today_live = live_now
+        notes.append("live state: today's, as this process sees it")
+    else:
+        today_live = None
+        if receipt.live is not None:
+            notes.append("live state ignored: decided as if nothing had been observed")
+    now = _decide(policy, today, receipt, notes, "today's", today_live)
     old, new = _rules(receipt.rejected), _rules(now.rejected)
     by_model_then = {j.model: j for j in receipt.rejected}
     by_model_now = {j.model: j for j in now.rejected}
@@ -208,23 +254,37 @@ def recorded_catalog(version: str, store: ReceiptStore, archive: CatalogArchive 
 
 
 def replay_from_store(
-    store: ReceiptStore, request_id: str, today: Catalog, archive: CatalogArchive | None = None
+    store: ReceiptStore,
+    request_id: str,
+    today: Catalog,
+    archive: CatalogArchive | None = None,
+    *,
+    live: str = "recorded",
+    live_now: LiveView | None = None,
 ) -> ReplayResult:
     stored = store.get(request_id)
     if stored is None:
         raise ReplayError(f"no receipt {request_id!r} in {store.location}")
-    return replay_receipt(store, stored.receipt, today, archive)
+    return replay_receipt(store, stored.receipt, today, archive, live=live, live_now=live_now)
 
 
 def replay_receipt(
-    store: ReceiptStore, receipt: Receipt, today: Catalog, archive: CatalogArchive | None = None
+    store: ReceiptStore,
+    receipt: Receipt,
+    today: Catalog,
+    archive: CatalogArchive | None = None,
+    *,
+    live: str = "recorded",
+    live_now: LiveView | None = None,
 ) -> ReplayResult:
     body = store.policy(receipt.policy.fingerprint)
     if body is None:
         raise ReplayError(
             f"policy {receipt.policy.name} ({receipt.policy.fingerprint}) is not kept in {store.location}"
         )
-    return replay(receipt, body, recorded_catalog(receipt.catalog_version, store, archive), today)
+    return replay(
+        receipt, body, recorded_catalog(receipt.catalog_version, store, archive), today, live=live, live_now=live_now
+    )
 
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|m|h|d|w)\s*$")

@@ -15,10 +15,12 @@ from ..errors import NoCandidateError
 from .decision import Attempt, Decision, FallbackHop, WorkflowRef
 from .engine import CompiledPolicy, estimate_cost, price
 from .features import RequestFeatures
+from .live import DEFAULT_HEALTH, HealthSettings
 
 if TYPE_CHECKING:
+    from .live import LiveState
     from .observe import DecisionObserver, ObservedDecision
-    from .providers import ProviderCallError
+    from .providers import ChatResult, ProviderCallError, ProviderClient
 
 MAX_RETRY_AFTER_WAIT_S = 2.0
 """Longest wait honoured from a 429's Retry-After before hopping to a model on the same provider."""
@@ -39,6 +41,60 @@ class PlannedAttempt:
     provider: str
     role: Literal["selected", "fallback"]
     reason: str | None  # the failure that led here, on a fallback hop
+    key: str | None = None  # the name of the provider key the call goes out with (a provider with keys:)
+
+
+def health_of(compiled: CompiledPolicy) -> HealthSettings:
+    """The cooldown settings of the compiled policy (the router's defaults when it sets none)."""
+    health = compiled.policy.health
+    if health is None:
+        return DEFAULT_HEALTH
+    return HealthSettings(failures=health.failures, window_s=health.window, cooldown_s=health.cooldown)
+
+
+def begin_attempt(live: LiveState | None, client: ProviderClient, planned: PlannedAttempt, decision: Decision) -> None:
+    """Before a call: the provider key it goes out with (by weight, among the keys live state finds usable), and
+    one more call in flight (after a cooldown, the probe)."""
+    config = client.providers.get(planned.provider)
+    if config is not None and config.keys:
+        if live is None:
+            planned.key = config.keys[0].name
+        else:
+            features = decision.features
+            planned.key = live.pick_key(
+                planned.model,
+                [(k.name, k.weight) for k in config.keys],
+                features.input_tokens + features.output_tokens,
+            )
+    if live is not None:
+        live.begin_call(planned.model)
+
+
+def observe_attempt(
+    live: LiveState | None,
+    compiled: CompiledPolicy,
+    attempt: Attempt,
+    result: ChatResult | None,
+    exc: ProviderCallError | None,
+) -> None:
+    """After a call: what it showed goes into the live state (latency, failures, rate-limit headroom)."""
+    if live is None:
+        return
+    live.end_call(attempt.model)
+    if attempt.status == "ok":
+        live.record_success(
+            attempt.model, attempt.key, attempt.duration_ms, result.ratelimit if result is not None else None
+        )
+    elif attempt.error_type == CLIENT_DISCONNECTED:
+        live.release_probe(attempt.model)
+    else:
+        live.record_failure(
+            attempt.model,
+            attempt.key,
+            attempt.error_type or "error",
+            exc.ratelimit if exc is not None else None,
+            health_of(compiled),
+        )
 
 
 def plan(decision: Decision, compiled: CompiledPolicy) -> Iterator[PlannedAttempt]:
@@ -76,6 +132,7 @@ def record(
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             start_ms=start_ms,
+            key=planned.key,
         )
     return Attempt(
         index=planned.index,
@@ -88,6 +145,7 @@ def record(
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         start_ms=start_ms,
+        key=planned.key,
     )
 
 
@@ -176,6 +234,7 @@ def decide_observed(
     workflow: WorkflowRef | None,
     client_name: str | None = None,
     unservable: frozenset[str] = frozenset(),
+    live: LiveState | None = None,
 ) -> Decision:
     """The decision for a call, made inside ``observed``; finished there at once when no model passes the policy."""
     decision = compiled.decide(
@@ -184,6 +243,7 @@ def decide_observed(
         workflow=workflow if workflow is not None else telemetry.current_workflow(),
         client_name=client_name,
         unservable=unservable,
+        live=live,
     )
     observed.decision = decision
     if decision.selected is None:

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..policy.model import Policy
 from .features import RequestFeatures
+from .live import compact_snapshot
 
 
 def iso_ms(ns: int) -> str:
@@ -74,6 +75,9 @@ class Attempt(_Model):
     """When the call started, in ms after the cascade started (where ``latency_ms`` counts from): the attempt's place
     on the decision's time axis. None for attempts recorded before it was kept (left out of their JSON, so their
     stored and signed bytes stay as they were); not covered by a v1 signature."""
+    # Left out of the receipt's JSON when None, so receipts (and signatures) of calls with a single key read as before.
+    key: str | None = Field(default=None, exclude_if=lambda v: v is None)
+    """The name of the provider key the call went out with (a provider with several ``keys``); never the key."""
 
 
 class Cost(_Model):
@@ -140,6 +144,9 @@ class Decision(_Model):
     span_id: str | None = None
     signature: Signature | None = None
     """Set by telemetry when it signs the decision, as the decision span ends."""
+    live: dict[str, Any] | None = None
+    """What the decision read of the live state (``{"at", "fields", "models": {model: {field: value}}}``), as the
+    engine kept it; :meth:`receipt_fields` gives the compact form the span and receipt carry."""
 
     @property
     def fingerprint(self) -> str:
@@ -174,4 +181,5 @@ class Decision(_Model):
             "budget": self.budget,
             "outcome": self.outcome if outcome is None else outcome,
             "features": self.features,
+            "live": compact_snapshot(self.live),
         }

@@ -15,9 +15,28 @@ from ..catalog.model import Catalog, CatalogModel
 from ..policy.model import Policy
 from .decision import Cost, Decision, Rejection, Selection, WorkflowRef, iso_ms
 from .features import RequestFeatures
+from .live import COOLDOWN_RULE, DYNAMIC_FIELDS, RATE_LIMIT_RULE, UNKNOWN, LiveView
 from .rules import OP_FUNCS, pass_phrase, rank_phrase, rejection_message
 
 _MISSING_LAST = float("inf")
+_LIVE_PREFIX = "live."
+_UNOBSERVED: dict[str, Any] = {
+    "live.error_rate": 0.0,
+    "live.consecutive_failures": 0,
+    "live.in_flight": 0,
+    "live.cooldown": False,
+    "live.ratelimit_remaining_requests": None,
+    "live.ratelimit_remaining_tokens": None,
+}
+"""A live field's value for a model nothing was observed of (``live.latency_p50_ms``: the catalog's figure)."""
+_PASS_WHEN_UNSET = frozenset({"live.ratelimit_remaining_requests", "live.ratelimit_remaining_tokens"})
+"""Live fields a rule does not hold against a model whose provider never reported them."""
+
+
+def unobserved_value(field: str, model: CatalogModel) -> Any:
+    if field == "live.latency_p50_ms":
+        return model.values.get("latency_p50_ms")
+    return _UNOBSERVED.get(field)
 
 
 class _Survivor:
@@ -28,6 +47,7 @@ class _Survivor:
         "head_rank",
         "id",
         "kind",
+        "live_default",
         "max_out",
         "model",
         "pin",
@@ -68,6 +88,8 @@ class _Survivor:
         # (ties share a rank), and the static keys after it with the id (unique).
         self.head_rank = 0
         self.tail_rank = 0
+        # The first live rule this model fails while nothing is observed of it (set by CompiledPolicy).
+        self.live_default: Rejection | None = None
         # The request rejections that never change: built once, shared by every decision (they are frozen).
         self.tools_rejection = (
             None
@@ -183,13 +205,25 @@ class CompiledPolicy:
         # Keys before the first `cost` are static; cost and what follows are computed per request.
         self.cost_position = next((i for i, (by, _) in enumerate(keys) if by == "cost"), None)
         self.keys = keys
+        self.live_rank = any(by.startswith(_LIVE_PREFIX) for by, _ in keys)
         static_keys = [k for k in keys if k[0] != "cost"]
         self.cost_sign = 1.0
         if self.cost_position is not None:
             self.cost_sign = 1.0 if keys[self.cost_position][1] == "asc" else -1.0
         self.static_rejections: list[Rejection | None] = []
         self.survivors: list[_Survivor | None] = []
-        rules = [(r.id, r.field, r.op, r.value, OP_FUNCS[r.op]) for r in policy.rules]
+        rules = [
+            (r.id, r.field, r.op, r.value, OP_FUNCS[r.op]) for r in policy.rules if not r.field.startswith("live.")
+        ]
+        # Live rules are applied at decide time, to the models every other rule let through.
+        self.live_rules = [
+            (r.id, r.field, r.op, r.value, OP_FUNCS[r.op], r.field in DYNAMIC_FIELDS)
+            for r in policy.rules
+            if r.field.startswith(_LIVE_PREFIX)
+        ]
+        self.live_fields = sorted(
+            {r[1] for r in self.live_rules} | {by for by, _ in keys if by.startswith(_LIVE_PREFIX)}
+        )
         for model in catalog.models:
             rejection = None
             for rid, field, op, value, fn in rules:
@@ -207,6 +241,9 @@ class CompiledPolicy:
                     break
             self.static_rejections.append(rejection)
             self.survivors.append(None if rejection else _Survivor(model, policy.select.score_field, static_keys))
+        for survivor in self.survivors:
+            if survivor is not None:
+                survivor.live_default = self._live_rejection(survivor, None)
         self.rules_reason = [pass_phrase(r.id, r.op, r.value) for r in policy.rules]
         self._rank_survivors(len(static_keys))
         self._reasons = {
@@ -271,11 +308,13 @@ class CompiledPolicy:
         workflow: WorkflowRef | None = None,
         client_name: str | None = None,
         unservable: frozenset[str] = frozenset(),
+        live: LiveView | None = None,
     ) -> Decision:
         """The would-be decision for ``features``: no provider is called.
 
         ``unservable`` names the providers that cannot serve the request's API (the router reads them from its
-        providers file); their models are rejected by the implicit ``request:api`` rule.
+        providers file); their models are rejected by the implicit ``request:api`` rule. ``live``: what the router
+        observes (the ``live.`` fields, cooldowns, rate-limit headroom); None decides as if nothing were observed.
         """
         needed = features.input_tokens + (features.max_tokens or 0)
         max_tokens = features.max_tokens
@@ -323,7 +362,13 @@ class CompiledPolicy:
                 done = position
                 dropped.add(survivor.id)
             rejected += template[done:]
-        ranked = self._ranked(survivors, features)
+        snapshot = None
+        if self.live_fields or (live is not None and live.blocked):
+            survivors, snapshot = self._live_pass(survivors, rejected, features, live, dropped)
+        if self.live_rank:
+            ranked = self._ranked_live(survivors, features, snapshot, live)
+        else:
+            ranked = self._ranked(survivors, features)
         candidates = [s.id for s in ranked]
         policy = self.policy
         selected = None
@@ -363,8 +408,183 @@ class CompiledPolicy:
                 "trace_id": None,
                 "span_id": None,
                 "signature": None,
+                "live": snapshot,
             }
         )
+
+    # ---- live fields
+
+    def _live_rejection(
+        self,
+        s: _Survivor,
+        row: dict[str, Any] | None,
+        live: LiveView | None = None,
+        now: float = 0.0,
+        entry: dict[str, Any] | None = None,
+    ) -> Rejection | None:
+        """The first live rule ``s`` fails on ``row`` (None: nothing observed, so the documented values)."""
+        for rid, field, op, value, fn, dynamic in self.live_rules:
+            if row is None:
+                observed = unobserved_value(field, s.model)
+            elif dynamic or (live is not None and live.all_dynamic):
+                observed = live.value(s.id, field, now) if live is not None else None
+                if entry is not None:
+                    entry[field] = observed
+                if observed is UNKNOWN:
+                    continue
+                if observed is None:
+                    observed = unobserved_value(field, s.model)
+            else:
+                observed = row.get(field)
+                if observed is None:
+                    observed = unobserved_value(field, s.model)
+            if observed is None and field in _PASS_WHEN_UNSET:
+                continue
+            if observed is None or not fn(observed, value):
+                return _rejection(s.id, rid, field, op, value, observed)
+        return None
+
+    def _live_pass(
+        self,
+        survivors: list[_Survivor],
+        rejected: list[Rejection],
+        features: RequestFeatures,
+        live: LiveView | None,
+        dropped: set[str],
+    ) -> tuple[list[_Survivor], dict[str, Any] | None]:
+        """Apply the implicit live rules and the policy's live rules; the snapshot of what was read."""
+        models: dict[str, dict[str, Any]] = {}
+        kept: list[_Survivor] = []
+        if live is None:
+            for s in survivors:
+                if s.live_default is None:
+                    kept.append(s)
+                else:
+                    rejected.append(s.live_default)
+                    dropped.add(s.id)
+            return kept, {"fields": self.live_fields, "models": models}
+        now = live.clock()
+        blocked = live.blocked
+        rows = live.rows
+        live_rules = self.live_rules
+        static_only = not live.all_dynamic and not any(rule[5] for rule in live_rules)
+        needed = features.input_tokens + features.output_tokens
+        for s in survivors:
+            sid = s.id
+            if sid in blocked:
+                observed = live.cooldown_of(sid, now)
+                if observed is not None:
+                    models[sid] = {COOLDOWN_RULE: observed}
+                    rejected.append(_cooldown_rejection(sid, observed))
+                    dropped.add(sid)
+                    continue
+                observed = live.rate_limit_of(sid, now, needed)
+                if observed is not None:
+                    models[sid] = {RATE_LIMIT_RULE: observed}
+                    rejected.append(_rate_limit_rejection(sid, observed))
+                    dropped.add(sid)
+                    continue
+            if live_rules:
+                row = rows.get(sid)
+                if row is None:
+                    rejection = s.live_default
+                elif static_only:
+                    # Rows are replaced, never changed, when the live state moves on: kept as they were read.
+                    models[sid] = row
+                    rejection = None
+                    for rid, field, op, value, fn, _ in live_rules:
+                        observed = row.get(field)
+                        if observed is None:
+                            observed = unobserved_value(field, s.model)
+                            if observed is None and field in _PASS_WHEN_UNSET:
+                                continue
+                        if observed is None or not fn(observed, value):
+                            rejection = _rejection(sid, rid, field, op, value, observed)
+                            break
+                else:
+                    entry = models[sid] = dict(row)
+                    rejection = self._live_rejection(s, row, live, now, entry)
+                if rejection is not None:
+                    rejected.append(rejection)
+                    dropped.add(sid)
+                    continue
+            elif self.live_rank:
+                row = rows.get(sid)
+                if row is not None:
+                    models[sid] = row
+            kept.append(s)
+        if not models and not self.live_fields:
+            return kept, None  # nothing read that could change the decision: nothing to record
+        return kept, {"at": iso_ms(int(now * 1e9)), "fields": self.live_fields, "models": models}
+
+    def _ranked_live(
+        self,
+        survivors: list[_Survivor],
+        features: RequestFeatures,
+        snapshot: dict[str, Any] | None,
+        live: LiveView | None,
+    ) -> list[_Survivor]:
+        """Survivors best first when a rank key is a live field: every key read per request."""
+        models = snapshot["models"] if snapshot is not None else {}
+        now = live.clock() if live is not None else 0.0
+        it, ot = features.input_tokens, features.output_tokens
+
+        def key(s: _Survivor) -> tuple[Any, ...]:
+            out: list[float] = []
+            for by, order in self.keys:
+                if by == "cost":
+                    value: Any = (it * s.pin + ot * s.pout) / 1_000_000
+                elif by.startswith(_LIVE_PREFIX):
+                    entry = models.get(s.id)
+                    if entry is not None and by in entry:
+                        value = entry[by]
+                    elif live is not None and s.id in live.rows:
+                        value = live.value(s.id, by, now)
+                        models.setdefault(s.id, {})[by] = value
+                    else:
+                        value = unobserved_value(by, s.model)
+                    if value is UNKNOWN:
+                        value = None
+                else:
+                    value = s.model.values.get(by)
+                if value is None:
+                    out.append(_MISSING_LAST)
+                else:
+                    out.append(float(value) if order == "asc" else -float(value))
+            return (*out, s.id)
+
+        return sorted(survivors, key=key)
+
+
+def _cooldown_rejection(model: str, observed: dict[str, Any]) -> Rejection:
+    what = "probe under way" if observed.get("probing") else f"until {observed.get('until')}"
+    return _rejection(
+        model,
+        COOLDOWN_RULE,
+        "live.cooldown",
+        "eq",
+        False,
+        observed,
+        f"cooling down after {observed.get('failures')} failures ({what})",
+    )
+
+
+def _rate_limit_rejection(model: str, observed: dict[str, Any]) -> Rejection:
+    threshold: Any
+    if "remaining_requests" in observed:
+        field, threshold, left = "live.ratelimit_remaining_requests", 1, f"{observed['remaining_requests']} requests"
+    else:
+        field, threshold = "live.ratelimit_remaining_tokens", observed.get("needed_tokens")
+        left = f"{observed.get('remaining_tokens')} tokens for {threshold}"
+    return _rejection(
+        model,
+        RATE_LIMIT_RULE,
+        field,
+        "gte",
+        threshold,
+        observed,
+        f"out of rate-limit headroom ({left} left, resets {observed.get('reset')})",
+    )
 
 
 API_NAMES = {

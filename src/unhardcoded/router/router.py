@@ -13,6 +13,7 @@ from .attempts import decide_observed, unservable_for
 from .decision import BudgetUse, Cost, Decision, WorkflowRef
 from .engine import CompiledPolicy, PolicyCompiler
 from .features import RequestFeatures, features_from_request
+from .live import LiveState
 from .observe import NO_OBSERVER, AttemptObserver, DecisionObserver, default_observer
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ class Router:
         tracer_provider: TracerProvider | None = None,
         meter_provider: MeterProvider | None = None,
         telemetry: DecisionObserver | None = None,
+        live: LiveState | None = None,
     ) -> None:
         self.catalog = catalog if catalog is not None else Catalog.builtin()
         self.client = client
@@ -52,6 +54,8 @@ class Router:
             telemetry if telemetry is not None else default_observer(tracer_provider, meter_provider)
         )
         self._compiler = PolicyCompiler()
+        self.live = live if live is not None else LiveState()
+        """What this router observed of its providers: the ``live.`` fields, cooldowns, rate-limit headroom."""
 
     def compile(self, policy: Policy) -> CompiledPolicy:
         return self._compiler.compile(policy, self.catalog)
@@ -88,6 +92,7 @@ class Router:
                 workflow,
                 client_name,
                 unservable_for(self.client, features),
+                self.live,
             )
             if decision.selected is not None:  # else finished already: no model passes, whatever the budget
                 if budget is not None:
@@ -133,6 +138,7 @@ class Router:
             workflow=workflow,
             client_name=client_name,
             later=later,
+            live=self.live,
         )
 
     async def aroute(
@@ -158,6 +164,7 @@ class Router:
             workflow=workflow,
             client_name=client_name,
             later=later,
+            live=self.live,
         )
 
     def streamed(
@@ -181,4 +188,5 @@ class Router:
             request_id=request_id,
             workflow=workflow,
             client_name=client_name,
+            live=self.live,
         )

@@ -19,6 +19,12 @@ UNHARDCODED_ATTEMPT_INDEX: Final = "unhardcoded.attempt.index"
 Position of this provider call among the decision's attempts, from 0.
 """
 
+UNHARDCODED_ATTEMPT_KEY: Final = "unhardcoded.attempt.key"
+"""
+Name of the provider key the call went out with, as the providers file's `keys` names it.
+Note: The name only, never the key. Absent for a provider with a single `api_key_env`.
+"""
+
 UNHARDCODED_ATTEMPT_ROLE: Final = "unhardcoded.attempt.role"
 """
 Whether the attempt called the selected model or a fallback.
@@ -137,6 +143,21 @@ Whether any fallback hop was taken.
 UNHARDCODED_LATENCY_MS: Final = "unhardcoded.latency_ms"
 """
 Wall time of the decision in milliseconds, provider calls included.
+"""
+
+UNHARDCODED_LIVE_RATELIMIT_KIND: Final = "unhardcoded.live.ratelimit.kind"
+"""
+Which rate-limit headroom a provider reported.
+"""
+
+UNHARDCODED_LIVE_SNAPSHOT: Final = "unhardcoded.live.snapshot"
+"""
+Compact JSON of the live state the decision read: `at` (when), `fields` (the `live.` fields its
+rules and ranking read) and `models` (per model, the values read and the findings of the implicit
+rules `live:cooldown` and `live:rate_limit`).
+Note: A model nothing was observed of is left out (it had each field's documented unobserved value).
+`unhardcoded replay --live recorded` decides again from this snapshot. Absent when the policy reads
+no live field and no model was cooling down or out of headroom.
 """
 
 UNHARDCODED_POLICY_BODY: Final = "unhardcoded.policy.body"
@@ -402,6 +423,15 @@ class UnhardcodedFallbackReasonValues(Enum):
     """The previous attempt timed out."""
     RATE_LIMIT = "rate_limit"
     """The previous attempt was rate limited."""
+
+
+class UnhardcodedLiveRatelimitKindValues(Enum):
+    """Values of `unhardcoded.live.ratelimit.kind`."""
+
+    REQUESTS = "requests"
+    """Requests left before the provider's reset."""
+    TOKENS = "tokens"
+    """Tokens left before the provider's reset."""
 
 
 class UnhardcodedProcessorCacheNameValues(Enum):

@@ -182,6 +182,57 @@ def create_unhardcoded_fallbacks(meter: Meter) -> Counter:
     )
 
 
+UNHARDCODED_LIVE_CIRCUIT: Final = "unhardcoded.live.circuit"
+"""
+Circuit state per model as the router sees it: 0 closed, 1 open (cooling down), 2 half-open (probe
+allowed or under way).
+Instrument: gauge
+Unit: {state}
+"""
+
+UNHARDCODED_LIVE_CIRCUIT_UNIT: Final = "{state}"
+"""
+Unit of `unhardcoded.live.circuit`.
+"""
+
+
+def create_unhardcoded_live_circuit(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.live.circuit` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_LIVE_CIRCUIT,
+        callbacks=callbacks,
+        description="Circuit state per model as the router sees it: 0 closed, 1 open (cooling down), 2 half-open (probe allowed or under way).",
+        unit=UNHARDCODED_LIVE_CIRCUIT_UNIT,
+    )
+
+
+UNHARDCODED_LIVE_RATELIMIT_REMAINING: Final = "unhardcoded.live.ratelimit.remaining"
+"""
+Rate-limit headroom the provider last reported for a model and key, until its reset.
+Instrument: gauge
+Unit: {remaining}
+"""
+
+UNHARDCODED_LIVE_RATELIMIT_REMAINING_UNIT: Final = "{remaining}"
+"""
+Unit of `unhardcoded.live.ratelimit.remaining`.
+"""
+
+
+def create_unhardcoded_live_ratelimit_remaining(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.live.ratelimit.remaining` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_LIVE_RATELIMIT_REMAINING,
+        callbacks=callbacks,
+        description="Rate-limit headroom the provider last reported for a model and key, until its reset.",
+        unit=UNHARDCODED_LIVE_RATELIMIT_REMAINING_UNIT,
+    )
+
+
 UNHARDCODED_PROCESSOR_CACHE_SIZE: Final = "unhardcoded.processor.cache.size"
 """
 Bytes held (estimated) by each memo of decoded span values; all of them together at most

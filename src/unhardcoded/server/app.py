@@ -33,6 +33,8 @@ from ..router import Router
 from ..router.decision import BudgetUse, Decision
 from ..router.engine import PolicyCompiler, new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
+from ..semconv import attributes as A
+from ..semconv import gen_ai as G
 from ..semconv import headers as H
 from ..semconv import metrics as M
 from ..telemetry.losses import count_error
@@ -467,6 +469,7 @@ class Proxy:
         catalog = self.router.catalog
         rows = [
             {"name": f.name, "type": f.type, "unit": f.unit, "builtin": f.builtin, "description": f.description}
+            | ({"live": True, "unobserved": f.unobserved} if f.live else {})
             for f in catalog.fields.values()
         ]
         return _json({"catalog_version": catalog.version, "fields": rows})
@@ -800,6 +803,28 @@ def _observe_cache_sizes(proxy: Proxy, meter_provider: MeterProvider | None) -> 
     M.create_unhardcoded_proxy_inline_policies_size(meter, gauge(lambda p: p.resolver.inline_bytes))
     M.create_unhardcoded_proxy_recent_decisions_size(meter, gauge(lambda p: p.recent.size_bytes))
     M.create_unhardcoded_proxy_compiled_policies_size(meter, gauge(lambda p: p.router.compiled_bytes))
+
+    # The live state's gauges: circuit state per model, rate-limit headroom per model and key.
+    def circuits(options: CallbackOptions) -> Iterable[Observation]:
+        alive = ref()
+        if alive is None:
+            return []
+        return [Observation(state, {G.GEN_AI_REQUEST_MODEL: model}) for model, state in alive.router.live.state_rows()]
+
+    def headroom(options: CallbackOptions) -> Iterable[Observation]:
+        alive = ref()
+        if alive is None:
+            return []
+        out = []
+        for model, key, kind, remaining in alive.router.live.headroom_rows():
+            attrs = {G.GEN_AI_REQUEST_MODEL: model, A.UNHARDCODED_LIVE_RATELIMIT_KIND: kind}
+            if key is not None:
+                attrs[A.UNHARDCODED_ATTEMPT_KEY] = key
+            out.append(Observation(remaining, attrs))
+        return out
+
+    M.create_unhardcoded_live_circuit(meter, [circuits])
+    M.create_unhardcoded_live_ratelimit_remaining(meter, [headroom])
 
 
 class ChatCompletionsFirst:

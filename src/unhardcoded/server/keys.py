@@ -109,17 +109,18 @@ class ClientKeyForwarding(ProviderClient):
         *,
         stream: bool,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> PreparedCall:
         # Every call, plain or streamed, sync or async, is prepared here: the one place the caller's key goes in.
-        key = client_key.get()
-        if key is not None and provider in self.forward_to:
+        caller_key = client_key.get()
+        if caller_key is not None and provider in self.forward_to:
             headers = {k: v for k, v in (headers or {}).items() if k.lower() not in ("authorization", "x-api-key")}
             config = self.providers.get(provider)
             if config is not None and config.auth == "x-api-key":
-                headers["x-api-key"] = key
+                headers["x-api-key"] = caller_key
             else:
-                headers["authorization"] = f"Bearer {key}"
-        return super()._prepare(provider, model, body, headers, timeout_s, stream=stream, api=api)
+                headers["authorization"] = f"Bearer {caller_key}"
+        return super()._prepare(provider, model, body, headers, timeout_s, stream=stream, api=api, key=key)
 
     def chat(
         self,
@@ -130,9 +131,10 @@ class ClientKeyForwarding(ProviderClient):
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> ChatResult:
         try:
-            result = super().chat(provider, model, body, headers=headers, timeout_s=timeout_s, api=api)
+            result = super().chat(provider, model, body, headers=headers, timeout_s=timeout_s, api=api, key=key)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
@@ -146,9 +148,10 @@ class ClientKeyForwarding(ProviderClient):
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> ChatResult:
         try:
-            result = await super().achat(provider, model, body, headers=headers, timeout_s=timeout_s, api=api)
+            result = await super().achat(provider, model, body, headers=headers, timeout_s=timeout_s, api=api, key=key)
         except ProviderCallError as exc:
             raise _redacted_error(exc) from None
         return dataclasses.replace(result, body=redact_json(result.body))
@@ -162,8 +165,9 @@ class ClientKeyForwarding(ProviderClient):
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> AsyncChatStream:
-        stream = super().astream(provider, model, body, headers=headers, timeout_s=timeout_s, api=api)
+        stream = super().astream(provider, model, body, headers=headers, timeout_s=timeout_s, api=api, key=key)
         # The wrapper is the stream to its caller: what it does not redact it hands to the stream (__getattr__).
         return cast("AsyncChatStream", _RedactingStream(stream))
 

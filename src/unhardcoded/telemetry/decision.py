@@ -430,6 +430,8 @@ class AttemptSpans(AttemptObserver):
             }
             if planned.reason is not None:
                 attrs[A.UNHARDCODED_FALLBACK_REASON] = planned.reason
+            if planned.key is not None:
+                attrs[A.UNHARDCODED_ATTEMPT_KEY] = planned.key
             name = S.ATTEMPT_SPAN_NAME.format(operation=operation, model=planned.model)
             if self.scope.late is not None:
                 late = self.scope.telemetry.late.begin(name, self._parent, S.ATTEMPT_SPAN_KIND, attrs)

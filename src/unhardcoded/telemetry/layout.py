@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from ..router.live import compact_snapshot
 from ..semconv import attributes as A
 from ..semconv import gen_ai as G
 from ..semconv import spans as S
@@ -206,6 +207,11 @@ class PolicyLayout:
         if d.budget is not None:
             attrs.update(budget_attributes(d.budget))
         lost = 0
+        if d.live is not None:
+            try:
+                attrs[A.UNHARDCODED_LIVE_SNAPSHOT] = json.dumps(compact_snapshot(d.live), separators=(",", ":"))
+            except (TypeError, ValueError):
+                lost += 1
         if len(rows) > REJECTION_EVENT_LIMIT:
             rest = rows[REJECTION_EVENT_LIMIT:]
             rows = rows[:REJECTION_EVENT_LIMIT]

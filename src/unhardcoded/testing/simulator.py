@@ -74,6 +74,7 @@ class Ok(Behavior):
     tool_call: bool = False
     response_model: str | None = None
     echo_authorization: bool = False
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -154,15 +155,19 @@ def ok(
     tool_call: bool = False,
     response_model: str | None = None,
     echo_authorization: bool = False,
+    headers: dict[str, str] | None = None,
 ) -> Ok:
     """A well-formed completion (``text`` or a deterministic default) after ``latency_s``.
 
     ``tool_call=True`` answers with a call to the request's first tool when it has
     tools. ``response_model`` reports a model other than the one requested (a dated
     snapshot, say). ``echo_authorization`` puts the request's Authorization header in
-    the answer, as a careless provider might (for leak tests).
+    the answer, as a careless provider might (for leak tests). ``headers`` go out with a plain (not streamed)
+    answer: rate-limit headroom such as ``{"x-ratelimit-remaining-tokens": "12", "x-ratelimit-reset-tokens": "1s"}``.
     """
-    return Ok(text, latency_s, chunk_delay_s, tool_call, response_model, echo_authorization)
+    return Ok(
+        text, latency_s, chunk_delay_s, tool_call, response_model, echo_authorization, tuple((headers or {}).items())
+    )
 
 
 def error(
@@ -521,7 +526,7 @@ class SimulatedProvider:
             completion = self._completion(b, model, body, headers)
             if streaming:
                 return self._stream(h, completion, body, chunk_delay_s=b.chunk_delay_s)
-            return _send_json(h, 200, self._whole(h, completion, body))
+            return _send_json(h, 200, self._whole(h, completion, body), dict(b.headers))
         if isinstance(b, Error):
             extra = dict(b.headers)
             if b.body is not None:

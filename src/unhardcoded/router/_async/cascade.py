@@ -19,11 +19,13 @@ from ..attempts import (
     CLIENT_DISCONNECTED,
     AsyncSleep,
     PlannedAttempt,
+    begin_attempt,
     carries_output,
     decide_observed,
     finish,
     next_step,
     no_candidate,
+    observe_attempt,
     plan,
     record,
     unservable_for,
@@ -35,6 +37,7 @@ from ..observe import NO_OBSERVER, AttemptObserver, DecisionObserver, ObservedDe
 from ..providers import ProviderCallError
 
 if TYPE_CHECKING:
+    from ..live import LiveState
     from ..providers import AsyncChatStream, ChatResult, ProviderClient
 
 
@@ -45,8 +48,10 @@ async def aexecute(
     client: ProviderClient,
     observer: AttemptObserver = NO_OBSERVER,
     sleep: AsyncSleep = pause,
+    live: LiveState | None = None,
 ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
-    """Call the selected model, hop along the cascade on failures the policy names; record every attempt."""
+    """Call the selected model, hop along the cascade on failures the policy names; record every attempt (and what
+    it showed, in ``live``)."""
     started = time.perf_counter()
     attempts = list(plan(decision, compiled))
     api = decision.features.api
@@ -54,12 +59,18 @@ async def aexecute(
     result = None
     last_error: ProviderCallError | None = None
     for i, planned in enumerate(attempts):
+        begin_attempt(live, client, planned, decision)
         token = observer.start(decision, planned)
         t0 = time.perf_counter()
         try:
             with observer.calling(token):
                 result = await client.achat(
-                    planned.provider, planned.model, dict(body), headers=observer.headers(token), api=api
+                    planned.provider,
+                    planned.model,
+                    dict(body),
+                    headers=observer.headers(token),
+                    api=api,
+                    key=planned.key,
                 )
             exc = None
         except ProviderCallError as e:
@@ -70,6 +81,7 @@ async def aexecute(
         else:
             attempt = record(planned, t0, None, None, exc, cascade_started=started)
         decision.attempts.append(attempt)
+        observe_attempt(live, compiled, attempt, result, exc)
         observer.end(token, attempt, exc)
         if exc is None:
             answered = attempt
@@ -96,6 +108,7 @@ async def aroute(
     workflow: WorkflowRef | None = None,
     client_name: str | None = None,
     later: list[Callable[[], None]] | None = None,
+    live: LiveState | None = None,
 ) -> tuple[Decision, ChatResult | None, ProviderCallError | None]:
     """Decide, then call along the cascade, the decision observed by ``telemetry`` from start to finish.
 
@@ -104,11 +117,19 @@ async def aroute(
     """
     with telemetry.decision(compiled, activate=True, late=later is not None) as observed:
         decision = decide_observed(
-            observed, telemetry, compiled, features, request_id, workflow, client_name, unservable_for(client, features)
+            observed,
+            telemetry,
+            compiled,
+            features,
+            request_id,
+            workflow,
+            client_name,
+            unservable_for(client, features),
+            live,
         )
         if decision.selected is None:
             raise no_candidate(decision, compiled)
-        out = await aexecute(decision, compiled, body, client, observed.attempts(observer))
+        out = await aexecute(decision, compiled, body, client, observed.attempts(observer), live=live)
         observed.finish(decision, later=later)
     return out
 
@@ -138,8 +159,10 @@ class AsyncStreamCascade:
         workflow: WorkflowRef | None = None,
         client_name: str | None = None,
         sleep: AsyncSleep = pause,
+        live: LiveState | None = None,
     ) -> None:
         self.telemetry = telemetry
+        self.live = live
         self.compiled = compiled
         self.features = features
         self.body = body
@@ -169,6 +192,7 @@ class AsyncStreamCascade:
                 self.workflow,
                 self.client_name,
                 unservable_for(self.client, self.features),
+                self.live,
             )
         except BaseException as exc:
             observed.__exit__(type(exc), exc, exc.__traceback__)
@@ -200,6 +224,7 @@ class AsyncStreamCascade:
         observer = self.observer
         api = self.features.api
         for i, planned in enumerate(attempts):
+            begin_attempt(self.live, self.client, planned, self.decision)
             token = observer.start(self.decision, planned)
             t0 = time.perf_counter()
             held: list[dict[str, Any]] = []
@@ -209,7 +234,12 @@ class AsyncStreamCascade:
                 # goes out on the first read.
                 with observer.calling(token):
                     stream = self.client.astream(
-                        planned.provider, planned.model, self.body, headers=observer.headers(token), api=api
+                        planned.provider,
+                        planned.model,
+                        self.body,
+                        headers=observer.headers(token),
+                        api=api,
+                        key=planned.key,
                     )
                     async for chunk in stream:
                         held.append(chunk)
@@ -293,6 +323,7 @@ class AsyncStreamCascade:
         else:
             attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type, self._started)
         self.decision.attempts.append(attempt)
+        observe_attempt(self.live, self.compiled, attempt, None, exc)
         try:
             if stream is not None and attempt.status == "ok":
                 self.observer.answered(token, stream)  # it has the result's response_model

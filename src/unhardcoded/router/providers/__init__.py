@@ -19,6 +19,7 @@ from .client import AsyncChatStream, AsyncSender, ChatStream, ProviderClient
 from .config import (
     PROVIDERS_ENV,
     ProviderConfig,
+    ProviderKey,
     ProvidersConfig,
     ProvidersFileError,
     default_providers,
@@ -37,6 +38,7 @@ __all__ = [
     "ProviderCallError",
     "ProviderClient",
     "ProviderConfig",
+    "ProviderKey",
     "ProvidersConfig",
     "ProvidersFileError",
     "default_providers",

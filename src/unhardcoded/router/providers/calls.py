@@ -19,7 +19,7 @@ import httpx
 from ..._version import package_version
 from .. import translate
 from . import http11
-from .classify import int_or_none, json_or_none, scrub, scrub_json, status_failure
+from .classify import int_or_none, json_or_none, ratelimit_headers, scrub, scrub_json, status_failure
 from .errors import ErrorKind, ProviderCallError
 
 if TYPE_CHECKING:
@@ -61,6 +61,8 @@ class ChatResult:
     input_tokens: int | None
     output_tokens: int | None
     duration_ms: float
+    ratelimit: dict[str, str] | None = None
+    """The rate-limit headers of the answer (``x-ratelimit-*``, ``anthropic-ratelimit-*``), when it had any."""
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,8 @@ class PreparedCall:
     """The call's timeout: for the connect and each wait for data (``timeout.read``, as a plain number)."""
     secret: str | None
     target: http11.Target | None = None
+    key: str | None = None
+    """The name of the provider key the call is sent with (a provider with ``keys:``); never its value."""
     """Where the lean client sends the call; None when only httpx can (framing headers set by hand, say)."""
     api: str = "chat_completions"
     """The API the caller asked in."""
@@ -109,6 +113,7 @@ class PreparedCall:
         error_type: str,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        ratelimit: dict[str, str] | None = None,
     ) -> ProviderCallError:
         return ProviderCallError(
             self.scrub(f"provider {self.provider!r}, model {self.model!r}: {message}"),
@@ -118,6 +123,7 @@ class PreparedCall:
             model=self.model,
             status_code=status_code,
             retry_after_s=retry_after_s,
+            ratelimit=ratelimit,
         )
 
 
@@ -132,6 +138,7 @@ def prepare_call(
     stream: bool,
     target_of: Callable[[str], http11.Target | None],
     api: str = "chat_completions",
+    key: str | None = None,
 ) -> PreparedCall:
     """The call as it will be sent; ``target_of`` says where the lean client can send to a URL (cached by the caller).
 
@@ -150,12 +157,17 @@ def prepare_call(
             model=model,
         )
     secret: str | None = None
-    if config.api_key_env is not None:
-        secret = os.environ.get(config.api_key_env) or None
+    key_env, key_name = config.api_key_env, None
+    if config.keys:
+        chosen = next((k for k in config.keys if k.name == key), config.keys[0])
+        key_env, key_name = chosen.env, chosen.name
+    if key_env is not None:
+        secret = os.environ.get(key_env) or None
         if secret is None:
+            where = f"key {key_name!r}" if key_name is not None else "api_key_env"
             raise ProviderCallError(
                 f"provider {provider!r}, model {model!r}: environment variable "
-                f"{config.api_key_env} is not set (api_key_env of provider {provider!r})",
+                f"{key_env} is not set ({where} of provider {provider!r})",
                 kind="error",
                 error_type="missing_api_key",
                 provider=provider,
@@ -230,6 +242,7 @@ def prepare_call(
         target=target,
         api=api,
         sent_api=sent_api,
+        key=key_name,
     )
 
 
@@ -269,6 +282,7 @@ def chat_result(call: PreparedCall, response: HttpReply, started: float) -> Chat
         input_tokens=int_or_none(usage, input_key),
         output_tokens=int_or_none(usage, output_key) if output_key else 0,
         duration_ms=duration_ms,
+        ratelimit=ratelimit_headers(response.headers),
     )
 
 

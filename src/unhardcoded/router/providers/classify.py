@@ -38,7 +38,14 @@ def status_failure(call: PreparedCall, response: HttpReply, text: str) -> Provid
     message = f"HTTP {status}" + (f": {detail}" if detail else "")
     if retry_after is not None:
         message += f" (retry after {retry_after:g} s)"
-    return call.failure(message, kind=kind, error_type=str(status), status_code=status, retry_after_s=retry_after)
+    return call.failure(
+        message,
+        kind=kind,
+        error_type=str(status),
+        status_code=status,
+        retry_after_s=retry_after,
+        ratelimit=ratelimit_headers(response.headers),
+    )
 
 
 def transport_failure(call: PreparedCall, exc: httpx.HTTPError) -> ProviderCallError:
@@ -162,3 +169,27 @@ def scrub_json(value: Any, secret: str) -> Any:
             return value
         return dict(pairs)
     return value
+
+
+_RATELIMIT_HEADERS = (
+    "x-ratelimit-remaining-requests",
+    "x-ratelimit-remaining-tokens",
+    "x-ratelimit-reset-requests",
+    "x-ratelimit-reset-tokens",
+    "anthropic-ratelimit-requests-remaining",
+    "anthropic-ratelimit-tokens-remaining",
+    "anthropic-ratelimit-requests-reset",
+    "anthropic-ratelimit-tokens-reset",
+)
+
+
+def ratelimit_headers(headers: Mapping[str, str]) -> dict[str, str] | None:
+    """The rate-limit headers of an answer, or None (most answers of most providers: no dict is made)."""
+    out = None
+    for name in _RATELIMIT_HEADERS:
+        value = headers.get(name)
+        if value is not None:
+            if out is None:
+                out = {}
+            out[name] = value
+    return out

@@ -159,9 +159,19 @@ class ProviderClient:
         *,
         stream: bool,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> PreparedCall:
         return prepare_call(
-            self.providers, provider, model, body, headers, timeout_s, stream=stream, target_of=self._target, api=api
+            self.providers,
+            provider,
+            model,
+            body,
+            headers,
+            timeout_s,
+            stream=stream,
+            target_of=self._target,
+            api=api,
+            key=key,
         )
 
     # ---- non-streaming
@@ -175,9 +185,11 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> ChatResult:
-        """One answer (a chat completion, or of ``api``); raises :class:`ProviderCallError` on any failure."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api)
+        """One answer (a chat completion, or of ``api``); raises :class:`ProviderCallError` on any failure. ``key``:
+        the name of the provider key to send (a provider with ``keys:``; the first when None)."""
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api, key=key)
         client = self._sync_client()
         started = time.perf_counter()
         failure: ProviderCallError | None = None
@@ -205,9 +217,10 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> ChatResult:
         """Async :meth:`chat`."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=False, api=api, key=key)
         target = call.target
         pool = self._lean_pool() if target is not None else None
         started = time.perf_counter()
@@ -248,6 +261,7 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> ChatStream:
         """A streamed chat completion: iterate the returned :class:`ChatStream` for chunks.
 
@@ -255,7 +269,7 @@ class ProviderClient:
         first chunk raises from there, with ``first_chunk_received`` still
         ``False`` so a caller knows it may fall back.
         """
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api, key=key)
         return ChatStream(self._sync_client(), call)
 
     def astream(
@@ -267,9 +281,10 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         timeout_s: float | None = None,
         api: str = "chat_completions",
+        key: str | None = None,
     ) -> AsyncChatStream:
         """Async :meth:`stream`: ``async for chunk in client.astream(...)``."""
-        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api)
+        call = self._prepare(provider, model, body, headers, timeout_s, stream=True, api=api, key=key)
         return AsyncChatStream(self, call)
 
 

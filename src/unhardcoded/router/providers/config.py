@@ -16,6 +16,7 @@ from ...errors import ConfigError
 __all__ = [
     "PROVIDERS_ENV",
     "ProviderConfig",
+    "ProviderKey",
     "ProvidersConfig",
     "ProvidersFileError",
     "default_providers",
@@ -41,6 +42,17 @@ TRANSLATED_FROM_CHAT = frozenset({"responses", "messages"})
 """The APIs the proxy serves through a provider that speaks only chat completions, by translating (router/translate)."""
 
 
+class ProviderKey(BaseModel):
+    """One of several keys of a provider: its ``name`` (what spans and receipts show), the variable holding it,
+    and its share of the calls."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    env: str = Field(pattern=_ENV_NAME)
+    weight: float = Field(default=1.0, gt=0)
+
+
 class ProviderConfig(BaseModel):
     """One OpenAI-compatible endpoint; catalog models name it in their ``provider`` field."""
 
@@ -57,6 +69,22 @@ class ProviderConfig(BaseModel):
     completions) or not sent here (the implicit ``request:api`` rule)."""
     auth: Literal["bearer", "x-api-key"] = "bearer"
     """How the key is sent: ``Authorization: Bearer KEY`` or ``x-api-key: KEY`` (Anthropic's own endpoint)."""
+    keys: tuple[ProviderKey, ...] = ()
+    """Several keys instead of ``api_key_env``: calls are spread by weight, skipping a key that is cooling
+    down or out of rate-limit headroom."""
+
+    @model_validator(mode="after")
+    def _one_way_to_a_key(self) -> ProviderConfig:
+        if self.keys and self.api_key_env is not None:
+            raise ValueError("keys: give either api_key_env or keys, not both")
+        seen: dict[str, int] = {}
+        for index, key in enumerate(self.keys):
+            if key.name in seen:
+                raise ValueError(
+                    f"keys[{index}].name: duplicate key name {key.name!r} (first at keys[{seen[key.name]}])"
+                )
+            seen[key.name] = index
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -33,6 +33,7 @@ class ProviderCallError(UnhardcodedError):
         model: str,
         status_code: int | None = None,
         retry_after_s: float | None = None,
+        ratelimit: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -42,6 +43,8 @@ class ProviderCallError(UnhardcodedError):
         self.model = model
         self.status_code = status_code
         self.retry_after_s = retry_after_s
+        self.ratelimit = ratelimit
+        """The rate-limit headers of the failed answer, when it had any."""
 
     def __str__(self) -> str:
         return self.message
@@ -64,6 +67,7 @@ class ProviderCallError(UnhardcodedError):
             "model": self.model,
             "status_code": self.status_code,
             "retry_after_s": self.retry_after_s,
+            "ratelimit": self.ratelimit,
         }
 
 
