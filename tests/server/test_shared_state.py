@@ -270,3 +270,56 @@ def _healthy(httpx: Any, port: int) -> bool:
         return bool(httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200)
     except httpx.HTTPError:
         return False
+
+
+# --------------------------------------------------------------------------- live state through Redis
+
+PAIR = """
+schema: sigma-pol/v1
+name: pair
+rules: [{id: pair, field: id, op: in, value: [gpt-5.5-mini, claude-haiku-4-5]}]
+fallback: {models: [gpt-5.5-mini, claude-haiku-4-5]}
+"""
+
+
+def test_a_cooldown_tripped_through_one_proxy_is_honoured_by_the_other(
+    simulated_provider: Any, redis_server: RedisServer
+) -> None:
+    """Five failures through proxy A cool the model down; proxy B, sharing Redis, routes around it without a call."""
+    from unhardcoded.testing.simulator import error
+
+    for a in running(simulated_provider, policies(PAIR), state=RedisState(redis_server.url)):
+        for b in running(simulated_provider, policies(PAIR), state=RedisState(redis_server.url)):
+            for proxy in (a, b):
+                eventually(lambda p=proxy: p.server.app.state.shared_state.subscribed.is_set(), "not subscribed")
+            cheapest = a.receipt(a.post("pair").headers["x-unhardcoded-request-id"])["selected"]["model"]
+            provider = "openai" if cheapest == "gpt-5.5-mini" else "anthropic"
+            a.sims[provider].set_behavior(cheapest, error(503))
+            answered = [a.post("pair") for _ in range(5)]
+            assert all(r.status_code == 200 for r in answered)  # each fell back to the other model
+            assert a.proxy.router.live.blocked == {cheapest}
+            eventually(lambda: cheapest in b.proxy.router.live.blocked, "B did not hear of the cooldown")
+
+            before = sum(1 for r in b.sims[provider].requests if r.model == cheapest)
+            routed = b.post("pair")
+            assert routed.status_code == 200
+            assert sum(1 for r in b.sims[provider].requests if r.model == cheapest) == before  # not even tried
+            receipt = b.receipt(routed.headers["x-unhardcoded-request-id"])
+            (rejection,) = [r for r in receipt["rejected"] if r["model"] == cheapest]
+            assert rejection["rule"] == "live:cooldown"
+            assert receipt["answered_by"] != cheapest
+
+
+def test_an_event_it_cannot_read_is_left_out_and_the_subscription_goes_on(
+    simulated_provider: Any, redis_server: RedisServer
+) -> None:
+    for a in running(simulated_provider, policies(PAIR), state=RedisState(redis_server.url)):
+        for b in running(simulated_provider, policies(PAIR), state=RedisState(redis_server.url)):
+            for proxy in (a, b):
+                eventually(lambda p=proxy: p.server.app.state.shared_state.subscribed.is_set(), "not subscribed")
+            assert b.proxy.router.live.apply({"kind": "from a newer version"}) is False
+            _call_on_server_loop(a, lambda: a.server.app.state.shared_state.publish({"type": "circuit_open"}))
+            until = time.time() + 60
+            event = {"type": "circuit_open", "model": OPUS, "at": time.time(), "until": until, "failures": 5}
+            _call_on_server_loop(a, lambda: a.server.app.state.shared_state.publish(event))
+            eventually(lambda: OPUS in b.proxy.router.live.blocked, "the readable event after a bad one was lost")

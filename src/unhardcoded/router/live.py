@@ -397,9 +397,14 @@ class LiveState:
         if self.publish is not None:
             self.publish(event)
 
-    def apply(self, event: Mapping[str, Any]) -> None:
-        """Apply an event published by another process (not published again)."""
-        self._apply(event)
+    def apply(self, event: Mapping[str, Any]) -> bool:
+        """Apply an event published by another process (not published again). An event it cannot read (of a
+        newer version, or malformed: it came over the network) is left out: False."""
+        try:
+            self._apply(event)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return False
+        return True
 
     def _apply(self, event: Mapping[str, Any]) -> None:
         kind = event["type"]

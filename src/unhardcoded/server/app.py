@@ -727,6 +727,10 @@ def create_app(
         client_keys.check_policies(directory.get, directory.names)
     _check_budget_fallbacks(directory)
     shared = state if state is not None else InProcessState()
+    if state is not None:
+        # Proxies sharing a state hear each other's live changes: failures, cooldowns, headroom (never a key).
+        router.live.publish = shared.publish
+        shared.subscribe(router.live.apply)
     proxy = Proxy(
         router,
         resolver,
