@@ -97,7 +97,7 @@ class SharedState(Protocol):
         ...
 
     def publish(self, event: LiveEvent) -> None: ...
-    def subscribe(self, callback: Callable[[LiveEvent], None]) -> None: ...
+    def subscribe(self, callback: Callable[[LiveEvent], object]) -> None: ...
 
 
 def window_key(scope: str, name: str, window: str, window_s: int, now: float) -> tuple[str, int, float]:
@@ -120,7 +120,7 @@ class InProcessState:
         self.degraded = 0
         self.on_degraded: Callable[[int], None] | None = None
         self._spent: dict[str, tuple[float, float]] = {}  # key -> (spent, expires at on the monotonic clock)
-        self._callbacks: list[Callable[[LiveEvent], None]] = []
+        self._callbacks: list[Callable[[LiveEvent], object]] = []
 
     async def start(self) -> None:
         return None
@@ -184,7 +184,7 @@ class InProcessState:
     def publish(self, event: LiveEvent) -> None:
         return None  # in one process the live state is already where every request reads it
 
-    def subscribe(self, callback: Callable[[LiveEvent], None]) -> None:
+    def subscribe(self, callback: Callable[[LiveEvent], object]) -> None:
         self._callbacks.append(callback)
 
 
@@ -244,7 +244,7 @@ class RedisState:
         self._flush_lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._callbacks: list[Callable[[LiveEvent], None]] = []
+        self._callbacks: list[Callable[[LiveEvent], object]] = []
         self.subscribed: asyncio.Event | None = None
         """Set while the subscription is listening (made in :meth:`start`, on the serving loop)."""
         self.received = 0
@@ -398,7 +398,7 @@ class RedisState:
         self._outbox.append(json.dumps({"origin": self.instance, "event": event}, separators=(",", ":")))
         self._wake.set()
 
-    def subscribe(self, callback: Callable[[LiveEvent], None]) -> None:
+    def subscribe(self, callback: Callable[[LiveEvent], object]) -> None:
         """Call ``callback`` with each live event another proxy publishes (never with this one's own)."""
         self._callbacks.append(callback)
 
