@@ -587,6 +587,16 @@ def alert_specs() -> list[AlertSpec]:
             "Savings against the baseline fell by more than 20 points compared with a day ago.",
         ),
         AlertSpec(
+            "unhardcoded-circuit-open",
+            "UnhardcodedCircuitOpen",
+            f"max by (gen_ai_request_model) ({M['unhardcoded.live.circuit']} == bool 1)",
+            "gt",
+            0,
+            "1m",
+            "warning",
+            "A model's circuit stayed open (cooling down) for a minute: requests go to other models.",
+        ),
+        AlertSpec(
             "unhardcoded-budget-almost-spent",
             "UnhardcodedBudgetAlmostSpent",
             f"1 - min by ({budget}) ({M['unhardcoded.budget.remaining']}) / max by ({budget}) ({M['unhardcoded.budget.limit']})",

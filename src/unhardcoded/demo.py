@@ -241,6 +241,7 @@ def record_history(
     from .receipts import Receipt
     from .router import NO_TELEMETRY, Router
     from .router.decision import iso_ms
+    from .router.live import NoLive
     from .testing.simulator import error, fail_times, ok
 
     catalog = catalog if catalog is not None else Catalog.builtin()
@@ -263,7 +264,8 @@ def record_history(
         failing = next(
             (s for s in sims if FAILING_MODEL in catalog and s.name == catalog.model(FAILING_MODEL).provider), None
         )
-        router = Router(catalog, client, telemetry=NO_TELEMETRY)
+        # History: a run of simulated failures must not cool a model down for the requests after it.
+        router = Router(catalog, client, telemetry=NO_TELEMETRY, live=NoLive())
         calls = 0
         for i in range(n):
             node = nodes[i % len(nodes)]

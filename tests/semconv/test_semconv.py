@@ -509,7 +509,7 @@ def test_design_spans_and_event_are_in_the_registry(registry):
     spans = {g.span_name: g.span_kind for g in registry.groups if g.type == "span"}
     assert spans == {
         "route {policy}": "internal",
-        "chat {model}": "client",
+        "{operation} {model}": "client",
         "workflow {name}": "internal",
         "node {name}": "internal",
     }

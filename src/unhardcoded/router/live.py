@@ -52,6 +52,7 @@ __all__ = [
     "LiveState",
     "LiveView",
     "ModelLive",
+    "NoLive",
     "RecordedLive",
     "compact_snapshot",
     "parse_duration_s",
@@ -552,6 +553,31 @@ DYNAMIC_FIELDS: Final = frozenset(
 
 COOLDOWN_RULE: Final = "live:cooldown"
 RATE_LIMIT_RULE: Final = "live:rate_limit"
+
+
+class NoLive(LiveState):
+    """A live state that keeps nothing it is told: no cooldown, no headroom, no latency, ever; every model reads as
+    never observed. For routers that replay or generate history (``demo --history``, the bulk receipts of
+    ``unhardcoded.testing.bulk``), where a run of simulated failures must not cool a model down for the next
+    thousand requests."""
+
+    def record_success(
+        self, model: str, key: str | None, latency_ms: float, headers: Mapping[str, str] | None = None
+    ) -> None:
+        return None
+
+    def record_failure(
+        self,
+        model: str,
+        key: str | None,
+        error_type: str,
+        headers: Mapping[str, str] | None = None,
+        health: HealthSettings = DEFAULT_HEALTH,
+    ) -> None:
+        return None
+
+    def apply(self, event: Mapping[str, Any]) -> bool:
+        return False
 
 
 class LiveView(Protocol):

@@ -74,6 +74,7 @@ def generate(
     from ..policy.builtin import builtin_policy_dir
     from ..receipts import ReceiptSpanProcessor
     from ..router import ProviderClient, ProvidersConfig, Router
+    from ..router.live import NoLive
     from ..telemetry import workflow
     from .simulator import Behavior, SimulatedProvider, error, ok, rate_limit
 
@@ -93,7 +94,8 @@ def generate(
         receipts = ReceiptSpanProcessor(store, catalogs=[catalog])
         tracer_provider.add_span_processor(receipts)
         stack.callback(tracer_provider.shutdown)
-        router = Router(catalog, client, tracer_provider=tracer_provider)
+        # Bulk history: simulated failures must not cool a model down for the thousands of requests after them.
+        router = Router(catalog, client, tracer_provider=tracer_provider, live=NoLive())
         healthy = ok()
         failures: tuple[Behavior, ...] = (
             error(503, message="simulated outage"),
