@@ -10,6 +10,6 @@ POLICY = {
         {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.46},
         {"id": "price-ceiling", "field": "price_output_per_mtok", "op": "lte", "value": 12},
     ],
-    "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5", "gemini-3.5-pro"], "max_hops": 2},
+    "fallback": {"models": ["claude-sonnet-4-6", "gpt-5.5", "gemini-3.1-pro-preview"], "max_hops": 2},
     "baseline": "gpt-5.5",
 }

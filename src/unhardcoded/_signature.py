@@ -23,32 +23,35 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-SIGNATURE_VERSION: Final = 1
+SIGNATURE_VERSION: Final = 2
 """The version new signatures are made under."""
 
+# v1: the complete receipt as the router knows it when the decision ends. The trace and span ids bind the
+# signature to the decision span it travels on. Fields a later change adds to the receipt join under a new version.
+_V1: Final = (
+    "request_id",
+    "trace_id",
+    "span_id",
+    "timestamp",
+    "policy",
+    "catalog_version",
+    "candidates",
+    "rejected",
+    "selected",
+    "fallback",
+    "attempts",
+    "answered_by",
+    "latency_ms",
+    "cost",
+    "workflow",
+    "client",
+    "outcome",
+    "features",
+)
 CONTENT_FIELDS: Final[Mapping[int, tuple[str, ...]]] = {
-    # v1: the complete receipt as the router knows it when the decision ends. The trace and span ids bind the
-    # signature to the decision span it travels on. Fields a later change adds to the receipt join under v2.
-    1: (
-        "request_id",
-        "trace_id",
-        "span_id",
-        "timestamp",
-        "policy",
-        "catalog_version",
-        "candidates",
-        "rejected",
-        "selected",
-        "fallback",
-        "attempts",
-        "answered_by",
-        "latency_ms",
-        "cost",
-        "workflow",
-        "client",
-        "outcome",
-        "features",
-    ),
+    1: _V1,
+    # v2: v1, then the cost as billed with the source of the catalog's prices.
+    2: (*_V1, "billing"),
 }
 """The receipt fields each signature version covers; a verifier knows exactly these versions."""
 

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "unhardcoded-demo"
 WORKFLOW_NAME = "support-ticket"
-FAILING_MODEL = "gemini-3.5-flash"
+FAILING_MODEL = "grok-4-fast-non-reasoning"
 """The simulated provider answers this model's first call with a 503, so one node falls back."""
 
 TICKET = (

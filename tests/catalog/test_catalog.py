@@ -158,14 +158,14 @@ def test_example_catalog_declares_soc2():
     assert catalog.fields["soc2"].type == "bool"
     assert not catalog.fields["soc2"].builtin
     assert catalog.model("gpt-5.5").get("soc2") is True
-    assert catalog.model("mistral-small-4").get("soc2") is False
+    assert catalog.model("mistral-small-2603").get("soc2") is False
     assert catalog.source == str(EXAMPLES / "catalog.yaml")
 
 
 def test_unknown_model_lookup_suggests():
     with pytest.raises(CatalogError) as info:
         Catalog.builtin().model("gpt-5.5-minni")
-    assert str(info.value).startswith("unknown model 'gpt-5.5-minni'; did you mean gpt-5.5-mini")
+    assert str(info.value).startswith("unknown model 'gpt-5.5-minni'; did you mean gpt-5.4-mini")
 
 
 # -- validation errors --------------------------------------------------------------------------

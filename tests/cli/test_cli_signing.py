@@ -99,7 +99,7 @@ def test_keys_generate_writes_a_pair_prints_the_key_id_and_never_overwrites(tmp_
 def test_verify_from_a_span_file_in_every_format(name):
     result = run(None, "receipt", HOPPED, "--verify", "--public-key", str(PUB), "--file", str(FIXTURES / name))
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{HOPPED}: signature verified (key a03522de160a0c5f, version 1)"
+    assert result.stdout.strip() == f"{HOPPED}: signature verified (key a03522de160a0c5f, version 2)"
 
 
 def test_the_card_says_the_receipt_is_signed_and_not_checked(home):
@@ -127,7 +127,7 @@ def test_verify_from_jaeger_and_tempo(backend):
     for flag in ("--jaeger", "--tempo"):
         result = run(None, "receipt", HOPPED, "--verify", "--public-key", str(PUB), flag, backend)
         assert result.returncode == 0, (flag, result.stdout, result.stderr)
-        assert result.stdout.strip().endswith("signature verified (key a03522de160a0c5f, version 1)")
+        assert result.stdout.strip().endswith("signature verified (key a03522de160a0c5f, version 2)")
 
 
 def test_verify_a_workflow_checks_every_node_and_json_gives_the_status(backend):
@@ -135,7 +135,7 @@ def test_verify_a_workflow_checks_every_node_and_json_gives_the_status(backend):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert [d["signature"]["status"] for d in doc] == ["verified", "verified"]
-    assert doc[0]["signature"] == {"status": "verified", "reason": None, "key_id": "a03522de160a0c5f", "version": 1}
+    assert doc[0]["signature"] == {"status": "verified", "reason": None, "key_id": "a03522de160a0c5f", "version": 2}
 
 
 def test_verify_unsigned_or_with_the_wrong_key_exits_1_with_the_reason(tmp_path):

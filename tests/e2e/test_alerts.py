@@ -37,7 +37,7 @@ pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
 # The support policy picks gemini-3.5-flash, then claude-sonnet-4-6, then its baseline gpt-5.5.
-SELECTED, FIRST_FALLBACK, BASELINE = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
+SELECTED, FIRST_FALLBACK, BASELINE = "grok-4-fast-non-reasoning", "mistral-large-2512", "gpt-5.5"
 HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 
 # Every time scale in rules.yml, and what it becomes here. A window, offset or `for` not listed fails the test.

@@ -60,7 +60,7 @@ def _validate(spec: dict, body: dict) -> None:
 def test_a_receipt_read_is_verified_and_the_answer_matches_the_document(verifying):
     p, _ = verifying
     doc = p.receipt(HOPPED)
-    assert doc["signature"] == {"status": "verified", "reason": None, "key_id": "a03522de160a0c5f", "version": 1}
+    assert doc["signature"] == {"status": "verified", "reason": None, "key_id": "a03522de160a0c5f", "version": 2}
     assert "status" not in doc["receipt"]["signature"]  # the receipt carries the signature, never its status
     _validate(p.get("/openapi.json").json(), doc)
     page = p.get(f"/r/{HOPPED}").text

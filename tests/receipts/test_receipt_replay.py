@@ -47,11 +47,11 @@ def test_a_model_that_now_fails_a_rule_changes_winner_candidates_and_rejections(
 
 def test_a_rejected_model_leaving_the_catalog_does_not_change_the_route():
     result = replay(
-        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4"]))
+        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4-0709"]))
     )
     assert result.same
-    assert [(c.model, c.material) for c in result.rejection_changes] == [("grok-4", False)]
-    assert "rejected  − grok-4  no longer in the catalog" in render_replay(result)
+    assert [(c.model, c.material) for c in result.rejection_changes] == [("grok-4-0709", False)]
+    assert "rejected  − grok-4-0709  no longer in the catalog" in render_replay(result)
 
 
 def test_a_baseline_gone_from_todays_catalog_is_noted_not_fatal():

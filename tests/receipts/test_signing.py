@@ -140,9 +140,9 @@ def test_router_decide_signs_as_the_span_ends_and_the_rebuilt_receipt_verifies()
     decision = _router_with(tp, KEY).decide(SUPPORT, FEATURES)
     (span,) = exporter.get_finished_spans()
     assert span.attributes[A.UNHARDCODED_SIGNATURE_KEY_ID] == KEY.key_id
-    assert span.attributes[A.UNHARDCODED_SIGNATURE_VERSION] == 1
+    assert span.attributes[A.UNHARDCODED_SIGNATURE_VERSION] == 2
     assert decision.signature == Signature(
-        version=1, key_id=KEY.key_id, value=span.attributes[A.UNHARDCODED_SIGNATURE_VALUE]
+        version=2, key_id=KEY.key_id, value=span.attributes[A.UNHARDCODED_SIGNATURE_VALUE]
     )
     (receipt,) = rebuild_receipts(exporter.get_finished_spans()).receipts
     assert receipt == Receipt.from_decision(decision)

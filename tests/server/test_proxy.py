@@ -298,15 +298,15 @@ def test_tools_in_the_request_require_a_model_with_tools(stack: Stack) -> None:
         }
     ]
     plain = _rank(stack, {"messages": HELLO, "policy": EU_ONLY})
-    assert plain["selected"]["model"] == "mistral-small-4"  # cheapest in the EU, but it has no tools
+    assert plain["selected"]["model"] == "mistral-small-2603"  # cheapest in the EU, but it has no tools
 
     completion = stack.client().chat.completions.create(
         model="auto", messages=HELLO, tools=tools, extra_body={"policy": EU_ONLY}
     )
-    assert completion.model != "mistral-small-4"
+    assert completion.model != "mistral-small-2603"
     assert completion.choices[0].message.tool_calls is None or completion.choices[0].message.tool_calls
     receipt = stack.receipt(_last_request_id(stack))
-    assert any(r["model"] == "mistral-small-4" and r["rule"] == "request:tools" for r in receipt["rejected"])
+    assert any(r["model"] == "mistral-small-2603" and r["rule"] == "request:tools" for r in receipt["rejected"])
 
 
 def _last_request_id(stack: Stack) -> str:
@@ -324,7 +324,7 @@ def test_images_require_vision_and_max_tokens_the_output_limit(stack: Stack) -> 
         }
     ]
     receipt = _rank(stack, {"messages": image, "policy": EU_ONLY})
-    assert any(r["rule"] == "request:vision" and r["model"] == "mistral-small-4" for r in receipt["rejected"])
+    assert any(r["rule"] == "request:vision" and r["model"] == "mistral-small-2603" for r in receipt["rejected"])
 
     big = _rank(stack, {"messages": HELLO, "max_tokens": 66000})
     assert any(r["rule"] == "request:max-tokens" and r["model"] == SELECTED for r in big["rejected"])
@@ -352,7 +352,7 @@ def test_inline_policy(stack: Stack) -> None:
         model="auto", messages=HELLO, extra_body={"policy": EU_ONLY}
     )
     assert raw.headers["x-unhardcoded-policy"] == "eu-cheap"
-    assert raw.parse().model == "mistral-small-4"
+    assert raw.parse().model == "mistral-small-2603"
 
 
 def test_no_model_passes_the_policy(stack: Stack) -> None:

@@ -73,7 +73,7 @@ def test_rank_is_a_dry_run_receipt(stack: Stack) -> None:
     assert receipt["receipt"] == RECEIPT_SCHEMA
     assert receipt["outcome"] == "dry_run" and receipt["attempts"] == []
     assert receipt["selected"]["model"] == SELECTED
-    assert receipt["fallback"]["chain"] == [FIRST_FALLBACK, "gpt-5.5"]
+    assert receipt["fallback"]["chain"] == [FIRST_FALLBACK, SECOND_FALLBACK]
     assert r.headers["x-unhardcoded-request-id"] == receipt["request_id"]
     assert r.headers["x-unhardcoded-policy-fingerprint"] == receipt["policy"]["fingerprint"]
     assert all_requests(stack.sims) == []

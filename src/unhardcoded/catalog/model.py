@@ -86,7 +86,7 @@ class Catalog:
         self.schedules: dict[str, PriceSchedule] = dict(schedules or {})
         for m in self.models:
             if m.id not in self.schedules:
-                self.schedules[m.id] = _schedule_from_fields(m.values)
+                self.schedules[m.id] = schedule_from_fields(m.values)
         self.fields: dict[str, FieldSpec] = {f.name: f for f in BUILTIN_FIELDS}
         self.fields.update({f.name: f for f in self.custom_fields})
         self._by_id = {m.id: m for m in self.models}
@@ -309,7 +309,7 @@ def builtin_document(with_prices: bool = True) -> dict[str, Any]:
     return dict(doc)
 
 
-def _schedule_from_fields(values: Mapping[str, Any]) -> PriceSchedule:
+def schedule_from_fields(values: Mapping[str, Any]) -> PriceSchedule:
     return flat_schedule(
         **{rate: values[f] for f, rate in PRICE_FIELDS.items() if values.get(f) is not None}  # type: ignore[arg-type]
     )
@@ -336,14 +336,14 @@ def _resolve_prices(
                 schedules[model_id] = PriceSchedule.from_json(sched, f"prices.models.{model_id}")
             except CatalogError as exc:
                 err(f"prices.models.{model_id}", str(exc).split(": ", 1)[-1])
+        # A model removed from the file leaves its schedule behind: it is dropped (to_document writes none).
         by_id = {m.id for m in refs}
-        for model_id in sorted(set(schedules) - by_id):
-            err(f"prices.models.{model_id}", "not a model with price: genai-prices")
+        schedules = {k: v for k, v in schedules.items() if k in by_id}
         for m in refs:
             if m.id not in schedules:
                 err(f"prices.models.{m.id}", "missing: the model takes its prices from genai-prices")
                 continue
-            _fill_headline(m, schedules[m.id], info.snapshot_date, overrides=False)
+            schedules[m.id] = _fill_headline(m, schedules[m.id], info.snapshot_date)
         return info, schedules
     if price_data is None:
         from .genai import PriceData
@@ -355,37 +355,41 @@ def _resolve_prices(
         except CatalogError as exc:
             err(f"models[{m.id}].price_model", str(exc))
             continue
-        schedules[m.id] = _fill_headline(m, sched, price_data.snapshot_date, overrides=True)
+        schedules[m.id] = _fill_headline(m, sched, price_data.snapshot_date)
     return PriceInfo("genai-prices", price_data.data_version, price_data.snapshot_date), schedules
 
 
-def _fill_headline(m: CatalogModel, sched: PriceSchedule, snapshot_date: str | None, overrides: bool) -> PriceSchedule:
-    """Apply the model's own price fields over ``sched`` (only when first resolved: an archived version has them
-    applied) and set its headline price fields from the set in force on the snapshot date."""
-    import datetime as dt
-
+def _fill_headline(m: CatalogModel, sched: PriceSchedule, snapshot_date: str | None) -> PriceSchedule:
+    """Apply the model's own price fields over ``sched`` and set its other headline price fields from the set in
+    force on the snapshot date. A price field is the model's own when ``price_overrides`` names it or its value
+    differs from the headline genai-prices gives (written in the file, or edited in an archived copy)."""
     values = m.values
-    if overrides:
-        own = [f for f in PRICE_FIELDS if f in values]
-        if own:
-            values["price_overrides"] = own
-            sched = PriceSchedule(
-                [
-                    (cond, ps._replace(**{PRICE_FIELDS[f]: Rate(float(values[f])) for f in own}))
-                    for cond, ps in sched.entries
-                ]
-            )
-    if snapshot_date:
-        current = sched.at(dt.datetime.combine(dt.date.fromisoformat(snapshot_date), dt.time(12)))
-    else:
-        # No date: the newest date-started set (daily windows are surcharges or discounts, not the headline).
-        current = next(ps for cond, ps in reversed(sched.entries) if cond is None or "from_date" in cond)
+    current = _headline(sched, snapshot_date)
     own = set(values.get("price_overrides") or ())
+    for f, rate_key in PRICE_FIELDS.items():
+        if f in values and f not in own:
+            rate = getattr(current, rate_key)
+            if rate is None or rate.base != float(values[f]):
+                own.add(f)
+    if own:
+        values["price_overrides"] = [f for f in PRICE_FIELDS if f in own]
+        fixed = {PRICE_FIELDS[f]: Rate(float(values[f])) for f in values["price_overrides"] if f in values}
+        sched = PriceSchedule([(cond, ps._replace(**fixed)) for cond, ps in sched.entries])
+        current = _headline(sched, snapshot_date)
     for f, rate_key in PRICE_FIELDS.items():
         rate = getattr(current, rate_key)
         if f not in own and rate is not None:
             values[f] = rate.base
     return sched
+
+
+def _headline(sched: PriceSchedule, snapshot_date: str | None) -> Any:
+    import datetime as dt
+
+    if snapshot_date:
+        return sched.at(dt.datetime.combine(dt.date.fromisoformat(snapshot_date), dt.time(12)))
+    # No date: the newest date-started set (daily windows are surcharges or discounts, not the headline).
+    return next(ps for cond, ps in reversed(sched.entries) if cond is None or "from_date" in cond)
 
 
 _BUILTIN: Catalog | None = None

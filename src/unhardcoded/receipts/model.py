@@ -6,7 +6,17 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..router.decision import Attempt, Cost, Decision, FallbackHop, Rejection, Selection, Signature, WorkflowRef
+from ..router.decision import (
+    Attempt,
+    Billing,
+    Cost,
+    Decision,
+    FallbackHop,
+    Rejection,
+    Selection,
+    Signature,
+    WorkflowRef,
+)
 from ..router.features import RequestFeatures
 
 RECEIPT_SCHEMA: Final = "unhardcoded.receipt/v1"
@@ -52,6 +62,8 @@ class Receipt(_Model):
     """The name of the client key the request came with, on a proxy started with ``--keys``; never the key."""
     outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
     features: RequestFeatures | None = None
+    billing: Billing | None = None
+    """The cost as billed (breakdown, estimate, per-attempt usage) and the source of the catalog's prices."""
     complete: bool = True
     signature: Signature | None = None
     """The router's signature over the receipt content, from the decision span; whether it verifies is the

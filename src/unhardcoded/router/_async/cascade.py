@@ -24,6 +24,7 @@ from ..attempts import (
     finish,
     next_step,
     no_candidate,
+    note_usage,
     plan,
     record,
 )
@@ -65,6 +66,7 @@ async def aexecute(
         if result is not None:
             observer.answered(token, result)
             attempt = record(planned, t0, result.input_tokens, result.output_tokens, None)
+            note_usage(decision, compiled, attempt, result.body.get("usage"))
         else:
             attempt = record(planned, t0, None, None, exc)
         decision.attempts.append(attempt)
@@ -286,6 +288,7 @@ class AsyncStreamCascade:
             attempt = record(planned, t0, None, None, exc, error_type)
         else:
             attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type)
+            note_usage(self.decision, self.compiled, attempt, stream.usage)
         self.decision.attempts.append(attempt)
         try:
             if stream is not None and attempt.status == "ok":
