@@ -83,7 +83,7 @@ def test_example_support_policy_loads_with_every_part():
     assert (policy.rank.by, policy.rank.order) == ("cost", "asc")
     assert [(k.by, k.order) for k in policy.rank.then] == [("bench_intelligence", "desc")]
     assert policy.select.score_field == "bench_intelligence"
-    assert policy.fallback.models == ("claude-sonnet-4-6", "gpt-5.5")
+    assert policy.fallback.models == ("mistral-large-2512", "gpt-4.1")
     assert policy.fallback.on == ("error", "timeout", "rate_limit")
     assert policy.fallback.max_hops == 2
     assert policy.baseline == "gpt-5.5"

@@ -52,7 +52,7 @@ def test_sync_answer_names_the_model_and_carries_the_decision_headers(stack: Sta
     completion = raw.parse()
 
     assert completion.model == SELECTED
-    assert completion.choices[0].message.content == f"This is a simulated answer from google to {SELECTED}."
+    assert completion.choices[0].message.content == f"This is a simulated answer from xai to {SELECTED}."
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     assert raw.headers["x-unhardcoded-model"] == SELECTED
     assert raw.headers["x-unhardcoded-fallback"] == "false"
@@ -139,7 +139,7 @@ def test_stream_relays_every_chunk_under_the_answering_model(stack: Stack) -> No
     chunks = list(raw.parse())
 
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == f"This is a simulated answer from google to {SELECTED}."
+    assert text == f"This is a simulated answer from xai to {SELECTED}."
     assert {c.model for c in chunks} == {SELECTED}
     assert all(c.usage is None for c in chunks)  # the caller did not ask for usage
     assert raw.headers["content-type"].startswith("text/event-stream")

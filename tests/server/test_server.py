@@ -160,7 +160,7 @@ def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(s
     from unhardcoded.server import RecentDecisions
 
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(500))
+    sims["xai"].set_behavior(SELECTED, error(500))
     policy = load_policy_file(builtin_policy_dir() / "support.yaml")
     with ProviderClient(providers_for(sims, timeout_s=2.0)) as client:
         router = Router(Catalog.builtin(), client)
@@ -300,8 +300,8 @@ class HookLog(AttemptObserver):
 def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider: Any, tel: TelemetryCapture) -> None:
     provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, cut_before_first_token())
-    sims["anthropic"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
+    sims["xai"].set_behavior(SELECTED, cut_before_first_token())
+    sims["mistral"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
     client = WatchedStreams(providers_for(sims, timeout_s=2.0))
     hooks = HookLog()
     router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
@@ -520,7 +520,7 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     router = traced_router(client, provider)
-    app = create_app(router, default_policy="support", forward_client_key=["google"], tracer_provider=provider)
+    app = create_app(router, default_policy="support", forward_client_key=["xai"], tracer_provider=provider)
     responses = []
     # The app put its own key-forwarding client in the router, and closes it on the server's loop at shutdown.
     forwarding = router.client
@@ -588,7 +588,7 @@ def _wait_ready(port: int, proc: subprocess.Popen) -> None:
 
 def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(503))
+    sims["xai"].set_behavior(SELECTED, error(503))
     providers = tmp_path / "providers.yaml"
     providers.write_text(
         json.dumps(

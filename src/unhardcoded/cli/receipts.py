@@ -48,7 +48,9 @@ def add_commands(sub: Subcommands) -> None:
         "--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date"
     )
     p.add_argument(
-        "--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)"
+        "--catalog",
+        metavar="FILE",
+        help="today's catalog (default: $UNHARDCODED_CATALOG, else the last `catalog update`, else the built-in)",
     )
     p.add_argument("--store", metavar="URL", help=store_help())
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
