@@ -42,9 +42,8 @@ def feed(changes: dict[str, dict[str, float]] | None = None) -> bytes:
             continue
         provider, _, model = m["price_model"].partition("/")
         entries = []
-        for i, entry in enumerate(shipped["models"][m["id"]]):
-            if i == 0:
-                entry = {**entry, **(changes or {}).get(m["id"], {})}
+        for i, shipped_entry in enumerate(shipped["models"][m["id"]]):
+            entry = {**shipped_entry, **(changes or {}).get(m["id"], {})} if i == 0 else shipped_entry
             prices: dict[str, Any] = {}
             for ours, theirs in _RATES.items():
                 rate = entry.get(ours)
@@ -77,7 +76,7 @@ class Feed:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_GET(self) -> None:
                 outer.requests += 1
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")

@@ -223,7 +223,9 @@ def test_rank_prints_the_receipt_card(files: dict[str, Path]):
     assert lines[0].startswith("trace · req_") and lines[0].endswith("DRY RUN")
     assert "selected  grok-4-fast-non-reasoning · score 0.6" in lines
     assert "reason    tools ✓, over quality floor, price ceiling passed, cheapest survivor" in lines
-    assert any(line.startswith("rejected  mistral-small-2603") and "filtered: no tools [tools]" in line for line in lines)
+    assert any(
+        line.startswith("rejected  mistral-small-2603") and "filtered: no tools [tools]" in line for line in lines
+    )
     assert f"policy    support · fingerprint {load_policy_file(SUPPORT).fingerprint} · sigma-pol/v1" in lines
 
 

@@ -139,7 +139,7 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
         "opentelemetry-distro is not installed: without it opentelemetry-instrument configures no SDK"
     )
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(503))
+    sims["xai"].set_behavior(SELECTED, error(503))
     providers = tmp_path / "providers.json"
     providers.write_text(
         json.dumps({"providers": [{"name": n, "base_url": s.base_url, "timeout_s": 5} for n, s in sims.items()]})
@@ -201,8 +201,8 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
     by_id = {s.span_id: s for s in spans}
     clients = [s for s in spans if s.service == "client-app" and s.kind == CLIENT]
     assert len(clients) == 2
-    google_calls = iter(sims["google"].requests)
-    anthropic_calls = iter(sims["anthropic"].requests)
+    google_calls = iter(sims["xai"].requests)
+    anthropic_calls = iter(sims["mistral"].requests)
     for client in clients:
         # The caller's own span knows which model answered, why, and that it fell back.
         assert client.attributes[A.UNHARDCODED_POLICY_NAME] == "support"

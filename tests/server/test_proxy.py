@@ -281,9 +281,10 @@ EU_ONLY = {
     "name": "eu-cheap",
     "rules": [
         {"id": "eu", "field": "regions", "op": "contains", "value": "eu"},
-        {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.5},
+        {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.6},
         {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.4},
     ],
+    "rank": {"by": "price_input_per_mtok", "order": "asc"},
 }
 
 
@@ -359,7 +360,7 @@ def test_no_model_passes_the_policy(stack: Stack) -> None:
     impossible = dict(EU_ONLY, rules=[{"id": "genius", "field": "bench_intelligence", "op": "gte", "value": 0.99}])
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         stack.client().chat.completions.create(model="auto", messages=HELLO, extra_body={"policy": impossible})
-    assert "no model" in caught.value.message and "genius ×30" in caught.value.message
+    assert "no model" in caught.value.message and "genius ×35" in caught.value.message
     assert caught.value.code == "no_candidate"
     assert all_requests(stack.sims) == []
 

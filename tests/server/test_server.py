@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from apps.proxy_harness import (
     FIRST_FALLBACK,
     HELLO,
+    SECOND_FALLBACK,
     SELECTED,
     Stack,
     all_requests,
@@ -500,7 +501,7 @@ def test_canary_key_never_leaves_the_provider_call(
             r.read()
             responses.append(r)
         stack.behave(FIRST_FALLBACK, error(500, echo_authorization=True))
-        stack.behave("gpt-5.5", error(403, echo_authorization=True))
+        stack.behave(SECOND_FALLBACK, error(403, echo_authorization=True))
         responses.append(httpx.post(url, json={"messages": HELLO}))
         receipts = [stack.receipt(r.headers["x-unhardcoded-request-id"]) for r in responses]
     client.close()

@@ -19,9 +19,11 @@ def diff_catalogs(a: Catalog, b: Catalog) -> dict[str, Any]:
             continue
         old = a.model(m.id).values
         new = m.values
-        for field in sorted(set(old) | set(new)):
-            if old.get(field) != new.get(field):
-                changed.append({"model": m.id, "field": field, "old": old.get(field), "new": new.get(field)})
+        changed.extend(
+            {"model": m.id, "field": field, "old": old.get(field), "new": new.get(field)}
+            for field in sorted(set(old) | set(new))
+            if old.get(field) != new.get(field)
+        )
         if "genai-prices" not in (old.get("price"), new.get("price")):
             continue  # a catalog's own prices are its price fields, listed above
         old_sched = a.schedule(m.id).to_json()

@@ -19,7 +19,9 @@ from .pricing import PriceSchedule, PriceSet, Rate
 
 SOURCE = "genai-prices"
 #: Where ``genai-prices`` publishes its data (the URL its own ``UpdatePrices`` reads).
-DEFAULT_FEED_URL = "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/prices/new_data/v2/data.json"
+DEFAULT_FEED_URL = (
+    "https://raw.githubusercontent.com/pydantic/genai-prices/refs/heads/main/prices/new_data/v2/data.json"
+)
 FEED_URL_ENV = "UNHARDCODED_PRICES_URL"
 
 # genai-prices price key -> our rate key. Keys we do not carry (audio, images, web searches, 1h
@@ -68,7 +70,7 @@ class PriceData:
             raise CatalogError(f"{where}: price data must be a JSON array of providers")
         try:
             providers = _providers_from_raw(raw)
-        except Exception as exc:  # pydantic's ValidationError, or the package's own ValueError
+        except (ValueError, TypeError, AttributeError) as exc:  # pydantic's ValidationError is a ValueError
             raise CatalogError(f"{where}: price data does not validate: {str(exc)[:300]}") from None
         digest = hashlib.sha256(body).hexdigest()[:16]
         return cls(providers, f"genai-prices data sha256:{digest}", snapshot_date)
@@ -77,7 +79,7 @@ class PriceData:
     def fetch(cls, url: str, snapshot_date: str, timeout: float = 10.0) -> PriceData:
         """The live feed at ``url``. Raises ``OSError`` when it cannot be reached."""
         req = urllib.request.Request(url, headers={"User-Agent": "unhardcoded-catalog-update"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - http(s) URL from the user
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             body = resp.read()
         return cls.from_feed_bytes(body, snapshot_date, where=url)
 
@@ -141,4 +143,4 @@ def _utc(t: Any) -> str:
 
     if t.tzinfo is not None:
         t = dt.datetime.combine(dt.date(1970, 1, 1), t).astimezone(dt.UTC).time()
-    return t.replace(tzinfo=None).isoformat()
+    return str(t.replace(tzinfo=None).isoformat())

@@ -130,9 +130,7 @@ class Catalog:
                 "data_version": self.prices.data_version,
                 "snapshot_date": self.prices.snapshot_date,
                 "models": {
-                    m.id: self.schedules[m.id].to_json()
-                    for m in self.models
-                    if m.values.get("price") == PRICE_GENAI
+                    m.id: self.schedules[m.id].to_json() for m in self.models if m.values.get("price") == PRICE_GENAI
                 },
             }
         return doc
@@ -310,9 +308,7 @@ def builtin_document(with_prices: bool = True) -> dict[str, Any]:
 
 
 def schedule_from_fields(values: Mapping[str, Any]) -> PriceSchedule:
-    return flat_schedule(
-        **{rate: values[f] for f, rate in PRICE_FIELDS.items() if values.get(f) is not None}  # type: ignore[arg-type]
-    )
+    return flat_schedule(**{rate: values[f] for f, rate in PRICE_FIELDS.items() if values.get(f) is not None})
 
 
 def _resolve_prices(

@@ -99,8 +99,10 @@ class PriceSchedule:
             when = when.astimezone(_dt.UTC)
         for cond, prices in reversed(self.entries):
             if cond is None or _active(cond, when):
-                return prices
-        return self.entries[0][1]
+                found: PriceSet = prices
+                return found
+        first: PriceSet = self.entries[0][1]
+        return first
 
     @property
     def current(self) -> PriceSet:
@@ -131,7 +133,7 @@ class PriceSchedule:
                 raise CatalogError(f"{path}: a price set is a mapping of rates")
             unknown = set(item) - set(RATE_KEYS) - {"when"}
             if unknown:
-                raise CatalogError(f"{path}.{sorted(unknown)[0]}: unknown rate; rates are {', '.join(RATE_KEYS)}")
+                raise CatalogError(f"{path}.{min(unknown)}: unknown rate; rates are {', '.join(RATE_KEYS)}")
             rates = {k: _rate(item[k], f"{path}.{k}") for k in RATE_KEYS if item.get(k) is not None}
             for k in ("input", "output"):
                 if k not in rates:

@@ -43,9 +43,7 @@ def add_commands(sub: Subcommands) -> None:
         help="refresh prices from genai-prices (its live data when reachable, else the installed snapshot) "
         "into a new archived version, the default catalog from then on",
     )
-    up.add_argument(
-        "--catalog", metavar="FILE", help="the catalog to price (default: the built-in catalog's models)"
-    )
+    up.add_argument("--catalog", metavar="FILE", help="the catalog to price (default: the built-in catalog's models)")
     up.add_argument("--url", metavar="URL", help="price data URL (default: $UNHARDCODED_PRICES_URL or genai-prices')")
     up.add_argument("--offline", action="store_true", help="use the installed genai-prices snapshot, no fetch")
     up.add_argument("--timeout", type=float, default=10.0, metavar="S", help="seconds to wait for the data (10)")
@@ -141,7 +139,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
             }
         )
     else:
-        print(f"{args.file}: valid · version {catalog.version} · {len(catalog)} models, {by_ref} priced by genai-prices")
+        print(
+            f"{args.file}: valid · version {catalog.version} · {len(catalog)} models, {by_ref} priced by genai-prices"
+        )
     return 0
 
 
@@ -189,7 +189,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 def _source(p: dict[str, Any] | None) -> str:
     if p is None:
         return "own prices"
-    return p["data_version"] + (f" of {p['snapshot_date']}" if p.get("snapshot_date") else "")
+    return str(p["data_version"]) + (f" of {p['snapshot_date']}" if p.get("snapshot_date") else "")
 
 
 # -- update -----------------------------------------------------------------------------------------
@@ -255,6 +255,8 @@ def cmd_update(args: argparse.Namespace) -> int:
     print(f"catalog  {catalog.version} · {len(catalog)} models · prices {data.data_version} of {today} ({how})")
     print(f"archived {report['archived']}; the default catalog from now on")
     n = len(changes["changed"])
-    print(f"changes  vs {changes['from']}: {n} field(s) changed, {len(changes['added'])} added, "
-          f"{len(changes['removed'])} removed (unhardcoded catalog diff {changes['from']} {catalog.version})")
+    print(
+        f"changes  vs {changes['from']}: {n} field(s) changed, {len(changes['added'])} added, "
+        f"{len(changes['removed'])} removed (unhardcoded catalog diff {changes['from']} {catalog.version})"
+    )
     return 0

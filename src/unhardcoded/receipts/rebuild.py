@@ -577,9 +577,7 @@ def _billing(get: Any, usages: list[AttemptUsage]) -> Billing | None:
                 "other": _opt_float(get(_PART_OTHER)) or 0.0,
             },
         )
-    return _construct(
-        Billing, {"estimate_usd": estimate, "breakdown": breakdown, "attempts": usages, "prices": prices}
-    )
+    return _construct(Billing, {"estimate_usd": estimate, "breakdown": breakdown, "attempts": usages, "prices": prices})
 
 
 def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:

@@ -11,12 +11,12 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..errors import NoCandidateError
 from ..catalog.pricing import Usage, cost
+from ..errors import NoCandidateError
 from .decision import Attempt, AttemptUsage, Billing, CostBreakdown, Decision, FallbackHop, WorkflowRef
 from .engine import CompiledPolicy, price_usage
-from .providers.classify import usage_details
 from .features import RequestFeatures
+from .providers.classify import usage_details
 
 if TYPE_CHECKING:
     from .observe import DecisionObserver, ObservedDecision

@@ -169,7 +169,9 @@ def price_usage(usd: float | None, catalog: Catalog, baseline: str | None, usage
 
 def price_source(catalog: Catalog) -> PriceSource | None:
     p = catalog.prices
-    return None if p is None else PriceSource(source=p.source, data_version=p.data_version, snapshot_date=p.snapshot_date)
+    return (
+        None if p is None else PriceSource(source=p.source, data_version=p.data_version, snapshot_date=p.snapshot_date)
+    )
 
 
 class CompiledPolicy:
