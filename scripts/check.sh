@@ -24,4 +24,5 @@ run "mypy" "$VENV/bin/mypy"
 run "import layers" "$VENV/bin/lint-imports" --no-cache
 run "unasync twins current" "$VENV/bin/python" scripts/unasync.py --check
 run "semconv modules current" "$VENV/bin/python" scripts/generate_semconv.py --check
+run "grafana dashboards current" "$VENV/bin/python" scripts/generate_grafana.py --check
 echo "==> all checks passed"

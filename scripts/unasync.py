@@ -54,8 +54,8 @@ NAMES = {
     "arespond": "respond",
     "aopen": "open",
     "_aclose_quietly": "_close_quietly",
-    "async_chat_completions_create": "chat_completions_create",
     "async_httpx_send": "httpx_send",
+    "async_client_request": "client_request",
 }
 _ASYNC_PREFIX = re.compile(r"^Async([A-Z]\w*)$")
 _DIRECTIVE = re.compile(r"\s*# unasync: sync (?P<line>.*)$")

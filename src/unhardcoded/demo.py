@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from .catalog import Catalog
@@ -20,6 +22,8 @@ from .policy.builtin import builtin_policy_dir
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
+
+    from .receipts.stores import ReceiptStore
 
 SERVICE_NAME = "unhardcoded-demo"
 WORKFLOW_NAME = "support-ticket"
@@ -97,10 +101,9 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
 
     from .receipts import Receipt, ReceiptSpanProcessor, open_store
     from .receipts.render import render_workflow
-    from .router import ProviderClient, ProvidersConfig, Router
+    from .router import Router
     from .telemetry import workflow
     from .telemetry.setup import sdk_disabled
-    from .testing.simulator import Behavior, SimulatedProvider, error, fail_times, ok
 
     said = sys.stderr if as_json else out  # with --json, stdout carries the receipt alone
 
@@ -115,19 +118,9 @@ def run_demo(store_url: str | None = None, *, out: TextIO = sys.stdout, as_json:
     with ExitStack() as stack:
         stack.callback(store.close)
         say("Simulated providers on loopback (no real LLM is called, no key is needed):")
-        sims: list[SimulatedProvider] = []
-        for provider in sorted({m.provider for m in catalog.models}):
-            behaviors: dict[str, Behavior] = {}
-            if provider == catalog.model(FAILING_MODEL).provider:
-                behaviors[FAILING_MODEL] = fail_times(
-                    1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded")
-                )
-            sim = SimulatedProvider(provider, behaviors).start()
-            stack.callback(sim.close)
-            sims.append(sim)
-            say(f"  {provider:<10} {sim.base_url}")
-        client = ProviderClient(ProvidersConfig(providers=[s.provider_config(timeout_s=10) for s in sims]))
-        stack.callback(client.close)
+        client, sims = _simulated_providers(stack, catalog)
+        for sim in sims:
+            say(f"  {sim.name:<10} {sim.base_url}")
 
         tracer_provider, exporting = _tracer_provider(Resource, TracerProvider)
         # OTEL_SDK_DISABLED (a standard OpenTelemetry variable) turns every span into a no-op: no span reaches
@@ -201,3 +194,104 @@ def _tracer_provider(
     return provider_cls(
         resource=resource_cls.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE_NAME)})
     ), None
+
+
+def _simulated_providers(
+    stack: ExitStack, catalog: Catalog, failing_model: str = FAILING_MODEL
+) -> tuple[Any, list[Any]]:
+    """A simulated provider on loopback for each provider of ``catalog`` (closed with ``stack``), and a client over
+    them; the provider of ``failing_model`` answers that model's first call with a 503."""
+    from .router import ProviderClient, ProvidersConfig
+    from .testing.simulator import Behavior, SimulatedProvider, error, fail_times, ok
+
+    sims: list[SimulatedProvider] = []
+    for provider in sorted({m.provider for m in catalog.models}):
+        behaviors: dict[str, Behavior] = {}
+        if failing_model in catalog and provider == catalog.model(failing_model).provider:
+            behaviors[failing_model] = fail_times(
+                1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded")
+            )
+        sim = SimulatedProvider(provider, behaviors).start()
+        stack.callback(sim.close)
+        sims.append(sim)
+    client = ProviderClient(ProvidersConfig(providers=[s.provider_config(timeout_s=10) for s in sims]))
+    stack.callback(client.close)
+    return client, sims
+
+
+FAIL_EVERY = 25
+"""In a recorded history, one call in this many to :data:`FAILING_MODEL` fails first, so fallbacks are in it too."""
+
+
+def record_history(
+    store: ReceiptStore,
+    n: int,
+    *,
+    catalog: Catalog | None = None,
+    policies: Mapping[str, Policy] | None = None,
+    days: float = 7.0,
+    seed: int = 1,
+    now: datetime | None = None,
+    failing_model: str = FAILING_MODEL,
+) -> list[str]:
+    """Route ``n`` requests of the demo's workflow nodes (tickets of seeded, varied lengths) through the real router
+    over simulated providers, and store their receipts dated over the ``days`` before ``now``: a history for
+    ``replay --since`` to decide again. ``policies`` by name must hold every policy the demo nodes name (by
+    default the shipped ``support`` and ``triage``); one call in :data:`FAIL_EVERY` to ``failing_model`` fails first.
+    Returns the request ids in the order they were routed."""
+    import random
+
+    from .errors import NoCandidateError
+    from .receipts import Receipt
+    from .router import NO_TELEMETRY, Router
+    from .router.decision import iso_ms
+    from .testing.simulator import error, fail_times, ok
+
+    catalog = catalog if catalog is not None else Catalog.builtin()
+    if policies is None:
+        policies = {
+            name: load_policy_file(builtin_policy_dir() / f"{name}.yaml", catalog) for name in ("support", "triage")
+        }
+    nodes = demo_nodes()
+    missing = sorted({node.policy for node in nodes} - set(policies))
+    if missing:
+        raise ValueError(f"record_history needs the policies {', '.join(missing)}")
+    rng = random.Random(seed)
+    end_ns = int((now or datetime.now(UTC)).timestamp() * 1e9)
+    span_ns = int(days * 86400e9)
+    store.put_catalog(catalog)
+    ids: list[str] = []
+    batch: list[tuple[Receipt, str | None]] = []
+    with ExitStack() as stack:
+        client, sims = _simulated_providers(stack, catalog, failing_model)
+        failing = next(
+            (s for s in sims if failing_model in catalog and s.name == catalog.model(failing_model).provider), None
+        )
+        router = Router(catalog, client, telemetry=NO_TELEMETRY)
+        calls = 0
+        for i in range(n):
+            node = nodes[i % len(nodes)]
+            body = dict(node.body)
+            system, user = body["messages"]
+            body["messages"] = [system, {"role": "user", "content": " ".join([user["content"]] * rng.randint(1, 8))}]
+            policy = policies[node.policy]
+            try:
+                decision, _, _ = router.route(policy, body)
+            except NoCandidateError as exc:
+                assert exc.decision is not None
+                decision = exc.decision
+            if failing is not None and failing_model in [a.model for a in decision.attempts]:
+                calls += 1
+                if calls % FAIL_EVERY == 0:
+                    failing.set_behavior(
+                        failing_model, fail_times(1, then=ok(), failure=error(503, message="simulated outage"))
+                    )
+            decision.timestamp = iso_ms(end_ns - rng.randrange(span_ns))
+            ids.append(decision.request_id)
+            batch.append((Receipt.from_decision(decision), policy.canonical))
+            if len(batch) >= 500:
+                store.put_many(batch)
+                batch = []
+        if batch:
+            store.put_many(batch)
+    return ids

@@ -269,7 +269,7 @@ def test_replay_without_the_recorded_catalog_exits_2(tmp_path):
 
 def test_replay_bad_input_exits_2_with_one_line(home):
     one_line_error(run(home, "replay", "req_unknown"), "no receipt 'req_unknown'")
-    one_line_error(run(home, "replay"), "give a REQUEST_ID to replay, or --all")
+    one_line_error(run(home, "replay"), "give a REQUEST_ID to replay, --all, or --since DURATION for the impact report")
     one_line_error(run(home, "replay", "req_x", "--all"), "not both")
     one_line_error(run(home, "replay", "req_x", "--since", "7d"), "--since goes with --all")
     one_line_error(run(home, "replay", "--all", "--since", "last tuesday"), "--since 'last tuesday'")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RequestError
-from . import load_catalog_arg, print_json
+from . import UsageError, load_catalog_arg, print_json
 
 if TYPE_CHECKING:
     from . import Subcommands
@@ -35,6 +35,13 @@ def add_commands(sub: Subcommands) -> None:
         "--store", metavar="URL", help="receipt store (default: $UNHARDCODED_STORE or the per-user SQLite file)"
     )
     p.add_argument("--json", action="store_true", help="print the workflow receipt as JSON")
+    p.add_argument(
+        "--history",
+        type=int,
+        metavar="N",
+        help="instead: route N more demo requests (tickets of varied lengths) into the store, dated over the last "
+        "7 days, for `replay --since 7d` to decide again",
+    )
     p.set_defaults(run=cmd_demo)
 
     p = sub.add_parser("fingerprint", help="print a policy's fingerprint")
@@ -116,7 +123,22 @@ def cmd_fingerprint(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import record_history, run_demo
 
-    run_demo(args.store, as_json=args.json)
+    if args.history is None:
+        run_demo(args.store, as_json=args.json)
+        return 0
+    if args.json:
+        raise UsageError("--history prints no receipt: leave out --json")
+    if not 1 <= args.history <= 1_000_000:
+        raise UsageError(f"--history {args.history}: expected a number of requests from 1 to 1000000")
+    from ..receipts import open_store
+    from ..receipts.stores import ReceiptQuery
+
+    store = open_store(args.store)
+    try:
+        ids = record_history(store, args.history, seed=store.count(ReceiptQuery(limit=None)) + 1)
+        print(f"recorded {len(ids)} demo requests in {store.location}, dated over the last 7 days")
+    finally:
+        store.close()
     return 0

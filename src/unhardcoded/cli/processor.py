@@ -11,6 +11,7 @@ import sys
 from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
+from . import CATALOG_ENV, load_catalog_arg
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -57,6 +58,12 @@ def add_commands(sub: Subcommands) -> None:
         "--store",
         metavar="URL",
         help="receipt store: a SQLite path, sqlite:///path or postgresql://... (default $UNHARDCODED_STORE or the per-user store)",
+    )
+    p.add_argument(
+        "--catalog",
+        metavar="FILE",
+        help="the catalog POST /x/impact decides on when a request names none (default: $UNHARDCODED_CATALOG or "
+        "the built-in catalog)",
     )
     p.add_argument(
         "--sqlite-synchronous",
@@ -368,6 +375,9 @@ def cmd_processor(args: argparse.Namespace) -> int:
         from ..receipts.verify import PublicKeys
 
         public_keys = PublicKeys.load(args.public_key)  # an unusable key file stops the start, with the reason
+    catalog = None
+    if args.catalog or os.environ.get(CATALOG_ENV):
+        catalog = load_catalog_arg(args.catalog)  # a bad catalog stops the start, with the reason
     ingest_token = _token(args.ingest_token_env, "--ingest-token-env")
     query_token = _token(args.query_token_env, "--query-token-env")
     _warn_if_exposed(args.host, ingest_token, query_token)
@@ -420,6 +430,7 @@ def cmd_processor(args: argparse.Namespace) -> int:
             access_log=not args.no_access_log,
             max_reading_bytes=2 * args.max_queue_bytes,
             public_keys=public_keys,
+            catalog=catalog,
         )
         app = build_app(processor, store, settings)
         # Spans and receipts make many small objects and no cycles: collections that re-scan a heap of

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections import Counter
 from typing import TYPE_CHECKING, Any, TextIO
@@ -40,20 +41,40 @@ def add_commands(sub: Subcommands) -> None:
     p.set_defaults(run=cmd_receipt)
 
     p = sub.add_parser(
-        "replay", help="decide a recorded request again on today's catalog; exit 1 when the decision differs"
+        "replay",
+        help="decide a recorded request again on today's catalog (exit 1 when the decision differs); with --since "
+        "alone, every decision since then under a new policy and/or catalog: the impact report",
     )
-    p.add_argument("id", metavar="REQUEST_ID", nargs="?", help="the request to replay (or --all)")
+    p.add_argument("id", metavar="REQUEST_ID", nargs="?", help="the request to replay (or --all, or --since alone)")
     p.add_argument("--all", action="store_true", help="replay every recorded decision (narrow with --since)")
     p.add_argument(
-        "--since", metavar="DURATION_OR_ISO", help="with --all: only decisions since 7d, 24h, ... or an ISO date"
+        "--since",
+        metavar="DURATION_OR_ISO",
+        help="decisions since 7d, 24h, 30m, ... or an ISO date/time; without REQUEST_ID or --all: the impact report",
     )
     p.add_argument(
         "--catalog",
         metavar="FILE",
         help="today's catalog (default: $UNHARDCODED_CATALOG, else the last `catalog update`, else the built-in)",
     )
-    p.add_argument("--store", metavar="URL", help=store_help())
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    p.add_argument(
+        "--policy",
+        metavar="FILE",
+        help="impact report: decide the decisions recorded under this policy's name with it (default: each "
+        "decision's own recorded policy)",
+    )
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--store", metavar="URL", help=store_help())
+    where.add_argument(
+        "--processor",
+        metavar="URL",
+        help="impact report: ask a running `unhardcoded processor` (POST /x/impact; query token from "
+        "$UNHARDCODED_PROCESSOR_TOKEN)",
+    )
+    p.add_argument("--json", action="store_true", help="print the comparison (or the impact report) as JSON")
+    p.add_argument(
+        "--fail-on-change", action="store_true", help="impact report: exit 1 when any decision picks another model"
+    )
     p.set_defaults(run=cmd_replay)
 
     p = sub.add_parser(
@@ -138,7 +159,14 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.all and args.id:
         raise UsageError("give a REQUEST_ID or --all, not both")
     if not args.all and not args.id:
-        raise UsageError("give a REQUEST_ID to replay, or --all")
+        if not args.since:
+            raise UsageError("give a REQUEST_ID to replay, --all, or --since DURATION for the impact report")
+        return _impact(args)
+    impact_only = [f for f, v in (("--policy", args.policy), ("--processor", args.processor)) if v]
+    if args.fail_on_change:
+        impact_only.append("--fail-on-change")
+    if impact_only:
+        raise UsageError(f"{', '.join(impact_only)}: only for the impact report (--since without REQUEST_ID or --all)")
     if args.since and not args.all:
         raise UsageError("--since goes with --all")
     since = parse_since(args.since) if args.since else None
@@ -216,6 +244,42 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1 if differ else 0
     finally:
         store.close()
+
+
+def _impact(args: argparse.Namespace) -> int:
+    """``replay --since``: every decision of the window decided again; exit 1 with --fail-on-change when any
+    decision picks another model."""
+    import os
+
+    from ..policy import load_policy_file
+    from ..receipts.impact import ImpactReport, measure_impact
+    from ..receipts.render import render_impact
+    from ..receipts.replay import parse_since
+    from . import CATALOG_ENV
+
+    since = parse_since(args.since)
+    catalog = load_catalog_arg(args.catalog)
+    policy = load_policy_file(args.policy, catalog) if args.policy else None
+    if args.processor:
+        from ..processor.client import ProcessorSource
+
+        body: dict[str, Any] = {"since": args.since}
+        if policy is not None:
+            body["policy"] = json.loads(policy.canonical)
+        if args.catalog or os.environ.get(CATALOG_ENV):
+            body["catalog"] = catalog.to_document()
+        report = ImpactReport.model_validate(ProcessorSource(args.processor).impact(body))
+    else:
+        store = open_store(args.store, create=False)
+        try:
+            report = measure_impact(store, catalog, since, policy=policy)
+        finally:
+            store.close()
+    if args.json:
+        print_json(report.to_json_dict())
+    else:
+        print(render_impact(report))
+    return 1 if args.fail_on_change and report.differ else 0
 
 
 def cmd_rollup(args: argparse.Namespace) -> int:

@@ -1,11 +1,16 @@
-"""The client span of one instrumented ``create``: opened with the request, given the router's decision headers, ended.
+"""The client span of one instrumented API call: opened with the request, given the router's decision headers, ended.
 
-The sync and async wrappers (``_async/patch.py`` and the ``_sync/`` twin generated from it) and the stream
-wrappers share everything here, so what a span records is written once.
+The ``openai`` and ``anthropic`` clients are generated alike (Stainless): every call of every resource method
+(``create``, ``parse``, ``stream``, ``with_raw_response``, ``with_streaming_response``) goes through the client's
+``request(cast_to, options, *, stream, stream_cls)``, whose ``options`` name the path and carry the body. The
+instrumentor wraps that one method; the path says which API was called (:data:`OPENAI_APIS`,
+:data:`ANTHROPIC_APIS`). The sync and async wrappers (``_async/patch.py`` and the ``_sync/`` twin generated
+from it) and the stream wrappers share everything here, so what a span records is written once.
 """
 
 from __future__ import annotations
 
+import copy
 import sys
 from collections.abc import Mapping
 from contextvars import ContextVar
@@ -29,17 +34,43 @@ POLICY_NAME_HEADER = H.X_UNHARDCODED_POLICY.lower()
 FINGERPRINT_HEADER = H.X_UNHARDCODED_POLICY_FINGERPRINT.lower()
 FALLBACK_HEADER = H.X_UNHARDCODED_FALLBACK.lower()
 PROVIDER_NAME = "openai"
+# Set by the client's with_raw_response ("true", "raw") and with_streaming_response ("stream"), read back by it.
+RAW_RESPONSE_HEADER = "x-stainless-raw-response"
+# The tracers whose spans are the client span when they are current: openai-v2's, and util-genai's under it.
+OPENAI_V2_SCOPES = ("opentelemetry.instrumentation.openai_v2", "opentelemetry.util.genai")
+
+_CHAT = G.GenAiOperationNameValues.CHAT.value
+_EMBEDDINGS = G.GenAiOperationNameValues.EMBEDDINGS.value
+
+
+@dataclass(frozen=True)
+class Api:
+    """An API a client calls: the ``gen_ai.operation.name`` and ``gen_ai.provider.name`` of its span."""
+
+    operation: str
+    provider: str
+
+
+OPENAI_APIS: Mapping[str, Api] = {
+    "/chat/completions": Api(_CHAT, PROVIDER_NAME),
+    "/responses": Api(_CHAT, PROVIDER_NAME),
+    "/embeddings": Api(_EMBEDDINGS, PROVIDER_NAME),
+}
+"""The POST paths (relative to ``base_url``) of the ``openai`` client that get a client span."""
+
+ANTHROPIC_APIS: Mapping[str, Api] = {"/v1/messages": Api(_CHAT, "anthropic")}
+"""The POST paths of the ``anthropic`` client that get a client span (``beta.messages`` adds ``?beta=true``)."""
 
 
 @dataclass
 class Exchange:
-    """One instrumented ``create`` in flight; ``span`` is None when openai-v2 owns the span."""
+    """One instrumented API call in flight; ``span`` is None when another instrumentation owns the client span."""
 
     span: Span | None
 
 
 in_flight: ContextVar[Exchange | None] = ContextVar("unhardcoded_openai_call", default=None)
-"""The ``create`` the current context is inside, for the transport wrappers to find its span."""
+"""The call the current context is inside, for the transport wrappers to find its span."""
 
 
 def openai_v2_active() -> bool:
@@ -52,6 +83,35 @@ def openai_v2_active() -> bool:
         return bool(instrumentor().is_instrumented_by_opentelemetry)
     except Exception:  # noqa: BLE001 - an openai-v2 we cannot ask is one we do not defer to
         return False
+
+
+def _traces_itself(client: Any) -> bool:
+    """Whether the client makes spans of its own that are exported: a tracer, and not one of the no-op provider."""
+    tracer = getattr(client, "_tracer", None)
+    if tracer is None or isinstance(tracer, trace.NoOpTracer):
+        return False
+    if isinstance(tracer, trace.ProxyTracer):  # the global provider's: a no-op until an SDK is set
+        return not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider | trace.NoOpTracerProvider)
+    return True
+
+
+def traced_elsewhere(client: Any) -> bool:
+    """Whether another instrumentation's span is this call's client span: openai-v2's, or the client's own.
+
+    openai-v2 wraps some resource methods (``chat.completions.create``, ``embeddings.create``): its span is
+    current when the call reaches ``request``. A client with a tracer of its own (``anthropic`` 2.x traces itself
+    with the global provider unless built with ``open_telemetry=False``) makes its span current for the transport;
+    while no SDK is set globally those spans go nowhere, so ours is made. Either way the policy
+    and the decision go on that span, and there is no twin.
+    """
+    if _traces_itself(client):
+        return True
+    if not openai_v2_active():
+        return False
+    span = trace.get_current_span()
+    scope = getattr(span, "instrumentation_scope", None)
+    name = getattr(scope, "name", None) or ""
+    return span.is_recording() and name.startswith(OPENAI_V2_SCOPES)
 
 
 def decision_attributes(headers: Mapping[str, str]) -> dict[str, Any]:
@@ -101,23 +161,57 @@ def inject(request: Any) -> None:
     propagate.inject(request.headers)
 
 
-def with_policy(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """``create``'s keyword arguments, with the policy in force added as a header unless the caller named one."""
+def request_options(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    """The ``options`` of ``request(cast_to, options, *, stream, stream_cls)``, however they were passed."""
+    return args[1] if len(args) > 1 else kwargs.get("options")
+
+
+def with_options(args: tuple[Any, ...], kwargs: dict[str, Any], options: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """``request``'s arguments with ``options`` in place of the caller's."""
+    if len(args) > 1:
+        return (args[0], options, *args[2:]), kwargs
+    return args, {**kwargs, "options": options}
+
+
+def _headers(options: Any) -> Mapping[str, Any]:
+    headers = getattr(options, "headers", None)
+    return headers if isinstance(headers, Mapping) else {}
+
+
+def with_policy(options: Any) -> Any:
+    """A copy of the request ``options`` with the policy in force as a header, unless the caller named one."""
     name = current_policy()
     if name is None:
-        return kwargs
-    extra = kwargs.get("extra_headers") or {}
-    if any(k.lower() == POLICY_NAME_HEADER for k in extra):
-        return kwargs  # the caller said which policy; theirs wins
-    return {**kwargs, "extra_headers": {**extra, POLICY_HEADER: name}}
+        return options
+    headers = _headers(options)
+    if any(k.lower() == POLICY_NAME_HEADER for k in headers):
+        return options  # the caller said which policy; theirs wins
+    sent = copy.copy(options)  # the client copies them again per attempt; the caller's stay as they were
+    sent.headers = {**headers, POLICY_HEADER: name}
+    return sent
 
 
-def _request_attributes(kwargs: Mapping[str, Any], instance: Any) -> dict[str, Any]:
-    attrs: dict[str, Any] = {G.GEN_AI_OPERATION_NAME: "chat", G.GEN_AI_PROVIDER_NAME: PROVIDER_NAME}
-    model = kwargs.get("model")
+def api_of(apis: Mapping[str, Api], options: Any) -> Api | None:
+    """The API a request calls, None for the client's other requests (model lists, files, batches)."""
+    if str(getattr(options, "method", "")).lower() != "post":
+        return None
+    url = getattr(options, "url", None)
+    return apis.get(url.split("?", 1)[0]) if isinstance(url, str) else None
+
+
+def raw_mode(options: Any) -> str | None:
+    """How the caller asked for the response: None (parsed), ``true``/``raw`` (read), ``stream`` (unread)."""
+    for key, value in _headers(options).items():
+        if key.lower() == RAW_RESPONSE_HEADER:
+            return str(value)
+    return None
+
+
+def _request_attributes(api: Api, model: Any, client: Any) -> dict[str, Any]:
+    attrs: dict[str, Any] = {G.GEN_AI_OPERATION_NAME: api.operation, G.GEN_AI_PROVIDER_NAME: api.provider}
     if isinstance(model, str):
         attrs[G.GEN_AI_REQUEST_MODEL] = model
-    base_url = getattr(getattr(instance, "_client", None), "base_url", None)
+    base_url = getattr(client, "base_url", None)
     host = getattr(base_url, "host", None)
     if host:
         attrs[server_attributes.SERVER_ADDRESS] = host
@@ -127,30 +221,41 @@ def _request_attributes(kwargs: Mapping[str, Any], instance: Any) -> dict[str, A
     return attrs
 
 
-def _span_name(kwargs: Mapping[str, Any]) -> str:
-    model = kwargs.get("model")
-    return f"chat {model}" if isinstance(model, str) and model else "chat"
+def start(tracer: Tracer, api: Api, options: Any, client: Any) -> Span:
+    """The CLIENT span ``{operation} {model}`` of one call of ``api`` on ``client``, as the GenAI conventions name it."""
+    body = getattr(options, "json_data", None)
+    model = body.get("model") if isinstance(body, Mapping) else None
+    name = f"{api.operation} {model}" if isinstance(model, str) and model else api.operation
+    return tracer.start_span(name, kind=SpanKind.CLIENT, attributes=_request_attributes(api, model, client))
 
 
-def start(tracer: Tracer, kwargs: Mapping[str, Any], instance: Any) -> Span:
-    """The CLIENT span ``chat {model}`` of one ``create`` on ``instance`` (a ``Completions`` resource)."""
-    return tracer.start_span(_span_name(kwargs), kind=SpanKind.CLIENT, attributes=_request_attributes(kwargs, instance))
+# Token counts as each API names them: chat completions and embeddings, then Responses and Anthropic Messages.
+_INPUT_TOKENS = ("prompt_tokens", "input_tokens")
+_OUTPUT_TOKENS = ("completion_tokens", "output_tokens")
 
 
 def _record_usage(span: Span, answer: Any) -> None:
-    """The response model and token usage of a completion or a stream chunk, where it carries them."""
+    """The response model and token usage of an answer or a stream event, where it carries them.
+
+    A Responses stream event carries them in ``.response``, Anthropic's ``message_start`` in ``.message``.
+    """
+    for nested in ("response", "message"):
+        inner = getattr(answer, nested, None)
+        if inner is not None and hasattr(inner, "model"):
+            answer = inner
+            break
     model = getattr(answer, "model", None)
     if isinstance(model, str) and model:
         span.set_attribute(G.GEN_AI_RESPONSE_MODEL, model)
     usage = getattr(answer, "usage", None)
-    if usage is not None:
-        for name, key in (
-            ("prompt_tokens", G.GEN_AI_USAGE_INPUT_TOKENS),
-            ("completion_tokens", G.GEN_AI_USAGE_OUTPUT_TOKENS),
-        ):
+    if usage is None:
+        return
+    for names, key in ((_INPUT_TOKENS, G.GEN_AI_USAGE_INPUT_TOKENS), (_OUTPUT_TOKENS, G.GEN_AI_USAGE_OUTPUT_TOKENS)):
+        for name in names:
             value = getattr(usage, name, None)
             if isinstance(value, int):
                 span.set_attribute(key, value)
+                break
 
 
 def _record_error(span: Span, error: BaseException) -> None:
@@ -160,20 +265,19 @@ def _record_error(span: Span, error: BaseException) -> None:
 
 
 def fail(span: Span, error: BaseException) -> None:
-    """End the span of a ``create`` that raised."""
+    """End the span of a call that raised."""
     _record_error(span, error)
     span.end()
 
 
-def is_raw_response(result: Any) -> bool:
-    """``with_raw_response``: the caller parses the body; the headers are recorded already."""
-    return hasattr(result, "parse")
+def finish(span: Span, result: Any, streaming: bool, raw: str | None) -> None:
+    """End the span of a call that answered, with what the answer says; a stream ends its own span.
 
-
-def finish(span: Span, result: Any, streaming: bool) -> None:
-    """End the span of a ``create`` that answered, with what the completion says; a stream ends its own span."""
-    if is_raw_response(result):
-        if not streaming and span.is_recording():
+    A raw response (``with_raw_response``) is parsed for its usage, as the caller will (the client keeps the
+    parse); one whose body is still unread (``with_streaming_response``) is left for the caller to read.
+    """
+    if raw is not None:
+        if raw != "stream" and not streaming and span.is_recording():
             try:
                 _record_usage(span, result.parse())
             except Exception:  # noqa: BLE001 - a body the caller cannot parse either: the span still ends

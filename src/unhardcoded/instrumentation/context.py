@@ -1,4 +1,4 @@
-"""The policy in force for OpenAI calls made in this context: ``with unhardcoded.policy("support"):``."""
+"""The policy in force for the openai and anthropic calls made in this context: ``with policy("support"):``."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ _policy: ContextVar[str | None] = ContextVar("unhardcoded_policy", default=None)
 
 @contextmanager
 def policy(name: str) -> Iterator[str]:
-    """Route the OpenAI calls made inside the block under the router's policy ``name``.
+    """Route the openai and anthropic calls made inside the block under the router's policy ``name``.
 
     Works across threads started inside it only if they copy the context; works
     across ``await`` as any context variable does.

@@ -6,31 +6,37 @@ is in :mod:`.client_span`.
 
 from __future__ import annotations
 
-from ._async.patch import async_chat_completions_create, async_httpx_send
-from ._sync.patch import chat_completions_create, httpx_send
+from ._async.patch import async_client_request, async_httpx_send
+from ._sync.patch import client_request, httpx_send
 from .client_span import (
+    ANTHROPIC_APIS,
     FALLBACK_HEADER,
     FINGERPRINT_HEADER,
     MODEL_HEADER,
+    OPENAI_APIS,
     POLICY_HEADER,
     POLICY_NAME_HEADER,
     PROVIDER_NAME,
     REQUEST_ID_HEADER,
+    Api,
     decision_attributes,
     openai_v2_active,
 )
 
 __all__ = [
+    "ANTHROPIC_APIS",
     "FALLBACK_HEADER",
     "FINGERPRINT_HEADER",
     "MODEL_HEADER",
+    "OPENAI_APIS",
     "POLICY_HEADER",
     "POLICY_NAME_HEADER",
     "PROVIDER_NAME",
     "REQUEST_ID_HEADER",
-    "async_chat_completions_create",
+    "Api",
+    "async_client_request",
     "async_httpx_send",
-    "chat_completions_create",
+    "client_request",
     "decision_attributes",
     "httpx_send",
     "openai_v2_active",

@@ -32,10 +32,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..errors import UnhardcodedError
 from ..receipts.stores import ROLLUP_KEYS, ReceiptQuery
+from ..router.engine import PolicyCompiler
 from . import otlp
 from .service import Backpressure
 
 if TYPE_CHECKING:
+    from ..catalog.model import Catalog
     from ..receipts.stores import ReceiptStore, StoredReceipt
     from ..receipts.verify import PublicKeys, SignatureCheck
     from .service import ProcessorEngine
@@ -60,6 +62,9 @@ class Settings:
     public_keys: PublicKeys | None = None
     """The router's public keys (``--public-key``): receipts read are verified with them (on read, never at
     ingest); None: signatures are not checked."""
+    catalog: Catalog | None = None
+    """The catalog ``POST /x/impact`` decides on when the request names none (``--catalog``); None: the built-in
+    one."""
 
 
 def token_matches(header: str | None, token: str | None) -> bool:
@@ -522,6 +527,43 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             return HTMLResponse(pages.not_found("workflow", workflow_id), status_code=404)
         return HTMLResponse(pages.workflow_page(wf))
 
+    compiler = PolicyCompiler()  # shared by every impact request: a policy is compiled once per catalog version
+
+    def measure(body: Any) -> dict[str, Any]:
+        from ..catalog.model import Catalog
+        from ..receipts.impact import (
+            impact_request,
+            measure_impact,
+            newest_recorded_policy,
+            resolve_catalog,
+            resolve_policy,
+        )
+
+        asked = impact_request(body)
+        catalog = resolve_catalog(asked.catalog, store, settings.catalog or Catalog.builtin())
+        policy = resolve_policy(asked.policy, catalog, lambda name: newest_recorded_policy(store, name))
+        return measure_impact(store, catalog, asked.since, policy=policy, compiler=compiler).to_json_dict()
+
+    async def impact(request: Request) -> Response:
+        """``POST /x/impact``: every decision of a window decided again; a body that is wrong is a 400 naming the
+        field."""
+        from ..receipts.impact import ImpactError
+
+        try:
+            raw = await _read_body(request, settings.max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, "too_large", f"body over {settings.max_body_bytes} bytes")
+        try:
+            body = json.loads(raw)
+        except (ValueError, RecursionError):
+            return _error(400, "bad_request", "the body is not JSON: expected {since, policy?, catalog?}")
+        try:
+            return JSONResponse(await run_in_threadpool(measure, body))
+        except ImpactError as exc:
+            return JSONResponse(
+                {"error": {"code": "bad_request", "message": str(exc), "param": exc.field}}, status_code=400
+            )
+
     async def stats(request: Request) -> Response:
         body: dict[str, Any] = {"ingest": processor is not None}
         if processor is not None:
@@ -545,6 +587,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
                     "receipts": "/receipts",
                     "conflicts": "/conflicts",
                     "rollups": "/rollups?by=policy",
+                    "impact": "/x/impact",
                     "health": "/healthz",
                 },
             }
@@ -563,6 +606,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         Route("/conflicts", guarded(list_conflicts)),
         Route("/workflows/{workflow_id:path}", guarded(get_workflow)),
         Route("/rollups", guarded(rollups)),
+        Route("/x/impact", guarded(impact), methods=["POST"]),
         Route("/r/{request_id:path}", guarded(receipt_page)),
         Route("/w/{workflow_id:path}", guarded(workflow_page)),
         Route("/stats", guarded(stats)),

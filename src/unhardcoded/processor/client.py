@@ -41,6 +41,9 @@ class ProcessorSource:
             r = httpx.get(self.url + path, params=params, headers=self._headers, timeout=self._timeout)
         except httpx.HTTPError as exc:
             raise ProcessorError(f"cannot reach the processor at {self.url}: {exc}") from None
+        return self._answer(r)
+
+    def _answer(self, r: httpx.Response) -> Any | None:
         if r.status_code == 404:
             return None
         if r.status_code == 401:
@@ -55,6 +58,17 @@ class ProcessorSource:
             return r.json()
         except ValueError:
             raise ProcessorError(f"the processor at {self.url} did not answer JSON") from None
+
+    def impact(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``POST /x/impact``: the impact report (``unhardcoded.impact/v1``) for ``body`` ({since, policy?, catalog?})."""
+        try:
+            r = httpx.post(self.url + "/x/impact", json=body, headers=self._headers, timeout=max(self._timeout, 300.0))
+        except httpx.HTTPError as exc:
+            raise ProcessorError(f"cannot reach the processor at {self.url}: {exc}") from None
+        doc = self._answer(r)
+        if doc is None:
+            raise ProcessorError(f"the processor at {self.url} has no /x/impact (an older version?)")
+        return dict(doc)
 
     def get(self, request_id: str) -> Receipt | None:
         """The receipt of ``request_id``, or None when the processor has none."""

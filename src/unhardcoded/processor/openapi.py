@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from ..receipts.impact import ImpactReport
 from ..receipts.model import Receipt, WorkflowReceipt
 from ..receipts.stores.protocol import ROLLUP_KEYS
 
@@ -44,7 +45,7 @@ _UNAUTHORIZED = _json(
 @lru_cache(maxsize=1)
 def document() -> dict[str, Any]:
     _, defs = models_json_schema(
-        [(Receipt, "serialization"), (WorkflowReceipt, "serialization")],
+        [(Receipt, "serialization"), (WorkflowReceipt, "serialization"), (ImpactReport, "serialization")],
         ref_template=_REF,
     )
     schemas: dict[str, Any] = dict(defs.get("$defs", {}))
@@ -58,7 +59,14 @@ def document() -> dict[str, Any]:
                     "error": {
                         "type": "object",
                         "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                            "param": {
+                                "type": ["string", "null"],
+                                "description": "The field of the request body that is wrong, when one is.",
+                            },
+                        },
                     }
                 },
             },
@@ -195,6 +203,30 @@ def document() -> dict[str, Any]:
                             "page": {"type": "string"},
                             "nodes": {"type": "array", "items": {"type": "string"}},
                         },
+                    },
+                },
+            },
+            "ImpactRequest": {
+                "type": "object",
+                "required": ["since"],
+                "additionalProperties": False,
+                "properties": {
+                    "since": {
+                        "type": "string",
+                        "description": "Decisions at or after this time: a duration back from now (`24h`, `7d`, "
+                        "`30m`) or an ISO 8601 date/time.",
+                    },
+                    "policy": {
+                        "oneOf": [{"type": "object"}, {"type": "string"}],
+                        "description": "A policy (sigma-pol/v1) to decide the decisions recorded under its name "
+                        "with, or the name (or fingerprint) of a recorded policy, whose newest version is used. "
+                        "Absent: each decision under its own recorded policy.",
+                    },
+                    "catalog": {
+                        "oneOf": [{"type": "object"}, {"type": "string"}],
+                        "description": "A catalog (unhardcoded-catalog/v1), or the version of one the store or "
+                        "the catalog archive keeps. Absent: the processor's catalog (`--catalog`, else the "
+                        "built-in one).",
                     },
                 },
             },
@@ -375,6 +407,28 @@ def document() -> dict[str, Any]:
                     "200": _json(_ref("Rollups"), "One row per key, costliest first."),
                     "400": _ERROR,
                     "401": _UNAUTHORIZED,
+                },
+            }
+        },
+        "/x/impact": {
+            "post": {
+                "operationId": "measureImpact",
+                "summary": "Every stored decision of a window decided again under a policy and/or catalog",
+                "description": "Decisions that keep their model, those that change (from → to, with the rule "
+                "that now rejects the old winner), those left with no candidate, and the cost at the usage each "
+                "answer reported before and after, per policy and per model. What `unhardcoded replay --since` "
+                "prints (docs/impact.md).",
+                "security": security,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("ImpactRequest")}},
+                },
+                "responses": {
+                    "200": _json(_ref("ImpactReport"), "The impact report."),
+                    "400": _json(_ref("Error"), "The body is not an impact request; `error.param` names the field."),
+                    "401": _UNAUTHORIZED,
+                    "413": _json(_ref("Error"), "Body over --max-body-bytes."),
+                    "503": _json(_ref("Error"), "The store cannot be read."),
                 },
             }
         },

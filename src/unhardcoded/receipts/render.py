@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from .model import Receipt, WorkflowReceipt
 
 if TYPE_CHECKING:
+    from .impact import ImpactReport
     from .replay import ReplayResult
     from .stores import RollupRow
 
@@ -247,3 +248,112 @@ def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     return "\n".join([fmt(head), *(fmt(r) for r in body)])
+
+
+def _table(head: tuple[str, ...], body: Sequence[tuple[str, ...]], align: str = "", indent: str = "") -> list[str]:
+    """Rows of cells, each column aligned as ``align`` says (``l`` or ``r``; by default the first left, the others
+    right)."""
+    align = align or "l" + "r" * (len(head) - 1)
+    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+    return [
+        indent + "  ".join(c.ljust(w) if a == "l" else c.rjust(w) for c, w, a in zip(r, widths, align)).rstrip()
+        for r in [head, *body]
+    ]
+
+
+def _delta(before: float, after: float) -> str:
+    """``+$0.12 (+4.0%)``, ``−$0.3 (−25.0%)``, ``$0``."""
+    delta = after - before
+    if not delta:
+        return "$0"
+    sign = "+" if delta > 0 else "−"
+    ratio = f" ({sign}{abs(delta) / before * 100:.1f}%)" if before > 0 else ""
+    return f"{sign}{_usd(abs(delta))}{ratio}"
+
+
+def render_impact(report: ImpactReport) -> str:
+    """The impact report: what was decided again, what changes, and the cost at reported usage before and after."""
+    lines = [f"impact on decisions from {report.since} to {report.until}"]
+    if report.policy is not None:
+        lines.append(
+            f"policy    {report.policy.name} · fingerprint {report.policy.fingerprint} "
+            f"(decisions recorded under {report.policy.name})"
+        )
+    else:
+        lines.append("policy    each decision's own recorded policy")
+    lines.append(f"catalog   {report.catalog.version} ({report.catalog.source})")
+    lines.append("")
+    lines.append(
+        f"decisions {report.decisions} decided again of {report.in_window} in the window: {report.kept} keep their "
+        f"model, {report.changed} change, {report.no_candidate} left with no candidate"
+    )
+    cost = report.cost
+    lines.append(
+        f"cost      {_usd(cost.before_usd)} → {_usd(cost.after_usd)} at reported usage, "
+        f"{_delta(cost.before_usd, cost.after_usd)}, over {cost.priced} priced decisions"
+    )
+    if report.no_candidate_before_usd:
+        lines.append(
+            f"          decisions left with no candidate cost {_usd(report.no_candidate_before_usd)} as recorded"
+        )
+    if report.by_policy:
+        lines.append("")
+        lines += _table(
+            ("policy", "decisions", "kept", "changed", "no candidate", "cost before", "cost after", "delta"),
+            [
+                (
+                    r.policy,
+                    str(r.decisions),
+                    str(r.kept),
+                    str(r.changed),
+                    str(r.no_candidate),
+                    _usd(r.before_usd),
+                    _usd(r.after_usd),
+                    _delta(r.before_usd, r.after_usd),
+                )
+                for r in report.by_policy
+            ],
+        )
+    if report.by_model:
+        lines.append("")
+        lines += _table(
+            ("model", "answered before", "after", "cost before", "cost after", "delta"),
+            [
+                (
+                    r.model,
+                    str(r.before_decisions),
+                    str(r.after_decisions),
+                    _usd(r.before_usd),
+                    _usd(r.after_usd),
+                    _delta(r.before_usd, r.after_usd),
+                )
+                for r in report.by_model
+            ],
+        )
+    if report.changes:
+        lines.append("")
+        lines.append("changes")
+        lines += _table(
+            ("decisions", "policy", "from → to", "why", "cost before", "cost after"),
+            [
+                (
+                    str(c.decisions),
+                    c.policy,
+                    f"{c.from_ or 'no candidate'} → {c.to or 'no candidate'}",
+                    f"{c.rule}: {c.reason}" if c.rule else c.reason,
+                    _usd(c.before_usd),
+                    _usd(c.after_usd),
+                )
+                for c in report.changes
+            ],
+            align="rlllrr",
+            indent="  ",
+        )
+        lines.append("  e.g. " + ", ".join(report.changes[0].examples))
+    if report.skipped:
+        reasons = "; ".join(f"{n} {why}" for why, n in report.skipped_reasons.items())
+        lines.append("")
+        lines.append(f"skipped   {report.skipped} ({reasons})")
+    for note in report.notes:
+        lines.append(f"note      {note}")
+    return "\n".join(lines)

@@ -12,7 +12,7 @@ Describes a class of error the operation ended with.
 GEN_AI_OPERATION_NAME: Final = "gen_ai.operation.name"
 """
 The name of the operation being performed.
-Note: Upstream lists more members; only the one unhardcoded emits is listed.
+Note: Upstream lists more members; only the ones unhardcoded emits are listed.
 """
 
 GEN_AI_PROVIDER_NAME: Final = "gen_ai.provider.name"
@@ -69,3 +69,5 @@ class GenAiOperationNameValues(Enum):
 
     CHAT = "chat"
     """Chat completion operation such as the OpenAI Chat API."""
+    EMBEDDINGS = "embeddings"
+    """Embeddings operation such as the OpenAI Create embeddings API."""

@@ -24,13 +24,13 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..catalog.model import Catalog
-from ..errors import ConfigError, NoCandidateError
+from ..errors import ConfigError, NoCandidateError, UnhardcodedError
 from ..policy.builtin import builtin_policy_dir
 from ..policy.model import Policy
 from ..receipts.model import Receipt
 from ..router import Router
 from ..router.decision import Decision
-from ..router.engine import new_request_id
+from ..router.engine import PolicyCompiler, new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
 from ..semconv import metrics as M
@@ -208,6 +208,8 @@ class Proxy:
         self.forwarding = forwarding
         self.recent = recent
         self.store = store
+        self.impact_compiler = PolicyCompiler()
+        """Policies compiled for ``POST /x/impact``, apart from the router's (which routes on one catalog)."""
 
     async def _read(self, request: Request) -> dict[str, Any]:
         return parse_json_object(await read_body(request, self.max_body_bytes))
@@ -331,6 +333,48 @@ class Proxy:
         return APIError(
             404, f"no receipt for request id {request_id[:80]!r}", param="request_id", code="receipt_not_found"
         ).response()
+
+    async def impact(self, request: Request) -> Response:
+        """``POST /x/impact``: every decision in the proxy's store since a time decided again under a policy (inline or
+        by name from the proxy's policies) and/or catalog (inline or a kept version; default: the proxy's). With
+        client keys, a client measures its own requests only."""
+        from ..receipts.impact import ImpactError
+
+        try:
+            body = await self._read(request)
+        except ClientDisconnect:
+            return disconnected(request)
+        except APIError as exc:
+            return exc.response()
+        if self.store is None:
+            return APIError(
+                404,
+                "this proxy keeps no receipt store to measure impact on: start it with --store (or UNHARDCODED_STORE)",
+                code="no_receipt_store",
+            ).response()
+        client = client_of(request.scope)
+        try:
+            if client is not None and body.get("policy") is not None:
+                check_policy_request(client, body, None, None)
+            report = await anyio.to_thread.run_sync(self._measure, self.store, body, client.name if client else None)
+        except APIError as exc:
+            return exc.response()
+        except ImpactError as exc:
+            return APIError(400, str(exc), param=exc.field, code="invalid_impact_request").response()
+        except UnhardcodedError as exc:
+            return APIError(503, f"the receipt store cannot be read: {exc}", code="store_unavailable").response()
+        return _json(report)
+
+    def _measure(self, store: ReceiptStore, body: dict[str, Any], client_name: str | None) -> dict[str, Any]:
+        from ..receipts.impact import impact_request, measure_impact, resolve_catalog, resolve_policy
+
+        asked = impact_request(body)
+        catalog = resolve_catalog(asked.catalog, store, self.router.catalog)
+        policy = resolve_policy(asked.policy, catalog, self.resolver.directory.get)
+        report = measure_impact(
+            store, catalog, asked.since, policy=policy, client=client_name, compiler=self.impact_compiler
+        )
+        return report.to_json_dict()
 
     async def healthz(self, request: Request) -> Response:
         return _json(
@@ -511,6 +555,7 @@ def create_app(
         Route("/x/rank", proxy.rank, methods=["POST"]),
         Route("/x/fields", proxy.fields, methods=["GET"]),
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
+        Route("/x/impact", proxy.impact, methods=["POST"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
     ]
 

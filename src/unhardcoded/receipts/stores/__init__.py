@@ -11,6 +11,8 @@ from .postgres import PostgresReceiptStore, PostgresSpool
 from .protocol import (
     ROLLUP_KEYS,
     GroupKey,
+    HistoryQuery,
+    HistoryRow,
     ReceiptConflict,
     ReceiptQuery,
     ReceiptStore,
@@ -31,6 +33,8 @@ __all__ = [
     "STORE_FILE",
     "STORE_SCHEMA_VERSION",
     "GroupKey",
+    "HistoryQuery",
+    "HistoryRow",
     "PostgresReceiptStore",
     "PostgresSpool",
     "ReceiptConflict",

@@ -115,6 +115,28 @@ class RollupRow:
         }
 
 
+@dataclass(frozen=True)
+class HistoryQuery:
+    """Which receipts a replay of history reads (:meth:`ReceiptStore.history`): a time window, oldest first, a page
+    at a time from after the last row of the page before (``after``: its ``(ts_ms, request_id)``)."""
+
+    since: datetime | str
+    """Inclusive."""
+    until: datetime | str
+    """Exclusive."""
+    policy: str | None = None
+    """Only receipts recorded under a policy of this name."""
+    client: str | None = None
+    after: tuple[int, str] | None = None
+    limit: int = 2000
+
+
+HistoryRow = tuple[int, str, str, str, str, str, "str | None", "str | None", "str | None", "str | None"]
+"""What a replay reads of one receipt, without building it: ``ts_ms``, ``request_id``, policy name, policy
+fingerprint, catalog version, outcome, selected model, answering model, ``features`` and the last attempt (each as
+compact JSON text, or None)."""
+
+
 @runtime_checkable
 class ReceiptStore(Protocol):
     """What every store (SQLite, PostgreSQL) offers.
@@ -176,6 +198,10 @@ class ReceiptStore(Protocol):
     def query(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[Receipt]: ...
 
     def count(self, query: ReceiptQuery = DEFAULT_QUERY) -> int: ...
+
+    def history(self, query: HistoryQuery) -> list[HistoryRow]:
+        """One page of :class:`HistoryRow`, oldest first (``ts_ms``, then request id)."""
+        ...
 
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None: ...
 

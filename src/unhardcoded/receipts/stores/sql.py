@@ -12,7 +12,15 @@ from typing import Any
 
 from ...policy.model import fingerprint_of
 from ..model import Receipt, WorkflowReceipt
-from .protocol import DEFAULT_QUERY, ReceiptConflict, ReceiptQuery, StoredReceipt, StoreError
+from .protocol import (
+    DEFAULT_QUERY,
+    HistoryQuery,
+    HistoryRow,
+    ReceiptConflict,
+    ReceiptQuery,
+    StoredReceipt,
+    StoreError,
+)
 
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
@@ -35,6 +43,10 @@ def epoch_ms(value: datetime | str) -> int:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return int(value.timestamp() * 1000)
+
+
+def _compact(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
 def now_iso() -> str:
@@ -138,6 +150,46 @@ class SQLReceiptReads:
     def count(self, query: ReceiptQuery = DEFAULT_QUERY) -> int:
         where, params = self._where(query)
         return int(self._read(f"SELECT COUNT(*) FROM receipts{where}", params)[0][0])
+
+    def _history_where(self, q: HistoryQuery) -> tuple[str, list[object]]:
+        p = self._param
+        clauses = [f"ts_ms >= {p}", f"ts_ms < {p}"]
+        params: list[object] = [epoch_ms(q.since), epoch_ms(q.until)]
+        if q.policy is not None:
+            clauses.append(f"policy_name = {p}")
+            params.append(q.policy)
+        if q.client is not None:
+            clauses.append(f"client = {p}")
+            params.append(q.client)
+        if q.after is not None:
+            clauses.append(f"(ts_ms > {p} OR (ts_ms = {p} AND request_id > {p}))")
+            params += [q.after[0], q.after[0], q.after[1]]
+        return " WHERE " + " AND ".join(clauses), params
+
+    def history(self, query: HistoryQuery) -> list[HistoryRow]:
+        """Read with the store's JSON parser in Python; a store whose database reads JSON itself does it there."""
+        where, params = self._history_where(query)
+        rows = self._read(
+            "SELECT ts_ms, request_id, policy_name, policy_fingerprint, catalog_version, outcome, body "
+            f"FROM receipts{where} ORDER BY ts_ms, request_id LIMIT {self._param}",
+            [*params, max(0, query.limit)],
+        )
+        out: list[HistoryRow] = []
+        for *head, body in rows:
+            doc = json.loads(body)
+            selected = doc.get("selected")
+            features = doc.get("features")
+            attempts = doc.get("attempts") or []
+            out.append(
+                (
+                    *head,
+                    selected.get("model") if selected else None,
+                    doc.get("answered_by"),
+                    _compact(features) if features is not None else None,
+                    _compact(attempts[-1]) if attempts else None,
+                )
+            )
+        return out
 
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
         p = self._param

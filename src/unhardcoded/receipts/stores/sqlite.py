@@ -22,6 +22,8 @@ from .protocol import (
     DEFAULT_QUERY,
     ROLLUP_KEYS,
     GroupKey,
+    HistoryQuery,
+    HistoryRow,
     ReceiptQuery,
     RollupKey,
     RollupRow,
@@ -465,6 +467,17 @@ class SQLiteReceiptStore(SQLReceiptReads):
             sql += " LIMIT -1 OFFSET ?"
             params.append(max(0, query.offset))
         return [Receipt.model_validate_json(row[0]) for row in self._read(sql, params)]
+
+    def history(self, query: HistoryQuery) -> list[HistoryRow]:
+        """SQLite reads the few values a replay needs out of each body itself, so no receipt is parsed in Python."""
+        where, params = self._history_where(query)
+        return self._read(
+            "SELECT ts_ms, request_id, policy_name, policy_fingerprint, catalog_version, outcome, "
+            "json_extract(body, '$.selected.model'), json_extract(body, '$.answered_by'), "
+            "json_extract(body, '$.features'), json_extract(body, '$.attempts[#-1]') "
+            f"FROM receipts{where} ORDER BY ts_ms, request_id LIMIT ?",
+            [*params, max(0, query.limit)],
+        )
 
     def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]:
         """Per ``by`` key: decisions that reached a provider or found no candidate (dry runs are left out)."""

@@ -1,0 +1,49 @@
+"""Zero-code through the proxy's Responses API: an unchanged app calling ``responses.create()`` under
+``opentelemetry-instrument`` with ``UNHARDCODED_POLICY`` set is routed by that policy, and its client span is the
+parent of the proxy's server span, the decision span and the provider call.
+
+Needs ``POST /v1/responses`` in the proxy (a Responses request to the simulated chat-only providers is translated).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from apps.proxy_harness import catalog_simulators
+from apps.zero_code import CLIENT, SERVER, last_json_line, otel_env, require_zero_code_tools, run_app, serving_proxy
+from otlp_receiver import OTLPReceiver
+from unhardcoded.semconv import attributes as A
+
+TRIAGE_CHEAPEST = "mistral-small-4"
+
+
+def test_responses_create_is_routed_and_joins_the_proxy_trace(simulated_provider: Any, tmp_path: Path) -> None:
+    require_zero_code_tools()
+    sims = catalog_simulators(simulated_provider)
+    with OTLPReceiver() as receiver, serving_proxy(receiver, tmp_path, sims) as base_url:
+        env = otel_env(receiver, "client-app")
+        env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "unused", "UNHARDCODED_POLICY": "triage"})
+        out = last_json_line(run_app("api_app.py", env, "responses"))
+
+        def complete(spans: list[Any]) -> bool:
+            return any(s.service == "client-app" and s.kind == CLIENT for s in spans) and any(
+                s.name == "route triage" for s in spans
+            )
+
+        spans = receiver.wait_for_spans(complete, timeout=20)
+
+    assert out["responses"]["model"] == TRIAGE_CHEAPEST
+    assert out["responses"]["text"].endswith(f"to {TRIAGE_CHEAPEST}.")
+    [client] = [s for s in spans if s.service == "client-app" and s.kind == CLIENT]
+    assert client.name == "chat auto"
+    assert client.attributes[A.UNHARDCODED_POLICY_NAME] == "triage"
+    assert client.attributes[A.UNHARDCODED_ANSWERED_MODEL] == TRIAGE_CHEAPEST
+    trace = [s for s in spans if s.trace_id == client.trace_id]
+    [server] = [s for s in trace if s.kind == SERVER]
+    assert server.service == "unhardcoded-proxy" and server.parent_span_id == client.span_id
+    [decision] = [s for s in trace if s.name == "route triage"]
+    assert decision.parent_span_id == server.span_id
+    assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
+    [sent] = sims["mistral"].requests
+    assert sent.headers["traceparent"].split("-")[1] == client.trace_id
