@@ -549,6 +549,11 @@ _ESTIMATE, _PART_IN, _PART_CACHED, _PART_OUT, _PART_OTHER = (
 )
 
 
+_SOURCES: dict[tuple[Any, Any, Any], tuple[PriceSource, Billing]] = {}
+"""Price sources seen, each with the billing of a dry run on it: a catalog's decisions all name the same one, so
+they share these objects (never changed once built), as the router's dry runs do."""
+
+
 def _billing(get: Any, usages: list[AttemptUsage]) -> Billing | None:
     """The receipt's billing from the decision span (and its billed attempts), or None when the span has none."""
     source = get(_PRICE_SOURCE)
@@ -558,14 +563,26 @@ def _billing(get: Any, usages: list[AttemptUsage]) -> Billing | None:
         return None
     prices = None
     if source is not None:
-        prices = _construct(
-            PriceSource,
-            {
-                "source": source if source.__class__ is str else str(source),
-                "data_version": _opt_str(get(_PRICE_VERSION)) or "",
-                "snapshot_date": _opt_str(get(_PRICE_DATE)),
-            },
-        )
+        key = (source, get(_PRICE_VERSION), get(_PRICE_DATE))
+        known = _SOURCES.get(key)
+        if known is None:
+            prices = _construct(
+                PriceSource,
+                {
+                    "source": source if source.__class__ is str else str(source),
+                    "data_version": _opt_str(key[1]) or "",
+                    "snapshot_date": _opt_str(key[2]),
+                },
+            )
+            if len(_SOURCES) > 64:
+                _SOURCES.clear()
+            known = _SOURCES[key] = (
+                prices,
+                _construct(Billing, {"estimate_usd": None, "breakdown": None, "attempts": [], "prices": prices}),
+            )
+        if estimate is None and part_in is None and not usages:
+            return known[1]
+        prices = known[0]
     breakdown = None
     if part_in is not None:
         breakdown = _construct(
