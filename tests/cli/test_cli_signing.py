@@ -105,7 +105,7 @@ def test_verify_from_a_span_file_in_every_format(name):
 def test_the_card_says_the_receipt_is_signed_and_not_checked(home):
     result = run(home, "receipt", HOPPED)
     assert result.returncode == 0, result.stderr
-    assert "signed    key a03522de160a0c5f · version 1 · not checked here" in result.stdout.splitlines()
+    assert "signed    key a03522de160a0c5f · version 2 · not checked here" in result.stdout.splitlines()
 
 
 def test_verify_from_the_store_and_from_a_receipt_json_file(home, tmp_path):
