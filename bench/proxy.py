@@ -22,6 +22,7 @@ generator has gone); the load average is printed with the table.
     python bench/proxy.py --seconds 5 --litellm /path/to/venv/bin/litellm
     python bench/proxy.py --floor               # also a bare forwarder: what any Python proxy adds here
     python bench/proxy.py --compare ../old/src  # also another tree's proxy, for a before/after in one run
+    python bench/proxy.py --state redis://127.0.0.1:6379/0  # a budgeted policy, spending in-process vs in Redis
 
 LiteLLM is looked up as `litellm` on PATH unless --litellm names it; install it
 in a venv of its own (`python -m venv v && v/bin/pip install 'litellm[proxy]'`)
@@ -166,9 +167,11 @@ class AiohttpSender:
 CLIENTS = ("lean", "httpcore", "aiohttp")
 
 
-def run_unhardcoded(port: int, provider_url: str, client: str = "lean") -> None:
+def run_unhardcoded(port: int, provider_url: str, client: str = "lean", state: str | None = None) -> None:
     """The proxy with telemetry on (spans through a BatchSpanProcessor to an exporter that drops them) and its access
-    log, as ``unhardcoded serve`` runs by default; ``client`` picks the HTTP client of its async provider calls."""
+    log, as ``unhardcoded serve`` runs by default; ``client`` picks the HTTP client of its async provider calls.
+    ``state`` (``memory`` or a ``redis://`` URL): the shipped support policy gets a budget (never spent), so every
+    request reserves and settles its cost in that state, as ``serve --state`` does."""
     from opentelemetry import metrics, trace
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -200,7 +203,20 @@ def run_unhardcoded(port: int, provider_url: str, client: str = "lean") -> None:
     else:
         sender = HttpcoreSender() if client == "httpcore" else AiohttpSender()
         provider_client = ProviderClient(providers, async_sender=sender)
-    app = create_app(Router(Catalog.builtin(), provider_client), default_policy="support")
+    if state is None:
+        app = create_app(Router(Catalog.builtin(), provider_client), default_policy="support")
+    else:
+        from unhardcoded.policy import load_policy
+        from unhardcoded.policy.builtin import builtin_policy_dir
+        from unhardcoded.server.state import open_state
+
+        text = (builtin_policy_dir() / "support.yaml").read_text() + "budget: {usd: 1000000000, window: 24h}\n"
+        app = create_app(
+            Router(Catalog.builtin(), provider_client),
+            [load_policy(text)],
+            default_policy="support",
+            state=open_state(None if state == "memory" else state),
+        )
     run_server(app, "127.0.0.1", port)  # as `unhardcoded serve` runs it: access log on, to stdout
 
 
@@ -593,6 +609,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help=argparse.SUPPRESS)
     parser.add_argument("--count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--rate", type=float, help=argparse.SUPPRESS)
+    parser.add_argument("--state-url", help=argparse.SUPPRESS)
     parser.add_argument("--rates", default="50,200", help="requests per second to test (default 50,200)")
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of load per rate and target (default 10)")
     parser.add_argument(
@@ -625,6 +642,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{', '.join(CLIENTS)}: one proxy per client in the same run (lean always among them), each round's "
         "+p50/+p99 and CPU per request, their medians and the deltas against lean",
     )
+    parser.add_argument(
+        "--state",
+        metavar="URL",
+        help="also run two proxies routing under a budgeted support policy: one counting spending in-process "
+        "(uh-budget) and one in the shared state at URL (uh-state, e.g. redis://127.0.0.1:6379/0), and print what "
+        "the shared state adds",
+    )
     args = parser.parse_args(argv)
     clients = [c.strip() for c in args.client.split(",") if c.strip()]
     unknown = [c for c in clients if c not in CLIENTS]
@@ -635,7 +659,7 @@ def main(argv: list[str] | None = None) -> int:
         run_provider(args.port)
         return 0
     if args.role == "unhardcoded":
-        run_unhardcoded(args.port, args.provider_url, clients[0] if clients else "lean")
+        run_unhardcoded(args.port, args.provider_url, clients[0] if clients else "lean", args.state_url)
         return 0
     if args.role == "floor":
         run_floor(args.port, args.provider_url)
@@ -677,11 +701,18 @@ def main(argv: list[str] | None = None) -> int:
             ("unhardcoded", f"http://127.0.0.1:{ours_port}/v1/chat/completions", "auto"),
         ]
         servers = {"direct": provider.pid, "unhardcoded": ours.pid}
-        extra: list[tuple[str, str, str | None, str | None]] = [("floor", "floor", None, None)] if args.floor else []
-        extra += [(f"compare-{n}", "unhardcoded", src, None) for n, src in enumerate(args.compare, 1)]
+        extra: list[tuple[str, str, str | None, str | None, str | None]] = (
+            [("floor", "floor", None, None, None)] if args.floor else []
+        )
+        extra += [(f"compare-{n}", "unhardcoded", src, None, None) for n, src in enumerate(args.compare, 1)]
         # The "unhardcoded" target is the lean client; each other client gets a proxy of its own.
-        extra += [(f"uh-{c}", "unhardcoded", None, c) for c in clients if c != "lean"]
-        for name, role, src, client in extra:
+        extra += [(f"uh-{c}", "unhardcoded", None, c, None) for c in clients if c != "lean"]
+        if args.state:
+            extra += [
+                ("uh-budget", "unhardcoded", None, None, "memory"),
+                ("uh-state", "unhardcoded", None, None, args.state),
+            ]
+        for name, role, src, client, state in extra:
             port = free_port()
             env = None
             if src is not None:
@@ -691,13 +722,15 @@ def main(argv: list[str] | None = None) -> int:
                 }
                 print(f"{name}: unhardcoded from {src}", file=sys.stderr)
             command = [sys.executable, str(HERE), "--role", role, "--port", str(port), "--provider-url", provider_url]
-            other = spawn(command + (["--client", client] if client else []), env=env)
+            command += ["--client", client] if client else []
+            command += ["--state-url", state] if state else []
+            other = spawn(command, env=env)
             procs.append(other)
             why = wait_http(f"http://127.0.0.1:{port}/healthz", other, 30)
             if why:
                 print(f"{name} did not start: {why}", file=sys.stderr)
                 return 1
-            model = "auto" if src or client else MODEL
+            model = "auto" if src or client or state else MODEL
             targets.append((name, f"http://127.0.0.1:{port}/v1/chat/completions", model))
             servers[name] = other.pid
         litellm_note = "skipped (--no-litellm)"
@@ -763,6 +796,17 @@ def main(argv: list[str] | None = None) -> int:
     print("targets: p50 +1 ms and p99 +5 ms at most at 200 req/s; below LiteLLM at both rates")
     if clients:
         print_clients(runs, rates, rounds, [c for c in CLIENTS if c == "lean" or c in clients])
+    if args.state:
+        print(f"\nshared state {args.state}: a budgeted policy, one reservation per request (ms)")
+        for rate in rates:
+            base = pct(results[("direct", rate)]["latencies"], 50)
+            memory = pct(results[("uh-budget", rate)]["latencies"], 50) - base
+            shared = pct(results[("uh-state", rate)]["latencies"], 50) - base
+            print(
+                f"{rate:>6g} req/s  +p50 in-process {memory:6.2f}  +p50 shared {shared:6.2f}  "
+                f"(the shared state adds {shared - memory:+.2f})"
+            )
+        print("target: +p50 with the shared state at most 1.3 ms at 200 req/s")
     return 0
 
 

@@ -30,6 +30,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.
         "UNHARDCODED_CATALOG_DIR",
         "UNHARDCODED_POLICY",
         "UNHARDCODED_POLICY_DIR",
+        "UNHARDCODED_STATE",
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
         "OTEL_TRACES_EXPORTER",

@@ -420,7 +420,7 @@ def test_unknown_top_level_key_suggests_the_right_one():
     doc = support_doc()
     doc["rule"] = []
     assert error_of(doc) == (
-        "p.yaml: rule: unknown key; did you mean rules?; expected one of schema, name, rules, rank, select, fallback, baseline"
+        "p.yaml: rule: unknown key; did you mean rules?; expected one of schema, name, rules, rank, select, fallback, baseline, budget"
     )
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -23,6 +22,7 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate
 from referencing import Registry, Resource
 
+from browser import render
 from fixtures import span_layout as L
 from processor_fixtures import ARTIFACTS, ProcessorProcess, decisions_with_spans, workflow_with_spans
 from unhardcoded.processor import ProcessorSource
@@ -161,34 +161,6 @@ def test_pages_escape_everything_and_load_nothing_from_outside(loaded):
     parser = _Text()
     parser.feed(page)
     assert "script" not in parser.tags and "style" in parser.tags
-
-
-def chromium() -> str:
-    path = shutil.which("chromium") or shutil.which("chromium-browser")
-    if path is None:
-        pytest.fail("chromium is not installed: run scripts/install-test-deps.sh (Debian's chromium package)")
-    return path
-
-
-def render(url: str, shot, tmp_path) -> str:
-    cmd = [
-        chromium(),
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-quic",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        f"--user-data-dir={tmp_path / 'chromium-profile'}",
-        "--window-size=1100,1400",
-        f"--screenshot={shot}",
-        url,
-    ]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=90)
-    dom = subprocess.run([*cmd[:-2], "--dump-dom", url], check=True, capture_output=True, timeout=90)
-    return dom.stdout.decode()
 
 
 def test_the_receipt_page_in_headless_chromium(loaded, tmp_path):

@@ -344,3 +344,61 @@ def test_two_processors_share_one_postgres_store(cluster, tmp_path):
     finally:
         a.stop()
         b.stop()
+
+
+def test_the_console_filters_by_rule_outcome_and_provider_on_each_store(backend):
+    """Store schema 4: the rules that rejected a model, the last attempt's provider and the latency are columns."""
+    store, _ = backend
+    rng = random.Random(7)
+    ds = [make_decision(rng, f"req_f{i:02d}", called=i % 4 != 3) for i in range(24)]
+    store.put_many((Receipt.from_decision(d), None) for d in ds)
+    rules = {j.rule for d in ds for j in d.rejected}
+    assert rules
+    for rule in rules:
+        expected = {d.request_id for d in ds if any(j.rule == rule for j in d.rejected)}
+        assert {r.request_id for r in store.query(ReceiptQuery(rule=rule, limit=None))} == expected
+        # A rule matches whole names only: a prefix of one names no rule.
+        assert store.count(ReceiptQuery(rule=rule[:-1])) == sum(
+            1 for d in ds if any(j.rule == rule[:-1] for j in d.rejected)
+        )
+    for outcome in {d.outcome for d in ds}:
+        assert store.count(ReceiptQuery(outcome=outcome)) == sum(d.outcome == outcome for d in ds)
+    providers = {d.attempts[-1].provider for d in ds if d.attempts}
+    for provider in providers:
+        expected = {d.request_id for d in ds if d.attempts and d.attempts[-1].provider == provider}
+        assert {r.request_id for r in store.query(ReceiptQuery(provider=provider, limit=None))} == expected
+    assert {r.key for r in store.rollup("provider")} <= providers | {"(none)"}
+
+
+def test_a_postgres_store_from_before_the_console_gets_its_columns_from_the_bodies(cluster):
+    import psycopg
+
+    from unhardcoded.receipts.stores.postgres import _SCHEMA
+    from unhardcoded.receipts.stores.sql import console_values
+
+    url = cluster.new_database()
+    rng = random.Random(8)
+    ds = [make_decision(rng, f"req_pg4_{i}") for i in range(6)]
+    old = "  span_id TEXT,\n  rules TEXT,\n  provider TEXT,\n  latency_ms DOUBLE PRECISION\n"
+    assert old in _SCHEMA
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute(_SCHEMA.replace(old, "  span_id TEXT\n"))
+    store, spool = open_store_and_spool(url)  # schema 4 as written today, then the columns dropped below
+    store.put_many((Receipt.from_decision(d), None) for d in ds)
+    store.close()
+    spool.close()
+    with psycopg.connect(url, autocommit=True) as conn:
+        for column in ("rules", "provider", "latency_ms"):
+            conn.execute(f"ALTER TABLE receipts DROP COLUMN {column}")
+    for _ in range(2):  # opened twice: the columns are added and filled once
+        store, spool = open_store_and_spool(url)
+        try:
+            with psycopg.connect(url) as conn:
+                rows = dict(
+                    (r[0], r[1:])
+                    for r in conn.execute("SELECT request_id, rules, provider, latency_ms FROM receipts").fetchall()
+                )
+            assert rows == {d.request_id: console_values(Receipt.from_decision(d)) for d in ds}
+        finally:
+            store.close()
+            spool.close()

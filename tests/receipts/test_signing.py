@@ -53,6 +53,9 @@ NOT_SIGNED = {
     "receipt",  # the schema name, a constant
     "complete",  # the reader's finding about the telemetry it received, not the router's
     "signature",  # itself
+    # Added after v1; its outcome (over_budget) is signed. It joins the content with the next version (v2), which
+    # the live-state fields added in the same round will join too.
+    "budget",
 }
 
 

@@ -283,7 +283,7 @@ def test_a_schema_1_store_is_migrated_and_reads_as_before(tmp_path):
         # The client column is filled for receipts written after the migration; those from before roll up as (none).
         assert {(r.key, r.decisions) for r in s.rollup("client")} == {("(none)", 2), ("support-bot", 1)}
     db = sqlite3.connect(path)
-    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "3"
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == str(STORE_SCHEMA_VERSION) == "4"
     assert "finished_at" in {row[1] for row in db.execute("PRAGMA table_info(workflows)")}
     assert "client" in {row[1] for row in db.execute("PRAGMA table_info(receipts)")}
     # Receipts from before name their decision span, read from their bodies: the store knows whose they are.
@@ -432,3 +432,29 @@ def test_concurrent_writers_in_two_processes(tmp_path):
     with open_store(str(path), create=False) as s:
         assert s.count() == 2 * 150 + 150
         assert s.get(f"req_{3:016x}").revision == 1
+
+
+def test_a_schema_3_store_gets_the_console_columns_from_its_bodies(tmp_path):
+    from unhardcoded.receipts.stores.sql import console_values
+
+    path = tmp_path / "receipts.db"
+    dry = variant(DIRECT, 3, outcome="dry_run", attempts=[], answered_by=None)
+    receipts = [HOPPED, DIRECT, dry]
+    with open_store(str(path)) as s:
+        s.put_many((r, None) for r in receipts)
+    db = sqlite3.connect(path)  # back to schema 3 as it was: no console columns
+    db.execute("DROP INDEX receipts_by_outcome")
+    for column in ("rules", "provider", "latency_ms"):
+        db.execute(f"ALTER TABLE receipts DROP COLUMN {column}")
+    db.execute("UPDATE meta SET value = '3' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with open_store(str(path), create=False) as s:
+        for rule in ("region", "quality-floor", "price-ceiling", "tools", "region-"):
+            assert s.count(ReceiptQuery(rule=rule)) == sum(any(j.rule == rule for j in r.rejected) for r in receipts)
+        assert s.count(ReceiptQuery(outcome="dry_run")) == 1
+    db = sqlite3.connect(path)
+    rows = {r[0]: r[1:] for r in db.execute("SELECT request_id, rules, provider, latency_ms FROM receipts")}
+    assert rows == {r.request_id: console_values(r) for r in receipts}
+    assert dict(db.execute("SELECT key, value FROM meta"))["schema_version"] == "4"
+    db.close()

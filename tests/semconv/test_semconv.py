@@ -475,6 +475,13 @@ OPERATIONAL_METRICS = {
     "unhardcoded.proxy.inline_policies.size": ("gauge", "By"),
     "unhardcoded.proxy.recent_decisions.size": ("gauge", "By"),
     "unhardcoded.proxy.compiled_policies.size": ("gauge", "By"),
+    "unhardcoded.state.degraded": ("counter", "{operation}"),
+}
+BUDGET_METRICS = {
+    # One series per budget the operator configured (policy or client key, and its window): bounded by
+    # configuration, as the policy name on the decision metrics is.
+    "unhardcoded.budget.remaining": ("gauge", "USD"),
+    "unhardcoded.budget.limit": ("gauge", "USD"),
 }
 
 
@@ -490,7 +497,7 @@ def test_design_attribute_is_in_the_registry(registry, name):
 
 def test_design_metrics_are_in_the_registry(registry):
     metrics = {g.metric_name: (g.instrument, g.unit) for g in registry.groups if g.type == "metric"}
-    assert metrics == {**DESIGN_METRICS, **OPERATIONAL_METRICS}
+    assert metrics == {**DESIGN_METRICS, **OPERATIONAL_METRICS, **BUDGET_METRICS}
 
 
 def test_design_spans_and_event_are_in_the_registry(registry):
@@ -511,7 +518,9 @@ def test_enum_values_are_the_designed_ones(registry):
     assert values("unhardcoded.attempt.role") == ["selected", "fallback"]
     assert values("unhardcoded.attempt.status") == ["ok", "error"]
     assert values("unhardcoded.fallback.reason") == ["error", "timeout", "rate_limit"]
-    assert values("unhardcoded.decision.outcome") == ["answered", "failed", "no_candidate", "dry_run"]
+    assert values("unhardcoded.decision.outcome") == ["answered", "failed", "no_candidate", "dry_run", "over_budget"]
+    assert values("unhardcoded.budget.scope") == ["policy", "client"]
+    assert values("unhardcoded.budget.action") == ["refused", "fallback"]
 
 
 def test_metric_attributes_stay_low_cardinality(registry):
@@ -529,6 +538,9 @@ def test_metric_attributes_stay_low_cardinality(registry):
         "unhardcoded.processor.forward.drop_reason",
         "unhardcoded.processor.cache.name",
         "unhardcoded.telemetry.loss.kind",
+        "unhardcoded.budget.scope",
+        "unhardcoded.budget.name",
+        "unhardcoded.budget.window",
     }
     for group in registry.groups:
         if group.type == "metric":

@@ -200,11 +200,37 @@ def add_commands(sub: Subcommands) -> None:
         help="the router's public key (PEM), or a directory of *.pub: receipts read are verified with it "
         "(repeatable: keep retired keys for old receipts); see docs/signing.md",
     )
+    p.add_argument(
+        "--jaeger-url",
+        metavar="TEMPLATE",
+        help="link receipt and workflow pages to their trace in Jaeger: a URL with {trace_id}, "
+        "e.g. http://localhost:16686/trace/{trace_id}",
+    )
+    p.add_argument(
+        "--tempo-url",
+        metavar="TEMPLATE",
+        help="link receipt and workflow pages to their trace in Grafana (Tempo): a URL with {trace_id}, e.g. a "
+        "Grafana Explore link; see docs/console.md",
+    )
     p.add_argument("--no-access-log", action="store_true", help="do not log one line per HTTP request")
     p.add_argument(
         "--log-level", default="info", choices=("debug", "info", "warning", "error"), help="log level (default info)"
     )
     p.set_defaults(run=cmd_processor)
+
+
+def trace_url_template(value: str | None, flag: str) -> str | None:
+    """A trace link template: an http(s) URL naming ``{trace_id}`` once or more; anything else stops the start."""
+    if value is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.replace("{trace_id}", "0"))
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(f"{flag} {value[:200]!r}: expected an http:// or https:// URL")
+    if "{trace_id}" not in value:
+        raise ConfigError(f"{flag} {value[:200]!r}: the URL names no {{trace_id}} to put the trace id in")
+    return value
 
 
 def _server(config: uvicorn.Config) -> uvicorn.Server:
@@ -370,6 +396,8 @@ def cmd_processor(args: argparse.Namespace) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    jaeger_url = trace_url_template(args.jaeger_url, "--jaeger-url")
+    tempo_url = trace_url_template(args.tempo_url, "--tempo-url")
     public_keys = None
     if args.public_key:
         from ..receipts.verify import PublicKeys
@@ -431,6 +459,8 @@ def cmd_processor(args: argparse.Namespace) -> int:
             max_reading_bytes=2 * args.max_queue_bytes,
             public_keys=public_keys,
             catalog=catalog,
+            jaeger_url=jaeger_url,
+            tempo_url=tempo_url,
         )
         app = build_app(processor, store, settings)
         # Spans and receipts make many small objects and no cycles: collections that re-scan a heap of

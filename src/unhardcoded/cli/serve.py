@@ -27,6 +27,7 @@ DEFAULT_POLICY_ENV = "UNHARDCODED_DEFAULT_POLICY"
 STORE_ENV = "UNHARDCODED_STORE"
 FORWARD_ENV = "UNHARDCODED_FORWARD_CLIENT_KEY"
 KEYS_ENV = "UNHARDCODED_KEYS"
+STATE_ENV = "UNHARDCODED_STATE"
 SIGNING_KEY_ENV = "UNHARDCODED_SIGNING_KEY"  # read by telemetry too (telemetry.signing.SIGNING_KEY_ENV)
 DEFAULT_PORT = 8080
 
@@ -69,6 +70,12 @@ def add_commands(sub: Subcommands) -> None:
         metavar="FILE",
         help="client keys file: every request but /healthz needs one of its keys, and may use only the policies "
         f"its entry names (default: ${KEYS_ENV}; make entries with `unhardcoded keys hash`)",
+    )
+    p.add_argument(
+        "--state",
+        metavar="URL",
+        help="where budget spending and live state are kept: redis://HOST:PORT/DB shares them with every proxy "
+        f"on that Redis (default: ${STATE_ENV}, else this process alone); see docs/budgets.md",
     )
     p.add_argument(
         "--allow-unauthenticated",
@@ -210,6 +217,11 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
             "OTEL_SDK_DISABLED is set: no span is recorded, so no receipt is written to the store; "
             "GET /x/receipts/{id} answers for the decisions held in memory"
         )
+    from ..server.state import open_state
+
+    state = open_state(getattr(args, "state", None) or os.environ.get(STATE_ENV) or None)
+    if state.description != "in-process":
+        print(f"state: {state.description} (budget spending and live events shared)", file=sys.stderr, flush=True)
     router = Router(catalog, ProviderClient(providers))
     app = create_app(
         router,
@@ -219,6 +231,7 @@ def build_app(args: argparse.Namespace) -> tuple[ASGIApp, TelemetrySetup | _Flus
         forward_client_key=_forwarded(args),
         client_keys=client_keys,
         store=store,
+        state=state,
     )
     return app, provider
 

@@ -11,11 +11,12 @@ from .._documents import key_path, parse_document, read_document
 from ..catalog.fields import describe_value, suggest, value_matches
 from ..catalog.model import Catalog
 from ..errors import PolicyError
-from .model import FAILURE_KINDS, OPS, POLICY_SCHEMA, Policy
+from .model import FAILURE_KINDS, OPS, POLICY_SCHEMA, WINDOW_PATTERN, Policy
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _RULE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-_TOP_KEYS = ("schema", "name", "rules", "rank", "select", "fallback", "baseline")
+_TOP_KEYS = ("schema", "name", "rules", "rank", "select", "fallback", "baseline", "budget")
+_WINDOW = re.compile(WINDOW_PATTERN)
 NUMERIC_OPS = frozenset({"lt", "lte", "gt", "gte"})
 FIELDS_HINT = " (run `unhardcoded fields` to list them)"
 
@@ -97,6 +98,34 @@ def _check_model(errs: _Errors, path: str, model: Any, catalog: Catalog) -> None
         errs.add(path, f"expected a model id, got {describe_value(model)}")
     elif model not in catalog:
         errs.add(path, f"unknown model {model!r}{suggest(model, set(catalog.model_ids))}; it must be in the catalog")
+
+
+def budget_problems(raw: Any, *, fallback: bool) -> list[tuple[str, str]]:
+    """What is wrong with a ``budget`` mapping, as (sub-path, message) pairs; ``fallback``: whether it may name
+    a ``fallback_policy`` (a policy's budget may, a client key's may not)."""
+    keys = ("usd", "window", "fallback_policy") if fallback else ("usd", "window")
+    if not isinstance(raw, Mapping):
+        return [("", f"must be a mapping with {' and '.join(keys[:2])}, got {describe_value(raw)}")]
+    problems: list[tuple[str, str]] = [
+        (f".{key}", f"unknown key{suggest(str(key), set(keys))}; expected one of {', '.join(keys)}")
+        for key in raw
+        if key not in keys
+    ]
+    usd = raw.get("usd")
+    if isinstance(usd, bool) or not isinstance(usd, (int, float)) or not 0 < usd < float("inf"):
+        problems.append((".usd", f"must be a positive number of US dollars, got {describe_value(usd)}"))
+    window = raw.get("window")
+    if not isinstance(window, str) or not _WINDOW.match(window):
+        problems.append(
+            (
+                ".window",
+                f"must be a window like 1h, 24h or 30d (minutes m, hours h, days d), got {describe_value(window)}",
+            )
+        )
+    other = raw.get("fallback_policy")
+    if fallback and other is not None and (not isinstance(other, str) or not _NAME.match(other)):
+        problems.append((".fallback_policy", f"{describe_value(other)} is not a policy name"))
+    return problems
 
 
 def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<policy>") -> Policy:
@@ -219,6 +248,12 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
     if doc.get("baseline") is not None:
         _check_model(errs, "baseline", doc["baseline"], catalog)
 
+    if doc.get("budget") is not None:
+        for sub, message in budget_problems(doc["budget"], fallback=True):
+            errs.add(f"budget{sub}", message)
+        if isinstance(doc["budget"], Mapping) and doc["budget"].get("fallback_policy") == name:
+            errs.add("budget.fallback_policy", "names this policy itself; name a cheaper policy to route under")
+
     if errs.items:
         shown = errs.items[:8]
         more = f" (and {len(errs.items) - 8} more)" if len(errs.items) > 8 else ""
@@ -228,7 +263,7 @@ def validate_policy(doc: Any, catalog: Catalog | None = None, source: str = "<po
     if isinstance(data.get("fallback"), Mapping) and "on" in data["fallback"]:
         # `on` is a set of failure kinds: its order carries no meaning, so it must not move the fingerprint.
         data["fallback"] = dict(data["fallback"], on=sorted(set(data["fallback"]["on"]), key=FAILURE_KINDS.index))
-    for key in ("rules", "rank", "select", "fallback"):
+    for key in ("rules", "rank", "select", "fallback", "budget"):
         if data.get(key) is None:
             data.pop(key, None)
     return Policy.model_validate(data)

@@ -57,6 +57,32 @@ class Fallback(_Frozen):
     max_hops: int = Field(default=2, ge=0, le=16)
 
 
+WINDOW_UNITS: Final = {"m": 60, "h": 3600, "d": 86400}
+WINDOW_PATTERN: Final = r"^[1-9][0-9]{0,5}[mhd]$"
+
+
+def window_seconds(window: str) -> int:
+    """A budget window (``90m``, ``1h``, ``24h``, ``30d``) in seconds."""
+    return int(window[:-1]) * WINDOW_UNITS[window[-1]]
+
+
+class Budget(_Frozen):
+    """What a policy (or a client key) may spend, in USD of billed cost, per fixed window.
+
+    Windows are aligned to the Unix epoch (a ``24h`` budget resets at 00:00 UTC), so every proxy sharing
+    state counts the same window. ``fallback_policy`` (policies only) names the policy routed under instead
+    of refusing once the budget is spent.
+    """
+
+    usd: float = Field(gt=0)
+    window: str = Field(pattern=WINDOW_PATTERN)
+    fallback_policy: str | None = None
+
+    @property
+    def window_s(self) -> int:
+        return window_seconds(self.window)
+
+
 class Policy(_Frozen):
     """A validated policy. Build one with :func:`unhardcoded.policy.load_policy`."""
 
@@ -67,12 +93,24 @@ class Policy(_Frozen):
     select: Select = Select()
     fallback: Fallback = Fallback()
     baseline: str | None = None
+    budget: Budget | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
     def to_document(self) -> dict[str, Any]:
-        """The policy with every default filled, as a plain document."""
-        return self.model_dump(mode="json", by_alias=True)
+        """The policy with every default filled, as a plain document.
+
+        Fields added after the first policies were fingerprinted (``budget``) are written only when set, so a
+        policy that does not use them keeps its fingerprint.
+        """
+        doc = self.model_dump(mode="json", by_alias=True)
+        for key in _OMITTED_WHEN_UNSET:
+            if doc.get(key) is None:
+                doc.pop(key, None)
+        budget = doc.get("budget")
+        if budget is not None and budget.get("fallback_policy") is None:
+            budget.pop("fallback_policy", None)
+        return doc
 
     @cached_property
     def canonical(self) -> str:
@@ -86,6 +124,9 @@ class Policy(_Frozen):
     @property
     def schema_id(self) -> str:
         return self.schema_
+
+
+_OMITTED_WHEN_UNSET: Final = ("budget",)
 
 
 def fingerprint_of(canonical: str) -> str:

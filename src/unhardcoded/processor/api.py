@@ -26,7 +26,7 @@ from urllib.parse import quote, urlencode
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -65,6 +65,10 @@ class Settings:
     catalog: Catalog | None = None
     """The catalog ``POST /x/impact`` decides on when the request names none (``--catalog``); None: the built-in
     one."""
+    jaeger_url: str | None = None
+    """A trace URL template with ``{trace_id}`` (``--jaeger-url``): receipt and workflow pages link to it."""
+    tempo_url: str | None = None
+    """A Grafana/Tempo URL template with ``{trace_id}`` (``--tempo-url``)."""
 
 
 def token_matches(header: str | None, token: str | None) -> bool:
@@ -81,6 +85,25 @@ def token_matches(header: str | None, token: str | None) -> bool:
 
 def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+PAGE_HEADERS = {
+    # The pages carry no script and load nothing from elsewhere: a value that slipped past escaping still runs nothing.
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+
+def wants_html(accept: str | None) -> bool:
+    """A browser's ``Accept`` (``text/html`` named before any JSON), not an API client's (``*/*``, JSON)."""
+    if not accept:
+        return False
+    accept = accept.lower()
+    html = accept.find("text/html")
+    json_at = accept.find("application/json")
+    return html >= 0 and (json_at < 0 or html < json_at)
 
 
 def _unauthorized() -> JSONResponse:
@@ -218,6 +241,17 @@ def _since(text: str | None, name: str) -> datetime | None:
     except (OverflowError, ValueError):
         raise ValueError(f"{expected}, within the years 1 to 9999") from None
     return when
+
+
+OUTCOMES = ("answered", "failed", "no_candidate", "dry_run")
+
+
+def _outcome(text: str | None) -> str | None:
+    if not text:
+        return None
+    if text not in OUTCOMES:
+        raise ValueError(f"outcome={text[:80]!r}: expected one of {', '.join(OUTCOMES)}")
+    return text
 
 
 def _limit(text: str) -> int:
@@ -364,6 +398,48 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         run.__name__ = fn.__name__
         return run
 
+    from ..receipts import console
+    from ..receipts.console import session
+
+    links = console.ConsoleLinks(
+        jaeger=settings.jaeger_url,
+        tempo=settings.tempo_url,
+        sign_out="/ui/sign-out" if settings.query_token is not None else None,
+    )
+
+    def page_allowed(request: Request) -> bool:
+        """The bearer token, or the cookie a sign-in set (a browser cannot send a bearer header itself)."""
+        return query_allowed(request) or session.cookie_matches(
+            request.cookies.get(session.COOKIE), settings.query_token
+        )
+
+    def html(body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
+        return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, **(headers or {})})
+
+    def answer(page: console.Page) -> Response:
+        if page.location is not None:
+            return RedirectResponse(page.location, status_code=page.status, headers=PAGE_HEADERS)
+        return Response(
+            page.body, status_code=page.status, media_type=page.media_type, headers={**PAGE_HEADERS, **page.headers}
+        )
+
+    def paged(fn: Callable[[Request], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        async def run(request: Request) -> Response:
+            if not page_allowed(request):
+                if request.headers.get("authorization") or not wants_html(request.headers.get("accept")):
+                    return _unauthorized()  # an API client (or a wrong token): as the JSON API answers it
+                target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                return RedirectResponse(
+                    "/ui/sign-in?" + urlencode({"next": target}), status_code=303, headers=PAGE_HEADERS
+                )
+            try:
+                return await fn(request)
+            except UnhardcodedError as exc:
+                return html(console.error_page(f"the receipt store cannot be read: {exc}", links), 503)
+
+        run.__name__ = fn.__name__
+        return run
+
     def read_verified(request_id: str) -> tuple[StoredReceipt | None, SignatureCheck | None]:
         """A stored receipt and, with public keys, its signature checked (here, on read: never at ingest)."""
         stored = store.get(request_id)
@@ -454,6 +530,9 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
             fallback=_bool(p.get("fallback"), "fallback"),
             workflow_id=p.get("workflow") or None,
             client=p.get("client") or None,
+            outcome=_outcome(p.get("outcome")),
+            rule=p.get("rule") or None,
+            provider=p.get("provider") or None,
             since=_since(p.get("since"), "since"),
             until=_since(p.get("until"), "until"),
             complete=_bool(p.get("complete"), "complete"),
@@ -513,19 +592,70 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         request_id = request.path_params["request_id"]
         stored, check = await run_in_threadpool(read_verified, request_id)
         if stored is None:
-            return HTMLResponse(pages.not_found("receipt", request_id), status_code=404)
+            return html(pages.not_found("receipt", request_id, links), 404)
         conflicts = await run_in_threadpool(store.conflicts, request_id, pages.CONFLICTS_SHOWN)
         count = await run_in_threadpool(store.count_conflicts, request_id) if conflicts else 0
-        return HTMLResponse(
-            pages.receipt_page(stored.receipt, stored.revision, stored.stored_at, conflicts, count, signature=check)
+        return html(
+            pages.receipt_page(
+                stored.receipt, stored.revision, stored.stored_at, conflicts, count, signature=check, links=links
+            )
         )
 
     async def workflow_page(request: Request) -> Response:
         workflow_id = request.path_params["workflow_id"]
         wf = await run_in_threadpool(store.workflow, workflow_id)
         if wf is None:
-            return HTMLResponse(pages.not_found("workflow", workflow_id), status_code=404)
-        return HTMLResponse(pages.workflow_page(wf))
+            return html(pages.not_found("workflow", workflow_id, links), 404)
+        return html(pages.workflow_page(wf, links))
+
+    async def ui_list(request: Request) -> Response:
+        params = dict(request.query_params)
+        return answer(await run_in_threadpool(console.listing_page, store, params, links))
+
+    async def ui_rollups(request: Request) -> Response:
+        params = dict(request.query_params)
+        return answer(await run_in_threadpool(console.rollups_page, store, params, links))
+
+    async def ui_rollups_csv(request: Request) -> Response:
+        params = dict(request.query_params)
+        return answer(await run_in_threadpool(console.rollups_csv, store, params, links))
+
+    async def ui_root(request: Request) -> Response:
+        return RedirectResponse("/ui/", status_code=308)
+
+    def secure(request: Request) -> bool:
+        return request.url.scheme == "https"
+
+    async def sign_in(request: Request) -> Response:
+        next_path = session.local_path(request.query_params.get("next"), "/ui/")
+        if request.method == "GET":
+            if settings.query_token is None:
+                return RedirectResponse(next_path, status_code=303, headers=PAGE_HEADERS)
+            return html(console.sign_in_page("/ui/sign-in", next_path))
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > session.MAX_FORM_BYTES:
+                break
+        form = session.read_form(body)
+        next_path = session.local_path(form.get("next"), "/ui/")
+        token = settings.query_token
+        if token is None:
+            return RedirectResponse(next_path, status_code=303, headers=PAGE_HEADERS)
+        if not session.token_matches(form.get("token", ""), token):
+            return html(console.sign_in_page("/ui/sign-in", next_path, failed=True), 401)
+        return RedirectResponse(
+            next_path,
+            status_code=303,
+            headers={**PAGE_HEADERS, "Set-Cookie": session.set_cookie(token, secure(request))},
+        )
+
+    async def sign_out(request: Request) -> Response:
+        return RedirectResponse(
+            "/ui/sign-in",
+            status_code=303,
+            headers={**PAGE_HEADERS, "Set-Cookie": session.clear_cookie(secure(request))},
+        )
 
     compiler = PolicyCompiler()  # shared by every impact request: a policy is compiled once per catalog version
 
@@ -579,6 +709,8 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         return JSONResponse(openapi.document())
 
     async def index(request: Request) -> Response:
+        if wants_html(request.headers.get("accept")):
+            return RedirectResponse("/ui/", status_code=303)
         return JSONResponse(
             {
                 "service": "unhardcoded processor",
@@ -589,6 +721,7 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
                     "rollups": "/rollups?by=policy",
                     "impact": "/x/impact",
                     "health": "/healthz",
+                    "console": "/ui/",
                 },
             }
         )
@@ -607,8 +740,14 @@ def build_app(processor: ProcessorEngine | None, store: ReceiptStore, settings: 
         Route("/workflows/{workflow_id:path}", guarded(get_workflow)),
         Route("/rollups", guarded(rollups)),
         Route("/x/impact", guarded(impact), methods=["POST"]),
-        Route("/r/{request_id:path}", guarded(receipt_page)),
-        Route("/w/{workflow_id:path}", guarded(workflow_page)),
+        Route("/r/{request_id:path}", paged(receipt_page)),
+        Route("/w/{workflow_id:path}", paged(workflow_page)),
+        Route("/ui", ui_root),
+        Route("/ui/", paged(ui_list)),
+        Route("/ui/rollups", paged(ui_rollups)),
+        Route("/ui/rollups.csv", paged(ui_rollups_csv)),
+        Route("/ui/sign-in", sign_in, methods=["GET", "POST"]),
+        Route("/ui/sign-out", sign_out, methods=["POST"]),
         Route("/stats", guarded(stats)),
         Route("/healthz", health),
         Route("/openapi.json", openapi_json),

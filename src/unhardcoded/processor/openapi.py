@@ -37,6 +37,7 @@ def _param(name: str, where: str, description: str, schema: dict[str, Any], requ
 
 
 _ERROR = _json(_ref("Error"), "The request cannot be answered; `error.message` says why.")
+_HTML_PAGE = {"description": "A page (HTML, no scripts).", "content": {"text/html": {"schema": {"type": "string"}}}}
 _UNAUTHORIZED = _json(
     _ref("Error"), "A query token is configured and the request did not carry it as `Authorization: Bearer`."
 )
@@ -357,6 +358,14 @@ def document() -> dict[str, Any]:
                     _param("workflow", "query", "A workflow id.", {"type": "string"}),
                     _param("client", "query", "The name of the client key (a proxy with --keys).", {"type": "string"}),
                     _param(
+                        "outcome",
+                        "query",
+                        "The decision's outcome.",
+                        {"type": "string", "enum": ["answered", "failed", "no_candidate", "dry_run"]},
+                    ),
+                    _param("rule", "query", "A rule that rejected at least one model.", {"type": "string"}),
+                    _param("provider", "query", "The provider of the last attempt.", {"type": "string"}),
+                    _param(
                         "complete", "query", "Only complete (true) or incomplete (false) receipts.", {"type": "boolean"}
                     ),
                     _param("since", "query", "Decisions at or after this time.", since),
@@ -460,6 +469,55 @@ def document() -> dict[str, Any]:
                         "content": {"text/html": {"schema": {"type": "string"}}},
                     },
                 },
+            }
+        },
+        "/ui/": {
+            "get": {
+                "operationId": "consoleList",
+                "summary": "The receipts console: search (q: a request, workflow or trace id, answered with a 303 to "
+                "its page) and the receipt list for the filter (the parameters of /receipts), newest first",
+                "security": security,
+                "parameters": [_param("q", "query", "A request id, workflow id or trace id.", {"type": "string"})],
+                "responses": {
+                    "200": _HTML_PAGE,
+                    "303": {"description": "A search found what it names: its page, or the sign-in page."},
+                    "400": _HTML_PAGE,
+                },
+            }
+        },
+        "/ui/rollups": {
+            "get": {
+                "operationId": "consoleRollups",
+                "summary": "Charts over time (SVG) for the filter: decisions and fallback rate per model and provider, "
+                "cost vs baseline, saving per policy, workflow or client (by=), rejections by rule, latency p50/p95",
+                "security": security,
+                "parameters": [
+                    _param("by", "query", "Saving per.", {"type": "string", "enum": ["policy", "workflow", "client"]})
+                ],
+                "responses": {"200": _HTML_PAGE, "400": _HTML_PAGE},
+            }
+        },
+        "/ui/rollups.csv": {
+            "get": {
+                "operationId": "consoleRollupsCsv",
+                "summary": "The charts' numbers as CSV (chart=ID for one chart)",
+                "security": security,
+                "parameters": [_param("chart", "query", "A chart id, e.g. decisions-by-model.", {"type": "string"})],
+                "responses": {
+                    "200": {
+                        "description": "chart,bucket_start,series,value",
+                        "content": {"text/csv": {"schema": {"type": "string"}}},
+                    },
+                    "404": {"description": "No such chart."},
+                },
+            }
+        },
+        "/ui/sign-in": {
+            "post": {
+                "operationId": "consoleSignIn",
+                "summary": "Sign a browser in with the query token (form field token): sets an HttpOnly, "
+                "SameSite=Strict cookie the pages take instead of a bearer token; the JSON API does not",
+                "responses": {"303": {"description": "Signed in: to next."}, "401": _HTML_PAGE},
             }
         },
         "/v1/traces": {

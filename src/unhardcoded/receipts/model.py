@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..router.decision import (
     Attempt,
     Billing,
+    BudgetUse,
     Cost,
     Decision,
     FallbackHop,
@@ -60,7 +61,10 @@ class Receipt(_Model):
     workflow: WorkflowRef | None = None
     client: str | None = None
     """The name of the client key the request came with, on a proxy started with ``--keys``; never the key."""
-    outcome: Literal["dry_run", "answered", "failed", "no_candidate"] = "dry_run"
+    budget: BudgetUse | None = None
+    """The spent budget (policy or client key: window, spent, limit) that refused the request or sent it to the
+    policy's fallback policy; absent otherwise."""
+    outcome: Literal["dry_run", "answered", "failed", "no_candidate", "over_budget"] = "dry_run"
     features: RequestFeatures | None = None
     billing: Billing | None = None
     """The cost as billed (breakdown, estimate, per-attempt usage) and the source of the catalog's prices."""

@@ -22,6 +22,7 @@ from ..router.decision import (
     Attempt,
     AttemptUsage,
     Billing,
+    BudgetUse,
     Cost,
     CostBreakdown,
     FallbackHop,
@@ -40,7 +41,7 @@ from .memo import Memo, memo
 from .model import RECEIPT_SCHEMA, FallbackRecord, PolicyRef, Receipt, WorkflowReceipt
 from .spans import STATUS_ERROR, SharedAttributes, SpanRecord, read_spans
 
-_OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate"})
+_OUTCOMES = frozenset({"dry_run", "answered", "failed", "no_candidate", "over_budget"})
 _ROLES = frozenset({"selected", "fallback"})
 _REASONS = frozenset({"error", "timeout", "rate_limit"})
 _CALLED = frozenset({"answered", "failed"})
@@ -424,16 +425,25 @@ _WF_ID, _WF_NAME, _WF_NODE, _WF_STEP = (
     _K.UNHARDCODED_WORKFLOW_STEP,
 )
 _CLIENT = _K.UNHARDCODED_CLIENT_NAME
+_BUDGET_SCOPE, _BUDGET_NAME, _BUDGET_WINDOW, _BUDGET_LIMIT, _BUDGET_SPENT, _BUDGET_ACTION = (
+    _K.UNHARDCODED_BUDGET_SCOPE,
+    _K.UNHARDCODED_BUDGET_NAME,
+    _K.UNHARDCODED_BUDGET_WINDOW,
+    _K.UNHARDCODED_BUDGET_LIMIT_USD,
+    _K.UNHARDCODED_BUDGET_SPENT_USD,
+    _K.UNHARDCODED_BUDGET_ACTION,
+)
 _SIG_VALUE, _SIG_KEY_ID, _SIG_VERSION = (
     _K.UNHARDCODED_SIGNATURE_VALUE,
     _K.UNHARDCODED_SIGNATURE_KEY_ID,
     _K.UNHARDCODED_SIGNATURE_VERSION,
 )
-_AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION = (
+_AT_INDEX, _AT_ROLE, _AT_STATUS, _AT_DURATION, _AT_START = (
     _K.UNHARDCODED_ATTEMPT_INDEX,
     _K.UNHARDCODED_ATTEMPT_ROLE,
     _K.UNHARDCODED_ATTEMPT_STATUS,
     _K.UNHARDCODED_ATTEMPT_DURATION_MS,
+    _K.UNHARDCODED_ATTEMPT_START_MS,
 )
 _GEN_MODEL, _GEN_PROVIDER, _GEN_IN, _GEN_OUT, _ERROR_TYPE = (
     G.GEN_AI_REQUEST_MODEL,
@@ -470,6 +480,7 @@ def _attempt(span: SpanRecord) -> Attempt | None:
             "duration_ms": duration,
             "input_tokens": _opt_int(get(_GEN_IN)),
             "output_tokens": _opt_int(get(_GEN_OUT)),
+            "start_ms": _opt_float(get(_AT_START)),
         },
     )
 
@@ -729,6 +740,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             ),
             "workflow": workflow,
             "client": _opt_str(get(_CLIENT)),
+            "budget": _budget(get) if get(_BUDGET_SCOPE) is not None else None,
             "outcome": outcome,
             "features": features,
             "billing": _billing(get, usages),
@@ -737,6 +749,21 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
         },
     )
     return RebuiltDecision(receipt, body, features)
+
+
+def _budget(get: Any) -> BudgetUse | None:
+    """The spent budget a decision span names, or None when what it recorded is not one."""
+    try:
+        return BudgetUse(
+            scope=get(_BUDGET_SCOPE),
+            name=get(_BUDGET_NAME),
+            window=get(_BUDGET_WINDOW),
+            limit_usd=get(_BUDGET_LIMIT),
+            spent_usd=get(_BUDGET_SPENT),
+            action=get(_BUDGET_ACTION, "refused"),
+        )
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------- a whole set of spans

@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from .stores import RollupRow
 
 WIDTH = 78
-STATUS = {"answered": "200 OK", "dry_run": "DRY RUN", "failed": "FAILED", "no_candidate": "NO CANDIDATE"}
+STATUS = {
+    "answered": "200 OK",
+    "dry_run": "DRY RUN",
+    "failed": "FAILED",
+    "no_candidate": "NO CANDIDATE",
+    "over_budget": "429 OVER BUDGET",
+}
 MAX_REJECTIONS_SHOWN = 12
 OPEN_WORKFLOW = (
     "OPEN: not finished, its root span not seen yet (still running, spans on their way, or the root was lost)"
@@ -30,6 +36,11 @@ def _usd(value: float | None) -> str:
     if value < 0.001:
         return f"${value:.6f}".rstrip("0")
     return f"${value:.4f}".rstrip("0").rstrip(".") if value < 1 else f"${value:,.2f}"
+
+
+def _exact_usd(value: float) -> str:
+    """Dollars to the millionth: a budget's spending next to its limit must not round up to it."""
+    return "$" + (f"{value:.6f}".rstrip("0").rstrip(".") or "0")
 
 
 def _fmt(value: object) -> str:
@@ -92,11 +103,11 @@ def render_receipt(r: Receipt) -> str:
     )
     billing = r.billing
     if billing is not None and billing.breakdown is not None:
-        b = billing.breakdown
+        parts = billing.breakdown
         estimate = f" · estimated {_usd(billing.estimate_usd)}" if billing.estimate_usd is not None else ""
         lines.append(
-            f"billed    input {_usd(b.input)} · cached {_usd(b.cached_input)} · output {_usd(b.output)}"
-            f" · other {_usd(b.other)}{estimate}"
+            f"billed    input {_usd(parts.input)} · cached {_usd(parts.cached_input)} · output {_usd(parts.output)}"
+            f" · other {_usd(parts.other)}{estimate}"
         )
     lines.append(f"policy    {r.policy.name} · fingerprint {r.policy.fingerprint} · {r.policy.schema_}")
     prices = billing.prices if billing is not None else None
@@ -112,6 +123,12 @@ def render_receipt(r: Receipt) -> str:
         lines.append(f"workflow  {r.workflow.name} ({r.workflow.id}) · node {r.workflow.node}{step}")
     if r.client is not None:
         lines.append(f"client    {r.client}")
+    if r.budget is not None:
+        b = r.budget
+        did = "refused" if b.action == "refused" else "routed under the fallback policy"
+        lines.append(
+            f"budget    {b.scope} {b.name} · {_exact_usd(b.spent_usd)} spent of {_usd(b.limit_usd)} per {b.window} · {did}"
+        )
     if r.signature is not None:  # what the span carries; whether it verifies is `receipt ID --verify`'s answer
         lines.append(f"signed    key {r.signature.key_id[:64]} · version {r.signature.version} · not checked here")
     if not r.complete:
@@ -222,7 +239,7 @@ def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
             f"{ratio * 100:.0f}%" if ratio is not None else "n/a",
         )
 
-    head = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
+    head: tuple[str, ...] = (by, "decisions", "fallback", "failed", "cost", "baseline", "saved", "saved %")
     body = [
         cells(r.key, r.decisions, r.fallbacks, r.failed, r.cost_usd, r.baseline_usd, r.savings_usd, r.savings_ratio)
         for r in rows
@@ -242,6 +259,12 @@ def render_rollup(rows: Sequence[RollupRow], by: str) -> str:
                 saved / priced_base if priced_base else None,
             )
         )
+    if any(r.over_budget for r in rows):  # a column only where a budget refused something
+        head += ("over budget",)
+        refused = [r.over_budget for r in rows]
+        if len(rows) > 1:
+            refused.append(sum(refused))
+        body = [(*line, str(n)) for line, n in zip(body, refused, strict=True)]
     widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
 
     def fmt(r: tuple[str, ...]) -> str:

@@ -61,9 +61,12 @@ def record(
     output_tokens: int | None,
     exc: ProviderCallError | None,
     error_type: str | None = None,
+    cascade_started: float | None = None,
 ) -> Attempt:
-    """The attempt as the Decision keeps it; failed when ``exc`` (or an ``error_type`` of our own) is given."""
+    """The attempt as the Decision keeps it; failed when ``exc`` (or an ``error_type`` of our own) is given.
+    ``cascade_started`` (``perf_counter``, where the decision's latency counts from) places it in time."""
     duration = (time.perf_counter() - started) * 1000
+    start_ms = None if cascade_started is None else round(max(0.0, started - cascade_started) * 1000, 3)
     if exc is None and error_type is None:
         return Attempt(
             index=planned.index,
@@ -74,6 +77,7 @@ def record(
             duration_ms=duration,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            start_ms=start_ms,
         )
     return Attempt(
         index=planned.index,
@@ -85,6 +89,7 @@ def record(
         duration_ms=duration,
         input_tokens=input_tokens,
         output_tokens=output_tokens,
+        start_ms=start_ms,
     )
 
 

@@ -25,7 +25,7 @@ def iso_ms(ns: int) -> str:
 
 _SECONDS: dict[int, str] = {}
 
-Outcome = Literal["dry_run", "answered", "failed", "no_candidate"]
+Outcome = Literal["dry_run", "answered", "failed", "no_candidate", "over_budget"]
 
 
 class _Model(BaseModel):
@@ -70,6 +70,10 @@ class Attempt(_Model):
     duration_ms: float = 0.0
     input_tokens: int | None = None
     output_tokens: int | None = None
+    start_ms: float | None = Field(None, exclude_if=lambda v: v is None)
+    """When the call started, in ms after the cascade started (where ``latency_ms`` counts from): the attempt's place
+    on the decision's time axis. None for attempts recorded before it was kept (left out of their JSON, so their
+    stored and signed bytes stay as they were); not covered by a v1 signature."""
 
 
 class Cost(_Model):
@@ -133,6 +137,19 @@ class WorkflowRef(_Model):
     step: int | None = None
 
 
+class BudgetUse(_Model):
+    """A spent budget met by a request: whose (a policy's or a client key's), its window, what was spent
+    (reserved requests in flight included) against its limit, and what the proxy did: refused the request
+    (429 ``budget_exceeded``) or routed it under the policy's fallback policy."""
+
+    scope: Literal["policy", "client"]
+    name: str
+    window: str
+    limit_usd: float
+    spent_usd: float
+    action: Literal["refused", "fallback"] = "refused"
+
+
 class Signature(_Model):
     """An Ed25519 signature over the decision's receipt content (see docs/signing.md)."""
 
@@ -164,6 +181,8 @@ class Decision(_Model):
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
     billing: Billing | None = None
     """The cost as billed and the prices' source (signature v2 and later)."""
+    budget: BudgetUse | None = None
+    """The spent budget that refused this request or sent it to a fallback policy; None otherwise."""
     trace_id: str | None = None
     span_id: str | None = None
     signature: Signature | None = None
@@ -199,6 +218,7 @@ class Decision(_Model):
             "cost": self.cost,
             "workflow": self.workflow,
             "client": self.client,
+            "budget": self.budget,
             "outcome": self.outcome if outcome is None else outcome,
             "features": self.features,
             "billing": self.billing,

@@ -347,6 +347,7 @@ class CompiledPolicy:
                 "workflow": workflow,
                 "client": client_name,
                 "billing": self.dry_billing,
+                "budget": None,
                 "trace_id": None,
                 "span_id": None,
                 "signature": None,

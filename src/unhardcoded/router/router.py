@@ -10,7 +10,7 @@ from ..policy.model import Policy
 from ._async import cascade as async_cascade
 from ._sync import cascade as sync_cascade
 from .attempts import decide_observed
-from .decision import Decision, WorkflowRef
+from .decision import BudgetUse, Cost, Decision, WorkflowRef
 from .engine import CompiledPolicy, PolicyCompiler
 from .features import RequestFeatures, features_from_request
 from .observe import NO_OBSERVER, AttemptObserver, DecisionObserver, default_observer
@@ -69,13 +69,23 @@ class Router:
         request_id: str | None = None,
         workflow: WorkflowRef | None = None,
         client_name: str | None = None,
+        budget: BudgetUse | None = None,
     ) -> Decision:
-        """The would-be decision, with no provider call."""
+        """The would-be decision, with no provider call.
+
+        ``budget``: the spent budget the request is refused for (a proxy's 429 ``budget_exceeded``): the decision
+        is recorded with outcome ``over_budget``, the budget on it, and a cost of nothing.
+        """
         features = request if isinstance(request, RequestFeatures) else features_from_request(request)
         compiled = self.compile(policy)
         with self.telemetry.decision(compiled) as observed:
             decision = decide_observed(observed, self.telemetry, compiled, features, request_id, workflow, client_name)
-            observed.finish(decision)
+            if decision.selected is not None:  # else finished already: no model passes, whatever the budget
+                if budget is not None:
+                    decision.outcome = "over_budget"
+                    decision.budget = budget
+                    decision.cost = Cost(usd=0.0)  # nothing was called, nothing paid (the estimate is in the 429)
+                observed.finish(decision)
         return decision
 
     def _client(self) -> ProviderClient:

@@ -24,6 +24,12 @@ UNHARDCODED_ATTEMPT_ROLE: Final = "unhardcoded.attempt.role"
 Whether the attempt called the selected model or a fallback.
 """
 
+UNHARDCODED_ATTEMPT_START_MS: Final = "unhardcoded.attempt.start_ms"
+"""
+When the provider call started, in milliseconds after the cascade started (the decision's latency
+counts from the same moment); places the attempt on the decision's time axis.
+"""
+
 UNHARDCODED_ATTEMPT_STATUS: Final = "unhardcoded.attempt.status"
 """
 Whether the provider call succeeded.
@@ -33,6 +39,37 @@ UNHARDCODED_ATTEMPT_USAGE_REASONING_TOKENS: Final = "unhardcoded.attempt.usage.r
 """
 Reasoning tokens the provider reported for this call (`completion_tokens_details.reasoning_tokens`).
 Note: Counted in `gen_ai.usage.output_tokens` too, as OpenAI counts them.
+"""
+
+UNHARDCODED_BUDGET_ACTION: Final = "unhardcoded.budget.action"
+"""
+What the proxy did about the spent budget.
+"""
+
+UNHARDCODED_BUDGET_LIMIT_USD: Final = "unhardcoded.budget.limit_usd"
+"""
+What the budget allows per window, in USD of billed cost.
+"""
+
+UNHARDCODED_BUDGET_NAME: Final = "unhardcoded.budget.name"
+"""
+Name of the policy or client key whose budget it is.
+"""
+
+UNHARDCODED_BUDGET_SCOPE: Final = "unhardcoded.budget.scope"
+"""
+Which budget was spent, on a decision the budget refused or sent to a fallback policy.
+"""
+
+UNHARDCODED_BUDGET_SPENT_USD: Final = "unhardcoded.budget.spent_usd"
+"""
+What had been spent (and reserved by requests in flight) in the current window when the request
+came.
+"""
+
+UNHARDCODED_BUDGET_WINDOW: Final = "unhardcoded.budget.window"
+"""
+The budget's window (`1h`, `24h`, `30d`), aligned to the Unix epoch.
 """
 
 UNHARDCODED_CANDIDATES: Final = "unhardcoded.candidates"
@@ -375,6 +412,24 @@ class UnhardcodedAttemptStatusValues(Enum):
     """The call failed; `error.type` says how."""
 
 
+class UnhardcodedBudgetActionValues(Enum):
+    """Values of `unhardcoded.budget.action`."""
+
+    REFUSED = "refused"
+    """The request was answered 429 `budget_exceeded`."""
+    FALLBACK = "fallback"
+    """The request was routed under the policy's `budget.fallback_policy` instead."""
+
+
+class UnhardcodedBudgetScopeValues(Enum):
+    """Values of `unhardcoded.budget.scope`."""
+
+    POLICY = "policy"
+    """The policy's budget (`budget:` in the policy)."""
+    CLIENT = "client"
+    """The client key's budget (`budget:` in the proxy's keys file)."""
+
+
 class UnhardcodedDecisionOutcomeValues(Enum):
     """Values of `unhardcoded.decision.outcome`."""
 
@@ -386,6 +441,8 @@ class UnhardcodedDecisionOutcomeValues(Enum):
     """No catalog model passed the policy for this request."""
     DRY_RUN = "dry_run"
     """The decision was ranked without calling a provider."""
+    OVER_BUDGET = "over_budget"
+    """The request was refused (HTTP 429 `budget_exceeded`) because its policy's or client key's budget was spent."""
 
 
 class UnhardcodedFallbackReasonValues(Enum):

@@ -11,6 +11,57 @@ CallbackT = Callable[[CallbackOptions], Iterable[Observation]] | Generator[Itera
 What an observable instrument calls at each collection for its observations.
 """
 
+UNHARDCODED_BUDGET_LIMIT: Final = "unhardcoded.budget.limit"
+"""
+What a budget allows per window; with `unhardcoded.budget.remaining`, the share used.
+Instrument: gauge
+Unit: USD
+"""
+
+UNHARDCODED_BUDGET_LIMIT_UNIT: Final = "USD"
+"""
+Unit of `unhardcoded.budget.limit`.
+"""
+
+
+def create_unhardcoded_budget_limit(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.budget.limit` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_BUDGET_LIMIT,
+        callbacks=callbacks,
+        description="What a budget allows per window; with `unhardcoded.budget.remaining`, the share used.",
+        unit=UNHARDCODED_BUDGET_LIMIT_UNIT,
+    )
+
+
+UNHARDCODED_BUDGET_REMAINING: Final = "unhardcoded.budget.remaining"
+"""
+What a budget has left in its current window (its limit less what was spent and reserved), as this
+proxy last saw it.
+Instrument: gauge
+Unit: USD
+"""
+
+UNHARDCODED_BUDGET_REMAINING_UNIT: Final = "USD"
+"""
+Unit of `unhardcoded.budget.remaining`.
+"""
+
+
+def create_unhardcoded_budget_remaining(meter: Meter, callbacks: Sequence[CallbackT] | None) -> ObservableGauge:
+    """
+    Create the `unhardcoded.budget.remaining` gauge.
+    """
+    return meter.create_observable_gauge(
+        name=UNHARDCODED_BUDGET_REMAINING,
+        callbacks=callbacks,
+        description="What a budget has left in its current window (its limit less what was spent and reserved), as this proxy last saw it.",
+        unit=UNHARDCODED_BUDGET_REMAINING_UNIT,
+    )
+
+
 UNHARDCODED_COST: Final = "unhardcoded.cost"
 """
 Cost of answered requests in USD at the answering model's catalog prices.
@@ -603,6 +654,31 @@ def create_unhardcoded_rejections(meter: Meter) -> Counter:
         name=UNHARDCODED_REJECTIONS,
         description="Number of catalog models rejected by a rule; one per rejected model per decision.",
         unit=UNHARDCODED_REJECTIONS_UNIT,
+    )
+
+
+UNHARDCODED_STATE_DEGRADED: Final = "unhardcoded.state.degraded"
+"""
+Operations on the shared state (`serve --state redis://...`) served from the proxy's local view
+because the shared store could not be reached.
+Instrument: counter
+Unit: {operation}
+"""
+
+UNHARDCODED_STATE_DEGRADED_UNIT: Final = "{operation}"
+"""
+Unit of `unhardcoded.state.degraded`.
+"""
+
+
+def create_unhardcoded_state_degraded(meter: Meter) -> Counter:
+    """
+    Create the `unhardcoded.state.degraded` counter.
+    """
+    return meter.create_counter(
+        name=UNHARDCODED_STATE_DEGRADED,
+        description="Operations on the shared state (`serve --state redis://...`) served from the proxy's local view because the shared store could not be reached.",
+        unit=UNHARDCODED_STATE_DEGRADED_UNIT,
     )
 
 

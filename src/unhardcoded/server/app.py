@@ -29,7 +29,7 @@ from ..policy.builtin import builtin_policy_dir
 from ..policy.model import Policy
 from ..receipts.model import Receipt
 from ..router import Router
-from ..router.decision import Decision
+from ..router.decision import BudgetUse, Decision
 from ..router.engine import PolicyCompiler, new_request_id
 from ..router.providers import ProviderCallError, ProviderClient, providers_from_env
 from ..semconv import headers as H
@@ -37,11 +37,14 @@ from ..semconv import metrics as M
 from ..telemetry.losses import count_error
 from ..telemetry.scope import INSTRUMENTATION_SCOPE, VERSION
 from .access import CLIENT_CLOSED_REQUEST, SERVER_LOGGER_NAME
-from .auth import ClientAuth, ClientKeys, check_policy_request, client_of
+from .auth import ClientAuth, ClientKey, ClientKeys, check_policy_request, client_of
+from .budgets import Budgets, Held, Refusal, budget_exceeded, budget_owners
+from .console import console_routes
 from .errors import APIError
 from .keys import ClientKeyForwarding, client_key, forwarded_key, redact
 from .policies import DEFAULT_INLINE_CACHE_BYTES, POLICY_HEADER, POLICY_WEIGHT, PolicyDirectory, PolicyResolver
 from .request import DEFAULT_MAX_BODY_BYTES, check_chat_request, parse_json_object, read_body
+from .state import InProcessState, SharedState
 from .streamed import StreamedDecision
 from .tracing import ServerSpans
 
@@ -201,6 +204,7 @@ class Proxy:
         forwarding: bool,
         recent: RecentDecisions,
         store: ReceiptStore | None = None,
+        budgets: Budgets | None = None,
     ) -> None:
         self.router = router
         self.resolver = resolver
@@ -210,6 +214,7 @@ class Proxy:
         self.store = store
         self.impact_compiler = PolicyCompiler()
         """Policies compiled for ``POST /x/impact``, apart from the router's (which routes on one catalog)."""
+        self.budgets = budgets
 
     async def _read(self, request: Request) -> dict[str, Any]:
         return parse_json_object(await read_body(request, self.max_body_bytes))
@@ -237,10 +242,18 @@ class Proxy:
             key = forwarded_key(request.headers.get("authorization")) if self.forwarding else None
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id})
+        held: Held | None = None
+        fallback_use: BudgetUse | None = None
+        if self.budgets is not None:
+            within = await self._within_budget(policy, client_of(request.scope), features, request_id, client_name)
+            if isinstance(within, Response):
+                return within
+            policy, held, fallback_use = within
         if features.stream:
-            return self._stream(policy, body, features, request_id, key, client_name)
+            return self._stream(policy, body, features, request_id, key, client_name, held, fallback_use)
         token = client_key.set(key)
         later: list[Callable[[], None]] = []
+        decision: Decision | None = None
         try:
             try:
                 decision, result, error = await self.router.aroute(
@@ -251,6 +264,8 @@ class Proxy:
                 assert rejected is not None
                 self.recent.add(rejected)
                 return no_candidate_error(rejected).response(decision_headers(rejected))
+            if fallback_use is not None:
+                decision.budget = fallback_use  # recorded with the span, after the answer
             self.recent.add(decision, compact=False)
             later.append(partial(self.recent.compact, decision.request_id))
             headers = decision_headers(decision)
@@ -266,6 +281,45 @@ class Proxy:
             return response
         finally:
             client_key.reset(token)
+            if held is not None:
+                assert self.budgets is not None
+                self.budgets.settle_decision(held, decision)
+
+    async def _within_budget(
+        self, policy: Policy, client: ClientKey | None, features: Any, request_id: str, client_name: str | None
+    ) -> tuple[Policy, Held | None, BudgetUse | None] | Response:
+        """Reserve the request's estimated cost on every budget it falls under (one round trip to the state).
+
+        Returns the policy to route under (the policy's ``budget.fallback_policy`` when its own budget is spent),
+        the reservation to settle once answered, and the spent budget that sent it to the fallback; or the 429
+        ``budget_exceeded`` answer, its decision recorded with outcome ``over_budget``.
+        """
+        assert self.budgets is not None
+        fallback_use: BudgetUse | None = None
+        tried = {policy.name}
+        while True:
+            owners = budget_owners(policy, client)
+            if not owners:
+                return policy, None, fallback_use
+            estimate = self.router.compile(policy).decide(features)
+            if estimate.selected is None:
+                return policy, None, fallback_use  # no model passes: the route answers that, spending nothing
+            outcome = await self.budgets.reserve(owners, estimate.cost.usd or 0.0)
+            if isinstance(outcome, Held):
+                return policy, outcome, fallback_use
+            refusal: Refusal = outcome
+            other_name = refusal.owner.budget.fallback_policy if refusal.owner.scope == "policy" else None
+            other = self.resolver.directory.get(other_name) if other_name is not None else None
+            if other is not None and other.name not in tried:
+                tried.add(other.name)
+                fallback_use = refusal.use("fallback")
+                policy = other
+                continue
+            decision = self.router.decide(
+                policy, features, request_id=request_id, client_name=client_name, budget=refusal.use("refused")
+            )
+            self.recent.add(decision)
+            return budget_exceeded(refusal, self.budgets.clock()).response(decision_headers(decision))
 
     def _stream(
         self,
@@ -275,8 +329,19 @@ class Proxy:
         request_id: str,
         key: str | None,
         client_name: str | None,
+        held: Held | None = None,
+        fallback_use: BudgetUse | None = None,
     ) -> Response:
         options = body.get("stream_options")
+        done: Callable[[Decision], None] = self.recent.add
+        if held is not None:
+            budgets = self.budgets
+            assert budgets is not None
+
+            def done(decision: Decision) -> None:
+                self.recent.add(decision)
+                budgets.settle_decision(held, decision)
+
         return StreamedDecision(  # type: ignore[return-value]
             self.router,
             self.router.compile(policy),
@@ -286,10 +351,11 @@ class Proxy:
             headers=decision_headers,
             no_candidate=no_candidate_error,
             failure=upstream_error,
-            done=self.recent.add,
+            done=done,
             include_usage=isinstance(options, dict) and options.get("include_usage") is True,
             key=key,
             client_name=client_name,
+            budget=fallback_use,
         )
 
     async def rank(self, request: Request) -> Response:
@@ -499,6 +565,7 @@ def create_app(
     inline_policy_bytes: int = DEFAULT_INLINE_CACHE_BYTES,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
+    state: SharedState | None = None,
 ) -> Starlette:
     """The proxy as an ASGI app.
 
@@ -511,7 +578,9 @@ def create_app(
     ``store`` (a ReceiptStore) answers ``GET /x/receipts/{id}`` for decisions no
     longer held in memory. The caches are bounded in bytes: ``receipts_kept_bytes`` for the recent
     decisions, ``inline_policy_bytes`` for validated inline policies; their sizes are the
-    ``unhardcoded.proxy.*.size`` gauges.
+    ``unhardcoded.proxy.*.size`` gauges. ``state`` (``serve --state``, see :mod:`unhardcoded.server.state`)
+    counts budget spending and carries live events; by default in this process. The app starts and closes it
+    with the server.
     """
     # The app closes, on the server's loop at shutdown, the provider clients it made; a client it was given
     # (directly or inside a router) belongs to the caller.
@@ -542,6 +611,8 @@ def create_app(
     resolver = PolicyResolver(directory, default_policy, max_inline_bytes=inline_policy_bytes)
     if client_keys is not None:
         client_keys.check_policies(directory.get, directory.names)
+    _check_budget_fallbacks(directory)
+    shared = state if state is not None else InProcessState()
     proxy = Proxy(
         router,
         resolver,
@@ -549,6 +620,7 @@ def create_app(
         forwarding=bool(forward),
         recent=RecentDecisions(receipts_kept, receipts_kept_bytes),
         store=store,
+        budgets=Budgets(shared, meter_provider=meter_provider),
     )
     routes = [
         Route("/v1/chat/completions", proxy.chat_completions, methods=["POST"]),
@@ -557,11 +629,16 @@ def create_app(
         Route("/x/receipts/{request_id}", proxy.receipt, methods=["GET"]),
         Route("/x/impact", proxy.impact, methods=["POST"]),
         Route("/healthz", proxy.healthz, methods=["GET"]),
+        *console_routes(store),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        yield
+        await shared.start()
+        try:
+            yield
+        finally:
+            await shared.aclose()
         if made_router and router.client is not None and router.client not in owned:
             owned.append(router.client)  # made on the first request, from the environment
         for made in owned:
@@ -570,11 +647,24 @@ def create_app(
     _observe_cache_sizes(proxy, meter_provider)
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error}, lifespan=lifespan)
     app.state.proxy = proxy
+    app.state.shared_state = shared
     app.add_middleware(ChatCompletionsFirst, proxy=proxy)
     if client_keys is not None:
         app.add_middleware(ClientAuth, keys=client_keys)
     app.add_middleware(ServerSpans, tracer_provider=tracer_provider)
     return app
+
+
+def _check_budget_fallbacks(directory: PolicyDirectory) -> None:
+    """Every ``budget.fallback_policy`` a named policy gives is a policy the proxy has (refused at start-up)."""
+    for name in directory.names:
+        policy = directory.get(name)
+        fallback = policy.budget.fallback_policy if policy is not None and policy.budget is not None else None
+        if fallback is not None and directory.get(fallback) is None:
+            raise ConfigError(
+                f"policy {name!r}: budget.fallback_policy names {fallback!r}, which is not one of the proxy's "
+                f"policies ({', '.join(directory.names) or 'none'})"
+            )
 
 
 def _observe_cache_sizes(proxy: Proxy, meter_provider: MeterProvider | None) -> None:

@@ -8,6 +8,7 @@ The keys file names each client and holds the SHA-256 of its key, never the key:
         policies: [support]        # the policies it may name; "*" for any
         default_policy: support    # used when its request names none
         inline: false              # whether it may send a policy in the body (default false)
+        budget: {usd: 20, window: 24h}   # what its requests may spend per window (optional; docs/budgets.md)
 
 A request's ``Authorization: Bearer`` key (or ``x-api-key``, as Anthropic clients send it) is hashed and
 looked up by digest, so no comparison runs over a stored key; it is the caller's key to this proxy and is
@@ -30,7 +31,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .._documents import key_path, parse_document
 from ..errors import ConfigError
-from ..policy.model import Policy
+from ..policy.load import budget_problems
+from ..policy.model import Budget, Policy
 from .errors import APIError
 
 CLIENT_SCOPE_KEY = "unhardcoded.client"
@@ -45,7 +47,7 @@ OPEN_PATHS = frozenset({"/healthz"})
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 _POLICY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _HEX_DIGEST = re.compile(r"^[0-9a-fA-F]{64}$")
-_FIELDS = ("name", "sha256", "policies", "default_policy", "inline")
+_FIELDS = ("name", "sha256", "policies", "default_policy", "inline", "budget")
 _RAW_KEY_FIELDS = frozenset({"key", "api_key", "apikey", "client_key", "secret", "token", "password", "bearer"})
 _HASH_HINT = "run `unhardcoded keys hash` and give it the key on stdin"
 
@@ -64,6 +66,8 @@ class ClientKey:
     default_policy: str | None = None
     inline: bool = False
     line: int | None = None
+    budget: Budget | None = None
+    """What requests with this key may spend per window, whatever policy they route under."""
 
     def may_use(self, policy: str) -> bool:
         return ANY_POLICY in self.policies or policy in self.policies
@@ -223,7 +227,14 @@ def _entries(doc: Any, source: str, lines: Mapping[str, int]) -> list[ClientKey]
                 raise fail(f"{at}.default_policy", "must be a policy name")
             if ANY_POLICY not in policies and default not in policies:
                 raise fail(f"{at}.default_policy", f"{default!r} is not among the policies this key may use")
-        out.append(ClientKey(name, digest, frozenset(policies), default, inline, lines.get(at)))
+        budget = None
+        if entry.get("budget") is not None:
+            problems = budget_problems(entry["budget"], fallback=False)
+            if problems:
+                sub, message = problems[0]
+                raise fail(f"{at}.budget{sub}", message)
+            budget = Budget.model_validate(entry["budget"])
+        out.append(ClientKey(name, digest, frozenset(policies), default, inline, lines.get(at), budget))
     return out
 
 

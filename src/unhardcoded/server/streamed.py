@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 from starlette.types import Message, Receive, Scope, Send
 
-from ..router.decision import Decision
+from ..router.decision import BudgetUse, Decision
 from ..router.providers import ProviderCallError
 from .errors import APIError
 from .keys import client_key, redact
@@ -63,6 +63,7 @@ class StreamedDecision:
         include_usage: bool,
         key: str | None = None,
         client_name: str | None = None,
+        budget: BudgetUse | None = None,
     ) -> None:
         self.router = router
         self.compiled = compiled
@@ -76,6 +77,8 @@ class StreamedDecision:
         self.include_usage = include_usage
         self.key = key
         self.client_name = client_name
+        self.budget = budget
+        """The spent budget that sent the request to this (fallback) policy, for its receipt."""
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         token = client_key.set(self.key)
@@ -85,6 +88,8 @@ class StreamedDecision:
                 self.compiled, self.features, self.body, request_id=self.request_id, client_name=self.client_name
             ) as cascade:
                 decision = cascade.decision
+                if self.budget is not None:
+                    decision.budget = self.budget  # recorded with the span as the cascade ends
                 if decision.selected is None:
                     await self._respond(self.no_candidate(decision), decision, send)
                     return

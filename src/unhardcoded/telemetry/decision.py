@@ -329,7 +329,7 @@ class DecisionScope:
         at = self.start_ns
         for event in events:
             add_event(name, event, at)
-        if outcome in ("failed", "no_candidate"):
+        if outcome in ("failed", "no_candidate", "over_budget"):
             span.set_status(_ERROR)
         lost += _losses_on(span, attrs, events, self.layout.body_length)
         if lost:
@@ -514,6 +514,8 @@ def _end_attempt_span(
             }
             if attempt.status == "ok":
                 attrs[G.GEN_AI_RESPONSE_MODEL] = response_model or attempt.model
+            if attempt.start_ms is not None:
+                attrs[A.UNHARDCODED_ATTEMPT_START_MS] = float(attempt.start_ms)
             if attempt.input_tokens is not None:
                 attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
             if attempt.output_tokens is not None:

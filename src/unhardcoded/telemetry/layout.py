@@ -16,7 +16,7 @@ from ..semconv import gen_ai as G
 from ..semconv import spans as S
 
 if TYPE_CHECKING:
-    from ..router.decision import Billing, Decision, Rejection, WorkflowRef
+    from ..router.decision import Billing, BudgetUse, Decision, Rejection, WorkflowRef
     from ..router.engine import CompiledPolicy
     from ..router.features import RequestFeatures
 
@@ -25,7 +25,7 @@ REJECTION_EVENT_LIMIT = 64
 span by default: 64 leaves room for other instrumentation."""
 
 _CACHE_MAX = 4096
-_ERROR_OUTCOMES = frozenset({"failed", "no_candidate"})
+_ERROR_OUTCOMES = frozenset({"failed", "no_candidate", "over_budget"})
 
 
 def json_text(value: Any) -> tuple[str, bool]:
@@ -73,6 +73,17 @@ def workflow_attributes(w: WorkflowRef) -> dict[str, Any]:
     if w.step is not None:
         attrs[A.UNHARDCODED_WORKFLOW_STEP] = w.step
     return attrs
+
+
+def budget_attributes(b: BudgetUse) -> dict[str, Any]:
+    return {
+        A.UNHARDCODED_BUDGET_SCOPE: b.scope,
+        A.UNHARDCODED_BUDGET_NAME: b.name,
+        A.UNHARDCODED_BUDGET_WINDOW: b.window,
+        A.UNHARDCODED_BUDGET_LIMIT_USD: float(b.limit_usd),
+        A.UNHARDCODED_BUDGET_SPENT_USD: float(b.spent_usd),
+        A.UNHARDCODED_BUDGET_ACTION: b.action,
+    }
 
 
 class _Laid:
@@ -195,6 +206,8 @@ class PolicyLayout:
             attrs.update(workflow_attributes(d.workflow))
         if d.client is not None:
             attrs[A.UNHARDCODED_CLIENT_NAME] = d.client
+        if d.budget is not None:
+            attrs.update(budget_attributes(d.budget))
         lost = 0
         if len(rows) > REJECTION_EVENT_LIMIT:
             rest = rows[REJECTION_EVENT_LIMIT:]

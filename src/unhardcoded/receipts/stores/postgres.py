@@ -27,7 +27,17 @@ from .protocol import (
     Written,
     reopened,
 )
-from .sql import ROLLUP_COLUMN, SPAN_COLUMNS, SPAN_JOIN, Row, SQLReceiptReads, epoch_ms, now_iso, policy_row
+from .sql import (
+    ROLLUP_COLUMN,
+    SPAN_COLUMNS,
+    SPAN_JOIN,
+    Row,
+    SQLReceiptReads,
+    console_values,
+    epoch_ms,
+    now_iso,
+    policy_row,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -60,7 +70,10 @@ CREATE TABLE IF NOT EXISTS receipts (
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
   body TEXT NOT NULL,
-  span_id TEXT
+  span_id TEXT,
+  rules TEXT,
+  provider TEXT,
+  latency_ms DOUBLE PRECISION
 );
 CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
 CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
@@ -125,6 +138,7 @@ def _connect(url: str) -> Connection:
         _add_workflow_finished_at(conn)
         _add_receipt_client(conn)
         _add_receipt_span_id(conn)
+        _add_console_columns(conn)
     return conn
 
 
@@ -145,6 +159,23 @@ def _add_receipt_span_id(conn: Connection) -> None:
     if not _has_column(conn, "receipts", "span_id"):
         conn.execute("ALTER TABLE receipts ADD COLUMN span_id TEXT")
         conn.execute("UPDATE receipts SET span_id = body::jsonb ->> 'span_id'")
+
+
+def _add_console_columns(conn: Connection) -> None:
+    """Store schema 4 (as the SQLite store's): the rules, provider and latency columns the console filters and
+    charts by, filled in from the bodies of receipts stored before (under the schema lock, so once)."""
+    if not _has_column(conn, "receipts", "rules"):
+        conn.execute("ALTER TABLE receipts ADD COLUMN rules TEXT")
+        conn.execute("ALTER TABLE receipts ADD COLUMN IF NOT EXISTS provider TEXT")
+        conn.execute("ALTER TABLE receipts ADD COLUMN IF NOT EXISTS latency_ms DOUBLE PRECISION")
+        conn.execute(
+            "UPDATE receipts SET "
+            "rules = (SELECT E'\\n' || string_agg(DISTINCT j ->> 'rule', E'\\n') || E'\\n' "
+            "FROM jsonb_array_elements(body::jsonb -> 'rejected') j), "
+            "provider = body::jsonb -> 'attempts' -> -1 ->> 'provider', "
+            "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE (body::jsonb ->> 'latency_ms')::double precision END"
+        )
+    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)")
 
 
 def _add_workflow_finished_at(conn: Connection) -> None:
@@ -195,6 +226,7 @@ class PostgresReceiptStore(SQLReceiptReads):
     """The :class:`~.protocol.ReceiptStore` protocol over PostgreSQL."""
 
     _param = "%s"
+    _contains = "strpos({column}, {param}) > 0"
 
     @staticmethod
     def _flag(value: bool) -> object:
@@ -240,6 +272,7 @@ class PostgresReceiptStore(SQLReceiptReads):
             receipt.client,
             receipt.complete,
             stamp,
+            *console_values(receipt),
             body,
         )
         # First come: a new request id is inserted; two instances inserting it at once, one waits and finds the
@@ -247,7 +280,8 @@ class PostgresReceiptStore(SQLReceiptReads):
         row = conn.execute(
             "INSERT INTO receipts (request_id, trace_id, span_id, ts_ms, policy_name, policy_fingerprint, catalog_version, "
             "model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, workflow_name, client, complete, "
-            "stored_at, body, revision) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
+            "stored_at, rules, provider, latency_ms, body, revision) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1) "
             "ON CONFLICT (request_id) DO NOTHING RETURNING revision",
             (receipt.request_id, *values),
         ).fetchone()
@@ -280,7 +314,8 @@ class PostgresReceiptStore(SQLReceiptReads):
             row = conn.execute(
                 "UPDATE receipts SET trace_id = %s, span_id = %s, ts_ms = %s, policy_name = %s, policy_fingerprint = %s, "
                 "catalog_version = %s, model = %s, outcome = %s, fallback = %s, cost_usd = %s, baseline_model = %s, "
-                "baseline_usd = %s, workflow_id = %s, workflow_name = %s, client = %s, complete = %s, stored_at = %s, body = %s, "
+                "baseline_usd = %s, workflow_id = %s, workflow_name = %s, client = %s, complete = %s, stored_at = %s, "
+                "rules = %s, provider = %s, latency_ms = %s, body = %s, "
                 "revision = revision + 1 WHERE request_id = %s RETURNING revision",
                 (*values, receipt.request_id),
             ).fetchone()
@@ -379,7 +414,7 @@ class PostgresReceiptStore(SQLReceiptReads):
             f"SELECT COALESCE({column}, '(none)') AS k, COUNT(*), SUM(fallback::int), SUM((outcome = 'failed')::int), "
             f"COALESCE(SUM(cost_usd), 0), COALESCE(SUM(baseline_usd), 0), "
             f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd - cost_usd END), 0), "
-            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd END), 0) "
+            f"COALESCE(SUM(CASE WHEN {priced} THEN baseline_usd END), 0), SUM((outcome = 'over_budget')::int) "
             f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
             params,
         )
@@ -393,8 +428,9 @@ class PostgresReceiptStore(SQLReceiptReads):
                 float(base),
                 float(saved),
                 (float(saved) / float(priced_base)) if priced_base and priced_base > 0 else None,
+                over_budget=int(refused or 0),
             )
-            for key, n, fb, failed, cost, base, saved, priced_base in rows
+            for key, n, fb, failed, cost, base, saved, priced_base, refused in rows
         ]
 
     def close(self) -> None:

@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from ...catalog.model import Catalog
     from ..rebuild import RebuiltDecision
 
-RollupKey = Literal["policy", "workflow", "model", "client"]
-ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model", "client")
+RollupKey = Literal["policy", "workflow", "model", "client", "provider"]
+ROLLUP_KEYS: tuple[str, ...] = ("policy", "workflow", "model", "client", "provider")
 
 
 class StoreError(UnhardcodedError):
@@ -40,6 +40,12 @@ class ReceiptQuery:
     workflow_id: str | None = None
     client: str | None = None
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
+    outcome: str | None = None
+    """``answered``, ``failed``, ``no_candidate`` or ``dry_run``."""
+    rule: str | None = None
+    """A rule that rejected at least one model of the decision."""
+    provider: str | None = None
+    """The provider of the decision's last attempt (the one that answered, or the last that failed)."""
     since: datetime | str | None = None
     """Inclusive; a datetime or an ISO 8601 timestamp."""
     until: datetime | str | None = None
@@ -95,6 +101,8 @@ class RollupRow:
     savings_ratio: float | None
     priced_baseline_usd: float = 0.0
     """Baseline cost of the decisions priced on both sides: the denominator of ``savings_ratio``."""
+    over_budget: int = 0
+    """Requests a spent budget refused (429 ``budget_exceeded``, outcome ``over_budget``)."""
 
     @property
     def fallback_rate(self) -> float:
@@ -112,6 +120,7 @@ class RollupRow:
             "savings_usd": self.savings_usd,
             "savings_ratio": self.savings_ratio,
             "priced_baseline_usd": self.priced_baseline_usd,
+            "over_budget": self.over_budget,
         }
 
 
@@ -135,6 +144,57 @@ HistoryRow = tuple[int, str, str, str, str, str, "str | None", "str | None", "st
 """What a replay reads of one receipt, without building it: ``ts_ms``, ``request_id``, policy name, policy
 fingerprint, catalog version, outcome, selected model, answering model, ``features`` and the last attempt (each as
 compact JSON text, or None)."""
+
+
+@dataclass(frozen=True)
+class ListedReceipt:
+    """One row of the console's receipt list: a receipt's columns, its body left unread."""
+
+    request_id: str
+    ts_ms: int
+    trace_id: str | None
+    policy: str
+    model: str | None
+    provider: str | None
+    outcome: str
+    fallback: bool
+    cost_usd: float | None
+    baseline_usd: float | None
+    latency_ms: float | None
+    workflow_id: str | None
+    workflow_name: str | None
+    client: str | None
+    complete: bool
+
+
+@dataclass(frozen=True)
+class ReceiptCounts:
+    """How many receipts a query matches, by outcome, and how many of them fell back."""
+
+    total: int = 0
+    answered: int = 0
+    failed: int = 0
+    no_candidate: int = 0
+    dry_run: int = 0
+    fallbacks: int = 0
+
+
+@dataclass(frozen=True)
+class SeriesRow:
+    """What the console's charts read of one receipt (dry runs left out, as rollups leave them out)."""
+
+    ts_ms: int
+    policy: str
+    workflow: str | None
+    client: str | None
+    model: str | None
+    provider: str | None
+    outcome: str
+    fallback: bool
+    cost_usd: float | None
+    baseline_usd: float | None
+    rules: tuple[str, ...]
+    latency_ms: float | None
 
 
 @runtime_checkable
@@ -210,6 +270,17 @@ class ReceiptStore(Protocol):
     def catalog(self, version: str) -> str | None: ...
 
     def rollup(self, by: RollupKey, since: datetime | str | None = None) -> list[RollupRow]: ...
+
+    def listing(self, query: ReceiptQuery, after: tuple[int, str] | None = None) -> list[ListedReceipt]:
+        """Receipts matching ``query`` (its ``limit``; not its ``offset``), newest first, from their columns only;
+        ``after``: the (``ts_ms``, request id) of the last row of the page before (a keyset cursor)."""
+        ...
+
+    def counts(self, query: ReceiptQuery = DEFAULT_QUERY) -> ReceiptCounts: ...
+
+    def series(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[SeriesRow]:
+        """Every receipt matching ``query`` but dry runs (its ``limit`` and ``offset`` ignored), oldest first."""
+        ...
 
     def close(self) -> None: ...
 

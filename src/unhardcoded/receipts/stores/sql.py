@@ -16,8 +16,11 @@ from .protocol import (
     DEFAULT_QUERY,
     HistoryQuery,
     HistoryRow,
+    ListedReceipt,
     ReceiptConflict,
+    ReceiptCounts,
     ReceiptQuery,
+    SeriesRow,
     StoredReceipt,
     StoreError,
 )
@@ -25,11 +28,37 @@ from .protocol import (
 Row = tuple[Any, ...]
 """One row as a DB-API driver returns it."""
 
-ROLLUP_COLUMN = {"policy": "policy_name", "model": "model", "workflow": "workflow_name", "client": "client"}
+ROLLUP_COLUMN = {
+    "policy": "policy_name",
+    "model": "model",
+    "workflow": "workflow_name",
+    "client": "client",
+    "provider": "provider",
+}
 
 SPAN_COLUMNS = "s.trace_id, s.span_id, s.group_key, s.body, s.service, s.received_ms, g.finished_ms"
 """A spooled span with its group's finish mark, in :class:`~.protocol.StoredSpan` order."""
 SPAN_JOIN = "processor_spans s LEFT JOIN processor_groups g ON g.trace_id = s.trace_id AND g.group_key = s.group_key"
+
+
+CONSOLE_COLUMNS = ("rules", "provider", "latency_ms")
+"""Columns of store schema 4, read by the console's filters and charts (see :func:`console_values`)."""
+
+RULES_SEPARATOR = "\n"
+
+
+def console_values(receipt: Receipt) -> tuple[str | None, str | None, float | None]:
+    """A receipt's ``rules``, ``provider`` and ``latency_ms`` columns.
+
+    ``rules``: the distinct rules that rejected a model, each between separators (``"\\nregion\\nbudget\\n"``), so a
+    rule is found by a substring test that no other rule name can match; None when nothing was rejected.
+    ``provider``: the provider of the last attempt (the one that answered, or the last that failed).
+    """
+    names = list(dict.fromkeys(j.rule for j in receipt.rejected))
+    rules = RULES_SEPARATOR + RULES_SEPARATOR.join(names) + RULES_SEPARATOR if names else None
+    provider = receipt.attempts[-1].provider if receipt.attempts else None
+    latency = None if receipt.outcome == "dry_run" else receipt.latency_ms
+    return rules, provider, latency
 
 
 def epoch_ms(value: datetime | str) -> int:
@@ -71,6 +100,8 @@ class SQLReceiptReads:
     """The reads that are the same SQL on every store; a store sets ``_param`` to its driver's placeholder."""
 
     _param = "?"
+    _contains = "instr({column}, {param}) > 0"
+    """The driver's substring test (SQLite ``instr``, PostgreSQL ``strpos``)."""
 
     @staticmethod
     def _flag(value: bool) -> object:
@@ -124,8 +155,10 @@ class SQLReceiptReads:
             ("request_id", q.request_id),
             ("trace_id", q.trace_id),
             ("model", q.model),
+            ("provider", q.provider),
             ("workflow_id", q.workflow_id),
             ("client", q.client),
+            ("outcome", q.outcome),
         ):
             if value is not None:
                 clauses.append(f"{column} = {p}")
@@ -133,6 +166,9 @@ class SQLReceiptReads:
         if q.policy is not None:
             clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
             params += [q.policy, q.policy]
+        if q.rule is not None:
+            clauses.append(self._contains.format(column="rules", param=p))
+            params.append(RULES_SEPARATOR + q.rule + RULES_SEPARATOR)
         if q.fallback is not None:
             clauses.append(f"fallback = {p}")
             params.append(self._flag(q.fallback))
@@ -190,6 +226,88 @@ class SQLReceiptReads:
                 )
             )
         return out
+
+    def listing(self, query: ReceiptQuery, after: tuple[int, str] | None = None) -> list[ListedReceipt]:
+        p = self._param
+        where, params = self._where(query)
+        if after is not None:
+            where += (" AND " if where else " WHERE ") + f"(ts_ms < {p} OR (ts_ms = {p} AND request_id > {p}))"
+            params += [after[0], after[0], after[1]]
+        sql = (
+            "SELECT request_id, ts_ms, trace_id, policy_name, model, provider, outcome, fallback, cost_usd, "
+            "baseline_usd, latency_ms, workflow_id, workflow_name, client, complete "
+            f"FROM receipts{where} ORDER BY ts_ms DESC, request_id"
+        )
+        if query.limit is not None:
+            sql += f" LIMIT {p}"
+            params.append(max(0, query.limit))
+        return [
+            ListedReceipt(
+                row[0],
+                int(row[1]),
+                row[2],
+                row[3],
+                row[4],
+                row[5],
+                row[6],
+                bool(row[7]),
+                row[8],
+                row[9],
+                row[10],
+                row[11],
+                row[12],
+                row[13],
+                bool(row[14]),
+            )
+            for row in self._read(sql, params)
+        ]
+
+    def counts(self, query: ReceiptQuery = DEFAULT_QUERY) -> ReceiptCounts:
+        where, params = self._where(query)
+        by = {
+            (outcome, bool(fallback)): int(n)
+            for outcome, fallback, n in self._read(
+                f"SELECT outcome, fallback, COUNT(*) FROM receipts{where} GROUP BY outcome, fallback", params
+            )
+        }
+
+        def of(outcome: str) -> int:
+            return by.get((outcome, False), 0) + by.get((outcome, True), 0)
+
+        return ReceiptCounts(
+            total=sum(by.values()),
+            answered=of("answered"),
+            failed=of("failed"),
+            no_candidate=of("no_candidate"),
+            dry_run=of("dry_run"),
+            fallbacks=sum(n for (_, fallback), n in by.items() if fallback),
+        )
+
+    def series(self, query: ReceiptQuery = DEFAULT_QUERY) -> list[SeriesRow]:
+        where, params = self._where(query)
+        where += (" AND " if where else " WHERE ") + "outcome != 'dry_run'"
+        rows = self._read(
+            "SELECT ts_ms, policy_name, workflow_name, client, model, provider, outcome, fallback, cost_usd, "
+            f"baseline_usd, rules, latency_ms FROM receipts{where} ORDER BY ts_ms, request_id",
+            params,
+        )
+        return [
+            SeriesRow(
+                int(ts),
+                policy,
+                workflow,
+                client,
+                model,
+                provider,
+                outcome,
+                bool(fallback),
+                cost,
+                baseline,
+                tuple(rules.strip(RULES_SEPARATOR).split(RULES_SEPARATOR)) if rules else (),
+                latency,
+            )
+            for ts, policy, workflow, client, model, provider, outcome, fallback, cost, baseline, rules, latency in rows
+        ]
 
     def workflow(self, workflow_id: str) -> WorkflowReceipt | None:
         p = self._param

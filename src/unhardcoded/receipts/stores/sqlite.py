@@ -33,7 +33,17 @@ from .protocol import (
     Written,
     reopened,
 )
-from .sql import ROLLUP_COLUMN, SPAN_COLUMNS, SPAN_JOIN, Row, SQLReceiptReads, epoch_ms, now_iso, policy_row
+from .sql import (
+    ROLLUP_COLUMN,
+    SPAN_COLUMNS,
+    SPAN_JOIN,
+    Row,
+    SQLReceiptReads,
+    console_values,
+    epoch_ms,
+    now_iso,
+    policy_row,
+)
 
 if TYPE_CHECKING:
     from ...catalog.model import Catalog
@@ -41,7 +51,7 @@ if TYPE_CHECKING:
 
 STORE_KIND = "unhardcoded-receipts-store"
 PAGE_SIZE = 16384
-STORE_SCHEMA_VERSION = 3
+STORE_SCHEMA_VERSION = 4
 """Bumped with every change to the tables; :meth:`SQLiteReceiptStore._migrate` walks older files forward.
 
 2: ``workflows.finished_at``, when the workflow's root span was seen and the workflow finished.
@@ -49,6 +59,8 @@ STORE_SCHEMA_VERSION = 3
    ``receipts.span_id`` (a receipt belongs to one decision), ``receipt_revisions`` (every revision a receipt was
    replaced by a later one of the same decision) and ``receipt_conflicts`` (receipts of other decisions for a stored
    request id, kept aside).
+4: ``receipts.rules`` (the rules that rejected a model, for the console's rule filter), ``receipts.provider``
+   (the last attempt's provider) and ``receipts.latency_ms``, filled in from the bodies of receipts stored before.
 """
 
 T = TypeVar("T")
@@ -105,7 +117,10 @@ CREATE TABLE IF NOT EXISTS receipts (
   revision INTEGER NOT NULL,
   stored_at TEXT NOT NULL,
   body TEXT NOT NULL,
-  span_id TEXT
+  span_id TEXT,
+  rules TEXT,
+  provider TEXT,
+  latency_ms REAL
 );
 CREATE INDEX IF NOT EXISTS receipts_by_trace ON receipts(trace_id);
 CREATE INDEX IF NOT EXISTS receipts_by_time ON receipts(ts_ms);
@@ -114,6 +129,7 @@ CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprin
 CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
 CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms);
 CREATE TABLE IF NOT EXISTS policies (
   fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
 );
@@ -137,6 +153,21 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         "ALTER TABLE receipts ADD COLUMN span_id TEXT",
         "UPDATE receipts SET span_id = json_extract(body, '$.span_id')",
         *(statement for statement in _RECORD_TABLES.split(";") if statement.strip()),
+    ),
+    # 3 -> 4: the console filters by rejection rule and charts provider and latency; receipts stored before get
+    # the columns from their bodies, as console_values() writes them.
+    3: (
+        "ALTER TABLE receipts ADD COLUMN rules TEXT",
+        "ALTER TABLE receipts ADD COLUMN provider TEXT",
+        "ALTER TABLE receipts ADD COLUMN latency_ms REAL",
+        (
+            "UPDATE receipts SET "
+            "rules = (SELECT char(10) || group_concat(rule, char(10)) || char(10) FROM "
+            "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected'))), "
+            "provider = json_extract(body, '$.attempts[#-1].provider'), "
+            "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END"
+        ),
+        "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)",
     ),
 }
 
@@ -360,6 +391,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
                     int(receipt.complete),
                     revision,
                     stamp,
+                    *console_values(receipt),
                     body,
                 )
             )
@@ -376,8 +408,8 @@ class SQLiteReceiptStore(SQLReceiptReads):
             db.executemany(
                 "INSERT OR REPLACE INTO receipts(request_id, trace_id, span_id, ts_ms, policy_name, policy_fingerprint, "
                 "catalog_version, model, outcome, fallback, cost_usd, baseline_model, baseline_usd, workflow_id, "
-                "workflow_name, client, complete, revision, stored_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
+                "workflow_name, client, complete, revision, stored_at, rules, provider, latency_ms, body) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, CAST(? AS TEXT))",
                 rows,
             )
         if workflows:
@@ -492,7 +524,7 @@ class SQLiteReceiptStore(SQLReceiptReads):
         rows = self._read(
             f"SELECT COALESCE({column}, '(none)'), COUNT(*), SUM(fallback), SUM(outcome = 'failed'), "
             f"TOTAL(cost_usd), TOTAL(baseline_usd), TOTAL(CASE WHEN {priced} THEN baseline_usd - cost_usd END), "
-            f"TOTAL(CASE WHEN {priced} THEN baseline_usd END) "
+            f"TOTAL(CASE WHEN {priced} THEN baseline_usd END), SUM(outcome = 'over_budget') "
             f"FROM receipts {where} GROUP BY 1 ORDER BY 5 DESC, 1",
             params,
         )
@@ -507,8 +539,9 @@ class SQLiteReceiptStore(SQLReceiptReads):
                 saved,
                 (saved / priced_base) if priced_base > 0 else None,
                 priced_base,
+                int(refused or 0),
             )
-            for key, n, fb, failed, cost, base, saved, priced_base in rows
+            for key, n, fb, failed, cost, base, saved, priced_base, refused in rows
         ]
 
     # -- lifecycle -------------------------------------------------------------------------------

@@ -65,10 +65,10 @@ async def aexecute(
             result, exc = None, e
         if result is not None:
             observer.answered(token, result)
-            attempt = record(planned, t0, result.input_tokens, result.output_tokens, None)
+            attempt = record(planned, t0, result.input_tokens, result.output_tokens, None, cascade_started=started)
             note_usage(decision, compiled, attempt, result.body.get("usage"))
         else:
-            attempt = record(planned, t0, None, None, exc)
+            attempt = record(planned, t0, None, None, exc, cascade_started=started)
         decision.attempts.append(attempt)
         observer.end(token, attempt, exc)
         if exc is None:
@@ -285,9 +285,9 @@ class AsyncStreamCascade:
         error_type: str | None = None,
     ) -> Attempt:
         if stream is None:
-            attempt = record(planned, t0, None, None, exc, error_type)
+            attempt = record(planned, t0, None, None, exc, error_type, self._started)
         else:
-            attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type)
+            attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type, self._started)
             note_usage(self.decision, self.compiled, attempt, stream.usage)
         self.decision.attempts.append(attempt)
         try:
