@@ -72,6 +72,12 @@ NAMESPACE_COLLISIONS_ALLOWED: frozenset[tuple[str, str]] = frozenset(
         ("unhardcoded.cost", "unhardcoded.cost.savings.ratio"),
         ("unhardcoded.cost.baseline", "unhardcoded.cost.baseline.model"),
         ("unhardcoded.cost.baseline", "unhardcoded.cost.baseline.usd"),
+        # The cost as billed, part by part, and the decision-time estimate beside it.
+        ("unhardcoded.cost", "unhardcoded.cost.estimate.usd"),
+        ("unhardcoded.cost", "unhardcoded.cost.input.usd"),
+        ("unhardcoded.cost", "unhardcoded.cost.cached_input.usd"),
+        ("unhardcoded.cost", "unhardcoded.cost.output.usd"),
+        ("unhardcoded.cost", "unhardcoded.cost.other.usd"),
     }
 )
 

@@ -131,7 +131,9 @@ def history_fixture(tmp_path_factory: pytest.TempPathFactory) -> History:
     path = tmp_path_factory.mktemp("impact-history") / "receipts.db"
     store = open_store(str(path))
     try:
-        ids = record_history(store, N, catalog=CATALOG, policies=POLICIES, now=NOW, seed=15)
+        ids = record_history(
+            store, N, catalog=CATALOG, policies=POLICIES, now=NOW, seed=15, failing_model="gemini-3.5-flash"
+        )
     finally:
         store.close()
     return History(path, ids)

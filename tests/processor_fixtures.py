@@ -47,7 +47,7 @@ POLICIES = [
             ],
             "rank": {"by": "cost", "order": "asc"},
             "fallback": {
-                "models": ["claude-sonnet-4-6", "gpt-5.5"],
+                "models": ["mistral-large-2512", "gpt-4.1"],
                 "on": ["error", "timeout", "rate_limit"],
                 "max_hops": 2,
             },

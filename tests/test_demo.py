@@ -50,18 +50,18 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
         assert len(fell_back) == 1
         hop = fell_back[0]
         assert hop.workflow.node == "lookup-order"
-        assert hop.selected.model == "gemini-3.5-flash"
+        assert hop.selected.model == "grok-4-fast-non-reasoning"
         assert [(h.from_, h.to, h.reason) for h in hop.fallback.hops] == [
-            ("gemini-3.5-flash", "claude-sonnet-4-6", "error")
+            ("grok-4-fast-non-reasoning", "mistral-large-2512", "error")
         ]
         assert [(a.model, a.status, a.error_type) for a in hop.attempts] == [
-            ("gemini-3.5-flash", "error", "503"),
-            ("claude-sonnet-4-6", "ok", None),
+            ("grok-4-fast-non-reasoning", "error", "503"),
+            ("mistral-large-2512", "ok", None),
         ]
-        assert hop.answered_by == "claude-sonnet-4-6"
+        assert hop.answered_by == "mistral-large-2512"
         # The rejections the card promises, with the rule that rejected each model.
         by_model = {r.model: r for r in hop.rejected}
-        assert by_model["mistral-small-4"].rule == "tools" and by_model["mistral-small-4"].message == "no tools"
+        assert by_model["mistral-small-2603"].rule == "tools" and by_model["mistral-small-2603"].message == "no tools"
         assert by_model["deepseek-v4-flash"].message == "below quality floor (0.42 < 0.5)"
 
         wf_id = nodes[0].workflow.id
@@ -73,7 +73,7 @@ def test_demo_runs_a_five_node_workflow_with_one_fallback_and_stores_every_recei
 
     card = run(["receipt", hop.request_id], tmp_path)
     assert card.returncode == 0, card.stderr
-    assert "gemini-3.5-flash ✗ error → claude-sonnet-4-6 ✓" in card.stdout
+    assert "grok-4-fast-non-reasoning ✗ error → mistral-large-2512 ✓" in card.stdout
     assert f"fingerprint {hop.policy.fingerprint} · sigma-pol/v1" in card.stdout
 
     replay = run(["replay", hop.request_id], tmp_path)

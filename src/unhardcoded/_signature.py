@@ -50,9 +50,10 @@ CONTENT_FIELDS: Final[Mapping[int, tuple[str, ...]]] = {
     # v1: the complete receipt as the router knows it when the decision ends. The trace and span ids bind the
     # signature to the decision span it travels on.
     1: _V1,
-    # v2: v1 and the live state the decision read, which replay decides from (docs/live.md). Fields a later change
-    # adds to the receipt join under v3.
-    2: (*_V1, "live"),
+    # v2: v1, the live state the decision read (which replay decides from, docs/live.md), the cost as billed
+    # with the source of the catalog's prices, and the budget that refused or redirected it. Fields a later
+    # change adds to the receipt join under v3.
+    2: (*_V1, "live", "billing", "budget"),
 }
 """The receipt fields each signature version covers; a verifier knows exactly these versions."""
 

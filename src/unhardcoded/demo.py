@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 SERVICE_NAME = "unhardcoded-demo"
 WORKFLOW_NAME = "support-ticket"
-FAILING_MODEL = "gemini-3.5-flash"
+FAILING_MODEL = "grok-4-fast-non-reasoning"
 """The simulated provider answers this model's first call with a 503, so one node falls back."""
 
 TICKET = (
@@ -196,17 +196,19 @@ def _tracer_provider(
     ), None
 
 
-def _simulated_providers(stack: ExitStack, catalog: Catalog) -> tuple[Any, list[Any]]:
+def _simulated_providers(
+    stack: ExitStack, catalog: Catalog, failing_model: str = FAILING_MODEL
+) -> tuple[Any, list[Any]]:
     """A simulated provider on loopback for each provider of ``catalog`` (closed with ``stack``), and a client over
-    them; the provider of :data:`FAILING_MODEL` answers that model's first call with a 503."""
+    them; the provider of ``failing_model`` answers that model's first call with a 503."""
     from .router import ProviderClient, ProvidersConfig
     from .testing.simulator import Behavior, SimulatedProvider, error, fail_times, ok
 
     sims: list[SimulatedProvider] = []
     for provider in sorted({m.provider for m in catalog.models}):
         behaviors: dict[str, Behavior] = {}
-        if FAILING_MODEL in catalog and provider == catalog.model(FAILING_MODEL).provider:
-            behaviors[FAILING_MODEL] = fail_times(
+        if failing_model in catalog and provider == catalog.model(failing_model).provider:
+            behaviors[failing_model] = fail_times(
                 1, then=ok(), failure=error(503, message="simulated outage: upstream overloaded")
             )
         sim = SimulatedProvider(provider, behaviors).start()
@@ -230,11 +232,13 @@ def record_history(
     days: float = 7.0,
     seed: int = 1,
     now: datetime | None = None,
+    failing_model: str = FAILING_MODEL,
 ) -> list[str]:
     """Route ``n`` requests of the demo's workflow nodes (tickets of seeded, varied lengths) through the real router
     over simulated providers, and store their receipts dated over the ``days`` before ``now``: a history for
     ``replay --since`` to decide again. ``policies`` by name must hold every policy the demo nodes name (by
-    default the shipped ``support`` and ``triage``). Returns the request ids in the order they were routed."""
+    default the shipped ``support`` and ``triage``); one call in :data:`FAIL_EVERY` to ``failing_model`` fails first.
+    Returns the request ids in the order they were routed."""
     import random
 
     from .errors import NoCandidateError
@@ -260,9 +264,9 @@ def record_history(
     ids: list[str] = []
     batch: list[tuple[Receipt, str | None]] = []
     with ExitStack() as stack:
-        client, sims = _simulated_providers(stack, catalog)
+        client, sims = _simulated_providers(stack, catalog, failing_model)
         failing = next(
-            (s for s in sims if FAILING_MODEL in catalog and s.name == catalog.model(FAILING_MODEL).provider), None
+            (s for s in sims if failing_model in catalog and s.name == catalog.model(failing_model).provider), None
         )
         # History: a run of simulated failures must not cool a model down for the requests after it.
         router = Router(catalog, client, telemetry=NO_TELEMETRY, live=NoLive())
@@ -278,11 +282,11 @@ def record_history(
             except NoCandidateError as exc:
                 assert exc.decision is not None
                 decision = exc.decision
-            if failing is not None and FAILING_MODEL in [a.model for a in decision.attempts]:
+            if failing is not None and failing_model in [a.model for a in decision.attempts]:
                 calls += 1
                 if calls % FAIL_EVERY == 0:
                     failing.set_behavior(
-                        FAILING_MODEL, fail_times(1, then=ok(), failure=error(503, message="simulated outage"))
+                        failing_model, fail_times(1, then=ok(), failure=error(503, message="simulated outage"))
                     )
             decision.timestamp = iso_ms(end_ns - rng.randrange(span_ns))
             ids.append(decision.request_id)

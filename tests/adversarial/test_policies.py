@@ -125,7 +125,9 @@ def test_four_hundred_distinct_accepted_policies_leave_memory_within_bounds(serv
             answer = _rank(client, port, _policy(MAX_INLINE_RULES, f"n{n}"))
             assert answer.status_code == 200, answer.text
         grown = _rss(pid) - start
-    assert grown < 100 * MiB, f"RSS grew {grown / MiB:.0f} MiB"
+    # What a kept policy and its decisions hold grows with the catalog's models (100 MiB was set at 30 models).
+    bound = 100 * MiB * max(1.0, len(Catalog.builtin()) / 30)
+    assert grown < bound, f"RSS grew {grown / MiB:.0f} MiB (bound {bound / MiB:.0f} MiB)"
 
 
 def test_the_caches_count_their_bytes_and_stay_under_their_bounds() -> None:

@@ -36,7 +36,7 @@ pytest_plugins = ["conftest_providers"]
 
 CANARY = "sk-CANARY-provider-0123456789"
 ESCAPED_CANARY = "\\u0073k-CANARY-provider-0123456789"  # the key as a JSON escape spells it: decoded, the key itself
-KEY_ENV = {"google": "ADV_GOOGLE_KEY", "anthropic": "ADV_ANTHROPIC_KEY", "openai": "ADV_OPENAI_KEY"}
+KEY_ENV = {"xai": "ADV_XAI_KEY", "mistral": "ADV_MISTRAL_KEY", "openai": "ADV_OPENAI_KEY"}
 DEEP = 100_000
 SSE = "text/event-stream"
 

@@ -111,7 +111,7 @@ def _streamed(body: bytes) -> bytes:
 
 @pytest.fixture
 def stack(simulated_provider: Any) -> Iterator[Stack]:
-    yield from make_stack(simulated_provider, forward_client_key=["google"])
+    yield from make_stack(simulated_provider, forward_client_key=["xai"])
 
 
 def _post(stack: Stack, body: bytes, headers: dict[str, str]) -> httpx.Response:

@@ -415,7 +415,7 @@ def test_fuzzed_signature_attributes_never_verify_unless_genuine(key, value):
     (receipt,) = rebuild_receipts(doc).receipts
     check = verify_receipt(receipt, KEYS)
     if check.status == "verified":  # only the genuine value (or the same number written otherwise) can
-        assert _any_value(value) == genuine_value or (key == A.UNHARDCODED_SIGNATURE_VERSION and value == 1)
+        assert _any_value(value) == genuine_value or (key == A.UNHARDCODED_SIGNATURE_VERSION and value == genuine_value)
 
 
 _BASE_RECEIPT = rebuild_receipts(_BASE).receipts[0]

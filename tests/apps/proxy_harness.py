@@ -21,9 +21,9 @@ from unhardcoded.router.providers import ProviderClient, ProvidersConfig
 from unhardcoded.server import create_app
 from unhardcoded.testing.simulator import SimulatedProvider
 
-# The support policy (shipped) selects gemini-3.5-flash and falls back to claude-sonnet-4-6, then gpt-5.5.
-SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
-PROVIDER_OF = {SELECTED: "google", FIRST_FALLBACK: "anthropic", SECOND_FALLBACK: "openai"}
+# The support policy (shipped) selects grok-4-fast-non-reasoning and falls back to mistral-large-2512, then gpt-4.1.
+SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "grok-4-fast-non-reasoning", "mistral-large-2512", "gpt-4.1"
+PROVIDER_OF = {SELECTED: "xai", FIRST_FALLBACK: "mistral", SECOND_FALLBACK: "openai"}
 HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 
 

@@ -19,6 +19,14 @@ BUILTIN_NAMES = [
     "provider",
     "price_input_per_mtok",
     "price_output_per_mtok",
+    "price_cached_input_per_mtok",
+    "price_cache_write_per_mtok",
+    "price_reasoning_per_mtok",
+    "price_per_request",
+    "price",
+    "price_model",
+    "price_overrides",
+    "kind",
     "bench_intelligence",
     "supports_tools",
     "supports_vision",
@@ -89,7 +97,7 @@ def model_doc(**values: Any) -> dict[str, Any]:
 def test_builtin_catalog_loads_and_is_cached():
     catalog = Catalog.builtin()
     assert catalog is Catalog.builtin()
-    assert len(catalog) == 30
+    assert len(catalog) == 35
     assert "gemini-3.5-flash" in catalog and "gpt-5" not in catalog
     assert catalog.custom_fields == ()
     assert list(catalog.fields) == [*BUILTIN_NAMES, *LIVE_NAMES]
@@ -97,7 +105,7 @@ def test_builtin_catalog_loads_and_is_cached():
     flash = catalog.model("gemini-3.5-flash")
     assert (flash.provider, flash.get("price_input_per_mtok"), flash.get("regions")) == (
         "google",
-        0.15,
+        1.5,
         ["us", "eu", "asia"],
     )
 
@@ -116,12 +124,19 @@ def test_builtin_field_specs():
         "provider": "string",
         "price_input_per_mtok": "number",
         "price_output_per_mtok": "number",
+        "price_cached_input_per_mtok": "number",
+        "price_cache_write_per_mtok": "number",
+        "price_reasoning_per_mtok": "number",
+        "price_per_request": "number",
+        "price": "string",
+        "price_model": "string",
+        "price_overrides": "string[]",
+        "kind": "string",
         "bench_intelligence": "number",
         "supports_tools": "bool",
         "supports_vision": "bool",
         "context_window": "integer",
         "max_output_tokens": "integer",
-        "kind": "string",
         "regions": "string[]",
         "latency_p50_ms": "number",
     }
@@ -154,14 +169,14 @@ def test_example_catalog_declares_soc2():
     assert catalog.fields["soc2"].type == "bool"
     assert not catalog.fields["soc2"].builtin
     assert catalog.model("gpt-5.5").get("soc2") is True
-    assert catalog.model("mistral-small-4").get("soc2") is False
+    assert catalog.model("mistral-small-2603").get("soc2") is False
     assert catalog.source == str(EXAMPLES / "catalog.yaml")
 
 
 def test_unknown_model_lookup_suggests():
     with pytest.raises(CatalogError) as info:
         Catalog.builtin().model("gpt-5.5-minni")
-    assert str(info.value).startswith("unknown model 'gpt-5.5-minni'; did you mean gpt-5.5-mini")
+    assert str(info.value).startswith("unknown model 'gpt-5.5-minni'; did you mean gpt-5.4-mini")
 
 
 # -- validation errors --------------------------------------------------------------------------

@@ -163,7 +163,7 @@ def test_fields_lists_the_builtin_fields(files: dict[str, Path]):
     assert any(line.split()[:2] == ["regions", "string[]"] for line in lines)
     assert any(line.startswith("price_input_per_mtok") and line.endswith("(USD/1M tokens)") for line in lines)
     builtin = Catalog.builtin()
-    assert lines[-1] == f"catalog <built-in catalog> · version {builtin.version} · 30 models"
+    assert lines[-1] == f"catalog <built-in catalog> · version {builtin.version} · 35 models"
     assert "[custom]" not in result.out
 
 
@@ -236,9 +236,11 @@ def test_rank_prints_the_receipt_card(files: dict[str, Path]):
     assert result.code == 0 and result.err == ""
     lines = result.out.splitlines()
     assert lines[0].startswith("trace · req_") and lines[0].endswith("DRY RUN")
-    assert "selected  gemini-3.5-flash · score 0.54" in lines
+    assert "selected  grok-4-fast-non-reasoning · score 0.6" in lines
     assert "reason    tools ✓, over quality floor, price ceiling passed, cheapest survivor" in lines
-    assert any(line.startswith("rejected  mistral-small-4") and "filtered: no tools [tools]" in line for line in lines)
+    assert any(
+        line.startswith("rejected  mistral-small-2603") and "filtered: no tools [tools]" in line for line in lines
+    )
     assert f"policy    support · fingerprint {load_policy_file(SUPPORT).fingerprint} · sigma-pol/v1" in lines
 
 
@@ -256,13 +258,13 @@ def test_rank_json_is_a_receipt_with_no_attempts(files: dict[str, Path]):
     assert receipt["answered_by"] is None
     assert receipt["outcome"] == "dry_run"
     assert receipt["selected"] == {
-        "model": "gemini-3.5-flash",
-        "score": 0.54,
+        "model": "grok-4-fast-non-reasoning",
+        "score": 0.6,
         "reason": "tools ✓, over quality floor, price ceiling passed, cheapest survivor",
     }
     assert receipt["candidates"] == expected.candidates
-    assert receipt["fallback"] == {"chain": ["claude-sonnet-4-6", "gpt-5.5"], "triggered": False, "hops": []}
-    assert len(receipt["rejected"]) == 12
+    assert receipt["fallback"] == {"chain": ["mistral-large-2512", "gpt-4.1"], "triggered": False, "hops": []}
+    assert len(receipt["rejected"]) == 20
     flash = next(r for r in receipt["rejected"] if r["model"] == "deepseek-v4-flash")
     assert flash == {
         "model": "deepseek-v4-flash",
@@ -290,11 +292,15 @@ def test_rank_with_a_request_and_a_custom_catalog(files: dict[str, Path]):
     assert receipt["catalog_version"] == Catalog.from_file(CUSTOM_CATALOG).version
     assert receipt["features"]["uses_tools"] is True
     assert receipt["features"]["max_tokens"] == 400
-    assert receipt["selected"]["model"] == "gemini-3.5-flash"
+    assert receipt["selected"]["model"] == "mistral-large-2512"
     assert {r["model"]: r["rule"] for r in receipt["rejected"]} == {
-        "mistral-small-4": "tools",
+        "gpt-5.5": "price-ceiling",
+        "claude-sonnet-4-6": "price-ceiling",
+        "mistral-small-2603": "tools",
         "deepseek-v4-flash": "quality-floor",
     }
+    # Prices by reference: the overridden output price, the others genai-prices'.
+    assert receipt["billing"]["prices"]["source"] == "genai-prices"
 
 
 def test_rank_reads_the_request_from_stdin(files: dict[str, Path]):
@@ -312,9 +318,9 @@ def test_rank_reads_the_request_from_stdin(files: dict[str, Path]):
     assert receipt["features"]["has_images"] is True
     assert receipt["policy"]["name"] == "eu-only"
     # No vision: the request rule rejects it, and it leaves the standby cascade too.
-    vision = next(r for r in receipt["rejected"] if r["model"] == "mistral-large-3")
+    vision = next(r for r in receipt["rejected"] if r["model"] == "mistral-large-2512")
     assert (vision["rule"], vision["message"]) == ("request:vision", "no vision")
-    assert "mistral-large-3" not in receipt["fallback"]["chain"]
+    assert "mistral-large-2512" not in receipt["fallback"]["chain"]
     assert receipt["fallback"]["chain"] == ["claude-sonnet-4-6"]
 
 
@@ -323,9 +329,9 @@ def test_rank_a_custom_field_policy_needs_its_catalog(files: dict[str, Path]):
     ok = run("rank", "--policy", policy, "--catalog", CUSTOM_CATALOG, "--json")
     assert ok.code == 0
     receipt = ok.json()
-    assert receipt["selected"]["model"] == "gemini-3.5-flash"
+    assert receipt["selected"]["model"] == "mistral-large-2512"
     assert {r["model"]: r["message"] for r in receipt["rejected"]} == {
-        "mistral-small-4": "no soc2",
+        "mistral-small-2603": "no soc2",
         "deepseek-v4-flash": "soc2 not set in the catalog (soc2)",
     }
     line = assert_bad_input(

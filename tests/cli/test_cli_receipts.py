@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import genai_prices
 import jsonschema
 import pytest
 
@@ -73,20 +74,22 @@ def test_receipt_card(home):
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert out.startswith(f"trace · {HOPPED['request_id']}") and "200 OK" in out.splitlines()[0]
-    assert "selected  gemini-3.5-flash · score 0.54" in out
+    assert "selected  grok-4-fast-non-reasoning · score 0.6" in out
     assert "reason    tools ✓, over quality floor, price ceiling passed, cheapest survivor" in out
-    assert "mistral-small-4        filtered: no tools [tools]" in out
-    assert "deepseek-v4-flash      filtered: below quality floor (0.42 < 0.5) [quality-floor]" in out
-    assert "fallback  gemini-3.5-flash ✗ error → claude-sonnet-4-6 ✓ · triggered, 1 hop" in out
+    assert "mistral-small-2603      filtered: no tools [tools]" in out
+    assert "deepseek-v4-flash       filtered: below quality floor (0.42 < 0.5) [quality-floor]" in out
+    assert "claude-sonnet-4-6       filtered: over price ceiling (15 > 10) [price-ceiling]" in out
+    assert "fallback  grok-4-fast-non-reasoning ✗ error → mistral-large-2512 ✓ · triggered, 1 hop" in out
     assert "latency   604 ms" in out
-    assert "cost      $0.0033 · ↑36% vs gpt-5.5 baseline ($0.0024)" in out
+    assert "cost      $0.000734 · ↓92% vs gpt-5.5 baseline ($0.0088)" in out
+    assert f"· prices genai-prices {genai_prices.__version__} of 2026-12-06" in out
     assert f"policy    support · fingerprint {HOPPED['policy']['fingerprint']} · sigma-pol/v1" in out
 
 
 def test_receipt_card_for_a_decision_that_did_not_fall_back(home):
     out = run(home, "receipt", DIRECT["request_id"]).stdout
-    assert "fallback  mistral-large-3 · standby cascade, not triggered this run" in out
-    assert "cost      $0.0391 · ↑237% vs gpt-5.5 baseline ($0.0116)" in out
+    assert "fallback  mistral-large-2512 · standby cascade, not triggered this run" in out
+    assert "cost      $0.0392 · ↓6% vs gpt-5.5 baseline ($0.0416)" in out
 
 
 def test_receipt_json_is_the_receipt_and_validates(home):
@@ -180,11 +183,11 @@ def test_the_console_script_is_installed_and_runs(home):
 # --------------------------------------------------------------------------- replay
 
 
-def _pricier_flash(tmp_path: Path) -> Path:
+def _pricier_grok(tmp_path: Path) -> Path:
     """Today's catalog: gemini-3.5-flash now costs more than the support policy's price ceiling allows."""
     doc = Catalog.builtin().to_document()
     for m in doc["models"]:
-        if m["id"] == "gemini-3.5-flash":
+        if m["id"] == "grok-4-fast-non-reasoning":
             m["price_output_per_mtok"] = 12.0
     path = tmp_path / "today.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
@@ -195,36 +198,37 @@ def test_replay_on_the_same_catalog_is_the_same_decision(home):
     result = run(home, "replay", HOPPED["request_id"])
     assert result.returncode == 0, result.stderr
     assert "SAME decision today" in result.stdout.splitlines()[0]
-    assert "winner    gemini-3.5-flash (unchanged)" in result.stdout
+    assert "winner    grok-4-fast-non-reasoning (unchanged)" in result.stdout
 
 
 def test_replay_on_a_changed_catalog_says_what_changed_and_exits_1(home, tmp_path):
-    today = _pricier_flash(tmp_path)
+    today = _pricier_grok(tmp_path)
     result = run(home, "replay", HOPPED["request_id"], "--catalog", str(today))
     assert result.returncode == 1, result.stderr
     out = result.stdout
     assert "DIFFERS today" in out.splitlines()[0]
-    assert "winner    gemini-3.5-flash → " in out
-    assert "rejected  + gemini-3.5-flash  now filtered: over price ceiling (12 > 10) [price-ceiling]" in out
+    assert "winner    grok-4-fast-non-reasoning → " in out
+    assert "rejected  + grok-4-fast-non-reasoning  now filtered: over price ceiling (12 > 10) [price-ceiling]" in out
     assert f"catalog   recorded {HOPPED['catalog_version']} → today {Catalog.from_file(today).version}" in out
-    assert "est. cost $0.00068 → " in out
+    assert "est. cost $0.00044 → " in out
 
     doc = json.loads(run(home, "replay", HOPPED["request_id"], "--catalog", str(today), "--json").stdout)
     assert doc["same"] is False and doc["reproduces"] is True
-    assert doc["winner"]["recorded"] == "gemini-3.5-flash" and doc["winner"]["today"] != "gemini-3.5-flash"
-    assert [c["model"] for c in doc["rejections"]] == ["gemini-3.5-flash"]
+    assert doc["winner"]["recorded"] == "grok-4-fast-non-reasoning"
+    assert doc["winner"]["today"] != "grok-4-fast-non-reasoning"
+    assert [c["model"] for c in doc["rejections"]] == ["grok-4-fast-non-reasoning"]
 
 
 def test_a_price_change_that_does_not_change_the_route_is_the_same_decision(home, tmp_path):
     doc = Catalog.builtin().to_document()
     for m in doc["models"]:
-        if m["id"] == "gemini-3.5-flash":
-            m["price_input_per_mtok"] = 0.16
+        if m["id"] == "grok-4-fast-non-reasoning":
+            m["price_input_per_mtok"] = 0.21
     path = tmp_path / "today.json"
     path.write_text(json.dumps(doc), encoding="utf-8")
     result = run(home, "replay", HOPPED["request_id"], "--catalog", str(path))
     assert result.returncode == 0, result.stdout
-    assert "est. cost $0.00068 → $0.00069" in result.stdout
+    assert "est. cost $0.00044 → $0.000452" in result.stdout
 
 
 def test_replay_finds_the_recorded_catalog_in_the_archive(tmp_path):
@@ -245,7 +249,7 @@ def test_replay_finds_the_recorded_catalog_in_the_archive(tmp_path):
     assert f"catalog   recorded {then.version} → today {Catalog.builtin().version}" in result.stdout
     # A model added to the catalog since, and rejected, changes the receipt but not the route.
     assert (
-        "rejected  + gpt-5.5-pro  new in today's catalog, filtered: over price ceiling (120 > 10) [price-ceiling]"
+        "rejected  + gpt-5.5-pro  new in today's catalog, filtered: over price ceiling (180 > 10) [price-ceiling]"
         in result.stdout
     )
     assert "SAME decision today" in result.stdout
@@ -278,10 +282,10 @@ def test_replay_all_summarizes_and_exits_1_when_any_differ(home, tmp_path):
     assert re.fullmatch(r"replayed 2 decisions since \S+: 2 same, 0 differ", result.stdout.strip()), result.stdout
     assert result.stderr == ""  # no progress bar when stderr is not a terminal
 
-    today = _pricier_flash(tmp_path)
+    today = _pricier_grok(tmp_path)
     result = run(home, "replay", "--all", "--catalog", str(today))
     assert result.returncode == 1
-    assert f"differs   {HOPPED['request_id']}  support  winner gemini-3.5-flash → " in result.stdout
+    assert f"differs   {HOPPED['request_id']}  support  winner grok-4-fast-non-reasoning → " in result.stdout
     assert result.stdout.strip().endswith("replayed 2 decisions: 1 same, 1 differ")
     summary = json.loads(run(home, "replay", "--all", "--catalog", str(today), "--json").stdout)
     assert (summary["replayed"], summary["same"], summary["differ"]) == (2, 1, 1)
@@ -344,8 +348,8 @@ def test_rollup_table_by_policy(home):
 def test_rollup_json_by_model_and_workflow(home):
     doc = json.loads(run(home, "rollup", "--by", "model", "--json").stdout)
     assert doc["by"] == "model"
-    assert {r["key"] for r in doc["rows"]} == {"claude-sonnet-4-6", "claude-opus-4-7"}
-    row = next(r for r in doc["rows"] if r["key"] == "claude-sonnet-4-6")
+    assert {r["key"] for r in doc["rows"]} == {"mistral-large-2512", "claude-opus-4-7"}
+    row = next(r for r in doc["rows"] if r["key"] == "mistral-large-2512")
     assert row["cost_usd"] == pytest.approx(HOPPED["cost"]["usd"])
     assert row["baseline_usd"] == pytest.approx(HOPPED["cost"]["baseline_usd"])
     assert row["savings_ratio"] == pytest.approx(HOPPED["cost"]["savings_ratio"])

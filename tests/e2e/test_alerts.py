@@ -36,8 +36,9 @@ from .infra import CONFIG_DIR, Process, binary, free_port, http_get, start_colle
 pytestmark = pytest.mark.e2e
 
 HERE = Path(__file__).resolve().parent
-# The support policy picks gemini-3.5-flash, then claude-sonnet-4-6, then its baseline gpt-5.5.
-SELECTED, FIRST_FALLBACK, BASELINE = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
+# The support policy picks grok-4-fast-non-reasoning, then mistral-large-2512, then gpt-4.1 (its baseline: gpt-5.5).
+SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "grok-4-fast-non-reasoning", "mistral-large-2512", "gpt-4.1"
+BASELINE = "gpt-5.5"  # support's baseline
 HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 
 # Every time scale in rules.yml, and what it becomes here. A window, offset or `for` not listed fails the test.
@@ -241,7 +242,7 @@ def test_savings_drop_fires_the_alert_and_recovery_resolves_it(prom_stack):
     to the next cheapest one (docs/live.md), which would keep the savings up."""
     prom, behave, traffic = prom_stack["prometheus"], prom_stack["behave"], prom_stack["traffic"]
     ratio = 'unhardcoded:savings_ratio:1h{unhardcoded_policy_name="support"}'
-    # the earlier window the rule compares with must hold normal traffic: the pick saves ~70% against gpt-5.5
+    # the earlier window the rule compares with must hold normal traffic: the pick saves ~98% against gpt-5.5
     wait_for("normal savings 20s ago", lambda: (_value(prom, f"{ratio} offset 20s") or 0) > 0.5, timeout=60)
     assert _alerts(prom, "UnhardcodedSavingsDropped", "support") == []
     normal = _value(prom, ratio)

@@ -54,8 +54,8 @@ from .infra import (
 pytestmark = pytest.mark.e2e
 
 SERVICE = "e2e-proxy"
-# The shipped support policy picks gemini-3.5-flash, then falls back to claude-sonnet-4-6, then gpt-5.5.
-SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"
+# The shipped support policy picks grok-4-fast-non-reasoning, then falls back to mistral-large-2512, then gpt-4.1.
+SELECTED, FIRST_FALLBACK, SECOND_FALLBACK = "grok-4-fast-non-reasoning", "mistral-large-2512", "gpt-4.1"
 HELLO = [{"role": "user", "content": "Where is my parcel?"}]
 COUNTS = {"plain": 40, "fallback": 5, "all_failed": 3, "solo_failed": 3, "no_candidate": 2, "stream_cut": 2}
 FAILED = ("all_failed", "solo_failed", "no_candidate", "stream_cut")

@@ -103,7 +103,7 @@ def test_parse_with_the_policy_from_the_environment_is_routed(
     exporter: InMemorySpanExporter, stack: Stack, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("UNHARDCODED_POLICY", "triage")
-    stack.sims["mistral"].set_behavior("mistral-small-4", ok(ANSWER))  # triage's cheapest
+    stack.sims["meta"].set_behavior("llama-4-scout", ok(ANSWER))  # triage's cheapest
     with stack.client() as client:
         raw = client.beta.chat.completions.with_raw_response.parse(model="auto", messages=HELLO, response_format=Answer)
     assert raw.headers["x-unhardcoded-policy"] == "triage"

@@ -124,7 +124,7 @@ def test_async_stream(exporter: InMemorySpanExporter, stack: Stack) -> None:
 
 
 def test_router_error_is_recorded_and_raised(exporter: InMemorySpanExporter, stack: Stack) -> None:
-    for model in ("gemini-3.5-flash", "claude-sonnet-4-6", "gpt-5.5"):
+    for model in ("grok-4-fast-non-reasoning", "mistral-large-2512", "gpt-4.1"):
         stack.behave(model, error(500))
     with pytest.raises(openai.InternalServerError):
         stack.client().chat.completions.create(model="auto", messages=HELLO)
@@ -225,4 +225,4 @@ def test_with_openai_v2_there_is_one_client_span_carrying_the_decision(
     for span in spans:
         assert span.instrumentation_scope.name != UnhardcodedInstrumentor.__module__  # openai-v2's span, not a twin
         assert dict(span.attributes)[A.UNHARDCODED_POLICY_NAME] == "triage"
-        assert dict(span.attributes)[A.UNHARDCODED_ANSWERED_MODEL] == "mistral-small-4"  # triage's cheapest
+        assert dict(span.attributes)[A.UNHARDCODED_ANSWERED_MODEL] == "llama-4-scout"  # triage's cheapest here

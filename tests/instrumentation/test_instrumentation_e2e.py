@@ -20,7 +20,7 @@ from unhardcoded.testing.simulator import error
 def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_provider: Any, tmp_path: Path) -> None:
     require_zero_code_tools()
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(503))
+    sims["xai"].set_behavior(SELECTED, error(503))
     with OTLPReceiver() as receiver, serving_proxy(receiver, tmp_path, sims) as base_url:
         app_env = otel_env(receiver, "client-app")
         app_env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "unused", "UNHARDCODED_POLICY": "support"})
@@ -40,8 +40,8 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
     by_id = {s.span_id: s for s in spans}
     clients = [s for s in spans if s.service == "client-app" and s.kind == CLIENT]
     assert len(clients) == 2
-    google_calls = iter(sims["google"].requests)
-    anthropic_calls = iter(sims["anthropic"].requests)
+    xai_calls = iter(sims["xai"].requests)
+    mistral_calls = iter(sims["mistral"].requests)
     for client in clients:
         # The caller's own span knows which model answered, why, and that it fell back.
         assert client.attributes[A.UNHARDCODED_POLICY_NAME] == "support"
@@ -60,7 +60,7 @@ def test_one_trace_from_the_app_through_the_proxy_to_the_provider(simulated_prov
         )
         assert [a.name for a in attempts] == [f"chat {SELECTED}", f"chat {FIRST_FALLBACK}"]
         assert all(a.parent_span_id == decision.span_id for a in attempts)
-        for attempt, sent in zip(attempts, (next(google_calls), next(anthropic_calls))):
+        for attempt, sent in zip(attempts, (next(xai_calls), next(mistral_calls))):
             _, trace_id, parent, _ = sent.headers["traceparent"].split("-")
             assert trace_id == client.trace_id and parent == attempt.span_id
         assert all(s.parent_span_id is None or s.parent_span_id in by_id for s in trace if s is not client)

@@ -17,7 +17,7 @@ from unhardcoded.testing.simulator import ok
 
 from .api_server import ANSWER, ANSWERED, APIServer
 
-TRIAGE_CHEAPEST = "mistral-small-4"
+TRIAGE_CHEAPEST = "llama-4-scout"  # served by "meta"; triage keeps data in the EU
 
 
 def test_parse_is_routed_under_the_environment_policy_and_joins_the_proxy_trace(
@@ -25,7 +25,7 @@ def test_parse_is_routed_under_the_environment_policy_and_joins_the_proxy_trace(
 ) -> None:
     require_zero_code_tools()
     sims = catalog_simulators(simulated_provider)
-    sims["mistral"].set_behavior(TRIAGE_CHEAPEST, ok(ANSWER))
+    sims["meta"].set_behavior(TRIAGE_CHEAPEST, ok(ANSWER))
     with OTLPReceiver() as receiver, serving_proxy(receiver, tmp_path, sims) as base_url:
         env = otel_env(receiver, "client-app")
         env.update({"OPENAI_BASE_URL": base_url, "OPENAI_API_KEY": "unused", "UNHARDCODED_POLICY": "triage"})
@@ -49,7 +49,7 @@ def test_parse_is_routed_under_the_environment_policy_and_joins_the_proxy_trace(
     [decision] = [s for s in trace if s.name == "route triage"]
     assert decision.parent_span_id == server.span_id
     assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
-    [sent] = sims["mistral"].requests
+    [sent] = sims["meta"].requests
     assert sent.headers["traceparent"].split("-")[1] == client.trace_id
 
 

@@ -15,7 +15,7 @@ from apps.zero_code import CLIENT, SERVER, last_json_line, otel_env, require_zer
 from otlp_receiver import OTLPReceiver
 from unhardcoded.semconv import attributes as A
 
-TRIAGE_CHEAPEST = "mistral-small-4"
+TRIAGE_CHEAPEST = "llama-4-scout"  # served by "meta"; triage keeps data in the EU
 
 
 def test_responses_create_is_routed_and_joins_the_proxy_trace(simulated_provider: Any, tmp_path: Path) -> None:
@@ -45,5 +45,5 @@ def test_responses_create_is_routed_and_joins_the_proxy_trace(simulated_provider
     [decision] = [s for s in trace if s.name == "route triage"]
     assert decision.parent_span_id == server.span_id
     assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
-    [sent] = sims["mistral"].requests
+    [sent] = sims["meta"].requests
     assert sent.headers["traceparent"].split("-")[1] == client.trace_id

@@ -135,5 +135,11 @@ def test_the_query_token_is_required_and_the_cli_sends_it(processor, history_db,
             store, CATALOG, parse_since(SINCE), policy=validate_policy(triage_document(ceiling=0.35), CATALOG)
         )
     assert without_until(json.loads(out.stdout)) == without_until(expected.to_json_dict())
-    table = subprocess.run([*base, "--policy", str(policy)], capture_output=True, text=True, timeout=120, env=env)
+    table = subprocess.run(
+        [*base, "--policy", str(policy), "--catalog", str(catalog)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     assert table.returncode == 0 and "gpt-5.5-nano → mistral-small-4" in table.stdout, table.stderr

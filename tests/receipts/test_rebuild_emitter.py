@@ -132,11 +132,11 @@ def test_a_fallback_then_an_answer_and_a_total_failure(sim, client):
     sim.set_behavior(selected, error(503))
     try:
         hopped, _, _ = router.route(policy, body, request_id="req_hopped")
-        sim.set_behavior("claude-sonnet-4-6", rate_limit(retry_after_s=None))
-        sim.set_behavior("gpt-5.5", error(500))
+        sim.set_behavior("mistral-large-2512", rate_limit(retry_after_s=None))
+        sim.set_behavior("gpt-4.1", error(500))
         failed, _, _ = router.route(policy, body, request_id="req_failed")
     finally:
-        for model in (selected, "claude-sonnet-4-6", "gpt-5.5"):
+        for model in (selected, "mistral-large-2512", "gpt-4.1"):
             sim.set_behavior(model, ok())
     assert hopped.outcome == "answered" and len(hopped.hops) == 1
     assert failed.outcome == "failed" and [h.reason for h in failed.hops] == ["error", "rate_limit"]

@@ -36,22 +36,22 @@ def test_the_same_catalog_gives_the_same_decision():
 
 def test_a_model_that_now_fails_a_rule_changes_winner_candidates_and_rejections():
     def pricier(doc):
-        next(m for m in doc["models"] if m["id"] == "gemini-3.5-flash")["price_output_per_mtok"] = 40
+        next(m for m in doc["models"] if m["id"] == "grok-4-fast-non-reasoning")["price_output_per_mtok"] = 40
 
     result = replay(HOPPED, BODY, BUILTIN, _catalog(pricier))
     assert not result.same and result.winner_changed and result.candidates_changed
     assert [(c.model, c.then, c.now.rule, c.material) for c in result.rejection_changes] == [
-        ("gemini-3.5-flash", None, "price-ceiling", True)
+        ("grok-4-fast-non-reasoning", None, "price-ceiling", True)
     ]
 
 
 def test_a_rejected_model_leaving_the_catalog_does_not_change_the_route():
     result = replay(
-        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4"]))
+        HOPPED, BODY, BUILTIN, _catalog(lambda d: d.update(models=[m for m in d["models"] if m["id"] != "grok-4-0709"]))
     )
     assert result.same
-    assert [(c.model, c.material) for c in result.rejection_changes] == [("grok-4", False)]
-    assert "rejected  − grok-4  no longer in the catalog" in render_replay(result)
+    assert [(c.model, c.material) for c in result.rejection_changes] == [("grok-4-0709", False)]
+    assert "rejected  − grok-4-0709  no longer in the catalog" in render_replay(result)
 
 
 def test_a_baseline_gone_from_todays_catalog_is_noted_not_fatal():
@@ -60,7 +60,7 @@ def test_a_baseline_gone_from_todays_catalog_is_noted_not_fatal():
     )
     assert result.now.cost.baseline_usd is None
     assert any("baseline gpt-5.5 is not in the today's catalog" in n for n in result.notes)
-    assert result.chain_changed  # gpt-5.5 was also the second standby model
+    assert not result.winner_changed
 
 
 def test_a_policy_body_that_does_not_hash_to_the_fingerprint_is_refused():

@@ -81,7 +81,15 @@ def test_the_v1_bytes_of_a_known_decision_are_pinned():
     _, ds = generate.build()
     content = signed_content(ds[0].receipt_fields(), version=1)
     assert content.startswith(b'{"v":1,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
-    assert hashlib.sha256(content).hexdigest() == "89d046fd2c40bc210cb159e47f7ee71eab21899ea7ac910a2943b0ac74f9cba0"
+    assert hashlib.sha256(content).hexdigest() == "295615770f9b949185258402fc029d9971166650acc854d969f89035eab089b5"
+    # v2: the same, then the billing (here a signed dry-run's: the source of the catalog's prices).
+    v2 = signed_content(ds[0].receipt_fields())
+    assert v2.startswith(b'{"v":2,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
+    assert v2.endswith(
+        b',"billing":{"estimate_usd":null,"breakdown":null,"attempts":[],"prices":{"source":"genai-prices",'
+        b'"data_version":"genai-prices 0.2.5","snapshot_date":"2026-12-06"}}}'
+    )
+    assert hashlib.sha256(v2).hexdigest() == "724d8996e2a985e44c27dea7ec38590c190503fbb4949c0fb6c9fd4a184fd5e7"
 
 
 @SETTINGS

@@ -107,7 +107,7 @@ def test_queries_by_every_key(store):
     assert store.count(ReceiptQuery(trace_id=HOPPED.trace_id)) == 20
     assert store.count(ReceiptQuery(policy="support")) == 10
     assert store.count(ReceiptQuery(policy=DIRECT.policy.fingerprint)) == 10
-    assert store.count(ReceiptQuery(model="claude-sonnet-4-6")) == 10
+    assert store.count(ReceiptQuery(model="mistral-large-2512")) == 10
     assert store.count(ReceiptQuery(model="claude-opus-4-7")) == 10
     assert store.count(ReceiptQuery(fallback=True)) == 10
     assert store.count(ReceiptQuery(fallback=False)) == 10
@@ -151,7 +151,7 @@ def test_rollups_by_policy_model_and_workflow(store):
     assert support.savings_usd == pytest.approx(5 * (HOPPED.cost.baseline_usd - HOPPED.cost.usd))
     assert support.savings_ratio == pytest.approx(HOPPED.cost.savings_ratio)
     assert by_policy["eu-answers"].decisions == 5  # the dry run is not a decision that cost anything
-    assert {r.key for r in store.rollup("model")} == {"claude-sonnet-4-6", "claude-opus-4-7"}
+    assert {r.key for r in store.rollup("model")} == {"mistral-large-2512", "claude-opus-4-7"}
     assert [(r.key, r.decisions) for r in store.rollup("workflow")] == [(generate.WORKFLOW_NAME, 10)]
     assert (
         store.rollup("policy", since="2026-03-14T09:05:00Z")[0].decisions

@@ -52,7 +52,7 @@ def test_sync_answer_names_the_model_and_carries_the_decision_headers(stack: Sta
     completion = raw.parse()
 
     assert completion.model == SELECTED
-    assert completion.choices[0].message.content == f"This is a simulated answer from google to {SELECTED}."
+    assert completion.choices[0].message.content == f"This is a simulated answer from xai to {SELECTED}."
     assert completion.usage is not None and completion.usage.completion_tokens > 0
     assert raw.headers["x-unhardcoded-model"] == SELECTED
     assert raw.headers["x-unhardcoded-fallback"] == "false"
@@ -139,7 +139,7 @@ def test_stream_relays_every_chunk_under_the_answering_model(stack: Stack) -> No
     chunks = list(raw.parse())
 
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == f"This is a simulated answer from google to {SELECTED}."
+    assert text == f"This is a simulated answer from xai to {SELECTED}."
     assert {c.model for c in chunks} == {SELECTED}
     assert all(c.usage is None for c in chunks)  # the caller did not ask for usage
     assert raw.headers["content-type"].startswith("text/event-stream")
@@ -281,9 +281,10 @@ EU_ONLY = {
     "name": "eu-cheap",
     "rules": [
         {"id": "eu", "field": "regions", "op": "contains", "value": "eu"},
-        {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.5},
+        {"id": "cheap", "field": "price_output_per_mtok", "op": "lte", "value": 0.6},
         {"id": "quality-floor", "field": "bench_intelligence", "op": "gte", "value": 0.4},
     ],
+    "rank": {"by": "price_input_per_mtok", "order": "asc"},
 }
 
 
@@ -298,15 +299,15 @@ def test_tools_in_the_request_require_a_model_with_tools(stack: Stack) -> None:
         }
     ]
     plain = _rank(stack, {"messages": HELLO, "policy": EU_ONLY})
-    assert plain["selected"]["model"] == "mistral-small-4"  # cheapest in the EU, but it has no tools
+    assert plain["selected"]["model"] == "mistral-small-2603"  # cheapest in the EU, but it has no tools
 
     completion = stack.client().chat.completions.create(
         model="auto", messages=HELLO, tools=tools, extra_body={"policy": EU_ONLY}
     )
-    assert completion.model != "mistral-small-4"
+    assert completion.model != "mistral-small-2603"
     assert completion.choices[0].message.tool_calls is None or completion.choices[0].message.tool_calls
     receipt = stack.receipt(_last_request_id(stack))
-    assert any(r["model"] == "mistral-small-4" and r["rule"] == "request:tools" for r in receipt["rejected"])
+    assert any(r["model"] == "mistral-small-2603" and r["rule"] == "request:tools" for r in receipt["rejected"])
 
 
 def _last_request_id(stack: Stack) -> str:
@@ -324,7 +325,7 @@ def test_images_require_vision_and_max_tokens_the_output_limit(stack: Stack) -> 
         }
     ]
     receipt = _rank(stack, {"messages": image, "policy": EU_ONLY})
-    assert any(r["rule"] == "request:vision" and r["model"] == "mistral-small-4" for r in receipt["rejected"])
+    assert any(r["rule"] == "request:vision" and r["model"] == "mistral-small-2603" for r in receipt["rejected"])
 
     big = _rank(stack, {"messages": HELLO, "max_tokens": 66000})
     assert any(r["rule"] == "request:max-tokens" and r["model"] == SELECTED for r in big["rejected"])
@@ -352,14 +353,14 @@ def test_inline_policy(stack: Stack) -> None:
         model="auto", messages=HELLO, extra_body={"policy": EU_ONLY}
     )
     assert raw.headers["x-unhardcoded-policy"] == "eu-cheap"
-    assert raw.parse().model == "mistral-small-4"
+    assert raw.parse().model == "mistral-small-2603"
 
 
 def test_no_model_passes_the_policy(stack: Stack) -> None:
     impossible = dict(EU_ONLY, rules=[{"id": "genius", "field": "bench_intelligence", "op": "gte", "value": 0.99}])
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         stack.client().chat.completions.create(model="auto", messages=HELLO, extra_body={"policy": impossible})
-    assert "no model" in caught.value.message and "genius ×30" in caught.value.message
+    assert "no model" in caught.value.message and "genius ×35" in caught.value.message
     assert caught.value.code == "no_candidate"
     assert all_requests(stack.sims) == []
 

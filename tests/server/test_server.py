@@ -24,6 +24,7 @@ from opentelemetry.trace import SpanKind
 from apps.proxy_harness import (
     FIRST_FALLBACK,
     HELLO,
+    SECOND_FALLBACK,
     SELECTED,
     Stack,
     all_requests,
@@ -73,7 +74,7 @@ def test_rank_is_a_dry_run_receipt(stack: Stack) -> None:
     assert receipt["receipt"] == RECEIPT_SCHEMA
     assert receipt["outcome"] == "dry_run" and receipt["attempts"] == []
     assert receipt["selected"]["model"] == SELECTED
-    assert receipt["fallback"]["chain"] == [FIRST_FALLBACK, "gpt-5.5"]
+    assert receipt["fallback"]["chain"] == [FIRST_FALLBACK, SECOND_FALLBACK]
     assert r.headers["x-unhardcoded-request-id"] == receipt["request_id"]
     assert r.headers["x-unhardcoded-policy-fingerprint"] == receipt["policy"]["fingerprint"]
     assert all_requests(stack.sims) == []
@@ -160,7 +161,7 @@ def test_recent_decisions_give_back_each_decision_whole_and_keep_only_the_last(s
     from unhardcoded.server import RecentDecisions
 
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(500))
+    sims["xai"].set_behavior(SELECTED, error(500))
     policy = load_policy_file(builtin_policy_dir() / "support.yaml")
     with ProviderClient(providers_for(sims, timeout_s=2.0)) as client:
         router = Router(Catalog.builtin(), client)
@@ -300,8 +301,8 @@ class HookLog(AttemptObserver):
 def test_a_streamed_attempt_has_the_telemetry_of_a_plain_one(simulated_provider: Any, tel: TelemetryCapture) -> None:
     provider, exporter = tel.tracer_provider, tel.exporter
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, cut_before_first_token())
-    sims["anthropic"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
+    sims["xai"].set_behavior(SELECTED, cut_before_first_token())
+    sims["mistral"].set_behavior(FIRST_FALLBACK, ok("one two three four five six", response_model="claude-snap"))
     client = WatchedStreams(providers_for(sims, timeout_s=2.0))
     hooks = HookLog()
     router = Router(Catalog.builtin(), client, tracer_provider=provider, observer=hooks)
@@ -500,7 +501,7 @@ def test_canary_key_never_leaves_the_provider_call(
             r.read()
             responses.append(r)
         stack.behave(FIRST_FALLBACK, error(500, echo_authorization=True))
-        stack.behave("gpt-5.5", error(403, echo_authorization=True))
+        stack.behave(SECOND_FALLBACK, error(403, echo_authorization=True))
         responses.append(httpx.post(url, json={"messages": HELLO}))
         receipts = [stack.receipt(r.headers["x-unhardcoded-request-id"]) for r in responses]
     client.close()
@@ -520,7 +521,7 @@ def test_forwarded_client_key_goes_only_to_the_named_provider(
     sims = catalog_simulators(simulated_provider)
     client = ProviderClient(providers_for(sims, timeout_s=2.0))
     router = traced_router(client, provider)
-    app = create_app(router, default_policy="support", forward_client_key=["google"], tracer_provider=provider)
+    app = create_app(router, default_policy="support", forward_client_key=["xai"], tracer_provider=provider)
     responses = []
     # The app put its own key-forwarding client in the router, and closes it on the server's loop at shutdown.
     forwarding = router.client
@@ -588,7 +589,7 @@ def _wait_ready(port: int, proc: subprocess.Popen) -> None:
 
 def test_serve_command(simulated_provider: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sims = catalog_simulators(simulated_provider)
-    sims["google"].set_behavior(SELECTED, error(503))
+    sims["xai"].set_behavior(SELECTED, error(503))
     providers = tmp_path / "providers.yaml"
     providers.write_text(
         json.dumps(

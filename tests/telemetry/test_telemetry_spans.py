@@ -202,6 +202,8 @@ def test_an_answered_route_has_one_client_attempt_span_under_the_decision(tel: T
         A.UNHARDCODED_ATTEMPT_ROLE: "selected",
         A.UNHARDCODED_ATTEMPT_STATUS: "ok",
         A.UNHARDCODED_ATTEMPT_DURATION_MS: decision.attempts[0].duration_ms,
+        # The call as billed: the reported usage at the model's catalog prices.
+        G.GEN_AI_USAGE_COST: decision.cost.usd,
         A.UNHARDCODED_ATTEMPT_START_MS: decision.attempts[0].start_ms,
     }
     assert set(attempt.attributes) >= S.ATTEMPT_SPAN_REQUIRED_ATTRIBUTES

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from .._paths import data_dir
 from ..errors import CatalogError
@@ -13,6 +15,8 @@ from .model import Catalog
 
 CATALOG_DIR_ENV = "UNHARDCODED_CATALOG_DIR"
 _VERSION = re.compile(r"^[0-9a-f]{16}$")
+UPDATED_FILE = "updated.json"
+"""Names the version the last ``unhardcoded catalog update`` wrote: the default catalog from then on."""
 
 
 class CatalogArchive:
@@ -58,3 +62,46 @@ class CatalogArchive:
         if not self.directory.is_dir():
             return []
         return sorted(p.stem for p in self.directory.glob("*.json") if _VERSION.match(p.stem))
+
+    def mark_updated(self, catalog: Catalog, note: dict[str, Any]) -> Path:
+        """Keep ``catalog`` and make it the default catalog (``note`` says where its prices came from)."""
+        self.save(catalog)
+        path = self.directory / UPDATED_FILE
+        fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=".json")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump({**note, "version": catalog.version}, f, indent=1, sort_keys=True)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    def updated(self) -> dict[str, Any] | None:
+        """What the last ``catalog update`` recorded (``version`` and where the prices came from), or None."""
+        path = self.directory / UPDATED_FILE
+        if not path.is_file():
+            return None
+        try:
+            note = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CatalogError(f"{path}: cannot be read ({exc}); run `unhardcoded catalog update` again") from None
+        if not isinstance(note, dict) or not isinstance(note.get("version"), str):
+            raise CatalogError(f"{path}: names no catalog version; run `unhardcoded catalog update` again")
+        return note
+
+
+def default_catalog(path: str | None = None) -> tuple[Catalog, str]:
+    """The catalog a command uses and where it came from: ``path`` (``--catalog``), else ``$UNHARDCODED_CATALOG``,
+    else the version the last ``catalog update`` archived, else the built-in catalog."""
+    path = path or os.environ.get("UNHARDCODED_CATALOG")
+    if path:
+        return Catalog.from_file(path), f"file {path}"
+    archive = CatalogArchive()
+    note = archive.updated()
+    if note is not None:
+        catalog = archive.load(note["version"])
+        catalog.source = f"<catalog update {note['version']}>"
+        when = note.get("updated", "")
+        return catalog, f"archived update {note['version']} ({note.get('prices', 'prices')}, {when})"
+    return Catalog.builtin(), "built-in"

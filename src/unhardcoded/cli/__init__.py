@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib import import_module
@@ -27,6 +26,7 @@ CATALOG_ENV = "UNHARDCODED_CATALOG"
 # Modules that define `add_commands(subparsers)`, in the order `unhardcoded --help` lists their commands.
 COMMAND_MODULES = (
     "unhardcoded.cli.core",
+    "unhardcoded.cli.catalog",
     "unhardcoded.cli.receipts",
     "unhardcoded.cli.processor",
     "unhardcoded.cli.serve",
@@ -49,11 +49,10 @@ def print_json(value: Any) -> None:
 
 
 def load_catalog_arg(path: str | None) -> Catalog:
-    """``--catalog FILE``, else ``$UNHARDCODED_CATALOG``, else the built-in catalog."""
-    from ..catalog import Catalog
+    """``--catalog FILE``, else ``$UNHARDCODED_CATALOG``, else the newest ``catalog update``, else the built-in."""
+    from ..catalog.archive import default_catalog
 
-    path = path or os.environ.get(CATALOG_ENV)
-    return Catalog.from_file(path) if path else Catalog.builtin()
+    return default_catalog(path)[0]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -53,7 +53,9 @@ def add_commands(sub: Subcommands) -> None:
         help="decisions since 7d, 24h, 30m, ... or an ISO date/time; without REQUEST_ID or --all: the impact report",
     )
     p.add_argument(
-        "--catalog", metavar="FILE", help="today's catalog (default: $UNHARDCODED_CATALOG or the built-in catalog)"
+        "--catalog",
+        metavar="FILE",
+        help="today's catalog (default: $UNHARDCODED_CATALOG, else the last `catalog update`, else the built-in)",
     )
     p.add_argument(
         "--policy",

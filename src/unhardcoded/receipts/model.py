@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..router.decision import (
     Attempt,
+    Billing,
     BudgetUse,
     Cost,
     Decision,
@@ -65,6 +66,8 @@ class Receipt(_Model):
     policy's fallback policy; absent otherwise."""
     outcome: Literal["dry_run", "answered", "failed", "no_candidate", "over_budget"] = "dry_run"
     features: RequestFeatures | None = None
+    billing: Billing | None = None
+    """The cost as billed (breakdown, estimate, per-attempt usage) and the source of the catalog's prices."""
     complete: bool = True
     signature: Signature | None = None
     """The router's signature over the receipt content, from the decision span; whether it verifies is the

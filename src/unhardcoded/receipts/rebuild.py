@@ -20,9 +20,13 @@ from .._construct import construct as _construct
 from ..policy.model import fingerprint_of
 from ..router.decision import (
     Attempt,
+    AttemptUsage,
+    Billing,
     BudgetUse,
     Cost,
+    CostBreakdown,
     FallbackHop,
+    PriceSource,
     Rejection,
     Selection,
     Signature,
@@ -484,11 +488,40 @@ def _attempt(span: SpanRecord) -> Attempt | None:
     )
 
 
-def _attempts(attempt_spans: Iterable[SpanRecord]) -> tuple[list[Attempt], list[FallbackHop], set[int], bool]:
-    """Attempts in index order, the hops between them, the indices seen, and whether every span was readable."""
+_AT_COST, _AT_CACHED, _AT_WRITTEN, _AT_REASONING = (
+    G.GEN_AI_USAGE_COST,
+    G.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS,
+    G.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS,
+    _K.UNHARDCODED_ATTEMPT_USAGE_REASONING_TOKENS,
+)
+
+
+def _attempt_usage(index: int, get: Any) -> AttemptUsage | None:
+    """What a billed attempt's span says beyond input and output tokens (a billed attempt carries its cost)."""
+    usd = _opt_float(get(_AT_COST))
+    if usd is None:
+        return None
+    return _construct(
+        AttemptUsage,
+        {
+            "index": index,
+            "cached_input_tokens": _opt_int(get(_AT_CACHED)),
+            "cache_write_tokens": _opt_int(get(_AT_WRITTEN)),
+            "reasoning_tokens": _opt_int(get(_AT_REASONING)),
+            "cost_usd": usd,
+        },
+    )
+
+
+def _attempts(
+    attempt_spans: Iterable[SpanRecord],
+) -> tuple[list[Attempt], list[FallbackHop], set[int], bool, list[AttemptUsage]]:
+    """Attempts in index order, the hops between them, the indices seen, whether every span was readable, and
+    the usage of the billed ones."""
     ok = True
     by_index: dict[int, Attempt] = {}
     reasons: dict[int, Any] = {}
+    usages: dict[int, AttemptUsage] = {}
     for attempt_span in attempt_spans:
         attempt = _attempt(attempt_span)
         if attempt is None:
@@ -496,7 +529,12 @@ def _attempts(attempt_spans: Iterable[SpanRecord]) -> tuple[list[Attempt], list[
             continue
         if attempt.index not in by_index:
             by_index[attempt.index] = attempt
-            reasons[attempt.index] = attempt_span.attributes.get(_REASON)
+            get = attempt_span.attributes.get
+            reasons[attempt.index] = get(_REASON)
+            if _AT_COST in attempt_span.attributes:
+                usage = _attempt_usage(attempt.index, get)
+                if usage is not None:
+                    usages[attempt.index] = usage
     attempts = [by_index[i] for i in sorted(by_index)]
     hops = []
     for attempt in attempts:
@@ -508,7 +546,69 @@ def _attempts(attempt_spans: Iterable[SpanRecord]) -> tuple[list[Attempt], list[
             ok = False
             continue
         hops.append(_construct(FallbackHop, {"from_": previous.model, "to": attempt.model, "reason": reason}))
-    return attempts, hops, set(by_index), ok
+    return attempts, hops, set(by_index), ok, [usages[i] for i in sorted(usages)]
+
+
+_PRICE_SOURCE, _PRICE_VERSION, _PRICE_DATE = (
+    _K.UNHARDCODED_CATALOG_PRICE_SOURCE,
+    _K.UNHARDCODED_CATALOG_PRICE_DATA_VERSION,
+    _K.UNHARDCODED_CATALOG_PRICE_SNAPSHOT_DATE,
+)
+_ESTIMATE, _PART_IN, _PART_CACHED, _PART_OUT, _PART_OTHER = (
+    _K.UNHARDCODED_COST_ESTIMATE_USD,
+    _K.UNHARDCODED_COST_INPUT_USD,
+    _K.UNHARDCODED_COST_CACHED_INPUT_USD,
+    _K.UNHARDCODED_COST_OUTPUT_USD,
+    _K.UNHARDCODED_COST_OTHER_USD,
+)
+
+
+_SOURCES: dict[tuple[Any, Any, Any], tuple[PriceSource, Billing]] = {}
+"""Price sources seen, each with the billing of a dry run on it: a catalog's decisions all name the same one, so
+they share these objects (never changed once built), as the router's dry runs do."""
+
+
+def _billing(get: Any, usages: list[AttemptUsage]) -> Billing | None:
+    """The receipt's billing from the decision span (and its billed attempts), or None when the span has none."""
+    source = get(_PRICE_SOURCE)
+    estimate = _opt_float(get(_ESTIMATE))
+    part_in = _opt_float(get(_PART_IN))
+    if source is None and estimate is None and part_in is None and not usages:
+        return None
+    prices = None
+    if source is not None:
+        key = (source, get(_PRICE_VERSION), get(_PRICE_DATE))
+        known = _SOURCES.get(key)
+        if known is None:
+            prices = _construct(
+                PriceSource,
+                {
+                    "source": source if source.__class__ is str else str(source),
+                    "data_version": _opt_str(key[1]) or "",
+                    "snapshot_date": _opt_str(key[2]),
+                },
+            )
+            if len(_SOURCES) > 64:
+                _SOURCES.clear()
+            known = _SOURCES[key] = (
+                prices,
+                _construct(Billing, {"estimate_usd": None, "breakdown": None, "attempts": [], "prices": prices}),
+            )
+        if estimate is None and part_in is None and not usages:
+            return known[1]
+        prices = known[0]
+    breakdown = None
+    if part_in is not None:
+        breakdown = _construct(
+            CostBreakdown,
+            {
+                "input": part_in,
+                "cached_input": _opt_float(get(_PART_CACHED)) or 0.0,
+                "output": _opt_float(get(_PART_OUT)) or 0.0,
+                "other": _opt_float(get(_PART_OTHER)) or 0.0,
+            },
+        )
+    return _construct(Billing, {"estimate_usd": estimate, "breakdown": breakdown, "attempts": usages, "prices": prices})
 
 
 def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ()) -> RebuiltDecision:
@@ -545,7 +645,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             },
         )
 
-    attempts, hops, indices, attempts_ok = _attempts(attempt_spans)
+    attempts, hops, indices, attempts_ok, usages = _attempts(attempt_spans)
     if not attempts_ok:
         complete = False
     answered_by = _opt_str(get(_ANSWERED))
@@ -656,6 +756,7 @@ def rebuild_decision(span: SpanRecord, attempt_spans: Iterable[SpanRecord] = ())
             "budget": _budget(get) if get(_BUDGET_SCOPE) is not None else None,
             "outcome": outcome,
             "features": features,
+            "billing": _billing(get, usages),
             "complete": complete,
             "signature": signature,
             "live": live,

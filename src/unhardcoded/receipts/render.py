@@ -102,8 +102,21 @@ def render_receipt(r: Receipt) -> str:
     lines.append(
         f"{label.ljust(9)} {cost_line(r.cost.usd, r.cost.baseline_model, r.cost.baseline_usd, r.cost.savings_ratio)}"
     )
+    billing = r.billing
+    if billing is not None and billing.breakdown is not None:
+        parts = billing.breakdown
+        estimate = f" · estimated {_usd(billing.estimate_usd)}" if billing.estimate_usd is not None else ""
+        lines.append(
+            f"billed    input {_usd(parts.input)} · cached {_usd(parts.cached_input)} · output {_usd(parts.output)}"
+            f" · other {_usd(parts.other)}{estimate}"
+        )
     lines.append(f"policy    {r.policy.name} · fingerprint {r.policy.fingerprint} · {r.policy.schema_}")
-    lines.append(f"catalog   {r.catalog_version} · {r.timestamp}")
+    prices = billing.prices if billing is not None else None
+    if prices is not None:
+        date = f" of {prices.snapshot_date}" if prices.snapshot_date else ""
+        lines.append(f"catalog   {r.catalog_version} · {r.timestamp} · prices {prices.data_version}{date}")
+    else:
+        lines.append(f"catalog   {r.catalog_version} · {r.timestamp}")
     if r.trace_id:
         lines.append(f"trace     {r.trace_id} · span {r.span_id or 'n/a'}")
     if r.workflow:

@@ -11,11 +11,13 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from ..catalog.pricing import Usage, cost
 from ..errors import NoCandidateError
-from .decision import Attempt, Decision, FallbackHop, WorkflowRef
-from .engine import CompiledPolicy, estimate_cost, price
+from .decision import Attempt, AttemptUsage, Billing, CostBreakdown, Decision, FallbackHop, WorkflowRef
+from .engine import CompiledPolicy, price_usage
 from .features import RequestFeatures
 from .live import DEFAULT_HEALTH, HealthSettings
+from .providers.classify import usage_details
 
 if TYPE_CHECKING:
     from .live import LiveState
@@ -149,22 +151,83 @@ def record(
     )
 
 
+def note_usage(decision: Decision, compiled: CompiledPolicy, attempt: Attempt, usage: Any) -> None:
+    """Bill ``attempt`` from the usage its provider reported (``usage`` as OpenAI shapes it: cached, cache-write
+    and reasoning tokens in its details), at its model's prices. An attempt that reported no usage is not billed."""
+    cached, written, reasoning = usage_details(usage)
+    if attempt.input_tokens is None and attempt.output_tokens is None and cached is None and reasoning is None:
+        return
+    details = AttemptUsage(
+        index=attempt.index, cached_input_tokens=cached, cache_write_tokens=written, reasoning_tokens=reasoning
+    )
+    details.cost_usd = cost(compiled.catalog.schedule(attempt.model), attempt_usage(attempt, details)).total
+    _billing(decision).attempts.append(details)
+
+
+def _billing(decision: Decision) -> Billing:
+    """The decision's own billing record (a dry run's is shared by the decisions of its policy)."""
+    billing = decision.billing
+    if billing is None or billing.estimate_usd is None:
+        billing = Billing(
+            estimate_usd=decision.cost.usd if decision.cost.usd is not None else 0.0,
+            prices=billing.prices if billing is not None else None,
+        )
+        decision.billing = billing
+    return billing
+
+
+def attempt_usage(attempt: Attempt, details: AttemptUsage | None) -> Usage:
+    """The usage an attempt reported, as :func:`unhardcoded.catalog.pricing.cost` takes it."""
+    if details is None:
+        return Usage(attempt.input_tokens or 0, attempt.output_tokens or 0)
+    return Usage(
+        attempt.input_tokens or 0,
+        attempt.output_tokens or 0,
+        details.cached_input_tokens or 0,
+        details.cache_write_tokens or 0,
+        details.reasoning_tokens or 0,
+    )
+
+
 def finish(decision: Decision, compiled: CompiledPolicy, answered: Attempt | None, started: float) -> Decision:
-    """The outcome, the answering model, the cost against the baseline and the latency since ``started``."""
+    """The outcome, the answering model, the cost as billed against the baseline, the latency since ``started``.
+
+    Every attempt that reported usage is billed at its model's prices (a failed one too); the baseline is the
+    answering attempt's usage priced on the baseline model. An answer without usage is priced on the request's
+    estimated tokens, as the router estimated it."""
     decision.latency_ms = (time.perf_counter() - started) * 1000
+    catalog = compiled.catalog
+    billing = _billing(decision)
+    by_index = {a.index: a for a in decision.attempts}
+    parts = [0.0, 0.0, 0.0, 0.0]
+    billed: dict[int, AttemptUsage] = {}
+    for details in billing.attempts:
+        attempt = by_index.get(details.index)
+        if attempt is None:
+            continue
+        c = cost(catalog.schedule(attempt.model), attempt_usage(attempt, details))
+        parts[0] += c.input
+        parts[1] += c.cached_input
+        parts[2] += c.output
+        parts[3] += c.other
+        billed[details.index] = details
     if answered is None:
         decision.outcome = "failed"
         decision.answered_by = None
-        # Nothing answered, so nothing was used: the baseline is priced on the same zero usage.
-        decision.cost = price(0.0, compiled.catalog, compiled.policy.baseline, 0, 0)
-        return decision
-    decision.outcome = "answered"
-    decision.answered_by = answered.model
-    feats = decision.features
-    in_tok = answered.input_tokens if answered.input_tokens is not None else feats.input_tokens
-    out_tok = answered.output_tokens if answered.output_tokens is not None else feats.output_tokens
-    usd = estimate_cost(compiled.catalog.model(answered.model), in_tok, out_tok)
-    decision.cost = price(usd, compiled.catalog, compiled.policy.baseline, in_tok, out_tok)
+        # Nothing answered: the baseline is priced on zero usage.
+        usage = Usage()
+    else:
+        decision.outcome = "answered"
+        decision.answered_by = answered.model
+        if answered.index in billed:
+            usage = attempt_usage(answered, billed[answered.index])
+        else:
+            feats = decision.features
+            usage = Usage(feats.input_tokens, feats.output_tokens)
+            c = cost(catalog.schedule(answered.model), usage)
+            parts = [parts[0] + c.input, parts[1] + c.cached_input, parts[2] + c.output, parts[3] + c.other]
+    billing.breakdown = CostBreakdown(input=parts[0], cached_input=parts[1], output=parts[2], other=parts[3])
+    decision.cost = price_usage(sum(parts), catalog, compiled.policy.baseline, usage)
     return decision
 
 

@@ -89,6 +89,51 @@ class Cost(_Model):
     savings_ratio: float | None = None
 
 
+class CostBreakdown(_Model):
+    """The billed cost by what was billed, in USD (see ``unhardcoded.catalog.pricing.cost``)."""
+
+    input: float = 0.0
+    """Uncached input tokens."""
+    cached_input: float = 0.0
+    """Input tokens read from the provider's prompt cache."""
+    output: float = 0.0
+    """Output tokens, reasoning tokens included."""
+    other: float = 0.0
+    """Cache writes and per-request fees."""
+
+
+class AttemptUsage(_Model):
+    """What one attempt's provider reported beyond input and output tokens, and what the call cost."""
+
+    index: int
+    cached_input_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost_usd: float | None = None
+    """The call's cost as billed; set when the provider reported usage, for a failed call too."""
+
+
+class PriceSource(_Model):
+    """Where the catalog's maintained prices come from."""
+
+    source: str
+    data_version: str
+    snapshot_date: str | None = None
+
+
+class Billing(_Model):
+    """The cost as the provider bills it, beside the decision-time estimate; the prices' source.
+
+    ``cost.usd`` is then the sum of every billed attempt (failed ones that returned usage too), and
+    ``cost.baseline_usd`` the answering attempt's usage priced on the baseline model."""
+
+    estimate_usd: float | None = None
+    """The router's estimate when it decided, from the request's estimated tokens."""
+    breakdown: CostBreakdown | None = None
+    attempts: list[AttemptUsage] = []
+    prices: PriceSource | None = None
+
+
 class WorkflowRef(_Model):
     id: str
     name: str
@@ -138,6 +183,8 @@ class Decision(_Model):
     workflow: WorkflowRef | None = None
     client: str | None = None
     """The name of the client key the request came with (a proxy started with ``--keys``)."""
+    billing: Billing | None = None
+    """The cost as billed and the prices' source (signature v2 and later)."""
     budget: BudgetUse | None = None
     """The spent budget that refused this request or sent it to a fallback policy; None otherwise."""
     trace_id: str | None = None
@@ -182,4 +229,5 @@ class Decision(_Model):
             "outcome": self.outcome if outcome is None else outcome,
             "features": self.features,
             "live": compact_snapshot(self.live),
+            "billing": self.billing,
         }

@@ -11,9 +11,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._construct import construct, plain_fields
-from ..catalog.model import Catalog, CatalogModel
+from ..catalog.model import Catalog, CatalogModel, schedule_from_fields
+from ..catalog.pricing import PriceSchedule, Usage
+from ..catalog.pricing import cost as _cost
 from ..policy.model import Policy
-from .decision import Cost, Decision, Rejection, Selection, WorkflowRef, iso_ms
+from .decision import Billing, Cost, Decision, PriceSource, Rejection, Selection, WorkflowRef, iso_ms
 from .features import RequestFeatures
 from .live import COOLDOWN_RULE, DYNAMIC_FIELDS, RATE_LIMIT_RULE, UNKNOWN, LiveView
 from .rules import OP_FUNCS, pass_phrase, rank_phrase, rejection_message
@@ -53,6 +55,7 @@ class _Survivor:
         "pin",
         "pout",
         "provider",
+        "schedule",
         "score",
         "static_key",
         "tail_rank",
@@ -62,7 +65,13 @@ class _Survivor:
         "vision_rejection",
     )
 
-    def __init__(self, model: CatalogModel, score_field: str | None, static_keys: Sequence[tuple[str, str]]) -> None:
+    def __init__(
+        self,
+        model: CatalogModel,
+        score_field: str | None,
+        static_keys: Sequence[tuple[str, str]],
+        schedule: PriceSchedule | None = None,
+    ) -> None:
         v = model.values
         self.model = model
         self.id = model.id
@@ -70,6 +79,8 @@ class _Survivor:
         self.kind = v.get("kind") or "chat"
         self.pin = float(v["price_input_per_mtok"])
         self.pout = float(v["price_output_per_mtok"])
+        # Tiers, dated prices or a per-request fee: the estimate goes through the pricing function.
+        self.schedule = schedule if schedule is not None and not _is_simple(schedule) else None
         self.tools = v.get("supports_tools")
         self.vision = v.get("supports_vision")
         self.context = v.get("context_window")
@@ -103,7 +114,15 @@ class _Survivor:
         )
 
     def cost(self, features: RequestFeatures) -> float:
+        if self.schedule is not None:
+            return _cost(self.schedule, Usage(features.input_tokens, features.output_tokens)).total
         return (features.input_tokens * self.pin + features.output_tokens * self.pout) / 1_000_000
+
+
+def _is_simple(schedule: PriceSchedule) -> bool:
+    """One untiered input and output price and no fee: the estimate is two products."""
+    p = schedule.flat
+    return p is not None and not p.input.tiers and not p.output.tiers and p.per_request is None
 
 
 def _rejection(
@@ -177,20 +196,29 @@ def _kind_rejection(model: str, kind: str) -> Rejection:
 
 
 def estimate_cost(model: CatalogModel, input_tokens: int, output_tokens: int) -> float:
-    """USD for this usage at the model's catalog prices."""
-    v = model.values
-    return (
-        input_tokens * float(v["price_input_per_mtok"]) + output_tokens * float(v["price_output_per_mtok"])
-    ) / 1_000_000
+    """USD for this many tokens at the model's headline (untiered, undated) prices."""
+    return _cost(schedule_from_fields(model.values), Usage(input_tokens, output_tokens)).total
 
 
 def price(usd: float | None, catalog: Catalog, baseline: str | None, input_tokens: int, output_tokens: int) -> Cost:
-    """The cost record: what was paid and what the same usage would cost on the baseline."""
+    """The cost record of an estimate: ``usd``, and what the same usage would cost on the baseline."""
+    return price_usage(usd, catalog, baseline, Usage(input_tokens, output_tokens))
+
+
+def price_usage(usd: float | None, catalog: Catalog, baseline: str | None, usage: Usage, when: Any = None) -> Cost:
+    """The cost record: ``usd`` paid, and ``usage`` priced on the baseline model at ``when``."""
     if baseline is None or baseline not in catalog:
         return Cost(usd=usd)
-    base = estimate_cost(catalog.model(baseline), input_tokens, output_tokens)
+    base = _cost(catalog.schedule(baseline), usage, when).total
     ratio = (1 - usd / base) if (usd is not None and base > 0) else None
     return Cost(usd=usd, baseline_model=baseline, baseline_usd=base, savings_ratio=ratio)
+
+
+def price_source(catalog: Catalog) -> PriceSource | None:
+    p = catalog.prices
+    return (
+        None if p is None else PriceSource(source=p.source, data_version=p.data_version, snapshot_date=p.snapshot_date)
+    )
 
 
 class CompiledPolicy:
@@ -200,6 +228,10 @@ class CompiledPolicy:
         self.policy = policy
         self.catalog = catalog
         self.catalog_version = catalog.version
+        self.price_source = price_source(catalog)
+        # A dry run's billing: the prices' source only. Shared by the decisions of this policy (never changed: an
+        # attempt's billing is a new object).
+        self.dry_billing = Billing(prices=self.price_source) if self.price_source is not None else None
         rank = policy.rank
         keys = [(rank.by, rank.order)] + [(k.by, k.order) for k in rank.then]
         # Keys before the first `cost` are static; cost and what follows are computed per request.
@@ -240,7 +272,11 @@ class CompiledPolicy:
                     )
                     break
             self.static_rejections.append(rejection)
-            self.survivors.append(None if rejection else _Survivor(model, policy.select.score_field, static_keys))
+            self.survivors.append(
+                None
+                if rejection
+                else _Survivor(model, policy.select.score_field, static_keys, catalog.schedules.get(model.id))
+            )
         for survivor in self.survivors:
             if survivor is not None:
                 survivor.live_default = self._live_rejection(survivor, None)
@@ -404,6 +440,7 @@ class CompiledPolicy:
                 "latency_ms": 0.0,
                 "workflow": workflow,
                 "client": client_name,
+                "billing": self.dry_billing,
                 "budget": None,
                 "trace_id": None,
                 "span_id": None,

@@ -41,6 +41,12 @@ UNHARDCODED_ATTEMPT_STATUS: Final = "unhardcoded.attempt.status"
 Whether the provider call succeeded.
 """
 
+UNHARDCODED_ATTEMPT_USAGE_REASONING_TOKENS: Final = "unhardcoded.attempt.usage.reasoning_tokens"
+"""
+Reasoning tokens the provider reported for this call (`completion_tokens_details.reasoning_tokens`).
+Note: Counted in `gen_ai.usage.output_tokens` too, as OpenAI counts them.
+"""
+
 UNHARDCODED_BUDGET_ACTION: Final = "unhardcoded.budget.action"
 """
 What the proxy did about the spent budget.
@@ -82,6 +88,25 @@ UNHARDCODED_CANDIDATES_COUNT: Final = "unhardcoded.candidates.count"
 Number of models in `unhardcoded.candidates`.
 """
 
+UNHARDCODED_CATALOG_PRICE_DATA_VERSION: Final = "unhardcoded.catalog.price.data_version"
+"""
+Version of the price data the catalog was resolved from.
+Note: The `genai-prices` package version for its bundled snapshot, or a hash of the data a `catalog
+update` fetched from its feed.
+"""
+
+UNHARDCODED_CATALOG_PRICE_SNAPSHOT_DATE: Final = "unhardcoded.catalog.price.snapshot_date"
+"""
+Date (UTC, YYYY-MM-DD) the price data was taken; its headline prices are those in force that day.
+"""
+
+UNHARDCODED_CATALOG_PRICE_SOURCE: Final = "unhardcoded.catalog.price.source"
+"""
+Where the catalog's maintained prices come from.
+Note: Set when the catalog takes prices from a maintained source; absent when every price is the
+catalog file's own.
+"""
+
 UNHARDCODED_CATALOG_VERSION: Final = "unhardcoded.catalog.version"
 """
 Version of the model catalog the decision was made against (hash of its content).
@@ -103,6 +128,33 @@ Id of the policy's baseline model.
 UNHARDCODED_COST_BASELINE_USD: Final = "unhardcoded.cost.baseline.usd"
 """
 Cost in USD of the same usage priced on the baseline model.
+"""
+
+UNHARDCODED_COST_CACHED_INPUT_USD: Final = "unhardcoded.cost.cached_input.usd"
+"""
+Part of `unhardcoded.cost.usd` billed for input tokens read from the provider's prompt cache.
+"""
+
+UNHARDCODED_COST_ESTIMATE_USD: Final = "unhardcoded.cost.estimate.usd"
+"""
+Cost in USD the router estimated at decision time, from the request's estimated tokens.
+Note: Set once a provider answered or failed, beside `unhardcoded.cost.usd`, which is then the cost
+as billed from the usage the provider reported.
+"""
+
+UNHARDCODED_COST_INPUT_USD: Final = "unhardcoded.cost.input.usd"
+"""
+Part of `unhardcoded.cost.usd` billed for uncached input tokens.
+"""
+
+UNHARDCODED_COST_OTHER_USD: Final = "unhardcoded.cost.other.usd"
+"""
+Part of `unhardcoded.cost.usd` billed for cache writes and per-request fees.
+"""
+
+UNHARDCODED_COST_OUTPUT_USD: Final = "unhardcoded.cost.output.usd"
+"""
+Part of `unhardcoded.cost.usd` billed for output tokens, reasoning tokens included.
 """
 
 UNHARDCODED_COST_SAVINGS_RATIO: Final = "unhardcoded.cost.savings.ratio"

@@ -32,6 +32,28 @@ GEN_AI_RESPONSE_MODEL: Final = "gen_ai.response.model"
 The name of the model that generated the response.
 """
 
+GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS: Final = "gen_ai.usage.cache_creation.input_tokens"
+"""
+The number of input tokens written to a provider-managed cache.
+Note: The value SHOULD be included in `gen_ai.usage.input_tokens`. unhardcoded reads it from
+`prompt_tokens_details.cache_write_tokens`.
+"""
+
+GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS: Final = "gen_ai.usage.cache_read.input_tokens"
+"""
+The number of input tokens served from a provider-managed cache.
+Note: The value SHOULD be included in `gen_ai.usage.input_tokens`. unhardcoded reads it from
+`prompt_tokens_details.cached_tokens`.
+"""
+
+GEN_AI_USAGE_COST: Final = "gen_ai.usage.cost"
+"""
+Cost of the call in USD.
+Note: Not an OpenTelemetry semantic convention: the name Langfuse reads a span's cost from.
+unhardcoded sets it to the call's cost as billed, from the usage the provider reported and the
+catalog's prices.
+"""
+
 GEN_AI_USAGE_INPUT_TOKENS: Final = "gen_ai.usage.input_tokens"
 """
 The number of tokens used in the GenAI input (prompt).

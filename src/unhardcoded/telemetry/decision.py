@@ -37,7 +37,7 @@ from .workflows import current_workflow
 
 if TYPE_CHECKING:
     from .._signature import SigningKey
-    from ..router.decision import Attempt, Decision
+    from ..router.decision import Attempt, AttemptUsage, Decision
     from ..router.engine import CompiledPolicy
     from ..router.observe import Answer
 
@@ -378,10 +378,11 @@ def _losses_on(span: Span, attrs: Mapping[str, Any], events: list[dict[str, str]
 
 
 class _AttemptToken:
-    __slots__ = ("inner", "late", "response_model", "span", "t0")
+    __slots__ = ("decision", "inner", "late", "response_model", "span", "t0")
 
-    def __init__(self, span: Span, inner: Any, late: LateSpan | None = None) -> None:
+    def __init__(self, span: Span, inner: Any, late: LateSpan | None = None, decision: Decision | None = None) -> None:
         self.span = span  # current during the call (for a late span, the context it will have)
+        self.decision = decision
         self.late = late
         self.inner = inner
         self.response_model: str | None = None
@@ -443,7 +444,7 @@ class AttemptSpans(AttemptObserver):
                 )
         except Exception:  # noqa: BLE001
             count_error("starting an attempt span")
-        token = _AttemptToken(span, None, late)
+        token = _AttemptToken(span, None, late, decision)
         self._open.add(token)
         if self.inner is not None:
             token.inner = self.inner.start(decision, planned)
@@ -478,7 +479,11 @@ class AttemptSpans(AttemptObserver):
         end_ns = time.time_ns()
         if end_ns > self.scope.last_end_ns:
             self.scope.last_end_ns = end_ns
-        self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, end_ns))
+        billing = token.decision.billing if token.decision is not None else None
+        usage = None
+        if billing is not None:
+            usage = next((u for u in billing.attempts if u.index == attempt.index), None)
+        self.scope._defer(partial(_end_attempt_span, token, attempt, token.response_model, end_ns, usage))
         if self.inner is not None:
             self.inner.end(token.inner, attempt, error)
 
@@ -501,7 +506,9 @@ class _Current:
         otel_context.detach(self.token)
 
 
-def _end_attempt_span(token: _AttemptToken, attempt: Attempt, response_model: str | None, end_ns: int) -> None:
+def _end_attempt_span(
+    token: _AttemptToken, attempt: Attempt, response_model: str | None, end_ns: int, usage: AttemptUsage | None = None
+) -> None:
     try:
         span = token.made()
         if span.is_recording():
@@ -517,6 +524,15 @@ def _end_attempt_span(token: _AttemptToken, attempt: Attempt, response_model: st
                 attrs[G.GEN_AI_USAGE_INPUT_TOKENS] = attempt.input_tokens
             if attempt.output_tokens is not None:
                 attrs[G.GEN_AI_USAGE_OUTPUT_TOKENS] = attempt.output_tokens
+            if usage is not None:
+                if usage.cached_input_tokens is not None:
+                    attrs[G.GEN_AI_USAGE_CACHE_READ_INPUT_TOKENS] = usage.cached_input_tokens
+                if usage.cache_write_tokens is not None:
+                    attrs[G.GEN_AI_USAGE_CACHE_CREATION_INPUT_TOKENS] = usage.cache_write_tokens
+                if usage.reasoning_tokens is not None:
+                    attrs[A.UNHARDCODED_ATTEMPT_USAGE_REASONING_TOKENS] = usage.reasoning_tokens
+                if usage.cost_usd is not None:
+                    attrs[G.GEN_AI_USAGE_COST] = usage.cost_usd
             if attempt.error_type is not None:
                 attrs[G.ERROR_TYPE] = attempt.error_type
             span.set_attributes(attrs)

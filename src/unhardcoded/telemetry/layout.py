@@ -17,7 +17,7 @@ from ..semconv import gen_ai as G
 from ..semconv import spans as S
 
 if TYPE_CHECKING:
-    from ..router.decision import BudgetUse, Decision, Rejection, WorkflowRef
+    from ..router.decision import Billing, BudgetUse, Decision, Rejection, WorkflowRef
     from ..router.engine import CompiledPolicy
     from ..router.features import RequestFeatures
 
@@ -199,6 +199,9 @@ class PolicyLayout:
             attrs[A.UNHARDCODED_COST_BASELINE_USD] = cost.baseline_usd
         if cost.savings_ratio is not None:
             attrs[A.UNHARDCODED_COST_SAVINGS_RATIO] = cost.savings_ratio
+        billing = d.billing
+        if billing is not None:
+            attrs.update(billing_attributes(billing))
         attrs[A.UNHARDCODED_LATENCY_MS] = float(d.latency_ms)
         if d.workflow is not None:
             attrs.update(workflow_attributes(d.workflow))
@@ -232,3 +235,23 @@ class PolicyLayout:
         attrs.update(self.static_attributes)
         attrs[A.UNHARDCODED_REQUEST_ID] = d.request_id
         return attrs, events, lost
+
+
+def billing_attributes(billing: Billing) -> dict[str, Any]:
+    """The decision span's attributes of the cost as billed and of the source of the catalog's prices."""
+    attrs: dict[str, Any] = {}
+    prices = billing.prices
+    if prices is not None:
+        attrs[A.UNHARDCODED_CATALOG_PRICE_SOURCE] = prices.source
+        attrs[A.UNHARDCODED_CATALOG_PRICE_DATA_VERSION] = prices.data_version
+        if prices.snapshot_date is not None:
+            attrs[A.UNHARDCODED_CATALOG_PRICE_SNAPSHOT_DATE] = prices.snapshot_date
+    if billing.estimate_usd is not None:
+        attrs[A.UNHARDCODED_COST_ESTIMATE_USD] = billing.estimate_usd
+    parts = billing.breakdown
+    if parts is not None:
+        attrs[A.UNHARDCODED_COST_INPUT_USD] = parts.input
+        attrs[A.UNHARDCODED_COST_CACHED_INPUT_USD] = parts.cached_input
+        attrs[A.UNHARDCODED_COST_OUTPUT_USD] = parts.output
+        attrs[A.UNHARDCODED_COST_OTHER_USD] = parts.other
+    return attrs

@@ -75,6 +75,7 @@ class Ok(Behavior):
     response_model: str | None = None
     echo_authorization: bool = False
     headers: tuple[tuple[str, str], ...] = ()
+    usage: tuple[tuple[str, int], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -156,6 +157,11 @@ def ok(
     response_model: str | None = None,
     echo_authorization: bool = False,
     headers: dict[str, str] | None = None,
+    prompt_tokens: int | None = None,
+    completion_tokens: int | None = None,
+    cached_tokens: int | None = None,
+    cache_write_tokens: int | None = None,
+    reasoning_tokens: int | None = None,
 ) -> Ok:
     """A well-formed completion (``text`` or a deterministic default) after ``latency_s``.
 
@@ -164,9 +170,29 @@ def ok(
     snapshot, say). ``echo_authorization`` puts the request's Authorization header in
     the answer, as a careless provider might (for leak tests). ``headers`` go out with a plain (not streamed)
     answer: rate-limit headroom such as ``{"x-ratelimit-remaining-tokens": "12", "x-ratelimit-reset-tokens": "1s"}``.
+
+    The token counts, when given, are the usage reported instead of counting the
+    text: ``cached_tokens`` and ``cache_write_tokens`` in ``prompt_tokens_details``
+    and ``reasoning_tokens`` in ``completion_tokens_details``, as OpenAI sends them
+    (cached and reasoning tokens are part of ``prompt_tokens`` and ``completion_tokens``).
     """
+    given = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "cached_tokens": cached_tokens,
+        "cache_write_tokens": cache_write_tokens,
+        "reasoning_tokens": reasoning_tokens,
+    }
+    usage = tuple((k, v) for k, v in given.items() if v is not None)
     return Ok(
-        text, latency_s, chunk_delay_s, tool_call, response_model, echo_authorization, tuple((headers or {}).items())
+        text,
+        latency_s,
+        chunk_delay_s,
+        tool_call,
+        response_model,
+        echo_authorization,
+        tuple((headers or {}).items()),
+        usage,
     )
 
 
@@ -627,9 +653,14 @@ class SimulatedProvider:
         text = b.text if b.text is not None else f"This is a simulated answer from {self.name} to {model}."
         if b.echo_authorization:
             text += f" You sent Authorization: {headers.get('authorization', '')}"
+        usage = dict(b.usage)
         prompt = body.get("messages") if "messages" in body else body.get("input")
-        prompt_tokens = _tokens(prompt if isinstance(prompt, str) else _prompt_text(prompt))
-        completion_tokens = _tokens(json.dumps(tool_call) if tool_call else text)
+        prompt_tokens = usage.pop("prompt_tokens", None) or _tokens(
+            prompt if isinstance(prompt, str) else _prompt_text(prompt)
+        )
+        completion_tokens = usage.pop("completion_tokens", None) or _tokens(
+            json.dumps(tool_call) if tool_call else text
+        )
         return _Completion(
             id=f"chatcmpl-sim{next(self._ids):06d}",
             created=int(time.time()),
@@ -638,6 +669,7 @@ class SimulatedProvider:
             tool_call=tool_call,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
+            details=usage,
         )
 
     def _stream(
@@ -732,13 +764,27 @@ class _Completion:
     tool_call: dict[str, Any] | None
     prompt_tokens: int
     completion_tokens: int
+    details: dict[str, int] = field(default_factory=dict)
 
     def usage(self) -> dict[str, Any]:
-        return {
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.prompt_tokens + self.completion_tokens,
         }
+        d = self.details
+        if d:
+            prompt = {"cached_tokens": d.get("cached_tokens", 0), "audio_tokens": 0}
+            if "cache_write_tokens" in d:
+                prompt["cache_write_tokens"] = d["cache_write_tokens"]
+            usage["prompt_tokens_details"] = prompt
+            usage["completion_tokens_details"] = {
+                "reasoning_tokens": d.get("reasoning_tokens", 0),
+                "audio_tokens": 0,
+                "accepted_prediction_tokens": 0,
+                "rejected_prediction_tokens": 0,
+            }
+        return usage
 
     def chunk(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {

@@ -26,6 +26,7 @@ from ..attempts import (
     finish,
     next_step,
     no_candidate,
+    note_usage,
     observe_attempt,
     plan,
     record,
@@ -79,6 +80,7 @@ def execute(
         if result is not None:
             observer.answered(token, result)
             attempt = record(planned, t0, result.input_tokens, result.output_tokens, None, cascade_started=started)
+            note_usage(decision, compiled, attempt, result.body.get("usage"))
         else:
             attempt = record(planned, t0, None, None, exc, cascade_started=started)
         decision.attempts.append(attempt)
@@ -323,6 +325,7 @@ class StreamCascade:
             attempt = record(planned, t0, None, None, exc, error_type, self._started)
         else:
             attempt = record(planned, t0, stream.input_tokens, stream.output_tokens, exc, error_type, self._started)
+            note_usage(self.decision, self.compiled, attempt, stream.usage)
         self.decision.attempts.append(attempt)
         observe_attempt(self.live, self.compiled, attempt, None, exc)
         try:

@@ -127,6 +127,22 @@ def int_or_none(usage: Mapping[str, Any] | None, key: str) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
+def usage_details(usage: Any) -> tuple[int | None, int | None, int | None]:
+    """Cached input, cache-write and reasoning tokens of an OpenAI-shaped ``usage``: ``prompt_tokens_details``
+    ``cached_tokens`` and ``cache_write_tokens``, ``completion_tokens_details.reasoning_tokens``."""
+    if not isinstance(usage, Mapping):
+        return None, None, None
+    prompt = usage.get("prompt_tokens_details")
+    completion = usage.get("completion_tokens_details")
+    prompt = prompt if isinstance(prompt, Mapping) else None
+    completion = completion if isinstance(completion, Mapping) else None
+    return (
+        int_or_none(prompt, "cached_tokens"),
+        int_or_none(prompt, "cache_write_tokens"),
+        int_or_none(completion, "reasoning_tokens"),
+    )
+
+
 def _decoded_text(value: Any) -> str:
     try:
         return json.dumps(value, ensure_ascii=False)
