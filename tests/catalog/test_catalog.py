@@ -32,7 +32,6 @@ BUILTIN_NAMES = [
     "supports_vision",
     "context_window",
     "max_output_tokens",
-    "kind",
     "regions",
     "latency_p50_ms",
 ]

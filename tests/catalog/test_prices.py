@@ -160,5 +160,5 @@ def test_kind_is_chat_or_embedding():
     assert cost(catalog.schedule("text-embedding-3-small"), Usage(1_000_000, 0)).total == pytest.approx(0.02)
     doc = builtin_document()
     doc["models"][0]["kind"] = "rerank"
-    with pytest.raises(CatalogError, match=r"models\[0\]\.kind: 'rerank' is not one of chat, embedding"):
+    with pytest.raises(CatalogError, match=r"models\[0\]\.kind: must be one of chat, embedding, got 'rerank'"):
         Catalog.from_document(doc)

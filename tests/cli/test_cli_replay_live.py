@@ -19,7 +19,7 @@ from unhardcoded.receipts.replay import replay
 from unhardcoded.router.live import LiveState
 from unhardcoded.testing import capture
 
-COOLED = "gemini-3.5-flash"
+COOLED = "grok-4-fast-non-reasoning"  # the shipped support policy's usual winner
 BODY = {"messages": [{"role": "user", "content": "Where is my parcel?"}]}
 
 

@@ -53,9 +53,6 @@ NOT_SIGNED = {
     "receipt",  # the schema name, a constant
     "complete",  # the reader's finding about the telemetry it received, not the router's
     "signature",  # itself
-    # Added after v1; its outcome (over_budget) is signed. It joins the content with the next version (v2), which
-    # the live-state fields added in the same round will join too.
-    "budget",
 }
 
 
@@ -82,14 +79,15 @@ def test_the_v1_bytes_of_a_known_decision_are_pinned():
     content = signed_content(ds[0].receipt_fields(), version=1)
     assert content.startswith(b'{"v":1,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
     assert hashlib.sha256(content).hexdigest() == "295615770f9b949185258402fc029d9971166650acc854d969f89035eab089b5"
-    # v2: the same, then the billing (here a signed dry-run's: the source of the catalog's prices).
+    # v2: the same, then the live state read (none here), the billing (here a signed dry-run's: the source of the
+    # catalog's prices) and the budget (none).
     v2 = signed_content(ds[0].receipt_fields())
     assert v2.startswith(b'{"v":2,"request_id":"req_8f41c2a07b3e9d15","trace_id":"')
     assert v2.endswith(
-        b',"billing":{"estimate_usd":null,"breakdown":null,"attempts":[],"prices":{"source":"genai-prices",'
-        b'"data_version":"genai-prices 0.2.5","snapshot_date":"2026-12-06"}}}'
+        b',"live":null,"billing":{"estimate_usd":null,"breakdown":null,"attempts":[],"prices":{"source":'
+        b'"genai-prices","data_version":"genai-prices 0.2.5","snapshot_date":"2026-12-06"}},"budget":null}'
     )
-    assert hashlib.sha256(v2).hexdigest() == "724d8996e2a985e44c27dea7ec38590c190503fbb4949c0fb6c9fd4a184fd5e7"
+    assert hashlib.sha256(v2).hexdigest() == "5f2f2f1efc866cbb8d17a89f8fa0fa6b58e836827a5a7b6e9708699ff58fe9a4"
 
 
 @SETTINGS

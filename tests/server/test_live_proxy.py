@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from apps.proxy_harness import SELECTED, catalog_simulators, providers_for, serving
+from apps.proxy_harness import PROVIDER_OF, SELECTED, catalog_simulators, providers_for, serving
 from unhardcoded.catalog import Catalog
 from unhardcoded.policy import load_policy_file, validate_policy
 from unhardcoded.policy.builtin import builtin_policy_dir
@@ -20,6 +20,10 @@ from unhardcoded.router.providers import ProviderClient, ProviderConfig, Provide
 from unhardcoded.server import create_app
 from unhardcoded.testing import capture
 from unhardcoded.testing.simulator import error, ok
+
+
+PROVIDER = PROVIDER_OF[SELECTED]
+"""The provider of the shipped support policy's pick, the one these tests make fail."""
 
 
 def builtin_policy(name: str) -> Any:
@@ -84,11 +88,11 @@ def stack(simulated_provider: Any) -> Iterator[LiveStack]:
 
 
 def test_five_failures_cool_the_model_down_then_one_probe_finds_it_recovered(stack: LiveStack) -> None:
-    stack.sims["google"].set_behavior(SELECTED, error(503))
+    stack.sims[PROVIDER].set_behavior(SELECTED, error(503))
     for _ in range(5):
         model, receipt = stack.ask()
         assert model != SELECTED and receipt["selected"]["model"] == SELECTED  # tried, failed, fell back
-    assert stack.calls("google", SELECTED) == 5
+    assert stack.calls(PROVIDER, SELECTED) == 5
 
     # Cooled down: answered by another model, the failing provider not called, the receipt says why and until when.
     for _ in range(3):
@@ -101,20 +105,20 @@ def test_five_failures_cool_the_model_down_then_one_probe_finds_it_recovered(sta
         assert re.fullmatch(r"cooling down after 5 failures \(until 2027-01-15T08:00:30\.000Z\)", why["message"])
         assert receipt["live"]["models"][SELECTED]["live:cooldown"] == why["observed"]
         assert [a["model"] for a in receipt["attempts"]] == [receipt["selected"]["model"]]
-    assert stack.calls("google", SELECTED) == 5
+    assert stack.calls(PROVIDER, SELECTED) == 5
 
     # The cooldown ends; the provider has recovered: one probe goes through and the model is routed to again.
-    stack.sims["google"].set_behavior(SELECTED, ok())
+    stack.sims[PROVIDER].set_behavior(SELECTED, ok())
     stack.clock.now += 30
     model, receipt = stack.ask()
     assert model == SELECTED and not any(r["model"] == SELECTED for r in receipt["rejected"])
     model, _ = stack.ask()
     assert model == SELECTED
-    assert stack.calls("google", SELECTED) == 7
+    assert stack.calls(PROVIDER, SELECTED) == 7
 
 
 def test_a_probe_that_fails_cools_the_model_down_again(stack: LiveStack) -> None:
-    stack.sims["google"].set_behavior(SELECTED, error(500))
+    stack.sims[PROVIDER].set_behavior(SELECTED, error(500))
     for _ in range(5):
         stack.ask()
     stack.clock.now += 30
@@ -123,27 +127,27 @@ def test_a_probe_that_fails_cools_the_model_down_again(stack: LiveStack) -> None
     _, receipt = stack.ask()
     [why] = [r for r in receipt["rejected"] if r["model"] == SELECTED]
     assert why["rule"] == "live:cooldown" and why["observed"]["until"] == "2027-01-15T08:01:00.000Z"
-    assert stack.calls("google", SELECTED) == 6
+    assert stack.calls(PROVIDER, SELECTED) == 6
 
 
 def test_low_remaining_tokens_avoid_the_model_until_the_reset(stack: LiveStack) -> None:
     headroom = {"x-ratelimit-remaining-tokens": "40", "x-ratelimit-reset-tokens": "6m0s"}
-    stack.sims["google"].set_behavior(SELECTED, ok(headers=headroom))
+    stack.sims[PROVIDER].set_behavior(SELECTED, ok(headers=headroom))
     model, receipt = stack.ask()
     assert model == SELECTED and receipt.get("live") is None
-    stack.sims["google"].set_behavior(SELECTED, ok())
+    stack.sims[PROVIDER].set_behavior(SELECTED, ok())
 
     model, receipt = stack.ask("Please summarize the whole refund policy " * 10)
     assert model != SELECTED
     [why] = [r for r in receipt["rejected"] if r["model"] == SELECTED]
     assert why["rule"] == "live:rate_limit" and why["field"] == "live.ratelimit_remaining_tokens"
     assert why["observed"]["remaining_tokens"] == 40 and why["observed"]["reset"] == "2027-01-15T08:06:00.000Z"
-    assert stack.calls("google", SELECTED) == 1
+    assert stack.calls(PROVIDER, SELECTED) == 1
 
     stack.clock.now += 361
     model, _ = stack.ask("Please summarize the whole refund policy " * 10)
     assert model == SELECTED
-    assert stack.calls("google", SELECTED) == 2
+    assert stack.calls(PROVIDER, SELECTED) == 2
 
 
 def test_keys_are_balanced_by_weight_and_named_on_the_receipt(
@@ -152,17 +156,17 @@ def test_keys_are_balanced_by_weight_and_named_on_the_receipt(
     monkeypatch.setenv("LIVE_KEY_A", "sk-live-aaaa")
     monkeypatch.setenv("LIVE_KEY_B", "sk-live-bbbb")
     sims = catalog_simulators(simulated_provider)
-    configs = [sim.provider_config(timeout_s=5.0) for name, sim in sims.items() if name != "google"]
-    google = sims["google"]
+    configs = [sim.provider_config(timeout_s=5.0) for name, sim in sims.items() if name != PROVIDER]
+    picked = sims[PROVIDER]
     configs.append(
         ProviderConfig(
-            name="google",
-            base_url=google.base_url,
+            name=PROVIDER,
+            base_url=picked.base_url,
             keys=(ProviderKey(name="team-a", env="LIVE_KEY_A", weight=3), ProviderKey(name="team-b", env="LIVE_KEY_B")),
         )
     )
     for stack in _stack(simulated_provider, ProvidersConfig(providers=configs)):
-        stack.sims = {**stack.sims, "google": google}
+        stack.sims = {**stack.sims, PROVIDER: picked}
         keys = []
         for _ in range(8):
             model, receipt = stack.ask()
@@ -170,7 +174,7 @@ def test_keys_are_balanced_by_weight_and_named_on_the_receipt(
             keys.append(receipt["attempts"][0]["key"])
             assert "sk-live" not in str(receipt)
         assert Counter(keys) == {"team-a": 6, "team-b": 2}
-        sent = Counter(r.headers["authorization"] for r in google.requests)
+        sent = Counter(r.headers["authorization"] for r in picked.requests)
         assert sent == {"Bearer sk-live-aaaa": 6, "Bearer sk-live-bbbb": 2}
 
 
@@ -178,9 +182,9 @@ def test_circuit_and_headroom_gauges(simulated_provider: Any) -> None:
     with capture() as tel:
         for stack in _stack(simulated_provider, meter_provider=tel.meter_provider, failures=5, window=60, cooldown=30):
             headroom = {"x-ratelimit-remaining-requests": "7", "x-ratelimit-reset-requests": "20ms"}
-            stack.sims["google"].set_behavior(SELECTED, ok(headers=headroom))
+            stack.sims[PROVIDER].set_behavior(SELECTED, ok(headers=headroom))
             stack.ask()
-            stack.sims["google"].set_behavior(SELECTED, error(500))
+            stack.sims[PROVIDER].set_behavior(SELECTED, error(500))
             for _ in range(5):
                 stack.ask()
             circuit = tel.metric("unhardcoded.live.circuit")

@@ -277,8 +277,8 @@ def _healthy(httpx: Any, port: int) -> bool:
 PAIR = """
 schema: sigma-pol/v1
 name: pair
-rules: [{id: pair, field: id, op: in, value: [gpt-5.5-mini, claude-haiku-4-5]}]
-fallback: {models: [gpt-5.5-mini, claude-haiku-4-5]}
+rules: [{id: pair, field: id, op: in, value: [gpt-5.4-mini, claude-haiku-4-5]}]
+fallback: {models: [gpt-5.4-mini, claude-haiku-4-5]}
 """
 
 
@@ -293,7 +293,7 @@ def test_a_cooldown_tripped_through_one_proxy_is_honoured_by_the_other(
             for proxy in (a, b):
                 eventually(lambda p=proxy: p.server.app.state.shared_state.subscribed.is_set(), "not subscribed")
             cheapest = a.receipt(a.post("pair").headers["x-unhardcoded-request-id"])["selected"]["model"]
-            provider = "openai" if cheapest == "gpt-5.5-mini" else "anthropic"
+            provider = "openai" if cheapest == "gpt-5.4-mini" else "anthropic"
             a.sims[provider].set_behavior(cheapest, error(503))
             answered = [a.post("pair") for _ in range(5)]
             assert all(r.status_code == 200 for r in answered)  # each fell back to the other model

@@ -170,7 +170,7 @@ def _add_console_columns(conn: Connection) -> None:
         conn.execute("ALTER TABLE receipts ADD COLUMN IF NOT EXISTS latency_ms DOUBLE PRECISION")
         conn.execute(
             "UPDATE receipts SET "
-            "rules = (SELECT E'\\n' || string_agg(DISTINCT j ->> 'rule', E'\\n') || E'\\n' "
+            "rules = (SELECT E'\\n' || string_agg(DISTINCT (j ->> 'rule') COLLATE \"C\", E'\\n' ORDER BY (j ->> 'rule') COLLATE \"C\") || E'\\n' "
             "FROM jsonb_array_elements(body::jsonb -> 'rejected') j), "
             "provider = body::jsonb -> 'attempts' -> -1 ->> 'provider', "
             "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE (body::jsonb ->> 'latency_ms')::double precision END"

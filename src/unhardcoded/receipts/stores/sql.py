@@ -50,11 +50,12 @@ RULES_SEPARATOR = "\n"
 def console_values(receipt: Receipt) -> tuple[str | None, str | None, float | None]:
     """A receipt's ``rules``, ``provider`` and ``latency_ms`` columns.
 
-    ``rules``: the distinct rules that rejected a model, each between separators (``"\\nregion\\nbudget\\n"``), so a
-    rule is found by a substring test that no other rule name can match; None when nothing was rejected.
+    ``rules``: the distinct rules that rejected a model, sorted (by code point, as every store's migration sorts them
+    from the bodies), each between separators (``"\\nbudget\\nregion\\n"``), so a rule is found by a substring test
+    that no other rule name can match; None when nothing was rejected.
     ``provider``: the provider of the last attempt (the one that answered, or the last that failed).
     """
-    names = list(dict.fromkeys(j.rule for j in receipt.rejected))
+    names = sorted({j.rule for j in receipt.rejected})
     rules = RULES_SEPARATOR + RULES_SEPARATOR.join(names) + RULES_SEPARATOR if names else None
     provider = receipt.attempts[-1].provider if receipt.attempts else None
     latency = None if receipt.outcome == "dry_run" else receipt.latency_ms

@@ -163,7 +163,7 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
         (
             "UPDATE receipts SET "
             "rules = (SELECT char(10) || group_concat(rule, char(10)) || char(10) FROM "
-            "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected'))), "
+            "(SELECT DISTINCT json_extract(value, '$.rule') AS rule FROM json_each(body, '$.rejected') ORDER BY rule)), "
             "provider = json_extract(body, '$.attempts[#-1].provider'), "
             "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END"
         ),
