@@ -9,7 +9,7 @@ import pytest
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.errors import PolicyError
-from unhardcoded.policy import load_policy, load_policy_file
+from unhardcoded.policy import load_policy
 from unhardcoded.policy.builtin import builtin_policy_dir
 from unhardcoded.router import Router, features_from_request
 from unhardcoded.router.live import HealthSettings, LiveState, parse_duration_s, ratelimit_from_headers

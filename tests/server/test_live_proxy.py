@@ -21,7 +21,6 @@ from unhardcoded.server import create_app
 from unhardcoded.testing import capture
 from unhardcoded.testing.simulator import error, ok
 
-
 PROVIDER = PROVIDER_OF[SELECTED]
 """The provider of the shipped support policy's pick, the one these tests make fail."""
 
