@@ -414,3 +414,16 @@ def test_a_postgresql_store_gives_the_same_report(store, tmp_path):
                 s.close()
         cluster.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_the_report_prices_cached_and_reasoning_tokens_as_the_bill_does() -> None:
+    """Usage with cached input is priced at the cached rate (the catalog's pricing function, genai-prices' rules),
+    not as if every input token were full price."""
+    from unhardcoded.catalog.pricing import Usage, cost
+    from unhardcoded.receipts.impact import _cost_at
+
+    catalog = Catalog.builtin()
+    attempt = {"input_tokens": 10_000, "output_tokens": 500, "cached_input_tokens": 8_000, "reasoning_tokens": 300}
+    priced = _cost_at(catalog, "gpt-5.5", attempt)
+    assert priced == cost(catalog.schedule("gpt-5.5"), Usage(10_000, 500, 8_000, 0, 300)).total
+    assert priced < _cost_at(catalog, "gpt-5.5", {"input_tokens": 10_000, "output_tokens": 500})

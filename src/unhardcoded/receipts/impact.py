@@ -18,12 +18,13 @@ from typing import Any, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..catalog.archive import CatalogArchive
-from ..catalog.model import Catalog, CatalogModel
+from ..catalog.model import Catalog
+from ..catalog.pricing import Usage, cost
 from ..errors import CatalogError, PolicyError, UnhardcodedError
 from ..policy import validate_policy
 from ..policy.model import Policy
 from ..router.decision import Decision
-from ..router.engine import CompiledPolicy, PolicyCompiler, estimate_cost
+from ..router.engine import CompiledPolicy, PolicyCompiler
 from ..router.features import RequestFeatures
 from .replay import ReplayError, parse_since, recorded_catalog
 from .stores import HistoryQuery, ReceiptQuery, ReceiptStore
@@ -141,12 +142,19 @@ class ImpactReport(_Model):
 # --------------------------------------------------------------------------- pricing
 
 
-def _cost_at(model: CatalogModel, usage: Mapping[str, Any]) -> float:
-    """USD for one answer's reported usage (the receipt's attempt, as JSON) at ``model``'s catalog prices.
-
-    The impact report prices nothing anywhere else.
+def _cost_at(catalog: Catalog, model_id: str, usage: Mapping[str, Any]) -> float:
+    """USD for one answer's reported usage (the receipt's attempt, as JSON: cached, cache-write and reasoning
+    tokens included when the provider reported them) at ``model_id``'s prices in ``catalog``, tiers and all, by the
+    catalog's one pricing function. The impact report prices nothing anywhere else.
     """
-    return estimate_cost(model, usage["input_tokens"], usage["output_tokens"])
+    used = Usage(
+        usage["input_tokens"],
+        usage["output_tokens"],
+        usage.get("cached_input_tokens") or 0,
+        usage.get("cache_write_tokens") or 0,
+        usage.get("reasoning_tokens") or 0,
+    )
+    return cost(catalog.schedule(model_id), used).total
 
 
 def _usage(attempt: str | None, features: RequestFeatures) -> dict[str, Any] | None:
@@ -333,7 +341,7 @@ def measure_impact(
                 then = catalog
                 if answered not in models:
                     continue
-            before = _cost_at(then.model(answered), usage)
+            before = _cost_at(then, answered, usage)
             if new is None:
                 no_candidate_before += before
                 continue
@@ -353,7 +361,7 @@ def measure_impact(
             after_model = models.get(after_id) if after_id is not None else None
             if after_model is None:
                 continue
-            after = _cost_at(after_model, usage)
+            after = _cost_at(catalog, after_model.id, usage)
             tally.priced += 1
             tally.before += before
             tally.after += after
