@@ -175,7 +175,10 @@ def _add_console_columns(conn: Connection) -> None:
             "provider = body::jsonb -> 'attempts' -> -1 ->> 'provider', "
             "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE (body::jsonb ->> 'latency_ms')::double precision END"
         )
-    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)")
+    conn.execute("CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms) INCLUDE (rules)")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS receipts_by_policy_outcome ON receipts(policy_name, fallback, outcome, ts_ms)"
+    )
 
 
 def _add_workflow_finished_at(conn: Connection) -> None:

@@ -6,6 +6,7 @@ Each store sets its driver's placeholder and boolean; the SQL text and the rows 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -45,6 +46,10 @@ CONSOLE_COLUMNS = ("rules", "provider", "latency_ms")
 """Columns of store schema 4, read by the console's filters and charts (see :func:`console_values`)."""
 
 RULES_SEPARATOR = "\n"
+
+
+_FINGERPRINT = re.compile(r"[0-9]+-[0-9]+")
+"""The form of a policy fingerprint (``1142614073-1132739033``)."""
 
 
 def console_values(receipt: Receipt) -> tuple[str | None, str | None, float | None]:
@@ -165,8 +170,14 @@ class SQLReceiptReads:
                 clauses.append(f"{column} = {p}")
                 params.append(value)
         if q.policy is not None:
-            clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
-            params += [q.policy, q.policy]
+            # A name or a fingerprint; only a value shaped like a fingerprint is looked for as one, so a name alone
+            # is read from the policy indexes (an OR of two columns makes the database read every matching row).
+            if _FINGERPRINT.fullmatch(q.policy):
+                clauses.append(f"(policy_name = {p} OR policy_fingerprint = {p})")
+                params += [q.policy, q.policy]
+            else:
+                clauses.append(f"policy_name = {p}")
+                params.append(q.policy)
         if q.rule is not None:
             clauses.append(self._contains.format(column="rules", param=p))
             params.append(RULES_SEPARATOR + q.rule + RULES_SEPARATOR)

@@ -129,7 +129,8 @@ CREATE INDEX IF NOT EXISTS receipts_by_fingerprint ON receipts(policy_fingerprin
 CREATE INDEX IF NOT EXISTS receipts_by_model ON receipts(model, ts_ms);
 CREATE INDEX IF NOT EXISTS receipts_by_workflow ON receipts(workflow_id);
 CREATE INDEX IF NOT EXISTS receipts_by_client ON receipts(client, ts_ms);
-CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms);
+CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms, rules);
+CREATE INDEX IF NOT EXISTS receipts_by_policy_outcome ON receipts(policy_name, fallback, outcome, ts_ms);
 CREATE TABLE IF NOT EXISTS policies (
   fingerprint TEXT PRIMARY KEY, name TEXT, schema TEXT, body TEXT NOT NULL, first_seen TEXT NOT NULL
 );
@@ -167,7 +168,8 @@ _MIGRATIONS: dict[int, tuple[str, ...]] = {
             "provider = json_extract(body, '$.attempts[#-1].provider'), "
             "latency_ms = CASE WHEN outcome = 'dry_run' THEN NULL ELSE json_extract(body, '$.latency_ms') END"
         ),
-        "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms)",
+        "CREATE INDEX IF NOT EXISTS receipts_by_outcome ON receipts(outcome, fallback, ts_ms, rules)",
+        "CREATE INDEX IF NOT EXISTS receipts_by_policy_outcome ON receipts(policy_name, fallback, outcome, ts_ms)",
     ),
 }
 
