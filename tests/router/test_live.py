@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from unhardcoded.catalog import Catalog
 from unhardcoded.errors import PolicyError
@@ -240,3 +242,21 @@ def test_a_probe_the_caller_walked_away_from_leaves_the_next_call_to_probe() -> 
     live.release_probe("m")
     assert live.cooldown_of("m", clock.now) is None
     assert live.state_rows() == [("m", 2)]  # half-open: the next call is the probe
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.floats(min_value=0, max_value=30)), min_size=1, max_size=600))
+def test_the_error_rate_counted_as_calls_come_and_go_is_the_share_of_failures_in_the_window(
+    calls: list[tuple[bool, float]],
+) -> None:
+    """The running count of failures equals a recount of the window (time moving on, the 256-call cap pushing out)."""
+    now = [1_800_000_000.0]
+    live = LiveState(clock=lambda: now[0])
+    for ok, step in calls:
+        now[0] += step
+        if ok:
+            live.record_success("m", None, 100.0)
+        else:
+            live.record_failure("m", None, "error", health=HealthSettings(failures=10_000, window_s=1, cooldown_s=1))
+        outcomes = live.models["m"].outcomes
+        assert live.models["m"].error_rate == sum(1 for _, good in outcomes if not good) / len(outcomes)

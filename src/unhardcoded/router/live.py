@@ -205,6 +205,7 @@ class ModelLive:
         "circuit",
         "consecutive_failures",
         "error_rate",
+        "failed_in_window",
         "failures",
         "in_flight",
         "keys",
@@ -223,6 +224,8 @@ class ModelLive:
         self.failures: deque[float] = deque(maxlen=256)
         self.outcomes: deque[tuple[float, bool]] = deque(maxlen=256)
         self.error_rate = 0.0
+        self.failed_in_window = 0
+        """How many of ``outcomes`` are failures."""
         self.latencies: deque[float] = deque(maxlen=LATENCY_SAMPLES)
         self.latency_p50_ms: float | None = None
         self.in_flight = 0
@@ -414,11 +417,18 @@ class LiveState:
         with self._lock:
             if kind == "success" or kind == "failure":
                 ok = kind == "success"
-                m.outcomes.append((at, ok))
+                outcomes = m.outcomes
+                # The failures in the window are counted as outcomes come and go: no pass over the window per call.
+                if len(outcomes) == outcomes.maxlen and not outcomes[0][1]:
+                    m.failed_in_window -= 1  # the oldest is about to be pushed out
+                outcomes.append((at, ok))
+                if not ok:
+                    m.failed_in_window += 1
                 cutoff = at - self.error_window_s
-                while m.outcomes and m.outcomes[0][0] < cutoff:
-                    m.outcomes.popleft()
-                m.error_rate = sum(1 for _, good in m.outcomes if not good) / len(m.outcomes)
+                while outcomes and outcomes[0][0] < cutoff:
+                    if not outcomes.popleft()[1]:
+                        m.failed_in_window -= 1
+                m.error_rate = m.failed_in_window / len(outcomes)
                 k = m.key(event.get("key"))
                 if ok:
                     m.consecutive_failures = 0
