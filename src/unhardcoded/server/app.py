@@ -265,7 +265,7 @@ class Proxy:
         except APIError as exc:
             return exc.response({REQUEST_ID_HEADER: request_id}, anthropic=anthropic)
         try:
-            features = check_chat_request(body) if api == "chat_completions" else check_api_request(api, body)
+            features = check_api_request(api, body)
             policy, client_name = self._policy(request, body, api)
             key = self._forwarded_key(request) if self.forwarding else None
         except APIError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
+from collections.abc import Collection
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -316,20 +317,26 @@ def _deeper_than(value: Any, limit: int) -> str | None:
     return None
 
 
-def check_chat_request(body: dict[str, Any]) -> RequestFeatures:
-    """Refuse what no provider should be sent; return the features the policy rules read."""
+def _check_fields_and_model(body: dict[str, Any], fields: Collection[str], accepted: str) -> None:
+    """Every API's first checks: no field outside ``fields`` (named with the closest known one), and a ``model``
+    that is a string when given. ``accepted`` says in the message what the proxy takes."""
     for key in body:
-        if key not in CHAT_FIELDS:
-            close = difflib.get_close_matches(key, sorted(CHAT_FIELDS), n=1)
+        if key not in fields:
+            close = difflib.get_close_matches(key, sorted(fields), n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             raise bad_request(
-                f"{key}: unknown field{hint}; the proxy accepts the OpenAI chat-completions parameters and 'policy'",
+                f"{key}: unknown field{hint}; the proxy accepts {accepted} and 'policy'",
                 param=key,
                 code="unknown_parameter",
             )
     model = body.get("model")
     if model is not None and not isinstance(model, str):
         raise bad_request('model: must be a string (the proxy picks the model; send e.g. "auto")', param="model")
+
+
+def check_chat_request(body: dict[str, Any]) -> RequestFeatures:
+    """Refuse what no provider should be sent; return the features the policy rules read."""
+    _check_fields_and_model(body, CHAT_FIELDS, "the OpenAI chat-completions parameters")
     if "messages" not in body:
         raise bad_request("messages: field required", param="messages", code="missing_required_parameter")
     messages = body["messages"]
@@ -427,18 +434,7 @@ def check_api_request(api: str, body: dict[str, Any]) -> RequestFeatures:
     if api == "chat_completions":
         return check_chat_request(body)
     fields, named, read = _API_CHECKS[api]
-    for key in body:
-        if key not in fields:
-            close = difflib.get_close_matches(key, sorted(fields), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise bad_request(
-                f"{key}: unknown field{hint}; the proxy accepts the parameters of {named} and 'policy'",
-                param=key,
-                code="unknown_parameter",
-            )
-    model = body.get("model")
-    if model is not None and not isinstance(model, str):
-        raise bad_request('model: must be a string (the proxy picks the model; send e.g. "auto")', param="model")
+    _check_fields_and_model(body, fields, f"the parameters of {named}")
     try:
         return read(body)
     except RequestError as exc:
