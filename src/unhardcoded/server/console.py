@@ -6,7 +6,8 @@ narrowed to its key's name, as ``GET /x/receipts/{id}`` is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from starlette.requests import Request
@@ -72,21 +73,21 @@ def console_routes(store: ReceiptStore | None) -> list[Route]:
             404,
         )
 
-    async def listing(request: Request) -> Response:
-        if store is None:
-            return without_store()
-        try:
-            return _answer(await anyio.to_thread.run_sync(console.listing_page, store, params(request), LINKS))
-        except UnhardcodedError as exc:
-            return _html(console.error_page(f"the receipt store cannot be read: {exc}", LINKS), 503)
+    def store_page(render: Callable[..., Any]) -> Callable[[Request], Awaitable[Response]]:
+        """A page drawn from the store off the loop; a store that cannot be read is a 503 page."""
 
-    async def rollups(request: Request) -> Response:
-        if store is None:
-            return without_store()
-        try:
-            return _answer(await anyio.to_thread.run_sync(console.rollups_page, store, params(request), LINKS))
-        except UnhardcodedError as exc:
-            return _html(console.error_page(f"the receipt store cannot be read: {exc}", LINKS), 503)
+        async def page(request: Request) -> Response:
+            if store is None:
+                return without_store()
+            try:
+                return _answer(await anyio.to_thread.run_sync(render, store, params(request), LINKS))
+            except UnhardcodedError as exc:
+                return _html(console.error_page(f"the receipt store cannot be read: {exc}", LINKS), 503)
+
+        return page
+
+    listing = store_page(console.listing_page)
+    rollups = store_page(console.rollups_page)
 
     async def rollups_csv(request: Request) -> Response:
         if store is None:
