@@ -143,6 +143,28 @@ def start_jaeger(tmp: Path) -> tuple[Process, dict[str, str]]:
     return p, {"query": f"http://127.0.0.1:{ports['http']}", "otlp_grpc": env["UNHARDCODED_JAEGER_OTLP_GRPC_ENDPOINT"]}
 
 
+def start_prometheus(tmp: Path) -> tuple[Process, int]:
+    """Prometheus on a free loopback port, reading ``tmp/prometheus.yml`` (and what it names), its data under
+    ``tmp/tsdb``; returns it once ready, with its port."""
+    port = free_port()
+    p = Process(
+        "prometheus",
+        [
+            binary("prometheus"),
+            f"--config.file={tmp / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+        ],
+        tmp / "prometheus.log",
+    )
+    try:
+        p.wait_ready(url_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
+    except BaseException:
+        p.stop()
+        raise
+    return p, port
+
+
 def start_tempo(tmp: Path) -> tuple[Process, dict[str, str]]:
     ports = {k: free_port() for k in ("http", "grpc", "memberlist", "otlp_grpc", "otlp_http")}
     data = tmp / "tempo-data"

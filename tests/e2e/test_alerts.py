@@ -31,7 +31,16 @@ import pytest
 from unhardcoded.catalog import Catalog
 from unhardcoded.testing.simulator import SimulatedProvider, error, ok
 
-from .infra import CONFIG_DIR, Process, binary, free_port, http_get, start_collector, start_proxy, url_ok, wait_for
+from .infra import (
+    CONFIG_DIR,
+    binary,
+    free_port,
+    http_get,
+    start_collector,
+    start_prometheus,
+    start_proxy,
+    wait_for,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -111,19 +120,8 @@ def prom_stack(tmp_path_factory):
         config = config.replace('"127.0.0.1:8889"', f'"{c["prom_target"]}"')
         assert c["prom_target"] in config and "interval: 1s" in config
         (tmp / "prometheus.yml").write_text(config)
-        port = free_port()
-        prom = Process(
-            "prometheus",
-            [
-                binary("prometheus"),
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            tmp / "prometheus.log",
-        )
+        prom, port = start_prometheus(tmp)
         stack.callback(prom.stop)
-        prom.wait_ready(url_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
 
         sims = {}
         for name in sorted({m.provider for m in Catalog.builtin().models}):

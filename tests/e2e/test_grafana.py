@@ -31,13 +31,12 @@ import yaml
 from .infra import (
     CONFIG_DIR,
     REPO,
-    Process,
     binary,
     free_port,
     http_get,
     start_collector,
+    start_prometheus,
     start_tempo,
-    url_ok,
     wait_for,
 )
 
@@ -420,19 +419,8 @@ def prometheus_with_decisions(tmp_path_factory):
         assert c["prom_target"] in config
         (tmp / "prometheus.yml").write_text(config)
         shutil.copy(CONFIG_DIR / "prometheus" / "rules.yml", tmp / "rules.yml")
-        port = free_port()
-        prom = Process(
-            "prometheus",
-            [
-                binary("prometheus"),
-                f"--config.file={tmp / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp / 'tsdb'}",
-                f"--web.listen-address=127.0.0.1:{port}",
-            ],
-            tmp / "prometheus.log",
-        )
+        prom, port = start_prometheus(tmp)
         stack.callback(prom.stop)
-        prom.wait_ready(url_ok(f"http://127.0.0.1:{port}/-/ready"), timeout=30)
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         # Two runs of one sender (one service instance, so one series each): the second counts past the first, so
         # every counter rises between scrapes, as a long-running app's would.
