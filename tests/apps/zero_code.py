@@ -20,6 +20,7 @@ from opentelemetry.trace import SpanKind
 
 from apps.proxy_harness import free_port
 from unhardcoded import cli
+from unhardcoded.semconv import attributes as A
 
 APPS = Path(__file__).parent
 SERVER, CLIENT = SpanKind.SERVER.value + 1, SpanKind.CLIENT.value + 1  # OTLP numbers kinds from 1 (INTERNAL)
@@ -104,3 +105,21 @@ def run_app(
 
 def last_json_line(run: subprocess.CompletedProcess[str]) -> Any:
     return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def assert_routed_in_one_trace(spans: list[Any], provider: Any, policy: str, model: str) -> None:
+    """The app's client span, the proxy's SERVER span and its decision span are one trace, parent to child, the
+    client span carrying the decision (``policy``, answered by ``model``), and the one call to ``provider`` (a
+    simulator) carried that trace on."""
+    [client] = [s for s in spans if s.service == "client-app" and s.kind == CLIENT]
+    assert client.name == "chat auto"
+    assert client.attributes[A.UNHARDCODED_POLICY_NAME] == policy
+    assert client.attributes[A.UNHARDCODED_ANSWERED_MODEL] == model
+    trace = [s for s in spans if s.trace_id == client.trace_id]
+    [server] = [s for s in trace if s.kind == SERVER]
+    assert server.service == "unhardcoded-proxy" and server.parent_span_id == client.span_id
+    [decision] = [s for s in trace if s.name == f"route {policy}"]
+    assert decision.parent_span_id == server.span_id
+    assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
+    [sent] = provider.requests
+    assert sent.headers["traceparent"].split("-")[1] == client.trace_id

@@ -9,7 +9,15 @@ from pathlib import Path
 from typing import Any
 
 from apps.proxy_harness import catalog_simulators
-from apps.zero_code import CLIENT, SERVER, last_json_line, otel_env, require_zero_code_tools, run_app, serving_proxy
+from apps.zero_code import (
+    CLIENT,
+    assert_routed_in_one_trace,
+    last_json_line,
+    otel_env,
+    require_zero_code_tools,
+    run_app,
+    serving_proxy,
+)
 from otlp_receiver import OTLPReceiver
 from unhardcoded.semconv import attributes as A
 from unhardcoded.semconv import gen_ai as G
@@ -39,18 +47,7 @@ def test_parse_is_routed_under_the_environment_policy_and_joins_the_proxy_trace(
         spans = receiver.wait_for_spans(complete, timeout=20)
 
     assert out["parse"] == {"model": TRIAGE_CHEAPEST, "parsed": {"answer": "hello"}}
-    [client] = [s for s in spans if s.service == "client-app" and s.kind == CLIENT]
-    assert client.name == "chat auto"
-    assert client.attributes[A.UNHARDCODED_POLICY_NAME] == "triage"
-    assert client.attributes[A.UNHARDCODED_ANSWERED_MODEL] == TRIAGE_CHEAPEST
-    trace = [s for s in spans if s.trace_id == client.trace_id]
-    [server] = [s for s in trace if s.kind == SERVER]
-    assert server.service == "unhardcoded-proxy" and server.parent_span_id == client.span_id
-    [decision] = [s for s in trace if s.name == "route triage"]
-    assert decision.parent_span_id == server.span_id
-    assert decision.attributes[A.UNHARDCODED_REQUEST_ID] == client.attributes[A.UNHARDCODED_REQUEST_ID]
-    [sent] = sims["meta"].requests
-    assert sent.headers["traceparent"].split("-")[1] == client.trace_id
+    assert_routed_in_one_trace(spans, sims["meta"], "triage", TRIAGE_CHEAPEST)
 
 
 def test_responses_embeddings_and_messages_send_the_policy_and_carry_the_trace(tmp_path: Path) -> None:
